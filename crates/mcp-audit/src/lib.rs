@@ -1,0 +1,1 @@
+//! mcp-audit (filled by its own issue).

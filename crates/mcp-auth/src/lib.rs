@@ -1,0 +1,1 @@
+//! mcp-auth (filled by its own issue).

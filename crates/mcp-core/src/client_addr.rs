@@ -1,0 +1,484 @@
+//! [`ClientAddr`]: the peer address and the client IP resolved through trusted proxies only.
+//!
+//! The peer address comes from the connection: [`PeerAddr`] (inserted by the suite's
+//! accept loops) or axum's `ConnectInfo<SocketAddr>`. When, and only when, the peer is a
+//! configured trusted proxy, `X-Forwarded-For` (or `Forwarded`, RFC 7239, or `X-Real-IP`,
+//! as configured) is read right to left: each address that is itself a trusted proxy is
+//! skipped, and the first one that is not is the client. A client that is not a trusted
+//! proxy cannot change its address by sending these headers. An unparsable entry stops the
+//! walk at the last address reached, which was sent by a trusted proxy.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// At most this many forwarded hops are examined, from the right.
+pub const MAX_FORWARDED_HOPS: usize = 64;
+
+/// The TCP peer address of the connection, put in the request extensions by an accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The peer address and the client IP of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr {
+    peer: SocketAddr,
+    ip: IpAddr,
+}
+
+impl ClientAddr {
+    /// A client address for a direct connection (no proxy).
+    pub fn direct(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            ip: peer.ip().to_canonical(),
+        }
+    }
+
+    /// The TCP peer (the last proxy, or the client itself).
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The client IP: the peer's, or the one a trusted proxy reported.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Whether the client IP came from a forwarding header of a trusted proxy.
+    pub fn is_forwarded(&self) -> bool {
+        self.ip != self.peer.ip().to_canonical()
+    }
+}
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.ip)
+    }
+}
+
+/// Which forwarding header a trusted proxy sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+    /// `X-Real-IP: client` (one address, set by the proxy).
+    XRealIp,
+}
+
+/// The proxies whose forwarding headers are believed. The default trusts none.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use http::HeaderMap;
+/// use mcp_core::TrustedProxies;
+///
+/// let proxies = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-forwarded-for", "198.51.100.7, 10.0.0.2".parse().unwrap());
+///
+/// // From the trusted load balancer: the rightmost untrusted address is the client.
+/// let lb: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+/// assert_eq!(proxies.resolve(lb, &headers).ip().to_string(), "198.51.100.7");
+///
+/// // From anyone else: the header is ignored.
+/// let stranger: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+/// assert_eq!(proxies.resolve(stranger, &headers).ip().to_string(), "203.0.113.9");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedProxies {
+    /// Networks of trusted proxies.
+    #[serde(default)]
+    pub networks: Vec<IpNet>,
+    /// The header they set.
+    #[serde(default)]
+    pub header: ForwardedHeader,
+}
+
+impl TrustedProxies {
+    /// Trust the given networks, reading `X-Forwarded-For`.
+    pub fn new(networks: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            networks: networks.into_iter().collect(),
+            header: ForwardedHeader::XForwardedFor,
+        }
+    }
+
+    /// Trust no proxy: the client IP is always the peer's.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Reads this header instead of `X-Forwarded-For`.
+    pub fn with_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Resolves the client address of a request from `peer`.
+    pub fn resolve(&self, peer: SocketAddr, headers: &HeaderMap) -> ClientAddr {
+        let direct = ClientAddr::direct(peer);
+        if self.networks.is_empty() || !self.is_trusted(direct.ip) {
+            return direct;
+        }
+        let mut current = direct.ip;
+        match self.header {
+            ForwardedHeader::XRealIp => {
+                // One value: believed only when it is the only one.
+                let mut values = headers.get_all("x-real-ip").iter();
+                if let (Some(v), None) = (values.next(), values.next()) {
+                    if let Some(ip) = v.to_str().ok().and_then(parse_node) {
+                        current = ip;
+                    }
+                }
+            }
+            ForwardedHeader::XForwardedFor => {
+                let hops = list_entries(headers, "x-forwarded-for");
+                for hop in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
+                    match parse_node(hop) {
+                        Some(ip) => {
+                            current = ip;
+                            if !self.is_trusted(ip) {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+            ForwardedHeader::Forwarded => {
+                let hops = list_entries(headers, "forwarded");
+                for element in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
+                    match forwarded_for(element).and_then(parse_node) {
+                        Some(ip) => {
+                            current = ip;
+                            if !self.is_trusted(ip) {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        ClientAddr { peer, ip: current }
+    }
+}
+
+/// Splits every instance of a list header on commas outside quoted strings, in order.
+fn list_entries<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for value in headers.get_all(name) {
+        let Ok(s) = value.to_str() else {
+            // A non-ASCII value cannot be trusted to be split right: stop at what came
+            // before it by marking an unparsable hop.
+            out.push("\u{0}");
+            continue;
+        };
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        let mut in_quotes = false;
+        let mut escaped = false;
+        for (i, &b) in bytes.iter().enumerate() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match b {
+                b'\\' if in_quotes => escaped = true,
+                b'"' => in_quotes = !in_quotes,
+                b',' if !in_quotes => {
+                    out.push(s[start..i].trim());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push(s[start..].trim());
+    }
+    out
+}
+
+/// The `for=` parameter of one RFC 7239 forwarded-element, unquoted.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("for") {
+            let v = v.trim();
+            Some(
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v),
+            )
+        } else {
+            None
+        }
+    })
+}
+
+/// Parses a node: `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]`, `[::1]:80`. Obfuscated
+/// identifiers (`_x`), `unknown` and anything else give `None`.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    if s.len() > 64 {
+        return None;
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.starts_with(':')) {
+            return None;
+        }
+        return inner
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
+    }
+    s.parse::<SocketAddr>()
+        .ok()
+        .map(|sa| sa.ip().to_canonical())
+}
+
+/// A layer that puts a [`ClientAddr`] in the request extensions, resolved from the
+/// connection's [`PeerAddr`] (or axum's `ConnectInfo<SocketAddr>`) through
+/// [`TrustedProxies`]. Without a peer address the request passes on without one, and
+/// layers that need it fall back as they document.
+#[derive(Debug, Clone, Default)]
+pub struct ClientAddrLayer {
+    proxies: Arc<TrustedProxies>,
+}
+
+impl ClientAddrLayer {
+    /// A layer that trusts the given proxies.
+    pub fn new(proxies: TrustedProxies) -> Self {
+        Self {
+            proxies: Arc::new(proxies),
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientAddrLayer {
+    type Service = ResolveClientAddr<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ResolveClientAddr {
+            inner,
+            proxies: self.proxies.clone(),
+        }
+    }
+}
+
+/// The service made by [`ClientAddrLayer`].
+#[derive(Debug, Clone)]
+pub struct ResolveClientAddr<S> {
+    inner: S,
+    proxies: Arc<TrustedProxies>,
+}
+
+/// The peer address of a request, from [`PeerAddr`] or axum's `ConnectInfo`.
+pub fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
+    if let Some(PeerAddr(a)) = req.extensions().get::<PeerAddr>() {
+        return Some(*a);
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(a)) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(*a);
+    }
+    None
+}
+
+impl<S, B> Service<Request<B>> for ResolveClientAddr<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(peer) = peer_addr(&req) {
+            let addr = self.proxies.resolve(peer, req.headers());
+            req.extensions_mut().insert(addr);
+        }
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn proxies() -> TrustedProxies {
+        TrustedProxies::new(["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()])
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof() {
+        let p = proxies();
+        for hdr in [
+            ("x-forwarded-for", "1.1.1.1"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+        ] {
+            let a = p.resolve(sa("203.0.113.5:1"), &h(&[hdr]));
+            assert_eq!(a.ip(), "203.0.113.5".parse::<IpAddr>().unwrap());
+            assert!(!a.is_forwarded());
+        }
+    }
+
+    #[test]
+    fn no_trusted_proxies_means_peer() {
+        let a =
+            TrustedProxies::none().resolve(sa("10.0.0.1:1"), &h(&[("x-forwarded-for", "1.1.1.1")]));
+        assert_eq!(a.ip().to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn rightmost_untrusted_wins() {
+        let p = proxies();
+        // The client forged "6.6.6.6" at the left; the trusted proxy appended the real one.
+        let a = p.resolve(
+            sa("10.0.0.1:1"),
+            &h(&[("x-forwarded-for", "6.6.6.6, 198.51.100.1, 10.1.1.1")]),
+        );
+        assert_eq!(a.ip().to_string(), "198.51.100.1");
+        assert!(a.is_forwarded());
+        // Several header lines are one list.
+        let a = p.resolve(
+            sa("10.0.0.1:1"),
+            &h(&[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "198.51.100.2"),
+            ]),
+        );
+        assert_eq!(a.ip().to_string(), "198.51.100.2");
+    }
+
+    #[test]
+    fn all_trusted_gives_leftmost() {
+        let a = proxies().resolve(
+            sa("10.0.0.1:1"),
+            &h(&[("x-forwarded-for", "10.2.2.2, 10.3.3.3")]),
+        );
+        assert_eq!(a.ip().to_string(), "10.2.2.2");
+    }
+
+    #[test]
+    fn garbage_stops_the_walk() {
+        let a = proxies().resolve(
+            sa("10.0.0.1:1"),
+            &h(&[("x-forwarded-for", "1.2.3.4, garbage, 10.5.5.5")]),
+        );
+        assert_eq!(a.ip().to_string(), "10.5.5.5");
+        let a = proxies().resolve(sa("10.0.0.1:1"), &h(&[("x-forwarded-for", "")]));
+        assert_eq!(a.ip().to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_rfc7239() {
+        let p = proxies().with_header(ForwardedHeader::Forwarded);
+        let a = p.resolve(
+            sa("10.0.0.1:1"),
+            &h(&[(
+                "forwarded",
+                r#"for=6.6.6.6, For="[2001:db8:cafe::17]:4711";proto=https, for=10.9.9.9;by=10.0.0.1"#,
+            )]),
+        );
+        assert_eq!(a.ip().to_string(), "2001:db8:cafe::17");
+        let a = p.resolve(sa("10.0.0.1:1"), &h(&[("forwarded", "for=unknown")]));
+        assert_eq!(a.ip().to_string(), "10.0.0.1");
+        let a = p.resolve(
+            sa("10.0.0.1:1"),
+            &h(&[("forwarded", "for=_hidden, for=192.0.2.43")]),
+        );
+        assert_eq!(a.ip().to_string(), "192.0.2.43");
+        // Commas inside quotes do not split elements.
+        let a = p.resolve(
+            sa("10.0.0.1:1"),
+            &h(&[("forwarded", r#"for="1.1.1.1,2.2.2.2""#)]),
+        );
+        assert_eq!(a.ip().to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn ipv6_and_mapped_addresses() {
+        let p = proxies();
+        let a = p.resolve(
+            sa("[fd00::1]:1"),
+            &h(&[("x-forwarded-for", "[2001:db8::1]:443")]),
+        );
+        assert_eq!(a.ip().to_string(), "2001:db8::1");
+        // An IPv4-mapped IPv6 peer in a trusted IPv4 network is trusted.
+        let a = p.resolve(
+            sa("[::ffff:10.0.0.1]:1"),
+            &h(&[("x-forwarded-for", "::ffff:198.51.100.3")]),
+        );
+        assert_eq!(a.ip().to_string(), "198.51.100.3");
+    }
+
+    #[test]
+    fn x_real_ip_single_value_only() {
+        let p = proxies().with_header(ForwardedHeader::XRealIp);
+        let a = p.resolve(sa("10.0.0.1:1"), &h(&[("x-real-ip", "198.51.100.4")]));
+        assert_eq!(a.ip().to_string(), "198.51.100.4");
+        let a = p.resolve(
+            sa("10.0.0.1:1"),
+            &h(&[("x-real-ip", "198.51.100.4"), ("x-real-ip", "6.6.6.6")]),
+        );
+        assert_eq!(a.ip().to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn hop_count_is_bounded() {
+        let long = std::iter::repeat_n("10.1.1.1", 1000)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let a = proxies().resolve(
+            sa("10.0.0.1:1"),
+            &h(&[("x-forwarded-for", &format!("1.1.1.1, {long}"))]),
+        );
+        // The forged leftmost address is never reached.
+        assert_eq!(a.ip().to_string(), "10.1.1.1");
+    }
+}

@@ -1,0 +1,52 @@
+//! The shared vocabulary of the MCP security suite.
+//!
+//! Every layer of the suite depends on this crate and on no other crate of the suite.
+//! Layers talk to each other only through the typed values defined here, carried in
+//! request and response extensions:
+//!
+//! - [`McpRequest`]: the request body parsed once as JSON-RPC 2.0 by [`ParseLayer`]
+//!   (method, id, tool / resource / prompt, arguments, batch or not) plus the MCP
+//!   transport headers, and whether `Mcp-Method` / `Mcp-Name` disagree with the body.
+//! - [`Principal`]: who the caller is and how that was proven.
+//! - [`ClientAddr`]: the peer address and the client IP resolved through
+//!   [`TrustedProxies`] only.
+//! - [`Rejection`]: status + JSON-RPC error body + headers, the one way a layer says no,
+//!   leaving a typed [`Denial`] in the response extensions for outer layers.
+//! - [`TlsInfo`] and [`ClientCertIdentity`]: what the TLS accept loop learnt.
+//!
+//! ```
+//! use axum::{Router, routing::post};
+//! use mcp_core::{ClientAddrLayer, McpRequest, ParseLayer, TrustedProxies};
+//!
+//! async fn handler(req: McpRequest) -> String {
+//!     format!("{:?} {:?}", req.method(), req.tool_name())
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/mcp", post(handler))
+//!     .layer(ParseLayer::new().max_body_bytes(1 << 20))
+//!     .layer(ClientAddrLayer::new(TrustedProxies::none()));
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod client_addr;
+#[cfg(feature = "axum")]
+pub mod extract;
+pub mod parse;
+pub mod principal;
+pub mod rejection;
+pub mod request;
+pub mod tls;
+
+pub use client_addr::{ClientAddr, ClientAddrLayer, ForwardedHeader, PeerAddr, TrustedProxies};
+pub use parse::{BoxError, DEFAULT_BODY_LIMIT, Parse, ParseLayer, ReadBodyError, read_body};
+pub use principal::{AuthMethod, Principal};
+pub use rejection::{Denial, Rejection, RejectionReason, codes};
+pub use request::{
+    HeaderMismatch, JsonRpcId, McpHeaders, McpMessage, McpRequest, MessageKind, Target,
+};
+pub use tls::{ClientCertIdentity, TlsInfo};
+
+/// The body type the suite's layers hand to inner services (axum's body).
+pub use axum_core::body::Body;

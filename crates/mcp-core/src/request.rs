@@ -1,0 +1,609 @@
+//! The MCP request, parsed once.
+//!
+//! [`McpRequest`] is what [`ParseLayer`](crate::ParseLayer) puts in the request extensions:
+//! the raw body bytes as received, the JSON value parsed from them, one [`McpMessage`] per
+//! JSON-RPC message (one, or several for a batch array), and the MCP transport headers
+//! ([`McpHeaders`]). It is cheap to clone (one `Arc`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `MCP-Protocol-Version` request header.
+pub const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+/// `Mcp-Session-Id` request and response header.
+pub const MCP_SESSION_ID: &str = "mcp-session-id";
+/// `Mcp-Method` request header (2026-07-28 revision): mirrors the JSON-RPC method.
+pub const MCP_METHOD: &str = "mcp-method";
+/// `Mcp-Name` request header (2026-07-28 revision): mirrors `params.name` or `params.uri`.
+pub const MCP_NAME: &str = "mcp-name";
+
+/// A JSON-RPC 2.0 id: a string or a number (never null for a request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JsonRpcId {
+    /// A numeric id, kept exactly as sent (integer or not).
+    Number(serde_json::Number),
+    /// A string id.
+    String(String),
+}
+
+impl JsonRpcId {
+    /// Reads an id from a JSON value: `Some` for a string or a number, `None` otherwise.
+    pub fn from_value(value: &Value) -> Option<Self> {
+        match value {
+            Value::Number(n) => Some(Self::Number(n.clone())),
+            Value::String(s) => Some(Self::String(s.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl From<i64> for JsonRpcId {
+    fn from(n: i64) -> Self {
+        Self::Number(n.into())
+    }
+}
+
+impl From<&str> for JsonRpcId {
+    fn from(s: &str) -> Self {
+        Self::String(s.to_owned())
+    }
+}
+
+impl From<String> for JsonRpcId {
+    fn from(s: String) -> Self {
+        Self::String(s)
+    }
+}
+
+impl fmt::Display for JsonRpcId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::String(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// What kind of JSON-RPC message a body element is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A `method` with an `id`: expects a response.
+    Request,
+    /// A `method` without an `id`.
+    Notification,
+    /// A `result` or an `error` with an `id`: a client's answer to a server request.
+    Response,
+    /// Valid JSON that is none of the above (not an object, or missing members).
+    Invalid,
+}
+
+/// The object an MCP method acts on, read from the params.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// `tools/call`: `params.name`.
+    Tool(String),
+    /// `resources/read`, `resources/subscribe`, `resources/unsubscribe`: `params.uri`.
+    Resource(String),
+    /// `prompts/get`: `params.name`.
+    Prompt(String),
+}
+
+impl Target {
+    /// The tool name, resource URI or prompt name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Tool(s) | Self::Resource(s) | Self::Prompt(s) => s,
+        }
+    }
+}
+
+/// One JSON-RPC message of a body, with the facts the layers need already extracted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpMessage {
+    kind: MessageKind,
+    id: Option<JsonRpcId>,
+    method: Option<String>,
+    target: Option<Target>,
+    index: Option<usize>,
+}
+
+impl McpMessage {
+    fn from_value(value: &Value, index: Option<usize>) -> Self {
+        let Value::Object(obj) = value else {
+            return Self {
+                kind: MessageKind::Invalid,
+                id: None,
+                method: None,
+                target: None,
+                index,
+            };
+        };
+        let id = obj.get("id").and_then(JsonRpcId::from_value);
+        let method = obj.get("method").and_then(Value::as_str).map(str::to_owned);
+        let kind = match (&method, obj.contains_key("id")) {
+            (Some(_), true) => MessageKind::Request,
+            (Some(_), false) => MessageKind::Notification,
+            (None, true) if obj.contains_key("result") || obj.contains_key("error") => {
+                MessageKind::Response
+            }
+            _ => MessageKind::Invalid,
+        };
+        let params = obj.get("params");
+        let str_param = |key: &str| {
+            params
+                .and_then(|p| p.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let target = match method.as_deref() {
+            Some("tools/call") => str_param("name").map(Target::Tool),
+            Some("prompts/get") => str_param("name").map(Target::Prompt),
+            Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+                str_param("uri").map(Target::Resource)
+            }
+            _ => None,
+        };
+        Self {
+            kind,
+            id,
+            method,
+            target,
+            index,
+        }
+    }
+
+    /// Request, notification, response or invalid.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    /// The id, when it is a string or a number.
+    pub fn id(&self) -> Option<&JsonRpcId> {
+        self.id.as_ref()
+    }
+
+    /// The JSON-RPC method, when it is a string.
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// The tool, resource or prompt the method acts on.
+    pub fn target(&self) -> Option<&Target> {
+        self.target.as_ref()
+    }
+
+    /// `params.name` of a `tools/call`.
+    pub fn tool_name(&self) -> Option<&str> {
+        match &self.target {
+            Some(Target::Tool(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// `params.uri` of `resources/read`, `resources/subscribe` or `resources/unsubscribe`.
+    pub fn resource_uri(&self) -> Option<&str> {
+        match &self.target {
+            Some(Target::Resource(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// `params.name` of a `prompts/get`.
+    pub fn prompt_name(&self) -> Option<&str> {
+        match &self.target {
+            Some(Target::Prompt(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The position in the batch array, or `None` for a single message.
+    pub fn batch_index(&self) -> Option<usize> {
+        self.index
+    }
+}
+
+/// The MCP transport headers of a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct McpHeaders {
+    /// `MCP-Protocol-Version`.
+    pub protocol_version: Option<String>,
+    /// `Mcp-Session-Id`.
+    pub session_id: Option<String>,
+    /// `Mcp-Method` (2026-07-28).
+    pub method: Option<String>,
+    /// `Mcp-Name` (2026-07-28).
+    pub name: Option<String>,
+}
+
+impl McpHeaders {
+    /// Reads the MCP headers, trimmed. A header whose value is not visible ASCII reads as
+    /// absent, and a repeated header keeps its first value.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.trim().to_owned())
+        };
+        Self {
+            protocol_version: get(MCP_PROTOCOL_VERSION),
+            session_id: get(MCP_SESSION_ID),
+            method: get(MCP_METHOD),
+            name: get(MCP_NAME),
+        }
+    }
+}
+
+/// Which MCP header disagrees with the body, as found by [`McpRequest::header_mismatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderMismatch {
+    /// `Mcp-Method` differs from the body's `method` (or the body has none).
+    Method,
+    /// `Mcp-Name` differs from `params.name` / `params.uri` (or the body has none).
+    Name,
+    /// `Mcp-Method` or `Mcp-Name` was sent with a batch, which they cannot describe.
+    Batch,
+}
+
+impl HeaderMismatch {
+    /// The header's name.
+    pub fn header(self) -> &'static str {
+        match self {
+            Self::Method | Self::Batch => "Mcp-Method",
+            Self::Name => "Mcp-Name",
+        }
+    }
+}
+
+struct Inner {
+    raw: Bytes,
+    value: Value,
+    messages: Vec<McpMessage>,
+    batch: bool,
+    headers: McpHeaders,
+}
+
+/// A request body parsed once as JSON-RPC 2.0, with the MCP headers.
+///
+/// ```
+/// use mcp_core::{McpHeaders, McpRequest, MessageKind};
+///
+/// let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call",
+///                 "params":{"name":"search","arguments":{"q":"rust"}}}"#;
+/// let req = McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default()).unwrap();
+/// assert_eq!(req.method(), Some("tools/call"));
+/// assert_eq!(req.tool_name(), Some("search"));
+/// assert_eq!(req.kind(), MessageKind::Request);
+/// assert_eq!(req.arguments().unwrap()["q"], "rust");
+/// ```
+#[derive(Clone)]
+pub struct McpRequest(Arc<Inner>);
+
+impl fmt::Debug for McpRequest {
+    // The body may carry secrets in arguments: Debug shows only the extracted facts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpRequest")
+            .field("batch", &self.0.batch)
+            .field("messages", &self.0.messages)
+            .field("headers", &self.0.headers)
+            .field("body_len", &self.0.raw.len())
+            .finish()
+    }
+}
+
+impl McpRequest {
+    /// Parses a body. Fails only when the bytes are not JSON (JSON-RPC -32700); valid JSON
+    /// that is not a valid JSON-RPC message is kept and reported as
+    /// [`MessageKind::Invalid`] so that a validator can answer -32600 with the id.
+    pub fn parse(raw: Bytes, headers: McpHeaders) -> Result<Self, serde_json::Error> {
+        let value: Value = serde_json::from_slice(&raw)?;
+        Ok(Self::from_parts(raw, value, headers))
+    }
+
+    /// Builds the model from bytes and the value already parsed from them (used by a layer
+    /// that rewrites the body, so that it does not parse again).
+    pub fn from_parts(raw: Bytes, value: Value, headers: McpHeaders) -> Self {
+        let (messages, batch) = match &value {
+            Value::Array(items) => (
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| McpMessage::from_value(v, Some(i)))
+                    .collect(),
+                true,
+            ),
+            other => (vec![McpMessage::from_value(other, None)], false),
+        };
+        Self(Arc::new(Inner {
+            raw,
+            value,
+            messages,
+            batch,
+            headers,
+        }))
+    }
+
+    /// The body bytes exactly as received (or as rewritten by a layer).
+    pub fn raw(&self) -> &Bytes {
+        &self.0.raw
+    }
+
+    /// The parsed JSON value.
+    pub fn value(&self) -> &Value {
+        &self.0.value
+    }
+
+    /// The messages: one for a single message, one per element for a batch.
+    pub fn messages(&self) -> &[McpMessage] {
+        &self.0.messages
+    }
+
+    /// Whether the body is a batch array.
+    pub fn is_batch(&self) -> bool {
+        self.0.batch
+    }
+
+    /// The MCP transport headers.
+    pub fn headers(&self) -> &McpHeaders {
+        &self.0.headers
+    }
+
+    /// The first message (the only one unless the body is a batch). `None` only for an
+    /// empty batch array.
+    pub fn first(&self) -> Option<&McpMessage> {
+        self.0.messages.first()
+    }
+
+    /// The kind of the single message; for a batch, the kind of its first element, or
+    /// [`MessageKind::Invalid`] for an empty batch.
+    pub fn kind(&self) -> MessageKind {
+        self.first().map_or(MessageKind::Invalid, McpMessage::kind)
+    }
+
+    /// The id of the single message (the first for a batch).
+    pub fn id(&self) -> Option<&JsonRpcId> {
+        self.first().and_then(McpMessage::id)
+    }
+
+    /// The method of the single message (the first for a batch).
+    pub fn method(&self) -> Option<&str> {
+        self.first().and_then(McpMessage::method)
+    }
+
+    /// The target of the single message (the first for a batch).
+    pub fn target(&self) -> Option<&Target> {
+        self.first().and_then(McpMessage::target)
+    }
+
+    /// The tool name of a `tools/call`.
+    pub fn tool_name(&self) -> Option<&str> {
+        self.first().and_then(McpMessage::tool_name)
+    }
+
+    /// The resource URI of `resources/read`, `subscribe` or `unsubscribe`.
+    pub fn resource_uri(&self) -> Option<&str> {
+        self.first().and_then(McpMessage::resource_uri)
+    }
+
+    /// The prompt name of a `prompts/get`.
+    pub fn prompt_name(&self) -> Option<&str> {
+        self.first().and_then(McpMessage::prompt_name)
+    }
+
+    /// The `params` of the message at `index` (0 for a single message).
+    pub fn params_at(&self, index: usize) -> Option<&Value> {
+        let msg = if self.0.batch {
+            self.0.value.as_array()?.get(index)?
+        } else if index == 0 {
+            &self.0.value
+        } else {
+            return None;
+        };
+        msg.get("params")
+    }
+
+    /// The `params` of the single message (the first for a batch).
+    pub fn params(&self) -> Option<&Value> {
+        self.params_at(0)
+    }
+
+    /// `params.arguments` of a `tools/call` or `prompts/get` (the first message of a batch).
+    pub fn arguments(&self) -> Option<&Value> {
+        match self.method() {
+            Some("tools/call" | "prompts/get") => self.params()?.get("arguments"),
+            _ => None,
+        }
+    }
+
+    /// Whether `Mcp-Method` / `Mcp-Name` (2026-07-28 revision) disagree with the body.
+    /// Absent headers never disagree. `Mcp-Name` is compared with `params.name`, or
+    /// `params.uri` when there is no name, as clients set it.
+    pub fn header_mismatch(&self) -> Option<HeaderMismatch> {
+        let h = &self.0.headers;
+        if h.method.is_none() && h.name.is_none() {
+            return None;
+        }
+        if self.0.batch {
+            return Some(HeaderMismatch::Batch);
+        }
+        if let Some(m) = &h.method {
+            if self.method() != Some(m.as_str()) {
+                return Some(HeaderMismatch::Method);
+            }
+        }
+        if let Some(n) = &h.name {
+            let params = self.params();
+            let body_name = params
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .or_else(|| params.and_then(|p| p.get("uri")).and_then(Value::as_str));
+            if body_name != Some(n.as_str()) {
+                return Some(HeaderMismatch::Name);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> McpRequest {
+        McpRequest::parse(Bytes::copy_from_slice(s.as_bytes()), McpHeaders::default()).unwrap()
+    }
+
+    fn with_headers(s: &str, method: Option<&str>, name: Option<&str>) -> McpRequest {
+        McpRequest::parse(
+            Bytes::copy_from_slice(s.as_bytes()),
+            McpHeaders {
+                method: method.map(str::to_owned),
+                name: name.map(str::to_owned),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn request_kinds() {
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).kind(),
+            MessageKind::Request
+        );
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).kind(),
+            MessageKind::Notification
+        );
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).kind(),
+            MessageKind::Response
+        );
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#).kind(),
+            MessageKind::Response
+        );
+        assert_eq!(parse(r#"[1,2]"#).kind(), MessageKind::Invalid);
+        assert_eq!(parse(r#""str""#).kind(), MessageKind::Invalid);
+        assert_eq!(parse(r#"[]"#).kind(), MessageKind::Invalid);
+        assert!(parse(r#"[]"#).is_batch());
+    }
+
+    #[test]
+    fn ids_keep_their_type() {
+        assert_eq!(
+            parse(r#"{"id":7,"method":"x"}"#).id(),
+            Some(&JsonRpcId::from(7))
+        );
+        assert_eq!(
+            parse(r#"{"id":"7","method":"x"}"#).id(),
+            Some(&JsonRpcId::from("7"))
+        );
+        assert_eq!(parse(r#"{"id":null,"method":"x"}"#).id(), None);
+        let big = parse(r#"{"id":1.5,"method":"x"}"#);
+        assert_eq!(serde_json::to_string(big.id().unwrap()).unwrap(), "1.5");
+    }
+
+    #[test]
+    fn targets() {
+        let r =
+            parse(r#"{"id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1}}}"#);
+        assert_eq!(r.tool_name(), Some("t"));
+        assert_eq!(r.arguments().unwrap()["a"], 1);
+        let r = parse(r#"{"id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#);
+        assert_eq!(r.resource_uri(), Some("file:///x"));
+        assert_eq!(r.tool_name(), None);
+        for m in ["resources/subscribe", "resources/unsubscribe"] {
+            let r = parse(&format!(
+                r#"{{"id":1,"method":"{m}","params":{{"uri":"u"}}}}"#
+            ));
+            assert_eq!(r.resource_uri(), Some("u"));
+        }
+        let r =
+            parse(r#"{"id":1,"method":"prompts/get","params":{"name":"p","arguments":{"x":"y"}}}"#);
+        assert_eq!(r.prompt_name(), Some("p"));
+        assert_eq!(r.arguments().unwrap()["x"], "y");
+        let r = parse(r#"{"id":1,"method":"tools/list","params":{"name":"t"}}"#);
+        assert_eq!(r.target(), None);
+        assert_eq!(r.arguments(), None);
+    }
+
+    #[test]
+    fn batch_messages() {
+        let r = parse(
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}},
+                {"jsonrpc":"2.0","method":"notifications/x"}]"#,
+        );
+        assert!(r.is_batch());
+        assert_eq!(r.messages().len(), 2);
+        assert_eq!(r.messages()[1].kind(), MessageKind::Notification);
+        assert_eq!(r.messages()[1].batch_index(), Some(1));
+        assert_eq!(r.params_at(0).unwrap()["name"], "a");
+        assert_eq!(r.params_at(1), None);
+    }
+
+    #[test]
+    fn header_mismatch() {
+        let body = r#"{"id":1,"method":"tools/call","params":{"name":"t"}}"#;
+        assert_eq!(with_headers(body, None, None).header_mismatch(), None);
+        assert_eq!(
+            with_headers(body, Some("tools/call"), Some("t")).header_mismatch(),
+            None
+        );
+        assert_eq!(
+            with_headers(body, Some("tools/list"), None).header_mismatch(),
+            Some(HeaderMismatch::Method)
+        );
+        assert_eq!(
+            with_headers(body, Some("tools/call"), Some("other")).header_mismatch(),
+            Some(HeaderMismatch::Name)
+        );
+        let res = r#"{"id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#;
+        assert_eq!(
+            with_headers(res, None, Some("file:///a")).header_mismatch(),
+            None
+        );
+        assert_eq!(
+            with_headers(res, None, Some("file:///b")).header_mismatch(),
+            Some(HeaderMismatch::Name)
+        );
+        assert_eq!(
+            with_headers(r#"[{"id":1,"method":"x"}]"#, Some("x"), None).header_mismatch(),
+            Some(HeaderMismatch::Batch)
+        );
+        // A name header with no name in the body disagrees.
+        assert_eq!(
+            with_headers(r#"{"id":1,"method":"ping"}"#, None, Some("t")).header_mismatch(),
+            Some(HeaderMismatch::Name)
+        );
+    }
+
+    #[test]
+    fn headers_are_read_case_insensitively() {
+        let mut h = HeaderMap::new();
+        h.insert("MCP-Protocol-Version", "2025-11-25".parse().unwrap());
+        h.insert("mcp-session-id", "abc".parse().unwrap());
+        h.insert("Mcp-Method", "tools/call".parse().unwrap());
+        h.insert("MCP-NAME", "t".parse().unwrap());
+        let m = McpHeaders::from_headers(&h);
+        assert_eq!(m.protocol_version.as_deref(), Some("2025-11-25"));
+        assert_eq!(m.session_id.as_deref(), Some("abc"));
+        assert_eq!(m.method.as_deref(), Some("tools/call"));
+        assert_eq!(m.name.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn debug_never_shows_arguments() {
+        let r = parse(
+            r#"{"id":1,"method":"tools/call","params":{"name":"t","arguments":{"password":"hunter2"}}}"#,
+        );
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}

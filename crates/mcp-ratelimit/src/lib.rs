@@ -1,0 +1,1 @@
+//! mcp-ratelimit (filled by its own issue).

@@ -1,0 +1,1 @@
+//! mcp-sanitize (filled by its own issue).

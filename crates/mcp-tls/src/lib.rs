@@ -1,0 +1,1 @@
+//! mcp-tls (filled by its own issue).
