@@ -143,10 +143,10 @@ impl TrustedProxies {
             ForwardedHeader::XRealIp => {
                 // One value: believed only when it is the only one.
                 let mut values = headers.get_all("x-real-ip").iter();
-                if let (Some(v), None) = (values.next(), values.next()) {
-                    if let Some(ip) = v.to_str().ok().and_then(parse_node) {
-                        current = ip;
-                    }
+                if let (Some(v), None) = (values.next(), values.next())
+                    && let Some(ip) = v.to_str().ok().and_then(parse_node)
+                {
+                    current = ip;
                 }
             }
             ForwardedHeader::XForwardedFor => {

@@ -433,10 +433,10 @@ impl McpRequest {
         if self.0.batch {
             return Some(HeaderMismatch::Batch);
         }
-        if let Some(m) = &h.method {
-            if self.method() != Some(m.as_str()) {
-                return Some(HeaderMismatch::Method);
-            }
+        if let Some(m) = &h.method
+            && self.method() != Some(m.as_str())
+        {
+            return Some(HeaderMismatch::Method);
         }
         if let Some(n) = &h.name {
             let params = self.params();

@@ -1,0 +1,365 @@
+//! Test support for the suite: real servers started on free loopback ports.
+//!
+//! Tests that need a server start their own, in a temporary directory, and the server is
+//! stopped when the handle is dropped. A missing binary is a test failure with a message
+//! that says how to install it (the README's test command, `scripts/test.sh`, does), never
+//! a silent skip.
+//!
+//! - [`RedisServer`]: `redis-server` (override the binary with `MCP_TEST_REDIS_SERVER`).
+//! - [`PostgresServer`]: `initdb` + `postgres` from `/usr/lib/postgresql/*/bin` or `PATH`
+//!   (override the directory with `MCP_TEST_PG_BIN`).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound then released; the caller binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind a loopback port")
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} exited with {status} before listening on port {port}:\n{log}");
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} did not listen on port {port} within 30 s:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn find_binary(env: &str, name: &str, install_hint: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "`{name}` was not found on PATH (nor set in {env}). This test needs a real {name}: \
+         run the README test command (scripts/test.sh installs it), or install it with \
+         `{install_hint}`."
+    );
+}
+
+/// A `redis-server` on a free loopback port, without persistence, stopped on drop.
+///
+/// ```no_run
+/// let redis = mcp_testkit::RedisServer::start();
+/// let url = redis.url(); // redis://127.0.0.1:PORT/
+/// # drop(url);
+/// ```
+pub struct RedisServer {
+    binary: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port. Panics with an installation hint when
+    /// `redis-server` is missing.
+    pub fn start() -> Self {
+        let binary = find_binary(
+            "MCP_TEST_REDIS_SERVER",
+            "redis-server",
+            "apt-get install -y redis-server",
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Self {
+            binary,
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new(&self.binary)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        let child = self.child.as_mut().expect("just set");
+        wait_for_port(self.port, child, "redis-server", &log);
+    }
+
+    /// The connection URL, `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL: as abrupt as a crash) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`RedisServer::kill`]); its data
+    /// is gone, as after a crash without persistence.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL server in a fresh cluster on a free loopback port, trust authentication
+/// for the `postgres` user, stopped on drop.
+///
+/// ```no_run
+/// let pg = mcp_testkit::PostgresServer::start();
+/// let url = pg.url(); // postgres://postgres@127.0.0.1:PORT/postgres
+/// # drop(url);
+/// ```
+pub struct PostgresServer {
+    bin: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn pg_bin_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("MCP_TEST_PG_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.join("initdb").is_file() && p.join("postgres").is_file());
+    versions.sort();
+    if let Some(p) = versions.pop() {
+        return p;
+    }
+    let initdb = find_binary("MCP_TEST_PG_BIN", "initdb", "apt-get install -y postgresql");
+    initdb.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl PostgresServer {
+    /// Creates a cluster in a temporary directory and starts it on a free port. Panics
+    /// with an installation hint when PostgreSQL is missing. PostgreSQL refuses to run as
+    /// root, so as root the cluster is run as the `postgres` system user (created by the
+    /// Debian package) with `runuser`.
+    pub fn start() -> Self {
+        let bin = pg_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("mcp-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let data = dir.path().join("data");
+        let root = is_root();
+        if root {
+            // The postgres user must own the directory.
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(
+                status.success(),
+                "cannot chown the cluster directory to the postgres user: install the \
+                 `postgresql` Debian package (it creates that user), e.g. via scripts/test.sh"
+            );
+        }
+        let mut initdb = as_pg_user(root, &bin.join("initdb"));
+        let out = initdb
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e}. Install PostgreSQL with `apt-get install -y \
+                     postgresql` or run scripts/test.sh",
+                    bin.join("initdb").display()
+                )
+            });
+        assert!(
+            out.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut s = Self {
+            bin,
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("postgres.log");
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let mut cmd = as_pg_user(is_root(), &self.bin.join("postgres"));
+        let child = cmd
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(self.dir.path())
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("start postgres");
+        self.child = Some(child);
+        let child = self.child.as_mut().expect("just set");
+        wait_for_port(self.port, child, "postgres", &log);
+        // Accepting TCP is not yet accepting queries: wait for the startup line.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("ready to accept connections") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The connection URL, `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A `tokio-postgres` / libpq key-value connection string.
+    pub fn conn_str(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server abruptly (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            // A killed postmaster leaves its pid file; postgres removes a stale one itself.
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+fn as_pg_user(root: bool, program: &Path) -> Command {
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn redis_starts_answers_and_restarts() {
+        let mut r = RedisServer::start();
+        let ping = |port: u16| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"PING\r\n").unwrap();
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).unwrap();
+            buf
+        };
+        assert_eq!(&ping(r.port()), b"+PONG\r\n");
+        r.kill();
+        assert!(TcpStream::connect(("127.0.0.1", r.port())).is_err());
+        r.restart();
+        assert_eq!(&ping(r.port()), b"+PONG\r\n");
+    }
+
+    #[test]
+    fn postgres_starts_and_listens() {
+        let mut pg = PostgresServer::start();
+        assert!(TcpStream::connect(("127.0.0.1", pg.port())).is_ok());
+        pg.restart();
+        assert!(TcpStream::connect(("127.0.0.1", pg.port())).is_ok());
+    }
+}

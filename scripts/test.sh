@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs every test of the suite on a fresh Debian machine with Rust.
+#
+# 1. Installs what the tests need and the machine lacks: redis-server, PostgreSQL,
+#    openssl, pebble (ACME test server), a Python venv with the `mcp` SDK and pytest
+#    (.venv), Node 22 and the MCP conformance suite from the npm registry (.tools).
+# 2. Checks formatting and lints (cargo fmt --check, clippy -D warnings).
+# 3. Runs the Rust tests of every crate (unit, integration over real sockets, doc tests).
+#    Tests that need redis-server or PostgreSQL start their own on free loopback ports and
+#    stop them after (crates/mcp-testkit).
+# 4. Runs the Python MCP client tests and the MCP conformance suite against the gateway.
+#
+# Environment: SKIP_INSTALL=1 skips step 1 (the tests then fail, never skip, when
+# something is missing). SKIP_LINT=1 skips step 2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+
+install_prereqs() {
+  local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || missing+=(pebble)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+  # The Debian postgresql package starts a cluster on port 5432; the tests use their own.
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import mcp, pytest' >/dev/null 2>&1; then
+    step "creating the Python venv (.venv) with the mcp SDK and pytest"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    if [ -f tests/python/requirements.txt ]; then
+      .venv/bin/pip install -q -r tests/python/requirements.txt
+    else
+      .venv/bin/pip install -q mcp pytest
+    fi
+  fi
+  if [ ! -x .tools/node_modules/.bin/conformance ] || [ ! -x .tools/node_modules/node/bin/node ]; then
+    step "installing Node 22 and the MCP conformance suite (.tools)"
+    mkdir -p .tools
+    (cd .tools && npm install --no-audit --no-fund --loglevel=error \
+        "node@22" "@modelcontextprotocol/conformance" >/dev/null)
+  fi
+}
+
+if [ "${SKIP_INSTALL:-0}" != "1" ]; then
+  step "prerequisites"
+  install_prereqs
+fi
+
+if [ "${SKIP_LINT:-0}" != "1" ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy (all targets, all features, -D warnings)"
+  cargo clippy --workspace --all-targets --all-features -- -D warnings
+fi
+
+step "cargo test (every crate, all features)"
+cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/cargo-test.log
+rust_status=${PIPESTATUS[0]}
+
+extra_status=0
+if [ -f tests/python/run.sh ]; then
+  step "Python MCP client tests (real mcp SDK through the gateway)"
+  bash tests/python/run.sh || extra_status=1
+fi
+if [ -f tests/conformance/run.sh ]; then
+  step "MCP conformance suite (upstream directly and through the gateway)"
+  bash tests/conformance/run.sh || extra_status=1
+fi
+
+step "summary"
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' target/cargo-test.log | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' target/cargo-test.log | awk '{s+=$1} END {print s+0}')
+echo "rust: ${passed} passed, ${failed} failed"
+if [ "$rust_status" != "0" ] || [ "$extra_status" != "0" ]; then
+  echo "FAILED (cargo test exit ${rust_status}, other suites $([ $extra_status = 0 ] && echo ok || echo failed))"
+  exit 1
+fi
+echo "all tests passed"
