@@ -190,11 +190,15 @@ fn pg_bin_dir() -> PathBuf {
     initdb.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// Whether the effective uid is 0 (read from /proc/self/status: Uid real effective ...).
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
         .unwrap_or(false)
 }
 
@@ -202,7 +206,7 @@ impl PostgresServer {
     /// Creates a cluster in a temporary directory and starts it on a free port. Panics
     /// with an installation hint when PostgreSQL is missing. PostgreSQL refuses to run as
     /// root, so as root the cluster is run as the `postgres` system user (created by the
-    /// Debian package) with `runuser`.
+    /// Debian package).
     pub fn start() -> Self {
         let bin = pg_bin_dir();
         let dir = tempfile::Builder::new()
@@ -213,16 +217,9 @@ impl PostgresServer {
         let root = is_root();
         if root {
             // The postgres user must own the directory.
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(
-                status.success(),
-                "cannot chown the cluster directory to the postgres user: install the \
-                 `postgresql` Debian package (it creates that user), e.g. via scripts/test.sh"
-            );
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("chown the cluster directory to the postgres user");
         }
         let mut initdb = as_pg_user(root, &bin.join("initdb"));
         let out = initdb
@@ -281,6 +278,8 @@ impl PostgresServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("postgres did not become ready within 30 s:\n{text}");
     }
 
     /// The connection URL, `postgres://postgres@127.0.0.1:PORT/postgres`.
@@ -310,6 +309,25 @@ impl PostgresServer {
         }
     }
 
+    /// Stops the server cleanly (SIGINT, PostgreSQL's fast shutdown), waiting up to 10 s
+    /// before killing it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts the server again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
@@ -317,19 +335,40 @@ impl PostgresServer {
     }
 }
 
+/// The uid and gid of the `postgres` system user, from /etc/passwd.
+fn postgres_ids() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() > 3 && f[0] == "postgres")
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL refuses to run as root and there is no `postgres` user: install \
+                 the `postgresql` Debian package (scripts/test.sh does)"
+            )
+        })
+}
+
+/// A command for a PostgreSQL program, run as the `postgres` user when we are root (the
+/// process is the program itself, so killing it kills the server).
 fn as_pg_user(root: bool, program: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program);
     if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
+        let (uid, gid) = postgres_ids();
+        c.uid(uid).gid(gid);
     }
+    c
 }
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
@@ -356,9 +395,11 @@ mod tests {
     }
 
     #[test]
-    fn postgres_starts_and_listens() {
+    fn postgres_starts_stops_and_restarts() {
         let mut pg = PostgresServer::start();
         assert!(TcpStream::connect(("127.0.0.1", pg.port())).is_ok());
+        pg.kill();
+        assert!(TcpStream::connect(("127.0.0.1", pg.port())).is_err());
         pg.restart();
         assert!(TcpStream::connect(("127.0.0.1", pg.port())).is_ok());
     }
