@@ -1,0 +1,357 @@
+//! [`TlsAcceptor`]: the current rustls configuration behind an atomic swap, the TLS
+//! handshake with its [`TlsInfo`], and hot reload of the files.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mcp_core::TlsInfo;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::build::{Built, Resumption, Snapshot, build_server_config, check_expiry};
+use crate::config::TlsConfig;
+use crate::error::TlsError;
+use crate::identity::tls_info;
+
+/// The ALPN protocol of ACME tls-alpn-01 validation connections (RFC 8737). A connection
+/// that negotiated it is closed right after the handshake and never reaches a service.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// What a reload found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The files changed and the new configuration is in use for new connections.
+    Reloaded,
+    /// The files are as they were; nothing was swapped.
+    Unchanged,
+}
+
+struct Source {
+    cfg: TlsConfig,
+    state: Mutex<SourceState>,
+}
+
+struct SourceState {
+    identity: [u8; 32],
+    trust: [u8; 32],
+    resumption: Resumption,
+    /// Digest of the last set of files that failed to load, to log a failure once.
+    last_failed: Option<[u8; 32]>,
+}
+
+struct Inner {
+    current: ArcSwap<ServerConfig>,
+    source: Option<Source>,
+}
+
+/// Accepts TLS connections with the current configuration.
+///
+/// Cheap to clone; clones share the configuration, so a reload is seen by all of them.
+/// Each handshake uses the configuration current when it starts: a reload never touches
+/// connections already open.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use mcp_tls::{TlsAcceptor, TlsConfig};
+///
+/// let acceptor = TlsAcceptor::from_config(&TlsConfig::new("server.pem", "server.key"))?;
+/// let _reloader = acceptor.spawn_reloader()?; // keep it: dropping it stops reloading
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsAcceptor")
+            .field("reloadable", &self.inner.source.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptor {
+    /// Validates the configuration, reads the files and builds the rustls configuration.
+    ///
+    /// Fails with a precise error for a missing file (naming it), unparsable PEM, a key
+    /// that does not match the certificate, an expired certificate, or a rule broken.
+    /// Warns (tracing) when the certificate expires within `expiryWarning`.
+    /// Blocking file I/O: call it at startup, or from `spawn_blocking`.
+    pub fn from_config(cfg: &TlsConfig) -> Result<Self, TlsError> {
+        cfg.validate()?;
+        if cfg.uses_acme() {
+            return Err(crate::ConfigError::new(
+                "server.tls.autoCert.enabled",
+                "use mcp_tls::acme::AcmeAcceptor for ACME certificates",
+            )
+            .into());
+        }
+        let snap = Snapshot::read(cfg)?;
+        let resumption = Resumption::new()?;
+        let Built { config, .. } = build_server_config(cfg, &snap, &resumption)?;
+        tracing::info!(
+            cert = %snap.cert.0.display(),
+            client_auth = cfg.client_auth.as_str(),
+            min = %cfg.min_version,
+            max = %cfg.max_version,
+            "TLS configuration loaded"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                current: ArcSwap::new(config),
+                source: Some(Source {
+                    cfg: cfg.clone(),
+                    state: Mutex::new(SourceState {
+                        identity: snap.identity_digest(),
+                        trust: snap.trust_digest(),
+                        resumption,
+                        last_failed: None,
+                    }),
+                }),
+            }),
+        })
+    }
+
+    /// An acceptor for a fixed rustls configuration (no reload). Used by the ACME
+    /// acceptor, whose certificate resolver swaps certificates itself.
+    pub fn from_server_config(config: Arc<ServerConfig>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                current: ArcSwap::new(config),
+                source: None,
+            }),
+        }
+    }
+
+    /// The configuration new connections use now.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.inner.current.load_full()
+    }
+
+    /// Performs the TLS handshake with the current configuration and returns the stream
+    /// with the connection's [`TlsInfo`] (protocol, ALPN, SNI, verified client identity).
+    ///
+    /// A connection that negotiated the ACME validation protocol is refused with
+    /// [`io::ErrorKind::ConnectionAborted`] once its handshake is done.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> io::Result<(tokio_rustls::server::TlsStream<IO>, TlsInfo)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = self.inner.current.load_full();
+        let stream = tokio_rustls::TlsAcceptor::from(config).accept(io).await?;
+        let (_, conn) = stream.get_ref();
+        if conn.alpn_protocol() == Some(ACME_TLS_ALPN) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "ACME tls-alpn-01 validation connection",
+            ));
+        }
+        let info = tls_info(conn);
+        Ok((stream, info))
+    }
+
+    /// Re-reads the files and, when they changed and are valid, swaps in the new
+    /// configuration for new connections. When they are invalid the current
+    /// configuration stays and the error is returned (and logged once per distinct set
+    /// of files). File I/O runs on the blocking pool.
+    pub async fn reload(&self) -> Result<ReloadOutcome, TlsError> {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.reload_blocking()).await {
+            Ok(r) => r,
+            Err(e) => Err(TlsError::Io {
+                key: "server.tls",
+                path: PathBuf::new(),
+                source: io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// [`reload`](Self::reload) without the blocking pool (blocking file I/O).
+    pub fn reload_blocking(&self) -> Result<ReloadOutcome, TlsError> {
+        let Some(source) = &self.inner.source else {
+            return Ok(ReloadOutcome::Unchanged);
+        };
+        let mut state = match source.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let snap = match Snapshot::read(&source.cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload refused; the current certificate stays");
+                return Err(e);
+            }
+        };
+        let identity = snap.identity_digest();
+        let trust = snap.trust_digest();
+        if identity == state.identity && trust == state.trust {
+            // Unchanged files: still warn when the certificate nears expiry.
+            if let Ok(chain) =
+                crate::build::parse_cert_chain("server.tls.certFile", &snap.cert.0, &snap.cert.1)
+                && let Some(leaf) = chain.first()
+                && let Err(e) = check_expiry(&snap.cert.0, leaf, source.cfg.expiry_warning)
+            {
+                tracing::error!(error = %e, "the TLS certificate in use has expired");
+            }
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let combined = {
+            let mut v = identity.to_vec();
+            v.extend_from_slice(&trust);
+            let d: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&v).into();
+            d
+        };
+        // New trust (CA or CRLs): fresh resumption state, so no session verified under
+        // the old trust is resumed.
+        let resumption = if trust != state.trust {
+            Resumption::new()?
+        } else {
+            state.resumption.clone()
+        };
+        match build_server_config(&source.cfg, &snap, &resumption) {
+            Ok(Built { config, .. }) => {
+                self.inner.current.store(config);
+                state.identity = identity;
+                state.trust = trust;
+                state.resumption = resumption;
+                state.last_failed = None;
+                tracing::info!(cert = %snap.cert.0.display(), "TLS configuration reloaded");
+                Ok(ReloadOutcome::Reloaded)
+            }
+            Err(e) => {
+                if state.last_failed != Some(combined) {
+                    tracing::error!(
+                        error = %e,
+                        "TLS reload refused; the current certificate stays"
+                    );
+                    state.last_failed = Some(combined);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts reloading on file changes (the directories of the files are watched, so
+    /// replacement by rename - editors, cert-manager, Kubernetes secret volumes - is
+    /// seen) and on a periodic check every `rotationInterval`. Must be called within a
+    /// tokio runtime. Reloading stops when the returned handle is dropped.
+    pub fn spawn_reloader(&self) -> Result<ReloadHandle, TlsError> {
+        self.spawn_reloader_with(Duration::from_millis(200))
+    }
+
+    /// [`spawn_reloader`](Self::spawn_reloader) with a chosen debounce: after a change,
+    /// wait until the directory has been quiet this long before reloading.
+    pub fn spawn_reloader_with(&self, debounce: Duration) -> Result<ReloadHandle, TlsError> {
+        let Some(source) = &self.inner.source else {
+            return Ok(ReloadHandle { task: None });
+        };
+        let cfg = &source.cfg;
+        let period = cfg.effective_rotation_interval();
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let watcher = if cfg.watch {
+            let mut dirs: Vec<PathBuf> = Vec::new();
+            let files = cfg
+                .cert_file
+                .iter()
+                .chain(cfg.key_file.iter())
+                .chain(cfg.ca_file.iter())
+                .chain(cfg.crl_files.iter());
+            for f in files {
+                let dir = match f.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+            Some(start_watcher(&dirs, tx)?)
+        } else {
+            None
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(async move {
+            let _watcher = watcher;
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    got = rx.recv() => {
+                        if got.is_none() {
+                            // The watcher is gone; keep the periodic check.
+                            tick.tick().await;
+                        } else {
+                            // Debounce: wait for a quiet directory.
+                            loop {
+                                tokio::time::sleep(debounce).await;
+                                if rx.try_recv().is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                let Some(inner) = weak.upgrade() else { break };
+                let acceptor = TlsAcceptor { inner };
+                let _ = acceptor.reload().await;
+            }
+        });
+        Ok(ReloadHandle { task: Some(task) })
+    }
+}
+
+fn start_watcher(
+    dirs: &[PathBuf],
+    tx: mpsc::Sender<()>,
+) -> Result<notify::RecommendedWatcher, TlsError> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && !matches!(ev.kind, EventKind::Access(_))
+        {
+            // A full channel already holds a pending signal.
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| TlsError::Watch {
+        path: dirs.first().cloned().unwrap_or_default(),
+        reason: e.to_string(),
+    })?;
+    for d in dirs {
+        watcher
+            .watch(d, RecursiveMode::NonRecursive)
+            .map_err(|e| TlsError::Watch {
+                path: d.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(watcher)
+}
+
+/// Keeps the reloader of a [`TlsAcceptor`] running; dropping it stops reloading (the
+/// acceptor keeps its current configuration).
+#[derive(Debug)]
+#[must_use = "dropping the handle stops reloading"]
+pub struct ReloadHandle {
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for ReloadHandle {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}

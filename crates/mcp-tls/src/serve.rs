@@ -1,0 +1,368 @@
+//! The accept loop: TCP (or TLS over TCP) to HTTP/1.1 and HTTP/2 for any tower or hyper
+//! service, axum's `Router` included.
+//!
+//! Each request carries the connection's [`PeerAddr`] and, over TLS, its [`TlsInfo`] in
+//! its extensions. The loop caps concurrent connections (a semaphore: beyond the cap,
+//! connections wait in the kernel's listen backlog), bounds the TLS handshake in time,
+//! and on shutdown stops accepting, asks every connection to finish (HTTP/1.1 closes
+//! after the response in flight, HTTP/2 sends GOAWAY) and waits for them up to the drain
+//! timeout.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{Router, routing::get, Extension};
+//! use mcp_core::TlsInfo;
+//! use mcp_tls::{Server, TlsAcceptor, TlsConfig};
+//!
+//! async fn whoami(Extension(tls): Extension<TlsInfo>) -> String {
+//!     format!("{:?}", tls.client.as_ref().and_then(|c| c.common_name.clone()))
+//! }
+//!
+//! let acceptor = TlsAcceptor::from_config(&TlsConfig::new("server.pem", "server.key"))?;
+//! let _reload = acceptor.spawn_reloader()?;
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
+//! let app = Router::new().route("/whoami", get(whoami));
+//! Server::new(listener)
+//!     .tls(acceptor)
+//!     .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+//!     .serve(app)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use mcp_core::{PeerAddr, TlsInfo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower_service::Service;
+
+use crate::acceptor::TlsAcceptor;
+use crate::config::ServerOptions;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Wraps a per-connection service to put the connection's [`PeerAddr`] and (over TLS)
+/// [`TlsInfo`] into every request's extensions.
+#[derive(Clone)]
+pub struct ConnectionInfo<S> {
+    inner: S,
+    peer: PeerAddr,
+    tls: Option<TlsInfo>,
+}
+
+impl<S> ConnectionInfo<S> {
+    /// Wraps `inner` for a connection from `peer`, with its TLS facts if any.
+    pub fn new(inner: S, peer: SocketAddr, tls: Option<TlsInfo>) -> Self {
+        Self {
+            inner,
+            peer: PeerAddr(peer),
+            tls,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for ConnectionInfo<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionInfo")
+            .field("inner", &self.inner)
+            .field("peer", &self.peer)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl<S, B> Service<Request<B>> for ConnectionInfo<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
+        if let Some(tls) = &self.tls {
+            req.extensions_mut().insert(tls.clone());
+        }
+        self.inner.call(req)
+    }
+}
+
+/// The accept loop, as a builder. See the [module documentation](self).
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    options: ServerOptions,
+    shutdown: Option<ShutdownSignal>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Serves plain TCP on `listener` until [`tls`](Self::tls) is set.
+    pub fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            tls: None,
+            options: ServerOptions::default(),
+            shutdown: None,
+        }
+    }
+
+    /// Serves TLS with this acceptor (which may be reloading).
+    pub fn tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// Serves TLS when `Some`, plain TCP when `None`.
+    pub fn maybe_tls(mut self, acceptor: Option<TlsAcceptor>) -> Self {
+        self.tls = acceptor;
+        self
+    }
+
+    /// Sets all limits at once (from configuration). Invalid values are clamped to the
+    /// nearest valid one; validate with [`ServerOptions::validate`] to get an error.
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Time allowed for the TLS handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.options.handshake_timeout = timeout;
+        self
+    }
+
+    /// Most connections open at once (default 10000).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.options.max_connections = max;
+        self
+    }
+
+    /// How long graceful shutdown waits for open connections (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.options.drain_timeout = timeout;
+        self
+    }
+
+    /// Stops accepting when `signal` completes, then drains open connections.
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs the loop until the shutdown signal, then drains. Returns once every
+    /// connection has finished or the drain timeout has passed.
+    pub async fn serve<S, B>(self, service: S) -> io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let Server {
+            listener,
+            tls,
+            options,
+            shutdown,
+        } = self;
+        let max = options.max_connections.clamp(1, (u32::MAX >> 3) as usize);
+        let handshake_timeout = if options.handshake_timeout.is_zero() {
+            Duration::from_secs(10)
+        } else {
+            options.handshake_timeout
+        };
+        let permits = Arc::new(Semaphore::new(max));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let mut shutdown: ShutdownSignal =
+            shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
+
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Resource exhaustion (EMFILE, ENFILE, ENOBUFS) or a connection
+                        // reset before accept: pause briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let service = service.clone();
+            let builder = builder.clone();
+            let tls = tls.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tls {
+                    None => {
+                        let svc = ConnectionInfo::new(service, peer, None);
+                        serve_connection(&builder, tcp, svc, stop).await;
+                    }
+                    Some(acceptor) => {
+                        match handshake(&acceptor, tcp, handshake_timeout, stop.clone()).await {
+                            Some((stream, info)) => {
+                                let svc = ConnectionInfo::new(service, peer, Some(info));
+                                serve_connection(&builder, stream, svc, stop).await;
+                            }
+                            None => tracing::debug!(%peer, "TLS handshake not completed"),
+                        }
+                    }
+                }
+            });
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        // Every connection holds a permit: all permits back means all drained.
+        let drained = tokio::time::timeout(
+            options.drain_timeout,
+            permits.acquire_many(max as u32),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout reached with connections still open");
+        }
+        Ok(())
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        // The loop is gone without signalling: never resolve.
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
+    tokio::select! {
+        r = tokio::time::timeout(timeout, acceptor.accept(tcp)) => match r {
+            Ok(Ok(ok)) => Some(ok),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                None
+            }
+        },
+        () = stopped(&mut stop) => None,
+    }
+}
+
+async fn serve_connection<IO, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: IO,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves `service` over TLS on `listener` until the process ends (no graceful
+/// shutdown; use [`Server`] for that and for limits).
+pub async fn serve<S, B>(listener: TcpListener, tls: TlsAcceptor, service: S) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    Server::new(listener).tls(tls).serve(service).await
+}
+
+/// Serves `service` over plain TCP on `listener` (each request still gets its
+/// [`PeerAddr`]).
+pub async fn serve_plain<S, B>(listener: TcpListener, service: S) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    Server::new(listener).serve(service).await
+}
