@@ -1,1 +1,65 @@
-//! mcp-audit (filled by its own issue).
+//! An audit trail for MCP servers and gateways that loses nothing and leaks nothing.
+//!
+//! - [`AuditLayer`] (placed outermost) writes one event per request, served or refused:
+//!   timestamp, request id, user (the [`mcp_core::Principal`]'s id, never a client
+//!   header), auth method, client IP, MCP method, tool / resource / prompt, params
+//!   (masked), HTTP status, JSON-RPC error code, outcome, the typed denial reason, duration,
+//!   upstream, bytes in and out. Lifecycle events (startup, shutdown, configuration
+//!   reload) and authentication failures are recorded through [`AuditHandle::record`].
+//! - [`Masker`] masks sensitive fields at any depth and credential patterns wherever they
+//!   appear; [`sensitive_headers_layer`] keeps sensitive header values out of tracing
+//!   output, and events render them as the mask.
+//! - A bounded queue and one background writer ([`Auditor`]) feed several sinks at once
+//!   ([`sink`]): JSON lines on stdout or tracing, rotated JSON lines files, SQLite
+//!   (default) and PostgreSQL (feature `postgres`). The request path never waits on a sink.
+//! - Every stored record is chained with SHA-256 ([`chain`]); `verify_*` functions report
+//!   the first deleted, inserted or altered record.
+//! - [`AuditQueryService`] answers `GET /api/audit/query`, for principals holding the
+//!   audit scope only.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() {
+//! use axum::{Router, routing::post};
+//! use mcp_audit::{AuditConfig, AuditEvent, Auditor};
+//!
+//! let auditor = Auditor::from_config(AuditConfig::default()).await.unwrap();
+//! auditor.handle().record(AuditEvent::startup()).await;
+//! let app: Router = Router::new()
+//!     .route("/mcp", post(|| async { "ok" }))
+//!     // ... auth, rate limit, parse, sanitize layers ...
+//!     .layer(auditor.layer())
+//!     .layer(auditor.sensitive_headers_layer());
+//! # let _ = app;
+//! // On SIGTERM, after the server drained its connections:
+//! auditor.shutdown().await;
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod chain;
+pub mod config;
+pub mod event;
+pub mod headers;
+pub mod layer;
+pub mod mask;
+pub mod pipeline;
+pub mod query;
+pub mod sink;
+
+pub use chain::{ChainHead, Tampering, VerifyReport};
+pub use config::{
+    AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig,
+    MaskingConfig, OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
+};
+pub use event::{AuditEvent, AuditRecord, EventKind, Outcome};
+pub use headers::sensitive_headers_layer;
+pub use layer::{Audit, AuditBody, AuditLayer, AuditUpstream, RequestId, X_REQUEST_ID};
+pub use mask::Masker;
+pub use pipeline::{AuditError, AuditHandle, AuditStats, Auditor, AuditorBuilder};
+pub use query::{AuditQuery, AuditQueryService, AuditStore, QueryPage, StoreError};
+pub use sink::file::verify_jsonl;
+#[cfg(feature = "sqlite")]
+pub use sink::sqlite::verify_sqlite;
+#[cfg(feature = "postgres")]
+pub use sink::postgres::verify_postgres;

@@ -1,0 +1,559 @@
+//! Configuration: plain serde structs with the seeds' `audit` keys (camelCase), plus the
+//! suite's own keys, validated by [`AuditConfig::validate`].
+//!
+//! ```
+//! use mcp_audit::AuditConfig;
+//!
+//! let cfg: AuditConfig = serde_json::from_value(serde_json::json!({
+//!     "enabled": true,
+//!     "level": "info",
+//!     "storage": "database",
+//!     "format": "json",
+//!     "masking": {
+//!         "enabled": true,
+//!         "fields": ["password", "token", "apiKey", "secret", "authorization"],
+//!         "maskValue": "***REDACTED***"
+//!     },
+//!     "database": { "type": "sqlite", "sqlitePath": "/tmp/audit.db", "maxRecords": 100000 }
+//! })).unwrap();
+//! cfg.validate().unwrap();
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::{Deserialize, Serialize};
+
+/// The default mask written in place of a secret.
+pub const DEFAULT_MASK: &str = "***REDACTED***";
+
+/// Field names masked by default (matched with case and `_` / `-` folded, see
+/// [`crate::Masker`]).
+pub const DEFAULT_MASKED_FIELDS: &[&str] = &[
+    "password",
+    "passwd",
+    "token",
+    "apiKey",
+    "secret",
+    "authorization",
+    "credential",
+    "credentials",
+    "privateKey",
+    "accessKey",
+    "cookie",
+    "sessionId",
+];
+
+/// Headers never written in plaintext (audit events and tracing output).
+pub const DEFAULT_SENSITIVE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+];
+
+/// An invalid configuration: names the key and the rule, never a value that may be secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid audit configuration: `{key}` {rule}")]
+pub struct ConfigError {
+    /// The configuration key, e.g. `audit.queue.capacity`.
+    pub key: &'static str,
+    /// The rule that was broken.
+    pub rule: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: &'static str, rule: impl Into<String>) -> Self {
+        Self {
+            key,
+            rule: rule.into(),
+        }
+    }
+}
+
+/// Which events are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditLevel {
+    /// Every request and lifecycle event (same as `info`).
+    Debug,
+    /// Every request and lifecycle event.
+    #[default]
+    Info,
+    /// Only refused or failed requests, authentication failures and lifecycle events.
+    Warn,
+}
+
+/// Where events go. Several can be configured at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// The database configured under `database` (SQLite by default, or PostgreSQL).
+    Database,
+    /// JSON lines files with size-based rotation (`file`).
+    File,
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines as `tracing` events (target `mcp_audit`).
+    Tracing,
+}
+
+/// One storage or a list of them (the seeds write a single string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StorageList {
+    /// A single storage.
+    One(Storage),
+    /// Several storages, all written.
+    Many(Vec<Storage>),
+}
+
+impl Default for StorageList {
+    fn default() -> Self {
+        Self::One(Storage::Database)
+    }
+}
+
+impl StorageList {
+    /// The storages, deduplicated, in order.
+    pub fn to_vec(&self) -> Vec<Storage> {
+        let mut out = Vec::new();
+        let items: &[Storage] = match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        };
+        for s in items {
+            if !out.contains(s) {
+                out.push(*s);
+            }
+        }
+        out
+    }
+}
+
+/// Masking of parameters and header values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// Whether parameters are masked (`masking.enabled`, default true). Sensitive headers
+    /// are redacted even when this is false.
+    pub enabled: bool,
+    /// Field names to mask, added to [`DEFAULT_MASKED_FIELDS`] (`masking.fields`).
+    pub fields: Vec<String>,
+    /// The replacement (`masking.maskValue`, default `***REDACTED***`).
+    pub mask_value: String,
+    /// Extra value patterns (regular expressions) masked wherever they appear in strings,
+    /// added to the built-in ones (JWTs, bearer / basic credentials, PEM private keys,
+    /// cloud access keys, well-known token formats).
+    pub patterns: Vec<String>,
+    /// Extra header names never written in plaintext, added to
+    /// [`DEFAULT_SENSITIVE_HEADERS`].
+    pub headers: Vec<String>,
+}
+
+impl Default for MaskingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fields: Vec::new(),
+            mask_value: DEFAULT_MASK.to_owned(),
+            patterns: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Database engine of the `database` storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    /// An embedded SQLite file (`sqlitePath`).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL server (`postgresUrl`), shared by several gateway replicas. Needs the
+    /// `postgres` cargo feature.
+    Postgres,
+}
+
+/// A connection URL that may hold a password: Debug never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(pub String);
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretUrl(***)")
+    }
+}
+
+/// The `database` storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite` (default) or `postgres` (`database.type`).
+    #[serde(rename = "type")]
+    pub kind: DatabaseType,
+    /// The SQLite file (`database.sqlitePath`, default `audit.db`).
+    pub sqlite_path: PathBuf,
+    /// Keep at most this many records; older ones are pruned, and the hash of the last
+    /// pruned record is kept as the chain's anchor (`database.maxRecords`, 0 = unlimited).
+    pub max_records: u64,
+    /// PostgreSQL connection URL or key-value string (`database.postgresUrl`).
+    pub postgres_url: Option<SecretUrl>,
+    /// The name recorded as the writer of each row (default: the host name, or `gateway`).
+    pub writer_id: Option<String>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            kind: DatabaseType::Sqlite,
+            sqlite_path: PathBuf::from("audit.db"),
+            max_records: 100_000,
+            postgres_url: None,
+            writer_id: None,
+        }
+    }
+}
+
+/// The `file` storage: JSON lines with size-based rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// The active file (`file.path`, default `audit.jsonl`); rotated files are
+    /// `<path>.1` (newest) to `<path>.<keepFiles>`.
+    pub path: PathBuf,
+    /// Rotate when the active file would grow beyond this many bytes (default 100 MiB).
+    pub max_bytes: u64,
+    /// Rotated files kept (default 10); the oldest is deleted beyond that.
+    pub keep_files: u32,
+    /// `fsync` the file after each batch (default false: flushed to the OS only).
+    pub fsync: bool,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("audit.jsonl"),
+            max_bytes: 100 * 1024 * 1024,
+            keep_files: 10,
+            fsync: false,
+        }
+    }
+}
+
+/// What the request path does when the queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverflowPolicy {
+    /// Drop the event, count it in `mcp_audit_events_dropped_total` and log a warning.
+    Drop,
+    /// Hold the end of the response until the event is queued, at most `maxWaitMs`; then
+    /// drop and count it.
+    #[default]
+    Wait,
+}
+
+/// The queue between the request path and the background writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Events held in memory at most (default 65536).
+    pub capacity: usize,
+    /// Events written per batch at most (default 1024).
+    pub batch_size: usize,
+    /// `drop` or `wait` (default).
+    pub overflow: OverflowPolicy,
+    /// Longest wait for room under the `wait` policy, in milliseconds (default 100).
+    pub max_wait_ms: u64,
+    /// How long [`crate::Auditor::shutdown`] keeps retrying a failing sink before it
+    /// gives up on the remaining events (counted as dropped), in milliseconds (default
+    /// 30000).
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 65_536,
+            batch_size: 1024,
+            overflow: OverflowPolicy::Wait,
+            max_wait_ms: 100,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The query endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// The scope a principal needs (default `audit:read`).
+    pub scope: String,
+    /// The largest `limit` honoured (default 1000).
+    pub max_limit: u32,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            scope: "audit:read".to_owned(),
+            max_limit: 1000,
+        }
+    }
+}
+
+/// The `audit` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Whether auditing is on (default true).
+    pub enabled: bool,
+    /// `debug`, `info` (default) or `warn`.
+    pub level: AuditLevel,
+    /// `database` (default), `file`, `stdout`, `tracing`, or a list of them.
+    pub storage: StorageList,
+    /// Only `json` is supported (default).
+    pub format: String,
+    /// Masking of parameters and headers.
+    pub masking: MaskingConfig,
+    /// The `database` storage.
+    pub database: DatabaseConfig,
+    /// The `file` storage.
+    pub file: FileConfig,
+    /// The queue.
+    pub queue: QueueConfig,
+    /// The query endpoint.
+    pub query: QueryConfig,
+    /// Believe the client's `x-request-id` (default false: a fresh UUIDv7 is generated and
+    /// replaces the client's header). Turn on only behind a proxy that sets it.
+    pub trust_request_id: bool,
+    /// Record request headers (sensitive ones redacted) in each event (default true).
+    pub record_headers: bool,
+    /// Parameters larger than this (serialized, in bytes) are replaced by a marker
+    /// (default 65536).
+    pub max_params_bytes: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            level: AuditLevel::Info,
+            storage: StorageList::default(),
+            format: "json".to_owned(),
+            masking: MaskingConfig::default(),
+            database: DatabaseConfig::default(),
+            file: FileConfig::default(),
+            queue: QueueConfig::default(),
+            query: QueryConfig::default(),
+            trust_request_id: false,
+            record_headers: true,
+            max_params_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Checks every rule; the first broken one is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.format != "json" {
+            return Err(ConfigError::new("audit.format", "must be \"json\""));
+        }
+        if self.masking.mask_value.is_empty() {
+            return Err(ConfigError::new(
+                "audit.masking.maskValue",
+                "must not be empty",
+            ));
+        }
+        for f in &self.masking.fields {
+            if crate::mask::fold(f).is_empty() {
+                return Err(ConfigError::new(
+                    "audit.masking.fields",
+                    "entries must contain a letter or digit",
+                ));
+            }
+        }
+        for p in &self.masking.patterns {
+            if regex::Regex::new(p).is_err() {
+                return Err(ConfigError::new(
+                    "audit.masking.patterns",
+                    "entries must be valid regular expressions",
+                ));
+            }
+        }
+        for h in &self.masking.headers {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(ConfigError::new(
+                    "audit.masking.headers",
+                    "entries must be valid header names",
+                ));
+            }
+        }
+        let storages = self.storage.to_vec();
+        if storages.is_empty() {
+            return Err(ConfigError::new("audit.storage", "must name a storage"));
+        }
+        if storages.contains(&Storage::Database) {
+            match self.database.kind {
+                DatabaseType::Sqlite => {
+                    if self.database.sqlite_path.as_os_str().is_empty() {
+                        return Err(ConfigError::new(
+                            "audit.database.sqlitePath",
+                            "must not be empty",
+                        ));
+                    }
+                    if !cfg!(feature = "sqlite") {
+                        return Err(ConfigError::new(
+                            "audit.database.type",
+                            "sqlite needs the `sqlite` cargo feature of mcp-audit",
+                        ));
+                    }
+                }
+                DatabaseType::Postgres => {
+                    if self
+                        .database
+                        .postgres_url
+                        .as_ref()
+                        .is_none_or(|u| u.0.trim().is_empty())
+                    {
+                        return Err(ConfigError::new(
+                            "audit.database.postgresUrl",
+                            "is required when database.type is postgres",
+                        ));
+                    }
+                    if !cfg!(feature = "postgres") {
+                        return Err(ConfigError::new(
+                            "audit.database.type",
+                            "postgres needs the `postgres` cargo feature of mcp-audit",
+                        ));
+                    }
+                }
+            }
+        }
+        if storages.contains(&Storage::File) {
+            if self.file.path.as_os_str().is_empty() {
+                return Err(ConfigError::new("audit.file.path", "must not be empty"));
+            }
+            if self.file.max_bytes < 4096 {
+                return Err(ConfigError::new(
+                    "audit.file.maxBytes",
+                    "must be at least 4096",
+                ));
+            }
+        }
+        if self.queue.capacity == 0 || self.queue.capacity > 16 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "audit.queue.capacity",
+                "must be between 1 and 16777216",
+            ));
+        }
+        if self.queue.batch_size == 0 || self.queue.batch_size > 65_536 {
+            return Err(ConfigError::new(
+                "audit.queue.batchSize",
+                "must be between 1 and 65536",
+            ));
+        }
+        if self.queue.max_wait_ms > 60_000 {
+            return Err(ConfigError::new(
+                "audit.queue.maxWaitMs",
+                "must be at most 60000",
+            ));
+        }
+        if self.query.scope.trim().is_empty() {
+            return Err(ConfigError::new("audit.query.scope", "must not be empty"));
+        }
+        if self.query.max_limit == 0 || self.query.max_limit > 10_000 {
+            return Err(ConfigError::new(
+                "audit.query.maxLimit",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.max_params_bytes < 64 {
+            return Err(ConfigError::new(
+                "audit.maxParamsBytes",
+                "must be at least 64",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sensitive header names: the defaults plus `masking.headers`.
+    pub fn sensitive_headers(&self) -> Vec<HeaderName> {
+        let mut out: Vec<HeaderName> = DEFAULT_SENSITIVE_HEADERS
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect();
+        for h in &self.masking.headers {
+            if let Ok(name) = HeaderName::from_bytes(h.as_bytes()) {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.queue.max_wait_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_keys_parse() {
+        let yaml = serde_json::json!({
+            "enabled": true, "level": "info", "storage": "database", "format": "json",
+            "masking": {"enabled": true, "fields": ["password"], "maskValue": "XX"},
+            "database": {"type": "sqlite", "sqlitePath": "/x/a.db", "maxRecords": 5}
+        });
+        let c: AuditConfig = serde_json::from_value(yaml).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.masking.mask_value, "XX");
+        assert_eq!(c.database.max_records, 5);
+        assert_eq!(c.storage.to_vec(), vec![Storage::Database]);
+    }
+
+    #[test]
+    fn storage_list_and_errors_name_keys() {
+        let c: AuditConfig =
+            serde_json::from_value(serde_json::json!({"storage": ["stdout", "file", "stdout"]}))
+                .unwrap();
+        assert_eq!(c.storage.to_vec(), vec![Storage::Stdout, Storage::File]);
+        let mut bad = AuditConfig::default();
+        bad.format = "text".into();
+        assert_eq!(bad.validate().unwrap_err().key, "audit.format");
+        let mut bad = AuditConfig::default();
+        bad.queue.capacity = 0;
+        assert_eq!(bad.validate().unwrap_err().key, "audit.queue.capacity");
+        let mut bad = AuditConfig::default();
+        bad.masking.patterns = vec!["(".into()];
+        assert_eq!(bad.validate().unwrap_err().key, "audit.masking.patterns");
+        let mut bad = AuditConfig::default();
+        bad.database.kind = DatabaseType::Postgres;
+        assert_eq!(
+            bad.validate().unwrap_err().key,
+            "audit.database.postgresUrl"
+        );
+        assert!(
+            serde_json::from_value::<AuditConfig>(serde_json::json!({"nope": 1})).is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn postgres_url_never_in_debug() {
+        let mut c = AuditConfig::default();
+        c.database.postgres_url = Some(SecretUrl("postgres://u:hunter2@h/db".into()));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let err = ConfigError::new("audit.database.postgresUrl", "x");
+        assert!(!err.to_string().contains("hunter2"));
+    }
+}

@@ -1,0 +1,486 @@
+//! [`AuditLayer`]: one event per request, served or refused.
+//!
+//! Place it outermost. For each request it:
+//!
+//! 1. sets the request id: the incoming `x-request-id` when configured to trust it (and it
+//!    is 1 to 128 visible ASCII characters), else a fresh UUIDv7, which replaces the
+//!    client's header; the [`RequestId`] goes into the request extensions and onto the
+//!    response as `x-request-id`;
+//! 2. calls the inner service, then reads what the inner layers left in the response
+//!    extensions: the [`Denial`] of a refusal (typed reason, JSON-RPC code, safe detail),
+//!    the [`Principal`] (mirrored by the authentication layer), the [`McpRequest`]
+//!    (mirrored by [`mcp_core::ParseLayer`]) and the [`AuditUpstream`] set by the proxy;
+//! 3. wraps the response body to count the bytes actually sent, and hands the event to
+//!    the writer when the body ends or is dropped, so a streamed (SSE) response is counted
+//!    in full and `duration_ms` covers the whole stream.
+//!
+//! The client IP is the [`ClientAddr`] in the request extensions (set by
+//! [`mcp_core::ClientAddrLayer`] outside this layer), else the peer address
+//! ([`mcp_core::PeerAddr`] or axum's `ConnectInfo`) resolved through the
+//! [`TrustedProxies`] given to [`AuditLayer::trusted_proxies`], else the peer itself.
+//! The user is the principal's id, never a client header such as `X-User-ID`.
+//!
+//! The request path only collects references (`Arc`s, `Bytes`) and moves one boxed event
+//! into the queue; masking and serialization happen on the background writer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime};
+
+use bytes::Buf;
+use http::header::CONTENT_LENGTH;
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use mcp_core::{ClientAddr, Denial, McpRequest, Principal, RejectionReason, TrustedProxies};
+use pin_project_lite::pin_project;
+use tokio::sync::mpsc::OwnedPermit;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::event::{EventData, EventKind, Outcome};
+use crate::pipeline::{AuditHandle, Msg, TrySend};
+
+/// The `x-request-id` header.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request id, in the request extensions (set by [`AuditLayer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// A fresh UUIDv7.
+    pub fn generate() -> Self {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        // A hyphenated UUID is always a valid header value.
+        Self(HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+    }
+
+    /// Accepts a client-supplied id: 1 to 128 visible ASCII characters.
+    pub fn from_header(v: &HeaderValue) -> Option<Self> {
+        let b = v.as_bytes();
+        (!b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c)))
+            .then(|| Self(v.clone()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+/// The upstream that served a request: the gateway's proxy puts it in the response
+/// extensions, the audit layer records it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AuditUpstream(pub Arc<str>);
+
+#[derive(Debug)]
+struct LayerConfig {
+    trust_request_id: bool,
+    header: HeaderName,
+    record_headers: bool,
+    proxies: Option<TrustedProxies>,
+}
+
+/// The audit layer (configuration only). Build it with [`crate::Auditor::layer`].
+#[derive(Debug, Clone)]
+pub struct AuditLayer {
+    handle: AuditHandle,
+    cfg: Arc<LayerConfig>,
+}
+
+impl AuditLayer {
+    /// A layer sending to `handle`: request ids generated, headers recorded.
+    pub fn new(handle: AuditHandle) -> Self {
+        Self {
+            handle,
+            cfg: Arc::new(LayerConfig {
+                trust_request_id: false,
+                header: X_REQUEST_ID,
+                record_headers: true,
+                proxies: None,
+            }),
+        }
+    }
+
+    fn cfg_mut(&mut self) -> &mut LayerConfig {
+        if Arc::get_mut(&mut self.cfg).is_none() {
+            self.cfg = Arc::new(LayerConfig {
+                trust_request_id: self.cfg.trust_request_id,
+                header: self.cfg.header.clone(),
+                record_headers: self.cfg.record_headers,
+                proxies: self.cfg.proxies.clone(),
+            });
+        }
+        match Arc::get_mut(&mut self.cfg) {
+            Some(c) => c,
+            None => unreachable!("a freshly made Arc is unique"),
+        }
+    }
+
+    /// Believe the incoming request id header (only behind a proxy that sets it).
+    pub fn trust_request_id(mut self, trust: bool) -> Self {
+        self.cfg_mut().trust_request_id = trust;
+        self
+    }
+
+    /// Uses another header than `x-request-id`.
+    pub fn request_id_header(mut self, name: HeaderName) -> Self {
+        self.cfg_mut().header = name;
+        self
+    }
+
+    /// Records request headers (sensitive ones redacted) in events.
+    pub fn record_headers(mut self, record: bool) -> Self {
+        self.cfg_mut().record_headers = record;
+        self
+    }
+
+    /// Resolves the client IP through these proxies when no [`ClientAddr`] is in the
+    /// request extensions.
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.cfg_mut().proxies = Some(proxies);
+        self
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`AuditLayer`].
+#[derive(Debug, Clone)]
+pub struct Audit<S> {
+    inner: S,
+    layer: AuditLayer,
+}
+
+impl<S> Audit<S> {
+    /// Wraps a service.
+    pub fn new(inner: S, layer: AuditLayer) -> Self {
+        Self { inner, layer }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: HttpBody,
+{
+    type Response = Response<AuditBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        let cfg = &self.layer.cfg;
+        let rid = cfg
+            .trust_request_id
+            .then(|| req.headers().get(&cfg.header).and_then(RequestId::from_header))
+            .flatten()
+            .unwrap_or_else(RequestId::generate);
+        req.headers_mut().insert(cfg.header.clone(), rid.0.clone());
+        req.extensions_mut().insert(rid.clone());
+        let client_ip = match req.extensions().get::<ClientAddr>() {
+            Some(a) => Some(a.ip()),
+            None => mcp_core::client_addr::peer_addr(&req).map(|peer| match &cfg.proxies {
+                Some(p) => p.resolve(peer, req.headers()).ip(),
+                None => peer.ip().to_canonical(),
+            }),
+        };
+        let bytes_in = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse().ok());
+        let data = Box::new(EventData {
+            kind: Some(EventKind::Request),
+            at: Some(SystemTime::now()),
+            request_id: Some(rid),
+            principal: req.extensions().get::<Principal>().cloned(),
+            client_ip,
+            http_method: Some(req.method().clone()),
+            path: Some(req.uri().clone()),
+            bytes_in,
+            headers: cfg.record_headers.then(|| req.headers().clone()),
+            ..EventData::default()
+        });
+        ResponseFuture {
+            inner: self.inner.call(req),
+            state: Some(BodyState {
+                event: Some(data),
+                held: None,
+                handle: self.layer.handle.clone(),
+                start,
+                bytes: 0,
+                wait: None,
+                done: false,
+            }),
+            header: cfg.header.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Audit`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<BodyState>,
+        header: HeaderName,
+    }
+}
+
+fn outcome_of(status: u16, denial: Option<&Denial>) -> Outcome {
+    match denial {
+        Some(d) => match d.reason {
+            RejectionReason::UpstreamError
+            | RejectionReason::UpstreamTimeout
+            | RejectionReason::Unavailable
+            | RejectionReason::Internal => Outcome::Error,
+            _ => Outcome::Denied,
+        },
+        None if status >= 400 => Outcome::Error,
+        None => Outcome::Success,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: HttpBody,
+{
+    type Output = Result<Response<AuditBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut state = this.state.take();
+        match result {
+            Ok(mut resp) => {
+                if let Some(ev) = state.as_mut().and_then(|s| s.event.as_mut()) {
+                    let ext = resp.extensions();
+                    let status = resp.status().as_u16();
+                    ev.status = Some(status);
+                    ev.denial = ext.get::<Denial>().cloned();
+                    ev.outcome = Some(outcome_of(status, ev.denial.as_ref()));
+                    if let Some(p) = ext.get::<Principal>() {
+                        ev.principal = Some(p.clone());
+                    }
+                    if let Some(m) = ext.get::<McpRequest>() {
+                        if ev.bytes_in.is_none() {
+                            ev.bytes_in = Some(m.raw().len() as u64);
+                        }
+                        ev.mcp = Some(m.clone());
+                    }
+                    if let Some(AuditUpstream(u)) = ext.get::<AuditUpstream>() {
+                        ev.upstream = Some(Arc::clone(u));
+                    }
+                    if let Some(a) = ext.get::<ClientAddr>() {
+                        ev.client_ip = Some(a.ip());
+                    }
+                    if let Some(rid) = &ev.request_id {
+                        resp.headers_mut().insert(this.header.clone(), rid.0.clone());
+                    }
+                }
+                Poll::Ready(Ok(resp.map(|inner| AuditBody { inner, state })))
+            }
+            Err(e) => {
+                if let Some(s) = state.as_mut() {
+                    if let Some(ev) = s.event.as_mut() {
+                        ev.outcome = Some(Outcome::Error);
+                    }
+                }
+                // Dropping the state emits the event.
+                drop(state);
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
+
+type WaitFuture = Pin<Box<dyn Future<Output = Option<OwnedPermit<Msg>>> + Send>>;
+
+struct BodyState {
+    event: Option<Box<EventData>>,
+    held: Option<Box<EventData>>,
+    handle: AuditHandle,
+    start: Instant,
+    bytes: u64,
+    wait: Option<WaitFuture>,
+    done: bool,
+}
+
+impl BodyState {
+    fn take_finished(&mut self) -> Option<Box<EventData>> {
+        let mut ev = self.event.take()?;
+        ev.duration = Some(self.start.elapsed());
+        ev.bytes_out = Some(self.bytes);
+        Some(ev)
+    }
+
+    /// The body ended: queue the event, or start waiting for room.
+    fn finish(&mut self) {
+        let Some(ev) = self.take_finished() else {
+            return;
+        };
+        if let TrySend::Full(ev) = self.handle.try_send(ev) {
+            let tx = self.handle.sender().clone();
+            let wait = self.handle.max_wait();
+            self.held = Some(ev);
+            self.wait = Some(Box::pin(async move {
+                tokio::time::timeout(wait, tx.reserve_owned())
+                    .await
+                    .ok()?
+                    .ok()
+            }));
+        }
+    }
+
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(fut) = self.wait.as_mut() else {
+            return Poll::Ready(());
+        };
+        let permit = ready!(fut.as_mut().poll(cx));
+        self.wait = None;
+        match (permit, self.held.take()) {
+            (Some(p), Some(ev)) => {
+                p.send(Msg::Event(ev));
+            }
+            (None, Some(_)) => self.handle.count_drop("queue_full"),
+            _ => {}
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for BodyState {
+    fn drop(&mut self) {
+        // A body dropped before its end (client gone, HEAD, error): the event is still
+        // recorded, with the bytes sent so far.
+        if let Some(ev) = self.take_finished().or_else(|| self.held.take()) {
+            self.handle.send_detached(ev);
+        }
+    }
+}
+
+pin_project! {
+    /// The response body of [`Audit`]: counts bytes sent and emits the event at its end.
+    pub struct AuditBody<B> {
+        #[pin]
+        inner: B,
+        state: Option<BodyState>,
+    }
+}
+
+impl<B> AuditBody<B> {
+    /// Wraps a body without auditing (for responses made outside the layer).
+    pub fn plain(inner: B) -> Self {
+        Self { inner, state: None }
+    }
+}
+
+impl<B: HttpBody> HttpBody for AuditBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let Some(st) = this.state.as_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+        if st.wait.is_some() {
+            ready!(st.poll_wait(cx));
+            return Poll::Ready(None);
+        }
+        if st.done {
+            return Poll::Ready(None);
+        }
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    st.bytes += d.remaining() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                if let Some(ev) = st.event.as_mut() {
+                    ev.outcome = Some(Outcome::Error);
+                }
+                st.done = true;
+                if let Some(ev) = st.take_finished() {
+                    st.handle.send_detached(ev);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                st.done = true;
+                st.finish();
+                if st.wait.is_some() {
+                    ready!(st.poll_wait(cx));
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            // Not ended until the event is handed over, so that the end is polled.
+            Some(st) => st.done && st.wait.is_none(),
+            None => self.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_validation() {
+        assert!(RequestId::from_header(&HeaderValue::from_static("abc-123")).is_some());
+        assert!(RequestId::from_header(&HeaderValue::from_static("")).is_none());
+        assert!(RequestId::from_header(&HeaderValue::from_static("a b")).is_none());
+        let long = "a".repeat(129);
+        assert!(RequestId::from_header(&HeaderValue::from_str(&long).unwrap()).is_none());
+        let g = RequestId::generate();
+        assert_eq!(g.as_str().len(), 36);
+        assert_ne!(g, RequestId::generate());
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(outcome_of(200, None), Outcome::Success);
+        assert_eq!(outcome_of(404, None), Outcome::Error);
+        let d = mcp_core::Rejection::new(RejectionReason::RateLimited).denial();
+        assert_eq!(outcome_of(429, Some(&d)), Outcome::Denied);
+        let d = mcp_core::Rejection::new(RejectionReason::UpstreamError).denial();
+        assert_eq!(outcome_of(502, Some(&d)), Outcome::Error);
+    }
+}

@@ -1,0 +1,301 @@
+//! The embedded SQLite trail: sink, query store and verifier.
+//!
+//! One file (WAL mode, `synchronous=NORMAL`), table `audit_events` (one row per record:
+//! `seq`, the indexed columns, the event JSON, `prev_hash`, `hash`) and table
+//! `audit_anchor` (the last pruned record, see [`crate::chain`]). Each batch is inserted in
+//! one transaction with a cached prepared statement; `maxRecords` retention runs in the
+//! same transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::chain::{ChainHead, ChainRow, Verifier, VerifyReport};
+use crate::event::{IndexColumns, SinkEvent};
+use crate::query::{AuditQuery, AuditStore, QueryPage, SqlParam, StoreError, build_query};
+use crate::sink::{AuditSink, BoxFuture, SinkError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    request_id TEXT,
+    user_id TEXT,
+    tool TEXT,
+    mcp_method TEXT,
+    outcome TEXT,
+    http_status INTEGER,
+    reason TEXT,
+    event TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events(user_id, seq);
+CREATE INDEX IF NOT EXISTS audit_events_tool ON audit_events(tool, seq);
+CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events(ts_us);
+CREATE TABLE IF NOT EXISTS audit_anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+";
+
+fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn read_anchor(conn: &Connection) -> rusqlite::Result<Option<ChainHead>> {
+    conn.query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+        Ok(ChainHead {
+            seq: r.get(0)?,
+            hash: r.get(1)?,
+        })
+    })
+    .optional()
+}
+
+struct State {
+    conn: Connection,
+    head: ChainHead,
+    anchor_seq: i64,
+    max_records: u64,
+}
+
+impl State {
+    fn write(&mut self, batch: &[SinkEvent]) -> rusqlite::Result<ChainHead> {
+        let mut head = self.head.clone();
+        let tx = self.conn.transaction()?;
+        let mut new_anchor = None;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit_events (seq, event_id, ts_us, kind, request_id, user_id, \
+                 tool, mcp_method, outcome, http_status, reason, event, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            for e in batch {
+                let (seq, prev, hash) = head.append(&e.json);
+                let c = &e.columns;
+                stmt.execute(params![
+                    seq,
+                    c.event_id,
+                    c.ts_us,
+                    c.kind,
+                    c.request_id,
+                    c.user,
+                    c.tool,
+                    c.mcp_method,
+                    c.outcome,
+                    c.http_status,
+                    c.reason,
+                    &*e.json,
+                    prev,
+                    hash
+                ])?;
+            }
+            if self.max_records > 0 {
+                let cut = head.seq - i64::try_from(self.max_records).unwrap_or(i64::MAX);
+                if cut > self.anchor_seq {
+                    let hash: Option<String> = tx
+                        .query_row(
+                            "SELECT hash FROM audit_events WHERE seq = ?1",
+                            [cut],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(hash) = hash {
+                        tx.execute(
+                            "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2) \
+                             ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                            params![cut, hash],
+                        )?;
+                        tx.execute("DELETE FROM audit_events WHERE seq <= ?1", [cut])?;
+                        new_anchor = Some(cut);
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        if let Some(a) = new_anchor {
+            self.anchor_seq = a;
+        }
+        Ok(head)
+    }
+}
+
+/// The SQLite sink.
+pub struct SqliteSink {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for SqliteSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteSink").finish_non_exhaustive()
+    }
+}
+
+impl SqliteSink {
+    /// Opens (or creates) the database and resumes its chain. `max_records` 0 keeps
+    /// everything.
+    pub fn open(path: impl AsRef<Path>, max_records: u64) -> rusqlite::Result<Self> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+        }
+        let conn = open_conn(path)?;
+        let anchor = read_anchor(&conn)?;
+        let last: Option<ChainHead> = conn
+            .query_row(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(ChainHead {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?;
+        let anchor_seq = anchor.as_ref().map_or(0, |a| a.seq);
+        let head = last.or(anchor).unwrap_or_default();
+        Ok(Self {
+            state: Arc::new(Mutex::new(State {
+                conn,
+                head,
+                anchor_seq,
+                max_records,
+            })),
+        })
+    }
+}
+
+impl AuditSink for SqliteSink {
+    fn name(&self) -> &str {
+        "sqlite"
+    }
+
+    fn write_batch(&mut self, batch: Arc<[SinkEvent]>) -> BoxFuture<'_, Result<(), SinkError>> {
+        let state = Arc::clone(&self.state);
+        Box::pin(async move {
+            let res = tokio::task::spawn_blocking(move || match state.lock() {
+                Ok(mut s) => match s.write(&batch) {
+                    Ok(head) => {
+                        s.head = head;
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(_) => Err("state poisoned".to_owned()),
+            })
+            .await;
+            match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(SinkError::new("sqlite", e)),
+                Err(_) => Err(SinkError::new("sqlite", "writer task failed")),
+            }
+        })
+    }
+}
+
+/// Reads the SQLite trail for the query service.
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database (creating the schema if needed).
+    pub fn open(path: impl Into<PathBuf>) -> rusqlite::Result<Self> {
+        let conn = open_conn(&path.into())?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+}
+
+fn to_sql(p: &SqlParam) -> &dyn rusqlite::ToSql {
+    match p {
+        SqlParam::Text(s) => s,
+        SqlParam::Int(i) => i,
+    }
+}
+
+impl AuditStore for SqliteStore {
+    fn query(&self, q: AuditQuery) -> BoxFuture<'_, Result<QueryPage, StoreError>> {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            let (sql, params) = build_query(&q, |n| format!("?{n}"));
+            let rows = tokio::task::spawn_blocking(move || {
+                let conn = conn.lock().map_err(|_| StoreError::new("store poisoned"))?;
+                let mut stmt = conn
+                    .prepare_cached(&sql)
+                    .map_err(|e| StoreError::new(e.to_string()))?;
+                let refs: Vec<&dyn rusqlite::ToSql> = params.iter().map(to_sql).collect();
+                let rows = stmt
+                    .query_map(refs.as_slice(), |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                    })
+                    .map_err(|e| StoreError::new(e.to_string()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StoreError::new(e.to_string()))?;
+                Ok::<_, StoreError>(rows)
+            })
+            .await
+            .map_err(|_| StoreError::new("query task failed"))??;
+            Ok(QueryPage::from_rows(rows, q.limit))
+        })
+    }
+}
+
+/// Verifies the chain of a SQLite trail (blocking; run it off the executor).
+pub fn verify_sqlite(path: impl AsRef<Path>) -> rusqlite::Result<VerifyReport> {
+    let conn = Connection::open(path.as_ref())?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let anchor = read_anchor(&conn)?;
+    let mut v = Verifier::new(anchor);
+    let mut stmt = conn.prepare(
+        "SELECT seq, prev_hash, hash, event, event_id, ts_us, kind, request_id, user_id, tool, \
+         mcp_method, outcome, http_status, reason FROM audit_events ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let row = ChainRow {
+            seq: r.get(0)?,
+            prev_hash: r.get(1)?,
+            hash: r.get(2)?,
+            json: r.get(3)?,
+            columns: Some(IndexColumns {
+                event_id: r.get(4)?,
+                ts_us: r.get(5)?,
+                kind: r.get(6)?,
+                request_id: r.get(7)?,
+                user: r.get(8)?,
+                tool: r.get(9)?,
+                mcp_method: r.get(10)?,
+                outcome: r.get(11)?,
+                http_status: r.get(12)?,
+                reason: r.get(13)?,
+            }),
+        };
+        v.push(&row);
+        if v.failed() {
+            break;
+        }
+    }
+    Ok(v.finish())
+}
