@@ -1,10 +1,28 @@
 //! `mcp-gateway`: a secure MCP reverse proxy assembled from the suite's layers.
+//!
+//! - no arguments: demo mode (built-in demo MCP server behind the gateway on
+//!   127.0.0.1:8080, a fresh API key printed once, audit trail in ./mcp-gateway-audit.db)
+//! - `--config FILE`: run a configuration
+//! - `check --config FILE`: validate a configuration and exit
+//! - `keygen`: print a compliant API key
+//! - `audit verify [--db FILE]`: check the audit trail's hash chain
+//! - `demo-upstream --addr ADDR`: run the demo MCP server alone
 #![forbid(unsafe_code)]
 
+mod app;
+mod config;
 mod demo;
+mod keys;
+mod layers;
+mod observe;
+mod proxy;
+mod validate;
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -13,14 +31,30 @@ use clap::{Parser, Subcommand};
 #[command(name = "mcp-gateway", version, about)]
 struct Cli {
     /// Run the gateway from this configuration file (YAML).
-    #[arg(long, short = 'c', global = true)]
-    config: Option<std::path::PathBuf>,
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Demo mode only: the gateway's listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Validate a configuration file and exit (0 when valid).
+    Check {
+        /// The configuration file.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Print a freshly generated API key that meets the key policy.
+    Keygen,
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the built-in demo MCP server alone.
     DemoUpstream {
         /// Address to listen on.
@@ -32,10 +66,23 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit trail.
+    Verify {
+        /// The SQLite audit database.
+        #[arg(long, default_value = "mcp-gateway-audit.db")]
+        db: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -43,9 +90,18 @@ fn main() -> ExitCode {
         }
     };
     let result: Result<(), String> = rt.block_on(async move {
-        match cli.command {
-            Some(Command::DemoUpstream { addr, path }) => run_demo_upstream(addr, &path).await,
-            None => Err("not implemented yet".into()),
+        match (cli.command, cli.config) {
+            (Some(Command::DemoUpstream { addr, path }), _) => run_demo_upstream(addr, &path).await,
+            (Some(Command::Check { config }), _) => check(&config),
+            (Some(Command::Keygen), _) => {
+                println!("{}", keys::generate_api_key());
+                Ok(())
+            }
+            (Some(Command::Audit { command: AuditCommand::Verify { db } }), _) => {
+                layers::verify_audit(&db).await
+            }
+            (None, Some(config)) => run_config(&config).await,
+            (None, None) => run_demo(cli.addr).await,
         }
     });
     match result {
@@ -66,6 +122,136 @@ fn init_tracing() {
         .try_init();
 }
 
+fn check(path: &Path) -> Result<(), String> {
+    let loaded = config::load(path).map_err(|e| e.to_string())?;
+    let addr = validate::validate(&loaded).map_err(|e| e.to_string())?;
+    // Building the layers checks the credentials and the rules.
+    let gw = app::build(&loaded, None).map_err(|e| e.to_string())?;
+    drop(gw);
+    println!(
+        "{}: OK ({} upstream(s), listening on {addr}, authentication {})",
+        loaded.file,
+        loaded.config.upstreams.len(),
+        if loaded.config.auth.enabled {
+            loaded.config.auth.mode.as_str()
+        } else {
+            "off"
+        }
+    );
+    Ok(())
+}
+
+async fn run_config(path: &Path) -> Result<(), String> {
+    let loaded = config::load(path).map_err(|e| e.to_string())?;
+    serve(loaded).await
+}
+
+async fn serve(loaded: config::Loaded) -> Result<(), String> {
+    let addr = validate::validate(&loaded).map_err(|e| e.to_string())?;
+    let cfg = &loaded.config;
+    let metrics = if cfg.monitoring.metrics {
+        observe::install_recorder()
+    } else {
+        None
+    };
+    let gateway = app::build(&loaded, metrics).map_err(|e| e.to_string())?;
+    let acceptor = match &cfg.server.tls {
+        Some(t) if t.enabled => Some(
+            mcp_tls::TlsAcceptor::from_config(t)
+                .map_err(|e| format!("{}: server.tls: {e}", loaded.file))?,
+        ),
+        _ => None,
+    };
+    let _reloader = match &acceptor {
+        Some(a) => Some(
+            a.spawn_reloader()
+                .map_err(|e| format!("{}: server.tls: {e}", loaded.file))?,
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    for up in &cfg.upstreams {
+        tracing::info!(upstream = %up.name, path = %up.path, url = %up.url, "upstream");
+    }
+    println!("mcp-gateway listening on {scheme}://{local}");
+    let _ = std::io::stdout().flush();
+    let server = mcp_tls::Server::new(listener)
+        .maybe_tls(acceptor)
+        .max_connections(cfg.server.max_connections)
+        .drain_timeout(Duration::from_secs(cfg.server.shutdown_grace_seconds))
+        .with_graceful_shutdown(shutdown_signal());
+    let result = server.serve(gateway.router.clone()).await;
+    tracing::info!("draining done; flushing the audit trail");
+    gateway.layers.flush().await;
+    result.map_err(|e| e.to_string())
+}
+
+async fn run_demo(addr: SocketAddr) -> Result<(), String> {
+    // The demo upstream, in process, on a free loopback port.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot start the demo upstream: {e}"))?;
+    let up_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = demo::DemoServer::new(demo::DemoOptions {
+        loopback_only: true,
+    });
+    tokio::spawn(async move {
+        let _ = server
+            .serve(listener, "/mcp", std::future::pending::<()>())
+            .await;
+    });
+    let key = keys::generate_api_key();
+    let text = demo_config(addr, up_addr, &key);
+    let loaded = config::parse(&text, "(demo mode)", &|_| None).map_err(|e| e.to_string())?;
+    println!("mcp-gateway demo mode");
+    println!("  demo MCP server (upstream): http://{up_addr}/mcp");
+    println!("  gateway MCP endpoint:       http://{addr}/mcp");
+    println!("  audit trail:                ./mcp-gateway-audit.db");
+    println!("  API key (shown once):       {key}");
+    println!();
+    println!("  try: curl -s http://{addr}/mcp -H 'X-API-Key: {key}' \\");
+    println!("         -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\");
+    println!("         -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \\");
+    println!(
+        "         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}'"
+    );
+    serve(loaded).await
+}
+
+fn demo_config(addr: SocketAddr, upstream: SocketAddr, key: &str) -> String {
+    format!(
+        r#"server:
+  addr: "{addr}"
+auth:
+  enabled: true
+  mode: apikey
+  apiKey: "{key}"
+ratelimit:
+  enabled: true
+  requests_per_second: 50
+  burst: 100
+sanitization:
+  enabled: true
+  max_length: 10000
+  blocked_patterns: ["DROP TABLE", "rm -rf", "<script>"]
+audit:
+  enabled: true
+  storage: database
+  database:
+    type: sqlite
+    sqlitePath: "mcp-gateway-audit.db"
+upstreams:
+  - name: demo
+    path: /mcp
+    url: "http://{upstream}/mcp"
+"#
+    )
+}
+
 async fn run_demo_upstream(addr: SocketAddr, path: &str) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -74,7 +260,8 @@ async fn run_demo_upstream(addr: SocketAddr, path: &str) -> Result<(), String> {
     let server = demo::DemoServer::new(demo::DemoOptions {
         loopback_only: local.ip().is_loopback(),
     });
-    eprintln!("demo MCP server listening on http://{local}{path}");
+    println!("demo MCP server listening on http://{local}{path}");
+    let _ = std::io::stdout().flush();
     server
         .serve(listener, path, shutdown_signal())
         .await
@@ -101,4 +288,5 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+    tracing::info!("shutdown signal received; draining in-flight requests");
 }

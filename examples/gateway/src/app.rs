@@ -1,0 +1,205 @@
+//! Assembling the gateway: configuration -> layers -> reverse proxy, plus the
+//! operational endpoints.
+//!
+//! Request path (outermost first), as in the design:
+//!
+//! ```text
+//! TLS accept (mcp-tls: PeerAddr, TlsInfo) -> client address (trusted proxies only)
+//!   -> metrics -> request id + audit -> security headers -> Origin/Host guard
+//!   -> rate limit by IP -> authenticate -> rate limit by principal
+//!   -> body limit + parse once + sanitize -> authorize tool -> reverse proxy
+//! ```
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::routing::get;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use mcp_core::{ClientAddrLayer, ParseLayer, TrustedProxies};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
+use tower::util::option_layer;
+
+use crate::config::{Config, Loaded};
+use crate::layers::Layers;
+use crate::observe::MetricsLayer;
+use crate::proxy::{Proxy, UpstreamSpec, UpstreamTls};
+
+/// Paths the gateway serves itself.
+pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/audit/query"];
+
+/// Why the gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+/// The built gateway.
+pub struct Gateway {
+    /// The service to serve.
+    pub router: Router,
+    /// The layers' handles (audit flush on shutdown).
+    pub layers: Layers,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    proxies: Arc<Vec<Proxy>>,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// Builds the proxies for the configured upstreams.
+pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::ConfigError> {
+    let cfg = &loaded.config;
+    let mut strip: Vec<HeaderName> = Vec::new();
+    if let Ok(h) = HeaderName::from_bytes(cfg.auth.api_key_header.as_bytes()) {
+        strip.push(h);
+    }
+    for name in ["x-api-key", "x-auth-token"] {
+        strip.push(HeaderName::from_static(name));
+    }
+    let mut proxies = Vec::new();
+    for (i, up) in cfg.upstreams.iter().enumerate() {
+        let key = |k: &str| format!("upstreams[{i}].{k}");
+        let url: Uri = up
+            .url
+            .parse()
+            .map_err(|_| loaded.error(&key("url"), "not a valid URL"))?;
+        match url.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(loaded.error(&key("url"), "must be an http:// or https:// URL")),
+        }
+        if url.host().is_none() {
+            return Err(loaded.error(&key("url"), "must name a host"));
+        }
+        let mut inject = Vec::new();
+        for (name, value) in &up.headers {
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                loaded.error(&key("headers"), format!("`{name}` is not a valid header name"))
+            })?;
+            let mut v = HeaderValue::from_str(value.expose()).map_err(|_| {
+                loaded.error(
+                    &key("headers"),
+                    format!("the value of `{name}` is not a valid header value (not shown)"),
+                )
+            })?;
+            v.set_sensitive(true);
+            inject.push((n, v));
+        }
+        let tls = up.tls.clone().unwrap_or_default();
+        let spec = UpstreamSpec {
+            name: up.name.clone(),
+            url,
+            inject,
+            strip: strip.clone(),
+            connect_timeout: Duration::from_millis(up.connect_timeout_ms.unwrap_or(5_000)),
+            response_timeout: Duration::from_millis(up.response_timeout_ms.unwrap_or(60_000)),
+            tls: UpstreamTls {
+                ca_file: tls.ca_file,
+                cert_file: tls.cert_file,
+                key_file: tls.key_file,
+            },
+        };
+        proxies.push(Proxy::new(spec).map_err(|e| loaded.error(&key("tls"), e.to_string()))?);
+    }
+    Ok(proxies)
+}
+
+/// Builds the gateway's router.
+pub fn build(
+    loaded: &Loaded,
+    metrics: Option<PrometheusHandle>,
+) -> Result<Gateway, crate::config::ConfigError> {
+    let cfg: &Config = &loaded.config;
+    let proxies = build_proxies(loaded)?;
+    let layers = Layers::build(loaded)?;
+    let on = cfg.layers.enabled;
+    let trusted = TrustedProxies::new(cfg.server.trusted_proxies.iter().copied())
+        .with_header(cfg.server.forwarded_header);
+
+    let mut router: Router = Router::new();
+    for (proxy, up) in proxies.iter().zip(&cfg.upstreams) {
+        let p = proxy.clone();
+        let svc = tower::service_fn(move |req: Request<Body>| {
+            let p = p.clone();
+            async move { Ok::<_, Infallible>(p.forward(req).await) }
+        });
+        let stack = ServiceBuilder::new()
+            .layer(MetricsLayer::new(&up.name))
+            .layer(option_layer(layers.audit.clone().filter(|_| on)))
+            .layer(option_layer(layers.security_headers.clone().filter(|_| on)))
+            .layer(option_layer(layers.origin.clone().filter(|_| on)))
+            .layer(option_layer(layers.ip_limit.clone().filter(|_| on)))
+            .layer(option_layer(layers.auth.clone().filter(|_| on)))
+            .layer(option_layer(layers.principal_limit.clone().filter(|_| on)))
+            .layer(option_layer(
+                on.then(|| ParseLayer::new().max_body_bytes(cfg.server.max_body_bytes)),
+            ))
+            .layer(option_layer(layers.sanitize.clone().filter(|_| on)))
+            .layer(option_layer(layers.authorize.clone().filter(|_| on)))
+            .service(svc);
+        router = router.route_service(&up.path, stack);
+    }
+
+    let ops = OpsState {
+        proxies: Arc::new(proxies),
+        metrics,
+    };
+    let ops_router: Router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .with_state(ops);
+    router = router.merge(ops_router);
+    if let Some(audit_query) = layers.audit_query_router() {
+        router = router.merge(audit_query);
+    }
+    let router = router.layer(ClientAddrLayer::new(trusted));
+    Ok(Gateway { router, layers })
+}
+
+async fn readyz(State(ops): State<OpsState>) -> Response<Body> {
+    let mut down = Vec::new();
+    for p in ops.proxies.iter() {
+        if !p.reachable().await {
+            down.push(p.name().to_owned());
+        }
+    }
+    let (status, body) = if down.is_empty() {
+        (StatusCode::OK, serde_json::json!({"ready": true}))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"ready": false, "unreachable": down}),
+        )
+    };
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn metrics_endpoint(State(ops): State<OpsState>) -> Response<Body> {
+    match &ops.metrics {
+        Some(h) => {
+            let mut r = Response::new(Body::from(h.render()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        None => {
+            let mut r = Response::new(Body::from("metrics disabled\n"));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Metrics: a layer recording every request's outcome through the `metrics` facade, and
+//! the Prometheus recorder behind `/metrics`.
+//!
+//! - `mcp_gateway_requests_total{upstream, http_method, mcp_method, tool, status}`
+//! - `mcp_gateway_denials_total{upstream, reason}` (from [`mcp_core::Denial`] in the
+//!   response extensions)
+//! - `mcp_gateway_request_duration_seconds{upstream, mcp_method}` (time to the response
+//!   headers; SSE streams are not timed to their end)
+//!
+//! Label values that come from clients (method, tool) are bounded: known MCP methods
+//! only, and at most [`MAX_TOOL_LABELS`] tool names per upstream, the rest as `other`.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use mcp_core::{Denial, McpRequest};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Tool names kept as label values per upstream.
+pub const MAX_TOOL_LABELS: usize = 200;
+
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "subscriptions/listen",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
+
+/// Installs the global Prometheus recorder. Returns `None` if one is already installed.
+pub fn install_recorder() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .ok()?;
+    let handle = builder.install_recorder().ok()?;
+    metrics::describe_counter!(
+        "mcp_gateway_requests_total",
+        "Requests served, by upstream, HTTP method, MCP method, tool and status"
+    );
+    metrics::describe_counter!(
+        "mcp_gateway_denials_total",
+        "Requests refused by a layer, by reason"
+    );
+    metrics::describe_histogram!(
+        "mcp_gateway_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time until the response headers"
+    );
+    Some(handle)
+}
+
+/// Records metrics for the requests of one upstream (or endpoint).
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    upstream: Arc<str>,
+    tools: Arc<Mutex<HashSet<String>>>,
+}
+
+impl MetricsLayer {
+    /// A layer labelling with `upstream`.
+    pub fn new(upstream: &str) -> Self {
+        Self {
+            upstream: upstream.into(),
+            tools: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Metrics {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`MetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct Metrics<S> {
+    inner: S,
+    layer: MetricsLayer,
+}
+
+impl<S, B, RB> Service<Request<B>> for Metrics<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let http_method = req.method().as_str().to_owned();
+        let layer = self.layer.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            if let Ok(resp) = &result {
+                record(&layer, &http_method, resp, start);
+            }
+            result
+        })
+    }
+}
+
+fn record<RB>(layer: &MetricsLayer, http_method: &str, resp: &Response<RB>, start: Instant) {
+    let mcp = resp.extensions().get::<McpRequest>();
+    let method = mcp
+        .and_then(McpRequest::method)
+        .map(|m| {
+            if KNOWN_METHODS.contains(&m) {
+                m.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        })
+        .unwrap_or_else(|| "-".to_owned());
+    let tool = mcp
+        .and_then(McpRequest::tool_name)
+        .map(|t| bounded_tool(layer, t))
+        .unwrap_or_else(|| "-".to_owned());
+    let status = resp.status().as_u16().to_string();
+    let upstream = layer.upstream.to_string();
+    metrics::counter!("mcp_gateway_requests_total",
+        "upstream" => upstream.clone(), "http_method" => http_method.to_owned(),
+        "mcp_method" => method.clone(), "tool" => tool, "status" => status)
+    .increment(1);
+    metrics::histogram!("mcp_gateway_request_duration_seconds",
+        "upstream" => upstream.clone(), "mcp_method" => method)
+    .record(start.elapsed().as_secs_f64());
+    if let Some(d) = resp.extensions().get::<Denial>() {
+        metrics::counter!("mcp_gateway_denials_total",
+            "upstream" => upstream, "reason" => d.reason.as_str())
+        .increment(1);
+    }
+}
+
+fn bounded_tool(layer: &MetricsLayer, tool: &str) -> String {
+    let mut set = layer.tools.lock().unwrap_or_else(|e| e.into_inner());
+    if set.contains(tool) {
+        return tool.to_owned();
+    }
+    let printable = tool.len() <= 64
+        && tool
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:".contains(&b));
+    if printable && set.len() < MAX_TOOL_LABELS {
+        set.insert(tool.to_owned());
+        tool.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}

@@ -1,0 +1,439 @@
+//! The reverse proxy: Streamable HTTP to one upstream MCP server.
+//!
+//! - `POST`, `GET` and `DELETE` are forwarded; JSON and SSE responses are streamed back
+//!   frame by frame as they arrive (the response body is hyper's `Incoming`, never
+//!   collected).
+//! - Hop-by-hop headers are removed both ways; the client's credentials (`Authorization`,
+//!   the API key header, `Cookie`, `Proxy-Authorization`) and `Origin` are never forwarded
+//!   (MCP forbids token passthrough; the gateway checked `Origin` itself); per-upstream
+//!   headers (credentials for the upstream) are injected.
+//! - Connect and response-header timeouts; no total timeout, so SSE streams live as long
+//!   as the upstream keeps them open.
+//! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
+//!   typed [`mcp_core::Denial`] for the audit and metrics layers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mcp_core::{ClientAddr, McpRequest, Rejection, RejectionReason};
+
+/// Headers that are never forwarded upstream, whatever the configuration.
+const ALWAYS_STRIPPED: &[&str] = &[
+    // hop-by-hop (RFC 9110 7.6.1)
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // set by the client for the upstream's authority / body
+    "host",
+    "content-length",
+    // client credentials: never passed through (MCP security best practices)
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    // checked by the gateway; the upstream sees a server-to-server request
+    "origin",
+    // replaced by the gateway's own
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// Response headers that are not passed back to the client.
+const RESPONSE_STRIPPED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "set-cookie",
+];
+
+/// TLS settings for an `https` upstream.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTls {
+    /// PEM CA bundle to trust instead of the web PKI roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate chain (mTLS to the upstream).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the client certificate.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// One upstream as the proxy needs it.
+#[derive(Clone)]
+pub struct UpstreamSpec {
+    /// Name (metrics label).
+    pub name: String,
+    /// The upstream MCP endpoint.
+    pub url: Uri,
+    /// Headers injected into every forwarded request (credentials for the upstream).
+    pub inject: Vec<(HeaderName, HeaderValue)>,
+    /// Extra request header names never forwarded (the API key header, ...).
+    pub strip: Vec<HeaderName>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers arrive.
+    pub response_timeout: Duration,
+    /// TLS settings.
+    pub tls: UpstreamTls,
+}
+
+impl std::fmt::Debug for UpstreamSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamSpec")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field(
+                "inject",
+                &self.inject.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// The proxy to one upstream (cheap to clone: the pooled client is shared).
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    spec: UpstreamSpec,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+/// Why building a proxy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyBuildError {
+    /// A file could not be read or parsed.
+    #[error("upstream `{upstream}`: {what}")]
+    Tls {
+        /// The upstream's name.
+        upstream: String,
+        /// What went wrong.
+        what: String,
+    },
+}
+
+fn tls_config(spec: &UpstreamSpec) -> Result<rustls::ClientConfig, ProxyBuildError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |what: String| ProxyBuildError::Tls {
+        upstream: spec.name.clone(),
+        what,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &spec.tls.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(format!("tls.caFile {}: {e}", path.display())))?;
+            for c in certs {
+                let c = c.map_err(|e| err(format!("tls.caFile {}: {e}", path.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| err(format!("tls.caFile {}: {e}", path.display())))?;
+            }
+        }
+        None => roots.extend(webpki_roots_iter()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&spec.tls.cert_file, &spec.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| err(format!("tls.certFile {}: {e}", cert.display())))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(format!("tls.certFile {}: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|_| err(format!("tls.keyFile {}: no readable private key", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| err(format!("client certificate: {e}")))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(err(
+                "tls.certFile and tls.keyFile must be given together".into(),
+            ));
+        }
+    };
+    Ok(config)
+}
+
+fn webpki_roots_iter() -> impl Iterator<Item = rustls_pki_types::TrustAnchor<'static>> {
+    webpki_roots::TLS_SERVER_ROOTS.iter().cloned()
+}
+
+impl Proxy {
+    /// Builds the proxy and its connection pool.
+    pub fn new(spec: UpstreamSpec) -> Result<Self, ProxyBuildError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(spec.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(&spec)?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Ok(Self {
+            inner: Arc::new(ProxyInner { spec, client }),
+        })
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.inner.spec.name
+    }
+
+    /// The upstream's URL.
+    pub fn url(&self) -> &Uri {
+        &self.inner.spec.url
+    }
+
+    /// Forwards a request and streams the response back.
+    pub async fn forward(&self, req: Request<Body>) -> Response<Body> {
+        let spec = &self.inner.spec;
+        let id = req
+            .extensions()
+            .get::<McpRequest>()
+            .and_then(|m| m.id().cloned());
+        let client_ip = req.extensions().get::<ClientAddr>().map(|c| c.ip());
+        let (parts, body) = req.into_parts();
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = upstream_uri(&spec.url, parts.uri.query());
+        let headers = out.headers_mut();
+        copy_request_headers(&parts.headers, headers, &spec.strip);
+        if let Some(ip) = client_ip {
+            if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+        for (k, v) in &spec.inject {
+            headers.insert(k.clone(), v.clone());
+        }
+        let fut = self.inner.client.request(out);
+        match tokio::time::timeout(spec.response_timeout, fut).await {
+            Ok(Ok(resp)) => {
+                let (mut parts, incoming) = resp.into_parts();
+                strip_response_headers(&mut parts.headers);
+                Response::from_parts(parts, Body::new(incoming))
+            }
+            Ok(Err(e)) => {
+                let timed_out = is_connect_timeout(&e);
+                tracing::warn!(upstream = %spec.name, error = %error_chain(&e), "upstream request failed");
+                let reason = if timed_out {
+                    RejectionReason::UpstreamTimeout
+                } else {
+                    RejectionReason::UpstreamError
+                };
+                Rejection::new(reason)
+                    .with_id(id)
+                    .with_detail(spec.name.clone())
+                    .into_response()
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %spec.name, "upstream response timed out");
+                Rejection::new(RejectionReason::UpstreamTimeout)
+                    .with_id(id)
+                    .with_detail(spec.name.clone())
+                    .into_response()
+            }
+        }
+    }
+
+    /// Whether the upstream accepts TCP connections (for `/readyz`).
+    pub async fn reachable(&self) -> bool {
+        let url = &self.inner.spec.url;
+        let Some(host) = url.host() else {
+            return false;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = url
+            .port_u16()
+            .unwrap_or(if url.scheme_str() == Some("https") { 443 } else { 80 });
+        matches!(
+            tokio::time::timeout(
+                self.inner.spec.connect_timeout,
+                tokio::net::TcpStream::connect((host, port))
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn is_connect_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = src {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if err.to_string().contains("timed out") {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
+fn upstream_uri(base: &Uri, query: Option<&str>) -> Uri {
+    match query {
+        None => base.clone(),
+        Some(q) => {
+            let path = base.path();
+            let sep = if base.query().is_some() { "&" } else { "?" };
+            let pq = match base.query() {
+                Some(bq) => format!("{path}?{bq}{sep}{q}"),
+                None => format!("{path}?{q}"),
+            };
+            let mut parts = base.clone().into_parts();
+            parts.path_and_query = pq.parse().ok();
+            Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+        }
+    }
+}
+
+/// Copies the request headers that may go upstream.
+pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, strip: &[HeaderName]) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let connection_named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for (name, value) in from {
+        let n = name.as_str();
+        if ALWAYS_STRIPPED.contains(&n)
+            || strip.iter().any(|s| s == name)
+            || connection_named.iter().any(|c| c == n)
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+fn strip_response_headers(headers: &mut HeaderMap) {
+    let connection_named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+        .collect();
+    for n in RESPONSE_STRIPPED {
+        headers.remove(*n);
+    }
+    for n in connection_named {
+        headers.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_hop_by_hop_are_not_forwarded() {
+        let mut from = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer secret"),
+            ("proxy-authorization", "Basic x"),
+            ("cookie", "session=1"),
+            ("x-api-key", "k"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("te", "trailers"),
+            ("origin", "http://localhost"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("mcp-session-id", "abc"),
+            ("mcp-protocol-version", "2025-11-25"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+            ("last-event-id", "s_1"),
+            ("accept", "application/json, text/event-stream"),
+            ("content-type", "application/json"),
+        ] {
+            from.append(k, HeaderValue::from_static(v));
+        }
+        let mut to = HeaderMap::new();
+        copy_request_headers(&from, &mut to, &[HeaderName::from_static("x-api-key")]);
+        for gone in [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "x-api-key",
+            "connection",
+            "x-custom-hop",
+            "te",
+            "origin",
+            "x-forwarded-for",
+        ] {
+            assert!(!to.contains_key(gone), "{gone} was forwarded");
+        }
+        for kept in [
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "mcp-method",
+            "mcp-name",
+            "last-event-id",
+            "accept",
+            "content-type",
+        ] {
+            assert!(to.contains_key(kept), "{kept} was dropped");
+        }
+    }
+
+    #[test]
+    fn query_is_appended() {
+        let base: Uri = "http://127.0.0.1:9000/mcp".parse().unwrap();
+        assert_eq!(upstream_uri(&base, None), base);
+        assert_eq!(
+            upstream_uri(&base, Some("a=1")).to_string(),
+            "http://127.0.0.1:9000/mcp?a=1"
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! Checks of a loaded configuration that go beyond its types: secure defaults, upstreams,
+//! TLS. (Credentials are checked when the authentication layer is built.)
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use crate::app::RESERVED_PATHS;
+use crate::config::{ConfigError, Loaded};
+
+/// The listen address.
+pub fn listen_addr(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
+    loaded
+        .config
+        .server
+        .addr
+        .parse()
+        .map_err(|_| loaded.error("server.addr", "must be an IP address and port, e.g. 127.0.0.1:8080"))
+}
+
+/// Validates everything that does not need the layer crates.
+pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
+    let cfg = &loaded.config;
+    let addr = listen_addr(loaded)?;
+    let loopback = addr.ip().is_loopback();
+    if !cfg.auth.enabled && !loopback && !cfg.server.allow_insecure_no_auth {
+        return Err(loaded.error(
+            "auth.enabled",
+            format!(
+                "authentication is off on the non-loopback address {addr}; refusing to start \
+                 (set server.allowInsecureNoAuth: true to force it)"
+            ),
+        ));
+    }
+    if !cfg.layers.enabled && !loopback {
+        return Err(loaded.error(
+            "layers.enabled",
+            "every layer may be turned off only on a loopback address",
+        ));
+    }
+    if cfg.upstreams.is_empty() {
+        return Err(loaded.error("upstreams", "at least one upstream is required"));
+    }
+    let mut names = HashSet::new();
+    let mut paths = HashSet::new();
+    for (i, up) in cfg.upstreams.iter().enumerate() {
+        let key = |k: &str| format!("upstreams[{i}].{k}");
+        if up.name.is_empty() {
+            return Err(loaded.error(&key("name"), "is required"));
+        }
+        if !names.insert(up.name.as_str()) {
+            return Err(loaded.error(&key("name"), format!("`{}` is used twice", up.name)));
+        }
+        if !up.path.starts_with('/') || up.path.contains(['?', '#', '*', '{']) {
+            return Err(loaded.error(&key("path"), "must be a plain absolute path such as /mcp"));
+        }
+        if RESERVED_PATHS.contains(&up.path.as_str()) {
+            return Err(loaded.error(&key("path"), format!("{} is served by the gateway itself", up.path)));
+        }
+        if !paths.insert(up.path.as_str()) {
+            return Err(loaded.error(&key("path"), format!("`{}` is used twice", up.path)));
+        }
+        if up.url.is_empty() {
+            return Err(loaded.error(&key("url"), "is required"));
+        }
+    }
+    if let Some(tls) = &cfg.server.tls {
+        tls.validate()
+            .map_err(|e| loaded.error("server.tls", e.to_string()))?;
+    }
+    if cfg.server.max_body_bytes == 0 {
+        return Err(loaded.error("server.maxBodyBytes", "must be greater than zero"));
+    }
+    Ok(addr)
+}
