@@ -1,0 +1,743 @@
+//! [`RateLimitLayer`] and the [`RateLimit`] service.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, header::RETRY_AFTER};
+use mcp_core::{JsonRpcId, McpRequest, Principal, Rejection, RejectionReason};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{ConfigError, KeyPart, Limit, MissingKey, RateLimitConfig, RuleLimit};
+use crate::inflight::{InFlight, InFlightGuard};
+use crate::key::{self, Key};
+use crate::lists::NetList;
+use crate::memory::{LayerClock, MemoryBackend, MockClock};
+use crate::metrics::Metrics;
+use crate::quota::{self, QuotaSpec, Verdict};
+
+const MAX_RATE: f64 = 1_000_000.0;
+const MIN_RATE: f64 = 0.000_001;
+
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    quota: Option<usize>,
+    cost: u32,
+}
+
+pub(crate) enum Backend {
+    Memory(MemoryBackend),
+    #[cfg(feature = "redis")]
+    Redis(Arc<crate::redis_backend::RedisBackend>),
+}
+
+/// Everything a layer and its services share: the validated configuration and the state.
+pub(crate) struct Shared {
+    enabled: bool,
+    name: Arc<str>,
+    key: Vec<KeyPart>,
+    missing: MissingKey,
+    allow: NetList,
+    deny: NetList,
+    pub(crate) quotas: Vec<QuotaSpec>,
+    default_q: usize,
+    auth_q: usize,
+    principal_q: HashMap<String, usize>,
+    per_method: HashMap<String, Rule>,
+    per_tool: HashMap<String, Rule>,
+    headers: crate::config::HeadersConfig,
+    inflight: Option<Arc<InFlight>>,
+    pub(crate) backend: Backend,
+    pub(crate) metrics: Metrics,
+    cleanup_interval: Duration,
+    cleanup_started: AtomicBool,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("name", &self.name)
+            .field("enabled", &self.enabled)
+            .field("key", &self.key)
+            .field("quotas", &self.quotas.iter().map(|q| &q.policy).collect::<Vec<_>>())
+            .field(
+                "backend",
+                &match &self.backend {
+                    Backend::Memory(_) => "memory",
+                    #[cfg(feature = "redis")]
+                    Backend::Redis(_) => "redis",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_rate(key: &str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && (MIN_RATE..=MAX_RATE).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::InvalidRate {
+            key: key.to_owned(),
+            value: v,
+        })
+    }
+}
+
+fn check_burst(key: &str, b: Option<u32>) -> Result<Option<u32>, ConfigError> {
+    match b {
+        Some(0) => Err(ConfigError::InvalidBurst { key: key.to_owned() }),
+        other => Ok(other),
+    }
+}
+
+fn default_burst(rps: f64) -> u32 {
+    (rps.ceil() as u32).max(1)
+}
+
+impl Shared {
+    fn build(config: RateLimitConfig, clock: LayerClock) -> Result<Self, ConfigError> {
+        let c = config;
+        if c.name.is_empty()
+            || c.name.len() > 64
+            || !c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(ConfigError::InvalidName {
+                key: "name".into(),
+                rule: "must be 1 to 64 characters among A-Z a-z 0-9 _ - .",
+            });
+        }
+        let base_rps = check_rate("requests_per_second", c.requests_per_second)?;
+        let base_burst = check_burst("burst", c.burst)?;
+        if c.cleanup_interval == 0 || c.cleanup_interval > 86_400 {
+            return Err(ConfigError::OutOfRange {
+                key: "cleanup_interval".into(),
+                rule: "must be between 1 and 86400 seconds",
+            });
+        }
+        if c.max_keys == 0 || c.max_keys > 100_000_000 {
+            return Err(ConfigError::OutOfRange {
+                key: "max_keys".into(),
+                rule: "must be between 1 and 100000000",
+            });
+        }
+        if c.concurrency == Some(0) {
+            return Err(ConfigError::OutOfRange {
+                key: "concurrency".into(),
+                rule: "must be at least 1 (leave it out for no cap)",
+            });
+        }
+        let tier = |key: &str, l: Option<Limit>, fallback: (f64, Option<u32>)| {
+            let (rps, burst) = match l {
+                Some(l) => (
+                    check_rate(&format!("{key}.requests_per_second"), l.requests_per_second)?,
+                    check_burst(&format!("{key}.burst"), l.burst)?.or(base_burst),
+                ),
+                None => fallback,
+            };
+            Ok::<_, ConfigError>((rps, burst.unwrap_or_else(|| default_burst(rps))))
+        };
+        let name = c.name.clone();
+        let (d_rps, d_burst) = tier("client_limits.default", c.client_limits.default, (base_rps, base_burst))?;
+        let (a_rps, a_burst) = tier(
+            "client_limits.authenticated",
+            c.client_limits.authenticated,
+            (d_rps, Some(d_burst)),
+        )?;
+        let mut quotas = vec![
+            QuotaSpec::new(name.clone(), d_rps, d_burst),
+            QuotaSpec::new(format!("{name}.authenticated"), a_rps, a_burst),
+        ];
+        let mut principal_q = HashMap::new();
+        for (id, l) in &c.client_limits.principals {
+            let key = format!("client_limits.principals.{id}");
+            let (rps, burst) = tier(&key, Some(*l), (d_rps, Some(d_burst)))?;
+            principal_q.insert(id.clone(), quotas.len());
+            quotas.push(QuotaSpec::new(format!("{name}.principal"), rps, burst));
+        }
+        let mut rules = |section: &str, tag: &str, map: &std::collections::BTreeMap<String, RuleLimit>| {
+            let mut out = HashMap::new();
+            for (item, r) in map {
+                let key = format!("{section}.{item}");
+                if item.is_empty() {
+                    return Err(ConfigError::InvalidName {
+                        key: section.to_owned(),
+                        rule: "names must not be empty",
+                    });
+                }
+                if r.cost == Some(0) {
+                    return Err(ConfigError::InvalidCost { key: format!("{key}.cost") });
+                }
+                let burst = check_burst(&format!("{key}.burst"), r.burst)?;
+                let quota = match r.requests_per_second {
+                    Some(rps) => {
+                        let rps = check_rate(&format!("{key}.requests_per_second"), rps)?;
+                        let burst = burst.unwrap_or_else(|| default_burst(rps));
+                        let token = quota::sanitize_token(item);
+                        quotas.push(
+                            QuotaSpec::new(format!("{name}.{tag}.{token}"), rps, burst)
+                                .with_redis_suffix(format!(":{}:{token}", &tag[..1])),
+                        );
+                        Some(quotas.len() - 1)
+                    }
+                    None if burst.is_some() => {
+                        return Err(ConfigError::OutOfRange {
+                            key: format!("{key}.burst"),
+                            rule: "needs requests_per_second beside it",
+                        });
+                    }
+                    None => None,
+                };
+                out.insert(item.clone(), Rule { quota, cost: r.cost.unwrap_or(1) });
+            }
+            Ok(out)
+        };
+        let per_method = rules("per_method", "method", &c.per_method)?;
+        let per_tool = rules("per_tool", "tool", &c.per_tool)?;
+        let allow = NetList::parse("whitelist", &c.whitelist)?;
+        let deny = NetList::parse("blacklist", &c.blacklist)?;
+        let metrics = Metrics::new(&name);
+        let backend = match &c.redis {
+            None => Backend::Memory(MemoryBackend::new(&quotas, c.max_keys, clock)),
+            #[cfg(feature = "redis")]
+            Some(r) => Backend::Redis(Arc::new(crate::redis_backend::RedisBackend::new(
+                r,
+                Arc::from(name.as_str()),
+                metrics.clone(),
+            )?)),
+            #[cfg(not(feature = "redis"))]
+            Some(_) => return Err(ConfigError::RedisFeatureDisabled),
+        };
+        Ok(Self {
+            enabled: c.enabled,
+            name: Arc::from(name.as_str()),
+            key: c.key.parts().to_vec(),
+            missing: c.missing_key,
+            allow,
+            deny,
+            quotas,
+            default_q: 0,
+            auth_q: 1,
+            principal_q,
+            per_method,
+            per_tool,
+            headers: c.headers,
+            inflight: c.concurrency.map(|n| Arc::new(InFlight::new(n, c.max_keys))),
+            backend,
+            metrics,
+            cleanup_interval: Duration::from_secs(c.cleanup_interval),
+            cleanup_started: AtomicBool::new(false),
+        })
+    }
+
+    fn tier(&self, principal: Option<&Principal>) -> usize {
+        if let Some(p) = principal {
+            if !self.principal_q.is_empty() {
+                if let Some(&q) = self.principal_q.get(p.id()) {
+                    return q;
+                }
+            }
+            if p.is_authenticated() {
+                return self.auth_q;
+            }
+        }
+        self.default_q
+    }
+
+    /// The quotas a request is charged to: rule quotas first, the client quota last.
+    fn charges(&self, tier: usize, mcp: Option<&McpRequest>) -> Charges {
+        let Some(mcp) = mcp else {
+            return Charges::One([(tier, 1)]);
+        };
+        let no_rules = self.per_method.is_empty() && self.per_tool.is_empty();
+        let mut cost: u32 = 0;
+        let mut list: Vec<(usize, u32)> = Vec::new();
+        for m in mcp.messages() {
+            let Some(method) = m.method() else { continue };
+            if no_rules {
+                cost = cost.saturating_add(1);
+                continue;
+            }
+            let by_method = self.per_method.get(method);
+            let by_tool = m.tool_name().and_then(|t| self.per_tool.get(t));
+            cost = cost.saturating_add(by_tool.or(by_method).map_or(1, |r| r.cost));
+            for rule in [by_method, by_tool].into_iter().flatten() {
+                if let Some(q) = rule.quota {
+                    match list.iter_mut().find(|(i, _)| *i == q) {
+                        Some((_, n)) => *n = n.saturating_add(1),
+                        None => list.push((q, 1)),
+                    }
+                }
+            }
+        }
+        let cost = cost.max(1);
+        if list.is_empty() {
+            Charges::One([(tier, cost)])
+        } else {
+            list.push((tier, cost));
+            Charges::Many(list)
+        }
+    }
+
+    fn run_cleanup(&self) {
+        if let Backend::Memory(m) = &self.backend {
+            m.cleanup();
+            self.metrics.keys.set(m.key_count() as f64);
+            let over = m.budget.take_overflowed();
+            if over > 0 {
+                self.metrics.overflow.increment(over);
+                tracing::warn!(limiter = %self.name, requests = over, "rate limit key cap reached: new keys shared the overflow bucket");
+            }
+        }
+    }
+
+    /// Starts the sweeper once, when a tokio runtime is there. It holds a `Weak`, so it
+    /// stops at the first tick after the last layer and service are dropped.
+    fn start_cleanup(self: &Arc<Self>) {
+        if !matches!(self.backend, Backend::Memory(_)) || self.cleanup_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.cleanup_started.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let every = self.cleanup_interval;
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { break };
+                // A sweep walks every key: keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || shared.run_cleanup()).await;
+            }
+        });
+    }
+
+    /// What to do before consulting the backend.
+    fn pre<B>(&self, req: &Request<B>) -> Pre {
+        let ip = key::client_ip(req);
+        if let Some(ip) = ip {
+            if !self.deny.is_empty() && self.deny.contains(ip) {
+                self.metrics.denied_by_list.increment(1);
+                return Pre::Reject(
+                    Rejection::new(RejectionReason::DeniedByList)
+                        .with_id(request_id(req))
+                        .with_detail("ratelimit_blacklist"),
+                );
+            }
+            if !self.allow.is_empty() && self.allow.contains(ip) {
+                self.metrics.allow_listed.increment(1);
+                return Pre::Pass;
+            }
+        }
+        let key = match key::extract(&self.key, req, ip) {
+            Some(k) => k,
+            None => match self.missing {
+                MissingKey::Shared => Key::Unknown,
+                MissingKey::Ip => ip.map_or(Key::Unknown, Key::Ip),
+                MissingKey::Reject => {
+                    self.metrics.no_key.increment(1);
+                    return Pre::Reject(
+                        Rejection::new(RejectionReason::Forbidden)
+                            .with_id(request_id(req))
+                            .with_detail("ratelimit_no_key"),
+                    );
+                }
+            },
+        };
+        let guard = match &self.inflight {
+            Some(f) => match f.acquire(&key) {
+                Some(g) => Some(g),
+                None => {
+                    self.metrics.concurrency_limited.increment(1);
+                    return Pre::Reject(
+                        Rejection::new(RejectionReason::ConcurrencyLimited)
+                            .with_id(request_id(req))
+                            .with_detail(self.name.to_string())
+                            .with_header(RETRY_AFTER, "1"),
+                    );
+                }
+            },
+            None => None,
+        };
+        let mcp = req.extensions().get::<McpRequest>();
+        let tier = self.tier(req.extensions().get::<Principal>());
+        Pre::Check {
+            charges: self.charges(tier, mcp),
+            key,
+            guard,
+        }
+    }
+
+    /// Turns a verdict into "go on (with these headers)" or a 429.
+    pub(crate) fn finish(&self, v: &Verdict, id: Option<JsonRpcId>) -> Outcome {
+        let Some(spec) = self.quotas.get(v.quota) else {
+            self.metrics.allowed.increment(1);
+            return Outcome::Proceed(None);
+        };
+        if v.allowed {
+            self.metrics.allowed.increment(1);
+            let extra = self
+                .headers
+                .on_allowed
+                .then(|| quota::rate_headers(&self.headers, spec, v))
+                .filter(|h| !h.is_empty());
+            return Outcome::Proceed(extra);
+        }
+        self.metrics.limited.increment(1);
+        let mut r = Rejection::new(RejectionReason::RateLimited)
+            .with_id(id)
+            .with_detail(spec.policy.to_string())
+            .with_header(RETRY_AFTER, quota::retry_after_secs(v.retry_after));
+        for (name, value) in &quota::rate_headers(&self.headers, spec, v) {
+            r = r.with_header(name.clone(), value.clone());
+        }
+        Outcome::Reject(r)
+    }
+}
+
+fn request_id<B>(req: &Request<B>) -> Option<JsonRpcId> {
+    req.extensions()
+        .get::<McpRequest>()
+        .and_then(|m| m.id().cloned())
+}
+
+pub(crate) enum Charges {
+    One([(usize, u32); 1]),
+    Many(Vec<(usize, u32)>),
+}
+
+impl Charges {
+    pub(crate) fn as_slice(&self) -> &[(usize, u32)] {
+        match self {
+            Self::One(a) => a,
+            Self::Many(v) => v,
+        }
+    }
+}
+
+enum Pre {
+    Pass,
+    Reject(Rejection),
+    Check {
+        key: Key,
+        charges: Charges,
+        guard: Option<InFlightGuard>,
+    },
+}
+
+/// What the backend decided.
+pub(crate) enum Outcome {
+    /// Call the inner service, adding these headers to its response.
+    Proceed(Option<HeaderMap>),
+    /// Answer with this rejection.
+    Reject(Rejection),
+}
+
+/// A layer that limits the request rate per client with GCRA quotas.
+///
+/// Build it from a [`RateLimitConfig`]: the configuration is validated and a precise
+/// [`ConfigError`] names the key at fault. Every service made by one layer shares one
+/// budget (clone the layer to share it further; build another layer for another budget).
+///
+/// Where it goes: keyed by IP, before authentication (a brute-force shield); keyed by
+/// principal, after the authentication layer (which puts the `Principal` in the request
+/// extensions). Per-method and per-tool rules read the `McpRequest` that
+/// `mcp_core::ParseLayer` puts in the request extensions: place this layer inside
+/// `ParseLayer` for them (outside it, every request costs 1 and no rule applies). The
+/// client IP comes from `mcp_core::ClientAddrLayer` (outside this layer), else from the
+/// connection's peer address.
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use mcp_core::{ClientAddrLayer, ParseLayer, TrustedProxies};
+/// use mcp_ratelimit::{RateLimitConfig, RateLimitLayer};
+///
+/// let limit = RateLimitLayer::new(RateLimitConfig::per_second(100.0, 200)).unwrap();
+/// let app: Router = Router::new()
+///     .route("/mcp", post(|| async { "ok" }))
+///     .layer(limit)
+///     .layer(ParseLayer::new())
+///     .layer(ClientAddrLayer::new(TrustedProxies::none()));
+/// ```
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.shared, f)
+    }
+}
+
+impl RateLimitLayer {
+    /// Validates the configuration and builds the layer. With a tokio runtime running, the
+    /// sweeper that evicts idle keys starts now; otherwise it starts with the first request.
+    pub fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
+        Self::build(config, LayerClock::real())
+    }
+
+    /// Like [`RateLimitLayer::new`], with a manual clock for the in-memory backend (tests).
+    pub fn with_clock(config: RateLimitConfig, clock: MockClock) -> Result<Self, ConfigError> {
+        Self::build(config, LayerClock::mock(&clock))
+    }
+
+    fn build(config: RateLimitConfig, clock: LayerClock) -> Result<Self, ConfigError> {
+        let shared = Arc::new(Shared::build(config, clock)?);
+        shared.start_cleanup();
+        Ok(Self { shared })
+    }
+
+    /// The number of keys the in-memory backend holds now, all quotas together (0 for the
+    /// Redis backend, whose keys expire in Redis).
+    pub fn key_count(&self) -> usize {
+        match &self.shared.backend {
+            Backend::Memory(m) => m.key_count(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => 0,
+        }
+    }
+
+    /// Runs a sweep now: evicts idle keys and updates the key count gauge (the sweeper does
+    /// it every `cleanup_interval`).
+    pub fn cleanup_now(&self) {
+        self.shared.run_cleanup();
+    }
+
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the backend answers (always true in memory; for Redis, false from the first
+    /// failed call of an outage until the first successful one).
+    pub fn backend_up(&self) -> bool {
+        match &self.shared.backend {
+            Backend::Memory(_) => true,
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => r.is_up(),
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service made by [`RateLimitLayer`].
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// Wraps `inner` with the limits of `layer`.
+    pub fn new(inner: S, layer: &RateLimitLayer) -> Self {
+        layer.layer(inner)
+    }
+}
+
+type CheckFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ResB: From<Bytes>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        if !shared.enabled {
+            return ResponseFuture::inner(self.inner.call(req), None, None);
+        }
+        if !shared.cleanup_started.load(Ordering::Relaxed) {
+            shared.start_cleanup();
+        }
+        let (key, charges, guard) = match shared.pre(&req) {
+            Pre::Pass => return ResponseFuture::inner(self.inner.call(req), None, None),
+            Pre::Reject(r) => return ResponseFuture::ready(r.into_response()),
+            Pre::Check { key, charges, guard } => (key, charges, guard),
+        };
+        match &shared.backend {
+            Backend::Memory(m) => {
+                let v = m.check(&shared.quotas, &key, charges.as_slice());
+                match shared.finish(&v, if v.allowed { None } else { request_id(&req) }) {
+                    Outcome::Proceed(extra) => ResponseFuture::inner(self.inner.call(req), guard, extra),
+                    Outcome::Reject(r) => {
+                        drop(guard);
+                        ResponseFuture::ready(r.into_response())
+                    }
+                }
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => {
+                let id = request_id(&req);
+                let fut: CheckFuture = Box::pin(crate::redis_backend::check(
+                    shared.clone(),
+                    r.clone(),
+                    key,
+                    charges,
+                    id,
+                ));
+                let clone = self.inner.clone();
+                let svc = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture {
+                    state: State::Checking {
+                        check: fut,
+                        svc: Some(svc),
+                        req: Some(req),
+                    },
+                    guard,
+                    extra: None,
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`]. It holds the client's in-flight slot (when a
+    /// concurrency cap is configured) until the response is ready or the future is dropped.
+    pub struct ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S, ReqB>,
+        guard: Option<InFlightGuard>,
+        extra: Option<HeaderMap>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[allow(dead_code)]
+    enum State<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        Inner { #[pin] fut: S::Future },
+        Ready { resp: Option<S::Response> },
+        Checking { check: CheckFuture, svc: Option<S>, req: Option<Request<ReqB>> },
+    }
+}
+
+impl<S, ReqB> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn inner(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<HeaderMap>) -> Self {
+        Self {
+            state: State::Inner { fut },
+            guard,
+            extra,
+        }
+    }
+
+    fn ready(resp: S::Response) -> Self {
+        Self {
+            state: State::Ready { resp: Some(resp) },
+            guard: None,
+            extra: None,
+        }
+    }
+}
+
+impl<S, ReqB> fmt::Debug for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: From<Bytes>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Inner { fut } => {
+                    let out = ready!(fut.poll(cx));
+                    *this.guard = None;
+                    return Poll::Ready(out.map(|mut resp| {
+                        if let Some(extra) = this.extra.take() {
+                            quota::merge_headers(resp.headers_mut(), extra);
+                        }
+                        resp
+                    }));
+                }
+                StateProj::Ready { resp } => {
+                    return match resp.take() {
+                        Some(r) => Poll::Ready(Ok(r)),
+                        None => Poll::Pending,
+                    };
+                }
+                StateProj::Checking { check, svc, req } => {
+                    let outcome = ready!(check.as_mut().poll(cx));
+                    match (outcome, svc.take(), req.take()) {
+                        (Outcome::Proceed(extra), Some(mut svc), Some(req)) => {
+                            *this.extra = extra;
+                            State::Inner { fut: svc.call(req) }
+                        }
+                        (Outcome::Reject(r), _, _) => {
+                            *this.guard = None;
+                            State::Ready { resp: Some(r.into_response()) }
+                        }
+                        _ => State::Ready {
+                            resp: Some(Rejection::new(RejectionReason::Internal).into_response()),
+                        },
+                    }
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+/// The client IP the layer would use for a request (exposed for tests and diagnostics).
+pub fn client_ip_of<B>(req: &Request<B>) -> Option<IpAddr> {
+    key::client_ip(req)
+}
