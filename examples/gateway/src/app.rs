@@ -110,13 +110,13 @@ pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::Confi
 }
 
 /// Builds the gateway's router.
-pub fn build(
+pub async fn build(
     loaded: &Loaded,
     metrics: Option<PrometheusHandle>,
 ) -> Result<Gateway, crate::config::ConfigError> {
     let cfg: &Config = &loaded.config;
     let proxies = build_proxies(loaded)?;
-    let layers = Layers::build(loaded)?;
+    let layers = Layers::build(loaded).await?;
     let on = cfg.layers.enabled;
     let trusted = TrustedProxies::new(cfg.server.trusted_proxies.iter().copied())
         .with_header(cfg.server.forwarded_header);
@@ -130,7 +130,7 @@ pub fn build(
         });
         let stack = ServiceBuilder::new()
             .layer(MetricsLayer::new(&up.name))
-            .layer(option_layer(layers.audit.clone().filter(|_| on)))
+            .layer(layers.audit_slot(&trusted))
             .layer(option_layer(layers.security_headers.clone().filter(|_| on)))
             .layer(option_layer(layers.origin.clone().filter(|_| on)))
             .layer(option_layer(layers.ip_limit.clone().filter(|_| on)))
@@ -155,9 +155,6 @@ pub fn build(
         .route("/metrics", get(metrics_endpoint))
         .with_state(ops);
     router = router.merge(ops_router);
-    if let Some(audit_query) = layers.audit_query_router() {
-        router = router.merge(audit_query);
-    }
     let router = router.layer(ClientAddrLayer::new(trusted));
     Ok(Gateway { router, layers })
 }

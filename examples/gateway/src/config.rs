@@ -53,7 +53,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub ratelimit: RateLimitConfig,
     pub sanitization: SanitizationConfig,
-    pub audit: AuditConfig,
+    /// `audit.*`: the seed keys, as mcp-audit reads them.
+    pub audit: mcp_audit::AuditConfig,
     pub security: SecurityConfig,
     pub secrets: SecretsConfig,
     pub monitoring: MonitoringConfig,
@@ -256,76 +257,6 @@ impl Default for SanitizationConfig {
             blocked_patterns: Vec::new(),
             url_fields: None,
             block_private_urls: true,
-        }
-    }
-}
-
-/// `audit.*`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    pub enabled: bool,
-    pub level: String,
-    /// `database` (SQLite), `file` (JSON lines), `stdout`.
-    pub storage: String,
-    pub format: String,
-    pub masking: MaskingConfig,
-    pub database: DatabaseConfig,
-    /// For `storage: file`.
-    pub file: Option<PathBuf>,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            level: "info".into(),
-            storage: "database".into(),
-            format: "json".into(),
-            masking: MaskingConfig::default(),
-            database: DatabaseConfig::default(),
-            file: None,
-        }
-    }
-}
-
-/// `audit.masking.*`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct MaskingConfig {
-    pub enabled: bool,
-    pub fields: Vec<String>,
-    pub mask_value: String,
-}
-
-impl Default for MaskingConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            fields: ["password", "token", "apiKey", "secret", "authorization"]
-                .map(String::from)
-                .to_vec(),
-            mask_value: "***REDACTED***".into(),
-        }
-    }
-}
-
-/// `audit.database.*`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct DatabaseConfig {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub sqlite_path: PathBuf,
-    pub max_records: u64,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            kind: "sqlite".into(),
-            sqlite_path: PathBuf::from("mcp-gateway-audit.db"),
-            max_records: 100_000,
         }
     }
 }

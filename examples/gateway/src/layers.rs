@@ -1,17 +1,28 @@
 //! The suite's layers, built from the configuration.
 
-use axum::Router;
+use axum::body::Body;
+use http::Response;
+use mcp_audit::{AuditBody, AuditLayer, Auditor};
 use tower::layer::util::Identity;
+use tower::util::{Either, MapResponseLayer};
 
 use crate::config::{ConfigError, Loaded};
 
 /// Placeholder type of a layer slot not wired yet.
 pub type Pending = Identity;
 
+fn plain_body(r: Response<Body>) -> Response<AuditBody<Body>> {
+    r.map(AuditBody::plain)
+}
+
+/// The audit slot: the audit layer, or a body wrapper so that both arms have the same
+/// response type.
+pub type AuditSlot = Either<AuditLayer, MapResponseLayer<fn(Response<Body>) -> Response<AuditBody<Body>>>>;
+
 /// Every layer of the request path, `None` when off.
 #[derive(Clone, Default)]
 pub struct Layers {
-    pub audit: Option<Pending>,
+    pub auditor: Option<Auditor>,
     pub security_headers: Option<Pending>,
     pub origin: Option<Pending>,
     pub ip_limit: Option<Pending>,
@@ -23,21 +34,60 @@ pub struct Layers {
 
 impl Layers {
     /// Builds the layers from the configuration.
-    pub fn build(loaded: &Loaded) -> Result<Self, ConfigError> {
-        let _ = loaded;
-        Ok(Self::default())
+    pub async fn build(loaded: &Loaded) -> Result<Self, ConfigError> {
+        let cfg = &loaded.config;
+        let mut layers = Self::default();
+        if cfg.layers.enabled && cfg.audit.enabled {
+            let auditor = Auditor::from_config(cfg.audit.clone())
+                .await
+                .map_err(|e| loaded.error("audit", e.to_string()))?;
+            layers.auditor = Some(auditor);
+        }
+        Ok(layers)
     }
 
-    /// The `/api/audit/query` router (behind authentication with the audit scope).
-    pub fn audit_query_router(&self) -> Option<Router> {
-        None
+    /// The audit slot for a stack.
+    pub fn audit_slot(&self, trusted: &mcp_core::TrustedProxies) -> AuditSlot {
+        match &self.auditor {
+            Some(a) => Either::Left(a.layer().trusted_proxies(trusted.clone())),
+            None => Either::Right(MapResponseLayer::new(
+                plain_body as fn(Response<Body>) -> Response<AuditBody<Body>>,
+            )),
+        }
     }
 
-    /// Flushes the audit trail (on shutdown).
-    pub async fn flush(&self) {}
+    /// Flushes and stops the audit trail (on shutdown).
+    pub async fn flush(&self) {
+        if let Some(a) = &self.auditor {
+            a.shutdown().await;
+        }
+    }
 }
 
 /// `mcp-gateway audit verify`.
 pub async fn verify_audit(db: &std::path::Path) -> Result<(), String> {
-    Err(format!("audit verification of {} is not available in this build", db.display()))
+    if !db.exists() {
+        return Err(format!("{}: no such audit database", db.display()));
+    }
+    let path = db.to_owned();
+    let report = tokio::task::spawn_blocking(move || mcp_audit::verify_sqlite(&path))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{}: {e}", db.display()))?;
+    match &report.problem {
+        None => {
+            println!(
+                "{}: hash chain intact ({} records, head seq {})",
+                db.display(),
+                report.records,
+                report.head.seq
+            );
+            Ok(())
+        }
+        Some(problem) => Err(format!(
+            "{}: hash chain BROKEN after {} records: {problem}",
+            db.display(),
+            report.records
+        )),
+    }
 }

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     let result: Result<(), String> = rt.block_on(async move {
         match (cli.command, cli.config) {
             (Some(Command::DemoUpstream { addr, path }), _) => run_demo_upstream(addr, &path).await,
-            (Some(Command::Check { config }), _) => check(&config),
+            (Some(Command::Check { config }), _) => check(&config).await,
             (Some(Command::Keygen), _) => {
                 println!("{}", keys::generate_api_key());
                 Ok(())
@@ -122,12 +122,12 @@ fn init_tracing() {
         .try_init();
 }
 
-fn check(path: &Path) -> Result<(), String> {
+async fn check(path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     let addr = validate::validate(&loaded).map_err(|e| e.to_string())?;
     // Building the layers checks the credentials and the rules.
-    let gw = app::build(&loaded, None).map_err(|e| e.to_string())?;
-    drop(gw);
+    let gw = app::build(&loaded, None).await.map_err(|e| e.to_string())?;
+    gw.layers.flush().await;
     println!(
         "{}: OK ({} upstream(s), listening on {addr}, authentication {})",
         loaded.file,
@@ -154,7 +154,7 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
     } else {
         None
     };
-    let gateway = app::build(&loaded, metrics).map_err(|e| e.to_string())?;
+    let gateway = app::build(&loaded, metrics).await.map_err(|e| e.to_string())?;
     let acceptor = match &cfg.server.tls {
         Some(t) if t.enabled => Some(
             mcp_tls::TlsAcceptor::from_config(t)

@@ -22,6 +22,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use mcp_audit::AuditUpstream;
 use mcp_core::{ClientAddr, McpRequest, Rejection, RejectionReason};
 
 /// Headers that are never forwarded upstream, whatever the configuration.
@@ -115,6 +116,7 @@ pub struct Proxy {
 }
 
 struct ProxyInner {
+    audit_name: Arc<str>,
     spec: UpstreamSpec,
     client: Client<HttpsConnector<HttpConnector>, Body>,
 }
@@ -202,7 +204,11 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .build(https);
         Ok(Self {
-            inner: Arc::new(ProxyInner { spec, client }),
+            inner: Arc::new(ProxyInner {
+                audit_name: spec.name.as_str().into(),
+                spec,
+                client,
+            }),
         })
     }
 
@@ -216,8 +222,16 @@ impl Proxy {
         &self.inner.spec.url
     }
 
-    /// Forwards a request and streams the response back.
+    /// Forwards a request and streams the response back; the response carries the
+    /// upstream's name ([`AuditUpstream`]) in its extensions.
     pub async fn forward(&self, req: Request<Body>) -> Response<Body> {
+        let mut resp = self.forward_inner(req).await;
+        resp.extensions_mut()
+            .insert(AuditUpstream(self.inner.audit_name.clone()));
+        resp
+    }
+
+    async fn forward_inner(&self, req: Request<Body>) -> Response<Body> {
         let spec = &self.inner.spec;
         let id = req
             .extensions()
