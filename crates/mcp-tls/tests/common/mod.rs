@@ -244,6 +244,14 @@ pub fn client_config(
     Arc::new(cfg)
 }
 
+/// The same client configuration without session resumption: every connection is a
+/// full handshake that shows the certificate served now.
+pub fn full_handshakes(cfg: &Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    let mut c = (**cfg).clone();
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
+}
+
 pub const BOTH: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
