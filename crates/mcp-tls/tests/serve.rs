@@ -1,0 +1,190 @@
+//! The accept loop: plain TCP with PeerAddr, handshake timeout, connection cap,
+//! graceful shutdown that drains.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{Router, routing::get};
+use common::*;
+use mcp_tls::TlsAcceptor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn http_get_plain(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn plain_tcp_serving_puts_peer_addr_and_no_tls_info() {
+    let server = start(None).await;
+    let out = http_get_plain(server.addr, "/echo").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["tls"], false);
+    assert!(json["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_tcp_serves_http2_prior_knowledge() {
+    let server = start(None).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            http::Request::get("http://x/echo")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    drop(send);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let ca = Ca::new("CA");
+    let (cert, key) = ca.server("s");
+    let files = Files::new(&cert, &key);
+    let acceptor = TlsAcceptor::from_config(&files.config()).unwrap();
+    let server = start_with(
+        Some(acceptor),
+        |s| s.handshake_timeout(Duration::from_millis(300)),
+        echo_router(),
+    )
+    .await;
+    // Attack: open a TCP connection and never send a ClientHello (slowloris).
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    // The server closes it: EOF (or reset), well before this generous bound.
+    let r = tokio::time::timeout(Duration::from_secs(30), idle.read(&mut buf))
+        .await
+        .expect("the server kept a silent connection open");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    // The server still serves others.
+    let seen = get_echo(server.addr, client_config(&ca.der(), BOTH, None))
+        .await
+        .unwrap();
+    assert_eq!(seen.json["tls"], true);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let server = start_with(None, |s| s.max_connections(1), echo_router()).await;
+    // First connection: HTTP/1.1 keep-alive, held open.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(conn);
+    let req = || {
+        http::Request::get("/echo")
+            .header("host", "x")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(send.send_request(req()).await.unwrap().status(), 200);
+
+    // Second connection: accepted by the kernel, but not served while the first is open.
+    let addr = server.addr;
+    let second = tokio::spawn(async move { http_get_plain(addr, "/echo").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "a connection beyond the cap was served");
+
+    // Close the first: the second is served.
+    drop(send);
+    let _ = conn_task.await;
+    let out = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the waiting connection was never served")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_stops_accepting_and_drains_requests_in_flight() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let router = {
+        let (release, entered) = (release.clone(), entered.clone());
+        Router::new().route(
+            "/slow",
+            get(move || {
+                let (release, entered) = (release.clone(), entered.clone());
+                async move {
+                    entered.notify_one();
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        )
+    };
+    let ca = Ca::new("CA");
+    let (cert, key) = ca.server("s");
+    let files = Files::new(&cert, &key);
+    let acceptor = TlsAcceptor::from_config(&files.config()).unwrap();
+    let mut server = start_with(Some(acceptor), |s| s, router).await;
+    let addr = server.addr;
+
+    // A request in flight over TLS.
+    let cfg = client_config(&ca.der(), BOTH, None);
+    let in_flight = tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    entered.notified().await;
+
+    // Shut down: the server stops accepting but waits for the request.
+    let _ = server.stop.take().unwrap().send(());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!server.task.is_finished(), "returned before draining");
+
+    release.notify_one();
+    let out = tokio::time::timeout(Duration::from_secs(30), in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("done"), "{out}");
+    // Keep-alive was not honoured during shutdown: the server closed after the response.
+    assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
+    tokio::time::timeout(Duration::from_secs(30), &mut server.task)
+        .await
+        .expect("server did not finish draining")
+        .unwrap()
+        .unwrap();
+}
