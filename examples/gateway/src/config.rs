@@ -51,7 +51,12 @@ impl Secret {
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
-    pub ratelimit: RateLimitConfig,
+    /// `ratelimit.*`: the seed keys, as mcp-ratelimit reads them (applied after
+    /// authentication, keyed by principal unless `key` says otherwise).
+    pub ratelimit: mcp_ratelimit::RateLimitConfig,
+    /// Ours: the per-IP limit applied before authentication (brute-force shield). Default:
+    /// twice `ratelimit`'s rate and burst, keyed by client IP, with its lists.
+    pub ip_ratelimit: Option<mcp_ratelimit::RateLimitConfig>,
     pub sanitization: SanitizationConfig,
     /// `audit.*`: the seed keys, as mcp-audit reads them.
     pub audit: mcp_audit::AuditConfig,
@@ -182,56 +187,6 @@ pub struct JwtConfig {
     /// Claim holding the scopes (space-separated string or array).
     pub scope_claim: Option<String>,
     pub leeway_seconds: Option<u64>,
-}
-
-/// `ratelimit.*` (seed keys plus ours).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
-    pub enabled: bool,
-    pub requests_per_second: f64,
-    pub burst: u32,
-    pub cleanup_interval: u64,
-    pub client_limits: ClientLimits,
-    pub whitelist: Vec<String>,
-    pub blacklist: Vec<String>,
-    /// Per-IP limit applied before authentication (brute-force shield).
-    pub per_ip: Option<Limit>,
-    /// Maximum number of clients tracked.
-    pub max_clients: Option<usize>,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            requests_per_second: 100.0,
-            burst: 200,
-            cleanup_interval: 60,
-            client_limits: ClientLimits::default(),
-            whitelist: Vec::new(),
-            blacklist: Vec::new(),
-            per_ip: None,
-            max_clients: None,
-        }
-    }
-}
-
-/// `ratelimit.client_limits`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientLimits {
-    pub default: Option<Limit>,
-    pub authenticated: Option<Limit>,
-}
-
-/// A rate.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limit {
-    pub requests_per_second: f64,
-    #[serde(default)]
-    pub burst: Option<u32>,
 }
 
 /// `sanitization.*`.
@@ -818,7 +773,7 @@ security:
         )
         .unwrap();
         assert_eq!(l.config.auth.api_key.expose(), "Abc123!@#Xyz789!@#");
-        assert_eq!(l.config.ratelimit.burst, 200);
+        assert_eq!(l.config.ratelimit.burst, Some(200));
         assert_eq!(
             l.config.audit.database.sqlite_path,
             PathBuf::from("/var/lib/cloud-native-mcp-server/audit.db")
@@ -889,7 +844,7 @@ security:
             &env_of(&[("B", "7")]),
         )
         .unwrap();
-        assert_eq!(l.config.ratelimit.burst, 7);
+        assert_eq!(l.config.ratelimit.burst, Some(7));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use axum::body::Body;
 use http::Response;
 use mcp_audit::{AuditBody, AuditLayer, Auditor};
+use mcp_ratelimit::{KeySpec, MissingKey, RateLimitLayer};
 use tower::layer::util::Identity;
 use tower::util::{Either, MapResponseLayer};
 
@@ -25,9 +26,9 @@ pub struct Layers {
     pub auditor: Option<Auditor>,
     pub security_headers: Option<Pending>,
     pub origin: Option<Pending>,
-    pub ip_limit: Option<Pending>,
+    pub ip_limit: Option<RateLimitLayer>,
     pub auth: Option<Pending>,
-    pub principal_limit: Option<Pending>,
+    pub principal_limit: Option<RateLimitLayer>,
     pub sanitize: Option<Pending>,
     pub authorize: Option<Pending>,
 }
@@ -42,6 +43,45 @@ impl Layers {
                 .await
                 .map_err(|e| loaded.error("audit", e.to_string()))?;
             layers.auditor = Some(auditor);
+        }
+        if cfg.layers.enabled && cfg.ratelimit.enabled {
+            let rl = &cfg.ratelimit;
+            let ip_cfg = match &cfg.ip_ratelimit {
+                Some(c) => c.clone(),
+                None => {
+                    let mut c = mcp_ratelimit::RateLimitConfig::per_second(
+                        rl.requests_per_second * 2.0,
+                        rl.burst.unwrap_or(rl.requests_per_second.ceil() as u32).saturating_mul(2).max(1),
+                    );
+                    c.whitelist = rl.whitelist.clone();
+                    c.blacklist = rl.blacklist.clone();
+                    c.cleanup_interval = rl.cleanup_interval;
+                    c.max_keys = rl.max_keys;
+                    c
+                }
+            };
+            let ip_cfg = mcp_ratelimit::RateLimitConfig {
+                name: if ip_cfg.name == "default" { "ip".into() } else { ip_cfg.name },
+                key: KeySpec::ip(),
+                ..ip_cfg
+            };
+            if ip_cfg.enabled {
+                layers.ip_limit = Some(
+                    RateLimitLayer::new(ip_cfg)
+                        .map_err(|e| loaded.error("ip_ratelimit", e.to_string()))?,
+                );
+            }
+            let mut p = rl.clone();
+            if p.key == KeySpec::ip() {
+                p.key = KeySpec::principal();
+                p.missing_key = MissingKey::Ip;
+            }
+            if p.name == "default" {
+                p.name = "principal".into();
+            }
+            layers.principal_limit = Some(
+                RateLimitLayer::new(p).map_err(|e| loaded.error("ratelimit", e.to_string()))?,
+            );
         }
         Ok(layers)
     }
