@@ -1,0 +1,623 @@
+//! [`AuthorizeLayer`]: which principals and scopes may call which MCP methods, tools,
+//! resources and prompts.
+//!
+//! Place it after [`mcp_core::ParseLayer`] (it reads the parsed [`McpRequest`]) and
+//! after the [`AuthLayer`](crate::AuthLayer) (it reads the [`Principal`]).
+//!
+//! A [`Policy`] is a list of allow rules and a list of deny rules. A message is allowed
+//! when an allow rule matches it and no deny rule does: **deny wins**, and anything no
+//! allow rule names is denied. A rule matches when
+//!
+//! - the principal's id matches one of `principals` (any principal when empty),
+//! - the principal holds **all** of `scopes` (no requirement when empty),
+//! - the method matches one of `methods`; when `methods` is empty, `tools` implies
+//!   `tools/call`, `resources` implies `resources/read|subscribe|unsubscribe` and
+//!   `prompts` implies `prompts/get`, and a rule naming none of them matches any method,
+//! - and the tool name, resource URI or prompt name matches the rule's list for that
+//!   kind (any when that list is empty).
+//!
+//! Patterns are literal strings where `*` matches any run of characters
+//! (`"read_*"`, `"file:///public/*"`, `"*"`).
+//!
+//! Lifecycle messages (`initialize`, `ping`, `notifications/*`) are allowed unless a deny
+//! rule matches them ([`PolicyBuilder::allow_lifecycle`] turns this off), and JSON-RPC
+//! responses sent by the client (answers to server requests) are allowed. In a batch,
+//! every message must be allowed.
+//!
+//! A denied call gets 403 and a JSON-RPC error echoing the message's id; the
+//! [`mcp_core::Denial`] detail names the rule. When the only thing missing was a scope,
+//! the answer is 403 `insufficient_scope` with a `WWW-Authenticate: Bearer` challenge
+//! naming the scopes (as MCP authorization asks).
+//!
+//! ```
+//! use mcp_auth::{AuthorizeLayer, Policy, Rule};
+//! let policy = Policy::builder()
+//!     .allow(Rule::new("discover").methods(["tools/list", "resources/list", "prompts/list"]))
+//!     .allow(Rule::new("search").tools(["search", "read_*"]).scopes(["mcp:tools"]))
+//!     .allow(Rule::new("admin").principals(["admin@example.com"]).methods(["*"]))
+//!     .deny(Rule::new("no-shell").tools(["shell*"]))
+//!     .build()
+//!     .unwrap();
+//! let layer = AuthorizeLayer::new(policy);
+//! # let _ = layer;
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::WWW_AUTHENTICATE;
+use http::{Method, Request, Response};
+use mcp_core::{McpMessage, McpRequest, MessageKind, Principal, Rejection, RejectionReason, Target};
+use serde::Deserialize;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::ConfigError;
+use crate::future::ResponseFuture;
+
+/// Matches `text` against `pattern`, where `*` matches any run of characters.
+///
+/// ```
+/// use mcp_auth::authorize::glob_match;
+/// assert!(glob_match("read_*", "read_file"));
+/// assert!(glob_match("*", ""));
+/// assert!(!glob_match("read_*", "write_file"));
+/// ```
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|b| *b == b'*')
+}
+
+/// One rule (see the [module documentation](self)). Deserializes from the gateway's
+/// configuration with camelCase keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// The rule's name, recorded when it decides.
+    pub name: String,
+    /// Principal id patterns (any principal when empty).
+    pub principals: Vec<String>,
+    /// Scopes the principal must all hold.
+    pub scopes: Vec<String>,
+    /// Method patterns.
+    pub methods: Vec<String>,
+    /// Tool name patterns (`tools/call`).
+    pub tools: Vec<String>,
+    /// Resource URI patterns (`resources/read`, `subscribe`, `unsubscribe`).
+    pub resources: Vec<String>,
+    /// Prompt name patterns (`prompts/get`).
+    pub prompts: Vec<String>,
+}
+
+fn strings<I: IntoIterator<Item = T>, T: Into<String>>(i: I) -> Vec<String> {
+    i.into_iter().map(Into::into).collect()
+}
+
+fn any(patterns: &[String], text: &str) -> bool {
+    patterns.iter().any(|p| glob_match(p, text))
+}
+
+const RESOURCE_METHODS: &[&str] = &["resources/read", "resources/subscribe", "resources/unsubscribe"];
+
+impl Rule {
+    /// An empty rule named `name` (matching everything until narrowed).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Principal id patterns.
+    pub fn principals<I: IntoIterator<Item = T>, T: Into<String>>(mut self, p: I) -> Self {
+        self.principals = strings(p);
+        self
+    }
+
+    /// Required scopes (all of them).
+    pub fn scopes<I: IntoIterator<Item = T>, T: Into<String>>(mut self, s: I) -> Self {
+        self.scopes = strings(s);
+        self
+    }
+
+    /// Method patterns.
+    pub fn methods<I: IntoIterator<Item = T>, T: Into<String>>(mut self, m: I) -> Self {
+        self.methods = strings(m);
+        self
+    }
+
+    /// Tool name patterns.
+    pub fn tools<I: IntoIterator<Item = T>, T: Into<String>>(mut self, t: I) -> Self {
+        self.tools = strings(t);
+        self
+    }
+
+    /// Resource URI patterns.
+    pub fn resources<I: IntoIterator<Item = T>, T: Into<String>>(mut self, r: I) -> Self {
+        self.resources = strings(r);
+        self
+    }
+
+    /// Prompt name patterns.
+    pub fn prompts<I: IntoIterator<Item = T>, T: Into<String>>(mut self, p: I) -> Self {
+        self.prompts = strings(p);
+        self
+    }
+
+    fn matches_principal(&self, p: &Principal) -> bool {
+        self.principals.is_empty() || any(&self.principals, p.id())
+    }
+
+    fn has_scopes(&self, p: &Principal) -> bool {
+        self.scopes.iter().all(|s| p.has_scope(s))
+    }
+
+    fn matches_method(&self, method: &str) -> bool {
+        if !self.methods.is_empty() {
+            return any(&self.methods, method);
+        }
+        let (t, r, p) = (!self.tools.is_empty(), !self.resources.is_empty(), !self.prompts.is_empty());
+        if !(t || r || p) {
+            return true;
+        }
+        (t && method == "tools/call")
+            || (r && RESOURCE_METHODS.contains(&method))
+            || (p && method == "prompts/get")
+    }
+
+    fn matches_target(&self, method: &str, target: Option<&Target>) -> bool {
+        match target {
+            Some(Target::Tool(n)) => self.tools.is_empty() || any(&self.tools, n),
+            Some(Target::Resource(u)) => self.resources.is_empty() || any(&self.resources, u),
+            Some(Target::Prompt(n)) => self.prompts.is_empty() || any(&self.prompts, n),
+            // A call whose target is missing cannot satisfy a rule that names targets.
+            None => match method {
+                "tools/call" => self.tools.is_empty(),
+                "prompts/get" => self.prompts.is_empty(),
+                m if RESOURCE_METHODS.contains(&m) => self.resources.is_empty(),
+                _ => true,
+            },
+        }
+    }
+
+    fn matches_call(&self, msg: &McpMessage) -> bool {
+        let Some(method) = msg.method() else {
+            return false;
+        };
+        self.matches_method(method) && self.matches_target(method, msg.target())
+    }
+}
+
+/// Allow and deny rules, as deserialized from configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Allow rules.
+    pub allow: Vec<Rule>,
+    /// Deny rules (they win).
+    pub deny: Vec<Rule>,
+    /// Allow `initialize`, `ping` and `notifications/*` without a rule (default true).
+    pub allow_lifecycle: Option<bool>,
+}
+
+impl PolicyConfig {
+    /// Validates and builds the policy.
+    pub fn build(&self) -> Result<Policy, ConfigError> {
+        let mut b = Policy::builder().allow_lifecycle(self.allow_lifecycle.unwrap_or(true));
+        for r in &self.allow {
+            b = b.allow(r.clone());
+        }
+        for r in &self.deny {
+            b = b.deny(r.clone());
+        }
+        b.build()
+    }
+}
+
+/// A validated authorization policy. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    inner: Arc<PolicyInner>,
+}
+
+#[derive(Debug)]
+struct PolicyInner {
+    allow: Vec<Rule>,
+    deny: Vec<Rule>,
+    allow_lifecycle: bool,
+}
+
+/// Builder of [`Policy`].
+#[derive(Debug)]
+pub struct PolicyBuilder {
+    allow: Vec<Rule>,
+    deny: Vec<Rule>,
+    allow_lifecycle: bool,
+}
+
+impl PolicyBuilder {
+    /// Adds an allow rule.
+    pub fn allow(mut self, rule: Rule) -> Self {
+        self.allow.push(rule);
+        self
+    }
+
+    /// Adds a deny rule.
+    pub fn deny(mut self, rule: Rule) -> Self {
+        self.deny.push(rule);
+        self
+    }
+
+    /// Whether `initialize`, `ping` and `notifications/*` are allowed without an allow
+    /// rule (default `true`; deny rules still apply).
+    pub fn allow_lifecycle(mut self, allow: bool) -> Self {
+        self.allow_lifecycle = allow;
+        self
+    }
+
+    /// Validates (names present and unique, patterns non-empty) and builds.
+    pub fn build(self) -> Result<Policy, ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (list, rules) in [("allow", &self.allow), ("deny", &self.deny)] {
+            for (i, r) in rules.iter().enumerate() {
+                let key = format!("authorization.{list}[{i}]");
+                if r.name.trim().is_empty() {
+                    return Err(ConfigError::invalid(format!("{key}.name"), "must not be empty"));
+                }
+                if !names.insert(r.name.clone()) {
+                    return Err(ConfigError::invalid(format!("{key}.name"), "duplicate rule name"));
+                }
+                for (field, pats) in [
+                    ("principals", &r.principals),
+                    ("scopes", &r.scopes),
+                    ("methods", &r.methods),
+                    ("tools", &r.tools),
+                    ("resources", &r.resources),
+                    ("prompts", &r.prompts),
+                ] {
+                    if pats.iter().any(|p| p.is_empty()) {
+                        return Err(ConfigError::invalid(format!("{key}.{field}"), "empty pattern"));
+                    }
+                }
+            }
+        }
+        Ok(Policy {
+            inner: Arc::new(PolicyInner {
+                allow: self.allow,
+                deny: self.deny,
+                allow_lifecycle: self.allow_lifecycle,
+            }),
+        })
+    }
+}
+
+/// The verdict of the policy on one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed (by the named rule, or `"lifecycle"` / `"response"`).
+    Allow(String),
+    /// Denied by a deny rule, or by no allow rule (`None`).
+    Deny(Option<String>),
+    /// An allow rule would match but the principal lacks its scopes.
+    MissingScopes {
+        /// The rule.
+        rule: String,
+        /// Its scopes.
+        scopes: Vec<String>,
+    },
+}
+
+fn is_lifecycle(method: &str) -> bool {
+    method == "initialize" || method == "ping" || method.starts_with("notifications/")
+}
+
+impl Policy {
+    /// A builder.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            allow_lifecycle: true,
+        }
+    }
+
+    /// The verdict on one message for one principal.
+    pub fn check(&self, principal: &Principal, msg: &McpMessage) -> Verdict {
+        match msg.kind() {
+            MessageKind::Response => return Verdict::Allow("response".into()),
+            MessageKind::Invalid => return Verdict::Deny(None),
+            MessageKind::Request | MessageKind::Notification => {}
+        }
+        let p = &self.inner;
+        if let Some(r) = p
+            .deny
+            .iter()
+            .find(|r| r.matches_principal(principal) && r.has_scopes(principal) && r.matches_call(msg))
+        {
+            return Verdict::Deny(Some(r.name.clone()));
+        }
+        let method = msg.method().unwrap_or_default();
+        if p.allow_lifecycle && is_lifecycle(method) {
+            return Verdict::Allow("lifecycle".into());
+        }
+        let mut scope_miss = None;
+        for r in &p.allow {
+            if r.matches_principal(principal) && r.matches_call(msg) {
+                if r.has_scopes(principal) {
+                    return Verdict::Allow(r.name.clone());
+                }
+                scope_miss.get_or_insert(r);
+            }
+        }
+        match scope_miss {
+            Some(r) => Verdict::MissingScopes {
+                rule: r.name.clone(),
+                scopes: r.scopes.clone(),
+            },
+            None => Verdict::Deny(None),
+        }
+    }
+}
+
+/// Enforces a [`Policy`] (see the [module documentation](self)).
+#[derive(Debug, Clone)]
+pub struct AuthorizeLayer {
+    policy: Policy,
+    resource_metadata: Option<Arc<str>>,
+}
+
+impl AuthorizeLayer {
+    /// A layer enforcing `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            resource_metadata: None,
+        }
+    }
+
+    /// The `resource_metadata` URL put in `insufficient_scope` challenges.
+    pub fn resource_metadata(mut self, url: impl Into<String>) -> Self {
+        self.resource_metadata = Some(url.into().into());
+        self
+    }
+}
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`AuthorizeLayer`].
+#[derive(Debug, Clone)]
+pub struct Authorize<S> {
+    inner: S,
+    layer: AuthorizeLayer,
+}
+
+fn shorten(s: &str) -> String {
+    let mut out: String = s.chars().take(128).flat_map(char::escape_default).collect();
+    if s.chars().count() > 128 {
+        out.push_str("...");
+    }
+    out
+}
+
+impl AuthorizeLayer {
+    fn decide(&self, principal: Option<&Principal>, req: Option<&McpRequest>, method: &Method) -> Option<Rejection> {
+        let Some(principal) = principal else {
+            return Some(
+                Rejection::new(RejectionReason::AuthFailed)
+                    .with_detail("no principal: the authentication layer must run before authorization"),
+            );
+        };
+        let Some(req) = req else {
+            if method == Method::POST {
+                return Some(
+                    Rejection::new(RejectionReason::Forbidden)
+                        .with_detail("no parsed MCP request: the parse layer must run before authorization"),
+                );
+            }
+            return None;
+        };
+        if req.messages().is_empty() {
+            return Some(Rejection::new(RejectionReason::Forbidden).with_detail("empty batch"));
+        }
+        for msg in req.messages() {
+            let what = || {
+                let method = msg.method().map_or_else(|| "(no method)".to_owned(), shorten);
+                match msg.target() {
+                    Some(t) => format!("{method} {}", shorten(t.name())),
+                    None => method,
+                }
+            };
+            match self.policy.check(principal, msg) {
+                Verdict::Allow(_) => {}
+                Verdict::Deny(rule) => {
+                    let detail = match rule {
+                        Some(r) => format!("deny rule {r:?} matches {}", what()),
+                        None => format!("no allow rule matches {}", what()),
+                    };
+                    return Some(
+                        Rejection::new(RejectionReason::Forbidden)
+                            .with_id(msg.id().cloned())
+                            .with_detail(detail),
+                    );
+                }
+                Verdict::MissingScopes { rule, scopes } => {
+                    let scope = scopes.join(" ");
+                    let mut challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+                    if let Some(u) = &self.resource_metadata {
+                        challenge.push_str(&format!(", resource_metadata=\"{u}\""));
+                    }
+                    return Some(
+                        Rejection::new(RejectionReason::InsufficientScope)
+                            .with_id(msg.id().cloned())
+                            .with_detail(format!("rule {rule:?} needs scope {scope} for {}", what()))
+                            .with_header(WWW_AUTHENTICATE, challenge),
+                    );
+                }
+            }
+        }
+        None
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Authorize<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let ext = req.extensions();
+        match self
+            .layer
+            .decide(ext.get::<Principal>(), ext.get::<McpRequest>(), req.method())
+        {
+            None => ResponseFuture::inner(self.inner.call(req), None),
+            Some(r) => ResponseFuture::ready(r.into_response()),
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Allow(r) => write!(f, "allowed by {r:?}"),
+            Self::Deny(Some(r)) => write!(f, "denied by {r:?}"),
+            Self::Deny(None) => f.write_str("denied: no allow rule"),
+            Self::MissingScopes { rule, scopes } => write!(f, "rule {rule:?} needs {}", scopes.join(" ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcp_core::{AuthMethod, McpHeaders};
+    use proptest::prelude::*;
+
+    fn msg(body: &str) -> McpRequest {
+        McpRequest::parse(Bytes::from(body.to_owned()), McpHeaders::default()).unwrap()
+    }
+
+    fn call(tool: &str) -> McpRequest {
+        msg(&format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#))
+    }
+
+    fn policy() -> Policy {
+        Policy::builder()
+            .allow(Rule::new("list").methods(["tools/list"]))
+            .allow(Rule::new("search").tools(["search", "read_*"]).scopes(["mcp:tools"]))
+            .allow(Rule::new("admin").principals(["admin"]).methods(["*"]))
+            .allow(Rule::new("public").resources(["file:///public/*"]))
+            .deny(Rule::new("no-shell").tools(["shell*"]))
+            .build()
+            .unwrap()
+    }
+
+    fn user(scopes: &[&str]) -> Principal {
+        Principal::new("u", AuthMethod::Jwt).with_scopes(scopes.iter().copied())
+    }
+
+    #[test]
+    fn verdicts() {
+        let p = policy();
+        let v = |who: &Principal, r: &McpRequest| p.check(who, &r.messages()[0]);
+        let u = user(&["mcp:tools"]);
+        assert_eq!(v(&u, &call("search")), Verdict::Allow("search".into()));
+        assert_eq!(v(&u, &call("read_file")), Verdict::Allow("search".into()));
+        assert_eq!(v(&u, &call("write_file")), Verdict::Deny(None));
+        assert!(matches!(v(&user(&[]), &call("search")), Verdict::MissingScopes { .. }));
+        let admin = Principal::new("admin", AuthMethod::ApiKey);
+        assert_eq!(v(&admin, &call("write_file")), Verdict::Allow("admin".into()));
+        assert_eq!(v(&admin, &call("shell_exec")), Verdict::Deny(Some("no-shell".into())), "deny wins");
+        let list = msg(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
+        assert_eq!(v(&user(&[]), &list), Verdict::Allow("list".into()));
+        let read = |uri: &str| msg(&format!(r#"{{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{{"uri":"{uri}"}}}}"#));
+        assert!(matches!(v(&u, &read("file:///public/a.txt")), Verdict::Allow(_)));
+        assert_eq!(v(&u, &read("file:///etc/passwd")), Verdict::Deny(None));
+        // the "search" rule names tools, so it does not allow other methods
+        let prompt = msg(r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"x"}}"#);
+        assert_eq!(v(&u, &prompt), Verdict::Deny(None));
+        let no_name = msg(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{}}"#);
+        assert_eq!(v(&u, &no_name), Verdict::Deny(None));
+        let init = msg(r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{}}"#);
+        assert_eq!(v(&user(&[]), &init), Verdict::Allow("lifecycle".into()));
+        let resp = msg(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#);
+        assert_eq!(v(&user(&[]), &resp), Verdict::Allow("response".into()));
+    }
+
+    #[test]
+    fn config_and_errors() {
+        let cfg: PolicyConfig = serde_json::from_str(
+            r#"{"allow":[{"name":"a","tools":["x"],"scopes":["s"]}],"deny":[{"name":"d","principals":["evil*"]}]}"#,
+        )
+        .unwrap();
+        cfg.build().unwrap();
+        assert!(Policy::builder().allow(Rule::new("")).build().is_err());
+        assert!(Policy::builder().allow(Rule::new("a")).deny(Rule::new("a")).build().is_err());
+        assert!(Policy::builder().allow(Rule::new("a").tools([""])).build().is_err());
+        assert!(serde_json::from_str::<PolicyConfig>(r#"{"allow":[{"nam":"a"}]}"#).is_err());
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(glob_match("a*b*c", "abc"));
+        assert!(!glob_match("a*b*c", "acb"));
+        assert!(glob_match("**", "x"));
+        assert!(!glob_match("", "x"));
+        assert!(glob_match("", ""));
+        assert!(glob_match("tools/*", "tools/call"));
+    }
+
+    fn naive(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (None, Some(_)) => false,
+            (Some(b'*'), _) => naive(&p[1..], t) || (!t.is_empty() && naive(p, &t[1..])),
+            (Some(c), Some(d)) if c == d => naive(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn glob_agrees_with_naive(p in "[ab*]{0,8}", t in "[ab]{0,10}") {
+            prop_assert_eq!(glob_match(&p, &t), naive(p.as_bytes(), t.as_bytes()));
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! [`AuthConfig`]: the gateway's `auth:` section (the seeds' keys, camelCase), turned
+//! into an [`AuthLayer`] by [`AuthConfig::build`].
+//!
+//! ```
+//! use mcp_auth::AuthConfig;
+//! let yaml_as_json = r#"{
+//!   "enabled": true,
+//!   "mode": "apikey",
+//!   "apiKey": "Abc123!@#Xyz789!@#Abc123!@#"
+//! }"#;
+//! let cfg: AuthConfig = serde_json::from_str(yaml_as_json).unwrap();
+//! let layer = cfg.build().unwrap();
+//! assert!(!format!("{cfg:?} {layer:?}").contains("Abc123"));
+//! ```
+//!
+//! Modes: `apikey`, `bearer` (static `bearerToken`s, and JWTs when `jwtSecret` or `jwt`
+//! is set), `basic`, and our additions `jwt` and `mtls`; several modes as a list
+//! (`["mtls", "jwt"]`) or a comma-separated string (`"apikey,jwt"`), tried in that order.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::api_key::{ApiKeyAuthenticator, CredentialEntry};
+use crate::basic::{BasicAuthenticator, BasicUser};
+use crate::bearer::BearerTokenAuthenticator;
+use crate::error::ConfigError;
+use crate::jwt::{JwtAuthenticator, JwtIssuer, parse_algorithm};
+use crate::layer::{AuthLayer, AuthLayerBuilder};
+use crate::metadata::ProtectedResourceMetadata;
+use crate::mtls::{ClientCertAuthenticator, IdentityField};
+use crate::secret::SecretString;
+use crate::store::SecretStore;
+
+/// An authentication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// `apikey`: API keys in a header.
+    ApiKey,
+    /// `bearer`: static bearer tokens, plus JWTs when configured.
+    Bearer,
+    /// `basic`: HTTP Basic.
+    Basic,
+    /// `jwt`: JWT bearer tokens only.
+    Jwt,
+    /// `mtls`: TLS client certificates.
+    Mtls,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "apikey" | "api_key" | "api-key" => Ok(Self::ApiKey),
+            "bearer" => Ok(Self::Bearer),
+            "basic" => Ok(Self::Basic),
+            "jwt" => Ok(Self::Jwt),
+            "mtls" | "client_cert" | "clientcert" => Ok(Self::Mtls),
+            _ => Err(ConfigError::invalid(
+                "auth.mode",
+                "must be apikey, bearer, basic, jwt or mtls (or a list of them)",
+            )),
+        }
+    }
+}
+
+/// The modes, in the order they are tried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Modes(pub Vec<Mode>);
+
+impl<'de> Deserialize<'de> for Modes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let names: Vec<String> = match Raw::deserialize(d)? {
+            Raw::One(s) => s.split(',').map(str::to_owned).collect(),
+            Raw::Many(v) => v,
+        };
+        names
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.parse::<Mode>().map_err(serde::de::Error::custom))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Modes)
+    }
+}
+
+fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| {
+        time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+            .map(SystemTime::from)
+            .map_err(|_| serde::de::Error::custom("expected an RFC 3339 date-time"))
+    })
+    .transpose()
+}
+
+/// One API key or static bearer token in configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key's id (recorded in audit, never secret).
+    pub id: String,
+    /// The key (plaintext; checked against the policy).
+    pub key: Option<SecretString>,
+    /// Or its SHA-256, 64 hex digits.
+    pub sha256: Option<String>,
+    /// The principal id (default: the id).
+    pub principal: Option<String>,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+    /// Not valid before (RFC 3339).
+    #[serde(deserialize_with = "rfc3339")]
+    pub not_before: Option<SystemTime>,
+    /// Not valid from (RFC 3339).
+    #[serde(deserialize_with = "rfc3339")]
+    pub expires_at: Option<SystemTime>,
+}
+
+impl KeyConfig {
+    fn entry(&self, key: &str) -> Result<CredentialEntry, ConfigError> {
+        let mut e = match (&self.key, &self.sha256) {
+            (Some(k), None) => CredentialEntry::new(self.id.clone(), k.clone()),
+            (None, Some(h)) => CredentialEntry::sha256_hex(self.id.clone(), h.clone()),
+            _ => return Err(ConfigError::invalid(key, "exactly one of key and sha256 is required")),
+        };
+        if let Some(p) = &self.principal {
+            e = e.principal(p.clone());
+        }
+        e = e.scopes(self.scopes.clone());
+        if let Some(t) = self.not_before {
+            e = e.not_before(t);
+        }
+        if let Some(t) = self.expires_at {
+            e = e.expires_at(t);
+        }
+        Ok(e)
+    }
+}
+
+/// One Basic user in configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name.
+    pub username: String,
+    /// An Argon2id PHC string (preferred).
+    pub password_hash: Option<String>,
+    /// A plaintext password (accepted with a warning).
+    pub password: Option<SecretString>,
+    /// The principal id (default: the user name).
+    pub principal: Option<String>,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+}
+
+impl UserConfig {
+    fn user(&self, key: &str) -> Result<BasicUser, ConfigError> {
+        let u = match (&self.password_hash, &self.password) {
+            (Some(h), None) => BasicUser::phc(self.username.clone(), h.clone()),
+            (None, Some(p)) => BasicUser::plaintext(self.username.clone(), p.clone()),
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "exactly one of passwordHash and password is required",
+                ));
+            }
+        };
+        let u = u.scopes(self.scopes.clone());
+        Ok(match &self.principal {
+            Some(p) => u.principal(p.clone()),
+            None => u,
+        })
+    }
+}
+
+/// One JWT issuer in configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    /// The `iss` (any when absent).
+    pub issuer: Option<String>,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Allowed algorithms.
+    pub algorithms: Vec<String>,
+    /// A shared secret (HMAC).
+    pub secret: Option<SecretString>,
+    /// The HMAC algorithm of `secret` (default HS256).
+    pub secret_algorithm: Option<String>,
+    /// A PEM public key file.
+    pub public_key_file: Option<PathBuf>,
+    /// The algorithm of `publicKeyFile` (required with it).
+    pub public_key_algorithm: Option<String>,
+    /// A local JWKS file.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL.
+    pub jwks_url: Option<String>,
+    /// JWKS TTL in seconds.
+    pub jwks_ttl_seconds: Option<u64>,
+    /// Minimum seconds between JWKS fetches.
+    pub jwks_refresh_interval_seconds: Option<u64>,
+    /// JWKS fetch timeout in seconds.
+    pub jwks_timeout_seconds: Option<u64>,
+    /// Allow an `http://` JWKS URL.
+    pub allow_http_jwks: bool,
+    /// Leeway in seconds for `exp` / `nbf`.
+    pub leeway_seconds: Option<u64>,
+    /// Whether `exp` is required (default true).
+    pub require_exp: Option<bool>,
+    /// Extra required claims.
+    pub required_claims: Vec<String>,
+    /// The claim naming the principal (default `sub`).
+    pub principal_claim: Option<String>,
+}
+
+impl JwtIssuerConfig {
+    fn issuer(&self, key: &str) -> Result<JwtIssuer, ConfigError> {
+        let mut i = match &self.issuer {
+            Some(iss) => JwtIssuer::new(iss.clone()),
+            None => JwtIssuer::any(),
+        };
+        i = i.audiences(self.audiences.clone());
+        if !self.algorithms.is_empty() {
+            let algs = self
+                .algorithms
+                .iter()
+                .map(|a| parse_algorithm(a).map_err(|_| ConfigError::invalid(format!("{key}.algorithms"), "unknown algorithm")))
+                .collect::<Result<Vec<_>, _>>()?;
+            i = i.algorithms(algs);
+        }
+        if let Some(s) = &self.secret {
+            let alg = parse_algorithm(self.secret_algorithm.as_deref().unwrap_or("HS256"))?;
+            i = i.hmac_secret(alg, s.clone());
+        }
+        if let Some(p) = &self.public_key_file {
+            let alg = self.public_key_algorithm.as_deref().ok_or_else(|| {
+                ConfigError::invalid(format!("{key}.publicKeyAlgorithm"), "required with publicKeyFile")
+            })?;
+            i = i.public_key_pem_file(parse_algorithm(alg)?, p.clone());
+        }
+        if let Some(p) = &self.jwks_file {
+            i = i.jwks_file(p.clone());
+        }
+        if let Some(u) = &self.jwks_url {
+            i = i.jwks_url(u.clone()).allow_http_jwks(self.allow_http_jwks);
+        }
+        if let Some(s) = self.jwks_ttl_seconds {
+            i = i.jwks_ttl(Duration::from_secs(s));
+        }
+        if let Some(s) = self.jwks_refresh_interval_seconds {
+            i = i.jwks_refresh_interval(Duration::from_secs(s));
+        }
+        if let Some(s) = self.jwks_timeout_seconds {
+            i = i.jwks_timeout(Duration::from_secs(s));
+        }
+        if let Some(s) = self.leeway_seconds {
+            i = i.leeway(Duration::from_secs(s));
+        }
+        if let Some(r) = self.require_exp {
+            i = i.require_exp(r);
+        }
+        i = i.require_claims(self.required_claims.clone());
+        if let Some(c) = &self.principal_claim {
+            i = i.principal_claim(c.clone());
+        }
+        Ok(i)
+    }
+}
+
+/// JWT settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The issuers.
+    pub issuers: Vec<JwtIssuerConfig>,
+    /// Verified-token cache capacity.
+    pub cache_capacity: Option<usize>,
+    /// Longest time in seconds a verified token is served from the cache.
+    pub cache_max_ttl_seconds: Option<u64>,
+    /// Longest token accepted, in bytes.
+    pub max_token_bytes: Option<usize>,
+}
+
+/// Client certificate settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct MtlsConfig {
+    /// Which field names the principal.
+    pub identity: IdentityField,
+    /// Allowed SHA-256 fingerprints.
+    pub allow_fingerprints: Vec<String>,
+    /// Allowed SANs (DNS names, URIs, SPIFFE IDs).
+    pub allow_sans: Vec<String>,
+    /// Scopes per principal id.
+    pub scopes: HashMap<String, Vec<String>>,
+    /// Scopes of principals without an entry.
+    pub default_scopes: Vec<String>,
+}
+
+/// The `auth:` section. `Debug` never shows a credential (they are [`SecretString`]s).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether authentication is on. Off: every request is anonymous.
+    pub enabled: bool,
+    /// The modes, tried in order.
+    pub mode: Modes,
+    /// The challenge realm (default `mcp`).
+    pub realm: Option<String>,
+    /// One API key (the seeds' `apiKey`), id `apiKey`.
+    pub api_key: Option<SecretString>,
+    /// The API key header (default `X-API-Key`).
+    pub api_key_header: Option<String>,
+    /// More API keys.
+    pub api_keys: Vec<KeyConfig>,
+    /// One static bearer token (the seeds' `bearerToken`), id `bearerToken`.
+    pub bearer_token: Option<SecretString>,
+    /// More static bearer tokens.
+    pub bearer_tokens: Vec<KeyConfig>,
+    /// The Basic user name (the seeds' `username`).
+    pub username: Option<String>,
+    /// Its plaintext password (the seeds' `password`; accepted with a warning).
+    pub password: Option<SecretString>,
+    /// Its Argon2id PHC hash (preferred to `password`).
+    pub password_hash: Option<String>,
+    /// More Basic users.
+    pub users: Vec<UserConfig>,
+    /// A JWT shared secret (the seeds' `jwtSecret`).
+    pub jwt_secret: Option<SecretString>,
+    /// Its algorithm (the seeds' `jwtAlgorithm`, default HS256).
+    pub jwt_algorithm: Option<String>,
+    /// Full JWT settings.
+    pub jwt: Option<JwtConfig>,
+    /// Client certificate settings.
+    pub mtls: Option<MtlsConfig>,
+    /// Scopes every principal must hold.
+    pub required_scopes: Vec<String>,
+    /// Protected resource metadata (MCP authorization): tokens must name
+    /// `resource.resource` in `aud`, and challenges point at the metadata.
+    pub resource: Option<ProtectedResourceMetadata>,
+}
+
+impl AuthConfig {
+    /// Builds the layer.
+    pub fn build(&self) -> Result<AuthLayer, ConfigError> {
+        self.build_with_store(None)
+    }
+
+    /// Builds the layer; API keys and bearer tokens of `store` are accepted too.
+    pub fn build_with_store(&self, store: Option<SecretStore>) -> Result<AuthLayer, ConfigError> {
+        if !self.enabled {
+            return Ok(AuthLayer::disabled());
+        }
+        if self.mode.0.is_empty() {
+            return Err(ConfigError::invalid("auth.mode", "required when auth.enabled is true"));
+        }
+        if let Some(r) = &self.resource {
+            r.validate()?;
+        }
+        let mut b: AuthLayerBuilder = AuthLayer::builder();
+        if let Some(realm) = &self.realm {
+            b = b.realm(realm.clone());
+        }
+        b = b.require_scopes(self.required_scopes.clone());
+        if let Some(r) = &self.resource {
+            b = b.resource_metadata(r.metadata_url());
+            if self.required_scopes.is_empty() && !r.scopes_supported.is_empty() {
+                b = b.challenge_scopes(r.scopes_supported.clone());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for mode in &self.mode.0 {
+            if !seen.insert(*mode) {
+                return Err(ConfigError::invalid("auth.mode", "a mode is listed twice"));
+            }
+            b = match mode {
+                Mode::ApiKey => b.authenticator(self.api_key_authenticator(store.clone())?),
+                Mode::Basic => b.authenticator(self.basic_authenticator()?),
+                Mode::Mtls => b.authenticator(self.mtls_authenticator()?),
+                Mode::Jwt => b.authenticator(self.jwt_authenticator()?.ok_or_else(|| {
+                    ConfigError::invalid("auth.jwt", "mode jwt needs jwtSecret or jwt.issuers")
+                })?),
+                Mode::Bearer => {
+                    let statics = self.bearer_authenticator(store.clone())?;
+                    let jwt = self.jwt_authenticator()?;
+                    if statics.is_none() && jwt.is_none() {
+                        return Err(ConfigError::invalid(
+                            "auth.bearerToken",
+                            "mode bearer needs bearerToken, bearerTokens, jwtSecret or jwt",
+                        ));
+                    }
+                    if let Some(s) = statics {
+                        b = b.authenticator(s);
+                    }
+                    if let Some(j) = jwt {
+                        b = b.authenticator(j);
+                    }
+                    b
+                }
+            };
+        }
+        b.build()
+    }
+
+    fn api_key_authenticator(&self, store: Option<SecretStore>) -> Result<ApiKeyAuthenticator, ConfigError> {
+        let mut a = ApiKeyAuthenticator::builder();
+        if let Some(h) = &self.api_key_header {
+            a = a.header(h.clone());
+        }
+        if let Some(k) = &self.api_key {
+            a = a.key(CredentialEntry::new("apiKey", k.clone()));
+        }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            a = a.key(k.entry(&format!("auth.apiKeys[{i}]"))?);
+        }
+        if let Some(s) = store {
+            a = a.store(s);
+        }
+        a.build().map_err(|e| match e {
+            ConfigError::WeakApiKey { key, violation } if key == "auth.apiKeys[0].key" && self.api_key.is_some() => {
+                ConfigError::WeakApiKey { key: "auth.apiKey".into(), violation }
+            }
+            e => e,
+        })
+    }
+
+    fn bearer_authenticator(
+        &self,
+        store: Option<SecretStore>,
+    ) -> Result<Option<BearerTokenAuthenticator>, ConfigError> {
+        if self.bearer_token.is_none() && self.bearer_tokens.is_empty() && store.is_none() {
+            return Ok(None);
+        }
+        let mut b = BearerTokenAuthenticator::builder();
+        if let Some(t) = &self.bearer_token {
+            b = b.token(CredentialEntry::new("bearerToken", t.clone()));
+        }
+        for (i, k) in self.bearer_tokens.iter().enumerate() {
+            b = b.token(k.entry(&format!("auth.bearerTokens[{i}]"))?);
+        }
+        if let Some(s) = store {
+            b = b.store(s);
+        }
+        b.build().map(Some)
+    }
+
+    fn basic_authenticator(&self) -> Result<BasicAuthenticator, ConfigError> {
+        let mut b = BasicAuthenticator::builder();
+        if let Some(u) = &self.username {
+            let user = UserConfig {
+                username: u.clone(),
+                password_hash: self.password_hash.clone(),
+                password: self.password.clone(),
+                ..UserConfig::default()
+            };
+            b = b.user(user.user("auth.password")?);
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            b = b.user(u.user(&format!("auth.users[{i}]"))?);
+        }
+        b.build()
+    }
+
+    fn mtls_authenticator(&self) -> Result<ClientCertAuthenticator, ConfigError> {
+        let c = self.mtls.clone().unwrap_or_default();
+        let mut b = ClientCertAuthenticator::builder()
+            .identity(c.identity)
+            .default_scopes(c.default_scopes);
+        for f in c.allow_fingerprints {
+            b = b.allow_fingerprint(f);
+        }
+        for s in c.allow_sans {
+            b = b.allow_san(s);
+        }
+        for (p, s) in c.scopes {
+            b = b.scopes_for(p, s);
+        }
+        b.build()
+    }
+
+    fn jwt_authenticator(&self) -> Result<Option<JwtAuthenticator>, ConfigError> {
+        let mut issuers = Vec::new();
+        if let Some(secret) = &self.jwt_secret {
+            let alg = parse_algorithm(self.jwt_algorithm.as_deref().unwrap_or("HS256"))?;
+            issuers.push(JwtIssuer::any().hmac_secret(alg, secret.clone()));
+        }
+        let cfg = self.jwt.clone().unwrap_or_default();
+        for (i, ic) in cfg.issuers.iter().enumerate() {
+            issuers.push(ic.issuer(&format!("auth.jwt.issuers[{i}]"))?);
+        }
+        if issuers.is_empty() {
+            return Ok(None);
+        }
+        let mut b = JwtAuthenticator::builder();
+        for i in issuers {
+            b = b.issuer(i);
+        }
+        if let Some(c) = cfg.cache_capacity {
+            b = b.cache_capacity(c);
+        }
+        if let Some(s) = cfg.cache_max_ttl_seconds {
+            b = b.cache_max_ttl(Duration::from_secs(s));
+        }
+        if let Some(m) = cfg.max_token_bytes {
+            b = b.max_token_bytes(m);
+        }
+        if let Some(r) = &self.resource {
+            b = b.resource(r.resource.clone());
+        }
+        b.build().map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "Abc123!@#Xyz789!@#Abc123!@#";
+
+    #[test]
+    fn seed_config_builds_and_hides_secrets() {
+        let cfg: AuthConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true,
+            "mode": "apikey",
+            "apiKey": KEY,
+            "bearerToken": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2lnbmF0dXJlLWJ5dGVz",
+            "username": "admin",
+            "password": "secret-password",
+            "jwtSecret": "your-jwt-secret-key-that-is-32-bytes!",
+            "jwtAlgorithm": "HS256"
+        }))
+        .unwrap();
+        let layer = cfg.build().unwrap();
+        let dbg = format!("{cfg:?} {layer:?}");
+        for s in [KEY, "secret-password", "your-jwt-secret", "c2lnbmF0dXJl"] {
+            assert!(!dbg.contains(s), "{s} leaked");
+        }
+    }
+
+    #[test]
+    fn modes_parse() {
+        let m: Modes = serde_json::from_str(r#""apikey, jwt""#).unwrap();
+        assert_eq!(m.0, vec![Mode::ApiKey, Mode::Jwt]);
+        let m: Modes = serde_json::from_str(r#"["mtls","bearer"]"#).unwrap();
+        assert_eq!(m.0, vec![Mode::Mtls, Mode::Bearer]);
+        assert!(serde_json::from_str::<Modes>(r#""ldap""#).is_err());
+    }
+
+    #[test]
+    fn errors_name_keys() {
+        let weak: AuthConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true, "mode": "apikey", "apiKey": "abcdefgh12345678"
+        }))
+        .unwrap();
+        let e = weak.build().unwrap_err();
+        assert_eq!(e.key(), "auth.apiKey");
+        assert!(!e.to_string().contains("abcdefgh12345678"));
+        let nomode: AuthConfig = serde_json::from_value(serde_json::json!({"enabled": true})).unwrap();
+        assert_eq!(nomode.build().unwrap_err().key(), "auth.mode");
+        let bearer: AuthConfig = serde_json::from_value(serde_json::json!({"enabled": true, "mode": "bearer"})).unwrap();
+        assert_eq!(bearer.build().unwrap_err().key(), "auth.bearerToken");
+        let badalg: AuthConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true, "mode": "jwt", "jwtSecret": "x".repeat(40), "jwtAlgorithm": "none"
+        }))
+        .unwrap();
+        assert_eq!(badalg.build().unwrap_err().key(), "auth.jwtAlgorithm");
+        let disabled = AuthConfig::default().build().unwrap();
+        assert!(format!("{disabled:?}").contains("anonymous: true"));
+        let dated: AuthConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true, "mode": "apikey",
+            "apiKeys": [{"id": "a", "key": KEY, "expiresAt": "2030-01-01T00:00:00Z", "scopes": ["x"]}]
+        }))
+        .unwrap();
+        assert!(dated.api_keys[0].expires_at.is_some());
+        dated.build().unwrap();
+    }
+}

@@ -1,0 +1,379 @@
+//! Parsers for the credentials a request carries: the `Authorization` header (RFC 9110
+//! §11.6.2), Bearer tokens (RFC 6750 §2.1), Basic credentials (RFC 7617 §2) and API key
+//! headers.
+//!
+//! Every parser is total: malformed input gives an error, never a panic, and the work
+//! done is bounded by the input size limits.
+
+use std::fmt;
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName, header::AUTHORIZATION};
+
+use crate::secret::SecretString;
+
+/// The largest `Authorization` or API key header value the parsers look at (16 KiB).
+pub const MAX_CREDENTIAL_LEN: usize = 16 * 1024;
+
+/// Why a credential could not be read. The message never contains the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedCredential {
+    /// The header appears more than once.
+    #[error("credential header repeated")]
+    Repeated,
+    /// The header value is not visible ASCII.
+    #[error("credential header is not visible ASCII")]
+    NotAscii,
+    /// The value is longer than [`MAX_CREDENTIAL_LEN`] or the configured limit.
+    #[error("credential too long")]
+    TooLong,
+    /// The scheme is followed by nothing, or by something that is not a token68.
+    #[error("credentials are not a token68")]
+    BadToken,
+    /// The Basic credentials are not valid base64.
+    #[error("basic credentials are not base64")]
+    BadBase64,
+    /// The decoded Basic credentials are not UTF-8.
+    #[error("basic credentials are not UTF-8")]
+    NotUtf8,
+    /// The decoded Basic credentials have no colon.
+    #[error("basic credentials have no colon")]
+    NoColon,
+    /// The user id or password contains a control character (RFC 7617 §2).
+    #[error("basic credentials contain a control character")]
+    ControlCharacter,
+}
+
+/// Whether `s` is a token68 (RFC 9110 §11.2), the syntax of Bearer tokens and Basic
+/// credentials: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub fn is_token68(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// The single `Authorization` header as `(scheme, rest)`: `Ok(None)` when absent.
+///
+/// The scheme is compared case-insensitively by callers; `rest` is what follows the
+/// scheme and its separating spaces (possibly empty). A repeated header is an error: two
+/// credentials are ambiguous and a proxy may have added one.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<(&str, &str)>, MalformedCredential> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(MalformedCredential::Repeated);
+    }
+    if value.len() > MAX_CREDENTIAL_LEN {
+        return Err(MalformedCredential::TooLong);
+    }
+    let value = value.to_str().map_err(|_| MalformedCredential::NotAscii)?;
+    Ok(Some(split_scheme(value)))
+}
+
+/// Splits `scheme SP* rest`.
+pub fn split_scheme(value: &str) -> (&str, &str) {
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    match value.find([' ', '\t']) {
+        Some(i) => (
+            &value[..i],
+            value[i..].trim_start_matches(|c| c == ' ' || c == '\t'),
+        ),
+        None => (value, ""),
+    }
+}
+
+/// The Bearer token of the `Authorization` header: `Ok(None)` when there is no
+/// `Authorization` header or its scheme is not `Bearer` (any case).
+///
+/// ```
+/// use http::HeaderMap;
+/// use mcp_auth::credentials::bearer_token;
+/// let mut h = HeaderMap::new();
+/// h.insert("authorization", "bearer abc.def.ghi".parse().unwrap());
+/// assert_eq!(bearer_token(&h), Ok(Some("abc.def.ghi")));
+/// ```
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, MalformedCredential> {
+    match authorization(headers)? {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
+            if is_token68(rest) {
+                Ok(Some(rest))
+            } else {
+                Err(MalformedCredential::BadToken)
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Decoded Basic credentials. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicCredentials {
+    /// The user id.
+    pub username: String,
+    /// The password.
+    pub password: SecretString,
+}
+
+impl fmt::Debug for BasicCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicCredentials")
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+/// Decodes the token68 of a `Basic` authorization (RFC 7617 §2): base64 (padding
+/// optional), UTF-8, split at the first colon (the password may contain colons, the
+/// user id cannot), no control characters.
+///
+/// ```
+/// use mcp_auth::credentials::decode_basic;
+/// // "Aladdin:open:sesame"
+/// let c = decode_basic("QWxhZGRpbjpvcGVuOnNlc2FtZQ==").unwrap();
+/// assert_eq!(c.username, "Aladdin");
+/// assert_eq!(c.password.expose(), "open:sesame");
+/// ```
+pub fn decode_basic(token68: &str) -> Result<BasicCredentials, MalformedCredential> {
+    if token68.len() > MAX_CREDENTIAL_LEN {
+        return Err(MalformedCredential::TooLong);
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = engine
+        .decode(token68)
+        .map_err(|_| MalformedCredential::BadBase64)?;
+    let text = String::from_utf8(bytes).map_err(|_| MalformedCredential::NotUtf8)?;
+    if text.chars().any(char::is_control) {
+        return Err(MalformedCredential::ControlCharacter);
+    }
+    let (user, pass) = text.split_once(':').ok_or(MalformedCredential::NoColon)?;
+    Ok(BasicCredentials {
+        username: user.to_owned(),
+        password: SecretString::new(pass),
+    })
+}
+
+/// The Basic credentials of the `Authorization` header: `Ok(None)` when there is no
+/// `Authorization` header or its scheme is not `Basic` (any case).
+pub fn basic_credentials(
+    headers: &HeaderMap,
+) -> Result<Option<BasicCredentials>, MalformedCredential> {
+    match authorization(headers)? {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
+            if !is_token68(rest) {
+                return Err(MalformedCredential::BadToken);
+            }
+            decode_basic(rest).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The value of a single API key header (`name` is matched case-insensitively, as all
+/// header names are). `Ok(None)` when absent; an error when repeated, not visible ASCII,
+/// empty, or longer than `max_len`.
+pub fn api_key<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+    max_len: usize,
+) -> Result<Option<&'a str>, MalformedCredential> {
+    let mut all = headers.get_all(name).iter();
+    let Some(value) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(MalformedCredential::Repeated);
+    }
+    if value.len() > max_len.min(MAX_CREDENTIAL_LEN) {
+        return Err(MalformedCredential::TooLong);
+    }
+    let s = value.to_str().map_err(|_| MalformedCredential::NotAscii)?;
+    let s = s.trim_matches(|c| c == ' ' || c == '\t');
+    if s.is_empty() {
+        return Err(MalformedCredential::BadToken);
+    }
+    if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(MalformedCredential::NotAscii);
+    }
+    Ok(Some(s))
+}
+
+/// The query parameters that carry credentials by default and are refused
+/// (RFC 6750 §2.3 `access_token`, and the usual API key names).
+pub const DEFAULT_REFUSED_QUERY_PARAMS: &[&str] = &[
+    "access_token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "x-api-key",
+    "token",
+    "bearer",
+];
+
+/// The name of the first query parameter of `query` that is in `refused` (compared
+/// case-insensitively after percent-decoding), if any.
+pub fn refused_query_param<'r>(query: &str, refused: &'r [String]) -> Option<&'r str> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .take(256)
+        .find_map(|(name, _)| {
+            refused
+                .iter()
+                .find(|r| r.eq_ignore_ascii_case(&name))
+                .map(String::as_str)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(&hm(&[])), Ok(None));
+        assert_eq!(bearer_token(&hm(&[("authorization", "Basic abc")])), Ok(None));
+        assert_eq!(
+            bearer_token(&hm(&[("authorization", "BEARER   a-b_c.d~e+f/g==")])),
+            Ok(Some("a-b_c.d~e+f/g=="))
+        );
+        assert_eq!(
+            bearer_token(&hm(&[("authorization", "Bearer")])),
+            Err(MalformedCredential::BadToken)
+        );
+        assert_eq!(
+            bearer_token(&hm(&[("authorization", "Bearer a b")])),
+            Err(MalformedCredential::BadToken)
+        );
+        assert_eq!(
+            bearer_token(&hm(&[("authorization", "Bearer a=b")])),
+            Err(MalformedCredential::BadToken)
+        );
+        assert_eq!(
+            bearer_token(&hm(&[
+                ("authorization", "Bearer a"),
+                ("authorization", "Bearer b")
+            ])),
+            Err(MalformedCredential::Repeated)
+        );
+    }
+
+    #[test]
+    fn basic_parsing() {
+        let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let c = decode_basic(&enc("alice:pa:ss:word")).unwrap();
+        assert_eq!((c.username.as_str(), c.password.expose()), ("alice", "pa:ss:word"));
+        let c = decode_basic(&enc("jösé:pässwörd")).unwrap();
+        assert_eq!(c.username, "jösé");
+        let c = decode_basic(&enc(":")).unwrap();
+        assert_eq!((c.username.as_str(), c.password.expose()), ("", ""));
+        assert_eq!(decode_basic(&enc("nocolon")), Err(MalformedCredential::NoColon));
+        assert_eq!(decode_basic("!!!"), Err(MalformedCredential::BadBase64));
+        assert_eq!(
+            decode_basic(&base64::engine::general_purpose::STANDARD.encode([0xff, b':', 0xfe])),
+            Err(MalformedCredential::NotUtf8)
+        );
+        assert_eq!(
+            decode_basic(&enc("a\u{0}b:c")),
+            Err(MalformedCredential::ControlCharacter)
+        );
+        // unpadded is accepted
+        let unpadded = enc("ab:c").trim_end_matches('=').to_owned();
+        assert_eq!(decode_basic(&unpadded).unwrap().username, "ab");
+        let h = hm(&[("authorization", &format!("basic {}", enc("u:p")))]);
+        assert_eq!(basic_credentials(&h).unwrap().unwrap().username, "u");
+        assert!(!format!("{:?}", decode_basic(&enc("u:topsecret")).unwrap()).contains("topsecret"));
+    }
+
+    #[test]
+    fn api_key_header() {
+        let name = HeaderName::from_static("x-api-key");
+        assert_eq!(api_key(&hm(&[("X-Api-Key", "k")]), &name, 64), Ok(Some("k")));
+        assert_eq!(api_key(&hm(&[]), &name, 64), Ok(None));
+        assert_eq!(
+            api_key(&hm(&[("x-api-key", "a"), ("X-API-KEY", "b")]), &name, 64),
+            Err(MalformedCredential::Repeated)
+        );
+        assert_eq!(
+            api_key(&hm(&[("x-api-key", &"a".repeat(65))]), &name, 64),
+            Err(MalformedCredential::TooLong)
+        );
+        assert_eq!(
+            api_key(&hm(&[("x-api-key", "a b")]), &name, 64),
+            Err(MalformedCredential::NotAscii)
+        );
+    }
+
+    #[test]
+    fn query_refusal() {
+        let refused: Vec<String> = DEFAULT_REFUSED_QUERY_PARAMS.iter().map(|s| s.to_string()).collect();
+        assert_eq!(refused_query_param("a=1&access_token=x", &refused), Some("access_token"));
+        assert_eq!(refused_query_param("API%5FKEY=x", &refused), Some("api_key"));
+        assert_eq!(refused_query_param("a=1&b=2", &refused), None);
+        assert_eq!(refused_query_param("", &refused), None);
+    }
+
+    proptest! {
+        #[test]
+        fn authorization_parser_total(v in "[ -~\t]{0,200}") {
+            if let Ok(value) = http::HeaderValue::from_str(&v) {
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, value);
+                let _ = authorization(&h);
+                if let Ok(Some(t)) = bearer_token(&h) {
+                    prop_assert!(is_token68(t));
+                }
+                let _ = basic_credentials(&h);
+            }
+        }
+
+        #[test]
+        fn basic_round_trip(user in "[^:\\p{Cc}]{0,40}", pass in "[^\\p{Cc}]{0,40}") {
+            let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            let c = decode_basic(&enc).unwrap();
+            prop_assert_eq!(c.username, user);
+            prop_assert_eq!(c.password.expose(), pass.as_str());
+        }
+
+        #[test]
+        fn basic_decoder_total(s in "\\PC{0,100}") {
+            let _ = decode_basic(&s);
+        }
+
+        #[test]
+        fn api_key_parser_total(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+            if let Ok(value) = http::HeaderValue::from_bytes(&bytes) {
+                let mut h = HeaderMap::new();
+                h.insert("x-api-key", value);
+                let name = HeaderName::from_static("x-api-key");
+                if let Ok(Some(k)) = api_key(&h, &name, 64) {
+                    prop_assert!(!k.is_empty() && k.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                }
+            }
+        }
+
+        #[test]
+        fn query_parser_total(q in "\\PC{0,100}") {
+            let refused = vec!["access_token".to_owned()];
+            let _ = refused_query_param(&q, &refused);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! [`SecretString`]: a credential that never shows in Debug output, and the hashing and
+//! constant-time helpers the authenticators share.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A credential (API key, token, password, shared secret) held in memory.
+///
+/// Its `Debug` and `Display` print `***`; it has no `Serialize`, so it cannot leak into a
+/// serialized configuration dump. Read it with [`SecretString::expose`] only where the value
+/// is needed (hashing it at build time, handing a freshly generated key to its owner).
+///
+/// ```
+/// use mcp_auth::SecretString;
+/// let s = SecretString::new("Abc123!@#Xyz789!@#");
+/// assert_eq!(format!("{s:?}"), "SecretString(***)");
+/// assert_eq!(s.expose(), "Abc123!@#Xyz789!@#");
+/// ```
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for SecretString {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
+
+/// SHA-256 of `data`.
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Constant-time equality of two digests.
+pub(crate) fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    bool::from(a.ct_eq(b))
+}
+
+/// Parses a lowercase or uppercase hex SHA-256 digest (64 hex digits).
+pub(crate) fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_hide_the_value() {
+        let s = SecretString::new("hunter2-very-secret");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{s}").contains("hunter2"));
+        let d: SecretString = serde_json::from_str("\"hunter2-very-secret\"").unwrap();
+        assert_eq!(d, s);
+    }
+
+    #[test]
+    fn hex_digest_round_trip() {
+        let d = sha256(b"abc");
+        assert_eq!(parse_sha256_hex(&hex::encode(d)), Some(d));
+        assert_eq!(parse_sha256_hex("zz"), None);
+        assert!(ct_eq(&d, &d));
+        assert!(!ct_eq(&d, &sha256(b"abd")));
+    }
+}
