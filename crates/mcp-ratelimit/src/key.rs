@@ -29,6 +29,7 @@ pub(crate) enum Key {
 
 impl Key {
     /// The key as text for Redis (`i:198.51.100.7`, `g`, `u`, or the encoded text).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn redis_text(&self) -> String {
         match self {
             Self::Unknown => "u".to_owned(),

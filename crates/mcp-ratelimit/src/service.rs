@@ -287,6 +287,7 @@ impl Shared {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(irrefutable_let_patterns))]
     fn run_cleanup(&self) {
         if let Backend::Memory(m) = &self.backend {
             m.cleanup();
