@@ -1,1 +1,71 @@
-//! mcp-sanitize (filled by its own issue).
+//! Request validation, argument rules, URL/SSRF rules, the Origin/Host guard, security
+//! response headers and result redaction for MCP servers and gateways.
+//!
+//! MCP tool arguments flow from a model into shell commands, SQL, URLs and file paths;
+//! this crate is the filter for them. It works on the request parsed once by
+//! `mcp_core::ParseLayer` (an [`mcp_core::McpRequest`] in the request extensions) and
+//! never parses the body again.
+//!
+//! | layer | what it does |
+//! |---|---|
+//! | [`SanitizeLayer`] | Origin/Host guard, `MCP-Protocol-Version`, `Content-Type` (415), `Mcp-Method`/`Mcp-Name` agreement, JSON-RPC 2.0 structure, limits (depth, string length, keys, items), control characters, argument rules and URL/SSRF rules, strip rewrites |
+//! | [`SanitizeLayer::with_parse`] | the same, with `ParseLayer` (body limit 413, parse once) inside, header checks before the body is read |
+//! | [`OriginGuardLayer`] | the Origin/Host guard alone, for every method (the gateway puts it before authentication) |
+//! | [`SecurityHeadersLayer`] | security response headers, HSTS over TLS only, `Server`/`X-Powered-By` removed |
+//! | [`ResultScanLayer`] | redaction of secrets and PII in JSON and SSE responses, event by event |
+//!
+//! The plain functions of the seeds are in [`text`] (`sanitize_filter_value`,
+//! `sanitize_json_path`, `sanitize_identifier`, `sanitize_query`, `validate_string`,
+//! `validate_identifier`), the URL rules in [`ssrf`].
+//!
+//! Rejections are built with [`mcp_core::Rejection`]: 400 with JSON-RPC -32600 (invalid
+//! request), -32602 (invalid params, and rule matches: `BlockedByRule`), 403 (Origin,
+//! Host), 413 (body size, from `ParseLayer`), 415 (`Content-Type`). A rule match names the
+//! rule and the JSON path in the error message and in the `Denial` detail recorded by
+//! audit (`rule=ssrf path=$.params.arguments.url`), never the value.
+//!
+//! ```
+//! use axum::{Router, routing::post};
+//! use mcp_sanitize::{SanitizeLayer, SecurityHeadersLayer};
+//!
+//! let sanitize = SanitizeLayer::builder()
+//!     .allowed_host("localhost:8080")
+//!     .exempt_tool("run_shell", "command_injection")
+//!     .build()
+//!     .unwrap();
+//! let app: Router = Router::new()
+//!     .route("/mcp", post(|| async { "ok" }))
+//!     .layer(sanitize.with_parse())
+//!     .layer(SecurityHeadersLayer::default());
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+mod future;
+pub mod headers;
+pub mod layer;
+pub mod origin;
+pub mod rules;
+pub mod scan;
+pub mod ssrf;
+pub mod text;
+pub mod validate;
+
+pub use config::{
+    ConfigError, ControlCharPolicy, DEFAULT_PROTOCOL_VERSIONS, OriginConfig, RuleOverride,
+    SanitizeConfig,
+};
+pub use future::ResponseFuture;
+pub use headers::{SecurityHeaders, SecurityHeadersConfig, SecurityHeadersLayer};
+pub use layer::{
+    ParseSanitizeLayer, Precheck, Sanitize, SanitizeBuilder, SanitizeLayer, SanitizeOutcome,
+    is_json_content_type,
+};
+pub use origin::{OriginGuard, OriginGuardLayer};
+pub use rules::{BlockedPattern, BuiltinRule, BuiltinRules, Category, RuleAction};
+pub use scan::{
+    NamedPattern, Redactor, ResultScan, ResultScanConfig, ResultScanLayer, ScanBody, SecretKind,
+};
+pub use ssrf::{AddressClass, SsrfConfig, UrlPolicy, UrlViolation};
+pub use validate::Violation;

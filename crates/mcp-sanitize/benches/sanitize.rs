@@ -1,0 +1,2 @@
+//! placeholder until the sanitize bench is written
+fn main() {}

@@ -1,0 +1,522 @@
+//! [`SanitizeLayer`]: transport checks, JSON-RPC validation, limits and argument rules on
+//! the request parsed once by `mcp_core::ParseLayer`.
+//!
+//! Two ways to install it:
+//!
+//! - **After `ParseLayer`** (the gateway's way): `SanitizeLayer` reads the
+//!   [`McpRequest`] from the request extensions and never parses the body again. A `POST`
+//!   without an `McpRequest` is a configuration error: 500, logged once.
+//! - **Alone, with [`SanitizeLayer::with_parse`]**: one layer that checks the headers
+//!   (Origin/Host, `MCP-Protocol-Version`, `Content-Type`) *before* reading the body, then
+//!   applies `ParseLayer` with the configured body limit (413), then validates.
+//!
+//! For every method: the Origin/Host guard (403) and the `MCP-Protocol-Version` check
+//! (400). For `POST`: `Content-Type: application/json` (415), `Mcp-Method` / `Mcp-Name`
+//! agreement (400), JSON-RPC structure (-32600 / -32602), limits, control characters,
+//! argument rules and URL rules. A rewrite (strip action, control characters stripped)
+//! replaces the body, the `McpRequest` in the extensions (built with
+//! `McpRequest::from_parts`, no second parse) and `Content-Length`, and leaves a
+//! [`SanitizeOutcome`] in the response extensions.
+//!
+//! ```
+//! use axum::{Router, routing::post};
+//! use mcp_core::{McpRequest, ParseLayer};
+//! use mcp_sanitize::{SanitizeConfig, SanitizeLayer};
+//!
+//! async fn handler(req: McpRequest) -> String {
+//!     req.tool_name().unwrap_or_default().to_owned()
+//! }
+//!
+//! let sanitize = SanitizeLayer::new(SanitizeConfig::default()).unwrap();
+//! // Layers apply outside-in from the last: ParseLayer runs first, then SanitizeLayer.
+//! let app: Router = Router::new()
+//!     .route("/mcp", post(handler))
+//!     .layer(sanitize.clone())
+//!     .layer(ParseLayer::new().max_body_bytes(sanitize.config().max_body_bytes));
+//!
+//! // Or one layer doing both:
+//! let app2: Router = Router::new()
+//!     .route("/mcp", post(|| async { "ok" }))
+//!     .layer(sanitize.with_parse());
+//! ```
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use mcp_core::request::MCP_PROTOCOL_VERSION;
+use mcp_core::{McpRequest, Parse, ParseLayer, Rejection, RejectionReason};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{ConfigError, ControlCharPolicy, OriginConfig, RuleOverride, SanitizeConfig};
+use crate::future::ResponseFuture;
+use crate::origin::OriginPolicy;
+use crate::rules::{BlockedPattern, BuiltinRule, Category, RuleAction};
+use crate::ssrf::SsrfConfig;
+use crate::validate::Validator;
+
+/// What [`Sanitize`] changed in a request it forwarded, put in the response extensions
+/// when the body was rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SanitizeOutcome {
+    /// The rules whose strip action changed the body (`control_chars` for control
+    /// characters removed).
+    pub stripped: Vec<Cow<'static, str>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: SanitizeConfig,
+    validator: Validator,
+    origin: OriginPolicy,
+    warned_missing: AtomicBool,
+}
+
+impl Shared {
+    /// Checks that need only the headers: Origin/Host, protocol version, Content-Type.
+    fn check_headers(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), Rejection> {
+        self.origin.check(headers, uri)?;
+        let mut versions = headers.get_all(MCP_PROTOCOL_VERSION).iter();
+        if let Some(v) = versions.next() {
+            let ok = versions.next().is_none()
+                && v.to_str().is_ok_and(|v| {
+                    let v = v.trim();
+                    self.config.protocol_versions.iter().any(|s| s == v)
+                });
+            if !ok {
+                return Err(Rejection::new(RejectionReason::UnsupportedProtocolVersion)
+                    .with_detail("rule=protocol_version"));
+            }
+        }
+        if method == Method::POST && self.config.require_json_content_type {
+            let ok = headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(is_json_content_type);
+            if !ok {
+                return Err(Rejection::new(RejectionReason::UnsupportedMediaType));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the parsed body; rewrites the request when a strip applies.
+    fn check_body<B: From<Bytes>>(&self, req: &mut Request<B>) -> Result<Option<SanitizeOutcome>, Rejection> {
+        if req.method() != Method::POST {
+            return Ok(None);
+        }
+        let Some(mcp) = req.extensions().get::<McpRequest>() else {
+            if !self.warned_missing.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "mcp-sanitize: POST without McpRequest in the extensions; install \
+                     mcp_core::ParseLayer outside SanitizeLayer, or use SanitizeLayer::with_parse"
+                );
+            }
+            return Err(Rejection::new(RejectionReason::Internal).with_detail("parse_layer_missing"));
+        };
+        if let Some(m) = mcp.header_mismatch() {
+            return Err(Rejection::new(RejectionReason::HeaderMismatch)
+                .with_id(if mcp.is_batch() { None } else { mcp.id().cloned() })
+                .with_detail(format!("header={}", m.header())));
+        }
+        let Some(rewrite) = self.validator.validate(mcp)? else {
+            return Ok(None);
+        };
+        let bytes = match serde_json::to_vec(&rewrite.value) {
+            Ok(v) => Bytes::from(v),
+            Err(_) => return Err(Rejection::new(RejectionReason::Internal).with_detail("reserialize")),
+        };
+        let new = McpRequest::from_parts(bytes.clone(), rewrite.value, mcp.headers().clone());
+        req.extensions_mut().insert(new);
+        req.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        *req.body_mut() = B::from(bytes);
+        Ok(Some(SanitizeOutcome {
+            stripped: rewrite.stripped,
+        }))
+    }
+}
+
+/// Whether a `Content-Type` value is `application/json`, parameters (`charset=utf-8`)
+/// allowed, case-insensitive.
+pub fn is_json_content_type(v: &str) -> bool {
+    let essence = v.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// The request validation layer. Cheap to clone (one `Arc`).
+#[derive(Debug, Clone)]
+pub struct SanitizeLayer {
+    shared: Arc<Shared>,
+}
+
+impl SanitizeLayer {
+    /// Builds the layer, compiling and validating the configuration.
+    pub fn new(config: SanitizeConfig) -> Result<Self, ConfigError> {
+        let validator = Validator::new(&config)?;
+        let origin = OriginPolicy::new(&config.origin)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                validator,
+                origin,
+                warned_missing: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// A builder starting from the defaults.
+    pub fn builder() -> SanitizeBuilder {
+        SanitizeBuilder::default()
+    }
+
+    /// The configuration the layer was built from.
+    pub fn config(&self) -> &SanitizeConfig {
+        &self.shared.config
+    }
+
+    /// One layer that checks the headers before the body is read, applies
+    /// `mcp_core::ParseLayer` with [`SanitizeConfig::max_body_bytes`], then validates.
+    pub fn with_parse(self) -> ParseSanitizeLayer {
+        ParseSanitizeLayer { sanitize: self }
+    }
+}
+
+impl<S> Layer<S> for SanitizeLayer {
+    type Service = Sanitize<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Sanitize {
+            inner,
+            shared: self.shared.clone(),
+            check_headers: true,
+        }
+    }
+}
+
+/// The service made by [`SanitizeLayer`].
+#[derive(Debug, Clone)]
+pub struct Sanitize<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    check_headers: bool,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Sanitize<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    B: From<Bytes>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.check_headers {
+            if let Err(r) = self
+                .shared
+                .check_headers(req.method(), req.uri(), req.headers())
+            {
+                return ResponseFuture::rejected(r.into_response());
+            }
+        }
+        match self.shared.check_body(&mut req) {
+            Ok(outcome) => ResponseFuture::inner(self.inner.call(req), outcome),
+            Err(r) => ResponseFuture::rejected(r.into_response()),
+        }
+    }
+}
+
+/// [`SanitizeLayer`] with `mcp_core::ParseLayer` included, made by
+/// [`SanitizeLayer::with_parse`].
+#[derive(Debug, Clone)]
+pub struct ParseSanitizeLayer {
+    sanitize: SanitizeLayer,
+}
+
+impl<S> Layer<S> for ParseSanitizeLayer {
+    type Service = Precheck<Parse<Sanitize<S>>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let shared = self.sanitize.shared.clone();
+        let body = Sanitize {
+            inner,
+            shared: shared.clone(),
+            check_headers: false,
+        };
+        let parse = ParseLayer::new()
+            .max_body_bytes(shared.config.max_body_bytes)
+            .layer(body);
+        Precheck {
+            inner: parse,
+            shared,
+        }
+    }
+}
+
+/// The header checks of [`SanitizeLayer`] run before the body is read (outermost service
+/// of [`ParseSanitizeLayer`]). Generic over any request body.
+#[derive(Debug, Clone)]
+pub struct Precheck<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Precheck<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self
+            .shared
+            .check_headers(req.method(), req.uri(), req.headers())
+        {
+            Ok(()) => ResponseFuture::inner(self.inner.call(req), None),
+            Err(r) => ResponseFuture::rejected(r.into_response()),
+        }
+    }
+}
+
+/// A builder for [`SanitizeLayer`] over [`SanitizeConfig`].
+///
+/// ```
+/// use mcp_sanitize::{Category, RuleAction, SanitizeLayer};
+///
+/// let layer = SanitizeLayer::builder()
+///     .max_length(4096)
+///     .rule(Category::SqlInjection, RuleAction::Strip)
+///     .disable_rule(Category::Xss)
+///     .blocked_literal("rm -rf")
+///     .exempt_tool("run_shell", "command_injection")
+///     .allowed_origin("https://app.example.com")
+///     .build()
+///     .unwrap();
+/// assert_eq!(layer.config().max_length, 4096);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SanitizeBuilder {
+    config: SanitizeConfig,
+}
+
+impl SanitizeBuilder {
+    /// Starts from a configuration.
+    pub fn from_config(config: SanitizeConfig) -> Self {
+        Self { config }
+    }
+
+    /// Body size limit in bytes.
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.config.max_body_bytes = n;
+        self
+    }
+
+    /// Maximum nesting depth.
+    pub fn max_depth(mut self, n: usize) -> Self {
+        self.config.max_depth = n;
+        self
+    }
+
+    /// Maximum string length in characters.
+    pub fn max_length(mut self, n: usize) -> Self {
+        self.config.max_length = n;
+        self
+    }
+
+    /// Maximum members per object.
+    pub fn max_object_keys(mut self, n: usize) -> Self {
+        self.config.max_object_keys = n;
+        self
+    }
+
+    /// Maximum items per array.
+    pub fn max_array_items(mut self, n: usize) -> Self {
+        self.config.max_array_items = n;
+        self
+    }
+
+    /// Control character policy.
+    pub fn control_chars(mut self, p: ControlCharPolicy) -> Self {
+        self.config.control_chars = p;
+        self
+    }
+
+    /// Accept batch arrays.
+    pub fn allow_batch(mut self, allow: bool) -> Self {
+        self.config.allow_batch = allow;
+        self
+    }
+
+    /// Enables a built-in rule set with an action.
+    pub fn rule(mut self, c: Category, action: RuleAction) -> Self {
+        *self.config.rules.get_mut(c) = BuiltinRule {
+            enabled: true,
+            action,
+        };
+        self
+    }
+
+    /// Disables a built-in rule set.
+    pub fn disable_rule(mut self, c: Category) -> Self {
+        self.config.rules.get_mut(c).enabled = false;
+        self
+    }
+
+    /// Adds a literal blocked pattern (ASCII case-insensitive).
+    pub fn blocked_literal(mut self, s: impl Into<String>) -> Self {
+        self.config
+            .blocked_patterns
+            .push(BlockedPattern::Literal(s.into()));
+        self
+    }
+
+    /// Adds a named regex blocked pattern with an action.
+    pub fn blocked_regex(mut self, name: impl Into<String>, regex: impl Into<String>, action: RuleAction) -> Self {
+        self.config.blocked_patterns.push(BlockedPattern::Detailed {
+            name: Some(name.into()),
+            literal: None,
+            regex: Some(regex.into()),
+            action: Some(action),
+        });
+        self
+    }
+
+    /// Exempts a tool from one rule.
+    pub fn exempt_tool(mut self, tool: impl Into<String>, rule: impl Into<String>) -> Self {
+        self.config
+            .tool_overrides
+            .entry(tool.into())
+            .or_insert_with(RuleOverride::default)
+            .exempt
+            .push(rule.into());
+        self
+    }
+
+    /// Exempts a prompt from one rule.
+    pub fn exempt_prompt(mut self, prompt: impl Into<String>, rule: impl Into<String>) -> Self {
+        self.config
+            .prompt_overrides
+            .entry(prompt.into())
+            .or_insert_with(RuleOverride::default)
+            .exempt
+            .push(rule.into());
+        self
+    }
+
+    /// Allowed URL schemes in arguments.
+    pub fn allowed_protocols<I, T>(mut self, schemes: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.config.allowed_protocols = schemes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// SSRF rules.
+    pub fn ssrf(mut self, ssrf: SsrfConfig) -> Self {
+        self.config.ssrf = ssrf;
+        self
+    }
+
+    /// Adds an allowed origin.
+    pub fn allowed_origin(mut self, origin: impl Into<String>) -> Self {
+        self.config.origin.allowed_origins.push(origin.into());
+        self
+    }
+
+    /// Adds an allowed Host.
+    pub fn allowed_host(mut self, host: impl Into<String>) -> Self {
+        self.config.origin.allowed_hosts.push(host.into());
+        self
+    }
+
+    /// Origin and Host rules.
+    pub fn origin(mut self, origin: OriginConfig) -> Self {
+        self.config.origin = origin;
+        self
+    }
+
+    /// Supported protocol versions.
+    pub fn protocol_versions<I, T>(mut self, versions: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.config.protocol_versions = versions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> Result<SanitizeLayer, ConfigError> {
+        SanitizeLayer::new(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_content_type(" application/json ;charset=UTF-8"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("application/json-patch+json"));
+        assert!(!is_json_content_type("application/jsonx"));
+        assert!(!is_json_content_type(""));
+    }
+
+    #[test]
+    fn config_errors() {
+        let e = SanitizeLayer::builder().max_depth(0).build().unwrap_err();
+        assert_eq!(e.key, "max_depth");
+        let e = SanitizeLayer::builder()
+            .allowed_origin("*")
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "origin.allowed_origins[0]");
+        let e = SanitizeLayer::builder()
+            .blocked_regex("x", "(", RuleAction::Reject)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "blocked_patterns[0]");
+    }
+
+    #[test]
+    fn config_from_yaml_like_json() {
+        let cfg: SanitizeConfig = serde_json::from_value(serde_json::json!({
+            "max_length": 1000,
+            "allowed_protocols": ["http", "https"],
+            "blocked_patterns": ["';", "DROP TABLE", "rm -rf", "<script>",
+                {"name": "ssn", "regex": "\\d{3}-\\d{2}-\\d{4}", "action": "strip"}],
+            "rules": {"xss": {"action": "strip"}},
+            "tool_overrides": {"shell": {"exempt": ["command_injection"]}},
+            "control_chars": "strip",
+            "origin": {"allowed_hosts": ["localhost"]}
+        }))
+        .unwrap();
+        assert!(SanitizeLayer::new(cfg).is_ok());
+        let bad: Result<SanitizeConfig, _> = serde_json::from_value(serde_json::json!({"max_lenght": 3}));
+        assert!(bad.is_err());
+    }
+}

