@@ -615,7 +615,10 @@ blacklist:
 "#;
         let c: RateLimitConfig = serde_yaml_ng::from_str(yaml).unwrap();
         assert_eq!(c.burst, Some(200));
-        assert_eq!(c.client_limits.authenticated.unwrap().requests_per_second, 200.0);
+        assert_eq!(
+            c.client_limits.authenticated.unwrap().requests_per_second,
+            200.0
+        );
         assert_eq!(c.blacklist, vec!["malicious.example.com".to_owned()]);
     }
 

@@ -16,11 +16,13 @@ impl NetList {
     pub(crate) fn parse(key: &str, entries: &[String]) -> Result<Self, ConfigError> {
         let mut nets = Vec::with_capacity(entries.len());
         for (i, raw) in entries.iter().enumerate() {
-            nets.push(parse_entry(raw).map_err(|rule| ConfigError::InvalidNetwork {
-                key: format!("{key}[{i}]"),
-                value: raw.clone(),
-                rule,
-            })?);
+            nets.push(
+                parse_entry(raw).map_err(|rule| ConfigError::InvalidNetwork {
+                    key: format!("{key}[{i}]"),
+                    value: raw.clone(),
+                    rule,
+                })?,
+            );
         }
         Ok(Self(nets))
     }
@@ -52,7 +54,9 @@ pub(crate) fn parse_entry(raw: &str) -> Result<IpNet, &'static str> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && s.bytes().any(|b| b.is_ascii_alphabetic());
     if looks_like_name {
-        Err("is a host name; only IP addresses and CIDR networks are accepted (names are never resolved on the request path: list the addresses instead)")
+        Err(
+            "is a host name; only IP addresses and CIDR networks are accepted (names are never resolved on the request path: list the addresses instead)",
+        )
     } else {
         Err("is not an IP address or a CIDR network")
     }
@@ -79,13 +83,23 @@ mod tests {
     use proptest::prelude::*;
 
     fn list(e: &[&str]) -> NetList {
-        NetList::parse("whitelist", &e.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        NetList::parse(
+            "whitelist",
+            &e.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn v4_v6_and_single_addresses() {
         let l = list(&["10.0.0.0/8", "2001:db8::/32", "203.0.113.9", "::1"]);
-        for ip in ["10.1.2.3", "2001:db8::5", "203.0.113.9", "::1", "::ffff:10.9.9.9"] {
+        for ip in [
+            "10.1.2.3",
+            "2001:db8::5",
+            "203.0.113.9",
+            "::1",
+            "::ffff:10.9.9.9",
+        ] {
             assert!(l.contains(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["11.0.0.1", "2001:db9::1", "203.0.113.10", "::2"] {
@@ -101,8 +115,11 @@ mod tests {
 
     #[test]
     fn host_names_are_refused_with_the_key() {
-        let e = NetList::parse("blacklist", &["10.0.0.0/8".into(), "malicious.example.com".into()])
-            .unwrap_err();
+        let e = NetList::parse(
+            "blacklist",
+            &["10.0.0.0/8".into(), "malicious.example.com".into()],
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("blacklist[1]"), "{msg}");
         assert!(msg.contains("host name"), "{msg}");

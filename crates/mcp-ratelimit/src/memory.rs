@@ -48,7 +48,10 @@ impl MockClock {
 /// The clock of the in-memory backend: quanta's TSC clock, or a [`MockClock`].
 #[derive(Debug, Clone)]
 pub(crate) enum LayerClock {
-    Real { clock: QuantaClock, start: QuantaInstant },
+    Real {
+        clock: QuantaClock,
+        start: QuantaInstant,
+    },
     Mock(FakeRelativeClock),
 }
 
@@ -235,7 +238,12 @@ impl MemoryBackend {
 
     /// Charges `cost` units of each quota in `charges` to `key`. Stops at the first quota
     /// that refuses (units already taken from earlier quotas of the list stay taken).
-    pub(crate) fn check(&self, quotas: &[QuotaSpec], key: &Key, charges: &[(usize, u32)]) -> Verdict {
+    pub(crate) fn check(
+        &self,
+        quotas: &[QuotaSpec],
+        key: &Key,
+        charges: &[(usize, u32)],
+    ) -> Verdict {
         let mut best: Option<Verdict> = None;
         for &(qi, cost) in charges {
             let (Some(limiter), Some(spec)) = (self.limiters.get(qi), quotas.get(qi)) else {
@@ -256,7 +264,10 @@ impl MemoryBackend {
                     return Verdict::limited(qi, full, full);
                 }
             };
-            if best.as_ref().is_none_or(|b| verdict.remaining < b.remaining) {
+            if best
+                .as_ref()
+                .is_none_or(|b| verdict.remaining < b.remaining)
+            {
                 best = Some(verdict);
             }
         }

@@ -224,9 +224,24 @@ mod tests {
         let inner_spec = QuotaSpec::new("principal".into(), 10.0, 10);
         let outer_spec = QuotaSpec::new("ip".into(), 100.0, 100);
         for style in [HeaderStyle::Combined, HeaderStyle::Split] {
-            let cfg = HeadersConfig { style, legacy: false, on_allowed: true };
-            let mut resp = rate_headers(&cfg, &inner_spec, &Verdict::allowed(0, 3, Duration::from_secs(1)));
-            merge_headers(&mut resp, rate_headers(&cfg, &outer_spec, &Verdict::allowed(0, 90, Duration::from_secs(1))));
+            let cfg = HeadersConfig {
+                style,
+                legacy: false,
+                on_allowed: true,
+            };
+            let mut resp = rate_headers(
+                &cfg,
+                &inner_spec,
+                &Verdict::allowed(0, 3, Duration::from_secs(1)),
+            );
+            merge_headers(
+                &mut resp,
+                rate_headers(
+                    &cfg,
+                    &outer_spec,
+                    &Verdict::allowed(0, 90, Duration::from_secs(1)),
+                ),
+            );
             match style {
                 HeaderStyle::Combined => assert_eq!(resp.get_all(RATELIMIT).iter().count(), 2),
                 _ => assert_eq!(resp[RATELIMIT_REMAINING], "3"),

@@ -67,6 +67,7 @@ pub(crate) struct RedisBackend {
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
     connecting: AtomicBool,
+    connected: tokio::sync::Notify,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -77,7 +78,11 @@ pub(crate) struct RedisBackend {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(cfg: &RedisConfig, name: Arc<str>, metrics: Metrics) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        cfg: &RedisConfig,
+        name: Arc<str>,
+        metrics: Metrics,
+    ) -> Result<Self, ConfigError> {
         if cfg.prefix.is_empty() || cfg.prefix.len() > 64 || cfg.prefix.contains(['{', '}']) {
             return Err(ConfigError::InvalidName {
                 key: "redis.prefix".into(),
@@ -90,14 +95,16 @@ impl RedisBackend {
                 rule: "must be between 1 and 60000",
             });
         }
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| ConfigError::InvalidRedisUrl {
-            // The error kind only: the message may repeat the URL and its password.
-            reason: format!("{:?}", e.kind()),
-        })?;
+        let client =
+            redis::Client::open(cfg.url.as_str()).map_err(|e| ConfigError::InvalidRedisUrl {
+                // The error kind only: the message may repeat the URL and its password.
+                reason: format!("{:?}", e.kind()),
+            })?;
         Ok(Self {
             client,
             conn: Mutex::new(None),
             connecting: AtomicBool::new(false),
+            connected: tokio::sync::Notify::new(),
             script: redis::Script::new(GCRA_LUA),
             prefix: cfg.prefix.clone(),
             timeout: Duration::from_millis(cfg.timeout_ms),
@@ -112,18 +119,26 @@ impl RedisBackend {
         self.up.load(Ordering::Acquire)
     }
 
-    fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
-        if let Ok(guard) = self.conn.lock() {
-            if let Some(c) = guard.as_ref() {
-                return Some(c.clone());
-            }
+    fn current(&self) -> Option<ConnectionManager> {
+        self.conn.lock().ok().and_then(|g| g.as_ref().cloned())
+    }
+
+    /// The connection; when there is none yet, starts connecting in the background and
+    /// waits for it at most the call timeout.
+    async fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
+        if let Some(c) = self.current() {
+            return Some(c);
         }
+        let notified = self.connected.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         self.spawn_connect();
-        None
+        let _ = tokio::time::timeout(self.timeout, notified).await;
+        self.current()
     }
 
     /// Connects in the background, one attempt at a time, at most every 250 ms.
-    fn spawn_connect(self: &Arc<Self>) {
+    pub(crate) fn spawn_connect(self: &Arc<Self>) {
         if self.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -148,6 +163,7 @@ impl RedisBackend {
                     if let Ok(mut guard) = this.conn.lock() {
                         *guard = Some(manager);
                     }
+                    this.connected.notify_waiters();
                 }
                 Ok(Err(e)) => {
                     this.mark_down(&format!("connect: {:?}", e.kind()));
@@ -187,8 +203,13 @@ impl RedisBackend {
     }
 
     /// Runs the script. `Err` carries a short description (no URL, no key).
-    async fn run(self: &Arc<Self>, shared: &Shared, key: &Key, charges: &[(usize, u32)]) -> Result<Verdict, String> {
-        let Some(mut conn) = self.connection() else {
+    async fn run(
+        self: &Arc<Self>,
+        shared: &Shared,
+        key: &Key,
+        charges: &[(usize, u32)],
+    ) -> Result<Verdict, String> {
+        let Some(mut conn) = self.connection().await else {
             return Err("no connection".into());
         };
         let client = key.redis_text();
@@ -201,15 +222,18 @@ impl RedisBackend {
         }
         for &(qi, cost) in charges {
             if let Some(spec) = shared.quotas.get(qi) {
-                inv.arg(spec.interval_us()).arg(spec.burst).arg(cost.clamp(1, spec.burst));
+                inv.arg(spec.interval_us())
+                    .arg(spec.burst)
+                    .arg(cost.clamp(1, spec.burst));
                 used.push(qi);
             }
         }
-        let reply: Vec<i64> = match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(format!("{:?}", e.kind())),
-            Err(_) => return Err("timed out".into()),
-        };
+        let reply: Vec<i64> =
+            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(format!("{:?}", e.kind())),
+                Err(_) => return Err("timed out".into()),
+            };
         let [allowed, idx, remaining, retry_us, reset_us] = reply[..] else {
             return Err("unexpected script reply".into());
         };

@@ -68,7 +68,10 @@ impl fmt::Debug for Shared {
             .field("name", &self.name)
             .field("enabled", &self.enabled)
             .field("key", &self.key)
-            .field("quotas", &self.quotas.iter().map(|q| &q.policy).collect::<Vec<_>>())
+            .field(
+                "quotas",
+                &self.quotas.iter().map(|q| &q.policy).collect::<Vec<_>>(),
+            )
             .field(
                 "backend",
                 &match &self.backend {
@@ -94,7 +97,9 @@ fn check_rate(key: &str, v: f64) -> Result<f64, ConfigError> {
 
 fn check_burst(key: &str, b: Option<u32>) -> Result<Option<u32>, ConfigError> {
     match b {
-        Some(0) => Err(ConfigError::InvalidBurst { key: key.to_owned() }),
+        Some(0) => Err(ConfigError::InvalidBurst {
+            key: key.to_owned(),
+        }),
         other => Ok(other),
     }
 }
@@ -108,7 +113,10 @@ impl Shared {
         let c = config;
         if c.name.is_empty()
             || c.name.len() > 64
-            || !c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            || !c
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
         {
             return Err(ConfigError::InvalidName {
                 key: "name".into(),
@@ -146,7 +154,11 @@ impl Shared {
             Ok::<_, ConfigError>((rps, burst.unwrap_or_else(|| default_burst(rps))))
         };
         let name = c.name.clone();
-        let (d_rps, d_burst) = tier("client_limits.default", c.client_limits.default, (base_rps, base_burst))?;
+        let (d_rps, d_burst) = tier(
+            "client_limits.default",
+            c.client_limits.default,
+            (base_rps, base_burst),
+        )?;
         let (a_rps, a_burst) = tier(
             "client_limits.authenticated",
             c.client_limits.authenticated,
@@ -163,43 +175,52 @@ impl Shared {
             principal_q.insert(id.clone(), quotas.len());
             quotas.push(QuotaSpec::new(format!("{name}.principal"), rps, burst));
         }
-        let mut rules = |section: &str, tag: &str, map: &std::collections::BTreeMap<String, RuleLimit>| {
-            let mut out = HashMap::new();
-            for (item, r) in map {
-                let key = format!("{section}.{item}");
-                if item.is_empty() {
-                    return Err(ConfigError::InvalidName {
-                        key: section.to_owned(),
-                        rule: "names must not be empty",
-                    });
-                }
-                if r.cost == Some(0) {
-                    return Err(ConfigError::InvalidCost { key: format!("{key}.cost") });
-                }
-                let burst = check_burst(&format!("{key}.burst"), r.burst)?;
-                let quota = match r.requests_per_second {
-                    Some(rps) => {
-                        let rps = check_rate(&format!("{key}.requests_per_second"), rps)?;
-                        let burst = burst.unwrap_or_else(|| default_burst(rps));
-                        let token = quota::sanitize_token(item);
-                        quotas.push(
-                            QuotaSpec::new(format!("{name}.{tag}.{token}"), rps, burst)
-                                .with_redis_suffix(format!(":{}:{token}", &tag[..1])),
-                        );
-                        Some(quotas.len() - 1)
-                    }
-                    None if burst.is_some() => {
-                        return Err(ConfigError::OutOfRange {
-                            key: format!("{key}.burst"),
-                            rule: "needs requests_per_second beside it",
+        let mut rules =
+            |section: &str, tag: &str, map: &std::collections::BTreeMap<String, RuleLimit>| {
+                let mut out = HashMap::new();
+                for (item, r) in map {
+                    let key = format!("{section}.{item}");
+                    if item.is_empty() {
+                        return Err(ConfigError::InvalidName {
+                            key: section.to_owned(),
+                            rule: "names must not be empty",
                         });
                     }
-                    None => None,
-                };
-                out.insert(item.clone(), Rule { quota, cost: r.cost.unwrap_or(1) });
-            }
-            Ok(out)
-        };
+                    if r.cost == Some(0) {
+                        return Err(ConfigError::InvalidCost {
+                            key: format!("{key}.cost"),
+                        });
+                    }
+                    let burst = check_burst(&format!("{key}.burst"), r.burst)?;
+                    let quota = match r.requests_per_second {
+                        Some(rps) => {
+                            let rps = check_rate(&format!("{key}.requests_per_second"), rps)?;
+                            let burst = burst.unwrap_or_else(|| default_burst(rps));
+                            let token = quota::sanitize_token(item);
+                            quotas.push(
+                                QuotaSpec::new(format!("{name}.{tag}.{token}"), rps, burst)
+                                    .with_redis_suffix(format!(":{}:{token}", &tag[..1])),
+                            );
+                            Some(quotas.len() - 1)
+                        }
+                        None if burst.is_some() => {
+                            return Err(ConfigError::OutOfRange {
+                                key: format!("{key}.burst"),
+                                rule: "needs requests_per_second beside it",
+                            });
+                        }
+                        None => None,
+                    };
+                    out.insert(
+                        item.clone(),
+                        Rule {
+                            quota,
+                            cost: r.cost.unwrap_or(1),
+                        },
+                    );
+                }
+                Ok(out)
+            };
         let per_method = rules("per_method", "method", &c.per_method)?;
         let per_tool = rules("per_tool", "tool", &c.per_tool)?;
         let allow = NetList::parse("whitelist", &c.whitelist)?;
@@ -230,7 +251,9 @@ impl Shared {
             per_method,
             per_tool,
             headers: c.headers,
-            inflight: c.concurrency.map(|n| Arc::new(InFlight::new(n, c.max_keys))),
+            inflight: c
+                .concurrency
+                .map(|n| Arc::new(InFlight::new(n, c.max_keys))),
             backend,
             metrics,
             cleanup_interval: Duration::from_secs(c.cleanup_interval),
@@ -303,7 +326,9 @@ impl Shared {
     /// Starts the sweeper once, when a tokio runtime is there. It holds a `Weak`, so it
     /// stops at the first tick after the last layer and service are dropped.
     fn start_cleanup(self: &Arc<Self>) {
-        if !matches!(self.backend, Backend::Memory(_)) || self.cleanup_started.swap(true, Ordering::AcqRel) {
+        if !matches!(self.backend, Backend::Memory(_))
+            || self.cleanup_started.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -498,6 +523,11 @@ impl RateLimitLayer {
     fn build(config: RateLimitConfig, clock: LayerClock) -> Result<Self, ConfigError> {
         let shared = Arc::new(Shared::build(config, clock)?);
         shared.start_cleanup();
+        #[cfg(feature = "redis")]
+        if let Backend::Redis(r) = &shared.backend {
+            // Connect now when a runtime is there (else with the first request).
+            r.spawn_connect();
+        }
         Ok(Self { shared })
     }
 
@@ -593,13 +623,19 @@ where
         let (key, charges, guard) = match shared.pre(&req) {
             Pre::Pass => return ResponseFuture::inner(self.inner.call(req), None, None),
             Pre::Reject(r) => return ResponseFuture::ready(r.into_response()),
-            Pre::Check { key, charges, guard } => (key, charges, guard),
+            Pre::Check {
+                key,
+                charges,
+                guard,
+            } => (key, charges, guard),
         };
         match &shared.backend {
             Backend::Memory(m) => {
                 let v = m.check(&shared.quotas, &key, charges.as_slice());
                 match shared.finish(&v, if v.allowed { None } else { request_id(&req) }) {
-                    Outcome::Proceed(extra) => ResponseFuture::inner(self.inner.call(req), guard, extra),
+                    Outcome::Proceed(extra) => {
+                        ResponseFuture::inner(self.inner.call(req), guard, extra)
+                    }
                     Outcome::Reject(r) => {
                         drop(guard);
                         ResponseFuture::ready(r.into_response())
@@ -725,7 +761,9 @@ where
                         }
                         (Outcome::Reject(r), _, _) => {
                             *this.guard = None;
-                            State::Ready { resp: Some(r.into_response()) }
+                            State::Ready {
+                                resp: Some(r.into_response()),
+                            }
                         }
                         _ => State::Ready {
                             resp: Some(Rejection::new(RejectionReason::Internal).into_response()),

@@ -19,8 +19,7 @@ use mcp_core::{
     RejectionReason, TrustedProxies,
 };
 use mcp_ratelimit::{
-    HeaderStyle, KeySpec, Limit, MissingKey, MockClock, RateLimitConfig, RateLimitLayer,
-    RuleLimit,
+    HeaderStyle, KeySpec, Limit, MissingKey, MockClock, RateLimitConfig, RateLimitLayer, RuleLimit,
 };
 use tower::{Layer, Service, ServiceExt};
 
@@ -34,17 +33,19 @@ fn app(layer: RateLimitLayer, proxies: TrustedProxies) -> Router {
 /// A stand-in for the authentication layer: `x-user: NAME` becomes an authenticated
 /// principal (`anonymous` stays anonymous).
 fn fake_auth(router: Router) -> Router {
-    router.layer(tower::util::MapRequestLayer::new(|mut req: Request<Body>| {
-        if let Some(u) = req.headers().get("x-user").and_then(|v| v.to_str().ok()) {
-            let p = if u == "anonymous" {
-                Principal::anonymous()
-            } else {
-                Principal::new(u, AuthMethod::ApiKey).with_credential_id(format!("key-{u}"))
-            };
-            req.extensions_mut().insert(p);
-        }
-        req
-    }))
+    router.layer(tower::util::MapRequestLayer::new(
+        |mut req: Request<Body>| {
+            if let Some(u) = req.headers().get("x-user").and_then(|v| v.to_str().ok()) {
+                let p = if u == "anonymous" {
+                    Principal::anonymous()
+                } else {
+                    Principal::new(u, AuthMethod::ApiKey).with_credential_id(format!("key-{u}"))
+                };
+                req.extensions_mut().insert(p);
+            }
+            req
+        },
+    ))
 }
 
 #[tokio::test]
@@ -107,9 +108,8 @@ async fn refill_follows_the_mock_clock() {
 
 #[tokio::test]
 async fn tiers_default_authenticated_and_principal_override() {
-    let mut config = RateLimitConfig::per_second(1.0, 1).with_key(KeySpec::new([
-        mcp_ratelimit::KeyPart::Principal,
-    ]));
+    let mut config = RateLimitConfig::per_second(1.0, 1)
+        .with_key(KeySpec::new([mcp_ratelimit::KeyPart::Principal]));
     config.missing_key = MissingKey::Ip;
     config.client_limits.authenticated = Some(Limit {
         requests_per_second: 1.0,
@@ -127,7 +127,11 @@ async fn tiers_default_authenticated_and_principal_override() {
     let allowed = |user: &'static str| async move {
         let mut n = 0;
         for i in 0..10 {
-            let h: Vec<(&str, &str)> = if user.is_empty() { vec![] } else { vec![("x-user", user)] };
+            let h: Vec<(&str, &str)> = if user.is_empty() {
+                vec![]
+            } else {
+                vec![("x-user", user)]
+            };
             if post_mcp(addr, &h, &ping(i)).await.status == StatusCode::OK {
                 n += 1;
             }
@@ -166,18 +170,33 @@ async fn per_tool_quota_and_cost() {
     let layer = RateLimitLayer::with_clock(config, MockClock::new()).unwrap();
     let addr = serve(app(layer, TrustedProxies::none())).await;
 
-    assert_eq!(post_mcp(addr, &[], &call(1, "expensive")).await.status, StatusCode::OK);
+    assert_eq!(
+        post_mcp(addr, &[], &call(1, "expensive")).await.status,
+        StatusCode::OK
+    );
     let r = post_mcp(addr, &[], &call(2, "expensive")).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.json()["id"], 2);
-    assert_eq!(r.header("ratelimit-policy"), Some("\"default.tool.expensive\";q=1;w=1"));
-    assert_eq!(r.header("ratelimit"), Some("\"default.tool.expensive\";r=0;t=1"));
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"default.tool.expensive\";q=1;w=1")
+    );
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"default.tool.expensive\";r=0;t=1")
+    );
     // Other tools are not held back by the expensive one's quota...
-    assert_eq!(post_mcp(addr, &[], &call(3, "cheap")).await.status, StatusCode::OK);
+    assert_eq!(
+        post_mcp(addr, &[], &call(3, "cheap")).await.status,
+        StatusCode::OK
+    );
     // ...but the expensive call cost 4 units of the client's 10 (and the refused one
     // cost nothing from it): 10 - 4 - 1 = 5 left.
     for i in 0..5 {
-        assert_eq!(post_mcp(addr, &[], &call(10 + i, "cheap")).await.status, StatusCode::OK);
+        assert_eq!(
+            post_mcp(addr, &[], &call(10 + i, "cheap")).await.status,
+            StatusCode::OK
+        );
     }
     let r = post_mcp(addr, &[], &call(20, "cheap")).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
@@ -198,7 +217,9 @@ async fn per_method_quota_and_batches_count_per_message() {
     let layer = RateLimitLayer::with_clock(config, MockClock::new()).unwrap();
     let addr = serve(app(layer, TrustedProxies::none())).await;
     let read = |id: i64| {
-        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"resources/read","params":{{"uri":"file:///a"}}}}"#)
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"resources/read","params":{{"uri":"file:///a"}}}}"#
+        )
     };
     // A batch is charged per message: three reads in one body. A charge above the burst
     // (3 > 2) takes the whole bucket, so the batch passes only with a full bucket...
@@ -229,7 +250,10 @@ async fn deny_list_ipv4_and_ipv6_over_sockets() {
     config.blacklist = vec!["::1/128".into()];
     let layer = RateLimitLayer::new(config).unwrap();
     let v6 = serve_on("[::1]:0", app(layer.clone(), TrustedProxies::none())).await;
-    assert_eq!(post_mcp(v6, &[], &ping(1)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        post_mcp(v6, &[], &ping(1)).await.status,
+        StatusCode::FORBIDDEN
+    );
     let v4 = serve(app(layer, TrustedProxies::none())).await;
     assert_eq!(post_mcp(v4, &[], &ping(1)).await.status, StatusCode::OK);
 }
@@ -289,7 +313,10 @@ async fn lists_in_process_with_peer_addr() {
     assert_eq!(status("198.51.100.20:1").await, StatusCode::FORBIDDEN);
     assert_eq!(status("[2001:db8:bad::1]:1").await, StatusCode::FORBIDDEN);
     // IPv4-mapped IPv6 peers are matched as IPv4.
-    assert_eq!(status("[::ffff:198.51.100.20]:1").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status("[::ffff:198.51.100.20]:1").await,
+        StatusCode::FORBIDDEN
+    );
     for _ in 0..3 {
         assert_eq!(status("192.0.2.1:1").await, StatusCode::OK);
         assert_eq!(status("[2001:db8:a::9]:1").await, StatusCode::OK);
@@ -297,22 +324,29 @@ async fn lists_in_process_with_peer_addr() {
     assert_eq!(status("203.0.113.1:1").await, StatusCode::OK);
     assert_eq!(status("203.0.113.1:2").await, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(status("[2001:db8:c::1]:1").await, StatusCode::OK);
-    assert_eq!(status("[2001:db8:c::1]:1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        status("[2001:db8:c::1]:1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 #[tokio::test]
 async fn forwarded_headers_from_an_untrusted_peer_do_not_change_the_key() {
-    let layer = RateLimitLayer::with_clock(RateLimitConfig::per_second(1.0, 1), MockClock::new())
-        .unwrap();
+    let layer =
+        RateLimitLayer::with_clock(RateLimitConfig::per_second(1.0, 1), MockClock::new()).unwrap();
     // Only 10.0.0.0/8 is trusted; the test client connects from 127.0.0.1.
     let proxies = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
     let addr = serve(app(layer.clone(), proxies.clone())).await;
     assert_eq!(
-        post_mcp(addr, &[("x-forwarded-for", "198.51.100.1")], &ping(1)).await.status,
+        post_mcp(addr, &[("x-forwarded-for", "198.51.100.1")], &ping(1))
+            .await
+            .status,
         StatusCode::OK
     );
     assert_eq!(
-        post_mcp(addr, &[("x-forwarded-for", "198.51.100.2")], &ping(2)).await.status,
+        post_mcp(addr, &[("x-forwarded-for", "198.51.100.2")], &ping(2))
+            .await
+            .status,
         StatusCode::TOO_MANY_REQUESTS
     );
     let fwd = serve(app(
@@ -321,11 +355,15 @@ async fn forwarded_headers_from_an_untrusted_peer_do_not_change_the_key() {
     ))
     .await;
     assert_eq!(
-        post_mcp(fwd, &[("forwarded", "for=198.51.100.1")], &ping(1)).await.status,
+        post_mcp(fwd, &[("forwarded", "for=198.51.100.1")], &ping(1))
+            .await
+            .status,
         StatusCode::OK
     );
     assert_eq!(
-        post_mcp(fwd, &[("forwarded", "for=198.51.100.2")], &ping(2)).await.status,
+        post_mcp(fwd, &[("forwarded", "for=198.51.100.2")], &ping(2))
+            .await
+            .status,
         StatusCode::TOO_MANY_REQUESTS
     );
 }
@@ -335,19 +373,33 @@ async fn forwarded_headers_from_a_trusted_proxy_set_the_key_rightmost_untrusted(
     let mut config = RateLimitConfig::per_second(1.0, 1);
     config.blacklist = vec!["203.0.113.0/24".into()];
     let layer = RateLimitLayer::with_clock(config, MockClock::new()).unwrap();
-    let proxies = TrustedProxies::new(["127.0.0.0/8".parse().unwrap(), "10.0.0.0/8".parse().unwrap()]);
+    let proxies = TrustedProxies::new([
+        "127.0.0.0/8".parse().unwrap(),
+        "10.0.0.0/8".parse().unwrap(),
+    ]);
     let addr = serve(app(layer, proxies.clone())).await;
     let xff = |v: &'static str, id| async move {
-        post_mcp(addr, &[("x-forwarded-for", v)], &ping(id)).await.status
+        post_mcp(addr, &[("x-forwarded-for", v)], &ping(id))
+            .await
+            .status
     };
     assert_eq!(xff("198.51.100.1", 1).await, StatusCode::OK);
     assert_eq!(xff("198.51.100.2", 2).await, StatusCode::OK);
     assert_eq!(xff("198.51.100.1", 3).await, StatusCode::TOO_MANY_REQUESTS);
     // The client forged a leftmost address; the rightmost untrusted one is the key.
-    assert_eq!(xff("6.6.6.6, 198.51.100.3, 10.0.0.7", 4).await, StatusCode::OK);
-    assert_eq!(xff("7.7.7.7, 198.51.100.3", 5).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        xff("6.6.6.6, 198.51.100.3, 10.0.0.7", 4).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        xff("7.7.7.7, 198.51.100.3", 5).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // A forged leftmost address cannot escape the deny list either.
-    assert_eq!(xff("198.51.100.9, 203.0.113.5", 6).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        xff("198.51.100.9, 203.0.113.5", 6).await,
+        StatusCode::FORBIDDEN
+    );
 
     let mut config = RateLimitConfig::per_second(1.0, 1);
     config.blacklist = vec!["2001:db8:bad::/48".into()];
@@ -361,8 +413,14 @@ async fn forwarded_headers_from_a_trusted_proxy_set_the_key_rightmost_untrusted(
     };
     assert_eq!(f("for=198.51.100.1", 1).await, StatusCode::OK);
     assert_eq!(f("for=198.51.100.2", 2).await, StatusCode::OK);
-    assert_eq!(f("for=6.6.6.6, for=198.51.100.1", 3).await, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(f(r#"for="[2001:db8:bad::1]:443""#, 4).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        f("for=6.6.6.6, for=198.51.100.1", 3).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        f(r#"for="[2001:db8:bad::1]:443""#, 4).await,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]
@@ -378,7 +436,8 @@ async fn eviction_keeps_the_key_count_under_the_cap() {
     for i in 0..20_000u32 {
         let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
         let mut req = Request::new(Body::empty());
-        req.extensions_mut().insert(PeerAddr(SocketAddr::from((ip, 1))));
+        req.extensions_mut()
+            .insert(PeerAddr(SocketAddr::from((ip, 1))));
         if svc.clone().oneshot(req).await.unwrap().status() == StatusCode::TOO_MANY_REQUESTS {
             limited += 1;
         }
@@ -399,8 +458,14 @@ async fn missing_key_shared_or_rejected() {
     let addr = serve(fake_auth(app(layer, TrustedProxies::none()))).await;
     // Without a principal, everyone shares the `unknown` bucket.
     assert_eq!(post_mcp(addr, &[], &ping(1)).await.status, StatusCode::OK);
-    assert_eq!(post_mcp(addr, &[], &ping(2)).await.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(post_mcp(addr, &[("x-user", "a")], &ping(3)).await.status, StatusCode::OK);
+    assert_eq!(
+        post_mcp(addr, &[], &ping(2)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        post_mcp(addr, &[("x-user", "a")], &ping(3)).await.status,
+        StatusCode::OK
+    );
 
     let mut config = RateLimitConfig::per_second(1.0, 1).with_key(KeySpec::new([
         mcp_ratelimit::KeyPart::Header(http::HeaderName::from_static("x-tenant")),
@@ -411,8 +476,14 @@ async fn missing_key_shared_or_rejected() {
     let r = post_mcp(addr, &[], &ping(5)).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.json()["id"], 5);
-    assert_eq!(post_mcp(addr, &[("x-tenant", "t1")], &ping(6)).await.status, StatusCode::OK);
-    assert_eq!(post_mcp(addr, &[("x-tenant", "t2")], &ping(7)).await.status, StatusCode::OK);
+    assert_eq!(
+        post_mcp(addr, &[("x-tenant", "t1")], &ping(6)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post_mcp(addr, &[("x-tenant", "t2")], &ping(7)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(
         post_mcp(addr, &[("x-tenant", "t1")], &ping(8)).await.status,
         StatusCode::TOO_MANY_REQUESTS
@@ -429,8 +500,14 @@ async fn credential_and_combined_keys() {
     let v4 = serve(fake_auth(app(layer.clone(), TrustedProxies::none()))).await;
     let v6 = serve_on("[::1]:0", fake_auth(app(layer, TrustedProxies::none()))).await;
     // Same principal from two addresses: two buckets.
-    assert_eq!(post_mcp(v4, &[("x-user", "a")], &ping(1)).await.status, StatusCode::OK);
-    assert_eq!(post_mcp(v6, &[("x-user", "a")], &ping(2)).await.status, StatusCode::OK);
+    assert_eq!(
+        post_mcp(v4, &[("x-user", "a")], &ping(1)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post_mcp(v6, &[("x-user", "a")], &ping(2)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(
         post_mcp(v4, &[("x-user", "a")], &ping(3)).await.status,
         StatusCode::TOO_MANY_REQUESTS
@@ -467,7 +544,9 @@ async fn concurrency_cap_released_on_completion_and_on_drop() {
     assert_eq!(second.headers()["retry-after"], "1");
     // Another client is not affected.
     let mut other = Request::new(Body::empty());
-    other.extensions_mut().insert(PeerAddr("192.0.2.2:1".parse().unwrap()));
+    other
+        .extensions_mut()
+        .insert(PeerAddr("192.0.2.2:1".parse().unwrap()));
     let other = svc.ready().await.unwrap().call(other);
     gate.add_permits(2);
     assert_eq!(first.await.unwrap().status(), StatusCode::OK);
@@ -528,8 +607,8 @@ async fn disabled_layer_passes_everything() {
 #[tokio::test]
 async fn works_without_parse_layer_and_without_peer() {
     // Outside ParseLayer: no McpRequest, cost 1, id null.
-    let layer = RateLimitLayer::with_clock(RateLimitConfig::per_second(1.0, 1), MockClock::new())
-        .unwrap();
+    let layer =
+        RateLimitLayer::with_clock(RateLimitConfig::per_second(1.0, 1), MockClock::new()).unwrap();
     let router = Router::new()
         .route("/mcp", post(|| async { "ok" }))
         .layer(layer.clone());
@@ -542,9 +621,19 @@ async fn works_without_parse_layer_and_without_peer() {
     let svc = layer.layer(tower::service_fn(|_req: Request<Body>| async {
         Ok::<_, Infallible>(Response::new(Body::from("ok")))
     }));
-    assert_eq!(svc.clone().oneshot(Request::new(Body::empty())).await.unwrap().status(), StatusCode::OK);
     assert_eq!(
-        svc.oneshot(Request::new(Body::empty())).await.unwrap().status(),
+        svc.clone()
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        svc.oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap()
+            .status(),
         StatusCode::TOO_MANY_REQUESTS
     );
 }
@@ -562,20 +651,40 @@ fn invalid_configuration_names_the_key() {
         burst: None,
     });
     let e = RateLimitLayer::new(c).unwrap_err().to_string();
-    assert!(e.contains("client_limits.authenticated.requests_per_second"), "{e}");
+    assert!(
+        e.contains("client_limits.authenticated.requests_per_second"),
+        "{e}"
+    );
 
     let mut c = RateLimitConfig::default();
-    c.per_tool.insert("x".into(), RuleLimit { requests_per_second: None, burst: Some(2), cost: None });
+    c.per_tool.insert(
+        "x".into(),
+        RuleLimit {
+            requests_per_second: None,
+            burst: Some(2),
+            cost: None,
+        },
+    );
     let e = RateLimitLayer::new(c).unwrap_err().to_string();
     assert!(e.contains("per_tool.x.burst"), "{e}");
 
     let mut c = RateLimitConfig::default();
     c.burst = Some(0);
-    assert!(RateLimitLayer::new(c).unwrap_err().to_string().contains("`burst`"));
+    assert!(
+        RateLimitLayer::new(c)
+            .unwrap_err()
+            .to_string()
+            .contains("`burst`")
+    );
 
     let mut c = RateLimitConfig::default();
     c.max_keys = 0;
-    assert!(RateLimitLayer::new(c).unwrap_err().to_string().contains("max_keys"));
+    assert!(
+        RateLimitLayer::new(c)
+            .unwrap_err()
+            .to_string()
+            .contains("max_keys")
+    );
 
     let mut c = RateLimitConfig::default();
     c.requests_per_second = f64::NAN;
