@@ -56,7 +56,8 @@ struct OpsState {
 pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::ConfigError> {
     let cfg = &loaded.config;
     let mut strip: Vec<HeaderName> = Vec::new();
-    if let Ok(h) = HeaderName::from_bytes(cfg.auth.api_key_header.as_bytes()) {
+    let api_key_header = cfg.auth.api_key_header.as_deref().unwrap_or("x-api-key");
+    if let Ok(h) = HeaderName::from_bytes(api_key_header.as_bytes()) {
         strip.push(h);
     }
     for name in ["x-api-key", "x-auth-token"] {
@@ -155,6 +156,17 @@ pub async fn build(
         .route("/metrics", get(metrics_endpoint))
         .with_state(ops);
     router = router.merge(ops_router);
+    if let Some(query) = layers.auditor.as_ref().and_then(|a| a.query_service()) {
+        // Authenticated, and the query service itself requires the audit scope.
+        let stack = ServiceBuilder::new()
+            .layer(MetricsLayer::new("audit-query"))
+            .layer(layers.audit_slot(&trusted))
+            .layer(option_layer(layers.security_headers.clone()))
+            .layer(option_layer(layers.ip_limit.clone()))
+            .layer(option_layer(layers.auth.clone()))
+            .service(query);
+        router = router.route_service("/api/audit/query", stack);
+    }
     let router = router.layer(ClientAddrLayer::new(trusted));
     Ok(Gateway { router, layers })
 }

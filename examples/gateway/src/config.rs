@@ -50,7 +50,10 @@ impl Secret {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
-    pub auth: AuthConfig,
+    /// `auth.*`: the seed keys (and ours: `apiKeys`, `users`, `jwt.issuers`, `mtls`, ...),
+    /// as mcp-auth reads them. Unlike mcp-auth's own default, authentication is on
+    /// (`enabled: true`, `mode: apikey`) unless the file says otherwise.
+    pub auth: mcp_auth::AuthConfig,
     /// `ratelimit.*`: the seed keys, as mcp-ratelimit reads them (applied after
     /// authentication, keyed by principal unless `key` says otherwise).
     pub ratelimit: mcp_ratelimit::RateLimitConfig,
@@ -64,7 +67,9 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub monitoring: MonitoringConfig,
     pub upstreams: Vec<UpstreamConfig>,
-    pub policy: PolicyConfig,
+    /// `policy.*`: allow / deny rules (scopes -> methods, tools, resources, prompts).
+    /// Without it, any authenticated principal may call anything.
+    pub policy: Option<mcp_auth::PolicyConfig>,
     pub layers: LayersConfig,
     /// Seed sections the gateway does not use (e.g. `logging`, `kubernetes`): accepted and
     /// reported once at start.
@@ -119,74 +124,6 @@ impl Default for ServerConfig {
             max_connections: 10_000,
         }
     }
-}
-
-/// `auth.*`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthConfig {
-    pub enabled: bool,
-    /// `apikey`, `bearer`, `basic` (seed), `jwt`, `mtls` (ours).
-    pub mode: String,
-    pub api_key: Secret,
-    pub bearer_token: Secret,
-    pub username: Option<String>,
-    pub password: Secret,
-    pub jwt_secret: Secret,
-    pub jwt_algorithm: Option<String>,
-    /// The header carrying the API key.
-    pub api_key_header: String,
-    /// More API keys, each with an id and scopes.
-    pub keys: Vec<KeyConfig>,
-    /// Scopes given to the single seed credential (`apiKey`, `bearerToken`, basic).
-    pub default_scopes: Vec<String>,
-    /// JWT validation (with `jwtSecret` for HS*, or keys / JWKS).
-    pub jwt: JwtConfig,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            mode: "apikey".into(),
-            api_key: Secret::default(),
-            bearer_token: Secret::default(),
-            username: None,
-            password: Secret::default(),
-            jwt_secret: Secret::default(),
-            jwt_algorithm: None,
-            api_key_header: "X-API-Key".into(),
-            keys: Vec::new(),
-            default_scopes: vec!["*".into()],
-            jwt: JwtConfig::default(),
-        }
-    }
-}
-
-/// One entry of `auth.keys`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct KeyConfig {
-    pub id: String,
-    /// The key itself (checked against the key policy).
-    pub key: Secret,
-    /// Or its SHA-256, hex.
-    pub sha256: Option<String>,
-    pub scopes: Vec<String>,
-}
-
-/// `auth.jwt.*`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct JwtConfig {
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub jwks_url: Option<String>,
-    /// PEM public key file (RS*/ES*/EdDSA).
-    pub public_key_file: Option<PathBuf>,
-    /// Claim holding the scopes (space-separated string or array).
-    pub scope_claim: Option<String>,
-    pub leeway_seconds: Option<u64>,
 }
 
 /// `sanitization.*`.
@@ -307,26 +244,6 @@ pub struct UpstreamTlsConfig {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
-}
-
-/// `policy.*`: which scopes may call what.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// When false (the default), any authenticated principal may call anything.
-    pub enabled: bool,
-    pub rules: Vec<PolicyRule>,
-}
-
-/// One rule: a principal holding `scope` may call these methods / tools.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyRule {
-    pub scope: String,
-    pub methods: Vec<String>,
-    pub tools: Vec<String>,
-    pub resources: Vec<String>,
-    pub prompts: Vec<String>,
 }
 
 /// `layers.*`: master switch for the load test's "every layer off" run.
@@ -577,6 +494,11 @@ fn apply_env_overrides(
     let Value::Mapping(auth) = auth else {
         return Ok(());
     };
+    // Secure defaults: authentication on, API keys.
+    auth.entry(Value::String("enabled".into()))
+        .or_insert(Value::Bool(true));
+    auth.entry(Value::String("mode".into()))
+        .or_insert(Value::String("apikey".into()));
     if let Some(enabled) = env("MCP_AUTH_ENABLED") {
         let b = match enabled.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
@@ -772,7 +694,7 @@ security:
             &env_of(&[("MCP_AUTH_API_KEY", "Abc123!@#Xyz789!@#")]),
         )
         .unwrap();
-        assert_eq!(l.config.auth.api_key.expose(), "Abc123!@#Xyz789!@#");
+        assert_eq!(l.config.auth.api_key.as_ref().unwrap().expose(), "Abc123!@#Xyz789!@#");
         assert_eq!(l.config.ratelimit.burst, Some(200));
         assert_eq!(
             l.config.audit.database.sqlite_path,
@@ -832,8 +754,8 @@ security:
         )
         .unwrap();
         assert!(!l.config.auth.enabled);
-        assert_eq!(l.config.auth.mode, "apikey");
-        assert_eq!(l.config.auth.api_key.expose(), "Abc123!@#Xyz789!@#");
+        assert_eq!(l.config.auth.mode.0, vec![mcp_auth::Mode::ApiKey]);
+        assert_eq!(l.config.auth.api_key.as_ref().unwrap().expose(), "Abc123!@#Xyz789!@#");
     }
 
     #[test]
@@ -855,7 +777,7 @@ security:
             &env_of(&[("K", "a: b # c !d")]),
         )
         .unwrap();
-        assert_eq!(l.config.auth.api_key.expose(), "a: b # c !d");
+        assert_eq!(l.config.auth.api_key.as_ref().unwrap().expose(), "a: b # c !d");
         assert_eq!(l.config.auth.username.as_deref(), Some("${literal}"));
     }
 

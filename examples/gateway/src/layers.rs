@@ -3,6 +3,7 @@
 use axum::body::Body;
 use http::Response;
 use mcp_audit::{AuditBody, AuditLayer, Auditor};
+use mcp_auth::{AuthLayer, AuthorizeLayer};
 use mcp_ratelimit::{KeySpec, MissingKey, RateLimitLayer};
 use tower::layer::util::Identity;
 use tower::util::{Either, MapResponseLayer};
@@ -27,10 +28,10 @@ pub struct Layers {
     pub security_headers: Option<Pending>,
     pub origin: Option<Pending>,
     pub ip_limit: Option<RateLimitLayer>,
-    pub auth: Option<Pending>,
+    pub auth: Option<AuthLayer>,
     pub principal_limit: Option<RateLimitLayer>,
     pub sanitize: Option<Pending>,
-    pub authorize: Option<Pending>,
+    pub authorize: Option<AuthorizeLayer>,
 }
 
 impl Layers {
@@ -43,6 +44,19 @@ impl Layers {
                 .await
                 .map_err(|e| loaded.error("audit", e.to_string()))?;
             layers.auditor = Some(auditor);
+        }
+        if cfg.layers.enabled && cfg.auth.enabled {
+            let layer = cfg
+                .auth
+                .build()
+                .map_err(|e| auth_error(loaded, &e))?;
+            layers.auth = Some(layer);
+        }
+        if cfg.layers.enabled {
+            if let Some(p) = &cfg.policy {
+                let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
+                layers.authorize = Some(AuthorizeLayer::new(policy));
+            }
         }
         if cfg.layers.enabled && cfg.ratelimit.enabled {
             let rl = &cfg.ratelimit;
@@ -102,6 +116,16 @@ impl Layers {
             a.shutdown().await;
         }
     }
+}
+
+fn auth_error(loaded: &Loaded, e: &mcp_auth::ConfigError) -> ConfigError {
+    // mcp-auth's errors name the key and the rule, never the secret.
+    let msg = e.to_string();
+    let msg = msg
+        .strip_prefix(&format!("{}: ", e.key()))
+        .map(str::to_owned)
+        .unwrap_or(msg);
+    loaded.error(e.key(), msg)
 }
 
 /// `mcp-gateway audit verify`.

@@ -133,9 +133,9 @@ async fn check(path: &Path) -> Result<(), String> {
         loaded.file,
         loaded.config.upstreams.len(),
         if loaded.config.auth.enabled {
-            loaded.config.auth.mode.as_str()
+            format!("{:?}", loaded.config.auth.mode.0)
         } else {
-            "off"
+            "off".to_owned()
         }
     );
     Ok(())
@@ -229,7 +229,10 @@ fn demo_config(addr: SocketAddr, upstream: SocketAddr, key: &str) -> String {
 auth:
   enabled: true
   mode: apikey
-  apiKey: "{key}"
+  apiKeys:
+    - id: demo
+      key: "{key}"
+      scopes: ["mcp:tools", "audit:read"]
 ratelimit:
   enabled: true
   requests_per_second: 50
