@@ -2,24 +2,34 @@
 //!
 //! [`sensitive_headers_layer`] returns tower-http's `SetSensitiveHeadersLayer` for the
 //! default sensitive headers ([`DEFAULT_SENSITIVE_HEADERS`]) plus any extra ones: it marks
-//! their values sensitive on the request (and on the response, for `set-cookie`), so that
-//! `http`'s `Debug` prints `Sensitive` and tower-http's `TraceLayer` (and any other layer
-//! inside it that logs headers) never prints the value. Place it outside every trace
-//! layer. Audit events render these headers as the mask regardless.
+//! their values sensitive, so that `http`'s `Debug` prints `Sensitive` and tower-http's
+//! `TraceLayer` (and any other layer that logs headers) never prints the value.
+//!
+//! A layer sees the request on the way in and the response on the way out, so one
+//! position cannot protect both from a trace layer:
+//!
+//! - request headers (`authorization`, `cookie`, `x-api-key`, ...) must be marked
+//!   **outside** every trace layer: [`sensitive_headers_layer`], outermost;
+//! - response headers (`set-cookie` from the upstream) must be marked **inside** every
+//!   trace layer, next to the handler or the proxy: [`sensitive_response_headers_layer`].
+//!
+//! Audit events render these headers as the mask regardless.
 //!
 //! ```
 //! use tower::ServiceBuilder;
-//! use mcp_audit::sensitive_headers_layer;
+//! use tower_http::trace::TraceLayer;
+//! use mcp_audit::{sensitive_headers_layer, sensitive_response_headers_layer};
 //!
+//! let extra = [http::HeaderName::from_static("x-tenant-secret")];
 //! let stack = ServiceBuilder::new()
-//!     .layer(sensitive_headers_layer([http::HeaderName::from_static("x-tenant-secret")]))
-//!     // .layer(TraceLayer::new_for_http()) ...
-//!     ;
+//!     .layer(sensitive_headers_layer(extra.clone()))          // outermost
+//!     .layer(TraceLayer::new_for_http())
+//!     .layer(sensitive_response_headers_layer(extra));        // innermost
 //! # drop(stack);
 //! ```
 
 use http::HeaderName;
-use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
+use tower_http::sensitive_headers::{SetSensitiveHeadersLayer, SetSensitiveResponseHeadersLayer};
 
 pub use crate::config::DEFAULT_SENSITIVE_HEADERS;
 
@@ -43,4 +53,18 @@ pub fn sensitive_headers_layer(
         }
     }
     SetSensitiveHeadersLayer::new(names)
+}
+
+/// A layer marking the default sensitive headers plus `extra` as sensitive on responses
+/// only: place it inside every trace layer (next to the handler or the proxy).
+pub fn sensitive_response_headers_layer(
+    extra: impl IntoIterator<Item = HeaderName>,
+) -> SetSensitiveResponseHeadersLayer {
+    let mut names = default_sensitive_headers();
+    for h in extra {
+        if !names.contains(&h) {
+            names.push(h);
+        }
+    }
+    SetSensitiveResponseHeadersLayer::new(names)
 }

@@ -53,7 +53,7 @@ pub use config::{
     MaskingConfig, OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
 };
 pub use event::{AuditEvent, AuditRecord, EventKind, Outcome};
-pub use headers::sensitive_headers_layer;
+pub use headers::{sensitive_headers_layer, sensitive_response_headers_layer};
 pub use layer::{Audit, AuditBody, AuditLayer, AuditUpstream, RequestId, X_REQUEST_ID};
 pub use mask::Masker;
 pub use pipeline::{AuditError, AuditHandle, AuditStats, Auditor, AuditorBuilder};

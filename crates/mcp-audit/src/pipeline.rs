@@ -452,10 +452,18 @@ impl Auditor {
     }
 
     /// The layer that marks sensitive header values (the defaults plus
-    /// `masking.headers`) so that no trace layer inside it prints them. Place it outside
-    /// every `TraceLayer`.
+    /// `masking.headers`) so that no trace layer inside it prints the request's. Place it
+    /// outside every `TraceLayer` (see [`crate::headers`]).
     pub fn sensitive_headers_layer(&self) -> tower_http::sensitive_headers::SetSensitiveHeadersLayer {
         crate::headers::sensitive_headers_layer(self.sensitive.iter().cloned())
+    }
+
+    /// The layer that marks sensitive response header values (`set-cookie`, ...): place
+    /// it inside every `TraceLayer`, next to the handler or the proxy.
+    pub fn sensitive_response_headers_layer(
+        &self,
+    ) -> tower_http::sensitive_headers::SetSensitiveResponseHeadersLayer {
+        crate::headers::sensitive_response_headers_layer(self.sensitive.iter().cloned())
     }
 
     /// The query service over the configured database, or `None` when no database

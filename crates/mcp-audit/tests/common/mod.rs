@@ -21,7 +21,7 @@ use mcp_core::{AuthMethod, ParseLayer, Principal, Rejection, RejectionReason};
 /// Stand-in for the authentication layer: `authorization: Bearer user-<id>[:scope]`
 /// authenticates `<id>`; anything else is refused with `auth_failed`. The principal goes
 /// into the request and the response extensions.
-async fn fake_auth(mut req: Request, next: Next) -> Response {
+pub async fn fake_auth(mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get("authorization")
