@@ -113,7 +113,7 @@ impl Snapshot {
     }
 }
 
-fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             TlsError::MissingFile {
@@ -326,22 +326,18 @@ pub(crate) struct Built {
     pub config: Arc<ServerConfig>,
 }
 
-/// Builds the rustls configuration from a snapshot of the files.
-pub(crate) fn build_server_config(
+/// A rustls configuration builder with the versions and client verification of `cfg`
+/// (the CA bundle and CRLs given as read from their files).
+pub(crate) fn server_builder(
     cfg: &TlsConfig,
-    snap: &Snapshot,
-    resumption: &Resumption,
-) -> Result<Built, TlsError> {
-    cfg.validate()?;
+    ca: Option<&(PathBuf, Vec<u8>)>,
+    crl_files: &[(PathBuf, Vec<u8>)],
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
     let provider = provider();
-    let ck = certified_key(&snap.cert.0, &snap.cert.1, &snap.key.0, &snap.key.1, &provider)?;
-    let leaf = ck.cert[0].clone();
-    check_expiry(&snap.cert.0, &leaf, cfg.expiry_warning)?;
-
     let versions = protocol_versions(cfg.min_version, cfg.max_version);
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
-    let builder = match (cfg.client_auth, &snap.ca) {
+    Ok(match (cfg.client_auth, ca) {
         (ClientAuth::Optional | ClientAuth::Required, Some((ca_path, ca_pem))) => {
             let cas = parse_cert_chain("server.tls.caFile", ca_path, ca_pem)?;
             let mut roots = RootCertStore::empty();
@@ -355,7 +351,7 @@ pub(crate) fn build_server_config(
                     })?;
             }
             let mut crls = Vec::new();
-            for (path, pem) in &snap.crls {
+            for (path, pem) in crl_files {
                 let list = CertificateRevocationListDer::pem_slice_iter(pem)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| TlsError::InvalidPem {
@@ -380,7 +376,22 @@ pub(crate) fn build_server_config(
             builder.with_client_cert_verifier(vb.build()?)
         }
         _ => builder.with_no_client_auth(),
-    };
+    })
+}
+
+/// Builds the rustls configuration from a snapshot of the files.
+pub(crate) fn build_server_config(
+    cfg: &TlsConfig,
+    snap: &Snapshot,
+    resumption: &Resumption,
+) -> Result<Built, TlsError> {
+    cfg.validate()?;
+    let provider = provider();
+    let ck = certified_key(&snap.cert.0, &snap.cert.1, &snap.key.0, &snap.key.1, &provider)?;
+    let leaf = ck.cert[0].clone();
+    check_expiry(&snap.cert.0, &leaf, cfg.expiry_warning)?;
+
+    let builder = server_builder(cfg, snap.ca.as_ref(), &snap.crls)?;
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(ck)));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     config.ignore_client_order = true;
