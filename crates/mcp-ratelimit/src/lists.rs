@@ -65,14 +65,12 @@ pub(crate) fn parse_entry(raw: &str) -> Result<IpNet, &'static str> {
 /// `::ffff:10.0.0.0/104` is the IPv4 network `10.0.0.0/8`: client IPs are canonical, so
 /// the list must be too.
 fn canonical_net(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net {
-        if let Some(v4) = v6.addr().to_ipv4_mapped() {
-            if v6.prefix_len() >= 96 {
-                if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
-                    return IpNet::V4(n.trunc());
-                }
-            }
-        }
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+        && let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n.trunc());
     }
     net
 }

@@ -263,10 +263,10 @@ impl Shared {
 
     fn tier(&self, principal: Option<&Principal>) -> usize {
         if let Some(p) = principal {
-            if !self.principal_q.is_empty() {
-                if let Some(&q) = self.principal_q.get(p.id()) {
-                    return q;
-                }
+            if !self.principal_q.is_empty()
+                && let Some(&q) = self.principal_q.get(p.id())
+            {
+                return q;
             }
             if p.is_authenticated() {
                 return self.auth_q;

@@ -1,6 +1,11 @@
 //! The layer with the in-memory backend, over real sockets (and in-process where the test
 //! needs a forged peer address).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 mod common;
 

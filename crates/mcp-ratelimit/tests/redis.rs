@@ -2,7 +2,12 @@
 //! Run with `cargo test -p mcp-ratelimit --all-features` (redis-server must be installed:
 //! the README test command, scripts/test.sh, installs it).
 #![cfg(feature = "redis")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 mod common;
 
