@@ -10,7 +10,8 @@
 //!   (Origin/Host, `MCP-Protocol-Version`, `Content-Type`) *before* reading the body, then
 //!   applies `ParseLayer` with the configured body limit (413), then validates.
 //!
-//! For every method: the Origin/Host guard (403) and the `MCP-Protocol-Version` check
+//! For every method: the Origin/Host guard (403, skipped when an
+//! [`OriginGuardLayer`](crate::OriginGuardLayer) outside already passed the request) and the `MCP-Protocol-Version` check
 //! (400). For `POST`: `Content-Type: application/json` (415), `Mcp-Method` / `Mcp-Name`
 //! agreement (400), JSON-RPC structure (-32600 / -32602), limits, control characters,
 //! argument rules and URL rules. A rewrite (strip action, control characters stripped)
@@ -55,7 +56,7 @@ use tower_service::Service;
 
 use crate::config::{ConfigError, ControlCharPolicy, OriginConfig, RuleOverride, SanitizeConfig};
 use crate::future::ResponseFuture;
-use crate::origin::OriginPolicy;
+use crate::origin::{OriginChecked, OriginPolicy};
 use crate::rules::{BlockedPattern, BuiltinRule, Category, RuleAction};
 use crate::ssrf::SsrfConfig;
 use crate::validate::Validator;
@@ -79,8 +80,16 @@ struct Shared {
 
 impl Shared {
     /// Checks that need only the headers: Origin/Host, protocol version, Content-Type.
-    fn check_headers(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), Rejection> {
-        self.origin.check(headers, uri)?;
+    fn check_headers(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<(), Rejection> {
+        if extensions.get::<OriginChecked>().is_none() {
+            self.origin.check(headers, uri)?;
+        }
         let mut versions = headers.get_all(MCP_PROTOCOL_VERSION).iter();
         if let Some(v) = versions.next() {
             let ok = versions.next().is_none()
@@ -225,7 +234,7 @@ where
         if self.check_headers {
             if let Err(r) = self
                 .shared
-                .check_headers(req.method(), req.uri(), req.headers())
+                .check_headers(req.method(), req.uri(), req.headers(), req.extensions())
             {
                 return ResponseFuture::rejected(r.into_response());
             }
@@ -288,7 +297,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self
             .shared
-            .check_headers(req.method(), req.uri(), req.headers())
+            .check_headers(req.method(), req.uri(), req.headers(), req.extensions())
         {
             Ok(()) => ResponseFuture::inner(self.inner.call(req), None),
             Err(r) => ResponseFuture::rejected(r.into_response()),

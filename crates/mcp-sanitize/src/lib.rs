@@ -62,7 +62,7 @@ pub use layer::{
     ParseSanitizeLayer, Precheck, Sanitize, SanitizeBuilder, SanitizeLayer, SanitizeOutcome,
     is_json_content_type,
 };
-pub use origin::{OriginGuard, OriginGuardLayer};
+pub use origin::{OriginChecked, OriginGuard, OriginGuardLayer};
 pub use rules::{BlockedPattern, BuiltinRule, BuiltinRules, Category, RuleAction};
 pub use scan::{
     NamedPattern, Redactor, ResultScan, ResultScanConfig, ResultScanLayer, ScanBody, SecretKind,

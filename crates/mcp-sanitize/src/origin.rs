@@ -188,6 +188,12 @@ impl OriginPolicy {
     }
 }
 
+/// Put in the request extensions by [`OriginGuard`] once a request passed it, so that
+/// [`SanitizeLayer`](crate::SanitizeLayer) further in does not check Origin and Host again
+/// (with a configuration that may differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginChecked;
+
 /// A layer refusing requests whose `Origin` or `Host` is not allowed (403), whatever the
 /// method.
 #[derive(Debug, Clone)]
@@ -242,9 +248,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.policy.check(req.headers(), req.uri()) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(req), None),
+            Ok(()) => {
+                req.extensions_mut().insert(OriginChecked);
+                ResponseFuture::inner(self.inner.call(req), None)
+            }
             Err(rejection) => ResponseFuture::rejected(rejection.into_response()),
         }
     }
