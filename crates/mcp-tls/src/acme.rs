@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ fn acme_err(what: &str, e: impl fmt::Display) -> TlsError {
 pub struct AcmeResolver {
     current: ArcSwapOption<CertifiedKey>,
     challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    challenge_hellos: AtomicU64,
 }
 
 impl fmt::Debug for AcmeResolver {
@@ -81,6 +83,7 @@ impl AcmeResolver {
         Self {
             current: ArcSwapOption::empty(),
             challenges: Mutex::new(HashMap::new()),
+            challenge_hellos: AtomicU64::new(0),
         }
     }
 
@@ -112,7 +115,11 @@ impl ResolvesServerCert for AcmeResolver {
                 Ok(m) => m,
                 Err(p) => p.into_inner(),
             };
-            return map.get(&name).cloned();
+            let found = map.get(&name).cloned();
+            if found.is_some() {
+                self.challenge_hellos.fetch_add(1, Ordering::Relaxed);
+            }
+            return found;
         }
         self.current.load_full()
     }
@@ -207,6 +214,12 @@ impl AcmeManager {
     /// When the certificate in use expires (seconds since the Unix epoch).
     pub fn not_after(&self) -> Option<i64> {
         *lock(&self.state.not_after)
+    }
+
+    /// How many tls-alpn-01 validation handshakes were answered with a challenge
+    /// certificate (the ACME server's validation connections).
+    pub fn challenge_handshakes(&self) -> u64 {
+        self.state.resolver.challenge_hellos.load(Ordering::Relaxed)
     }
 
     /// Loads the cached certificate if it is there, valid and not due for renewal.
