@@ -243,10 +243,7 @@ impl Verifier {
                 return;
             }
         }
-        self.prev2 = Some(std::mem::replace(
-            &mut self.expected_prev,
-            row.hash.clone(),
-        ));
+        self.prev2 = Some(std::mem::replace(&mut self.expected_prev, row.hash.clone()));
         self.prev_seq = Some(row.seq);
         self.expected_seq = row.seq + 1;
     }

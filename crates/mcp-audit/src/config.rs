@@ -489,10 +489,10 @@ impl AuditConfig {
             .map(|h| HeaderName::from_static(h))
             .collect();
         for h in &self.masking.headers {
-            if let Ok(name) = HeaderName::from_bytes(h.as_bytes()) {
-                if !out.contains(&name) {
-                    out.push(name);
-                }
+            if let Ok(name) = HeaderName::from_bytes(h.as_bytes())
+                && !out.contains(&name)
+            {
+                out.push(name);
             }
         }
         out
@@ -504,6 +504,7 @@ impl AuditConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 

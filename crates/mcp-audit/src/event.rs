@@ -394,11 +394,7 @@ impl Renderer {
             request_id: e.request_id.as_ref().map(|r| ms(r.as_str())),
             user: e.principal.as_ref().map(|p| ms(p.id())),
             auth_method: e.principal.as_ref().map(|p| p.method().as_str().to_owned()),
-            credential_id: e
-                .principal
-                .as_ref()
-                .and_then(|p| p.credential_id())
-                .map(ms),
+            credential_id: e.principal.as_ref().and_then(|p| p.credential_id()).map(ms),
             client_ip: e.client_ip.map(|ip| ip.to_string()),
             http_method: e.http_method.as_ref().map(|m| m.as_str().to_owned()),
             path: e.path.as_ref().map(|u| ms(u.path())),
@@ -406,11 +402,7 @@ impl Renderer {
             http_status: e.status,
             jsonrpc_error_code: e.denial.as_ref().map(|d| d.code),
             reason: e.denial.as_ref().map(|d| d.reason.as_str().to_owned()),
-            detail: e
-                .denial
-                .as_ref()
-                .and_then(|d| d.detail.as_deref())
-                .map(ms),
+            detail: e.denial.as_ref().and_then(|d| d.detail.as_deref()).map(ms),
             duration_ms: e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
             upstream: e.upstream.as_deref().map(ms),
             bytes_in: e.bytes_in,
@@ -465,7 +457,9 @@ impl Renderer {
     }
 
     fn cap(&self, v: Value) -> Value {
-        let len = serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(usize::MAX);
+        let len = serde_json::to_vec(&v)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
         if len > self.max_params_bytes {
             serde_json::json!({"truncated": true, "bytes": len})
         } else {
@@ -491,8 +485,8 @@ mod tests {
     #[test]
     fn request_event_renders_seed_fields_and_masks() {
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"x","password":"hunter2"}}}"#;
-        let mcp = McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default())
-            .unwrap();
+        let mcp =
+            McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default()).unwrap();
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer sekrit-token-1".parse().unwrap());
         let e = EventData {

@@ -194,7 +194,11 @@ where
         let cfg = &self.layer.cfg;
         let rid = cfg
             .trust_request_id
-            .then(|| req.headers().get(&cfg.header).and_then(RequestId::from_header))
+            .then(|| {
+                req.headers()
+                    .get(&cfg.header)
+                    .and_then(RequestId::from_header)
+            })
             .flatten()
             .unwrap_or_else(RequestId::generate);
         req.headers_mut().insert(cfg.header.clone(), rid.0.clone());
@@ -298,16 +302,15 @@ where
                         ev.client_ip = Some(a.ip());
                     }
                     if let Some(rid) = &ev.request_id {
-                        resp.headers_mut().insert(this.header.clone(), rid.0.clone());
+                        resp.headers_mut()
+                            .insert(this.header.clone(), rid.0.clone());
                     }
                 }
                 Poll::Ready(Ok(resp.map(|inner| AuditBody { inner, state })))
             }
             Err(e) => {
-                if let Some(s) = state.as_mut() {
-                    if let Some(ev) = s.event.as_mut() {
-                        ev.outcome = Some(Outcome::Error);
-                    }
+                if let Some(ev) = state.as_mut().and_then(|s| s.event.as_mut()) {
+                    ev.outcome = Some(Outcome::Error);
                 }
                 // Dropping the state emits the event.
                 drop(state);

@@ -49,8 +49,8 @@ pub mod sink;
 
 pub use chain::{ChainHead, Tampering, VerifyReport};
 pub use config::{
-    AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig,
-    MaskingConfig, OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
+    AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig, MaskingConfig,
+    OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
 };
 pub use event::{AuditEvent, AuditRecord, EventKind, Outcome};
 pub use headers::{sensitive_headers_layer, sensitive_response_headers_layer};
@@ -59,7 +59,7 @@ pub use mask::Masker;
 pub use pipeline::{AuditError, AuditHandle, AuditStats, Auditor, AuditorBuilder};
 pub use query::{AuditQuery, AuditQueryService, AuditStore, QueryPage, StoreError};
 pub use sink::file::verify_jsonl;
-#[cfg(feature = "sqlite")]
-pub use sink::sqlite::verify_sqlite;
 #[cfg(feature = "postgres")]
 pub use sink::postgres::verify_postgres;
+#[cfg(feature = "sqlite")]
+pub use sink::sqlite::verify_sqlite;

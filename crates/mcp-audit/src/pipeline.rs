@@ -229,7 +229,10 @@ impl fmt::Debug for AuditorBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditorBuilder")
             .field("config", &self.config)
-            .field("sinks", &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>())
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -454,7 +457,9 @@ impl Auditor {
     /// The layer that marks sensitive header values (the defaults plus
     /// `masking.headers`) so that no trace layer inside it prints the request's. Place it
     /// outside every `TraceLayer` (see [`crate::headers`]).
-    pub fn sensitive_headers_layer(&self) -> tower_http::sensitive_headers::SetSensitiveHeadersLayer {
+    pub fn sensitive_headers_layer(
+        &self,
+    ) -> tower_http::sensitive_headers::SetSensitiveHeadersLayer {
         crate::headers::sensitive_headers_layer(self.sensitive.iter().cloned())
     }
 
@@ -611,8 +616,11 @@ impl Writer {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                             "audit sink failed; retrying");
                         if deadline.is_some_and(|d| Instant::now() + backoff > d) {
-                            tracing::error!(sink = slot.sink.name(), events = n,
-                                "audit sink still failing at shutdown; events lost for it");
+                            tracing::error!(
+                                sink = slot.sink.name(),
+                                events = n,
+                                "audit sink still failing at shutdown; events lost for it"
+                            );
                             all_ok = false;
                             break;
                         }

@@ -1,6 +1,11 @@
 //! JSON lines files: rotation by size, retention of N files, an anchor for what was
 //! pruned, verification across files.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 use mcp_audit::chain::Tampering;
 use mcp_audit::{AuditConfig, AuditEvent, Auditor, Storage, StorageList, verify_jsonl};
@@ -27,10 +32,16 @@ async fn rotation_retention_and_verification() {
     assert!(p("audit.jsonl").exists());
     assert!(p("audit.jsonl.1").exists());
     assert!(p("audit.jsonl.2").exists());
-    assert!(!p("audit.jsonl.3").exists(), "only keepFiles rotated files kept");
+    assert!(
+        !p("audit.jsonl.3").exists(),
+        "only keepFiles rotated files kept"
+    );
     assert!(p("audit.jsonl.anchor").exists());
     for f in ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"] {
-        assert!(std::fs::metadata(p(f)).unwrap().len() <= 4096, "{f} over maxBytes");
+        assert!(
+            std::fs::metadata(p(f)).unwrap().len() <= 4096,
+            "{f} over maxBytes"
+        );
     }
     let report = verify_jsonl(&path).unwrap();
     assert!(report.is_intact(), "{report:?}");

@@ -3,7 +3,12 @@
 //! Debian: `apt-get install -y postgresql`); the tests fail when it is missing.
 //! Run with `cargo test -p mcp-audit --all-features`.
 #![cfg(feature = "postgres")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 mod common;
 
@@ -13,8 +18,8 @@ use std::time::Duration;
 use common::*;
 use mcp_audit::chain::Tampering;
 use mcp_audit::{
-    AuditConfig, AuditEvent, AuditRecord, Auditor, DatabaseType, SecretUrl, Storage,
-    StorageList, verify_postgres,
+    AuditConfig, AuditEvent, AuditRecord, Auditor, DatabaseType, SecretUrl, Storage, StorageList,
+    verify_postgres,
 };
 use mcp_testkit::PostgresServer;
 use tokio_postgres::NoTls;
@@ -67,7 +72,9 @@ async fn request_records(c: &tokio_postgres::Client) -> Vec<AuditRecord> {
 async fn concurrent_requests_into_postgres_exactly_n_rows_and_query() {
     let server = start_pg().await;
     let url = server.url();
-    let auditor = Auditor::from_config(config(&url, "replica-a")).await.unwrap();
+    let auditor = Auditor::from_config(config(&url, "replica-a"))
+        .await
+        .unwrap();
     let svc = auditor.query_service().unwrap();
     let extra = axum::Router::new()
         .route_service("/api/audit/query", svc)
@@ -277,7 +284,10 @@ async fn postgres_down_for_a_while_loses_nothing() {
     const DOWN: usize = 150;
     for i in 0..DOWN {
         // The database is down: requests are served regardless.
-        assert_eq!(send(&c, call(addr, "alice", 1000 + i, None)).await.status, 200);
+        assert_eq!(
+            send(&c, call(addr, "alice", 1000 + i, None)).await.status,
+            200
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(auditor.stats().sink_errors() > 0, "the outage was noticed");
@@ -287,7 +297,11 @@ async fn postgres_down_for_a_while_loses_nothing() {
     assert_eq!(auditor.stats().dropped(), 0);
     let db = pg(&url).await;
     let recs = request_records(&db).await;
-    assert_eq!(recs.len(), 20 + DOWN, "every event of the outage was written once");
+    assert_eq!(
+        recs.len(),
+        20 + DOWN,
+        "every event of the outage was written once"
+    );
     let report = verify_postgres(&db).await.unwrap();
     assert!(report.is_intact(), "{report:?}");
 }

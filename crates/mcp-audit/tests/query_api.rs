@@ -1,6 +1,11 @@
 //! GET /api/audit/query over a real socket, on the SQLite trail: authentication and scope
 //! required, filters, limit cap, keyset pagination.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 mod common;
 
@@ -12,7 +17,11 @@ use axum::middleware;
 use common::*;
 use mcp_audit::{AuditConfig, Auditor, Storage, StorageList};
 
-async fn get(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> (u16, serde_json::Value, http::HeaderMap) {
+async fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    auth: Option<&str>,
+) -> (u16, serde_json::Value, http::HeaderMap) {
     let mut b = http::Request::get(format!("http://{addr}{path}"));
     if let Some(a) = auth {
         b = b.header("authorization", format!("Bearer user-{a}"));
@@ -45,7 +54,11 @@ async fn query_requires_scope_and_pages_by_cursor() {
         send(&c, call(addr, "alice", i, None)).await;
     }
     for i in 0..10 {
-        send(&c, call(addr, "bob", i, if i % 2 == 0 { Some("rule") } else { None })).await;
+        send(
+            &c,
+            call(addr, "bob", i, if i % 2 == 0 { Some("rule") } else { None }),
+        )
+        .await;
     }
     for _ in 0..300 {
         auditor.flush().await;
@@ -98,7 +111,10 @@ async fn query_requires_scope_and_pages_by_cursor() {
             assert!(seq < last_seq, "newest first, no overlap");
             last_seq = seq;
             assert_eq!(e["event"]["user"], "alice");
-            assert_eq!(e["event"]["params"]["arguments"]["password"], "***REDACTED***");
+            assert_eq!(
+                e["event"]["params"]["arguments"]["password"],
+                "***REDACTED***"
+            );
             assert_eq!(e["hash"].as_str().unwrap().len(), 64);
             assert!(seen.insert(seq));
         }
@@ -111,29 +127,69 @@ async fn query_requires_scope_and_pages_by_cursor() {
     assert_eq!(pages, 5);
 
     // Filters: tool + status, the seeds' `status=failed`, time bounds, the limit cap.
-    let (_, body, _) = get(addr, "/api/audit/query?tool=search&status=denied", Some("auditor:audit:read")).await;
+    let (_, body, _) = get(
+        addr,
+        "/api/audit/query?tool=search&status=denied",
+        Some("auditor:audit:read"),
+    )
+    .await;
     assert_eq!(body["count"], 5);
     for e in body["events"].as_array().unwrap() {
         assert_eq!(e["event"]["reason"], "blocked_by_rule");
         assert_eq!(e["event"]["user"], "bob");
     }
-    let (_, body, _) = get(addr, "/api/audit/query?user=bob&status=failed", Some("auditor:audit:read")).await;
+    let (_, body, _) = get(
+        addr,
+        "/api/audit/query?user=bob&status=failed",
+        Some("auditor:audit:read"),
+    )
+    .await;
     assert!(body["count"].as_u64().unwrap() >= 5);
-    let (_, body, _) = get(addr, "/api/audit/query?since=2999-01-01T00:00:00Z", Some("auditor:audit:read")).await;
+    let (_, body, _) = get(
+        addr,
+        "/api/audit/query?since=2999-01-01T00:00:00Z",
+        Some("auditor:audit:read"),
+    )
+    .await;
     assert_eq!(body["count"], 0);
-    let (_, body, _) = get(addr, "/api/audit/query?until=2000-01-01T00:00:00Z", Some("auditor:audit:read")).await;
+    let (_, body, _) = get(
+        addr,
+        "/api/audit/query?until=2000-01-01T00:00:00Z",
+        Some("auditor:audit:read"),
+    )
+    .await;
     assert_eq!(body["count"], 0);
-    let (_, body, _) = get(addr, "/api/audit/query?since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z&limit=100000", Some("auditor:audit:read")).await;
+    let (_, body, _) = get(
+        addr,
+        "/api/audit/query?since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z&limit=100000",
+        Some("auditor:audit:read"),
+    )
+    .await;
     assert_eq!(body["count"], 25, "limit capped at maxLimit");
     assert!(body["next_cursor"].is_string());
 
     // Bad parameters: 400 naming the parameter, never echoing the value.
-    let (status, body, _) = get(addr, "/api/audit/query?since=%3Cscript%3E", Some("auditor:audit:read")).await;
+    let (status, body, _) = get(
+        addr,
+        "/api/audit/query?since=%3Cscript%3E",
+        Some("auditor:audit:read"),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(!body.to_string().contains("<script>"));
-    let (status, _, _) = get(addr, "/api/audit/query?user=a&user=b", Some("auditor:audit:read")).await;
+    let (status, _, _) = get(
+        addr,
+        "/api/audit/query?user=a&user=b",
+        Some("auditor:audit:read"),
+    )
+    .await;
     assert_eq!(status, 400);
-    let (status, _, _) = get(addr, "/api/audit/query?cursor=forged", Some("auditor:audit:read")).await;
+    let (status, _, _) = get(
+        addr,
+        "/api/audit/query?cursor=forged",
+        Some("auditor:audit:read"),
+    )
+    .await;
     assert_eq!(status, 400);
     // Only GET.
     let r = send(

@@ -1,5 +1,10 @@
 //! The audit layer over real sockets into a real SQLite file (and a JSON lines file).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 mod common;
 
@@ -40,7 +45,9 @@ async fn wait_written(a: &Auditor, n: u64) {
 
 fn records(db: &Path) -> Vec<AuditRecord> {
     let c = Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT event FROM audit_events ORDER BY seq").unwrap();
+    let mut s = c
+        .prepare("SELECT event FROM audit_events ORDER BY seq")
+        .unwrap();
     s.query_map([], |r| r.get::<_, String>(0))
         .unwrap()
         .map(|j| serde_json::from_str(&j.unwrap()).unwrap())
@@ -79,14 +86,18 @@ async fn concurrent_requests_produce_exactly_n_rows_with_reasons() {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let (user, deny) = match i % 8 {
-                0 => ("", None),           // no credential: auth_failed
+                0 => ("", None),            // no credential: auth_failed
                 1 => ("bob", Some("rate")), // rate_limited
                 2 => ("bob", Some("rule")), // blocked_by_rule
                 3 => ("carol", None),
                 _ => ("alice", None),
             };
             let r = send(&c, call(addr, user, i, deny)).await;
-            (i, r.status.as_u16(), r.headers["x-request-id"].to_str().unwrap().to_owned())
+            (
+                i,
+                r.status.as_u16(),
+                r.headers["x-request-id"].to_str().unwrap().to_owned(),
+            )
         }));
     }
     let mut ids = HashMap::new();
@@ -112,7 +123,11 @@ async fn concurrent_requests_produce_exactly_n_rows_with_reasons() {
         assert_eq!(r.client_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(r.http_method.as_deref(), Some("POST"));
         assert_eq!(r.path.as_deref(), Some("/mcp"));
-        assert_ne!(r.user.as_deref(), Some("mallory"), "never the X-User-ID header");
+        assert_ne!(
+            r.user.as_deref(),
+            Some("mallory"),
+            "never the X-User-ID header"
+        );
         match i % 8 {
             0 => {
                 assert_eq!(r.kind, Some(mcp_audit::EventKind::AuthFailure));
@@ -159,7 +174,11 @@ async fn concurrent_requests_produce_exactly_n_rows_with_reasons() {
         recs.iter()
             .any(|r| r.kind == Some(mcp_audit::EventKind::Shutdown))
     );
-    assert!(verify_sqlite(dir.path().join("audit.db")).unwrap().is_intact());
+    assert!(
+        verify_sqlite(dir.path().join("audit.db"))
+            .unwrap()
+            .is_intact()
+    );
     let v = verify_jsonl(dir.path().join("audit.jsonl")).unwrap();
     assert!(v.is_intact());
     assert_eq!(v.records as usize, recs.len());
@@ -180,12 +199,20 @@ async fn no_secret_bytes_anywhere_in_the_trail_files() {
     // Check before shutdown too, while the WAL holds the data.
     let mut checked = 0;
     for (p, bytes) in files_bytes(dir.path()) {
-        for s in [SECRET_PASSWORD, SECRET_HEADER, SECRET_APIKEY, "AKIAIOSFODNN7EXAMPLE"] {
+        for s in [
+            SECRET_PASSWORD,
+            SECRET_HEADER,
+            SECRET_APIKEY,
+            "AKIAIOSFODNN7EXAMPLE",
+        ] {
             assert!(!contains(&bytes, s), "{s} found in {}", p.display());
         }
         checked += 1;
     }
-    assert!(checked >= 3, "database, its WAL and the JSON lines file were read");
+    assert!(
+        checked >= 3,
+        "database, its WAL and the JSON lines file were read"
+    );
     let wal = std::fs::read(dir.path().join("audit.db-wal")).unwrap();
     assert!(contains(&wal, "***REDACTED***"), "events did reach the WAL");
     auditor.shutdown().await;
@@ -237,7 +264,10 @@ async fn request_ids_are_generated_unless_trusted() {
     wait_written(&auditor, 2).await;
     auditor.shutdown().await;
     let recs = records(&dir2.path().join("audit.db"));
-    assert_eq!(requests(&recs)[0].request_id.as_deref(), Some("proxy-set-42"));
+    assert_eq!(
+        requests(&recs)[0].request_id.as_deref(),
+        Some("proxy-set-42")
+    );
 }
 
 #[tokio::test]
@@ -293,7 +323,8 @@ async fn lifecycle_and_auth_failure_events() {
 
 fn copy_db(src: &Path, dst: &Path) {
     let c = Connection::open(src).unwrap();
-    c.execute("VACUUM INTO ?1", [dst.to_str().unwrap()]).unwrap();
+    c.execute("VACUUM INTO ?1", [dst.to_str().unwrap()])
+        .unwrap();
 }
 
 #[tokio::test]
@@ -656,7 +687,11 @@ async fn shutdown_under_load_flushes_every_event() {
     for c in clients {
         let _ = c.await;
     }
-    assert_eq!(auditor.stats().written(), 0, "the backlog is whole at shutdown");
+    assert_eq!(
+        auditor.stats().written(),
+        0,
+        "the backlog is whole at shutdown"
+    );
     let shutdown = tokio::spawn({
         let a = auditor.clone();
         async move { a.shutdown().await }

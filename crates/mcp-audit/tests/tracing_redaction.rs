@@ -1,7 +1,12 @@
 //! Sensitive headers never reach tracing output: tower-http's TraceLayer placed inside
 //! the redaction layer prints them as `Sensitive`, and the tracing sink writes them as the
 //! mask. A control run without the redaction layer shows the secret would leak.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 mod common;
 
@@ -50,9 +55,9 @@ async fn handler() -> impl IntoResponse {
     )
 }
 
-fn trace() -> TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
-> {
+fn trace()
+-> TraceLayer<tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>>
+{
     TraceLayer::new_for_http()
         .make_span_with(
             DefaultMakeSpan::new()
@@ -93,8 +98,10 @@ async fn sensitive_headers_never_in_tracing_output() {
     let mut req = call(addr, "alice", 1, None);
     req.headers_mut()
         .insert("x-tenant-secret", "tenant-Vb81-secret".parse().unwrap());
-    req.headers_mut()
-        .insert("proxy-authorization", format!("Basic {SECRET_APIKEY}").parse().unwrap());
+    req.headers_mut().insert(
+        "proxy-authorization",
+        format!("Basic {SECRET_APIKEY}").parse().unwrap(),
+    );
     let r = send(&client(), req).await;
     assert_eq!(r.status, 200);
     auditor.flush().await;
@@ -104,10 +111,21 @@ async fn sensitive_headers_never_in_tracing_output() {
     let out = buf.take();
     assert!(out.contains("content-type"), "headers were traced:\n{out}");
     assert!(out.contains("Sensitive"), "sensitive values marked:\n{out}");
-    assert!(out.contains("mcp_audit"), "the tracing sink wrote the event:\n{out}");
-    assert!(out.contains(r#"\"cookie\":\"***REDACTED***\""#) || out.contains(r#""cookie":"***REDACTED***""#),
-        "the event renders the header redacted:\n{out}");
-    for s in [SECRET_HEADER, SECRET_APIKEY, SECRET_PASSWORD, "tenant-Vb81-secret"] {
+    assert!(
+        out.contains("mcp_audit"),
+        "the tracing sink wrote the event:\n{out}"
+    );
+    assert!(
+        out.contains(r#"\"cookie\":\"***REDACTED***\""#)
+            || out.contains(r#""cookie":"***REDACTED***""#),
+        "the event renders the header redacted:\n{out}"
+    );
+    for s in [
+        SECRET_HEADER,
+        SECRET_APIKEY,
+        SECRET_PASSWORD,
+        "tenant-Vb81-secret",
+    ] {
         assert!(!out.contains(s), "{s} leaked into tracing output:\n{out}");
     }
     let db = std::fs::read(dir.path().join("audit.db")).unwrap();

@@ -191,10 +191,10 @@ impl JsonlFileSink {
         fsync: bool,
     ) -> std::io::Result<Self> {
         let path = path.into();
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                fs::create_dir_all(dir)?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            fs::create_dir_all(dir)?;
         }
         let mut head = last_head(&path)?;
         let mut n = 1;

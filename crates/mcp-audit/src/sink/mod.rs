@@ -58,9 +58,9 @@ pub trait AuditSink: Send + 'static {
 /// Formats one JSON line: `{"seq":..,"prev_hash":"..","hash":"..","event":{..}}\n`.
 pub(crate) fn format_line(out: &mut Vec<u8>, seq: i64, prev: &str, hash: &str, json: &str) {
     // seq is a number and the hashes are hex: nothing to escape.
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "{{\"seq\":{seq},\"prev_hash\":\"{prev}\",\"hash\":\"{hash}\",\"event\":{json}}}\n"
+        "{{\"seq\":{seq},\"prev_hash\":\"{prev}\",\"hash\":\"{hash}\",\"event\":{json}}}"
     );
 }
 

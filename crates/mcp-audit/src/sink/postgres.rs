@@ -81,7 +81,9 @@ pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
-async fn head(tx: &tokio_postgres::Transaction<'_>) -> Result<(ChainHead, i64), tokio_postgres::Error> {
+async fn head(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<(ChainHead, i64), tokio_postgres::Error> {
     let anchor = tx
         .query_opt("SELECT seq, hash FROM audit_anchor WHERE id = 1", &[])
         .await?
@@ -198,8 +200,21 @@ impl PostgresSink {
         }
         if !seq.is_empty() {
             let params: [&(dyn ToSql + Sync); 15] = [
-                &seq, &event_id, &ts, &kind, &request_id, &user, &tool, &method, &outcome,
-                &status, &reason, &writer, &event, &prev, &hash,
+                &seq,
+                &event_id,
+                &ts,
+                &kind,
+                &request_id,
+                &user,
+                &tool,
+                &method,
+                &outcome,
+                &status,
+                &reason,
+                &writer,
+                &event,
+                &prev,
+                &hash,
             ];
             tx.execute(
                 "INSERT INTO audit_events (seq, event_id, ts_us, kind, request_id, user_id, \
@@ -213,21 +228,20 @@ impl PostgresSink {
         }
         if self.max_records > 0 {
             let cut = head.seq - i64::try_from(self.max_records).unwrap_or(i64::MAX);
-            if cut > anchor_seq {
-                if let Some(row) = tx
+            if cut > anchor_seq
+                && let Some(row) = tx
                     .query_opt("SELECT hash FROM audit_events WHERE seq = $1", &[&cut])
                     .await?
-                {
-                    let h: String = row.get(0);
-                    tx.execute(
-                        "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, $1, $2) \
-                         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                        &[&cut, &h],
-                    )
+            {
+                let h: String = row.get(0);
+                tx.execute(
+                    "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, $1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    &[&cut, &h],
+                )
+                .await?;
+                tx.execute("DELETE FROM audit_events WHERE seq <= $1", &[&cut])
                     .await?;
-                    tx.execute("DELETE FROM audit_events WHERE seq <= $1", &[&cut])
-                        .await?;
-                }
             }
         }
         tx.commit().await
@@ -307,7 +321,13 @@ impl AuditStore for PostgresStore {
             };
             let rows = rows
                 .into_iter()
-                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+                .map(|r| {
+                    (
+                        r.get::<_, i64>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                    )
+                })
                 .collect();
             Ok(QueryPage::from_rows(rows, q.limit))
         })

@@ -105,11 +105,9 @@ impl State {
                 let cut = head.seq - i64::try_from(self.max_records).unwrap_or(i64::MAX);
                 if cut > self.anchor_seq {
                     let hash: Option<String> = tx
-                        .query_row(
-                            "SELECT hash FROM audit_events WHERE seq = ?1",
-                            [cut],
-                            |r| r.get(0),
-                        )
+                        .query_row("SELECT hash FROM audit_events WHERE seq = ?1", [cut], |r| {
+                            r.get(0)
+                        })
                         .optional()?;
                     if let Some(hash) = hash {
                         tx.execute(
@@ -147,10 +145,10 @@ impl SqliteSink {
     /// everything.
     pub fn open(path: impl AsRef<Path>, max_records: u64) -> rusqlite::Result<Self> {
         let path = path.as_ref();
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                let _ = std::fs::create_dir_all(dir);
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(dir);
         }
         let conn = open_conn(path)?;
         let anchor = read_anchor(&conn)?;
@@ -248,7 +246,11 @@ impl AuditStore for SqliteStore {
                 let refs: Vec<&dyn rusqlite::ToSql> = params.iter().map(to_sql).collect();
                 let rows = stmt
                     .query_map(refs.as_slice(), |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
                     })
                     .map_err(|e| StoreError::new(e.to_string()))?
                     .collect::<Result<Vec<_>, _>>()

@@ -60,16 +60,15 @@ async fn fake_deny(req: Request, next: Next) -> Response {
 }
 
 async fn mcp_handler() -> Response {
-    let mut r =
-        axum::Json(serde_json::json!({"jsonrpc":"2.0","id":1,"result":{"ok":true}})).into_response();
-    r.extensions_mut().insert(AuditUpstream("upstream-a".into()));
+    let mut r = axum::Json(serde_json::json!({"jsonrpc":"2.0","id":1,"result":{"ok":true}}))
+        .into_response();
+    r.extensions_mut()
+        .insert(AuditUpstream("upstream-a".into()));
     r
 }
 
 async fn sse_handler() -> Response {
-    let chunks = (0..5).map(|i| {
-        Ok::<_, Infallible>(Bytes::from(format!("data: chunk-{i}\n\n")))
-    });
+    let chunks = (0..5).map(|i| Ok::<_, Infallible>(Bytes::from(format!("data: chunk-{i}\n\n"))));
     let stream = futures_util::stream::iter(chunks).then(|c| async move {
         tokio::time::sleep(Duration::from_millis(5)).await;
         c
@@ -150,7 +149,12 @@ pub const SECRET_HEADER: &str = "hdr-Qm29xV-secret-cookie";
 pub const SECRET_APIKEY: &str = "key-Lp47sW-secret-apikey";
 
 /// A tools/call with secrets at depth, in arrays, and in headers.
-pub fn call(addr: SocketAddr, user: &str, i: usize, deny: Option<&str>) -> http::Request<BoxBody<Bytes, Infallible>> {
+pub fn call(
+    addr: SocketAddr,
+    user: &str,
+    i: usize,
+    deny: Option<&str>,
+) -> http::Request<BoxBody<Bytes, Infallible>> {
     let body = serde_json::json!({
         "jsonrpc": "2.0", "id": i, "method": "tools/call",
         "params": {"name": "search", "arguments": {
