@@ -71,6 +71,10 @@ ratelimit:
   enabled: true
   requests_per_second: 1000
   burst: 2000
+sanitization:
+  enabled: true
+  # The suite passes test:// URIs as prompt arguments; the default allows http and https.
+  allowed_protocols: [http, https, test]
 audit:
   enabled: true
   storage: database

@@ -20,10 +20,10 @@ use axum::extract::State;
 use axum::routing::get;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use mcp_core::{ClientAddrLayer, ParseLayer, TrustedProxies};
+use mcp_core::{ClientAddrLayer, TrustedProxies};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
-use tower::util::option_layer;
+use tower::util::{BoxCloneSyncService, option_layer};
 
 use crate::config::{Config, Loaded};
 use crate::layers::Layers;
@@ -118,7 +118,6 @@ pub async fn build(
     let cfg: &Config = &loaded.config;
     let proxies = build_proxies(loaded)?;
     let layers = Layers::build(loaded).await?;
-    let on = cfg.layers.enabled;
     let trusted = TrustedProxies::new(cfg.server.trusted_proxies.iter().copied())
         .with_header(cfg.server.forwarded_header);
 
@@ -129,19 +128,28 @@ pub async fn build(
             let p = p.clone();
             async move { Ok::<_, Infallible>(p.forward(req).await) }
         });
+        // Result redaction wraps the proxy; its body is boxed back into axum's Body so
+        // that every layer outside sees one response type.
+        let svc: BoxCloneSyncService<Request<Body>, Response<Body>, Infallible> =
+            match layers.result_scan.clone() {
+                Some(scan) => BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .map_response(|r: Response<_>| r.map(Body::new))
+                        .layer(scan)
+                        .service(svc),
+                ),
+                None => BoxCloneSyncService::new(svc),
+            };
         let stack = ServiceBuilder::new()
             .layer(MetricsLayer::new(&up.name))
             .layer(layers.audit_slot(&trusted))
-            .layer(option_layer(layers.security_headers.clone().filter(|_| on)))
-            .layer(option_layer(layers.origin.clone().filter(|_| on)))
-            .layer(option_layer(layers.ip_limit.clone().filter(|_| on)))
-            .layer(option_layer(layers.auth.clone().filter(|_| on)))
-            .layer(option_layer(layers.principal_limit.clone().filter(|_| on)))
-            .layer(option_layer(
-                on.then(|| ParseLayer::new().max_body_bytes(cfg.server.max_body_bytes)),
-            ))
-            .layer(option_layer(layers.sanitize.clone().filter(|_| on)))
-            .layer(option_layer(layers.authorize.clone().filter(|_| on)))
+            .layer(option_layer(layers.security_headers.clone()))
+            .layer(option_layer(layers.origin.clone()))
+            .layer(option_layer(layers.ip_limit.clone()))
+            .layer(option_layer(layers.auth.clone()))
+            .layer(option_layer(layers.principal_limit.clone()))
+            .layer(option_layer(layers.parse.clone()))
+            .layer(option_layer(layers.authorize.clone()))
             .service(svc);
         router = router.route_service(&up.path, stack);
     }

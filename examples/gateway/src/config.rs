@@ -60,7 +60,12 @@ pub struct Config {
     /// Ours: the per-IP limit applied before authentication (brute-force shield). Default:
     /// twice `ratelimit`'s rate and burst, keyed by client IP, with its lists.
     pub ip_ratelimit: Option<mcp_ratelimit::RateLimitConfig>,
-    pub sanitization: SanitizationConfig,
+    /// `sanitization.*`: the seed keys (`enabled`, `max_length`, `allowed_protocols`,
+    /// `blocked_patterns`) and mcp-sanitize's own (rules, SSRF, limits, overrides).
+    pub sanitization: mcp_sanitize::SanitizeConfig,
+    /// Ours: redaction of secrets (and optionally PII) in upstream results, JSON and SSE,
+    /// event by event. On by default; `result_redaction: {enabled: false}` turns it off.
+    pub result_redaction: ResultRedaction,
     /// `audit.*`: the seed keys, as mcp-audit reads them.
     pub audit: mcp_audit::AuditConfig,
     pub security: SecurityConfig,
@@ -122,33 +127,6 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_seconds: 30,
             max_connections: 10_000,
-        }
-    }
-}
-
-/// `sanitization.*`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SanitizationConfig {
-    pub enabled: bool,
-    pub max_length: usize,
-    pub allowed_protocols: Vec<String>,
-    pub blocked_patterns: Vec<String>,
-    /// Argument keys whose values are URLs checked by the URL/SSRF rule.
-    pub url_fields: Option<Vec<String>>,
-    /// Refuse URLs pointing at private, loopback or link-local addresses.
-    pub block_private_urls: bool,
-}
-
-impl Default for SanitizationConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_length: 1000,
-            allowed_protocols: vec!["http".into(), "https".into()],
-            blocked_patterns: Vec::new(),
-            url_fields: None,
-            block_private_urls: true,
         }
     }
 }
@@ -244,6 +222,38 @@ pub struct UpstreamTlsConfig {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+/// `result_redaction`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ResultRedaction {
+    pub enabled: bool,
+    /// mcp-sanitize's result scanner settings (`secrets`, `pii_patterns`, limits),
+    /// checked by mcp-sanitize when the layer is built.
+    #[serde(flatten)]
+    pub scan: BTreeMap<String, Value>,
+}
+
+impl Default for ResultRedaction {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scan: BTreeMap::new(),
+        }
+    }
+}
+
+impl ResultRedaction {
+    /// The scanner configuration.
+    pub fn scan_config(&self) -> Result<mcp_sanitize::ResultScanConfig, String> {
+        let map: serde_yaml_ng::Mapping = self
+            .scan
+            .iter()
+            .map(|(k, v)| (Value::String(k.clone()), v.clone()))
+            .collect();
+        serde_yaml_ng::from_value(Value::Mapping(map)).map_err(|e| e.to_string())
+    }
 }
 
 /// `layers.*`: master switch for the load test's "every layer off" run.

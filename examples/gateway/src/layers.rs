@@ -4,14 +4,15 @@ use axum::body::Body;
 use http::Response;
 use mcp_audit::{AuditBody, AuditLayer, Auditor};
 use mcp_auth::{AuthLayer, AuthorizeLayer};
+use mcp_core::ParseLayer;
 use mcp_ratelimit::{KeySpec, MissingKey, RateLimitLayer};
-use tower::layer::util::Identity;
+use mcp_sanitize::{
+    OriginConfig, OriginGuardLayer, ParseSanitizeLayer, ResultScanLayer, SecurityHeadersConfig,
+    SecurityHeadersLayer,
+};
 use tower::util::{Either, MapResponseLayer};
 
 use crate::config::{ConfigError, Loaded};
-
-/// Placeholder type of a layer slot not wired yet.
-pub type Pending = Identity;
 
 fn plain_body(r: Response<Body>) -> Response<AuditBody<Body>> {
     r.map(AuditBody::plain)
@@ -25,12 +26,14 @@ pub type AuditSlot = Either<AuditLayer, MapResponseLayer<fn(Response<Body>) -> R
 #[derive(Clone, Default)]
 pub struct Layers {
     pub auditor: Option<Auditor>,
-    pub security_headers: Option<Pending>,
-    pub origin: Option<Pending>,
+    pub security_headers: Option<SecurityHeadersLayer>,
+    pub origin: Option<OriginGuardLayer>,
     pub ip_limit: Option<RateLimitLayer>,
     pub auth: Option<AuthLayer>,
     pub principal_limit: Option<RateLimitLayer>,
-    pub sanitize: Option<Pending>,
+    /// Body limit + parse once, and sanitize unless `sanitization.enabled` is false.
+    pub parse: Option<Either<ParseSanitizeLayer, ParseLayer>>,
+    pub result_scan: Option<ResultScanLayer>,
     pub authorize: Option<AuthorizeLayer>,
 }
 
@@ -39,26 +42,87 @@ impl Layers {
     pub async fn build(loaded: &Loaded) -> Result<Self, ConfigError> {
         let cfg = &loaded.config;
         let mut layers = Self::default();
-        if cfg.layers.enabled && cfg.audit.enabled {
-            let auditor = Auditor::from_config(cfg.audit.clone())
+        if !cfg.layers.enabled {
+            return Ok(layers);
+        }
+        let addr_loopback = cfg
+            .server
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or(false);
+        // Origin / Host guard (DNS rebinding): always on with the layers.
+        let origin = OriginConfig {
+            allowed_origins: cfg.server.allowed_origins.clone().unwrap_or_default(),
+            allow_loopback_origins: true,
+            allowed_hosts: match &cfg.server.allowed_hosts {
+                Some(h) => h.clone(),
+                None if addr_loopback => vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
+                None => Vec::new(),
+            },
+        };
+        layers.origin = Some(
+            OriginGuardLayer::new(&origin).map_err(|e| loaded.error("server.allowedHosts", e.to_string()))?,
+        );
+        // Security response headers: defaults, plus the seed's `security.headers` map.
+        let mut sh = SecurityHeadersConfig::default();
+        for (k, v) in &cfg.security.headers {
+            if k.eq_ignore_ascii_case("strict-transport-security") {
+                sh.hsts = Some(v.clone());
+            } else {
+                sh.headers.insert(k.clone(), v.clone());
+            }
+        }
+        layers.security_headers = Some(
+            SecurityHeadersLayer::new(&sh).map_err(|e| loaded.error("security.headers", e.to_string()))?,
+        );
+        // Body limit, parse once, sanitize.
+        let max_body = cfg.server.max_body_bytes;
+        layers.parse = Some(if cfg.sanitization.enabled {
+            let mut sc = cfg.sanitization.clone();
+            sc.max_body_bytes = max_body;
+            sc.origin = origin.clone();
+            let layer = mcp_sanitize::SanitizeLayer::new(sc)
+                .map_err(|e| loaded.error(&format!("sanitization.{}", e.key.trim_start_matches("sanitization.")), e.rule.to_string()))?;
+            Either::Left(layer.with_parse())
+        } else {
+            Either::Right(ParseLayer::new().max_body_bytes(max_body))
+        });
+        if cfg.result_redaction.enabled {
+            let scan = cfg
+                .result_redaction
+                .scan_config()
+                .map_err(|e| loaded.error("result_redaction", e))?;
+            layers.result_scan = Some(
+                ResultScanLayer::new(&scan).map_err(|e| loaded.error("result_redaction", e.to_string()))?,
+            );
+        }
+        if cfg.audit.enabled {
+            let mut audit_cfg = cfg.audit.clone();
+            if cfg.security.header_filtering.enabled {
+                for h in &cfg.security.header_filtering.filtered_headers {
+                    if !audit_cfg.masking.headers.iter().any(|x| x.eq_ignore_ascii_case(h)) {
+                        audit_cfg.masking.headers.push(h.clone());
+                    }
+                }
+            }
+            let auditor = Auditor::from_config(audit_cfg)
                 .await
                 .map_err(|e| loaded.error("audit", e.to_string()))?;
             layers.auditor = Some(auditor);
         }
-        if cfg.layers.enabled && cfg.auth.enabled {
+        if cfg.auth.enabled {
             let layer = cfg
                 .auth
                 .build()
                 .map_err(|e| auth_error(loaded, &e))?;
             layers.auth = Some(layer);
         }
-        if cfg.layers.enabled {
-            if let Some(p) = &cfg.policy {
-                let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
-                layers.authorize = Some(AuthorizeLayer::new(policy));
-            }
+        if let Some(p) = &cfg.policy {
+            let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
+            layers.authorize = Some(AuthorizeLayer::new(policy));
         }
-        if cfg.layers.enabled && cfg.ratelimit.enabled {
+        if cfg.ratelimit.enabled {
             let rl = &cfg.ratelimit;
             let ip_cfg = match &cfg.ip_ratelimit {
                 Some(c) => c.clone(),
