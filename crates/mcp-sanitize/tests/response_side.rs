@@ -1,0 +1,241 @@
+//! The response side over real sockets: SecurityHeadersLayer and ResultScanLayer, with an
+//! SSE upstream the test feeds chunk by chunk.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use axum::routing::get;
+use common::*;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use mcp_core::TlsInfo;
+use mcp_sanitize::{NamedPattern, ResultScanConfig, ResultScanLayer, SecurityHeadersLayer};
+use tokio::sync::mpsc;
+
+/// A body fed by the test through a channel.
+struct ChanBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+type Slot = Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>;
+
+fn sse_app(slot: Slot, scan: ResultScanConfig) -> Router {
+    Router::new()
+        .route(
+            "/sse",
+            get(move || {
+                let slot = slot.clone();
+                async move {
+                    let rx = slot.lock().unwrap().take().unwrap();
+                    Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(Body::new(ChanBody(rx)))
+                        .unwrap()
+                }
+            }),
+        )
+        .route(
+            "/json",
+            get(|| async {
+                axum::Json(serde_json::json!({
+                    "jsonrpc": "2.0", "id": 1,
+                    "result": {"content": [{"type": "text",
+                        "text": "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U and mail ann@example.org\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg\n-----END EC PRIVATE KEY-----\n"}]}
+                }))
+            }),
+        )
+        .route("/text", get(|| async { "AKIAIOSFODNN7EXAMPLE in plain text is not scanned" }))
+        .layer(ResultScanLayer::new(&scan).unwrap())
+}
+
+fn scan_config() -> ResultScanConfig {
+    ResultScanConfig {
+        pii_patterns: vec![NamedPattern {
+            name: "email".into(),
+            regex: r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+fn get_path(path: &str, headers: &[(&str, &str)]) -> http::Request<http_body_util::Full<Bytes>> {
+    let mut req = bare("GET", headers);
+    *req.uri_mut() = path.parse().unwrap();
+    req
+}
+
+/// Reads frames until `needle` has been seen (bounded wait, so a buffering bug fails
+/// instead of hanging).
+async fn read_until(body: &mut hyper::body::Incoming, got: &mut Vec<u8>, needle: &[u8]) {
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let frame = tokio::time::timeout(Duration::from_secs(20), body.frame())
+            .await
+            .expect("the event was not forwarded while the stream is still open")
+            .expect("stream ended early")
+            .expect("body error");
+        if let Ok(d) = frame.into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_secrets_split_across_chunks_are_redacted_event_by_event() {
+    let (tx, rx) = mpsc::channel(16);
+    let slot: Slot = Arc::new(Mutex::new(Some(rx)));
+    let addr = spawn(sse_app(slot, scan_config())).await;
+    let resp = send_streaming(addr, get_path("/sse", &[("accept-encoding", "gzip")])).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-length").is_none());
+    let mut body = resp.into_body();
+
+    // Event 1: an AWS key split in the middle, and the blank line split too.
+    for part in ["event: message\ndata: {\"k\":\"AKIAIOSF", "ODNN7EXAMPLE\"}\n", "\n"] {
+        tx.send(Bytes::from(part)).await.unwrap();
+    }
+    let mut got = Vec::new();
+    read_until(&mut body, &mut got, b"}\n\n").await;
+    let text = String::from_utf8(got.clone()).unwrap();
+    assert_eq!(text, "event: message\ndata: {\"k\":\"[REDACTED:aws_access_key]\"}\n\n");
+
+    // Event 2 (CRLF): a PEM key in three chunks, the separator split across two.
+    let parts = [
+        "data: -----BEGIN RSA PRIVATE",
+        " KEY-----\\nMIIEpAIBAAKCAQEA7\\nabc",
+        "=\\n-----END RSA PRIVATE KEY----- bob@example.com\r\n",
+        "\r",
+        "\n",
+    ];
+    for p in parts {
+        tx.send(Bytes::from(p)).await.unwrap();
+    }
+    let mut got2 = Vec::new();
+    read_until(&mut body, &mut got2, b"\r\n\r\n").await;
+    assert_eq!(
+        String::from_utf8(got2).unwrap(),
+        "data: [REDACTED:private_key] [REDACTED:email]\r\n\r\n"
+    );
+
+    // A trailing event without a blank line is flushed at the end of the stream.
+    tx.send(Bytes::from("data: ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"data: [REDACTED:github_token]");
+}
+
+#[tokio::test]
+async fn an_oversized_event_ends_the_stream_instead_of_passing_unscanned() {
+    let (tx, rx) = mpsc::channel(16);
+    let slot: Slot = Arc::new(Mutex::new(Some(rx)));
+    let cfg = ResultScanConfig {
+        max_event_bytes: 64,
+        ..Default::default()
+    };
+    let addr = spawn(sse_app(slot, cfg)).await;
+    let resp = send_streaming(addr, get_path("/sse", &[])).await;
+    let mut body = resp.into_body();
+    tx.send(Bytes::from("data: ok\n\n")).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut body, &mut got, b"ok\n\n").await;
+    tx.send(Bytes::from(format!("data: {}", "x".repeat(100)))).await.unwrap();
+    let mut rest = Vec::new();
+    let mut errored = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), body.frame()).await.unwrap() {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    rest.extend_from_slice(&d);
+                }
+            }
+            Some(Err(_)) => {
+                errored = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    assert!(errored, "the stream should end with an error");
+    assert!(!String::from_utf8_lossy(&rest).contains("xxxx"));
+}
+
+#[tokio::test]
+async fn json_results_are_redacted_and_stay_valid_json() {
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let addr = spawn(sse_app(slot, scan_config())).await;
+    let r = send(addr, get_path("/json", &[])).await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("still valid JSON");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(
+        text,
+        "token [REDACTED:jwt] and mail [REDACTED:email]\n[REDACTED:private_key]\n"
+    );
+    if let Some(len) = r.header("content-length") {
+        assert_eq!(len.parse::<usize>().unwrap(), r.body.len());
+    }
+    // Other content types pass untouched.
+    let mut req = bare("GET", &[]);
+    *req.uri_mut() = "/text".parse().unwrap();
+    let r = send(addr, req).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("AKIAIOSFODNN7EXAMPLE"));
+}
+
+#[tokio::test]
+async fn security_headers_over_the_wire() {
+    let app = Router::new()
+        .route(
+            "/",
+            get(|| async {
+                Response::builder()
+                    .header("server", "upstream/1.2.3")
+                    .header("x-powered-by", "Express")
+                    .body(Body::from("ok"))
+                    .unwrap()
+            }),
+        )
+        .layer(SecurityHeadersLayer::default());
+    // The same app behind a stand-in for the TLS accept loop, which puts TlsInfo in the
+    // request extensions.
+    let tls_app = app.clone().layer(axum::middleware::map_request(|mut req: axum::extract::Request| async move {
+        req.extensions_mut().insert(TlsInfo::default());
+        req
+    }));
+    let plain = spawn(app).await;
+    let tls = spawn(tls_app).await;
+    let mut req = bare("GET", &[]);
+    *req.uri_mut() = "/".parse().unwrap();
+    let r = send(plain, req).await;
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'none'; frame-ancestors 'none'")
+    );
+    assert_eq!(r.header("server"), None);
+    assert_eq!(r.header("x-powered-by"), None);
+    assert_eq!(r.header("strict-transport-security"), None);
+    let mut req = bare("GET", &[]);
+    *req.uri_mut() = "/".parse().unwrap();
+    let r = send(tls, req).await;
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+}
