@@ -226,7 +226,13 @@ pub fn modern(
     name: Option<&str>,
     mut params: Value,
 ) -> reqwest::RequestBuilder {
-    params["_meta"] = modern_meta();
+    let mut meta = modern_meta();
+    if let Some(extra) = params.get("_meta").and_then(Value::as_object) {
+        for (k, v) in extra {
+            meta[k] = v.clone();
+        }
+    }
+    params["_meta"] = meta;
     if let Some(n) = name {
         let key = if method == "resources/read" { "uri" } else { "name" };
         params[key] = json!(n);
