@@ -83,7 +83,10 @@ fn pki() -> Pki {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, "bench CA");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
@@ -138,7 +141,10 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
     let pki = pki();
-    let files = TlsConfig::new(pki.dir.path().join("server.pem"), pki.dir.path().join("server.key"));
+    let files = TlsConfig::new(
+        pki.dir.path().join("server.pem"),
+        pki.dir.path().join("server.key"),
+    );
     let ours = TlsAcceptor::from_config(&files).unwrap();
     let bare = tokio_rustls::TlsAcceptor::from(ours.server_config());
     let (ours_addr, bare_addr) = rt.block_on(async {
@@ -184,20 +190,24 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("resumed_handshake");
     g.throughput(Throughput::Elements(1));
     g.bench_function("tokio-rustls", |b| {
-        b.to_async(&rt).iter(|| handshake(bare_addr, resumed.clone()))
+        b.to_async(&rt)
+            .iter(|| handshake(bare_addr, resumed.clone()))
     });
     g.bench_function("mcp-tls", |b| {
-        b.to_async(&rt).iter(|| handshake(ours_addr, resumed.clone()))
+        b.to_async(&rt)
+            .iter(|| handshake(ours_addr, resumed.clone()))
     });
     g.finish();
 
     let mut g = c.benchmark_group("mtls_full_handshake");
     g.throughput(Throughput::Elements(1));
     g.bench_function("tokio-rustls", |b| {
-        b.to_async(&rt).iter(|| handshake(bare_m_addr, mtls.clone()))
+        b.to_async(&rt)
+            .iter(|| handshake(bare_m_addr, mtls.clone()))
     });
     g.bench_function("mcp-tls", |b| {
-        b.to_async(&rt).iter(|| handshake(ours_m_addr, mtls.clone()))
+        b.to_async(&rt)
+            .iter(|| handshake(ours_m_addr, mtls.clone()))
     });
     g.finish();
 

@@ -187,7 +187,8 @@ impl AcmeManager {
             crls.push((p.clone(), read_file("server.tls.crlFiles", p)?));
         }
         let resolver = Arc::new(AcmeResolver::new());
-        let mut config = server_builder(cfg, ca.as_ref(), &crls)?.with_cert_resolver(resolver.clone());
+        let mut config =
+            server_builder(cfg, ca.as_ref(), &crls)?.with_cert_resolver(resolver.clone());
         config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         config.ignore_client_order = true;
@@ -279,7 +280,10 @@ async fn run(state: Arc<State>) {
 fn cache_paths(state: &State) -> (PathBuf, PathBuf) {
     let name = state.hosts.join("+");
     let dir = &state.auto.cache_dir;
-    (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
+    (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    )
 }
 
 fn directory_url(auto: &AutoCertConfig) -> String {
@@ -297,7 +301,11 @@ fn account_path(auto: &AutoCertConfig) -> PathBuf {
 fn install(state: &State, cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<(), TlsError> {
     let (cert_path, key_path) = cache_paths(state);
     let ck = certified_key(&cert_path, cert_pem, &key_path, key_pem, &provider())?;
-    let leaf = ck.cert.first().cloned().ok_or_else(|| acme_err("certificate", "empty chain"))?;
+    let leaf = ck
+        .cert
+        .first()
+        .cloned()
+        .ok_or_else(|| acme_err("certificate", "empty chain"))?;
     let (_, parsed) = {
         use x509_parser::prelude::FromDer;
         x509_parser::prelude::X509Certificate::from_der(leaf.as_ref())
@@ -318,10 +326,7 @@ fn install(state: &State, cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Resu
         _ => Vec::new(),
     };
     if let Some(missing) = state.hosts.iter().find(|h| !names.contains(h)) {
-        return Err(acme_err(
-            "certificate",
-            format!("does not cover {missing}"),
-        ));
+        return Err(acme_err("certificate", format!("does not cover {missing}")));
     }
     if let Some(ExpiryStatus::Expired { not_after }) =
         expiry_status(leaf.as_ref(), Duration::ZERO, now_unix())
@@ -340,12 +345,17 @@ fn install(state: &State, cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Resu
 
 async fn load_cached(state: &State) -> Result<bool, TlsError> {
     let (cert_path, key_path) = cache_paths(state);
-    let (cert, key) = match (tokio::fs::read(&cert_path).await, tokio::fs::read(&key_path).await) {
+    let (cert, key) = match (
+        tokio::fs::read(&cert_path).await,
+        tokio::fs::read(&key_path).await,
+    ) {
         (Ok(c), Ok(k)) => (c, k),
         _ => return Ok(false),
     };
     let chain = crate::build::parse_cert_chain("server.tls.autoCert.cacheDir", &cert_path, &cert)?;
-    let leaf = chain.first().ok_or_else(|| acme_err("cache", "empty chain"))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| acme_err("cache", "empty chain"))?;
     match expiry_status(leaf.as_ref(), state.auto.renew_before, now_unix()) {
         Some(ExpiryStatus::Ok { .. }) => {
             install(state, &cert, &key, "cache")?;
@@ -388,7 +398,9 @@ async fn account(state: &State) -> Result<Account, TlsError> {
                 Ok(acc) => return Ok(acc),
                 Err(e) => tracing::warn!(error = %e, "cached ACME account unusable; creating one"),
             },
-            Err(_) => tracing::warn!(path = %path.display(), "cached ACME account unreadable; creating one"),
+            Err(_) => {
+                tracing::warn!(path = %path.display(), "cached ACME account unreadable; creating one")
+            }
         }
     }
     let contact = auto.email.as_ref().map(|e| format!("mailto:{e}"));
@@ -421,7 +433,10 @@ async fn account(state: &State) -> Result<Account, TlsError> {
 /// digest (RFC 8737 section 3).
 fn challenge_key(host: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
     if digest.len() != 32 {
-        return Err(acme_err("challenge", "key authorization digest is not SHA-256"));
+        return Err(acme_err(
+            "challenge",
+            "key authorization digest is not SHA-256",
+        ));
     }
     let key = rcgen::KeyPair::generate().map_err(|e| acme_err("challenge key", e))?;
     let mut params = rcgen::CertificateParams::new(vec![host.to_string()])
@@ -486,7 +501,10 @@ async fn obtain(state: &State) -> Result<(), TlsError> {
         if status != OrderStatus::Ready {
             return Err(acme_err("order", format!("not ready: {status:?}")));
         }
-        let key_pem = order.finalize().await.map_err(|e| acme_err("finalize", e))?;
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| acme_err("finalize", e))?;
         let chain_pem = order
             .poll_certificate(&retry)
             .await

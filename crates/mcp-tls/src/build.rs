@@ -198,13 +198,14 @@ pub fn certified_key(
 ) -> Result<CertifiedKey, TlsError> {
     let chain = parse_cert_chain("server.tls.certFile", cert_path, cert_pem)?;
     let key = parse_private_key(key_path, key_pem)?;
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsError::InvalidKey {
-            path: key_path.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let signing =
+        provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::InvalidKey {
+                path: key_path.to_owned(),
+                reason: e.to_string(),
+            })?;
     let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Ok(()) => Ok(ck),
@@ -342,13 +343,11 @@ pub(crate) fn server_builder(
             let cas = parse_cert_chain("server.tls.caFile", ca_path, ca_pem)?;
             let mut roots = RootCertStore::empty();
             for ca in cas {
-                roots
-                    .add(ca)
-                    .map_err(|e| TlsError::InvalidCertificate {
-                        key: "server.tls.caFile",
-                        path: ca_path.clone(),
-                        reason: e.to_string(),
-                    })?;
+                roots.add(ca).map_err(|e| TlsError::InvalidCertificate {
+                    key: "server.tls.caFile",
+                    path: ca_path.clone(),
+                    reason: e.to_string(),
+                })?;
             }
             let mut crls = Vec::new();
             for (path, pem) in crl_files {
@@ -387,7 +386,13 @@ pub(crate) fn build_server_config(
 ) -> Result<Built, TlsError> {
     cfg.validate()?;
     let provider = provider();
-    let ck = certified_key(&snap.cert.0, &snap.cert.1, &snap.key.0, &snap.key.1, &provider)?;
+    let ck = certified_key(
+        &snap.cert.0,
+        &snap.cert.1,
+        &snap.key.0,
+        &snap.key.1,
+        &provider,
+    )?;
     let leaf = ck.cert[0].clone();
     check_expiry(&snap.cert.0, &leaf, cfg.expiry_warning)?;
 
@@ -408,7 +413,10 @@ mod tests {
 
     #[test]
     fn versions_between() {
-        assert_eq!(protocol_versions(TlsVersion::Tls12, TlsVersion::Tls13).len(), 2);
+        assert_eq!(
+            protocol_versions(TlsVersion::Tls12, TlsVersion::Tls13).len(),
+            2
+        );
         let only13 = protocol_versions(TlsVersion::Tls13, TlsVersion::Tls13);
         assert_eq!(only13.len(), 1);
         assert_eq!(only13[0].version, rustls::ProtocolVersion::TLSv1_3);
@@ -424,7 +432,10 @@ mod tests {
                 name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_"),
                 "{name}"
             );
-            assert!(name.contains("GCM") || name.contains("CHACHA20_POLY1305"), "{name}");
+            assert!(
+                name.contains("GCM") || name.contains("CHACHA20_POLY1305"),
+                "{name}"
+            );
         }
     }
 
@@ -441,7 +452,10 @@ mod tests {
             Some(ExpiryStatus::Ok { .. })
         ));
         match expiry_status(&der, 30 * day, end - 10 * 86_400) {
-            Some(ExpiryStatus::ExpiresSoon { remaining, not_after }) => {
+            Some(ExpiryStatus::ExpiresSoon {
+                remaining,
+                not_after,
+            }) => {
                 assert_eq!(remaining, 10 * day);
                 assert!(not_after.starts_with("2030-01-01"), "{not_after}");
             }

@@ -439,10 +439,7 @@ impl TlsConfig {
             ClientAuth::Optional | ClientAuth::Required if self.ca_file.is_none() => {
                 return Err(ConfigError::new(
                     "server.tls.caFile",
-                    format!(
-                        "required when clientAuth is {}",
-                        self.client_auth.as_str()
-                    ),
+                    format!("required when clientAuth is {}", self.client_auth.as_str()),
                 ));
             }
             ClientAuth::None if self.ca_file.is_some() => {
@@ -662,9 +659,7 @@ fn de_with_unit<'de, D: Deserializer<'de>>(d: D, unit: Duration) -> Result<Durat
     }
 }
 
-fn de_opt_hours_or_duration<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Duration>, D::Error> {
+fn de_opt_hours_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     de_with_unit(d, Duration::from_secs(3600)).map(Some)
 }
 
@@ -678,7 +673,7 @@ fn de_secs_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 
 fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else {
         format!("{}s", d.as_secs())
@@ -816,7 +811,10 @@ mod tests {
             r.unwrap();
             let mut bad = c.clone();
             bad.cert_file = Some("c.pem".into());
-            assert_eq!(bad.validate().unwrap_err().key, "server.tls.autoCert.enabled");
+            assert_eq!(
+                bad.validate().unwrap_err().key,
+                "server.tls.autoCert.enabled"
+            );
             let mut bad = c.clone();
             if let Some(a) = bad.auto_cert.as_mut() {
                 a.host = "not a host!".into();

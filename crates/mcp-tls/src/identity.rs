@@ -108,7 +108,10 @@ mod tests {
         assert!(id.subject.contains("O=Acme"));
         assert_eq!(id.issuer, id.subject);
         assert_eq!(id.dns_names, vec!["svc.example.com"]);
-        assert_eq!(id.spiffe_id(), Some("spiffe://example.org/ns/prod/sa/svc-a"));
+        assert_eq!(
+            id.spiffe_id(),
+            Some("spiffe://example.org/ns/prod/sa/svc-a")
+        );
         assert_eq!(id.serial, "01ab");
         let fp: [u8; 32] = Sha256::digest(cert.der()).into();
         assert_eq!(id.fingerprint_sha256, fp);

@@ -269,11 +269,8 @@ impl Server {
         drop(listener);
         let _ = stop_tx.send(true);
         // Every connection holds a permit: all permits back means all drained.
-        let drained = tokio::time::timeout(
-            options.drain_timeout,
-            permits.acquire_many(max as u32),
-        )
-        .await;
+        let drained =
+            tokio::time::timeout(options.drain_timeout, permits.acquire_many(max as u32)).await;
         if drained.is_err() {
             tracing::warn!("drain timeout reached with connections still open");
         }

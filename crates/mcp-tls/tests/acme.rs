@@ -54,7 +54,11 @@ fn wait_tcp(port: u16, p: &mut Proc, what: &str) {
         if let Ok(Some(st)) = p.0.try_wait() {
             panic!("{what} exited with {st}: {}", p.log());
         }
-        assert!(Instant::now() < deadline, "{what} did not start: {}", p.log());
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start: {}",
+            p.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -92,7 +96,9 @@ impl Pebble {
                 .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
                 .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
                 .stdout(std::fs::File::create(&log).unwrap())
-                .stderr(Stdio::from(std::fs::File::create(dir.path().join("challtestsrv.err")).unwrap()))
+                .stderr(Stdio::from(
+                    std::fs::File::create(dir.path().join("challtestsrv.err")).unwrap(),
+                ))
                 .spawn()
                 .unwrap(),
             log,
@@ -156,16 +162,24 @@ impl Pebble {
 }
 
 /// A GET over rustls trusting `ca`; returns the body. `alpn` empty means http/1.1.
-async fn https_get(addr: SocketAddr, ca: &CertificateDer<'static>, sni: &str, path: &str, alpn: &[&[u8]]) -> String {
+async fn https_get(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    sni: &str,
+    path: &str,
+    alpn: &[&[u8]],
+) -> String {
     let cfg = tls_client(ca, alpn);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
         .await
         .unwrap();
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -235,7 +249,10 @@ async fn obtains_serves_renews_and_caches_a_certificate_from_pebble() {
         .await
         .is_err()
     {
-        panic!("no certificate from pebble; pebble log:\n{}", pebble.pebble.log());
+        panic!(
+            "no certificate from pebble; pebble log:\n{}",
+            pebble.pebble.log()
+        );
     }
     let root = pebble.issuing_root().await;
 
@@ -260,7 +277,10 @@ async fn obtains_serves_renews_and_caches_a_certificate_from_pebble() {
     let r = tokio_rustls::TlsConnector::from(tls_client(&root, &[b"acme-tls/1"]))
         .connect(ServerName::try_from(HOST).unwrap(), tcp)
         .await;
-    assert!(r.is_err(), "acme-tls/1 handshake completed outside validation");
+    assert!(
+        r.is_err(),
+        "acme-tls/1 handshake completed outside validation"
+    );
 
     // The cache holds the account, the certificate and its key (keys private).
     let key_file = cache.join(format!("{HOST}.key"));
@@ -269,18 +289,32 @@ async fn obtains_serves_renews_and_caches_a_certificate_from_pebble() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let account = std::fs::read_dir(&cache)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("account-"))
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("account-")
+            })
             .expect("account cached");
-        assert_eq!(std::fs::metadata(&account).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&account).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     // Renewal: a new certificate, served to new connections.
     manager.renew_now().await.unwrap();
-    assert!(manager.challenge_handshakes() > before_renewal, "renewal was not validated");
+    assert!(
+        manager.challenge_handshakes() > before_renewal,
+        "renewal was not validated"
+    );
     let renewed = served_leaf(addr, &root).await;
     assert_ne!(fingerprint(&renewed), fingerprint(&leaf));
     let cached: Vec<u8> = {
@@ -299,7 +333,11 @@ async fn obtains_serves_renews_and_caches_a_certificate_from_pebble() {
     let addr2 = listener.local_addr().unwrap();
     let (acceptor, manager) = AcmeManager::new(&cfg).unwrap();
     assert!(manager.load_cached().await.unwrap());
-    let server = tokio::spawn(mcp_tls::Server::new(listener).tls(acceptor).serve(echo_router()));
+    let server = tokio::spawn(
+        mcp_tls::Server::new(listener)
+            .tls(acceptor)
+            .serve(echo_router()),
+    );
     let again = served_leaf(addr2, &root).await;
     assert_eq!(fingerprint(&again), fingerprint(&renewed));
     server.abort();
@@ -309,5 +347,8 @@ async fn obtains_serves_renews_and_caches_a_certificate_from_pebble() {
 fn acme_without_enabled_autocert_is_refused() {
     let cfg = TlsConfig::new("c.pem", "k.pem");
     let err = AcmeManager::new(&cfg).unwrap_err();
-    assert!(err.to_string().contains("server.tls.autoCert.enabled"), "{err}");
+    assert!(
+        err.to_string().contains("server.tls.autoCert.enabled"),
+        "{err}"
+    );
 }

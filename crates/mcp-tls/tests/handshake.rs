@@ -30,7 +30,10 @@ async fn rustls_client_tls13_and_tls12_succeed_and_handler_sees_tls_info() {
         assert_eq!(seen.json["tls"], true);
         assert!(seen.json["client"].is_null());
         assert!(
-            seen.json["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            seen.json["peer"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
             "{}",
             seen.json
         );
@@ -51,8 +54,14 @@ async fn openssl_tls13_tls12_succeed_tls11_tls10_refused() {
     let addr = server.addr;
 
     let r = tokio::task::spawn_blocking(move || {
-        let v13 = s_client(addr, &["-tls1_3", "-CAfile", &ca_arg, "-verify_return_error"]);
-        let v12 = s_client(addr, &["-tls1_2", "-CAfile", &ca_arg, "-verify_return_error"]);
+        let v13 = s_client(
+            addr,
+            &["-tls1_3", "-CAfile", &ca_arg, "-verify_return_error"],
+        );
+        let v12 = s_client(
+            addr,
+            &["-tls1_2", "-CAfile", &ca_arg, "-verify_return_error"],
+        );
         // SECLEVEL=0 so that openssl itself is willing to offer the old protocol and the
         // refusal observed is the server's.
         let v11 = s_client(addr, &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]);
@@ -64,10 +73,18 @@ async fn openssl_tls13_tls12_succeed_tls11_tls10_refused() {
     let (v13, v12, v11, v10) = r;
     assert!(v13.connected, "{}", v13.output);
     assert_eq!(v13.protocol.as_deref(), Some("TLSv1.3"), "{}", v13.output);
-    assert!(v13.output.contains("\"protocol\":\"TLSv1.3\""), "{}", v13.output);
+    assert!(
+        v13.output.contains("\"protocol\":\"TLSv1.3\""),
+        "{}",
+        v13.output
+    );
     assert!(v12.connected, "{}", v12.output);
     assert_eq!(v12.protocol.as_deref(), Some("TLSv1.2"), "{}", v12.output);
-    assert!(v12.output.contains("\"protocol\":\"TLSv1.2\""), "{}", v12.output);
+    assert!(
+        v12.output.contains("\"protocol\":\"TLSv1.2\""),
+        "{}",
+        v12.output
+    );
     for old in [&v11, &v10] {
         assert!(!old.connected, "{}", old.output);
         // openssl sent its ClientHello and the server answered with a fatal alert
@@ -176,10 +193,33 @@ async fn pkcs8_pkcs1_and_sec1_keys_load_and_serve() {
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let ca = Ca::new("Key format CA");
     // RSA: PKCS#8 from genpkey, converted to PKCS#1 ("RSA PRIVATE KEY").
-    openssl_run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &p("rsa8.key")]);
-    openssl_run(&["rsa", "-in", &p("rsa8.key"), "-traditional", "-out", &p("rsa1.key")]);
+    openssl_run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &p("rsa8.key"),
+    ]);
+    openssl_run(&[
+        "rsa",
+        "-in",
+        &p("rsa8.key"),
+        "-traditional",
+        "-out",
+        &p("rsa1.key"),
+    ]);
     // EC: SEC1 ("EC PRIVATE KEY") from ecparam.
-    openssl_run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &p("ec1.key")]);
+    openssl_run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &p("ec1.key"),
+    ]);
     // Certificates for those keys, signed by the test CA.
     for (key, cert) in [("rsa8.key", "rsa.pem"), ("ec1.key", "ec.pem")] {
         openssl_run(&["pkey", "-in", &p(key), "-pubout", "-out", &p("pub.pem")]);
@@ -222,7 +262,13 @@ fn missing_file_is_named() {
     let missing = files.path("nope.pem");
     let cfg = TlsConfig::new(&missing, files.path("server.key"));
     let err = TlsAcceptor::from_config(&cfg).unwrap_err();
-    assert!(matches!(err, TlsError::MissingFile { key: "server.tls.certFile", .. }));
+    assert!(matches!(
+        err,
+        TlsError::MissingFile {
+            key: "server.tls.certFile",
+            ..
+        }
+    ));
     assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
     let cfg = TlsConfig::new(files.path("server.pem"), files.path("gone.key"));
     let err = TlsAcceptor::from_config(&cfg).unwrap_err();
@@ -258,11 +304,29 @@ fn unparsable_pem_is_refused_without_echoing_contents() {
     // Truncated certificate (no END line).
     let files = Files::new(&cert[..cert.len() / 2], &key);
     let err = TlsAcceptor::from_config(&files.config()).unwrap_err();
-    assert!(matches!(err, TlsError::InvalidPem { key: "server.tls.certFile", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TlsError::InvalidPem {
+                key: "server.tls.certFile",
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A key file that holds a certificate, not a key.
     let files = Files::new(&cert, &cert);
     let err = TlsAcceptor::from_config(&files.config()).unwrap_err();
-    assert!(matches!(err, TlsError::InvalidPem { key: "server.tls.keyFile", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TlsError::InvalidPem {
+                key: "server.tls.keyFile",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("PRIVATE KEY"), "{err}");
     // Corrupted base64 inside the key: the error says so and shows none of it.
     let mut lines: Vec<String> = key.lines().map(str::to_owned).collect();

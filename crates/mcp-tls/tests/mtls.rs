@@ -46,10 +46,16 @@ async fn required_mtls_refuses_no_cert_and_foreign_ca_and_admits_the_ca_with_ide
 
     // The CA's client gets through, and the handler sees who it is.
     let (c, k) = ca.client("svc-a", 42);
-    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
-        let seen = get_echo(server.addr, client_config(&ca.der(), versions, Some((&c, &k))))
-            .await
-            .unwrap();
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let seen = get_echo(
+            server.addr,
+            client_config(&ca.der(), versions, Some((&c, &k))),
+        )
+        .await
+        .unwrap();
         let client = &seen.json["client"];
         assert_eq!(client["cn"], "svc-a", "{}", seen.json);
         assert_eq!(client["spiffe"], "spiffe://example.org/ns/default/sa/svc-a");
@@ -88,7 +94,8 @@ async fn required_mtls_with_openssl_s_client() {
     let addr = server.addr;
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let (good, none, foreign) = tokio::task::spawn_blocking({
-        let (cert, key, ocert, okey, ca_file) = (s(&cert), s(&key), s(&ocert), s(&okey), s(&ca_file));
+        let (cert, key, ocert, okey, ca_file) =
+            (s(&cert), s(&key), s(&ocert), s(&okey), s(&ca_file));
         move || {
             let good = s_client(addr, &["-CAfile", &ca_file, "-cert", &cert, "-key", &key]);
             let none = s_client(addr, &["-CAfile", &ca_file]);
@@ -99,11 +106,20 @@ async fn required_mtls_with_openssl_s_client() {
     .await
     .unwrap();
     assert!(good.connected, "{}", good.output);
-    assert!(good.output.contains("\"cn\":\"svc-openssl\""), "{}", good.output);
+    assert!(
+        good.output.contains("\"cn\":\"svc-openssl\""),
+        "{}",
+        good.output
+    );
     assert!(!none.connected, "{}", none.output);
     assert!(!foreign.connected, "{}", foreign.output);
     // The server told the client which CA it accepts.
-    assert!(good.output.contains("Acceptable client certificate CA names"), "{}", good.output);
+    assert!(
+        good.output
+            .contains("Acceptable client certificate CA names"),
+        "{}",
+        good.output
+    );
     server.shutdown().await;
 }
 

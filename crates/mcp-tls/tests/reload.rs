@@ -128,7 +128,9 @@ async fn replaced_files_under_load_zero_failures_new_cert_served_broken_ones_ref
         Err(mcp_tls::TlsError::KeyMismatch { .. })
     ));
     load.wait_for_more(40).await;
-    let still = get_echo(server.addr, full_handshakes(&client)).await.unwrap();
+    let still = get_echo(server.addr, full_handshakes(&client))
+        .await
+        .unwrap();
     assert_eq!(cn(&still.server_cert), "server-2");
 
     let (seen, failures) = load.finish().await;
@@ -228,9 +230,12 @@ async fn reload_keeps_open_connections_and_rotates_the_client_ca() {
     let r = get_echo(server.addr, old_client.clone()).await;
     assert!(r.is_err(), "client of the removed CA got through: {r:?}");
     let (c2, k2) = ca2.client("svc-new-ca", 2);
-    let seen = get_echo(server.addr, client_config(&ca1.der(), BOTH, Some((&c2, &k2))))
-        .await
-        .unwrap();
+    let seen = get_echo(
+        server.addr,
+        client_config(&ca1.der(), BOTH, Some((&c2, &k2))),
+    )
+    .await
+    .unwrap();
     assert_eq!(seen.json["client"]["cn"], "svc-new-ca");
     assert_eq!(cn(&seen.server_cert), "server-2");
     drop(send);

@@ -109,7 +109,10 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     let addr = server.addr;
     let second = tokio::spawn(async move { http_get_plain(addr, "/echo").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "a connection beyond the cap was served");
+    assert!(
+        !second.is_finished(),
+        "a connection beyond the cap was served"
+    );
 
     // Close the first: the second is served.
     drop(send);
@@ -181,7 +184,10 @@ async fn graceful_shutdown_stops_accepting_and_drains_requests_in_flight() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.ends_with("done"), "{out}");
     // Keep-alive was not honoured during shutdown: the server closed after the response.
-    assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
     tokio::time::timeout(Duration::from_secs(30), &mut server.task)
         .await
         .expect("server did not finish draining")

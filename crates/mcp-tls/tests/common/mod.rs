@@ -55,11 +55,14 @@ impl Ca {
         self.server_with(cn, |_| {})
     }
 
-    pub fn server_with(&self, cn: &str, f: impl FnOnce(&mut CertificateParams)) -> (String, String) {
+    pub fn server_with(
+        &self,
+        cn: &str,
+        f: impl FnOnce(&mut CertificateParams),
+    ) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut p =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         f(&mut p);
@@ -73,7 +76,8 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec![format!("{cn}.svc.cluster.local")]).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.distinguished_name.push(DnType::OrganizationName, "MCP Tests");
+        p.distinguished_name
+            .push(DnType::OrganizationName, "MCP Tests");
         p.subject_alt_names.push(SanType::URI(
             format!("spiffe://example.org/ns/default/sa/{cn}")
                 .try_into()
@@ -343,9 +347,8 @@ pub fn s_client(addr: SocketAddr, args: &[&str]) -> SClient {
         .spawn()
         .expect("spawn openssl");
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(
-            b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        );
+        let _ =
+            stdin.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     }
     let out = child.wait_with_output().expect("openssl output");
     let output = format!(
