@@ -27,7 +27,9 @@ fn inner() -> impl Service<
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone
 + Send {
-    tower::service_fn(|_req: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) })
+    tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    })
 }
 
 fn ours(max_keys: usize) -> RateLimitLayer {
@@ -59,7 +61,11 @@ fn request(i: u32) -> Request<Body> {
 fn rss_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<usize>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 

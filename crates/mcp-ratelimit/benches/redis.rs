@@ -18,8 +18,10 @@ use tower::{Layer, ServiceExt};
 
 fn request(i: u32) -> Request<Body> {
     let mut r = Request::new(Body::empty());
-    r.extensions_mut()
-        .insert(PeerAddr(SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 1))));
+    r.extensions_mut().insert(PeerAddr(SocketAddr::from((
+        Ipv4Addr::from(0x0a00_0000 + i),
+        1,
+    ))));
     r
 }
 
@@ -60,7 +62,9 @@ fn redis_round_trip(c: &mut Criterion) {
         })
     });
     let client = redis::Client::open(server.url()).unwrap();
-    let conn = rt.block_on(redis::aio::ConnectionManager::new(client)).unwrap();
+    let conn = rt
+        .block_on(redis::aio::ConnectionManager::new(client))
+        .unwrap();
     g.bench_function("bare_ping_round_trip", |b| {
         b.to_async(&rt).iter(|| {
             let mut conn = conn.clone();

@@ -1,6 +1,7 @@
 //! Client keys: built from the request's typed extensions, bounded in size.
 
 use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::config::KeyPart;
 pub const MAX_KEY_PART_LEN: usize = 64;
 
 /// A client key. IP keys are the common case and never allocate.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Key {
     /// The bucket for requests without a key (`missing_key: shared`).
     Unknown,
@@ -25,6 +26,19 @@ pub(crate) enum Key {
     Ip(IpAddr),
     /// Anything else, encoded without ambiguity (see [`encode_part`]).
     Text(Arc<str>),
+}
+
+impl Hash for Key {
+    /// Hashes as few bytes as identify the key (the hasher is SipHash with a random key).
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self {
+            Self::Unknown => h.write_u8(0),
+            Self::Global => h.write_u8(1),
+            Self::Ip(IpAddr::V4(a)) => h.write_u32(a.to_bits()),
+            Self::Ip(IpAddr::V6(a)) => h.write_u128(a.to_bits()),
+            Self::Text(t) => t.hash(h),
+        }
+    }
 }
 
 impl Key {

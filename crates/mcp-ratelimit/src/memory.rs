@@ -238,19 +238,30 @@ impl MemoryBackend {
 
     /// Charges `cost` units of each quota in `charges` to `key`. Stops at the first quota
     /// that refuses (units already taken from earlier quotas of the list stay taken).
+    ///
+    /// `want_state`: compute the remaining units and reset time of an allowed request
+    /// (for headers); without it, and with one quota, an allowed verdict carries neither.
     pub(crate) fn check(
         &self,
         quotas: &[QuotaSpec],
         key: &Key,
         charges: &[(usize, u32)],
+        want_state: bool,
     ) -> Verdict {
+        let want_state = want_state || charges.len() > 1;
         let mut best: Option<Verdict> = None;
         for &(qi, cost) in charges {
             let (Some(limiter), Some(spec)) = (self.limiters.get(qi), quotas.get(qi)) else {
                 continue;
             };
-            let n = NonZeroU32::new(cost.clamp(1, spec.burst)).unwrap_or(NonZeroU32::MIN);
-            let verdict = match limiter.check_key_n(key, n) {
+            let outcome = if cost <= 1 {
+                Ok(limiter.check_key(key))
+            } else {
+                let n = NonZeroU32::new(cost.min(spec.burst)).unwrap_or(NonZeroU32::MIN);
+                limiter.check_key_n(key, n)
+            };
+            let verdict = match outcome {
+                Ok(Ok(_)) if !want_state => Verdict::allowed(qi, 0, Duration::ZERO),
                 Ok(Ok(snapshot)) => {
                     let remaining = snapshot.remaining_burst_capacity().min(spec.burst);
                     Verdict::allowed(qi, remaining, spec.period * (spec.burst - remaining))
@@ -313,18 +324,18 @@ mod tests {
         let m = MemoryBackend::new(&quotas, 10, LayerClock::mock(&clock));
         let k = Key::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
         for expect in [2, 1, 0] {
-            let v = m.check(&quotas, &k, &[(0, 1)]);
+            let v = m.check(&quotas, &k, &[(0, 1)], true);
             assert!(v.allowed);
             assert_eq!(v.remaining, expect);
         }
-        let v = m.check(&quotas, &k, &[(0, 1)]);
+        let v = m.check(&quotas, &k, &[(0, 1)], true);
         assert!(!v.allowed);
         assert_eq!(v.retry_after, Duration::from_millis(500));
         clock.advance(Duration::from_millis(499));
-        assert!(!m.check(&quotas, &k, &[(0, 1)]).allowed);
+        assert!(!m.check(&quotas, &k, &[(0, 1)], true).allowed);
         clock.advance(Duration::from_millis(1));
-        assert!(m.check(&quotas, &k, &[(0, 1)]).allowed);
-        assert!(!m.check(&quotas, &k, &[(0, 1)]).allowed);
+        assert!(m.check(&quotas, &k, &[(0, 1)], true).allowed);
+        assert!(!m.check(&quotas, &k, &[(0, 1)], true).allowed);
     }
 
     #[test]
@@ -333,8 +344,8 @@ mod tests {
         let quotas = [spec(1.0, 5)];
         let m = MemoryBackend::new(&quotas, 10, LayerClock::mock(&clock));
         let k = Key::Global;
-        assert!(m.check(&quotas, &k, &[(0, 50)]).allowed);
-        assert!(!m.check(&quotas, &k, &[(0, 1)]).allowed);
+        assert!(m.check(&quotas, &k, &[(0, 50)], true).allowed);
+        assert!(!m.check(&quotas, &k, &[(0, 1)], true).allowed);
     }
 
     #[test]
@@ -345,7 +356,7 @@ mod tests {
         let m = MemoryBackend::new(&quotas, cap, LayerClock::mock(&clock));
         for i in 0..1_000_000u128 {
             let k = Key::Ip(IpAddr::V6(Ipv6Addr::from(i + (1 << 100))));
-            let _ = m.check(&quotas, &k, &[(0, 1)]);
+            let _ = m.check(&quotas, &k, &[(0, 1)], true);
         }
         assert!(m.key_count() <= cap, "{}", m.key_count());
         assert_eq!(m.key_count(), cap);
@@ -353,13 +364,13 @@ mod tests {
         assert_eq!(m.budget.take_overflowed(), 1_000_000 - cap as u64);
         // The overflow bucket is shared: new keys are now limited together.
         let fresh = Key::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
-        assert!(!m.check(&quotas, &fresh, &[(0, 1)]).allowed);
+        assert!(!m.check(&quotas, &fresh, &[(0, 1)], true).allowed);
         // After they go idle, a sweep frees the budget and new keys get their own bucket.
         clock.advance(Duration::from_secs(10));
         m.cleanup();
         assert_eq!(m.key_count(), 0);
         assert_eq!(m.budget.used(), 0);
-        assert!(m.check(&quotas, &fresh, &[(0, 1)]).allowed);
+        assert!(m.check(&quotas, &fresh, &[(0, 1)], true).allowed);
         assert_eq!(m.key_count(), 1);
     }
 
@@ -370,13 +381,13 @@ mod tests {
         let m = MemoryBackend::new(&quotas, 10, LayerClock::mock(&clock));
         let busy = Key::Global;
         let idle = Key::Unknown;
-        let _ = m.check(&quotas, &idle, &[(0, 1)]);
+        let _ = m.check(&quotas, &idle, &[(0, 1)], true);
         clock.advance(Duration::from_secs(5));
-        let _ = m.check(&quotas, &busy, &[(0, 1)]);
-        let _ = m.check(&quotas, &busy, &[(0, 1)]);
+        let _ = m.check(&quotas, &busy, &[(0, 1)], true);
+        let _ = m.check(&quotas, &busy, &[(0, 1)], true);
         m.cleanup();
         assert_eq!(m.key_count(), 1);
         // The busy key's state survived: it is still limited.
-        assert!(!m.check(&quotas, &busy, &[(0, 1)]).allowed);
+        assert!(!m.check(&quotas, &busy, &[(0, 1)], true).allowed);
     }
 }

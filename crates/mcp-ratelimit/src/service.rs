@@ -164,10 +164,19 @@ impl Shared {
             c.client_limits.authenticated,
             (d_rps, Some(d_burst)),
         )?;
-        let mut quotas = vec![
-            QuotaSpec::new(name.clone(), d_rps, d_burst),
-            QuotaSpec::new(format!("{name}.authenticated"), a_rps, a_burst),
-        ];
+        let mut quotas = vec![QuotaSpec::new(name.clone(), d_rps, d_burst)];
+        // An authenticated tier equal to the default one is the default one (one bucket
+        // per key, and no Principal lookup on the request path).
+        let auth_q = if (a_rps, a_burst) == (d_rps, d_burst) {
+            0
+        } else {
+            quotas.push(QuotaSpec::new(
+                format!("{name}.authenticated"),
+                a_rps,
+                a_burst,
+            ));
+            1
+        };
         let mut principal_q = HashMap::new();
         for (id, l) in &c.client_limits.principals {
             let key = format!("client_limits.principals.{id}");
@@ -246,7 +255,7 @@ impl Shared {
             deny,
             quotas,
             default_q: 0,
-            auth_q: 1,
+            auth_q,
             principal_q,
             per_method,
             per_tool,
@@ -398,7 +407,11 @@ impl Shared {
             None => None,
         };
         let mcp = req.extensions().get::<McpRequest>();
-        let tier = self.tier(req.extensions().get::<Principal>());
+        let tier = if self.auth_q == self.default_q && self.principal_q.is_empty() {
+            self.default_q
+        } else {
+            self.tier(req.extensions().get::<Principal>())
+        };
         Pre::Check {
             charges: self.charges(tier, mcp),
             key,
@@ -418,7 +431,8 @@ impl Shared {
                 .headers
                 .on_allowed
                 .then(|| quota::rate_headers(&self.headers, spec, v))
-                .filter(|h| !h.is_empty());
+                .filter(|h| !h.is_empty())
+                .map(Box::new);
             return Outcome::Proceed(extra);
         }
         self.metrics.limited.increment(1);
@@ -466,7 +480,7 @@ enum Pre {
 /// What the backend decided.
 pub(crate) enum Outcome {
     /// Call the inner service, adding these headers to its response.
-    Proceed(Option<HeaderMap>),
+    Proceed(Option<Box<HeaderMap>>),
     /// Answer with this rejection.
     Reject(Rejection),
 }
@@ -631,7 +645,12 @@ where
         };
         match &shared.backend {
             Backend::Memory(m) => {
-                let v = m.check(&shared.quotas, &key, charges.as_slice());
+                let v = m.check(
+                    &shared.quotas,
+                    &key,
+                    charges.as_slice(),
+                    shared.headers.on_allowed,
+                );
                 match shared.finish(&v, if v.allowed { None } else { request_id(&req) }) {
                     Outcome::Proceed(extra) => {
                         ResponseFuture::inner(self.inner.call(req), guard, extra)
@@ -656,9 +675,11 @@ where
                 let svc = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture {
                     state: State::Checking {
-                        check: fut,
-                        svc: Some(svc),
-                        req: Some(req),
+                        pending: Box::new(Pending {
+                            check: fut,
+                            svc: Some(svc),
+                            req: Some(req),
+                        }),
                     },
                     guard,
                     extra: None,
@@ -678,7 +699,7 @@ pin_project! {
         #[pin]
         state: State<S, ReqB>,
         guard: Option<InFlightGuard>,
-        extra: Option<HeaderMap>,
+        extra: Option<Box<HeaderMap>>,
     }
 }
 
@@ -691,15 +712,24 @@ pin_project! {
     {
         Inner { #[pin] fut: S::Future },
         Ready { resp: Option<S::Response> },
-        Checking { check: CheckFuture, svc: Option<S>, req: Option<Request<ReqB>> },
+        Checking { pending: Box<Pending<S, ReqB>> },
     }
+}
+
+/// The Redis path: the decision being awaited, then the call. Boxed, so that the in-memory
+/// path's future stays small.
+#[allow(dead_code)]
+struct Pending<S, ReqB> {
+    check: CheckFuture,
+    svc: Option<S>,
+    req: Option<Request<ReqB>>,
 }
 
 impl<S, ReqB> ResponseFuture<S, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
-    fn inner(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<HeaderMap>) -> Self {
+    fn inner(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
         Self {
             state: State::Inner { fut },
             guard,
@@ -741,7 +771,7 @@ where
                     *this.guard = None;
                     return Poll::Ready(out.map(|mut resp| {
                         if let Some(extra) = this.extra.take() {
-                            quota::merge_headers(resp.headers_mut(), extra);
+                            quota::merge_headers(resp.headers_mut(), *extra);
                         }
                         resp
                     }));
@@ -752,9 +782,9 @@ where
                         None => Poll::Pending,
                     };
                 }
-                StateProj::Checking { check, svc, req } => {
-                    let outcome = ready!(check.as_mut().poll(cx));
-                    match (outcome, svc.take(), req.take()) {
+                StateProj::Checking { pending } => {
+                    let outcome = ready!(pending.check.as_mut().poll(cx));
+                    match (outcome, pending.svc.take(), pending.req.take()) {
                         (Outcome::Proceed(extra), Some(mut svc), Some(req)) => {
                             *this.extra = extra;
                             State::Inner { fut: svc.call(req) }

@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -135,10 +136,64 @@ async fn keys_are_hash_tagged_and_expire() {
     );
 }
 
+/// Log output captured from the tracing facade (the test runtime is single-threaded, so a
+/// thread-local subscriber sees every task).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
+fn gauge(rendered: &str, name: &str) -> f64 {
+    rendered
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {rendered}"))
+}
+
 #[tokio::test]
 async fn fail_closed_then_recovers_without_restarting_the_layer() {
+    let logs = Captured::default();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
     let mut redis = RedisServer::start();
-    let (layer, addr) = replica(config(&redis, 3, FailureMode::Closed)).await;
+    let c = config(&redis, 3, FailureMode::Closed);
+    let layer = metrics::with_local_recorder(&recorder, || RateLimitLayer::new(c).unwrap());
+    let app = ok_router()
+        .layer(layer.clone())
+        .layer(ParseLayer::new())
+        .layer(ClientAddrLayer::new(TrustedProxies::none()));
+    let addr = serve(app).await;
     until(addr, StatusCode::OK).await;
     assert!(layer.backend_up());
     redis.kill();
@@ -153,11 +208,17 @@ async fn fail_closed_then_recovers_without_restarting_the_layer() {
         assert_eq!(r.json()["error"]["code"], mcp_core::codes::UNAVAILABLE);
     }
     assert!(!layer.backend_up());
+    assert_eq!(gauge(&metrics.render(), "mcp_ratelimit_backend_up"), 0.0);
+    assert!(gauge(&metrics.render(), "mcp_ratelimit_backend_errors_total") >= 6.0);
     redis.restart();
     // The same layer finds Redis again by itself; the data is gone (no persistence), so
     // the budget starts afresh: 3, then 429.
     until(addr, StatusCode::OK).await;
     assert!(layer.backend_up());
+    assert_eq!(gauge(&metrics.render(), "mcp_ratelimit_backend_up"), 1.0);
+    // One log line when the outage began, one when it ended: not one per request.
+    assert_eq!(logs.count("unreachable"), 1);
+    assert_eq!(logs.count("reachable again"), 1);
     assert_eq!(post_mcp(addr, &[], &ping(1)).await.status, StatusCode::OK);
     assert_eq!(post_mcp(addr, &[], &ping(2)).await.status, StatusCode::OK);
     assert_eq!(
