@@ -410,6 +410,27 @@ pub(crate) fn build_server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn pem_parsers_never_panic_nor_echo_input(
+            body in "[A-Za-z0-9+/=\\n -]{0,400}",
+            label in prop::sample::select(vec!["CERTIFICATE", "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "X509 CRL", "JUNK"]),
+        ) {
+            let pem = format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n");
+            let p = Path::new("f.pem");
+            if let Err(e) = parse_cert_chain("server.tls.certFile", p, pem.as_bytes()) {
+                let msg = e.to_string();
+                prop_assert!(body.trim().len() < 12 || !msg.contains(body.trim()));
+            }
+            if let Err(e) = parse_private_key(p, pem.as_bytes()) {
+                let msg = format!("{e} {e:?}");
+                prop_assert!(body.trim().len() < 12 || !msg.contains(body.trim()));
+            }
+            let _ = parse_cert_chain("server.tls.certFile", p, body.as_bytes());
+        }
+    }
 
     #[test]
     fn versions_between() {

@@ -241,3 +241,39 @@ async fn reload_keeps_open_connections_and_rotates_the_client_ca() {
     drop(send);
     server.shutdown().await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn kubernetes_secret_volume_symlink_swap_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    // The layout kubelet writes: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/,
+    // updated by creating a new timestamped directory and renaming a new ..data link
+    // over the old one.
+    let ca = Ca::new("K8s CA");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write_version = |name: &str, cn: &str| {
+        let (cert, key) = ca.server(cn);
+        std::fs::create_dir(d.join(name)).unwrap();
+        std::fs::write(d.join(name).join("tls.crt"), cert).unwrap();
+        std::fs::write(d.join(name).join("tls.key"), key).unwrap();
+    };
+    write_version("..2026_01_01_v1", "server-1");
+    symlink("..2026_01_01_v1", d.join("..data")).unwrap();
+    symlink("..data/tls.crt", d.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", d.join("tls.key")).unwrap();
+    let cfg = mcp_tls::TlsConfig::new(d.join("tls.crt"), d.join("tls.key"))
+        .rotation_interval(Duration::from_secs(3600));
+    let acceptor = TlsAcceptor::from_config(&cfg).unwrap();
+    let _reloader = acceptor.spawn_reloader().unwrap();
+    let server = start(Some(acceptor)).await;
+    let client = client_config(&ca.der(), BOTH, None);
+    wait_until_served(server.addr, client.clone(), "server-1").await;
+
+    write_version("..2026_02_01_v2", "server-2");
+    symlink("..2026_02_01_v2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    std::fs::remove_dir_all(d.join("..2026_01_01_v1")).unwrap();
+    wait_until_served(server.addr, client, "server-2").await;
+    server.shutdown().await;
+}
