@@ -251,16 +251,7 @@ async fn run(state: Arc<State>) {
     }
     let mut backoff = Duration::from_secs(60);
     loop {
-        let due_in = {
-            let na = *lock(&state.not_after);
-            match na {
-                None => Duration::ZERO,
-                Some(na) => {
-                    let renew_at = na - state.auto.renew_before.as_secs() as i64;
-                    Duration::from_secs(renew_at.saturating_sub(now_unix()).max(0) as u64)
-                }
-            }
-        };
+        let due_in = renewal_delay(*lock(&state.not_after), state.auto.renew_before, now_unix());
         if !due_in.is_zero() {
             // Re-check at least daily (clock changes, suspended machines).
             tokio::time::sleep(due_in.min(Duration::from_secs(86_400))).await;
@@ -273,6 +264,18 @@ async fn run(state: Arc<State>) {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(3600));
             }
+        }
+    }
+}
+
+/// How long until the certificate is due for renewal: zero when there is none yet or
+/// when less than `renew_before` is left.
+fn renewal_delay(not_after: Option<i64>, renew_before: Duration, now: i64) -> Duration {
+    match not_after {
+        None => Duration::ZERO,
+        Some(na) => {
+            let renew_at = na.saturating_sub(renew_before.as_secs() as i64);
+            Duration::from_secs(renew_at.saturating_sub(now).max(0) as u64)
         }
     }
 }
@@ -521,4 +524,53 @@ async fn obtain(state: &State) -> Result<(), TlsError> {
     write_private(&key_path, key_pem.as_bytes()).await?;
     write_private(&cert_path, chain_pem.as_bytes()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_when_less_than_renew_before_is_left() {
+        let day = 86_400;
+        let before = Duration::from_secs(30 * day as u64);
+        assert_eq!(renewal_delay(None, before, 0), Duration::ZERO);
+        assert_eq!(
+            renewal_delay(Some(90 * day), before, 0),
+            Duration::from_secs(60 * day as u64)
+        );
+        assert_eq!(
+            renewal_delay(Some(90 * day), before, 61 * day),
+            Duration::ZERO
+        );
+        assert_eq!(renewal_delay(Some(10), before, 100), Duration::ZERO);
+    }
+
+    #[test]
+    fn resolver_serves_challenges_only_for_pending_hosts() {
+        let r = AcmeResolver::new();
+        assert!(r.challenges.lock().unwrap().is_empty());
+        let k = challenge_key("a.example", &[7u8; 32]).unwrap();
+        r.set_challenge("A.example", Some(k));
+        assert!(r.challenges.lock().unwrap().contains_key("a.example"));
+        r.set_challenge("a.example", None);
+        assert!(r.challenges.lock().unwrap().is_empty());
+        assert!(challenge_key("a.example", &[7u8; 31]).is_err());
+    }
+
+    #[test]
+    fn account_file_depends_on_the_directory() {
+        let mut a = AutoCertConfig {
+            enabled: true,
+            host: "a.example".into(),
+            email: None,
+            cache_dir: "/c".into(),
+            directory_url: None,
+            directory_ca_file: None,
+            renew_before: Duration::from_secs(1),
+        };
+        let prod = account_path(&a);
+        a.directory_url = Some("https://acme-staging.example/dir".into());
+        assert_ne!(prod, account_path(&a));
+    }
 }
