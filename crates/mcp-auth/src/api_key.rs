@@ -181,7 +181,10 @@ impl KeyTable {
         for (i, e) in entries.into_iter().enumerate() {
             let key = format!("{config_key}[{i}]");
             if e.id.trim().is_empty() {
-                return Err(ConfigError::invalid(format!("{key}.id"), "must not be empty"));
+                return Err(ConfigError::invalid(
+                    format!("{key}.id"),
+                    "must not be empty",
+                ));
             }
             if !ids.insert(e.id.clone()) {
                 return Err(ConfigError::invalid(
@@ -192,12 +195,14 @@ impl KeyTable {
             let digest = match &e.material {
                 Material::Plain(k) => {
                     match kind {
-                        SecretKind::ApiKey => key_policy::check_api_key(k.expose()).map_err(
-                            |violation| ConfigError::WeakApiKey {
-                                key: format!("{key}.key"),
-                                violation,
-                            },
-                        )?,
+                        SecretKind::ApiKey => {
+                            key_policy::check_api_key(k.expose()).map_err(|violation| {
+                                ConfigError::WeakApiKey {
+                                    key: format!("{key}.key"),
+                                    violation,
+                                }
+                            })?
+                        }
                         SecretKind::BearerToken => key_policy::check_bearer_token(k.expose())
                             .map_err(|rule| ConfigError::invalid(format!("{key}.token"), rule))?,
                     }
@@ -270,7 +275,8 @@ impl KeyTable {
     }
 }
 
-pub(crate) fn lookup_outcome(lookup: Lookup, scheme: Scheme, what: &'static str) -> Outcome {
+pub(crate) fn lookup_outcome(lookup: Lookup, scheme: &Scheme, what: &'static str) -> Outcome {
+    let scheme = scheme.clone();
     match lookup {
         Lookup::Found(p) => Outcome::Authenticated(p),
         Lookup::Unknown => Outcome::Failed(Failure::invalid(scheme, format!("unknown {what}"))),
@@ -307,6 +313,7 @@ pub(crate) fn malformed(scheme: Scheme, e: MalformedCredential) -> Outcome {
 #[derive(Clone, Debug)]
 pub struct ApiKeyAuthenticator {
     header: HeaderName,
+    scheme: Scheme,
     table: KeyTable,
 }
 
@@ -358,7 +365,14 @@ impl ApiKeyAuthenticatorBuilder {
             ));
         }
         let table = KeyTable::build(self.entries, self.store, SecretKind::ApiKey, "auth.apiKeys")?;
-        Ok(ApiKeyAuthenticator { header, table })
+        let scheme = Scheme::ApiKey {
+            header: canonical_header(header.as_str()),
+        };
+        Ok(ApiKeyAuthenticator {
+            header,
+            scheme,
+            table,
+        })
     }
 }
 
@@ -378,17 +392,18 @@ impl ApiKeyAuthenticator {
     pub fn check(&self, headers: &http::HeaderMap) -> Outcome {
         match credentials::api_key(headers, &self.header, MAX_API_KEY_LEN) {
             Ok(None) => Outcome::NoCredential,
-            Err(e) => malformed(self.scheme(), e),
-            Ok(Some(key)) => lookup_outcome(self.table.lookup(key), self.scheme(), "api key"),
+            Err(e) => malformed(self.scheme.clone(), e),
+            Ok(Some(key)) => match self.table.lookup(key) {
+                Lookup::Found(p) => Outcome::Authenticated(p),
+                other => lookup_outcome(other, &self.scheme, "api key"),
+            },
         }
     }
 }
 
 impl Authenticator for ApiKeyAuthenticator {
     fn scheme(&self) -> Scheme {
-        Scheme::ApiKey {
-            header: canonical_header(self.header.as_str()),
-        }
+        self.scheme.clone()
     }
 
     fn authenticate<'a>(&'a self, req: &'a Parts) -> AuthFuture<'a> {
@@ -427,8 +442,15 @@ mod tests {
     #[test]
     fn accepts_known_keys_and_refuses_others() {
         let a = ApiKeyAuthenticator::builder()
-            .key(CredentialEntry::new("k1", K1).principal("alice").scopes(["s1"]))
-            .key(CredentialEntry::sha256_hex("k2", hex::encode(sha256(K2.as_bytes()))))
+            .key(
+                CredentialEntry::new("k1", K1)
+                    .principal("alice")
+                    .scopes(["s1"]),
+            )
+            .key(CredentialEntry::sha256_hex(
+                "k2",
+                hex::encode(sha256(K2.as_bytes())),
+            ))
             .build()
             .unwrap();
         match a.check(&headers(K1)) {
@@ -441,7 +463,10 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert!(matches!(a.check(&headers(K2)), Outcome::Authenticated(p) if p.id() == "k2"));
-        assert!(matches!(a.check(&headers("Abc123!@#Xyz789!@?")), Outcome::Failed(_)));
+        assert!(matches!(
+            a.check(&headers("Abc123!@#Xyz789!@?")),
+            Outcome::Failed(_)
+        ));
         assert_eq!(a.check(&http::HeaderMap::new()), Outcome::NoCredential);
         let dbg = format!("{a:?}");
         assert!(!dbg.contains(K1) && !dbg.contains(K2) && dbg.contains("k1"));
@@ -474,10 +499,16 @@ mod tests {
             (CredentialEntry::sha256_hex("h", "nothex"), "64 hex"),
         ];
         for (entry, rule) in cases {
-            let e = ApiKeyAuthenticator::builder().key(entry).build().unwrap_err();
+            let e = ApiKeyAuthenticator::builder()
+                .key(entry)
+                .build()
+                .unwrap_err();
             let msg = e.to_string();
             assert!(msg.contains(rule), "{msg}");
-            assert!(!msg.contains("abcdefgh12345678") && !msg.contains("Ab1!"), "{msg}");
+            assert!(
+                !msg.contains("abcdefgh12345678") && !msg.contains("Ab1!"),
+                "{msg}"
+            );
         }
         let dup = ApiKeyAuthenticator::builder()
             .key(CredentialEntry::new("a", K1))
@@ -499,11 +530,22 @@ mod tests {
     fn store_backed_keys_follow_rotation() {
         let store = SecretStore::new();
         let (info, key) = store.generate_api_key("svc").unwrap();
-        let a = ApiKeyAuthenticator::builder().store(store.clone()).build().unwrap();
-        assert!(matches!(a.check(&headers(key.expose())), Outcome::Authenticated(p) if p.credential_id() == Some(info.id.as_str())));
+        let a = ApiKeyAuthenticator::builder()
+            .store(store.clone())
+            .build()
+            .unwrap();
+        assert!(
+            matches!(a.check(&headers(key.expose())), Outcome::Authenticated(p) if p.credential_id() == Some(info.id.as_str()))
+        );
         let (_, new) = store.rotate(&info.id, Duration::ZERO).unwrap();
-        assert!(matches!(a.check(&headers(key.expose())), Outcome::Failed(_)));
-        assert!(matches!(a.check(&headers(new.expose())), Outcome::Authenticated(_)));
+        assert!(matches!(
+            a.check(&headers(key.expose())),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            a.check(&headers(new.expose())),
+            Outcome::Authenticated(_)
+        ));
     }
 
     #[test]

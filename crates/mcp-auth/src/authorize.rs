@@ -49,7 +49,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::WWW_AUTHENTICATE;
 use http::{Method, Request, Response};
-use mcp_core::{McpMessage, McpRequest, MessageKind, Principal, Rejection, RejectionReason, Target};
+use mcp_core::{
+    McpMessage, McpRequest, MessageKind, Principal, Rejection, RejectionReason, Target,
+};
 use serde::Deserialize;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -116,7 +118,11 @@ fn any(patterns: &[String], text: &str) -> bool {
     patterns.iter().any(|p| glob_match(p, text))
 }
 
-const RESOURCE_METHODS: &[&str] = &["resources/read", "resources/subscribe", "resources/unsubscribe"];
+const RESOURCE_METHODS: &[&str] = &[
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
 
 impl Rule {
     /// An empty rule named `name` (matching everything until narrowed).
@@ -175,7 +181,11 @@ impl Rule {
         if !self.methods.is_empty() {
             return any(&self.methods, method);
         }
-        let (t, r, p) = (!self.tools.is_empty(), !self.resources.is_empty(), !self.prompts.is_empty());
+        let (t, r, p) = (
+            !self.tools.is_empty(),
+            !self.resources.is_empty(),
+            !self.prompts.is_empty(),
+        );
         if !(t || r || p) {
             return true;
         }
@@ -281,10 +291,16 @@ impl PolicyBuilder {
             for (i, r) in rules.iter().enumerate() {
                 let key = format!("authorization.{list}[{i}]");
                 if r.name.trim().is_empty() {
-                    return Err(ConfigError::invalid(format!("{key}.name"), "must not be empty"));
+                    return Err(ConfigError::invalid(
+                        format!("{key}.name"),
+                        "must not be empty",
+                    ));
                 }
                 if !names.insert(r.name.clone()) {
-                    return Err(ConfigError::invalid(format!("{key}.name"), "duplicate rule name"));
+                    return Err(ConfigError::invalid(
+                        format!("{key}.name"),
+                        "duplicate rule name",
+                    ));
                 }
                 for (field, pats) in [
                     ("principals", &r.principals),
@@ -295,7 +311,10 @@ impl PolicyBuilder {
                     ("prompts", &r.prompts),
                 ] {
                     if pats.iter().any(|p| p.is_empty()) {
-                        return Err(ConfigError::invalid(format!("{key}.{field}"), "empty pattern"));
+                        return Err(ConfigError::invalid(
+                            format!("{key}.{field}"),
+                            "empty pattern",
+                        ));
                     }
                 }
             }
@@ -348,11 +367,9 @@ impl Policy {
             MessageKind::Request | MessageKind::Notification => {}
         }
         let p = &self.inner;
-        if let Some(r) = p
-            .deny
-            .iter()
-            .find(|r| r.matches_principal(principal) && r.has_scopes(principal) && r.matches_call(msg))
-        {
+        if let Some(r) = p.deny.iter().find(|r| {
+            r.matches_principal(principal) && r.has_scopes(principal) && r.matches_call(msg)
+        }) {
             return Verdict::Deny(Some(r.name.clone()));
         }
         let method = msg.method().unwrap_or_default();
@@ -428,19 +445,22 @@ fn shorten(s: &str) -> String {
 }
 
 impl AuthorizeLayer {
-    fn decide(&self, principal: Option<&Principal>, req: Option<&McpRequest>, method: &Method) -> Option<Rejection> {
+    fn decide(
+        &self,
+        principal: Option<&Principal>,
+        req: Option<&McpRequest>,
+        method: &Method,
+    ) -> Option<Rejection> {
         let Some(principal) = principal else {
-            return Some(
-                Rejection::new(RejectionReason::AuthFailed)
-                    .with_detail("no principal: the authentication layer must run before authorization"),
-            );
+            return Some(Rejection::new(RejectionReason::AuthFailed).with_detail(
+                "no principal: the authentication layer must run before authorization",
+            ));
         };
         let Some(req) = req else {
             if method == Method::POST {
-                return Some(
-                    Rejection::new(RejectionReason::Forbidden)
-                        .with_detail("no parsed MCP request: the parse layer must run before authorization"),
-                );
+                return Some(Rejection::new(RejectionReason::Forbidden).with_detail(
+                    "no parsed MCP request: the parse layer must run before authorization",
+                ));
             }
             return None;
         };
@@ -449,7 +469,9 @@ impl AuthorizeLayer {
         }
         for msg in req.messages() {
             let what = || {
-                let method = msg.method().map_or_else(|| "(no method)".to_owned(), shorten);
+                let method = msg
+                    .method()
+                    .map_or_else(|| "(no method)".to_owned(), shorten);
                 match msg.target() {
                     Some(t) => format!("{method} {}", shorten(t.name())),
                     None => method,
@@ -470,14 +492,18 @@ impl AuthorizeLayer {
                 }
                 Verdict::MissingScopes { rule, scopes } => {
                     let scope = scopes.join(" ");
-                    let mut challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+                    let mut challenge =
+                        format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
                     if let Some(u) = &self.resource_metadata {
                         challenge.push_str(&format!(", resource_metadata=\"{u}\""));
                     }
                     return Some(
                         Rejection::new(RejectionReason::InsufficientScope)
                             .with_id(msg.id().cloned())
-                            .with_detail(format!("rule {rule:?} needs scope {scope} for {}", what()))
+                            .with_detail(format!(
+                                "rule {rule:?} needs scope {scope} for {}",
+                                what()
+                            ))
                             .with_header(WWW_AUTHENTICATE, challenge),
                     );
                 }
@@ -502,10 +528,11 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ext = req.extensions();
-        match self
-            .layer
-            .decide(ext.get::<Principal>(), ext.get::<McpRequest>(), req.method())
-        {
+        match self.layer.decide(
+            ext.get::<Principal>(),
+            ext.get::<McpRequest>(),
+            req.method(),
+        ) {
             None => ResponseFuture::inner(self.inner.call(req), None),
             Some(r) => ResponseFuture::ready(r.into_response()),
         }
@@ -518,7 +545,9 @@ impl fmt::Display for Verdict {
             Self::Allow(r) => write!(f, "allowed by {r:?}"),
             Self::Deny(Some(r)) => write!(f, "denied by {r:?}"),
             Self::Deny(None) => f.write_str("denied: no allow rule"),
-            Self::MissingScopes { rule, scopes } => write!(f, "rule {rule:?} needs {}", scopes.join(" ")),
+            Self::MissingScopes { rule, scopes } => {
+                write!(f, "rule {rule:?} needs {}", scopes.join(" "))
+            }
         }
     }
 }
@@ -534,13 +563,19 @@ mod tests {
     }
 
     fn call(tool: &str) -> McpRequest {
-        msg(&format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#))
+        msg(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#
+        ))
     }
 
     fn policy() -> Policy {
         Policy::builder()
             .allow(Rule::new("list").methods(["tools/list"]))
-            .allow(Rule::new("search").tools(["search", "read_*"]).scopes(["mcp:tools"]))
+            .allow(
+                Rule::new("search")
+                    .tools(["search", "read_*"])
+                    .scopes(["mcp:tools"]),
+            )
             .allow(Rule::new("admin").principals(["admin"]).methods(["*"]))
             .allow(Rule::new("public").resources(["file:///public/*"]))
             .deny(Rule::new("no-shell").tools(["shell*"]))
@@ -560,17 +595,35 @@ mod tests {
         assert_eq!(v(&u, &call("search")), Verdict::Allow("search".into()));
         assert_eq!(v(&u, &call("read_file")), Verdict::Allow("search".into()));
         assert_eq!(v(&u, &call("write_file")), Verdict::Deny(None));
-        assert!(matches!(v(&user(&[]), &call("search")), Verdict::MissingScopes { .. }));
+        assert!(matches!(
+            v(&user(&[]), &call("search")),
+            Verdict::MissingScopes { .. }
+        ));
         let admin = Principal::new("admin", AuthMethod::ApiKey);
-        assert_eq!(v(&admin, &call("write_file")), Verdict::Allow("admin".into()));
-        assert_eq!(v(&admin, &call("shell_exec")), Verdict::Deny(Some("no-shell".into())), "deny wins");
+        assert_eq!(
+            v(&admin, &call("write_file")),
+            Verdict::Allow("admin".into())
+        );
+        assert_eq!(
+            v(&admin, &call("shell_exec")),
+            Verdict::Deny(Some("no-shell".into())),
+            "deny wins"
+        );
         let list = msg(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
         assert_eq!(v(&user(&[]), &list), Verdict::Allow("list".into()));
-        let read = |uri: &str| msg(&format!(r#"{{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{{"uri":"{uri}"}}}}"#));
-        assert!(matches!(v(&u, &read("file:///public/a.txt")), Verdict::Allow(_)));
+        let read = |uri: &str| {
+            msg(&format!(
+                r#"{{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{{"uri":"{uri}"}}}}"#
+            ))
+        };
+        assert!(matches!(
+            v(&u, &read("file:///public/a.txt")),
+            Verdict::Allow(_)
+        ));
         assert_eq!(v(&u, &read("file:///etc/passwd")), Verdict::Deny(None));
         // the "search" rule names tools, so it does not allow other methods
-        let prompt = msg(r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"x"}}"#);
+        let prompt =
+            msg(r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"x"}}"#);
         assert_eq!(v(&u, &prompt), Verdict::Deny(None));
         let no_name = msg(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{}}"#);
         assert_eq!(v(&u, &no_name), Verdict::Deny(None));
@@ -588,8 +641,19 @@ mod tests {
         .unwrap();
         cfg.build().unwrap();
         assert!(Policy::builder().allow(Rule::new("")).build().is_err());
-        assert!(Policy::builder().allow(Rule::new("a")).deny(Rule::new("a")).build().is_err());
-        assert!(Policy::builder().allow(Rule::new("a").tools([""])).build().is_err());
+        assert!(
+            Policy::builder()
+                .allow(Rule::new("a"))
+                .deny(Rule::new("a"))
+                .build()
+                .is_err()
+        );
+        assert!(
+            Policy::builder()
+                .allow(Rule::new("a").tools([""]))
+                .build()
+                .is_err()
+        );
         assert!(serde_json::from_str::<PolicyConfig>(r#"{"allow":[{"nam":"a"}]}"#).is_err());
     }
 

@@ -178,14 +178,20 @@ impl BasicAuthenticatorBuilder {
     /// Validates (PHC strings must be Argon2id), hashes plaintext passwords, builds.
     pub fn build(self) -> Result<BasicAuthenticator, ConfigError> {
         if self.users.is_empty() {
-            return Err(ConfigError::invalid("auth.users", "at least one user is required"));
+            return Err(ConfigError::invalid(
+                "auth.users",
+                "at least one user is required",
+            ));
         }
         let mut users = HashMap::new();
         let mut dummy_params: Option<Params> = None;
         for (i, u) in self.users.into_iter().enumerate() {
             let key = format!("auth.users[{i}]");
             if u.username.is_empty() {
-                return Err(ConfigError::invalid(format!("{key}.username"), "must not be empty"));
+                return Err(ConfigError::invalid(
+                    format!("{key}.username"),
+                    "must not be empty",
+                ));
             }
             if u.username.contains(':') || u.username.chars().any(char::is_control) {
                 return Err(ConfigError::invalid(
@@ -205,14 +211,20 @@ impl BasicAuthenticatorBuilder {
                         ));
                     }
                     let params = Params::try_from(&parsed).map_err(|_| {
-                        ConfigError::invalid(format!("{key}.passwordHash"), "invalid argon2 parameters")
+                        ConfigError::invalid(
+                            format!("{key}.passwordHash"),
+                            "invalid argon2 parameters",
+                        )
                     })?;
                     dummy_params.get_or_insert(params);
                     phc
                 }
                 Password::Plain(p) => {
                     if p.is_empty() {
-                        return Err(ConfigError::invalid(format!("{key}.password"), "must not be empty"));
+                        return Err(ConfigError::invalid(
+                            format!("{key}.password"),
+                            "must not be empty",
+                        ));
                     }
                     tracing::warn!(
                         user = %u.username,
@@ -224,22 +236,39 @@ impl BasicAuthenticatorBuilder {
                     phc
                 }
             };
-            let principal = Principal::new(u.principal.unwrap_or_else(|| u.username.clone()), AuthMethod::Basic)
-                .with_credential_id(u.username.clone())
-                .with_scopes(u.scopes);
+            let principal = Principal::new(
+                u.principal.unwrap_or_else(|| u.username.clone()),
+                AuthMethod::Basic,
+            )
+            .with_credential_id(u.username.clone())
+            .with_scopes(u.scopes);
             if users
-                .insert(u.username.clone(), UserRecord { phc: phc.into(), principal })
+                .insert(
+                    u.username.clone(),
+                    UserRecord {
+                        phc: phc.into(),
+                        principal,
+                    },
+                )
                 .is_some()
             {
-                return Err(ConfigError::invalid(format!("{key}.username"), "duplicate user"));
+                return Err(ConfigError::invalid(
+                    format!("{key}.username"),
+                    "duplicate user",
+                ));
             }
         }
         let mut filler = [0u8; 24];
         rand::rng().fill(&mut filler);
         let dummy = hash_password(&hex::encode(filler), dummy_params)?;
-        let n = self.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT_VERIFICATIONS);
+        let n = self
+            .max_concurrent
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_VERIFICATIONS);
         if n == 0 {
-            return Err(ConfigError::invalid("auth.basic.maxConcurrent", "must be positive"));
+            return Err(ConfigError::invalid(
+                "auth.basic.maxConcurrent",
+                "must be positive",
+            ));
         }
         Ok(BasicAuthenticator {
             users: Arc::new(users),
@@ -323,12 +352,22 @@ mod tests {
             .user(BasicUser::plaintext("bob", "plain-pass"))
             .build()
             .unwrap();
-        assert!(matches!(b.verify("alice", "s3cret:with:colons".into()).await, Outcome::Authenticated(p) if p.has_scope("a")));
-        assert!(matches!(b.verify("bob", "plain-pass".into()).await, Outcome::Authenticated(p) if p.id() == "bob"));
-        assert!(matches!(b.verify("alice", "wrong".into()).await, Outcome::Failed(_)));
+        assert!(
+            matches!(b.verify("alice", "s3cret:with:colons".into()).await, Outcome::Authenticated(p) if p.has_scope("a"))
+        );
+        assert!(
+            matches!(b.verify("bob", "plain-pass".into()).await, Outcome::Authenticated(p) if p.id() == "bob")
+        );
+        assert!(matches!(
+            b.verify("alice", "wrong".into()).await,
+            Outcome::Failed(_)
+        ));
         let unknown = b.verify("mallory", "s3cret:with:colons".into()).await;
         let wrong = b.verify("alice", "nope".into()).await;
-        assert_eq!(unknown, wrong, "unknown user and wrong password look the same");
+        assert_eq!(
+            unknown, wrong,
+            "unknown user and wrong password look the same"
+        );
         let dbg = format!("{b:?}");
         assert!(!dbg.contains(&phc) && !dbg.contains("plain-pass"));
         assert!(!format!("{:?}", BasicUser::plaintext("x", "plain-pass")).contains("plain-pass"));
@@ -341,7 +380,8 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("PHC"));
-        let bcrypt_like = "$argon2i$v=19$m=256,t=1,p=1$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A";
+        let bcrypt_like =
+            "$argon2i$v=19$m=256,t=1,p=1$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A";
         let e = BasicAuthenticator::builder()
             .user(BasicUser::phc("a", bcrypt_like))
             .build()

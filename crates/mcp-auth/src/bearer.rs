@@ -78,7 +78,7 @@ impl BearerTokenAuthenticator {
             Ok(None) => Outcome::NoCredential,
             Err(e) => malformed(Scheme::Bearer, e),
             Ok(Some(token)) => {
-                lookup_outcome(self.table.lookup(token), Scheme::Bearer, "bearer token")
+                lookup_outcome(self.table.lookup(token), &Scheme::Bearer, "bearer token")
             }
         }
     }

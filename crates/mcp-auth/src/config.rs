@@ -129,7 +129,12 @@ impl KeyConfig {
         let mut e = match (&self.key, &self.sha256) {
             (Some(k), None) => CredentialEntry::new(self.id.clone(), k.clone()),
             (None, Some(h)) => CredentialEntry::sha256_hex(self.id.clone(), h.clone()),
-            _ => return Err(ConfigError::invalid(key, "exactly one of key and sha256 is required")),
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "exactly one of key and sha256 is required",
+                ));
+            }
         };
         if let Some(p) = &self.principal {
             e = e.principal(p.clone());
@@ -232,7 +237,11 @@ impl JwtIssuerConfig {
             let algs = self
                 .algorithms
                 .iter()
-                .map(|a| parse_algorithm(a).map_err(|_| ConfigError::invalid(format!("{key}.algorithms"), "unknown algorithm")))
+                .map(|a| {
+                    parse_algorithm(a).map_err(|_| {
+                        ConfigError::invalid(format!("{key}.algorithms"), "unknown algorithm")
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             i = i.algorithms(algs);
         }
@@ -242,7 +251,10 @@ impl JwtIssuerConfig {
         }
         if let Some(p) = &self.public_key_file {
             let alg = self.public_key_algorithm.as_deref().ok_or_else(|| {
-                ConfigError::invalid(format!("{key}.publicKeyAlgorithm"), "required with publicKeyFile")
+                ConfigError::invalid(
+                    format!("{key}.publicKeyAlgorithm"),
+                    "required with publicKeyFile",
+                )
             })?;
             i = i.public_key_pem_file(parse_algorithm(alg)?, p.clone());
         }
@@ -360,7 +372,10 @@ impl AuthConfig {
             return Ok(AuthLayer::disabled());
         }
         if self.mode.0.is_empty() {
-            return Err(ConfigError::invalid("auth.mode", "required when auth.enabled is true"));
+            return Err(ConfigError::invalid(
+                "auth.mode",
+                "required when auth.enabled is true",
+            ));
         }
         if let Some(r) = &self.resource {
             r.validate()?;
@@ -410,7 +425,10 @@ impl AuthConfig {
         b.build()
     }
 
-    fn api_key_authenticator(&self, store: Option<SecretStore>) -> Result<ApiKeyAuthenticator, ConfigError> {
+    fn api_key_authenticator(
+        &self,
+        store: Option<SecretStore>,
+    ) -> Result<ApiKeyAuthenticator, ConfigError> {
         let mut a = ApiKeyAuthenticator::builder();
         if let Some(h) = &self.api_key_header {
             a = a.header(h.clone());
@@ -425,8 +443,13 @@ impl AuthConfig {
             a = a.store(s);
         }
         a.build().map_err(|e| match e {
-            ConfigError::WeakApiKey { key, violation } if key == "auth.apiKeys[0].key" && self.api_key.is_some() => {
-                ConfigError::WeakApiKey { key: "auth.apiKey".into(), violation }
+            ConfigError::WeakApiKey { key, violation }
+                if key == "auth.apiKeys[0].key" && self.api_key.is_some() =>
+            {
+                ConfigError::WeakApiKey {
+                    key: "auth.apiKey".into(),
+                    violation,
+                }
             }
             e => e,
         })
@@ -563,9 +586,11 @@ mod tests {
         let e = weak.build().unwrap_err();
         assert_eq!(e.key(), "auth.apiKey");
         assert!(!e.to_string().contains("abcdefgh12345678"));
-        let nomode: AuthConfig = serde_json::from_value(serde_json::json!({"enabled": true})).unwrap();
+        let nomode: AuthConfig =
+            serde_json::from_value(serde_json::json!({"enabled": true})).unwrap();
         assert_eq!(nomode.build().unwrap_err().key(), "auth.mode");
-        let bearer: AuthConfig = serde_json::from_value(serde_json::json!({"enabled": true, "mode": "bearer"})).unwrap();
+        let bearer: AuthConfig =
+            serde_json::from_value(serde_json::json!({"enabled": true, "mode": "bearer"})).unwrap();
         assert_eq!(bearer.build().unwrap_err().key(), "auth.bearerToken");
         let badalg: AuthConfig = serde_json::from_value(serde_json::json!({
             "enabled": true, "mode": "jwt", "jwtSecret": "x".repeat(40), "jwtAlgorithm": "none"

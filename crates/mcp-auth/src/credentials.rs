@@ -49,9 +49,9 @@ pub enum MalformedCredential {
 pub fn is_token68(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 /// The single `Authorization` header as `(scheme, rest)`: `Ok(None)` when absent.
@@ -76,12 +76,9 @@ pub fn authorization(headers: &HeaderMap) -> Result<Option<(&str, &str)>, Malfor
 
 /// Splits `scheme SP* rest`.
 pub fn split_scheme(value: &str) -> (&str, &str) {
-    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let value = value.trim_matches([' ', '\t']);
     match value.find([' ', '\t']) {
-        Some(i) => (
-            &value[..i],
-            value[i..].trim_start_matches(|c| c == ' ' || c == '\t'),
-        ),
+        Some(i) => (&value[..i], value[i..].trim_start_matches([' ', '\t'])),
         None => (value, ""),
     }
 }
@@ -196,7 +193,7 @@ pub fn api_key<'a>(
         return Err(MalformedCredential::TooLong);
     }
     let s = value.to_str().map_err(|_| MalformedCredential::NotAscii)?;
-    let s = s.trim_matches(|c| c == ' ' || c == '\t');
+    let s = s.trim_matches([' ', '\t']);
     if s.is_empty() {
         return Err(MalformedCredential::BadToken);
     }
@@ -250,7 +247,10 @@ mod tests {
     #[test]
     fn bearer_parsing() {
         assert_eq!(bearer_token(&hm(&[])), Ok(None));
-        assert_eq!(bearer_token(&hm(&[("authorization", "Basic abc")])), Ok(None));
+        assert_eq!(
+            bearer_token(&hm(&[("authorization", "Basic abc")])),
+            Ok(None)
+        );
         assert_eq!(
             bearer_token(&hm(&[("authorization", "BEARER   a-b_c.d~e+f/g==")])),
             Ok(Some("a-b_c.d~e+f/g=="))
@@ -280,12 +280,18 @@ mod tests {
     fn basic_parsing() {
         let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let c = decode_basic(&enc("alice:pa:ss:word")).unwrap();
-        assert_eq!((c.username.as_str(), c.password.expose()), ("alice", "pa:ss:word"));
+        assert_eq!(
+            (c.username.as_str(), c.password.expose()),
+            ("alice", "pa:ss:word")
+        );
         let c = decode_basic(&enc("jösé:pässwörd")).unwrap();
         assert_eq!(c.username, "jösé");
         let c = decode_basic(&enc(":")).unwrap();
         assert_eq!((c.username.as_str(), c.password.expose()), ("", ""));
-        assert_eq!(decode_basic(&enc("nocolon")), Err(MalformedCredential::NoColon));
+        assert_eq!(
+            decode_basic(&enc("nocolon")),
+            Err(MalformedCredential::NoColon)
+        );
         assert_eq!(decode_basic("!!!"), Err(MalformedCredential::BadBase64));
         assert_eq!(
             decode_basic(&base64::engine::general_purpose::STANDARD.encode([0xff, b':', 0xfe])),
@@ -306,7 +312,10 @@ mod tests {
     #[test]
     fn api_key_header() {
         let name = HeaderName::from_static("x-api-key");
-        assert_eq!(api_key(&hm(&[("X-Api-Key", "k")]), &name, 64), Ok(Some("k")));
+        assert_eq!(
+            api_key(&hm(&[("X-Api-Key", "k")]), &name, 64),
+            Ok(Some("k"))
+        );
         assert_eq!(api_key(&hm(&[]), &name, 64), Ok(None));
         assert_eq!(
             api_key(&hm(&[("x-api-key", "a"), ("X-API-KEY", "b")]), &name, 64),
@@ -324,9 +333,18 @@ mod tests {
 
     #[test]
     fn query_refusal() {
-        let refused: Vec<String> = DEFAULT_REFUSED_QUERY_PARAMS.iter().map(|s| s.to_string()).collect();
-        assert_eq!(refused_query_param("a=1&access_token=x", &refused), Some("access_token"));
-        assert_eq!(refused_query_param("API%5FKEY=x", &refused), Some("api_key"));
+        let refused: Vec<String> = DEFAULT_REFUSED_QUERY_PARAMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            refused_query_param("a=1&access_token=x", &refused),
+            Some("access_token")
+        );
+        assert_eq!(
+            refused_query_param("API%5FKEY=x", &refused),
+            Some("api_key")
+        );
         assert_eq!(refused_query_param("a=1&b=2", &refused), None);
         assert_eq!(refused_query_param("", &refused), None);
     }

@@ -423,8 +423,8 @@ impl KeySet {
         struct Doc {
             keys: Vec<Value>,
         }
-        let doc: Doc = serde_json::from_slice(json)
-            .map_err(|e| format!("{key}: not a JWKS document: {e}"))?;
+        let doc: Doc =
+            serde_json::from_slice(json).map_err(|e| format!("{key}: not a JWKS document: {e}"))?;
         let mut set = KeySet::default();
         for v in doc.keys.into_iter().take(MAX_JWKS_KEYS) {
             if let Some(k) = key_from_jwk(v, allowed, rules) {
@@ -675,13 +675,23 @@ impl TokenCache {
         (e.epoch == epoch && now < e.expires_unix).then(|| e.principal.clone())
     }
 
-    fn insert(&self, digest: [u8; 32], principal: Principal, exp: Option<u64>, epoch: u64, now: u64) {
+    fn insert(
+        &self,
+        digest: [u8; 32],
+        principal: Principal,
+        exp: Option<u64>,
+        epoch: u64,
+        now: u64,
+    ) {
         let cap = now.saturating_add(self.max_ttl);
         let expires_unix = exp.map_or(cap, |e| e.min(cap));
         if expires_unix <= now {
             return;
         }
-        let mut shard = self.shard(&digest).write().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self
+            .shard(&digest)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if shard.len() >= self.per_shard && !shard.contains_key(&digest) {
             shard.retain(|_, e| e.epoch == epoch && now < e.expires_unix);
             if shard.len() >= self.per_shard {
@@ -738,7 +748,10 @@ impl fmt::Debug for JwtAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuthenticator")
             .field("issuers", &self.inner.issuers)
-            .field("cache", &self.inner.cache.as_ref().map(|c| c.per_shard * SHARDS))
+            .field(
+                "cache",
+                &self.inner.cache.as_ref().map(|c| c.per_shard * SHARDS),
+            )
             .field("max_token_bytes", &self.inner.max_token_bytes)
             .finish()
     }
@@ -992,10 +1005,16 @@ impl JwtAuthenticatorBuilder {
         // Make sure a provider is selected even if another crate enabled a second one.
         let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
         if self.issuers.is_empty() {
-            return Err(ConfigError::invalid("auth.jwt.issuers", "at least one issuer is required"));
+            return Err(ConfigError::invalid(
+                "auth.jwt.issuers",
+                "at least one issuer is required",
+            ));
         }
         if self.max_token_bytes == 0 {
-            return Err(ConfigError::invalid("auth.jwt.maxTokenBytes", "must be positive"));
+            return Err(ConfigError::invalid(
+                "auth.jwt.maxTokenBytes",
+                "must be positive",
+            ));
         }
         let epoch = Arc::new(AtomicU64::new(0));
         let mut names = std::collections::HashSet::new();
@@ -1034,7 +1053,10 @@ fn build_issuer(
     epoch: &Arc<AtomicU64>,
 ) -> Result<IssuerState, ConfigError> {
     if spec.principal_claim.is_empty() {
-        return Err(ConfigError::invalid(format!("{key}.principalClaim"), "must not be empty"));
+        return Err(ConfigError::invalid(
+            format!("{key}.principalClaim"),
+            "must not be empty",
+        ));
     }
     let audiences = match resource {
         Some(r) => vec![r.to_owned()],
@@ -1051,7 +1073,9 @@ fn build_issuer(
             .keys
             .iter()
             .filter_map(|k| match k {
-                KeySpec::Secret { alg, .. } | KeySpec::Pem { alg, .. } | KeySpec::PemFile { alg, .. } => Some(*alg),
+                KeySpec::Secret { alg, .. }
+                | KeySpec::Pem { alg, .. }
+                | KeySpec::PemFile { alg, .. } => Some(*alg),
                 _ => None,
             })
             .collect();
@@ -1091,7 +1115,15 @@ fn build_issuer(
                         ),
                     ));
                 }
-                push_key(&mut set, &allowed, &rules, alg, DecodingKey::from_secret(secret.expose().as_bytes()), kid, &kkey)?;
+                push_key(
+                    &mut set,
+                    &allowed,
+                    &rules,
+                    alg,
+                    DecodingKey::from_secret(secret.expose().as_bytes()),
+                    kid,
+                    &kkey,
+                )?;
             }
             KeySpec::Pem { alg, pem, kid } => {
                 let dk = pem_key(alg, &pem, &kkey)?;
@@ -1110,7 +1142,10 @@ fn build_issuer(
                 let s = KeySet::from_jwks(json.as_bytes(), &allowed, &rules, &kkey)
                     .map_err(|e| ConfigError::invalid(kkey.clone(), e))?;
                 if s.keys.is_empty() {
-                    return Err(ConfigError::invalid(kkey, "the JWKS has no usable signature key"));
+                    return Err(ConfigError::invalid(
+                        kkey,
+                        "the JWKS has no usable signature key",
+                    ));
                 }
                 set.keys.extend(s.keys);
             }
@@ -1123,7 +1158,10 @@ fn build_issuer(
                 let s = KeySet::from_jwks(&json, &allowed, &rules, &kkey)
                     .map_err(|e| ConfigError::invalid(kkey.clone(), e))?;
                 if s.keys.is_empty() {
-                    return Err(ConfigError::invalid(kkey, "the JWKS has no usable signature key"));
+                    return Err(ConfigError::invalid(
+                        kkey,
+                        "the JWKS has no usable signature key",
+                    ));
                 }
                 set.keys.extend(s.keys);
             }
@@ -1147,7 +1185,10 @@ fn build_issuer(
                 _ => return Err(ConfigError::invalid(ukey, "must be an absolute https URL")),
             }
             if spec.jwks_timeout.is_zero() {
-                return Err(ConfigError::invalid(format!("{key}.jwksTimeout"), "must be positive"));
+                return Err(ConfigError::invalid(
+                    format!("{key}.jwksTimeout"),
+                    "must be positive",
+                ));
             }
             Keys::Remote(
                 Arc::new(RemoteJwks {
@@ -1206,7 +1247,10 @@ fn push_key(
     ckey: &str,
 ) -> Result<(), ConfigError> {
     if !allowed.contains(&alg) {
-        return Err(ConfigError::invalid(ckey, format!("{alg:?} is not in the issuer's algorithms")));
+        return Err(ConfigError::invalid(
+            ckey,
+            format!("{alg:?} is not in the issuer's algorithms"),
+        ));
     }
     let algs = vec![alg];
     set.keys.push(VerifyKey {
@@ -1233,7 +1277,9 @@ impl JwtAuthenticator {
                 remote.refresh().await;
                 match self.inner.try_verify(token, false) {
                     Step::Done(o) => o,
-                    Step::Fetch(_) => Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable")),
+                    Step::Fetch(_) => {
+                        Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable"))
+                    }
                 }
             }
         }
@@ -1281,27 +1327,43 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn hs(claims: Value) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn auth() -> JwtAuthenticator {
         JwtAuthenticator::builder()
-            .issuer(JwtIssuer::new("iss-a").audiences(["a1", "a2"]).hmac_secret(Algorithm::HS256, SECRET))
+            .issuer(
+                JwtIssuer::new("iss-a")
+                    .audiences(["a1", "a2"])
+                    .hmac_secret(Algorithm::HS256, SECRET),
+            )
             .build()
             .unwrap()
     }
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
     fn accepts_and_caches() {
         let a = auth();
         let exp = now_unix() + 600;
-        let t = hs(json!({"sub":"u1","iss":"iss-a","aud":"a2","exp":exp,"scope":"x y","scp":["z"]}));
+        let t =
+            hs(json!({"sub":"u1","iss":"iss-a","aud":"a2","exp":exp,"scope":"x y","scp":["z"]}));
         let o = block(a.verify(&t));
-        let Outcome::Authenticated(p) = o else { panic!("{o:?}") };
+        let Outcome::Authenticated(p) = o else {
+            panic!("{o:?}")
+        };
         assert_eq!(p.id(), "u1");
         assert!(p.has_scope("x") && p.has_scope("y") && p.has_scope("z"));
         assert_eq!(a.cached_tokens(), 1);
@@ -1313,13 +1375,28 @@ mod tests {
         let a = auth();
         let now = now_unix();
         let cases = [
-            (json!({"sub":"u","iss":"iss-a","aud":"a1","exp":now - 3600}), "expired"),
-            (json!({"sub":"u","iss":"iss-a","aud":"a1","exp":now + 600, "nbf": now + 3600}), "nbf"),
-            (json!({"sub":"u","iss":"iss-a","aud":"zz","exp":now + 600}), "audience"),
-            (json!({"sub":"u","iss":"other","aud":"a1","exp":now + 600}), "issuer"),
+            (
+                json!({"sub":"u","iss":"iss-a","aud":"a1","exp":now - 3600}),
+                "expired",
+            ),
+            (
+                json!({"sub":"u","iss":"iss-a","aud":"a1","exp":now + 600, "nbf": now + 3600}),
+                "nbf",
+            ),
+            (
+                json!({"sub":"u","iss":"iss-a","aud":"zz","exp":now + 600}),
+                "audience",
+            ),
+            (
+                json!({"sub":"u","iss":"other","aud":"a1","exp":now + 600}),
+                "issuer",
+            ),
             (json!({"sub":"u","iss":"iss-a","aud":"a1"}), "exp"),
             (json!({"sub":"u","aud":"a1","exp":now + 600}), "iss"),
-            (json!({"iss":"iss-a","aud":"a1","exp":now + 600}), "principal claim"),
+            (
+                json!({"iss":"iss-a","aud":"a1","exp":now + 600}),
+                "principal claim",
+            ),
         ];
         for (claims, want) in cases {
             match block(a.verify(&hs(claims.clone()))) {
@@ -1339,7 +1416,10 @@ mod tests {
         assert!(short.to_string().contains("32 bytes"));
         assert!(!short.to_string().contains("short-secret"));
         let pem_hmac = JwtAuthenticator::builder()
-            .issuer(JwtIssuer::any().public_key_pem(Algorithm::HS256, b"-----BEGIN PUBLIC KEY-----".to_vec()))
+            .issuer(
+                JwtIssuer::any()
+                    .public_key_pem(Algorithm::HS256, b"-----BEGIN PUBLIC KEY-----".to_vec()),
+            )
             .build()
             .unwrap_err();
         assert!(pem_hmac.to_string().contains("HMAC"));
@@ -1355,7 +1435,10 @@ mod tests {
         assert!(http.to_string().contains("https"));
         assert!(parse_algorithm("none").is_err());
         assert_eq!(parse_algorithm("EdDSA").unwrap(), Algorithm::EdDSA);
-        let dbg = format!("{:?}", JwtIssuer::any().hmac_secret(Algorithm::HS256, SECRET));
+        let dbg = format!(
+            "{:?}",
+            JwtIssuer::any().hmac_secret(Algorithm::HS256, SECRET)
+        );
         assert!(!dbg.contains(SECRET));
         assert!(!format!("{:?}", auth()).contains(SECRET));
     }

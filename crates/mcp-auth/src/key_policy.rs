@@ -75,7 +75,10 @@ fn character_classes(key: &str) -> usize {
         digit |= c.is_ascii_digit();
         special |= SPECIAL_CHARACTERS.contains(c);
     }
-    [upper, lower, digit, special].iter().filter(|b| **b).count()
+    [upper, lower, digit, special]
+        .iter()
+        .filter(|b| **b)
+        .count()
 }
 
 const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -136,7 +139,9 @@ pub fn check_bearer_token(token: &str) -> Result<(), &'static str> {
         return Err("must be at least 32 characters long");
     }
     if !crate::credentials::is_token68(token) {
-        return Err("must contain only the RFC 6750 b64token characters (A-Z a-z 0-9 - . _ ~ + / and trailing =)");
+        return Err(
+            "must contain only the RFC 6750 b64token characters (A-Z a-z 0-9 - . _ ~ + / and trailing =)",
+        );
     }
     Ok(())
 }
@@ -147,7 +152,11 @@ mod tests {
 
     #[test]
     fn seed_examples() {
-        for ok in ["Abc123!@#Xyz789!@#", "Abc123Xyz789Abc123", "ABC123!@#XYZ789!@#"] {
+        for ok in [
+            "Abc123!@#Xyz789!@#",
+            "Abc123Xyz789Abc123",
+            "ABC123!@#XYZ789!@#",
+        ] {
             assert_eq!(check_api_key(ok), Ok(()), "{ok}");
         }
         assert_eq!(

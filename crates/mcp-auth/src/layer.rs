@@ -213,7 +213,10 @@ impl AuthLayerBuilder {
         if let Some(u) = &self.resource_metadata
             && (url::Url::parse(u).is_err() || !quoted_ok(u))
         {
-            return Err(ConfigError::invalid("auth.resourceMetadata", "must be an absolute URL"));
+            return Err(ConfigError::invalid(
+                "auth.resourceMetadata",
+                "must be an absolute URL",
+            ));
         }
         let mut schemes = Vec::new();
         for a in &self.authenticators {
@@ -228,7 +231,9 @@ impl AuthLayerBuilder {
                 refused.push(header.to_ascii_lowercase());
             }
         }
-        let challenge = self.challenge_scopes.unwrap_or_else(|| self.required_scopes.clone());
+        let challenge = self
+            .challenge_scopes
+            .unwrap_or_else(|| self.required_scopes.clone());
         Ok(AuthLayer {
             state: Arc::new(State {
                 authenticators: self.authenticators,
@@ -262,7 +267,11 @@ impl AuthLayer {
         tokens: impl IntoIterator<Item = CredentialEntry>,
     ) -> Result<Self, ConfigError> {
         Self::builder()
-            .authenticator(crate::BearerTokenAuthenticator::builder().tokens(tokens).build()?)
+            .authenticator(
+                crate::BearerTokenAuthenticator::builder()
+                    .tokens(tokens)
+                    .build()?,
+            )
             .build()
     }
 
@@ -350,7 +359,9 @@ enum Decision {
 }
 
 fn escape_free(s: &str) -> String {
-    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
 }
 
 impl State {
@@ -375,7 +386,12 @@ impl State {
         Decision::Reject(self.unauthorized(&failures), None)
     }
 
-    async fn decide_later(&self, parts: &Parts, start: usize, mut failures: Vec<Failure>) -> Decision {
+    async fn decide_later(
+        &self,
+        parts: &Parts,
+        start: usize,
+        mut failures: Vec<Failure>,
+    ) -> Decision {
         for a in &self.authenticators[start..] {
             match a.authenticate(parts).await {
                 Outcome::NoCredential => {}
@@ -438,7 +454,10 @@ impl State {
                 c
             }
             Scheme::ApiKey { header } => {
-                let mut c = format!("ApiKey realm=\"{realm}\", header=\"{}\"", escape_free(header));
+                let mut c = format!(
+                    "ApiKey realm=\"{realm}\", header=\"{}\"",
+                    escape_free(header)
+                );
                 if let Some(e) = error {
                     c.push_str(&format!(", error=\"{e}\""));
                 }
@@ -557,10 +576,9 @@ where
                             Ok(response)
                         }
                         Decision::Reject(r, p) => Ok(reject(r, p)),
-                        Decision::Wait(..) => Ok(reject(
-                            Rejection::new(RejectionReason::Internal),
-                            None,
-                        )),
+                        Decision::Wait(..) => {
+                            Ok(reject(Rejection::new(RejectionReason::Internal), None))
+                        }
                     }
                 }))
             }

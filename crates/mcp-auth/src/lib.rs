@@ -69,10 +69,14 @@ pub mod store;
 
 pub use api_key::{ApiKeyAuthenticator, ApiKeyAuthenticatorBuilder, CredentialEntry};
 pub use authenticator::{AuthFuture, Authenticator, Failure, FailureKind, Outcome, Scheme};
-pub use authorize::{Authorize, AuthorizeLayer, Policy, PolicyBuilder, PolicyConfig, Rule, Verdict};
+pub use authorize::{
+    Authorize, AuthorizeLayer, Policy, PolicyBuilder, PolicyConfig, Rule, Verdict,
+};
 pub use basic::{BasicAuthenticator, BasicAuthenticatorBuilder, BasicUser};
 pub use bearer::{BearerTokenAuthenticator, BearerTokenAuthenticatorBuilder};
-pub use config::{AuthConfig, JwtConfig, JwtIssuerConfig, KeyConfig, Mode, Modes, MtlsConfig, UserConfig};
+pub use config::{
+    AuthConfig, JwtConfig, JwtIssuerConfig, KeyConfig, Mode, Modes, MtlsConfig, UserConfig,
+};
 pub use error::ConfigError;
 pub use future::ResponseFuture;
 pub use jwt::{JwtAuthenticator, JwtAuthenticatorBuilder, JwtIssuer};
@@ -81,7 +85,9 @@ pub use layer::{Auth, AuthLayer, AuthLayerBuilder};
 pub use metadata::{MetadataService, ProtectedResourceMetadata};
 pub use mtls::{ClientCertAuthenticator, ClientCertAuthenticatorBuilder};
 pub use secret::SecretString;
-pub use store::{NewSecret, SecretInfo, SecretKind, SecretMatch, SecretStore, SecretStoreConfig, StoreError};
+pub use store::{
+    NewSecret, SecretInfo, SecretKind, SecretMatch, SecretStore, SecretStoreConfig, StoreError,
+};
 
 /// The `jsonwebtoken` crate, for [`jsonwebtoken::Algorithm`].
 pub use jsonwebtoken;

@@ -108,13 +108,19 @@ impl ProtectedResourceMetadata {
                 .map_err(|_| ConfigError::invalid(key, "must be an absolute URL"))?;
             let loopback = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
             if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
-                return Err(ConfigError::invalid(key, "must be https (http only on loopback)"));
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be https (http only on loopback)",
+                ));
             }
             if u.fragment().is_some() {
                 return Err(ConfigError::invalid(key, "must not have a fragment"));
             }
             if s.contains('"') || s.contains('\\') {
-                return Err(ConfigError::invalid(key, "must not contain quotes or backslashes"));
+                return Err(ConfigError::invalid(
+                    key,
+                    "must not contain quotes or backslashes",
+                ));
             }
             Ok(u)
         };
@@ -140,7 +146,11 @@ impl ProtectedResourceMetadata {
     /// The absolute URL of the metadata, for `resource_metadata` in challenges.
     pub fn metadata_url(&self) -> String {
         match url::Url::parse(&self.resource) {
-            Ok(u) => format!("{}{}", u.origin().ascii_serialization(), self.well_known_path()),
+            Ok(u) => format!(
+                "{}{}",
+                u.origin().ascii_serialization(),
+                self.well_known_path()
+            ),
             Err(_) => String::new(),
         }
     }
@@ -232,13 +242,31 @@ mod tests {
     #[test]
     fn paths_and_validation() {
         let m = ProtectedResourceMetadata::new("https://h.example/mcp/");
-        assert_eq!(m.well_known_path(), "/.well-known/oauth-protected-resource/mcp");
+        assert_eq!(
+            m.well_known_path(),
+            "/.well-known/oauth-protected-resource/mcp"
+        );
         let root = ProtectedResourceMetadata::new("https://h.example");
         assert_eq!(root.well_known_path(), WELL_KNOWN_PATH);
-        assert_eq!(root.metadata_url(), "https://h.example/.well-known/oauth-protected-resource");
-        assert!(ProtectedResourceMetadata::new("http://h.example/mcp").validate().is_err());
-        assert!(ProtectedResourceMetadata::new("http://127.0.0.1:8080/mcp").validate().is_ok());
-        assert!(ProtectedResourceMetadata::new("https://h/x#f").validate().is_err());
+        assert_eq!(
+            root.metadata_url(),
+            "https://h.example/.well-known/oauth-protected-resource"
+        );
+        assert!(
+            ProtectedResourceMetadata::new("http://h.example/mcp")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ProtectedResourceMetadata::new("http://127.0.0.1:8080/mcp")
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            ProtectedResourceMetadata::new("https://h/x#f")
+                .validate()
+                .is_err()
+        );
         assert!(ProtectedResourceMetadata::new("mcp").validate().is_err());
         let v: serde_json::Value = serde_json::from_slice(
             &ProtectedResourceMetadata::new("https://h/mcp")

@@ -104,8 +104,10 @@ impl ClientCertAuthenticatorBuilder {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.scopes
-            .insert(principal.into(), scopes.into_iter().map(Into::into).collect());
+        self.scopes.insert(
+            principal.into(),
+            scopes.into_iter().map(Into::into).collect(),
+        );
         self
     }
 
@@ -253,10 +255,14 @@ mod tests {
             .default_scopes(["d"])
             .build()
             .unwrap();
-        let Outcome::Authenticated(p) = a.check(&cert(Some("cn"), &["spiffe://td/a"])) else { panic!() };
+        let Outcome::Authenticated(p) = a.check(&cert(Some("cn"), &["spiffe://td/a"])) else {
+            panic!()
+        };
         assert_eq!(p.id(), "spiffe://td/a");
         assert!(p.has_scope("x"));
-        let Outcome::Authenticated(p) = a.check(&cert(Some("cn"), &[])) else { panic!() };
+        let Outcome::Authenticated(p) = a.check(&cert(Some("cn"), &[])) else {
+            panic!()
+        };
         assert_eq!(p.id(), "cn");
         assert!(p.has_scope("d"));
         assert!(matches!(a.check(&cert(None, &[])), Outcome::Failed(_)));
@@ -268,13 +274,27 @@ mod tests {
             .allow_san("spiffe://td/ok")
             .build()
             .unwrap();
-        assert!(matches!(a.check(&cert(Some("x"), &["spiffe://td/ok"])), Outcome::Authenticated(_)));
-        assert!(matches!(a.check(&cert(Some("x"), &["spiffe://td/bad"])), Outcome::Failed(_)));
+        assert!(matches!(
+            a.check(&cert(Some("x"), &["spiffe://td/ok"])),
+            Outcome::Authenticated(_)
+        ));
+        assert!(matches!(
+            a.check(&cert(Some("x"), &["spiffe://td/bad"])),
+            Outcome::Failed(_)
+        ));
         let b = ClientCertAuthenticator::builder()
             .allow_fingerprint(hex::encode([7u8; 32]))
             .build()
             .unwrap();
-        assert!(matches!(b.check(&cert(Some("x"), &[])), Outcome::Authenticated(_)));
-        assert!(ClientCertAuthenticator::builder().allow_fingerprint("zz").build().is_err());
+        assert!(matches!(
+            b.check(&cert(Some("x"), &[])),
+            Outcome::Authenticated(_)
+        ));
+        assert!(
+            ClientCertAuthenticator::builder()
+                .allow_fingerprint("zz")
+                .build()
+                .is_err()
+        );
     }
 }

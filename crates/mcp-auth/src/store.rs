@@ -548,10 +548,7 @@ impl SecretStore {
         if record.info.kind != kind || record.expired(now) {
             return None;
         }
-        let version = record
-            .versions
-            .iter()
-            .find(|v| ct_eq(&v.digest, digest))?;
+        let version = record.versions.iter().find(|v| ct_eq(&v.digest, digest))?;
         if version.retire_at.is_some_and(|r| now >= r) {
             return None;
         }
@@ -577,7 +574,11 @@ mod tests {
         assert_eq!(m.id, info.id);
         assert_eq!(m.principal, "a");
         // wrong kind
-        assert!(store.verify(SecretKind::BearerToken, key.expose()).is_none());
+        assert!(
+            store
+                .verify(SecretKind::BearerToken, key.expose())
+                .is_none()
+        );
         // expired secrets never authenticate and are not listed
         let past = SystemTime::now() - Duration::from_secs(1);
         let (old, old_key) = store

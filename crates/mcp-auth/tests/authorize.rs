@@ -12,8 +12,8 @@ use axum::routing::post as post_route;
 use common::*;
 use jsonwebtoken::Algorithm;
 use mcp_auth::{
-    ApiKeyAuthenticator, AuthConfig, AuthLayer, AuthorizeLayer, CredentialEntry, JwtAuthenticator, JwtIssuer,
-    Policy, ProtectedResourceMetadata, Rule,
+    ApiKeyAuthenticator, AuthConfig, AuthLayer, AuthorizeLayer, CredentialEntry, JwtAuthenticator,
+    JwtIssuer, Policy, ProtectedResourceMetadata, Rule,
 };
 use mcp_core::{McpRequest, ParseLayer, Principal};
 use serde_json::json;
@@ -38,8 +38,17 @@ async fn server() -> SocketAddr {
     );
     let policy = Policy::builder()
         .allow(Rule::new("discover").methods(["tools/list", "resources/list", "prompts/list"]))
-        .allow(Rule::new("tools").tools(["search", "read_*"]).scopes(["mcp:tools"]))
-        .allow(Rule::new("admin-all").principals(["admin"]).scopes(["mcp:admin"]).methods(["*"]))
+        .allow(
+            Rule::new("tools")
+                .tools(["search", "read_*"])
+                .scopes(["mcp:tools"]),
+        )
+        .allow(
+            Rule::new("admin-all")
+                .principals(["admin"])
+                .scopes(["mcp:admin"])
+                .methods(["*"]),
+        )
         .allow(Rule::new("public-files").resources(["file:///public/*"]))
         .allow(Rule::new("greeting").prompts(["greet"]))
         .deny(Rule::new("no-shell").tools(["shell*", "exec"]))
@@ -47,7 +56,10 @@ async fn server() -> SocketAddr {
         .unwrap();
     let app = Router::new()
         .route("/mcp", post_route(handler))
-        .layer(AuthorizeLayer::new(policy).resource_metadata("https://mcp.test/.well-known/oauth-protected-resource/mcp"))
+        .layer(
+            AuthorizeLayer::new(policy)
+                .resource_metadata("https://mcp.test/.well-known/oauth-protected-resource/mcp"),
+        )
         .layer(ParseLayer::new())
         .layer(auth)
         .layer(MapResponseLayer::new(inspect));
@@ -67,13 +79,31 @@ async fn policy_over_tcp() {
     let r = post(addr, "/mcp", &k(USER), &call_tool(1, "search")).await;
     assert_eq!(r.status, 200, "{:?}", r.header(SEEN_DETAIL));
     assert_eq!(r.text(), "user tools/call");
-    let r = post(addr, "/mcp", &k(READER), r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
+    let r = post(
+        addr,
+        "/mcp",
+        &k(READER),
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    )
+    .await;
     assert_eq!(r.status, 200);
     let r = post(addr, "/mcp", &k(READER), r#"{"jsonrpc":"2.0","id":"r","method":"resources/read","params":{"uri":"file:///public/readme.md"}}"#).await;
     assert_eq!(r.status, 200);
-    let r = post(addr, "/mcp", &k(READER), r#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"greet"}}"#).await;
+    let r = post(
+        addr,
+        "/mcp",
+        &k(READER),
+        r#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"greet"}}"#,
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = post(addr, "/mcp", &k(READER), r#"{"jsonrpc":"2.0","id":4,"method":"initialize","params":{}}"#).await;
+    let r = post(
+        addr,
+        "/mcp",
+        &k(READER),
+        r#"{"jsonrpc":"2.0","id":4,"method":"initialize","params":{}}"#,
+    )
+    .await;
     assert_eq!(r.status, 200, "lifecycle is allowed");
     let r = post(addr, "/mcp", &k(ADMIN), &call_tool(5, "delete_everything")).await;
     assert_eq!(r.status, 200, "admin scope allows any method");
@@ -85,13 +115,23 @@ async fn policy_over_tcp() {
     assert_eq!(v["id"], 42);
     assert_eq!(v["error"]["code"], -32003);
     assert_eq!(r.header(SEEN_DENIAL), Some("forbidden"));
-    assert_eq!(r.header(SEEN_DETAIL), Some("no allow rule matches tools/call delete_everything"));
-    assert_eq!(r.header(SEEN_PRINCIPAL), Some("user"), "the auth layer's principal is still seen");
+    assert_eq!(
+        r.header(SEEN_DETAIL),
+        Some("no allow rule matches tools/call delete_everything")
+    );
+    assert_eq!(
+        r.header(SEEN_PRINCIPAL),
+        Some("user"),
+        "the auth layer's principal is still seen"
+    );
 
     // deny wins, even for the admin
     let r = post(addr, "/mcp", &k(ADMIN), &call_tool(7, "shell_exec")).await;
     assert_eq!(r.status, 403);
-    assert_eq!(r.header(SEEN_DETAIL), Some("deny rule \"no-shell\" matches tools/call shell_exec"));
+    assert_eq!(
+        r.header(SEEN_DETAIL),
+        Some("deny rule \"no-shell\" matches tools/call shell_exec")
+    );
     assert_eq!(r.json()["id"], 7);
 
     // a missing scope: 403 insufficient_scope with a challenge naming the scope
@@ -100,7 +140,9 @@ async fn policy_over_tcp() {
     assert_eq!(r.header(SEEN_DENIAL), Some("insufficient_scope"));
     assert_eq!(
         r.challenges(),
-        vec![r#"Bearer error="insufficient_scope", scope="mcp:tools", resource_metadata="https://mcp.test/.well-known/oauth-protected-resource/mcp""#]
+        vec![
+            r#"Bearer error="insufficient_scope", scope="mcp:tools", resource_metadata="https://mcp.test/.well-known/oauth-protected-resource/mcp""#
+        ]
     );
     assert!(r.header(SEEN_DETAIL).unwrap().contains("\"tools\""));
 
@@ -115,7 +157,11 @@ async fn policy_over_tcp() {
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["id"], 11);
     assert!(r.header(SEEN_DETAIL).unwrap().contains("no-shell"));
-    let ok_batch = format!("[{},{}]", call_tool(12, "search"), call_tool(13, "read_file"));
+    let ok_batch = format!(
+        "[{},{}]",
+        call_tool(12, "search"),
+        call_tool(13, "read_file")
+    );
     assert_eq!(post(addr, "/mcp", &k(USER), &ok_batch).await.status, 200);
 
     // unauthenticated requests never reach the policy
@@ -161,22 +207,56 @@ async fn protected_resource_metadata_and_mcp_challenge() {
         assert_eq!(v["scopes_supported"], json!(["mcp:tools", "mcp:read"]));
         assert_eq!(v["bearer_methods_supported"], json!(["header"]));
     }
-    assert_eq!(get(addr, "/.well-known/oauth-protected-resource/other", &[]).await.status, 404);
-    assert_eq!(post(addr, "/.well-known/oauth-protected-resource", &[], "{}").await.status, 405);
+    assert_eq!(
+        get(addr, "/.well-known/oauth-protected-resource/other", &[])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        post(addr, "/.well-known/oauth-protected-resource", &[], "{}")
+            .await
+            .status,
+        405
+    );
 
     let r = post(addr, "/mcp", &[], "{}").await;
     assert_eq!(r.status, 401);
     assert_eq!(
         r.challenges(),
-        vec![r#"Bearer realm="mcp", scope="mcp:tools mcp:read", resource_metadata="http://127.0.0.1:1/.well-known/oauth-protected-resource/mcp""#]
+        vec![
+            r#"Bearer realm="mcp", scope="mcp:tools mcp:read", resource_metadata="http://127.0.0.1:1/.well-known/oauth-protected-resource/mcp""#
+        ]
     );
 
     let claims = |aud: &str| json!({"sub": "agent", "iss": "https://auth.test", "aud": aud, "exp": now() + 600});
-    let good = sign(Algorithm::RS256, &rsa1(), None, &claims("http://127.0.0.1:1/mcp"));
-    let r = post(addr, "/mcp", &[("authorization", &format!("Bearer {good}"))], "{}").await;
+    let good = sign(
+        Algorithm::RS256,
+        &rsa1(),
+        None,
+        &claims("http://127.0.0.1:1/mcp"),
+    );
+    let r = post(
+        addr,
+        "/mcp",
+        &[("authorization", &format!("Bearer {good}"))],
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 200, "{:?}", r.header(SEEN_DETAIL));
-    let other = sign(Algorithm::RS256, &rsa1(), None, &claims("https://other-server.test/mcp"));
-    let r = post(addr, "/mcp", &[("authorization", &format!("Bearer {other}"))], "{}").await;
+    let other = sign(
+        Algorithm::RS256,
+        &rsa1(),
+        None,
+        &claims("https://other-server.test/mcp"),
+    );
+    let r = post(
+        addr,
+        "/mcp",
+        &[("authorization", &format!("Bearer {other}"))],
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 401, "a token for another resource is refused");
     assert!(r.challenges()[0].starts_with(r#"Bearer realm="mcp", error="invalid_token", scope="#));
 }
@@ -194,18 +274,37 @@ async fn gateway_config_with_resource_and_jwt() {
         "resource": {"resource": "https://mcp.test/mcp", "authorization_servers": ["https://auth.test"]}
     }))
     .unwrap();
-    let app = Router::new().route("/mcp", post_route(whoami)).layer(cfg.build().unwrap());
+    let app = Router::new()
+        .route("/mcp", post_route(whoami))
+        .layer(cfg.build().unwrap());
     let addr = serve(app).await;
-    assert_eq!(post(addr, "/mcp", &[("x-api-key", ADMIN)], "{}").await.status, 200);
+    assert_eq!(
+        post(addr, "/mcp", &[("x-api-key", ADMIN)], "{}")
+            .await
+            .status,
+        200
+    );
     let t = sign(
         Algorithm::RS256,
         &rsa1(),
         None,
         &json!({"sub": "agent", "iss": "https://auth.test", "aud": "https://mcp.test/mcp", "exp": now() + 600}),
     );
-    assert_eq!(post(addr, "/mcp", &[("authorization", &format!("Bearer {t}"))], "{}").await.status, 200);
+    assert_eq!(
+        post(
+            addr,
+            "/mcp",
+            &[("authorization", &format!("Bearer {t}"))],
+            "{}"
+        )
+        .await
+        .status,
+        200
+    );
     let r = post(addr, "/mcp", &[], "{}").await;
     assert_eq!(r.status, 401);
     assert_eq!(r.challenges().len(), 2);
-    assert!(r.challenges()[1].contains("resource_metadata=\"https://mcp.test/.well-known/oauth-protected-resource/mcp\""));
+    assert!(r.challenges()[1].contains(
+        "resource_metadata=\"https://mcp.test/.well-known/oauth-protected-resource/mcp\""
+    ));
 }

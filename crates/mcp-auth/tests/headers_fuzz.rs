@@ -5,22 +5,44 @@
 use std::convert::Infallible;
 
 use jsonwebtoken::Algorithm;
-use mcp_auth::{ApiKeyAuthenticator, AuthLayer, BearerTokenAuthenticator, CredentialEntry, JwtAuthenticator, JwtIssuer};
+use mcp_auth::{
+    ApiKeyAuthenticator, AuthLayer, BearerTokenAuthenticator, CredentialEntry, JwtAuthenticator,
+    JwtIssuer,
+};
 use mcp_core::Body;
 use proptest::prelude::*;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn layer() -> AuthLayer {
     AuthLayer::builder()
-        .authenticator(ApiKeyAuthenticator::builder().key(CredentialEntry::new("k", "Abc123!@#Xyz789!@#")).build().unwrap())
-        .authenticator(BearerTokenAuthenticator::builder().token(CredentialEntry::new("t", "q8Jx2mV7pL0sN4tR9wY3zB6cF1hK5dG8aE2uI7oP0")).build().unwrap())
+        .authenticator(
+            ApiKeyAuthenticator::builder()
+                .key(CredentialEntry::new("k", "Abc123!@#Xyz789!@#"))
+                .build()
+                .unwrap(),
+        )
+        .authenticator(
+            BearerTokenAuthenticator::builder()
+                .token(CredentialEntry::new(
+                    "t",
+                    "q8Jx2mV7pL0sN4tR9wY3zB6cF1hK5dG8aE2uI7oP0",
+                ))
+                .build()
+                .unwrap(),
+        )
         .authenticator(
             JwtAuthenticator::builder()
-                .issuer(JwtIssuer::any().hmac_secret(Algorithm::HS256, "0123456789abcdef0123456789abcdef"))
+                .issuer(
+                    JwtIssuer::any()
+                        .hmac_secret(Algorithm::HS256, "0123456789abcdef0123456789abcdef"),
+                )
                 .build()
                 .unwrap(),
         )
@@ -28,17 +50,36 @@ fn layer() -> AuthLayer {
         .unwrap()
 }
 
-fn status(rt: &tokio::runtime::Runtime, layer: &AuthLayer, uri: &str, headers: &[(&str, &[u8])]) -> Option<u16> {
+fn status(
+    rt: &tokio::runtime::Runtime,
+    layer: &AuthLayer,
+    uri: &str,
+    headers: &[(&str, &[u8])],
+) -> Option<u16> {
     let mut b = http::Request::builder().uri(uri);
     for (k, v) in headers {
-        let Ok(v) = http::HeaderValue::from_bytes(v) else { return None };
+        let Ok(v) = http::HeaderValue::from_bytes(v) else {
+            return None;
+        };
         b = b.header(*k, v);
     }
     let req = b.body(Body::empty()).ok()?;
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(|_r: http::Request<Body>| async { Ok::<_, Infallible>(http::Response::new(Body::empty())) });
-    Some(rt.block_on(async { svc.ready().await.unwrap().call(req).await.unwrap().status().as_u16() }))
+    let mut svc =
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(|_r: http::Request<Body>| async {
+                Ok::<_, Infallible>(http::Response::new(Body::empty()))
+            });
+    Some(rt.block_on(async {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }))
 }
 
 proptest! {

@@ -43,7 +43,12 @@ async fn jwks(State(s): State<Jwks>) -> Result<axum::Json<Value>, StatusCode> {
 }
 
 async fn jwks_server(state: Jwks) -> SocketAddr {
-    serve(Router::new().route("/jwks", get_route(jwks)).with_state(state)).await
+    serve(
+        Router::new()
+            .route("/jwks", get_route(jwks))
+            .with_state(state),
+    )
+    .await
 }
 
 fn issuer(jwks_addr: SocketAddr, interval: Duration, ttl: Duration) -> JwtIssuer {
@@ -75,7 +80,12 @@ fn token(key: &jsonwebtoken::EncodingKey, kid: &str, sub: &str) -> String {
 }
 
 async fn call(addr: SocketAddr, token: &str) -> Resp {
-    get(addr, "/mcp", &[("authorization", &format!("Bearer {token}"))]).await
+    get(
+        addr,
+        "/mcp",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -90,7 +100,11 @@ async fn key_rotation_mid_test() {
     let r = call(addr, &t1).await;
     assert_eq!(r.status, 200, "{:?}", r.header(SEEN_DETAIL));
     assert_eq!(r.text(), "alice jwt ");
-    assert_eq!(state.fetches.load(Ordering::SeqCst), 1, "first sight fetches the JWKS");
+    assert_eq!(
+        state.fetches.load(Ordering::SeqCst),
+        1,
+        "first sight fetches the JWKS"
+    );
     assert_eq!(call(addr, &t1).await.status, 200);
     assert_eq!(state.fetches.load(Ordering::SeqCst), 1, "keys are cached");
 
@@ -103,18 +117,30 @@ async fn key_rotation_mid_test() {
         assert_eq!(r.status, 401);
         assert!(r.header(SEEN_DETAIL).unwrap().contains("kid unknown"));
     }
-    assert_eq!(state.fetches.load(Ordering::SeqCst), 2, "one refetch per interval, not one per request");
+    assert_eq!(
+        state.fetches.load(Ordering::SeqCst),
+        2,
+        "one refetch per interval, not one per request"
+    );
 
     // Rotation: k2 appears, k1 is removed.
     *state.doc.lock().unwrap() = json!({"keys": [rsa_jwk(RSA2_KEY, "k2", Algorithm::RS256)]});
     tokio::time::sleep(interval + Duration::from_millis(100)).await;
     let r = call(addr, &t2).await;
-    assert_eq!(r.status, 200, "the new kid triggers a refetch: {:?}", r.header(SEEN_DETAIL));
+    assert_eq!(
+        r.status,
+        200,
+        "the new kid triggers a refetch: {:?}",
+        r.header(SEEN_DETAIL)
+    );
     assert_eq!(r.text(), "bob jwt ");
     assert_eq!(state.fetches.load(Ordering::SeqCst), 3);
     // The old key is gone: even the previously cached token is refused now.
     let r = call(addr, &t1).await;
-    assert_eq!(r.status, 401, "cached verification dropped when the key set changed");
+    assert_eq!(
+        r.status, 401,
+        "cached verification dropped when the key set changed"
+    );
     assert!(r.header(SEEN_DETAIL).unwrap().contains("kid unknown"));
     // A forged token naming the new kid but signed with the old key fails too.
     let r = call(addr, &token(&rsa1(), "k2", "mallory")).await;
@@ -128,7 +154,12 @@ async fn stale_keys_are_kept_when_refresh_fails() {
     *state.doc.lock().unwrap() = json!({"keys": [rsa_jwk(RSA1_KEY, "k1", Algorithm::RS256)]});
     let jwks_addr = jwks_server(state.clone()).await;
     // A short TTL: the keys go stale quickly and are refreshed in the background.
-    let addr = protected(issuer(jwks_addr, Duration::from_millis(100), Duration::from_millis(200))).await;
+    let addr = protected(issuer(
+        jwks_addr,
+        Duration::from_millis(100),
+        Duration::from_millis(200),
+    ))
+    .await;
     let t1 = token(&rsa1(), "k1", "alice");
     assert_eq!(call(addr, &t1).await.status, 200);
 
@@ -143,7 +174,10 @@ async fn stale_keys_are_kept_when_refresh_fails() {
         assert_eq!(r.status, 200, "{:?}", r.header(SEEN_DETAIL));
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    assert!(state.fetches.load(Ordering::SeqCst) > before, "a refresh was attempted");
+    assert!(
+        state.fetches.load(Ordering::SeqCst) > before,
+        "a refresh was attempted"
+    );
 
     // A slow endpoint: the fetch times out, the keys are still kept.
     state.fail.store(false, Ordering::SeqCst);
@@ -162,7 +196,12 @@ async fn unavailable_jwks_without_keys_is_503() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = listener.local_addr().unwrap();
     drop(listener);
-    let addr = protected(issuer(dead, Duration::from_secs(30), Duration::from_secs(60))).await;
+    let addr = protected(issuer(
+        dead,
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    ))
+    .await;
     let r = call(addr, &token(&rsa1(), "k1", "alice")).await;
     assert_eq!(r.status, 503, "{:?}", r.header(SEEN_DETAIL));
     assert_eq!(r.header("retry-after"), Some("5"));

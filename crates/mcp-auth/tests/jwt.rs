@@ -25,7 +25,11 @@ const HS512: &str = "hs512-secret-0123456789abcdef0123456789abcdef0123456789abcd
 async fn handler(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
     let p = req.extensions().get::<Principal>().cloned();
     let text = match p {
-        Some(p) => format!("{} {}", p.id(), p.scopes().iter().cloned().collect::<Vec<_>>().join(",")),
+        Some(p) => format!(
+            "{} {}",
+            p.id(),
+            p.scopes().iter().cloned().collect::<Vec<_>>().join(",")
+        ),
         None => "no principal".into(),
     };
     Ok(Response::new(Body::from(text)))
@@ -57,7 +61,11 @@ async fn server(keys: &Keys) -> SocketAddr {
     let second = JwtIssuer::new("https://second.test")
         .audience(AUD)
         .public_key_pem(Algorithm::RS256, RSA2_PUB);
-    let jwt = JwtAuthenticator::builder().issuer(issuer).issuer(second).build().unwrap();
+    let jwt = JwtAuthenticator::builder()
+        .issuer(issuer)
+        .issuer(second)
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new()
         .map_response(inspect)
         .layer(AuthLayer::new(jwt))
@@ -78,7 +86,12 @@ fn claims() -> Value {
 }
 
 async fn call(addr: SocketAddr, token: &str) -> Resp {
-    get(addr, "/mcp", &[("authorization", &format!("Bearer {token}"))]).await
+    get(
+        addr,
+        "/mcp",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -87,18 +100,66 @@ async fn every_algorithm_is_accepted_with_its_pinned_key() {
     let addr = server(&k).await;
     let c = claims();
     let tokens = [
-        ("HS256", sign(Algorithm::HS256, &EncodingKey::from_secret(HS256.as_bytes()), None, &c)),
-        ("HS384", sign(Algorithm::HS384, &EncodingKey::from_secret(HS384.as_bytes()), None, &c)),
-        ("HS512", sign(Algorithm::HS512, &EncodingKey::from_secret(HS512.as_bytes()), None, &c)),
+        (
+            "HS256",
+            sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(HS256.as_bytes()),
+                None,
+                &c,
+            ),
+        ),
+        (
+            "HS384",
+            sign(
+                Algorithm::HS384,
+                &EncodingKey::from_secret(HS384.as_bytes()),
+                None,
+                &c,
+            ),
+        ),
+        (
+            "HS512",
+            sign(
+                Algorithm::HS512,
+                &EncodingKey::from_secret(HS512.as_bytes()),
+                None,
+                &c,
+            ),
+        ),
         ("RS256", sign(Algorithm::RS256, &rsa1(), Some("rsa1"), &c)),
         ("RS384", sign(Algorithm::RS384, &rsa1(), None, &c)),
         ("RS512", sign(Algorithm::RS512, &rsa1(), None, &c)),
         ("PS256", sign(Algorithm::PS256, &rsa1(), None, &c)),
         ("PS384", sign(Algorithm::PS384, &rsa1(), None, &c)),
         ("PS512", sign(Algorithm::PS512, &rsa1(), None, &c)),
-        ("ES256", sign(Algorithm::ES256, &EncodingKey::from_ec_pem(k.es256.0.as_bytes()).unwrap(), None, &c)),
-        ("ES384", sign(Algorithm::ES384, &EncodingKey::from_ec_pem(k.es384.0.as_bytes()).unwrap(), None, &c)),
-        ("EdDSA", sign(Algorithm::EdDSA, &EncodingKey::from_ed_pem(k.ed.0.as_bytes()).unwrap(), None, &c)),
+        (
+            "ES256",
+            sign(
+                Algorithm::ES256,
+                &EncodingKey::from_ec_pem(k.es256.0.as_bytes()).unwrap(),
+                None,
+                &c,
+            ),
+        ),
+        (
+            "ES384",
+            sign(
+                Algorithm::ES384,
+                &EncodingKey::from_ec_pem(k.es384.0.as_bytes()).unwrap(),
+                None,
+                &c,
+            ),
+        ),
+        (
+            "EdDSA",
+            sign(
+                Algorithm::EdDSA,
+                &EncodingKey::from_ed_pem(k.ed.0.as_bytes()).unwrap(),
+                None,
+                &c,
+            ),
+        ),
     ];
     for (name, t) in &tokens {
         let r = call(addr, t).await;
@@ -130,7 +191,10 @@ async fn every_algorithm_is_accepted_with_its_pinned_key() {
 fn assert_refused(r: &Resp, status: u16, detail: &str, what: &str) {
     assert_eq!(r.status, status, "{what}: {:?}", r.header(SEEN_DETAIL));
     let d = r.header(SEEN_DETAIL).unwrap_or_default();
-    assert!(d.contains(detail), "{what}: detail {d:?} should contain {detail:?}");
+    assert!(
+        d.contains(detail),
+        "{what}: detail {d:?} should contain {detail:?}"
+    );
     assert!(r.header(SEEN_PRINCIPAL).is_none(), "{what}");
     assert_eq!(r.json()["error"]["code"], -32001, "{what}");
     if status == 401 {
@@ -154,39 +218,105 @@ async fn attacks_are_refused() {
     let none = format!("{header}.{payload}.");
     assert_refused(&call(addr, &none).await, 401, "jwt header", "alg none");
     let none_sig = format!("{header}.{payload}.{}", b64(b"x"));
-    assert_refused(&call(addr, &none_sig).await, 401, "jwt header", "alg none with signature");
+    assert_refused(
+        &call(addr, &none_sig).await,
+        401,
+        "jwt header",
+        "alg none with signature",
+    );
 
     // algorithm confusion: HS256 "signed" with the RSA public key PEM as the secret
-    let confused = sign(Algorithm::HS256, &EncodingKey::from_secret(RSA1_PUB.as_bytes()), Some("rsa1"), &claims());
-    assert_refused(&call(addr, &confused).await, 401, "jwt", "HS256 with the RSA public key");
-    let confused_nokid = sign(Algorithm::HS256, &EncodingKey::from_secret(RSA1_PUB.as_bytes()), None, &claims());
-    assert_refused(&call(addr, &confused_nokid).await, 401, "signature invalid", "HS256 with the RSA public key, no kid");
+    let confused = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(RSA1_PUB.as_bytes()),
+        Some("rsa1"),
+        &claims(),
+    );
+    assert_refused(
+        &call(addr, &confused).await,
+        401,
+        "jwt",
+        "HS256 with the RSA public key",
+    );
+    let confused_nokid = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(RSA1_PUB.as_bytes()),
+        None,
+        &claims(),
+    );
+    assert_refused(
+        &call(addr, &confused_nokid).await,
+        401,
+        "signature invalid",
+        "HS256 with the RSA public key, no kid",
+    );
 
     // claims
     let mut c = claims();
     c["exp"] = json!(now() - 3600);
-    assert_refused(&call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await, 401, "expired", "expired");
+    assert_refused(
+        &call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await,
+        401,
+        "expired",
+        "expired",
+    );
     let mut c = claims();
     c["nbf"] = json!(now() + 3600);
-    assert_refused(&call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await, 401, "not yet valid", "future nbf");
+    assert_refused(
+        &call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await,
+        401,
+        "not yet valid",
+        "future nbf",
+    );
     let mut c = claims();
     c["aud"] = json!("someone-else");
-    assert_refused(&call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await, 401, "audience", "wrong aud");
+    assert_refused(
+        &call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await,
+        401,
+        "audience",
+        "wrong aud",
+    );
     let mut c = claims();
     c["aud"] = json!(["x", "y"]);
-    assert_refused(&call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await, 401, "audience", "wrong aud list");
+    assert_refused(
+        &call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await,
+        401,
+        "audience",
+        "wrong aud list",
+    );
     let mut c = claims();
     c["aud"] = json!(["x", AUD]);
-    assert_eq!(call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await.status, 200, "aud list containing ours");
+    assert_eq!(
+        call(addr, &sign(Algorithm::HS256, &hs, None, &c))
+            .await
+            .status,
+        200,
+        "aud list containing ours"
+    );
     let mut c = claims();
     c["iss"] = json!("https://evil.test");
-    assert_refused(&call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await, 401, "issuer", "wrong iss");
+    assert_refused(
+        &call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await,
+        401,
+        "issuer",
+        "wrong iss",
+    );
     let mut c = claims();
     c.as_object_mut().unwrap().remove("exp");
-    assert_refused(&call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await, 401, "exp", "no exp");
+    assert_refused(
+        &call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await,
+        401,
+        "exp",
+        "no exp",
+    );
     let mut c = claims();
     c.as_object_mut().unwrap().remove("email");
-    assert_refused(&call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await, 401, "email", "required claim missing");
+    assert_refused(
+        &call(addr, &sign(Algorithm::HS256, &hs, None, &c)).await,
+        401,
+        "email",
+        "required claim missing",
+    );
 
     // unknown kid (the RS256 key is pinned to kid rsa1)
     let t = sign(Algorithm::RS256, &rsa1(), Some("no-such-kid"), &claims());
@@ -194,7 +324,12 @@ async fn attacks_are_refused() {
 
     // a key pinned to RS256 does not verify RS256 from another key, nor RS384 claims with kid rsa1
     let t = sign(Algorithm::RS256, &rsa2(), Some("rsa1"), &claims());
-    assert_refused(&call(addr, &t).await, 401, "signature invalid", "wrong RSA key");
+    assert_refused(
+        &call(addr, &t).await,
+        401,
+        "signature invalid",
+        "wrong RSA key",
+    );
 
     // tampered signature and payload
     let good = sign(Algorithm::RS256, &rsa1(), Some("rsa1"), &claims());
@@ -202,24 +337,63 @@ async fn attacks_are_refused() {
     let mut sig_bytes = sig.as_bytes().to_vec();
     sig_bytes[10] = if sig_bytes[10] == b'A' { b'B' } else { b'A' };
     let tampered = format!("{head}.{}", String::from_utf8(sig_bytes).unwrap());
-    assert_refused(&call(addr, &tampered).await, 401, "signature invalid", "tampered signature");
+    assert_refused(
+        &call(addr, &tampered).await,
+        401,
+        "signature invalid",
+        "tampered signature",
+    );
     let parts: Vec<&str> = good.split('.').collect();
     let mut evil = claims();
     evil["sub"] = json!("admin");
-    let forged = format!("{}.{}.{}", parts[0], b64(evil.to_string().as_bytes()), parts[2]);
-    assert_refused(&call(addr, &forged).await, 401, "signature invalid", "tampered payload");
-    assert_eq!(call(addr, &good).await.status, 200, "the untampered token works");
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(evil.to_string().as_bytes()),
+        parts[2]
+    );
+    assert_refused(
+        &call(addr, &forged).await,
+        401,
+        "signature invalid",
+        "tampered payload",
+    );
+    assert_eq!(
+        call(addr, &good).await.status,
+        200,
+        "the untampered token works"
+    );
 
     // bad base64 (token68 characters that are not base64url), and not-token68 at all
-    assert_refused(&call(addr, "ab+/.cd+/.ef+/").await, 401, "jwt header", "bad base64");
+    assert_refused(
+        &call(addr, "ab+/.cd+/.ef+/").await,
+        401,
+        "jwt header",
+        "bad base64",
+    );
     let bad_payload = format!("{}.%%%.{}", parts[0], parts[2]);
-    let r = get(addr, "/mcp", &[("authorization", &format!("Bearer {bad_payload}"))]).await;
+    let r = get(
+        addr,
+        "/mcp",
+        &[("authorization", &format!("Bearer {bad_payload}"))],
+    )
+    .await;
     assert_eq!(r.status, 400, "not a token68 at all");
-    assert_refused(&call(addr, "not-a-jwt-at-all").await, 401, "not a jwt", "no dots");
+    assert_refused(
+        &call(addr, "not-a-jwt-at-all").await,
+        401,
+        "not a jwt",
+        "no dots",
+    );
 
     // oversized token: refused before any work
     let huge = format!("{}.{}.{}", parts[0], "A".repeat(9000), parts[2]);
-    assert_refused(&call(addr, &huge).await, 401, "longer than the limit", "oversized");
+    assert_refused(
+        &call(addr, &huge).await,
+        401,
+        "longer than the limit",
+        "oversized",
+    );
 
     // the token in the query string is refused, not read
     let r = get(addr, &format!("/mcp?access_token={good}"), &[]).await;
@@ -241,17 +415,39 @@ async fn resource_audience_is_required() {
     // MCP authorization: the token must name this server's resource URI in aud.
     let resource = "https://mcp.example.com/mcp";
     let jwt = JwtAuthenticator::builder()
-        .issuer(JwtIssuer::new(ISS).audience("ignored-when-resource-set").public_key_pem(Algorithm::RS256, RSA1_PUB))
+        .issuer(
+            JwtIssuer::new(ISS)
+                .audience("ignored-when-resource-set")
+                .public_key_pem(Algorithm::RS256, RSA1_PUB),
+        )
         .resource(resource)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().map_response(inspect).layer(AuthLayer::new(jwt)).service_fn(handler);
+    let svc = ServiceBuilder::new()
+        .map_response(inspect)
+        .layer(AuthLayer::new(jwt))
+        .service_fn(handler);
     let addr = serve_hyper(svc).await;
     let mut c = claims();
     c["aud"] = json!(resource);
-    assert_eq!(call(addr, &sign(Algorithm::RS256, &rsa1(), None, &c)).await.status, 200);
+    assert_eq!(
+        call(addr, &sign(Algorithm::RS256, &rsa1(), None, &c))
+            .await
+            .status,
+        200
+    );
     c["aud"] = json!("ignored-when-resource-set");
-    assert_eq!(call(addr, &sign(Algorithm::RS256, &rsa1(), None, &c)).await.status, 401);
+    assert_eq!(
+        call(addr, &sign(Algorithm::RS256, &rsa1(), None, &c))
+            .await
+            .status,
+        401
+    );
     c.as_object_mut().unwrap().remove("aud");
-    assert_eq!(call(addr, &sign(Algorithm::RS256, &rsa1(), None, &c)).await.status, 401);
+    assert_eq!(
+        call(addr, &sign(Algorithm::RS256, &rsa1(), None, &c))
+            .await
+            .status,
+        401
+    );
 }

@@ -45,7 +45,11 @@ async fn api_key_server() -> std::net::SocketAddr {
         .realm("tests")
         .authenticator(
             ApiKeyAuthenticator::builder()
-                .key(CredentialEntry::new("k1", KEY).principal("alice").scopes(["mcp:tools"]))
+                .key(
+                    CredentialEntry::new("k1", KEY)
+                        .principal("alice")
+                        .scopes(["mcp:tools"]),
+                )
                 .key(
                     CredentialEntry::new("k2", KEY2)
                         .expires_at(SystemTime::now() - Duration::from_secs(5)),
@@ -65,7 +69,11 @@ async fn api_key_accepted_in_any_header_case() {
         let r = post(addr, "/mcp", &[(name, KEY)], "{}").await;
         assert_eq!(r.status, 200, "{name}");
         assert_eq!(r.text(), "alice api_key mcp:tools");
-        assert_eq!(r.header(SEEN_PRINCIPAL), Some("alice"), "principal in response extensions");
+        assert_eq!(
+            r.header(SEEN_PRINCIPAL),
+            Some("alice"),
+            "principal in response extensions"
+        );
     }
 }
 
@@ -74,7 +82,10 @@ async fn api_key_missing_wrong_expired_repeated() {
     let addr = api_key_server().await;
     let none = post(addr, "/mcp", &[], "{}").await;
     assert_eq!(none.status, 401);
-    assert_eq!(none.challenges(), vec![r#"ApiKey realm="tests", header="X-Api-Key""#]);
+    assert_eq!(
+        none.challenges(),
+        vec![r#"ApiKey realm="tests", header="X-Api-Key""#]
+    );
     assert_jsonrpc_error(&none, -32001);
     assert_eq!(none.header(SEEN_DENIAL), Some("auth_failed"));
     assert_eq!(none.header(SEEN_DETAIL), Some("no credentials"));
@@ -94,19 +105,34 @@ async fn api_key_missing_wrong_expired_repeated() {
     assert!(!expired.header(SEEN_DETAIL).unwrap().contains(KEY2));
 
     // two keys: ambiguous, refused as malformed
-    let twice = post(addr, "/mcp", &[("x-api-key", KEY), ("X-API-KEY", KEY)], "{}").await;
+    let twice = post(
+        addr,
+        "/mcp",
+        &[("x-api-key", KEY), ("X-API-KEY", KEY)],
+        "{}",
+    )
+    .await;
     assert_eq!(twice.status, 400);
     assert!(twice.header(SEEN_DETAIL).unwrap().contains("repeated"));
 
     // a key sent as a bearer token is not an API key
-    let bearer = post(addr, "/mcp", &[("authorization", &format!("Bearer {KEY}"))], "{}").await;
+    let bearer = post(
+        addr,
+        "/mcp",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "{}",
+    )
+    .await;
     assert_eq!(bearer.status, 401);
 }
 
 #[tokio::test]
 async fn api_key_in_query_string_is_refused_not_read() {
     let addr = api_key_server().await;
-    let enc = KEY.replace('#', "%23").replace('!', "%21").replace('@', "%40");
+    let enc = KEY
+        .replace('#', "%23")
+        .replace('!', "%21")
+        .replace('@', "%40");
     for q in [
         format!("/whoami?api_key={enc}"),
         format!("/whoami?X-API-KEY={enc}"),
@@ -115,14 +141,22 @@ async fn api_key_in_query_string_is_refused_not_read() {
     ] {
         let r = get(addr, &q, &[]).await;
         assert_eq!(r.status, 400, "{q}");
-        assert!(r.header(SEEN_DETAIL).unwrap().contains("query parameter"), "{q}");
+        assert!(
+            r.header(SEEN_DETAIL).unwrap().contains("query parameter"),
+            "{q}"
+        );
         assert!(r.header(SEEN_PRINCIPAL).is_none());
         // refused even with a valid header: the key has leaked into a URL
         let r = get(addr, &q, &[("x-api-key", KEY)]).await;
         assert_eq!(r.status, 400, "{q}");
     }
     // other query parameters are fine
-    assert_eq!(get(addr, "/whoami?cursor=abc", &[("x-api-key", KEY)]).await.status, 200);
+    assert_eq!(
+        get(addr, "/whoami?cursor=abc", &[("x-api-key", KEY)])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -138,7 +172,13 @@ async fn required_scope_missing_is_403_insufficient_scope() {
         .build()
         .unwrap();
     let addr = serve(app(auth)).await;
-    let r = post(addr, "/mcp", &[("authorization", &format!("Bearer {TOKEN}"))], "{}").await;
+    let r = post(
+        addr,
+        "/mcp",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert_eq!(
         r.challenges(),
@@ -146,30 +186,63 @@ async fn required_scope_missing_is_403_insufficient_scope() {
     );
     assert_jsonrpc_error(&r, -32003);
     assert_eq!(r.header(SEEN_DENIAL), Some("insufficient_scope"));
-    assert_eq!(r.header(SEEN_PRINCIPAL), Some("t"), "outer layers still learn who it was");
+    assert_eq!(
+        r.header(SEEN_PRINCIPAL),
+        Some("t"),
+        "outer layers still learn who it was"
+    );
     // 401 challenge advertises the scope
     let r = post(addr, "/mcp", &[], "{}").await;
-    assert_eq!(r.challenges(), vec![r#"Bearer realm="mcp", scope="mcp:tools""#]);
+    assert_eq!(
+        r.challenges(),
+        vec![r#"Bearer realm="mcp", scope="mcp:tools""#]
+    );
 }
 
 #[tokio::test]
 async fn static_bearer_tokens() {
-    let auth = AuthLayer::bearer_tokens([CredentialEntry::new("deploy", TOKEN).principal("ci")]).unwrap();
+    let auth =
+        AuthLayer::bearer_tokens([CredentialEntry::new("deploy", TOKEN).principal("ci")]).unwrap();
     let addr = serve(app(auth)).await;
-    let ok = get(addr, "/whoami", &[("authorization", &format!("Bearer {TOKEN}"))]).await;
+    let ok = get(
+        addr,
+        "/whoami",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.text(), "ci bearer_token ");
-    let lower = get(addr, "/whoami", &[("authorization", &format!("bearer {TOKEN}"))]).await;
+    let lower = get(
+        addr,
+        "/whoami",
+        &[("authorization", &format!("bearer {TOKEN}"))],
+    )
+    .await;
     assert_eq!(lower.status, 200, "scheme is case-insensitive");
     let none = get(addr, "/whoami", &[]).await;
     assert_eq!(none.status, 401);
-    assert_eq!(none.challenges(), vec![r#"Bearer realm="mcp""#], "no error without a token (RFC 6750 3.1)");
-    let bad = get(addr, "/whoami", &[("authorization", &format!("Bearer {TOKEN}A"))]).await;
+    assert_eq!(
+        none.challenges(),
+        vec![r#"Bearer realm="mcp""#],
+        "no error without a token (RFC 6750 3.1)"
+    );
+    let bad = get(
+        addr,
+        "/whoami",
+        &[("authorization", &format!("Bearer {TOKEN}A"))],
+    )
+    .await;
     assert_eq!(bad.status, 401);
-    assert_eq!(bad.challenges(), vec![r#"Bearer realm="mcp", error="invalid_token""#]);
+    assert_eq!(
+        bad.challenges(),
+        vec![r#"Bearer realm="mcp", error="invalid_token""#]
+    );
     let malformed = get(addr, "/whoami", &[("authorization", "Bearer a b c")]).await;
     assert_eq!(malformed.status, 400);
-    assert_eq!(malformed.challenges(), vec![r#"Bearer realm="mcp", error="invalid_request""#]);
+    assert_eq!(
+        malformed.challenges(),
+        vec![r#"Bearer realm="mcp", error="invalid_request""#]
+    );
     let q = get(addr, &format!("/whoami?access_token={TOKEN}"), &[]).await;
     assert_eq!(q.status, 400);
     assert!(q.challenges()[0].contains(r#"error="invalid_request""#));
@@ -192,26 +265,55 @@ async fn basic_auth() {
     let auth = AuthLayer::new(
         BasicAuthenticator::builder()
             .user(BasicUser::phc("aladdin", phc).scopes(["lamp"]))
-            .user(BasicUser::phc("jösé", hash_password("pässwörd", Some(small_params())).unwrap()))
+            .user(BasicUser::phc(
+                "jösé",
+                hash_password("pässwörd", Some(small_params())).unwrap(),
+            ))
             .build()
             .unwrap(),
     );
     let addr = serve(app(auth)).await;
-    let ok = get(addr, "/whoami", &[("authorization", &basic("aladdin", "open:sesame"))]).await;
+    let ok = get(
+        addr,
+        "/whoami",
+        &[("authorization", &basic("aladdin", "open:sesame"))],
+    )
+    .await;
     assert_eq!(ok.status, 200, "colon inside the password");
     assert_eq!(ok.text(), "aladdin basic lamp");
     assert_eq!(ok.header(SEEN_PRINCIPAL), Some("aladdin"));
-    let utf8 = get(addr, "/whoami", &[("authorization", &basic("jösé", "pässwörd"))]).await;
+    let utf8 = get(
+        addr,
+        "/whoami",
+        &[("authorization", &basic("jösé", "pässwörd"))],
+    )
+    .await;
     assert_eq!(utf8.status, 200, "UTF-8 user and password");
 
     let none = get(addr, "/whoami", &[]).await;
     assert_eq!(none.status, 401);
-    assert_eq!(none.challenges(), vec![r#"Basic realm="mcp", charset="UTF-8""#]);
-    let wrong = get(addr, "/whoami", &[("authorization", &basic("aladdin", "open"))]).await;
-    let unknown = get(addr, "/whoami", &[("authorization", &basic("mallory", "open:sesame"))]).await;
+    assert_eq!(
+        none.challenges(),
+        vec![r#"Basic realm="mcp", charset="UTF-8""#]
+    );
+    let wrong = get(
+        addr,
+        "/whoami",
+        &[("authorization", &basic("aladdin", "open"))],
+    )
+    .await;
+    let unknown = get(
+        addr,
+        "/whoami",
+        &[("authorization", &basic("mallory", "open:sesame"))],
+    )
+    .await;
     assert_eq!(wrong.status, 401);
     assert_eq!(unknown.status, 401);
-    assert_eq!(wrong.body, unknown.body, "same answer whether the user exists or not");
+    assert_eq!(
+        wrong.body, unknown.body,
+        "same answer whether the user exists or not"
+    );
     assert_eq!(wrong.header(SEEN_DETAIL), unknown.header(SEEN_DETAIL));
     assert_eq!(wrong.challenges(), unknown.challenges());
     let bad64 = get(addr, "/whoami", &[("authorization", "Basic !!!!")]).await;
@@ -219,7 +321,13 @@ async fn basic_auth() {
     let nocolon = get(
         addr,
         "/whoami",
-        &[("authorization", &format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("nocolon")))],
+        &[(
+            "authorization",
+            &format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("nocolon")
+            ),
+        )],
     )
     .await;
     assert_eq!(nocolon.status, 400);
@@ -229,9 +337,24 @@ async fn basic_auth() {
 async fn modes_tried_in_order_and_all_challenges_sent() {
     let phc = hash_password("pw", Some(small_params())).unwrap();
     let auth = AuthLayer::builder()
-        .authenticator(ApiKeyAuthenticator::builder().key(CredentialEntry::new("k", KEY)).build().unwrap())
-        .authenticator(BearerTokenAuthenticator::builder().token(CredentialEntry::new("t", TOKEN)).build().unwrap())
-        .authenticator(BasicAuthenticator::builder().user(BasicUser::phc("u", phc)).build().unwrap())
+        .authenticator(
+            ApiKeyAuthenticator::builder()
+                .key(CredentialEntry::new("k", KEY))
+                .build()
+                .unwrap(),
+        )
+        .authenticator(
+            BearerTokenAuthenticator::builder()
+                .token(CredentialEntry::new("t", TOKEN))
+                .build()
+                .unwrap(),
+        )
+        .authenticator(
+            BasicAuthenticator::builder()
+                .user(BasicUser::phc("u", phc))
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let addr = serve(app(auth)).await;
@@ -245,15 +368,45 @@ async fn modes_tried_in_order_and_all_challenges_sent() {
             r#"Basic realm="mcp", charset="UTF-8""#.to_owned(),
         ]
     );
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", KEY)]).await.status, 200);
-    assert_eq!(get(addr, "/whoami", &[("authorization", &format!("Bearer {TOKEN}"))]).await.status, 200);
-    assert_eq!(get(addr, "/whoami", &[("authorization", &basic("u", "pw"))]).await.status, 200);
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", KEY)]).await.status,
+        200
+    );
+    assert_eq!(
+        get(
+            addr,
+            "/whoami",
+            &[("authorization", &format!("Bearer {TOKEN}"))]
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        get(addr, "/whoami", &[("authorization", &basic("u", "pw"))])
+            .await
+            .status,
+        200
+    );
     // a wrong API key does not stop a valid bearer token from authenticating
-    let r = get(addr, "/whoami", &[("x-api-key", "nope"), ("authorization", &format!("Bearer {TOKEN}"))]).await;
+    let r = get(
+        addr,
+        "/whoami",
+        &[
+            ("x-api-key", "nope"),
+            ("authorization", &format!("Bearer {TOKEN}")),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "t bearer_token ");
     // only the presented scheme gets an error
-    let r = get(addr, "/whoami", &[("authorization", "Bearer wrongwrongwrong")]).await;
+    let r = get(
+        addr,
+        "/whoami",
+        &[("authorization", "Bearer wrongwrongwrong")],
+    )
+    .await;
     let c = r.challenges();
     assert!(c[0].starts_with("ApiKey") && !c[0].contains("error"));
     assert!(c[1].contains(r#"error="invalid_token""#));
@@ -279,12 +432,20 @@ async fn client_certificate_from_tls_info() {
     // The accept loop puts TlsInfo in the request extensions; this layer plays its part,
     // choosing the certificate from a test header.
     let tls = tower::util::MapRequestLayer::new(move |mut req: http::Request<axum::body::Body>| {
-        let client = match req.headers().get("x-test-cert").and_then(|v| v.to_str().ok()) {
+        let client = match req
+            .headers()
+            .get("x-test-cert")
+            .and_then(|v| v.to_str().ok())
+        {
             Some("agent") => Some(Arc::new(cert("agent", &["spiffe://test/agent"]))),
             Some("other") => Some(Arc::new(cert("other", &["spiffe://test/other"]))),
             _ => None,
         };
-        req.extensions_mut().insert(TlsInfo { protocol: Some("TLSv1.3"), client, ..TlsInfo::default() });
+        req.extensions_mut().insert(TlsInfo {
+            protocol: Some("TLSv1.3"),
+            client,
+            ..TlsInfo::default()
+        });
         req
     });
     let app = Router::new()
@@ -295,11 +456,17 @@ async fn client_certificate_from_tls_info() {
     let addr = serve(app).await;
     let ok = get(addr, "/whoami", &[("x-test-cert", "agent")]).await;
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.text(), "spiffe://test/agent client_certificate mcp:tools");
+    assert_eq!(
+        ok.text(),
+        "spiffe://test/agent client_certificate mcp:tools"
+    );
     let other = get(addr, "/whoami", &[("x-test-cert", "other")]).await;
     assert_eq!(other.status, 401);
     assert!(other.header(SEEN_DETAIL).unwrap().contains("allow list"));
-    assert!(other.challenges().is_empty(), "no HTTP challenge for a TLS credential");
+    assert!(
+        other.challenges().is_empty(),
+        "no HTTP challenge for a TLS credential"
+    );
     assert_eq!(get(addr, "/whoami", &[]).await.status, 401);
 }
 
@@ -307,9 +474,18 @@ async fn client_certificate_from_tls_info() {
 async fn store_backed_keys_rotate_without_rebuilding_the_layer() {
     let store = SecretStore::new();
     let (info, old) = store
-        .generate(NewSecret::api_key("svc").principal("svc-bot").scopes(["mcp:tools"]))
+        .generate(
+            NewSecret::api_key("svc")
+                .principal("svc-bot")
+                .scopes(["mcp:tools"]),
+        )
         .unwrap();
-    let auth = AuthLayer::new(ApiKeyAuthenticator::builder().store(store.clone()).build().unwrap());
+    let auth = AuthLayer::new(
+        ApiKeyAuthenticator::builder()
+            .store(store.clone())
+            .build()
+            .unwrap(),
+    );
     let addr = serve(app(auth)).await;
     let r = get(addr, "/whoami", &[("x-api-key", old.expose())]).await;
     assert_eq!(r.status, 200);
@@ -317,32 +493,87 @@ async fn store_backed_keys_rotate_without_rebuilding_the_layer() {
 
     // rotation with an overlap: both work
     let (_, new) = store.rotate(&info.id, Duration::from_secs(3600)).unwrap();
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", old.expose())]).await.status, 200);
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", new.expose())]).await.status, 200);
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", old.expose())])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", new.expose())])
+            .await
+            .status,
+        200
+    );
 
     // overlap over: only the newest works
     let (_, newest) = store.rotate(&info.id, Duration::ZERO).unwrap();
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", old.expose())]).await.status, 401);
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", new.expose())]).await.status, 401);
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", newest.expose())]).await.status, 200);
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", old.expose())])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", new.expose())])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", newest.expose())])
+            .await
+            .status,
+        200
+    );
 
     // a short overlap ends by itself
     let (_, last) = store.rotate(&info.id, Duration::from_millis(300)).unwrap();
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", newest.expose())]).await.status, 200);
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", newest.expose())])
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", newest.expose())]).await.status, 401);
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", last.expose())]).await.status, 200);
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", newest.expose())])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", last.expose())])
+            .await
+            .status,
+        200
+    );
 
     // an expired secret never authenticates; a revoked one neither
     let (_, short) = store
         .generate(NewSecret::api_key("short").ttl(Duration::from_millis(200)))
         .unwrap();
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", short.expose())]).await.status, 200);
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", short.expose())])
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", short.expose())]).await.status, 401);
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", short.expose())])
+            .await
+            .status,
+        401
+    );
     assert!(store.verify(SecretKind::ApiKey, short.expose()).is_none());
     assert!(store.revoke(&info.id));
-    assert_eq!(get(addr, "/whoami", &[("x-api-key", last.expose())]).await.status, 401);
+    assert_eq!(
+        get(addr, "/whoami", &[("x-api-key", last.expose())])
+            .await
+            .status,
+        401
+    );
 }
 
 #[tokio::test]

@@ -14,8 +14,9 @@ use jsonwebtoken::Algorithm;
 use mcp_auth::basic::hash_password;
 use mcp_auth::credentials::decode_basic;
 use mcp_auth::{
-    ApiKeyAuthenticator, AuthConfig, AuthLayer, BasicAuthenticator, BasicUser, BearerTokenAuthenticator,
-    ClientCertAuthenticator, CredentialEntry, JwtAuthenticator, JwtIssuer, NewSecret, SecretStore,
+    ApiKeyAuthenticator, AuthConfig, AuthLayer, BasicAuthenticator, BasicUser,
+    BearerTokenAuthenticator, ClientCertAuthenticator, CredentialEntry, JwtAuthenticator,
+    JwtIssuer, NewSecret, SecretStore,
 };
 use serde_json::json;
 use tower::{Service, ServiceExt};
@@ -24,7 +25,16 @@ const API_KEY: &str = "Leak1!@#Leak1!@#Leak1";
 const TOKEN: &str = "LeakTokenLeakTokenLeakTokenLeakToken0123";
 const PASSWORD: &str = "leak-password-plain";
 const JWT_SECRET: &str = "leak-jwt-secret-0123456789abcdef0123";
-const SECRETS: &[&str] = &[API_KEY, TOKEN, PASSWORD, JWT_SECRET, "Leak1", "LeakToken", "leak-password", "leak-jwt"];
+const SECRETS: &[&str] = &[
+    API_KEY,
+    TOKEN,
+    PASSWORD,
+    JWT_SECRET,
+    "Leak1",
+    "LeakToken",
+    "leak-password",
+    "leak-jwt",
+];
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -60,12 +70,26 @@ async fn debug_logs_errors_and_responses_hold_no_secret() {
     let (_, stored) = store.generate(NewSecret::api_key("stored")).unwrap();
 
     let entry = CredentialEntry::new("k", API_KEY);
-    let api = ApiKeyAuthenticator::builder().key(entry.clone()).store(store.clone()).build().unwrap();
-    let bearer = BearerTokenAuthenticator::builder().token(CredentialEntry::new("t", TOKEN)).build().unwrap();
+    let api = ApiKeyAuthenticator::builder()
+        .key(entry.clone())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let bearer = BearerTokenAuthenticator::builder()
+        .token(CredentialEntry::new("t", TOKEN))
+        .build()
+        .unwrap();
     let user = BasicUser::plaintext("admin", PASSWORD);
-    let basic = BasicAuthenticator::builder().argon2_params(params.clone()).user(user.clone()).build().unwrap();
+    let basic = BasicAuthenticator::builder()
+        .argon2_params(params.clone())
+        .user(user.clone())
+        .build()
+        .unwrap();
     let phc = hash_password(PASSWORD, Some(params)).unwrap();
-    let basic_phc = BasicAuthenticator::builder().user(BasicUser::phc("other", phc.clone())).build().unwrap();
+    let basic_phc = BasicAuthenticator::builder()
+        .user(BasicUser::phc("other", phc.clone()))
+        .build()
+        .unwrap();
     let issuer = JwtIssuer::new("https://i").hmac_secret(Algorithm::HS256, JWT_SECRET);
     let issuer_dbg = format!("{issuer:?}");
     let jwt = JwtAuthenticator::builder().issuer(issuer).build().unwrap();
@@ -101,7 +125,16 @@ async fn debug_logs_errors_and_responses_hold_no_secret() {
         ("AuthLayer from config", format!("{layer:?}")),
         ("AuthLayer", format!("{full:?}")),
         ("SecretStore", format!("{store:?} {:?}", store.list())),
-        ("BasicCredentials", format!("{:?}", decode_basic(&base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))).unwrap())),
+        (
+            "BasicCredentials",
+            format!(
+                "{:?}",
+                decode_basic(
+                    &base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
+                )
+                .unwrap()
+            ),
+        ),
     ] {
         assert_clean(what, &text);
         assert!(!text.contains(stored.expose()), "{what} shows a stored key");
@@ -109,9 +142,15 @@ async fn debug_logs_errors_and_responses_hold_no_secret() {
     }
 
     // errors made from secrets
-    let weak = ApiKeyAuthenticator::builder().key(CredentialEntry::new("w", "leak1leak1leak1leak")).build().unwrap_err();
+    let weak = ApiKeyAuthenticator::builder()
+        .key(CredentialEntry::new("w", "leak1leak1leak1leak"))
+        .build()
+        .unwrap_err();
     assert!(!weak.to_string().contains("leak1leak1"));
-    let short = JwtAuthenticator::builder().issuer(JwtIssuer::any().hmac_secret(Algorithm::HS256, "leak-jwt-short")).build().unwrap_err();
+    let short = JwtAuthenticator::builder()
+        .issuer(JwtIssuer::any().hmac_secret(Algorithm::HS256, "leak-jwt-short"))
+        .build()
+        .unwrap_err();
     assert_clean("jwt error", &short.to_string());
     assert!(!short.to_string().contains("leak-jwt-short"));
 
@@ -126,22 +165,45 @@ async fn debug_logs_errors_and_responses_hold_no_secret() {
     for (h, v) in [
         ("x-api-key", wrong_key.to_owned()),
         ("authorization", format!("Bearer {TOKEN}x")),
-        ("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}x")))),
-        ("authorization", format!("Bearer {}.{}.{}", b64(b"{\"alg\":\"HS256\"}"), b64(b"{}"), b64(JWT_SECRET.as_bytes()))),
+        (
+            "authorization",
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}x"))
+            ),
+        ),
+        (
+            "authorization",
+            format!(
+                "Bearer {}.{}.{}",
+                b64(b"{\"alg\":\"HS256\"}"),
+                b64(b"{}"),
+                b64(JWT_SECRET.as_bytes())
+            ),
+        ),
     ] {
-        let req = http::Request::builder().header(h, &v).body(mcp_core::Body::empty()).unwrap();
+        let req = http::Request::builder()
+            .header(h, &v)
+            .body(mcp_core::Body::empty())
+            .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.status(), 401);
         let headers = format!("{:?}", res.headers());
         assert_clean("response headers", &headers);
         assert!(!headers.contains(wrong_key));
-        let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
         assert_clean("response body", &String::from_utf8_lossy(&body));
     }
 
     // the logs written meanwhile (including the plaintext password warning)
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("PLAINTEXT PASSWORD"), "the plaintext warning is loud: {logs}");
+    assert!(
+        logs.contains("PLAINTEXT PASSWORD"),
+        "the plaintext warning is loud: {logs}"
+    );
     assert_clean("logs", &logs);
     assert!(!logs.contains("leak-password-two"));
 }

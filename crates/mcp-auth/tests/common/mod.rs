@@ -43,7 +43,9 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let svc = svc.clone();
             tokio::spawn(async move {
                 let hyper_svc = hyper::service::service_fn(move |req| svc.clone().oneshot(req));
@@ -64,17 +66,26 @@ pub const SEEN_DETAIL: &str = "x-seen-detail";
 /// An outer layer that copies the Principal and Denial of the response extensions into
 /// headers, as an audit layer would read them.
 pub fn inspect(mut res: Response<Body>) -> Response<Body> {
-    let p = res.extensions().get::<Principal>().map(|p| p.id().to_owned());
-    let d = res
+    let p = res
         .extensions()
-        .get::<Denial>()
-        .map(|d| (d.reason.as_str().to_owned(), d.detail.clone().unwrap_or_default()));
+        .get::<Principal>()
+        .map(|p| p.id().to_owned());
+    let d = res.extensions().get::<Denial>().map(|d| {
+        (
+            d.reason.as_str().to_owned(),
+            d.detail.clone().unwrap_or_default(),
+        )
+    });
     if let Some(p) = p {
         res.headers_mut().insert(SEEN_PRINCIPAL, p.parse().unwrap());
     }
     if let Some((reason, detail)) = d {
-        res.headers_mut().insert(SEEN_DENIAL, reason.parse().unwrap());
-        let safe: String = detail.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
+        res.headers_mut()
+            .insert(SEEN_DENIAL, reason.parse().unwrap());
+        let safe: String = detail
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .collect();
         res.headers_mut().insert(SEEN_DETAIL, safe.parse().unwrap());
     }
     res
@@ -145,7 +156,12 @@ pub async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: 
 
 /// The handler: who am I.
 pub async fn whoami(p: Principal) -> String {
-    format!("{} {} {}", p.id(), p.method(), p.scopes().iter().cloned().collect::<Vec<_>>().join(","))
+    format!(
+        "{} {} {}",
+        p.id(),
+        p.method(),
+        p.scopes().iter().cloned().collect::<Vec<_>>().join(",")
+    )
 }
 
 pub fn now() -> u64 {
