@@ -13,6 +13,8 @@
 //!   `ApiKey realm="..", header=".."` for API keys.
 //! - Authenticated without a required scope: 403 with `error="insufficient_scope"` and
 //!   `scope=".."` (RFC 6750 §3.1).
+//! - When only TLS client certificates are configured there is no HTTP challenge to
+//!   send, so a refusal is 403 (reason still `auth_failed`).
 //! - Credentials in the query string (`?access_token=`, `?api_key=`, ...) are refused with
 //!   400 `invalid_request`, never read: URLs end up in logs, histories and Referer
 //!   headers.
@@ -490,6 +492,11 @@ impl State {
                 .with_message("Invalid credentials")
                 .with_detail(join_details(failures))
         };
+        if self.schemes.is_empty() {
+            // Only TLS client certificates are configured: there is no HTTP challenge to
+            // send, and a 401 without WWW-Authenticate would break RFC 9110 section 15.5.2.
+            r = r.with_status(StatusCode::FORBIDDEN);
+        }
         for scheme in &self.schemes {
             let presented = failures.iter().any(|f| &f.scheme == scheme);
             let error = match scheme {

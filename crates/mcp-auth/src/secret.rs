@@ -28,6 +28,12 @@ impl SecretString {
         Self(value.into())
     }
 
+    /// The value of the environment variable `name`, if set and not empty (the seeds'
+    /// `MCP_AUTH_API_KEY` style of configuration).
+    pub fn from_env(name: &str) -> Option<Self> {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).map(Self)
+    }
+
     /// The value. Never log it.
     pub fn expose(&self) -> &str {
         &self.0

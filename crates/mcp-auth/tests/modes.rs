@@ -461,13 +461,14 @@ async fn client_certificate_from_tls_info() {
         "spiffe://test/agent client_certificate mcp:tools"
     );
     let other = get(addr, "/whoami", &[("x-test-cert", "other")]).await;
-    assert_eq!(other.status, 401);
+    assert_eq!(other.status, 403, "no HTTP challenge exists for a TLS credential");
+    assert_eq!(other.header(SEEN_DENIAL), Some("auth_failed"));
     assert!(other.header(SEEN_DETAIL).unwrap().contains("allow list"));
     assert!(
         other.challenges().is_empty(),
         "no HTTP challenge for a TLS credential"
     );
-    assert_eq!(get(addr, "/whoami", &[]).await.status, 401);
+    assert_eq!(get(addr, "/whoami", &[]).await.status, 403);
 }
 
 #[tokio::test]
