@@ -128,8 +128,11 @@ impl Layers {
                 Some(c) => c.clone(),
                 None => {
                     let mut c = mcp_ratelimit::RateLimitConfig::per_second(
-                        rl.requests_per_second * 2.0,
-                        rl.burst.unwrap_or(rl.requests_per_second.ceil() as u32).saturating_mul(2).max(1),
+                        (rl.requests_per_second * 2.0).min(1_000_000.0),
+                        rl.burst
+                            .unwrap_or(rl.requests_per_second.ceil() as u32)
+                            .saturating_mul(2)
+                            .clamp(1, 1_000_000),
                     );
                     c.whitelist = rl.whitelist.clone();
                     c.blacklist = rl.blacklist.clone();
