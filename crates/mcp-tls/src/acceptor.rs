@@ -355,3 +355,51 @@ impl Drop for ReloadHandle {
         }
     }
 }
+
+/// What keeps a started TLS configuration current: the file reloader, or (feature
+/// `acme`) the ACME manager. Keep it alive as long as the server runs.
+#[derive(Debug)]
+#[must_use = "dropping it stops reloading / renewal"]
+pub enum Background {
+    /// Certificates from files, reloaded on change.
+    Reloader(ReloadHandle),
+    /// Certificates from ACME, renewed before expiry.
+    #[cfg(feature = "acme")]
+    Acme(crate::acme::AcmeManager),
+}
+
+impl Background {
+    /// The ACME manager, when certificates come from ACME.
+    #[cfg(feature = "acme")]
+    pub fn acme(&self) -> Option<&crate::acme::AcmeManager> {
+        match self {
+            Self::Acme(m) => Some(m),
+            Self::Reloader(_) => None,
+        }
+    }
+}
+
+/// The one call a server needs: validates `cfg` and returns the acceptor and what keeps
+/// it current - a file reloader (watch + `rotationInterval`) for `certFile`/`keyFile`, or
+/// the ACME manager for `autoCert` (feature `acme`; bind the listener first). Reads the
+/// files (blocking I/O): call it at startup. Must be called within a tokio runtime.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let cfg: mcp_tls::TlsConfig = serde_yaml_ng::from_str("certFile: tls.crt\nkeyFile: tls.key\n")?;
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
+/// let (acceptor, _background) = mcp_tls::start(&cfg)?;
+/// mcp_tls::Server::new(listener).tls(acceptor).serve(axum::Router::new()).await?;
+/// # Ok(()) }
+/// ```
+pub fn start(cfg: &TlsConfig) -> Result<(TlsAcceptor, Background), TlsError> {
+    cfg.validate()?;
+    #[cfg(feature = "acme")]
+    if cfg.uses_acme() {
+        let (acceptor, manager) = crate::acme::AcmeManager::start(cfg)?;
+        return Ok((acceptor, Background::Acme(manager)));
+    }
+    let acceptor = TlsAcceptor::from_config(cfg)?;
+    let reloader = acceptor.spawn_reloader()?;
+    Ok((acceptor, Background::Reloader(reloader)))
+}

@@ -45,7 +45,7 @@ pub mod error;
 pub mod identity;
 pub mod serve;
 
-pub use acceptor::{ACME_TLS_ALPN, ReloadHandle, ReloadOutcome, TlsAcceptor};
+pub use acceptor::{ACME_TLS_ALPN, Background, ReloadHandle, ReloadOutcome, TlsAcceptor, start};
 pub use build::{ALPN_PROTOCOLS, ExpiryStatus, expiry_status, provider};
 pub use config::{
     AutoCertConfig, ClientAuth, ServerOptions, TlsConfig, TlsVersion, UnverifiedClientAuth,

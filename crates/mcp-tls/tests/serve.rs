@@ -194,3 +194,42 @@ async fn graceful_shutdown_stops_accepting_and_drains_requests_in_flight() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn start_from_yaml_config_serves_and_reloads() {
+    let ca = Ca::new("CA");
+    let (cert, key) = ca.server("yaml-1");
+    let files = Files::new(&cert, &key);
+    let yaml = format!(
+        "certFile: {}\nkeyFile: {}\nminVersion: TLS1.2\nmaxVersion: TLS1.3\nrotationInterval: \"1s\"\n",
+        files.path("server.pem").display(),
+        files.path("server.key").display()
+    );
+    let cfg: mcp_tls::TlsConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+    let (acceptor, background) = mcp_tls::start(&cfg).unwrap();
+    assert!(matches!(background, mcp_tls::Background::Reloader(_)));
+    let server = start(Some(acceptor)).await;
+    let client = full_handshakes(&client_config(&ca.der(), BOTH, None));
+    assert_eq!(
+        cn(&get_echo(server.addr, client.clone())
+            .await
+            .unwrap()
+            .server_cert),
+        "yaml-1"
+    );
+    let (cert2, key2) = ca.server("yaml-2");
+    replace_file(files.dir.path(), "server.key", &key2);
+    replace_file(files.dir.path(), "server.pem", &cert2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cn(&get_echo(server.addr, client.clone())
+        .await
+        .unwrap()
+        .server_cert)
+        != "yaml-2"
+    {
+        assert!(std::time::Instant::now() < deadline, "not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(background);
+    server.shutdown().await;
+}
