@@ -389,6 +389,9 @@ async fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
 }
 
 async fn account(state: &State) -> Result<Account, TlsError> {
+    // instant-acme's HTTP client takes rustls's process-wide provider: make it ring
+    // unless the application chose one already (then this is a no-op).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let auto = &state.auto;
     let builder = || match &auto.directory_ca_file {
         Some(ca) => Account::builder_with_root(ca).map_err(|e| acme_err("directory CA", e)),
