@@ -260,7 +260,9 @@ impl AutoCertConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsConfig {
-    /// Whether TLS is on (the fetchfy seed's `tls.enabled`); default true.
+    /// Whether TLS is on (the fetchfy seed's `tls.enabled`); default true. Read by the
+    /// caller to choose between TLS and plain TCP (see
+    /// [`Server::maybe_tls`](crate::Server::maybe_tls)); building an acceptor ignores it.
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// PEM certificate chain, end-entity first.

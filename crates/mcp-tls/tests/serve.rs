@@ -233,3 +233,30 @@ async fn start_from_yaml_config_serves_and_reloads() {
     drop(background);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_addr_layer_resolves_the_peer_addr_from_the_accept_loop() {
+    use mcp_core::{ClientAddr, ClientAddrLayer, TrustedProxies};
+    let router = Router::new()
+        .route(
+            "/ip",
+            get(
+                |axum::Extension(addr): axum::Extension<ClientAddr>| async move {
+                    format!("{} {}", addr.ip(), addr.is_forwarded())
+                },
+            ),
+        )
+        .layer(ClientAddrLayer::new(TrustedProxies::none()));
+    let server = start_with(None, |s| s, router).await;
+    // Attack: a spoofed X-Forwarded-For from an untrusted peer changes nothing.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /ip HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.ends_with("127.0.0.1 false"), "{out}");
+    server.shutdown().await;
+}
