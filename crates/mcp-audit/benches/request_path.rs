@@ -26,7 +26,9 @@ use mcp_audit::{AuditConfig, Auditor, Masker, MaskingConfig};
 use mcp_core::{AuthMethod, McpHeaders, McpRequest, PeerAddr, Principal};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-struct Discard;
+/// Discards batches; while `paused` is true it waits, so that the writer does no work
+/// during a measurement.
+struct Discard(tokio::sync::watch::Receiver<bool>);
 impl AuditSink for Discard {
     fn name(&self) -> &str {
         "discard"
@@ -35,7 +37,10 @@ impl AuditSink for Discard {
         &mut self,
         _b: Arc<[mcp_audit::event::SinkEvent]>,
     ) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
+        Box::pin(async move {
+            let _ = self.0.wait_for(|paused| !paused).await;
+            Ok(())
+        })
     }
 }
 
@@ -83,9 +88,20 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    let (_pause_tx, pause_rx) = tokio::sync::watch::channel(false);
     let auditor = rt.block_on(async {
         Auditor::builder(AuditConfig::default())
-            .sink(Discard)
+            .sink(Discard(pause_rx))
+            .start()
+            .unwrap()
+    });
+    // A second pipeline whose writer takes one event per batch and can be paused.
+    let (pause_tx, pause_rx) = tokio::sync::watch::channel(false);
+    let paused_auditor = rt.block_on(async {
+        let mut cfg = AuditConfig::default();
+        cfg.queue.batch_size = 1;
+        Auditor::builder(cfg)
+            .sink(Discard(pause_rx))
             .start()
             .unwrap()
     });
@@ -127,6 +143,70 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    let audited = paused_auditor.layer().layer(inner());
+    let a = paused_auditor.clone();
+    let pause = Arc::new(pause_tx);
+    g.bench_function("with_audit_layer_writer_paused", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let svc = audited.clone();
+            let a = a.clone();
+            let pause = Arc::clone(&pause);
+            async move {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let k = (iters - done).min(1000);
+                    pause.send_replace(true);
+                    // Let the writer reach the paused sink with at most one event.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let start = Instant::now();
+                    for _ in 0..k {
+                        let resp = svc.clone().oneshot(request()).await.unwrap();
+                        std::hint::black_box(resp.into_body().collect().await.unwrap());
+                    }
+                    total += start.elapsed();
+                    pause.send_replace(false);
+                    a.flush().await;
+                    done += k;
+                }
+                total
+            }
+        })
+    });
+
+    let audited = auditor.layer().record_headers(false).layer(inner());
+    let a = auditor.clone();
+    g.bench_function("with_audit_layer_no_headers", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let svc = audited.clone();
+            let a = a.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let k = (iters - done).min(1000);
+                    let start = Instant::now();
+                    for _ in 0..k {
+                        let resp = svc.clone().oneshot(request()).await.unwrap();
+                        std::hint::black_box(resp.into_body().collect().await.unwrap());
+                    }
+                    total += start.elapsed();
+                    a.flush().await;
+                    done += k;
+                }
+                total
+            }
+        })
+    });
+
+    g.bench_function("component_request_id", |b| {
+        b.iter(mcp_audit::RequestId::generate)
+    });
+    let req = request();
+    g.bench_function("component_header_map_clone", |b| {
+        b.iter(|| req.headers().clone())
+    });
+
     // The alternative: build, mask and serialize the record on the request path.
     let masker = Masker::new(&MaskingConfig::default()).unwrap();
     let svc = inner();
@@ -160,6 +240,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     rt.block_on(auditor.shutdown());
+    rt.block_on(paused_auditor.shutdown());
 }
 
 criterion_group!(benches, bench);

@@ -388,7 +388,7 @@ impl Renderer {
         let masker = &self.masker;
         let ms = |s: &str| masker.mask_str(s).into_owned();
         let mut rec = AuditRecord {
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: crate::layer::fast_uuid_v7().to_string(),
             timestamp,
             kind: Some(kind),
             request_id: e.request_id.as_ref().map(|r| ms(r.as_str())),

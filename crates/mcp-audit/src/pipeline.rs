@@ -303,6 +303,7 @@ impl AuditorBuilder {
                 .collect(),
             renderer,
             batch_size: cfg.queue.batch_size,
+            linger: Duration::from_millis(cfg.queue.linger_ms),
             capacity: cfg.queue.capacity,
             stats: Arc::clone(&stats),
             shutdown_timeout: Duration::from_millis(cfg.queue.shutdown_timeout_ms),
@@ -525,6 +526,7 @@ struct Writer {
     sinks: Vec<SinkSlot>,
     renderer: Renderer,
     batch_size: usize,
+    linger: Duration,
     capacity: usize,
     stats: Arc<AuditStats>,
     shutdown_timeout: Duration,
@@ -539,6 +541,7 @@ impl Writer {
                 // Every handle is gone.
                 return;
             }
+            let full_batch = n >= self.batch_size;
             let mut batch = Vec::with_capacity(msgs.len());
             let mut waiters = Vec::new();
             let mut shutdown = None;
@@ -583,6 +586,10 @@ impl Writer {
             }
             metrics::gauge!("mcp_audit_queue_depth")
                 .set((self.capacity - self.rx.capacity().min(self.capacity)) as f64);
+            if !full_batch && !self.linger.is_zero() {
+                // Let events accumulate instead of being woken for each one.
+                tokio::time::sleep(self.linger).await;
+            }
         }
     }
 
