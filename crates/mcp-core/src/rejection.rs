@@ -257,8 +257,14 @@ pub struct Denial {
 /// assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 /// assert!(response.headers().contains_key("www-authenticate"));
 /// ```
+///
+/// It is one pointer wide (the fields live behind a `Box`), so `Result<_, Rejection>` stays
+/// small on the paths that succeed.
 #[derive(Clone)]
-pub struct Rejection {
+pub struct Rejection(Box<Inner>);
+
+#[derive(Clone)]
+struct Inner {
     status: StatusCode,
     reason: RejectionReason,
     code: i64,
@@ -274,13 +280,13 @@ impl fmt::Debug for Rejection {
         // Header values may carry challenge parameters but never credentials; they are
         // still left out so that a Rejection can be logged without thought.
         f.debug_struct("Rejection")
-            .field("status", &self.status)
-            .field("reason", &self.reason)
-            .field("code", &self.code)
-            .field("message", &self.message)
-            .field("detail", &self.detail)
-            .field("id", &self.id)
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("status", &self.0.status)
+            .field("reason", &self.0.reason)
+            .field("code", &self.0.code)
+            .field("message", &self.0.message)
+            .field("detail", &self.0.detail)
+            .field("id", &self.0.id)
+            .field("headers", &self.0.headers.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -290,9 +296,9 @@ impl fmt::Display for Rejection {
         write!(
             f,
             "{} ({}): {}",
-            self.status.as_u16(),
-            self.reason,
-            self.message
+            self.0.status.as_u16(),
+            self.0.reason,
+            self.0.message
         )
     }
 }
@@ -317,7 +323,7 @@ struct ErrorBody<'a> {
 impl Rejection {
     /// A rejection with the reason's default status, code and message.
     pub fn new(reason: RejectionReason) -> Self {
-        Self {
+        Self(Box::new(Inner {
             status: reason.default_status(),
             reason,
             code: reason.default_code(),
@@ -326,25 +332,25 @@ impl Rejection {
             data: None,
             id: None,
             headers: HeaderMap::new(),
-        }
+        }))
     }
 
     /// Sets the HTTP status.
     pub fn with_status(mut self, status: StatusCode) -> Self {
-        self.status = status;
+        self.0.status = status;
         self
     }
 
     /// Sets the JSON-RPC error code.
     pub fn with_code(mut self, code: i64) -> Self {
-        self.code = code;
+        self.0.code = code;
         self
     }
 
     /// Sets the JSON-RPC error message. It is sent to the client: never put a secret or an
     /// unescaped client value in it.
     pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
-        self.message = message.into();
+        self.0.message = message.into();
         self
     }
 
@@ -352,19 +358,19 @@ impl Rejection {
     /// outer layers through [`Denial::detail`] and not sent to the client unless also put
     /// in [`Rejection::with_data`].
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
-        self.detail = Some(detail.into());
+        self.0.detail = Some(detail.into());
         self
     }
 
     /// Sets the JSON-RPC error `data` member.
     pub fn with_data(mut self, data: serde_json::Value) -> Self {
-        self.data = Some(data);
+        self.0.data = Some(data);
         self
     }
 
     /// Sets the JSON-RPC id to echo (`null` when `None`).
     pub fn with_id(mut self, id: Option<JsonRpcId>) -> Self {
-        self.id = id;
+        self.0.id = id;
         self
     }
 
@@ -376,55 +382,55 @@ impl Rejection {
         V: TryInto<HeaderValue>,
     {
         if let (Ok(name), Ok(value)) = (name.try_into(), value.try_into()) {
-            self.headers.append(name, value);
+            self.0.headers.append(name, value);
         }
         self
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     /// The typed reason.
     pub fn reason(&self) -> RejectionReason {
-        self.reason
+        self.0.reason
     }
 
     /// The JSON-RPC error code.
     pub fn code(&self) -> i64 {
-        self.code
+        self.0.code
     }
 
     /// The JSON-RPC error message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The recorded detail, if any.
     pub fn detail(&self) -> Option<&str> {
-        self.detail.as_deref()
+        self.0.detail.as_deref()
     }
 
     /// The JSON-RPC id echoed.
     pub fn id(&self) -> Option<&JsonRpcId> {
-        self.id.as_ref()
+        self.0.id.as_ref()
     }
 
     /// The extra headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        &self.0.headers
     }
 
     /// The JSON-RPC error body as bytes.
     pub fn body_bytes(&self) -> Bytes {
         let body = ErrorBody {
             jsonrpc: "2.0",
-            id: self.id.as_ref(),
+            id: self.0.id.as_ref(),
             error: ErrorObject {
-                code: self.code,
-                message: &self.message,
-                data: self.data.as_ref(),
+                code: self.0.code,
+                message: &self.0.message,
+                data: self.0.data.as_ref(),
             },
         };
         // Serializing this fixed shape of plain values cannot fail; fall back to a
@@ -440,9 +446,9 @@ impl Rejection {
     /// The [`Denial`] that [`Rejection::into_response`] puts in the response extensions.
     pub fn denial(&self) -> Denial {
         Denial {
-            reason: self.reason,
-            code: self.code,
-            detail: self.detail.clone(),
+            reason: self.0.reason,
+            code: self.0.code,
+            detail: self.0.detail.clone(),
         }
     }
 
@@ -452,9 +458,9 @@ impl Rejection {
         let denial = self.denial();
         let body = self.body_bytes();
         let mut response = Response::new(B::from(body));
-        *response.status_mut() = self.status;
+        *response.status_mut() = self.0.status;
         let headers = response.headers_mut();
-        *headers = self.headers;
+        *headers = self.0.headers;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response.extensions_mut().insert(denial);
         response
