@@ -20,6 +20,9 @@
 //!   (never the token), whose entries are never used past the token's `exp` nor after the
 //!   key set changed, so a repeated token skips the signature check.
 //! - Tokens longer than the limit (8 KiB by default) are refused before any work.
+//! - First-sight RSA, ECDSA and EdDSA signature checks (about 0.3 ms for RS256 with the
+//!   pure-Rust backend) run on Tokio's blocking pool, a bounded number at once, so they
+//!   never stall the executor; HMAC checks and cache hits run inline.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -721,6 +724,7 @@ impl TokenCache {
 
 struct JwtInner {
     issuers: Vec<IssuerState>,
+    offload: Option<tokio::sync::Semaphore>,
     cache: Option<TokenCache>,
     max_token_bytes: usize,
     epoch: Arc<AtomicU64>,
@@ -765,7 +769,11 @@ pub struct JwtAuthenticatorBuilder {
     cache_max_ttl: Duration,
     max_token_bytes: usize,
     resource: Option<String>,
+    blocking_verifications: usize,
 }
+
+/// The default bound on concurrent asymmetric signature checks on the blocking pool.
+pub const DEFAULT_BLOCKING_VERIFICATIONS: usize = 8;
 
 impl Default for JwtAuthenticatorBuilder {
     fn default() -> Self {
@@ -775,12 +783,15 @@ impl Default for JwtAuthenticatorBuilder {
             cache_max_ttl: DEFAULT_CACHE_MAX_TTL,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             resource: None,
+            blocking_verifications: DEFAULT_BLOCKING_VERIFICATIONS,
         }
     }
 }
 
 enum Step {
     Done(Outcome),
+    /// The signature check is costly (asymmetric): run it on the blocking pool.
+    Offload,
     /// The keys of issuer `i` must be fetched first.
     Fetch(Arc<RemoteJwks>),
 }
@@ -848,7 +859,7 @@ impl JwtInner {
             .or_else(|| self.issuers.iter().find(|i| i.name.is_none()))
     }
 
-    fn try_verify(&self, token: &str, may_fetch: bool) -> Step {
+    fn try_verify(&self, token: &str, may_fetch: bool, may_offload: bool) -> Step {
         if token.len() > self.max_token_bytes {
             return fail("jwt longer than the limit");
         }
@@ -914,6 +925,9 @@ impl JwtInner {
         }
         if kid.is_none() && remote.is_some() && candidates.len() > 1 {
             return fail("jwt without kid, several keys");
+        }
+        if may_offload && self.offload.is_some() && family(header.alg) != AlgorithmFamily::Hmac {
+            return Step::Offload;
         }
         let mut last = String::from("jwt signature invalid");
         for key in candidates {
@@ -993,6 +1007,15 @@ impl JwtAuthenticatorBuilder {
         self
     }
 
+    /// How many first-sight RSA, ECDSA and EdDSA signature checks may run at once on
+    /// Tokio's blocking pool (default 8). An RS256 check costs about 0.3 ms of CPU with
+    /// the pure-Rust backend: run on the executor it would stall other requests. 0 runs
+    /// them inline instead. HMAC checks and cache hits always run inline.
+    pub fn blocking_verifications(mut self, n: usize) -> Self {
+        self.blocking_verifications = n;
+        self
+    }
+
     /// The MCP resource URI this server is (RFC 8707 / MCP authorization): tokens must
     /// name it in `aud`. It replaces the issuers' audience lists.
     pub fn resource(mut self, resource: impl Into<String>) -> Self {
@@ -1029,6 +1052,8 @@ impl JwtAuthenticatorBuilder {
         Ok(JwtAuthenticator {
             inner: Arc::new(JwtInner {
                 issuers,
+                offload: (self.blocking_verifications > 0)
+                    .then(|| tokio::sync::Semaphore::new(self.blocking_verifications)),
                 cache: (self.cache_capacity > 0)
                     .then(|| TokenCache::new(self.cache_capacity, self.cache_max_ttl)),
                 max_token_bytes: self.max_token_bytes,
@@ -1271,18 +1296,52 @@ impl JwtAuthenticator {
     /// Verifies a token (the work [`Authenticator::authenticate`] does after reading the
     /// `Authorization` header), fetching JWKS keys when needed.
     pub async fn verify(&self, token: &str) -> Outcome {
-        match self.inner.try_verify(token, true) {
-            Step::Done(o) => o,
-            Step::Fetch(remote) => {
-                remote.refresh().await;
-                match self.inner.try_verify(token, false) {
-                    Step::Done(o) => o,
-                    Step::Fetch(_) => {
-                        Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable"))
-                    }
+        let mut may_fetch = true;
+        loop {
+            match self.inner.try_verify(token, may_fetch, true) {
+                Step::Done(o) => return o,
+                Step::Fetch(remote) if may_fetch => {
+                    remote.refresh().await;
+                    may_fetch = false;
                 }
+                Step::Fetch(_) => {
+                    return Outcome::Failed(Failure::unavailable(
+                        Scheme::Bearer,
+                        "jwks unavailable",
+                    ));
+                }
+                Step::Offload => return self.verify_offloaded(token).await,
             }
         }
+    }
+
+    /// Verifies the signature on the blocking pool, at most `n` at once (the permits),
+    /// so that a flood of first-sight RSA/EC tokens cannot starve the executor.
+    async fn verify_offloaded(&self, token: &str) -> Outcome {
+        let run_here = |inner: &JwtInner| match inner.try_verify(token, false, false) {
+            Step::Done(o) => o,
+            _ => Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable")),
+        };
+        let Some(permits) = &self.inner.offload else {
+            return run_here(&self.inner);
+        };
+        let Ok(_permit) = permits.acquire().await else {
+            return run_here(&self.inner);
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return run_here(&self.inner);
+        };
+        let inner = Arc::clone(&self.inner);
+        let owned = token.to_owned();
+        let result = handle
+            .spawn_blocking(move || match inner.try_verify(&owned, false, false) {
+                Step::Done(o) => o,
+                _ => Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable")),
+            })
+            .await;
+        result.unwrap_or_else(|_| {
+            Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwt verifier failed"))
+        })
     }
 
     /// Fetches the keys of every JWKS URL now (to warm up before serving).
@@ -1311,9 +1370,9 @@ impl Authenticator for JwtAuthenticator {
             Err(e) => return AuthFuture::Ready(crate::api_key::malformed(Scheme::Bearer, e)),
             Ok(Some(t)) => t,
         };
-        match self.inner.try_verify(token, true) {
+        match self.inner.try_verify(token, true, true) {
             Step::Done(o) => AuthFuture::Ready(o),
-            Step::Fetch(_) => AuthFuture::Pending(Box::pin(self.verify(token))),
+            Step::Fetch(_) | Step::Offload => AuthFuture::Pending(Box::pin(self.verify(token))),
         }
     }
 }

@@ -421,6 +421,7 @@ async fn resource_audience_is_required() {
                 .public_key_pem(Algorithm::RS256, RSA1_PUB),
         )
         .resource(resource)
+        .blocking_verifications(0) // RSA checks inline on the executor: the other path
         .build()
         .unwrap();
     let svc = ServiceBuilder::new()

@@ -461,7 +461,10 @@ async fn client_certificate_from_tls_info() {
         "spiffe://test/agent client_certificate mcp:tools"
     );
     let other = get(addr, "/whoami", &[("x-test-cert", "other")]).await;
-    assert_eq!(other.status, 403, "no HTTP challenge exists for a TLS credential");
+    assert_eq!(
+        other.status, 403,
+        "no HTTP challenge exists for a TLS credential"
+    );
     assert_eq!(other.header(SEEN_DENIAL), Some("auth_failed"));
     assert!(other.header(SEEN_DETAIL).unwrap().contains("allow list"));
     assert!(
