@@ -20,6 +20,11 @@
 //!   fingerprint) in its extensions.
 //! - `acme` (cargo feature): certificates obtained and renewed from an ACME directory
 //!   (Let's Encrypt) with tls-alpn-01 on the serving port, cached on disk.
+//! - [`start`]: one call from a [`TlsConfig`] to an acceptor plus what keeps it current
+//!   (the file reloader, or the ACME manager).
+//!
+//! testssl.sh finds no protocol or cipher weakness: run `crates/mcp-tls/scripts/testssl.sh`
+//! (not part of `cargo test`; about a minute).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
