@@ -33,11 +33,6 @@ use crate::proxy::{Proxy, UpstreamSpec, UpstreamTls};
 /// Paths the gateway serves itself.
 pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/audit/query"];
 
-/// Why the gateway could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BuildError(pub String);
-
 /// The built gateway.
 pub struct Gateway {
     /// The service to serve.
@@ -80,7 +75,10 @@ pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::Confi
         let mut inject = Vec::new();
         for (name, value) in &up.headers {
             let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                loaded.error(&key("headers"), format!("`{name}` is not a valid header name"))
+                loaded.error(
+                    &key("headers"),
+                    format!("`{name}` is not a valid header name"),
+                )
             })?;
             let mut v = HeaderValue::from_str(value.expose()).map_err(|_| {
                 loaded.error(

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -38,10 +37,6 @@ impl Secret {
     /// The value.
     pub fn expose(&self) -> &str {
         &self.0
-    }
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -416,13 +411,13 @@ fn expand(
             })?;
             // `${RPS}` alone may stand for a number or a boolean.
             let last = path.last().map(String::as_str).unwrap_or("");
-            if whole && !SECRET_KEYS.contains(&last) {
-                if let Ok(parsed) = serde_yaml_ng::from_str::<Value>(&expanded) {
-                    if matches!(parsed, Value::Number(_) | Value::Bool(_)) {
-                        *v = parsed;
-                        return Ok(());
-                    }
-                }
+            if whole
+                && !SECRET_KEYS.contains(&last)
+                && let Ok(parsed) = serde_yaml_ng::from_str::<Value>(&expanded)
+                && matches!(parsed, Value::Number(_) | Value::Bool(_))
+            {
+                *v = parsed;
+                return Ok(());
             }
             *s = expanded;
         }
@@ -610,12 +605,8 @@ pub fn find_line(text: &str, key: &str) -> Option<usize> {
     found
 }
 
-/// Whether an address string is a loopback listen address.
-pub fn is_loopback_addr(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
-}
-
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -704,7 +695,10 @@ security:
             &env_of(&[("MCP_AUTH_API_KEY", "Abc123!@#Xyz789!@#")]),
         )
         .unwrap();
-        assert_eq!(l.config.auth.api_key.as_ref().unwrap().expose(), "Abc123!@#Xyz789!@#");
+        assert_eq!(
+            l.config.auth.api_key.as_ref().unwrap().expose(),
+            "Abc123!@#Xyz789!@#"
+        );
         assert_eq!(l.config.ratelimit.burst, Some(200));
         assert_eq!(
             l.config.audit.database.sqlite_path,
@@ -765,17 +759,15 @@ security:
         .unwrap();
         assert!(!l.config.auth.enabled);
         assert_eq!(l.config.auth.mode.0, vec![mcp_auth::Mode::ApiKey]);
-        assert_eq!(l.config.auth.api_key.as_ref().unwrap().expose(), "Abc123!@#Xyz789!@#");
+        assert_eq!(
+            l.config.auth.api_key.as_ref().unwrap().expose(),
+            "Abc123!@#Xyz789!@#"
+        );
     }
 
     #[test]
     fn numeric_variable() {
-        let l = parse(
-            "ratelimit:\n  burst: ${B}\n",
-            "f",
-            &env_of(&[("B", "7")]),
-        )
-        .unwrap();
+        let l = parse("ratelimit:\n  burst: ${B}\n", "f", &env_of(&[("B", "7")])).unwrap();
         assert_eq!(l.config.ratelimit.burst, Some(7));
     }
 
@@ -787,7 +779,10 @@ security:
             &env_of(&[("K", "a: b # c !d")]),
         )
         .unwrap();
-        assert_eq!(l.config.auth.api_key.as_ref().unwrap().expose(), "a: b # c !d");
+        assert_eq!(
+            l.config.auth.api_key.as_ref().unwrap().expose(),
+            "a: b # c !d"
+        );
         assert_eq!(l.config.auth.username.as_deref(), Some("${literal}"));
     }
 

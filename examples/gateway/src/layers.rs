@@ -20,7 +20,8 @@ fn plain_body(r: Response<Body>) -> Response<AuditBody<Body>> {
 
 /// The audit slot: the audit layer, or a body wrapper so that both arms have the same
 /// response type.
-pub type AuditSlot = Either<AuditLayer, MapResponseLayer<fn(Response<Body>) -> Response<AuditBody<Body>>>>;
+pub type AuditSlot =
+    Either<AuditLayer, MapResponseLayer<fn(Response<Body>) -> Response<AuditBody<Body>>>>;
 
 /// Every layer of the request path, `None` when off.
 #[derive(Clone, Default)]
@@ -57,12 +58,15 @@ impl Layers {
             allow_loopback_origins: true,
             allowed_hosts: match &cfg.server.allowed_hosts {
                 Some(h) => h.clone(),
-                None if addr_loopback => vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
+                None if addr_loopback => {
+                    vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()]
+                }
                 None => Vec::new(),
             },
         };
         layers.origin = Some(
-            OriginGuardLayer::new(&origin).map_err(|e| loaded.error("server.allowedHosts", e.to_string()))?,
+            OriginGuardLayer::new(&origin)
+                .map_err(|e| loaded.error("server.allowedHosts", e.to_string()))?,
         );
         // Security response headers: defaults, plus the seed's `security.headers` map.
         let mut sh = SecurityHeadersConfig::default();
@@ -74,7 +78,8 @@ impl Layers {
             }
         }
         layers.security_headers = Some(
-            SecurityHeadersLayer::new(&sh).map_err(|e| loaded.error("security.headers", e.to_string()))?,
+            SecurityHeadersLayer::new(&sh)
+                .map_err(|e| loaded.error("security.headers", e.to_string()))?,
         );
         // Body limit, parse once, sanitize.
         let max_body = cfg.server.max_body_bytes;
@@ -82,8 +87,12 @@ impl Layers {
             let mut sc = cfg.sanitization.clone();
             sc.max_body_bytes = max_body;
             sc.origin = origin.clone();
-            let layer = mcp_sanitize::SanitizeLayer::new(sc)
-                .map_err(|e| loaded.error(&format!("sanitization.{}", e.key.trim_start_matches("sanitization.")), e.rule.to_string()))?;
+            let layer = mcp_sanitize::SanitizeLayer::new(sc).map_err(|e| {
+                loaded.error(
+                    &format!("sanitization.{}", e.key.trim_start_matches("sanitization.")),
+                    e.rule.to_string(),
+                )
+            })?;
             Either::Left(layer.with_parse())
         } else {
             Either::Right(ParseLayer::new().max_body_bytes(max_body))
@@ -94,14 +103,20 @@ impl Layers {
                 .scan_config()
                 .map_err(|e| loaded.error("result_redaction", e))?;
             layers.result_scan = Some(
-                ResultScanLayer::new(&scan).map_err(|e| loaded.error("result_redaction", e.to_string()))?,
+                ResultScanLayer::new(&scan)
+                    .map_err(|e| loaded.error("result_redaction", e.to_string()))?,
             );
         }
         if cfg.audit.enabled {
             let mut audit_cfg = cfg.audit.clone();
             if cfg.security.header_filtering.enabled {
                 for h in &cfg.security.header_filtering.filtered_headers {
-                    if !audit_cfg.masking.headers.iter().any(|x| x.eq_ignore_ascii_case(h)) {
+                    if !audit_cfg
+                        .masking
+                        .headers
+                        .iter()
+                        .any(|x| x.eq_ignore_ascii_case(h))
+                    {
                         audit_cfg.masking.headers.push(h.clone());
                     }
                 }
@@ -112,10 +127,7 @@ impl Layers {
             layers.auditor = Some(auditor);
         }
         if cfg.auth.enabled {
-            let layer = cfg
-                .auth
-                .build()
-                .map_err(|e| auth_error(loaded, &e))?;
+            let layer = cfg.auth.build().map_err(|e| auth_error(loaded, &e))?;
             layers.auth = Some(layer);
         }
         if let Some(p) = &cfg.policy {
@@ -142,7 +154,11 @@ impl Layers {
                 }
             };
             let ip_cfg = mcp_ratelimit::RateLimitConfig {
-                name: if ip_cfg.name == "default" { "ip".into() } else { ip_cfg.name },
+                name: if ip_cfg.name == "default" {
+                    "ip".into()
+                } else {
+                    ip_cfg.name
+                },
                 key: KeySpec::ip(),
                 ..ip_cfg
             };
@@ -160,9 +176,8 @@ impl Layers {
             if p.name == "default" {
                 p.name = "principal".into();
             }
-            layers.principal_limit = Some(
-                RateLimitLayer::new(p).map_err(|e| loaded.error("ratelimit", e.to_string()))?,
-            );
+            layers.principal_limit =
+                Some(RateLimitLayer::new(p).map_err(|e| loaded.error("ratelimit", e.to_string()))?);
         }
         Ok(layers)
     }

@@ -97,9 +97,12 @@ fn main() -> ExitCode {
                 println!("{}", keys::generate_api_key());
                 Ok(())
             }
-            (Some(Command::Audit { command: AuditCommand::Verify { db } }), _) => {
-                layers::verify_audit(&db).await
-            }
+            (
+                Some(Command::Audit {
+                    command: AuditCommand::Verify { db },
+                }),
+                _,
+            ) => layers::verify_audit(&db).await,
             (None, Some(config)) => run_config(&config).await,
             (None, None) => run_demo(cli.addr).await,
         }
@@ -154,7 +157,12 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
     } else {
         None
     };
-    let gateway = app::build(&loaded, metrics).await.map_err(|e| e.to_string())?;
+    if let Some(h) = &metrics {
+        observe::spawn_upkeep(h.clone());
+    }
+    let gateway = app::build(&loaded, metrics)
+        .await
+        .map_err(|e| e.to_string())?;
     let acceptor = match &cfg.server.tls {
         Some(t) if t.enabled => Some(
             mcp_tls::TlsAcceptor::from_config(t)
@@ -214,7 +222,9 @@ async fn run_demo(addr: SocketAddr) -> Result<(), String> {
     println!("  API key (shown once):       {key}");
     println!();
     println!("  try: curl -s http://{addr}/mcp -H 'X-API-Key: {key}' \\");
-    println!("         -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\");
+    println!(
+        "         -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\"
+    );
     println!("         -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \\");
     println!(
         "         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}'"

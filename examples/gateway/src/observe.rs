@@ -72,18 +72,31 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
     Some(handle)
 }
 
+/// Runs the recorder's upkeep (draining histogram samples) periodically, so that memory
+/// stays bounded even when `/metrics` is never scraped.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
 /// Records metrics for the requests of one upstream (or endpoint).
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
-    upstream: Arc<str>,
-    tools: Arc<Mutex<HashSet<String>>>,
+    upstream: metrics::SharedString,
+    tools: Arc<Mutex<HashSet<Arc<str>>>>,
 }
 
 impl MetricsLayer {
     /// A layer labelling with `upstream`.
     pub fn new(upstream: &str) -> Self {
+        let name: Arc<str> = upstream.into();
         Self {
-            upstream: upstream.into(),
+            upstream: metrics::SharedString::from(name),
             tools: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -123,64 +136,110 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
-        let http_method = req.method().as_str().to_owned();
+        let http_method = static_method(req.method());
         let layer = self.layer.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
             if let Ok(resp) = &result {
-                record(&layer, &http_method, resp, start);
+                record(&layer, http_method, resp, start);
             }
             result
         })
     }
 }
 
-fn record<RB>(layer: &MetricsLayer, http_method: &str, resp: &Response<RB>, start: Instant) {
+fn static_method(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::POST => "POST",
+        http::Method::GET => "GET",
+        http::Method::DELETE => "DELETE",
+        http::Method::PUT => "PUT",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+fn static_status(s: http::StatusCode) -> &'static str {
+    match s.as_u16() {
+        200 => "200",
+        202 => "202",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        406 => "406",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => match other / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        },
+    }
+}
+
+fn record<RB>(
+    layer: &MetricsLayer,
+    http_method: &'static str,
+    resp: &Response<RB>,
+    start: Instant,
+) {
     let mcp = resp.extensions().get::<McpRequest>();
-    let method = mcp
-        .and_then(McpRequest::method)
-        .map(|m| {
-            if KNOWN_METHODS.contains(&m) {
-                m.to_owned()
-            } else {
-                "other".to_owned()
-            }
-        })
-        .unwrap_or_else(|| "-".to_owned());
-    let tool = mcp
-        .and_then(McpRequest::tool_name)
-        .map(|t| bounded_tool(layer, t))
-        .unwrap_or_else(|| "-".to_owned());
-    let status = resp.status().as_u16().to_string();
-    let upstream = layer.upstream.to_string();
+    let method: &'static str = match mcp.and_then(McpRequest::method) {
+        Some(m) => KNOWN_METHODS
+            .iter()
+            .find(|k| **k == m)
+            .copied()
+            .unwrap_or("other"),
+        None => "-",
+    };
+    let tool = match mcp.and_then(McpRequest::tool_name) {
+        Some(t) => bounded_tool(layer, t),
+        None => metrics::SharedString::const_str("-"),
+    };
+    let status = static_status(resp.status());
     metrics::counter!("mcp_gateway_requests_total",
-        "upstream" => upstream.clone(), "http_method" => http_method.to_owned(),
-        "mcp_method" => method.clone(), "tool" => tool, "status" => status)
+        "upstream" => layer.upstream.clone(), "http_method" => http_method,
+        "mcp_method" => method, "tool" => tool, "status" => status)
     .increment(1);
     metrics::histogram!("mcp_gateway_request_duration_seconds",
-        "upstream" => upstream.clone(), "mcp_method" => method)
+        "upstream" => layer.upstream.clone(), "mcp_method" => method)
     .record(start.elapsed().as_secs_f64());
     if let Some(d) = resp.extensions().get::<Denial>() {
         metrics::counter!("mcp_gateway_denials_total",
-            "upstream" => upstream, "reason" => d.reason.as_str())
+            "upstream" => layer.upstream.clone(), "reason" => d.reason.as_str())
         .increment(1);
     }
 }
 
-fn bounded_tool(layer: &MetricsLayer, tool: &str) -> String {
+fn bounded_tool(layer: &MetricsLayer, tool: &str) -> metrics::SharedString {
     let mut set = layer.tools.lock().unwrap_or_else(|e| e.into_inner());
-    if set.contains(tool) {
-        return tool.to_owned();
+    if let Some(t) = set.get(tool) {
+        return metrics::SharedString::from(t.clone());
     }
     let printable = tool.len() <= 64
         && tool
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-./:".contains(&b));
     if printable && set.len() < MAX_TOOL_LABELS {
-        set.insert(tool.to_owned());
-        tool.to_owned()
+        let t: Arc<str> = tool.into();
+        set.insert(t.clone());
+        metrics::SharedString::from(t)
     } else {
-        "other".to_owned()
+        metrics::SharedString::const_str("other")
     }
 }

@@ -166,8 +166,12 @@ fn tls_config(spec: &UpstreamSpec) -> Result<rustls::ClientConfig, ProxyBuildErr
                 .map_err(|e| err(format!("tls.certFile {}: {e}", cert.display())))?
                 .collect::<Result<_, _>>()
                 .map_err(|e| err(format!("tls.certFile {}: {e}", cert.display())))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|_| err(format!("tls.keyFile {}: no readable private key", key.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
+                err(format!(
+                    "tls.keyFile {}: no readable private key",
+                    key.display()
+                ))
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| err(format!("client certificate: {e}")))?
@@ -175,7 +179,7 @@ fn tls_config(spec: &UpstreamSpec) -> Result<rustls::ClientConfig, ProxyBuildErr
         (None, None) => builder.with_no_client_auth(),
         _ => {
             return Err(err(
-                "tls.certFile and tls.keyFile must be given together".into(),
+                "tls.certFile and tls.keyFile must be given together".into()
             ));
         }
     };
@@ -217,11 +221,6 @@ impl Proxy {
         &self.inner.spec.name
     }
 
-    /// The upstream's URL.
-    pub fn url(&self) -> &Uri {
-        &self.inner.spec.url
-    }
-
     /// Forwards a request and streams the response back; the response carries the
     /// upstream's name ([`AuditUpstream`]) in its extensions.
     pub async fn forward(&self, req: Request<Body>) -> Response<Body> {
@@ -244,10 +243,10 @@ impl Proxy {
         *out.uri_mut() = upstream_uri(&spec.url, parts.uri.query());
         let headers = out.headers_mut();
         copy_request_headers(&parts.headers, headers, &spec.strip);
-        if let Some(ip) = client_ip {
-            if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-            }
+        if let Some(ip) = client_ip
+            && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+        {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
         for (k, v) in &spec.inject {
             headers.insert(k.clone(), v.clone());
@@ -291,7 +290,11 @@ impl Proxy {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = url
             .port_u16()
-            .unwrap_or(if url.scheme_str() == Some("https") { 443 } else { 80 });
+            .unwrap_or(if url.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
         matches!(
             tokio::time::timeout(
                 self.inner.spec.connect_timeout,
@@ -317,10 +320,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn is_connect_timeout(e: &hyper_util::client::legacy::Error) -> bool {
     let mut src: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = src {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
         }
         if err.to_string().contains("timed out") {
             return true;
@@ -387,6 +390,7 @@ fn strip_response_headers(headers: &mut HeaderMap) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -9,12 +9,12 @@ use crate::config::{ConfigError, Loaded};
 
 /// The listen address.
 pub fn listen_addr(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
-    loaded
-        .config
-        .server
-        .addr
-        .parse()
-        .map_err(|_| loaded.error("server.addr", "must be an IP address and port, e.g. 127.0.0.1:8080"))
+    loaded.config.server.addr.parse().map_err(|_| {
+        loaded.error(
+            "server.addr",
+            "must be an IP address and port, e.g. 127.0.0.1:8080",
+        )
+    })
 }
 
 /// Validates everything that does not need the layer crates.
@@ -54,7 +54,10 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
             return Err(loaded.error(&key("path"), "must be a plain absolute path such as /mcp"));
         }
         if RESERVED_PATHS.contains(&up.path.as_str()) {
-            return Err(loaded.error(&key("path"), format!("{} is served by the gateway itself", up.path)));
+            return Err(loaded.error(
+                &key("path"),
+                format!("{} is served by the gateway itself", up.path),
+            ));
         }
         if !paths.insert(up.path.as_str()) {
             return Err(loaded.error(&key("path"), format!("`{}` is used twice", up.path)));

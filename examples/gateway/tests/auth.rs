@@ -25,7 +25,11 @@ upstreams:
     )
 }
 
-async fn tools_list(c: &reqwest::Client, url: &str, header: Option<(&str, String)>) -> (u16, String) {
+async fn tools_list(
+    c: &reqwest::Client,
+    url: &str,
+    header: Option<(&str, String)>,
+) -> (u16, String) {
     let mut b = modern(c, url, "tools/list", None, json!({}));
     if let Some((k, v)) = header {
         b = b.header(k, v);
@@ -39,7 +43,10 @@ async fn tools_list(c: &reqwest::Client, url: &str, header: Option<(&str, String
 async fn api_key_mode() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
-    let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &dir.path().join("a.db"), ""));
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &base_config(&upstream, &dir.path().join("a.db"), ""),
+    );
     let url = format!("{base}/mcp");
     let c = client();
     let (s, body) = tools_list(&c, &url, Some(("x-api-key", KEY.into()))).await;
@@ -75,12 +82,34 @@ async fn bearer_static_token_mode() {
     let (_up, upstream) = start_upstream(dir.path());
     let token = "s3cr3tT0kenValueThatIsLongEnough_0123456789";
     let auth = format!("  enabled: true\n  mode: bearer\n  bearerToken: \"{token}\"\n");
-    let (_gw, base) = start_gateway(dir.path(), &config(&upstream, &dir.path().join("a.db"), &auth, ""));
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &config(&upstream, &dir.path().join("a.db"), &auth, ""),
+    );
     let url = format!("{base}/mcp");
     let c = client();
-    assert_eq!(tools_list(&c, &url, Some(("authorization", format!("Bearer {token}")))).await.0, 200);
-    assert_eq!(tools_list(&c, &url, Some(("authorization", format!("Bearer {token}x")))).await.0, 401);
-    assert_eq!(tools_list(&c, &url, Some(("authorization", format!("Basic {token}")))).await.0, 401);
+    assert_eq!(
+        tools_list(&c, &url, Some(("authorization", format!("Bearer {token}"))))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        tools_list(
+            &c,
+            &url,
+            Some(("authorization", format!("Bearer {token}x")))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        tools_list(&c, &url, Some(("authorization", format!("Basic {token}"))))
+            .await
+            .0,
+        401
+    );
     assert_eq!(tools_list(&c, &url, None).await.0, 401);
 }
 
@@ -89,21 +118,48 @@ async fn basic_mode() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
     let auth = "  enabled: true\n  mode: basic\n  username: admin\n  password: \"correct horse battery staple\"\n";
-    let (_gw, base) = start_gateway(dir.path(), &config(&upstream, &dir.path().join("a.db"), auth, ""));
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &config(&upstream, &dir.path().join("a.db"), auth, ""),
+    );
     let url = format!("{base}/mcp");
     let c = client();
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     assert_eq!(
-        tools_list(&c, &url, Some(("authorization", format!("Basic {}", b64("admin:correct horse battery staple"))))).await.0,
+        tools_list(
+            &c,
+            &url,
+            Some((
+                "authorization",
+                format!("Basic {}", b64("admin:correct horse battery staple"))
+            ))
+        )
+        .await
+        .0,
         200
     );
     assert_eq!(
-        tools_list(&c, &url, Some(("authorization", format!("Basic {}", b64("admin:wrong"))))).await.0,
+        tools_list(
+            &c,
+            &url,
+            Some(("authorization", format!("Basic {}", b64("admin:wrong"))))
+        )
+        .await
+        .0,
         401
     );
     assert_eq!(
-        tools_list(&c, &url, Some(("authorization", format!("Basic {}", b64("root:correct horse battery staple"))))).await.0,
+        tools_list(
+            &c,
+            &url,
+            Some((
+                "authorization",
+                format!("Basic {}", b64("root:correct horse battery staple"))
+            ))
+        )
+        .await
+        .0,
         401
     );
 }
@@ -129,29 +185,45 @@ async fn jwt_hs256_mode() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
     let secret = "a-jwt-secret-of-at-least-32-bytes-0123456789";
-    let auth = format!(
-        "  enabled: true\n  mode: jwt\n  jwtSecret: \"${{JWT_SECRET}}\"\n  jwtAlgorithm: HS256\n"
-    );
+    let auth =
+        "  enabled: true\n  mode: jwt\n  jwtSecret: \"${JWT_SECRET}\"\n  jwtAlgorithm: HS256\n";
     let (_gw, base) = start_gateway_env(
         dir.path(),
-        &config(&upstream, &dir.path().join("a.db"), &auth, ""),
+        &config(&upstream, &dir.path().join("a.db"), auth, ""),
         &[("JWT_SECRET", secret)],
     );
     let url = format!("{base}/mcp");
     let c = client();
-    let good = hs256(secret, json!({"sub": "carol", "exp": now() + 600, "scope": "mcp:tools"}));
+    let good = hs256(
+        secret,
+        json!({"sub": "carol", "exp": now() + 600, "scope": "mcp:tools"}),
+    );
     let (s, body) = tools_list(&c, &url, Some(("authorization", format!("Bearer {good}")))).await;
     assert_eq!(s, 200, "{body}");
     // Expired, wrong key, alg none: refused.
     let expired = hs256(secret, json!({"sub": "carol", "exp": now() - 3600}));
-    let forged = hs256("another-secret-of-at-least-32-bytes-xxxxxx", json!({"sub": "carol", "exp": now() + 600}));
+    let forged = hs256(
+        "another-secret-of-at-least-32-bytes-xxxxxx",
+        json!({"sub": "carol", "exp": now() + 600}),
+    );
     let none_alg = {
         use base64::Engine;
-        let e = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-        format!("{}.{}.", e(json!({"alg": "none", "typ": "JWT"})), e(json!({"sub": "carol", "exp": now() + 600})))
+        let e = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.",
+            e(json!({"alg": "none", "typ": "JWT"})),
+            e(json!({"sub": "carol", "exp": now() + 600}))
+        )
     };
     for bad in [expired, forged, none_alg] {
-        assert_eq!(tools_list(&c, &url, Some(("authorization", format!("Bearer {bad}")))).await.0, 401);
+        assert_eq!(
+            tools_list(&c, &url, Some(("authorization", format!("Bearer {bad}"))))
+                .await
+                .0,
+            401
+        );
     }
 }
 
@@ -170,20 +242,46 @@ async fn policy_scopes_restrict_tools_and_audit_query() {
     let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, policy));
     let url = format!("{base}/mcp");
     let c = client();
-    let r = call_tool(&c, &url, "echo", json!({"message": "hi"})).header("x-api-key", KEY2).send().await.unwrap();
+    let r = call_tool(&c, &url, "echo", json!({"message": "hi"}))
+        .header("x-api-key", KEY2)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = call_tool(&c, &url, "get_demo_credentials", json!({})).header("x-api-key", KEY2).send().await.unwrap();
+    let r = call_tool(&c, &url, "get_demo_credentials", json!({}))
+        .header("x-api-key", KEY2)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = modern(&c, &url, "prompts/list", None, json!({})).header("x-api-key", KEY2).send().await.unwrap();
+    let r = modern(&c, &url, "prompts/list", None, json!({}))
+        .header("x-api-key", KEY2)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // The audit query needs the audit scope: bob (tools only) is refused, alice is served.
-    let r = c.get(format!("{base}/api/audit/query?limit=5")).header("x-api-key", KEY2).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/api/audit/query?limit=5"))
+        .header("x-api-key", KEY2)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c.get(format!("{base}/api/audit/query?limit=5")).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/api/audit/query?limit=5"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let ok = eventually(|| audit_rows(&db).len() >= 3).await;
     assert!(ok);
-    let r = c.get(format!("{base}/api/audit/query?limit=50")).header("x-api-key", KEY).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/api/audit/query?limit=50"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["count"].as_u64().unwrap() >= 3, "{v}");
@@ -199,10 +297,19 @@ async fn env_overrides_set_the_api_key() {
     let (_gw, base) = start_gateway_env(
         dir.path(),
         &yaml,
-        &[("MCP_AUTH_ENABLED", "true"), ("MCP_AUTH_MODE", "apikey"), ("MCP_AUTH_API_KEY", KEY)],
+        &[
+            ("MCP_AUTH_ENABLED", "true"),
+            ("MCP_AUTH_MODE", "apikey"),
+            ("MCP_AUTH_API_KEY", KEY),
+        ],
     );
     let url = format!("{base}/mcp");
     let c = client();
     assert_eq!(tools_list(&c, &url, None).await.0, 401);
-    assert_eq!(tools_list(&c, &url, Some(("x-api-key", KEY.into()))).await.0, 200);
+    assert_eq!(
+        tools_list(&c, &url, Some(("x-api-key", KEY.into())))
+            .await
+            .0,
+        200
+    );
 }

@@ -11,7 +11,14 @@ async fn status_and_body(r: reqwest::RequestBuilder) -> (u16, Value) {
     let r = r.send().await.unwrap();
     let s = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (s, if text.is_empty() { Value::Null } else { last(&text) })
+    (
+        s,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            last(&text)
+        },
+    )
 }
 
 #[tokio::test]
@@ -28,7 +35,8 @@ async fn each_sanitize_rule_refuses_its_attack_and_lets_clean_input_through() {
     let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, extra));
     let url = format!("{base}/mcp");
     let c = client();
-    let echo = |m: &str| call_tool(&c, &url, "echo", json!({"message": m})).header("x-api-key", KEY);
+    let echo =
+        |m: &str| call_tool(&c, &url, "echo", json!({"message": m})).header("x-api-key", KEY);
     let (s, v) = status_and_body(echo("hello world")).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"]["content"][0]["text"], "hello world");
@@ -44,14 +52,21 @@ async fn each_sanitize_rule_refuses_its_attack_and_lets_clean_input_through() {
         let (s, v) = status_and_body(echo(payload)).await;
         assert_eq!(s, 400, "{what} passed: {v}");
         assert_eq!(v["error"]["code"], -32602, "{what}: {v}");
-        assert!(!v.to_string().contains(payload), "{what}: the value was echoed: {v}");
+        assert!(
+            !v.to_string().contains(payload),
+            "{what}: the value was echoed: {v}"
+        );
     }
     // Length limit.
     let (s, _) = status_and_body(echo(&"a".repeat(201))).await;
     assert_eq!(s, 400);
     // URL rules: scheme and SSRF targets.
-    let fetch = |u: &str| call_tool(&c, &url, "fetch_url", json!({"url": u})).header("x-api-key", KEY);
-    assert_eq!(status_and_body(fetch("https://example.com/page")).await.0, 200);
+    let fetch =
+        |u: &str| call_tool(&c, &url, "fetch_url", json!({"url": u})).header("x-api-key", KEY);
+    assert_eq!(
+        status_and_body(fetch("https://example.com/page")).await.0,
+        200
+    );
     for bad in [
         "file:///etc/passwd",
         "gopher://example.com/",
@@ -98,14 +113,33 @@ async fn each_sanitize_rule_refuses_its_attack_and_lets_clean_input_through() {
     assert_eq!(r.status(), 400);
     // The audit trail records the reason and names the rule and path in the detail (the
     // params themselves are recorded, masked, for forensics).
-    let ok = eventually(|| audit_rows(&db).iter().filter(|r| r.reason.as_deref() == Some("blocked_by_rule")).count() >= 6).await;
+    let ok = eventually(|| {
+        audit_rows(&db)
+            .iter()
+            .filter(|r| r.reason.as_deref() == Some("blocked_by_rule"))
+            .count()
+            >= 6
+    })
+    .await;
     assert!(ok, "{:?}", audit_rows(&db));
     let rows = audit_rows(&db);
-    let details: Vec<&str> = rows.iter().filter_map(|r| r.event["detail"].as_str()).collect();
-    assert!(details.iter().any(|d| d.contains("rule=sql_injection")), "{details:?}");
-    assert!(details.iter().any(|d| d.contains("rule=xss")), "{details:?}");
+    let details: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.event["detail"].as_str())
+        .collect();
+    assert!(
+        details.iter().any(|d| d.contains("rule=sql_injection")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains("rule=xss")),
+        "{details:?}"
+    );
     for d in &details {
-        assert!(!d.contains("alert(1)") && !d.contains("etc/passwd") && !d.contains("DELETE FROM"), "{d}");
+        assert!(
+            !d.contains("alert(1)") && !d.contains("etc/passwd") && !d.contains("DELETE FROM"),
+            "{d}"
+        );
     }
 }
 
@@ -113,14 +147,41 @@ async fn each_sanitize_rule_refuses_its_attack_and_lets_clean_input_through() {
 async fn origin_and_host_guard_dns_rebinding() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
-    let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &dir.path().join("a.db"), ""));
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &base_config(&upstream, &dir.path().join("a.db"), ""),
+    );
     let url = format!("{base}/mcp");
     let c = client();
     let port = base.rsplit(':').next().unwrap();
     let list = || modern(&c, &url, "tools/list", None, json!({})).header("x-api-key", KEY);
-    assert_eq!(list().header("origin", format!("http://localhost:{port}")).send().await.unwrap().status(), 200);
-    assert_eq!(list().header("origin", "http://evil.example.com").send().await.unwrap().status(), 403);
-    assert_eq!(list().header("host", "evil.example.com").send().await.unwrap().status(), 403);
+    assert_eq!(
+        list()
+            .header("origin", format!("http://localhost:{port}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        list()
+            .header("origin", "http://evil.example.com")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        list()
+            .header("host", "evil.example.com")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     assert_eq!(
         list()
             .header("host", format!("evil.example.com:{port}"))
@@ -132,7 +193,11 @@ async fn origin_and_host_guard_dns_rebinding() {
         403
     );
     // Refused before authentication: no key needed to be told no, and no key learnt.
-    let r = modern(&c, &url, "tools/list", None, json!({})).header("origin", "http://evil.example.com").send().await.unwrap();
+    let r = modern(&c, &url, "tools/list", None, json!({}))
+        .header("origin", "http://evil.example.com")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 }
 
@@ -141,18 +206,29 @@ async fn rate_limits_per_principal_and_per_ip_and_lists() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
     let db = dir.path().join("a.db");
-    let yaml = base_config(&upstream, &db, "")
-        .replace("  requests_per_second: 1000\n  burst: 1000\n", "  requests_per_second: 0.5\n  burst: 3\n");
+    let yaml = base_config(&upstream, &db, "").replace(
+        "  requests_per_second: 1000\n  burst: 1000\n",
+        "  requests_per_second: 0.5\n  burst: 3\n",
+    );
     let (_gw, base) = start_gateway(dir.path(), &yaml);
     let url = format!("{base}/mcp");
     let c = client();
-    let call = |k: &str| call_tool(&c, &url, "echo", json!({"message": "m"})).header("x-api-key", k);
+    let call =
+        |k: &str| call_tool(&c, &url, "echo", json!({"message": "m"})).header("x-api-key", k);
     for i in 0..3 {
-        assert_eq!(call(KEY).send().await.unwrap().status(), 200, "request {i} within the burst");
+        assert_eq!(
+            call(KEY).send().await.unwrap().status(),
+            200,
+            "request {i} within the burst"
+        );
     }
     let r = call(KEY).send().await.unwrap();
     assert_eq!(r.status(), 429);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32029);
@@ -162,18 +238,39 @@ async fn rate_limits_per_principal_and_per_ip_and_lists() {
     // before authentication.
     let mut statuses = Vec::new();
     for _ in 0..12 {
-        statuses.push(call("Wrong123!@#Wrong123!@#").send().await.unwrap().status().as_u16());
+        statuses.push(
+            call("Wrong123!@#Wrong123!@#")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
     }
-    assert!(statuses.contains(&401) && statuses.contains(&429), "{statuses:?}");
-    let ok = eventually(|| audit_rows(&db).iter().any(|r| r.reason.as_deref() == Some("rate_limited"))).await;
+    assert!(
+        statuses.contains(&401) && statuses.contains(&429),
+        "{statuses:?}"
+    );
+    let ok = eventually(|| {
+        audit_rows(&db)
+            .iter()
+            .any(|r| r.reason.as_deref() == Some("rate_limited"))
+    })
+    .await;
     assert!(ok);
 
     // A deny-listed network is refused outright.
     let dir2 = tempdir();
-    let yaml = base_config(&upstream, &dir2.path().join("b.db"), "")
-        .replace("  burst: 1000\n", "  burst: 1000\n  blacklist: [\"127.0.0.0/8\"]\n");
+    let yaml = base_config(&upstream, &dir2.path().join("b.db"), "").replace(
+        "  burst: 1000\n",
+        "  burst: 1000\n  blacklist: [\"127.0.0.0/8\"]\n",
+    );
     let (_gw2, base2) = start_gateway(dir2.path(), &yaml);
-    let r = call_tool(&c, &format!("{base2}/mcp"), "echo", json!({"message": "m"})).header("x-api-key", KEY).send().await.unwrap();
+    let r = call_tool(&c, &format!("{base2}/mcp"), "echo", json!({"message": "m"}))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 }
 
@@ -197,23 +294,38 @@ async fn audit_rows_masking_redaction_and_chain() {
     let (mut gw, base) = start_gateway(dir.path(), &yaml);
     let url = format!("{base}/mcp");
     let c = client();
-    let r = call_tool(&c, &url, "echo", json!({"message": "hi", "password": "hunter2", "nested": {"apiKey": "k-123456"}}))
+    let r = call_tool(
+        &c,
+        &url,
+        "echo",
+        json!({"message": "hi", "password": "hunter2", "nested": {"apiKey": "k-123456"}}),
+    )
+    .header("x-api-key", KEY)
+    .header("x-custom-secret", "do-not-log-me")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // A result carrying a JWT and a bearer token: redacted before it reaches the client.
+    let r = call_tool(&c, &url, "get_demo_credentials", json!({}))
         .header("x-api-key", KEY)
-        .header("x-custom-secret", "do-not-log-me")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    // A result carrying a JWT and a bearer token: redacted before it reaches the client.
-    let r = call_tool(&c, &url, "get_demo_credentials", json!({})).header("x-api-key", KEY).send().await.unwrap();
     let text = r.text().await.unwrap();
     assert!(!text.contains("c2lnbmF0dXJl"), "JWT not redacted: {text}");
     // A refused request.
-    call_tool(&c, &url, "echo", json!({"message": "x"})).send().await.unwrap();
+    call_tool(&c, &url, "echo", json!({"message": "x"}))
+        .send()
+        .await
+        .unwrap();
     let ok = eventually(|| audit_rows(&db).len() >= 3).await;
     assert!(ok);
     let rows = audit_rows(&db);
-    let echo = rows.iter().find(|r| r.tool.as_deref() == Some("echo") && r.status == Some(200)).unwrap();
+    let echo = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("echo") && r.status == Some(200))
+        .unwrap();
     assert_eq!(echo.user.as_deref(), Some("alice"));
     assert_eq!(echo.method.as_deref(), Some("tools/call"));
     let e = echo.event.to_string();
@@ -226,9 +338,15 @@ async fn audit_rows_masking_redaction_and_chain() {
     assert_eq!(denied.reason.as_deref(), Some("auth_failed"));
     // Stop the gateway (flushes), then verify the chain, then tamper and verify again.
     gw.terminate();
-    let st = tokio::task::spawn_blocking(move || gw.wait_exit(30)).await.unwrap();
+    let st = tokio::task::spawn_blocking(move || gw.wait_exit(30))
+        .await
+        .unwrap();
     assert!(st.is_some_and(|s| s.success()));
-    let (code, out, err) = run(&["audit", "verify", "--db", db.to_str().unwrap()], dir.path(), &[]);
+    let (code, out, err) = run(
+        &["audit", "verify", "--db", db.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("intact"), "{out}");
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -238,7 +356,11 @@ async fn audit_rows_masking_redaction_and_chain() {
     )
     .unwrap();
     drop(conn);
-    let (code, out, err) = run(&["audit", "verify", "--db", db.to_str().unwrap()], dir.path(), &[]);
+    let (code, out, err) = run(
+        &["audit", "verify", "--db", db.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
     assert_ne!(code, 0, "tampering not detected: {out}{err}");
 }
 
@@ -252,44 +374,98 @@ async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     };
     let up = "upstreams:\n  - name: demo\n    path: /mcp\n    url: \"http://127.0.0.1:9/mcp\"\n";
     // Valid.
-    let ok = write("ok.yaml", &format!("server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"));
+    let ok = write(
+        "ok.yaml",
+        &format!(
+            "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"
+        ),
+    );
     let (code, out, err) = run(&["check", "--config", &ok], dir.path(), &[]);
     assert_eq!(code, 0, "{out}{err}");
     // A weak key: the rule and the key name, never the key.
-    let weak = write("weak.yaml", &format!("server:\n  addr: \"127.0.0.1:0\"\nauth:\n  enabled: true\n  apiKey: \"abcdefgh12345678\"\naudit:\n  enabled: false\n{up}"));
+    let weak = write(
+        "weak.yaml",
+        &format!(
+            "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  enabled: true\n  apiKey: \"abcdefgh12345678\"\naudit:\n  enabled: false\n{up}"
+        ),
+    );
     let (code, _, err) = run(&["check", "--config", &weak], dir.path(), &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("weak.yaml:5") && err.contains("auth.apiKey"), "{err}");
+    assert!(
+        err.contains("weak.yaml:5") && err.contains("auth.apiKey"),
+        "{err}"
+    );
     assert!(!err.contains("abcdefgh12345678"), "{err}");
     // Authentication on by default: no key at all is an error.
-    let nokey = write("nokey.yaml", &format!("server:\n  addr: \"127.0.0.1:0\"\naudit:\n  enabled: false\n{up}"));
+    let nokey = write(
+        "nokey.yaml",
+        &format!("server:\n  addr: \"127.0.0.1:0\"\naudit:\n  enabled: false\n{up}"),
+    );
     let (code, _, err) = run(&["check", "--config", &nokey], dir.path(), &[]);
     assert_ne!(code, 0, "{err}");
     // Authentication off on a public address: refused unless forced.
-    let open = write("open.yaml", &format!("server:\n  addr: \"0.0.0.0:0\"\nauth:\n  enabled: false\naudit:\n  enabled: false\n{up}"));
+    let open = write(
+        "open.yaml",
+        &format!(
+            "server:\n  addr: \"0.0.0.0:0\"\nauth:\n  enabled: false\naudit:\n  enabled: false\n{up}"
+        ),
+    );
     let (code, _, err) = run(&["check", "--config", &open], dir.path(), &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("auth.enabled") && err.contains("allowInsecureNoAuth"), "{err}");
-    let forced = write("forced.yaml", &format!("server:\n  addr: \"0.0.0.0:0\"\n  allowInsecureNoAuth: true\nauth:\n  enabled: false\naudit:\n  enabled: false\n{up}"));
+    assert!(
+        err.contains("auth.enabled") && err.contains("allowInsecureNoAuth"),
+        "{err}"
+    );
+    let forced = write(
+        "forced.yaml",
+        &format!(
+            "server:\n  addr: \"0.0.0.0:0\"\n  allowInsecureNoAuth: true\nauth:\n  enabled: false\naudit:\n  enabled: false\n{up}"
+        ),
+    );
     assert_eq!(run(&["check", "--config", &forced], dir.path(), &[]).0, 0);
     // An unset variable is named.
-    let unset = write("unset.yaml", &format!("server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"${{NOT_SET_ANYWHERE_42}}\"\n{up}"));
+    let unset = write(
+        "unset.yaml",
+        &format!(
+            "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"${{NOT_SET_ANYWHERE_42}}\"\n{up}"
+        ),
+    );
     let (code, _, err) = run(&["check", "--config", &unset], dir.path(), &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("NOT_SET_ANYWHERE_42") && err.contains("unset.yaml:4"), "{err}");
+    assert!(
+        err.contains("NOT_SET_ANYWHERE_42") && err.contains("unset.yaml:4"),
+        "{err}"
+    );
     // A type error and an unknown key name file, line and key.
-    let typo = write("typo.yaml", &format!("server:\n  addr: \"127.0.0.1:0\"\nratelimit:\n  burst: lots\n{up}"));
+    let typo = write(
+        "typo.yaml",
+        &format!("server:\n  addr: \"127.0.0.1:0\"\nratelimit:\n  burst: lots\n{up}"),
+    );
     let (code, _, err) = run(&["check", "--config", &typo], dir.path(), &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("typo.yaml:4") && err.contains("ratelimit.burst"), "{err}");
-    let unknown = write("unknown.yaml", &format!("server:\n  addr: \"127.0.0.1:0\"\n  adrr: x\n{up}"));
+    assert!(
+        err.contains("typo.yaml:4") && err.contains("ratelimit.burst"),
+        "{err}"
+    );
+    let unknown = write(
+        "unknown.yaml",
+        &format!("server:\n  addr: \"127.0.0.1:0\"\n  adrr: x\n{up}"),
+    );
     let (code, _, err) = run(&["check", "--config", &unknown], dir.path(), &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("unknown.yaml") && err.contains("adrr"), "{err}");
+    assert!(
+        err.contains("unknown.yaml") && err.contains("adrr"),
+        "{err}"
+    );
     // keygen prints a key that the policy accepts.
     let (code, key, _) = run(&["keygen"], dir.path(), &[]);
     assert_eq!(code, 0);
     let key = key.trim();
-    let kfile = write("gen.yaml", &format!("server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"{key}\"\naudit:\n  enabled: false\n{up}"));
+    let kfile = write(
+        "gen.yaml",
+        &format!(
+            "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"{key}\"\naudit:\n  enabled: false\n{up}"
+        ),
+    );
     assert_eq!(run(&["check", "--config", &kfile], dir.path(), &[]).0, 0);
 }

@@ -56,7 +56,11 @@ async fn client_credentials_never_reach_the_upstream_and_upstream_credentials_ar
                 "    url: \"{upstream}\"\n    headers:\n      Authorization: \"Bearer ${{UPSTREAM_TOKEN}}\"\n"
             ),
         );
-    let (_gw, base) = start_gateway_env(dir.path(), &yaml, &[("UPSTREAM_TOKEN", "upstream-secret-token")]);
+    let (_gw, base) = start_gateway_env(
+        dir.path(),
+        &yaml,
+        &[("UPSTREAM_TOKEN", "upstream-secret-token")],
+    );
     let c = client();
     let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": "x"}))
         .header("x-api-key", KEY)
@@ -77,11 +81,21 @@ async fn client_credentials_never_reach_the_upstream_and_upstream_credentials_ar
     assert!(!r.headers().contains_key("set-cookie"));
     let h = seen.lock().unwrap().pop().unwrap();
     assert_eq!(h["authorization"], "Bearer upstream-secret-token");
-    for gone in ["x-api-key", "cookie", "proxy-authorization", "x-auth-token", "x-hop", "origin"] {
+    for gone in [
+        "x-api-key",
+        "cookie",
+        "proxy-authorization",
+        "x-auth-token",
+        "x-hop",
+        "origin",
+    ] {
         assert!(!h.contains_key(gone), "{gone} reached the upstream");
     }
     let all: String = h.iter().map(|(k, v)| format!("{k}: {v:?}\n")).collect();
-    assert!(!all.contains(KEY), "the client's key reached the upstream:\n{all}");
+    assert!(
+        !all.contains(KEY),
+        "the client's key reached the upstream:\n{all}"
+    );
     assert!(!all.contains("client-cookie"));
     // MCP headers pass; the client IP is the gateway's view, not the spoofed header.
     assert_eq!(h["mcp-session-id"], "client-session");
@@ -144,7 +158,13 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     let r = c.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
-    assert!(v["unreachable"].as_array().unwrap().iter().any(|n| n == "dead"));
+    assert!(
+        v["unreachable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "dead")
+    );
 }
 
 /// An SSE upstream that sends one event, then waits for the test's go-ahead before the
@@ -177,7 +197,10 @@ async fn sse_is_streamed_event_by_event() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    let (_gw, base) = start_gateway(dir.path(), &base_config(&format!("http://{addr}/mcp"), &dir.path().join("a.db"), ""));
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &base_config(&format!("http://{addr}/mcp"), &dir.path().join("a.db"), ""),
+    );
     let c = client();
     let r = call_tool(&c, &format!("{base}/mcp"), "slow", json!({}))
         .header("x-api-key", KEY)
@@ -209,22 +232,47 @@ async fn sse_is_streamed_event_by_event() {
 async fn both_protocol_revisions_through_the_gateway() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
-    let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &dir.path().join("a.db"), ""));
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &base_config(&upstream, &dir.path().join("a.db"), ""),
+    );
     let url = format!("{base}/mcp");
     let c = client();
     // 2026-07-28: discover, then a streamed tool call with progress.
-    let r = modern(&c, &url, "server/discover", None, json!({})).header("x-api-key", KEY).send().await.unwrap();
+    let r = modern(&c, &url, "server/discover", None, json!({}))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v = last(&r.text().await.unwrap());
-    assert!(v["result"]["supportedVersions"].as_array().unwrap().iter().any(|x| x == "2026-07-28"));
+    assert!(
+        v["result"]["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == "2026-07-28")
+    );
     let mut params = json!({"arguments": {"count": 3, "delay_ms": 10}});
     params["_meta"] = modern_meta();
     params["_meta"]["progressToken"] = json!("p");
-    let r = modern(&c, &url, "tools/call", Some("slow_count"), params).header("x-api-key", KEY).send().await.unwrap();
+    let r = modern(&c, &url, "tools/call", Some("slow_count"), params)
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let msgs = messages(&r.text().await.unwrap());
-    assert_eq!(msgs.iter().filter(|m| m["method"] == "notifications/progress").count(), 3);
-    assert_eq!(msgs.last().unwrap()["result"]["content"][0]["text"], "counted to 3");
+    assert_eq!(
+        msgs.iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .count(),
+        3
+    );
+    assert_eq!(
+        msgs.last().unwrap()["result"]["content"][0]["text"],
+        "counted to 3"
+    );
     // Mcp-Name that disagrees with the body: refused.
     let r = call_tool(&c, &url, "echo", json!({"message": "x"}))
         .header("x-api-key", KEY)
@@ -258,7 +306,10 @@ async fn both_protocol_revisions_through_the_gateway() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    assert_eq!(last(&r.text().await.unwrap())["result"]["protocolVersion"], "2025-11-25");
+    assert_eq!(
+        last(&r.text().await.unwrap())["result"]["protocolVersion"],
+        "2025-11-25"
+    );
     let legacy = |body: Value| {
         c.post(&url)
             .header("x-api-key", KEY)
@@ -268,14 +319,20 @@ async fn both_protocol_revisions_through_the_gateway() {
             .header("mcp-session-id", &sid)
             .body(body.to_string())
     };
-    let r = legacy(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.unwrap();
+    let r = legacy(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let r = legacy(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "add", "arguments": {"a": 2, "b": 40}}}))
     .send()
     .await
     .unwrap();
-    assert_eq!(last(&r.text().await.unwrap())["result"]["content"][0]["text"], "42");
+    assert_eq!(
+        last(&r.text().await.unwrap())["result"]["content"][0]["text"],
+        "42"
+    );
     let get = c
         .get(&url)
         .header("x-api-key", KEY)
@@ -297,7 +354,10 @@ async fn both_protocol_revisions_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = legacy(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})).send().await.unwrap();
+    let r = legacy(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404, "the session was ended");
 }
 
@@ -305,24 +365,65 @@ async fn both_protocol_revisions_through_the_gateway() {
 async fn metrics_count_requests_and_denials() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
-    let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &dir.path().join("a.db"), ""));
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &base_config(&upstream, &dir.path().join("a.db"), ""),
+    );
     let url = format!("{base}/mcp");
     let c = client();
-    call_tool(&c, &url, "echo", json!({"message": "m"})).header("x-api-key", KEY).send().await.unwrap();
-    call_tool(&c, &url, "echo", json!({"message": "m"})).send().await.unwrap();
-    let m = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    call_tool(&c, &url, "echo", json!({"message": "m"}))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    call_tool(&c, &url, "echo", json!({"message": "m"}))
+        .send()
+        .await
+        .unwrap();
+    let m = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        m.lines().any(|l| l.starts_with("mcp_gateway_requests_total{")
-            && l.contains("mcp_method=\"tools/call\"")
-            && l.contains("tool=\"echo\"")
-            && l.contains("status=\"200\"")),
+        m.lines()
+            .any(|l| l.starts_with("mcp_gateway_requests_total{")
+                && l.contains("mcp_method=\"tools/call\"")
+                && l.contains("tool=\"echo\"")
+                && l.contains("status=\"200\"")),
         "{m}"
     );
-    assert!(m.contains("mcp_gateway_denials_total{upstream=\"demo\",reason=\"auth_failed\"}"), "{m}");
-    assert!(m.contains("mcp_gateway_request_duration_seconds_bucket"), "{m}");
-    assert!(m.contains("mcp_ratelimit"), "rate limiter metrics missing:\n{m}");
-    assert_eq!(c.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    assert!(
+        m.contains("mcp_gateway_denials_total{upstream=\"demo\",reason=\"auth_failed\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mcp_gateway_request_duration_seconds_bucket"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mcp_ratelimit"),
+        "rate limiter metrics missing:\n{m}"
+    );
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -333,11 +434,17 @@ async fn sigterm_drains_in_flight_streams_and_flushes_the_audit_trail() {
     let (mut gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, ""));
     let c = client();
     let params = json!({"arguments": {"count": 5, "delay_ms": 200}, "_meta": {"progressToken": 7}});
-    let r = modern(&c, &format!("{base}/mcp"), "tools/call", Some("slow_count"), params)
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = modern(
+        &c,
+        &format!("{base}/mcp"),
+        "tools/call",
+        Some("slow_count"),
+        params,
+    )
+    .header("x-api-key", KEY)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let mut body = r.bytes_stream();
@@ -349,12 +456,18 @@ async fn sigterm_drains_in_flight_streams_and_flushes_the_audit_trail() {
     while let Some(chunk) = body.next().await {
         rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
     }
-    assert!(rest.contains("counted to 5"), "the in-flight stream was cut: {rest}");
-    let status = tokio::task::spawn_blocking(move || gw.wait_exit(30)).await.unwrap();
+    assert!(
+        rest.contains("counted to 5"),
+        "the in-flight stream was cut: {rest}"
+    );
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(30))
+        .await
+        .unwrap();
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let rows = audit_rows(&db);
     assert!(
-        rows.iter().any(|r| r.tool.as_deref() == Some("slow_count") && r.status == Some(200)),
+        rows.iter()
+            .any(|r| r.tool.as_deref() == Some("slow_count") && r.status == Some(200)),
         "{rows:?}"
     );
 }

@@ -22,7 +22,11 @@ impl Ca {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, name);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         Self(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
     }
     fn pem(&self) -> String {
@@ -30,7 +34,8 @@ impl Ca {
     }
     fn server(&self) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         p.distinguished_name.push(DnType::CommonName, "localhost");
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = p.signed_by(&key, &self.0).unwrap();
@@ -40,7 +45,9 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.subject_alt_names.push(SanType::URI(format!("spiffe://example.org/sa/{cn}").try_into().unwrap()));
+        p.subject_alt_names.push(SanType::URI(
+            format!("spiffe://example.org/sa/{cn}").try_into().unwrap(),
+        ));
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = p.signed_by(&key, &self.0).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -53,14 +60,18 @@ fn rustls_client(ca_pem: &str, cert: Option<(&str, &str)>) -> rustls::ClientConf
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
     match cert {
         Some((c, k)) => b
             .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(c.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap(),
+                CertificateDer::pem_slice_iter(c.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
                 PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
             )
             .unwrap(),
@@ -69,7 +80,10 @@ fn rustls_client(ca_pem: &str, cert: Option<(&str, &str)>) -> rustls::ClientConf
 }
 
 fn https_client(cfg: rustls::ClientConfig) -> reqwest::Client {
-    reqwest::Client::builder().use_preconfigured_tls(cfg).build().unwrap()
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .build()
+        .unwrap()
 }
 
 fn write(dir: &std::path::Path, name: &str, s: &str) -> String {
@@ -94,21 +108,35 @@ async fn tls_listener_with_api_keys() {
     assert!(base.starts_with("https://"), "{base}");
     let base = base.replace("127.0.0.1", "localhost");
     let c = https_client(rustls_client(&ca.pem(), None));
-    let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": "over tls"}))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = call_tool(
+        &c,
+        &format!("{base}/mcp"),
+        "echo",
+        json!({"message": "over tls"}),
+    )
+    .header("x-api-key", KEY)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     // HSTS only over TLS.
     assert!(r.headers().contains_key("strict-transport-security"));
-    assert_eq!(last(&r.text().await.unwrap())["result"]["content"][0]["text"], "over tls");
+    assert_eq!(
+        last(&r.text().await.unwrap())["result"]["content"][0]["text"],
+        "over tls"
+    );
     // A client that does not trust the CA cannot connect; plain HTTP gets nothing.
     let other = Ca::new("other CA");
     let c2 = https_client(rustls_client(&other.pem(), None));
     assert!(c2.get(format!("{base}/healthz")).send().await.is_err());
     let plain = base.replace("https://", "http://");
-    assert!(client().get(format!("{plain}/healthz")).send().await.is_err());
+    assert!(
+        client()
+            .get(format!("{plain}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -150,18 +178,58 @@ upstreams:
     let base = base.replace("127.0.0.1", "localhost");
     let (ccert, ckey) = ca.client("agent-1");
     let c = https_client(rustls_client(&ca.pem(), Some((&ccert, &ckey))));
-    let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": "mtls"})).send().await.unwrap();
+    let r = call_tool(
+        &c,
+        &format!("{base}/mcp"),
+        "echo",
+        json!({"message": "mtls"}),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     // Without a client certificate, or with one from another CA: no connection.
     let none = https_client(rustls_client(&ca.pem(), None));
-    assert!(call_tool(&none, &format!("{base}/mcp"), "echo", json!({"message": "x"})).send().await.is_err());
+    assert!(
+        call_tool(
+            &none,
+            &format!("{base}/mcp"),
+            "echo",
+            json!({"message": "x"})
+        )
+        .send()
+        .await
+        .is_err()
+    );
     let rogue = Ca::new("rogue CA");
     let (rc, rk) = rogue.client("agent-1");
     let bad = https_client(rustls_client(&ca.pem(), Some((&rc, &rk))));
-    assert!(call_tool(&bad, &format!("{base}/mcp"), "echo", json!({"message": "x"})).send().await.is_err());
+    assert!(
+        call_tool(
+            &bad,
+            &format!("{base}/mcp"),
+            "echo",
+            json!({"message": "x"})
+        )
+        .send()
+        .await
+        .is_err()
+    );
     // The audit trail names the certificate's identity.
-    let ok = eventually(|| audit_rows(&db).iter().any(|r| r.user.as_deref() == Some("spiffe://example.org/sa/agent-1"))).await;
-    assert!(ok, "{:?}", audit_rows(&db).iter().map(|r| r.user.clone()).collect::<Vec<_>>());
+    let ok = eventually(|| {
+        audit_rows(&db)
+            .iter()
+            .any(|r| r.user.as_deref() == Some("spiffe://example.org/sa/agent-1"))
+    })
+    .await;
+    assert!(
+        ok,
+        "{:?}",
+        audit_rows(&db)
+            .iter()
+            .map(|r| r.user.clone())
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -174,7 +242,8 @@ async fn https_upstream_with_gateway_client_certificate() {
     let scert_f = write(dir.path(), "up.pem", &scert);
     let skey_f = write(dir.path(), "up.key", &skey);
     let ca_f = write(dir.path(), "upca.pem", &ca.pem());
-    let tls = mcp_tls::TlsConfig::new(&scert_f, &skey_f).client_auth(mcp_tls::ClientAuth::Required, &ca_f);
+    let tls = mcp_tls::TlsConfig::new(&scert_f, &skey_f)
+        .client_auth(mcp_tls::ClientAuth::Required, &ca_f);
     let acceptor = mcp_tls::TlsAcceptor::from_config(&tls).unwrap();
     let app = axum::Router::new().route(
         "/mcp",
@@ -190,7 +259,13 @@ async fn https_upstream_with_gateway_client_certificate() {
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { mcp_tls::Server::new(l).tls(acceptor).serve(app).await.unwrap() });
+    tokio::spawn(async move {
+        mcp_tls::Server::new(l)
+            .tls(acceptor)
+            .serve(app)
+            .await
+            .unwrap()
+    });
     let (gcert, gkey) = ca.client("mcp-gateway");
     let gcert_f = write(dir.path(), "gw-client.pem", &gcert);
     let gkey_f = write(dir.path(), "gw-client.key", &gkey);
@@ -200,7 +275,14 @@ async fn https_upstream_with_gateway_client_certificate() {
     );
     let (_gw, base) = start_gateway(dir.path(), &yaml);
     let c = client();
-    let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": "x"})).header("x-api-key", KEY).send().await.unwrap();
+    let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": "x"}))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(last(&r.text().await.unwrap())["result"]["content"][0]["text"], "hello mcp-gateway");
+    assert_eq!(
+        last(&r.text().await.unwrap())["result"]["content"][0]["text"],
+        "hello mcp-gateway"
+    );
 }

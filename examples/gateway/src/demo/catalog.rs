@@ -55,11 +55,7 @@ pub fn tools() -> Vec<Value> {
             "Pretends to fetch a URL (for URL/SSRF rule demos); returns the URL it was given",
             json!({"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}),
         ),
-        tool(
-            "test_simple_text",
-            "Returns simple text content",
-            no_args(),
-        ),
+        tool("test_simple_text", "Returns simple text content", no_args()),
         tool("test_image_content", "Returns image content", no_args()),
         tool("test_audio_content", "Returns audio content", no_args()),
         tool(
@@ -221,9 +217,7 @@ pub async fn call_tool(name: &str, args: &Value, ctx: &Ctx) -> Result<Value, Cal
             ctx.log("info", json!("Tool execution completed")).await;
             ok(vec![text("Tool with logging executed successfully")])
         }
-        "test_error_handling" => {
-            tool_error("This tool intentionally returns an error for testing")
-        }
+        "test_error_handling" => tool_error("This tool intentionally returns an error for testing"),
         "test_tool_with_progress" => {
             for (i, p) in [0.0, 50.0, 100.0].into_iter().enumerate() {
                 if i > 0 {
@@ -372,7 +366,8 @@ pub fn read_resource(uri: &str) -> Option<Value> {
                 .and_then(|r| r.strip_suffix("/data"))
                 .filter(|id| !id.is_empty() && !id.contains('/'))
             {
-                let body = json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")});
+                let body =
+                    json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")});
                 json!({"uri": uri, "mimeType": "application/json", "text": body.to_string()})
             } else if let Some(name) = uri
                 .strip_prefix("demo://greeting/")
@@ -410,7 +405,9 @@ pub fn get_prompt(name: &str, args: &Value) -> Result<Value, String> {
     let arg = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);
     let user = |content: Value| json!({"role": "user", "content": content});
     Ok(match name {
-        "test_simple_prompt" => json!({"messages": [user(text("This is a simple prompt for testing."))]}),
+        "test_simple_prompt" => {
+            json!({"messages": [user(text("This is a simple prompt for testing."))]})
+        }
         "test_prompt_with_arguments" => {
             let a1 = arg("arg1").ok_or("missing argument arg1")?;
             let a2 = arg("arg2").ok_or("missing argument arg2")?;

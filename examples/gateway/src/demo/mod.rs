@@ -150,8 +150,10 @@ impl Ctx {
         if let Some(m) = message {
             params["message"] = json!(m);
         }
-        self.send(Out::Event(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})))
-            .await;
+        self.send(Out::Event(
+            json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params}),
+        ))
+        .await;
     }
 
     /// Sends `notifications/message` if the level is at or above the client's.
@@ -162,8 +164,10 @@ impl Ctx {
         if lvl < min {
             return;
         }
-        self.send(Out::Event(json!({"jsonrpc": "2.0", "method": "notifications/message",
-            "params": {"level": level, "logger": "demo", "data": data}})))
+        self.send(Out::Event(
+            json!({"jsonrpc": "2.0", "method": "notifications/message",
+            "params": {"level": level, "logger": "demo", "data": data}}),
+        ))
         .await;
     }
 
@@ -326,7 +330,10 @@ fn sse_headers(r: &mut Response<Body>) {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 fn accepts(headers: &HeaderMap) -> (bool, bool) {
@@ -340,9 +347,14 @@ fn accepts(headers: &HeaderMap) -> (bool, bool) {
     if all.is_empty() {
         return (true, false);
     }
-    let any = all.iter().any(|m| *m == "*/*");
-    let json = any || all.iter().any(|m| *m == "application/json" || *m == "application/*");
-    let sse = all.iter().any(|m| *m == "text/event-stream" || *m == "text/*");
+    let any = all.contains(&"*/*");
+    let json = any
+        || all
+            .iter()
+            .any(|m| *m == "application/json" || *m == "application/*");
+    let sse = all
+        .iter()
+        .any(|m| *m == "text/event-stream" || *m == "text/*");
     (json, sse)
 }
 
@@ -379,7 +391,10 @@ fn origin_is_loopback(origin: &str) -> bool {
 }
 
 fn decode_name_header(v: &str) -> Option<String> {
-    if let Some(inner) = v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+    if let Some(inner) = v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(inner)
             .ok()?;
@@ -498,7 +513,8 @@ async fn handle(
             } else {
                 "GET, POST, DELETE"
             };
-            r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
             r
         }
     }
@@ -564,7 +580,9 @@ async fn post(
                 obj.get("id"),
                 -32600,
                 "Unsupported MCP-Protocol-Version",
-                Some(json!({"supported": LEGACY_VERSIONS.iter().chain(MODERN_VERSIONS).collect::<Vec<_>>()})),
+                Some(
+                    json!({"supported": LEGACY_VERSIONS.iter().chain(MODERN_VERSIONS).collect::<Vec<_>>()}),
+                ),
             );
         }
         _ => Era::Legacy,
@@ -592,7 +610,13 @@ async fn post_legacy(
     let params = obj.get("params").cloned().unwrap_or(Value::Null);
     if method.as_deref() == Some("initialize") {
         if id.is_none() {
-            return error_response(StatusCode::BAD_REQUEST, None, -32600, "initialize must be a request", None);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                None,
+                -32600,
+                "initialize must be a request",
+                None,
+            );
         }
         let requested = params.get("protocolVersion").and_then(Value::as_str);
         let version = requested
@@ -600,7 +624,13 @@ async fn post_legacy(
             .unwrap_or(LEGACY_VERSIONS[0]);
         let caps = params.get("capabilities").cloned().unwrap_or(json!({}));
         let Some(session_id) = server.new_session(version, caps) else {
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, id.as_ref(), -32603, "Too many sessions", None);
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                id.as_ref(),
+                -32603,
+                "Too many sessions",
+                None,
+            );
         };
         let result = json!({
             "protocolVersion": version,
@@ -627,7 +657,13 @@ async fn post_legacy(
         );
     };
     let Some(session) = server.session(session_id) else {
-        return error_response(StatusCode::NOT_FOUND, id.as_ref(), -32001, "Session not found", None);
+        return error_response(
+            StatusCode::NOT_FOUND,
+            id.as_ref(),
+            -32001,
+            "Session not found",
+            None,
+        );
     };
     if is_response(&obj) {
         if let Some(key) = id.as_ref().map(id_key) {
@@ -643,7 +679,13 @@ async fn post_legacy(
         return status_only(StatusCode::ACCEPTED);
     }
     let Some(method) = method else {
-        return error_response(StatusCode::BAD_REQUEST, id.as_ref(), -32600, "Invalid Request", None);
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            id.as_ref(),
+            -32600,
+            "Invalid Request",
+            None,
+        );
     };
     let Some(id) = id else {
         // A notification.
@@ -695,7 +737,13 @@ async fn respond(
         }
         Some(other) => other,
         None => {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, None, -32603, "Internal error", None);
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                -32603,
+                "Internal error",
+                None,
+            );
         }
     };
     let mut response = match session {
@@ -761,7 +809,10 @@ async fn respond(
                         };
                         match out {
                             Out::Event(v) => {
-                                return Some((Ok::<_, Infallible>(sse_event(None, &v)), (rx, None, false)));
+                                return Some((
+                                    Ok::<_, Infallible>(sse_event(None, &v)),
+                                    (rx, None, false),
+                                ));
                             }
                             Out::Close => continue,
                             Out::Done(v) => {
@@ -837,7 +888,10 @@ async fn post_modern(
             None,
         );
     }
-    let body_version = meta.get(PROTOCOL_VERSION_KEY).cloned().unwrap_or(Value::Null);
+    let body_version = meta
+        .get(PROTOCOL_VERSION_KEY)
+        .cloned()
+        .unwrap_or(Value::Null);
     // Rung 2: the headers agree with the body.
     for name in ["mcp-protocol-version", "mcp-method", "mcp-name"] {
         if headers.get_all(name).iter().count() > 1 {
@@ -873,18 +927,18 @@ async fn post_modern(
         "resources/read" => Some("uri"),
         _ => None,
     };
-    if let Some(key) = name_key {
-        if let Some(body_value) = params.get(key).and_then(Value::as_str) {
-            let header = header_str(&headers, "mcp-name").and_then(decode_name_header);
-            if header.as_deref() != Some(body_value) {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    id.as_ref(),
-                    HEADER_MISMATCH,
-                    &format!("Mcp-Name header does not match the request body's '{key}' parameter"),
-                    None,
-                );
-            }
+    if let Some(key) = name_key
+        && let Some(body_value) = params.get(key).and_then(Value::as_str)
+    {
+        let header = header_str(&headers, "mcp-name").and_then(decode_name_header);
+        if header.as_deref() != Some(body_value) {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                id.as_ref(),
+                HEADER_MISMATCH,
+                &format!("Mcp-Name header does not match the request body's '{key}' parameter"),
+                None,
+            );
         }
     }
     // Rung 3: a version this server speaks.
@@ -979,7 +1033,10 @@ async fn dispatch_modern(method: &str, params: &Value, ctx: &Ctx) -> Result<Valu
             dispatch(method, params, ctx, None).await.map(cacheable)
         }
         // Removed in 2026-07-28.
-        "ping" | "logging/setLevel" | "initialize" | "resources/subscribe"
+        "ping"
+        | "logging/setLevel"
+        | "initialize"
+        | "resources/subscribe"
         | "resources/unsubscribe" => Err((-32601, format!("Method not found: {method}"))),
         _ => dispatch(method, params, ctx, None).await,
     }
@@ -1066,7 +1123,13 @@ async fn get(server: DemoServer, headers: HeaderMap) -> Response<Body> {
         );
     };
     let Some(session) = server.session(session_id) else {
-        return error_response(StatusCode::NOT_FOUND, None, -32001, "Session not found", None);
+        return error_response(
+            StatusCode::NOT_FOUND,
+            None,
+            -32001,
+            "Session not found",
+            None,
+        );
     };
     let _ = &session.version;
     if let Some(last) = header_str(&headers, "last-event-id") {
@@ -1075,14 +1138,26 @@ async fn get(server: DemoServer, headers: HeaderMap) -> Response<Body> {
             .rsplit_once('_')
             .and_then(|(s, n)| n.parse::<usize>().ok().map(|n| (s.to_owned(), n)));
         let Some((stream_id, seq)) = parsed else {
-            return error_response(StatusCode::BAD_REQUEST, None, -32600, "Unknown Last-Event-ID", None);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                None,
+                -32600,
+                "Unknown Last-Event-ID",
+                None,
+            );
         };
         let log = lock(&session.streams)
             .iter()
             .find(|(id, _)| *id == stream_id)
             .map(|(_, l)| l.clone());
         let Some(log) = log else {
-            return error_response(StatusCode::NOT_FOUND, None, -32600, "Unknown Last-Event-ID", None);
+            return error_response(
+                StatusCode::NOT_FOUND,
+                None,
+                -32600,
+                "Unknown Last-Event-ID",
+                None,
+            );
         };
         // Entry index = count of entries up to and including event `seq`, close markers
         // included: find the position of event `seq`.
@@ -1123,7 +1198,11 @@ async fn get(server: DemoServer, headers: HeaderMap) -> Response<Body> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(15)).await;
-            if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+            if tx
+                .send(Bytes::from_static(b": keep-alive\n\n"))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -1149,20 +1228,41 @@ fn delete(server: DemoServer, headers: HeaderMap) -> Response<Body> {
     };
     match lock(&server.state.sessions).remove(session_id) {
         Some(_) => status_only(StatusCode::OK),
-        None => error_response(StatusCode::NOT_FOUND, None, -32001, "Session not found", None),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            None,
+            -32001,
+            "Session not found",
+            None,
+        ),
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:9", "[::1]", "[::1]:80", "LOCALHOST:1"] {
+        for h in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1",
+            "127.0.0.1:9",
+            "[::1]",
+            "[::1]:80",
+            "LOCALHOST:1",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["evil.example.com", "evil.example.com:80", "127.0.0.1.evil.com", "[::2]:1", "localhost.evil:1"] {
+        for h in [
+            "evil.example.com",
+            "evil.example.com:80",
+            "127.0.0.1.evil.com",
+            "[::2]:1",
+            "localhost.evil:1",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
         assert!(origin_is_loopback("http://localhost:3000"));
@@ -1181,7 +1281,10 @@ mod tests {
     #[test]
     fn accept_parsing() {
         let mut h = HeaderMap::new();
-        h.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
         assert_eq!(accepts(&h), (true, true));
         h.insert(ACCEPT, HeaderValue::from_static("text/html"));
         assert_eq!(accepts(&h), (false, false));

@@ -96,7 +96,11 @@ fn spawn(args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> Proc {
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Waits for a stdout line containing `marker`; returns the line.
@@ -234,7 +238,11 @@ pub fn modern(
     }
     params["_meta"] = meta;
     if let Some(n) = name {
-        let key = if method == "resources/read" { "uri" } else { "name" };
+        let key = if method == "resources/read" {
+            "uri"
+        } else {
+            "name"
+        };
         params[key] = json!(n);
     }
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
