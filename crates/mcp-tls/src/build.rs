@@ -393,8 +393,9 @@ pub(crate) fn build_server_config(
         &snap.key.1,
         &provider,
     )?;
-    let leaf = ck.cert[0].clone();
-    check_expiry(&snap.cert.0, &leaf, cfg.expiry_warning)?;
+    if let Some(leaf) = ck.cert.first() {
+        check_expiry(&snap.cert.0, leaf, cfg.expiry_warning)?;
+    }
 
     let builder = server_builder(cfg, snap.ca.as_ref(), &snap.crls)?;
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(ck)));
