@@ -220,7 +220,12 @@ fn bench(c: &mut Criterion) {
                 let headers = req.headers().clone();
                 let resp = svc.oneshot(req).await.unwrap();
                 let mcp = resp.extensions().get::<McpRequest>().cloned().unwrap();
-                let user = resp.extensions().get::<Principal>().unwrap().id().to_owned();
+                let user = resp
+                    .extensions()
+                    .get::<Principal>()
+                    .unwrap()
+                    .id()
+                    .to_owned();
                 let status = resp.status().as_u16();
                 let body = resp.into_body().collect().await.unwrap().to_bytes();
                 let mut params = mcp.params_at(0).cloned().unwrap();

@@ -325,6 +325,10 @@ impl IndexColumns {
         )
         .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
         .unwrap_or(0);
+        Self::with_ts(r, ts_us)
+    }
+
+    fn with_ts(r: &AuditRecord, ts_us: i64) -> Self {
         Self {
             ts_us,
             kind: r.kind.unwrap_or(EventKind::Request).as_str().to_owned(),
@@ -376,7 +380,7 @@ fn rfc3339(at: SystemTime) -> (String, i64) {
 impl Renderer {
     /// Masks and serializes an event.
     pub(crate) fn render(&self, e: &EventData) -> SinkEvent {
-        let (timestamp, _) = rfc3339(e.at.unwrap_or_else(SystemTime::now));
+        let (timestamp, ts_us) = rfc3339(e.at.unwrap_or_else(SystemTime::now));
         let mut kind = e.kind.unwrap_or(EventKind::Request);
         if kind == EventKind::Request
             && e.denial
@@ -440,7 +444,7 @@ impl Renderer {
                 self.cap(p)
             });
         }
-        let columns = IndexColumns::of(&rec);
+        let columns = IndexColumns::with_ts(&rec, ts_us);
         let json = serde_json::to_string(&rec).unwrap_or_else(|_| {
             // Plain data cannot fail to serialize; keep a minimal record if it ever did.
             format!(
@@ -457,9 +461,22 @@ impl Renderer {
     }
 
     fn cap(&self, v: Value) -> Value {
-        let len = serde_json::to_vec(&v)
-            .map(|b| b.len())
-            .unwrap_or(usize::MAX);
+        // Count the serialized length without building it.
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut c = Count(0);
+        let len = match serde_json::to_writer(&mut c, &v) {
+            Ok(()) => c.0,
+            Err(_) => usize::MAX,
+        };
         if len > self.max_params_bytes {
             serde_json::json!({"truncated": true, "bytes": len})
         } else {

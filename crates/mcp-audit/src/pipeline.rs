@@ -521,6 +521,16 @@ struct SinkSlot {
     sink: Box<dyn AuditSink>,
 }
 
+/// Rendered events on their way to the sinks, with the flush / shutdown waiters to answer
+/// once they are written.
+struct Batch {
+    events: Arc<[SinkEvent]>,
+    waiters: Vec<oneshot::Sender<()>>,
+    deadline: Option<Instant>,
+}
+
+/// Stage one: takes events from the queue and renders them (masking, serialization), so
+/// that rendering the next batch overlaps with the sinks writing the previous one.
 struct Writer {
     rx: mpsc::Receiver<Msg>,
     sinks: Vec<SinkSlot>,
@@ -532,14 +542,29 @@ struct Writer {
     shutdown_timeout: Duration,
 }
 
+/// Stage two: writes batches to every sink, retrying.
+struct Deliverer {
+    sinks: Vec<SinkSlot>,
+    stats: Arc<AuditStats>,
+}
+
 impl Writer {
     async fn run(mut self) {
+        // At most two rendered batches wait for the sinks.
+        let (btx, brx) = mpsc::channel::<Batch>(2);
+        let deliverer = tokio::spawn(
+            Deliverer {
+                sinks: std::mem::take(&mut self.sinks),
+                stats: Arc::clone(&self.stats),
+            }
+            .run(brx),
+        );
         let mut msgs: Vec<Msg> = Vec::with_capacity(self.batch_size);
         loop {
             let n = self.rx.recv_many(&mut msgs, self.batch_size).await;
             if n == 0 {
                 // Every handle is gone.
-                return;
+                break;
             }
             let full_batch = n >= self.batch_size;
             let mut batch = Vec::with_capacity(msgs.len());
@@ -564,25 +589,44 @@ impl Writer {
                             batch.push(self.renderer.render(&e));
                         }
                         Msg::Flush(t) => waiters.push(t),
-                        Msg::Shutdown(t) => {
-                            let _ = t.send(());
-                        }
+                        Msg::Shutdown(t) => waiters.push(t),
                     }
                 }
-                for chunk in batch.chunks(self.batch_size) {
-                    self.deliver(chunk.to_vec().into(), Some(deadline)).await;
+                waiters.push(done);
+                let mut chunks: Vec<Arc<[SinkEvent]>> = batch
+                    .chunks(self.batch_size)
+                    .map(|c| Arc::from(c.to_vec()))
+                    .collect();
+                let last = chunks.pop().unwrap_or_else(|| Arc::from(Vec::new()));
+                for events in chunks {
+                    let _ = btx
+                        .send(Batch {
+                            events,
+                            waiters: Vec::new(),
+                            deadline: Some(deadline),
+                        })
+                        .await;
                 }
-                for w in waiters {
-                    let _ = w.send(());
-                }
-                let _ = done.send(());
-                return;
+                let _ = btx
+                    .send(Batch {
+                        events: last,
+                        waiters,
+                        deadline: Some(deadline),
+                    })
+                    .await;
+                break;
             }
-            if !batch.is_empty() {
-                self.deliver(batch.into(), None).await;
-            }
-            for w in waiters {
-                let _ = w.send(());
+            let len = batch.len();
+            let sent = btx
+                .send(Batch {
+                    events: batch.into(),
+                    waiters,
+                    deadline: None,
+                })
+                .await;
+            if sent.is_err() {
+                // The delivery task is gone (it cannot fail; defensive).
+                self.stats.dropped.fetch_add(len as u64, Ordering::Relaxed);
             }
             metrics::gauge!("mcp_audit_queue_depth")
                 .set((self.capacity - self.rx.capacity().min(self.capacity)) as f64);
@@ -591,12 +635,27 @@ impl Writer {
                 tokio::time::sleep(self.linger).await;
             }
         }
+        drop(btx);
+        let _ = deliverer.await;
     }
 
     fn note_queued(&self, n: usize) {
         if n > 0 {
             self.stats.queued.fetch_add(n as u64, Ordering::Relaxed);
             metrics::counter!("mcp_audit_events_queued_total").increment(n as u64);
+        }
+    }
+}
+
+impl Deliverer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
+        while let Some(b) = rx.recv().await {
+            if !b.events.is_empty() {
+                self.deliver(b.events, b.deadline).await;
+            }
+            for w in b.waiters {
+                let _ = w.send(());
+            }
         }
     }
 
