@@ -299,12 +299,17 @@ impl BasicAuthenticator {
             Some(u) => (Arc::clone(&u.phc), Some(u.principal.clone())),
             None => (Arc::clone(&self.dummy), None),
         };
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             return Outcome::Failed(Failure::unavailable(Scheme::Basic, "basic verifier closed"));
         };
         let ok = match tokio::runtime::Handle::try_current() {
+            // The permit moves into the task: it is held until the verification ends, even
+            // if the request is dropped meanwhile.
             Ok(handle) => handle
-                .spawn_blocking(move || verify(&phc, password.expose()))
+                .spawn_blocking(move || {
+                    let _permit = permit;
+                    verify(&phc, password.expose())
+                })
                 .await
                 .unwrap_or(false),
             Err(_) => verify(&phc, password.expose()),

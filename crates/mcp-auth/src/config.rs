@@ -156,8 +156,9 @@ impl KeyConfig {
 pub struct UserConfig {
     /// The user name.
     pub username: String,
-    /// An Argon2id PHC string (preferred).
-    pub password_hash: Option<String>,
+    /// An Argon2id PHC string (preferred). Hidden from `Debug`: a hash can be attacked
+    /// offline.
+    pub password_hash: Option<SecretString>,
     /// A plaintext password (accepted with a warning).
     pub password: Option<SecretString>,
     /// The principal id (default: the user name).
@@ -169,7 +170,7 @@ pub struct UserConfig {
 impl UserConfig {
     fn user(&self, key: &str) -> Result<BasicUser, ConfigError> {
         let u = match (&self.password_hash, &self.password) {
-            (Some(h), None) => BasicUser::phc(self.username.clone(), h.clone()),
+            (Some(h), None) => BasicUser::phc(self.username.clone(), h.expose()),
             (None, Some(p)) => BasicUser::plaintext(self.username.clone(), p.clone()),
             _ => {
                 return Err(ConfigError::invalid(
@@ -342,7 +343,7 @@ pub struct AuthConfig {
     /// Its plaintext password (the seeds' `password`; accepted with a warning).
     pub password: Option<SecretString>,
     /// Its Argon2id PHC hash (preferred to `password`).
-    pub password_hash: Option<String>,
+    pub password_hash: Option<SecretString>,
     /// More Basic users.
     pub users: Vec<UserConfig>,
     /// A JWT shared secret (the seeds' `jwtSecret`).

@@ -724,7 +724,7 @@ impl TokenCache {
 
 struct JwtInner {
     issuers: Vec<IssuerState>,
-    offload: Option<tokio::sync::Semaphore>,
+    offload: Option<Arc<tokio::sync::Semaphore>>,
     cache: Option<TokenCache>,
     max_token_bytes: usize,
     epoch: Arc<AtomicU64>,
@@ -1053,7 +1053,7 @@ impl JwtAuthenticatorBuilder {
             inner: Arc::new(JwtInner {
                 issuers,
                 offload: (self.blocking_verifications > 0)
-                    .then(|| tokio::sync::Semaphore::new(self.blocking_verifications)),
+                    .then(|| Arc::new(tokio::sync::Semaphore::new(self.blocking_verifications))),
                 cache: (self.cache_capacity > 0)
                     .then(|| TokenCache::new(self.cache_capacity, self.cache_max_ttl)),
                 max_token_bytes: self.max_token_bytes,
@@ -1325,7 +1325,7 @@ impl JwtAuthenticator {
         let Some(permits) = &self.inner.offload else {
             return run_here(&self.inner);
         };
-        let Ok(_permit) = permits.acquire().await else {
+        let Ok(permit) = Arc::clone(permits).acquire_owned().await else {
             return run_here(&self.inner);
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -1334,9 +1334,12 @@ impl JwtAuthenticator {
         let inner = Arc::clone(&self.inner);
         let owned = token.to_owned();
         let result = handle
-            .spawn_blocking(move || match inner.try_verify(&owned, false, false) {
-                Step::Done(o) => o,
-                _ => Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable")),
+            .spawn_blocking(move || {
+                let _permit = permit;
+                match inner.try_verify(&owned, false, false) {
+                    Step::Done(o) => o,
+                    _ => Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable")),
+                }
             })
             .await;
         result.unwrap_or_else(|_| {

@@ -174,12 +174,12 @@ impl ProtectedResourceMetadata {
     #[cfg(feature = "axum")]
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
         let svc = self.service();
-        let mut router = axum::Router::new().route_service(WELL_KNOWN_PATH, svc.clone());
-        let suffixed = self.well_known_path();
-        if suffixed != WELL_KNOWN_PATH {
-            router = router.route_service(&suffixed, svc);
-        }
-        router
+        // The suffixed path is matched by the service itself (404 for other suffixes), so
+        // no route is built from the configured URL (axum treats `{`, `}` and `*` in
+        // route paths as syntax).
+        axum::Router::new()
+            .route_service(WELL_KNOWN_PATH, svc.clone())
+            .route_service(&format!("{WELL_KNOWN_PATH}/{{*suffix}}"), svc)
     }
 }
 
@@ -277,5 +277,13 @@ mod tests {
         assert_eq!(v["resource"], "https://h/mcp");
         assert_eq!(v["authorization_servers"][0], "https://as");
         assert_eq!(v["bearer_methods_supported"][0], "header");
+    }
+
+    #[test]
+    fn router_does_not_panic_on_route_syntax_in_the_resource() {
+        for r in ["https://h/a{b}/*c", "https://h/{*x}", "https://h/:id"] {
+            let m = ProtectedResourceMetadata::new(r);
+            let _router: axum::Router = m.router();
+        }
     }
 }

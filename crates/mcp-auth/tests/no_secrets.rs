@@ -99,7 +99,7 @@ async fn debug_logs_errors_and_responses_hold_no_secret() {
         "apiKey": API_KEY, "bearerToken": TOKEN, "username": "admin", "password": PASSWORD,
         "jwtSecret": JWT_SECRET, "jwtAlgorithm": "HS256",
         "apiKeys": [{"id": "x", "key": "Leak1!@#Leak1!@#Leak2"}],
-        "users": [{"username": "u2", "password": "leak-password-two"}]
+        "users": [{"username": "u2", "password": "leak-password-two"}, {"username": "u3", "passwordHash": phc}]
     }))
     .unwrap();
     let layer = cfg.build().unwrap();
