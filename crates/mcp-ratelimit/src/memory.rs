@@ -248,33 +248,15 @@ impl MemoryBackend {
         charges: &[(usize, u32)],
         want_state: bool,
     ) -> Verdict {
-        let want_state = want_state || charges.len() > 1;
+        if let [(qi, cost)] = charges {
+            return self.check_one(quotas, key, *qi, *cost, want_state);
+        }
         let mut best: Option<Verdict> = None;
         for &(qi, cost) in charges {
-            let (Some(limiter), Some(spec)) = (self.limiters.get(qi), quotas.get(qi)) else {
-                continue;
-            };
-            let outcome = if cost <= 1 {
-                Ok(limiter.check_key(key))
-            } else {
-                let n = NonZeroU32::new(cost.min(spec.burst)).unwrap_or(NonZeroU32::MIN);
-                limiter.check_key_n(key, n)
-            };
-            let verdict = match outcome {
-                Ok(Ok(_)) if !want_state => Verdict::allowed(qi, 0, Duration::ZERO),
-                Ok(Ok(snapshot)) => {
-                    let remaining = snapshot.remaining_burst_capacity().min(spec.burst);
-                    Verdict::allowed(qi, remaining, spec.period * (spec.burst - remaining))
-                }
-                Ok(Err(not_until)) => {
-                    let wait = not_until.wait_time_from(self.clock.now());
-                    return Verdict::limited(qi, wait, wait + spec.period * (spec.burst - 1));
-                }
-                Err(_) => {
-                    let full = spec.period * spec.burst;
-                    return Verdict::limited(qi, full, full);
-                }
-            };
+            let verdict = self.check_one(quotas, key, qi, cost, true);
+            if !verdict.allowed {
+                return verdict;
+            }
             if best
                 .as_ref()
                 .is_none_or(|b| verdict.remaining < b.remaining)
@@ -283,6 +265,41 @@ impl MemoryBackend {
             }
         }
         best.unwrap_or_else(Verdict::unlimited)
+    }
+
+    #[inline]
+    fn check_one(
+        &self,
+        quotas: &[QuotaSpec],
+        key: &Key,
+        qi: usize,
+        cost: u32,
+        want_state: bool,
+    ) -> Verdict {
+        let (Some(limiter), Some(spec)) = (self.limiters.get(qi), quotas.get(qi)) else {
+            return Verdict::unlimited();
+        };
+        let outcome = if cost <= 1 {
+            Ok(limiter.check_key(key))
+        } else {
+            let n = NonZeroU32::new(cost.min(spec.burst)).unwrap_or(NonZeroU32::MIN);
+            limiter.check_key_n(key, n)
+        };
+        match outcome {
+            Ok(Ok(_)) if !want_state => Verdict::allowed(qi, 0, Duration::ZERO),
+            Ok(Ok(snapshot)) => {
+                let remaining = snapshot.remaining_burst_capacity().min(spec.burst);
+                Verdict::allowed(qi, remaining, spec.period * (spec.burst - remaining))
+            }
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Verdict::limited(qi, wait, wait + spec.period * (spec.burst - 1))
+            }
+            Err(_) => {
+                let full = spec.period * spec.burst;
+                Verdict::limited(qi, full, full)
+            }
+        }
     }
 
     /// Evicts the keys whose state is indistinguishable from a fresh one.

@@ -271,12 +271,12 @@ pub(crate) async fn check(
                     shared.metrics.failed_open.increment(1);
                     Outcome::Proceed(None)
                 }
-                FailureMode::Closed => Outcome::Reject(
+                FailureMode::Closed => Outcome::Reject(Box::new(
                     Rejection::new(RejectionReason::Unavailable)
                         .with_id(id)
                         .with_detail("ratelimit_backend_unavailable")
                         .with_header(RETRY_AFTER, "1"),
-                ),
+                )),
             }
         }
     }

@@ -365,11 +365,11 @@ impl Shared {
         if let Some(ip) = ip {
             if !self.deny.is_empty() && self.deny.contains(ip) {
                 self.metrics.denied_by_list.increment(1);
-                return Pre::Reject(
+                return Pre::Reject(Box::new(
                     Rejection::new(RejectionReason::DeniedByList)
                         .with_id(request_id(req))
                         .with_detail("ratelimit_blacklist"),
-                );
+                ));
             }
             if !self.allow.is_empty() && self.allow.contains(ip) {
                 self.metrics.allow_listed.increment(1);
@@ -383,11 +383,11 @@ impl Shared {
                 MissingKey::Ip => ip.map_or(Key::Unknown, Key::Ip),
                 MissingKey::Reject => {
                     self.metrics.no_key.increment(1);
-                    return Pre::Reject(
+                    return Pre::Reject(Box::new(
                         Rejection::new(RejectionReason::Forbidden)
                             .with_id(request_id(req))
                             .with_detail("ratelimit_no_key"),
-                    );
+                    ));
                 }
             },
         };
@@ -396,12 +396,12 @@ impl Shared {
                 Some(g) => Some(g),
                 None => {
                     self.metrics.concurrency_limited.increment(1);
-                    return Pre::Reject(
+                    return Pre::Reject(Box::new(
                         Rejection::new(RejectionReason::ConcurrencyLimited)
                             .with_id(request_id(req))
                             .with_detail(self.name.to_string())
                             .with_header(RETRY_AFTER, "1"),
-                    );
+                    ));
                 }
             },
             None => None,
@@ -443,7 +443,7 @@ impl Shared {
         for (name, value) in &quota::rate_headers(&self.headers, spec, v) {
             r = r.with_header(name.clone(), value.clone());
         }
-        Outcome::Reject(r)
+        Outcome::Reject(Box::new(r))
     }
 }
 
@@ -469,7 +469,7 @@ impl Charges {
 
 enum Pre {
     Pass,
-    Reject(Rejection),
+    Reject(Box<Rejection>),
     Check {
         key: Key,
         charges: Charges,
@@ -482,7 +482,7 @@ pub(crate) enum Outcome {
     /// Call the inner service, adding these headers to its response.
     Proceed(Option<Box<HeaderMap>>),
     /// Answer with this rejection.
-    Reject(Rejection),
+    Reject(Box<Rejection>),
 }
 
 /// A layer that limits the request rate per client with GCRA quotas.
@@ -651,6 +651,10 @@ where
                     charges.as_slice(),
                     shared.headers.on_allowed,
                 );
+                if v.allowed && !shared.headers.on_allowed {
+                    shared.metrics.allowed.increment(1);
+                    return ResponseFuture::inner(self.inner.call(req), guard, None);
+                }
                 match shared.finish(&v, if v.allowed { None } else { request_id(&req) }) {
                     Outcome::Proceed(extra) => {
                         ResponseFuture::inner(self.inner.call(req), guard, extra)
@@ -681,8 +685,7 @@ where
                             req: Some(req),
                         }),
                     },
-                    guard,
-                    extra: None,
+                    post: Post::boxed(guard, None),
                 }
             }
         }
@@ -698,8 +701,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqB>,
-        guard: Option<InFlightGuard>,
-        extra: Option<Box<HeaderMap>>,
+        post: Option<Box<Post>>,
     }
 }
 
@@ -713,6 +715,32 @@ pin_project! {
         Inner { #[pin] fut: S::Future },
         Ready { resp: Option<S::Response> },
         Checking { pending: Box<Pending<S, ReqB>> },
+    }
+}
+
+/// What happens when the response is ready: headers to add, an in-flight slot to free.
+/// Boxed and absent on the common path (no concurrency cap, no headers on allowed
+/// responses), so that the future stays small and its poll cheap.
+struct Post {
+    guard: Option<InFlightGuard>,
+    extra: Option<Box<HeaderMap>>,
+}
+
+impl Post {
+    fn boxed(guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Option<Box<Self>> {
+        if guard.is_none() && extra.is_none() {
+            None
+        } else {
+            Some(Box::new(Self { guard, extra }))
+        }
+    }
+
+    fn apply(self, headers: &mut HeaderMap) {
+        let Post { guard, extra } = self;
+        if let Some(extra) = extra {
+            quota::merge_headers(headers, *extra);
+        }
+        drop(guard);
     }
 }
 
@@ -732,16 +760,14 @@ where
     fn inner(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
         Self {
             state: State::Inner { fut },
-            guard,
-            extra,
+            post: Post::boxed(guard, extra),
         }
     }
 
     fn ready(resp: S::Response) -> Self {
         Self {
             state: State::Ready { resp: Some(resp) },
-            guard: None,
-            extra: None,
+            post: None,
         }
     }
 }
@@ -768,13 +794,13 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Inner { fut } => {
                     let out = ready!(fut.poll(cx));
-                    *this.guard = None;
-                    return Poll::Ready(out.map(|mut resp| {
-                        if let Some(extra) = this.extra.take() {
-                            quota::merge_headers(resp.headers_mut(), *extra);
-                        }
-                        resp
-                    }));
+                    return Poll::Ready(match this.post.take() {
+                        None => out,
+                        Some(post) => out.map(|mut resp| {
+                            (*post).apply(resp.headers_mut());
+                            resp
+                        }),
+                    });
                 }
                 StateProj::Ready { resp } => {
                     return match resp.take() {
@@ -786,11 +812,14 @@ where
                     let outcome = ready!(pending.check.as_mut().poll(cx));
                     match (outcome, pending.svc.take(), pending.req.take()) {
                         (Outcome::Proceed(extra), Some(mut svc), Some(req)) => {
-                            *this.extra = extra;
+                            if extra.is_some() {
+                                let guard = this.post.take().and_then(|p| p.guard);
+                                *this.post = Post::boxed(guard, extra);
+                            }
                             State::Inner { fut: svc.call(req) }
                         }
                         (Outcome::Reject(r), _, _) => {
-                            *this.guard = None;
+                            *this.post = None;
                             State::Ready {
                                 resp: Some(r.into_response()),
                             }
