@@ -331,6 +331,20 @@ async fn attacks_are_refused() {
         "wrong RSA key",
     );
 
+    // a key embedded in the header (jwk) or pointed at by it (jku, x5u) is never used
+    let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+    h.kid = Some("rsa1".into());
+    h.jwk = Some(jsonwebtoken::jwk::Jwk::from_encoding_key(&rsa2(), Algorithm::RS256).unwrap());
+    h.jku = Some("http://127.0.0.1:9/jwks.json".into());
+    h.x5u = Some("http://127.0.0.1:9/cert.pem".into());
+    let injected = jsonwebtoken::encode(&h, &claims(), &rsa2()).unwrap();
+    assert_refused(
+        &call(addr, &injected).await,
+        401,
+        "signature invalid",
+        "embedded jwk / jku",
+    );
+
     // tampered signature and payload
     let good = sign(Algorithm::RS256, &rsa1(), Some("rsa1"), &claims());
     let (head, sig) = good.rsplit_once('.').unwrap();
