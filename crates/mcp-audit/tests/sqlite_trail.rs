@@ -703,3 +703,30 @@ async fn shutdown_under_load_flushes_every_event() {
     assert_eq!(auditor.stats().dropped(), 0);
     assert!(verify_sqlite(&db).unwrap().is_intact());
 }
+
+#[tokio::test]
+async fn warn_level_keeps_only_refusals_failures_and_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.level = mcp_audit::AuditLevel::Warn;
+    let auditor = Auditor::from_config(cfg).await.unwrap();
+    let addr = serve(app(&auditor)).await;
+    let c = client();
+    for i in 0..6 {
+        send(&c, call(addr, "alice", i, None)).await;
+    }
+    send(&c, call(addr, "alice", 7, Some("rate"))).await;
+    send(&c, call(addr, "", 8, None)).await;
+    auditor.handle().record(AuditEvent::startup()).await;
+    wait_written(&auditor, 3).await;
+    auditor.shutdown().await;
+    let recs = records(&dir.path().join("audit.db"));
+    let reasons: Vec<_> = requests(&recs)
+        .iter()
+        .map(|r| r.reason.clone().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.contains(&"rate_limited".to_owned()));
+    assert!(reasons.contains(&"auth_failed".to_owned()));
+    assert_eq!(recs.len(), 4, "plus startup and shutdown");
+}
