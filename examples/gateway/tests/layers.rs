@@ -469,3 +469,41 @@ async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     );
     assert_eq!(run(&["check", "--config", &kfile], dir.path(), &[]).0, 0);
 }
+
+#[tokio::test]
+async fn demo_mode_prints_a_key_that_works() {
+    let dir = tempdir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut p = spawn_args(&["--addr", &format!("127.0.0.1:{port}")], dir.path());
+    let key_line = wait_line(&mut p, "API key (shown once):");
+    let key = key_line.rsplit(' ').next().unwrap().to_owned();
+    wait_line(&mut p, "mcp-gateway listening on");
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let r = modern(&c, &url, "tools/list", None, json!({}))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        modern(&c, &url, "tools/list", None, json!({}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/api/audit/query?limit=1"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(dir.path().join("mcp-gateway-audit.db").exists());
+}

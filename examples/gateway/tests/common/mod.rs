@@ -103,6 +103,11 @@ fn uuid_like() -> String {
     )
 }
 
+/// Starts the binary with these arguments in `dir`.
+pub fn spawn_args(args: &[&str], dir: &Path) -> Proc {
+    spawn(args, dir, &[])
+}
+
 /// Waits for a stdout line containing `marker`; returns the line.
 pub fn wait_line(p: &mut Proc, marker: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
