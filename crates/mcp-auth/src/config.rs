@@ -217,6 +217,8 @@ pub struct JwtIssuerConfig {
     pub jwks_timeout_seconds: Option<u64>,
     /// Allow an `http://` JWKS URL.
     pub allow_http_jwks: bool,
+    /// A PEM CA bundle trusted for the JWKS URL instead of the Mozilla roots.
+    pub jwks_ca_file: Option<PathBuf>,
     /// Leeway in seconds for `exp` / `nbf`.
     pub leeway_seconds: Option<u64>,
     /// Whether `exp` is required (default true).
@@ -264,6 +266,14 @@ impl JwtIssuerConfig {
         }
         if let Some(u) = &self.jwks_url {
             i = i.jwks_url(u.clone()).allow_http_jwks(self.allow_http_jwks);
+        }
+        if let Some(p) = &self.jwks_ca_file {
+            let pem = std::fs::read(p).map_err(|source| ConfigError::Io {
+                key: format!("{key}.jwksCaFile"),
+                path: p.display().to_string(),
+                source,
+            })?;
+            i = i.jwks_root_certificates_pem(pem);
         }
         if let Some(s) = self.jwks_ttl_seconds {
             i = i.jwks_ttl(Duration::from_secs(s));

@@ -166,6 +166,7 @@ pub struct JwtIssuer {
     jwks_refresh_interval: Duration,
     jwks_timeout: Duration,
     allow_http_jwks: bool,
+    jwks_ca_pem: Option<PemBundle>,
     leeway: Duration,
     require_exp: bool,
     required_claims: Vec<String>,
@@ -193,6 +194,7 @@ impl JwtIssuer {
             jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
             jwks_timeout: DEFAULT_JWKS_TIMEOUT,
             allow_http_jwks: false,
+            jwks_ca_pem: None,
             leeway: Duration::from_secs(60),
             require_exp: true,
             required_claims: Vec::new(),
@@ -286,6 +288,13 @@ impl JwtIssuer {
         self
     }
 
+    /// Trusts only these CA certificates (PEM bundle) for the JWKS URL instead of the
+    /// Mozilla roots: for an identity provider behind a private PKI.
+    pub fn jwks_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.jwks_ca_pem = Some(PemBundle(pem.into()));
+        self
+    }
+
     /// How long fetched keys are fresh (default 10 minutes).
     pub fn jwks_ttl(mut self, ttl: Duration) -> Self {
         self.jwks_ttl = ttl;
@@ -338,6 +347,15 @@ impl JwtIssuer {
     pub fn principal_claim(mut self, claim: impl Into<String>) -> Self {
         self.principal_claim = claim.into();
         self
+    }
+}
+
+/// A PEM certificate bundle (public data; `Debug` shows its size only).
+struct PemBundle(Vec<u8>);
+
+impl fmt::Debug for PemBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PemBundle({} bytes)", self.0.len())
     }
 }
 
@@ -491,14 +509,40 @@ type HttpClient = hyper_util::client::legacy::Client<
     http_body_util::Empty<Bytes>,
 >;
 
-fn http_client() -> Result<HttpClient, ConfigError> {
+fn http_client(roots_pem: Option<&[u8]>, key: &str) -> Result<HttpClient, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .map_err(|e| ConfigError::invalid("auth.jwt.jwksUrl", format!("TLS setup: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .build();
+    let tls_error = |e: rustls::Error| ConfigError::invalid(key, format!("TLS setup: {e}"));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match roots_pem {
+        None => builder
+            .with_provider_and_webpki_roots(provider)
+            .map_err(tls_error)?,
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert =
+                    cert.map_err(|_| ConfigError::invalid(key, "not a PEM certificate bundle"))?;
+                roots.add(cert).map_err(|_| {
+                    ConfigError::invalid(key, "a certificate of the bundle is invalid")
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(ConfigError::invalid(
+                    key,
+                    "the CA bundle holds no certificate",
+                ));
+            }
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(tls_error)?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+    };
+    let https = builder.https_or_http().enable_http1().build();
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(https),
@@ -1226,7 +1270,10 @@ fn build_issuer(
                     state: RwLock::new(RemoteState::default()),
                     fetch_lock: tokio::sync::Mutex::new(()),
                     refreshing: AtomicBool::new(false),
-                    client: http_client()?,
+                    client: http_client(
+                        spec.jwks_ca_pem.as_ref().map(|p| p.0.as_slice()),
+                        &format!("{key}.jwksCaFile"),
+                    )?,
                     epoch: Arc::clone(epoch),
                 }),
                 Arc::new(set),

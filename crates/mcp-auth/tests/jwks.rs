@@ -240,3 +240,108 @@ async fn local_jwks_file_and_pem_file() {
         .unwrap_err();
     assert!(e.to_string().contains("auth.jwt.issuers[0].keys[0]"), "{e}");
 }
+
+/// A JWKS endpoint over HTTPS with a certificate from a private CA (rcgen), served by
+/// tokio-rustls + hyper on a loopback port.
+async fn https_jwks_server(state: Jwks) -> (SocketAddr, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    use tower::ServiceExt;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "mcp-auth test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let srv_key = KeyPair::generate().unwrap();
+    let mut srv_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    srv_params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let srv_cert = srv_params.signed_by(&srv_key, &issuer).unwrap();
+
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![srv_cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(srv_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let router = Router::new()
+        .route("/jwks", get_route(jwks))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        router.clone().oneshot(req.map(axum::body::Body::new))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    (addr, ca_cert.pem())
+}
+
+#[tokio::test]
+async fn https_jwks_with_a_private_ca() {
+    let state = Jwks::default();
+    *state.doc.lock().unwrap() = json!({"keys": [rsa_jwk(RSA1_KEY, "k1", Algorithm::RS256)]});
+    let (jwks_addr, ca_pem) = https_jwks_server(state.clone()).await;
+    let url = format!("https://127.0.0.1:{}/jwks", jwks_addr.port());
+    let t = token(&rsa1(), "k1", "alice");
+
+    // trusting the private CA: keys fetched over TLS
+    let trusted = JwtIssuer::new(ISS)
+        .audience("mcp")
+        .jwks_url(url.clone())
+        .jwks_root_certificates_pem(ca_pem.clone());
+    assert!(!format!("{trusted:?}").contains("BEGIN CERTIFICATE"));
+    let addr = protected(trusted).await;
+    let r = call(addr, &t).await;
+    assert_eq!(r.status, 200, "{:?}", r.header(SEEN_DETAIL));
+    assert_eq!(state.fetches.load(Ordering::SeqCst), 1);
+
+    // with the default (Mozilla) roots the private CA is not trusted: no keys, 503
+    let untrusted = JwtIssuer::new(ISS).audience("mcp").jwks_url(url);
+    let addr = protected(untrusted).await;
+    let r = call(addr, &t).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        state.fetches.load(Ordering::SeqCst),
+        1,
+        "the handshake failed before any request"
+    );
+
+    // a bundle that is not PEM is a build error naming the key
+    let e = JwtAuthenticator::builder()
+        .issuer(
+            JwtIssuer::new(ISS)
+                .jwks_url("https://127.0.0.1:1/jwks")
+                .jwks_root_certificates_pem("nope"),
+        )
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("jwksCaFile"), "{e}");
+}
