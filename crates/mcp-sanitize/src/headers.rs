@@ -111,11 +111,17 @@ impl Default for SecurityHeadersLayer {
                     .headers
                     .iter()
                     .filter_map(|(k, v)| {
-                        Some((HeaderName::try_from(k.as_str()).ok()?, HeaderValue::try_from(v.as_str()).ok()?))
+                        Some((
+                            HeaderName::try_from(k.as_str()).ok()?,
+                            HeaderValue::try_from(v.as_str()).ok()?,
+                        ))
                     })
                     .collect(),
                 hsts: Some(HeaderValue::from_static(DEFAULT_HSTS)),
-                remove: vec![http::header::SERVER, HeaderName::from_static("x-powered-by")],
+                remove: vec![
+                    http::header::SERVER,
+                    HeaderName::from_static("x-powered-by"),
+                ],
                 override_existing: true,
             }),
         }
@@ -126,13 +132,13 @@ impl SecurityHeadersLayer {
     /// Builds the layer; header names and values are validated.
     pub fn new(config: &SecurityHeadersConfig) -> Result<Self, ConfigError> {
         let mut set = Vec::new();
-        let mut hsts = match &config.hsts {
-            Some(v) => Some(
-                HeaderValue::try_from(v.as_str())
-                    .map_err(|_| ConfigError::invalid("security.hsts", "not a valid header value"))?,
-            ),
-            None => None,
-        };
+        let mut hsts =
+            match &config.hsts {
+                Some(v) => Some(HeaderValue::try_from(v.as_str()).map_err(|_| {
+                    ConfigError::invalid("security.hsts", "not a valid header value")
+                })?),
+                None => None,
+            };
         for (k, v) in &config.headers {
             let key = format!("security.headers.{k}");
             let name = HeaderName::try_from(k.as_str())
@@ -235,10 +241,10 @@ where
             }
         }
         if *this.tls {
-            if let Some(h) = &c.hsts {
-                if c.override_existing || !headers.contains_key(STRICT_TRANSPORT_SECURITY) {
-                    headers.insert(STRICT_TRANSPORT_SECURITY, h.clone());
-                }
+            if let Some(h) = &c.hsts
+                && (c.override_existing || !headers.contains_key(STRICT_TRANSPORT_SECURITY))
+            {
+                headers.insert(STRICT_TRANSPORT_SECURITY, h.clone());
             }
         } else {
             // HSTS over plain HTTP is meaningless; never let an upstream's through.
@@ -257,10 +263,16 @@ mod tests {
     async fn run(layer: SecurityHeadersLayer, tls: bool) -> Response<String> {
         let svc = layer.layer(service_fn(|_req: Request<()>| async {
             let mut r = Response::new(String::new());
-            r.headers_mut().insert("server", HeaderValue::from_static("upstream/1.0"));
-            r.headers_mut().insert("x-powered-by", HeaderValue::from_static("php"));
-            r.headers_mut().insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
-            r.headers_mut().insert("strict-transport-security", HeaderValue::from_static("max-age=1"));
+            r.headers_mut()
+                .insert("server", HeaderValue::from_static("upstream/1.0"));
+            r.headers_mut()
+                .insert("x-powered-by", HeaderValue::from_static("php"));
+            r.headers_mut()
+                .insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
+            r.headers_mut().insert(
+                "strict-transport-security",
+                HeaderValue::from_static("max-age=1"),
+            );
             Ok::<_, Infallible>(r)
         }));
         let mut req = Request::new(());
@@ -277,7 +289,10 @@ mod tests {
         assert_eq!(h["x-frame-options"], "DENY");
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["referrer-policy"], "no-referrer");
-        assert_eq!(h["content-security-policy"], "default-src 'none'; frame-ancestors 'none'");
+        assert_eq!(
+            h["content-security-policy"],
+            "default-src 'none'; frame-ancestors 'none'"
+        );
         assert!(!h.contains_key("server"));
         assert!(!h.contains_key("x-powered-by"));
         assert!(!h.contains_key("strict-transport-security"));
@@ -292,8 +307,10 @@ mod tests {
     #[tokio::test]
     async fn seeds_map_and_keep_existing() {
         let mut cfg = SecurityHeadersConfig::default();
-        cfg.headers.insert("X-XSS-Protection".into(), "1; mode=block".into());
-        cfg.headers.insert("Strict-Transport-Security".into(), "max-age=60".into());
+        cfg.headers
+            .insert("X-XSS-Protection".into(), "1; mode=block".into());
+        cfg.headers
+            .insert("Strict-Transport-Security".into(), "max-age=60".into());
         cfg.remove.push("x-debug".into());
         cfg.override_existing = false;
         let layer = SecurityHeadersLayer::new(&cfg).unwrap();
@@ -309,7 +326,10 @@ mod tests {
     fn bad_config_names_key() {
         let mut cfg = SecurityHeadersConfig::default();
         cfg.headers.insert("Bad Name".into(), "x".into());
-        assert_eq!(SecurityHeadersLayer::new(&cfg).unwrap_err().key, "security.headers.Bad Name");
+        assert_eq!(
+            SecurityHeadersLayer::new(&cfg).unwrap_err().key,
+            "security.headers.Bad Name"
+        );
         let mut cfg = SecurityHeadersConfig::default();
         cfg.headers.insert("X-Ok".into(), "bad\nvalue".into());
         assert!(SecurityHeadersLayer::new(&cfg).is_err());

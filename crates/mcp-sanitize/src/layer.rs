@@ -54,7 +54,7 @@ use mcp_core::{McpRequest, Parse, ParseLayer, Rejection, RejectionReason};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::config::{ConfigError, ControlCharPolicy, OriginConfig, RuleOverride, SanitizeConfig};
+use crate::config::{ConfigError, ControlCharPolicy, OriginConfig, SanitizeConfig};
 use crate::future::ResponseFuture;
 use crate::origin::{OriginChecked, OriginPolicy};
 use crate::rules::{BlockedPattern, BuiltinRule, Category, RuleAction};
@@ -115,7 +115,10 @@ impl Shared {
     }
 
     /// Checks the parsed body; rewrites the request when a strip applies.
-    fn check_body<B: From<Bytes>>(&self, req: &mut Request<B>) -> Result<Option<SanitizeOutcome>, Rejection> {
+    fn check_body<B: From<Bytes>>(
+        &self,
+        req: &mut Request<B>,
+    ) -> Result<Option<SanitizeOutcome>, Rejection> {
         if req.method() != Method::POST {
             return Ok(None);
         }
@@ -126,11 +129,17 @@ impl Shared {
                      mcp_core::ParseLayer outside SanitizeLayer, or use SanitizeLayer::with_parse"
                 );
             }
-            return Err(Rejection::new(RejectionReason::Internal).with_detail("parse_layer_missing"));
+            return Err(
+                Rejection::new(RejectionReason::Internal).with_detail("parse_layer_missing")
+            );
         };
         if let Some(m) = mcp.header_mismatch() {
             return Err(Rejection::new(RejectionReason::HeaderMismatch)
-                .with_id(if mcp.is_batch() { None } else { mcp.id().cloned() })
+                .with_id(if mcp.is_batch() {
+                    None
+                } else {
+                    mcp.id().cloned()
+                })
                 .with_detail(format!("header={}", m.header())));
         }
         let Some(rewrite) = self.validator.validate(mcp)? else {
@@ -138,7 +147,9 @@ impl Shared {
         };
         let bytes = match serde_json::to_vec(&rewrite.value) {
             Ok(v) => Bytes::from(v),
-            Err(_) => return Err(Rejection::new(RejectionReason::Internal).with_detail("reserialize")),
+            Err(_) => {
+                return Err(Rejection::new(RejectionReason::Internal).with_detail("reserialize"));
+            }
         };
         let new = McpRequest::from_parts(bytes.clone(), rewrite.value, mcp.headers().clone());
         req.extensions_mut().insert(new);
@@ -189,6 +200,35 @@ impl SanitizeLayer {
         &self.shared.config
     }
 
+    /// Validates a parsed request outside of a tower stack (JSON-RPC structure, limits,
+    /// control characters, argument and URL rules; not the HTTP headers): `Ok(None)` when
+    /// it passes as is, `Ok(Some(rewritten))` when a strip action changed it, `Err` with the
+    /// rejection otherwise.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use mcp_core::{McpHeaders, McpRequest};
+    /// use mcp_sanitize::{SanitizeConfig, SanitizeLayer};
+    ///
+    /// let layer = SanitizeLayer::new(SanitizeConfig::default()).unwrap();
+    /// let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fetch","arguments":{"url":"http://169.254.169.254/"}}}"#;
+    /// let req = McpRequest::parse(Bytes::from_static(body), McpHeaders::default()).unwrap();
+    /// let err = layer.validate(&req).unwrap_err();
+    /// assert_eq!(err.detail(), Some("rule=ssrf path=$.params.arguments.url"));
+    /// ```
+    pub fn validate(&self, req: &McpRequest) -> Result<Option<McpRequest>, Rejection> {
+        let Some(rewrite) = self.shared.validator.validate(req)? else {
+            return Ok(None);
+        };
+        let bytes = serde_json::to_vec(&rewrite.value)
+            .map_err(|_| Rejection::new(RejectionReason::Internal).with_detail("reserialize"))?;
+        Ok(Some(McpRequest::from_parts(
+            Bytes::from(bytes),
+            rewrite.value,
+            req.headers().clone(),
+        )))
+    }
+
     /// One layer that checks the headers before the body is read, applies
     /// `mcp_core::ParseLayer` with [`SanitizeConfig::max_body_bytes`], then validates.
     pub fn with_parse(self) -> ParseSanitizeLayer {
@@ -231,13 +271,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if self.check_headers {
-            if let Err(r) = self
-                .shared
-                .check_headers(req.method(), req.uri(), req.headers(), req.extensions())
-            {
-                return ResponseFuture::rejected(r.into_response());
-            }
+        if self.check_headers
+            && let Err(r) =
+                self.shared
+                    .check_headers(req.method(), req.uri(), req.headers(), req.extensions())
+        {
+            return ResponseFuture::rejected(r.into_response());
         }
         match self.shared.check_body(&mut req) {
             Ok(outcome) => ResponseFuture::inner(self.inner.call(req), outcome),
@@ -398,7 +437,12 @@ impl SanitizeBuilder {
     }
 
     /// Adds a named regex blocked pattern with an action.
-    pub fn blocked_regex(mut self, name: impl Into<String>, regex: impl Into<String>, action: RuleAction) -> Self {
+    pub fn blocked_regex(
+        mut self,
+        name: impl Into<String>,
+        regex: impl Into<String>,
+        action: RuleAction,
+    ) -> Self {
         self.config.blocked_patterns.push(BlockedPattern::Detailed {
             name: Some(name.into()),
             literal: None,
@@ -413,7 +457,7 @@ impl SanitizeBuilder {
         self.config
             .tool_overrides
             .entry(tool.into())
-            .or_insert_with(RuleOverride::default)
+            .or_default()
             .exempt
             .push(rule.into());
         self
@@ -424,7 +468,7 @@ impl SanitizeBuilder {
         self.config
             .prompt_overrides
             .entry(prompt.into())
-            .or_insert_with(RuleOverride::default)
+            .or_default()
             .exempt
             .push(rule.into());
         self
@@ -525,7 +569,8 @@ mod tests {
         }))
         .unwrap();
         assert!(SanitizeLayer::new(cfg).is_ok());
-        let bad: Result<SanitizeConfig, _> = serde_json::from_value(serde_json::json!({"max_lenght": 3}));
+        let bad: Result<SanitizeConfig, _> =
+            serde_json::from_value(serde_json::json!({"max_lenght": 3}));
         assert!(bad.is_err());
     }
 }

@@ -102,7 +102,8 @@ fn is_loopback_host(host: &str) -> bool {
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(h);
-    bare.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+    bare.parse::<IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 impl OriginPolicy {
@@ -114,7 +115,10 @@ impl OriginPolicy {
                 return Err(ConfigError::invalid(key, "wildcards are not allowed"));
             }
             let n = normalize_origin(o).ok_or_else(|| {
-                ConfigError::invalid(key, "must be an http(s) origin such as https://app.example.com")
+                ConfigError::invalid(
+                    key,
+                    "must be an http(s) origin such as https://app.example.com",
+                )
             })?;
             origins.push(n);
         }
@@ -146,7 +150,9 @@ impl OriginPolicy {
     pub(crate) fn check(&self, headers: &HeaderMap, uri: &Uri) -> Result<(), Rejection> {
         let host = Self::request_host(headers, uri);
         if headers.get_all(HOST).iter().count() > 1 {
-            return Err(Rejection::new(RejectionReason::HostNotAllowed).with_detail("host_repeated"));
+            return Err(
+                Rejection::new(RejectionReason::HostNotAllowed).with_detail("host_repeated")
+            );
         }
         if !self.hosts.is_empty() {
             let allowed = host.and_then(split_host_port).is_some_and(|(h, p)| {
@@ -170,7 +176,7 @@ impl OriginPolicy {
         let refused = || Rejection::new(RejectionReason::OriginNotAllowed);
         let origin = origin.to_str().map_err(|_| refused())?;
         let normalized = normalize_origin(origin).ok_or_else(refused)?;
-        if self.origins.iter().any(|o| *o == normalized) {
+        if self.origins.contains(&normalized) {
             return Ok(());
         }
         if self.loopback {
@@ -282,12 +288,36 @@ mod tests {
             ..Default::default()
         };
         assert!(check(&cfg, Some("mcp.example.com"), None));
-        assert!(check(&cfg, Some("mcp.example.com"), Some("https://app.example.com")));
-        assert!(check(&cfg, Some("mcp.example.com"), Some("HTTPS://APP.EXAMPLE.COM")));
-        assert!(!check(&cfg, Some("mcp.example.com"), Some("https://app.example.com:8443")));
-        assert!(!check(&cfg, Some("mcp.example.com"), Some("http://app.example.com")));
-        assert!(!check(&cfg, Some("mcp.example.com"), Some("https://evil.com")));
-        assert!(!check(&cfg, Some("mcp.example.com"), Some("https://app.example.com.evil.com")));
+        assert!(check(
+            &cfg,
+            Some("mcp.example.com"),
+            Some("https://app.example.com")
+        ));
+        assert!(check(
+            &cfg,
+            Some("mcp.example.com"),
+            Some("HTTPS://APP.EXAMPLE.COM")
+        ));
+        assert!(!check(
+            &cfg,
+            Some("mcp.example.com"),
+            Some("https://app.example.com:8443")
+        ));
+        assert!(!check(
+            &cfg,
+            Some("mcp.example.com"),
+            Some("http://app.example.com")
+        ));
+        assert!(!check(
+            &cfg,
+            Some("mcp.example.com"),
+            Some("https://evil.com")
+        ));
+        assert!(!check(
+            &cfg,
+            Some("mcp.example.com"),
+            Some("https://app.example.com.evil.com")
+        ));
         assert!(!check(&cfg, Some("mcp.example.com"), Some("null")));
         assert!(!check(&cfg, Some("mcp.example.com"), Some("file://")));
     }
@@ -295,24 +325,48 @@ mod tests {
     #[test]
     fn loopback_origins_only_with_loopback_host() {
         let cfg = OriginConfig::default();
-        assert!(check(&cfg, Some("localhost:8080"), Some("http://localhost:6274")));
-        assert!(check(&cfg, Some("127.0.0.1:8080"), Some("http://127.0.0.1:8080")));
+        assert!(check(
+            &cfg,
+            Some("localhost:8080"),
+            Some("http://localhost:6274")
+        ));
+        assert!(check(
+            &cfg,
+            Some("127.0.0.1:8080"),
+            Some("http://127.0.0.1:8080")
+        ));
         assert!(check(&cfg, Some("[::1]:8080"), Some("http://[::1]:3000")));
         // DNS rebinding: the page's name is in Host.
-        assert!(!check(&cfg, Some("rebind.evil.com:8080"), Some("http://rebind.evil.com:8080")));
-        assert!(!check(&cfg, Some("localhost:8080"), Some("http://evil.com")));
+        assert!(!check(
+            &cfg,
+            Some("rebind.evil.com:8080"),
+            Some("http://rebind.evil.com:8080")
+        ));
+        assert!(!check(
+            &cfg,
+            Some("localhost:8080"),
+            Some("http://evil.com")
+        ));
         assert!(!check(&cfg, Some("evil.com"), Some("http://localhost")));
         let strict = OriginConfig {
             allow_loopback_origins: false,
             ..Default::default()
         };
-        assert!(!check(&strict, Some("localhost:8080"), Some("http://localhost:6274")));
+        assert!(!check(
+            &strict,
+            Some("localhost:8080"),
+            Some("http://localhost:6274")
+        ));
     }
 
     #[test]
     fn hosts() {
         let cfg = OriginConfig {
-            allowed_hosts: vec!["mcp.example.com".into(), "localhost:8080".into(), "[::1]".into()],
+            allowed_hosts: vec![
+                "mcp.example.com".into(),
+                "localhost:8080".into(),
+                "[::1]".into(),
+            ],
             ..Default::default()
         };
         assert!(check(&cfg, Some("mcp.example.com"), None));
@@ -328,7 +382,12 @@ mod tests {
 
     #[test]
     fn bad_config() {
-        for o in ["*", "https://*.example.com", "not a url", "https://a.com/path"] {
+        for o in [
+            "*",
+            "https://*.example.com",
+            "not a url",
+            "https://a.com/path",
+        ] {
             let cfg = OriginConfig {
                 allowed_origins: vec![o.into()],
                 ..Default::default()

@@ -15,9 +15,10 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input, PatternSet, meta};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
@@ -60,6 +61,18 @@ impl Category {
         }
     }
 
+    /// How the category is searched: every pattern of an *anchored* category starts with
+    /// one of these bytes (or at the start of the value), so it is tried only there; a
+    /// *gated* category is searched only in values that contain one of these bytes.
+    const fn triggers(self) -> (&'static [u8], bool) {
+        match self {
+            Self::SqlInjection => (b"'\";/", true),
+            Self::CommandInjection => (b";&|`$<>", true),
+            Self::PathTraversal => (b"/\\%.:", true),
+            Self::Xss => (b"<:=", false),
+        }
+    }
+
     /// The detection regexes of the category (ASCII, case-insensitive).
     pub fn patterns(self) -> &'static [&'static str] {
         match self {
@@ -78,12 +91,12 @@ const SQL_PATTERNS: &[&str] = &[
     r#"['"]\s*\)?\s*(?:;|--|/\*|#)"#,
     // Stacked queries.
     r";\s*(?:(?:drop|truncate|alter)\s+(?:table|database|schema|user|index|view)\b|delete\s+from\b|insert\s+into\b|update\s+\S+\s+set\b|select\b.*\bfrom\b|exec(?:ute)?\s|shutdown\b|grant\s|revoke\s|create\s+(?:table|user|database|function|procedure)\b|declare\s+@)",
-    // UNION SELECT after a quote or parenthesis, comments allowed as spaces.
-    r#"['")]\s*(?:\s|/\*.*?\*/)*union(?:\s|/\*.*?\*/)+(?:all(?:\s|/\*.*?\*/)+)?select\b"#,
+    // UNION SELECT after a quote (and a parenthesis), comments allowed as spaces.
+    r#"['"]\s*\)?\s*(?:\s|/\*.*?\*/)*union(?:\s|/\*.*?\*/)+(?:all(?:\s|/\*.*?\*/)+)?select\b"#,
     // Time-based and out-of-band probes after a quote or semicolon.
     r#"[;'"]\s*\)?\s*(?:(?:and|or)\s+)?(?:waitfor\s+delay|sleep\s*\(|benchmark\s*\(|pg_sleep\s*\(|dbms_pipe\.|load_file\s*\(|into\s+(?:out|dump)file)"#,
     // Comment-obfuscated keywords: UN/**/ION, SEL/**/ECT
-    r"[a-z]/\*.*?\*/[a-z]",
+    r"/\*.*?\*/[a-z]",
     // A statement ending in a comment: ;--
     r";\s*--",
 ];
@@ -106,7 +119,7 @@ const COMMAND_PATTERNS: &[&str] = &[
     r"\$\{[^}]*\}",
     // Redirection to or from system paths, or to another descriptor.
     r"[<>]\s*/(?:etc|dev|tmp|proc|sys|var|root|home|boot|usr|bin)\b",
-    r"[0-9]?>\s*&\s*[0-9]",
+    r">\s*&\s*[0-9]",
     // Chained commands.
     r"(?:&&|\|\|)\s*\S",
     // A separator hidden with $IFS.
@@ -136,7 +149,7 @@ const PATH_PATTERNS: &[&str] = &[
     r"(?:^|[/\\])proc[/\\]self[/\\]",
     r"(?:^|[/\\])\.ssh[/\\]",
     r"(?:^|[/\\])\.aws[/\\]credentials",
-    r"\b[a-z]:\\+windows\\+",
+    r":\\+windows\\+",
 ];
 
 /// What a rule does when it matches.
@@ -211,7 +224,9 @@ impl RuleSet {
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.iter().enumerate().flat_map(|(wi, &w)| {
-            (0..64).filter(move |b| w & (1u64 << b) != 0).map(move |b| wi * 64 + b)
+            (0..64)
+                .filter(move |b| w & (1u64 << b) != 0)
+                .map(move |b| wi * 64 + b)
         })
     }
 }
@@ -316,9 +331,95 @@ pub(crate) struct RuleEngine {
     pub(crate) rules: Vec<RuleMeta>,
     ac: Option<AhoCorasick>,
     ac_rule: Vec<usize>,
+    /// The configured regexes (blocked patterns), searched everywhere.
     set: Option<RegexSet>,
     set_rule: Vec<usize>,
+    /// Built-in patterns that start at a trigger byte: tried only there.
+    anchored: Option<TriggeredSet>,
+    /// Built-in patterns searched only in values holding a gate byte.
+    gated: Option<TriggeredSet>,
+    /// Per byte: [`TRIGGER`] for `anchored`, [`GATE`] for `gated`.
+    flags: [u8; 256],
+    /// Every regex by source index, to strip what a rule matched.
     regexes: Vec<Regex>,
+}
+
+const TRIGGER: u8 = 1;
+const GATE: u8 = 2;
+
+/// Built-in patterns compiled together, with the bytes that trigger (or gate) a search.
+#[derive(Debug, Clone)]
+struct TriggeredSet {
+    re: meta::Regex,
+    rule: Vec<usize>,
+}
+
+impl TriggeredSet {
+    fn build(src: &[String], rule: Vec<usize>) -> Result<Option<Self>, ConfigError> {
+        if src.is_empty() {
+            return Ok(None);
+        }
+        let re = meta::Regex::builder()
+            .configure(
+                meta::Regex::config()
+                    .match_kind(regex_automata::MatchKind::All)
+                    .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+                    // The lazy DFA for the many short anchored searches: the bounded
+                    // backtracker would clear a visited set sized by the haystack each time.
+                    .backtrack(false)
+                    .onepass(false),
+            )
+            .syntax(syntax::Config::new().utf8(false))
+            .build_many(src)
+            .map_err(|_| ConfigError::invalid("rules", "built-in patterns failed to compile"))?;
+        Ok(Some(Self { re, rule }))
+    }
+
+    /// Anchored search at `p`.
+    fn matches_at(&self, b: &[u8], p: usize) -> bool {
+        self.re.is_match(
+            Input::new(b)
+                .range(p..)
+                .anchored(Anchored::Yes)
+                .earliest(true),
+        )
+    }
+
+    /// Unanchored search.
+    fn matches_anywhere(&self, b: &[u8]) -> bool {
+        self.re.is_match(Input::new(b).earliest(true))
+    }
+
+    /// Every pattern that matches anywhere (same result as the triggered search, since
+    /// no pattern can start elsewhere), as rules.
+    fn matches_into(&self, b: &[u8], out: &mut RuleSet) {
+        let mut set = PatternSet::new(self.re.pattern_len());
+        self.re.which_overlapping_matches(&Input::new(b), &mut set);
+        for pid in set.iter() {
+            if let Some(&r) = self.rule.get(pid.as_usize()) {
+                out.insert(r);
+            }
+        }
+    }
+}
+
+/// A cheap filter on the byte after a trigger, for the triggers frequent in prose and
+/// URLs: every built-in pattern that starts with `.`, `/`, `\` or `:` continues with one
+/// of these bytes. (The property test `triggered_search_equals_plain_search` checks the
+/// whole triggered search against a plain search.)
+fn may_start_at(c: u8, next: Option<u8>) -> bool {
+    match c {
+        b'.' => matches!(next, Some(b'.' | b'%')),
+        b'/' | b'\\' => matches!(next, Some(b'*' | b'.' | b'e' | b'E' | b'p' | b'P')),
+        b':' => next == Some(b'\\'),
+        _ => true,
+    }
+}
+
+fn byte_table(bytes: &[u8], into: &mut [bool; 256]) {
+    for &b in bytes {
+        into[b as usize] = true;
+    }
 }
 
 /// The outcome of scanning one value.
@@ -355,9 +456,14 @@ impl RuleEngine {
             })
             .collect();
         let mut regex_src: Vec<String> = Vec::new();
+        let mut user_src: Vec<String> = Vec::new();
         let mut set_rule = Vec::new();
         let mut literals: Vec<String> = Vec::new();
         let mut ac_rule = Vec::new();
+        let (mut anchored_src, mut anchored_rule, mut anchored_bytes) =
+            (Vec::new(), Vec::new(), [false; 256]);
+        let (mut gated_src, mut gated_rule, mut gated_bytes) =
+            (Vec::new(), Vec::new(), [false; 256]);
 
         for c in Category::ALL {
             let setting = builtin.get(c);
@@ -366,12 +472,25 @@ impl RuleEngine {
             }
             let idx = rules.len();
             let mut own = Vec::new();
+            let (trigger_bytes, anchored) = c.triggers();
             for p in c.patterns() {
                 own.push(regex_src.len());
                 // Built-in patterns are ASCII and case-insensitive; `(?-u)` keeps the DFA
                 // fast on non-ASCII input.
-                regex_src.push(format!("(?i-u:{p})"));
-                set_rule.push(idx);
+                let src = format!("(?i-u:{p})");
+                if anchored {
+                    anchored_src.push(src.clone());
+                    anchored_rule.push(idx);
+                } else {
+                    gated_src.push(src.clone());
+                    gated_rule.push(idx);
+                }
+                regex_src.push(src);
+            }
+            if anchored {
+                byte_table(trigger_bytes, &mut anchored_bytes);
+            } else {
+                byte_table(trigger_bytes, &mut gated_bytes);
             }
             rules.push(RuleMeta {
                 name: Cow::Borrowed(c.name()),
@@ -439,10 +558,14 @@ impl RuleEngine {
                         .build()
                         .map_err(|_| ConfigError::invalid(key.clone(), "not a valid regex"))?;
                     if single.is_match(b"") {
-                        return Err(ConfigError::invalid(key, "a regex must not match the empty string"));
+                        return Err(ConfigError::invalid(
+                            key,
+                            "a regex must not match the empty string",
+                        ));
                     }
                     meta.regexes.push(regex_src.len());
                     regex_src.push(r.to_owned());
+                    user_src.push(r.to_owned());
                     set_rule.push(idx);
                 }
                 _ => {
@@ -463,29 +586,49 @@ impl RuleEngine {
                     .ascii_case_insensitive(true)
                     .match_kind(MatchKind::Standard)
                     .build(&literals)
-                    .map_err(|_| ConfigError::invalid("blocked_patterns", "too many or too long literals"))?,
+                    .map_err(|_| {
+                        ConfigError::invalid("blocked_patterns", "too many or too long literals")
+                    })?,
             )
         };
-        let (set, regexes) = if regex_src.is_empty() {
-            (None, Vec::new())
+        let set = if user_src.is_empty() {
+            None
         } else {
-            let set = RegexSetBuilder::new(&regex_src)
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|_| ConfigError::invalid("blocked_patterns", "the regexes together are too large"))?;
-            let regexes = regex_src
-                .iter()
-                .map(|r| RegexBuilder::new(r).size_limit(REGEX_SIZE_LIMIT).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| ConfigError::invalid("blocked_patterns", "not a valid regex"))?;
-            (Some(set), regexes)
+            Some(
+                RegexSetBuilder::new(&user_src)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|_| {
+                        ConfigError::invalid(
+                            "blocked_patterns",
+                            "the regexes together are too large",
+                        )
+                    })?,
+            )
         };
+        let regexes = regex_src
+            .iter()
+            .map(|r| RegexBuilder::new(r).size_limit(REGEX_SIZE_LIMIT).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ConfigError::invalid("blocked_patterns", "not a valid regex"))?;
+        let mut flags = [0u8; 256];
+        for i in 0..256 {
+            if anchored_bytes[i] {
+                flags[i] |= TRIGGER;
+            }
+            if gated_bytes[i] {
+                flags[i] |= GATE;
+            }
+        }
         Ok(Self {
             rules,
             ac,
             ac_rule,
             set,
             set_rule,
+            flags,
+            anchored: TriggeredSet::build(&anchored_src, anchored_rule)?,
+            gated: TriggeredSet::build(&gated_src, gated_rule)?,
             regexes,
         })
     }
@@ -499,7 +642,33 @@ impl RuleEngine {
     pub(crate) fn any_match(&self, s: &str) -> bool {
         let b = s.as_bytes();
         self.ac.as_ref().is_some_and(|ac| ac.is_match(b))
+            || self.any_builtin(b)
             || self.set.as_ref().is_some_and(|set| set.is_match(b))
+    }
+
+    /// The built-in rules in one pass over the bytes: an anchored search at each trigger
+    /// byte (and at the start), and the gated search if a gate byte was seen.
+    fn any_builtin(&self, b: &[u8]) -> bool {
+        let anchored = self.anchored.as_ref();
+        if anchored.is_some_and(|a| a.matches_at(b, 0)) {
+            return true;
+        }
+        let mut gate_seen = false;
+        for (p, &c) in b.iter().enumerate() {
+            let f = self.flags[c as usize];
+            if f == 0 {
+                continue;
+            }
+            gate_seen |= f & GATE != 0;
+            if f & TRIGGER != 0
+                && p > 0
+                && may_start_at(c, b.get(p + 1).copied())
+                && anchored.is_some_and(|a| a.matches_at(b, p))
+            {
+                return true;
+            }
+        }
+        gate_seen && self.gated.as_ref().is_some_and(|g| g.matches_anywhere(b))
     }
 
     /// Every rule that matches `s`.
@@ -516,6 +685,12 @@ impl RuleEngine {
                 out.insert(self.set_rule[i]);
             }
         }
+        if let Some(a) = &self.anchored {
+            a.matches_into(b, &mut out);
+        }
+        if let Some(g) = &self.gated {
+            g.matches_into(b, &mut out);
+        }
         out
     }
 
@@ -531,7 +706,10 @@ impl RuleEngine {
         if m.is_empty() {
             return ScanResult::Clean;
         }
-        if let Some(r) = m.iter().find(|&i| self.rules[i].action == RuleAction::Reject) {
+        if let Some(r) = m
+            .iter()
+            .find(|&i| self.rules[i].action == RuleAction::Reject)
+        {
             return ScanResult::Reject(r);
         }
         ScanResult::Strip(m)
@@ -603,19 +781,19 @@ impl RuleEngine {
                         bytes = Cow::Owned(next);
                     }
                 }
-                if let Some(ac) = &self.ac {
-                    if !meta.literals.is_empty() {
-                        let mut out = Vec::with_capacity(bytes.len());
-                        let mut last = 0;
-                        for m in ac.find_iter(&*bytes) {
-                            if meta.literals.contains(&m.pattern().as_usize()) {
-                                out.extend_from_slice(&bytes[last..m.start()]);
-                                last = m.end();
-                            }
+                if let Some(ac) = &self.ac
+                    && !meta.literals.is_empty()
+                {
+                    let mut out = Vec::with_capacity(bytes.len());
+                    let mut last = 0;
+                    for m in ac.find_iter(&*bytes) {
+                        if meta.literals.contains(&m.pattern().as_usize()) {
+                            out.extend_from_slice(&bytes[last..m.start()]);
+                            last = m.end();
                         }
-                        out.extend_from_slice(&bytes[last..]);
-                        bytes = Cow::Owned(out);
                     }
+                    out.extend_from_slice(&bytes[last..]);
+                    bytes = Cow::Owned(out);
                 }
                 match String::from_utf8(bytes.into_owned()) {
                     Ok(s) => s,
@@ -748,7 +926,12 @@ mod tests {
         ] {
             assert!(hits(C, bad), "{bad}");
         }
-        for good in ["one = 1", "only=yes", "java script", "description: a <b>bold</b> word"] {
+        for good in [
+            "one = 1",
+            "only=yes",
+            "java script",
+            "description: a <b>bold</b> word",
+        ] {
             assert!(!hits(C, good), "{good}");
         }
     }
@@ -775,7 +958,13 @@ mod tests {
         ] {
             assert!(hits(C, bad), "{bad}");
         }
-        for good in ["file..txt", "a/b/c", "v1.2.3", "...", "etc/passwords-manager"] {
+        for good in [
+            "file..txt",
+            "a/b/c",
+            "v1.2.3",
+            "...",
+            "etc/passwords-manager",
+        ] {
             assert!(!hits(C, good), "{good}");
         }
     }
@@ -793,15 +982,54 @@ mod tests {
             },
         ];
         let e = RuleEngine::new(&BuiltinRules::none(), &blocked, RuleAction::Reject).unwrap();
-        assert!(matches!(e.scan("please drop table x", None), ScanResult::Reject(i) if e.rules[i].name == "blocked_pattern[0]"));
+        assert!(
+            matches!(e.scan("please drop table x", None), ScanResult::Reject(i) if e.rules[i].name == "blocked_pattern[0]")
+        );
         assert!(matches!(e.scan("RM -RF", None), ScanResult::Reject(_)));
         assert!(matches!(e.scan("fine", None), ScanResult::Clean));
-        assert!(matches!(e.scan("id 123-45-6789", None), ScanResult::Strip(_)));
+        assert!(matches!(
+            e.scan("id 123-45-6789", None),
+            ScanResult::Strip(_)
+        ));
         assert_eq!(e.strip("id 123-45-6789 ok", None).unwrap(), "id  ok");
         // Exempting the rule lets the value through.
         let mut ex = RuleSet::default();
         ex.insert(e.index_of("blocked_pattern[0]").unwrap());
         assert!(matches!(e.scan("drop table", Some(&ex)), ScanResult::Clean));
+    }
+
+    static PLAIN: LazyLock<(RuleEngine, RegexSet)> = LazyLock::new(|| {
+        let plain = RegexSet::new(
+            Category::ALL
+                .iter()
+                .flat_map(|c| c.patterns().iter().map(|p| format!("(?i-u:{p})"))),
+        )
+        .unwrap();
+        (engine(), plain)
+    });
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+        /// The triggered search finds exactly what a plain search of the same patterns
+        /// finds: no built-in pattern can start anywhere but at a trigger byte.
+        #[test]
+        fn triggered_search_equals_plain_search(s in "[a-zA-Z0-9 ;'\"/\\%.:<>=&|`$()*#@{}\n-]{0,40}") {
+            let (e, plain) = &*PLAIN;
+            proptest::prop_assert_eq!(e.any_match(&s), plain.is_match(s.as_bytes()), "{:?}", s);
+        }
+
+        #[test]
+        fn triggered_search_equals_plain_search_on_words(
+            words in proptest::collection::vec(proptest::sample::select(vec![
+                "'", "\"", ";", " ", "or", "and", "1=1", "union", "select", "--", "/*", "*/", "..", "/",
+                "\\", "%2e", "%2f", "etc", "passwd", "<", "script", "javascript", ":", "onload", "=",
+                "rm", "&&", "|", "$(", ")", "`", "sleep(", "drop table", "data", "text/html", "windows", "x",
+            ]), 0..12)
+        ) {
+            let s: String = words.concat();
+            let (e, plain) = &*PLAIN;
+            proptest::prop_assert_eq!(e.any_match(&s), plain.is_match(s.as_bytes()), "{:?}", s);
+        }
     }
 
     #[test]
@@ -821,16 +1049,21 @@ mod tests {
             action: None,
         }];
         assert!(RuleEngine::new(&BuiltinRules::none(), &empty, RuleAction::Reject).is_err());
-        let dup = [
-            BlockedPattern::Detailed {
-                name: Some("xss".into()),
-                literal: Some("x".into()),
-                regex: None,
-                action: None,
-            },
-        ];
+        let dup = [BlockedPattern::Detailed {
+            name: Some("xss".into()),
+            literal: Some("x".into()),
+            regex: None,
+            action: None,
+        }];
         assert!(RuleEngine::new(&BuiltinRules::default(), &dup, RuleAction::Reject).is_err());
-        assert!(RuleEngine::new(&BuiltinRules::none(), &[BlockedPattern::Literal(String::new())], RuleAction::Reject).is_err());
+        assert!(
+            RuleEngine::new(
+                &BuiltinRules::none(),
+                &[BlockedPattern::Literal(String::new())],
+                RuleAction::Reject
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -845,7 +1078,10 @@ mod tests {
             " DROP TABLE users "
         );
         assert_eq!(e.strip("ls; rm -rf /tmp", None).unwrap(), "ls rm -rf /tmp");
-        assert_eq!(e.strip("<script>alert(1)</script>hi", None).unwrap(), "alert(1)hi");
+        assert_eq!(
+            e.strip("<script>alert(1)</script>hi", None).unwrap(),
+            "alert(1)hi"
+        );
         assert_eq!(e.strip("../../etc/x", None).unwrap(), "etc/x");
         assert_eq!(e.strip("<scr<script>ipt>x", None).unwrap(), "x");
         assert_eq!(e.strip("plain", None).unwrap(), "plain");

@@ -105,9 +105,13 @@ impl SecretKind {
             Self::PrivateKey => {
                 r#"-----BEGIN[A-Z0-9 ]{0,32} PRIVATE KEY-----(?:[^"-]|-[^"-])*?-----END[A-Z0-9 ]{0,32} PRIVATE KEY-----|-----BEGIN[A-Z0-9 ]{0,32} PRIVATE KEY-----(?:[A-Za-z0-9+/=:, \r\n-]|\\[rn])*"#
             }
-            Self::AwsAccessKey => r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b",
+            Self::AwsAccessKey => {
+                r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b"
+            }
             Self::GcpApiKey => r"\bAIza[0-9A-Za-z_\-]{35}",
-            Self::GithubToken => r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
+            Self::GithubToken => {
+                r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"
+            }
             Self::SlackToken => r"\bxox[abposr]-[A-Za-z0-9-]{10,250}",
             Self::Jwt => r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
             Self::BearerToken => r"(?i:\bbearer)\s+[A-Za-z0-9\-._~+/]{16,}=*",
@@ -172,31 +176,48 @@ impl Redactor {
             let re = RegexBuilder::new(k.pattern())
                 .size_limit(SIZE_LIMIT)
                 .build()
-                .map_err(|_| ConfigError::invalid("result_scan.secrets", "built-in pattern failed"))?;
+                .map_err(|_| {
+                    ConfigError::invalid("result_scan.secrets", "built-in pattern failed")
+                })?;
             each.push((k.name().to_owned(), re));
         }
         for (i, p) in config.pii_patterns.iter().enumerate() {
             let key = format!("result_scan.pii_patterns[{i}]");
             if p.name.is_empty()
                 || p.name.len() > 64
-                || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                || !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             {
-                return Err(ConfigError::invalid(format!("{key}.name"), "must be 1 to 64 of A-Z a-z 0-9 _ -"));
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    "must be 1 to 64 of A-Z a-z 0-9 _ -",
+                ));
             }
             let re = RegexBuilder::new(&p.regex)
                 .size_limit(SIZE_LIMIT)
                 .build()
                 .map_err(|_| ConfigError::invalid(format!("{key}.regex"), "not a valid regex"))?;
             if re.is_match(b"") {
-                return Err(ConfigError::invalid(format!("{key}.regex"), "must not match the empty string"));
+                return Err(ConfigError::invalid(
+                    format!("{key}.regex"),
+                    "must not match the empty string",
+                ));
             }
             each.push((p.name.clone(), re));
         }
         if config.max_event_bytes == 0 {
-            return Err(ConfigError::invalid("result_scan.max_event_bytes", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "result_scan.max_event_bytes",
+                "must be greater than 0",
+            ));
         }
         if config.max_json_bytes == 0 {
-            return Err(ConfigError::invalid("result_scan.max_json_bytes", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "result_scan.max_json_bytes",
+                "must be greater than 0",
+            ));
         }
         let set = if each.is_empty() {
             None
@@ -205,7 +226,9 @@ impl Redactor {
                 RegexSetBuilder::new(each.iter().map(|(_, r)| r.as_str()))
                     .size_limit(SIZE_LIMIT)
                     .build()
-                    .map_err(|_| ConfigError::invalid("result_scan", "patterns together too large"))?,
+                    .map_err(|_| {
+                        ConfigError::invalid("result_scan", "patterns together too large")
+                    })?,
             )
         };
         Ok(Self { set, each })
@@ -307,7 +330,13 @@ pin_project! {
 
 fn media_type(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    Some(v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 impl<F, ResBody, E> Future for ScanFuture<F>
@@ -422,7 +451,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if *this.mode == Mode::Pass {
             return match this.inner.poll_frame(cx) {
@@ -459,10 +491,12 @@ where
                                         Cow::Owned(v) => Bytes::from(v),
                                     };
                                     if this.buf.len() > *this.limit {
-                                        return Poll::Ready(Some(Err(Box::new(ScanLimitExceeded {
-                                            what: "event",
-                                            limit: *this.limit,
-                                        }))));
+                                        return Poll::Ready(Some(Err(Box::new(
+                                            ScanLimitExceeded {
+                                                what: "event",
+                                                limit: *this.limit,
+                                            },
+                                        ))));
                                     }
                                     return Poll::Ready(Some(Ok(Frame::data(out))));
                                 }
@@ -529,7 +563,10 @@ mod tests {
 
     #[test]
     fn detectors() {
-        assert_eq!(red("k=AKIAIOSFODNN7EXAMPLE."), "k=[REDACTED:aws_access_key].");
+        assert_eq!(
+            red("k=AKIAIOSFODNN7EXAMPLE."),
+            "k=[REDACTED:aws_access_key]."
+        );
         assert_eq!(red("ASIAABCDEFGHIJKLMNOP"), "[REDACTED:aws_access_key]");
         assert_eq!(red("AKIAshort"), "AKIAshort");
         assert_eq!(
@@ -542,7 +579,9 @@ mod tests {
         );
         assert_eq!(red("xoxb-1234567890-abcdef"), "[REDACTED:slack_token]");
         assert_eq!(
-            red("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end"),
+            red(
+                "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end"
+            ),
             "jwt [REDACTED:jwt] end"
         );
         assert_eq!(
@@ -557,7 +596,8 @@ mod tests {
     fn pem_in_text_and_json() {
         let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\nabc+/=\n-----END RSA PRIVATE KEY-----";
         assert_eq!(red(&format!("a {pem} b")), "a [REDACTED:private_key] b");
-        let json = serde_json::to_string(&serde_json::json!({"text": format!("key: {pem}!")})).unwrap();
+        let json =
+            serde_json::to_string(&serde_json::json!({"text": format!("key: {pem}!")})).unwrap();
         let out = red(&json);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["text"], "key: [REDACTED:private_key]!");
@@ -583,7 +623,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(Redactor::new(&bad).unwrap_err().key, "result_scan.pii_patterns[0].regex");
+        assert_eq!(
+            Redactor::new(&bad).unwrap_err().key,
+            "result_scan.pii_patterns[0].regex"
+        );
         let bad = ResultScanConfig {
             pii_patterns: vec![NamedPattern {
                 name: "has space".into(),

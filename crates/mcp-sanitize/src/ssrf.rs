@@ -124,12 +124,7 @@ pub fn classify_ipv4(ip: Ipv4Addr) -> Option<AddressClass> {
 /// NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`).
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
-    let tail = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
         [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
         // IPv4-compatible (deprecated), but not :: and ::1.
@@ -193,16 +188,14 @@ fn parse_ipv4_part(part: &str) -> Option<u64> {
     if part.is_empty() {
         return None;
     }
-    let (digits, radix) = if let Some(h) = part
-        .strip_prefix("0x")
-        .or_else(|| part.strip_prefix("0X"))
-    {
-        (h, 16)
-    } else if part.len() > 1 && part.starts_with('0') {
-        (&part[1..], 8)
-    } else {
-        (part, 10)
-    };
+    let (digits, radix) =
+        if let Some(h) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            (h, 16)
+        } else if part.len() > 1 && part.starts_with('0') {
+            (&part[1..], 8)
+        } else {
+            (part, 10)
+        };
     if digits.is_empty() {
         // "0x" alone is zero, as in the URL standard.
         return Some(0);
@@ -352,11 +345,7 @@ pub struct UrlPolicy {
 impl UrlPolicy {
     /// Builds the policy. Schemes are lowercase ASCII (`[a-z][a-z0-9+.-]*`), the maximum
     /// length at least 16.
-    pub fn new(
-        schemes: &[String],
-        max_len: usize,
-        ssrf: &SsrfConfig,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(schemes: &[String], max_len: usize, ssrf: &SsrfConfig) -> Result<Self, ConfigError> {
         let mut out = Vec::new();
         for (i, s) in schemes.iter().enumerate() {
             let lower = s.trim_end_matches(':').to_ascii_lowercase();
@@ -373,7 +362,10 @@ impl UrlPolicy {
             out.push(lower);
         }
         if max_len < 16 {
-            return Err(ConfigError::invalid("max_url_length", "must be at least 16"));
+            return Err(ConfigError::invalid(
+                "max_url_length",
+                "must be at least 16",
+            ));
         }
         let mut hosts = Vec::new();
         for (i, h) in ssrf.allowed_hosts.iter().enumerate() {
@@ -405,11 +397,59 @@ impl UrlPolicy {
         if raw.len() > self.max_len {
             return Err(UrlViolation::TooLong);
         }
+        if let Some(result) = self.check_plain_domain(raw) {
+            return result;
+        }
         let url = Url::parse(raw).map_err(|_| UrlViolation::Invalid)?;
         if !self.scheme_allowed(url.scheme()) {
             return Err(UrlViolation::Scheme);
         }
         self.check_parsed_host(&url)
+    }
+
+    /// The common case without a full parse: a special scheme and an authority made only
+    /// of ASCII letters, digits, `.`, `-` and a port, whose last label is not a number
+    /// (so the URL standard reads it as a domain, never as an IPv4 address). `None` when
+    /// the URL needs the full parser.
+    fn check_plain_domain(&self, raw: &str) -> Option<Result<(), UrlViolation>> {
+        let (scheme, rest) = raw.split_once("://")?;
+        let special = ["http", "https", "ws", "wss", "ftp"]
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(scheme));
+        if !special {
+            return None;
+        }
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        if !authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
+        {
+            return None;
+        }
+        let host = match authority.split_once(':') {
+            Some((h, port)) => {
+                if port.is_empty() || port.parse::<u16>().is_err() {
+                    return None;
+                }
+                h
+            }
+            None => authority,
+        };
+        let trimmed = host.strip_suffix('.').unwrap_or(host);
+        let last = trimmed.rsplit('.').next().unwrap_or("");
+        let numeric = last.is_empty()
+            || last.bytes().all(|b| b.is_ascii_digit())
+            || (last.len() >= 2
+                && last[..2].eq_ignore_ascii_case("0x")
+                && last[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        if numeric || trimmed.contains("..") || trimmed.starts_with('.') {
+            return None;
+        }
+        if !self.scheme_allowed(scheme) {
+            return Some(Err(UrlViolation::Scheme));
+        }
+        Some(self.check_name(trimmed))
     }
 
     /// Checks only the host of a URL whatever its scheme (used for resource URIs, whose
@@ -483,12 +523,14 @@ impl UrlPolicy {
         {
             return Ok(());
         }
-        if let IpAddr::V6(v6) = ip {
-            if let Some(v4) = embedded_ipv4(v6) {
-                if self.allowed_networks.iter().any(|n| n.contains(&IpAddr::V4(v4))) {
-                    return Ok(());
-                }
-            }
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = embedded_ipv4(v6)
+            && self
+                .allowed_networks
+                .iter()
+                .any(|n| n.contains(&IpAddr::V4(v4)))
+        {
+            return Ok(());
         }
         match classify_ip(ip) {
             Some(class) if !self.class_allowed(class) => Err(UrlViolation::Ssrf(class)),
@@ -504,8 +546,13 @@ pub fn find_urls(s: &str) -> impl Iterator<Item = &str> {
     let mut from = 0;
     std::iter::from_fn(move || {
         loop {
-            let rel = s.get(from..)?.find("://")?;
+            // `:` is found with memchr; most are not followed by `//`.
+            let rel = s.get(from..)?.find(':')?;
             let sep = from + rel;
+            from = sep + 1;
+            if bytes.get(sep + 1..sep + 3) != Some(b"//") {
+                continue;
+            }
             from = sep + 3;
             // Walk back over scheme characters (at most 32).
             let mut start = sep;
@@ -708,11 +755,44 @@ mod tests {
         assert_eq!(parse_ipv4_lenient("1.2.3.4.5"), None);
         assert_eq!(parse_ipv4_lenient("256.1.1.1"), None);
         assert_eq!(parse_ipv4_lenient("1.2.65536"), None);
-        assert_eq!(parse_ipv4_lenient("1.2.65535"), Some(Ipv4Addr::new(1, 2, 255, 255)));
+        assert_eq!(
+            parse_ipv4_lenient("1.2.65535"),
+            Some(Ipv4Addr::new(1, 2, 255, 255))
+        );
         assert_eq!(parse_ipv4_lenient("4294967296"), None);
         assert_eq!(parse_ipv4_lenient("08.0.0.1"), None);
         assert_eq!(parse_ipv4_lenient(""), None);
         assert_eq!(parse_ipv4_lenient("1..1"), None);
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_parser() {
+        let p = policy();
+        for u in [
+            "https://example.com/a",
+            "http://LOCALHOST:8080/",
+            "http://metadata./x",
+            "http://foo.localhost",
+            "https://a-b.example.org:443?q#f",
+            "ws://x.y",
+            "http://127.0.0.1/",
+            "http://0x7f.1/",
+            "http://1.2.3.4.5/",
+            "http://a..b/",
+            "http://example.com:99999/",
+            "http://ex_ample.com/",
+            "https://xn--nxasmq6b.com/",
+        ] {
+            let full = Url::parse(u)
+                .map_err(|_| UrlViolation::Invalid)
+                .and_then(|url| {
+                    if !p.scheme_allowed(url.scheme()) {
+                        return Err(UrlViolation::Scheme);
+                    }
+                    p.check_parsed_host(&url)
+                });
+            assert_eq!(p.check(u), full, "{u}");
+        }
     }
 
     #[test]

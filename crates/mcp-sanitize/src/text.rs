@@ -42,7 +42,13 @@ pub const SQL_TOKENS: &[&str] = &["--", "/*", "*/"];
 /// Characters removed as command injection vectors.
 pub const COMMAND_CHARS: &[char] = &['|', '&', '$', '(', ')', '<', '>', '`', '\\'];
 /// Tokens removed as XSS vectors (matched ignoring ASCII case).
-pub const XSS_TOKENS: &[&str] = &["<script>", "</script>", "javascript:", "onload=", "onerror="];
+pub const XSS_TOKENS: &[&str] = &[
+    "<script>",
+    "</script>",
+    "javascript:",
+    "onload=",
+    "onerror=",
+];
 
 /// Truncates to at most `max` characters, never inside a character.
 pub fn truncate_chars(s: &str, max: usize) -> &str {
@@ -65,6 +71,10 @@ pub fn is_forbidden_control(c: char) -> bool {
 /// ASCII: it looks at bytes and decodes only around bytes that may start a C1 character.
 pub fn has_forbidden_control(s: &str) -> bool {
     let bytes = s.as_bytes();
+    // Fast path: no byte that can start a forbidden character.
+    if !may_hold_control(bytes) {
+        return false;
+    }
     for (i, &b) in bytes.iter().enumerate() {
         if (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f {
             return true;
@@ -76,6 +86,43 @@ pub fn has_forbidden_control(s: &str) -> bool {
     }
     false
 }
+
+/// Whether `bytes` has a byte below 0x20, 0x7F or 0xC2 (eight bytes at a time).
+fn may_hold_control(bytes: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        // A byte below 0x20 (exact for thresholds up to 0x80), 0x7F or 0xC2.
+        let below = x.wrapping_sub(LO * 0x20) & !x & HI != 0;
+        if below || has_zero(x ^ (LO * 0x7f)) || has_zero(x ^ (LO * 0xc2)) {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| CONTROL_LEAD[b as usize] || b < 0x20)
+}
+
+/// Bytes that may start a forbidden control character: C0 but tab, LF, CR; DEL; 0xC2.
+static CONTROL_LEAD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        if i != 0x09 && i != 0x0a && i != 0x0d {
+            t[i] = true;
+        }
+        i += 1;
+    }
+    t[0x7f] = true;
+    t[0xc2] = true;
+    t
+};
 
 /// Removes forbidden control characters ([`is_forbidden_control`]).
 pub fn strip_control(s: &str) -> Cow<'_, str> {
@@ -115,8 +162,7 @@ fn remove_token_ci(s: &str, token: &str) -> Option<String> {
 fn match_token_at(bytes: &[u8], i: usize, tok: &[u8]) -> Option<usize> {
     let mut j = i;
     for (k, &t) in tok.iter().enumerate() {
-        if k > 0 && (tok[k - 1] == b'<' || (k == tok.len() - 1 && matches!(t, b':' | b'=')))
-        {
+        if k > 0 && (tok[k - 1] == b'<' || (k == tok.len() - 1 && matches!(t, b':' | b'='))) {
             while bytes.get(j) == Some(&b' ') {
                 j += 1;
             }
@@ -374,6 +420,18 @@ mod tests {
         assert!(!validate_string("; rm -rf /"));
         assert!(!validate_string("../../etc/passwd"));
         assert!(!validate_string("javascript:alert(1)"));
+    }
+
+    #[test]
+    fn swar_prefilter_matches_the_byte_loop() {
+        for b in 0u8..=255 {
+            for pos in 0..17 {
+                let mut v = vec![b'a'; 17];
+                v[pos] = b;
+                let expect = b < 0x20 || b == 0x7f || b == 0xc2;
+                assert_eq!(may_hold_control(&v), expect, "{b:#x} at {pos}");
+            }
+        }
     }
 
     #[test]

@@ -230,7 +230,11 @@ fn compile_overrides(
 impl Validator {
     pub(crate) fn new(cfg: &SanitizeConfig) -> Result<Self, ConfigError> {
         cfg.check_limits()?;
-        let engine = RuleEngine::new(&cfg.rules, &cfg.blocked_patterns, cfg.blocked_patterns_action)?;
+        let engine = RuleEngine::new(
+            &cfg.rules,
+            &cfg.blocked_patterns,
+            cfg.blocked_patterns_action,
+        )?;
         let urls = UrlPolicy::new(&cfg.allowed_protocols, cfg.max_url_length, &cfg.ssrf)?;
         let tool_exempt = compile_overrides("tool_overrides", &cfg.tool_overrides, &engine)?;
         let prompt_exempt = compile_overrides("prompt_overrides", &cfg.prompt_overrides, &engine)?;
@@ -260,7 +264,11 @@ impl Validator {
     /// Validates a parsed request: `Ok(None)` to forward it as is, `Ok(Some(rewrite))` to
     /// forward a cleaned body, `Err` to refuse it.
     pub(crate) fn validate(&self, req: &McpRequest) -> Result<Option<Rewrite>, Rejection> {
-        let id = if req.is_batch() { None } else { req.id().cloned() };
+        let id = if req.is_batch() {
+            None
+        } else {
+            req.id().cloned()
+        };
         let value = req.value();
         let mut needs_rewrite = false;
         match value {
@@ -305,7 +313,9 @@ impl Validator {
                     scope: scope_of(req.method()),
                     exempt: msg.and_then(|m| self.exempt_for(m)),
                 };
-                needs_rewrite = self.walk(single, 1, &ctx).map_err(|v| v.rejection(id.clone()))?;
+                needs_rewrite = self
+                    .walk(single, 1, &ctx)
+                    .map_err(|v| v.rejection(id.clone()))?;
             }
         }
         if !needs_rewrite {
@@ -374,18 +384,18 @@ impl Validator {
             Self::exempt(ctx, idx)
         };
         if zone == Zone::Uri {
-            if let Err(v) = self.urls.check_host_only(s) {
-                if !exempt_of(v) {
-                    return Err(v.rule());
-                }
+            if let Err(v) = self.urls.check_host_only(s)
+                && !exempt_of(v)
+            {
+                return Err(v.rule());
             }
             return Ok(());
         }
         for candidate in find_urls(s) {
-            if let Err(v) = self.urls.check(candidate) {
-                if !exempt_of(v) {
-                    return Err(v.rule());
-                }
+            if let Err(v) = self.urls.check(candidate)
+                && !exempt_of(v)
+            {
+                return Err(v.rule());
             }
         }
         Ok(())
@@ -452,7 +462,12 @@ impl Validator {
         }
     }
 
-    fn check_key(&self, k: &str, zone: Zone, needs_rewrite: &mut bool) -> Result<(), (RejectionReason, Cow<'static, str>)> {
+    fn check_key(
+        &self,
+        k: &str,
+        zone: Zone,
+        needs_rewrite: &mut bool,
+    ) -> Result<(), (RejectionReason, Cow<'static, str>)> {
         if self.too_long(k) {
             return Err((Self::limit_reason(zone), "max_length".into()));
         }
@@ -466,14 +481,22 @@ impl Validator {
     }
 
     /// The read-only walk of one message. Returns whether a rewrite is needed.
-    fn walk(&self, msg: &Value, base_depth: usize, ctx: &MessageCtx<'_>) -> Result<bool, Violation> {
+    fn walk(
+        &self,
+        msg: &Value,
+        base_depth: usize,
+        ctx: &MessageCtx<'_>,
+    ) -> Result<bool, Violation> {
         let mut needs_rewrite = false;
         let mut stack: Vec<Frame<'_>> = Vec::new();
-        let violation = |stack: &[Frame<'_>], last: Option<Seg<'_>>, (reason, rule): (RejectionReason, Cow<'static, str>)| Violation {
-            reason,
-            rule,
-            path: render_path(ctx.batch, stack.iter().map(|f| f.seg).chain(last)),
-        };
+        let violation =
+            |stack: &[Frame<'_>],
+             last: Option<Seg<'_>>,
+             (reason, rule): (RejectionReason, Cow<'static, str>)| Violation {
+                reason,
+                rule,
+                path: render_path(ctx.batch, stack.iter().map(|f| f.seg).chain(last)),
+            };
         match self.check_node(msg, Zone::Message, base_depth, ctx, &mut needs_rewrite) {
             Ok(Some(iter)) => stack.push(Frame {
                 seg: Seg::Root,
@@ -502,10 +525,10 @@ impl Validator {
                 continue;
             };
             let zone = child_zone(parent_zone, key, ctx.scope);
-            if let Some(k) = key {
-                if let Err(e) = self.check_key(k, zone, &mut needs_rewrite) {
-                    return Err(violation(&stack, Some(seg), e));
-                }
+            if let Some(k) = key
+                && let Err(e) = self.check_key(k, zone, &mut needs_rewrite)
+            {
+                return Err(violation(&stack, Some(seg), e));
             }
             let depth = base_depth + stack.len();
             match self.check_node(child, zone, depth, ctx, &mut needs_rewrite) {
@@ -562,7 +585,11 @@ impl Validator {
                             match Self::strip_keys(map) {
                                 Ok(changed) => *control_stripped |= changed,
                                 Err(()) => {
-                                    return Err(fail(&path, Self::limit_reason(zone), "control_chars".into()));
+                                    return Err(fail(
+                                        &path,
+                                        Self::limit_reason(zone),
+                                        "control_chars".into(),
+                                    ));
                                 }
                             }
                         }
@@ -584,7 +611,11 @@ impl Validator {
                                     *s = clean;
                                     // Removing characters can assemble a URL: check again.
                                     if let Err(rule) = self.check_urls(s, zone, ctx) {
-                                        return Err(fail(&path, RejectionReason::BlockedByRule, rule.into()));
+                                        return Err(fail(
+                                            &path,
+                                            RejectionReason::BlockedByRule,
+                                            rule.into(),
+                                        ));
                                     }
                                 }
                                 Ok(None) => {}
@@ -661,10 +692,10 @@ fn check_structure(v: &Value, batch: Option<usize>) -> Result<(), Rejection> {
         if method.is_empty() {
             return Err(invalid("method must not be empty", req));
         }
-        if let Some(id) = obj.get("id") {
-            if !(id.is_string() || id.is_number()) {
-                return Err(invalid("id must be a string or a number", req));
-            }
+        if let Some(id) = obj.get("id")
+            && !(id.is_string() || id.is_number())
+        {
+            return Err(invalid("id must be a string or a number", req));
         }
         if obj.contains_key("result") || obj.contains_key("error") {
             return Err(invalid("a request must not carry result or error", req));
@@ -678,17 +709,22 @@ fn check_structure(v: &Value, batch: Option<usize>) -> Result<(), Rejection> {
         match method {
             "tools/call" | "prompts/get" => {
                 if str_member("name").is_none_or(str::is_empty) {
-                    return Err(invalid("params.name must be a non-empty string", params_err));
+                    return Err(invalid(
+                        "params.name must be a non-empty string",
+                        params_err,
+                    ));
                 }
                 match params.and_then(|p| p.get("arguments")) {
                     None | Some(Value::Object(_)) => {}
-                    Some(_) => return Err(invalid("params.arguments must be an object", params_err)),
+                    Some(_) => {
+                        return Err(invalid("params.arguments must be an object", params_err));
+                    }
                 }
             }
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                if str_member("uri").is_none_or(str::is_empty) {
-                    return Err(invalid("params.uri must be a non-empty string", params_err));
-                }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe"
+                if str_member("uri").is_none_or(str::is_empty) =>
+            {
+                return Err(invalid("params.uri must be a non-empty string", params_err));
             }
             _ => {}
         }
@@ -698,7 +734,10 @@ fn check_structure(v: &Value, batch: Option<usize>) -> Result<(), Rejection> {
     let has_result = obj.contains_key("result");
     let error = obj.get("error");
     if has_result == error.is_some() {
-        return Err(invalid("a message needs a method, or exactly one of result and error", req));
+        return Err(invalid(
+            "a message needs a method, or exactly one of result and error",
+            req,
+        ));
     }
     match obj.get("id") {
         Some(Value::String(_) | Value::Number(_)) => {}
@@ -709,7 +748,10 @@ fn check_structure(v: &Value, batch: Option<usize>) -> Result<(), Rejection> {
         let ok = e.get("code").is_some_and(|c| c.is_i64())
             && e.get("message").is_some_and(Value::is_string);
         if !ok {
-            return Err(invalid("error needs an integer code and a string message", req));
+            return Err(invalid(
+                "error needs an integer code and a string message",
+                req,
+            ));
         }
     }
     Ok(())
@@ -735,16 +777,40 @@ mod tests {
     }
 
     fn call(args: &str) -> String {
-        format!(r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#)
+        format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#
+        )
     }
 
     #[test]
     fn structure() {
         let c = SanitizeConfig::default();
-        assert!(v(&c, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap().is_none());
-        assert!(v(&c, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap().is_none());
-        assert!(v(&c, r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap().is_none());
-        assert!(v(&c, r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"x"}}"#).unwrap().is_none());
+        assert!(
+            v(&c, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            v(
+                &c,
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+            )
+            .unwrap()
+            .is_none()
+        );
+        assert!(
+            v(&c, r#"{"jsonrpc":"2.0","id":"a","result":{}}"#)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            v(
+                &c,
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"x"}}"#
+            )
+            .unwrap()
+            .is_none()
+        );
         for (bad, code) in [
             (r#"{"id":1,"method":"ping"}"#, -32600),
             (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, -32600),
@@ -752,14 +818,32 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, -32600),
             (r#"{"jsonrpc":"2.0","id":1,"method":5}"#, -32600),
             (r#"{"jsonrpc":"2.0","id":1,"method":""}"#, -32600),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}"#, -32602),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#, -32602),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[1]}}"#, -32602),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":5}}"#, -32602),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}"#,
+                -32602,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#,
+                -32602,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[1]}}"#,
+                -32602,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":5}}"#,
+                -32602,
+            ),
             (r#"{"jsonrpc":"2.0","id":1}"#, -32600),
-            (r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"m"}}"#, -32600),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"m"}}"#,
+                -32600,
+            ),
             (r#"{"jsonrpc":"2.0","result":1}"#, -32600),
-            (r#"{"jsonrpc":"2.0","id":1,"error":{"code":"x","message":"m"}}"#, -32600),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":"x","message":"m"}}"#,
+                -32600,
+            ),
             (r#""just a string""#, -32600),
             (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#, -32600),
         ] {
@@ -768,7 +852,11 @@ mod tests {
             assert_eq!(r.status(), http::StatusCode::BAD_REQUEST, "{bad}");
         }
         // The id is echoed.
-        let r = v(&c, r#"{"jsonrpc":"2.0","id":"x9","method":"ping","params":1}"#).unwrap_err();
+        let r = v(
+            &c,
+            r#"{"jsonrpc":"2.0","id":"x9","method":"ping","params":1}"#,
+        )
+        .unwrap_err();
         assert_eq!(r.id(), Some(&JsonRpcId::from("x9")));
     }
 
@@ -784,7 +872,10 @@ mod tests {
         let bad = r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","arguments":{"q":"' OR '1'='1"}}}]"#;
         let r = v(&c, bad).unwrap_err();
         assert_eq!(r.id(), Some(&JsonRpcId::from(2)));
-        assert_eq!(r.detail(), Some("rule=sql_injection path=$[1].params.arguments.q"));
+        assert_eq!(
+            r.detail(),
+            Some("rule=sql_injection path=$[1].params.arguments.q")
+        );
     }
 
     #[test]
@@ -797,18 +888,37 @@ mod tests {
             ..Default::default()
         };
         assert!(v(&c, &call(r#"{"a":"1234567890"}"#)).unwrap().is_none());
-        assert_eq!(detail(v(&c, &call(r#"{"a":"12345678901"}"#))), "rule=max_length path=$.params.arguments.a");
+        assert_eq!(
+            detail(v(&c, &call(r#"{"a":"12345678901"}"#))),
+            "rule=max_length path=$.params.arguments.a"
+        );
         assert!(v(&c, &call(r#"{"a":"éééééééééé"}"#)).unwrap().is_none());
-        assert_eq!(detail(v(&c, &call(r#"{"abcdefghijk":1}"#))), "rule=max_length path=$.params.arguments.abcdefghijk");
-        assert_eq!(detail(v(&c, &call(r#"{"a":1,"b":2,"c":3,"d":4,"e":5}"#))), "rule=max_object_keys path=$.params.arguments");
-        assert_eq!(detail(v(&c, &call(r#"{"a":[1,2,3]}"#))), "rule=max_array_items path=$.params.arguments.a");
+        assert_eq!(
+            detail(v(&c, &call(r#"{"abcdefghijk":1}"#))),
+            "rule=max_length path=$.params.arguments.abcdefghijk"
+        );
+        assert_eq!(
+            detail(v(&c, &call(r#"{"a":1,"b":2,"c":3,"d":4,"e":5}"#))),
+            "rule=max_object_keys path=$.params.arguments"
+        );
+        assert_eq!(
+            detail(v(&c, &call(r#"{"a":[1,2,3]}"#))),
+            "rule=max_array_items path=$.params.arguments.a"
+        );
         // depth: message 1, params 2, arguments 3, a 4, [] 5, [] 6, [] 7
         assert!(v(&c, &call(r#"{"a":[[1]]}"#)).unwrap().is_none());
-        assert_eq!(detail(v(&c, &call(r#"{"a":[[[1]]]}"#))), "rule=max_depth path=$.params.arguments.a[0][0][0]");
+        assert_eq!(
+            detail(v(&c, &call(r#"{"a":[[[1]]]}"#))),
+            "rule=max_depth path=$.params.arguments.a[0][0][0]"
+        );
         let r = v(&c, &call(r#"{"a":"12345678901"}"#)).unwrap_err();
         assert_eq!(r.code(), -32602);
         // outside params, -32600
-        let r = v(&c, r#"{"jsonrpc":"2.0","id":1,"method":"ping","_meta":"12345678901"}"#).unwrap_err();
+        let r = v(
+            &c,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","_meta":"12345678901"}"#,
+        )
+        .unwrap_err();
         assert_eq!(r.code(), -32600);
     }
 
@@ -826,7 +936,10 @@ mod tests {
             args.insert("x".into(), deep);
         }
         let r = McpRequest::from_parts(Bytes::new(), msg, McpHeaders::default());
-        let e = Validator::new(&SanitizeConfig::default()).unwrap().validate(&r).unwrap_err();
+        let e = Validator::new(&SanitizeConfig::default())
+            .unwrap()
+            .validate(&r)
+            .unwrap_err();
         assert!(e.detail().unwrap().starts_with("rule=max_depth"));
         // Dropping a 100,000-level value recurses in serde_json's Drop; the real path
         // never holds one (the parser stops at 128 levels), so the test leaks it.
@@ -837,7 +950,10 @@ mod tests {
     fn control_policy() {
         let body = call(r#"{"a":"x\u0000y","b\u0001":"ok"}"#);
         let c = SanitizeConfig::default();
-        assert_eq!(detail(v(&c, &body)), "rule=control_chars path=$.params.arguments.a");
+        assert_eq!(
+            detail(v(&c, &body)),
+            "rule=control_chars path=$.params.arguments.a"
+        );
         assert_eq!(
             detail(v(&c, &call(r#"{"b\u0001":"ok"}"#))),
             "rule=control_chars path=$.params.arguments.#0"
@@ -864,11 +980,16 @@ mod tests {
         let c = SanitizeConfig::default();
         let bad = "' OR '1'='1";
         assert_eq!(
-            detail(v(&c, &call(&format!(r#"{{"deep":{{"list":["ok","{bad}"]}}}}"#)))),
+            detail(v(
+                &c,
+                &call(&format!(r#"{{"deep":{{"list":["ok","{bad}"]}}}}"#))
+            )),
             "rule=sql_injection path=$.params.arguments.deep.list[1]"
         );
         // Outside the argument scope, no content rules.
-        let other = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"cursor":"{bad}"}}}}"#);
+        let other = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"cursor":"{bad}"}}}}"#
+        );
         assert!(v(&c, &other).unwrap().is_none());
         // Prompt arguments and resource URIs are in scope.
         let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"x":"<script>x</script>"}}}"#;
@@ -884,22 +1005,45 @@ mod tests {
             enabled: false,
             ..Default::default()
         };
-        assert!(v(&off, &call(&format!(r#"{{"q":"{bad}"}}"#))).unwrap().is_none());
+        assert!(
+            v(&off, &call(&format!(r#"{{"q":"{bad}"}}"#)))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn urls_in_arguments() {
         let c = SanitizeConfig::default();
-        assert!(v(&c, &call(r#"{"url":"https://example.com/a?b=c"}"#)).unwrap().is_none());
-        assert_eq!(detail(v(&c, &call(r#"{"url":"http://[::ffff:7f00:1]/"}"#))), "rule=ssrf path=$.params.arguments.url");
-        assert_eq!(detail(v(&c, &call(r#"{"text":"fetch ftp://example.com/x please"}"#))), "rule=url_scheme path=$.params.arguments.text");
+        assert!(
+            v(&c, &call(r#"{"url":"https://example.com/a?b=c"}"#))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            detail(v(&c, &call(r#"{"url":"http://[::ffff:7f00:1]/"}"#))),
+            "rule=ssrf path=$.params.arguments.url"
+        );
+        assert_eq!(
+            detail(v(
+                &c,
+                &call(r#"{"text":"fetch ftp://example.com/x please"}"#)
+            )),
+            "rule=url_scheme path=$.params.arguments.text"
+        );
         let long = format!(r#"{{"u":"https://e.com/{}"}}"#, "a".repeat(900));
         let c2 = SanitizeConfig {
             max_url_length: 100,
             ..Default::default()
         };
-        assert_eq!(detail(v(&c2, &call(&long))), "rule=url_length path=$.params.arguments.u");
-        assert_eq!(detail(v(&c, &call(r#"{"u":"http://[zz]/"}"#))), "rule=url_invalid path=$.params.arguments.u");
+        assert_eq!(
+            detail(v(&c2, &call(&long))),
+            "rule=url_length path=$.params.arguments.u"
+        );
+        assert_eq!(
+            detail(v(&c, &call(r#"{"u":"http://[zz]/"}"#))),
+            "rule=url_invalid path=$.params.arguments.u"
+        );
     }
 
     #[test]
@@ -911,14 +1055,31 @@ mod tests {
                 exempt: vec!["command_injection".into(), "ssrf".into()],
             },
         );
-        assert!(v(&c, &call(r#"{"cmd":"ls | grep x && echo ok"}"#)).unwrap().is_none());
-        assert!(v(&c, &call(r#"{"u":"http://127.0.0.1/"}"#)).unwrap().is_none());
+        assert!(
+            v(&c, &call(r#"{"cmd":"ls | grep x && echo ok"}"#))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            v(&c, &call(r#"{"u":"http://127.0.0.1/"}"#))
+                .unwrap()
+                .is_none()
+        );
         // Still subject to the other rules.
-        assert_eq!(detail(v(&c, &call(r#"{"cmd":"<script>"}"#))), "rule=xss path=$.params.arguments.cmd");
-        assert_eq!(detail(v(&c, &call(r#"{"u":"file:///x"}"#))), "rule=url_scheme path=$.params.arguments.u");
+        assert_eq!(
+            detail(v(&c, &call(r#"{"cmd":"<script>"}"#))),
+            "rule=xss path=$.params.arguments.cmd"
+        );
+        assert_eq!(
+            detail(v(&c, &call(r#"{"u":"file:///x"}"#))),
+            "rule=url_scheme path=$.params.arguments.u"
+        );
         // Another tool is not exempt.
         let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"u","arguments":{"cmd":"a && rm -rf /"}}}"#;
-        assert_eq!(detail(v(&c, other)), "rule=command_injection path=$.params.arguments.cmd");
+        assert_eq!(
+            detail(v(&c, other)),
+            "rule=command_injection path=$.params.arguments.cmd"
+        );
         // Unknown rule names are a configuration error naming the key.
         let mut bad = SanitizeConfig::default();
         bad.tool_overrides.insert(
@@ -927,7 +1088,10 @@ mod tests {
                 exempt: vec!["nope".into()],
             },
         );
-        assert_eq!(Validator::new(&bad).unwrap_err().key, "tool_overrides.t.exempt[0]");
+        assert_eq!(
+            Validator::new(&bad).unwrap_err().key,
+            "tool_overrides.t.exempt[0]"
+        );
     }
 
     #[test]
@@ -940,9 +1104,12 @@ mod tests {
             regex: None,
             action: Some(RuleAction::Strip),
         }];
-        let rw = v(&c, &call(r#"{"q":"'; DROP TABLE users; --","n":{"w":"say XYZZY now"}}"#))
-            .unwrap()
-            .unwrap();
+        let rw = v(
+            &c,
+            &call(r#"{"q":"'; DROP TABLE users; --","n":{"w":"say XYZZY now"}}"#),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(rw.value["params"]["arguments"]["q"], " DROP TABLE users ");
         assert_eq!(rw.value["params"]["arguments"]["n"]["w"], "say  now");
         assert!(rw.stripped.contains(&Cow::Borrowed("sql_injection")));
@@ -951,7 +1118,10 @@ mod tests {
         let r = v(&c, &call(r#"{"q":"x'; http:;//127.0.0.1/"}"#)).unwrap_err();
         assert_eq!(r.detail(), Some("rule=ssrf path=$.params.arguments.q"));
         // Reject rules still reject alongside strip rules.
-        assert_eq!(detail(v(&c, &call(r#"{"q":"<script>"}"#))), "rule=xss path=$.params.arguments.q");
+        assert_eq!(
+            detail(v(&c, &call(r#"{"q":"<script>"}"#))),
+            "rule=xss path=$.params.arguments.q"
+        );
     }
 
     #[test]

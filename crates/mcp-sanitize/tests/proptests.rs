@@ -33,11 +33,19 @@ fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<i64>().prop_map(Value::from),
         ".{0,40}".prop_map(Value::String),
         prop::sample::select(vec![
-            "' OR '1'='1", "; rm -rf /", "<script>", "../../etc/passwd", "http://127.1/",
-            "http://[::ffff:7f00:1]/", "a\u{0}b", "javascript:x", "%2e%2e/", "gopher://0x7f.1/",
+            "' OR '1'='1",
+            "; rm -rf /",
+            "<script>",
+            "../../etc/passwd",
+            "http://127.1/",
+            "http://[::ffff:7f00:1]/",
+            "a\u{0}b",
+            "javascript:x",
+            "%2e%2e/",
+            "gopher://0x7f.1/",
         ])
         .prop_map(|s| Value::String(s.to_owned())),
     ];
@@ -74,19 +82,22 @@ fn build_layers() -> Vec<SanitizeLayer> {
 }
 
 async fn through_layer(layer: &SanitizeLayer, body: Vec<u8>, origin: Option<String>) -> u16 {
-    let svc = layer.clone().with_parse().layer(service_fn(|req: Request<Body>| async move {
-        // The inner service sees a body that parses as JSON whenever it is reached.
-        let bytes = req.into_body().collect().await.unwrap().to_bytes();
-        assert!(serde_json::from_slice::<Value>(&bytes).is_ok());
-        Ok::<_, Infallible>(Response::new(Body::from("ok")))
-    }));
+    let svc = layer
+        .clone()
+        .with_parse()
+        .layer(service_fn(|req: Request<Body>| async move {
+            // The inner service sees a body that parses as JSON whenever it is reached.
+            let bytes = req.into_body().collect().await.unwrap().to_bytes();
+            assert!(serde_json::from_slice::<Value>(&bytes).is_ok());
+            Ok::<_, Infallible>(Response::new(Body::from("ok")))
+        }));
     let mut req = Request::post("/mcp")
         .header("host", "localhost")
         .header("content-type", "application/json");
-    if let Some(o) = origin {
-        if let Ok(v) = http::HeaderValue::from_str(&o) {
-            req = req.header("origin", v);
-        }
+    if let Some(o) = origin
+        && let Ok(v) = http::HeaderValue::from_str(&o)
+    {
+        req = req.header("origin", v);
     }
     let req = req.body(Full::new(Bytes::from(body))).unwrap();
     let resp = svc.oneshot(req).await.unwrap();
@@ -135,7 +146,7 @@ proptest! {
     fn the_layer_never_panics_on_any_bytes(body in prop::collection::vec(any::<u8>(), 0..512), origin in proptest::option::of(".{0,30}")) {
         let rt = rt();
         for layer in layers() {
-            let status = rt.block_on(through_layer(&layer, body.clone(), origin.clone()));
+            let status = rt.block_on(through_layer(layer, body.clone(), origin.clone()));
             prop_assert!([200, 400, 403, 413, 415].contains(&status), "status {}", status);
         }
     }
@@ -151,7 +162,7 @@ proptest! {
         ];
         for layer in layers() {
             for b in &bodies {
-                let status = rt.block_on(through_layer(&layer, serde_json::to_vec(b).unwrap(), None));
+                let status = rt.block_on(through_layer(layer, serde_json::to_vec(b).unwrap(), None));
                 prop_assert!([200, 400].contains(&status), "status {}", status);
             }
         }
@@ -196,7 +207,10 @@ impl http_body::Body for Chunks {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
     }
 }
@@ -214,5 +228,10 @@ async fn scan_sse(chunks: VecDeque<Bytes>) -> Vec<u8> {
         }
     }));
     let resp = svc.oneshot(Request::new(())).await.unwrap();
-    resp.into_body().collect().await.unwrap().to_bytes().to_vec()
+    resp.into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
 }

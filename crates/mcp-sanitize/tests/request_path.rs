@@ -22,7 +22,9 @@ use tokio::net::TcpStream;
 fn routes() -> Router {
     Router::new().route(
         "/mcp",
-        post(echo).get(|| async { "stream" }).delete(|| async { "bye" }),
+        post(echo)
+            .get(|| async { "stream" })
+            .delete(|| async { "bye" }),
     )
 }
 
@@ -41,7 +43,10 @@ fn error_code(r: &Resp) -> i64 {
 #[tokio::test]
 async fn a_valid_call_passes_untouched() {
     let addr = default_server().await;
-    let body = tools_call("search", json!({"q": "rust tower layers", "url": "https://docs.rs/tower"}));
+    let body = tools_call(
+        "search",
+        json!({"q": "rust tower layers", "url": "https://docs.rs/tower"}),
+    );
     let r = send(addr, post_json(body.clone(), &[])).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let v = r.json();
@@ -75,7 +80,11 @@ async fn content_type_is_required_on_post() {
 #[tokio::test]
 async fn invalid_json_and_invalid_utf8_get_parse_error() {
     let addr = default_server().await;
-    for body in [&b"{not json"[..], b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}", br#"{"a":"\ud800"}"#] {
+    for body in [
+        &b"{not json"[..],
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\xfe\"}",
+        br#"{"a":"\ud800"}"#,
+    ] {
         let r = send(addr, post_json(body.to_vec(), &[])).await;
         assert_eq!(r.status, 400);
         assert_eq!(error_code(&r), -32700);
@@ -86,7 +95,9 @@ async fn invalid_json_and_invalid_utf8_get_parse_error() {
 async fn nesting_of_100_000_levels_is_refused_without_overflow() {
     let addr = default_server().await;
     let depth = 100_000;
-    let mut body = String::from(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":"#);
+    let mut body = String::from(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":"#,
+    );
     body.push_str(&"[".repeat(depth));
     body.push_str(&"]".repeat(depth));
     body.push_str("}}}");
@@ -103,7 +114,9 @@ async fn nesting_of_100_000_levels_is_refused_without_overflow() {
     body.push_str(&"}".repeat(depth));
     assert_eq!(send(addr, post_json(body, &[])).await.status, 400);
     // Deeper than our limit (64) but within serde_json's: our iterative check answers.
-    let mut body = String::from(r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"t","arguments":{"x":"#);
+    let mut body = String::from(
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"t","arguments":{"x":"#,
+    );
     body.push_str(&"[".repeat(100));
     body.push_str(&"]".repeat(100));
     body.push_str("}}}");
@@ -111,7 +124,11 @@ async fn nesting_of_100_000_levels_is_refused_without_overflow() {
     assert_eq!(r.status, 400);
     assert_eq!(error_code(&r), -32602);
     assert_eq!(r.json()["id"], 9);
-    assert!(r.header("x-denial-detail").unwrap().starts_with("rule=max_depth path=$.params.arguments.x[0]"));
+    assert!(
+        r.header("x-denial-detail")
+            .unwrap()
+            .starts_with("rule=max_depth path=$.params.arguments.x[0]")
+    );
     // The server is still alive.
     let ok = send(addr, post_json(tools_call("t", json!({})), &[])).await;
     assert_eq!(ok.status, 200);
@@ -119,8 +136,10 @@ async fn nesting_of_100_000_levels_is_refused_without_overflow() {
 
 #[tokio::test]
 async fn a_100_mb_chunked_body_is_refused_early() {
-    let mut cfg = SanitizeConfig::default();
-    cfg.max_body_bytes = 1024 * 1024;
+    let cfg = SanitizeConfig {
+        max_body_bytes: 1024 * 1024,
+        ..Default::default()
+    };
     let addr = server(SanitizeLayer::new(cfg).unwrap()).await;
     const TOTAL: u64 = 100 * 1024 * 1024;
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -165,8 +184,10 @@ async fn a_100_mb_chunked_body_is_refused_early() {
 
 #[tokio::test]
 async fn a_declared_oversized_body_is_refused_before_it_is_sent() {
-    let mut cfg = SanitizeConfig::default();
-    cfg.max_body_bytes = 1024;
+    let cfg = SanitizeConfig {
+        max_body_bytes: 1024,
+        ..Default::default()
+    };
     let addr = server(SanitizeLayer::new(cfg).unwrap()).await;
     let out = raw(
         addr,
@@ -186,15 +207,28 @@ async fn origin_attacks_are_refused_for_every_method() {
         assert_eq!(send(addr, bare(method, &[])).await.status, 200);
     }
     let body = tools_call("t", json!({}));
-    for origin in ["https://evil.example", "null", "http://localhost.evil.example", "file://", "garbage"] {
+    for origin in [
+        "https://evil.example",
+        "null",
+        "http://localhost.evil.example",
+        "file://",
+        "garbage",
+    ] {
         let r = send(addr, post_json(body.clone(), &[("origin", origin)])).await;
         assert_eq!(r.status, 403, "{origin}");
     }
     // A loopback page talking to a loopback server is fine.
-    let r = send(addr, post_json(body.clone(), &[("origin", "http://localhost:6274")])).await;
+    let r = send(
+        addr,
+        post_json(body.clone(), &[("origin", "http://localhost:6274")]),
+    )
+    .await;
     assert_eq!(r.status, 200);
     // DNS rebinding: the attacker's name is in Host and Origin.
-    let mut req = post_json(body.clone(), &[("origin", "http://rebind.evil.example:8080")]);
+    let mut req = post_json(
+        body.clone(),
+        &[("origin", "http://rebind.evil.example:8080")],
+    );
     req.headers_mut()
         .insert("host", "rebind.evil.example:8080".parse().unwrap());
     assert_eq!(send(addr, req).await.status, 403);
@@ -229,18 +263,46 @@ async fn host_allow_list_and_allowed_origins() {
         }
         req
     };
-    assert_eq!(send(addr, with_host("mcp.example.com", None)).await.status, 200);
-    assert_eq!(send(addr, with_host("localhost:9999", None)).await.status, 200);
-    assert_eq!(send(addr, with_host("mcp.example.com", Some("https://app.example.com"))).await.status, 200);
+    assert_eq!(
+        send(addr, with_host("mcp.example.com", None)).await.status,
+        200
+    );
+    assert_eq!(
+        send(addr, with_host("localhost:9999", None)).await.status,
+        200
+    );
+    assert_eq!(
+        send(
+            addr,
+            with_host("mcp.example.com", Some("https://app.example.com"))
+        )
+        .await
+        .status,
+        200
+    );
     let r = send(addr, with_host("attacker.example", None)).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.header("x-denial-reason"), Some("host_not_allowed"));
     assert_eq!(send(addr, with_host("127.0.0.1", None)).await.status, 403);
-    assert_eq!(send(addr, with_host("mcp.example.com", Some("https://other.example.com"))).await.status, 403);
-    assert_eq!(send(addr, with_host("localhost", Some("http://localhost:3000"))).await.status, 403);
+    assert_eq!(
+        send(
+            addr,
+            with_host("mcp.example.com", Some("https://other.example.com"))
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        send(addr, with_host("localhost", Some("http://localhost:3000")))
+            .await
+            .status,
+        403
+    );
     // GET is guarded too.
     let mut get = bare("GET", &[]);
-    get.headers_mut().insert("host", "attacker.example".parse().unwrap());
+    get.headers_mut()
+        .insert("host", "attacker.example".parse().unwrap());
     assert_eq!(send(addr, get).await.status, 403);
 }
 
@@ -248,14 +310,31 @@ async fn host_allow_list_and_allowed_origins() {
 async fn protocol_version_header() {
     let addr = default_server().await;
     let body = tools_call("t", json!({}));
-    for v in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"] {
-        let r = send(addr, post_json(body.clone(), &[("mcp-protocol-version", v)])).await;
+    for v in [
+        "2024-11-05",
+        "2025-03-26",
+        "2025-06-18",
+        "2025-11-25",
+        "2026-07-28",
+    ] {
+        let r = send(
+            addr,
+            post_json(body.clone(), &[("mcp-protocol-version", v)]),
+        )
+        .await;
         assert_eq!(r.status, 200, "{v}");
     }
     for v in ["2023-01-01", "latest", ""] {
-        let r = send(addr, post_json(body.clone(), &[("mcp-protocol-version", v)])).await;
+        let r = send(
+            addr,
+            post_json(body.clone(), &[("mcp-protocol-version", v)]),
+        )
+        .await;
         assert_eq!(r.status, 400, "{v:?}");
-        assert_eq!(r.header("x-denial-reason"), Some("unsupported_protocol_version"));
+        assert_eq!(
+            r.header("x-denial-reason"),
+            Some("unsupported_protocol_version")
+        );
     }
     let r = send(addr, bare("GET", &[("mcp-protocol-version", "1999-01-01")])).await;
     assert_eq!(r.status, 400);
@@ -265,9 +344,20 @@ async fn protocol_version_header() {
 async fn mcp_method_and_name_headers_must_agree() {
     let addr = default_server().await;
     let body = tools_call("search", json!({}));
-    let ok = send(addr, post_json(body.clone(), &[("mcp-method", "tools/call"), ("mcp-name", "search")])).await;
+    let ok = send(
+        addr,
+        post_json(
+            body.clone(),
+            &[("mcp-method", "tools/call"), ("mcp-name", "search")],
+        ),
+    )
+    .await;
     assert_eq!(ok.status, 200);
-    let r = send(addr, post_json(body.clone(), &[("mcp-method", "tools/list")])).await;
+    let r = send(
+        addr,
+        post_json(body.clone(), &[("mcp-method", "tools/list")]),
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["id"], 42);
     assert_eq!(r.header("x-denial-reason"), Some("header_mismatch"));
@@ -281,31 +371,63 @@ async fn jsonrpc_structure_and_batches() {
     let addr = default_server().await;
     let cases = [
         (json!({"jsonrpc": "1.0", "id": 1, "method": "ping"}), -32600),
-        (json!({"jsonrpc": "2.0", "id": null, "method": "ping"}), -32600),
-        (json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"arguments": {}}}), -32602),
-        (json!({"jsonrpc": "2.0", "id": 3, "method": "ping", "params": [1]}), -32602),
-        (json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]), -32600),
+        (
+            json!({"jsonrpc": "2.0", "id": null, "method": "ping"}),
+            -32600,
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"arguments": {}}}),
+            -32602,
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 3, "method": "ping", "params": [1]}),
+            -32602,
+        ),
+        (
+            json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]),
+            -32600,
+        ),
     ];
     for (body, code) in cases {
         let r = send(addr, post_json(serde_json::to_vec(&body).unwrap(), &[])).await;
         assert_eq!(r.status, 400, "{body}");
         assert_eq!(error_code(&r), code, "{body}");
     }
-    let r = send(addr, post_json(serde_json::to_vec(&json!({"jsonrpc":"2.0","id":"abc","method":"ping","params":5})).unwrap(), &[])).await;
+    let r = send(
+        addr,
+        post_json(
+            serde_json::to_vec(&json!({"jsonrpc":"2.0","id":"abc","method":"ping","params":5}))
+                .unwrap(),
+            &[],
+        ),
+    )
+    .await;
     assert_eq!(r.json()["id"], "abc");
     // Notifications and responses are accepted.
     for body in [
         json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
         json!({"jsonrpc": "2.0", "id": 5, "result": {}}),
     ] {
-        assert_eq!(send(addr, post_json(serde_json::to_vec(&body).unwrap(), &[])).await.status, 200);
+        assert_eq!(
+            send(addr, post_json(serde_json::to_vec(&body).unwrap(), &[]))
+                .await
+                .status,
+            200
+        );
     }
     // Batches by option.
-    let mut cfg = SanitizeConfig::default();
-    cfg.allow_batch = true;
+    let cfg = SanitizeConfig {
+        allow_batch: true,
+        ..Default::default()
+    };
     let addr = server(SanitizeLayer::new(cfg).unwrap()).await;
     let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "method": "notifications/x"}]);
-    assert_eq!(send(addr, post_json(serde_json::to_vec(&batch).unwrap(), &[])).await.status, 200);
+    assert_eq!(
+        send(addr, post_json(serde_json::to_vec(&batch).unwrap(), &[]))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -313,13 +435,32 @@ async fn each_builtin_rule_rejects_without_echoing_the_value() {
     let addr = default_server().await;
     let cases = [
         ("sql_injection", "1' OR '1'='1", "1' OR 'a'='a"),
-        ("command_injection", "report.txt; rm -rf / #zz9", "report.txt && curl evil"),
-        ("xss", "<script>document.cookie</script>zz9", "<img src=x onerror=alert(1)>"),
-        ("path_traversal", "../../../../etc/passwd#zz9", "..%2f..%2fetc%2fpasswd"),
+        (
+            "command_injection",
+            "report.txt; rm -rf / #zz9",
+            "report.txt && curl evil",
+        ),
+        (
+            "xss",
+            "<script>document.cookie</script>zz9",
+            "<img src=x onerror=alert(1)>",
+        ),
+        (
+            "path_traversal",
+            "../../../../etc/passwd#zz9",
+            "..%2f..%2fetc%2fpasswd",
+        ),
     ];
     for (rule, a, b) in cases {
         for value in [a, b] {
-            let r = send(addr, post_json(tools_call("t", json!({"nested": {"items": ["fine", value]}})), &[])).await;
+            let r = send(
+                addr,
+                post_json(
+                    tools_call("t", json!({"nested": {"items": ["fine", value]}})),
+                    &[],
+                ),
+            )
+            .await;
             assert_eq!(r.status, 400, "{rule} {value}");
             assert_eq!(error_code(&r), -32602);
             assert_eq!(r.json()["id"], 42);
@@ -328,10 +469,20 @@ async fn each_builtin_rule_rejects_without_echoing_the_value() {
             assert_eq!(r.header("x-denial-reason"), Some("blocked_by_rule"));
             let text = String::from_utf8_lossy(&r.body);
             assert!(text.contains(rule), "{text}");
-            assert!(!text.contains("zz9") && !text.contains("passwd") && !text.contains("evil"), "{text}");
+            assert!(
+                !text.contains("zz9") && !text.contains("passwd") && !text.contains("evil"),
+                "{text}"
+            );
         }
         // The same rule lets plain text through.
-        let ok = send(addr, post_json(tools_call("t", json!({"q": "an ordinary sentence, isn't it"})), &[])).await;
+        let ok = send(
+            addr,
+            post_json(
+                tools_call("t", json!({"q": "an ordinary sentence, isn't it"})),
+                &[],
+            ),
+        )
+        .await;
         assert_eq!(ok.status, 200);
     }
 }
@@ -355,40 +506,105 @@ async fn blocked_patterns_from_the_seeds() {
     ] {
         let r = send(addr, post_json(tools_call("t", json!({"v": value})), &[])).await;
         assert_eq!(r.status, 400, "{value}");
-        assert_eq!(r.header("x-denial-detail"), Some(format!("rule={rule} path=$.params.arguments.v").as_str()));
+        assert_eq!(
+            r.header("x-denial-detail"),
+            Some(format!("rule={rule} path=$.params.arguments.v").as_str())
+        );
     }
-    assert_eq!(send(addr, post_json(tools_call("t", json!({"v": "drop the table"})), &[])).await.status, 200);
+    assert_eq!(
+        send(
+            addr,
+            post_json(tools_call("t", json!({"v": "drop the table"})), &[])
+        )
+        .await
+        .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn every_ssrf_form_is_refused_in_arguments() {
     let addr = default_server().await;
     let forms = [
-        "http://127.0.0.1/", "http://localhost:8080/admin", "http://2130706433/",
-        "http://0177.0.0.1/", "http://0x7f.0.0.1/", "http://0x7f000001/", "http://127.1/",
-        "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:7f00:1]/",
-        "http://[::127.0.0.1]/", "http://[64:ff9b::7f00:1]/", "http://10.1.2.3/",
-        "http://172.16.0.1/", "http://192.168.0.1/", "http://169.254.10.10/",
-        "http://100.64.1.1/", "http://[fc00::1]/", "http://[fd00::1]/", "http://[fe80::1]/",
-        "http://169.254.169.254/latest/meta-data/iam", "http://[fd00:ec2::254]/",
-        "http://100.100.100.200/", "http://metadata.google.internal/", "http://metadata/",
-        "http://instance-data/", "http://0.0.0.0:22/", "https://user@127.0.0.1/",
-        "http://%31%32%37.0.0.1/", "http://0251.0376.0251.0376/", "http://[::ffff:a9fe:a9fe]/",
+        "http://127.0.0.1/",
+        "http://localhost:8080/admin",
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.0.0.1/",
+        "http://0x7f000001/",
+        "http://127.1/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:7f00:1]/",
+        "http://[::127.0.0.1]/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://10.1.2.3/",
+        "http://172.16.0.1/",
+        "http://192.168.0.1/",
+        "http://169.254.10.10/",
+        "http://100.64.1.1/",
+        "http://[fc00::1]/",
+        "http://[fd00::1]/",
+        "http://[fe80::1]/",
+        "http://169.254.169.254/latest/meta-data/iam",
+        "http://[fd00:ec2::254]/",
+        "http://100.100.100.200/",
+        "http://metadata.google.internal/",
+        "http://metadata/",
+        "http://instance-data/",
+        "http://0.0.0.0:22/",
+        "https://user@127.0.0.1/",
+        "http://%31%32%37.0.0.1/",
+        "http://0251.0376.0251.0376/",
+        "http://[::ffff:a9fe:a9fe]/",
     ];
     for url in forms {
-        let r = send(addr, post_json(tools_call("fetch", json!({"url": url})), &[])).await;
+        let r = send(
+            addr,
+            post_json(tools_call("fetch", json!({"url": url})), &[]),
+        )
+        .await;
         assert_eq!(r.status, 400, "{url}");
-        assert_eq!(r.header("x-denial-detail"), Some("rule=ssrf path=$.params.arguments.url"), "{url}");
+        assert_eq!(
+            r.header("x-denial-detail"),
+            Some("rule=ssrf path=$.params.arguments.url"),
+            "{url}"
+        );
         // Embedded in prose, too.
-        let r = send(addr, post_json(tools_call("fetch", json!({"text": format!("please GET {url} now")})), &[])).await;
+        let r = send(
+            addr,
+            post_json(
+                tools_call("fetch", json!({"text": format!("please GET {url} now")})),
+                &[],
+            ),
+        )
+        .await;
         assert_eq!(r.status, 400, "{url} in text");
     }
-    for url in ["https://example.com/", "http://93.184.215.14/", "http://[2606:4700::1111]/"] {
-        let r = send(addr, post_json(tools_call("fetch", json!({"url": url})), &[])).await;
+    for url in [
+        "https://example.com/",
+        "http://93.184.215.14/",
+        "http://[2606:4700::1111]/",
+    ] {
+        let r = send(
+            addr,
+            post_json(tools_call("fetch", json!({"url": url})), &[]),
+        )
+        .await;
         assert_eq!(r.status, 200, "{url}");
     }
-    let r = send(addr, post_json(tools_call("fetch", json!({"url": "gopher://example.com/"})), &[])).await;
-    assert_eq!(r.header("x-denial-detail"), Some("rule=url_scheme path=$.params.arguments.url"));
+    let r = send(
+        addr,
+        post_json(
+            tools_call("fetch", json!({"url": "gopher://example.com/"})),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(
+        r.header("x-denial-detail"),
+        Some("rule=url_scheme path=$.params.arguments.url")
+    );
 }
 
 #[tokio::test]
@@ -399,10 +615,30 @@ async fn per_tool_override_exempts_one_rule_only() {
         .unwrap();
     let addr = server(layer).await;
     let shell = json!({"cmd": "ls -la | grep x && echo done"});
-    assert_eq!(send(addr, post_json(tools_call("run_shell", shell.clone()), &[])).await.status, 200);
-    assert_eq!(send(addr, post_json(tools_call("other", shell), &[])).await.status, 400);
-    let r = send(addr, post_json(tools_call("run_shell", json!({"cmd": "cat ../../etc/shadow"})), &[])).await;
-    assert_eq!(r.header("x-denial-detail"), Some("rule=path_traversal path=$.params.arguments.cmd"));
+    assert_eq!(
+        send(addr, post_json(tools_call("run_shell", shell.clone()), &[]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(addr, post_json(tools_call("other", shell), &[]))
+            .await
+            .status,
+        400
+    );
+    let r = send(
+        addr,
+        post_json(
+            tools_call("run_shell", json!({"cmd": "cat ../../etc/shadow"})),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(
+        r.header("x-denial-detail"),
+        Some("rule=path_traversal path=$.params.arguments.cmd")
+    );
 }
 
 #[tokio::test]
@@ -414,7 +650,10 @@ async fn strip_rewrites_the_forwarded_body_and_content_length() {
         .build()
         .unwrap();
     let addr = server(layer).await;
-    let body = tools_call("q", json!({"filter": "'; DROP TABLE users; --", "note": "hi<script>x</script>\u{0}!"}));
+    let body = tools_call(
+        "q",
+        json!({"filter": "'; DROP TABLE users; --", "note": "hi<script>x</script>\u{0}!"}),
+    );
     let r = send(addr, post_json(body, &[])).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let v = r.json();
@@ -422,7 +661,10 @@ async fn strip_rewrites_the_forwarded_body_and_content_length() {
     let fv: serde_json::Value = serde_json::from_str(forwarded).unwrap();
     assert_eq!(fv["params"]["arguments"]["filter"], " DROP TABLE users ");
     assert_eq!(fv["params"]["arguments"]["note"], "hix!");
-    assert_eq!(v["content_length"].as_str().unwrap(), forwarded.len().to_string());
+    assert_eq!(
+        v["content_length"].as_str().unwrap(),
+        forwarded.len().to_string()
+    );
     assert_eq!(v["mcp_raw"].as_str().unwrap(), forwarded);
     assert_eq!(v["mcp_value"], fv);
 }
@@ -430,10 +672,21 @@ async fn strip_rewrites_the_forwarded_body_and_content_length() {
 #[tokio::test]
 async fn control_characters_rejected_by_default() {
     let addr = default_server().await;
-    let r = send(addr, post_json(tools_call("t", json!({"a": "x\u{0}y"})), &[])).await;
+    let r = send(
+        addr,
+        post_json(tools_call("t", json!({"a": "x\u{0}y"})), &[]),
+    )
+    .await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.header("x-denial-detail"), Some("rule=control_chars path=$.params.arguments.a"));
-    let r = send(addr, post_json(tools_call("t", json!({"a": "x\u{85}y"})), &[])).await;
+    assert_eq!(
+        r.header("x-denial-detail"),
+        Some("rule=control_chars path=$.params.arguments.a")
+    );
+    let r = send(
+        addr,
+        post_json(tools_call("t", json!({"a": "x\u{85}y"})), &[]),
+    )
+    .await;
     assert_eq!(r.status, 400);
 }
 
@@ -441,11 +694,19 @@ async fn control_characters_rejected_by_default() {
 async fn string_length_limit_counts_characters() {
     let addr = default_server().await;
     let ok = "é".repeat(1000);
-    assert_eq!(send(addr, post_json(tools_call("t", json!({"a": ok})), &[])).await.status, 200);
+    assert_eq!(
+        send(addr, post_json(tools_call("t", json!({"a": ok})), &[]))
+            .await
+            .status,
+        200
+    );
     let long = "a".repeat(1001);
     let r = send(addr, post_json(tools_call("t", json!({"a": long})), &[])).await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.header("x-denial-detail"), Some("rule=max_length path=$.params.arguments.a"));
+    assert_eq!(
+        r.header("x-denial-detail"),
+        Some("rule=max_length path=$.params.arguments.a")
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,10 @@ impl http_body::Body for ChanBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -106,13 +109,20 @@ async fn sse_secrets_split_across_chunks_are_redacted_event_by_event() {
     let mut body = resp.into_body();
 
     // Event 1: an AWS key split in the middle, and the blank line split too.
-    for part in ["event: message\ndata: {\"k\":\"AKIAIOSF", "ODNN7EXAMPLE\"}\n", "\n"] {
+    for part in [
+        "event: message\ndata: {\"k\":\"AKIAIOSF",
+        "ODNN7EXAMPLE\"}\n",
+        "\n",
+    ] {
         tx.send(Bytes::from(part)).await.unwrap();
     }
     let mut got = Vec::new();
     read_until(&mut body, &mut got, b"}\n\n").await;
     let text = String::from_utf8(got.clone()).unwrap();
-    assert_eq!(text, "event: message\ndata: {\"k\":\"[REDACTED:aws_access_key]\"}\n\n");
+    assert_eq!(
+        text,
+        "event: message\ndata: {\"k\":\"[REDACTED:aws_access_key]\"}\n\n"
+    );
 
     // Event 2 (CRLF): a PEM key in three chunks, the separator split across two.
     let parts = [
@@ -133,7 +143,11 @@ async fn sse_secrets_split_across_chunks_are_redacted_event_by_event() {
     );
 
     // A trailing event without a blank line is flushed at the end of the stream.
-    tx.send(Bytes::from("data: ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")).await.unwrap();
+    tx.send(Bytes::from(
+        "data: ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ))
+    .await
+    .unwrap();
     drop(tx);
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(&rest[..], b"data: [REDACTED:github_token]");
@@ -153,11 +167,16 @@ async fn an_oversized_event_ends_the_stream_instead_of_passing_unscanned() {
     tx.send(Bytes::from("data: ok\n\n")).await.unwrap();
     let mut got = Vec::new();
     read_until(&mut body, &mut got, b"ok\n\n").await;
-    tx.send(Bytes::from(format!("data: {}", "x".repeat(100)))).await.unwrap();
+    tx.send(Bytes::from(format!("data: {}", "x".repeat(100))))
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     let mut errored = false;
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), body.frame()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(20), body.frame())
+            .await
+            .unwrap()
+        {
             Some(Ok(f)) => {
                 if let Ok(d) = f.into_data() {
                     rest.extend_from_slice(&d);
@@ -212,10 +231,12 @@ async fn security_headers_over_the_wire() {
         .layer(SecurityHeadersLayer::default());
     // The same app behind a stand-in for the TLS accept loop, which puts TlsInfo in the
     // request extensions.
-    let tls_app = app.clone().layer(axum::middleware::map_request(|mut req: axum::extract::Request| async move {
-        req.extensions_mut().insert(TlsInfo::default());
-        req
-    }));
+    let tls_app = app.clone().layer(axum::middleware::map_request(
+        |mut req: axum::extract::Request| async move {
+            req.extensions_mut().insert(TlsInfo::default());
+            req
+        },
+    ));
     let plain = spawn(app).await;
     let tls = spawn(tls_app).await;
     let mut req = bare("GET", &[]);

@@ -21,18 +21,20 @@ pub async fn spawn(app: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     // Expose the typed Denial to the client as a header, so tests see what audit sees.
-    let app = app.layer(axum::middleware::map_response(|mut r: Response| async move {
-        if let Some(d) = r.extensions().get::<Denial>().cloned() {
-            r.headers_mut()
-                .insert("x-denial-reason", d.reason.as_str().parse().unwrap());
-            if let Some(detail) = d.detail {
-                if let Ok(v) = detail.parse() {
+    let app = app.layer(axum::middleware::map_response(
+        |mut r: Response| async move {
+            if let Some(d) = r.extensions().get::<Denial>().cloned() {
+                r.headers_mut()
+                    .insert("x-denial-reason", d.reason.as_str().parse().unwrap());
+                if let Some(detail) = d.detail
+                    && let Ok(v) = detail.parse()
+                {
                     r.headers_mut().insert("x-denial-detail", v);
                 }
             }
-        }
-        r
-    }));
+            r
+        },
+    ));
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -71,9 +73,7 @@ impl Resp {
 }
 
 /// Opens an HTTP/1.1 connection with hyper.
-pub async fn connect(
-    addr: SocketAddr,
-) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+pub async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -85,7 +85,10 @@ pub async fn connect(
 }
 
 /// Sends one request and returns the streaming response.
-pub async fn send_streaming(addr: SocketAddr, req: http::Request<Full<Bytes>>) -> http::Response<Incoming> {
+pub async fn send_streaming(
+    addr: SocketAddr,
+    req: http::Request<Full<Bytes>>,
+) -> http::Response<Incoming> {
     let mut sender = connect(addr).await;
     sender.send_request(req).await.unwrap()
 }
