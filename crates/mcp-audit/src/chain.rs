@@ -277,6 +277,77 @@ pub fn verify_rows<I: IntoIterator<Item = ChainRow>>(
     v.finish()
 }
 
+/// Verifies every verifiable storage of a configuration (the database and the JSON lines
+/// files): what the gateway's `verify` command runs. Returns one report per storage, named
+/// `sqlite`, `postgres` or `file`.
+///
+/// ```no_run
+/// # async fn f() {
+/// let cfg = mcp_audit::AuditConfig::default();
+/// for (storage, report) in mcp_audit::chain::verify_configured(&cfg).await.unwrap() {
+///     match &report.problem {
+///         None => println!("{storage}: {} records intact, head {}", report.records, report.head.hash),
+///         Some(t) => println!("{storage}: {t}"),
+///     }
+/// }
+/// # }
+/// ```
+pub async fn verify_configured(
+    cfg: &crate::AuditConfig,
+) -> Result<Vec<(&'static str, VerifyReport)>, crate::AuditError> {
+    use crate::config::{DatabaseType, Storage};
+    let fail =
+        |storage: &'static str, message: String| crate::AuditError::Open { storage, message };
+    let mut out = Vec::new();
+    for s in cfg.storage.to_vec() {
+        match s {
+            Storage::File => {
+                let path = cfg.file.path.clone();
+                let r = tokio::task::spawn_blocking(move || crate::sink::file::verify_jsonl(path))
+                    .await
+                    .map_err(|_| fail("file", "verify task failed".into()))?
+                    .map_err(|e| fail("file", e.kind().to_string()))?;
+                out.push(("file", r));
+            }
+            Storage::Database => match cfg.database.kind {
+                DatabaseType::Sqlite => {
+                    #[cfg(feature = "sqlite")]
+                    {
+                        let path = cfg.database.sqlite_path.clone();
+                        let r = tokio::task::spawn_blocking(move || {
+                            crate::sink::sqlite::verify_sqlite(path)
+                        })
+                        .await
+                        .map_err(|_| fail("sqlite", "verify task failed".into()))?
+                        .map_err(|e| fail("sqlite", e.to_string()))?;
+                        out.push(("sqlite", r));
+                    }
+                }
+                DatabaseType::Postgres => {
+                    #[cfg(feature = "postgres")]
+                    {
+                        let url = cfg
+                            .database
+                            .postgres_url
+                            .as_ref()
+                            .map(|u| u.0.clone())
+                            .unwrap_or_default();
+                        let client = crate::sink::postgres::connect(&url)
+                            .await
+                            .map_err(|e| fail("postgres", e.to_string()))?;
+                        let r = crate::sink::postgres::verify_postgres(&client)
+                            .await
+                            .map_err(|e| fail("postgres", e.to_string()))?;
+                        out.push(("postgres", r));
+                    }
+                }
+            },
+            Storage::Stdout | Storage::Tracing => {}
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

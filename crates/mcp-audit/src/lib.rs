@@ -34,6 +34,49 @@
 //! auditor.shutdown().await;
 //! # }
 //! ```
+//!
+//! # Placement
+//!
+//! Outermost: `sensitive_headers_layer` (before any trace layer), then the
+//! [`AuditLayer`], then security headers, Origin guard, rate limits, authentication,
+//! parse and sanitize, authorization, the proxy; [`sensitive_response_headers_layer`]
+//! goes inside every trace layer, next to the proxy. The audit layer sees every outcome,
+//! rejections by inner layers included, through the typed values they leave in the
+//! response extensions ([`mcp_core::Denial`], [`mcp_core::Principal`],
+//! [`mcp_core::McpRequest`], [`AuditUpstream`]).
+//!
+//! # What is recorded, and when
+//!
+//! The event is handed over when the response body ends (or is dropped, e.g. when the
+//! client goes away), so `bytes_out` counts what a streamed (SSE) response actually sent
+//! and `duration_ms` covers the whole stream. `bytes_in` is the request's
+//! `Content-Length`, or the length of the body read by [`mcp_core::ParseLayer`]. The
+//! query string is never recorded (it may carry secrets); the path is. A request refused
+//! with `auth_failed` is recorded with the kind `auth_failure`.
+//!
+//! # Guarantees
+//!
+//! - The request path never waits on a sink: it moves one boxed event into a bounded
+//!   queue. Within the queue's capacity nothing is lost, even while a sink fails (it is
+//!   retried with backoff); beyond it the overflow policy decides (wait up to a bound, or
+//!   drop), and every loss is counted (`mcp_audit_events_dropped_total`) and logged.
+//! - [`Auditor::shutdown`] writes every queued event before returning.
+//! - No secret reaches a sink: parameters are masked by field name and by value pattern,
+//!   sensitive headers are rendered as the mask, the query string is left out.
+//!
+//! # Differences from the seeds
+//!
+//! The seeds' `/api/audit/query` answers anyone who can reach it and filters on whatever
+//! user name the client claims; [`AuditQueryService`] requires an authenticated
+//! principal holding the audit scope (401 / 403 otherwise), and the `user` of a record is
+//! always the authenticated principal's id, never a header such as `X-User-ID`. The
+//! seeds' records can be edited silently; ours are hash-chained and verifiable.
+//!
+//! # Tests
+//!
+//! `cargo test -p mcp-audit --all-features` runs everything, including the PostgreSQL
+//! tests, which start their own server (PostgreSQL must be installed; `scripts/test.sh`
+//! installs it) and fail when it is missing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
