@@ -37,28 +37,29 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, DEFAULT_MASKED_FIELDS, MaskingConfig};
 
-/// The built-in value patterns.
+/// The built-in value patterns. Word boundaries are ASCII (`(?-u:\b)`), which keeps the
+/// regex engine on its fast automaton for any input.
 pub const BUILTIN_PATTERNS: &[&str] = &[
     // JSON Web Tokens (JWS compact form; the header is base64url JSON, so starts "eyJ").
     r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
     // HTTP credentials: "Bearer <token>", "Basic <base64>".
-    r"(?i)\b(?:bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}",
+    r"(?i)(?-u:\b)(?:bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}",
     // PEM private keys (RSA, EC, OpenSSH, encrypted, PKCS#8), even when cut off.
     r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\z)",
     // AWS access key ids.
-    r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",
+    r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?-u:\b)",
     // Google API keys.
-    r"\bAIza[0-9A-Za-z_-]{35}",
+    r"(?-u:\b)AIza[0-9A-Za-z_-]{35}",
     // GitHub tokens.
-    r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}",
-    r"\bgithub_pat_[A-Za-z0-9_]{22,}",
+    r"(?-u:\b)(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}",
+    r"(?-u:\b)github_pat_[A-Za-z0-9_]{22,}",
     // Slack tokens.
-    r"\bxox[abprs]-[A-Za-z0-9-]{10,}",
+    r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}",
     // "sk-..." API keys and Stripe-style live keys.
-    r"\bsk-[A-Za-z0-9_-]{20,}",
-    r"\b[rs]k_live_[A-Za-z0-9]{16,}",
+    r"(?-u:\b)sk-[A-Za-z0-9_-]{20,}",
+    r"(?-u:\b)[rs]k_live_[A-Za-z0-9]{16,}",
     // Passwords in URLs: scheme://user:password@
-    r"(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",
+    r"(?i)(?-u:\b)[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",
 ];
 
 /// Folds a field name: lowercase, letters and digits only.
