@@ -81,7 +81,10 @@ async fn each_sanitize_rule_refuses_its_attack_and_lets_clean_input_through() {
     // Body too large, wrong content type, invalid JSON.
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "echo", "arguments": {"message": "x".repeat(2 * 1024 * 1024)}}});
-    let r = c
+    // Its own client: the gateway answers 413 without reading the body and closes that
+    // connection, which must not be reused for the next requests.
+    let big_client = client();
+    let r = big_client
         .post(&url)
         .header("x-api-key", KEY)
         .header("content-type", "application/json")
