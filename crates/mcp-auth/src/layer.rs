@@ -119,8 +119,11 @@ impl Default for AuthLayerBuilder {
     }
 }
 
+/// Whether `s` can go in a quoted-string of a header value as is: visible ASCII or
+/// space, no quote, no backslash.
 fn quoted_ok(s: &str) -> bool {
-    !s.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+    s.bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
 }
 
 impl AuthLayerBuilder {
@@ -193,7 +196,7 @@ impl AuthLayerBuilder {
         if self.realm.is_empty() || !quoted_ok(&self.realm) {
             return Err(ConfigError::invalid(
                 "auth.realm",
-                "must be non-empty, without quotes, backslashes or control characters",
+                "must be non-empty printable ASCII, without quotes or backslashes",
             ));
         }
         let scope_ok = |s: &String| {
@@ -590,5 +593,51 @@ where
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BearerTokenAuthenticator;
+
+    fn bearer() -> BearerTokenAuthenticator {
+        BearerTokenAuthenticator::builder()
+            .token(CredentialEntry::new(
+                "t",
+                "q8Jx2mV7pL0sN4tR9wY3zB6cF1hK5dG8aE2uI7oP0",
+            ))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn realm_and_scopes_must_fit_in_a_header() {
+        for realm in ["", "a\"b", "a\\b", "mçp", "a\nb"] {
+            let e = AuthLayer::builder()
+                .authenticator(bearer())
+                .realm(realm)
+                .build()
+                .unwrap_err();
+            assert_eq!(e.key(), "auth.realm", "{realm:?}");
+        }
+        let e = AuthLayer::builder()
+            .authenticator(bearer())
+            .require_scopes(["a b"])
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key(), "auth.requiredScopes");
+        let e = AuthLayer::builder()
+            .authenticator(bearer())
+            .resource_metadata("not a url")
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key(), "auth.resourceMetadata");
+        assert_eq!(AuthLayer::builder().build().unwrap_err().key(), "auth.mode");
+        AuthLayer::builder()
+            .authenticator(bearer())
+            .realm("My MCP server")
+            .build()
+            .unwrap();
     }
 }
