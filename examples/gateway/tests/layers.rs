@@ -94,6 +94,7 @@ async fn each_sanitize_rule_refuses_its_attack_and_lets_clean_input_through() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["connection"], "close");
     let r = c
         .post(&url)
         .header("x-api-key", KEY)
