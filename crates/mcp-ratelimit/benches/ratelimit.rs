@@ -82,18 +82,6 @@ fn versus_tower_governor(c: &mut Criterion) {
             async move { black_box(svc.oneshot(request(1)).await.unwrap().status()) }
         })
     });
-    // Behind mcp_core::ClientAddrLayer (as in the gateway) the client IP is already
-    // resolved: one extension lookup instead of three.
-    g.bench_function("mcp_ratelimit_behind_client_addr_layer", |b| {
-        b.to_async(&rt).iter(|| {
-            let svc = ours_svc.clone();
-            let mut req = request(1);
-            let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().unwrap().0;
-            req.extensions_mut()
-                .insert(mcp_core::ClientAddr::direct(peer));
-            async move { black_box(svc.oneshot(req).await.unwrap().status()) }
-        })
-    });
     let gov_svc = governor_layer().layer(inner());
     g.bench_function("tower_governor", |b| {
         b.to_async(&rt).iter(|| {

@@ -627,6 +627,22 @@ blacklist:
         assert!(serde_yaml_ng::from_str::<RateLimitConfig>("requests_per_minute: 3").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn key_spec_parser_never_panics_and_round_trips(s in ".{0,80}") {
+            if let Ok(k) = s.parse::<KeySpec>() {
+                proptest::prop_assert_eq!(k.to_string().parse::<KeySpec>().unwrap(), k);
+            }
+        }
+
+        #[test]
+        fn header_key_parts_round_trip(name in "[a-z0-9-]{1,40}") {
+            let k: KeySpec = format!("principal+header:{name}").parse().unwrap();
+            proptest::prop_assert_eq!(k.parts().len(), 2);
+            proptest::prop_assert_eq!(k.to_string().parse::<KeySpec>().unwrap(), k);
+        }
+    }
+
     #[test]
     fn redis_debug_hides_password() {
         let r = RedisConfig::new("redis://:s3cret@127.0.0.1:6379/0");

@@ -55,13 +55,21 @@ impl Key {
 }
 
 /// The client IP of a request: [`ClientAddr`] (resolved through trusted proxies) when
-/// present, else the connection's peer address ([`mcp_core::PeerAddr`] or axum's
-/// `ConnectInfo`).
+/// present, else the connection's peer address (axum's `ConnectInfo`, or
+/// [`mcp_core::PeerAddr`] from the suite's accept loops).
+#[inline]
 pub(crate) fn client_ip<B>(req: &Request<B>) -> Option<IpAddr> {
-    if let Some(a) = req.extensions().get::<ClientAddr>() {
+    let ext = req.extensions();
+    if let Some(a) = ext.get::<ClientAddr>() {
         return Some(a.ip());
     }
-    mcp_core::client_addr::peer_addr(req).map(|a| a.ip().to_canonical())
+    if let Some(axum::extract::ConnectInfo(a)) =
+        ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        return Some(a.ip().to_canonical());
+    }
+    ext.get::<mcp_core::PeerAddr>()
+        .map(|p| p.0.ip().to_canonical())
 }
 
 /// Appends one part to an encoded key: a tag letter, the byte length, `:`, the value.
@@ -79,6 +87,7 @@ pub(crate) fn encode_part(out: &mut String, tag: char, value: &str) {
 
 /// Builds the key of a request from the configured parts; `None` when a part is missing
 /// (no principal, no header, no address, or a header value that is not visible ASCII).
+#[inline]
 pub(crate) fn extract<B>(parts: &[KeyPart], req: &Request<B>, ip: Option<IpAddr>) -> Option<Key> {
     // Fast paths: one part that needs no text.
     if let [single] = parts {

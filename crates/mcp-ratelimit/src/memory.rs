@@ -267,6 +267,16 @@ impl MemoryBackend {
         best.unwrap_or_else(Verdict::unlimited)
     }
 
+    /// The common case in one step: one quota, cost 1, no headers wanted. `true` when
+    /// allowed (the unit is taken); `false` when refused, which changes nothing, so the
+    /// caller may then ask [`MemoryBackend::check`] for the details.
+    #[inline]
+    pub(crate) fn try_one(&self, key: &Key, qi: usize) -> bool {
+        self.limiters
+            .get(qi)
+            .is_some_and(|l| l.check_key(key).is_ok())
+    }
+
     #[inline]
     fn check_one(
         &self,

@@ -285,6 +285,7 @@ impl Shared {
     }
 
     /// The quotas a request is charged to: rule quotas first, the client quota last.
+    #[inline]
     fn charges(&self, tier: usize, mcp: Option<&McpRequest>) -> Charges {
         let Some(mcp) = mcp else {
             return Charges::One([(tier, 1)]);
@@ -645,6 +646,13 @@ where
         };
         match &shared.backend {
             Backend::Memory(m) => {
+                if let [(qi, 1)] = charges.as_slice()
+                    && !shared.headers.on_allowed
+                    && m.try_one(&key, *qi)
+                {
+                    shared.metrics.allowed.increment(1);
+                    return ResponseFuture::inner(self.inner.call(req), guard, None);
+                }
                 let v = m.check(
                     &shared.quotas,
                     &key,
@@ -727,6 +735,7 @@ struct Post {
 }
 
 impl Post {
+    #[inline]
     fn boxed(guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Option<Box<Self>> {
         if guard.is_none() && extra.is_none() {
             None
