@@ -24,6 +24,32 @@
 //! rule and the JSON path in the error message and in the `Denial` detail recorded by
 //! audit (`rule=ssrf path=$.params.arguments.url`), never the value.
 //!
+//! # Where the rules apply, and their limits
+//!
+//! - Content rules (built-in sets, blocked patterns) and URL rules apply to string values
+//!   under `params.arguments` of `tools/call` and `prompts/get` (at any depth) and to
+//!   `params.uri` of `resources/read|subscribe|unsubscribe`. Object keys get the length
+//!   and control-character checks, not the content rules. Other methods get the
+//!   structure, limit and control-character checks only.
+//! - URLs are found as `scheme://...` anywhere in a value (also inside prose). A bare
+//!   address without a scheme (`"169.254.169.254"`) or a protocol-relative `//host` is not
+//!   treated as a URL. Resource URIs get the SSRF host check but not the scheme list (their
+//!   schemes are the server's own).
+//! - No DNS resolution happens on the request path: a name that resolves to a private
+//!   address, or changes its answer later (DNS rebinding), passes. The fetching component
+//!   must check the address it connects to with [`UrlPolicy::check_ip`].
+//! - The built-in rule sets are heuristics for model-generated arguments, anchored on
+//!   syntax (quotes, separators, `..` segments, tags); they are no substitute for
+//!   parameterised queries, argument vectors instead of shell strings, and path
+//!   canonicalisation in the tool itself. A tool that legitimately takes such syntax is
+//!   exempted from one rule with `tool_overrides`.
+//! - Invalid UTF-8 and lone surrogate escapes never reach the rules: `serde_json` refuses
+//!   them, so `ParseLayer` answers -32700. The control-character policy (`reject`, `strip`,
+//!   `allow`) covers NUL, the other C0 controls except tab / LF / CR, DEL and C1.
+//! - Nesting: `serde_json` refuses more than 128 levels while parsing (-32700, without
+//!   recursion trouble); below that, `max_depth` (default 64) is checked by an iterative
+//!   walk.
+//!
 //! ```
 //! use axum::{Router, routing::post};
 //! use mcp_sanitize::{SanitizeLayer, SecurityHeadersLayer};

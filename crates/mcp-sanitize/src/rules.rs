@@ -650,7 +650,11 @@ impl RuleEngine {
     /// byte (and at the start), and the gated search if a gate byte was seen.
     fn any_builtin(&self, b: &[u8]) -> bool {
         let anchored = self.anchored.as_ref();
-        if anchored.is_some_and(|a| a.matches_at(b, 0)) {
+        // The patterns anchored with `^` start with `.`, `e` (etc) or `p` (proc); the
+        // others start at a trigger byte, found by the loop.
+        if matches!(b.first(), Some(b'.' | b'e' | b'E' | b'p' | b'P'))
+            && anchored.is_some_and(|a| a.matches_at(b, 0))
+        {
             return true;
         }
         let mut gate_seen = false;
@@ -661,7 +665,6 @@ impl RuleEngine {
             }
             gate_seen |= f & GATE != 0;
             if f & TRIGGER != 0
-                && p > 0
                 && may_start_at(c, b.get(p + 1).copied())
                 && anchored.is_some_and(|a| a.matches_at(b, p))
             {
@@ -1024,6 +1027,7 @@ mod tests {
                 "'", "\"", ";", " ", "or", "and", "1=1", "union", "select", "--", "/*", "*/", "..", "/",
                 "\\", "%2e", "%2f", "etc", "passwd", "<", "script", "javascript", ":", "onload", "=",
                 "rm", "&&", "|", "$(", ")", "`", "sleep(", "drop table", "data", "text/html", "windows", "x",
+                "etc/", "proc/self/", ".ssh/", ".aws/credentials", "e", "p", "%00", "%252e", ":\\\\",
             ]), 0..12)
         ) {
             let s: String = words.concat();

@@ -224,15 +224,16 @@ pub fn parse_ipv4_lenient(s: &str) -> Option<Ipv4Addr> {
     if s.is_empty() || s.len() > 64 {
         return None;
     }
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() > 4 {
-        return None;
+    let mut nums = [0u64; 4];
+    let mut count = 0;
+    for p in s.split('.') {
+        if count == 4 {
+            return None;
+        }
+        nums[count] = parse_ipv4_part(p)?;
+        count += 1;
     }
-    let mut nums = Vec::with_capacity(4);
-    for p in &parts {
-        nums.push(parse_ipv4_part(p)?);
-    }
-    let (last, init) = nums.split_last()?;
+    let (last, init) = nums[..count].split_last()?;
     if init.iter().any(|&n| n > 255) {
         return None;
     }
@@ -251,17 +252,22 @@ pub fn parse_ipv4_lenient(s: &str) -> Option<Ipv4Addr> {
 /// Classifies a host name (lowercased, trailing dots ignored): the loopback and metadata
 /// names, and names that are IPv4 addresses in a lenient form. `None` for other names.
 pub fn classify_host_name(name: &str) -> Option<AddressClass> {
-    let lower = name.trim_end_matches('.').to_ascii_lowercase();
-    if METADATA_NAMES.contains(&lower.as_str()) {
+    let h = name.trim_end_matches('.');
+    let is = |list: &[&str]| list.iter().any(|n| n.eq_ignore_ascii_case(h));
+    if is(&METADATA_NAMES) {
         return Some(AddressClass::Metadata);
     }
-    if LOOPBACK_NAMES.contains(&lower.as_str()) || lower.ends_with(".localhost") {
+    const SUFFIX: &str = ".localhost";
+    let localhost_suffix = h.len() > SUFFIX.len()
+        && h.is_char_boundary(h.len() - SUFFIX.len())
+        && h[h.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX);
+    if is(&LOOPBACK_NAMES) || localhost_suffix {
         return Some(AddressClass::Loopback);
     }
-    if let Some(ip) = parse_ipv4_lenient(&lower) {
+    if let Some(ip) = parse_ipv4_lenient(h) {
         return classify_ipv4(ip);
     }
-    let bracketed = lower.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
+    let bracketed = h.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
     if let Some(v6) = bracketed.and_then(|s| s.parse::<Ipv6Addr>().ok()) {
         return classify_ipv6(v6);
     }
@@ -502,7 +508,7 @@ impl UrlPolicy {
         if !self.ssrf || self.host_allowed(name) {
             return Ok(());
         }
-        if let Some(ip) = parse_ipv4_lenient(&name.to_ascii_lowercase()) {
+        if let Some(ip) = parse_ipv4_lenient(name) {
             return self.check_ip(IpAddr::V4(ip));
         }
         match classify_host_name(name) {
