@@ -67,8 +67,14 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
         }
     }
     if let Some(tls) = &cfg.server.tls {
-        tls.validate()
-            .map_err(|e| loaded.error("server.tls", e.to_string()))?;
+        tls.validate().map_err(|e| {
+            // mcp-tls names the key first ("server.tls.x: rule").
+            let msg = e.to_string();
+            match msg.split_once(": ") {
+                Some((key, rule)) if key.starts_with("server.tls") => loaded.error(key, rule),
+                _ => loaded.error("server.tls", msg),
+            }
+        })?;
     }
     if cfg.server.max_body_bytes == 0 {
         return Err(loaded.error("server.maxBodyBytes", "must be greater than zero"));
