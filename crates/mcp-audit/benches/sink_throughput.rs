@@ -150,5 +150,45 @@ fn postgres(_c: &mut Criterion) {
     eprintln!("postgres benches need `--features postgres`");
 }
 
-criterion_group!(benches, sqlite, postgres);
+/// Process CPU time (user + system) from /proc/self/stat, in seconds (Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A load run outside criterion: 200,000 events into SQLite, wall clock and CPU time.
+fn load_run(_c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = AuditConfig::default();
+    cfg.storage = StorageList::One(Storage::Database);
+    cfg.database.sqlite_path = dir.path().join("load.db");
+    cfg.database.max_records = 100_000;
+    let auditor = rt.block_on(Auditor::from_config(cfg)).unwrap();
+    const N: u64 = 200_000;
+    let cpu0 = cpu_seconds();
+    let wall = rt.block_on(run(&auditor, N));
+    let cpu = cpu_seconds() - cpu0;
+    rt.block_on(auditor.shutdown());
+    assert_eq!(auditor.stats().dropped(), 0, "the load run lost events");
+    eprintln!(
+        "load run: {N} events into SQLite (maxRecords 100000) in {:.2} s wall = {:.0} events/s; \
+         process CPU {:.2} s = {:.1} us CPU per event (producer, writer and SQLite together)",
+        wall.as_secs_f64(),
+        N as f64 / wall.as_secs_f64(),
+        cpu,
+        cpu * 1e6 / N as f64
+    );
+}
+
+criterion_group!(benches, load_run, sqlite, postgres);
 criterion_main!(benches);

@@ -379,7 +379,7 @@ fn rfc3339(at: SystemTime) -> (String, i64) {
 
 impl Renderer {
     /// Masks and serializes an event.
-    pub(crate) fn render(&self, e: &EventData) -> SinkEvent {
+    pub(crate) fn render(&self, e: &mut EventData) -> SinkEvent {
         let (timestamp, ts_us) = rfc3339(e.at.unwrap_or_else(SystemTime::now));
         let mut kind = e.kind.unwrap_or(EventKind::Request);
         if kind == EventKind::Request
@@ -416,7 +416,7 @@ impl Renderer {
                 .as_ref()
                 .map(|h| masker.render_headers(h, &self.sensitive_headers)),
             message: e.message.as_deref().map(ms),
-            data: e.data.clone().map(|mut d| {
+            data: e.data.take().map(|mut d| {
                 masker.mask_value(&mut d);
                 self.cap(d)
             }),
@@ -506,7 +506,7 @@ mod tests {
             McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default()).unwrap();
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer sekrit-token-1".parse().unwrap());
-        let e = EventData {
+        let mut e = EventData {
             kind: Some(EventKind::Request),
             at: Some(UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456)),
             principal: Some(Principal::new("alice", AuthMethod::ApiKey)),
@@ -517,7 +517,7 @@ mod tests {
             headers: Some(h),
             ..EventData::default()
         };
-        let s = renderer().render(&e);
+        let s = renderer().render(&mut e);
         assert!(!s.json.contains("hunter2") && !s.json.contains("sekrit"));
         let r: AuditRecord = serde_json::from_str(&s.json).unwrap();
         assert_eq!(r.timestamp, "2023-11-14T22:13:20.123456Z");
@@ -531,14 +531,14 @@ mod tests {
 
     #[test]
     fn auth_failed_denial_is_an_auth_failure_event() {
-        let e = EventData {
+        let mut e = EventData {
             kind: Some(EventKind::Request),
             denial: Some(mcp_core::Rejection::new(RejectionReason::AuthFailed).denial()),
             outcome: Some(Outcome::Denied),
             status: Some(401),
             ..EventData::default()
         };
-        let s = renderer().render(&e);
+        let s = renderer().render(&mut e);
         assert_eq!(s.columns.kind, "auth_failure");
         assert_eq!(s.columns.reason.as_deref(), Some("auth_failed"));
     }
@@ -550,11 +550,11 @@ mod tests {
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":"{big}"}}}}}}"#
         );
         let mcp = McpRequest::parse(bytes::Bytes::from(body), McpHeaders::default()).unwrap();
-        let e = EventData {
+        let mut e = EventData {
             mcp: Some(mcp),
             ..EventData::default()
         };
-        let s = renderer().render(&e);
+        let s = renderer().render(&mut e);
         assert!(s.json.contains("\"truncated\":true"));
     }
 }

@@ -71,6 +71,14 @@ pub fn fold(name: &str) -> String {
 
 fn fold_into(name: &str, out: &mut String) {
     out.clear();
+    if name.is_ascii() {
+        out.extend(
+            name.bytes()
+                .filter(u8::is_ascii_alphanumeric)
+                .map(|b| char::from(b.to_ascii_lowercase())),
+        );
+        return;
+    }
     for c in name.chars() {
         if c.is_alphanumeric() {
             out.extend(c.to_lowercase());

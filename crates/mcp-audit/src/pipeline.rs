@@ -572,7 +572,7 @@ impl Writer {
             let mut shutdown = None;
             for m in msgs.drain(..) {
                 match m {
-                    Msg::Event(e) => batch.push(self.renderer.render(&e)),
+                    Msg::Event(mut e) => batch.push(self.renderer.render(&mut e)),
                     Msg::Flush(t) => waiters.push(t),
                     Msg::Shutdown(t) => shutdown = Some(t),
                 }
@@ -584,9 +584,9 @@ impl Writer {
                 self.rx.close();
                 while let Some(m) = self.rx.recv().await {
                     match m {
-                        Msg::Event(e) => {
+                        Msg::Event(mut e) => {
                             self.note_queued(1);
-                            batch.push(self.renderer.render(&e));
+                            batch.push(self.renderer.render(&mut e));
                         }
                         Msg::Flush(t) => waiters.push(t),
                         Msg::Shutdown(t) => waiters.push(t),
