@@ -4,7 +4,9 @@
 //! reading anything, reads a body of unknown length (chunked) only up to the limit and
 //! answers 413 as soon as it runs over, parses the bytes as JSON once, puts the
 //! [`McpRequest`] in the request extensions, and calls the inner service with the same
-//! bytes as body. Invalid JSON gets 400 with JSON-RPC -32700 (configurable). Other methods
+//! bytes as body. An over-limit or unreadable body is answered with `Connection: close`
+//! over HTTP/1.x, since the rest of it was not read. Invalid JSON gets 400 with JSON-RPC
+//! -32700 (configurable). Other methods
 //! (`GET`, `DELETE`, ...) pass through untouched.
 //!
 //! The [`McpRequest`] is also copied into the response extensions, so that a layer placed
@@ -204,7 +206,15 @@ where
             let (mut parts, body) = req.into_parts();
             let bytes = match read_body(&parts.headers, body, config.limit).await {
                 Ok(b) => b,
-                Err(e) => return Ok(e.rejection().into_response()),
+                Err(e) => {
+                    let mut rejection = e.rejection();
+                    // The rest of the body was not read: over HTTP/1.x the connection
+                    // cannot carry another request, so tell the client not to reuse it.
+                    if parts.version <= http::Version::HTTP_11 {
+                        rejection = rejection.with_header(http::header::CONNECTION, "close");
+                    }
+                    return Ok(rejection.into_response());
+                }
             };
             let headers = McpHeaders::from_headers(&parts.headers);
             let parsed = match McpRequest::parse(bytes.clone(), headers) {

@@ -116,6 +116,10 @@ async fn declared_oversized_body_gets_413_with_jsonrpc_error() {
     let (status, headers, json, _) = send(&client(), req).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(
+        headers["connection"], "close",
+        "the unread body poisons the connection"
+    );
     assert_eq!(json["error"]["code"], mcp_core::codes::TOO_LARGE);
     assert!(json["id"].is_null());
 }
