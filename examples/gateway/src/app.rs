@@ -139,9 +139,6 @@ pub async fn build(
                 None => BoxCloneSyncService::new(svc),
             };
         let stack = ServiceBuilder::new()
-            // A body refused before it was read (413) leaves the connection unusable:
-            // say so, so that clients do not reuse it.
-            .map_response(close_after_unread_body)
             .layer(MetricsLayer::new(&up.name))
             .layer(layers.audit_slot(&trusted))
             .layer(option_layer(layers.security_headers.clone()))
@@ -178,14 +175,6 @@ pub async fn build(
     }
     let router = router.layer(ClientAddrLayer::new(trusted));
     Ok(Gateway { router, layers })
-}
-
-fn close_after_unread_body<B>(mut r: Response<B>) -> Response<B> {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        r.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    r
 }
 
 async fn readyz(State(ops): State<OpsState>) -> Response<Body> {
