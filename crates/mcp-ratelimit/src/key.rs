@@ -184,6 +184,12 @@ mod tests {
     }
 
     #[test]
+    fn a_key_is_24_bytes() {
+        // Memory per key in BENCHMARKS.md assumes it.
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+    }
+
+    #[test]
     fn long_values_are_hashed() {
         let mut s = String::new();
         encode_part(&mut s, 'h', &"x".repeat(10_000));
