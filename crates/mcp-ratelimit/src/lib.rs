@@ -8,16 +8,19 @@
 //! 2. **Allow list** (`whitelist`): a client IP in a listed network bypasses every limit
 //!    of this layer.
 //! 3. **Key**: the client IP (`mcp_core::ClientAddr`, so that only trusted proxies can
-//!    change it), the principal id, the API key id, a header, a global key, or a
-//!    combination ([`KeySpec`]). A request without a key follows [`MissingKey`]: a shared
-//!    `unknown` bucket (default), its IP, or 403 - never a 500.
+//!    change it; without it, the connection's peer from axum's `ConnectInfo` or
+//!    `mcp_core::PeerAddr`), the principal id, the API key id, a header, a global key, or
+//!    a combination ([`KeySpec`]). A request without a key follows [`MissingKey`]: a
+//!    shared `unknown` bucket (default), its IP, or 403 - never a 500. The deny and allow
+//!    lists use the same IP.
 //! 4. **In-flight cap** (`concurrency`): at most N requests of a key in flight, else 429
 //!    (`RejectionReason::ConcurrencyLimited`). The slot is released when the response
 //!    future completes (the response head is ready) or is dropped; a streamed body
 //!    (SSE) does not hold it.
 //! 5. **Quotas**: the client quota of the request's tier (`client_limits.default`,
 //!    `client_limits.authenticated` when an authenticated `Principal` is present, or a
-//!    per-principal override), charged the request's cost; plus per-method and per-tool
+//!    per-principal override; an authenticated tier equal to the default one is the
+//!    same bucket), charged the request's cost; plus per-method and per-tool
 //!    quotas (`per_method`, `per_tool`) read from the `McpRequest`. A JSON-RPC batch is
 //!    charged per message. Over quota: 429 (`RejectionReason::RateLimited`) with
 //!    `Retry-After` (whole seconds, rounded up, at least 1), the configured RateLimit
