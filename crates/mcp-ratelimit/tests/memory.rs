@@ -703,3 +703,40 @@ fn invalid_configuration_names_the_key() {
         assert!(e.contains("redis") && !e.contains("pw"), "{e}");
     }
 }
+
+/// The gateway's order: an IP shield before authentication, a principal limit after it.
+#[tokio::test]
+async fn ip_shield_then_principal_limit_as_in_the_gateway() {
+    let shield = RateLimitLayer::with_clock(
+        RateLimitConfig::per_second(1.0, 5).with_name("ip"),
+        MockClock::new(),
+    )
+    .unwrap();
+    let per_principal = RateLimitLayer::with_clock(
+        RateLimitConfig::per_second(1.0, 2)
+            .with_name("principal")
+            .with_key(KeySpec::principal()),
+        MockClock::new(),
+    )
+    .unwrap();
+    let router = fake_auth(ok_router().layer(per_principal).layer(ParseLayer::new()))
+        .layer(shield)
+        .layer(ClientAddrLayer::new(TrustedProxies::none()));
+    let addr = serve(router).await;
+    let a = [("x-user", "a")];
+    let b = [("x-user", "b")];
+    assert_eq!(post_mcp(addr, &a, &ping(1)).await.status, StatusCode::OK);
+    assert_eq!(post_mcp(addr, &a, &ping(2)).await.status, StatusCode::OK);
+    // a's own quota is spent; b still has its own.
+    let r = post_mcp(addr, &a, &ping(3)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.header("ratelimit-limit"), Some("2"));
+    assert_eq!(post_mcp(addr, &b, &ping(4)).await.status, StatusCode::OK);
+    assert_eq!(post_mcp(addr, &b, &ping(5)).await.status, StatusCode::OK);
+    // Five requests from this address: the shield refuses before authentication, with
+    // its own policy (and no id: it runs before the body is parsed).
+    let r = post_mcp(addr, &[("x-user", "c")], &ping(6)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.header("ratelimit-limit"), Some("5"));
+    assert!(r.json()["id"].is_null());
+}
