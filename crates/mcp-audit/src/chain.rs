@@ -463,4 +463,46 @@ mod tests {
         // Without the anchor, a pruned trail does not verify from genesis.
         assert!(!verify_rows(None, c[2..].to_vec()).is_intact());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_single_tampering_is_found(
+                n in 2i64..40,
+                pick in any::<prop::sample::Index>(),
+                op in 0u8..4,
+            ) {
+                let rows = chain(n);
+                let i = pick.index(rows.len());
+                let mut t = rows.clone();
+                match op {
+                    0 => { t.remove(i); }
+                    1 => t[i].json.push('x'),
+                    2 => t[i].hash = record_hash("f00", 1, "x"),
+                    _ => t[i].seq += 7,
+                }
+                let r = verify_rows(None, t);
+                // Removing the last record is the one change a bare chain cannot see.
+                if !(op == 0 && i == rows.len() - 1) {
+                    prop_assert!(r.problem.is_some(), "op {} at {} not found", op, i);
+                } else {
+                    prop_assert_eq!(r.head.seq, n - 1);
+                }
+            }
+
+            #[test]
+            fn verify_never_panics_on_garbage(
+                rows in prop::collection::vec(
+                    (any::<i64>(), "[0-9a-f]{0,64}", "[0-9a-f]{0,64}", "\\PC{0,40}"), 0..20),
+            ) {
+                let rows = rows.into_iter().map(|(seq, prev_hash, hash, json)| ChainRow {
+                    seq, prev_hash, hash, json, columns: Some(IndexColumns::default()),
+                });
+                let _ = verify_rows(None, rows);
+            }
+        }
+    }
 }
