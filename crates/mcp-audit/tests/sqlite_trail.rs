@@ -730,3 +730,32 @@ async fn warn_level_keeps_only_refusals_failures_and_lifecycle() {
     assert!(reasons.contains(&"auth_failed".to_owned()));
     assert_eq!(recs.len(), 4, "plus startup and shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_mid_stream_is_still_recorded() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let auditor = Auditor::from_config(config(dir.path())).await.unwrap();
+    let addr = serve(app(&auditor)).await;
+    let req = http::Request::get(format!("http://{addr}/sse"))
+        .header("authorization", "Bearer user-alice")
+        .body(full(""))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(first.starts_with(b"data: chunk-0"));
+    drop(body); // the client goes away after the first event
+    wait_written(&auditor, 1).await;
+    auditor.shutdown().await;
+    let recs = records(&dir.path().join("audit.db"));
+    let ev = requests(&recs)[0];
+    assert_eq!(ev.user.as_deref(), Some("alice"));
+    let sent = ev.bytes_out.unwrap();
+    assert!(sent >= first.len() as u64, "{sent}");
+    assert!(
+        sent < 5 * first.len() as u64,
+        "only part of the stream was sent: {sent}"
+    );
+}
