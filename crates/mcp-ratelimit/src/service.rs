@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     cleanup_interval: Duration,
     cleanup_started: AtomicBool,
+    /// Keyed by IP alone, one tier, no lists, rules, in-flight cap or headers on allowed
+    /// responses: the request path can take a straight line.
+    fast: bool,
 }
 
 impl fmt::Debug for Shared {
@@ -246,7 +249,17 @@ impl Shared {
             #[cfg(not(feature = "redis"))]
             Some(_) => return Err(ConfigError::RedisFeatureDisabled),
         };
+        let fast = c.key.parts() == [KeyPart::Ip]
+            && auth_q == 0
+            && principal_q.is_empty()
+            && per_method.is_empty()
+            && per_tool.is_empty()
+            && allow.is_empty()
+            && deny.is_empty()
+            && c.concurrency.is_none()
+            && !c.headers.on_allowed;
         Ok(Self {
+            fast,
             enabled: c.enabled,
             name: Arc::from(name.as_str()),
             key: c.key.parts().to_vec(),
@@ -448,6 +461,17 @@ impl Shared {
     }
 }
 
+/// The units a request costs when no rule applies: one per JSON-RPC message with a
+/// method (a batch costs its length), at least 1.
+#[inline]
+fn request_cost<B>(req: &Request<B>) -> u32 {
+    match req.extensions().get::<McpRequest>() {
+        None => 1,
+        Some(m) if !m.is_batch() => 1,
+        Some(m) => (m.messages().iter().filter(|x| x.method().is_some()).count() as u32).max(1),
+    }
+}
+
 fn request_id<B>(req: &Request<B>) -> Option<JsonRpcId> {
     req.extensions()
         .get::<McpRequest>()
@@ -635,6 +659,15 @@ where
         if !shared.cleanup_started.load(Ordering::Relaxed) {
             shared.start_cleanup();
         }
+        if shared.fast
+            && let Backend::Memory(m) = &shared.backend
+            && let Some(ip) = key::client_ip(&req)
+            && request_cost(&req) == 1
+            && m.try_one(&Key::Ip(ip), 0)
+        {
+            shared.metrics.allowed.increment(1);
+            return ResponseFuture::inner(self.inner.call(req), None, None);
+        }
         let (key, charges, guard) = match shared.pre(&req) {
             Pre::Pass => return ResponseFuture::inner(self.inner.call(req), None, None),
             Pre::Reject(r) => return ResponseFuture::ready(r.into_response()),
@@ -802,6 +835,9 @@ where
             let mut this = self.as_mut().project();
             let next = match this.state.as_mut().project() {
                 StateProj::Inner { fut } => {
+                    if this.post.is_none() {
+                        return fut.poll(cx);
+                    }
                     let out = ready!(fut.poll(cx));
                     return Poll::Ready(match this.post.take() {
                         None => out,

@@ -740,3 +740,17 @@ async fn ip_shield_then_principal_limit_as_in_the_gateway() {
     assert_eq!(r.header("ratelimit-limit"), Some("5"));
     assert!(r.json()["id"].is_null());
 }
+
+#[tokio::test]
+async fn a_batch_costs_one_unit_per_message_without_rules_too() {
+    let layer =
+        RateLimitLayer::with_clock(RateLimitConfig::per_second(1.0, 4), MockClock::new()).unwrap();
+    let addr = serve(app(layer, TrustedProxies::none())).await;
+    let batch = format!("[{},{},{}]", ping(1), ping(2), ping(3));
+    assert_eq!(post_mcp(addr, &[], &batch).await.status, StatusCode::OK);
+    assert_eq!(post_mcp(addr, &[], &ping(4)).await.status, StatusCode::OK);
+    assert_eq!(
+        post_mcp(addr, &[], &ping(5)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
