@@ -403,6 +403,31 @@ impl TriggeredSet {
     }
 }
 
+/// Whether an 8-byte word holds a byte that may trigger or gate a built-in search:
+/// 0x22..=0x27 (`"` `$` `%` `&` `'`, and `#`), 0x2E..=0x2F (`.` `/`), 0x3A..=0x3E
+/// (`:` `;` `<` `=` `>`), 0x5C (`\`), 0x60 (`` ` ``), 0x7C (`|`): a superset of every
+/// category's bytes. Exact per byte (no carries between bytes).
+fn word_may_hold_trigger(x: u64) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let low = x & LOW7;
+    // A byte below 0x80 with m < byte < n (m, n at most 0x80).
+    let between = |m: u64, n: u64| {
+        (LO * (127 + n)).wrapping_sub(low) & !x & low.wrapping_add(LO * (127 - m)) & HI != 0
+    };
+    let has_byte = |v: u64| {
+        let y = x ^ (LO * v);
+        y.wrapping_sub(LO) & !y & HI != 0
+    };
+    between(0x21, 0x28)
+        || between(0x2d, 0x30)
+        || between(0x39, 0x3f)
+        || has_byte(0x5c)
+        || has_byte(0x60)
+        || has_byte(0x7c)
+}
+
 /// A cheap filter on the byte after a trigger, for the triggers frequent in prose and
 /// URLs: every built-in pattern that starts with `.`, `/`, `\` or `:` continues with one
 /// of these bytes. (The property test `triggered_search_equals_plain_search` checks the
@@ -658,17 +683,34 @@ impl RuleEngine {
             return true;
         }
         let mut gate_seen = false;
-        for (p, &c) in b.iter().enumerate() {
-            let f = self.flags[c as usize];
-            if f == 0 {
-                continue;
-            }
-            gate_seen |= f & GATE != 0;
-            if f & TRIGGER != 0
-                && may_start_at(c, b.get(p + 1).copied())
-                && anchored.is_some_and(|a| a.matches_at(b, p))
-            {
-                return true;
+        let mut p = 0;
+        while p < b.len() {
+            // Skip eight bytes at a time when none can be a trigger or gate byte.
+            let end = match b.get(p..p + 8) {
+                Some(chunk) => {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(chunk);
+                    if !word_may_hold_trigger(u64::from_le_bytes(w)) {
+                        p += 8;
+                        continue;
+                    }
+                    p + 8
+                }
+                None => b.len(),
+            };
+            while p < end {
+                let c = b[p];
+                let f = self.flags[c as usize];
+                if f != 0 {
+                    gate_seen |= f & GATE != 0;
+                    if f & TRIGGER != 0
+                        && may_start_at(c, b.get(p + 1).copied())
+                        && anchored.is_some_and(|a| a.matches_at(b, p))
+                    {
+                        return true;
+                    }
+                }
+                p += 1;
             }
         }
         gate_seen && self.gated.as_ref().is_some_and(|g| g.matches_anywhere(b))
@@ -999,6 +1041,33 @@ mod tests {
         let mut ex = RuleSet::default();
         ex.insert(e.index_of("blocked_pattern[0]").unwrap());
         assert!(matches!(e.scan("drop table", Some(&ex)), ScanResult::Clean));
+    }
+
+    #[test]
+    fn word_prefilter_is_exact_per_byte() {
+        let flagged = |c: u8| b"\"#$%&'./:;<=>\\`|".contains(&c);
+        for c in 0u8..=255 {
+            for pos in 0..8 {
+                let mut w = [b'a'; 8];
+                w[pos] = c;
+                assert_eq!(
+                    word_may_hold_trigger(u64::from_le_bytes(w)),
+                    flagged(c),
+                    "{c:#x} at {pos}"
+                );
+            }
+            // Next to bytes that could disturb a neighbour through a carry or borrow.
+            for other in [0x00u8, 0x7f, 0x80, 0xff, 0x21, 0x28] {
+                let mut w = [other; 8];
+                w[3] = c;
+                let expect = flagged(c) || flagged(other);
+                assert_eq!(
+                    word_may_hold_trigger(u64::from_le_bytes(w)),
+                    expect,
+                    "{c:#x} among {other:#x}"
+                );
+            }
+        }
     }
 
     static PLAIN: LazyLock<(RuleEngine, RegexSet)> = LazyLock::new(|| {
