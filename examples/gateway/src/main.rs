@@ -5,7 +5,7 @@
 //! - `--config FILE`: run a configuration
 //! - `check --config FILE`: validate a configuration and exit
 //! - `keygen`: print a compliant API key
-//! - `audit verify [--db FILE]`: check the audit trail's hash chain
+//! - `audit verify [--db FILE | --config FILE]`: check the audit trail's hash chain
 //! - `demo-upstream --addr ADDR`: run the demo MCP server alone
 #![forbid(unsafe_code)]
 
@@ -70,9 +70,17 @@ enum Command {
 enum AuditCommand {
     /// Check the hash chain of the audit trail.
     Verify {
-        /// The SQLite audit database.
-        #[arg(long, default_value = "mcp-gateway-audit.db")]
+        /// The SQLite audit database (demo mode's file by default).
+        #[arg(
+            long,
+            default_value = "mcp-gateway-audit.db",
+            conflicts_with = "config"
+        )]
         db: PathBuf,
+        /// Verify every stored trail of this gateway configuration instead (SQLite,
+        /// PostgreSQL, JSON lines files), as its `audit:` section names them.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -99,7 +107,17 @@ fn main() -> ExitCode {
             }
             (
                 Some(Command::Audit {
-                    command: AuditCommand::Verify { db },
+                    command:
+                        AuditCommand::Verify {
+                            config: Some(config),
+                            ..
+                        },
+                }),
+                _,
+            ) => verify_configured(&config).await,
+            (
+                Some(Command::Audit {
+                    command: AuditCommand::Verify { db, config: None },
                 }),
                 _,
             ) => layers::verify_audit(&db).await,
@@ -144,6 +162,38 @@ async fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `audit verify --config FILE`: every trail the configuration stores, each reported.
+async fn verify_configured(path: &Path) -> Result<(), String> {
+    let loaded = config::load(path).map_err(|e| e.to_string())?;
+    let reports = mcp_audit::chain::verify_configured(&loaded.config.audit)
+        .await
+        .map_err(|e| format!("{}: {e}", loaded.file))?;
+    if reports.is_empty() {
+        return Err(format!(
+            "{}: the audit section stores no verifiable trail (database or file)",
+            loaded.file
+        ));
+    }
+    let mut broken = Vec::new();
+    for (storage, report) in &reports {
+        match &report.problem {
+            None => println!(
+                "{storage}: hash chain intact ({} records, head seq {})",
+                report.records, report.head.seq
+            ),
+            Some(problem) => broken.push(format!(
+                "{storage}: hash chain BROKEN after {} records: {problem}",
+                report.records
+            )),
+        }
+    }
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(broken.join("\n"))
+    }
+}
+
 async fn run_config(path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     serve(loaded).await
@@ -163,27 +213,37 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
     let gateway = app::build(&loaded, metrics)
         .await
         .map_err(|e| e.to_string())?;
-    let acceptor = match &cfg.server.tls {
-        Some(t) if t.enabled => Some(
-            mcp_tls::TlsAcceptor::from_config(t)
-                .map_err(|e| format!("{}: server.tls: {e}", loaded.file))?,
-        ),
-        _ => None,
-    };
-    let _reloader = match &acceptor {
-        Some(a) => Some(
-            a.spawn_reloader()
-                .map_err(|e| format!("{}: server.tls: {e}", loaded.file))?,
-        ),
-        None => None,
-    };
+    // Bind first: ACME's tls-alpn-01 challenge is answered on the serving port.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    // Certificate files (watched and reloaded) or ACME (`autoCert`, renewed); the
+    // background handle keeps them current and must live as long as the server.
+    let (acceptor, _tls_background) = match &cfg.server.tls {
+        Some(t) if t.enabled => {
+            let (acceptor, background) =
+                mcp_tls::start(t).map_err(|e| format!("{}: server.tls: {e}", loaded.file))?;
+            (Some(acceptor), Some(background))
+        }
+        _ => (None, None),
+    };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     for up in &cfg.upstreams {
         tracing::info!(upstream = %up.name, path = %up.path, url = %up.url, "upstream");
+    }
+    if let Some(auditor) = &gateway.layers.auditor {
+        auditor
+            .handle()
+            .record(
+                mcp_audit::AuditEvent::startup().with_data(serde_json::json!({
+                    "config": loaded.file,
+                    "listen": format!("{scheme}://{local}"),
+                    "upstreams": cfg.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+                    "authentication": cfg.auth.enabled,
+                })),
+            )
+            .await;
     }
     println!("mcp-gateway listening on {scheme}://{local}");
     let _ = std::io::stdout().flush();
