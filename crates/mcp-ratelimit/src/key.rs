@@ -72,6 +72,31 @@ pub(crate) fn client_ip<B>(req: &Request<B>) -> Option<IpAddr> {
         .map(|p| p.0.ip().to_canonical())
 }
 
+/// Like [`client_ip`], and also whether the address came from the request's only
+/// extension. Then no other typed value (no `McpRequest`, no `ClientAddr`) is there, and
+/// the caller can skip looking for it: `Extensions::len` costs far less than a lookup that
+/// misses. The order of precedence does not matter then, since at most one of the three
+/// address types is present; the common one (axum's `ConnectInfo`) is tried first.
+#[inline]
+pub(crate) fn client_ip_sole<B>(req: &Request<B>) -> (Option<IpAddr>, bool) {
+    let ext = req.extensions();
+    if ext.len() != 1 {
+        return (client_ip(req), false);
+    }
+    if let Some(axum::extract::ConnectInfo(a)) =
+        ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        return (Some(a.ip().to_canonical()), true);
+    }
+    if let Some(a) = ext.get::<ClientAddr>() {
+        return (Some(a.ip()), true);
+    }
+    match ext.get::<mcp_core::PeerAddr>() {
+        Some(p) => (Some(p.0.ip().to_canonical()), true),
+        None => (None, false),
+    }
+}
+
 /// Appends one part to an encoded key: a tag letter, the byte length, `:`, the value.
 /// The length prefix makes the encoding injective: no value can imitate another part.
 /// Values longer than [`MAX_KEY_PART_LEN`] are replaced by `#` and their SHA-256 in hex.
@@ -142,6 +167,35 @@ mod tests {
     use http::HeaderName;
     use mcp_core::AuthMethod;
     use proptest::prelude::*;
+
+    #[test]
+    fn sole_extension_shortcut_keeps_precedence_and_sees_other_values() {
+        use std::net::SocketAddr;
+        let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let via_proxy = ClientAddr::direct("198.51.100.7:1".parse().unwrap());
+        // Only ConnectInfo: its address, and nothing else is there.
+        let mut r = Request::new(());
+        r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        assert_eq!(client_ip_sole(&r), (Some(peer.ip()), true));
+        // ClientAddr beside ConnectInfo still wins, and the shortcut is not taken.
+        r.extensions_mut().insert(via_proxy.clone());
+        assert_eq!(client_ip_sole(&r), (Some(via_proxy.ip()), false));
+        assert_eq!(client_ip_sole(&r).0, client_ip(&r));
+        // Only a ClientAddr, or only a PeerAddr.
+        let mut r = Request::new(());
+        r.extensions_mut().insert(via_proxy.clone());
+        assert_eq!(client_ip_sole(&r), (Some(via_proxy.ip()), true));
+        let mut r = Request::new(());
+        r.extensions_mut().insert(mcp_core::PeerAddr(peer));
+        assert_eq!(client_ip_sole(&r), (Some(peer.ip()), true));
+        // A sole extension that is not an address (e.g. the parsed request): not "sole".
+        let mut r = Request::new(());
+        r.extensions_mut().insert(7u32);
+        assert_eq!(client_ip_sole(&r), (None, false));
+        // The address beside another value (the parsed request): not "sole".
+        r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        assert_eq!(client_ip_sole(&r), (Some(peer.ip()), false));
+    }
 
     fn req() -> Request<()> {
         Request::new(())

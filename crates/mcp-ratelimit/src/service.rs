@@ -654,22 +654,23 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
         if !shared.enabled {
-            return ResponseFuture::inner(self.inner.call(req), None, None);
+            return ResponseFuture::plain(self.inner.call(req));
         }
         if !shared.cleanup_started.load(Ordering::Relaxed) {
             shared.start_cleanup();
         }
         if shared.fast
             && let Backend::Memory(m) = &shared.backend
-            && let Some(ip) = key::client_ip(&req)
-            && request_cost(&req) == 1
+            && let (Some(ip), sole) = key::client_ip_sole(&req)
+            // The address was the only extension: there is no McpRequest, so cost 1.
+            && (sole || request_cost(&req) == 1)
             && m.try_one(&Key::Ip(ip), 0)
         {
             shared.metrics.allowed.increment(1);
-            return ResponseFuture::inner(self.inner.call(req), None, None);
+            return ResponseFuture::plain(self.inner.call(req));
         }
         let (key, charges, guard) = match shared.pre(&req) {
-            Pre::Pass => return ResponseFuture::inner(self.inner.call(req), None, None),
+            Pre::Pass => return ResponseFuture::plain(self.inner.call(req)),
             Pre::Reject(r) => return ResponseFuture::ready(r.into_response()),
             Pre::Check {
                 key,
@@ -754,7 +755,9 @@ pin_project! {
         S: Service<Request<ReqB>>,
     {
         Inner { #[pin] fut: S::Future },
-        Ready { resp: Option<S::Response> },
+        // Boxed: a response is large, and the allowed path's future should stay small
+        // (a rejection allocates anyway).
+        Ready { resp: Option<Box<S::Response>> },
         Checking { pending: Box<Pending<S, ReqB>> },
     }
 }
@@ -799,6 +802,17 @@ impl<S, ReqB> ResponseFuture<S, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
+    /// The inner call's future, nothing to do afterwards (the common path: built in
+    /// place, no guard or header box to look at).
+    #[inline(always)]
+    fn plain(fut: S::Future) -> Self {
+        Self {
+            state: State::Inner { fut },
+            post: None,
+        }
+    }
+
+    #[inline]
     fn inner(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
         Self {
             state: State::Inner { fut },
@@ -808,7 +822,9 @@ where
 
     fn ready(resp: S::Response) -> Self {
         Self {
-            state: State::Ready { resp: Some(resp) },
+            state: State::Ready {
+                resp: Some(Box::new(resp)),
+            },
             post: None,
         }
     }
@@ -849,7 +865,7 @@ where
                 }
                 StateProj::Ready { resp } => {
                     return match resp.take() {
-                        Some(r) => Poll::Ready(Ok(r)),
+                        Some(r) => Poll::Ready(Ok(*r)),
                         None => Poll::Pending,
                     };
                 }
@@ -866,11 +882,13 @@ where
                         (Outcome::Reject(r), _, _) => {
                             *this.post = None;
                             State::Ready {
-                                resp: Some(r.into_response()),
+                                resp: Some(Box::new(r.into_response())),
                             }
                         }
                         _ => State::Ready {
-                            resp: Some(Rejection::new(RejectionReason::Internal).into_response()),
+                            resp: Some(Box::new(
+                                Rejection::new(RejectionReason::Internal).into_response(),
+                            )),
                         },
                     }
                 }

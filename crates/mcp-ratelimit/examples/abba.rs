@@ -1,0 +1,83 @@
+//! Runs N requests through one service in-process, for instruction counts under callgrind:
+//! `cargo build --release -p mcp-ratelimit --example abba`, then
+//! `valgrind --tool=callgrind target/release/examples/abba <ours|governor|none> <N>`.
+//! The per-request cost of a layer is the difference between two runs with different N,
+//! divided by the difference in N, minus the same figure for `none`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::{Request, Response};
+use mcp_ratelimit::{RateLimitConfig, RateLimitLayer};
+use tower::{Layer, Service, ServiceExt};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+
+const BURST: u32 = 1_000_000_000;
+
+fn inner() -> impl Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
++ Send {
+    tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    })
+}
+
+fn request() -> Request<Body> {
+    let mut r = Request::new(Body::empty());
+    let peer = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000));
+    r.extensions_mut().insert(ConnectInfo(peer));
+    r
+}
+
+/// Not inlined, so that callgrind can count this function alone
+/// (`--toggle-collect='abba::run*'`): the layer's construction stays out of the count.
+#[inline(never)]
+fn run<S>(rt: &tokio::runtime::Runtime, svc: S, n: u64)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    rt.block_on(async {
+        for _ in 0..n {
+            let s = svc.clone();
+            black_box(s.oneshot(request()).await.unwrap().status());
+        }
+    });
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let which = args.next().unwrap_or_else(|| "ours".into());
+    let n: u64 = args.next().map_or(200_000, |s| s.parse().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    match which.as_str() {
+        "ours" => {
+            let layer =
+                RateLimitLayer::new(RateLimitConfig::per_second(1_000_000.0, BURST)).unwrap();
+            run(&rt, layer.layer(inner()), n);
+        }
+        "governor" => {
+            let config = GovernorConfigBuilder::default()
+                .per_nanosecond(1000)
+                .burst_size(BURST)
+                .finish()
+                .unwrap();
+            let layer: GovernorLayer<_, _, Body> = GovernorLayer::new(config);
+            run(&rt, layer.layer(inner()), n);
+        }
+        "none" => run(&rt, inner(), n),
+        other => panic!("unknown service {other}: ours, governor or none"),
+    }
+}
