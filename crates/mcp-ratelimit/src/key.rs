@@ -178,12 +178,12 @@ mod tests {
         r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         assert_eq!(client_ip_sole(&r), (Some(peer.ip()), true));
         // ClientAddr beside ConnectInfo still wins, and the shortcut is not taken.
-        r.extensions_mut().insert(via_proxy.clone());
+        r.extensions_mut().insert(via_proxy);
         assert_eq!(client_ip_sole(&r), (Some(via_proxy.ip()), false));
         assert_eq!(client_ip_sole(&r).0, client_ip(&r));
         // Only a ClientAddr, or only a PeerAddr.
         let mut r = Request::new(());
-        r.extensions_mut().insert(via_proxy.clone());
+        r.extensions_mut().insert(via_proxy);
         assert_eq!(client_ip_sole(&r), (Some(via_proxy.ip()), true));
         let mut r = Request::new(());
         r.extensions_mut().insert(mcp_core::PeerAddr(peer));
