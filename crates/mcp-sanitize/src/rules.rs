@@ -403,29 +403,97 @@ impl TriggeredSet {
     }
 }
 
-/// Whether an 8-byte word holds a byte that may trigger or gate a built-in search:
-/// 0x22..=0x27 (`"` `$` `%` `&` `'`, and `#`), 0x2E..=0x2F (`.` `/`), 0x3A..=0x3E
-/// (`:` `;` `<` `=` `>`), 0x5C (`\`), 0x60 (`` ` ``), 0x7C (`|`): a superset of every
-/// category's bytes. Exact per byte (no carries between bytes).
-fn word_may_hold_trigger(x: u64) -> bool {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let low = x & LOW7;
-    // A byte below 0x80 with m < byte < n (m, n at most 0x80).
-    let between = |m: u64, n: u64| {
-        (LO * (127 + n)).wrapping_sub(low) & !x & low.wrapping_add(LO * (127 - m)) & HI != 0
+/// Whether a byte may trigger or gate a built-in search: 0x22..=0x27 (`"` `$` `%` `&`
+/// `'`, and `#`), 0x2E..=0x2F (`.` `/`), 0x3A..=0x3E (`:` `;` `<` `=` `>`), 0x5C (`\`),
+/// 0x60 (`` ` ``), 0x7C (`|`): a superset of every category's bytes. Branch-free, so that
+/// [`chunk_may_hold_trigger`] compiles to vector compares.
+#[inline(always)]
+fn byte_may_trigger(b: u8) -> u8 {
+    u8::from(b.wrapping_sub(0x22) < 6)
+        | u8::from(b.wrapping_sub(0x2e) < 2)
+        | u8::from(b.wrapping_sub(0x3a) < 5)
+        | u8::from(b == 0x5c)
+        | u8::from(b == 0x60)
+        | u8::from(b == 0x7c)
+}
+
+/// Bytes tested at a time by the trigger prefilter.
+const CHUNK: usize = 16;
+
+/// The positions in a chunk of the bytes for which [`byte_may_trigger`] holds, as a bit
+/// mask (bit `i` for byte `i`). The per-byte flags are computed branch-free (vector
+/// compares), then gathered eight at a time with a multiplication: with every byte 0 or 1,
+/// `x * 0x0102_0408_1020_4080` has byte `k` of `x` at bit `56 + k` and no carries.
+#[inline(always)]
+fn chunk_trigger_mask(chunk: &[u8; CHUNK]) -> u32 {
+    let mut flags = [0u8; CHUNK];
+    for (f, &b) in flags.iter_mut().zip(chunk) {
+        *f = byte_may_trigger(b);
+    }
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+        b5,
+        b6,
+        b7,
+    ] = flags;
+    let lo = u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
+    let hi = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
+    if lo | hi == 0 {
+        return 0;
+    }
+    const GATHER: u64 = 0x0102_0408_1020_4080;
+    let lo = (lo.wrapping_mul(GATHER) >> 56) as u32;
+    let hi = (hi.wrapping_mul(GATHER) >> 56) as u32;
+    lo | (hi << 8)
+}
+
+/// `\s` of the built-in patterns (ASCII whitespace, vertical tab included).
+fn is_regex_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
+/// A necessary condition for an XSS pattern to match through the gate byte at `p`: every
+/// XSS pattern holds `<`, or `script`/`data` then `\s*:`, or `srcdoc` then `\s*=`, or a
+/// word starting with `on` then `\s*=`. Checked before the (unanchored) XSS search so that
+/// URLs with `:` and `=` do not pay for it.
+fn xss_gate_at(b: &[u8], p: usize) -> bool {
+    let Some(&c) = b.get(p) else {
+        return false;
     };
-    let has_byte = |v: u64| {
-        let y = x ^ (LO * v);
-        y.wrapping_sub(LO) & !y & HI != 0
+    if c != b':' && c != b'=' {
+        return true;
+    }
+    let mut end = p;
+    while end > 0 && is_regex_space(b[end - 1]) {
+        end -= 1;
+    }
+    let before = &b[..end];
+    let ends_with = |word: &[u8]| {
+        before.len() >= word.len() && before[before.len() - word.len()..].eq_ignore_ascii_case(word)
     };
-    between(0x21, 0x28)
-        || between(0x2d, 0x30)
-        || between(0x39, 0x3f)
-        || has_byte(0x5c)
-        || has_byte(0x60)
-        || has_byte(0x7c)
+    if c == b':' {
+        return ends_with(b"script") || ends_with(b"data");
+    }
+    if ends_with(b"srcdoc") {
+        return true;
+    }
+    let mut start = end;
+    while start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_') {
+        start -= 1;
+    }
+    b[start..end].len() >= 2 && b[start..start + 2].eq_ignore_ascii_case(b"on")
 }
 
 /// A cheap filter on the byte after a trigger, for the triggers frequent in prose and
@@ -683,35 +751,39 @@ impl RuleEngine {
             return true;
         }
         let mut gate_seen = false;
-        let mut p = 0;
-        while p < b.len() {
-            // Skip eight bytes at a time when none can be a trigger or gate byte.
-            let end = match b.get(p..p + 8) {
+        let mut base = 0;
+        while base < b.len() {
+            // Sixteen bytes at a time: the positions that may trigger or gate a search.
+            let mut mask = match b.get(base..base + CHUNK) {
                 Some(chunk) => {
-                    let mut w = [0u8; 8];
+                    let mut w = [0u8; CHUNK];
                     w.copy_from_slice(chunk);
-                    if !word_may_hold_trigger(u64::from_le_bytes(w)) {
-                        p += 8;
-                        continue;
-                    }
-                    p + 8
+                    chunk_trigger_mask(&w)
                 }
-                None => b.len(),
+                None => {
+                    // The tail, padded with NUL (never a trigger).
+                    let mut w = [0u8; CHUNK];
+                    let tail = &b[base..];
+                    w[..tail.len()].copy_from_slice(tail);
+                    chunk_trigger_mask(&w)
+                }
             };
-            while p < end {
+            while mask != 0 {
+                let p = base + mask.trailing_zeros() as usize;
+                mask &= mask - 1;
                 let c = b[p];
                 let f = self.flags[c as usize];
-                if f != 0 {
-                    gate_seen |= f & GATE != 0;
-                    if f & TRIGGER != 0
-                        && may_start_at(c, b.get(p + 1).copied())
-                        && anchored.is_some_and(|a| a.matches_at(b, p))
-                    {
-                        return true;
-                    }
+                if f & GATE != 0 && !gate_seen {
+                    gate_seen = xss_gate_at(b, p);
                 }
-                p += 1;
+                if f & TRIGGER != 0
+                    && may_start_at(c, b.get(p + 1).copied())
+                    && anchored.is_some_and(|a| a.matches_at(b, p))
+                {
+                    return true;
+                }
             }
+            base += CHUNK;
         }
         gate_seen && self.gated.as_ref().is_some_and(|g| g.matches_anywhere(b))
     }
@@ -1044,29 +1116,47 @@ mod tests {
     }
 
     #[test]
-    fn word_prefilter_is_exact_per_byte() {
+    fn chunk_prefilter_is_exact_per_byte() {
         let flagged = |c: u8| b"\"#$%&'./:;<=>\\`|".contains(&c);
         for c in 0u8..=255 {
-            for pos in 0..8 {
-                let mut w = [b'a'; 8];
+            assert_eq!(byte_may_trigger(c) != 0, flagged(c), "{c:#x}");
+            for pos in 0..CHUNK {
+                let mut w = [b'a'; CHUNK];
                 w[pos] = c;
-                assert_eq!(
-                    word_may_hold_trigger(u64::from_le_bytes(w)),
-                    flagged(c),
-                    "{c:#x} at {pos}"
-                );
+                let expect = if flagged(c) { 1 << pos } else { 0 };
+                assert_eq!(chunk_trigger_mask(&w), expect, "{c:#x} at {pos}");
             }
-            // Next to bytes that could disturb a neighbour through a carry or borrow.
-            for other in [0x00u8, 0x7f, 0x80, 0xff, 0x21, 0x28] {
-                let mut w = [other; 8];
-                w[3] = c;
-                let expect = flagged(c) || flagged(other);
-                assert_eq!(
-                    word_may_hold_trigger(u64::from_le_bytes(w)),
-                    expect,
-                    "{c:#x} among {other:#x}"
-                );
+        }
+        // Every byte that starts a built-in pattern, or gates one, is flagged.
+        for cat in Category::ALL {
+            for &t in cat.triggers().0 {
+                assert!(byte_may_trigger(t) != 0, "{t:#x}");
             }
+        }
+    }
+
+    #[test]
+    fn xss_gate_is_necessary() {
+        let e = engine();
+        for s in [
+            "<script>",
+            "javascript:alert(1)",
+            "JavaScript \t:x",
+            "vbscript\x0b:x",
+            "x onload=alert(1)",
+            "x ONCLICK =y",
+            "srcdoc=x",
+            "data:text/html,x",
+            "a=b onerror=x",
+        ] {
+            assert!(e.any_match(s), "{s:?}");
+        }
+        for s in [
+            "https://docs.example.com/a?ref=search&page=2",
+            "x conload=1",
+            "mydata-x:1",
+        ] {
+            assert!(!e.any_match(s), "{s:?}");
         }
     }
 
@@ -1097,6 +1187,7 @@ mod tests {
                 "\\", "%2e", "%2f", "etc", "passwd", "<", "script", "javascript", ":", "onload", "=",
                 "rm", "&&", "|", "$(", ")", "`", "sleep(", "drop table", "data", "text/html", "windows", "x",
                 "etc/", "proc/self/", ".ssh/", ".aws/credentials", "e", "p", "%00", "%252e", ":\\\\",
+                "srcdoc", "OnClick", "vbscript", "\t", "\u{b}", "_", "on", "DATA",
             ]), 0..12)
         ) {
             let s: String = words.concat();

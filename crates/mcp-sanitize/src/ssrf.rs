@@ -418,7 +418,12 @@ impl UrlPolicy {
     /// (so the URL standard reads it as a domain, never as an IPv4 address). `None` when
     /// the URL needs the full parser.
     fn check_plain_domain(&self, raw: &str) -> Option<Result<(), UrlViolation>> {
-        let (scheme, rest) = raw.split_once("://")?;
+        // The first `:` must start `://` (a scheme never holds a `:`).
+        let sep = memchr::memchr(b':', raw.as_bytes())?;
+        if raw.as_bytes().get(sep + 1..sep + 3) != Some(b"//") {
+            return None;
+        }
+        let (scheme, rest) = (raw.get(..sep)?, raw.get(sep + 3..)?);
         let special = ["http", "https", "ws", "wss", "ftp"]
             .iter()
             .any(|s| s.eq_ignore_ascii_case(scheme));
@@ -449,7 +454,8 @@ impl UrlPolicy {
             || (last.len() >= 2
                 && last[..2].eq_ignore_ascii_case("0x")
                 && last[2..].bytes().all(|b| b.is_ascii_hexdigit()));
-        if numeric || trimmed.contains("..") || trimmed.starts_with('.') {
+        let empty_label = trimmed.as_bytes().windows(2).any(|w| w == b"..");
+        if numeric || empty_label || trimmed.starts_with('.') {
             return None;
         }
         if !self.scheme_allowed(scheme) {
@@ -553,7 +559,7 @@ pub fn find_urls(s: &str) -> impl Iterator<Item = &str> {
     std::iter::from_fn(move || {
         loop {
             // `:` is found with memchr; most are not followed by `//`.
-            let rel = s.get(from..)?.find(':')?;
+            let rel = memchr::memchr(b':', bytes.get(from..)?)?;
             let sep = from + rel;
             from = sep + 1;
             if bytes.get(sep + 1..sep + 3) != Some(b"//") {
