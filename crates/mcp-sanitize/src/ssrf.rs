@@ -249,10 +249,9 @@ pub fn parse_ipv4_lenient(s: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(u32::try_from(addr).ok()?))
 }
 
-/// Classifies a host name (lowercased, trailing dots ignored): the loopback and metadata
-/// names, and names that are IPv4 addresses in a lenient form. `None` for other names.
-pub fn classify_host_name(name: &str) -> Option<AddressClass> {
-    let h = name.trim_end_matches('.');
+/// The name rules of [`classify_host_name`] (metadata and loopback names), for a name
+/// without trailing dots that is known not to be an address.
+fn classify_domain_name(h: &str) -> Option<AddressClass> {
     let is = |list: &[&str]| list.iter().any(|n| n.eq_ignore_ascii_case(h));
     if is(&METADATA_NAMES) {
         return Some(AddressClass::Metadata);
@@ -263,6 +262,16 @@ pub fn classify_host_name(name: &str) -> Option<AddressClass> {
         && h[h.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX);
     if is(&LOOPBACK_NAMES) || localhost_suffix {
         return Some(AddressClass::Loopback);
+    }
+    None
+}
+
+/// Classifies a host name (lowercased, trailing dots ignored): the loopback and metadata
+/// names, and names that are IPv4 addresses in a lenient form. `None` for other names.
+pub fn classify_host_name(name: &str) -> Option<AddressClass> {
+    let h = name.trim_end_matches('.');
+    if let Some(class) = classify_domain_name(h) {
+        return Some(class);
     }
     if let Some(ip) = parse_ipv4_lenient(h) {
         return classify_ipv4(ip);
@@ -461,7 +470,15 @@ impl UrlPolicy {
         if !self.scheme_allowed(scheme) {
             return Some(Err(UrlViolation::Scheme));
         }
-        Some(self.check_name(trimmed))
+        // The last label is not a number, so the name is not an IPv4 address in any form
+        // (`parse_ipv4_lenient` would refuse it) and only the name rules apply.
+        if !self.ssrf || self.host_allowed(trimmed) {
+            return Some(Ok(()));
+        }
+        Some(match classify_domain_name(trimmed) {
+            Some(class) if !self.class_allowed(class) => Err(UrlViolation::Ssrf(class)),
+            _ => Ok(()),
+        })
     }
 
     /// Checks only the host of a URL whatever its scheme (used for resource URIs, whose

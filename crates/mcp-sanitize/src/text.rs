@@ -87,42 +87,31 @@ pub fn has_forbidden_control(s: &str) -> bool {
     false
 }
 
-/// Whether `bytes` has a byte below 0x20, 0x7F or 0xC2 (eight bytes at a time).
+/// Whether `bytes` has a byte below 0x20, 0x7F or 0xC2 (sixteen bytes at a time, with
+/// branch-free compares that compile to vector instructions).
 fn may_hold_control(bytes: &[u8]) -> bool {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI != 0;
-    let mut chunks = bytes.chunks_exact(8);
+    #[inline(always)]
+    fn any_lead(chunk: &[u8; 16]) -> bool {
+        let mut acc = 0u8;
+        for &b in chunk {
+            acc |= u8::from(b < 0x20) | u8::from(b == 0x7f) | u8::from(b == 0xc2);
+        }
+        acc != 0
+    }
+    let mut chunks = bytes.chunks_exact(16);
     for chunk in &mut chunks {
-        let mut w = [0u8; 8];
+        let mut w = [0u8; 16];
         w.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(w);
-        // A byte below 0x20 (exact for thresholds up to 0x80), 0x7F or 0xC2.
-        let below = x.wrapping_sub(LO * 0x20) & !x & HI != 0;
-        if below || has_zero(x ^ (LO * 0x7f)) || has_zero(x ^ (LO * 0xc2)) {
+        if any_lead(&w) {
             return true;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| CONTROL_LEAD[b as usize] || b < 0x20)
+    // The tail (and short strings such as keys), padded with spaces.
+    let tail = chunks.remainder();
+    let mut w = [b' '; 16];
+    w[..tail.len()].copy_from_slice(tail);
+    any_lead(&w)
 }
-
-/// Bytes that may start a forbidden control character: C0 but tab, LF, CR; DEL; 0xC2.
-static CONTROL_LEAD: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        if i != 0x09 && i != 0x0a && i != 0x0d {
-            t[i] = true;
-        }
-        i += 1;
-    }
-    t[0x7f] = true;
-    t[0xc2] = true;
-    t
-};
 
 /// Removes forbidden control characters ([`is_forbidden_control`]).
 pub fn strip_control(s: &str) -> Cow<'_, str> {

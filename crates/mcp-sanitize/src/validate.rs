@@ -488,7 +488,8 @@ impl Validator {
         ctx: &MessageCtx<'_>,
     ) -> Result<bool, Violation> {
         let mut needs_rewrite = false;
-        let mut stack: Vec<Frame<'_>> = Vec::new();
+        // Room for the usual depth up front: no reallocation as the walk descends.
+        let mut stack: Vec<Frame<'_>> = Vec::with_capacity(16);
         let violation =
             |stack: &[Frame<'_>],
              last: Option<Seg<'_>>,
