@@ -54,6 +54,16 @@ impl Key {
     }
 }
 
+/// A peer's IP, an IPv4-mapped IPv6 address as IPv4 (`SocketAddr::ip().to_canonical()`,
+/// without the IPv4 round trip through `IpAddr`).
+#[inline(always)]
+fn peer_ip(a: &std::net::SocketAddr) -> IpAddr {
+    match a {
+        std::net::SocketAddr::V4(a) => IpAddr::V4(*a.ip()),
+        std::net::SocketAddr::V6(a) => a.ip().to_canonical(),
+    }
+}
+
 /// The client IP of a request: [`ClientAddr`] (resolved through trusted proxies) when
 /// present, else the connection's peer address (axum's `ConnectInfo`, or
 /// [`mcp_core::PeerAddr`] from the suite's accept loops).
@@ -66,10 +76,9 @@ pub(crate) fn client_ip<B>(req: &Request<B>) -> Option<IpAddr> {
     if let Some(axum::extract::ConnectInfo(a)) =
         ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
     {
-        return Some(a.ip().to_canonical());
+        return Some(peer_ip(a));
     }
-    ext.get::<mcp_core::PeerAddr>()
-        .map(|p| p.0.ip().to_canonical())
+    ext.get::<mcp_core::PeerAddr>().map(|p| peer_ip(&p.0))
 }
 
 /// Like [`client_ip`], and also whether the address came from the request's only
@@ -86,13 +95,13 @@ pub(crate) fn client_ip_sole<B>(req: &Request<B>) -> (Option<IpAddr>, bool) {
     if let Some(axum::extract::ConnectInfo(a)) =
         ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
     {
-        return (Some(a.ip().to_canonical()), true);
+        return (Some(peer_ip(a)), true);
     }
     if let Some(a) = ext.get::<ClientAddr>() {
         return (Some(a.ip()), true);
     }
     match ext.get::<mcp_core::PeerAddr>() {
-        Some(p) => (Some(p.0.ip().to_canonical()), true),
+        Some(p) => (Some(peer_ip(&p.0)), true),
         None => (None, false),
     }
 }

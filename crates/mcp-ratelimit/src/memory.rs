@@ -159,8 +159,11 @@ impl StateStore for CappedStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        if let Some(v) = self.map.get(key) {
-            return v.measure_and_replace(&NotKeyed::NonKey, f);
+        if let Some(r) = self
+            .map
+            .view(key, |_, v| v.measure_and_replace(&NotKeyed::NonKey, &f))
+        {
+            return r;
         }
         if !self.budget.try_reserve() {
             self.budget.overflowed.fetch_add(1, Ordering::Relaxed);

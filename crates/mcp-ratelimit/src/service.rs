@@ -249,7 +249,8 @@ impl Shared {
             #[cfg(not(feature = "redis"))]
             Some(_) => return Err(ConfigError::RedisFeatureDisabled),
         };
-        let fast = c.key.parts() == [KeyPart::Ip]
+        let fast = c.enabled
+            && c.key.parts() == [KeyPart::Ip]
             && auth_q == 0
             && principal_q.is_empty()
             && per_method.is_empty()
@@ -653,13 +654,9 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
-        if !shared.enabled {
-            return ResponseFuture::plain(self.inner.call(req));
-        }
-        if !shared.cleanup_started.load(Ordering::Relaxed) {
-            shared.start_cleanup();
-        }
+        // `fast` implies `enabled`; until the sweeper runs, the general path below starts it.
         if shared.fast
+            && shared.cleanup_started.load(Ordering::Relaxed)
             && let Backend::Memory(m) = &shared.backend
             && let (Some(ip), sole) = key::client_ip_sole(&req)
             // The address was the only extension: there is no McpRequest, so cost 1.
@@ -668,6 +665,26 @@ where
         {
             shared.metrics.allowed.increment(1);
             return ResponseFuture::plain(self.inner.call(req));
+        }
+        self.call_general(req)
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// Everything but the straight line: kept out of `call` so that the common path stays
+    /// short (no registers to save for code it does not run).
+    #[inline(never)]
+    fn call_general<ReqB, ResB>(&mut self, req: Request<ReqB>) -> ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+        ResB: From<Bytes>,
+    {
+        let shared = &self.shared;
+        if !shared.enabled {
+            return ResponseFuture::plain(self.inner.call(req));
+        }
+        if !shared.cleanup_started.load(Ordering::Relaxed) {
+            shared.start_cleanup();
         }
         let (key, charges, guard) = match shared.pre(&req) {
             Pre::Pass => return ResponseFuture::plain(self.inner.call(req)),
@@ -725,9 +742,9 @@ where
                             check: fut,
                             svc: Some(svc),
                             req: Some(req),
+                            guard,
                         }),
                     },
-                    post: Post::boxed(guard, None),
                 }
             }
         }
@@ -743,7 +760,6 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqB>,
-        post: Option<Box<Post>>,
     }
 }
 
@@ -754,7 +770,10 @@ pin_project! {
     where
         S: Service<Request<ReqB>>,
     {
+        // The common path: the inner call, nothing to do afterwards.
         Inner { #[pin] fut: S::Future },
+        // The inner call, then headers to add or an in-flight slot to free.
+        InnerPost { #[pin] fut: S::Future, post: Option<Box<Post>> },
         // Boxed: a response is large, and the allowed path's future should stay small
         // (a rejection allocates anyway).
         Ready { resp: Option<Box<S::Response>> },
@@ -763,8 +782,8 @@ pin_project! {
 }
 
 /// What happens when the response is ready: headers to add, an in-flight slot to free.
-/// Boxed and absent on the common path (no concurrency cap, no headers on allowed
-/// responses), so that the future stays small and its poll cheap.
+/// Boxed, and only in the `InnerPost` state (not on the common path: no concurrency cap,
+/// no headers on allowed responses), so that the future stays small and its poll cheap.
 struct Post {
     guard: Option<InFlightGuard>,
     extra: Option<Box<HeaderMap>>,
@@ -789,13 +808,27 @@ impl Post {
     }
 }
 
-/// The Redis path: the decision being awaited, then the call. Boxed, so that the in-memory
-/// path's future stays small.
+/// The Redis path: the decision being awaited, then the call, and the in-flight slot held
+/// meanwhile. Boxed, so that the in-memory path's future stays small.
 #[allow(dead_code)]
 struct Pending<S, ReqB> {
     check: CheckFuture,
     svc: Option<S>,
     req: Option<Request<ReqB>>,
+    guard: Option<InFlightGuard>,
+}
+
+impl<S, ReqB> State<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    #[inline]
+    fn call(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
+        match Post::boxed(guard, extra) {
+            None => Self::Inner { fut },
+            post => Self::InnerPost { fut, post },
+        }
+    }
 }
 
 impl<S, ReqB> ResponseFuture<S, ReqB>
@@ -803,20 +836,18 @@ where
     S: Service<Request<ReqB>>,
 {
     /// The inner call's future, nothing to do afterwards (the common path: built in
-    /// place, no guard or header box to look at).
+    /// place, no guard or header box to look at or drop).
     #[inline(always)]
     fn plain(fut: S::Future) -> Self {
         Self {
             state: State::Inner { fut },
-            post: None,
         }
     }
 
     #[inline]
     fn inner(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
         Self {
-            state: State::Inner { fut },
-            post: Post::boxed(guard, extra),
+            state: State::call(fut, guard, extra),
         }
     }
 
@@ -825,7 +856,6 @@ where
             state: State::Ready {
                 resp: Some(Box::new(resp)),
             },
-            post: None,
         }
     }
 }
@@ -847,15 +877,31 @@ where
     type Output = Result<Response<ResB>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let StateProj::Inner { fut } = self.as_mut().project().state.project() {
+            return fut.poll(cx);
+        }
+        self.poll_general(cx)
+    }
+}
+
+impl<S, ReqB, ResB> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: From<Bytes>,
+{
+    /// Every state but the plain inner call (see `poll`).
+    #[inline(never)]
+    fn poll_general(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<ResB>, S::Error>> {
         loop {
             let mut this = self.as_mut().project();
             let next = match this.state.as_mut().project() {
-                StateProj::Inner { fut } => {
-                    if this.post.is_none() {
-                        return fut.poll(cx);
-                    }
+                StateProj::Inner { fut } => return fut.poll(cx),
+                StateProj::InnerPost { fut, post } => {
                     let out = ready!(fut.poll(cx));
-                    return Poll::Ready(match this.post.take() {
+                    return Poll::Ready(match post.take() {
                         None => out,
                         Some(post) => out.map(|mut resp| {
                             (*post).apply(resp.headers_mut());
@@ -873,18 +919,12 @@ where
                     let outcome = ready!(pending.check.as_mut().poll(cx));
                     match (outcome, pending.svc.take(), pending.req.take()) {
                         (Outcome::Proceed(extra), Some(mut svc), Some(req)) => {
-                            if extra.is_some() {
-                                let guard = this.post.take().and_then(|p| p.guard);
-                                *this.post = Post::boxed(guard, extra);
-                            }
-                            State::Inner { fut: svc.call(req) }
+                            State::call(svc.call(req), pending.guard.take(), extra)
                         }
-                        (Outcome::Reject(r), _, _) => {
-                            *this.post = None;
-                            State::Ready {
-                                resp: Some(Box::new(r.into_response())),
-                            }
-                        }
+                        // The in-flight slot is freed with `pending`, when the state is set.
+                        (Outcome::Reject(r), _, _) => State::Ready {
+                            resp: Some(Box::new(r.into_response())),
+                        },
                         _ => State::Ready {
                             resp: Some(Box::new(
                                 Rejection::new(RejectionReason::Internal).into_response(),
