@@ -1,8 +1,9 @@
 //! Runs N requests through one service in-process, for instruction counts under callgrind:
 //! `cargo build --release -p mcp-ratelimit --example abba`, then
-//! `valgrind --tool=callgrind target/release/examples/abba <ours|governor|none> <N>`.
-//! The per-request cost of a layer is the difference between two runs with different N,
-//! divided by the difference in N, minus the same figure for `none`.
+//! `valgrind --tool=callgrind --toggle-collect='abba::run*' target/release/examples/abba
+//! <ours|governor|none>[-clientaddr] <N>`.
+//! Only `run` is counted (not the layer's construction): the per-request cost of a layer is
+//! the total divided by N, minus the same figure for `none`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::convert::Infallible;
@@ -12,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::{Request, Response};
+use mcp_core::ClientAddr;
 use mcp_ratelimit::{RateLimitConfig, RateLimitLayer};
 use tower::{Layer, Service, ServiceExt};
 use tower_governor::GovernorLayer;
@@ -31,24 +33,28 @@ fn inner() -> impl Service<
     })
 }
 
-fn request() -> Request<Body> {
+fn request(client_addr: bool) -> Request<Body> {
     let mut r = Request::new(Body::empty());
     let peer = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000));
     r.extensions_mut().insert(ConnectInfo(peer));
+    if client_addr {
+        // As behind mcp_core::ClientAddrLayer: the resolved address beside the peer's.
+        r.extensions_mut().insert(ClientAddr::direct(peer));
+    }
     r
 }
 
 /// Not inlined, so that callgrind can count this function alone
 /// (`--toggle-collect='abba::run*'`): the layer's construction stays out of the count.
 #[inline(never)]
-fn run<S>(rt: &tokio::runtime::Runtime, svc: S, n: u64)
+fn run<S>(rt: &tokio::runtime::Runtime, svc: S, n: u64, client_addr: bool)
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
 {
     rt.block_on(async {
         for _ in 0..n {
             let s = svc.clone();
-            black_box(s.oneshot(request()).await.unwrap().status());
+            black_box(s.oneshot(request(client_addr)).await.unwrap().status());
         }
     });
 }
@@ -62,11 +68,17 @@ fn main() {
         .build()
         .unwrap();
     let _guard = rt.enter();
+    // `-clientaddr`: a ClientAddr beside ConnectInfo (tower_governor's PeerIpKeyExtractor
+    // ignores it; ours reads it first).
+    let (which, client_addr) = match which.strip_suffix("-clientaddr") {
+        Some(w) => (w.to_owned(), true),
+        None => (which, false),
+    };
     match which.as_str() {
         "ours" => {
             let layer =
                 RateLimitLayer::new(RateLimitConfig::per_second(1_000_000.0, BURST)).unwrap();
-            run(&rt, layer.layer(inner()), n);
+            run(&rt, layer.layer(inner()), n, client_addr);
         }
         "governor" => {
             let config = GovernorConfigBuilder::default()
@@ -75,9 +87,9 @@ fn main() {
                 .finish()
                 .unwrap();
             let layer: GovernorLayer<_, _, Body> = GovernorLayer::new(config);
-            run(&rt, layer.layer(inner()), n);
+            run(&rt, layer.layer(inner()), n, client_addr);
         }
-        "none" => run(&rt, inner(), n),
+        "none" => run(&rt, inner(), n, client_addr),
         other => panic!("unknown service {other}: ours, governor or none"),
     }
 }
