@@ -83,9 +83,10 @@ fi
 step "summary"
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' target/cargo-test.log | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/cargo-test.log | awk '{s+=$1} END {print s+0}')
-echo "rust: ${passed} passed, ${failed} failed"
 if [ "$rust_status" != "0" ] || [ "$extra_status" != "0" ]; then
-  echo "FAILED (cargo test exit ${rust_status}, other suites $([ $extra_status = 0 ] && echo ok || echo failed))"
+  echo "FAILED (cargo test exit ${rust_status}, Python/conformance suites $([ $extra_status = 0 ] && echo ok || echo failed))"
+  echo "rust: ${passed} passed, ${failed} failed"
   exit 1
 fi
-echo "all tests passed"
+echo "Python MCP SDK tests and conformance suite: ok"
+echo "rust: ${passed} passed, ${failed} failed"
