@@ -274,7 +274,7 @@ async fn policy_scopes_restrict_tools_and_audit_query() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let ok = eventually(|| audit_rows(&db).len() >= 3).await;
+    let ok = eventually(|| request_rows(&db).len() >= 3).await;
     assert!(ok);
     let r = c
         .get(format!("{base}/api/audit/query?limit=50"))

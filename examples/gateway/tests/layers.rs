@@ -323,7 +323,7 @@ async fn audit_rows_masking_redaction_and_chain() {
         .send()
         .await
         .unwrap();
-    let ok = eventually(|| audit_rows(&db).len() >= 3).await;
+    let ok = eventually(|| request_rows(&db).len() >= 3).await;
     assert!(ok);
     let rows = audit_rows(&db);
     let echo = rows

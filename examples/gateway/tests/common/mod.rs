@@ -334,6 +334,14 @@ pub struct AuditRow {
     pub event: Value,
 }
 
+/// The rows of served or refused requests (lifecycle events such as `startup` left out).
+pub fn request_rows(db: &Path) -> Vec<AuditRow> {
+    audit_rows(db)
+        .into_iter()
+        .filter(|r| r.kind == "request" || r.kind == "auth_failure")
+        .collect()
+}
+
 /// Polls until `f` is true (the audit writer is asynchronous), up to 10 s.
 pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
