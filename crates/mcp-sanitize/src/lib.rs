@@ -67,6 +67,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod classify;
 pub mod config;
 mod future;
 pub mod headers;

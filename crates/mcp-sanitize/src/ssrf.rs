@@ -427,44 +427,69 @@ impl UrlPolicy {
     /// (so the URL standard reads it as a domain, never as an IPv4 address). `None` when
     /// the URL needs the full parser.
     fn check_plain_domain(&self, raw: &str) -> Option<Result<(), UrlViolation>> {
+        let b = raw.as_bytes();
         // The first `:` must start `://` (a scheme never holds a `:`).
-        let sep = memchr::memchr(b':', raw.as_bytes())?;
-        if raw.as_bytes().get(sep + 1..sep + 3) != Some(b"//") {
+        let sep = b.iter().position(|&c| c == b':')?;
+        if b.get(sep + 1..sep + 3) != Some(b"//") {
             return None;
         }
-        let (scheme, rest) = (raw.get(..sep)?, raw.get(sep + 3..)?);
-        let special = ["http", "https", "ws", "wss", "ftp"]
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(scheme));
+        let scheme = raw.get(..sep)?;
+        let special = match scheme.len() {
+            2 => scheme.eq_ignore_ascii_case("ws"),
+            3 => scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("ftp"),
+            4 => scheme.eq_ignore_ascii_case("http"),
+            5 => scheme.eq_ignore_ascii_case("https"),
+            _ => false,
+        };
         if !special {
             return None;
         }
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..end];
-        if !authority
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
-        {
-            return None;
+        // One pass over the authority (up to `/`, `?` or `#`): only ASCII letters, digits,
+        // `.`, `-` and one `:`; where the port starts; whether the host has `..`.
+        let rest = b.get(sep + 3..)?;
+        let mut host_end = None;
+        let mut end = rest.len();
+        let mut dotdot = false;
+        let mut prev = 0u8;
+        for (i, &c) in rest.iter().enumerate() {
+            match c {
+                b'/' | b'?' | b'#' => {
+                    end = i;
+                    break;
+                }
+                // A second `:` makes the port invalid.
+                b':' if host_end.is_some() => return None,
+                b':' => host_end = Some(i),
+                b'.' => dotdot |= prev == b'.' && host_end.is_none(),
+                c if c.is_ascii_alphanumeric() || c == b'-' => {}
+                _ => return None,
+            }
+            prev = c;
         }
-        let host = match authority.split_once(':') {
-            Some((h, port)) => {
+        let host_end = match host_end {
+            Some(h) => {
+                // Indices are at ASCII bytes: character boundaries.
+                let port = raw.get(sep + 3 + h + 1..sep + 3 + end)?;
                 if port.is_empty() || port.parse::<u16>().is_err() {
                     return None;
                 }
                 h
             }
-            None => authority,
+            None => end,
         };
+        let host = raw.get(sep + 3..sep + 3 + host_end)?;
         let trimmed = host.strip_suffix('.').unwrap_or(host);
-        let last = trimmed.rsplit('.').next().unwrap_or("");
+        let last = match trimmed.as_bytes().iter().rposition(|&c| c == b'.') {
+            Some(d) => &trimmed[d + 1..],
+            None => trimmed,
+        };
         let numeric = last.is_empty()
             || last.bytes().all(|b| b.is_ascii_digit())
             || (last.len() >= 2
                 && last[..2].eq_ignore_ascii_case("0x")
                 && last[2..].bytes().all(|b| b.is_ascii_hexdigit()));
-        let empty_label = trimmed.as_bytes().windows(2).any(|w| w == b"..");
-        if numeric || empty_label || trimmed.starts_with('.') {
+        // A `..` at the very end of the host leaves an empty last label: numeric.
+        if numeric || dotdot || trimmed.starts_with('.') {
             return None;
         }
         if !self.scheme_allowed(scheme) {
@@ -821,6 +846,47 @@ mod tests {
                     p.check_parsed_host(&url)
                 });
             assert_eq!(p.check(u), full, "{u}");
+        }
+    }
+
+    fn by_parser(p: &UrlPolicy, u: &str) -> Result<(), UrlViolation> {
+        if u.len() > p.max_len {
+            return Err(UrlViolation::TooLong);
+        }
+        Url::parse(u)
+            .map_err(|_| UrlViolation::Invalid)
+            .and_then(|url| {
+                if !p.scheme_allowed(url.scheme()) {
+                    return Err(UrlViolation::Scheme);
+                }
+                p.check_parsed_host(&url)
+            })
+    }
+
+    proptest::proptest! {
+        /// The plain-domain fast path gives what the full parse gives, on URLs built from
+        /// the pieces it looks at.
+        #[test]
+        fn fast_path_agrees_with_the_parser_on_generated_urls(
+            scheme in proptest::sample::select(vec!["http", "HTTPS", "ws", "wss", "ftp", "file", "gopher", "h"]),
+            labels in proptest::collection::vec("[a-zA-Z0-9-]{0,6}|0x[0-9a-f]{0,3}|[0-9]{1,4}|localhost|metadata|_|%31", 0..5),
+            dots in proptest::collection::vec(proptest::sample::select(vec![".", "..", ""]), 5),
+            trailing in proptest::sample::select(vec!["", ".", ".."]),
+            port in proptest::option::of("[0-9]{0,6}|:|x|[0-9]:[0-9]"),
+            tail in proptest::sample::select(vec!["", "/", "/a/b", "?q=1", "#f", "/x?y#z", "@evil.com/"]),
+        ) {
+            let mut host = String::new();
+            for (i, l) in labels.iter().enumerate() {
+                if i > 0 {
+                    host.push_str(dots[i]);
+                }
+                host.push_str(l);
+            }
+            host.push_str(trailing);
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let u = format!("{scheme}://{host}{port}{tail}");
+            let p = policy();
+            proptest::prop_assert_eq!(p.check(&u), by_parser(&p, &u), "{}", u);
         }
     }
 

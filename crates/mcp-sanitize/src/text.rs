@@ -70,47 +70,14 @@ pub fn is_forbidden_control(c: char) -> bool {
 /// Whether `s` contains a forbidden control character ([`is_forbidden_control`]). Fast on
 /// ASCII: it looks at bytes and decodes only around bytes that may start a C1 character.
 pub fn has_forbidden_control(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    // Fast path: no byte that can start a forbidden character.
-    if !may_hold_control(bytes) {
-        return false;
+    use crate::classify::{CHUNK, control_at, control_lead, find_flagged, short_has_control_lead};
+    let b = s.as_bytes();
+    if b.len() < CHUNK {
+        // Keys and short values: one or two words at once, then the exact check.
+        return short_has_control_lead(b) && (0..b.len()).any(|p| control_at(b, p));
     }
-    for (i, &b) in bytes.iter().enumerate() {
-        if (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f {
-            return true;
-        }
-        // C1 controls U+0080..U+009F are encoded as 0xC2 0x80..=0x9F.
-        if b == 0xC2 && matches!(bytes.get(i + 1), Some(0x80..=0x9F)) {
-            return true;
-        }
-    }
-    false
-}
-
-/// Whether `bytes` has a byte below 0x20, 0x7F or 0xC2 (sixteen bytes at a time, with
-/// branch-free compares that compile to vector instructions).
-fn may_hold_control(bytes: &[u8]) -> bool {
-    #[inline(always)]
-    fn any_lead(chunk: &[u8; 16]) -> bool {
-        let mut acc = 0u8;
-        for &b in chunk {
-            acc |= u8::from(b < 0x20) | u8::from(b == 0x7f) | u8::from(b == 0xc2);
-        }
-        acc != 0
-    }
-    let mut chunks = bytes.chunks_exact(16);
-    for chunk in &mut chunks {
-        let mut w = [0u8; 16];
-        w.copy_from_slice(chunk);
-        if any_lead(&w) {
-            return true;
-        }
-    }
-    // The tail (and short strings such as keys), padded with spaces.
-    let tail = chunks.remainder();
-    let mut w = [b' '; 16];
-    w[..tail.len()].copy_from_slice(tail);
-    any_lead(&w)
+    // Sixteen bytes at a time for the bytes that may start one; exact check at those.
+    find_flagged(b, control_lead, |p| control_at(b, p))
 }
 
 /// Removes forbidden control characters ([`is_forbidden_control`]).
@@ -411,15 +378,41 @@ mod tests {
         assert!(!validate_string("javascript:alert(1)"));
     }
 
+    fn by_chars(s: &str) -> bool {
+        s.chars().any(is_forbidden_control)
+    }
+
     #[test]
-    fn swar_prefilter_matches_the_byte_loop() {
-        for b in 0u8..=255 {
-            for pos in 0..17 {
-                let mut v = vec![b'a'; 17];
-                v[pos] = b;
-                let expect = b < 0x20 || b == 0x7f || b == 0xc2;
-                assert_eq!(may_hold_control(&v), expect, "{b:#x} at {pos}");
+    fn prefilter_matches_the_char_definition() {
+        // Every byte at every position of short values (read as two overlapping halves)
+        // and of values with an overlapping last chunk.
+        for len in [1, 3, 4, 7, 8, 15, 16, 17, 31, 33] {
+            for pos in 0..len {
+                for b in 0u8..0x80 {
+                    let mut v = vec![b'a'; len];
+                    v[pos] = b;
+                    let s = std::str::from_utf8(&v).unwrap();
+                    assert_eq!(
+                        has_forbidden_control(s),
+                        by_chars(s),
+                        "{b:#x} at {pos}/{len}"
+                    );
+                }
+                for c in [
+                    '\u{80}', '\u{85}', '\u{9f}', '\u{a0}', '\u{bf}', 'é', '\u{100}',
+                ] {
+                    let mut s: String = "a".repeat(len - 1);
+                    s.insert(pos.min(len - 1), c);
+                    assert_eq!(has_forbidden_control(&s), by_chars(&s), "{c:?} in {s:?}");
+                }
             }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn control_check_equals_char_definition(s in "(\\PC|[\\x00-\\x1f\\x7f\\u{80}-\\u{a0}]){0,70}") {
+            proptest::prop_assert_eq!(has_forbidden_control(&s), by_chars(&s));
         }
     }
 

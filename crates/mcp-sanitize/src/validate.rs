@@ -434,25 +434,38 @@ impl Validator {
                 if self.too_long(s) {
                     return Err((Self::limit_reason(zone), "max_length".into()));
                 }
-                if self.control != ControlCharPolicy::Allow && has_forbidden_control(s) {
+                if !(self.enabled && matches!(zone, Zone::Args | Zone::Uri)) {
+                    if self.control != ControlCharPolicy::Allow && has_forbidden_control(s) {
+                        if self.control == ControlCharPolicy::Reject {
+                            return Err((Self::limit_reason(zone), "control_chars".into()));
+                        }
+                        *needs_rewrite = true;
+                    }
+                    return Ok(None);
+                }
+                // One pass for the rules, control characters and URL candidates; the
+                // checks then apply in the same order as apart.
+                let scan = self.engine.scan_value(s, ctx.exempt);
+                if self.control != ControlCharPolicy::Allow && scan.facts.control {
                     if self.control == ControlCharPolicy::Reject {
                         return Err((Self::limit_reason(zone), "control_chars".into()));
                     }
                     *needs_rewrite = true;
                 }
-                if self.enabled && matches!(zone, Zone::Args | Zone::Uri) {
-                    match self.engine.scan(s, ctx.exempt) {
-                        ScanResult::Clean => {}
-                        ScanResult::Reject(r) => {
-                            let name = self
-                                .engine
-                                .rules
-                                .get(r)
-                                .map_or(Cow::Borrowed("blocked"), |m| m.name.clone());
-                            return Err((RejectionReason::BlockedByRule, name));
-                        }
-                        ScanResult::Strip(_) => *needs_rewrite = true,
+                match scan.result {
+                    ScanResult::Clean => {}
+                    ScanResult::Reject(r) => {
+                        let name = self
+                            .engine
+                            .rules
+                            .get(r)
+                            .map_or(Cow::Borrowed("blocked"), |m| m.name.clone());
+                        return Err((RejectionReason::BlockedByRule, name));
                     }
+                    ScanResult::Strip(_) => *needs_rewrite = true,
+                }
+                // Without a `://`, an argument holds no URL candidate.
+                if zone == Zone::Uri || scan.facts.url {
                     self.check_urls(s, zone, ctx)
                         .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
                 }
@@ -670,6 +683,44 @@ impl Validator {
     }
 }
 
+/// The members of an object the structure checks read, found in one pass over it (a
+/// message: `jsonrpc`, `method`, `id`, `result`, `error`, `params`; its params: `name`,
+/// `arguments`, `uri`).
+#[derive(Default)]
+struct Members<'a> {
+    jsonrpc: Option<&'a Value>,
+    method: Option<&'a Value>,
+    id: Option<&'a Value>,
+    result: Option<&'a Value>,
+    error: Option<&'a Value>,
+    params: Option<&'a Value>,
+    name: Option<&'a Value>,
+    arguments: Option<&'a Value>,
+    uri: Option<&'a Value>,
+}
+
+impl<'a> Members<'a> {
+    fn of(obj: &'a Map<String, Value>) -> Self {
+        let mut m = Self::default();
+        for (k, v) in obj {
+            let slot = match k.as_str() {
+                "jsonrpc" => &mut m.jsonrpc,
+                "method" => &mut m.method,
+                "id" => &mut m.id,
+                "result" => &mut m.result,
+                "error" => &mut m.error,
+                "params" => &mut m.params,
+                "name" => &mut m.name,
+                "arguments" => &mut m.arguments,
+                "uri" => &mut m.uri,
+                _ => continue,
+            };
+            *slot = Some(v);
+        }
+        m
+    }
+}
+
 /// JSON-RPC 2.0 / MCP structure of one message.
 fn check_structure(v: &Value, batch: Option<usize>) -> Result<(), Rejection> {
     let invalid = |what: &'static str, reason: RejectionReason| {
@@ -683,39 +734,44 @@ fn check_structure(v: &Value, batch: Option<usize>) -> Result<(), Rejection> {
     let Value::Object(obj) = v else {
         return Err(invalid("A JSON-RPC message must be an object", req));
     };
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+    let m = Members::of(obj);
+    if m.jsonrpc.and_then(Value::as_str) != Some("2.0") {
         return Err(invalid("jsonrpc must be \"2.0\"", req));
     }
-    if let Some(method) = obj.get("method") {
+    if let Some(method) = m.method {
         let Some(method) = method.as_str() else {
             return Err(invalid("method must be a string", req));
         };
         if method.is_empty() {
             return Err(invalid("method must not be empty", req));
         }
-        if let Some(id) = obj.get("id")
+        if let Some(id) = m.id
             && !(id.is_string() || id.is_number())
         {
             return Err(invalid("id must be a string or a number", req));
         }
-        if obj.contains_key("result") || obj.contains_key("error") {
+        if m.result.is_some() || m.error.is_some() {
             return Err(invalid("a request must not carry result or error", req));
         }
-        let params = match obj.get("params") {
+        let params = match m.params {
             None => None,
-            Some(Value::Object(p)) => Some(p),
+            Some(Value::Object(p)) => Some(Members::of(p)),
             Some(_) => return Err(invalid("params must be an object", params_err)),
         };
-        let str_member = |key: &str| params.and_then(|p| p.get(key)).and_then(Value::as_str);
         match method {
             "tools/call" | "prompts/get" => {
-                if str_member("name").is_none_or(str::is_empty) {
+                if params
+                    .as_ref()
+                    .and_then(|p| p.name)
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
                     return Err(invalid(
                         "params.name must be a non-empty string",
                         params_err,
                     ));
                 }
-                match params.and_then(|p| p.get("arguments")) {
+                match params.as_ref().and_then(|p| p.arguments) {
                     None | Some(Value::Object(_)) => {}
                     Some(_) => {
                         return Err(invalid("params.arguments must be an object", params_err));
@@ -723,7 +779,11 @@ fn check_structure(v: &Value, batch: Option<usize>) -> Result<(), Rejection> {
                 }
             }
             "resources/read" | "resources/subscribe" | "resources/unsubscribe"
-                if str_member("uri").is_none_or(str::is_empty) =>
+                if params
+                    .as_ref()
+                    .and_then(|p| p.uri)
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty) =>
             {
                 return Err(invalid("params.uri must be a non-empty string", params_err));
             }
@@ -732,15 +792,15 @@ fn check_structure(v: &Value, batch: Option<usize>) -> Result<(), Rejection> {
         return Ok(());
     }
     // A response (to a server-initiated request).
-    let has_result = obj.contains_key("result");
-    let error = obj.get("error");
+    let has_result = m.result.is_some();
+    let error = m.error;
     if has_result == error.is_some() {
         return Err(invalid(
             "a message needs a method, or exactly one of result and error",
             req,
         ));
     }
-    match obj.get("id") {
+    match m.id {
         Some(Value::String(_) | Value::Number(_)) => {}
         Some(Value::Null) if error.is_some() => {}
         _ => return Err(invalid("a response needs a string or number id", req)),
