@@ -54,45 +54,69 @@ pub(crate) fn chunk_mask(chunk: &[u8; CHUNK], class: impl Fn(u8) -> u8) -> u32 {
     lo | (hi << 8)
 }
 
-/// Calls `visit(p)` for each position `p` of `b` whose byte is in `class`, in increasing
-/// order, until `visit` returns `true`; returns whether it did. Meant for values of at
-/// least [`CHUNK`] bytes (shorter ones are tested byte by byte).
+/// The positions of the bytes of a class in a value, in increasing order: sixteen bytes
+/// are classified at a time, then the flagged positions are read off the chunk's mask.
+#[derive(Debug, Clone)]
+pub(crate) struct Flagged<'a, C> {
+    b: &'a [u8],
+    class: C,
+    /// Start of the next chunk to classify.
+    next: usize,
+    /// Start of the chunk `mask` belongs to.
+    base: usize,
+    /// Flagged positions of the current chunk not yet returned.
+    mask: u32,
+}
+
+/// The positions of the bytes of `b` for which `class` holds ([`Flagged`]).
 #[inline(always)]
-pub(crate) fn find_flagged(
-    b: &[u8],
-    class: impl Fn(u8) -> u8 + Copy,
-    mut visit: impl FnMut(usize) -> bool,
-) -> bool {
-    let n = b.len();
-    if n < CHUNK {
-        return (0..n).any(|p| class(b[p]) != 0 && visit(p));
+pub(crate) fn flagged<C: Fn(u8) -> u8 + Copy>(b: &[u8], class: C) -> Flagged<'_, C> {
+    Flagged {
+        b,
+        class,
+        next: 0,
+        base: 0,
+        mask: 0,
     }
-    let mut base = 0;
-    while base < n {
-        let mut mask = match b.get(base..base + CHUNK) {
-            Some(chunk) => {
-                let mut w = [0u8; CHUNK];
-                w.copy_from_slice(chunk);
-                chunk_mask(&w, class)
+}
+
+impl<C: Fn(u8) -> u8 + Copy> Iterator for Flagged<'_, C> {
+    type Item = usize;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            let base = self.next;
+            let n = self.b.len();
+            if base >= n {
+                return None;
             }
-            None => {
-                // The tail: the last sixteen bytes, without the positions already seen.
-                let start = n - CHUNK;
-                let mut w = [0u8; CHUNK];
-                w.copy_from_slice(&b[start..]);
-                chunk_mask(&w, class) >> (base - start)
-            }
-        };
-        while mask != 0 {
-            let p = base + mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            if visit(p) {
-                return true;
-            }
+            let mut w = [NEUTRAL; CHUNK];
+            self.mask = match (self.b.get(base..base + CHUNK), n.checked_sub(CHUNK)) {
+                (Some(chunk), _) => {
+                    w.copy_from_slice(chunk);
+                    chunk_mask(&w, self.class)
+                }
+                (None, Some(start)) => {
+                    // The tail: the last sixteen bytes, without the positions already seen.
+                    w.copy_from_slice(&self.b[start..]);
+                    chunk_mask(&w, self.class) >> (base - start)
+                }
+                (None, None) => {
+                    // A value shorter than a chunk (callers usually test those otherwise).
+                    for (d, &s) in w.iter_mut().zip(self.b) {
+                        *d = s;
+                    }
+                    chunk_mask(&w, self.class)
+                }
+            };
+            self.base = base;
+            self.next = base + CHUNK;
         }
-        base += CHUNK;
+        let p = self.base + self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(p)
     }
-    false
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -118,24 +142,61 @@ fn word_has_control_lead(x: u64) -> bool {
 #[inline(always)]
 pub(crate) fn short_has_control_lead(b: &[u8]) -> bool {
     let n = b.len();
-    let word = |w: &[u8]| -> u64 {
-        let mut a = [NEUTRAL; 8];
-        a[..w.len()].copy_from_slice(w);
-        u64::from_le_bytes(a)
+    let word8 = |at: usize| {
+        b.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
     };
-    match (b.get(..8), b.get(n.saturating_sub(8)..)) {
-        (Some(head), Some(tail)) if n >= 8 => {
-            word_has_control_lead(word(head)) || word_has_control_lead(word(tail))
-        }
-        _ => match (b.get(..4), b.get(n.saturating_sub(4)..)) {
-            (Some(head), Some(tail)) if n >= 4 => {
-                let x = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]))
-                    | (u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]])) << 32);
-                word_has_control_lead(x)
-            }
-            _ => b.iter().any(|&c| control_lead(c) != 0),
-        },
+    let word4 = |at: usize| {
+        b.get(at..at + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map_or(0, |w| u64::from(u32::from_le_bytes(w)))
+    };
+    if n >= 8 {
+        word_has_control_lead(word8(0)) || word_has_control_lead(word8(n - 8))
+    } else if n >= 4 {
+        // The upper half is padded with the neutral byte.
+        let pad = u64::from_le_bytes([NEUTRAL; 8]) << 32;
+        word_has_control_lead(word4(0) | pad) || word_has_control_lead(word4(n - 4) | pad)
+    } else {
+        b.iter().any(|&c| control_lead(c) != 0)
     }
+}
+
+/// Whether a value of at least [`CHUNK`] bytes has a forbidden control character
+/// ([`control_at`]): sixteen bytes at a time tested for a [`control_lead`] with vector
+/// compares OR-ed together (the last chunk overlapping), the exact test only in a chunk
+/// that has one (a tab or line feed costs one scalar pass over its chunk).
+#[inline(never)]
+pub(crate) fn long_has_control(b: &[u8]) -> bool {
+    #[inline(always)]
+    fn any_lead(chunk: &[u8]) -> bool {
+        let mut w = [NEUTRAL; CHUNK];
+        w.copy_from_slice(chunk);
+        let mut acc = 0u8;
+        for c in w {
+            acc |= control_lead(c);
+        }
+        acc != 0
+    }
+    let n = b.len();
+    let mut base = 0;
+    while base < n {
+        let start = if base + CHUNK <= n {
+            base
+        } else {
+            n.saturating_sub(CHUNK)
+        };
+        let end = (start + CHUNK).min(n);
+        if b.get(start..end)
+            .is_some_and(|c| c.len() < CHUNK || any_lead(c))
+            && (start..end).any(|p| control_at(b, p))
+        {
+            return true;
+        }
+        base += CHUNK;
+    }
+    false
 }
 
 /// A byte that may start a forbidden control character: below 0x20, 0x7F, or 0xC2 (the
@@ -158,20 +219,29 @@ pub(crate) fn control_at(b: &[u8], p: usize) -> bool {
     }
 }
 
+/// `x < n` as unsigned bytes, written as a signed compare (`x ^ 0x80` orders like `x`),
+/// which SSE2 has for bytes: with a `wrapping_sub` before it, a range test is one add and
+/// one compare.
+#[inline(always)]
+fn below(x: u8, n: u8) -> u8 {
+    u8::from(((x ^ 0x80) as i8) < ((n ^ 0x80) as i8))
+}
+
 /// Whether a byte may trigger or gate a built-in rule search, or start a forbidden
-/// control character, or is the `:` of a URL: 0x22..=0x27 (`"` `#` `$` `%` `&` `'`),
-/// 0x2E..=0x2F (`.` `/`), 0x3A..=0x3E (`:` `;` `<` `=` `>`), 0x5C (`\`), 0x60
-/// (`` ` ``), 0x7C (`|`), and [`control_lead`]. A superset of the bytes of every
-/// class in [`crate::rules`]' per-byte table (checked by a unit test).
+/// control character, or is the `:` of a URL: 0x00..=0x27 but the space (so `!` too,
+/// which costs one table lookup where it occurs), 0x2E..=0x2F (`.` `/`), 0x3A..=0x3E
+/// (`:` `;` `<` `=` `>`), 0x5C (`\`) and 0x7C (`|`), 0x60 (`` ` ``), 0x7F and 0xC2. A
+/// superset of [`control_lead`] and of the bytes of every class in [`crate::rules`]'
+/// per-byte table (checked by unit tests).
 #[inline(always)]
 pub(crate) fn value_byte(b: u8) -> u8 {
-    u8::from(b.wrapping_sub(0x22) < 6)
-        | u8::from(b.wrapping_sub(0x2e) < 2)
-        | u8::from(b.wrapping_sub(0x3a) < 5)
-        | u8::from(b == 0x5c)
+    (below(b, 0x28) & u8::from(b != b' '))
+        | below(b.wrapping_sub(0x2e), 2)
+        | below(b.wrapping_sub(0x3a), 5)
+        | u8::from((b | 0x20) == 0x7c)
         | u8::from(b == 0x60)
-        | u8::from(b == 0x7c)
-        | control_lead(b)
+        | u8::from(b == 0x7f)
+        | u8::from(b == 0xc2)
 }
 
 #[cfg(test)]
@@ -179,16 +249,23 @@ mod tests {
     use super::*;
 
     fn positions(b: &[u8], class: impl Fn(u8) -> u8 + Copy) -> Vec<usize> {
-        let mut out = Vec::new();
-        find_flagged(b, class, |p| {
-            out.push(p);
-            false
-        });
-        out
+        flagged(b, class).collect()
     }
 
     fn plain(b: &[u8], class: impl Fn(u8) -> u8) -> Vec<usize> {
         (0..b.len()).filter(|&p| class(b[p]) != 0).collect()
+    }
+
+    #[test]
+    fn value_byte_is_its_list() {
+        for c in 0u8..=255 {
+            let listed =
+                (c < 0x28 && c != b' ') || b"./:;<=>\\|`".contains(&c) || c == 0x7f || c == 0xc2;
+            assert_eq!(value_byte(c) != 0, listed, "{c:#x}");
+            if control_lead(c) != 0 {
+                assert!(value_byte(c) != 0, "{c:#x}");
+            }
+        }
     }
 
     #[test]
@@ -238,25 +315,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn stops_when_asked() {
-        let mut seen = Vec::new();
-        let found = find_flagged(b"a;b;c;d", value_byte, |p| {
-            seen.push(p);
-            p == 3
-        });
-        assert!(found);
-        assert_eq!(seen, vec![1, 3]);
-    }
-
     proptest::proptest! {
         #[test]
         fn visits_exactly_the_flagged_bytes(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
             proptest::prop_assert_eq!(positions(&b, value_byte), plain(&b, value_byte));
             proptest::prop_assert_eq!(positions(&b, control_lead), plain(&b, control_lead));
+            let any = !plain(&b, control_lead).is_empty();
             if b.len() < CHUNK {
-                proptest::prop_assert_eq!(short_has_control_lead(&b), !plain(&b, control_lead).is_empty());
+                proptest::prop_assert_eq!(short_has_control_lead(&b), any);
             }
+            let exact = (0..b.len()).any(|p| control_at(&b, p));
+            proptest::prop_assert_eq!(long_has_control(&b), exact);
         }
     }
 }

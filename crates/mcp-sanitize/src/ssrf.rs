@@ -350,12 +350,44 @@ pub const DEFAULT_MAX_URL_LENGTH: usize = 2048;
 #[derive(Debug, Clone)]
 pub struct UrlPolicy {
     schemes: Vec<String>,
+    /// Whether each of [`SPECIAL_SCHEMES`] is allowed (for the plain-domain fast path).
+    special_allowed: [bool; 5],
     max_len: usize,
     ssrf: bool,
     allow: Vec<AddressClass>,
     allowed_hosts: Vec<String>,
     allowed_networks: Vec<IpNet>,
 }
+
+/// The special schemes of the URL standard the plain-domain fast path reads (`file` is
+/// special too, but has no host rules of this kind).
+const SPECIAL_SCHEMES: [&str; 5] = ["ws", "wss", "ftp", "http", "https"];
+
+/// Per byte of a URL authority, for the plain-domain fast path.
+const AUTH_HOST: u8 = 1;
+const AUTH_DOT: u8 = 2;
+const AUTH_COLON: u8 = 3;
+const AUTH_END: u8 = 4;
+static AUTHORITY: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_alphanumeric() || c == b'-' {
+            AUTH_HOST
+        } else if c == b'.' {
+            AUTH_DOT
+        } else if c == b':' {
+            AUTH_COLON
+        } else if c == b'/' || c == b'?' || c == b'#' {
+            AUTH_END
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
 
 impl UrlPolicy {
     /// Builds the policy. Schemes are lowercase ASCII (`[a-z][a-z0-9+.-]*`), the maximum
@@ -392,8 +424,10 @@ impl UrlPolicy {
             }
             hosts.push(h.trim_end_matches('.').to_ascii_lowercase());
         }
+        let special_allowed = SPECIAL_SCHEMES.map(|sp| out.iter().any(|s| s == sp));
         Ok(Self {
             schemes: out,
+            special_allowed,
             max_len,
             ssrf: ssrf.enabled,
             allow: ssrf.allow.clone(),
@@ -435,13 +469,14 @@ impl UrlPolicy {
         }
         let scheme = raw.get(..sep)?;
         let special = match scheme.len() {
-            2 => scheme.eq_ignore_ascii_case("ws"),
-            3 => scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("ftp"),
-            4 => scheme.eq_ignore_ascii_case("http"),
-            5 => scheme.eq_ignore_ascii_case("https"),
-            _ => false,
+            2 => 0,
+            3 if scheme.eq_ignore_ascii_case("wss") => 1,
+            3 => 2,
+            4 => 3,
+            5 => 4,
+            _ => return None,
         };
-        if !special {
+        if !SPECIAL_SCHEMES[special].eq_ignore_ascii_case(scheme) {
             return None;
         }
         // One pass over the authority (up to `/`, `?` or `#`): only ASCII letters, digits,
@@ -450,21 +485,25 @@ impl UrlPolicy {
         let mut host_end = None;
         let mut end = rest.len();
         let mut dotdot = false;
-        let mut prev = 0u8;
+        let mut last_dot = usize::MAX;
         for (i, &c) in rest.iter().enumerate() {
-            match c {
-                b'/' | b'?' | b'#' => {
+            match AUTHORITY[c as usize] {
+                AUTH_HOST => {}
+                AUTH_DOT => {
+                    if host_end.is_none() {
+                        dotdot |= last_dot.wrapping_add(1) == i;
+                        last_dot = i;
+                    }
+                }
+                // A second `:` makes the port invalid.
+                AUTH_COLON if host_end.is_some() => return None,
+                AUTH_COLON => host_end = Some(i),
+                AUTH_END => {
                     end = i;
                     break;
                 }
-                // A second `:` makes the port invalid.
-                b':' if host_end.is_some() => return None,
-                b':' => host_end = Some(i),
-                b'.' => dotdot |= prev == b'.' && host_end.is_none(),
-                c if c.is_ascii_alphanumeric() || c == b'-' => {}
                 _ => return None,
             }
-            prev = c;
         }
         let host_end = match host_end {
             Some(h) => {
@@ -492,7 +531,7 @@ impl UrlPolicy {
         if numeric || dotdot || trimmed.starts_with('.') {
             return None;
         }
-        if !self.scheme_allowed(scheme) {
+        if !self.special_allowed[special] {
             return Some(Err(UrlViolation::Scheme));
         }
         // The last label is not a number, so the name is not an IPv4 address in any form

@@ -70,14 +70,20 @@ pub fn is_forbidden_control(c: char) -> bool {
 /// Whether `s` contains a forbidden control character ([`is_forbidden_control`]). Fast on
 /// ASCII: it looks at bytes and decodes only around bytes that may start a C1 character.
 pub fn has_forbidden_control(s: &str) -> bool {
-    use crate::classify::{CHUNK, control_at, control_lead, find_flagged, short_has_control_lead};
+    has_control_inline(s)
+}
+
+/// [`has_forbidden_control`], inlined where it is called for every key.
+#[inline(always)]
+pub(crate) fn has_control_inline(s: &str) -> bool {
+    use crate::classify::{CHUNK, control_at, long_has_control, short_has_control_lead};
     let b = s.as_bytes();
     if b.len() < CHUNK {
         // Keys and short values: one or two words at once, then the exact check.
-        return short_has_control_lead(b) && (0..b.len()).any(|p| control_at(b, p));
+        short_has_control_lead(b) && (0..b.len()).any(|p| control_at(b, p))
+    } else {
+        long_has_control(b)
     }
-    // Sixteen bytes at a time for the bytes that may start one; exact check at those.
-    find_flagged(b, control_lead, |p| control_at(b, p))
 }
 
 /// Removes forbidden control characters ([`is_forbidden_control`]).

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::config::{ConfigError, ControlCharPolicy, SanitizeConfig};
 use crate::rules::{self, Category, RuleEngine, RuleSet, ScanResult};
 use crate::ssrf::{UrlPolicy, UrlViolation, find_urls};
-use crate::text::{has_forbidden_control, strip_control};
+use crate::text::{has_control_inline, has_forbidden_control, strip_control};
 
 /// A value that broke a check: what, where, and which rejection it gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,6 +406,7 @@ impl Validator {
     }
 
     /// Checks one node; pushes a frame for a container. Returns the rule broken, if any.
+    #[inline(always)]
     fn check_node<'a>(
         &self,
         value: &'a Value,
@@ -430,51 +431,64 @@ impl Validator {
                 }
                 Ok(Some(FrameIter::Arr(items.iter(), 0)))
             }
-            Value::String(s) => {
-                if self.too_long(s) {
-                    return Err((Self::limit_reason(zone), "max_length".into()));
-                }
-                if !(self.enabled && matches!(zone, Zone::Args | Zone::Uri)) {
-                    if self.control != ControlCharPolicy::Allow && has_forbidden_control(s) {
-                        if self.control == ControlCharPolicy::Reject {
-                            return Err((Self::limit_reason(zone), "control_chars".into()));
-                        }
-                        *needs_rewrite = true;
-                    }
-                    return Ok(None);
-                }
-                // One pass for the rules, control characters and URL candidates; the
-                // checks then apply in the same order as apart.
-                let scan = self.engine.scan_value(s, ctx.exempt);
-                if self.control != ControlCharPolicy::Allow && scan.facts.control {
-                    if self.control == ControlCharPolicy::Reject {
-                        return Err((Self::limit_reason(zone), "control_chars".into()));
-                    }
-                    *needs_rewrite = true;
-                }
-                match scan.result {
-                    ScanResult::Clean => {}
-                    ScanResult::Reject(r) => {
-                        let name = self
-                            .engine
-                            .rules
-                            .get(r)
-                            .map_or(Cow::Borrowed("blocked"), |m| m.name.clone());
-                        return Err((RejectionReason::BlockedByRule, name));
-                    }
-                    ScanResult::Strip(_) => *needs_rewrite = true,
-                }
-                // Without a `://`, an argument holds no URL candidate.
-                if zone == Zone::Uri || scan.facts.url {
-                    self.check_urls(s, zone, ctx)
-                        .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
-                }
-                Ok(None)
-            }
+            Value::String(s) => self
+                .check_string(s, zone, ctx, needs_rewrite)
+                .map(|()| None),
             Value::Null | Value::Bool(_) | Value::Number(_) => Ok(None),
         }
     }
 
+    /// Checks a string: length, control characters, and in the argument scope the rules
+    /// and URLs, with one pass over its bytes.
+    fn check_string(
+        &self,
+        s: &str,
+        zone: Zone,
+        ctx: &MessageCtx<'_>,
+        needs_rewrite: &mut bool,
+    ) -> Result<(), (RejectionReason, Cow<'static, str>)> {
+        if self.too_long(s) {
+            return Err((Self::limit_reason(zone), "max_length".into()));
+        }
+        if !(self.enabled && matches!(zone, Zone::Args | Zone::Uri)) {
+            if self.control != ControlCharPolicy::Allow && has_forbidden_control(s) {
+                if self.control == ControlCharPolicy::Reject {
+                    return Err((Self::limit_reason(zone), "control_chars".into()));
+                }
+                *needs_rewrite = true;
+            }
+            return Ok(());
+        }
+        // One pass for the rules, control characters and URL candidates; the
+        // checks then apply in the same order as apart.
+        let scan = self.engine.scan_value(s, ctx.exempt);
+        if self.control != ControlCharPolicy::Allow && scan.facts.control {
+            if self.control == ControlCharPolicy::Reject {
+                return Err((Self::limit_reason(zone), "control_chars".into()));
+            }
+            *needs_rewrite = true;
+        }
+        match scan.result {
+            ScanResult::Clean => {}
+            ScanResult::Reject(r) => {
+                let name = self
+                    .engine
+                    .rules
+                    .get(r)
+                    .map_or(Cow::Borrowed("blocked"), |m| m.name.clone());
+                return Err((RejectionReason::BlockedByRule, name));
+            }
+            ScanResult::Strip(_) => *needs_rewrite = true,
+        }
+        // Without a `://`, an argument holds no URL candidate.
+        if zone == Zone::Uri || scan.facts.url {
+            self.check_urls(s, zone, ctx)
+                .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
     fn check_key(
         &self,
         k: &str,
@@ -484,7 +498,7 @@ impl Validator {
         if self.too_long(k) {
             return Err((Self::limit_reason(zone), "max_length".into()));
         }
-        if self.control != ControlCharPolicy::Allow && has_forbidden_control(k) {
+        if self.control != ControlCharPolicy::Allow && has_control_inline(k) {
             if self.control == ControlCharPolicy::Reject {
                 return Err((Self::limit_reason(zone), "control_chars".into()));
             }
