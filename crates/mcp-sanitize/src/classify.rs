@@ -15,16 +15,19 @@ pub(crate) const CHUNK: usize = 16;
 /// A byte that is in no class (pads short values).
 const NEUTRAL: u8 = b'a';
 
-/// The positions in `chunk` of the bytes for which `class` holds, as a bit mask (bit `i`
-/// for byte `i`). The per-byte flags are computed branch-free (vector compares), then
-/// gathered eight at a time with a multiplication: with every byte 0 or 1,
-/// `x * 0x0102_0408_1020_4080` has byte `k` of `x` at bit `56 + k` and no carries.
+/// The per-byte flags of a chunk (0 or 1), computed branch-free: vector compares.
 #[inline(always)]
-pub(crate) fn chunk_mask(chunk: &[u8; CHUNK], class: impl Fn(u8) -> u8) -> u32 {
+fn chunk_flags(chunk: &[u8; CHUNK], class: impl Fn(u8) -> u8) -> [u8; CHUNK] {
     let mut flags = [0u8; CHUNK];
     for (f, &b) in flags.iter_mut().zip(chunk) {
         *f = class(b);
     }
+    flags
+}
+
+/// The flags of a chunk as two words (bytes 0..8 and 8..16).
+#[inline(always)]
+fn flag_words(flags: [u8; CHUNK]) -> (u64, u64) {
     let [
         a0,
         a1,
@@ -43,15 +46,32 @@ pub(crate) fn chunk_mask(chunk: &[u8; CHUNK], class: impl Fn(u8) -> u8) -> u32 {
         b6,
         b7,
     ] = flags;
-    let lo = u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
-    let hi = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
-    if lo | hi == 0 {
-        return 0;
-    }
+    (
+        u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+    )
+}
+
+/// The flag words gathered into a bit mask (bit `i` for byte `i`) with a multiplication:
+/// with every byte 0 or 1, `x * 0x0102_0408_1020_4080` has byte `k` of `x` at bit
+/// `56 + k` and no carries.
+#[inline(always)]
+fn gather((lo, hi): (u64, u64)) -> u32 {
     const GATHER: u64 = 0x0102_0408_1020_4080;
     let lo = (lo.wrapping_mul(GATHER) >> 56) as u32;
     let hi = (hi.wrapping_mul(GATHER) >> 56) as u32;
     lo | (hi << 8)
+}
+
+/// The positions in `chunk` of the bytes for which `class` holds, as a bit mask (bit `i`
+/// for byte `i`).
+#[inline(always)]
+pub(crate) fn chunk_mask(chunk: &[u8; CHUNK], class: impl Fn(u8) -> u8) -> u32 {
+    let (lo, hi) = flag_words(chunk_flags(chunk, class));
+    if lo | hi == 0 {
+        return 0;
+    }
+    gather((lo, hi))
 }
 
 /// The positions of the bytes of a class in a value, in increasing order: sixteen bytes
@@ -90,6 +110,23 @@ impl<C: Fn(u8) -> u8 + Copy> Iterator for Flagged<'_, C> {
             let n = self.b.len();
             if base >= n {
                 return None;
+            }
+            // Thirty-two bytes at a time while there are: one test for both halves.
+            if let (Some(x), Some(y)) = (
+                self.b.get(base..base + CHUNK),
+                self.b.get(base + CHUNK..base + 2 * CHUNK),
+            ) {
+                let mut w = [NEUTRAL; CHUNK];
+                w.copy_from_slice(x);
+                let fx = flag_words(chunk_flags(&w, self.class));
+                w.copy_from_slice(y);
+                let fy = flag_words(chunk_flags(&w, self.class));
+                self.base = base;
+                self.next = base + 2 * CHUNK;
+                if fx.0 | fx.1 | fy.0 | fy.1 != 0 {
+                    self.mask = gather(fx) | (gather(fy) << CHUNK);
+                }
+                continue;
             }
             let mut w = [NEUTRAL; CHUNK];
             self.mask = match (self.b.get(base..base + CHUNK), n.checked_sub(CHUNK)) {

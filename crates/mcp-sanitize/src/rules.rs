@@ -569,6 +569,21 @@ fn sql_may_follow_quote(b: &[u8], i: usize) -> bool {
     starts_with_ci(b, i, word)
 }
 
+/// A necessary condition for a built-in pattern anchored with `^` to match at the start
+/// of a value: `(?:^|[/\\])` then `\.\.`, `etc[/\\]`, `proc[/\\]`, `\.ssh[/\\]` or
+/// `\.aws[/\\]`. (The test `start_filter_never_hides_a_match` checks that every anchored
+/// match is at a position the search tries.)
+fn start_may_match(b: &[u8]) -> bool {
+    match b.first() {
+        Some(b'.') => matches!(b.get(1), Some(b'.' | b's' | b'S' | b'a' | b'A')),
+        Some(b'e' | b'E') => starts_with_ci(b, 0, b"etc") && matches!(b.get(3), Some(b'/' | b'\\')),
+        Some(b'p' | b'P') => {
+            starts_with_ci(b, 0, b"proc") && matches!(b.get(4), Some(b'/' | b'\\'))
+        }
+        _ => false,
+    }
+}
+
 /// A necessary condition for an anchored built-in pattern to match at the trigger byte
 /// `b[p]`, from the bytes that follow it: what each pattern starting with that byte needs
 /// next (a pattern that can start at a byte not listed here is always tried). Wrong only
@@ -659,6 +674,8 @@ pub(crate) struct ValueFacts {
     /// A `://`: without one, [`crate::ssrf::find_urls`] finds nothing. (May be true
     /// without a URL.)
     pub(crate) url: bool,
+    /// Where the `://` is when there is exactly one (`None` when unknown).
+    pub(crate) single_url: Option<usize>,
 }
 
 /// The rules and the facts of one value.
@@ -896,11 +913,9 @@ impl RuleEngine {
     /// if a gate byte was seen), forbidden control characters and URL candidates.
     /// `None` as soon as a built-in pattern matches (the facts are then incomplete).
     fn prescan(&self, b: &[u8]) -> Option<ValueFacts> {
-        // The patterns anchored with `^` start with `.`, `e` (etc) or `p` (proc); the
-        // others start at a trigger byte, found by the loop.
-        if matches!(b.first(), Some(b'.' | b'e' | b'E' | b'p' | b'P'))
-            && self.anchored.as_ref().is_some_and(|a| a.matches_at(b, 0))
-        {
+        // The patterns anchored with `^` are tried at the start; the others start at a
+        // trigger byte, found by the loop.
+        if start_may_match(b) && self.anchored.as_ref().is_some_and(|a| a.matches_at(b, 0)) {
             return None;
         }
         if b.len() < classify::CHUNK {
@@ -933,6 +948,7 @@ impl RuleEngine {
                 facts.control = classify::control_at(b, p);
             }
             if f & COLON != 0 && b.get(p + 1..p + 3) == Some(b"//") {
+                facts.single_url = if facts.url { None } else { Some(p) };
                 facts.url = true;
             }
             if f & GATE != 0 && !gate_seen {
@@ -964,6 +980,7 @@ impl RuleEngine {
             facts: ValueFacts {
                 control: text::has_forbidden_control(s),
                 url: true,
+                single_url: None,
             },
             result: self.scan(s, exempt),
         }
@@ -1487,8 +1504,14 @@ mod tests {
         if fast.facts.control != text::has_forbidden_control(s) {
             return Err(format!("control differs on {s:?}"));
         }
-        if crate::ssrf::find_urls(s).next().is_some() && !fast.facts.url {
+        let found: Vec<&str> = crate::ssrf::find_urls(s).collect();
+        if !found.is_empty() && !fast.facts.url {
             return Err(format!("URL missed in {s:?}"));
+        }
+        if let Some(sep) = fast.facts.single_url
+            && found != crate::ssrf::url_at(s, sep).into_iter().collect::<Vec<_>>()
+        {
+            return Err(format!("single URL differs in {s:?}"));
         }
         Ok(())
     }
@@ -1536,11 +1559,15 @@ mod tests {
             v.facts,
             ValueFacts {
                 control: true,
-                url: true
+                url: true,
+                single_url: Some(9),
             }
         );
         let v = e.scan_value("no url: here\ttab", None);
         assert_eq!(v.facts, ValueFacts::default());
+        let v = e.scan_value("a http://x.y/?u=https://z.w b", None);
+        assert_eq!(v.facts.single_url, None);
+        assert!(v.facts.url);
         let v = e.scan_value("x\u{85}", None);
         assert!(v.facts.control);
         let v = e.scan_value("x\u{a0}", None);
@@ -1574,7 +1601,8 @@ mod tests {
         }
     }
 
-    /// Where [`may_start_at`] refuses a trigger, the anchored search finds nothing there.
+    /// The anchored search matches only where the search tries it: at the start when
+    /// [`start_may_match`] holds, at trigger bytes [`may_start_at`] lets through.
     fn filter_sound_on(s: &str) -> Result<(), String> {
         let (e, ..) = &*FULL;
         let Some(anchored) = &e.anchored else {
@@ -1582,13 +1610,11 @@ mod tests {
         };
         let b = s.as_bytes();
         for p in 0..b.len() {
-            // The start of the value is searched whatever its byte (`^` patterns).
-            let searched_as_start = p == 0 && matches!(b[0], b'.' | b'e' | b'E' | b'p' | b'P');
-            if !searched_as_start
-                && e.flags[b[p] as usize] & TRIGGER != 0
-                && !may_start_at(b, p)
-                && anchored.matches_at(b, p)
-            {
+            // Where the search tries the anchored patterns: the start when
+            // `start_may_match`, and trigger bytes that `may_start_at` lets through.
+            let tried = (p == 0 && start_may_match(b))
+                || (e.flags[b[p] as usize] & TRIGGER != 0 && may_start_at(b, p));
+            if !tried && anchored.matches_at(b, p) {
                 return Err(format!("{s:?} at {p}"));
             }
         }

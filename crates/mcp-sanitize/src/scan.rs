@@ -1,15 +1,18 @@
 //! [`ResultScanLayer`]: redacts secrets and configured PII patterns from responses before
 //! they reach the client.
 //!
-//! - `application/json` bodies are collected (bounded by `max_json_bytes`), redacted and
-//!   sent as one chunk.
+//! - `application/json` bodies are collected before the response head is passed on
+//!   (bounded by `max_json_bytes`), redacted, and sent in one piece with their exact new
+//!   `Content-Length`. A JSON body over the bound, or one whose upstream body fails, is
+//!   replaced by a 502 with a JSON-RPC error (reason `upstream_error`): never passed on
+//!   unscanned.
 //! - `text/event-stream` bodies are redacted **event by event** as they stream: only the
 //!   current incomplete event is buffered (bounded by `max_event_bytes`), so a secret split
-//!   across chunks is still found, and nothing waits for the end of the stream.
+//!   across chunks is still found, and nothing waits for the end of the stream. An event
+//!   over its bound ends the stream with an error (fail closed). Their `Content-Length` is
+//!   removed (the length may change).
 //! - Other content types pass through untouched.
 //!
-//! A body that exceeds its bound ends with an error instead of being passed unscanned (fail
-//! closed). `Content-Length` is removed from scanned responses (their length may change).
 //! Scanning needs identity-encoded bodies: the layer removes `Accept-Encoding` from the
 //! request (option `strip_accept_encoding`, on by default), and passes a response that is
 //! still compressed through unscanned, with a warning.
@@ -47,6 +50,8 @@ use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
+
+use mcp_core::{Rejection, RejectionReason};
 
 use crate::config::ConfigError;
 
@@ -302,7 +307,7 @@ where
 {
     type Response = Response<ScanBody<ResBody>>;
     type Error = S::Error;
-    type Future = ScanFuture<S::Future>;
+    type Future = ScanFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -315,17 +320,31 @@ where
         ScanFuture {
             future: self.inner.call(req),
             layer: self.layer.clone(),
+            collect: None,
         }
     }
 }
 
 pin_project! {
     /// Response future of [`ResultScan`].
-    pub struct ScanFuture<F> {
+    ///
+    /// A JSON response is collected here, before its head is handed on, so that the
+    /// redacted body goes out with its exact `Content-Length` in one piece; an SSE
+    /// response is handed on at once and redacted as it streams.
+    pub struct ScanFuture<F, B> {
         #[pin]
         future: F,
         layer: ResultScanLayer,
+        collect: Option<Collect<B>>,
     }
+}
+
+/// A JSON response being collected by [`ScanFuture`].
+struct Collect<B> {
+    parts: http::response::Parts,
+    body: Pin<Box<B>>,
+    buf: BytesMut,
+    trailers: Option<HeaderMap>,
 }
 
 fn media_type(headers: &HeaderMap) -> Option<String> {
@@ -339,63 +358,132 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-impl<F, ResBody, E> Future for ScanFuture<F>
+/// The answer when an upstream JSON result cannot be scanned (over the bound, or its
+/// body failed): a 502 with a JSON-RPC error, never the unscanned bytes.
+fn unscannable<B>(message: &'static str) -> Response<ScanBody<B>> {
+    let resp: Response<Bytes> = Rejection::new(RejectionReason::UpstreamError)
+        .with_message(message)
+        .into_response();
+    resp.map(|b| ScanBody::ready(b, None))
+}
+
+impl<F, ResBody, E> Future for ScanFuture<F, ResBody>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
 {
     type Output = Result<Response<ScanBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match this.future.poll(cx) {
-            Poll::Ready(Ok(r)) => r,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
-        let (mut parts, body) = response.into_parts();
-        let encoded = parts
-            .headers
-            .get(CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let mode = match media_type(&parts.headers).as_deref() {
-            _ if encoded => {
-                tracing::warn!("mcp-sanitize: compressed response passed through unscanned");
-                Mode::Pass
+        if this.collect.is_none() {
+            let response = match this.future.poll(cx) {
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let (mut parts, body) = response.into_parts();
+            let encoded = parts
+                .headers
+                .get(CONTENT_ENCODING)
+                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+            let mode = match media_type(&parts.headers).as_deref() {
+                _ if encoded => {
+                    tracing::warn!("mcp-sanitize: compressed response passed through unscanned");
+                    Mode::Pass
+                }
+                Some("text/event-stream") => Mode::Sse,
+                Some("application/json") => Mode::Ready,
+                Some(t) if t.ends_with("+json") => Mode::Ready,
+                _ => Mode::Pass,
+            };
+            if mode == Mode::Pass {
+                return Poll::Ready(Ok(Response::from_parts(parts, ScanBody::pass(body))));
             }
-            Some("text/event-stream") => Mode::Sse,
-            Some("application/json") => Mode::Json,
-            Some(t) if t.ends_with("+json") => Mode::Json,
-            _ => Mode::Pass,
-        };
-        if mode != Mode::Pass {
+            // The length may change; a JSON body gets its new exact length from the
+            // body's size hint.
             parts.headers.remove(CONTENT_LENGTH);
+            if mode == Mode::Sse {
+                let body = ScanBody::sse(body, this.layer.redactor.clone(), this.layer.max_event);
+                return Poll::Ready(Ok(Response::from_parts(parts, body)));
+            }
+            if body
+                .size_hint()
+                .lower()
+                .try_into()
+                .map_or(true, |n: usize| n > this.layer.max_json)
+            {
+                return Poll::Ready(Ok(unscannable(
+                    "upstream result larger than the scanning limit",
+                )));
+            }
+            let capacity = body.size_hint().exact().unwrap_or(0) as usize;
+            *this.collect = Some(Collect {
+                parts,
+                body: Box::pin(body),
+                buf: BytesMut::with_capacity(capacity),
+                trailers: None,
+            });
         }
-        let limit = if mode == Mode::Sse {
-            this.layer.max_event
-        } else {
-            this.layer.max_json
+        let Some(c) = this.collect.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            match c.body.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if c.buf.len() + data.len() > this.layer.max_json {
+                            *this.collect = None;
+                            return Poll::Ready(Ok(unscannable(
+                                "upstream result larger than the scanning limit",
+                            )));
+                        }
+                        if c.buf.is_empty() && c.buf.capacity() < data.len() {
+                            c.buf = BytesMut::from(data);
+                        } else {
+                            c.buf.extend_from_slice(&data);
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            c.trailers = Some(t);
+                        }
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    let e: BoxError = e.into();
+                    tracing::warn!(error = %e, "mcp-sanitize: upstream JSON body failed");
+                    *this.collect = None;
+                    return Poll::Ready(Ok(unscannable("upstream result body failed")));
+                }
+                Poll::Ready(None) => break,
+            }
+        }
+        let Some(c) = this.collect.take() else {
+            return Poll::Pending;
+        };
+        let raw = c.buf.freeze();
+        let out = match this.layer.redactor.redact(&raw) {
+            Cow::Borrowed(_) => raw,
+            Cow::Owned(v) => Bytes::from(v),
         };
         Poll::Ready(Ok(Response::from_parts(
-            parts,
-            ScanBody {
-                inner: body,
-                mode,
-                redactor: this.layer.redactor.clone(),
-                buf: BytesMut::new(),
-                searched: 0,
-                limit,
-                trailers: None,
-                done: false,
-            },
+            c.parts,
+            ScanBody::ready(out, c.trailers),
         )))
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
+    /// Not scanned: passed through as it comes.
     Pass,
+    /// Redacted event by event.
     Sse,
-    Json,
+    /// Collected and redacted already: `buf` holds the whole body.
+    Ready,
 }
 
 /// The response body was over a scanning bound, so it was cut rather than passed unscanned.
@@ -407,17 +495,59 @@ pub struct ScanLimitExceeded {
 }
 
 pin_project! {
-    /// A response body redacted as it streams (see the module docs).
+    /// A response body after [`ResultScanLayer`]: passed through, redacted event by event
+    /// as it streams, or (JSON) already collected and redacted (see the module docs).
     pub struct ScanBody<B> {
         #[pin]
-        inner: B,
+        inner: Option<B>,
         mode: Mode,
-        redactor: Arc<Redactor>,
+        redactor: Option<Arc<Redactor>>,
         buf: BytesMut,
         searched: usize,
         limit: usize,
         trailers: Option<HeaderMap>,
         done: bool,
+    }
+}
+
+impl<B> ScanBody<B> {
+    fn pass(inner: B) -> Self {
+        Self {
+            inner: Some(inner),
+            mode: Mode::Pass,
+            redactor: None,
+            buf: BytesMut::new(),
+            searched: 0,
+            limit: 0,
+            trailers: None,
+            done: false,
+        }
+    }
+
+    fn sse(inner: B, redactor: Arc<Redactor>, limit: usize) -> Self {
+        Self {
+            inner: Some(inner),
+            mode: Mode::Sse,
+            redactor: Some(redactor),
+            buf: BytesMut::new(),
+            searched: 0,
+            limit,
+            trailers: None,
+            done: false,
+        }
+    }
+
+    fn ready(body: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            inner: None,
+            mode: Mode::Ready,
+            redactor: None,
+            buf: BytesMut::from(body),
+            searched: 0,
+            limit: 0,
+            trailers,
+            done: true,
+        }
     }
 }
 
@@ -443,6 +573,23 @@ fn last_event_end(buf: &[u8], from: usize) -> Option<usize> {
     end
 }
 
+/// The end of an SSE stream: the last (incomplete) event redacted, then the trailers.
+fn finish_sse(
+    buf: &mut BytesMut,
+    trailers: &mut Option<HeaderMap>,
+    redactor: &Redactor,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if !buf.is_empty() {
+        let rest = buf.split().freeze();
+        let out = match redactor.redact(&rest) {
+            Cow::Borrowed(_) => rest,
+            Cow::Owned(v) => Bytes::from(v),
+        };
+        return Poll::Ready(Some(Ok(Frame::data(out))));
+    }
+    Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+}
+
 impl<B> Body for ScanBody<B>
 where
     B: Body<Data = Bytes>,
@@ -455,62 +602,59 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
+        let Some(mut inner) = this.inner.as_pin_mut().filter(|_| !*this.done) else {
+            // Collected and redacted already (JSON), or the SSE stream ended (its last
+            // event was redacted when it ended): what is left, then the trailers.
+            if !this.buf.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+            }
+            return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        };
         if *this.mode == Mode::Pass {
-            return match this.inner.poll_frame(cx) {
+            return match inner.poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             };
         }
+        let Some(redactor) = this.redactor.as_ref() else {
+            return Poll::Ready(None);
+        };
         loop {
-            if *this.done {
-                if !this.buf.is_empty() {
-                    let rest = this.buf.split().freeze();
-                    let out = Bytes::from(this.redactor.redact(&rest).into_owned());
-                    return Poll::Ready(Some(Ok(Frame::data(out))));
-                }
-                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
-            }
-            match this.inner.as_mut().poll_frame(cx) {
+            match inner.as_mut().poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => *this.done = true,
+                Poll::Ready(None) => {
+                    *this.done = true;
+                    return finish_sse(this.buf, this.trailers, redactor);
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         this.buf.extend_from_slice(&data);
-                        if *this.mode == Mode::Sse {
-                            let from = *this.searched;
-                            match last_event_end(this.buf, from) {
-                                Some(end) => {
-                                    let events = this.buf.split_to(end).freeze();
-                                    *this.searched = 0;
-                                    let out = match this.redactor.redact(&events) {
-                                        Cow::Borrowed(_) => events,
-                                        Cow::Owned(v) => Bytes::from(v),
-                                    };
-                                    if this.buf.len() > *this.limit {
-                                        return Poll::Ready(Some(Err(Box::new(
-                                            ScanLimitExceeded {
-                                                what: "event",
-                                                limit: *this.limit,
-                                            },
-                                        ))));
-                                    }
-                                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                        let from = *this.searched;
+                        match last_event_end(this.buf, from) {
+                            Some(end) => {
+                                let events = this.buf.split_to(end).freeze();
+                                *this.searched = 0;
+                                let out = match redactor.redact(&events) {
+                                    Cow::Borrowed(_) => events,
+                                    Cow::Owned(v) => Bytes::from(v),
+                                };
+                                if this.buf.len() > *this.limit {
+                                    return Poll::Ready(Some(Err(Box::new(ScanLimitExceeded {
+                                        what: "event",
+                                        limit: *this.limit,
+                                    }))));
                                 }
-                                None => *this.searched = this.buf.len(),
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
                             }
-                            if this.buf.len() > *this.limit {
-                                return Poll::Ready(Some(Err(Box::new(ScanLimitExceeded {
-                                    what: "event",
-                                    limit: *this.limit,
-                                }))));
-                            }
-                        } else if this.buf.len() > *this.limit {
+                            None => *this.searched = this.buf.len(),
+                        }
+                        if this.buf.len() > *this.limit {
                             return Poll::Ready(Some(Err(Box::new(ScanLimitExceeded {
-                                what: "JSON body",
+                                what: "event",
                                 limit: *this.limit,
                             }))));
                         }
@@ -521,6 +665,7 @@ where
                             *this.trailers = Some(t);
                         }
                         *this.done = true;
+                        return finish_sse(this.buf, this.trailers, redactor);
                     }
                 },
             }
@@ -528,15 +673,18 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match self.mode {
-            Mode::Pass => self.inner.is_end_stream(),
+        match (self.mode, &self.inner) {
+            (Mode::Pass, Some(inner)) => inner.is_end_stream(),
             _ => self.done && self.buf.is_empty() && self.trailers.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.mode {
-            Mode::Pass => self.inner.size_hint(),
+        match (self.mode, &self.inner) {
+            (Mode::Pass, Some(inner)) => inner.size_hint(),
+            (Mode::Ready, _) if self.trailers.is_none() => {
+                SizeHint::with_exact(self.buf.len() as u64)
+            }
             _ => SizeHint::default(),
         }
     }

@@ -633,7 +633,7 @@ impl UrlPolicy {
 }
 
 /// Finds URL-looking substrings of `s`: every `scheme://...` up to whitespace, a quote,
-/// `<`, `>` or a backtick. Yields `(candidate, scheme)`.
+/// `<`, `>` or a backtick.
 pub fn find_urls(s: &str) -> impl Iterator<Item = &str> {
     let bytes = s.as_bytes();
     let mut from = 0;
@@ -647,35 +647,60 @@ pub fn find_urls(s: &str) -> impl Iterator<Item = &str> {
                 continue;
             }
             from = sep + 3;
-            // Walk back over scheme characters (at most 32).
-            let mut start = sep;
-            while start > 0 && sep - start < 32 {
-                let c = bytes[start - 1];
-                if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'.' | b'-') {
-                    start -= 1;
-                } else {
-                    break;
-                }
+            if let Some(url) = url_at(s, sep) {
+                return Some(url);
             }
-            // The scheme must start with a letter; skip leading non-letters.
-            while start < sep && !bytes[start].is_ascii_alphabetic() {
-                start += 1;
-            }
-            if start == sep {
-                // "://" without a scheme: a protocol-relative URL is not checked here.
-                continue;
-            }
-            let mut end = from;
-            while end < bytes.len()
-                && !bytes[end].is_ascii_whitespace()
-                && !matches!(bytes[end], b'"' | b'\'' | b'<' | b'>' | b'`')
-            {
-                end += 1;
-            }
-            // Indices are at ASCII bytes or the end: character boundaries.
-            return s.get(start..end);
         }
     })
+}
+
+/// A byte that ends a URL candidate: ASCII whitespace (space, tab, line feed, form feed,
+/// carriage return), `"`, `'`, `<`, `>` or `` ` ``.
+#[inline(always)]
+fn url_end_byte(c: u8) -> u8 {
+    u8::from(c == b' ')
+        | u8::from(c == b'\t')
+        | u8::from(c == b'\n')
+        | u8::from(c == 0x0c)
+        | u8::from(c == b'\r')
+        | u8::from(c == b'"')
+        | u8::from(c == b'\'')
+        | u8::from(c == b'<')
+        | u8::from(c == b'>')
+        | u8::from(c == b'`')
+}
+
+/// The URL whose `://` starts at `sep` (the candidate [`find_urls`] yields for it), or
+/// `None` for a `://` without a scheme (a protocol-relative URL is not checked here).
+pub(crate) fn url_at(s: &str, sep: usize) -> Option<&str> {
+    let bytes = s.as_bytes();
+    if bytes.get(sep..sep + 3) != Some(b"://") {
+        return None;
+    }
+    // Walk back over scheme characters (at most 32).
+    let mut start = sep;
+    while start > 0 && sep - start < 32 {
+        let c = bytes[start - 1];
+        if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'.' | b'-') {
+            start -= 1;
+        } else {
+            break;
+        }
+    }
+    // The scheme must start with a letter; skip leading non-letters.
+    while start < sep && !bytes[start].is_ascii_alphabetic() {
+        start += 1;
+    }
+    if start == sep {
+        return None;
+    }
+    // The end: ASCII whitespace (as `u8::is_ascii_whitespace`), a quote, `<`, `>` or a
+    // backtick, found sixteen bytes at a time.
+    let end = crate::classify::flagged(bytes.get(sep + 3..)?, url_end_byte)
+        .next()
+        .map_or(bytes.len(), |i| sep + 3 + i);
+    // Indices are at ASCII bytes or the end: character boundaries.
+    s.get(start..end)
 }
 
 #[cfg(test)]
@@ -926,6 +951,57 @@ mod tests {
             let u = format!("{scheme}://{host}{port}{tail}");
             let p = policy();
             proptest::prop_assert_eq!(p.check(&u), by_parser(&p, &u), "{}", u);
+        }
+    }
+
+    #[test]
+    fn url_end_bytes() {
+        for c in 0u8..=255 {
+            let ends = c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>' | b'`');
+            assert_eq!(url_end_byte(c) != 0, ends, "{c:#x}");
+        }
+    }
+
+    /// `find_urls` as a plain loop over the bytes.
+    fn find_urls_plain(s: &str) -> Vec<&str> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        for sep in 0..b.len() {
+            if b.get(sep..sep + 3) != Some(b"://") {
+                continue;
+            }
+            let mut start = sep;
+            while start > 0 && sep - start < 32 {
+                let c = b[start - 1];
+                if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'.' | b'-') {
+                    start -= 1;
+                } else {
+                    break;
+                }
+            }
+            while start < sep && !b[start].is_ascii_alphabetic() {
+                start += 1;
+            }
+            if start == sep {
+                continue;
+            }
+            let mut end = sep + 3;
+            while end < b.len()
+                && !b[end].is_ascii_whitespace()
+                && !matches!(b[end], b'"' | b'\'' | b'<' | b'>' | b'`')
+            {
+                end += 1;
+            }
+            out.extend(s.get(start..end));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn url_finder_equals_plain_loop(s in "([a-z0-9+.-]{0,4}(://|:/|:)[a-z./]{0,30}[ \t\n\x0b\x0c\r\"'<>`é]?){0,4}") {
+            let found: Vec<&str> = find_urls(&s).collect();
+            proptest::prop_assert_eq!(found, find_urls_plain(&s));
         }
     }
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{ConfigError, ControlCharPolicy, SanitizeConfig};
 use crate::rules::{self, Category, RuleEngine, RuleSet, ScanResult};
-use crate::ssrf::{UrlPolicy, UrlViolation, find_urls};
+use crate::ssrf::{UrlPolicy, UrlViolation, find_urls, url_at};
 use crate::text::{has_control_inline, has_forbidden_control, strip_control};
 
 /// A value that broke a check: what, where, and which rejection it gets.
@@ -373,7 +373,14 @@ impl Validator {
     }
 
     /// URL rules on a string of the argument scope.
-    fn check_urls(&self, s: &str, zone: Zone, ctx: &MessageCtx<'_>) -> Result<(), &'static str> {
+    /// `single` is where the only `://` of `s` is, when known.
+    fn check_urls(
+        &self,
+        s: &str,
+        zone: Zone,
+        ctx: &MessageCtx<'_>,
+        single: Option<usize>,
+    ) -> Result<(), &'static str> {
         let exempt_of = |v: UrlViolation| {
             let idx = match v {
                 UrlViolation::Scheme => rules::URL_SCHEME,
@@ -385,6 +392,16 @@ impl Validator {
         };
         if zone == Zone::Uri {
             if let Err(v) = self.urls.check_host_only(s)
+                && !exempt_of(v)
+            {
+                return Err(v.rule());
+            }
+            return Ok(());
+        }
+        if let Some(sep) = single {
+            // The only `://` of the value: its candidate, as `find_urls` would yield it.
+            if let Some(candidate) = url_at(s, sep)
+                && let Err(v) = self.urls.check(candidate)
                 && !exempt_of(v)
             {
                 return Err(v.rule());
@@ -482,7 +499,7 @@ impl Validator {
         }
         // Without a `://`, an argument holds no URL candidate.
         if zone == Zone::Uri || scan.facts.url {
-            self.check_urls(s, zone, ctx)
+            self.check_urls(s, zone, ctx, scan.facts.single_url)
                 .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
         }
         Ok(())
@@ -638,7 +655,7 @@ impl Validator {
                                     }
                                     *s = clean;
                                     // Removing characters can assemble a URL: check again.
-                                    if let Err(rule) = self.check_urls(s, zone, ctx) {
+                                    if let Err(rule) = self.check_urls(s, zone, ctx, None) {
                                         return Err(fail(
                                             &path,
                                             RejectionReason::BlockedByRule,
