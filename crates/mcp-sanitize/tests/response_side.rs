@@ -39,6 +39,7 @@ impl http_body::Body for ChanBody {
 type Slot = Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>;
 
 fn sse_app(slot: Slot, scan: ResultScanConfig) -> Router {
+    let json_slot = slot.clone();
     Router::new()
         .route(
             "/sse",
@@ -61,6 +62,19 @@ fn sse_app(slot: Slot, scan: ResultScanConfig) -> Router {
                     "result": {"content": [{"type": "text",
                         "text": "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U and mail ann@example.org\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg\n-----END EC PRIVATE KEY-----\n"}]}
                 }))
+            }),
+        )
+        .route(
+            "/json-chunks",
+            get(move || {
+                let slot = json_slot.clone();
+                async move {
+                    let rx = slot.lock().unwrap().take().unwrap();
+                    Response::builder()
+                        .header("content-type", "application/json; charset=utf-8")
+                        .body(Body::new(ChanBody(rx)))
+                        .unwrap()
+                }
             }),
         )
         .route("/text", get(|| async { "AKIAIOSFODNN7EXAMPLE in plain text is not scanned" }))
@@ -205,9 +219,11 @@ async fn json_results_are_redacted_and_stay_valid_json() {
         text,
         "token [REDACTED:jwt] and mail [REDACTED:email]\n[REDACTED:private_key]\n"
     );
-    if let Some(len) = r.header("content-length") {
-        assert_eq!(len.parse::<usize>().unwrap(), r.body.len());
-    }
+    // Collected and redacted before the head goes out: sent with its exact new length.
+    let len = r
+        .header("content-length")
+        .expect("a JSON result keeps a Content-Length");
+    assert_eq!(len.parse::<usize>().unwrap(), r.body.len());
     // Other content types pass untouched.
     let mut req = bare("GET", &[]);
     *req.uri_mut() = "/text".parse().unwrap();
@@ -259,4 +275,52 @@ async fn security_headers_over_the_wire() {
         r.header("strict-transport-security"),
         Some("max-age=31536000; includeSubDomains")
     );
+}
+
+#[tokio::test]
+async fn a_json_result_in_pieces_is_redacted_across_them_and_sent_with_its_length() {
+    let (tx, rx) = mpsc::channel(16);
+    let slot: Slot = Arc::new(Mutex::new(Some(rx)));
+    let addr = spawn(sse_app(slot, scan_config())).await;
+    for part in [
+        "{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"text\":\"key AKIAIOSF",
+        "ODNN7EXAMPLE, mail ann@exa",
+        "mple.org\"}}",
+    ] {
+        tx.send(Bytes::from(part)).await.unwrap();
+    }
+    drop(tx);
+    let r = send(addr, get_path("/json-chunks", &[])).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).unwrap();
+    assert_eq!(
+        body,
+        "{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"text\":\"key [REDACTED:aws_access_key], mail [REDACTED:email]\"}}"
+    );
+    let len = r.header("content-length").expect("Content-Length");
+    assert_eq!(len.parse::<usize>().unwrap(), body.len());
+}
+
+#[tokio::test]
+async fn a_json_result_over_the_bound_becomes_a_502_and_is_never_passed_on() {
+    let (tx, rx) = mpsc::channel(16);
+    let slot: Slot = Arc::new(Mutex::new(Some(rx)));
+    let cfg = ResultScanConfig {
+        max_json_bytes: 64,
+        ..scan_config()
+    };
+    let addr = spawn(sse_app(slot, cfg)).await;
+    tx.send(Bytes::from("{\"result\":\"AKIAIOSFODNN7EXAMPLE "))
+        .await
+        .unwrap();
+    tx.send(Bytes::from("x".repeat(100))).await.unwrap();
+    tx.send(Bytes::from("\"}")).await.unwrap();
+    drop(tx);
+    let r = send(addr, get_path("/json-chunks", &[])).await;
+    assert_eq!(r.status, 502);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON-RPC error");
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert!(v["error"]["code"].is_i64());
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(!text.contains("AKIA") && !text.contains("xxxx"), "{text}");
 }
