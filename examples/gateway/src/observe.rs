@@ -10,7 +10,7 @@
 //! Label values that come from clients (method, tool) are bounded: known MCP methods
 //! only, and at most [`MAX_TOOL_LABELS`] tool names per upstream, the rest as `other`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -85,10 +85,49 @@ pub fn spawn_upkeep(handle: PrometheusHandle) {
 }
 
 /// Records metrics for the requests of one upstream (or endpoint).
+///
+/// The metric handles of each label set are kept once registered, so that a request does
+/// not build its label set and look it up in the registry again (bounded by
+/// [`MAX_CACHED_HANDLES`]; past that, handles are looked up each time).
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     upstream: metrics::SharedString,
-    tools: Arc<Mutex<HashSet<Arc<str>>>>,
+    state: Arc<Mutex<LabelState>>,
+}
+
+/// Cached label sets with their metric handles kept per upstream.
+pub const MAX_CACHED_HANDLES: usize = 4096;
+
+#[derive(Debug, Default)]
+struct LabelState {
+    tools: HashSet<Arc<str>>,
+    requests: HashMap<RequestLabels, metrics::Counter>,
+    durations: HashMap<&'static str, metrics::Histogram>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RequestLabels {
+    http_method: &'static str,
+    mcp_method: &'static str,
+    tool: ToolLabel,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ToolLabel {
+    None,
+    Other,
+    Name(Arc<str>),
+}
+
+impl ToolLabel {
+    fn shared(&self) -> metrics::SharedString {
+        match self {
+            ToolLabel::None => metrics::SharedString::const_str("-"),
+            ToolLabel::Other => metrics::SharedString::const_str("other"),
+            ToolLabel::Name(t) => metrics::SharedString::from(t.clone()),
+        }
+    }
 }
 
 impl MetricsLayer {
@@ -97,7 +136,7 @@ impl MetricsLayer {
         let name: Arc<str> = upstream.into();
         Self {
             upstream: metrics::SharedString::from(name),
-            tools: Arc::new(Mutex::new(HashSet::new())),
+            state: Arc::new(Mutex::new(LabelState::default())),
         }
     }
 }
@@ -207,18 +246,44 @@ fn record<RB>(
             .unwrap_or("other"),
         None => "-",
     };
-    let tool = match mcp.and_then(McpRequest::tool_name) {
-        Some(t) => bounded_tool(layer, t),
-        None => metrics::SharedString::const_str("-"),
-    };
     let status = static_status(resp.status());
-    metrics::counter!("mcp_gateway_requests_total",
-        "upstream" => layer.upstream.clone(), "http_method" => http_method,
-        "mcp_method" => method, "tool" => tool, "status" => status)
-    .increment(1);
-    metrics::histogram!("mcp_gateway_request_duration_seconds",
-        "upstream" => layer.upstream.clone(), "mcp_method" => method)
-    .record(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut state = layer.state.lock().unwrap_or_else(|e| e.into_inner());
+    let tool = match mcp.and_then(McpRequest::tool_name) {
+        Some(t) => bounded_tool(&mut state.tools, t),
+        None => ToolLabel::None,
+    };
+    let labels = RequestLabels {
+        http_method,
+        mcp_method: method,
+        tool,
+        status,
+    };
+    let cacheable = state.requests.len() + state.durations.len() < MAX_CACHED_HANDLES;
+    match state.requests.get(&labels) {
+        Some(c) => c.increment(1),
+        None => {
+            let c = metrics::counter!("mcp_gateway_requests_total",
+                "upstream" => layer.upstream.clone(), "http_method" => http_method,
+                "mcp_method" => method, "tool" => labels.tool.shared(), "status" => status);
+            c.increment(1);
+            if cacheable {
+                state.requests.insert(labels, c);
+            }
+        }
+    }
+    match state.durations.get(method) {
+        Some(h) => h.record(elapsed),
+        None => {
+            let h = metrics::histogram!("mcp_gateway_request_duration_seconds",
+                "upstream" => layer.upstream.clone(), "mcp_method" => method);
+            h.record(elapsed);
+            if cacheable {
+                state.durations.insert(method, h);
+            }
+        }
+    }
+    drop(state);
     if let Some(d) = resp.extensions().get::<Denial>() {
         metrics::counter!("mcp_gateway_denials_total",
             "upstream" => layer.upstream.clone(), "reason" => d.reason.as_str())
@@ -226,20 +291,73 @@ fn record<RB>(
     }
 }
 
-fn bounded_tool(layer: &MetricsLayer, tool: &str) -> metrics::SharedString {
-    let mut set = layer.tools.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(t) = set.get(tool) {
-        return metrics::SharedString::from(t.clone());
+fn bounded_tool(tools: &mut HashSet<Arc<str>>, tool: &str) -> ToolLabel {
+    if let Some(t) = tools.get(tool) {
+        return ToolLabel::Name(t.clone());
     }
     let printable = tool.len() <= 64
         && tool
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-./:".contains(&b));
-    if printable && set.len() < MAX_TOOL_LABELS {
+    if printable && tools.len() < MAX_TOOL_LABELS {
         let t: Arc<str> = tool.into();
-        set.insert(t.clone());
-        metrics::SharedString::from(t)
+        tools.insert(t.clone());
+        ToolLabel::Name(t)
     } else {
-        metrics::SharedString::const_str("other")
+        ToolLabel::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    fn response(tool: &str, status: u16) -> Response<()> {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#
+        );
+        let mcp = McpRequest::parse(body.into(), mcp_core::McpHeaders::default()).unwrap();
+        let mut r = Response::new(());
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r.extensions_mut().insert(mcp);
+        r
+    }
+
+    #[test]
+    fn cached_handles_keep_counting_and_tool_labels_stay_bounded() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let layer = MetricsLayer::new("demo");
+        metrics::with_local_recorder(&recorder, || {
+            for _ in 0..3 {
+                record(&layer, "POST", &response("echo", 200), Instant::now());
+            }
+            record(&layer, "POST", &response("echo", 429), Instant::now());
+            for i in 0..MAX_TOOL_LABELS + 5 {
+                record(
+                    &layer,
+                    "POST",
+                    &response(&format!("t{i}"), 200),
+                    Instant::now(),
+                );
+            }
+        });
+        let text = handle.render();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with("mcp_gateway_requests_total") && l.contains(needle))
+                .unwrap_or_else(|| panic!("no line with {needle} in\n{text}"))
+                .to_owned()
+        };
+        assert!(line(r#"tool="echo",status="200""#).ends_with(" 3"));
+        assert!(line(r#"tool="echo",status="429""#).ends_with(" 1"));
+        // "echo" took one of the tool labels: the last 6 names share "other".
+        assert!(line(r#"tool="other""#).ends_with(" 6"));
+        let state = layer.state.lock().unwrap();
+        assert_eq!(state.tools.len(), MAX_TOOL_LABELS);
+        assert!(state.requests.len() <= MAX_CACHED_HANDLES);
+        drop(state);
+        assert!(text.contains(r#"mcp_gateway_request_duration_seconds_count{upstream="demo",mcp_method="tools/call"} 209"#), "{text}");
     }
 }
