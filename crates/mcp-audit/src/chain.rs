@@ -34,13 +34,40 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Computes a record's hash.
 pub fn record_hash(prev_hash: &str, seq: i64, json: &str) -> String {
+    record_hash_hex(prev_hash, seq, json).as_str().to_owned()
+}
+
+/// A record hash as 64 lowercase hex digits, on the stack.
+#[derive(Clone, Copy)]
+pub(crate) struct HashHex([u8; 64]);
+
+impl HashHex {
+    /// The hex digits.
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// [`record_hash`] without allocating: the sequence number is formatted and the digest
+/// hex-encoded into stack buffers.
+pub(crate) fn record_hash_hex(prev_hash: &str, seq: i64, json: &str) -> HashHex {
+    use std::io::Write;
+    let mut digits = [0u8; 20];
+    let mut w = &mut digits[..];
+    // An i64 has at most 20 characters: the write cannot fail.
+    let _ = write!(w, "{seq}");
+    let len = 20 - w.len();
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
-    h.update(seq.to_string().as_bytes());
+    h.update(&digits[..len]);
     h.update(b"\n");
     h.update(json.as_bytes());
-    hex::encode(h.finalize())
+    let mut out = HashHex([b'0'; 64]);
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(h.finalize(), &mut out.0);
+    out
 }
 
 /// The head of a chain: the last `seq` and hash written (or the anchor, or genesis).
@@ -62,6 +89,14 @@ impl Default for ChainHead {
 }
 
 impl ChainHead {
+    /// Advances the head past a record whose hash was computed by the caller (no
+    /// allocation once the head holds a 64-digit hash).
+    pub(crate) fn advance(&mut self, seq: i64, hash: &HashHex) {
+        self.seq = seq;
+        self.hash.clear();
+        self.hash.push_str(hash.as_str());
+    }
+
     /// Appends a record: returns `(seq, prev_hash, hash)` and advances the head.
     pub fn append(&mut self, json: &str) -> (i64, String, String) {
         let seq = self.seq + 1;
@@ -367,6 +402,20 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn record_hash_is_sha256_of_prev_seq_and_json() {
+        for (prev, seq, json) in [
+            (GENESIS, 1, "{}"),
+            ("abc", i64::MAX, "{\"a\":1}"),
+            ("", i64::MIN, ""),
+            ("f00", 0, "x\ny"),
+        ] {
+            let mut h = Sha256::new();
+            h.update(format!("{prev}\n{seq}\n{json}").as_bytes());
+            assert_eq!(record_hash(prev, seq, json), hex::encode(h.finalize()));
+        }
     }
 
     #[test]

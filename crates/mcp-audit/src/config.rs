@@ -199,8 +199,11 @@ pub struct DatabaseConfig {
     pub kind: DatabaseType,
     /// The SQLite file (`database.sqlitePath`, default `audit.db`).
     pub sqlite_path: PathBuf,
-    /// Keep at most this many records; older ones are pruned, and the hash of the last
+    /// Keep about this many records; older ones are pruned, and the hash of the last
     /// pruned record is kept as the chain's anchor (`database.maxRecords`, 0 = unlimited).
+    /// Pruning runs in bulk: the trail may hold up to
+    /// [`prune_slack`](crate::sink::prune_slack) records more (1%, at least 1,000, at most
+    /// a tenth) before it is cut back to `maxRecords`.
     pub max_records: u64,
     /// PostgreSQL connection URL or key-value string (`database.postgresUrl`).
     pub postgres_url: Option<SecretUrl>,

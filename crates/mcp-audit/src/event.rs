@@ -364,23 +364,108 @@ pub(crate) struct Renderer {
     pub(crate) masker: Masker,
     pub(crate) sensitive_headers: Arc<[HeaderName]>,
     pub(crate) max_params_bytes: usize,
+    /// The output buffer, reused from one event to the next.
+    pub(crate) buf: Vec<u8>,
 }
 
-fn rfc3339(at: SystemTime) -> (String, i64) {
+/// The RFC 3339 UTC timestamp with microseconds (`2023-11-14T22:13:20.123456Z`) of
+/// `at`, and the microseconds since the Unix epoch. Times outside 1970..=9999 are
+/// rendered as the epoch.
+fn rfc3339(at: SystemTime) -> ([u8; 27], i64) {
     let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
-    (t.format(&fmt).unwrap_or_default(), us)
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for slot in out[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, t.year().clamp(0, 9999) as u32);
+    put(5, 2, u32::from(u8::from(t.month())));
+    put(8, 2, u32::from(t.day()));
+    put(11, 2, u32::from(t.hour()));
+    put(14, 2, u32::from(t.minute()));
+    put(17, 2, u32::from(t.second()));
+    put(20, 6, t.microsecond());
+    (out, us)
+}
+
+/// Serializes with `Display` (no intermediate `String`).
+struct Shown<T>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// Writes a JSON object member by member, byte for byte as serde_json's compact
+/// serializer writes a struct (`{"a":1,"b":"x"}`). Member names are plain ASCII.
+struct ObjectWriter<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'a> ObjectWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, empty: true }
+    }
+
+    fn key(&mut self, name: &str) -> &mut Vec<u8> {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, name: &str, v: &T) {
+        // Writing to a Vec cannot fail, and these values always serialize.
+        let _ = serde_json::to_writer(self.key(name), v);
+    }
+
+    fn opt<T: Serialize>(&mut self, name: &str, v: Option<T>) {
+        if let Some(v) = v {
+            self.field(name, &v);
+        }
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
+    }
 }
 
 impl Renderer {
-    /// Masks and serializes an event.
-    pub(crate) fn render(&self, e: &mut EventData) -> SinkEvent {
+    /// A renderer.
+    pub(crate) fn new(
+        masker: Masker,
+        sensitive_headers: Arc<[HeaderName]>,
+        max_params_bytes: usize,
+    ) -> Self {
+        Self {
+            masker,
+            sensitive_headers,
+            max_params_bytes,
+            buf: Vec::with_capacity(2048),
+        }
+    }
+
+    /// Masks and serializes an event, straight into the output buffer: masked values are
+    /// written as they are masked (no copy of the params), unmasked strings are borrowed
+    /// from the event. The bytes are exactly those of `serde_json::to_string` of the
+    /// [`AuditRecord`] built field by field (a test compares both).
+    pub(crate) fn render(&mut self, e: &mut EventData) -> SinkEvent {
+        let data = e.data.take();
+        let e = &*e;
         let (timestamp, ts_us) = rfc3339(e.at.unwrap_or_else(SystemTime::now));
+        let timestamp = std::str::from_utf8(&timestamp).unwrap_or_default();
         let mut kind = e.kind.unwrap_or(EventKind::Request);
         if kind == EventKind::Request
             && e.denial
@@ -390,10 +475,196 @@ impl Renderer {
             kind = EventKind::AuthFailure;
         }
         let masker = &self.masker;
+        let ms = |s| masker.mask_str(s);
+        let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let event_id: &str = crate::layer::fast_uuid_v7()
+            .hyphenated()
+            .encode_lower(&mut id_buf);
+        let request_id = e.request_id.as_ref().map(|r| ms(r.as_str()));
+        let user = e.principal.as_ref().map(|p| ms(p.id()));
+        let mcp = e.mcp.as_ref();
+        let mcp_method = mcp.and_then(McpRequest::method).map(ms);
+        let target = mcp.and_then(McpRequest::target).map(|t| match t {
+            Target::Tool(n) | Target::Resource(n) | Target::Prompt(n) => (t, ms(n)),
+        });
+        let target_of =
+            |want: fn(&Target) -> bool| target.as_ref().filter(|(t, _)| want(t)).map(|(_, n)| &**n);
+        let reason = e.denial.as_ref().map(|d| d.reason.as_str());
+
+        let out = &mut self.buf;
+        out.clear();
+        let mut w = ObjectWriter::new(out);
+        w.field("event_id", event_id);
+        w.field("timestamp", timestamp);
+        w.field("kind", &kind);
+        w.opt("request_id", request_id.as_deref());
+        w.opt("user", user.as_deref());
+        w.opt(
+            "auth_method",
+            e.principal.as_ref().map(|p| p.method().as_str()),
+        );
+        w.opt(
+            "credential_id",
+            e.principal
+                .as_ref()
+                .and_then(|p| p.credential_id())
+                .map(ms)
+                .as_deref(),
+        );
+        w.opt("client_ip", e.client_ip.map(Shown));
+        w.opt("http_method", e.http_method.as_ref().map(Method::as_str));
+        w.opt("path", e.path.as_ref().map(|u| ms(u.path())).as_deref());
+        w.opt("mcp_method", mcp_method.as_deref());
+        w.opt("tool", target_of(|t| matches!(t, Target::Tool(_))));
+        w.opt("resource", target_of(|t| matches!(t, Target::Resource(_))));
+        w.opt("prompt", target_of(|t| matches!(t, Target::Prompt(_))));
+        if let Some(mcp) = mcp {
+            if mcp.is_batch() {
+                let n = mcp.messages().len();
+                w.field("batch_size", &n);
+                let out = w.key("params");
+                let max = self.max_params_bytes;
+                write_capped(out, max, |out| {
+                    out.push(b'[');
+                    for i in 0..n {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        match mcp.params_at(i) {
+                            Some(v) => {
+                                let _ = serde_json::to_writer(&mut *out, &masker.masked(v));
+                            }
+                            None => out.extend_from_slice(b"null"),
+                        }
+                    }
+                    out.push(b']');
+                });
+            } else if let Some(v) = mcp.params_at(0) {
+                let out = w.key("params");
+                write_capped(out, self.max_params_bytes, |out| {
+                    let _ = serde_json::to_writer(out, &masker.masked(v));
+                });
+            }
+        }
+        w.opt("status", e.outcome);
+        w.opt("http_status", e.status);
+        w.opt("jsonrpc_error_code", e.denial.as_ref().map(|d| d.code));
+        w.opt("reason", reason);
+        w.opt(
+            "detail",
+            e.denial
+                .as_ref()
+                .and_then(|d| d.detail.as_deref())
+                .map(ms)
+                .as_deref(),
+        );
+        w.opt(
+            "duration_ms",
+            e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
+        );
+        w.opt("upstream", e.upstream.as_deref().map(ms).as_deref());
+        w.opt("bytes_in", e.bytes_in);
+        w.opt("bytes_out", e.bytes_out);
+        if let Some(h) = &e.headers {
+            masker.write_headers(w.key("headers"), h, &self.sensitive_headers);
+        }
+        w.opt("message", e.message.as_deref().map(ms).as_deref());
+        if let Some(d) = &data {
+            write_capped(w.key("data"), self.max_params_bytes, |out| {
+                let _ = serde_json::to_writer(out, &masker.masked(d));
+            });
+        }
+        w.end();
+
+        let columns = IndexColumns {
+            ts_us,
+            kind: kind.as_str().to_owned(),
+            event_id: event_id.to_owned(),
+            request_id: request_id.map(Cow::into_owned),
+            user: user.map(Cow::into_owned),
+            tool: target.map(|(_, n)| n.into_owned()),
+            mcp_method: mcp_method.map(Cow::into_owned),
+            outcome: e.outcome.map(|o| o.as_str().to_owned()),
+            http_status: e.status.map(i32::from),
+            reason: reason.map(str::to_owned),
+        };
+        let json: Arc<str> = match std::str::from_utf8(&self.buf) {
+            Ok(s) => Arc::from(s),
+            // serde_json writes UTF-8; keep a minimal record if that ever failed.
+            Err(_) => Arc::from(format!(
+                "{{\"event_id\":\"{event_id}\",\"timestamp\":\"{timestamp}\",\"kind\":\"{}\"}}",
+                kind.as_str()
+            )),
+        };
+        SinkEvent { json, columns }
+    }
+}
+
+/// Writes a value with `write`, then replaces it with `{"bytes":N,"truncated":true}` when
+/// its `N` bytes exceed `max`.
+fn write_capped(out: &mut Vec<u8>, max: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    write(out);
+    let len = out.len() - start;
+    if len > max {
+        out.truncate(start);
+        let _ = serde_json::to_writer(out, &serde_json::json!({"truncated": true, "bytes": len}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MaskingConfig;
+    use mcp_core::{AuthMethod, McpHeaders};
+
+    fn renderer() -> Renderer {
+        Renderer::new(
+            Masker::new(&MaskingConfig::default()).unwrap(),
+            crate::AuditConfig::default().sensitive_headers().into(),
+            1024,
+        )
+    }
+
+    /// The timestamp as formatted by the `time` crate (what records always held).
+    fn reference_rfc3339(us: i64) -> String {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let fmt = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        );
+        t.format(&fmt).unwrap()
+    }
+
+    /// The record as the writer always built it: an owned [`AuditRecord`] (params copied
+    /// and masked in place, headers in a map), then `serde_json::to_string`.
+    fn reference(r: &Renderer, e: &mut EventData, event_id: &str) -> (String, IndexColumns) {
+        let d =
+            e.at.unwrap_or(UNIX_EPOCH)
+                .duration_since(UNIX_EPOCH)
+                .unwrap();
+        let ts_us = d.as_micros() as i64;
+        let mut kind = e.kind.unwrap_or(EventKind::Request);
+        if kind == EventKind::Request
+            && e.denial
+                .as_ref()
+                .is_some_and(|d| d.reason == RejectionReason::AuthFailed)
+        {
+            kind = EventKind::AuthFailure;
+        }
+        let masker = &r.masker;
         let ms = |s: &str| masker.mask_str(s).into_owned();
+        let cap = |v: Value| {
+            let len = serde_json::to_string(&v).unwrap().len();
+            if len > r.max_params_bytes {
+                serde_json::json!({"truncated": true, "bytes": len})
+            } else {
+                v
+            }
+        };
         let mut rec = AuditRecord {
-            event_id: crate::layer::fast_uuid_v7().to_string(),
-            timestamp,
+            event_id: event_id.to_owned(),
+            timestamp: reference_rfc3339(ts_us),
             kind: Some(kind),
             request_id: e.request_id.as_ref().map(|r| ms(r.as_str())),
             user: e.principal.as_ref().map(|p| ms(p.id())),
@@ -414,11 +685,11 @@ impl Renderer {
             headers: e
                 .headers
                 .as_ref()
-                .map(|h| masker.render_headers(h, &self.sensitive_headers)),
+                .map(|h| masker.render_headers(h, &r.sensitive_headers)),
             message: e.message.as_deref().map(ms),
-            data: e.data.take().map(|mut d| {
+            data: e.data.clone().map(|mut d| {
                 masker.mask_value(&mut d);
-                self.cap(d)
+                cap(d)
             }),
             ..AuditRecord::default()
         };
@@ -441,61 +712,226 @@ impl Renderer {
             };
             rec.params = params.map(|mut p| {
                 masker.mask_value(&mut p);
-                self.cap(p)
+                cap(p)
             });
         }
         let columns = IndexColumns::with_ts(&rec, ts_us);
-        let json = serde_json::to_string(&rec).unwrap_or_else(|_| {
-            // Plain data cannot fail to serialize; keep a minimal record if it ever did.
-            format!(
-                "{{\"event_id\":\"{}\",\"timestamp\":\"{}\",\"kind\":\"{}\"}}",
-                rec.event_id,
-                rec.timestamp,
-                kind.as_str()
-            )
-        });
-        SinkEvent {
-            json: Arc::from(json),
-            columns,
-        }
+        (serde_json::to_string(&rec).unwrap(), columns)
     }
 
-    fn cap(&self, v: Value) -> Value {
-        // Count the serialized length without building it.
-        struct Count(usize);
-        impl std::io::Write for Count {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0 += b.len();
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut c = Count(0);
-        let len = match serde_json::to_writer(&mut c, &v) {
-            Ok(()) => c.0,
-            Err(_) => usize::MAX,
+    /// Renders `e` both ways and checks that the bytes and the columns are the same.
+    fn same_as_reference(r: &mut Renderer, mut e: EventData) -> SinkEvent {
+        e.at.get_or_insert(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let mut copy = EventData {
+            kind: e.kind,
+            at: e.at,
+            request_id: e.request_id.clone(),
+            principal: e.principal.clone(),
+            client_ip: e.client_ip,
+            http_method: e.http_method.clone(),
+            path: e.path.clone(),
+            mcp: e.mcp.clone(),
+            status: e.status,
+            denial: e.denial.clone(),
+            outcome: e.outcome,
+            duration: e.duration,
+            upstream: e.upstream.clone(),
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+            headers: e.headers.clone(),
+            message: e.message.clone(),
+            data: e.data.clone(),
         };
-        if len > self.max_params_bytes {
-            serde_json::json!({"truncated": true, "bytes": len})
-        } else {
-            v
+        let mut e = e;
+        let got = r.render(&mut e);
+        let (want, cols) = reference(r, &mut copy, &got.columns.event_id);
+        assert_eq!(&*got.json, want);
+        assert_eq!(got.columns, cols);
+        assert_eq!(
+            IndexColumns::of(&serde_json::from_str(&got.json).unwrap()),
+            got.columns
+        );
+        got
+    }
+
+    fn full_event(body: &'static [u8]) -> EventData {
+        let mcp =
+            McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer sekrit-token-1".parse().unwrap());
+        h.insert("x-api-key", "k-1".parse().unwrap());
+        h.insert("user-agent", "ua \"quoted\" \\ é".parse().unwrap());
+        h.append("cookie", "a=1".parse().unwrap());
+        h.append("cookie", "b=2".parse().unwrap());
+        h.append("accept", "text/html".parse().unwrap());
+        h.append("accept", "Bearer abcdefghijkl".parse().unwrap());
+        h.insert("x-bin", http::HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        let mut sens = http::HeaderValue::from_static("plain");
+        sens.set_sensitive(true);
+        h.insert("x-marked", sens);
+        h.insert(
+            "x-jwt",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln".parse().unwrap(),
+        );
+        EventData {
+            kind: Some(EventKind::Request),
+            at: Some(UNIX_EPOCH + Duration::from_micros(1_763_700_000_000_007)),
+            request_id: Some(RequestId::generate()),
+            principal: Some(
+                Principal::new("alice\u{1}\"x", AuthMethod::ApiKey).with_credential_id("key-1"),
+            ),
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            http_method: Some(Method::POST),
+            path: Some("/mcp/AKIAIOSFODNN7EXAMPLE?token=x".parse().unwrap()),
+            mcp: Some(mcp),
+            status: Some(403),
+            denial: Some(Denial {
+                reason: RejectionReason::Forbidden,
+                code: -32003,
+                detail: Some("rule sk-abcdefghijklmnopqrstuvwxyz".into()),
+            }),
+            outcome: Some(Outcome::Denied),
+            duration: Some(Duration::from_micros(12_345)),
+            upstream: Some(Arc::from("http://u:pw@upstream")),
+            bytes_in: Some(10),
+            bytes_out: Some(0),
+            headers: Some(h),
+            message: Some("note with Bearer abcdefghijklmnop".into()),
+            data: Some(serde_json::json!({"password": "x", "n": [1, 2.5, null, true]})),
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::MaskingConfig;
-    use mcp_core::{AuthMethod, McpHeaders};
+    #[test]
+    fn render_is_byte_for_byte_the_record_serialization() {
+        let mut r = renderer();
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"s\u00e9arch","arguments":{"q":"x\n\"y\"","password":"hunter2","nested":[{"apiKey":"k"},{"AKIAIOSFODNN7EXAMPLE":{"token":1}},"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"],"n":1.5e300,"f":-0.0,"big":18446744073709551615}}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x?Bearer abcdefghijkl"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"secret":"s"}}},{"jsonrpc":"2.0","id":2,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized","params":{}}]"#,
+        ] {
+            same_as_reference(&mut r, full_event(body));
+        }
+        // Lifecycle events, an empty one, an authentication failure.
+        same_as_reference(
+            &mut r,
+            AuditEvent::config_reload()
+                .with_message("reloaded")
+                .with_data(serde_json::json!({"changed": ["a"], "token": "t"}))
+                .0
+                .as_ref()
+                .clone_data(),
+        );
+        same_as_reference(&mut r, EventData::default());
+        same_as_reference(
+            &mut r,
+            AuditEvent::auth_failure()
+                .with_detail("certificate_expired")
+                .0
+                .as_ref()
+                .clone_data(),
+        );
+        // Over the cap: params and data replaced, exactly as before.
+        let mut small = renderer();
+        small.max_params_bytes = 20;
+        let s = same_as_reference(&mut small, full_event(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":"a long enough value"}}}"#));
+        assert!(s.json.contains(r#""params":{"bytes":"#), "{}", s.json);
+        // Headers with nothing in them.
+        let mut e = full_event(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+        e.headers = Some(HeaderMap::new());
+        same_as_reference(&mut r, e);
+    }
 
-    fn renderer() -> Renderer {
-        Renderer {
-            masker: Masker::new(&MaskingConfig::default()).unwrap(),
-            sensitive_headers: crate::AuditConfig::default().sensitive_headers().into(),
-            max_params_bytes: 1024,
+    impl EventData {
+        fn clone_data(&self) -> Self {
+            Self {
+                kind: self.kind,
+                at: self.at,
+                principal: self.principal.clone(),
+                outcome: self.outcome,
+                denial: self.denial.clone(),
+                message: self.message.clone(),
+                data: self.data.clone(),
+                ..Self::default()
+            }
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                any::<f64>().prop_map(|n| serde_json::json!(n)),
+                "\\PC{0,12}".prop_map(Value::String),
+                prop_oneof![
+                    Just("AKIAIOSFODNN7EXAMPLE"),
+                    Just("Bearer abcdefghijkl"),
+                    Just("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"),
+                ]
+                .prop_map(|s| Value::String(s.to_owned())),
+            ];
+            let key = prop_oneof![
+                "[a-zA-Z_\\-]{0,10}",
+                "\\PC{0,6}",
+                prop::sample::select(vec![
+                    "password",
+                    "Api_Key",
+                    "accessToken",
+                    "tokens_used",
+                    "AKIAIOSFODNN7EXAMPLE",
+                    "AKIAIOSFODNN7EXAMPLE_",
+                    "x-auth-token",
+                    "ÄPI_KEY",
+                    "Ωsecret",
+                ])
+                .prop_map(str::to_owned),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(key.clone(), inner, 0..5)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn masked_view_serializes_as_the_masked_copy(v in arb_json(), enabled in any::<bool>()) {
+                let m = Masker::new(&MaskingConfig { enabled, ..MaskingConfig::default() }).unwrap();
+                let mut copy = v.clone();
+                m.mask_value(&mut copy);
+                prop_assert_eq!(
+                    serde_json::to_string(&m.masked(&v)).unwrap(),
+                    serde_json::to_string(&copy).unwrap()
+                );
+            }
+
+            #[test]
+            fn timestamp_matches_the_time_crate(us in 0i64..253_402_300_799_999_999) {
+                let (ts, got_us) = rfc3339(UNIX_EPOCH + Duration::from_micros(us as u64));
+                prop_assert_eq!(got_us, us);
+                prop_assert_eq!(std::str::from_utf8(&ts).unwrap(), reference_rfc3339(us));
+            }
+
+            #[test]
+            fn params_render_as_before(args in arb_json(), cap in 0usize..400) {
+                let body = serde_json::json!({
+                    "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": "t", "arguments": args}
+                });
+                let mcp = McpRequest::parse(
+                    bytes::Bytes::from(body.to_string()), McpHeaders::default()).unwrap();
+                let mut r = renderer();
+                r.max_params_bytes = cap;
+                same_as_reference(&mut r, EventData { mcp: Some(mcp), ..EventData::default() });
+            }
         }
     }
 

@@ -31,8 +31,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use crate::config::{ConfigError, DEFAULT_MASKED_FIELDS, MaskingConfig};
@@ -233,6 +234,86 @@ impl Masker {
         }
     }
 
+    /// Whether a field name is masked, without allocating for ASCII names of up to 64
+    /// bytes (the same answer as [`Masker::is_sensitive_field`]).
+    fn is_sensitive_key(&self, name: &str) -> bool {
+        let mut buf = [0u8; 64];
+        if name.len() > buf.len() || !name.is_ascii() {
+            return self.is_sensitive_field(name);
+        }
+        let mut n = 0;
+        for (slot, b) in buf
+            .iter_mut()
+            .zip(name.bytes().filter(u8::is_ascii_alphanumeric))
+        {
+            *slot = b.to_ascii_lowercase();
+            n += 1;
+        }
+        let folded = &buf[..n];
+        n > 0 && self.0.fields.iter().any(|f| folded.ends_with(f.as_bytes()))
+    }
+
+    /// A view of `v` that serializes as `v` masked by [`Masker::mask_value`], without
+    /// copying it (objects whose keys hold a credential pattern, which must be renamed,
+    /// are copied and masked).
+    pub(crate) fn masked<'a>(&'a self, v: &'a Value) -> Masked<'a> {
+        Masked { m: self, v }
+    }
+
+    /// One header value as rendered in events.
+    fn header_value<'a>(
+        &'a self,
+        name: &HeaderName,
+        value: &'a HeaderValue,
+        sensitive: &[HeaderName],
+    ) -> Cow<'a, str> {
+        if value.is_sensitive() || sensitive.contains(name) {
+            Cow::Borrowed(&*self.0.mask)
+        } else {
+            match value.to_str() {
+                Ok(s) => self.mask_str(s),
+                Err(_) => Cow::Borrowed("<binary>"),
+            }
+        }
+    }
+
+    /// Writes [`Masker::render_headers`] as a JSON object, byte for byte as serde_json
+    /// serializes the map, without building it.
+    pub(crate) fn write_headers(
+        &self,
+        out: &mut Vec<u8>,
+        headers: &HeaderMap,
+        sensitive: &[HeaderName],
+    ) {
+        let mut names: Vec<&HeaderName> = headers.keys().collect();
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        out.push(b'{');
+        for (i, name) in names.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut *out, name.as_str());
+            out.push(b':');
+            let mut values = headers.get_all(name).iter();
+            let first = values
+                .next()
+                .map_or(Cow::Borrowed(""), |v| self.header_value(name, v, sensitive));
+            let joined = match values.next() {
+                None => first,
+                Some(second) => {
+                    let mut all = first.into_owned();
+                    for v in std::iter::once(second).chain(values) {
+                        all.push_str(", ");
+                        all.push_str(&self.header_value(name, v, sensitive));
+                    }
+                    Cow::Owned(all)
+                }
+            };
+            let _ = serde_json::to_writer(&mut *out, &*joined);
+        }
+        out.push(b'}');
+    }
+
     /// Renders headers for an event: sensitive headers as the mask, other values with
     /// value patterns masked, non-UTF-8 values as `<binary>`; repeated headers joined with
     /// `, `.
@@ -243,14 +324,7 @@ impl Masker {
     ) -> BTreeMap<String, String> {
         let mut out: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in headers {
-            let rendered: Cow<'_, str> = if value.is_sensitive() || sensitive.contains(name) {
-                Cow::Borrowed(&*self.0.mask)
-            } else {
-                match value.to_str() {
-                    Ok(s) => self.mask_str(s),
-                    Err(_) => Cow::Borrowed("<binary>"),
-                }
-            };
+            let rendered = self.header_value(name, value, sensitive);
             out.entry(name.as_str().to_owned())
                 .and_modify(|e| {
                     e.push_str(", ");
@@ -259,6 +333,46 @@ impl Masker {
                 .or_insert_with(|| rendered.into_owned());
         }
         out
+    }
+}
+
+/// A JSON value that serializes masked (see [`Masker::masked`]).
+pub(crate) struct Masked<'a> {
+    m: &'a Masker,
+    v: &'a Value,
+}
+
+impl Serialize for Masked<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let m = self.m;
+        match self.v {
+            Value::String(x) => s.serialize_str(&m.mask_str(x)),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&Masked { m, v })?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => {
+                if map.keys().any(|k| m.0.patterns.is_match(k)) {
+                    // Keys to rename: exactly what mask_value does, on a copy.
+                    let mut copy = self.v.clone();
+                    m.mask_value(&mut copy);
+                    return copy.serialize(s);
+                }
+                let mut out = s.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    if m.0.enabled && m.is_sensitive_key(k) {
+                        out.serialize_entry(k, &*m.0.mask)?;
+                    } else {
+                        out.serialize_entry(k, &Masked { m, v })?;
+                    }
+                }
+                out.end()
+            }
+            other => other.serialize(s),
+        }
     }
 }
 

@@ -278,11 +278,7 @@ impl AuditorBuilder {
         cfg.validate()?;
         let masker = Masker::new(&cfg.masking)?;
         let sensitive: Arc<[HeaderName]> = cfg.sensitive_headers().into();
-        let renderer = Renderer {
-            masker,
-            sensitive_headers: Arc::clone(&sensitive),
-            max_params_bytes: cfg.max_params_bytes,
-        };
+        let renderer = Renderer::new(masker, Arc::clone(&sensitive), cfg.max_params_bytes);
         let (tx, rx) = mpsc::channel(cfg.queue.capacity);
         let stats = Arc::new(AuditStats::default());
         let handle = AuditHandle(Arc::new(HandleInner {

@@ -55,6 +55,24 @@ pub trait AuditSink: Send + 'static {
     fn write_batch(&mut self, batch: Arc<[SinkEvent]>) -> BoxFuture<'_, Result<(), SinkError>>;
 }
 
+/// How far a database trail may grow beyond `maxRecords` before it is pruned: 1% of
+/// `max_records`, at least 1,000 rows, but never more than a tenth of `max_records`
+/// for small limits. Pruning runs when `max_records + slack` records are kept and cuts
+/// back to `max_records`, so the DELETE runs once per `slack` events, in bulk, instead of
+/// once per batch; the table holds at most `max_records + slack - 1` rows between two
+/// prunes (100,999 with the default 100,000), and exactly `max_records` right after one.
+///
+/// ```
+/// use mcp_audit::sink::prune_slack;
+/// assert_eq!(prune_slack(100_000), 1_000);
+/// assert_eq!(prune_slack(1_000_000), 10_000);
+/// assert_eq!(prune_slack(5_000), 500);
+/// assert_eq!(prune_slack(10), 1);
+/// ```
+pub fn prune_slack(max_records: u64) -> u64 {
+    (max_records / 100).max(1_000.min(max_records / 10)).max(1)
+}
+
 /// Formats one JSON line: `{"seq":..,"prev_hash":"..","hash":"..","event":{..}}\n`.
 pub(crate) fn format_line(out: &mut Vec<u8>, seq: i64, prev: &str, hash: &str, json: &str) {
     // seq is a number and the hashes are hex: nothing to escape.

@@ -4,7 +4,8 @@
 //! the database:** each batch runs in one transaction that first takes a transaction-level
 //! advisory lock (`pg_advisory_xact_lock`), then reads the chain head (the last row, or
 //! the anchor), appends its records with the following `seq` numbers and hashes, prunes
-//! beyond `maxRecords` (storing the anchor), and commits, which releases the lock. The
+//! in bulk beyond `maxRecords` ([`prune_slack`](crate::sink::prune_slack); storing the
+//! anchor), and commits, which releases the lock. The
 //! trail therefore verifies as one chain whatever the number of replicas, and `seq` is a
 //! total order of the records as committed. The cost is that batches from different
 //! replicas are written one after the other; a batch holds the lock for one multi-row
@@ -226,12 +227,14 @@ impl PostgresSink {
             )
             .await?;
         }
-        if self.max_records > 0 {
-            let cut = head.seq - i64::try_from(self.max_records).unwrap_or(i64::MAX);
-            if cut > anchor_seq
-                && let Some(row) = tx
-                    .query_opt("SELECT hash FROM audit_events WHERE seq = $1", &[&cut])
-                    .await?
+        let max = i64::try_from(self.max_records).unwrap_or(i64::MAX);
+        let slack = i64::try_from(crate::sink::prune_slack(self.max_records)).unwrap_or(i64::MAX);
+        if self.max_records > 0 && head.seq.saturating_sub(anchor_seq) >= max.saturating_add(slack)
+        {
+            let cut = head.seq - max;
+            if let Some(row) = tx
+                .query_opt("SELECT hash FROM audit_events WHERE seq = $1", &[&cut])
+                .await?
             {
                 let h: String = row.get(0);
                 tx.execute(

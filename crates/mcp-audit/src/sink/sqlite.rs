@@ -4,7 +4,8 @@
 //! `seq`, the indexed columns, the event JSON, `prev_hash`, `hash`) and table
 //! `audit_anchor` (the last pruned record, see [`crate::chain`]). Each batch is inserted in
 //! one transaction with a cached prepared statement; `maxRecords` retention runs in the
-//! same transaction.
+//! same transaction, in bulk: once `maxRecords` plus [`prune_slack`] records are kept, the
+//! oldest are deleted down to `maxRecords` (see [`prune_slack`] for the bound).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,10 +13,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::chain::{ChainHead, ChainRow, Verifier, VerifyReport};
+use crate::chain::{ChainHead, ChainRow, Verifier, VerifyReport, record_hash_hex};
 use crate::event::{IndexColumns, SinkEvent};
 use crate::query::{AuditQuery, AuditStore, QueryPage, SqlParam, StoreError, build_query};
-use crate::sink::{AuditSink, BoxFuture, SinkError};
+use crate::sink::{AuditSink, BoxFuture, SinkError, prune_slack};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_events (
@@ -82,7 +83,8 @@ impl State {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for e in batch {
-                let (seq, prev, hash) = head.append(&e.json);
+                let seq = head.seq + 1;
+                let hash = record_hash_hex(&head.hash, seq, &e.json);
                 let c = &e.columns;
                 stmt.execute(params![
                     seq,
@@ -97,27 +99,25 @@ impl State {
                     c.http_status,
                     c.reason,
                     &*e.json,
-                    prev,
-                    hash
+                    head.hash.as_str(),
+                    hash.as_str()
                 ])?;
+                head.advance(seq, &hash);
             }
-            if self.max_records > 0 {
-                let cut = head.seq - i64::try_from(self.max_records).unwrap_or(i64::MAX);
-                if cut > self.anchor_seq {
-                    let hash: Option<String> = tx
-                        .query_row("SELECT hash FROM audit_events WHERE seq = ?1", [cut], |r| {
-                            r.get(0)
-                        })
-                        .optional()?;
-                    if let Some(hash) = hash {
-                        tx.execute(
-                            "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2) \
-                             ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                            params![cut, hash],
-                        )?;
-                        tx.execute("DELETE FROM audit_events WHERE seq <= ?1", [cut])?;
-                        new_anchor = Some(cut);
-                    }
+            if let Some(cut) = prune_cut(head.seq, self.anchor_seq, self.max_records) {
+                let hash: Option<String> = tx
+                    .prepare_cached("SELECT hash FROM audit_events WHERE seq = ?1")?
+                    .query_row([cut], |r| r.get(0))
+                    .optional()?;
+                if let Some(hash) = hash {
+                    tx.prepare_cached(
+                        "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2) \
+                         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    )?
+                    .execute(params![cut, hash])?;
+                    tx.prepare_cached("DELETE FROM audit_events WHERE seq <= ?1")?
+                        .execute([cut])?;
+                    new_anchor = Some(cut);
                 }
             }
         }
@@ -127,6 +127,19 @@ impl State {
         }
         Ok(head)
     }
+}
+
+/// Where to cut the trail after a batch that left `head_seq` as the last record, with
+/// `anchor_seq` the last record pruned so far: `Some(cut)` (delete `seq <= cut`, keeping
+/// exactly `max_records`) once `max_records + prune_slack(max_records)` records are kept.
+fn prune_cut(head_seq: i64, anchor_seq: i64, max_records: u64) -> Option<i64> {
+    if max_records == 0 {
+        return None;
+    }
+    let max = i64::try_from(max_records).unwrap_or(i64::MAX);
+    let slack = i64::try_from(prune_slack(max_records)).unwrap_or(i64::MAX);
+    let kept = head_seq.saturating_sub(anchor_seq);
+    (kept >= max.saturating_add(slack)).then(|| head_seq - max)
 }
 
 /// The SQLite sink.
