@@ -5,7 +5,10 @@
 #      SQLite, security headers, Origin/Host guard, result redaction, metrics),
 #   2. the same gateway with every layer off (`layers.enabled: false`),
 #   3. nginx as a plain reverse proxy,
-# all in front of the same demo MCP server. Prints throughput and p50/p99 latency.
+# all in front of the same demo MCP server. Prints throughput and p50/p99 latency, and
+# the CPU time (user + system) the proxy under test and the upstream spent per request:
+# on a small machine where wrk, the upstream and the proxy share the cores, throughput
+# follows the sum of those, and the CPU figures say which part is whose.
 #
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light). Everything runs as the
 # current user on free loopback ports from a temp dir, and is stopped at the end.
@@ -58,6 +61,7 @@ UP="$(free_port)"; ON="$(free_port)"; OFF="$(free_port)"; NG="$(free_port)"
 KEY="$("$MCP_GATEWAY_BIN" keygen)"
 
 "$MCP_GATEWAY_BIN" demo-upstream --addr "127.0.0.1:$UP" >"$WORK/upstream.log" 2>&1 &
+UP_PID=$!
 PIDS+=($!)
 
 cat >"$WORK/on.yaml" <<EOF
@@ -103,8 +107,10 @@ upstreams:
     url: "http://127.0.0.1:$UP/mcp"
 EOF
 LOAD_KEY="$KEY" MCP_GATEWAY_LOG=warn "$MCP_GATEWAY_BIN" --config "$WORK/on.yaml" >"$WORK/on.log" 2>&1 &
+ON_PID=$!
 PIDS+=($!)
 MCP_GATEWAY_LOG=warn "$MCP_GATEWAY_BIN" --config "$WORK/off.yaml" >"$WORK/off.log" 2>&1 &
+OFF_PID=$!
 PIDS+=($!)
 
 mkdir -p "$WORK/nginx"
@@ -153,10 +159,6 @@ wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
 wrk.headers["Mcp-Method"] = "tools/call"
 wrk.headers["Mcp-Name"] = "echo"
 wrk.headers["X-API-Key"] = os.getenv("LOAD_KEY")
-local non2xx = 0
-response = function(status, headers, body)
-  if status ~= 200 then non2xx = non2xx + 1 end
-end
 done = function(summary, latency, requests)
   io.write(string.format("RESULT rps=%.1f p50_ms=%.3f p99_ms=%.3f requests=%d errors=%d\n",
     summary.requests / (summary.duration / 1e6),
@@ -177,17 +179,34 @@ for port in "$ON" "$OFF" "$NG"; do
   fi
 done
 
+# CPU time (user + system, in clock ticks) of a process and its children threads.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    if [[ -r "/proc/$pid/stat" ]]; then
+      total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    fi
+  done
+  echo "$total"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
 run() {
-  local label="$1" port="$2"
+  local label="$1" port="$2"; shift 2
+  # $@: the PIDs of the proxy under test (nginx: its workers).
   # A short warm-up, then the measured run.
   LOAD_KEY="$KEY" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/post.lua" "http://127.0.0.1:$port/mcp" >/dev/null 2>&1 || true
-  local line
+  local line p0 p1 u0 u1 n
+  p0="$(cpu_ticks "$@")"; u0="$(cpu_ticks "$UP_PID")"
   line="$(LOAD_KEY="$KEY" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/post.lua" "http://127.0.0.1:$port/mcp" | grep '^RESULT')"
-  echo "$label $line" >>"$WORK/results"
+  p1="$(cpu_ticks "$@")"; u1="$(cpu_ticks "$UP_PID")"
+  n="$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$line")"
+  echo "$label $line proxy_cpu_us=$(( (p1 - p0) * TICK_US / (n > 0 ? n : 1) )) upstream_cpu_us=$(( (u1 - u0) * TICK_US / (n > 0 ? n : 1) ))" >>"$WORK/results"
 }
-run gateway_all_layers_on "$ON"
-run gateway_all_layers_off "$OFF"
-run nginx_reverse_proxy "$NG"
+NGINX_WORKERS=($(pgrep -P "$(cat "$WORK/nginx/nginx.pid")"))
+run gateway_all_layers_on "$ON" "$ON_PID"
+run gateway_all_layers_off "$OFF" "$OFF_PID"
+run nginx_reverse_proxy "$NG" "${NGINX_WORKERS[@]}"
 
 echo
 echo "load: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
@@ -197,10 +216,10 @@ rows = []
 for line in open(sys.argv[1]):
     label, _, *kv = line.split()
     d = dict(x.split("=") for x in kv)
-    rows.append((label, float(d["rps"]), float(d["p50_ms"]), float(d["p99_ms"]), int(d["requests"]), int(d["errors"])))
-print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7}")
+    rows.append((label, float(d["rps"]), float(d["p50_ms"]), float(d["p99_ms"]), int(d["requests"]), int(d["errors"]), int(d["proxy_cpu_us"]), int(d["upstream_cpu_us"])))
+print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7} {'proxy CPU us/req':>17} {'upstream CPU us/req':>20}")
 for r in rows:
-    print(f"{r[0]:<26} {r[1]:>10.0f} {r[2]:>8.2f} {r[3]:>8.2f} {r[4]:>9} {r[5]:>7}")
+    print(f"{r[0]:<26} {r[1]:>10.0f} {r[2]:>8.2f} {r[3]:>8.2f} {r[4]:>9} {r[5]:>7} {r[6]:>17} {r[7]:>20}")
 by = {r[0]: r[1] for r in rows}
 on, off, ng = by["gateway_all_layers_on"], by["gateway_all_layers_off"], by["nginx_reverse_proxy"]
 print()
