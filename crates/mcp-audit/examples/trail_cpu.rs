@@ -9,7 +9,9 @@
 //!
 //! - `mode`: `none` (the inner service alone, the baseline), `discard` (audit layer and
 //!   writer, a sink that discards: request path plus rendering), `sqlite` (the SQLite
-//!   sink, WAL, `synchronous=NORMAL`, `maxRecords` retention).
+//!   sink, WAL, `synchronous=NORMAL`, `maxRecords` retention), `sink` (the SQLite sink
+//!   alone: `n` events rendered ahead, then written in batches of `batch`, measured;
+//!   `rate` is ignored).
 //! - `n` events (default 60,000) at `rate` requests per second (default 12,000, sent in
 //!   1 ms ticks, so that the writer batches as it does under the gateway's load: about 60
 //!   events per transaction with the default 5 ms linger); `rate` 0 sends as fast as
@@ -101,6 +103,14 @@ impl AuditSink for Discard {
     }
 }
 
+/// With `TRAIL_PERF_CTL=<fifo>`, tells `perf stat --control fifo:<fifo> -D -1` to count
+/// only the measured part.
+fn perf_ctl(cmd: &str) {
+    if let Some(path) = std::env::var_os("TRAIL_PERF_CTL") {
+        let _ = std::fs::write(path, format!("{cmd}\n"));
+    }
+}
+
 /// Process CPU time (user + system) in seconds, from /proc/self/stat (Linux).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -140,6 +150,80 @@ where
     }
 }
 
+/// Keeps the rendered events.
+struct Capture(Arc<std::sync::Mutex<Vec<SinkEvent>>>);
+impl AuditSink for Capture {
+    fn name(&self) -> &str {
+        "capture"
+    }
+    fn write_batch(&mut self, b: Arc<[SinkEvent]>) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.0.lock().unwrap().extend(b.iter().cloned());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The SQLite sink alone: `max_records` events through the whole pipeline first (not
+/// measured), then `n` events rendered ahead (not measured) and written in batches of
+/// `batch` straight to a `SqliteSink` on the same file (measured).
+fn sink_only(n: u64, batch: usize, max_records: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("trail.db");
+    let mut cfg = AuditConfig::default();
+    cfg.database.sqlite_path = db.clone();
+    cfg.database.max_records = max_records;
+    cfg.storage = StorageList::One(Storage::Database);
+    let events = rt.block_on(async {
+        let a = Auditor::from_config(cfg.clone()).await.unwrap();
+        drive(&a.layer().layer(inner()), max_records, 0).await;
+        a.shutdown().await;
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        cfg.storage = StorageList::One(Storage::Tracing);
+        let b = Auditor::builder(cfg)
+            .sink(Capture(Arc::clone(&got)))
+            .start()
+            .unwrap();
+        drive(&b.layer().layer(inner()), n, 0).await;
+        b.flush().await;
+        let events: Vec<SinkEvent> = std::mem::take(&mut *got.lock().unwrap());
+        events
+    });
+    let mut sink = mcp_audit::sink::sqlite::SqliteSink::open(&db, max_records).unwrap();
+    let batches: Vec<Arc<[SinkEvent]>> = events.chunks(batch).map(Arc::from).collect();
+    eprintln!("measuring");
+    perf_ctl("enable");
+    let (c0, w0) = (cpu_seconds(), Instant::now());
+    rt.block_on(async {
+        for b in batches {
+            sink.write_batch(b).await.unwrap();
+        }
+    });
+    let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed());
+    perf_ctl("disable");
+    drop(sink);
+    if std::env::var_os("TRAIL_NO_VERIFY").is_some() {
+        println!(
+            "sink: CPU {:.2} us per event",
+            cpu * 1e6 / events.len() as f64
+        );
+        return;
+    }
+    let report = mcp_audit::verify_sqlite(&db).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    println!(
+        "sink: {} events in batches of {batch} in {:.2} s wall; CPU {:.2} s = {:.2} us per event; {} rows kept, verify intact",
+        events.len(),
+        wall.as_secs_f64(),
+        cpu,
+        cpu * 1e6 / events.len() as f64,
+        report.records
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map_or("sqlite", String::as_str).to_owned();
@@ -148,6 +232,10 @@ fn main() {
     let rate = arg(3, 12_000);
     let batch = arg(4, 1024) as usize;
     let max_records = arg(5, 100_000);
+    if mode == "sink" {
+        sink_only(n, batch, max_records);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -187,9 +275,12 @@ fn main() {
                 }
             });
             drive(&svc, 1000, 0).await;
+            perf_ctl("enable");
             let (c0, w0) = (cpu_seconds(), Instant::now());
             drive(&svc, n, rate).await;
-            return (cpu_seconds() - c0, w0.elapsed());
+            let r = (cpu_seconds() - c0, w0.elapsed());
+            perf_ctl("disable");
+            return r;
         }
         let svc = auditor.layer().layer(inner());
         if mode == "sqlite" && max_records > 0 {
@@ -198,15 +289,20 @@ fn main() {
             drive(&svc, 1000, 0).await;
         }
         auditor.flush().await;
+        eprintln!("measuring");
+        perf_ctl("enable");
         let (c0, w0) = (cpu_seconds(), Instant::now());
         drive(&svc, n, rate).await;
         auditor.flush().await;
-        (cpu_seconds() - c0, w0.elapsed())
+        let r = (cpu_seconds() - c0, w0.elapsed());
+        perf_ctl("disable");
+        r
     });
     rt.block_on(auditor.shutdown());
     assert_eq!(auditor.stats().dropped(), 0, "events were dropped");
     let mut extra = String::new();
-    if mode == "sqlite" {
+    // TRAIL_NO_VERIFY=1 skips the checks after the run (for profilers).
+    if mode == "sqlite" && std::env::var_os("TRAIL_NO_VERIFY").is_none() {
         let c = rusqlite::Connection::open(&db).unwrap();
         let (rows, avg): (i64, f64) = c
             .query_row(

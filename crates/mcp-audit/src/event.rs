@@ -431,6 +431,12 @@ impl<'a> ObjectWriter<'a> {
         let _ = serde_json::to_writer(self.key(name), v);
     }
 
+    fn text(&mut self, name: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            crate::mask::write_json_str(self.key(name), v);
+        }
+    }
+
     fn opt<T: Serialize>(&mut self, name: &str, v: Option<T>) {
         if let Some(v) = v {
             self.field(name, &v);
@@ -494,16 +500,16 @@ impl Renderer {
         let out = &mut self.buf;
         out.clear();
         let mut w = ObjectWriter::new(out);
-        w.field("event_id", event_id);
-        w.field("timestamp", timestamp);
-        w.field("kind", &kind);
-        w.opt("request_id", request_id.as_deref());
-        w.opt("user", user.as_deref());
-        w.opt(
+        w.text("event_id", Some(event_id));
+        w.text("timestamp", Some(timestamp));
+        w.text("kind", Some(kind.as_str()));
+        w.text("request_id", request_id.as_deref());
+        w.text("user", user.as_deref());
+        w.text(
             "auth_method",
             e.principal.as_ref().map(|p| p.method().as_str()),
         );
-        w.opt(
+        w.text(
             "credential_id",
             e.principal
                 .as_ref()
@@ -512,12 +518,12 @@ impl Renderer {
                 .as_deref(),
         );
         w.opt("client_ip", e.client_ip.map(Shown));
-        w.opt("http_method", e.http_method.as_ref().map(Method::as_str));
-        w.opt("path", e.path.as_ref().map(|u| ms(u.path())).as_deref());
-        w.opt("mcp_method", mcp_method.as_deref());
-        w.opt("tool", target_of(|t| matches!(t, Target::Tool(_))));
-        w.opt("resource", target_of(|t| matches!(t, Target::Resource(_))));
-        w.opt("prompt", target_of(|t| matches!(t, Target::Prompt(_))));
+        w.text("http_method", e.http_method.as_ref().map(Method::as_str));
+        w.text("path", e.path.as_ref().map(|u| ms(u.path())).as_deref());
+        w.text("mcp_method", mcp_method.as_deref());
+        w.text("tool", target_of(|t| matches!(t, Target::Tool(_))));
+        w.text("resource", target_of(|t| matches!(t, Target::Resource(_))));
+        w.text("prompt", target_of(|t| matches!(t, Target::Prompt(_))));
         if let Some(mcp) = mcp {
             if mcp.is_batch() {
                 let n = mcp.messages().len();
@@ -531,9 +537,7 @@ impl Renderer {
                             out.push(b',');
                         }
                         match mcp.params_at(i) {
-                            Some(v) => {
-                                let _ = serde_json::to_writer(&mut *out, &masker.masked(v));
-                            }
+                            Some(v) => masker.write_masked(out, v),
                             None => out.extend_from_slice(b"null"),
                         }
                     }
@@ -542,15 +546,15 @@ impl Renderer {
             } else if let Some(v) = mcp.params_at(0) {
                 let out = w.key("params");
                 write_capped(out, self.max_params_bytes, |out| {
-                    let _ = serde_json::to_writer(out, &masker.masked(v));
+                    masker.write_masked(out, v);
                 });
             }
         }
-        w.opt("status", e.outcome);
+        w.text("status", e.outcome.map(Outcome::as_str));
         w.opt("http_status", e.status);
         w.opt("jsonrpc_error_code", e.denial.as_ref().map(|d| d.code));
-        w.opt("reason", reason);
-        w.opt(
+        w.text("reason", reason);
+        w.text(
             "detail",
             e.denial
                 .as_ref()
@@ -562,16 +566,16 @@ impl Renderer {
             "duration_ms",
             e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
         );
-        w.opt("upstream", e.upstream.as_deref().map(ms).as_deref());
+        w.text("upstream", e.upstream.as_deref().map(ms).as_deref());
         w.opt("bytes_in", e.bytes_in);
         w.opt("bytes_out", e.bytes_out);
         if let Some(h) = &e.headers {
             masker.write_headers(w.key("headers"), h, &self.sensitive_headers);
         }
-        w.opt("message", e.message.as_deref().map(ms).as_deref());
+        w.text("message", e.message.as_deref().map(ms).as_deref());
         if let Some(d) = &data {
             write_capped(w.key("data"), self.max_params_bytes, |out| {
-                let _ = serde_json::to_writer(out, &masker.masked(d));
+                masker.write_masked(out, d);
             });
         }
         w.end();
@@ -908,7 +912,11 @@ mod tests {
                 let mut copy = v.clone();
                 m.mask_value(&mut copy);
                 prop_assert_eq!(
-                    serde_json::to_string(&m.masked(&v)).unwrap(),
+                    {
+                        let mut out = Vec::new();
+                        m.write_masked(&mut out, &v);
+                        String::from_utf8(out).unwrap()
+                    },
                     serde_json::to_string(&copy).unwrap()
                 );
             }

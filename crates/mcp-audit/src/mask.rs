@@ -33,7 +33,6 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use crate::config::{ConfigError, DEFAULT_MASKED_FIELDS, MaskingConfig};
@@ -253,11 +252,50 @@ impl Masker {
         n > 0 && self.0.fields.iter().any(|f| folded.ends_with(f.as_bytes()))
     }
 
-    /// A view of `v` that serializes as `v` masked by [`Masker::mask_value`], without
-    /// copying it (objects whose keys hold a credential pattern, which must be renamed,
-    /// are copied and masked).
-    pub(crate) fn masked<'a>(&'a self, v: &'a Value) -> Masked<'a> {
-        Masked { m: self, v }
+    /// Writes `v` as compact JSON, masked exactly as [`Masker::mask_value`] would leave
+    /// it, without copying it (an object whose keys hold a credential pattern, which must
+    /// be renamed, is copied and masked). The bytes are those of `serde_json`.
+    pub(crate) fn write_masked(&self, out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::String(s) => write_json_str(out, &self.mask_str(s)),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.write_masked(out, v);
+                }
+                out.push(b']');
+            }
+            Value::Object(map) => {
+                if map.keys().any(|k| self.0.patterns.is_match(k)) {
+                    // Keys to rename: exactly what mask_value does, on a copy.
+                    let mut copy = v.clone();
+                    self.mask_value(&mut copy);
+                    let _ = serde_json::to_writer(&mut *out, &copy);
+                    return;
+                }
+                out.push(b'{');
+                for (i, (k, v)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_json_str(out, k);
+                    out.push(b':');
+                    if self.0.enabled && self.is_sensitive_key(k) {
+                        write_json_str(out, &self.0.mask);
+                    } else {
+                        self.write_masked(out, v);
+                    }
+                }
+                out.push(b'}');
+            }
+            // Numbers, booleans, null: serde_json's own formatting.
+            other => {
+                let _ = serde_json::to_writer(&mut *out, other);
+            }
+        }
     }
 
     /// One header value as rendered in events.
@@ -285,31 +323,32 @@ impl Masker {
         headers: &HeaderMap,
         sensitive: &[HeaderName],
     ) {
-        let mut names: Vec<&HeaderName> = headers.keys().collect();
-        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut all: Vec<(&HeaderName, &HeaderValue)> = headers.iter().collect();
+        // Stable: the values of a repeated header keep their order.
+        all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         out.push(b'{');
-        for (i, name) in names.into_iter().enumerate() {
+        let mut i = 0;
+        while let Some(&(name, value)) = all.get(i) {
             if i > 0 {
                 out.push(b',');
             }
-            let _ = serde_json::to_writer(&mut *out, name.as_str());
+            write_json_str(out, name.as_str());
             out.push(b':');
-            let mut values = headers.get_all(name).iter();
-            let first = values
-                .next()
-                .map_or(Cow::Borrowed(""), |v| self.header_value(name, v, sensitive));
-            let joined = match values.next() {
-                None => first,
-                Some(second) => {
-                    let mut all = first.into_owned();
-                    for v in std::iter::once(second).chain(values) {
-                        all.push_str(", ");
-                        all.push_str(&self.header_value(name, v, sensitive));
+            let first = self.header_value(name, value, sensitive);
+            let mut j = i + 1;
+            match all.get(j) {
+                Some((next, _)) if *next == name => {
+                    let mut joined = first.into_owned();
+                    while let Some(&(n, v)) = all.get(j).filter(|(n, _)| *n == name) {
+                        joined.push_str(", ");
+                        joined.push_str(&self.header_value(n, v, sensitive));
+                        j += 1;
                     }
-                    Cow::Owned(all)
+                    write_json_str(out, &joined);
                 }
-            };
-            let _ = serde_json::to_writer(&mut *out, &*joined);
+                _ => write_json_str(out, &first),
+            }
+            i = j;
         }
         out.push(b'}');
     }
@@ -336,43 +375,20 @@ impl Masker {
     }
 }
 
-/// A JSON value that serializes masked (see [`Masker::masked`]).
-pub(crate) struct Masked<'a> {
-    m: &'a Masker,
-    v: &'a Value,
-}
-
-impl Serialize for Masked<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let m = self.m;
-        match self.v {
-            Value::String(x) => s.serialize_str(&m.mask_str(x)),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for v in items {
-                    seq.serialize_element(&Masked { m, v })?;
-                }
-                seq.end()
-            }
-            Value::Object(map) => {
-                if map.keys().any(|k| m.0.patterns.is_match(k)) {
-                    // Keys to rename: exactly what mask_value does, on a copy.
-                    let mut copy = self.v.clone();
-                    m.mask_value(&mut copy);
-                    return copy.serialize(s);
-                }
-                let mut out = s.serialize_map(Some(map.len()))?;
-                for (k, v) in map {
-                    if m.0.enabled && m.is_sensitive_key(k) {
-                        out.serialize_entry(k, &*m.0.mask)?;
-                    } else {
-                        out.serialize_entry(k, &Masked { m, v })?;
-                    }
-                }
-                out.end()
-            }
-            other => other.serialize(s),
-        }
+/// Writes `s` as a JSON string, byte for byte as serde_json does (which escapes only
+/// `"`, `\` and control characters): strings with nothing to escape are copied as is.
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // No early exit, so that the check vectorizes.
+    let plain = s
+        .bytes()
+        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
@@ -545,6 +561,13 @@ mod tests {
             let mut b = a.clone();
             m.mask_value(&mut b);
             prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn json_strings_are_written_as_serde_json_writes_them(s in "(\\PC|[\\x00-\\x1f\"\\\\\\x7f])*") {
+            let mut out = Vec::new();
+            write_json_str(&mut out, &s);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
         }
 
         #[test]

@@ -457,6 +457,80 @@ async fn retention_prunes_and_keeps_verification_meaningful() {
     assert_eq!(r.records, 4);
 }
 
+/// Retention prunes in bulk: the table never holds `maxRecords + prune_slack` rows or
+/// more, is cut back to exactly `maxRecords`, the anchor moves with each cut, and the
+/// trail verifies after every batch, across prunes and across a restart of the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_retention_stays_bounded_and_verifies_across_prunes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let mut cfg = config(dir.path());
+    cfg.storage = StorageList::One(Storage::Database);
+    cfg.database.max_records = 2_000;
+    cfg.queue.batch_size = 64;
+    let max = 2_000i64;
+    let slack = mcp_audit::sink::prune_slack(2_000) as i64;
+    assert_eq!(slack, 200);
+    let count = |c: &Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
+            .unwrap()
+    };
+    let mut anchors = Vec::new();
+    let mut sent = 0i64;
+    for round in 0..2 {
+        let auditor = Auditor::from_config(cfg.clone()).await.unwrap();
+        for step in 0..25 {
+            for i in 0..97 {
+                auditor
+                    .handle()
+                    .record(AuditEvent::config_reload().with_message(format!("{round}/{step}/{i}")))
+                    .await;
+            }
+            sent += 97;
+            auditor.flush().await;
+            let c = Connection::open(&db).unwrap();
+            let n = count(&c);
+            assert!(n < max + slack, "{n} rows kept");
+            let report = verify_sqlite(&db).unwrap();
+            assert!(report.is_intact(), "round {round} step {step}: {report:?}");
+            assert_eq!(report.records as i64, n);
+            match &report.anchor {
+                Some(a) => {
+                    assert_eq!(a.seq + n, report.head.seq);
+                    if anchors.last() != Some(&a.seq) {
+                        // Right after a cut exactly max records are kept.
+                        assert!(n < max + 97, "{n} rows right after a cut");
+                        anchors.push(a.seq);
+                    }
+                }
+                None => assert_eq!(n, report.head.seq),
+            }
+        }
+        auditor.shutdown().await;
+        sent += 1; // the shutdown event
+    }
+    let c = Connection::open(&db).unwrap();
+    let report = verify_sqlite(&db).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.head.seq, sent);
+    // Several cuts happened, each by at least the slack.
+    assert!(anchors.len() >= 10, "{anchors:?}");
+    assert!(
+        anchors.windows(2).all(|w| w[1] - w[0] >= slack),
+        "{anchors:?}"
+    );
+    // The first kept record still cannot be deleted unseen.
+    c.execute(
+        "DELETE FROM audit_events WHERE seq = (SELECT min(seq) FROM audit_events)",
+        [],
+    )
+    .unwrap();
+    assert!(matches!(
+        verify_sqlite(&db).unwrap().problem,
+        Some(Tampering::Deleted { .. })
+    ));
+}
+
 /// A sink that fails its first `failures` writes, then writes to SQLite.
 struct Flaky {
     inner: SqliteSink,
