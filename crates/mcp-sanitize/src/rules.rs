@@ -5,6 +5,21 @@
 //! number of rules. A scan first asks "does anything match?" (which stops at the first
 //! match and allocates nothing); only when something does are the matching rules listed.
 //!
+//! The built-in patterns are not searched over the whole value. One pass over its bytes,
+//! sixteen at a time, finds the bytes that can start one (every built-in pattern starts
+//! with `'` `"` `;` `/` `\` `%` `.` `:` `&` `|` `` ` `` `$` `<` `>`, or at the start of the
+//! value), the gate bytes of the XSS search (`<` `:` `=`), the bytes that may start a
+//! forbidden control character and the `:` of a `://`, so the same pass also answers the
+//! control-character check and says whether the URL rules have anything to look at. The
+//! anchored search runs only at a trigger byte whose following bytes can continue some
+//! pattern starting there (`may_start_at`, `start_may_match`); a value without such a
+//! byte never reaches the automaton. Why this finds every match is checked, not assumed:
+//! property tests compare the pass with a plain search of every pattern on arbitrary
+//! strings, on strings built from the patterns' own tokens and on the attack corpus, and
+//! check that the anchored search never matches at a position the pass does not try. The
+//! configured blocked patterns (literals and regexes) are always searched whole, by their
+//! own automata, so nothing about them is assumed.
+//!
 //! The built-in rule sets ([`Category`]) are deliberately anchored on syntax: each SQL
 //! injection pattern needs one of the characters the seeds strip (`;`, `'`, `"`, `--`,
 //! `/*`, `*/`) and each command injection pattern one of `; | & $ ( ) < > \` \``, so that
