@@ -91,8 +91,6 @@ struct Inner {
     fields: Vec<String>,
     mask: Arc<str>,
     patterns: Regex,
-    /// The shortest text any pattern can match (bytes): shorter strings are not searched.
-    min_len: usize,
 }
 
 /// Masks parameters and header values (see the module documentation). Cheap to clone.
@@ -132,13 +130,7 @@ impl Masker {
             }
             alternatives.push(format!("(?:{p})"));
         }
-        let joined = alternatives.join("|");
-        // 0 (search everything) if the pattern could not be analysed.
-        let min_len = regex_automata::util::syntax::parse(&joined)
-            .ok()
-            .and_then(|hir| hir.properties().minimum_len())
-            .unwrap_or(0);
-        let patterns = Regex::new(&joined).map_err(|_| {
+        let patterns = Regex::new(&alternatives.join("|")).map_err(|_| {
             ConfigError::new(
                 "audit.masking.patterns",
                 "entries must be valid regular expressions",
@@ -155,7 +147,6 @@ impl Masker {
             fields,
             mask: Arc::from(cfg.mask_value.as_str()),
             patterns,
-            min_len,
         })))
     }
 
@@ -180,16 +171,10 @@ impl Masker {
                 .any(|f| buf == f || buf.ends_with(f.as_str()))
     }
 
-    /// Whether a value pattern occurs in `s` (strings shorter than the shortest possible
-    /// match are not searched).
-    fn has_pattern(&self, s: &str) -> bool {
-        s.len() >= self.0.min_len && self.0.patterns.is_match(s)
-    }
-
     /// Replaces every value pattern found in `s` with the mask (always applied, even when
     /// field masking is off: these are credentials wherever they appear).
     pub fn mask_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        if self.has_pattern(s) {
+        if self.0.patterns.is_match(s) {
             Cow::Owned(
                 self.0
                     .patterns
@@ -224,7 +209,7 @@ impl Masker {
                 // Keys holding a credential pattern are renamed first.
                 let bad_keys: Vec<String> = map
                     .keys()
-                    .filter(|k| self.has_pattern(k))
+                    .filter(|k| self.0.patterns.is_match(k))
                     .cloned()
                     .collect();
                 for k in bad_keys {
@@ -284,7 +269,7 @@ impl Masker {
                 out.push(b']');
             }
             Value::Object(map) => {
-                if map.keys().any(|k| self.has_pattern(k)) {
+                if map.keys().any(|k| self.0.patterns.is_match(k)) {
                     // Keys to rename: exactly what mask_value does, on a copy.
                     let mut copy = v.clone();
                     self.mask_value(&mut copy);
@@ -503,30 +488,6 @@ mod tests {
         off.mask_value(&mut v);
         assert_eq!(v["password"], "kept");
         assert_eq!(v["s"], "***REDACTED***");
-    }
-
-    #[test]
-    fn short_strings_are_skipped_only_when_no_pattern_can_match_them() {
-        // The built-in patterns need at least 8 bytes ("a://b:c@").
-        assert_eq!(m().0.min_len, 8);
-        assert_eq!(m().mask_str("a://b:c@x"), "***REDACTED***x");
-        // A configured pattern matching short text lowers the bound.
-        let short = Masker::new(&MaskingConfig {
-            patterns: vec!["zq".into()],
-            ..MaskingConfig::default()
-        })
-        .unwrap();
-        assert_eq!(short.0.min_len, 2);
-        assert_eq!(short.mask_str("zq"), "***REDACTED***");
-        let mut v = json!({"zq": "a"});
-        short.mask_value(&mut v);
-        assert_eq!(v, json!({"***REDACTED***": "a"}));
-        let empty = Masker::new(&MaskingConfig {
-            patterns: vec!["x*".into()],
-            ..MaskingConfig::default()
-        })
-        .unwrap();
-        assert_eq!(empty.0.min_len, 0);
     }
 
     #[test]
