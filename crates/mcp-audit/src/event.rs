@@ -600,9 +600,16 @@ impl Renderer {
                 kind.as_str()
             )),
         };
+        if self.buf.capacity() > MAX_KEPT_BUFFER {
+            // Do not keep the memory of an unusually large event.
+            self.buf = Vec::with_capacity(2048);
+        }
         SinkEvent { json, columns }
     }
 }
+
+/// The largest output buffer kept from one event to the next.
+const MAX_KEPT_BUFFER: usize = 64 * 1024;
 
 /// Writes a value with `write`, then replaces it with `{"bytes":N,"truncated":true}` when
 /// its `N` bytes exceed `max`.
@@ -985,6 +992,23 @@ mod tests {
         let s = renderer().render(&mut e);
         assert_eq!(s.columns.kind, "auth_failure");
         assert_eq!(s.columns.reason.as_deref(), Some("auth_failed"));
+    }
+
+    #[test]
+    fn a_large_event_does_not_keep_its_buffer() {
+        let mut r = renderer();
+        r.max_params_bytes = 1 << 20;
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":"{}"}}}}}}"#,
+            "a".repeat(200_000)
+        );
+        let mcp = McpRequest::parse(bytes::Bytes::from(body), McpHeaders::default()).unwrap();
+        let s = r.render(&mut EventData {
+            mcp: Some(mcp),
+            ..EventData::default()
+        });
+        assert!(s.json.len() > 200_000);
+        assert!(r.buf.capacity() <= MAX_KEPT_BUFFER);
     }
 
     #[test]
