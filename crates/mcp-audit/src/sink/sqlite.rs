@@ -355,9 +355,35 @@ mod tests {
             c.pragma_update(None, "journal_mode", "WAL").unwrap();
             c.execute_batch(SCHEMA).unwrap();
         }
-        let sink = SqliteSink::open(&old, 0).unwrap();
+        let sink = SqliteSink::open(&old, 4).unwrap();
         assert_eq!(page_size(&old), 4096);
+        // It is written to, pruned and verified as before.
+        for b in 0..3 {
+            let batch: Vec<SinkEvent> = (0..5)
+                .map(|i| {
+                    let rec = crate::AuditRecord {
+                        event_id: format!("e{b}-{i}"),
+                        timestamp: "2026-11-21T08:00:00.000000Z".into(),
+                        kind: Some(crate::EventKind::Startup),
+                        ..Default::default()
+                    };
+                    SinkEvent {
+                        json: serde_json::to_string(&rec).unwrap().into(),
+                        columns: crate::event::IndexColumns::of(&rec),
+                    }
+                })
+                .collect();
+            let state = Arc::clone(&sink.state);
+            let mut st = state.lock().unwrap();
+            let head = st.write(&batch).unwrap();
+            st.head = head;
+        }
         drop(sink);
+        let report = verify_sqlite(&old).unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.head.seq, 15);
+        assert!(report.anchor.is_some());
+        assert!(report.records >= 4 && report.records < 4 + 1, "{report:?}");
         drop(SqliteStore::open(old.clone()).unwrap());
         assert_eq!(page_size(&old), 4096);
     }
