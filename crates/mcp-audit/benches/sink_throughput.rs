@@ -16,6 +16,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mcp_audit::{AuditConfig, AuditEvent, Auditor, Storage, StorageList};
 use mcp_core::{AuthMethod, Principal};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::cpu_seconds;
+
 fn event(i: u64) -> AuditEvent {
     AuditEvent::auth_failure()
         .with_principal(Principal::new("alice", AuthMethod::ApiKey))
@@ -148,17 +152,6 @@ fn postgres(c: &mut Criterion) {
 #[cfg(not(feature = "postgres"))]
 fn postgres(_c: &mut Criterion) {
     eprintln!("postgres benches need `--features postgres`");
-}
-
-/// Process CPU time (user + system) from /proc/self/stat, in seconds (Linux).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// A load run outside criterion: 200,000 events into SQLite, wall clock and CPU time.

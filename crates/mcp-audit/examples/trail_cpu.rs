@@ -45,6 +45,10 @@ use mcp_audit::{AuditConfig, AuditUpstream, Auditor, Storage, StorageList};
 use mcp_core::{AuthMethod, McpHeaders, McpRequest, PeerAddr, Principal};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
+#[path = "../benches/support/cpu.rs"]
+mod cpu;
+use cpu::cpu_seconds;
+
 const BODY: &[u8] = br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"search_documents","arguments":{"query":"quarterly revenue by region","filters":{"year":2026,"regions":["emea","apac"]},"limit":25,"auth":{"apiKey":"k-9f8e7d6c5b4a","password":"hunter2"}},"_meta":{"progressToken":"p-17"}}}"#;
 
 fn request() -> Request<Full<Bytes>> {
@@ -111,15 +115,6 @@ fn perf_ctl(cmd: &str) {
     }
 }
 
-/// Process CPU time (user + system) in seconds, from /proc/self/stat (Linux).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 async fn drive<S>(svc: &S, n: u64, rate: u64)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<mcp_audit::AuditBody<Full<Bytes>>>>
@@ -162,10 +157,16 @@ impl AuditSink for Capture {
     }
 }
 
-/// The SQLite sink alone: `max_records` events through the whole pipeline first (not
-/// measured), then `n` events rendered ahead (not measured) and written in batches of
-/// `batch` straight to a `SqliteSink` on the same file (measured).
-fn sink_only(n: u64, batch: usize, max_records: u64) {
+/// A 2-worker runtime, a temp dir (kept alive by the caller) with the database path in
+/// it, and the configuration pointing there with `max_records`.
+fn setup(
+    max_records: u64,
+) -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    AuditConfig,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -176,6 +177,14 @@ fn sink_only(n: u64, batch: usize, max_records: u64) {
     let mut cfg = AuditConfig::default();
     cfg.database.sqlite_path = db.clone();
     cfg.database.max_records = max_records;
+    (rt, dir, db, cfg)
+}
+
+/// The SQLite sink alone: `max_records` events through the whole pipeline first (not
+/// measured), then `n` events rendered ahead (not measured) and written in batches of
+/// `batch` straight to a `SqliteSink` on the same file (measured).
+fn sink_only(n: u64, batch: usize, max_records: u64) {
+    let (rt, _dir, db, mut cfg) = setup(max_records);
     cfg.storage = StorageList::One(Storage::Database);
     let events = rt.block_on(async {
         let a = Auditor::from_config(cfg.clone()).await.unwrap();
@@ -236,18 +245,9 @@ fn main() {
         sink_only(n, batch, max_records);
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("trail.db");
-    let mut cfg = AuditConfig::default();
+    let (rt, _dir, db, mut cfg) = setup(max_records);
     cfg.queue.batch_size = batch;
     cfg.queue.capacity = cfg.queue.capacity.max(2 * batch);
-    cfg.database.sqlite_path = db.clone();
-    cfg.database.max_records = max_records;
     let auditor = rt.block_on(async {
         match mode.as_str() {
             "sqlite" => {

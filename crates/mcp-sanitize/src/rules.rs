@@ -1616,6 +1616,14 @@ mod tests {
         }
     }
 
+    /// Both property checks on one string: the start filter hides no match, and the fast
+    /// path agrees with the full scan (without and with blocked patterns).
+    fn fast_path_sound_and_agrees(s: &str) -> Result<(), String> {
+        filter_sound_on(s)?;
+        let (e, full, eb, fullb) = &*FULL;
+        agree(e, full, s).and_then(|()| agree(eb, fullb, s))
+    }
+
     /// The anchored search matches only where the search tries it: at the start when
     /// [`start_may_match`] holds, at trigger bytes [`may_start_at`] lets through.
     fn filter_sound_on(s: &str) -> Result<(), String> {
@@ -1819,26 +1827,14 @@ mod tests {
             words in proptest::collection::vec(proptest::sample::select(FILTER_WORDS.to_vec()), 0..10)
         ) {
             let s: String = words.concat();
-            if let Err(e) = filter_sound_on(&s) {
-                return Err(proptest::test_runner::TestCaseError::fail(e));
-            }
-            let (e, full, eb, fullb) = &*FULL;
-            if let Err(e) = agree(e, full, &s).and_then(|()| agree(eb, fullb, &s)) {
-                return Err(proptest::test_runner::TestCaseError::fail(e));
-            }
+            fast_path_sound_and_agrees(&s).map_err(proptest::test_runner::TestCaseError::fail)?;
         }
 
         /// Arbitrary strings (any Unicode, control characters included): the fast path
         /// and the full scan agree, and so do the facts.
         #[test]
         fn fast_path_agrees_with_full_scan_on_any_string(s in proptest::prelude::any::<String>()) {
-            if let Err(e) = filter_sound_on(&s) {
-                return Err(proptest::test_runner::TestCaseError::fail(e));
-            }
-            let (e, full, eb, fullb) = &*FULL;
-            if let Err(e) = agree(e, full, &s).and_then(|()| agree(eb, fullb, &s)) {
-                return Err(proptest::test_runner::TestCaseError::fail(e));
-            }
+            fast_path_sound_and_agrees(&s).map_err(proptest::test_runner::TestCaseError::fail)?;
         }
 
         /// Arbitrary strings over the trigger bytes and their neighbours.
@@ -1846,13 +1842,7 @@ mod tests {
         fn fast_path_agrees_with_full_scan_on_trigger_soup(
             s in "[a-zA-Z0-9 \t\n\x0b\x00\x7f\u{85}\u{a0};'\"/\\%.:<>=&|`$(){}*#@_-]{0,48}"
         ) {
-            if let Err(e) = filter_sound_on(&s) {
-                return Err(proptest::test_runner::TestCaseError::fail(e));
-            }
-            let (e, full, eb, fullb) = &*FULL;
-            if let Err(e) = agree(e, full, &s).and_then(|()| agree(eb, fullb, &s)) {
-                return Err(proptest::test_runner::TestCaseError::fail(e));
-            }
+            fast_path_sound_and_agrees(&s).map_err(proptest::test_runner::TestCaseError::fail)?;
         }
     }
 
