@@ -30,6 +30,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod client_addr;
 #[cfg(feature = "axum")]
 pub mod extract;
