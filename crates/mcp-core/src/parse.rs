@@ -6,7 +6,7 @@
 //! [`McpRequest`] in the request extensions, and calls the inner service with the same
 //! bytes as body. An over-limit or unreadable body is answered with `Connection: close`
 //! over HTTP/1.x, since the rest of it was not read. Invalid JSON gets 400 with JSON-RPC
-//! -32700 (configurable). Other methods
+//! -32700 (or, with `reject_invalid_json(false)`, is passed on). Other methods
 //! (`GET`, `DELETE`, ...) pass through untouched.
 //!
 //! The [`McpRequest`] is also copied into the response extensions, so that a layer placed

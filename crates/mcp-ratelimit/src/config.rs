@@ -514,8 +514,8 @@ impl fmt::Debug for RedisConfig {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A rate is not a finite number in (0, 1e6].
-    #[error("`{key}` must be a number greater than 0 and at most 1000000 (got {value})")]
+    /// A rate is not a finite number in [1e-6, 1e6].
+    #[error("`{key}` must be a number from 0.000001 to 1000000 (got {value})")]
     InvalidRate {
         /// The configuration key.
         key: String,

@@ -4,7 +4,8 @@
 //! - One `EVALSHA` per request (the script is loaded once; `redis::Script` loads it again
 //!   after a `NOSCRIPT`, e.g. when Redis restarted), charging every quota of the request
 //!   at once: all or nothing.
-//! - Keys are `{prefix:client}` and `{prefix:client}:t:tool`: the hash tag puts every key
+//! - Keys are `{prefix:client}`, `{prefix:client}:m:method` (per-method quotas) and
+//!   `{prefix:client}:t:tool` (per-tool quotas): the hash tag puts every key
 //!   of a client in one slot, so the script runs on Redis Cluster. Each key expires when
 //!   its state is indistinguishable from a fresh bucket.
 //! - One multiplexed `ConnectionManager` (it reconnects by itself); every call has a
