@@ -37,10 +37,12 @@ pub enum AddressClass {
     SharedAddressSpace,
     /// Unique local IPv6, `fc00::/7`.
     UniqueLocal,
-    /// Cloud metadata services: `169.254.169.254`, `169.254.170.2`, `fd00:ec2::254`,
-    /// `100.100.100.200`, `192.0.0.192`, and the names `metadata.google.internal`,
-    /// `metadata.goog`, `metadata`, `instance-data` (and `.ec2.internal`). Refused unless
-    /// this class itself is allowed, even when the enclosing range is.
+    /// Cloud metadata services: `169.254.169.254`, `169.254.169.123`, `169.254.170.2`,
+    /// `fd00:ec2::254`, `100.100.100.200`, `192.0.0.192`, and the names
+    /// `metadata.google.internal`, `metadata.goog`, `metadata`, `instance-data` (and
+    /// `.ec2.internal`), `metadata.azure.internal`, `metadata.packet.net`. Refused unless
+    /// this class itself is allowed or the address or name is listed in `allowed_hosts`:
+    /// an allowed enclosing class (link-local) or an allowed network does not unlock it.
     Metadata,
     /// `0.0.0.0/8`, `::`.
     Unspecified,
@@ -293,7 +295,9 @@ pub struct SsrfConfig {
     pub allow: Vec<AddressClass>,
     /// Host names or addresses allowed whatever their class (exact, case-insensitive).
     pub allowed_hosts: Vec<String>,
-    /// Networks allowed whatever their class (e.g. `10.1.2.0/24` for an internal API).
+    /// Networks allowed whatever their class (e.g. `10.1.2.0/24` for an internal API),
+    /// except cloud metadata addresses, which only the `metadata` class or
+    /// `allowed_hosts` unlock.
     pub allowed_networks: Vec<IpNet>,
 }
 
@@ -611,21 +615,26 @@ impl UrlPolicy {
         if !self.ssrf {
             return Ok(());
         }
-        if self.host_allowed(&ip.to_string())
-            || self.allowed_networks.iter().any(|n| n.contains(&ip))
-        {
+        if self.host_allowed(&ip.to_string()) {
             return Ok(());
         }
-        if let IpAddr::V6(v6) = ip
-            && let Some(v4) = embedded_ipv4(v6)
-            && self
-                .allowed_networks
-                .iter()
-                .any(|n| n.contains(&IpAddr::V4(v4)))
-        {
-            return Ok(());
+        let class = classify_ip(ip);
+        // A cloud metadata address is not unlocked by an allowed network around it (an
+        // allowed `169.254.0.0/16` must not hand out instance credentials): only by the
+        // `metadata` class or the address named in `allowed_hosts`.
+        if class != Some(AddressClass::Metadata) {
+            let in_allowed = |ip: IpAddr| self.allowed_networks.iter().any(|n| n.contains(&ip));
+            if in_allowed(ip) {
+                return Ok(());
+            }
+            if let IpAddr::V6(v6) = ip
+                && let Some(v4) = embedded_ipv4(v6)
+                && in_allowed(IpAddr::V4(v4))
+            {
+                return Ok(());
+            }
         }
-        match classify_ip(ip) {
+        match class {
             Some(class) if !self.class_allowed(class) => Err(UrlViolation::Ssrf(class)),
             _ => Ok(()),
         }
@@ -846,6 +855,38 @@ mod tests {
             p.check("http://169.254.169.254/"),
             Err(UrlViolation::Ssrf(AddressClass::Metadata))
         );
+        // ... and although a network around it is allowed, in any form; other addresses
+        // of that network pass, and naming the address itself unlocks it.
+        let around = SsrfConfig {
+            allowed_networks: vec![
+                "169.254.0.0/16".parse().unwrap(),
+                "fd00::/8".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        let p2 = UrlPolicy::new(&["http".into()], 2048, &around).unwrap();
+        for attack in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://2852039166/",
+            "http://0xa9fea9fe/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://169.254.170.2/v2/credentials",
+            "http://[fd00:ec2::254]/",
+        ] {
+            assert_eq!(
+                p2.check(attack),
+                Err(UrlViolation::Ssrf(AddressClass::Metadata)),
+                "{attack}"
+            );
+        }
+        assert!(p2.check("http://169.254.10.20/").is_ok());
+        assert!(p2.check("http://[::ffff:169.254.10.20]/").is_ok());
+        let named = SsrfConfig {
+            allowed_hosts: vec!["169.254.169.254".into()],
+            ..Default::default()
+        };
+        let p3 = UrlPolicy::new(&["http".into()], 2048, &named).unwrap();
+        assert!(p3.check("http://169.254.169.254/").is_ok());
         assert!(p.check("http://127.0.1.1/").is_err());
         let off = UrlPolicy::new(
             &["http".into()],
