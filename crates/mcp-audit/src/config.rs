@@ -320,7 +320,9 @@ impl Default for QueryConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Whether auditing is on (default true).
+    /// Whether auditing is on (`audit.enabled`, default true). Read by the caller that
+    /// assembles the layers (the gateway builds no auditor when it is false);
+    /// [`Auditor::from_config`](crate::Auditor::from_config) itself does not look at it.
     pub enabled: bool,
     /// `debug`, `info` (default) or `warn`.
     pub level: AuditLevel,
