@@ -1,6 +1,6 @@
 //! Sinks: where rendered events go. Several can be active at once; each keeps its own
 //! hash chain (PostgreSQL keeps one chain shared by every writer, see
-//! [`PostgresSink`](crate::sink::postgres::PostgresSink)).
+//! `postgres::PostgresSink` with the `postgres` feature).
 //!
 //! A sink receives batches from the background writer only. A batch either is written
 //! completely or fails and leaves nothing behind (files are truncated back, database
