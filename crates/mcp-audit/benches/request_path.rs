@@ -82,6 +82,44 @@ fn inner() -> impl Service<
     })
 }
 
+/// Times `iters` requests through `svc` (each response body read to its end, which is
+/// when the event is queued) in rounds of at most 1,000, flushing the trail between
+/// rounds outside the timing. With `pause`, the writer is held while a round is timed.
+async fn timed_rounds<S, RB>(
+    svc: S,
+    auditor: Auditor,
+    pause: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+    iters: u64,
+) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>, Error = Infallible> + Clone,
+    RB: http_body::Body,
+    RB::Error: std::fmt::Debug,
+{
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let k = (iters - done).min(1000);
+        if let Some(p) = &pause {
+            p.send_replace(true);
+            // Let the writer reach the paused sink with at most one event.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let start = Instant::now();
+        for _ in 0..k {
+            let resp = svc.clone().oneshot(request()).await.unwrap();
+            std::hint::black_box(resp.into_body().collect().await.unwrap());
+        }
+        total += start.elapsed();
+        if let Some(p) = &pause {
+            p.send_replace(false);
+        }
+        auditor.flush().await;
+        done += k;
+    }
+    total
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -121,26 +159,8 @@ fn bench(c: &mut Criterion) {
     let audited = auditor.layer().layer(inner());
     let a = auditor.clone();
     g.bench_function("with_audit_layer", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let svc = audited.clone();
-            let a = a.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    let k = (iters - done).min(1000);
-                    let start = Instant::now();
-                    for _ in 0..k {
-                        let resp = svc.clone().oneshot(request()).await.unwrap();
-                        std::hint::black_box(resp.into_body().collect().await.unwrap());
-                    }
-                    total += start.elapsed();
-                    a.flush().await;
-                    done += k;
-                }
-                total
-            }
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| timed_rounds(audited.clone(), a.clone(), None, iters))
     });
 
     let audited = paused_auditor.layer().layer(inner());
@@ -148,55 +168,15 @@ fn bench(c: &mut Criterion) {
     let pause = Arc::new(pause_tx);
     g.bench_function("with_audit_layer_writer_paused", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            let svc = audited.clone();
-            let a = a.clone();
-            let pause = Arc::clone(&pause);
-            async move {
-                let mut total = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    let k = (iters - done).min(1000);
-                    pause.send_replace(true);
-                    // Let the writer reach the paused sink with at most one event.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    let start = Instant::now();
-                    for _ in 0..k {
-                        let resp = svc.clone().oneshot(request()).await.unwrap();
-                        std::hint::black_box(resp.into_body().collect().await.unwrap());
-                    }
-                    total += start.elapsed();
-                    pause.send_replace(false);
-                    a.flush().await;
-                    done += k;
-                }
-                total
-            }
+            timed_rounds(audited.clone(), a.clone(), Some(Arc::clone(&pause)), iters)
         })
     });
 
     let audited = auditor.layer().record_headers(false).layer(inner());
     let a = auditor.clone();
     g.bench_function("with_audit_layer_no_headers", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let svc = audited.clone();
-            let a = a.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    let k = (iters - done).min(1000);
-                    let start = Instant::now();
-                    for _ in 0..k {
-                        let resp = svc.clone().oneshot(request()).await.unwrap();
-                        std::hint::black_box(resp.into_body().collect().await.unwrap());
-                    }
-                    total += start.elapsed();
-                    a.flush().await;
-                    done += k;
-                }
-                total
-            }
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| timed_rounds(audited.clone(), a.clone(), None, iters))
     });
 
     g.bench_function("component_request_id", |b| {

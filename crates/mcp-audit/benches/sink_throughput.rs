@@ -16,9 +16,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mcp_audit::{AuditConfig, AuditEvent, Auditor, Storage, StorageList};
 use mcp_core::{AuthMethod, Principal};
 
-#[path = "support/cpu.rs"]
-mod cpu;
-use cpu::cpu_seconds;
+#[path = "support/common.rs"]
+mod common;
+use common::{cpu_seconds, sqlite_setup};
 
 fn event(i: u64) -> AuditEvent {
     AuditEvent::auth_failure()
@@ -51,16 +51,8 @@ async fn run(auditor: &Auditor, iters: u64) -> Duration {
 }
 
 fn sqlite(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AuditConfig::default();
+    let (rt, dir, _db, mut cfg) = sqlite_setup("bench.db", 0);
     cfg.storage = StorageList::One(Storage::Database);
-    cfg.database.sqlite_path = dir.path().join("bench.db");
-    cfg.database.max_records = 0;
     let auditor = rt.block_on(Auditor::from_config(cfg)).unwrap();
     let mut g = c.benchmark_group("sqlite");
     g.throughput(Throughput::Elements(1));
@@ -156,16 +148,8 @@ fn postgres(_c: &mut Criterion) {
 
 /// A load run outside criterion: 200,000 events into SQLite, wall clock and CPU time.
 fn load_run(_c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AuditConfig::default();
+    let (rt, _dir, _db, mut cfg) = sqlite_setup("load.db", 100_000);
     cfg.storage = StorageList::One(Storage::Database);
-    cfg.database.sqlite_path = dir.path().join("load.db");
-    cfg.database.max_records = 100_000;
     let auditor = rt.block_on(Auditor::from_config(cfg)).unwrap();
     const N: u64 = 200_000;
     let cpu0 = cpu_seconds();

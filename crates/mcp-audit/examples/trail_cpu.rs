@@ -41,13 +41,13 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use mcp_audit::event::SinkEvent;
 use mcp_audit::sink::{AuditSink, BoxFuture, SinkError};
-use mcp_audit::{AuditConfig, AuditUpstream, Auditor, Storage, StorageList};
+use mcp_audit::{AuditUpstream, Auditor, Storage, StorageList};
 use mcp_core::{AuthMethod, McpHeaders, McpRequest, PeerAddr, Principal};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-#[path = "../benches/support/cpu.rs"]
-mod cpu;
-use cpu::cpu_seconds;
+#[path = "../benches/support/common.rs"]
+mod common;
+use common::{cpu_seconds, sqlite_setup};
 
 const BODY: &[u8] = br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"search_documents","arguments":{"query":"quarterly revenue by region","filters":{"year":2026,"regions":["emea","apac"]},"limit":25,"auth":{"apiKey":"k-9f8e7d6c5b4a","password":"hunter2"}},"_meta":{"progressToken":"p-17"}}}"#;
 
@@ -157,34 +157,11 @@ impl AuditSink for Capture {
     }
 }
 
-/// A 2-worker runtime, a temp dir (kept alive by the caller) with the database path in
-/// it, and the configuration pointing there with `max_records`.
-fn setup(
-    max_records: u64,
-) -> (
-    tokio::runtime::Runtime,
-    tempfile::TempDir,
-    std::path::PathBuf,
-    AuditConfig,
-) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("trail.db");
-    let mut cfg = AuditConfig::default();
-    cfg.database.sqlite_path = db.clone();
-    cfg.database.max_records = max_records;
-    (rt, dir, db, cfg)
-}
-
 /// The SQLite sink alone: `max_records` events through the whole pipeline first (not
 /// measured), then `n` events rendered ahead (not measured) and written in batches of
 /// `batch` straight to a `SqliteSink` on the same file (measured).
 fn sink_only(n: u64, batch: usize, max_records: u64) {
-    let (rt, _dir, db, mut cfg) = setup(max_records);
+    let (rt, _dir, db, mut cfg) = sqlite_setup("trail.db", max_records);
     cfg.storage = StorageList::One(Storage::Database);
     let events = rt.block_on(async {
         let a = Auditor::from_config(cfg.clone()).await.unwrap();
@@ -245,7 +222,7 @@ fn main() {
         sink_only(n, batch, max_records);
         return;
     }
-    let (rt, _dir, db, mut cfg) = setup(max_records);
+    let (rt, _dir, db, mut cfg) = sqlite_setup("trail.db", max_records);
     cfg.queue.batch_size = batch;
     cfg.queue.capacity = cfg.queue.capacity.max(2 * batch);
     let auditor = rt.block_on(async {

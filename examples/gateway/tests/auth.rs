@@ -42,11 +42,7 @@ async fn tools_list(
 #[tokio::test]
 async fn api_key_mode() {
     let dir = tempdir();
-    let (_up, upstream) = start_upstream(dir.path());
-    let (_gw, base) = start_gateway(
-        dir.path(),
-        &base_config(&upstream, &dir.path().join("a.db"), ""),
-    );
+    let (_up, _gw, base) = start_default(dir.path());
     let url = format!("{base}/mcp");
     let c = client();
     let (s, body) = tools_list(&c, &url, Some(("x-api-key", KEY.into()))).await;

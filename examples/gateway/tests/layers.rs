@@ -150,11 +150,7 @@ async fn each_sanitize_rule_refuses_its_attack_and_lets_clean_input_through() {
 #[tokio::test]
 async fn origin_and_host_guard_dns_rebinding() {
     let dir = tempdir();
-    let (_up, upstream) = start_upstream(dir.path());
-    let (_gw, base) = start_gateway(
-        dir.path(),
-        &base_config(&upstream, &dir.path().join("a.db"), ""),
-    );
+    let (_up, _gw, base) = start_default(dir.path());
     let url = format!("{base}/mcp");
     let c = client();
     let port = base.rsplit(':').next().unwrap();

@@ -231,11 +231,7 @@ async fn sse_is_streamed_event_by_event() {
 #[tokio::test]
 async fn both_protocol_revisions_through_the_gateway() {
     let dir = tempdir();
-    let (_up, upstream) = start_upstream(dir.path());
-    let (_gw, base) = start_gateway(
-        dir.path(),
-        &base_config(&upstream, &dir.path().join("a.db"), ""),
-    );
+    let (_up, _gw, base) = start_default(dir.path());
     let url = format!("{base}/mcp");
     let c = client();
     // 2026-07-28: discover, then a streamed tool call with progress.
@@ -364,11 +360,7 @@ async fn both_protocol_revisions_through_the_gateway() {
 #[tokio::test]
 async fn metrics_count_requests_and_denials() {
     let dir = tempdir();
-    let (_up, upstream) = start_upstream(dir.path());
-    let (_gw, base) = start_gateway(
-        dir.path(),
-        &base_config(&upstream, &dir.path().join("a.db"), ""),
-    );
+    let (_up, _gw, base) = start_default(dir.path());
     let url = format!("{base}/mcp");
     let c = client();
     call_tool(&c, &url, "echo", json!({"message": "m"}))

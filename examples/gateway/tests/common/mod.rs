@@ -155,6 +155,14 @@ pub fn start_gateway_env(dir: &Path, yaml: &str, envs: &[(&str, &str)]) -> (Proc
     (p, base)
 }
 
+/// The demo upstream and a gateway in front of it with [`base_config`] and its audit
+/// trail in dir/a.db: (upstream process, gateway process, gateway base URL).
+pub fn start_default(dir: &Path) -> (Proc, Proc, String) {
+    let (up, upstream) = start_upstream(dir);
+    let (gw, base) = start_gateway(dir, &base_config(&upstream, &dir.join("a.db"), ""));
+    (up, gw, base)
+}
+
 /// Runs the binary to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
