@@ -107,11 +107,68 @@ where
     }
 }
 
+/// A cap on open connections that several [`Server`]s share.
+///
+/// A multi-threaded service can run one accept loop per thread, each on its own
+/// current-thread runtime and on a clone of one listening socket; giving every loop the
+/// same `ConnectionLimit` keeps `max` a limit for the whole process rather than per loop.
+/// A loop takes its permit before it accepts, so that connections beyond the limit wait
+/// in the kernel's listen backlog: while the limit is not reached, each loop waiting for
+/// its next connection holds one permit for it. On shutdown each loop drains its own
+/// connections.
+///
+/// ```
+/// use mcp_tls::{ConnectionLimit, Server};
+///
+/// # async fn run(a: tokio::net::TcpListener, b: tokio::net::TcpListener) {
+/// let limit = ConnectionLimit::new(10_000);
+/// let first = Server::new(a).connection_limit(limit.clone());
+/// let second = Server::new(b).connection_limit(limit);
+/// # let _ = (first, second);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` open connections (clamped to 1..=536,870,911).
+    pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, (u32::MAX >> 3) as usize);
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections that can still be opened.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+impl fmt::Debug for ConnectionLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionLimit")
+            .field("max", &self.max)
+            .field("available", &self.available())
+            .finish()
+    }
+}
+
 /// The accept loop, as a builder. See the [module documentation](self).
 pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     options: ServerOptions,
+    limit: Option<ConnectionLimit>,
     shutdown: Option<ShutdownSignal>,
 }
 
@@ -121,6 +178,7 @@ impl fmt::Debug for Server {
             .field("listener", &self.listener)
             .field("tls", &self.tls)
             .field("options", &self.options)
+            .field("limit", &self.limit)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +190,7 @@ impl Server {
             listener,
             tls: None,
             options: ServerOptions::default(),
+            limit: None,
             shutdown: None,
         }
     }
@@ -161,9 +220,17 @@ impl Server {
         self
     }
 
-    /// Most connections open at once (default 10000).
+    /// Most connections open at once (default 10000). Ignored when a shared
+    /// [`connection_limit`](Self::connection_limit) is set.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.options.max_connections = max;
+        self
+    }
+
+    /// Counts this loop's connections against `limit`, shared with other loops, instead
+    /// of a limit of its own.
+    pub fn connection_limit(mut self, limit: ConnectionLimit) -> Self {
+        self.limit = Some(limit);
         self
     }
 
@@ -202,15 +269,19 @@ impl Server {
             listener,
             tls,
             options,
+            limit,
             shutdown,
         } = self;
-        let max = options.max_connections.clamp(1, (u32::MAX >> 3) as usize);
+        let limit = limit.unwrap_or_else(|| ConnectionLimit::new(options.max_connections));
+        let permits = limit.permits;
+        // Every connection task holds a clone of `alive`: when the last is gone, this
+        // loop's connections have all finished.
+        let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
         let handshake_timeout = if options.handshake_timeout.is_zero() {
             Duration::from_secs(10)
         } else {
             options.handshake_timeout
         };
-        let permits = Arc::new(Semaphore::new(max));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new());
@@ -247,8 +318,10 @@ impl Server {
             let builder = builder.clone();
             let tls = tls.clone();
             let stop = stop_rx.clone();
+            let alive = alive.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _alive = alive;
                 match tls {
                     None => {
                         let svc = ConnectionInfo::new(service, peer, None);
@@ -268,9 +341,8 @@ impl Server {
         }
         drop(listener);
         let _ = stop_tx.send(true);
-        // Every connection holds a permit: all permits back means all drained.
-        let drained =
-            tokio::time::timeout(options.drain_timeout, permits.acquire_many(max as u32)).await;
+        drop(alive);
+        let drained = tokio::time::timeout(options.drain_timeout, all_done.recv()).await;
         if drained.is_err() {
             tracing::warn!("drain timeout reached with connections still open");
         }

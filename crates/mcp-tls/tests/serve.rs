@@ -126,6 +126,53 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
 }
 
 #[tokio::test]
+async fn a_shared_connection_limit_counts_every_loop() {
+    // Two accept loops (as one per worker thread would be) share a limit of one.
+    let limit = mcp_tls::ConnectionLimit::new(1);
+    let a = start_with(None, |s| s.connection_limit(limit.clone()), echo_router()).await;
+    let b = start_with(
+        None,
+        // A loop's own cap is ignored when the limit is shared.
+        |s| s.max_connections(100).connection_limit(limit.clone()),
+        echo_router(),
+    )
+    .await;
+    // A keep-alive connection to the first loop, held open.
+    let tcp = TcpStream::connect(a.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(conn);
+    let req = http::Request::get("/echo")
+        .header("host", "x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    assert_eq!(limit.available(), 0);
+
+    // A connection to the second loop waits: the one permit is taken.
+    let addr = b.addr;
+    let second = tokio::spawn(async move { http_get_plain(addr, "/echo").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second loop served a connection beyond the shared limit"
+    );
+
+    // Close the first loop's connection: the second loop serves.
+    drop(send);
+    let _ = conn_task.await;
+    let out = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the waiting connection was never served")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(limit.available(), 1);
+}
+
+#[tokio::test]
 async fn graceful_shutdown_stops_accepting_and_drains_requests_in_flight() {
     let release = Arc::new(tokio::sync::Notify::new());
     let entered = Arc::new(tokio::sync::Notify::new());

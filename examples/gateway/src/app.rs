@@ -108,14 +108,27 @@ pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::Confi
     Ok(proxies)
 }
 
-/// Builds the gateway's router.
+/// Builds the layers and the gateway's router.
 pub async fn build(
     loaded: &Loaded,
     metrics: Option<PrometheusHandle>,
 ) -> Result<Gateway, crate::config::ConfigError> {
+    let layers = Layers::build(loaded).await?;
+    let router = router(loaded, &layers, metrics)?;
+    Ok(Gateway { router, layers })
+}
+
+/// Builds a router over already built layers, with upstream connection pools of its
+/// own: each worker thread serves one, so that a request and its upstream connection
+/// are handled on the same thread. The layers' state (rate limits, audit trail, keys)
+/// is shared by every router built from the same [`Layers`].
+pub fn router(
+    loaded: &Loaded,
+    layers: &Layers,
+    metrics: Option<PrometheusHandle>,
+) -> Result<Router, crate::config::ConfigError> {
     let cfg: &Config = &loaded.config;
     let proxies = build_proxies(loaded)?;
-    let layers = Layers::build(loaded).await?;
     let trusted = TrustedProxies::new(cfg.server.trusted_proxies.iter().copied())
         .with_header(cfg.server.forwarded_header);
 
@@ -173,8 +186,7 @@ pub async fn build(
             .service(query);
         router = router.route_service("/api/audit/query", stack);
     }
-    let router = router.layer(ClientAddrLayer::new(trusted));
-    Ok(Gateway { router, layers })
+    Ok(router.layer(ClientAddrLayer::new(trusted)))
 }
 
 async fn readyz(State(ops): State<OpsState>) -> Response<Body> {

@@ -104,8 +104,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Seconds given to in-flight requests on SIGTERM.
     pub shutdown_grace_seconds: u64,
-    /// Most connections open at once.
+    /// Most connections open at once (for the whole process, every worker together).
     pub max_connections: usize,
+    /// Threads that serve connections, each with a runtime of its own and all on the one
+    /// listening socket (like nginx's worker processes). 0: one per CPU.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +125,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_seconds: 30,
             max_connections: 10_000,
+            workers: 0,
         }
     }
 }

@@ -25,6 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tokio::sync::oneshot;
 
 /// mimalloc instead of the system allocator: every request allocates (headers, parsed
 /// JSON-RPC, audit record), and under load glibc's malloc and free cost about a tenth of
@@ -216,7 +217,7 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
     if let Some(h) = &metrics {
         observe::spawn_upkeep(h.clone());
     }
-    let gateway = app::build(&loaded, metrics)
+    let gateway = app::build(&loaded, metrics.clone())
         .await
         .map_err(|e| e.to_string())?;
     // Bind first: ACME's tls-alpn-01 challenge is answered on the serving port.
@@ -251,17 +252,140 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
             )
             .await;
     }
+    let workers = match cfg.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listener = listener.into_std().map_err(|e| e.to_string())?;
+    let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections);
+    let drain = Duration::from_secs(cfg.server.shutdown_grace_seconds);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut running = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let listener = listener
+            .try_clone()
+            .map_err(|e| format!("cannot share the listening socket: {e}"))?;
+        let router = if i == 0 {
+            gateway.router.clone()
+        } else {
+            app::router(&loaded, &gateway.layers, metrics.clone()).map_err(|e| e.to_string())?
+        };
+        let server = Worker {
+            listener,
+            router,
+            acceptor: acceptor.clone(),
+            limit: limit.clone(),
+            drain,
+            stop: stop_rx.clone(),
+        };
+        let (ready, done) = server.start(i)?;
+        ready
+            .await
+            .map_err(|_| format!("worker {i} did not start"))??;
+        running.push(done);
+    }
+    drop(listener);
+    tracing::info!(workers, "serving");
     println!("mcp-gateway listening on {scheme}://{local}");
     let _ = std::io::stdout().flush();
-    let server = mcp_tls::Server::new(listener)
-        .maybe_tls(acceptor)
-        .max_connections(cfg.server.max_connections)
-        .drain_timeout(Duration::from_secs(cfg.server.shutdown_grace_seconds))
-        .with_graceful_shutdown(shutdown_signal());
-    let result = server.serve(gateway.router.clone()).await;
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    for done in running {
+        let r = done
+            .await
+            .unwrap_or_else(|_| Err("a worker thread ended abnormally".to_owned()));
+        if result.is_ok() {
+            result = r;
+        }
+    }
     tracing::info!("draining done; flushing the audit trail");
     gateway.layers.flush().await;
-    result.map_err(|e| e.to_string())
+    result
+}
+
+/// One serving thread: a current-thread runtime running the accept loop on a clone of
+/// the listening socket, with a router (and upstream connection pools) of its own. A
+/// request, its layers and its upstream exchange stay on one thread: no work stealing,
+/// no cross-thread wake-ups on the request path.
+struct Worker {
+    listener: std::net::TcpListener,
+    router: axum::Router,
+    acceptor: Option<mcp_tls::TlsAcceptor>,
+    limit: mcp_tls::ConnectionLimit,
+    drain: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Starts the thread. The first receiver answers once it accepts connections, the
+    /// second once it has stopped and drained.
+    #[allow(clippy::type_complexity)]
+    fn start(
+        self,
+        index: usize,
+    ) -> Result<
+        (
+            oneshot::Receiver<Result<(), String>>,
+            oneshot::Receiver<Result<(), String>>,
+        ),
+        String,
+    > {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("mcp-gw-worker-{index}"))
+            .spawn(move || {
+                let _ = done_tx.send(self.run(ready_tx));
+            })
+            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        Ok((ready_rx, done_rx))
+    }
+
+    fn run(self, ready: oneshot::Sender<Result<(), String>>) -> Result<(), String> {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let e = format!("cannot start a worker runtime: {e}");
+                let _ = ready.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let Worker {
+            listener,
+            router,
+            acceptor,
+            limit,
+            drain,
+            mut stop,
+        } = self;
+        rt.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    let _ = ready.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let e = format!("cannot serve the listening socket: {e}");
+                    let _ = ready.send(Err(e.clone()));
+                    return Err(e);
+                }
+            };
+            mcp_tls::Server::new(listener)
+                .maybe_tls(acceptor)
+                .connection_limit(limit)
+                .drain_timeout(drain)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .serve(router)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 async fn run_demo(addr: SocketAddr) -> Result<(), String> {

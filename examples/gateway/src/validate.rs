@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use crate::app::RESERVED_PATHS;
 use crate::config::{ConfigError, Loaded};
 
+/// Most worker threads `server.workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 /// The listen address.
 pub fn listen_addr(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
     loaded.config.server.addr.parse().map_err(|_| {
@@ -75,6 +78,12 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
                 _ => loaded.error("server.tls", msg),
             }
         })?;
+    }
+    if cfg.server.workers > MAX_WORKERS {
+        return Err(loaded.error(
+            "server.workers",
+            format!("must be at most {MAX_WORKERS} (0: one per CPU)"),
+        ));
     }
     if cfg.server.max_body_bytes == 0 {
         return Err(loaded.error("server.maxBodyBytes", "must be greater than zero"));

@@ -403,6 +403,19 @@ async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     );
     let (code, _, err) = run(&["check", "--config", &nokey], dir.path(), &[]);
     assert_ne!(code, 0, "{err}");
+    // More worker threads than any machine needs: the key and the bound.
+    let many = write(
+        "many.yaml",
+        &format!(
+            "server:\n  addr: \"127.0.0.1:0\"\n  workers: 5000\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"
+        ),
+    );
+    let (code, _, err) = run(&["check", "--config", &many], dir.path(), &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("server.workers") && err.contains("1024"),
+        "{err}"
+    );
     // Authentication off on a public address: refused unless forced.
     let open = write(
         "open.yaml",

@@ -418,6 +418,77 @@ async fn metrics_count_requests_and_denials() {
     );
 }
 
+/// Sends a keep-alive `GET /healthz` on `s` and reads the whole response.
+async fn healthz_on(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.ends_with(b"ok\n") {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(buf).unwrap()
+}
+
+#[tokio::test]
+async fn worker_threads_share_one_socket_and_one_connection_limit() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let db = dir.path().join("a.db");
+    let cfg = base_config(&upstream, &db, "").replacen(
+        "server:\n",
+        "server:\n  workers: 3\n  maxConnections: 1\n",
+        1,
+    );
+    let (gw, base) = start_gateway(dir.path(), &cfg);
+    // Three serving threads, each named.
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .filter(|c| c.starts_with("mcp-gw-worker-"))
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+
+    // One connection, kept alive: it takes the only place of the whole process.
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(healthz_on(&mut first).await.starts_with("HTTP/1.1 200"));
+    // A second connection is not served by any other worker while the first is open.
+    let second = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        healthz_on(&mut s).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a worker served a connection beyond server.maxConnections"
+    );
+    drop(first);
+    let out = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the waiting connection was never served")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // And proxies, once the place is free again.
+    let r = call_tool(
+        &client(),
+        &format!("{base}/mcp"),
+        "echo",
+        json!({"message": "w"}),
+    )
+    .header("x-api-key", KEY)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_streams_and_flushes_the_audit_trail() {
     let dir = tempdir();
