@@ -17,9 +17,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum_core::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, header::CONTENT_LENGTH};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -161,16 +162,42 @@ where
     {
         return Err(ReadBodyError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) => {
-            if err.downcast_ref::<LengthLimitError>().is_some() {
-                Err(ReadBodyError::TooLarge { limit })
-            } else {
-                Err(ReadBodyError::Body(err))
-            }
+    // The first data frame is kept as it is (no copy): a small body usually arrives in one.
+    // Only a second frame starts a buffer.
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut len: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadBodyError::Body(e.into()))?;
+        // Trailers carry nothing of the body.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        len = match len.checked_add(data.len()) {
+            Some(n) if n <= limit => n,
+            _ => return Err(ReadBodyError::TooLarge { limit }),
+        };
+        if let Some(b) = buf.as_mut() {
+            b.extend_from_slice(&data);
+        } else if let Some(f) = first.take() {
+            let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
+            let mut b = BytesMut::with_capacity(len.saturating_add(hint).min(limit));
+            b.extend_from_slice(&f);
+            b.extend_from_slice(&data);
+            buf = Some(b);
+        } else {
+            first = Some(data);
         }
     }
+    Ok(match (buf, first) {
+        (Some(b), _) => b.freeze(),
+        (None, Some(f)) => f,
+        (None, None) => Bytes::new(),
+    })
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

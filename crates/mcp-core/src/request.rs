@@ -5,11 +5,12 @@
 //! JSON-RPC message (one, or several for a batch array), and the MCP transport headers
 //! ([`McpHeaders`]). It is cheap to clone (one `Arc`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,6 +22,69 @@ pub const MCP_SESSION_ID: &str = "mcp-session-id";
 pub const MCP_METHOD: &str = "mcp-method";
 /// `Mcp-Name` request header (2026-07-28 revision): mirrors `params.name` or `params.uri`.
 pub const MCP_NAME: &str = "mcp-name";
+
+/// The MCP transport header names as [`HeaderName`]s: a lookup with one of these hashes the
+/// name directly, where a lookup by `&str` first parses and validates it.
+///
+/// ```
+/// use http::HeaderMap;
+/// use mcp_core::request::header;
+///
+/// let mut h = HeaderMap::new();
+/// h.insert("MCP-Protocol-Version", "2025-11-25".parse().unwrap());
+/// assert_eq!(h.get(header::MCP_PROTOCOL_VERSION).unwrap(), "2025-11-25");
+/// ```
+pub mod header {
+    use http::HeaderName;
+
+    /// `MCP-Protocol-Version`.
+    pub const MCP_PROTOCOL_VERSION: HeaderName =
+        HeaderName::from_static(super::MCP_PROTOCOL_VERSION);
+    /// `Mcp-Session-Id`.
+    pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static(super::MCP_SESSION_ID);
+    /// `Mcp-Method`.
+    pub const MCP_METHOD: HeaderName = HeaderName::from_static(super::MCP_METHOD);
+    /// `Mcp-Name`.
+    pub const MCP_NAME: HeaderName = HeaderName::from_static(super::MCP_NAME);
+}
+
+/// The method names of the MCP specification, so that a message with one of them keeps a
+/// `&'static str` rather than a copy of the body's string.
+const KNOWN_METHODS: &[&str] = &[
+    "tools/call",
+    "tools/list",
+    "initialize",
+    "ping",
+    "resources/read",
+    "resources/list",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/get",
+    "prompts/list",
+    "completion/complete",
+    "logging/setLevel",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/message",
+    "notifications/roots/list_changed",
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/list_changed",
+    "notifications/resources/updated",
+    "notifications/elicitation/complete",
+];
+
+fn method_name(s: &str) -> Cow<'static, str> {
+    match KNOWN_METHODS.iter().find(|m| **m == s) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(s.to_owned()),
+    }
+}
 
 /// A JSON-RPC 2.0 id: a string or a number (never null for a request).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,7 +173,7 @@ impl Target {
 pub struct McpMessage {
     kind: MessageKind,
     id: Option<JsonRpcId>,
-    method: Option<String>,
+    method: Option<Cow<'static, str>>,
     target: Option<Target>,
     index: Option<usize>,
 }
@@ -126,7 +190,7 @@ impl McpMessage {
             };
         };
         let id = obj.get("id").and_then(JsonRpcId::from_value);
-        let method = obj.get("method").and_then(Value::as_str).map(str::to_owned);
+        let method = obj.get("method").and_then(Value::as_str).map(method_name);
         let kind = match (&method, obj.contains_key("id")) {
             (Some(_), true) => MessageKind::Request,
             (Some(_), false) => MessageKind::Notification,
@@ -226,17 +290,17 @@ impl McpHeaders {
     /// Reads the MCP headers, trimmed. A header whose value is not visible ASCII reads as
     /// absent, and a repeated header keeps its first value.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let get = |name: &str| {
+        let get = |name: HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(|s| s.trim().to_owned())
         };
         Self {
-            protocol_version: get(MCP_PROTOCOL_VERSION),
-            session_id: get(MCP_SESSION_ID),
-            method: get(MCP_METHOD),
-            name: get(MCP_NAME),
+            protocol_version: get(header::MCP_PROTOCOL_VERSION),
+            session_id: get(header::MCP_SESSION_ID),
+            method: get(header::MCP_METHOD),
+            name: get(header::MCP_NAME),
         }
     }
 }
@@ -262,10 +326,25 @@ impl HeaderMismatch {
     }
 }
 
+/// The messages of a body: a single message is kept inline (no second allocation).
+enum Messages {
+    One(McpMessage),
+    Batch(Vec<McpMessage>),
+}
+
+impl Messages {
+    fn as_slice(&self) -> &[McpMessage] {
+        match self {
+            Self::One(m) => std::slice::from_ref(m),
+            Self::Batch(v) => v,
+        }
+    }
+}
+
 struct Inner {
     raw: Bytes,
     value: Value,
-    messages: Vec<McpMessage>,
+    messages: Messages,
     batch: bool,
     headers: McpHeaders,
 }
@@ -291,7 +370,7 @@ impl fmt::Debug for McpRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("McpRequest")
             .field("batch", &self.0.batch)
-            .field("messages", &self.0.messages)
+            .field("messages", &self.0.messages.as_slice())
             .field("headers", &self.0.headers)
             .field("body_len", &self.0.raw.len())
             .finish()
@@ -312,14 +391,16 @@ impl McpRequest {
     pub fn from_parts(raw: Bytes, value: Value, headers: McpHeaders) -> Self {
         let (messages, batch) = match &value {
             Value::Array(items) => (
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| McpMessage::from_value(v, Some(i)))
-                    .collect(),
+                Messages::Batch(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| McpMessage::from_value(v, Some(i)))
+                        .collect(),
+                ),
                 true,
             ),
-            other => (vec![McpMessage::from_value(other, None)], false),
+            other => (Messages::One(McpMessage::from_value(other, None)), false),
         };
         Self(Arc::new(Inner {
             raw,
@@ -342,7 +423,7 @@ impl McpRequest {
 
     /// The messages: one for a single message, one per element for a batch.
     pub fn messages(&self) -> &[McpMessage] {
-        &self.0.messages
+        self.0.messages.as_slice()
     }
 
     /// Whether the body is a batch array.
@@ -358,7 +439,7 @@ impl McpRequest {
     /// The first message (the only one unless the body is a batch). `None` only for an
     /// empty batch array.
     pub fn first(&self) -> Option<&McpMessage> {
-        self.0.messages.first()
+        self.messages().first()
     }
 
     /// The kind of the single message; for a batch, the kind of its first element, or
@@ -597,6 +678,48 @@ mod tests {
         assert_eq!(m.session_id.as_deref(), Some("abc"));
         assert_eq!(m.method.as_deref(), Some("tools/call"));
         assert_eq!(m.name.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn header_names_are_the_str_constants() {
+        assert_eq!(header::MCP_PROTOCOL_VERSION.as_str(), MCP_PROTOCOL_VERSION);
+        assert_eq!(header::MCP_SESSION_ID.as_str(), MCP_SESSION_ID);
+        assert_eq!(header::MCP_METHOD.as_str(), MCP_METHOD);
+        assert_eq!(header::MCP_NAME.as_str(), MCP_NAME);
+    }
+
+    #[test]
+    fn known_and_unknown_methods_read_the_same() {
+        let unknown = [
+            "tools/calls",
+            "Tools/call",
+            "tools/call ",
+            "",
+            "x",
+            r"ping\u0000",
+        ];
+        for m in KNOWN_METHODS.iter().copied().chain(unknown) {
+            let r = parse(&format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{m}"}}"#));
+            let expected = serde_json::from_str::<String>(&format!("\"{m}\"")).unwrap();
+            assert_eq!(r.method(), Some(expected.as_str()));
+            assert_eq!(
+                matches!(r.first().unwrap().method, Some(Cow::Borrowed(_))),
+                KNOWN_METHODS.contains(&expected.as_str()),
+                "{m}"
+            );
+            assert!(format!("{r:?}").contains(&format!("{:?}", expected)));
+        }
+    }
+
+    #[test]
+    fn a_single_message_and_a_batch_of_one_differ() {
+        let one = parse(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+        let batch = parse(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#);
+        assert_eq!(one.messages().len(), 1);
+        assert_eq!(batch.messages().len(), 1);
+        assert_eq!(one.messages()[0].batch_index(), None);
+        assert_eq!(batch.messages()[0].batch_index(), Some(0));
+        assert!(!one.is_batch() && batch.is_batch());
     }
 
     #[test]

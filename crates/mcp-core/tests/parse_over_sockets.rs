@@ -185,6 +185,42 @@ async fn chunked_body_under_limit_is_parsed() {
     assert!(text.starts_with("tools/list|-|"), "{text}");
 }
 
+/// A body in many small chunks: read whole at exactly the limit (joined in order), 413 at
+/// one byte more.
+#[tokio::test]
+async fn many_chunks_up_to_the_limit_are_joined_in_order() {
+    let addr = spawn_axum(TrustedProxies::none()).await;
+    let head = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"pad":""#;
+    let tail = r#""}}}"#;
+    let pad: String = (0..LIMIT - head.len() - tail.len())
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let exact = format!("{head}{pad}{tail}");
+    assert_eq!(exact.len(), LIMIT);
+    for (body, ok) in [
+        (exact.clone(), true),
+        (format!("{head}{pad}b{tail}"), false),
+    ] {
+        let chunks: Vec<Result<Frame<Bytes>, Infallible>> = body
+            .as_bytes()
+            .chunks(7)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let stream = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+        let req = Request::post(format!("http://{addr}/mcp"))
+            .header("content-type", "application/json")
+            .body(stream)
+            .unwrap();
+        let (status, _, _, text) = send(&client(), req).await;
+        if ok {
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(text, format!("tools/call|t|{LIMIT}"));
+        } else {
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        }
+    }
+}
+
 #[tokio::test]
 async fn invalid_json_gets_parse_error() {
     let addr = spawn_axum(TrustedProxies::none()).await;

@@ -5,10 +5,75 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
+use hyper::body::Frame;
 use mcp_core::{
-    ForwardedHeader, JsonRpcId, McpHeaders, McpRequest, Rejection, RejectionReason, TrustedProxies,
+    ForwardedHeader, JsonRpcId, McpHeaders, McpRequest, ReadBodyError, Rejection, RejectionReason,
+    TrustedProxies, read_body,
 };
 use proptest::prelude::*;
+
+/// A piece of a generated body: data, trailers, or a failure of the stream.
+#[derive(Debug, Clone)]
+enum Piece {
+    Data(Vec<u8>),
+    Trailers,
+    Fail,
+}
+
+fn piece() -> impl Strategy<Value = Piece> {
+    prop_oneof![
+        8 => proptest::collection::vec(any::<u8>(), 0..40).prop_map(Piece::Data),
+        1 => Just(Piece::Trailers),
+        1 => Just(Piece::Fail),
+    ]
+}
+
+fn body(
+    pieces: &[Piece],
+) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>>> {
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Data(d) => Ok(Frame::data(Bytes::from(d.clone()))),
+            Piece::Trailers => Ok(Frame::trailers(HeaderMap::new())),
+            Piece::Fail => Err(std::io::Error::other("broken")),
+        })
+        .collect();
+    StreamBody::new(futures_util::stream::iter(frames))
+}
+
+/// What a body reads as: the bytes, or which error.
+#[derive(Debug, PartialEq)]
+enum Read {
+    Bytes(Bytes),
+    TooLarge,
+    Broken,
+}
+
+/// The reference: `http_body_util::Limited` and `collect`, as `read_body` was first written.
+async fn read_reference(pieces: &[Piece], limit: usize) -> Read {
+    match Limited::new(body(pieces), limit).collect().await {
+        Ok(c) => Read::Bytes(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Read::TooLarge,
+        Err(_) => Read::Broken,
+    }
+}
+
+async fn read_fast(pieces: &[Piece], limit: usize, declared: Option<usize>) -> Read {
+    let mut h = HeaderMap::new();
+    if let Some(n) = declared {
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    match read_body(&h, body(pieces), limit).await {
+        Ok(b) => Read::Bytes(b),
+        Err(ReadBodyError::TooLarge { limit: l }) => {
+            assert_eq!(l, limit);
+            Read::TooLarge
+        }
+        Err(ReadBodyError::Body(_)) => Read::Broken,
+    }
+}
 
 fn proxies(h: ForwardedHeader) -> TrustedProxies {
     TrustedProxies::new(["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]).with_header(h)
@@ -61,6 +126,27 @@ proptest! {
         let a = proxies(header).resolve(peer, &h);
         if !trusted_peer {
             prop_assert_eq!(a.ip(), peer.ip());
+        }
+    }
+
+    /// `read_body` (first frame kept without a copy, later frames joined) reads every
+    /// chunking of every body exactly as `Limited` + `collect` does: the same bytes, the
+    /// same "too large" at the same limit, the same failure of a broken stream.
+    #[test]
+    fn read_body_agrees_with_limited_collect(
+        pieces in proptest::collection::vec(piece(), 0..8),
+        limit in 0usize..200,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let reference = rt.block_on(read_reference(&pieces, limit));
+        let fast = rt.block_on(read_fast(&pieces, limit, None));
+        prop_assert_eq!(&fast, &reference);
+        // A declared length over the limit is refused before anything is read; one within
+        // changes nothing.
+        let total: usize = pieces.iter().map(|p| match p { Piece::Data(d) => d.len(), _ => 0 }).sum();
+        prop_assert_eq!(rt.block_on(read_fast(&pieces, limit, Some(limit + 1))), Read::TooLarge);
+        if total <= limit {
+            prop_assert_eq!(rt.block_on(read_fast(&pieces, limit, Some(total))), reference);
         }
     }
 

@@ -49,7 +49,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
-use mcp_core::request::MCP_PROTOCOL_VERSION;
+use mcp_core::request::header;
 use mcp_core::{McpRequest, Parse, ParseLayer, Rejection, RejectionReason};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -90,7 +90,7 @@ impl Shared {
         if extensions.get::<OriginChecked>().is_none() {
             self.origin.check(headers, uri)?;
         }
-        let mut versions = headers.get_all(MCP_PROTOCOL_VERSION).iter();
+        let mut versions = headers.get_all(header::MCP_PROTOCOL_VERSION).iter();
         if let Some(v) = versions.next() {
             let ok = versions.next().is_none()
                 && v.to_str().is_ok_and(|v| {

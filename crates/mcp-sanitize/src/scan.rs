@@ -244,6 +244,11 @@ impl Redactor {
         let Some(set) = &self.set else {
             return Cow::Borrowed(input);
         };
+        // The usual answer is "nothing": `is_match` may stop at the first match and does
+        // not allocate the set of matching patterns.
+        if !set.is_match(input) {
+            return Cow::Borrowed(input);
+        }
         let matched = set.matches(input);
         if !matched.matched_any() {
             return Cow::Borrowed(input);
@@ -343,19 +348,66 @@ pin_project! {
 struct Collect<B> {
     parts: http::response::Parts,
     body: Pin<Box<B>>,
-    buf: BytesMut,
+    /// The first data frame, kept as it came (no copy) until a second one arrives.
+    first: Option<Bytes>,
+    /// The frames joined, from the second data frame on.
+    buf: Option<BytesMut>,
+    /// Bytes received so far.
+    len: usize,
     trailers: Option<HeaderMap>,
 }
 
-fn media_type(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    Some(
-        v.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase(),
-    )
+impl<B> Collect<B> {
+    /// Adds a data frame; `len` has been checked against the bound already.
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if let Some(buf) = self.buf.as_mut() {
+            buf.extend_from_slice(&data);
+        } else if let Some(first) = self.first.take() {
+            let mut buf = BytesMut::with_capacity(first.len() + data.len());
+            buf.extend_from_slice(&first);
+            buf.extend_from_slice(&data);
+            self.buf = Some(buf);
+        } else {
+            self.first = Some(data);
+        }
+    }
+
+    fn take_body(&mut self) -> Bytes {
+        match (self.buf.take(), self.first.take()) {
+            (Some(buf), _) => buf.freeze(),
+            (None, Some(first)) => first,
+            (None, None) => Bytes::new(),
+        }
+    }
+}
+
+/// The media types the layer tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Json,
+    EventStream,
+    Other,
+}
+
+/// The media type of `Content-Type` (parameters ignored, ASCII case-insensitive):
+/// `application/json` or any `+json` type, `text/event-stream`, or something else.
+fn media_type(headers: &HeaderMap) -> Media {
+    let Some(v) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return Media::Other;
+    };
+    let essence = v.split(';').next().unwrap_or("").trim().as_bytes();
+    if essence.eq_ignore_ascii_case(b"text/event-stream") {
+        Media::EventStream
+    } else if essence.eq_ignore_ascii_case(b"application/json")
+        || essence.len() >= 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
+    {
+        Media::Json
+    } else {
+        Media::Other
+    }
 }
 
 /// The answer when an upstream JSON result cannot be scanned (over the bound, or its
@@ -388,15 +440,14 @@ where
                 .headers
                 .get(CONTENT_ENCODING)
                 .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-            let mode = match media_type(&parts.headers).as_deref() {
+            let mode = match media_type(&parts.headers) {
                 _ if encoded => {
                     tracing::warn!("mcp-sanitize: compressed response passed through unscanned");
                     Mode::Pass
                 }
-                Some("text/event-stream") => Mode::Sse,
-                Some("application/json") => Mode::Ready,
-                Some(t) if t.ends_with("+json") => Mode::Ready,
-                _ => Mode::Pass,
+                Media::EventStream => Mode::Sse,
+                Media::Json => Mode::Ready,
+                Media::Other => Mode::Pass,
             };
             if mode == Mode::Pass {
                 return Poll::Ready(Ok(Response::from_parts(parts, ScanBody::pass(body))));
@@ -418,11 +469,12 @@ where
                     "upstream result larger than the scanning limit",
                 )));
             }
-            let capacity = body.size_hint().exact().unwrap_or(0) as usize;
             *this.collect = Some(Collect {
                 parts,
                 body: Box::pin(body),
-                buf: BytesMut::with_capacity(capacity),
+                first: None,
+                buf: None,
+                len: 0,
                 trailers: None,
             });
         }
@@ -434,17 +486,16 @@ where
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        if c.buf.len() + data.len() > this.layer.max_json {
-                            *this.collect = None;
-                            return Poll::Ready(Ok(unscannable(
-                                "upstream result larger than the scanning limit",
-                            )));
+                        match c.len.checked_add(data.len()) {
+                            Some(n) if n <= this.layer.max_json => c.len = n,
+                            _ => {
+                                *this.collect = None;
+                                return Poll::Ready(Ok(unscannable(
+                                    "upstream result larger than the scanning limit",
+                                )));
+                            }
                         }
-                        if c.buf.is_empty() && c.buf.capacity() < data.len() {
-                            c.buf = BytesMut::from(data);
-                        } else {
-                            c.buf.extend_from_slice(&data);
-                        }
+                        c.push(data);
                     }
                     Err(frame) => {
                         if let Ok(t) = frame.into_trailers() {
@@ -461,10 +512,10 @@ where
                 Poll::Ready(None) => break,
             }
         }
-        let Some(c) = this.collect.take() else {
+        let Some(mut c) = this.collect.take() else {
             return Poll::Pending;
         };
-        let raw = c.buf.freeze();
+        let raw = c.take_body();
         let out = match this.layer.redactor.redact(&raw) {
             Cow::Borrowed(_) => raw,
             Cow::Owned(v) => Bytes::from(v),
@@ -502,6 +553,8 @@ pin_project! {
         inner: Option<B>,
         mode: Mode,
         redactor: Option<Arc<Redactor>>,
+        // The whole body (JSON), collected and redacted already.
+        ready: Bytes,
         buf: BytesMut,
         searched: usize,
         limit: usize,
@@ -516,6 +569,7 @@ impl<B> ScanBody<B> {
             inner: Some(inner),
             mode: Mode::Pass,
             redactor: None,
+            ready: Bytes::new(),
             buf: BytesMut::new(),
             searched: 0,
             limit: 0,
@@ -529,6 +583,7 @@ impl<B> ScanBody<B> {
             inner: Some(inner),
             mode: Mode::Sse,
             redactor: Some(redactor),
+            ready: Bytes::new(),
             buf: BytesMut::new(),
             searched: 0,
             limit,
@@ -542,7 +597,8 @@ impl<B> ScanBody<B> {
             inner: None,
             mode: Mode::Ready,
             redactor: None,
-            buf: BytesMut::from(body),
+            ready: body,
+            buf: BytesMut::new(),
             searched: 0,
             limit: 0,
             trailers,
@@ -606,6 +662,9 @@ where
         let Some(mut inner) = this.inner.as_pin_mut().filter(|_| !*this.done) else {
             // Collected and redacted already (JSON), or the SSE stream ended (its last
             // event was redacted when it ended): what is left, then the trailers.
+            if !this.ready.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(std::mem::take(this.ready)))));
+            }
             if !this.buf.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
             }
@@ -675,7 +734,9 @@ where
     fn is_end_stream(&self) -> bool {
         match (self.mode, &self.inner) {
             (Mode::Pass, Some(inner)) => inner.is_end_stream(),
-            _ => self.done && self.buf.is_empty() && self.trailers.is_none(),
+            _ => {
+                self.done && self.ready.is_empty() && self.buf.is_empty() && self.trailers.is_none()
+            }
         }
     }
 
@@ -683,7 +744,7 @@ where
         match (self.mode, &self.inner) {
             (Mode::Pass, Some(inner)) => inner.size_hint(),
             (Mode::Ready, _) if self.trailers.is_none() => {
-                SizeHint::with_exact(self.buf.len() as u64)
+                SizeHint::with_exact((self.ready.len() + self.buf.len()) as u64)
             }
             _ => SizeHint::default(),
         }
@@ -752,6 +813,65 @@ mod tests {
         // Unterminated key: redacted to the end of the base64 text.
         let cut = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\nhkiG9w0";
         assert_eq!(red(&format!("{cut}\"")), "[REDACTED:private_key]\"");
+    }
+
+    /// The media type as it was read before `media_type` stopped allocating.
+    fn media_type_reference(v: &str) -> Media {
+        let t = v
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match t.as_str() {
+            "text/event-stream" => Media::EventStream,
+            "application/json" => Media::Json,
+            t if t.ends_with("+json") => Media::Json,
+            _ => Media::Other,
+        }
+    }
+
+    fn media_of(v: &str) -> Option<Media> {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, http::HeaderValue::from_str(v).ok()?);
+        Some(media_type(&h))
+    }
+
+    #[test]
+    fn media_types() {
+        for (v, m) in [
+            ("application/json", Media::Json),
+            ("Application/JSON; charset=utf-8", Media::Json),
+            ("application/vnd.api+JSON", Media::Json),
+            ("+json", Media::Json),
+            ("json", Media::Other),
+            ("application/jsonx", Media::Other),
+            (" TEXT/Event-Stream ;x", Media::EventStream),
+            ("text/plain", Media::Other),
+            ("", Media::Other),
+        ] {
+            assert_eq!(media_of(v), Some(m), "{v}");
+            assert_eq!(media_type_reference(v), m, "{v}");
+        }
+        assert_eq!(media_type(&HeaderMap::new()), Media::Other);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn media_type_agrees_with_the_lowercasing_reference(
+            v in "[ ;+a-zA-Z/\\-]{0,8}(application/json|text/event-stream|\\+json|[+]JSON|JSON)?[ ;a-zA-Z=-]{0,6}"
+        ) {
+            if let Some(m) = media_of(&v) {
+                proptest::prop_assert_eq!(m, media_type_reference(&v));
+            }
+        }
+
+        #[test]
+        fn media_type_agrees_on_any_visible_ascii(v in "[ -~]{0,30}") {
+            if let Some(m) = media_of(&v) {
+                proptest::prop_assert_eq!(m, media_type_reference(&v));
+            }
+        }
     }
 
     #[test]

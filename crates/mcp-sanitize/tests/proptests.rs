@@ -199,6 +199,75 @@ proptest! {
         prop_assert!(!text.contains("AKIA") && !text.contains("MIIBVgIBADAN") && !text.contains("xoxb-") && !text.contains("abcdefghijklmnopqrstuvwx"), "{}", text);
         prop_assert_eq!(text.matches("[REDACTED:").count(), 4);
     }
+
+    /// A JSON result is the same after the layer whether it came in one frame (kept
+    /// without a copy) or in many (joined), with empty frames or not: exactly what the
+    /// redactor makes of the whole body, with its exact length; over `max_json_bytes` it is
+    /// a 502 that carries none of it. Other content types pass byte for byte.
+    #[test]
+    fn json_collection_does_not_depend_on_chunking(
+        cuts in prop::collection::vec(0usize..300, 0..10),
+        filler in "[a-z \"]{0,40}",
+        secret in prop::sample::select(vec!["", "AKIAIOSFODNN7EXAMPLE", "xoxb-1234567890-abcdefghij", "Bearer abcdefghijklmnopqrstuvwx"]),
+        content_type in prop::sample::select(vec![
+            "application/json", "Application/JSON; charset=utf-8", " application/vnd.api+JSON ;x=y",
+            "text/plain", "application/jsonx", "json",
+        ]),
+        bound in 1usize..400,
+    ) {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"text":"{filler} {secret} {filler}"}}}}"#);
+        let bytes = body.as_bytes();
+        let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks = VecDeque::new();
+        let mut last = 0;
+        for p in points {
+            chunks.push_back(Bytes::copy_from_slice(&bytes[last..p]));
+            last = p;
+        }
+        chunks.push_back(Bytes::copy_from_slice(&bytes[last..]));
+        let layer = ResultScanLayer::new(&ResultScanConfig { max_json_bytes: bound, ..Default::default() }).unwrap();
+        let (status, hint, out) = rt().block_on(scan_json(&layer, content_type, chunks));
+        let json = !matches!(content_type, "text/plain" | "application/jsonx" | "json");
+        if !json {
+            prop_assert_eq!(status, 200);
+            prop_assert_eq!(&out[..], bytes);
+        } else if bytes.len() > bound {
+            prop_assert_eq!(status, 502);
+            let text = String::from_utf8_lossy(&out);
+            prop_assert!(!text.contains("\"text\"") && (secret.is_empty() || !text.contains(secret)), "{}", text);
+        } else {
+            prop_assert_eq!(status, 200);
+            prop_assert_eq!(&out[..], &REDACTOR.redact(bytes)[..]);
+            prop_assert_eq!(hint, Some(out.len() as u64));
+            if !secret.is_empty() {
+                prop_assert!(!String::from_utf8_lossy(&out).contains(secret));
+            }
+        }
+    }
+}
+
+async fn scan_json(
+    layer: &ResultScanLayer,
+    content_type: &'static str,
+    chunks: VecDeque<Bytes>,
+) -> (u16, Option<u64>, Bytes) {
+    let svc = layer.layer(service_fn(move |_req: Request<()>| {
+        let body = Chunks(chunks.clone());
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", content_type)
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    }));
+    let resp = svc.oneshot(Request::new(())).await.unwrap();
+    let status = resp.status().as_u16();
+    let hint = http_body::Body::size_hint(resp.body()).exact();
+    let out = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, hint, out)
 }
 
 struct Chunks(VecDeque<Bytes>);

@@ -324,3 +324,44 @@ async fn a_json_result_over_the_bound_becomes_a_502_and_is_never_passed_on() {
     let text = String::from_utf8_lossy(&r.body);
     assert!(!text.contains("AKIA") && !text.contains("xxxx"), "{text}");
 }
+
+/// A small clean JSON result in one frame (kept as it came, not copied or rewritten) goes
+/// out byte for byte with its length; the same body with a secret in it is redacted.
+#[tokio::test]
+async fn a_clean_json_result_in_one_frame_goes_out_unchanged_with_its_length() {
+    const CLEAN: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello from wrk"}],"isError":false}}"#;
+    let app = Router::new()
+        .route(
+            "/clean",
+            get(|| async {
+                Response::builder()
+                    .header("content-type", "Application/JSON")
+                    .header("content-length", CLEAN.len())
+                    .body(Body::from(Bytes::from_static(CLEAN.as_bytes())))
+                    .unwrap()
+            }),
+        )
+        .route(
+            "/secret",
+            get(|| async {
+                Response::builder()
+                    .header("content-type", "application/vnd.example+json")
+                    .body(Body::from(CLEAN.replace("hello", "AKIAIOSFODNN7EXAMPLE")))
+                    .unwrap()
+            }),
+        )
+        .layer(ResultScanLayer::new(&scan_config()).unwrap());
+    let addr = spawn(app).await;
+    let r = send(addr, get_path("/clean", &[])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], CLEAN.as_bytes());
+    assert_eq!(r.header("content-length"), Some(&*CLEAN.len().to_string()));
+    let r = send(addr, get_path("/secret", &[])).await;
+    assert_eq!(r.status, 200);
+    let expected = CLEAN.replace("hello", "[REDACTED:aws_access_key]");
+    assert_eq!(String::from_utf8_lossy(&r.body), expected);
+    assert_eq!(
+        r.header("content-length"),
+        Some(&*expected.len().to_string())
+    );
+}
