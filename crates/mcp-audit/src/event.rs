@@ -8,11 +8,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderName, Method};
 use mcp_core::{Denial, McpRequest, Principal, RejectionReason, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::capture::{Entry, RequestText};
 use crate::layer::RequestId;
 use crate::mask::Masker;
 
@@ -80,7 +81,6 @@ pub(crate) struct EventData {
     pub(crate) principal: Option<Principal>,
     pub(crate) client_ip: Option<IpAddr>,
     pub(crate) http_method: Option<Method>,
-    pub(crate) path: Option<http::Uri>,
     pub(crate) mcp: Option<McpRequest>,
     pub(crate) status: Option<u16>,
     pub(crate) denial: Option<Denial>,
@@ -89,7 +89,14 @@ pub(crate) struct EventData {
     pub(crate) upstream: Option<Arc<str>>,
     pub(crate) bytes_in: Option<u64>,
     pub(crate) bytes_out: Option<u64>,
-    pub(crate) headers: Option<HeaderMap>,
+    /// The path and (when recorded) the headers, copied from the request.
+    pub(crate) request: Option<RequestText>,
+    /// Tests: the request's path and headers, for the reference renderer (the event holds
+    /// their copy in `request`).
+    #[cfg(test)]
+    pub(crate) orig_path: Option<http::Uri>,
+    #[cfg(test)]
+    pub(crate) orig_headers: Option<http::HeaderMap>,
     pub(crate) message: Option<Cow<'static, str>>,
     pub(crate) data: Option<Value>,
 }
@@ -366,6 +373,8 @@ pub(crate) struct Renderer {
     pub(crate) max_params_bytes: usize,
     /// The output buffer, reused from one event to the next.
     pub(crate) buf: Vec<u8>,
+    /// Scratch space to sort the headers, reused from one event to the next.
+    pub(crate) header_order: Vec<Entry>,
 }
 
 /// The RFC 3339 UTC timestamp with microseconds (`2023-11-14T22:13:20.123456Z`) of
@@ -460,6 +469,7 @@ impl Renderer {
             sensitive_headers,
             max_params_bytes,
             buf: Vec::with_capacity(2048),
+            header_order: Vec::new(),
         }
     }
 
@@ -519,7 +529,11 @@ impl Renderer {
         );
         w.opt("client_ip", e.client_ip.map(Shown));
         w.text("http_method", e.http_method.as_ref().map(Method::as_str));
-        w.text("path", e.path.as_ref().map(|u| ms(u.path())).as_deref());
+        let request = e.request.as_ref();
+        w.text(
+            "path",
+            request.and_then(RequestText::path).map(ms).as_deref(),
+        );
         w.text("mcp_method", mcp_method.as_deref());
         w.text("tool", target_of(|t| matches!(t, Target::Tool(_))));
         w.text("resource", target_of(|t| matches!(t, Target::Resource(_))));
@@ -569,8 +583,13 @@ impl Renderer {
         w.text("upstream", e.upstream.as_deref().map(ms).as_deref());
         w.opt("bytes_in", e.bytes_in);
         w.opt("bytes_out", e.bytes_out);
-        if let Some(h) = &e.headers {
-            masker.write_headers(w.key("headers"), h, &self.sensitive_headers);
+        if let Some(req) = request.filter(|r| r.has_headers()) {
+            masker.write_headers(
+                w.key("headers"),
+                req,
+                &self.sensitive_headers,
+                &mut self.header_order,
+            );
         }
         w.text("message", e.message.as_deref().map(ms).as_deref());
         if let Some(d) = &data {
@@ -627,6 +646,7 @@ fn write_capped(out: &mut Vec<u8>, max: usize, write: impl FnOnce(&mut Vec<u8>))
 mod tests {
     use super::*;
     use crate::MaskingConfig;
+    use http::HeaderMap;
     use mcp_core::{AuthMethod, McpHeaders};
 
     fn renderer() -> Renderer {
@@ -683,7 +703,7 @@ mod tests {
             credential_id: e.principal.as_ref().and_then(|p| p.credential_id()).map(ms),
             client_ip: e.client_ip.map(|ip| ip.to_string()),
             http_method: e.http_method.as_ref().map(|m| m.as_str().to_owned()),
-            path: e.path.as_ref().map(|u| ms(u.path())),
+            path: e.orig_path.as_ref().map(|u| ms(u.path())),
             status: e.outcome,
             http_status: e.status,
             jsonrpc_error_code: e.denial.as_ref().map(|d| d.code),
@@ -694,7 +714,7 @@ mod tests {
             bytes_in: e.bytes_in,
             bytes_out: e.bytes_out,
             headers: e
-                .headers
+                .orig_headers
                 .as_ref()
                 .map(|h| masker.render_headers(h, &r.sensitive_headers)),
             message: e.message.as_deref().map(ms),
@@ -740,7 +760,6 @@ mod tests {
             principal: e.principal.clone(),
             client_ip: e.client_ip,
             http_method: e.http_method.clone(),
-            path: e.path.clone(),
             mcp: e.mcp.clone(),
             status: e.status,
             denial: e.denial.clone(),
@@ -749,11 +768,20 @@ mod tests {
             upstream: e.upstream.clone(),
             bytes_in: e.bytes_in,
             bytes_out: e.bytes_out,
-            headers: e.headers.clone(),
             message: e.message.clone(),
             data: e.data.clone(),
+            request: None,
+            orig_path: e.orig_path.clone(),
+            orig_headers: e.orig_headers.clone(),
         };
         let mut e = e;
+        // What the layer captures.
+        if e.orig_path.is_some() || e.orig_headers.is_some() {
+            e.request = Some(RequestText::capture(
+                e.orig_path.as_ref().map(http::Uri::path),
+                e.orig_headers.as_ref(),
+            ));
+        }
         let got = r.render(&mut e);
         let (want, cols) = reference(r, &mut copy, &got.columns.event_id);
         assert_eq!(&*got.json, want);
@@ -793,7 +821,7 @@ mod tests {
             ),
             client_ip: Some("2001:db8::1".parse().unwrap()),
             http_method: Some(Method::POST),
-            path: Some("/mcp/AKIAIOSFODNN7EXAMPLE?token=x".parse().unwrap()),
+            orig_path: Some("/mcp/AKIAIOSFODNN7EXAMPLE?token=x".parse().unwrap()),
             mcp: Some(mcp),
             status: Some(403),
             denial: Some(Denial {
@@ -806,9 +834,10 @@ mod tests {
             upstream: Some(Arc::from("http://u:pw@upstream")),
             bytes_in: Some(10),
             bytes_out: Some(0),
-            headers: Some(h),
+            orig_headers: Some(h),
             message: Some("note with Bearer abcdefghijklmnop".into()),
             data: Some(serde_json::json!({"password": "x", "n": [1, 2.5, null, true]})),
+            ..EventData::default()
         }
     }
 
@@ -850,7 +879,7 @@ mod tests {
         assert!(s.json.contains(r#""params":{"bytes":"#), "{}", s.json);
         // Headers with nothing in them.
         let mut e = full_event(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
-        e.headers = Some(HeaderMap::new());
+        e.orig_headers = Some(HeaderMap::new());
         same_as_reference(&mut r, e);
     }
 
@@ -936,6 +965,47 @@ mod tests {
             }
 
             #[test]
+            fn headers_render_as_before(
+                entries in prop::collection::vec(
+                    (
+                        prop::sample::select(vec![
+                            "accept", "authorization", "cookie", "x-api-key", "user-agent",
+                            "a", "b-", "x-custom-token", "z", "accept-encoding", "host",
+                        ]),
+                        prop_oneof![
+                            "[ -~\t]{0,16}",
+                            prop::sample::select(vec![
+                                "Bearer abcdefghijkl",
+                                "AKIAIOSFODNN7EXAMPLE",
+                                "x \"q\" \\ y",
+                                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+                            ]).prop_map(str::to_owned),
+                        ].prop_map(String::into_bytes),
+                        prop::collection::vec(0x80u8..=0xff, 0..3),
+                        any::<bool>(),
+                        any::<bool>(),
+                    ),
+                    0..14,
+                ),
+                path in "/[a-zA-Z0-9/._~%-]{0,24}",
+            ) {
+                let mut h = http::HeaderMap::new();
+                for (name, mut value, high, sensitive, append) in entries {
+                    value.extend(high);
+                    let Ok(mut v) = http::HeaderValue::from_bytes(&value) else { continue };
+                    v.set_sensitive(sensitive);
+                    let name = http::HeaderName::from_static(name);
+                    if append { h.append(name, v); } else { h.insert(name, v); }
+                }
+                let mut r = renderer();
+                same_as_reference(&mut r, EventData {
+                    orig_path: Some(path.parse().unwrap()),
+                    orig_headers: Some(h),
+                    ..EventData::default()
+                });
+            }
+
+            #[test]
             fn params_render_as_before(args in arb_json(), cap in 0usize..400) {
                 let body = serde_json::json!({
                     "jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -965,7 +1035,7 @@ mod tests {
             status: Some(200),
             outcome: Some(Outcome::Success),
             duration: Some(Duration::from_micros(1500)),
-            headers: Some(h),
+            request: Some(RequestText::capture(Some("/mcp"), Some(&h))),
             ..EventData::default()
         };
         let s = renderer().render(&mut e);

@@ -39,6 +39,7 @@ use tokio::sync::mpsc::OwnedPermit;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::capture::RequestText;
 use crate::event::{EventData, EventKind, Outcome};
 use crate::pipeline::{AuditHandle, Msg, TrySend};
 
@@ -236,9 +237,11 @@ where
             principal: req.extensions().get::<Principal>().cloned(),
             client_ip,
             http_method: Some(req.method().clone()),
-            path: Some(req.uri().clone()),
             bytes_in,
-            headers: cfg.record_headers.then(|| req.headers().clone()),
+            request: Some(RequestText::capture(
+                Some(req.uri().path()),
+                cfg.record_headers.then(|| req.headers()),
+            )),
             ..EventData::default()
         });
         ResponseFuture {

@@ -84,6 +84,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod capture;
 pub mod chain;
 pub mod config;
 pub mod event;

@@ -35,6 +35,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 use serde_json::Value;
 
+use crate::capture::{CapturedHeader, Entry, RequestText};
 use crate::config::{ConfigError, DEFAULT_MASKED_FIELDS, MaskingConfig};
 
 /// The built-in value patterns. Word boundaries are ASCII (`(?-u:\b)`), which keeps the
@@ -61,6 +62,69 @@ pub const BUILTIN_PATTERNS: &[&str] = &[
     // Passwords in URLs: scheme://user:password@
     r"(?i)(?-u:\b)[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",
 ];
+
+/// The bytes at which [`may_hold_builtin`] looks further.
+const TRIGGERS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    let bytes = b"ebB-Agxsk:";
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Whether `s` may hold a match of one of [`BUILTIN_PATTERNS`]: `false` proves that none
+/// of them matches anywhere in `s`, so the regular expression need not run. Every match
+/// of each pattern contains one of these literals:
+///
+/// - JWT: `eyJ`;
+/// - `bearer` / `basic`, case-insensitive in Unicode mode, where `s` also matches
+///   U+017F (`ſ`, UTF-8 `C5 BF`) and no other letter of these words has a non-ASCII
+///   equivalent (a test checks this against the regex crate): `bearer` in any ASCII case,
+///   or `ba`, then `s`, `S` or `ſ`, then `ic`, in any ASCII case;
+/// - PEM: `-----BEGIN`;
+/// - AWS (`AKIA`, `ASIA`, `ABIA`, `ACCA`, `AGPA`, `AIDA`, `AROA`, `ANPA`, `ANVA`, `AIPA`)
+///   and Google (`AIza`) keys: `A` then an ASCII capital;
+/// - GitHub (`ghp_` ... `ghr_`, `github_pat_`): `gh`;
+/// - Slack: `xox`; `sk-`; Stripe-style: `k_live_`;
+/// - passwords in URLs: `://`.
+///
+/// A property test checks the claim against the regular expression.
+pub(crate) fn may_hold_builtin(s: &[u8]) -> bool {
+    for (i, &b) in s.iter().enumerate() {
+        if !TRIGGERS[usize::from(b)] {
+            continue;
+        }
+        let rest = s.get(i + 1..).unwrap_or_default();
+        let hit = match b {
+            b'e' => rest.starts_with(b"yJ"),
+            b'b' | b'B' => {
+                let ci = |at: usize, lit: &[u8]| {
+                    rest.get(at..at + lit.len())
+                        .is_some_and(|r| r.eq_ignore_ascii_case(lit))
+                };
+                ci(0, b"earer")
+                    || (ci(0, b"a")
+                        && ((ci(1, b"s") && ci(2, b"ic"))
+                            || (rest.get(1..3) == Some(&[0xc5, 0xbf][..]) && ci(3, b"ic"))))
+            }
+            b'-' => rest.starts_with(b"----BEGIN"),
+            b'A' => rest.first().is_some_and(u8::is_ascii_uppercase),
+            b'g' => rest.starts_with(b"h"),
+            b'x' => rest.starts_with(b"ox"),
+            b's' => rest.starts_with(b"k-"),
+            b'k' => rest.starts_with(b"_live_"),
+            b':' => rest.starts_with(b"//"),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    false
+}
 
 /// Folds a field name: lowercase, letters and digits only.
 pub fn fold(name: &str) -> String {
@@ -90,7 +154,10 @@ struct Inner {
     enabled: bool,
     fields: Vec<String>,
     mask: Arc<str>,
+    /// The built-in and configured patterns, as one alternation.
     patterns: Regex,
+    /// The configured patterns alone, when there are any (see [`Masker::has_pattern`]).
+    custom: Option<Regex>,
 }
 
 /// Masks parameters and header values (see the module documentation). Cheap to clone.
@@ -121,21 +188,26 @@ impl Masker {
             .iter()
             .map(|p| format!("(?:{p})"))
             .collect();
-        for p in &cfg.patterns {
-            if Regex::new(p).is_err() {
-                return Err(ConfigError::new(
-                    "audit.masking.patterns",
-                    "entries must be valid regular expressions",
-                ));
-            }
-            alternatives.push(format!("(?:{p})"));
-        }
-        let patterns = Regex::new(&alternatives.join("|")).map_err(|_| {
+        let invalid = || {
             ConfigError::new(
                 "audit.masking.patterns",
                 "entries must be valid regular expressions",
             )
-        })?;
+        };
+        let mut custom = Vec::new();
+        for p in &cfg.patterns {
+            if Regex::new(p).is_err() {
+                return Err(invalid());
+            }
+            custom.push(format!("(?:{p})"));
+        }
+        alternatives.extend(custom.iter().cloned());
+        let patterns = Regex::new(&alternatives.join("|")).map_err(|_| invalid())?;
+        let custom = if custom.is_empty() {
+            None
+        } else {
+            Some(Regex::new(&custom.join("|")).map_err(|_| invalid())?)
+        };
         if cfg.mask_value.is_empty() {
             return Err(ConfigError::new(
                 "audit.masking.maskValue",
@@ -147,6 +219,7 @@ impl Masker {
             fields,
             mask: Arc::from(cfg.mask_value.as_str()),
             patterns,
+            custom,
         })))
     }
 
@@ -171,10 +244,18 @@ impl Masker {
                 .any(|f| buf == f || buf.ends_with(f.as_str()))
     }
 
+    /// Whether a value pattern matches somewhere in `s`: the same answer as the regular
+    /// expression of all patterns, which runs only when [`may_hold_builtin`] (or one of
+    /// the configured patterns, searched alone) says that it can match.
+    fn has_pattern(&self, s: &str) -> bool {
+        (may_hold_builtin(s.as_bytes()) || self.0.custom.as_ref().is_some_and(|c| c.is_match(s)))
+            && self.0.patterns.is_match(s)
+    }
+
     /// Replaces every value pattern found in `s` with the mask (always applied, even when
     /// field masking is off: these are credentials wherever they appear).
     pub fn mask_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        if self.0.patterns.is_match(s) {
+        if self.has_pattern(s) {
             Cow::Owned(
                 self.0
                     .patterns
@@ -209,7 +290,7 @@ impl Masker {
                 // Keys holding a credential pattern are renamed first.
                 let bad_keys: Vec<String> = map
                     .keys()
-                    .filter(|k| self.0.patterns.is_match(k))
+                    .filter(|k| self.has_pattern(k))
                     .cloned()
                     .collect();
                 for k in bad_keys {
@@ -269,7 +350,7 @@ impl Masker {
                 out.push(b']');
             }
             Value::Object(map) => {
-                if map.keys().any(|k| self.0.patterns.is_match(k)) {
+                if map.keys().any(|k| self.has_pattern(k)) {
                     // Keys to rename: exactly what mask_value does, on a copy.
                     let mut copy = v.clone();
                     self.mask_value(&mut copy);
@@ -315,33 +396,51 @@ impl Masker {
         }
     }
 
-    /// Writes [`Masker::render_headers`] as a JSON object, byte for byte as serde_json
-    /// serializes the map, without building it.
+    /// One captured header value as rendered in events: the same as
+    /// [`Masker::render_headers`] renders the value it was copied from.
+    fn captured_value<'a>(
+        &'a self,
+        h: CapturedHeader<'a>,
+        sensitive: &[HeaderName],
+    ) -> Cow<'a, str> {
+        // Names are lowercase on both sides: string equality is `HeaderName` equality.
+        if h.sensitive || sensitive.iter().any(|n| n.as_str() == h.name) {
+            return Cow::Borrowed(&*self.0.mask);
+        }
+        match h.value {
+            Some(s) => self.mask_str(s),
+            None => Cow::Borrowed("<binary>"),
+        }
+    }
+
+    /// Writes [`Masker::render_headers`] of the captured headers as a JSON object, byte
+    /// for byte as serde_json serializes the map, without building it. `order` is scratch
+    /// space.
     pub(crate) fn write_headers(
         &self,
         out: &mut Vec<u8>,
-        headers: &HeaderMap,
+        req: &RequestText,
         sensitive: &[HeaderName],
+        order: &mut Vec<Entry>,
     ) {
-        let mut all: Vec<(&HeaderName, &HeaderValue)> = headers.iter().collect();
-        // Stable: the values of a repeated header keep their order.
-        all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        req.sorted_headers(order);
         out.push(b'{');
         let mut i = 0;
-        while let Some(&(name, value)) = all.get(i) {
+        while let Some(&entry) = order.get(i) {
             if i > 0 {
                 out.push(b',');
             }
-            write_json_str(out, name.as_str());
+            let h = req.header(entry);
+            write_json_str(out, h.name);
             out.push(b':');
-            let first = self.header_value(name, value, sensitive);
+            let first = self.captured_value(h, sensitive);
             let mut j = i + 1;
-            match all.get(j) {
-                Some((next, _)) if *next == name => {
+            match order.get(j) {
+                Some(&next) if req.name(next) == h.name => {
                     let mut joined = first.into_owned();
-                    while let Some(&(n, v)) = all.get(j).filter(|(n, _)| *n == name) {
+                    while let Some(&next) = order.get(j).filter(|e| req.name(**e) == h.name) {
                         joined.push_str(", ");
-                        joined.push_str(&self.header_value(n, v, sensitive));
+                        joined.push_str(&self.captured_value(req.header(next), sensitive));
                         j += 1;
                     }
                     write_json_str(out, &joined);
@@ -375,20 +474,43 @@ impl Masker {
     }
 }
 
+/// Whether `s` holds a byte that JSON escapes: `"`, `\` or a control character below
+/// 0x20. Eight bytes at a time (SWAR): in each test below, a byte that is below 0x20, or
+/// equal to `"` or `\` after the XOR, always sets its high bit, so no such byte is
+/// missed; a high bit set by a borrow, without such a byte, only sends the string to
+/// serde_json's escaping, which writes the same bytes.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let quote = has_zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
+        if below_space | quote | backslash != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Writes `s` as a JSON string, byte for byte as serde_json does (which escapes only
 /// `"`, `\` and control characters): strings with nothing to escape are copied as is.
 pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // No early exit, so that the check vectorizes.
-    let plain = s
-        .bytes()
-        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
-    if plain {
+    if needs_escape(s.as_bytes()) {
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
@@ -534,6 +656,178 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    /// The built-in patterns alone, as one regular expression (what the prefilter must
+    /// never hide a match of).
+    fn builtin_regex() -> Regex {
+        let alts: Vec<String> = BUILTIN_PATTERNS
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect();
+        Regex::new(&alts.join("|")).unwrap()
+    }
+
+    fn prefilter_sound_on(re: &Regex, s: &str) -> Result<(), TestCaseError> {
+        if !may_hold_builtin(s.as_bytes()) {
+            prop_assert!(!re.is_match(s), "prefilter hides a match in {:?}", s);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn case_insensitive_letters_of_bearer_and_basic_have_no_other_equivalent_than_long_s() {
+        // Every scalar value once, then the characters `(?i)x` matches for each letter.
+        let all: String = (0u32..=0x10_ffff).filter_map(char::from_u32).collect();
+        for letter in "bearsic".chars() {
+            let re = Regex::new(&format!("(?i){letter}")).unwrap();
+            let mut got: Vec<char> = re
+                .find_iter(&all)
+                .filter_map(|m| m.as_str().chars().next())
+                .collect();
+            got.sort_unstable();
+            let mut want = vec![letter.to_ascii_uppercase(), letter];
+            if letter == 's' {
+                want.push('\u{17f}');
+            }
+            assert_eq!(got, want, "{letter}");
+        }
+    }
+
+    #[test]
+    fn prefilter_lets_every_builtin_example_through() {
+        let re = builtin_regex();
+        for s in [
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+            "Bearer abcdefghijkl",
+            "BEARER\tabcdefghijkl",
+            "basic dXNlcjpwYXNzd29yZA==",
+            "BAſIC dXNlcjpwYXNzd29yZA==",
+            "baſic dXNlcjpwYXNzd29yZA==",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIE",
+            "AKIAIOSFODNN7EXAMPLE",
+            "ANVAIOSFODNN7EXAMPLE",
+            "AIzaSyA-abcdefghijklmnopqrstuvwxyz01234",
+            "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+            "github_pat_0123456789abcdefghijkl",
+            "xoxb-0123456789-abc",
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyz",
+            "rk_live_0123456789abcdef",
+            "postgres://app:s3cr3tpw@db:5432/x",
+        ] {
+            assert!(re.is_match(s), "{s}");
+            assert!(may_hold_builtin(s.as_bytes()), "{s}");
+        }
+        for s in [
+            "",
+            "plain text",
+            "search_documents",
+            "alice@example.com",
+            "/mcp",
+            "tools/call",
+        ] {
+            assert!(!may_hold_builtin(s.as_bytes()), "{s}");
+        }
+    }
+
+    #[test]
+    fn configured_patterns_are_still_searched() {
+        let m = Masker::new(&MaskingConfig {
+            patterns: vec!["internal-[0-9]{4}".into(), "(?i)hunter2".into()],
+            ..MaskingConfig::default()
+        })
+        .unwrap();
+        assert_eq!(m.mask_str("id internal-1234 x"), "id ***REDACTED*** x");
+        assert_eq!(m.mask_str("HUNTER2"), "***REDACTED***");
+        assert_eq!(
+            m.mask_str("HUNTER2 and Bearer abcdefghijkl"),
+            "***REDACTED*** and ***REDACTED***"
+        );
+        assert!(matches!(m.mask_str("internal-12"), Cow::Borrowed(_)));
+        let mut v = json!({"internal-9999": 1});
+        m.mask_value(&mut v);
+        assert!(!v.to_string().contains("9999"));
+    }
+
+    #[test]
+    fn escape_check_finds_each_special_byte_at_each_position() {
+        for special in (0u8..0x20).chain([b'"', b'\\']) {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut b = vec![b'a'; len];
+                    b[at] = special;
+                    let s = String::from_utf8(b).unwrap();
+                    let mut out = Vec::new();
+                    write_json_str(&mut out, &s);
+                    assert_eq!(
+                        String::from_utf8(out).unwrap(),
+                        serde_json::to_string(&s).unwrap()
+                    );
+                }
+            }
+        }
+        // Bytes next to the special ones (borrows, 0x7f, UTF-8) are copied as they are.
+        for s in [
+            "\u{7f}!#[]]^_`\u{1f600}é\u{2028}",
+            "!!!!!!!!!!!!!!!!!",
+            "  !!  ## [] \u{a0}",
+        ] {
+            assert!(!needs_escape(s.as_bytes()), "{s:?}");
+        }
+    }
+
+    proptest! {
+        /// Strings made of fragments of every pattern (and near misses): the prefilter
+        /// never says "no match" where the regular expression finds one.
+        #[test]
+        fn prefilter_never_hides_a_match_in_fragment_soup(
+            words in prop::collection::vec(prop::sample::select(vec![
+                "eyJ", "ey", "J", "e", "y", "hbGci", ".", "_", "-", "Bearer", "bearer", "BeArEr",
+                "b", "B", "ba", "BA", "s", "S", "\u{17f}", "ic", "IC", "earer", "basic", " ", "\t",
+                "\u{a0}", "\u{2003}", "\n", "abcdefgh", "0123456789", "=", "/", "+", "~",
+                "-----", "BEGIN", "-----BEGIN", " PRIVATE KEY-----", "RSA", "-----END",
+                "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA",
+                "A", "AI", "za", "AIza", "IOSFODNN7EXAMPLE", "ABCDEFGHIJKLMNOP", "gh", "g", "h",
+                "ghp", "ghp_", "gho_", "github", "github_pat_", "xox", "xo", "x", "o", "xoxb-",
+                "xoxp-", "sk", "k", "sk-", "k_", "_live_", "sk_live_", "rk_live_", "live",
+                "://", ":/", ":", "//", "@", "http", "postgres", "user", "pw", "é", "\u{1f600}",
+            ]), 0..14)
+        ) {
+            let re = builtin_regex();
+            prefilter_sound_on(&re, &words.concat())?;
+        }
+
+        #[test]
+        fn prefilter_never_hides_a_match_in_any_string(s in any::<String>()) {
+            prefilter_sound_on(&builtin_regex(), &s)?;
+        }
+
+        #[test]
+        fn prefilter_never_hides_a_match_in_pattern_alphabet(
+            s in "[a-zA-Z0-9_:/@. \t\u{17f}=+~-]{0,48}"
+        ) {
+            prefilter_sound_on(&builtin_regex(), &s)?;
+        }
+
+        /// With and without configured patterns, masking gives what the plain regular
+        /// expression gives.
+        #[test]
+        fn mask_str_is_the_plain_replacement(
+            words in prop::collection::vec(prop::sample::select(vec![
+                "Bearer ", "abcdefghijkl", "AKIA", "IOSFODNN7EXAMPLE", "internal-", "1234",
+                "x", " ", "://", "u:p@", "eyJ", "a.b.", "hunter2", "HUNTER2", "sk-",
+            ]), 0..10),
+            custom in any::<bool>(),
+        ) {
+            let cfg = MaskingConfig {
+                patterns: if custom { vec!["internal-[0-9]{4}".into(), "(?i)hunter2".into()] } else { vec![] },
+                ..MaskingConfig::default()
+            };
+            let m = Masker::new(&cfg).unwrap();
+            let s = words.concat();
+            let plain = m.0.patterns.replace_all(&s, regex::NoExpand("***REDACTED***"));
+            prop_assert_eq!(m.mask_str(&s), plain);
+        }
     }
 
     proptest! {
