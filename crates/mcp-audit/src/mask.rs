@@ -63,11 +63,12 @@ pub const BUILTIN_PATTERNS: &[&str] = &[
     r"(?i)(?-u:\b)[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",
 ];
 
-/// The bytes at which [`may_hold_builtin`] looks further.
+/// The bytes at which [`may_hold_builtin`] looks around: one rare byte of each literal
+/// below.
 const TRIGGERS: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
-    let bytes = b"ebB-Agxsk:";
+    let bytes = b"JbBA_xk:";
     while i < bytes.len() {
         t[bytes[i] as usize] = true;
         i += 1;
@@ -77,53 +78,56 @@ const TRIGGERS: [bool; 256] = {
 
 /// Whether `s` may hold a match of one of [`BUILTIN_PATTERNS`]: `false` proves that none
 /// of them matches anywhere in `s`, so the regular expression need not run. Every match
-/// of each pattern contains one of these literals:
+/// of each pattern contains one of these literals (the byte looked for in brackets):
 ///
-/// - JWT: `eyJ`;
+/// - JWT: `eyJ` (`J`);
 /// - `bearer` / `basic`, case-insensitive in Unicode mode, where `s` also matches
 ///   U+017F (`ſ`, UTF-8 `C5 BF`) and no other letter of these words has a non-ASCII
 ///   equivalent (a test checks this against the regex crate): `bearer` in any ASCII case,
-///   or `ba`, then `s`, `S` or `ſ`, then `ic`, in any ASCII case;
-/// - PEM: `-----BEGIN`;
+///   or `ba`, then `s`, `S` or `ſ`, then `ic`, in any ASCII case (`b`, `B`);
+/// - PEM: `-----BEGIN` (`B`);
 /// - AWS (`AKIA`, `ASIA`, `ABIA`, `ACCA`, `AGPA`, `AIDA`, `AROA`, `ANPA`, `ANVA`, `AIPA`)
-///   and Google (`AIza`) keys: `A` then an ASCII capital;
-/// - GitHub (`ghp_` ... `ghr_`, `github_pat_`): `gh`;
-/// - Slack: `xox`; `sk-`; Stripe-style: `k_live_`;
-/// - passwords in URLs: `://`.
+///   and Google (`AIza`) keys: `A` then an ASCII capital (`A`);
+/// - GitHub: `gh` then one of `pousr` then `_`, or `github_` (`_`);
+/// - Stripe-style: `k_live_` (`_`); Slack: `xox` (`x`); `sk-` (`k`);
+/// - passwords in URLs: `://` (`:`).
 ///
-/// A property test checks the claim against the regular expression.
+/// Property tests check the claim against the regular expression.
 pub(crate) fn may_hold_builtin(s: &[u8]) -> bool {
-    for (i, &b) in s.iter().enumerate() {
-        if !TRIGGERS[usize::from(b)] {
-            continue;
+    s.iter()
+        .enumerate()
+        .any(|(i, &b)| TRIGGERS[usize::from(b)] && literal_at(s, i, b))
+}
+
+/// Whether one of the literals of [`may_hold_builtin`] is around `b`, the byte at `i`.
+#[inline]
+fn literal_at(s: &[u8], i: usize, b: u8) -> bool {
+    let before = s.get(..i).unwrap_or_default();
+    let rest = s.get(i + 1..).unwrap_or_default();
+    let ci = |at: usize, lit: &[u8]| {
+        rest.get(at..at + lit.len())
+            .is_some_and(|r| r.eq_ignore_ascii_case(lit))
+    };
+    match b {
+        b'J' => before.ends_with(b"ey"),
+        b'b' | b'B' => {
+            ci(0, b"earer")
+                || (ci(0, b"a")
+                    && ((ci(1, b"s") && ci(2, b"ic"))
+                        || (rest.get(1..3) == Some(&[0xc5, 0xbf][..]) && ci(3, b"ic"))))
+                || (before.ends_with(b"-----") && rest.starts_with(b"EGIN"))
         }
-        let rest = s.get(i + 1..).unwrap_or_default();
-        let hit = match b {
-            b'e' => rest.starts_with(b"yJ"),
-            b'b' | b'B' => {
-                let ci = |at: usize, lit: &[u8]| {
-                    rest.get(at..at + lit.len())
-                        .is_some_and(|r| r.eq_ignore_ascii_case(lit))
-                };
-                ci(0, b"earer")
-                    || (ci(0, b"a")
-                        && ((ci(1, b"s") && ci(2, b"ic"))
-                            || (rest.get(1..3) == Some(&[0xc5, 0xbf][..]) && ci(3, b"ic"))))
-            }
-            b'-' => rest.starts_with(b"----BEGIN"),
-            b'A' => rest.first().is_some_and(u8::is_ascii_uppercase),
-            b'g' => rest.starts_with(b"h"),
-            b'x' => rest.starts_with(b"ox"),
-            b's' => rest.starts_with(b"k-"),
-            b'k' => rest.starts_with(b"_live_"),
-            b':' => rest.starts_with(b"//"),
-            _ => false,
-        };
-        if hit {
-            return true;
+        b'A' => rest.first().is_some_and(u8::is_ascii_uppercase),
+        b'_' => {
+            matches!(before, [.., b'g', b'h', b'p' | b'o' | b'u' | b's' | b'r'])
+                || before.ends_with(b"github")
+                || (before.ends_with(b"k") && rest.starts_with(b"live_"))
         }
+        b'x' => rest.starts_with(b"ox"),
+        b'k' => before.ends_with(b"s") && rest.starts_with(b"-"),
+        b':' => rest.starts_with(b"//"),
+        _ => false,
     }
-    false
 }
 
 /// Folds a field name: lowercase, letters and digits only.
@@ -784,7 +788,8 @@ mod tests {
             words in prop::collection::vec(prop::sample::select(vec![
                 "eyJ", "ey", "J", "e", "y", "hbGci", ".", "_", "-", "Bearer", "bearer", "BeArEr",
                 "b", "B", "ba", "BA", "s", "S", "\u{17f}", "ic", "IC", "earer", "basic", " ", "\t",
-                "\u{a0}", "\u{2003}", "\n", "abcdefgh", "0123456789", "=", "/", "+", "~",
+                "\u{a0}", "\u{2003}", "\n", "abcdefgh", "0123456789",
+                "abcdefghijklmnopqrstuvwxyz0123456789", "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", "=", "/", "+", "~",
                 "-----", "BEGIN", "-----BEGIN", " PRIVATE KEY-----", "RSA", "-----END",
                 "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA",
                 "A", "AI", "za", "AIza", "IOSFODNN7EXAMPLE", "ABCDEFGHIJKLMNOP", "gh", "g", "h",
@@ -795,6 +800,31 @@ mod tests {
         ) {
             let re = builtin_regex();
             prefilter_sound_on(&re, &words.concat())?;
+        }
+
+        /// Strings built to match each pattern (from simplified copies of the patterns,
+        /// without the word boundaries), between random text: wherever the regular
+        /// expression finds a match, the prefilter lets the string through.
+        #[test]
+        fn prefilter_lets_generated_matches_through(
+            pre in "[a-z .:/@_-]{0,6}",
+            m in prop_oneof![
+                "eyJ[A-Za-z0-9_-]{2,6}[.][A-Za-z0-9_-]{2,6}[.][A-Za-z0-9_-]{0,6}",
+                "(?i:bearer|basic)[ \t\u{a0}\u{2003}]{1,2}[A-Za-z0-9._~+/=-]{6,10}",
+                "-----BEGIN[A-Z0-9 ]{0,6}PRIVATE KEY-----[a-zA-Z0-9\n]{0,8}",
+                "(AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}",
+                "AIza[0-9A-Za-z_-]{35}",
+                "(ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,34}",
+                "github_pat_[A-Za-z0-9_]{22,26}",
+                "xox[abprs]-[A-Za-z0-9-]{10,14}",
+                "sk-[A-Za-z0-9_-]{20,24}",
+                "[rs]k_live_[A-Za-z0-9]{16,20}",
+                "(?i:[a-z][a-z0-9+.-]{0,5})://[^/\\s:@]{1,5}:[^/\\s@]{1,5}@",
+            ],
+            post in "[a-z .:/@_-]{0,6}",
+        ) {
+            let s = format!("{pre}{m}{post}");
+            prefilter_sound_on(&builtin_regex(), &s)?;
         }
 
         #[test]
