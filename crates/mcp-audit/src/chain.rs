@@ -41,12 +41,6 @@ pub fn record_hash(prev_hash: &str, seq: i64, json: &str) -> String {
 #[derive(Clone, Copy)]
 pub(crate) struct HashHex([u8; 64]);
 
-impl Default for HashHex {
-    fn default() -> Self {
-        Self([b'0'; 64])
-    }
-}
-
 impl HashHex {
     /// The hex digits.
     pub(crate) fn as_str(&self) -> &str {

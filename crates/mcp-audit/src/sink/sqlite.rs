@@ -3,7 +3,7 @@
 //! One file (WAL mode, `synchronous=NORMAL`, 16 KiB pages when created), table `audit_events` (one row per record:
 //! `seq`, the indexed columns, the event JSON, `prev_hash`, `hash`) and table
 //! `audit_anchor` (the last pruned record, see [`crate::chain`]). Each batch is inserted in
-//! one transaction, by cached multi-row `INSERT`s (32, 16, ..., 1 rows each); `maxRecords` retention runs in the
+//! one transaction with a cached prepared statement; `maxRecords` retention runs in the
 //! same transaction, in bulk: once `maxRecords` plus [`prune_slack`] records are kept, the
 //! oldest are deleted down to `maxRecords` (see [`prune_slack`] for the bound).
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::chain::{ChainHead, ChainRow, HashHex, Verifier, VerifyReport, record_hash_hex};
+use crate::chain::{ChainHead, ChainRow, Verifier, VerifyReport, record_hash_hex};
 use crate::event::{IndexColumns, SinkEvent};
 use crate::query::{AuditQuery, AuditStore, QueryPage, SqlParam, StoreError, build_query};
 use crate::sink::{AuditSink, BoxFuture, SinkError, prune_slack};
@@ -44,43 +44,6 @@ CREATE TABLE IF NOT EXISTS audit_anchor (
     hash TEXT NOT NULL
 );
 ";
-
-/// Columns bound per inserted row.
-const COLUMNS: usize = 14;
-
-/// Rows per `INSERT` statement: a batch is inserted 32 rows at a time, then 16, 8, ...
-const INSERT_ROWS: [usize; 6] = [32, 16, 8, 4, 2, 1];
-
-/// The `INSERT` of `rows` rows (one of [`INSERT_ROWS`]), built once per size.
-fn insert_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        INSERT_ROWS
-            .iter()
-            .map(|&n| {
-                let rows: Vec<String> = (0..n)
-                    .map(|r| {
-                        let p: Vec<String> = (1..=COLUMNS)
-                            .map(|c| format!("?{}", r * COLUMNS + c))
-                            .collect();
-                        format!("({})", p.join(", "))
-                    })
-                    .collect();
-                format!(
-                    "INSERT INTO audit_events (seq, event_id, ts_us, kind, request_id, user_id, \
-                     tool, mcp_method, outcome, http_status, reason, event, prev_hash, hash) \
-                     VALUES {}",
-                    rows.join(", ")
-                )
-            })
-            .collect()
-    });
-    let i = INSERT_ROWS
-        .iter()
-        .position(|&n| n == rows)
-        .unwrap_or(INSERT_ROWS.len() - 1);
-    all.get(i).map_or("", String::as_str)
-}
 
 /// The page size of new trail files.
 const PAGE_SIZE: i64 = 16_384;
@@ -122,49 +85,32 @@ impl State {
         let tx = self.conn.transaction()?;
         let mut new_anchor = None;
         {
-            let mut rest = batch;
-            while !rest.is_empty() {
-                // Rows of 32, 16, ..., 1: at most six cached statements.
-                let rows = INSERT_ROWS
-                    .iter()
-                    .copied()
-                    .find(|&n| n <= rest.len())
-                    .unwrap_or(1);
-                let (chunk, tail) = rest.split_at(rows.min(rest.len()));
-                rest = tail;
-                let mut hashes = [HashHex::default(); 32];
-                let mut prev = head.hash.as_str();
-                for (i, (e, slot)) in chunk.iter().zip(hashes.iter_mut()).enumerate() {
-                    *slot = record_hash_hex(prev, head.seq + 1 + i as i64, &e.json);
-                    prev = slot.as_str();
-                }
-                let mut stmt = tx.prepare_cached(insert_sql(chunk.len()))?;
-                for (i, (e, hash)) in chunk.iter().zip(&hashes).enumerate() {
-                    let prev = match i.checked_sub(1).and_then(|p| hashes.get(p)) {
-                        Some(p) => p.as_str(),
-                        None => head.hash.as_str(),
-                    };
-                    let c = &e.columns;
-                    let at = i * COLUMNS;
-                    stmt.raw_bind_parameter(at + 1, head.seq + 1 + i as i64)?;
-                    stmt.raw_bind_parameter(at + 2, &c.event_id)?;
-                    stmt.raw_bind_parameter(at + 3, c.ts_us)?;
-                    stmt.raw_bind_parameter(at + 4, &c.kind)?;
-                    stmt.raw_bind_parameter(at + 5, &c.request_id)?;
-                    stmt.raw_bind_parameter(at + 6, &c.user)?;
-                    stmt.raw_bind_parameter(at + 7, &c.tool)?;
-                    stmt.raw_bind_parameter(at + 8, &c.mcp_method)?;
-                    stmt.raw_bind_parameter(at + 9, &c.outcome)?;
-                    stmt.raw_bind_parameter(at + 10, c.http_status)?;
-                    stmt.raw_bind_parameter(at + 11, &c.reason)?;
-                    stmt.raw_bind_parameter(at + 12, &*e.json)?;
-                    stmt.raw_bind_parameter(at + 13, prev)?;
-                    stmt.raw_bind_parameter(at + 14, hash.as_str())?;
-                }
-                stmt.raw_execute()?;
-                if let Some(last) = chunk.len().checked_sub(1).and_then(|l| hashes.get(l)) {
-                    head.advance(head.seq + chunk.len() as i64, last);
-                }
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit_events (seq, event_id, ts_us, kind, request_id, user_id, \
+                 tool, mcp_method, outcome, http_status, reason, event, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            for e in batch {
+                let seq = head.seq + 1;
+                let hash = record_hash_hex(&head.hash, seq, &e.json);
+                let c = &e.columns;
+                stmt.execute(params![
+                    seq,
+                    c.event_id,
+                    c.ts_us,
+                    c.kind,
+                    c.request_id,
+                    c.user,
+                    c.tool,
+                    c.mcp_method,
+                    c.outcome,
+                    c.http_status,
+                    c.reason,
+                    &*e.json,
+                    head.hash.as_str(),
+                    hash.as_str()
+                ])?;
+                head.advance(seq, &hash);
             }
             if let Some(cut) = prune_cut(head.seq, self.anchor_seq, self.max_records) {
                 let hash: Option<String> = tx
@@ -420,11 +366,11 @@ mod tests {
     );
 
     #[test]
-    fn multi_row_inserts_store_each_row_as_one_row_inserts_did() {
+    fn batches_of_every_size_are_stored_row_by_row_on_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let sink = SqliteSink::open(&path, 0).unwrap();
-        // Every statement size (63 = 32 + 16 + 8 + 4 + 2 + 1), and more than one batch.
+        // Batches of several sizes, one after the other.
         let mut all = Vec::new();
         for (b, n) in [1, 63, 64, 100, 2, 31].into_iter().enumerate() {
             let batch = events(&format!("b{b}"), n);
