@@ -12,13 +12,17 @@
 #
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light). Everything runs as the
 # current user on free loopback ports from a temp dir, and is stopped at the end.
-# Environment: DURATION (default 10s per target), CONNECTIONS (32), THREADS (2),
-# MCP_GATEWAY_BIN (default: cargo build --release).
+# The three targets are measured in turn, ROUNDS times (interleaved, so that a noisy
+# moment on the machine hits every target alike); the figures are each target's median
+# round by throughput.
+# Environment: DURATION (default 10s per target and round), ROUNDS (3), CONNECTIONS (32),
+# THREADS (2), MCP_GATEWAY_BIN (default: cargo build --release).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 DURATION="${DURATION:-10s}"
+ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-2}"
 
@@ -204,25 +208,37 @@ run() {
   echo "$label $line proxy_cpu_us=$(( (p1 - p0) * TICK_US / (n > 0 ? n : 1) )) upstream_cpu_us=$(( (u1 - u0) * TICK_US / (n > 0 ? n : 1) ))" >>"$WORK/results"
 }
 NGINX_WORKERS=($(pgrep -P "$(cat "$WORK/nginx/nginx.pid")"))
-run gateway_all_layers_on "$ON" "$ON_PID"
-run gateway_all_layers_off "$OFF" "$OFF_PID"
-run nginx_reverse_proxy "$NG" "${NGINX_WORKERS[@]}"
+for _ in $(seq 1 "$ROUNDS"); do
+  run gateway_all_layers_on "$ON" "$ON_PID"
+  run gateway_all_layers_off "$OFF" "$OFF_PID"
+  run nginx_reverse_proxy "$NG" "${NGINX_WORKERS[@]}"
+done
 
 echo
-echo "load: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+echo "load: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds"
 python3 - "$WORK/results" <<'EOF'
 import sys
-rows = []
+runs = {}
 for line in open(sys.argv[1]):
     label, _, *kv = line.split()
     d = dict(x.split("=") for x in kv)
-    rows.append((label, float(d["rps"]), float(d["p50_ms"]), float(d["p99_ms"]), int(d["requests"]), int(d["errors"]), int(d["proxy_cpu_us"]), int(d["upstream_cpu_us"])))
-print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7} {'proxy CPU us/req':>17} {'upstream CPU us/req':>20}")
+    runs.setdefault(label, []).append((label, float(d["rps"]), float(d["p50_ms"]), float(d["p99_ms"]), int(d["requests"]), int(d["errors"]), int(d["proxy_cpu_us"]), int(d["upstream_cpu_us"])))
+print("each round:")
+for label, rs in runs.items():
+    print(f"  {label:<26} " + "  ".join(f"{r[1]:.0f} req/s, {r[6]} us" for r in rs))
+# Each target's median round by throughput (its latency and CPU figures with it).
+rows = [sorted(rs, key=lambda r: r[1])[len(rs) // 2] for rs in runs.values()]
+print()
+print(f"{'target (median round)':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7} {'proxy CPU us/req':>17} {'upstream CPU us/req':>20}")
 for r in rows:
     print(f"{r[0]:<26} {r[1]:>10.0f} {r[2]:>8.2f} {r[3]:>8.2f} {r[4]:>9} {r[5]:>7} {r[6]:>17} {r[7]:>20}")
+errors = sum(r[5] for rs in runs.values() for r in rs)
+if errors:
+    print(f"load: FAILED: {errors} requests failed", file=sys.stderr)
 by = {r[0]: r[1] for r in rows}
 on, off, ng = by["gateway_all_layers_on"], by["gateway_all_layers_off"], by["nginx_reverse_proxy"]
 print()
 print(f"all layers on vs all layers off: {100 * (1 - on / off):+.1f}% throughput cost (aim: under 15%)")
 print(f"all layers on vs nginx:          {100 * (on / ng - 1):+.1f}% throughput (aim: within 20%)")
+sys.exit(1 if errors else 0)
 EOF

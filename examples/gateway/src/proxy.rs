@@ -21,7 +21,7 @@ use http::{HeaderMap, Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_audit::AuditUpstream;
 use mcp_core::{ClientAddr, McpRequest, Rejection, RejectionReason};
 
@@ -204,6 +204,9 @@ impl Proxy {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
+            // Without a timer the idle timeout is only checked when a connection is
+            // taken from the pool; with one, idle connections are closed when it passes.
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(https);
