@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Request};
+use http::{HeaderMap, HeaderName, Request};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
@@ -142,7 +142,7 @@ impl TrustedProxies {
         match self.header {
             ForwardedHeader::XRealIp => {
                 // One value: believed only when it is the only one.
-                let mut values = headers.get_all("x-real-ip").iter();
+                let mut values = headers.get_all(X_REAL_IP).iter();
                 if let (Some(v), None) = (values.next(), values.next())
                     && let Some(ip) = v.to_str().ok().and_then(parse_node)
                 {
@@ -150,7 +150,7 @@ impl TrustedProxies {
                 }
             }
             ForwardedHeader::XForwardedFor => {
-                let hops = list_entries(headers, "x-forwarded-for");
+                let hops = list_entries(headers, X_FORWARDED_FOR);
                 for hop in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
                     match parse_node(hop) {
                         Some(ip) => {
@@ -164,7 +164,7 @@ impl TrustedProxies {
                 }
             }
             ForwardedHeader::Forwarded => {
-                let hops = list_entries(headers, "forwarded");
+                let hops = list_entries(headers, http::header::FORWARDED);
                 for element in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
                     match forwarded_for(element).and_then(parse_node) {
                         Some(ip) => {
@@ -182,8 +182,13 @@ impl TrustedProxies {
     }
 }
 
+/// `X-Real-IP` (looked up by name, not parsed from a string on every request).
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `X-Forwarded-For`.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Splits every instance of a list header on commas outside quoted strings, in order.
-fn list_entries<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+fn list_entries(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
     let mut out = Vec::new();
     for value in headers.get_all(name) {
         let Ok(s) = value.to_str() else {

@@ -16,6 +16,10 @@ use mcp_sanitize::{ResultScanConfig, ResultScanLayer};
 use serde_json::Value;
 use tower::{Layer, ServiceExt};
 
+/// The example gateway's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "support/small.rs"]
 mod small;
 

@@ -4,7 +4,8 @@
 //! (`serde_json::from_slice::<Value>` of the body), `mcp_parse` (`McpRequest::parse`),
 //! `parse_layer` (`ParseLayer` to the upstream), `scan` (`ResultScanLayer` around the
 //! upstream, response read to the end), `sanitize` (`SanitizeLayer::with_parse` to the
-//! upstream) or `stack` (`with_parse` around `ResultScanLayer` around the upstream).
+//! upstream) or `stack` (`with_parse` around `ResultScanLayer` around the upstream). With
+//! mimalloc as the global allocator, as in the example gateway.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -15,6 +16,10 @@ use mcp_core::{McpHeaders, McpRequest, ParseLayer};
 use mcp_sanitize::{ResultScanConfig, ResultScanLayer, SanitizeConfig, SanitizeLayer};
 use serde_json::Value;
 use tower::{Layer, ServiceExt};
+
+/// The example gateway's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../benches/support/small.rs"]
 mod small;
