@@ -145,6 +145,10 @@ impl ReadBodyError {
 /// Reads a body into memory, never buffering more than `limit` bytes: a `Content-Length`
 /// above the limit fails before anything is read, and a body of unknown length fails as
 /// soon as it runs over.
+///
+/// A body that arrives in one data frame is returned as that frame's `Bytes` (no copy);
+/// from a second frame on, the frames are copied into one buffer (sized from the body's
+/// size hint) that never holds more than the limit. Trailers are ignored.
 pub async fn read_body<B>(
     headers: &http::HeaderMap,
     body: B,
