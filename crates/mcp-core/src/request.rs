@@ -520,16 +520,27 @@ impl McpRequest {
             return Some(HeaderMismatch::Method);
         }
         if let Some(n) = &h.name {
-            let params = self.params();
-            let body_name = params
-                .and_then(|p| p.get("name"))
-                .and_then(Value::as_str)
-                .or_else(|| params.and_then(|p| p.get("uri")).and_then(Value::as_str));
+            // A tool or prompt target is `params.name` read already, and `params.name`
+            // comes first: no second lookup in the params.
+            let body_name = match self.target() {
+                Some(Target::Tool(name) | Target::Prompt(name)) => Some(name.as_str()),
+                _ => self.body_name(),
+            };
             if body_name != Some(n.as_str()) {
                 return Some(HeaderMismatch::Name);
             }
         }
         None
+    }
+
+    /// `params.name`, or `params.uri` when there is no name, as strings: what `Mcp-Name`
+    /// mirrors.
+    fn body_name(&self) -> Option<&str> {
+        let params = self.params();
+        params
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .or_else(|| params.and_then(|p| p.get("uri")).and_then(Value::as_str))
     }
 }
 
@@ -678,6 +689,50 @@ mod tests {
         assert_eq!(m.session_id.as_deref(), Some("abc"));
         assert_eq!(m.method.as_deref(), Some("tools/call"));
         assert_eq!(m.name.as_deref(), Some("t"));
+    }
+
+    fn arb_params() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let field = prop_oneof![
+            Just(None),
+            Just(Some(Value::Null)),
+            Just(Some(Value::from(3))),
+            prop::sample::select(vec!["t", "u", "file:///a", ""])
+                .prop_map(|s| Some(Value::from(s))),
+        ];
+        (field.clone(), field, any::<bool>()).prop_map(|(name, uri, obj)| {
+            if !obj {
+                return Value::from("not an object");
+            }
+            let mut m = serde_json::Map::new();
+            if let Some(n) = name {
+                m.insert("name".into(), n);
+            }
+            if let Some(u) = uri {
+                m.insert("uri".into(), u);
+            }
+            Value::Object(m)
+        })
+    }
+
+    proptest::proptest! {
+        /// The name check reads the target where there is one and the params otherwise:
+        /// it always agrees with reading `params.name`, else `params.uri`.
+        #[test]
+        fn name_mismatch_agrees_with_reading_the_params(
+            method in proptest::sample::select(vec!["tools/call", "prompts/get", "resources/read", "resources/subscribe", "ping"]),
+            params in arb_params(),
+            header in proptest::sample::select(vec!["t", "u", "file:///a", "", "3"]),
+        ) {
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let r = with_headers(&body.to_string(), None, Some(header));
+            let reference = r.body_name() != Some(header);
+            proptest::prop_assert_eq!(r.header_mismatch() == Some(HeaderMismatch::Name), reference);
+            let p = body.get("params");
+            let by_hand = p.and_then(|p| p.get("name")).and_then(Value::as_str)
+                .or_else(|| p.and_then(|p| p.get("uri")).and_then(Value::as_str));
+            proptest::prop_assert_eq!(r.body_name(), by_hand);
+        }
     }
 
     #[test]

@@ -265,10 +265,13 @@ impl Validator {
     /// Validates a parsed request: `Ok(None)` to forward it as is, `Ok(Some(rewrite))` to
     /// forward a cleaned body, `Err` to refuse it.
     pub(crate) fn validate(&self, req: &McpRequest) -> Result<Option<Rewrite>, Rejection> {
-        let id = if req.is_batch() {
-            None
-        } else {
-            req.id().cloned()
+        // The id is copied only into a rejection (a string id is an allocation).
+        let id = || {
+            if req.is_batch() {
+                None
+            } else {
+                req.id().cloned()
+            }
         };
         let value = req.value();
         let mut needs_rewrite = false;
@@ -307,16 +310,14 @@ impl Validator {
                 }
             }
             single => {
-                check_structure(single, None).map_err(|r| r.with_id(id.clone()))?;
+                check_structure(single, None).map_err(|r| r.with_id(id()))?;
                 let msg = req.first();
                 let ctx = MessageCtx {
                     batch: None,
                     scope: scope_of(req.method()),
                     exempt: msg.and_then(|m| self.exempt_for(m)),
                 };
-                needs_rewrite = self
-                    .walk(single, 1, &ctx)
-                    .map_err(|v| v.rejection(id.clone()))?;
+                needs_rewrite = self.walk(single, 1, &ctx).map_err(|v| v.rejection(id()))?;
             }
         }
         if !needs_rewrite {
@@ -345,7 +346,7 @@ impl Validator {
                     exempt: req.first().and_then(|m| self.exempt_for(m)),
                 };
                 self.rewrite(single, &ctx, &mut stripped, &mut control_stripped)
-                    .map_err(|v| v.rejection(id.clone()))?;
+                    .map_err(|v| v.rejection(id()))?;
             }
         }
         let mut names: Vec<Cow<'static, str>> = stripped
