@@ -487,22 +487,28 @@ fn needs_escape(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
+    let special = |w: [u8; 8]| {
         let x = u64::from_le_bytes(w);
         let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
         let quote = has_zero(x ^ (ONES * u64::from(b'"')));
         let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
-        if below_space | quote | backslash != 0 {
+        below_space | quote | backslash != 0
+    };
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        if special(w) {
             return true;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    // The last 0 to 7 bytes, padded with a byte that is never escaped.
+    let rest = chunks.remainder();
+    let mut w = [b'a'; 8];
+    if let Some(head) = w.get_mut(..rest.len()) {
+        head.copy_from_slice(rest);
+    }
+    special(w)
 }
 
 /// Writes `s` as a JSON string, byte for byte as serde_json does (which escapes only
