@@ -14,7 +14,7 @@ use http::HeaderMap;
 /// follow each other in their order) in one `String`, and where each is. A value marked
 /// sensitive, or not visible ASCII (not `HeaderValue::to_str`), is not copied: it is
 /// rendered as the mask or `<binary>` whatever it holds.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct RequestText {
     text: String,
     path_len: Option<usize>,
@@ -44,7 +44,7 @@ pub(crate) struct Entry {
 }
 
 /// One header value as captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CapturedHeader<'a> {
     /// The (lowercase) name.
     pub(crate) name: &'a str,
@@ -52,6 +52,26 @@ pub(crate) struct CapturedHeader<'a> {
     pub(crate) value: Option<&'a str>,
     /// Whether the value was marked sensitive.
     pub(crate) sensitive: bool,
+}
+
+// Header values may be credentials: Debug shows names and lengths only.
+impl std::fmt::Debug for RequestText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestText")
+            .field("path_len", &self.path_len)
+            .field("headers", &self.headers.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for CapturedHeader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapturedHeader")
+            .field("name", &self.name)
+            .field("value_len", &self.value.map(str::len))
+            .field("sensitive", &self.sensitive)
+            .finish()
+    }
 }
 
 fn name_key(name: &[u8]) -> u64 {
@@ -219,6 +239,15 @@ mod tests {
         same_as_map(Some(""), None).unwrap();
         same_as_map(None, None).unwrap();
         same_as_map(Some("/"), Some(&HeaderMap::new())).unwrap();
+    }
+
+    #[test]
+    fn debug_shows_no_value() {
+        let mut h = HeaderMap::new();
+        h.insert("x-token", HeaderValue::from_static("s3cr3t-value"));
+        let c = RequestText::capture(Some("/mcp"), Some(&h));
+        let shown = format!("{c:?} {:?}", c.headers().unwrap().collect::<Vec<_>>());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 
     proptest! {
