@@ -22,6 +22,24 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tower::{Layer, ServiceExt, service_fn};
 
+/// `bytes` cut into frames at `cuts` (each taken modulo the length + 1); with `empty`,
+/// repeated cuts leave empty frames between them.
+fn cut(bytes: &[u8], cuts: Vec<usize>, empty: bool) -> VecDeque<Bytes> {
+    let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+    points.sort_unstable();
+    if !empty {
+        points.dedup();
+    }
+    let mut chunks = VecDeque::new();
+    let mut last = 0;
+    for p in points {
+        chunks.push_back(Bytes::copy_from_slice(&bytes[last..p]));
+        last = p;
+    }
+    chunks.push_back(Bytes::copy_from_slice(&bytes[last..]));
+    chunks
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -182,17 +200,7 @@ proptest! {
             "data: one {filler}\n\ndata: AKIAIOSFODNN7EXAMPLE {filler}\r\n\r\nevent: x\ndata: Bearer abcdefghijklmnopqrstuvwx\n\ndata: -----BEGIN PRIVATE KEY-----\\nMIIBVgIBADAN\\n-----END PRIVATE KEY-----\n\ndata: tail {filler} xoxb-1234567890-abcdefghij"
         );
         let bytes = stream.as_bytes();
-        let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
-        points.sort_unstable();
-        points.dedup();
-        let mut chunks = VecDeque::new();
-        let mut last = 0;
-        for p in points {
-            chunks.push_back(Bytes::copy_from_slice(&bytes[last..p]));
-            last = p;
-        }
-        chunks.push_back(Bytes::copy_from_slice(&bytes[last..]));
-        let out = rt().block_on(scan_sse(chunks));
+        let out = rt().block_on(scan_sse(cut(bytes, cuts, false)));
         let whole = rt().block_on(scan_sse(VecDeque::from([Bytes::copy_from_slice(bytes)])));
         prop_assert_eq!(&out, &whole);
         let text = String::from_utf8(out).unwrap();
@@ -217,15 +225,7 @@ proptest! {
     ) {
         let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"text":"{filler} {secret} {filler}"}}}}"#);
         let bytes = body.as_bytes();
-        let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
-        points.sort_unstable();
-        let mut chunks = VecDeque::new();
-        let mut last = 0;
-        for p in points {
-            chunks.push_back(Bytes::copy_from_slice(&bytes[last..p]));
-            last = p;
-        }
-        chunks.push_back(Bytes::copy_from_slice(&bytes[last..]));
+        let chunks = cut(bytes, cuts, true);
         let layer = ResultScanLayer::new(&ResultScanConfig { max_json_bytes: bound, ..Default::default() }).unwrap();
         let (status, hint, out) = rt().block_on(scan_json(&layer, content_type, chunks));
         let json = !matches!(content_type, "text/plain" | "application/jsonx" | "json");

@@ -23,6 +23,50 @@ async fn http_get_plain(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+/// An HTTP/1.1 keep-alive connection to `addr` that has been served one request, held
+/// open: its sender and its connection task.
+async fn served_keepalive(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(conn);
+    let req = http::Request::get("/echo")
+        .header("host", "x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    (send, conn_task)
+}
+
+/// A new connection to `addr` is accepted by the kernel but not served while `first` is
+/// open (`what` says what would have gone wrong), and is served once `first` closes.
+async fn waits_until_closed(
+    addr: std::net::SocketAddr,
+    first: (
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    what: &str,
+) {
+    let second = tokio::spawn(async move { http_get_plain(addr, "/echo").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "{what}");
+    let (send, conn_task) = first;
+    drop(send);
+    let _ = conn_task.await;
+    let out = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the waiting connection was never served")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
 #[tokio::test]
 async fn plain_tcp_serving_puts_peer_addr_and_no_tls_info() {
     let server = start(None).await;
@@ -92,36 +136,9 @@ async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
 async fn connections_beyond_the_cap_wait_until_one_closes() {
     let server = start_with(None, |s| s.max_connections(1), echo_router()).await;
     // First connection: HTTP/1.1 keep-alive, held open.
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let conn_task = tokio::spawn(conn);
-    let req = || {
-        http::Request::get("/echo")
-            .header("host", "x")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
-    assert_eq!(send.send_request(req()).await.unwrap().status(), 200);
-
+    let first = served_keepalive(server.addr).await;
     // Second connection: accepted by the kernel, but not served while the first is open.
-    let addr = server.addr;
-    let second = tokio::spawn(async move { http_get_plain(addr, "/echo").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "a connection beyond the cap was served"
-    );
-
-    // Close the first: the second is served.
-    drop(send);
-    let _ = conn_task.await;
-    let out = tokio::time::timeout(Duration::from_secs(30), second)
-        .await
-        .expect("the waiting connection was never served")
-        .unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    waits_until_closed(server.addr, first, "a connection beyond the cap was served").await;
     server.shutdown().await;
 }
 
@@ -137,36 +154,16 @@ async fn a_shared_connection_limit_counts_every_loop() {
         echo_router(),
     )
     .await;
-    // A keep-alive connection to the first loop, held open.
-    let tcp = TcpStream::connect(a.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let conn_task = tokio::spawn(conn);
-    let req = http::Request::get("/echo")
-        .header("host", "x")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    // A keep-alive connection to the first loop, held open, takes the one permit.
+    let first = served_keepalive(a.addr).await;
     assert_eq!(limit.available(), 0);
-
-    // A connection to the second loop waits: the one permit is taken.
-    let addr = b.addr;
-    let second = tokio::spawn(async move { http_get_plain(addr, "/echo").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "the second loop served a connection beyond the shared limit"
-    );
-
-    // Close the first loop's connection: the second loop serves.
-    drop(send);
-    let _ = conn_task.await;
-    let out = tokio::time::timeout(Duration::from_secs(30), second)
-        .await
-        .expect("the waiting connection was never served")
-        .unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // A connection to the second loop waits until it is closed.
+    waits_until_closed(
+        b.addr,
+        first,
+        "the second loop served a connection beyond the shared limit",
+    )
+    .await;
     a.shutdown().await;
     b.shutdown().await;
     assert_eq!(limit.available(), 1);
