@@ -70,6 +70,20 @@ fn files_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// Deletes the oldest kept row behind the writer's back: verification must find it
+/// (the anchor left by retention makes the first kept row checkable too).
+fn delete_oldest_is_found(c: &Connection, db: &Path) {
+    c.execute(
+        "DELETE FROM audit_events WHERE seq = (SELECT min(seq) FROM audit_events)",
+        [],
+    )
+    .unwrap();
+    assert!(matches!(
+        verify_sqlite(db).unwrap().problem,
+        Some(Tampering::Deleted { .. })
+    ));
+}
+
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -432,15 +446,7 @@ async fn retention_prunes_and_keeps_verification_meaningful() {
     assert_eq!(report.head.seq, 35);
     assert_eq!(anchor.seq + n, 35);
     // Deleting the oldest kept row is still found, thanks to the anchor.
-    c.execute(
-        "DELETE FROM audit_events WHERE seq = (SELECT min(seq) FROM audit_events)",
-        [],
-    )
-    .unwrap();
-    assert!(matches!(
-        verify_sqlite(&db).unwrap().problem,
-        Some(Tampering::Deleted { .. })
-    ));
+    delete_oldest_is_found(&c, &db);
     drop(c);
     // A restarted writer resumes the chain.
     let mut cfg2 = cfg;
@@ -520,15 +526,7 @@ async fn bulk_retention_stays_bounded_and_verifies_across_prunes() {
         "{anchors:?}"
     );
     // The first kept record still cannot be deleted unseen.
-    c.execute(
-        "DELETE FROM audit_events WHERE seq = (SELECT min(seq) FROM audit_events)",
-        [],
-    )
-    .unwrap();
-    assert!(matches!(
-        verify_sqlite(&db).unwrap().problem,
-        Some(Tampering::Deleted { .. })
-    ));
+    delete_oldest_is_found(&c, &db);
 }
 
 /// A sink that fails its first `failures` writes, then writes to SQLite.

@@ -33,14 +33,6 @@ use crate::proxy::{Proxy, UpstreamSpec, UpstreamTls};
 /// Paths the gateway serves itself.
 pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/audit/query"];
 
-/// The built gateway.
-pub struct Gateway {
-    /// The service to serve.
-    pub router: Router,
-    /// The layers' handles (audit flush on shutdown).
-    pub layers: Layers,
-}
-
 #[derive(Clone)]
 struct OpsState {
     proxies: Arc<Vec<Proxy>>,
@@ -106,16 +98,6 @@ pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::Confi
         proxies.push(Proxy::new(spec).map_err(|e| loaded.error(&key("tls"), e.to_string()))?);
     }
     Ok(proxies)
-}
-
-/// Builds the layers and the gateway's router.
-pub async fn build(
-    loaded: &Loaded,
-    metrics: Option<PrometheusHandle>,
-) -> Result<Gateway, crate::config::ConfigError> {
-    let layers = Layers::build(loaded).await?;
-    let router = router(loaded, &layers, metrics)?;
-    Ok(Gateway { router, layers })
 }
 
 /// Builds a router over already built layers, with upstream connection pools of its

@@ -153,9 +153,13 @@ fn init_tracing() {
 async fn check(path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     let addr = validate::validate(&loaded).map_err(|e| e.to_string())?;
-    // Building the layers checks the credentials and the rules.
-    let gw = app::build(&loaded, None).await.map_err(|e| e.to_string())?;
-    gw.layers.flush().await;
+    // Building the layers checks the credentials and the rules; the router, the
+    // upstreams.
+    let layers = layers::Layers::build(&loaded)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _router = app::router(&loaded, &layers, None).map_err(|e| e.to_string())?;
+    layers.flush().await;
     println!(
         "{}: OK ({} upstream(s), listening on {addr}, authentication {})",
         loaded.file,
@@ -217,8 +221,19 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
     if let Some(h) = &metrics {
         observe::spawn_upkeep(h.clone());
     }
-    let gateway = app::build(&loaded, metrics.clone())
+    // The layers' state is built once and shared; each worker gets a router over it,
+    // with upstream pools of its own. All are built before anything listens, so that a
+    // configuration error stops the start.
+    let layers = layers::Layers::build(&loaded)
         .await
+        .map_err(|e| e.to_string())?;
+    let workers = match cfg.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let routers = (0..workers)
+        .map(|_| app::router(&loaded, &layers, metrics.clone()))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     // Bind first: ACME's tls-alpn-01 challenge is answered on the serving port.
     let listener = tokio::net::TcpListener::bind(addr)
@@ -239,7 +254,7 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
     for up in &cfg.upstreams {
         tracing::info!(upstream = %up.name, path = %up.path, url = %up.url, "upstream");
     }
-    if let Some(auditor) = &gateway.layers.auditor {
+    if let Some(auditor) = &layers.auditor {
         auditor
             .handle()
             .record(
@@ -252,24 +267,15 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
             )
             .await;
     }
-    let workers = match cfg.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     let listener = listener.into_std().map_err(|e| e.to_string())?;
     let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections);
     let drain = Duration::from_secs(cfg.server.shutdown_grace_seconds);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::with_capacity(workers);
-    for i in 0..workers {
+    for (i, router) in routers.into_iter().enumerate() {
         let listener = listener
             .try_clone()
             .map_err(|e| format!("cannot share the listening socket: {e}"))?;
-        let router = if i == 0 {
-            gateway.router.clone()
-        } else {
-            app::router(&loaded, &gateway.layers, metrics.clone()).map_err(|e| e.to_string())?
-        };
         let server = Worker {
             listener,
             router,
@@ -300,9 +306,12 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
         }
     }
     tracing::info!("draining done; flushing the audit trail");
-    gateway.layers.flush().await;
+    layers.flush().await;
     result
 }
+
+/// What a worker thread answers: whether it started, then how it ended.
+type Outcome = oneshot::Receiver<Result<(), String>>;
 
 /// One serving thread: a current-thread runtime running the accept loop on a clone of
 /// the listening socket, with a router (and upstream connection pools) of its own. A
@@ -320,17 +329,7 @@ struct Worker {
 impl Worker {
     /// Starts the thread. The first receiver answers once it accepts connections, the
     /// second once it has stopped and drained.
-    #[allow(clippy::type_complexity)]
-    fn start(
-        self,
-        index: usize,
-    ) -> Result<
-        (
-            oneshot::Receiver<Result<(), String>>,
-            oneshot::Receiver<Result<(), String>>,
-        ),
-        String,
-    > {
+    fn start(self, index: usize) -> Result<(Outcome, Outcome), String> {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -343,17 +342,6 @@ impl Worker {
     }
 
     fn run(self, ready: oneshot::Sender<Result<(), String>>) -> Result<(), String> {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let e = format!("cannot start a worker runtime: {e}");
-                let _ = ready.send(Err(e.clone()));
-                return Err(e);
-            }
-        };
         let Worker {
             listener,
             router,
@@ -362,18 +350,22 @@ impl Worker {
             drain,
             mut stop,
         } = self;
-        rt.block_on(async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => {
-                    let _ = ready.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let e = format!("cannot serve the listening socket: {e}");
-                    let _ = ready.send(Err(e.clone()));
-                    return Err(e);
-                }
-            };
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a worker runtime: {e}"))
+            .and_then(|rt| {
+                // Registered with this thread's runtime.
+                let listener = {
+                    let _in_rt = rt.enter();
+                    tokio::net::TcpListener::from_std(listener)
+                        .map_err(|e| format!("cannot serve the listening socket: {e}"))?
+                };
+                Ok((rt, listener))
+            });
+        let _ = ready.send(started.as_ref().map(|_| ()).map_err(Clone::clone));
+        let (rt, listener) = started?;
+        rt.block_on(
             mcp_tls::Server::new(listener)
                 .maybe_tls(acceptor)
                 .connection_limit(limit)
@@ -381,10 +373,9 @@ impl Worker {
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
-                .serve(router)
-                .await
-                .map_err(|e| e.to_string())
-        })
+                .serve(router),
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
