@@ -110,12 +110,13 @@ where
 /// A cap on open connections that several [`Server`]s share.
 ///
 /// A multi-threaded service can run one accept loop per thread, each on its own
-/// current-thread runtime and on a clone of one listening socket; giving every loop the
-/// same `ConnectionLimit` keeps `max` a limit for the whole process rather than per loop.
-/// A loop takes its permit before it accepts, so that connections beyond the limit wait
-/// in the kernel's listen backlog: while the limit is not reached, each loop waiting for
-/// its next connection holds one permit for it. On shutdown each loop drains its own
-/// connections.
+/// current-thread runtime and on a socket of its own (an `SO_REUSEPORT` group) or a clone
+/// of one listening socket; giving every loop the same `ConnectionLimit` keeps `max` a
+/// limit for the whole process rather than per loop. A loop takes a permit for each
+/// connection it accepts, before serving it (and before the TLS handshake), and holds
+/// none while it waits for connections. At the limit, each loop holds at most one accepted
+/// connection waiting for a permit and stops accepting, so the rest wait in the kernel's
+/// listen backlog. On shutdown each loop drains its own connections.
 ///
 /// ```
 /// use mcp_tls::{ConnectionLimit, Server};
@@ -291,14 +292,6 @@ impl Server {
             shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
 
         loop {
-            let permit = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let (tcp, peer) = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -311,6 +304,19 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                },
+            };
+            // The permit is taken after the accept: a loop waiting for connections holds
+            // none, so loops on different sockets sharing a limit never keep a place
+            // from the one that has a connection to serve. A loop waiting here stops
+            // accepting: beyond the limit, one connection per loop waits accepted and
+            // the rest wait in the kernel's listen backlog.
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
                 },
             };
             let _ = tcp.set_nodelay(true);

@@ -143,6 +143,31 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
 }
 
 #[tokio::test]
+async fn every_loop_serves_while_a_shared_limit_has_room() {
+    // Two loops on sockets of their own share a limit of one. The loop started first
+    // must not keep the one place while it waits for a connection that goes elsewhere.
+    let limit = mcp_tls::ConnectionLimit::new(1);
+    let a = start_with(None, |s| s.connection_limit(limit.clone()), echo_router()).await;
+    let b = start_with(None, |s| s.connection_limit(limit.clone()), echo_router()).await;
+    for addr in [b.addr, a.addr, b.addr] {
+        let served = tokio::time::timeout(Duration::from_secs(30), served_keepalive(addr))
+            .await
+            .expect("a loop with a connection to serve never got the free place");
+        drop(served);
+        // The place comes back once the connection's task has ended.
+        for _ in 0..600 {
+            if limit.available() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(limit.available(), 1);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_shared_connection_limit_counts_every_loop() {
     // Two accept loops (as one per worker thread would be) share a limit of one.
     let limit = mcp_tls::ConnectionLimit::new(1);

@@ -106,8 +106,9 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     /// Most connections open at once (for the whole process, every worker together).
     pub max_connections: usize,
-    /// Threads that serve connections, each with a runtime of its own and all on the one
-    /// listening socket (like nginx's worker processes). 0: one per CPU.
+    /// Threads that serve connections, each with a runtime of its own and a socket of its
+    /// own on `addr` (one `SO_REUSEPORT` group; like nginx's worker processes). 0: one
+    /// per CPU.
     pub workers: usize,
 }
 

@@ -435,7 +435,7 @@ async fn healthz_on(s: &mut tokio::net::TcpStream) -> String {
 }
 
 #[tokio::test]
-async fn worker_threads_share_one_socket_and_one_connection_limit() {
+async fn worker_threads_share_one_address_and_one_connection_limit() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
     let db = dir.path().join("a.db");
@@ -487,6 +487,48 @@ async fn worker_threads_share_one_socket_and_one_connection_limit() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// The workers' sockets share the port through `SO_REUSEPORT`; a second gateway must
+/// still fail with "address in use" instead of joining them and taking a share of the
+/// connections.
+#[tokio::test]
+async fn a_second_gateway_cannot_share_the_serving_port() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let with_workers = |db: &str, addr: &str| {
+        base_config(&upstream, &dir.path().join(db), "").replacen(
+            "server:\n  addr: \"127.0.0.1:0\"\n",
+            &format!("server:\n  addr: \"{addr}\"\n  workers: 2\n"),
+            1,
+        )
+    };
+    let (_first, base) = start_gateway(dir.path(), &with_workers("a.db", "127.0.0.1:0"));
+    let addr = base.trim_start_matches("http://").to_owned();
+
+    let second_dir = tempdir();
+    let path = second_dir.path().join("gateway.yaml");
+    std::fs::write(&path, with_workers("b.db", &addr)).unwrap();
+    let mut second = spawn_args(&["--config", path.to_str().unwrap()], second_dir.path());
+    let status = second
+        .wait_exit(30)
+        .expect("a second gateway started on a port already served");
+    assert!(!status.success());
+    let err = second.stderr_text();
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.to_lowercase().contains("in use"), "{err}");
+
+    // Every connection still reaches the first gateway.
+    let c = client();
+    for i in 0..20 {
+        let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": i}))
+            .header("x-api-key", KEY)
+            .header("connection", "close")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
 }
 
 #[tokio::test]
