@@ -309,9 +309,11 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
 ///
 /// With more than one worker, each socket joins one `SO_REUSEPORT` group, and the kernel
 /// spreads new connections over the workers by a hash of each connection's addresses.
-/// One socket shared by every worker let whichever thread woke first accept a whole burst
-/// of connections: in load runs, all 32 of wrk's connections sometimes landed on one
-/// worker, and the other core's share of the gateway sat idle.
+/// On one socket shared by every worker, whichever thread woke first accepted a whole
+/// burst of connections: in load runs, all 32 of wrk's connections often landed on one
+/// worker. (On the 2-core load machine, where wrk and the upstream keep the other core
+/// busy, throughput was the same either way; where the gateway has cores to itself, the
+/// idle workers' cores would go unused.)
 ///
 /// `SO_REUSEPORT` also lets another process join the group, if it runs as the same user
 /// and sets the option itself (such a process could equally read the gateway's memory).
