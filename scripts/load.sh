@@ -8,7 +8,9 @@
 # all in front of the same demo MCP server. Prints throughput and p50/p99 latency, and
 # the CPU time (user + system) the proxy under test and the upstream spent per request:
 # on a small machine where wrk, the upstream and the proxy share the cores, throughput
-# follows the sum of those, and the CPU figures say which part is whose.
+# follows the sum of those, and the CPU figures say which part is whose. On a virtual
+# machine it also prints, per round, the share of CPU time the host took (steal), and a
+# note when a round had 3% or more: such rounds are slowed by other guests.
 #
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light). Everything runs as the
 # current user on free loopback ports from a temp dir, and is stopped at the end.
@@ -194,18 +196,23 @@ cpu_ticks() {
   echo "$total"
 }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
+# On a virtual machine: CPU time the host took from this machine (steal, all CPUs, in
+# clock ticks). A run with much of it was slowed by other guests, not by the proxy.
+steal_ticks() { awk '/^cpu /{print $9; exit}' /proc/stat; }
 
 run() {
   local label="$1" port="$2"; shift 2
   # $@: the PIDs of the proxy under test (nginx: its workers).
   # A short warm-up, then the measured run.
   LOAD_KEY="$KEY" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/post.lua" "http://127.0.0.1:$port/mcp" >/dev/null 2>&1 || true
-  local line p0 p1 u0 u1 n
-  p0="$(cpu_ticks "$@")"; u0="$(cpu_ticks "$UP_PID")"
+  local line p0 p1 u0 u1 s0 s1 t0 t1 n
+  p0="$(cpu_ticks "$@")"; u0="$(cpu_ticks "$UP_PID")"; s0="$(steal_ticks)"; t0="$(date +%s%N)"
   line="$(LOAD_KEY="$KEY" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/post.lua" "http://127.0.0.1:$port/mcp" | grep '^RESULT')"
-  p1="$(cpu_ticks "$@")"; u1="$(cpu_ticks "$UP_PID")"
+  p1="$(cpu_ticks "$@")"; u1="$(cpu_ticks "$UP_PID")"; s1="$(steal_ticks)"; t1="$(date +%s%N)"
   n="$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$line")"
-  echo "$label $line proxy_cpu_us=$(( (p1 - p0) * TICK_US / (n > 0 ? n : 1) )) upstream_cpu_us=$(( (u1 - u0) * TICK_US / (n > 0 ? n : 1) ))" >>"$WORK/results"
+  # Steal as a share of the machine's CPU time over the run (ticks * tick / (wall * cores)).
+  local steal_pct=$(( (s1 - s0) * TICK_US * 100 / ( (t1 - t0) / 1000 * $(nproc) > 0 ? (t1 - t0) / 1000 * $(nproc) : 1 ) ))
+  echo "$label $line proxy_cpu_us=$(( (p1 - p0) * TICK_US / (n > 0 ? n : 1) )) upstream_cpu_us=$(( (u1 - u0) * TICK_US / (n > 0 ? n : 1) )) steal_pct=$steal_pct" >>"$WORK/results"
 }
 NGINX_WORKERS=($(pgrep -P "$(cat "$WORK/nginx/nginx.pid")"))
 for _ in $(seq 1 "$ROUNDS"); do
@@ -222,10 +229,13 @@ runs = {}
 for line in open(sys.argv[1]):
     label, _, *kv = line.split()
     d = dict(x.split("=") for x in kv)
-    runs.setdefault(label, []).append((label, float(d["rps"]), float(d["p50_ms"]), float(d["p99_ms"]), int(d["requests"]), int(d["errors"]), int(d["proxy_cpu_us"]), int(d["upstream_cpu_us"])))
-print("each round:")
+    runs.setdefault(label, []).append((label, float(d["rps"]), float(d["p50_ms"]), float(d["p99_ms"]), int(d["requests"]), int(d["errors"]), int(d["proxy_cpu_us"]), int(d["upstream_cpu_us"]), int(d["steal_pct"])))
+print("each round (req/s, proxy CPU per request, host steal):")
 for label, rs in runs.items():
-    print(f"  {label:<26} " + "  ".join(f"{r[1]:.0f} req/s, {r[6]} us" for r in rs))
+    print(f"  {label:<26} " + "  ".join(f"{r[1]:.0f} req/s, {r[6]} us, {r[8]}%" for r in rs))
+steal = max(r[8] for rs in runs.values() for r in rs)
+if steal >= 3:
+    print(f"load: note: the host took up to {steal}% of this machine's CPU time during a round (steal); figures from such rounds are noisy")
 # Each target's median round by throughput (its latency and CPU figures with it).
 rows = [sorted(rs, key=lambda r: r[1])[len(rs) // 2] for rs in runs.values()]
 print()
