@@ -547,8 +547,8 @@ pub struct ServerOptions {
         serialize_with = "ser_duration"
     )]
     pub handshake_timeout: Duration,
-    /// Most connections open at once; further ones wait in the listen backlog
-    /// (default 10000).
+    /// Most connections open at once; beyond it, one accepted connection waits for a
+    /// place and the rest wait in the listen backlog (default 10000).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// How long graceful shutdown waits for open connections to finish (default `"30s"`).

@@ -3,7 +3,8 @@
 //!
 //! Each request carries the connection's [`PeerAddr`] and, over TLS, its [`TlsInfo`] in
 //! its extensions. The loop caps concurrent connections (a semaphore: beyond the cap,
-//! connections wait in the kernel's listen backlog), bounds the TLS handshake in time,
+//! the loop holds one accepted connection until a place is free and stops accepting, so
+//! the rest wait in the kernel's listen backlog), bounds the TLS handshake in time,
 //! and on shutdown stops accepting, asks every connection to finish (HTTP/1.1 closes
 //! after the response in flight, HTTP/2 sends GOAWAY) and waits for them up to the drain
 //! timeout.

@@ -349,8 +349,9 @@ fn bind_listeners(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::
 /// What a worker thread answers: whether it started, then how it ended.
 type Outcome = oneshot::Receiver<Result<(), String>>;
 
-/// One serving thread: a current-thread runtime running the accept loop on a clone of
-/// the listening socket, with a router (and upstream connection pools) of its own. A
+/// One serving thread: a current-thread runtime running the accept loop on its own
+/// socket (see [`bind_listeners`]), with a router (and upstream connection pools) of its
+/// own. A
 /// request, its layers and its upstream exchange stay on one thread: no work stealing,
 /// no cross-thread wake-ups on the request path.
 struct Worker {
