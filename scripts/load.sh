@@ -5,7 +5,10 @@
 #      SQLite, security headers, Origin/Host guard, result redaction, metrics),
 #   2. the same gateway with every layer off (`layers.enabled: false`),
 #   3. nginx as a plain reverse proxy,
-# all in front of the same demo MCP server. Prints throughput and p50/p99 latency, and
+# all in front of the same demo MCP server, and, to show what the audit trail costs on its
+# own, a fourth target:
+#   4. the gateway with every layer on except the audit trail (`audit.enabled: false`).
+# Prints throughput and p50/p99 latency, and
 # the CPU time (user + system) the proxy under test and the upstream spent per request:
 # on a small machine where wrk, the upstream and the proxy share the cores, throughput
 # follows the sum of those, and the CPU figures say which part is whose. On a virtual
@@ -14,7 +17,7 @@
 #
 # Needs wrk and nginx (Debian: apt-get install -y wrk nginx-light). Everything runs as the
 # current user on free loopback ports from a temp dir, and is stopped at the end.
-# The three targets are measured in turn, ROUNDS times (interleaved, so that a noisy
+# The targets are measured in turn, ROUNDS times (interleaved, so that a noisy
 # moment on the machine hits every target alike); the figures are each target's median
 # round by throughput.
 # Environment: DURATION (default 10s per target and round), ROUNDS (3), CONNECTIONS (32),
@@ -63,16 +66,18 @@ wait_http() {
   exit 1
 }
 
-UP="$(free_port)"; ON="$(free_port)"; OFF="$(free_port)"; NG="$(free_port)"
+UP="$(free_port)"; ON="$(free_port)"; OFF="$(free_port)"; NG="$(free_port)"; NOAUDIT="$(free_port)"
 KEY="$("$MCP_GATEWAY_BIN" keygen)"
 
 "$MCP_GATEWAY_BIN" demo-upstream --addr "127.0.0.1:$UP" >"$WORK/upstream.log" 2>&1 &
 UP_PID=$!
 PIDS+=($!)
 
-cat >"$WORK/on.yaml" <<EOF
+# The gateway with every layer on; $3 is its `audit:` section.
+layers_on_config() {
+  cat >"$1" <<EOF
 server:
-  addr: "127.0.0.1:$ON"
+  addr: "127.0.0.1:$2"
 auth:
   enabled: true
   mode: apikey
@@ -87,17 +92,22 @@ ratelimit:
 sanitization:
   enabled: true
   blocked_patterns: ["DROP TABLE", "rm -rf"]
-audit:
-  enabled: true
-  storage: database
-  database:
-    type: sqlite
-    sqlitePath: "$WORK/audit.db"
+$3
 upstreams:
   - name: demo
     path: /mcp
     url: "http://127.0.0.1:$UP/mcp"
 EOF
+}
+layers_on_config "$WORK/on.yaml" "$ON" "audit:
+  enabled: true
+  storage: database
+  database:
+    type: sqlite
+    sqlitePath: \"$WORK/audit.db\""
+# The same without the audit trail.
+layers_on_config "$WORK/noaudit.yaml" "$NOAUDIT" "audit:
+  enabled: false"
 cat >"$WORK/off.yaml" <<EOF
 server:
   addr: "127.0.0.1:$OFF"
@@ -114,6 +124,9 @@ upstreams:
 EOF
 LOAD_KEY="$KEY" MCP_GATEWAY_LOG=warn "$MCP_GATEWAY_BIN" --config "$WORK/on.yaml" >"$WORK/on.log" 2>&1 &
 ON_PID=$!
+PIDS+=($!)
+LOAD_KEY="$KEY" MCP_GATEWAY_LOG=warn "$MCP_GATEWAY_BIN" --config "$WORK/noaudit.yaml" >"$WORK/noaudit.log" 2>&1 &
+NOAUDIT_PID=$!
 PIDS+=($!)
 MCP_GATEWAY_LOG=warn "$MCP_GATEWAY_BIN" --config "$WORK/off.yaml" >"$WORK/off.log" 2>&1 &
 OFF_PID=$!
@@ -154,6 +167,7 @@ EOF
 wait_http "http://127.0.0.1:$UP/healthz"
 wait_http "http://127.0.0.1:$ON/healthz"
 wait_http "http://127.0.0.1:$OFF/healthz"
+wait_http "http://127.0.0.1:$NOAUDIT/healthz"
 wait_http "http://127.0.0.1:$NG/healthz"
 
 cat >"$WORK/post.lua" <<EOF
@@ -175,7 +189,7 @@ end
 EOF
 
 # Check each target answers the call correctly before measuring.
-for port in "$ON" "$OFF" "$NG"; do
+for port in "$ON" "$OFF" "$NG" "$NOAUDIT"; do
   out="$(curl -fsS "http://127.0.0.1:$port/mcp" -H 'Content-Type: application/json' \
     -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \
     -H 'Mcp-Method: tools/call' -H 'Mcp-Name: echo' -H "X-API-Key: $KEY" \
@@ -219,6 +233,7 @@ for _ in $(seq 1 "$ROUNDS"); do
   run gateway_all_layers_on "$ON" "$ON_PID"
   run gateway_all_layers_off "$OFF" "$OFF_PID"
   run nginx_reverse_proxy "$NG" "${NGINX_WORKERS[@]}"
+  run gateway_on_but_audit_off "$NOAUDIT" "$NOAUDIT_PID"
 done
 
 echo
@@ -250,5 +265,7 @@ on, off, ng = by["gateway_all_layers_on"], by["gateway_all_layers_off"], by["ngi
 print()
 print(f"all layers on vs all layers off: {100 * (1 - on / off):+.1f}% throughput cost (aim: under 15%)")
 print(f"all layers on vs nginx:          {100 * (on / ng - 1):+.1f}% throughput (aim: within 20%)")
+na = by["gateway_on_but_audit_off"]
+print(f"for comparison, every layer on but the audit trail: {100 * (1 - na / off):+.1f}% cost vs all layers off, {100 * (na / ng - 1):+.1f}% vs nginx")
 sys.exit(1 if errors else 0)
 EOF
