@@ -319,21 +319,19 @@ impl Redactor {
         let Some(set) = &self.set else {
             return Cow::Borrowed(input);
         };
-        // The usual answer is "nothing": first the byte scan for the built-in detectors and
-        // the PII patterns' own set, then `is_match` (it may stop at the first match and does
+        // The usual answer is "nothing", found with one scan at most: when the byte scan
+        // rules out every built-in detector, only the PII patterns' own set can match;
+        // otherwise the whole set's `is_match` (it may stop at the first match and does
         // not allocate the set of matching patterns).
-        let builtin = self.gate.as_ref().is_some_and(|g| g.may_match(input));
-        let pii = self.pii.as_ref().is_some_and(|p| p.is_match(input));
-        if !builtin && !pii {
-            return Cow::Borrowed(input);
-        }
-        if !set.is_match(input) {
+        let any = if self.gate.as_ref().is_some_and(|g| g.may_match(input)) {
+            set.is_match(input)
+        } else {
+            self.pii.as_ref().is_some_and(|p| p.is_match(input))
+        };
+        if !any {
             return Cow::Borrowed(input);
         }
         let matched = set.matches(input);
-        if !matched.matched_any() {
-            return Cow::Borrowed(input);
-        }
         let mut cur: Cow<'a, [u8]> = Cow::Borrowed(input);
         for i in matched.iter() {
             if let Some((name, re)) = self.each.get(i) {

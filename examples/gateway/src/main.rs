@@ -153,8 +153,8 @@ fn init_tracing() {
 async fn check(path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     let addr = validate::validate(&loaded).map_err(|e| e.to_string())?;
-    // Building the layers checks the credentials and the rules; the router, the
-    // upstreams.
+    // Building the layers checks the credentials and the rules; building the router
+    // checks the upstreams.
     let layers = layers::Layers::build(&loaded)
         .await
         .map_err(|e| e.to_string())?;
@@ -351,9 +351,8 @@ type Outcome = oneshot::Receiver<Result<(), String>>;
 
 /// One serving thread: a current-thread runtime running the accept loop on its own
 /// socket (see [`bind_listeners`]), with a router (and upstream connection pools) of its
-/// own. A
-/// request, its layers and its upstream exchange stay on one thread: no work stealing,
-/// no cross-thread wake-ups on the request path.
+/// own. A request, its layers and its upstream exchange stay on one thread: no work
+/// stealing, no cross-thread wake-ups on the request path.
 struct Worker {
     listener: std::net::TcpListener,
     router: axum::Router,
