@@ -1,6 +1,8 @@
 //! API key and static bearer through AuthLayer vs tower-http's
 //! ValidateRequestHeaderLayer::bearer; JWT HS256 / RS256 first sight and cached vs a plain
-//! `jsonwebtoken::decode` per request. All in-process tower services, same requests.
+//! `jsonwebtoken::decode` per request; Basic with the verified-credential cache vs an
+//! Argon2 verification per request and vs tower-http's plaintext
+//! ValidateRequestHeaderLayer::basic. All in-process tower services, same requests.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::convert::Infallible;
@@ -9,7 +11,10 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use mcp_auth::{AuthLayer, BearerTokenAuthenticator, CredentialEntry, JwtAuthenticator, JwtIssuer};
+use mcp_auth::{
+    AuthLayer, BasicAuthenticator, BasicUser, BearerTokenAuthenticator, CredentialEntry,
+    JwtAuthenticator, JwtIssuer,
+};
 use mcp_core::Body;
 use serde_json::{Map, Value, json};
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -230,5 +235,79 @@ fn jwt(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, static_credentials, jwt);
+const BASIC_USER: &str = "alice";
+const BASIC_PASS: &str = "correct horse battery staple";
+
+/// tower-http's Basic check (deprecated there as "too basic"): plaintext `==`.
+#[allow(deprecated)]
+fn tower_http_basic()
+-> ValidateRequestHeaderLayer<tower_http::auth::require_authorization::Basic<Body>> {
+    ValidateRequestHeaderLayer::basic(BASIC_USER, BASIC_PASS)
+}
+
+fn basic(c: &mut Criterion) {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    use base64::Engine as _;
+    let rt = rt();
+    // The argon2 crate's default parameters (m=19456 KiB, t=2, p=1), as a user would hash.
+    let phc = mcp_auth::basic::hash_password(BASIC_PASS, None).unwrap();
+    let value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_USER}:{BASIC_PASS}"))
+    );
+    let user = || BasicUser::phc(BASIC_USER, phc.clone());
+    let mut g = c.benchmark_group("basic");
+
+    bench_service!(
+        g,
+        rt,
+        "tower_http_validate_basic_plaintext",
+        ServiceBuilder::new()
+            .layer(tower_http_basic())
+            .service_fn(ok),
+        req("authorization", &value)
+    );
+    bench_service!(
+        g,
+        rt,
+        "mcp_auth_basic_cached",
+        ServiceBuilder::new()
+            .layer(AuthLayer::new(
+                BasicAuthenticator::builder().user(user()).build().unwrap()
+            ))
+            .service_fn(ok),
+        req("authorization", &value)
+    );
+
+    // Argon2 per request: few samples, each takes tens of milliseconds.
+    g.sample_size(10);
+    let parsed = PasswordHash::new(&phc).unwrap();
+    g.bench_function("argon2_verify_per_request", |b| {
+        b.iter(|| {
+            black_box(
+                argon2::Argon2::default()
+                    .verify_password(black_box(BASIC_PASS.as_bytes()), &parsed)
+                    .is_ok(),
+            )
+        })
+    });
+    bench_service!(
+        g,
+        rt,
+        "mcp_auth_basic_uncached",
+        ServiceBuilder::new()
+            .layer(AuthLayer::new(
+                BasicAuthenticator::builder()
+                    .user(user())
+                    .cache_capacity(0)
+                    .build()
+                    .unwrap()
+            ))
+            .service_fn(ok),
+        req("authorization", &value)
+    );
+    g.finish();
+}
+
+criterion_group!(benches, static_credentials, jwt, basic);
 criterion_main!(benches);

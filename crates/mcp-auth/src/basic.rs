@@ -9,25 +9,53 @@
 //! flood of Basic attempts cannot take every blocking thread. An unknown user is verified
 //! against a dummy hash made with the same parameters, so the work, and the time, is the
 //! same whether the user exists or not; the failure detail does not say which it was.
+//!
+//! **Verified-credential cache.** An Argon2 verification per request would cap a Basic
+//! client at a few hundred requests per second for the whole server and let every client
+//! wait behind a flood of wrong passwords, so, like application servers' authentication
+//! caches, a successful verification is remembered for a while (default: 1,024 entries,
+//! 5 minutes) and a repeat of the same user name and password skips Argon2:
+//! - the key is an HMAC-SHA-256 of the user name and password under a random key drawn
+//!   when the authenticator is built; neither the password nor an unkeyed hash of it is
+//!   kept;
+//! - only successes are cached: a wrong password always pays the full verification, and
+//!   a client without a valid password cannot add entries, so the memory is bounded by
+//!   the capacity whatever clients send;
+//! - the users are fixed when the authenticator is built, so a new configuration (a new
+//!   authenticator) starts with an empty cache: a removed user or changed password stops
+//!   working at once;
+//! - a hit answers faster than a verification, but only for the right password, which
+//!   the caller already holds: it tells nothing new.
+//!
+//! `cache_capacity(0)` turns it off.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, Params};
+use hmac::{Hmac, Mac};
 use http::request::Parts;
 use mcp_core::{AuthMethod, Principal};
 use rand::Rng;
+use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 use crate::authenticator::{AuthFuture, Authenticator, Failure, Outcome, Scheme};
+use crate::cache::{VerifiedCache, now_unix};
 use crate::credentials;
 use crate::error::ConfigError;
 use crate::secret::SecretString;
 
 /// The default bound on concurrent Argon2 verifications.
 pub const DEFAULT_MAX_CONCURRENT_VERIFICATIONS: usize = 4;
+/// The default capacity of the verified-credential cache.
+pub const DEFAULT_CACHE_CAPACITY: usize = 1_024;
+/// The default longest time a verified user name and password are served from the cache
+/// (5 minutes).
+pub const DEFAULT_CACHE_MAX_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 enum Password {
@@ -130,6 +158,25 @@ pub struct BasicAuthenticator {
     users: Arc<HashMap<String, UserRecord>>,
     dummy: Arc<str>,
     permits: Arc<Semaphore>,
+    cache: Option<Arc<Verified>>,
+}
+
+/// Successful verifications, keyed by an HMAC of the user name and password.
+struct Verified {
+    /// HMAC-SHA-256 keyed with 32 random bytes, before any input.
+    mac: Hmac<Sha256>,
+    map: VerifiedCache,
+}
+
+impl Verified {
+    fn digest(&self, username: &str, password: &str) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        // The length first, so that no two (name, password) pairs give the same input.
+        mac.update(&(username.len() as u64).to_le_bytes());
+        mac.update(username.as_bytes());
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 impl fmt::Debug for BasicAuthenticator {
@@ -138,6 +185,7 @@ impl fmt::Debug for BasicAuthenticator {
         users.sort_unstable();
         f.debug_struct("BasicAuthenticator")
             .field("users", &users)
+            .field("cache", &self.cache.as_ref().map(|c| c.map.capacity()))
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +196,8 @@ pub struct BasicAuthenticatorBuilder {
     users: Vec<BasicUser>,
     params: Option<Params>,
     max_concurrent: Option<usize>,
+    cache_capacity: Option<usize>,
+    cache_max_ttl: Option<Duration>,
 }
 
 impl BasicAuthenticatorBuilder {
@@ -172,6 +222,20 @@ impl BasicAuthenticatorBuilder {
     /// The most verifications running at once (default 4).
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = Some(n);
+        self
+    }
+
+    /// The capacity of the verified-credential cache (default 1,024; 0 turns it off).
+    /// See the [module documentation](self) for what it keeps.
+    pub fn cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache_capacity = Some(capacity);
+        self
+    }
+
+    /// The longest time a verified user name and password are served from the cache
+    /// (default 5 minutes, whole seconds; under a second turns the cache off).
+    pub fn cache_max_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_max_ttl = Some(ttl);
         self
     }
 
@@ -270,10 +334,25 @@ impl BasicAuthenticatorBuilder {
                 "must be positive",
             ));
         }
+        let capacity = self.cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY);
+        let ttl = self.cache_max_ttl.unwrap_or(DEFAULT_CACHE_MAX_TTL);
+        let cache = if capacity > 0 && ttl.as_secs() > 0 {
+            let mut key = [0u8; 32];
+            rand::rng().fill(&mut key);
+            let mac = Hmac::<Sha256>::new_from_slice(&key)
+                .map_err(|_| ConfigError::invalid("auth.basic", "HMAC key"))?;
+            Some(Arc::new(Verified {
+                mac,
+                map: VerifiedCache::new(capacity, ttl),
+            }))
+        } else {
+            None
+        };
         Ok(BasicAuthenticator {
             users: Arc::new(users),
             dummy: dummy.into(),
             permits: Arc::new(Semaphore::new(n)),
+            cache,
         })
     }
 }
@@ -293,8 +372,35 @@ impl BasicAuthenticator {
         BasicAuthenticatorBuilder::default()
     }
 
-    /// Verifies a user name and password (on the blocking pool when in a Tokio runtime).
+    /// Verifies a user name and password: from the cache when the same pair verified
+    /// recently, else with Argon2 on the blocking pool (when in a Tokio runtime).
     pub async fn verify(&self, username: &str, password: SecretString) -> Outcome {
+        match self.lookup(username, &password) {
+            Ok(p) => Outcome::Authenticated(p),
+            Err(digest) => self.verify_slow(username, password, digest).await,
+        }
+    }
+
+    /// The cached principal of this pair, else its cache key (`None` without a cache).
+    fn lookup(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<Principal, Option<[u8; 32]>> {
+        let Some(c) = &self.cache else {
+            return Err(None);
+        };
+        let digest = c.digest(username, password.expose());
+        c.map.get(&digest, 0, now_unix()).ok_or(Some(digest))
+    }
+
+    /// The Argon2 verification; a success is cached under `digest`.
+    async fn verify_slow(
+        &self,
+        username: &str,
+        password: SecretString,
+        digest: Option<[u8; 32]>,
+    ) -> Outcome {
         let (phc, principal) = match self.users.get(username) {
             Some(u) => (Arc::clone(&u.phc), Some(u.principal.clone())),
             None => (Arc::clone(&self.dummy), None),
@@ -315,12 +421,24 @@ impl BasicAuthenticator {
             Err(_) => verify(&phc, password.expose()),
         };
         match (ok, principal) {
-            (true, Some(p)) => Outcome::Authenticated(p),
+            (true, Some(p)) => {
+                if let (Some(c), Some(digest)) = (&self.cache, digest) {
+                    c.map.insert(digest, p.clone(), None, 0, now_unix());
+                }
+                Outcome::Authenticated(p)
+            }
             _ => Outcome::Failed(Failure::invalid(
                 Scheme::Basic,
                 "basic: invalid user name or password",
             )),
         }
+    }
+}
+
+impl BasicAuthenticator {
+    /// How many verified user name and password pairs are cached.
+    pub fn cached_credentials(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.map.len())
     }
 }
 
@@ -333,9 +451,13 @@ impl Authenticator for BasicAuthenticator {
         match credentials::basic_credentials(&req.headers) {
             Ok(None) => AuthFuture::Ready(Outcome::NoCredential),
             Err(e) => AuthFuture::Ready(crate::api_key::malformed(Scheme::Basic, e)),
-            Ok(Some(c)) => AuthFuture::Pending(Box::pin(async move {
-                self.verify(&c.username, c.password).await
-            })),
+            // A cached pair is answered at once, without a boxed future.
+            Ok(Some(c)) => match self.lookup(&c.username, &c.password) {
+                Ok(p) => AuthFuture::Ready(Outcome::Authenticated(p)),
+                Err(digest) => AuthFuture::Pending(Box::pin(async move {
+                    self.verify_slow(&c.username, c.password, digest).await
+                })),
+            },
         }
     }
 }
@@ -376,6 +498,134 @@ mod tests {
         let dbg = format!("{b:?}");
         assert!(!dbg.contains(&phc) && !dbg.contains("plain-pass"));
         assert!(!format!("{:?}", BasicUser::plaintext("x", "plain-pass")).contains("plain-pass"));
+    }
+
+    fn alice_and_bob(capacity: Option<usize>) -> BasicAuthenticator {
+        let mut b = BasicAuthenticator::builder()
+            .argon2_params(small())
+            .max_concurrent(1)
+            .user(BasicUser::plaintext("alice", "alice-pass").scopes(["a"]))
+            .user(BasicUser::plaintext("bob", "bob-pass"));
+        if let Some(c) = capacity {
+            b = b.cache_capacity(c);
+        }
+        b.build().unwrap()
+    }
+
+    /// Verifies with the only verification permit held elsewhere: only a cache hit can
+    /// answer; a verification waits for the permit (`None` after 200 ms).
+    async fn without_argon2(b: &BasicAuthenticator, user: &str, pass: &str) -> Option<Outcome> {
+        let _held = Arc::clone(&b.permits).try_acquire_owned().unwrap();
+        tokio::time::timeout(Duration::from_millis(200), b.verify(user, pass.into()))
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_verified_pair_is_served_from_the_cache() {
+        let b = alice_and_bob(None);
+        assert_eq!(b.cached_credentials(), 0);
+        assert!(without_argon2(&b, "alice", "alice-pass").await.is_none());
+        assert!(matches!(
+            b.verify("alice", "alice-pass".into()).await,
+            Outcome::Authenticated(_)
+        ));
+        assert_eq!(b.cached_credentials(), 1);
+        let hit = without_argon2(&b, "alice", "alice-pass").await;
+        assert!(
+            matches!(&hit, Some(Outcome::Authenticated(p))
+                if p.id() == "alice" && p.has_scope("a")),
+            "{hit:?}"
+        );
+        // Anything else is verified again, not taken from alice's entry.
+        for (user, pass) in [
+            ("alice", "wrong"),
+            ("alice", "alice-pas"),
+            ("alice", "alice-pass "),
+            ("bob", "alice-pass"),
+            ("alicealice-pass", ""),
+            ("", "alicealice-pass"),
+        ] {
+            assert!(
+                without_argon2(&b, user, pass).await.is_none(),
+                "{user:?} / {pass:?} was not verified"
+            );
+        }
+        // A clone shares the cache.
+        assert!(
+            without_argon2(&b.clone(), "alice", "alice-pass")
+                .await
+                .is_some()
+        );
+        // Through `Authenticator`: a hit is answered at once, anything else is verified.
+        use base64::Engine as _;
+        let parts = |pair: &str| {
+            let v = base64::engine::general_purpose::STANDARD.encode(pair);
+            http::Request::get("/")
+                .header("authorization", format!("Basic {v}"))
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let hit = parts("alice:alice-pass");
+        assert!(matches!(
+            b.authenticate(&hit),
+            AuthFuture::Ready(Outcome::Authenticated(_))
+        ));
+        let miss = parts("alice:alice-pass2");
+        assert!(matches!(b.authenticate(&miss), AuthFuture::Pending(_)));
+    }
+
+    #[tokio::test]
+    async fn the_cache_can_be_turned_off() {
+        for b in [
+            alice_and_bob(Some(0)),
+            BasicAuthenticator::builder()
+                .argon2_params(small())
+                .max_concurrent(1)
+                .cache_max_ttl(Duration::from_millis(900))
+                .user(BasicUser::plaintext("alice", "alice-pass"))
+                .build()
+                .unwrap(),
+        ] {
+            assert!(matches!(
+                b.verify("alice", "alice-pass".into()).await,
+                Outcome::Authenticated(_)
+            ));
+            assert_eq!(b.cached_credentials(), 0);
+            assert!(without_argon2(&b, "alice", "alice-pass").await.is_none());
+            assert!(format!("{b:?}").contains("cache: None"));
+        }
+    }
+
+    /// Attack: a flood of wrong passwords, for real and unknown users, adds nothing to
+    /// the cache; and valid pairs never hold more than the capacity.
+    #[tokio::test]
+    async fn failures_are_not_cached_and_the_cache_is_bounded() {
+        let b = alice_and_bob(None);
+        for i in 0..200 {
+            let user = if i % 2 == 0 { "alice" } else { "mallory" };
+            let o = b.verify(user, format!("guess-{i}").into()).await;
+            assert!(matches!(o, Outcome::Failed(_)));
+        }
+        assert_eq!(b.cached_credentials(), 0);
+
+        let users: Vec<BasicUser> = (0..100)
+            .map(|i| BasicUser::plaintext(format!("u{i}"), format!("p{i}")))
+            .collect();
+        let b = BasicAuthenticator::builder()
+            .argon2_params(small())
+            .cache_capacity(32)
+            .users(users)
+            .build()
+            .unwrap();
+        for i in 0..100 {
+            let o = b.verify(&format!("u{i}"), format!("p{i}").into()).await;
+            assert!(matches!(o, Outcome::Authenticated(_)));
+        }
+        assert!(b.cached_credentials() <= 32, "{}", b.cached_credentials());
+        assert!(b.cached_credentials() > 0);
     }
 
     #[test]

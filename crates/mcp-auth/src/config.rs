@@ -312,6 +312,19 @@ pub struct JwtConfig {
     pub max_token_bytes: Option<usize>,
 }
 
+/// Basic settings (the users are `username` / `password` and `users`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct BasicConfig {
+    /// The most Argon2 verifications running at once (default 4).
+    pub max_concurrent: Option<usize>,
+    /// Verified-credential cache capacity (default 1,024; 0 turns it off).
+    pub cache_capacity: Option<usize>,
+    /// Longest time in seconds a verified user name and password are served from the
+    /// cache (default 300).
+    pub cache_max_ttl_seconds: Option<u64>,
+}
+
 /// Client certificate settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -356,6 +369,8 @@ pub struct AuthConfig {
     pub password_hash: Option<SecretString>,
     /// More Basic users.
     pub users: Vec<UserConfig>,
+    /// Basic settings: verification bound and verified-credential cache.
+    pub basic: Option<BasicConfig>,
     /// A JWT shared secret (the seeds' `jwtSecret`).
     pub jwt_secret: Option<SecretString>,
     /// Its algorithm (the seeds' `jwtAlgorithm`, default HS256).
@@ -500,6 +515,17 @@ impl AuthConfig {
         for (i, u) in self.users.iter().enumerate() {
             b = b.user(u.user(&format!("auth.users[{i}]"))?);
         }
+        if let Some(c) = &self.basic {
+            if let Some(n) = c.max_concurrent {
+                b = b.max_concurrent(n);
+            }
+            if let Some(n) = c.cache_capacity {
+                b = b.cache_capacity(n);
+            }
+            if let Some(s) = c.cache_max_ttl_seconds {
+                b = b.cache_max_ttl(Duration::from_secs(s));
+            }
+        }
         b.build()
     }
 
@@ -577,6 +603,42 @@ mod tests {
         for s in [KEY, "secret-password", "your-jwt-secret", "c2lnbmF0dXJl"] {
             assert!(!dbg.contains(s), "{s} leaked");
         }
+    }
+
+    #[test]
+    fn basic_settings_apply() {
+        let with = |basic: serde_json::Value| -> AuthConfig {
+            serde_json::from_value(serde_json::json!({
+                "enabled": true, "mode": "basic", "username": "admin",
+                "passwordHash": crate::basic::hash_password(
+                    "pw",
+                    Some(argon2::Params::new(256, 1, 1, None).unwrap())
+                ).unwrap(),
+                "basic": basic
+            }))
+            .unwrap()
+        };
+        let b = with(serde_json::json!({"cacheCapacity": 64, "cacheMaxTtlSeconds": 60}))
+            .basic_authenticator()
+            .unwrap();
+        assert!(format!("{b:?}").contains("cache: Some(64)"), "{b:?}");
+        let defaults = with(serde_json::json!({})).basic_authenticator().unwrap();
+        assert!(format!("{defaults:?}").contains("cache: Some(1024)"));
+        for off in [
+            serde_json::json!({"cacheCapacity": 0}),
+            serde_json::json!({"cacheMaxTtlSeconds": 0}),
+        ] {
+            let b = with(off).basic_authenticator().unwrap();
+            assert!(format!("{b:?}").contains("cache: None"));
+        }
+        let e = with(serde_json::json!({"maxConcurrent": 0}))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key(), "auth.basic.maxConcurrent");
+        assert!(
+            serde_json::from_value::<AuthConfig>(serde_json::json!({"basic": {"cache": 1}}))
+                .is_err()
+        );
     }
 
     #[test]

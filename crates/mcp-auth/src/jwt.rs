@@ -24,13 +24,12 @@
 //!   pure-Rust backend) run on Tokio's blocking pool, a bounded number at once, so they
 //!   never stall the executor; HMAC checks and cache hits run inline.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -42,6 +41,7 @@ use mcp_core::{AuthMethod, Principal};
 use serde_json::{Map, Value};
 
 use crate::authenticator::{AuthFuture, Authenticator, Failure, Outcome, Scheme};
+use crate::cache::{VerifiedCache, now_unix};
 use crate::credentials;
 use crate::error::ConfigError;
 use crate::secret::{SecretString, sha256};
@@ -688,88 +688,10 @@ impl fmt::Debug for IssuerState {
     }
 }
 
-struct CacheEntry {
-    principal: Principal,
-    expires_unix: u64,
-    epoch: u64,
-}
-
-const SHARDS: usize = 16;
-
-/// A bounded map from SHA-256(token) to the principal it verified as.
-struct TokenCache {
-    shards: Vec<RwLock<HashMap<[u8; 32], CacheEntry>>>,
-    per_shard: usize,
-    max_ttl: u64,
-}
-
-impl TokenCache {
-    fn new(capacity: usize, max_ttl: Duration) -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            per_shard: capacity.div_ceil(SHARDS).max(1),
-            max_ttl: max_ttl.as_secs(),
-        }
-    }
-
-    fn shard(&self, digest: &[u8; 32]) -> &RwLock<HashMap<[u8; 32], CacheEntry>> {
-        &self.shards[usize::from(digest[0]) % SHARDS]
-    }
-
-    fn get(&self, digest: &[u8; 32], epoch: u64, now: u64) -> Option<Principal> {
-        let shard = self.shard(digest).read().unwrap_or_else(|e| e.into_inner());
-        let e = shard.get(digest)?;
-        (e.epoch == epoch && now < e.expires_unix).then(|| e.principal.clone())
-    }
-
-    fn insert(
-        &self,
-        digest: [u8; 32],
-        principal: Principal,
-        exp: Option<u64>,
-        epoch: u64,
-        now: u64,
-    ) {
-        let cap = now.saturating_add(self.max_ttl);
-        let expires_unix = exp.map_or(cap, |e| e.min(cap));
-        if expires_unix <= now {
-            return;
-        }
-        let mut shard = self
-            .shard(&digest)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if shard.len() >= self.per_shard && !shard.contains_key(&digest) {
-            shard.retain(|_, e| e.epoch == epoch && now < e.expires_unix);
-            if shard.len() >= self.per_shard {
-                // Still full of live entries: drop one (the map's order is randomized).
-                if let Some(k) = shard.keys().next().copied() {
-                    shard.remove(&k);
-                }
-            }
-        }
-        shard.insert(
-            digest,
-            CacheEntry {
-                principal,
-                expires_unix,
-                epoch,
-            },
-        );
-    }
-
-    fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
-    }
-}
-
 struct JwtInner {
     issuers: Vec<IssuerState>,
     offload: Option<Arc<tokio::sync::Semaphore>>,
-    cache: Option<TokenCache>,
+    cache: Option<VerifiedCache>,
     max_token_bytes: usize,
     epoch: Arc<AtomicU64>,
 }
@@ -796,10 +718,7 @@ impl fmt::Debug for JwtAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuthenticator")
             .field("issuers", &self.inner.issuers)
-            .field(
-                "cache",
-                &self.inner.cache.as_ref().map(|c| c.per_shard * SHARDS),
-            )
+            .field("cache", &self.inner.cache.as_ref().map(|c| c.capacity()))
             .field("max_token_bytes", &self.inner.max_token_bytes)
             .finish()
     }
@@ -842,12 +761,6 @@ enum Step {
 
 fn fail(detail: impl Into<std::borrow::Cow<'static, str>>) -> Step {
     Step::Done(Outcome::Failed(Failure::invalid(Scheme::Bearer, detail)))
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn describe(kind: &ErrorKind) -> String {
@@ -1099,7 +1012,7 @@ impl JwtAuthenticatorBuilder {
                 offload: (self.blocking_verifications > 0)
                     .then(|| Arc::new(tokio::sync::Semaphore::new(self.blocking_verifications))),
                 cache: (self.cache_capacity > 0)
-                    .then(|| TokenCache::new(self.cache_capacity, self.cache_max_ttl)),
+                    .then(|| VerifiedCache::new(self.cache_capacity, self.cache_max_ttl)),
                 max_token_bytes: self.max_token_bytes,
                 epoch,
             }),
@@ -1405,7 +1318,7 @@ impl JwtAuthenticator {
 
     /// How many verified tokens are cached.
     pub fn cached_tokens(&self) -> usize {
-        self.inner.cache.as_ref().map_or(0, TokenCache::len)
+        self.inner.cache.as_ref().map_or(0, VerifiedCache::len)
     }
 }
 
@@ -1550,26 +1463,6 @@ mod tests {
         );
         assert!(!dbg.contains(SECRET));
         assert!(!format!("{:?}", auth()).contains(SECRET));
-    }
-
-    #[test]
-    fn cache_is_bounded_and_respects_exp() {
-        let c = TokenCache::new(32, Duration::from_secs(300));
-        let p = Principal::new("x", AuthMethod::Jwt);
-        for i in 0..1000u32 {
-            let d = sha256(&i.to_le_bytes());
-            c.insert(d, p.clone(), Some(2_000), 0, 1_000);
-        }
-        assert!(c.len() <= 32 + SHARDS);
-        let d = sha256(b"k");
-        c.insert(d, p.clone(), Some(1_010), 0, 1_000);
-        assert!(c.get(&d, 0, 1_005).is_some());
-        assert!(c.get(&d, 0, 1_010).is_none(), "never past exp");
-        assert!(c.get(&d, 1, 1_005).is_none(), "key set changed");
-        // already expired: not cached
-        let e = sha256(b"e");
-        c.insert(e, p, Some(999), 0, 1_000);
-        assert!(c.get(&e, 0, 998).is_none());
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //!   compared in constant time, a key policy at build time), [`BearerTokenAuthenticator`]
 //!   (static tokens), [`JwtAuthenticator`] (HS/RS/PS/ES/EdDSA with algorithms pinned per
 //!   key, JWKS URLs with caching and rotation, a verified-token cache),
-//!   [`BasicAuthenticator`] (Argon2id), [`ClientCertAuthenticator`] (mTLS identities from
-//!   [`mcp_core::TlsInfo`]).
+//!   [`BasicAuthenticator`] (Argon2id, a verified-credential cache),
+//!   [`ClientCertAuthenticator`] (mTLS identities from [`mcp_core::TlsInfo`]).
 //! - [`SecretStore`]: API keys and bearer tokens with expiry, rotation with an overlap
 //!   window, generation; authenticators can read it live.
 //! - [`ProtectedResourceMetadata`]: RFC 9728 metadata for MCP authorization.
@@ -55,6 +55,7 @@ pub mod authenticator;
 pub mod authorize;
 pub mod basic;
 pub mod bearer;
+mod cache;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -75,7 +76,8 @@ pub use authorize::{
 pub use basic::{BasicAuthenticator, BasicAuthenticatorBuilder, BasicUser};
 pub use bearer::{BearerTokenAuthenticator, BearerTokenAuthenticatorBuilder};
 pub use config::{
-    AuthConfig, JwtConfig, JwtIssuerConfig, KeyConfig, Mode, Modes, MtlsConfig, UserConfig,
+    AuthConfig, BasicConfig, JwtConfig, JwtIssuerConfig, KeyConfig, Mode, Modes, MtlsConfig,
+    UserConfig,
 };
 pub use error::ConfigError;
 pub use future::ResponseFuture;

@@ -113,7 +113,8 @@ async fn bearer_static_token_mode() {
 async fn basic_mode() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
-    let auth = "  enabled: true\n  mode: basic\n  username: admin\n  password: \"correct horse battery staple\"\n";
+    // The Basic settings (verification bound, verified-credential cache) are accepted.
+    let auth = "  enabled: true\n  mode: basic\n  username: admin\n  password: \"correct horse battery staple\"\n  basic: {maxConcurrent: 2, cacheCapacity: 16, cacheMaxTtlSeconds: 60}\n";
     let (_gw, base) = start_gateway(
         dir.path(),
         &config(&upstream, &dir.path().join("a.db"), auth, ""),
@@ -135,16 +136,28 @@ async fn basic_mode() {
         .0,
         200
     );
-    assert_eq!(
-        tools_list(
-            &c,
-            &url,
-            Some(("authorization", format!("Basic {}", b64("admin:wrong"))))
-        )
-        .await
-        .0,
-        401
-    );
+    // Repeats are served from the verified-credential cache; a wrong password after a
+    // success is still refused (only the exact pair is cached).
+    for _ in 0..3 {
+        let good = format!("Basic {}", b64("admin:correct horse battery staple"));
+        assert_eq!(
+            tools_list(&c, &url, Some(("authorization", good))).await.0,
+            200
+        );
+    }
+    for wrong in ["admin:wrong", "admin:correct horse battery stapl", "admin:"] {
+        assert_eq!(
+            tools_list(
+                &c,
+                &url,
+                Some(("authorization", format!("Basic {}", b64(wrong))))
+            )
+            .await
+            .0,
+            401,
+            "{wrong}"
+        );
+    }
     assert_eq!(
         tools_list(
             &c,
