@@ -160,6 +160,17 @@ async fn check(path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let _router = app::router(&loaded, &layers, None).map_err(|e| e.to_string())?;
     layers.flush().await;
+    // The listener's certificate and key are read and matched as at start (a missing
+    // file, unparsable PEM, a key that does not belong to the certificate or an expired
+    // certificate fail here); an ACME configuration is checked without contacting the CA.
+    if let Some(t) = cfg_tls(&loaded) {
+        let checked = if t.uses_acme() {
+            t.validate().map_err(mcp_tls::TlsError::from)
+        } else {
+            mcp_tls::TlsAcceptor::from_config(t).map(drop)
+        };
+        checked.map_err(|e| tls_error(&loaded.file, &e))?;
+    }
     println!(
         "{}: OK ({} upstream(s), listening on {addr}, authentication {})",
         loaded.file,
@@ -171,6 +182,22 @@ async fn check(path: &Path) -> Result<(), String> {
         }
     );
     Ok(())
+}
+
+/// The listener's TLS settings, when TLS is on.
+fn cfg_tls(loaded: &config::Loaded) -> Option<&mcp_tls::TlsConfig> {
+    loaded.config.server.tls.as_ref().filter(|t| t.enabled)
+}
+
+/// A TLS error with the configuration file in front, and the `server.tls` key unless
+/// the message already names one.
+fn tls_error(file: &str, e: &mcp_tls::TlsError) -> String {
+    let message = e.to_string();
+    if message.starts_with("server.tls") {
+        format!("{file}: {message}")
+    } else {
+        format!("{file}: server.tls: {message}")
+    }
 }
 
 /// `audit verify --config FILE`: every trail the configuration stores, each reported.
@@ -243,7 +270,7 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
     let (acceptor, _tls_background) = match &cfg.server.tls {
         Some(t) if t.enabled => {
             let (acceptor, background) =
-                mcp_tls::start(t).map_err(|e| format!("{}: server.tls: {e}", loaded.file))?;
+                mcp_tls::start(t).map_err(|e| tls_error(&loaded.file, &e))?;
             (Some(acceptor), Some(background))
         }
         _ => (None, None),

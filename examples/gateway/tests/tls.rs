@@ -286,3 +286,60 @@ async fn https_upstream_with_gateway_client_certificate() {
         "hello mcp-gateway"
     );
 }
+
+/// `check` reads the listener's certificate and key as the start does: a missing file,
+/// a key that belongs to another certificate and PEM that is not a certificate are
+/// reported with the file and the key, and a good pair passes.
+#[test]
+fn check_reads_the_listener_certificate() {
+    let dir = tempdir();
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.server();
+    let (_, other_key) = ca.server();
+    let cert_f = write(dir.path(), "server.pem", &cert);
+    let key_f = write(dir.path(), "server.key", &key);
+    let other_key_f = write(dir.path(), "other.key", &other_key);
+    let junk_f = write(
+        dir.path(),
+        "junk.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    );
+    let missing = dir.path().join("missing.pem");
+    let missing_f = missing.to_str().unwrap();
+    let config = |name: &str, cert: &str, key: &str| {
+        let yaml = base_config("http://127.0.0.1:9/mcp", &dir.path().join("a.db"), "").replace(
+            "  addr: \"127.0.0.1:0\"\n",
+            &format!("  addr: \"127.0.0.1:0\"\n  tls:\n    certFile: \"{cert}\"\n    keyFile: \"{key}\"\n"),
+        );
+        write(dir.path(), name, &yaml)
+    };
+    let ok = config("ok.yaml", &cert_f, &key_f);
+    let (code, out, err) = run(&["check", "--config", &ok], dir.path(), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let gone = config("gone.yaml", missing_f, &key_f);
+    let (code, out, err) = run(&["check", "--config", &gone], dir.path(), &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("gone.yaml") && err.contains("server.tls") && err.contains(missing_f),
+        "{err}"
+    );
+
+    let mismatch = config("mismatch.yaml", &cert_f, &other_key_f);
+    let (code, out, err) = run(&["check", "--config", &mismatch], dir.path(), &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("mismatch.yaml")
+            && err.contains("server.tls.keyFile")
+            && err.contains("does not match"),
+        "{err}"
+    );
+    // The key file's content is never printed.
+    let body = other_key.lines().nth(1).unwrap();
+    assert!(!err.contains(body) && !out.contains(body), "{err}");
+
+    let junk = config("junk.yaml", &junk_f, &key_f);
+    let (code, out, err) = run(&["check", "--config", &junk], dir.path(), &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("junk.yaml") && err.contains(&junk_f), "{err}");
+}
