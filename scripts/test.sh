@@ -2,13 +2,14 @@
 # Runs every test of the suite on a fresh Debian machine with Rust.
 #
 # 1. Installs what the tests need and the machine lacks: redis-server, PostgreSQL,
-#    openssl, pebble (ACME test server), a Python venv with the `mcp` SDK and pytest
+#    openssl, curl, pebble (ACME test server), a Python venv with the `mcp` SDK and pytest
 #    (.venv), Node 22 and the MCP conformance suite from the npm registry (.tools).
 # 2. Checks formatting and lints (cargo fmt --check, clippy -D warnings).
 # 3. Runs the Rust tests of every crate (unit, integration over real sockets, doc tests).
 #    Tests that need redis-server or PostgreSQL start their own on free loopback ports and
 #    stop them after (crates/mcp-testkit).
-# 4. Runs the Python MCP client tests and the MCP conformance suite against the gateway.
+# 4. Runs the Python MCP client tests (and the READMEs' demo commands, curl and Python,
+#    as written, against the demo gateway) and the MCP conformance suite.
 #
 # Environment: SKIP_INSTALL=1 skips step 1 (the tests then fail, never skip, when
 # something is missing). SKIP_LINT=1 skips step 2.
@@ -27,6 +28,7 @@ install_prereqs() {
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || missing+=(pebble)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -72,7 +74,7 @@ rust_status=${PIPESTATUS[0]}
 
 extra_status=0
 if [ -f tests/python/run.sh ]; then
-  step "Python MCP client tests (real mcp SDK through the gateway)"
+  step "Python MCP client tests (real mcp SDK through the gateway; the READMEs' demo commands)"
   bash tests/python/run.sh || extra_status=1
 fi
 if [ -f tests/conformance/run.sh ]; then

@@ -105,3 +105,35 @@ upstreams:
             except subprocess.TimeoutExpired:
                 p.kill()
         work.cleanup()
+
+
+@pytest.fixture(scope="module")
+def demo_gateway():
+    """`mcp-gateway` with no arguments but `--addr` (demo mode: its own demo upstream, a
+    fresh API key printed once), in a scratch directory; yields its port and the key."""
+    binary = _binary()
+    work = tempfile.TemporaryDirectory()
+    port = _free_port()
+    env = dict(os.environ)
+    for k in ("MCP_AUTH_ENABLED", "MCP_AUTH_MODE", "MCP_AUTH_API_KEY"):
+        env.pop(k, None)
+    out = open(pathlib.Path(work.name) / "stdout.txt", "w+")
+    proc = subprocess.Popen(
+        [binary, "--addr", f"127.0.0.1:{port}"],
+        cwd=work.name, stdout=out, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}/healthz")
+        out.seek(0)
+        printed = out.read()
+        keys = [line.split()[-1] for line in printed.splitlines() if "API key (shown once):" in line]
+        assert len(keys) == 1, f"demo mode printed no API key:\n{printed}"
+        yield {"port": port, "key": keys[0]}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out.close()
+        work.cleanup()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the Python MCP SDK tests (tests/python) through the gateway: creates .venv with
+# Runs the Python MCP SDK tests (tests/python) through the gateway, and the READMEs' demo
+# commands (curl and Python) against the demo gateway: creates .venv with
 # tests/python/requirements.txt when it is missing, builds mcp-gateway, runs pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
