@@ -15,6 +15,11 @@
 
 pub use mcp_core as core;
 
+// The README's Rust examples compile (and run) as doc tests.
+#[cfg(all(doctest, feature = "auth"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(feature = "audit")]
 pub use mcp_audit as audit;
 #[cfg(feature = "auth")]

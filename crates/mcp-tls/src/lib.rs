@@ -41,6 +41,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod acceptor;
 #[cfg(feature = "acme")]
 pub mod acme;
