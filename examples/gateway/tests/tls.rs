@@ -343,3 +343,63 @@ fn check_reads_the_listener_certificate() {
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("junk.yaml") && err.contains(&junk_f), "{err}");
 }
+
+/// The README's complete configuration example passes `check` as written, with only its
+/// file paths pointed at real files (certificates made here) and its `${VAR}`s set.
+#[test]
+fn the_readme_complete_example_passes_check() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("A complete example:\n\n```yaml\n").unwrap();
+    let body = &readme[start..];
+    let body = &body[body.find("```yaml\n").unwrap() + 8..];
+    let example = &body[..body.find("```").unwrap()];
+
+    let dir = tempdir();
+    let server_ca = Ca::new("server CA");
+    let clients_ca = Ca::new("clients CA");
+    let upstream_ca = Ca::new("upstream CA");
+    let (cert, key) = server_ca.server();
+    let (gw_cert, gw_key) = upstream_ca.client("gateway");
+    let files = [
+        ("/etc/mcp/tls/tls.crt", cert),
+        ("/etc/mcp/tls/tls.key", key),
+        ("/etc/mcp/tls/clients-ca.crt", clients_ca.pem()),
+        ("/etc/mcp/upstream-ca.crt", upstream_ca.pem()),
+        ("/etc/mcp/gw.crt", gw_cert),
+        ("/etc/mcp/gw.key", gw_key),
+    ];
+    let mut yaml = example.to_owned();
+    for (i, (path, pem)) in files.iter().enumerate() {
+        assert!(
+            yaml.contains(path),
+            "the README example no longer names {path}"
+        );
+        yaml = yaml.replace(path, &write(dir.path(), &format!("f{i}.pem"), pem));
+    }
+    let db = dir.path().join("audit").join("audit.db");
+    yaml = yaml.replace("/var/lib/mcp-gateway/audit.db", db.to_str().unwrap());
+    assert!(
+        !yaml.contains("/etc/") && !yaml.contains("/var/"),
+        "a path of the README example is not provided by this test:\n{yaml}"
+    );
+    let config = write(dir.path(), "gateway.yaml", &yaml);
+    let env = [
+        ("MCP_AUTH_API_KEY", "Zq7!kP2@wL9#xR4$aaBB"),
+        ("MCP_BEARER", "tok_0123456789abcdefghijklmnopqrstuvwxyzAB"),
+        ("MCP_ADMIN_PASSWORD", "a-Long-passw0rd!"),
+        ("MCP_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("CI_KEY", "Yq7!kP2@wL9#xR4$bbCC"),
+        ("UPSTREAM_TOKEN", "upstream-token"),
+    ];
+    let (code, out, err) = run(&["check", "--config", &config], dir.path(), &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("listening on 0.0.0.0:8443") && out.contains("1 upstream(s)"),
+        "{out}"
+    );
+    assert!(db.exists(), "check opens the audit storage");
+    // Without one of its variables the same file is refused, naming the variable.
+    let (code, _, err) = run(&["check", "--config", &config], dir.path(), &env[1..]);
+    assert_ne!(code, 0);
+    assert!(err.contains("MCP_AUTH_API_KEY"), "{err}");
+}
