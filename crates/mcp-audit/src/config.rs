@@ -566,6 +566,22 @@ mod tests {
         );
     }
 
+    /// The README lists every key with its default: parsed, it is the default.
+    #[test]
+    fn readme_lists_the_defaults() {
+        let readme = include_str!("../README.md");
+        let from = readme
+            .find("Every key with its default:\n\n```yaml\n")
+            .unwrap();
+        let block = &readme[from..];
+        let block = &block[block.find("```yaml\n").unwrap() + 8..];
+        let block = &block[..block.find("```").unwrap()];
+        let mut doc: serde_yaml_ng::Mapping = serde_yaml_ng::from_str(block).unwrap();
+        let section = doc.remove("audit").unwrap();
+        let parsed: AuditConfig = serde_yaml_ng::from_value(section).unwrap();
+        assert_eq!(parsed, AuditConfig::default());
+    }
+
     #[test]
     fn postgres_url_never_in_debug() {
         let mut c = AuditConfig::default();
