@@ -353,7 +353,7 @@ pub fn parse(
                 file: file.to_owned(),
                 line,
                 key: "(syntax)".into(),
-                message: scrub_message(&e.to_string()),
+                message: e.to_string(),
             }
         })?
     };
@@ -370,7 +370,8 @@ pub fn parse(
         let message = if SECRET_KEYS.contains(&last) || key.contains(".headers.") {
             "invalid value (not shown: it may be a secret); expected a string".to_owned()
         } else {
-            scrub_message(&inner)
+            // serde's message: the expected type and what was found (not a secret key).
+            inner
         };
         ConfigError::Invalid {
             file: file.to_owned(),
@@ -384,11 +385,6 @@ pub fn parse(
         file: file.to_owned(),
         text: text.to_owned(),
     })
-}
-
-/// serde_yaml_ng messages may carry "at line X column Y": keep them, they are not values.
-fn scrub_message(m: &str) -> String {
-    m.to_owned()
 }
 
 fn path_string(path: &[String]) -> String {
@@ -534,80 +530,124 @@ fn apply_env_overrides(
 }
 
 /// Finds the line of a dotted key (`ratelimit.client_limits.default`, `upstreams[1].url`)
-/// by walking the file's indentation. Best effort: `None` when not found.
+/// in the block structure of the file: each segment is looked up among the keys of its
+/// parent's block only, at that block's own indentation (a key of the same name deeper
+/// down, or in a sibling, is not taken for it). Keys inside a flow collection
+/// (`basic: {maxConcurrent: 4}`, `- {id: ci, key: ..}`) are given the line of the
+/// collection. `None` when a segment is not in the file (a value from the environment or
+/// a default).
 pub fn find_line(text: &str, key: &str) -> Option<usize> {
-    let segments: Vec<(String, Option<usize>)> = key
+    let segments: Vec<(&str, Option<usize>)> = key
         .split('.')
         .filter(|s| !s.is_empty())
         .map(|s| match s.split_once('[') {
-            Some((name, idx)) => (
-                name.to_owned(),
-                idx.trim_end_matches(']').parse::<usize>().ok(),
-            ),
-            None => (s.to_owned(), None),
+            Some((name, idx)) => (name, idx.trim_end_matches(']').parse::<usize>().ok()),
+            None => (s, None),
         })
         .collect();
     if segments.is_empty() {
         return None;
     }
-    let lines: Vec<&str> = text.lines().collect();
-    let mut start = 0usize;
-    let mut min_indent = 0usize;
+    let lines = yaml_lines(text);
+    // The lines of the current block, and the line of the deepest segment found.
+    let (mut from, mut to) = (0, lines.len());
     let mut found = None;
-    for (name, idx) in &segments {
-        let mut hit = None;
-        for (i, line) in lines.iter().enumerate().skip(start) {
-            let trimmed = line.trim_start();
-            if trimmed.starts_with('#') || trimmed.is_empty() {
-                continue;
-            }
-            let indent = line.len() - trimmed.len();
-            if indent < min_indent && i > start {
-                break;
-            }
-            let body = trimmed.trim_start_matches("- ");
-            let bare = body.trim_start_matches(['"', '\'']);
-            if bare.starts_with(name.as_str()) {
-                let after = &bare[name.len()..];
-                let after = after.trim_start_matches(['"', '\'']);
-                if after.starts_with(':') {
-                    hit = Some((i, indent));
-                    break;
-                }
-            }
+    for (name, index) in segments {
+        let level = lines.get(from).filter(|_| from < to)?.col;
+        let hit = (from..to)
+            .find(|&i| lines[i].col == level && key_value(lines[i].content, name).is_some())?;
+        let line = &lines[hit];
+        found = Some(line.no);
+        if key_value(line.content, name).is_some_and(|v| v.starts_with(['{', '['])) {
+            return found;
         }
-        let (line_idx, indent) = hit?;
-        found = Some(line_idx + 1);
-        start = line_idx + 1;
-        min_indent = indent + 1;
-        if let Some(n) = idx {
-            // Walk to the n-th "- " item below.
-            let mut count = 0usize;
-            let mut item = None;
-            for (i, line) in lines.iter().enumerate().skip(start) {
-                let trimmed = line.trim_start();
-                if trimmed.is_empty() || trimmed.starts_with('#') {
-                    continue;
-                }
-                let ind = line.len() - trimmed.len();
-                if ind < min_indent.saturating_sub(1) && !trimmed.starts_with("- ") {
-                    break;
-                }
-                if trimmed.starts_with("- ") || trimmed == "-" {
-                    if count == *n {
-                        item = Some((i, ind));
-                        break;
-                    }
-                    count += 1;
-                }
+        // The value's block: deeper lines, and a sequence written at the key's own
+        // indentation (`key:` then `- item` below it).
+        from = hit + 1;
+        to = (from..to)
+            .find(|&i| {
+                !(lines[i].indent > line.col || (lines[i].indent == line.col && lines[i].item))
+            })
+            .unwrap_or(to);
+        if let Some(n) = index {
+            let marker = lines.get(from).filter(|_| from < to)?.indent;
+            let at = (from..to)
+                .filter(|&i| lines[i].item && lines[i].indent == marker)
+                .nth(n)?;
+            found = Some(lines[at].no);
+            if lines[at].content.starts_with(['{', '[']) {
+                return found;
             }
-            let (i, ind) = item?;
-            found = Some(i + 1);
-            start = i;
-            min_indent = ind;
+            // The item's block starts on its own line: its first key follows the `- `.
+            from = at;
+            to = (at + 1..to)
+                .find(|&i| lines[i].indent <= marker)
+                .unwrap_or(to);
         }
     }
     found
+}
+
+/// A line of YAML as [`find_line`] reads it: blank and comment lines are left out.
+struct YamlLine<'a> {
+    /// 1-based line number.
+    no: usize,
+    /// Spaces before the first character (a `- ` included).
+    indent: usize,
+    /// Column of the content after any `- ` markers.
+    col: usize,
+    /// Whether the line starts a sequence item.
+    item: bool,
+    content: &'a str,
+}
+
+fn yaml_lines(text: &str) -> Vec<YamlLine<'_>> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let content = line.trim_start_matches(' ');
+            if content.is_empty() || content.starts_with('#') || content.trim().is_empty() {
+                return None;
+            }
+            let indent = line.len() - content.len();
+            let (mut content, mut col, mut item) = (content, indent, false);
+            while let Some(rest) = content
+                .strip_prefix("- ")
+                .or_else(|| (content == "-").then_some(""))
+            {
+                let rest_trimmed = rest.trim_start_matches(' ');
+                col += content.len() - rest_trimmed.len();
+                content = rest_trimmed;
+                item = true;
+            }
+            Some(YamlLine {
+                no: i + 1,
+                indent,
+                col,
+                item,
+                content,
+            })
+        })
+        .collect()
+}
+
+/// If `content` is the mapping entry `name:` (the name plain or quoted), the text after
+/// the colon, trimmed.
+fn key_value<'a>(content: &'a str, name: &str) -> Option<&'a str> {
+    let (body, quote) = match content.chars().next() {
+        Some(q @ ('"' | '\'')) => (&content[1..], Some(q)),
+        _ => (content, None),
+    };
+    let mut after = body.strip_prefix(name)?;
+    if let Some(q) = quote {
+        after = after.strip_prefix(q)?;
+    }
+    let after = after.strip_prefix(':')?;
+    if after.is_empty() || after.starts_with([' ', '\t']) {
+        Some(after.trim_start())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -798,5 +838,264 @@ security:
         assert_eq!(find_line(text, "ups[1].url"), Some(9));
         assert_eq!(find_line(text, "ups[0].url"), Some(7));
         assert_eq!(find_line(text, "zz"), None);
+        // A key of the same name deeper down (first) or in a sibling is not the key.
+        let text = "a:\n  sub:\n    url: 1\n  url: 2\nb:\n  url: 3\n";
+        assert_eq!(find_line(text, "a.url"), Some(4));
+        assert_eq!(find_line(text, "b.url"), Some(6));
+        assert_eq!(find_line(text, "a.sub.url"), Some(3));
+        // Flow collections; a sequence at its key's indentation; quoted keys.
+        let text = "auth:\n  basic: {maxConcurrent: x}\n  apiKeys:\n  - {id: a, key: k}\n  - id: b\n    \"key\": k\n";
+        assert_eq!(find_line(text, "auth.basic.maxConcurrent"), Some(2));
+        assert_eq!(find_line(text, "auth.apiKeys[0].key"), Some(4));
+        assert_eq!(find_line(text, "auth.apiKeys[1].key"), Some(6));
+        assert_eq!(find_line(text, "auth.apiKeys[2]"), None);
+    }
+
+    #[test]
+    fn errors_in_flow_collections_name_their_line() {
+        let text = "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  basic: {maxConcurrent: lots}\n";
+        let e = parse(text, "f.yaml", &env_of(&[])).unwrap_err().to_string();
+        assert!(e.starts_with("f.yaml:4: auth.basic.maxConcurrent"), "{e}");
+    }
+
+    /// Property tests for the two small parsers of this module: `${VAR}` expansion and
+    /// the key-to-line lookup used by every error message.
+    mod props {
+        use super::super::{expand_str, find_line};
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Segment {
+            Text(String),
+            Var(String, String),
+            Escape,
+        }
+
+        fn segment() -> impl Strategy<Value = Segment> {
+            prop_oneof![
+                "[^$]{0,12}".prop_map(Segment::Text),
+                ("[A-Z_][A-Z0-9_]{0,8}", ".{0,12}").prop_map(|(n, v)| Segment::Var(n, v)),
+                Just(Segment::Escape),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn expansion_never_panics(s in ".{0,64}") {
+                let _ = expand_str(&s, &|_| Some("v".into()));
+                let _ = expand_str(&s, &|_| None);
+            }
+
+            #[test]
+            fn text_without_a_dollar_is_unchanged(s in "[^$]{0,64}") {
+                prop_assert_eq!(expand_str(&s, &|_| None), Ok(s));
+            }
+
+            /// Literal text, `${NAME}` and `$${` in any order (and an unterminated `${` at
+            /// the end) expand to the text, the value (never expanded again) and `${`.
+            #[test]
+            fn segments_expand_as_written(
+                segments in prop::collection::vec(segment(), 0..8),
+                tail in prop::option::of("[^}]{0,8}"),
+            ) {
+                let mut input = String::new();
+                let mut expected = String::new();
+                let mut vars = std::collections::HashMap::new();
+                for seg in &segments {
+                    match seg {
+                        Segment::Text(t) => {
+                            input.push_str(t);
+                            expected.push_str(t);
+                        }
+                        Segment::Var(n, v) => {
+                            input.push_str(&format!("${{{n}}}"));
+                            let v = vars.entry(n.clone()).or_insert_with(|| v.clone());
+                            expected.push_str(v);
+                        }
+                        Segment::Escape => {
+                            input.push_str("$${");
+                            expected.push_str("${");
+                        }
+                    }
+                }
+                if let Some(t) = &tail {
+                    input.push_str(&format!("${{{t}"));
+                    expected.push_str(&format!("${{{t}"));
+                }
+                let env = |k: &str| vars.get(k).cloned();
+                prop_assert_eq!(expand_str(&input, &env), Ok(expected));
+                // Every variable unset: the first one is named.
+                let first = segments.iter().find_map(|s| match s {
+                    Segment::Var(n, _) => Some(n.clone()),
+                    _ => None,
+                });
+                match first {
+                    Some(n) => prop_assert_eq!(expand_str(&input, &|_| None), Err(n)),
+                    None => prop_assert!(expand_str(&input, &|_| None).is_ok()),
+                }
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        enum Node {
+            Scalar,
+            Flow,
+            Map(Vec<(String, Node)>),
+            Seq(Vec<Node>),
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            // Names that are prefixes of each other and repeat across levels.
+            prop::sample::select(vec!["a", "ab", "b", "url", "name", "key", "apiKey"])
+                .prop_map(str::to_owned)
+        }
+
+        fn node() -> impl Strategy<Value = Node> {
+            let leaf = prop_oneof![4 => Just(Node::Scalar), 1 => Just(Node::Flow)];
+            leaf.prop_recursive(4, 40, 5, |inner| {
+                prop_oneof![
+                    prop::collection::vec((key(), inner.clone()), 1..5).prop_map(|kv| {
+                        let mut seen = std::collections::HashSet::new();
+                        Node::Map(
+                            kv.into_iter()
+                                .filter(|(k, _)| seen.insert(k.clone()))
+                                .collect(),
+                        )
+                    }),
+                    prop::collection::vec(inner, 1..4).prop_map(Node::Seq),
+                ]
+            })
+        }
+
+        /// Renders YAML, recording the line of every key path.
+        struct Render<'a> {
+            out: Vec<String>,
+            paths: Vec<(String, usize)>,
+            noise: &'a [u8],
+            step: usize,
+        }
+
+        impl Render<'_> {
+            fn flag(&mut self) -> u8 {
+                self.step += 1;
+                self.noise[self.step % self.noise.len()]
+            }
+            /// Pushes a line, sometimes after a comment or a blank line; returns its number.
+            fn push(&mut self, indent: usize, text: String, quiet: bool) -> usize {
+                if !quiet {
+                    match self.flag() % 6 {
+                        0 => self
+                            .out
+                            .push(format!("{}# url: key: - a:", " ".repeat(indent))),
+                        1 => self.out.push(String::new()),
+                        _ => {}
+                    }
+                }
+                self.out.push(format!("{}{text}", " ".repeat(indent)));
+                self.out.len()
+            }
+            fn key_text(&mut self, k: &str) -> String {
+                match self.flag() % 4 {
+                    0 => format!("\"{k}\""),
+                    1 => format!("'{k}'"),
+                    _ => k.to_owned(),
+                }
+            }
+            /// A mapping's entries at `indent`; the first line is a sequence item's when
+            /// `item` (its `- ` replaces the last two spaces of the indentation).
+            fn map(&mut self, entries: &[(String, Node)], indent: usize, path: &str, item: bool) {
+                for (n, (k, v)) in entries.iter().enumerate() {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let first_of_item = item && n == 0;
+                    let kt = self.key_text(k);
+                    let text = match v {
+                        Node::Scalar => format!("{kt}: v"),
+                        Node::Flow => format!("{kt}: {{a: 1, url: [x]}}"),
+                        _ => format!("{kt}:"),
+                    };
+                    let line = self.push(indent, text, first_of_item);
+                    if first_of_item {
+                        let l = &mut self.out[line - 1];
+                        l.replace_range(indent - 2..indent, "- ");
+                    }
+                    self.paths.push((p.clone(), line));
+                    match v {
+                        Node::Flow => {
+                            self.paths.push((format!("{p}.a"), line));
+                            self.paths.push((format!("{p}.url"), line));
+                        }
+                        Node::Map(children) => self.map(children, indent + 2, &p, false),
+                        Node::Seq(items) => {
+                            let marker = if self.flag().is_multiple_of(2) {
+                                indent
+                            } else {
+                                indent + 2
+                            };
+                            self.seq(items, marker, &p);
+                        }
+                        Node::Scalar => {}
+                    }
+                }
+            }
+            fn seq(&mut self, items: &[Node], marker: usize, path: &str) {
+                for (i, it) in items.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    match it {
+                        Node::Map(entries) => {
+                            let before = self.out.len();
+                            self.map(entries, marker + 2, &p, true);
+                            let first = self
+                                .paths
+                                .iter()
+                                .rev()
+                                .find(|(q, _)| q == &format!("{p}.{}", entries[0].0));
+                            let line = first.map_or(before + 1, |(_, l)| *l);
+                            self.paths.push((p, line));
+                        }
+                        Node::Seq(_) | Node::Scalar => {
+                            // A nested sequence is written as a scalar item here.
+                            let line = self.push(marker, "- v".into(), false);
+                            self.paths.push((p, line));
+                        }
+                        Node::Flow => {
+                            let line = self.push(marker, "- {a: 1, url: x}".into(), false);
+                            self.paths.push((p.clone(), line));
+                            self.paths.push((format!("{p}.a"), line));
+                        }
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn find_line_never_panics(text in "[ a-z:#\\-\n{}\\[\\]'\"]{0,200}", key in "[a-z.\\[\\]0-9]{0,20}") {
+                let _ = find_line(&text, &key);
+            }
+
+            /// Every key path of a generated document (nested mappings, sequences of
+            /// mappings at either indentation, flow collections, quoted keys, comments
+            /// that look like keys, blank lines) is found on its own line.
+            #[test]
+            fn find_line_finds_every_key_of_a_document(
+                top in prop::collection::vec((key(), node()), 1..5),
+                noise in prop::collection::vec(any::<u8>(), 1..32),
+            ) {
+                let mut seen = std::collections::HashSet::new();
+                let top: Vec<_> = top.into_iter().filter(|(k, _)| seen.insert(k.clone())).collect();
+                let mut r = Render { out: Vec::new(), paths: Vec::new(), noise: &noise, step: 0 };
+                r.map(&top, 0, "", false);
+                let text = r.out.join("\n") + "\n";
+                prop_assert!(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).is_ok(), "{}", text);
+                for (path, line) in &r.paths {
+                    prop_assert_eq!(find_line(&text, path), Some(*line), "{}\n{}", path, text);
+                }
+                prop_assert_eq!(find_line(&text, "nosuchkey"), None);
+            }
+        }
     }
 }
