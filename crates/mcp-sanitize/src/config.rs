@@ -246,10 +246,7 @@ mod tests {
     #[test]
     fn readme_lists_the_defaults() {
         let readme = include_str!("../README.md");
-        let from = readme.find("with its default:\n\n```yaml\n").unwrap();
-        let block = &readme[from..];
-        let block = &block[block.find("```yaml\n").unwrap() + 8..];
-        let block = &block[..block.find("```").unwrap()];
+        let block = mcp_testkit::fenced_block(readme, "with its default:", "yaml");
         let mut doc: serde_yaml_ng::Mapping = serde_yaml_ng::from_str(block).unwrap();
         let section = doc.remove("sanitization").unwrap();
         let parsed: SanitizeConfig = serde_yaml_ng::from_value(section).unwrap();

@@ -25,6 +25,28 @@ pub fn free_port() -> u16 {
         .expect("cannot bind a loopback port")
 }
 
+/// The body of the first fenced code block in language `lang` (```` ```yaml ````) after
+/// `marker` in `text`: for tests that hold a README's example to what the code does.
+/// Panics, failing the test, when the marker or the block is missing.
+///
+/// ```
+/// let readme = "Every key:\n\n```yaml\na: 1\n```\n";
+/// assert_eq!(mcp_testkit::fenced_block(readme, "Every key:", "yaml"), "a: 1\n");
+/// ```
+pub fn fenced_block<'a>(text: &'a str, marker: &str, lang: &str) -> &'a str {
+    let from = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} is no longer in the text"));
+    let open = format!("```{lang}\n");
+    let rest = &text[from..];
+    let start = rest
+        .find(&open)
+        .unwrap_or_else(|| panic!("no ```{lang} block after {marker:?}"))
+        + open.len();
+    let body = &rest[start..];
+    &body[..body.find("```").expect("an unterminated code block")]
+}
+
 fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

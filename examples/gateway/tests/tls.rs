@@ -349,10 +349,7 @@ fn check_reads_the_listener_certificate() {
 #[test]
 fn the_readme_complete_example_passes_check() {
     let readme = include_str!("../README.md");
-    let start = readme.find("A complete example:\n\n```yaml\n").unwrap();
-    let body = &readme[start..];
-    let body = &body[body.find("```yaml\n").unwrap() + 8..];
-    let example = &body[..body.find("```").unwrap()];
+    let example = mcp_testkit::fenced_block(readme, "A complete example:", "yaml");
 
     let dir = tempdir();
     let server_ca = Ca::new("server CA");
