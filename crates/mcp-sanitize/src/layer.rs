@@ -90,6 +90,13 @@ impl Shared {
         if extensions.get::<OriginChecked>().is_none() {
             self.origin.check(headers, uri)?;
         }
+        // Streamable HTTP defines POST, GET and DELETE on the MCP endpoint; anything else
+        // is refused here instead of reaching the server (a CORS layer, if any, answers
+        // OPTIONS preflights outside this one).
+        if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
+            return Err(Rejection::new(RejectionReason::MethodNotAllowed)
+                .with_header(http::header::ALLOW, "GET, POST, DELETE"));
+        }
         let mut versions = headers.get_all(header::MCP_PROTOCOL_VERSION).iter();
         if let Some(v) = versions.next() {
             let ok = versions.next().is_none()

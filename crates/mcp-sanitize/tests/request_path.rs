@@ -198,6 +198,29 @@ async fn a_declared_oversized_body_is_refused_before_it_is_sent() {
 }
 
 #[tokio::test]
+async fn methods_outside_streamable_http_are_refused() {
+    let addr = default_server().await;
+    for method in [
+        "PUT", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "PROPFIND",
+    ] {
+        let r = send(addr, bare(method, &[])).await;
+        assert_eq!(r.status, 405, "{method}");
+        assert_eq!(r.header("allow"), Some("GET, POST, DELETE"), "{method}");
+        assert_eq!(
+            r.header("x-denial-reason"),
+            Some("method_not_allowed"),
+            "{method}"
+        );
+        if method != "HEAD" {
+            assert_eq!(error_code(&r), -32600, "{method}: {:?}", r.body);
+        }
+    }
+    for method in ["GET", "DELETE"] {
+        assert_eq!(send(addr, bare(method, &[])).await.status, 200, "{method}");
+    }
+}
+
+#[tokio::test]
 async fn origin_attacks_are_refused_for_every_method() {
     let addr = default_server().await;
     for method in ["GET", "DELETE"] {

@@ -18,6 +18,9 @@ mod observe;
 mod proxy;
 mod validate;
 
+#[cfg(test)]
+mod request_path_props;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
