@@ -6,7 +6,8 @@
 //! ```text
 //! TLS accept (mcp-tls: PeerAddr, TlsInfo) -> client address (trusted proxies only)
 //!   -> metrics -> request id + audit -> security headers -> Origin/Host guard
-//!   -> rate limit by IP -> authenticate -> rate limit by principal
+//!   -> rate limit by IP -> authentication failure monitor -> authenticate
+//!   -> rate limit by principal
 //!   -> body limit + parse once + sanitize -> authorize tool -> reverse proxy
 //! ```
 
@@ -139,6 +140,7 @@ pub fn router(
             .layer(option_layer(layers.security_headers.clone()))
             .layer(option_layer(layers.origin.clone()))
             .layer(option_layer(layers.ip_limit.clone()))
+            .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
             .layer(option_layer(layers.principal_limit.clone()))
             .layer(option_layer(layers.parse.clone()))
@@ -164,6 +166,7 @@ pub fn router(
             .layer(layers.audit_slot(&trusted))
             .layer(option_layer(layers.security_headers.clone()))
             .layer(option_layer(layers.ip_limit.clone()))
+            .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
             .service(query);
         router = router.route_service("/api/audit/query", stack);

@@ -173,8 +173,14 @@ pub struct SecretsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringConfig {
-    pub auth_failure_threshold: Option<u64>,
+    /// Authentication failures of one client address within the window that raise an
+    /// alert (seed key; unset or 0: off).
+    pub auth_failure_threshold: Option<u32>,
+    /// The window in seconds (seed key; default 300).
     pub auth_failure_window: Option<u64>,
+    /// Ours: refuse a client that reached the threshold for this many seconds (0, the
+    /// default: alert only).
+    pub auth_failure_block_seconds: u64,
     pub anomaly_detection: Option<AnomalyDetection>,
     /// Serve `/metrics`.
     pub metrics: bool,
@@ -185,13 +191,15 @@ impl Default for MonitoringConfig {
         Self {
             auth_failure_threshold: None,
             auth_failure_window: None,
+            auth_failure_block_seconds: 0,
             anomaly_detection: None,
             metrics: true,
         }
     }
 }
 
-/// `monitoring.anomaly_detection` (seed key; accepted).
+/// `monitoring.anomaly_detection` (seed key; accepted, no effect: the guide does not say
+/// what it detects).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnomalyDetection {

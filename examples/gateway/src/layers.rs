@@ -12,7 +12,10 @@ use mcp_sanitize::{
 };
 use tower::util::{Either, MapResponseLayer};
 
+use std::time::Duration;
+
 use crate::config::{ConfigError, Loaded};
+use crate::monitor::{AuthFailureMonitorLayer, MonitorSettings};
 
 fn plain_body(r: Response<Body>) -> Response<AuditBody<Body>> {
     r.map(AuditBody::plain)
@@ -31,6 +34,8 @@ pub struct Layers {
     pub origin: Option<OriginGuardLayer>,
     pub ip_limit: Option<RateLimitLayer>,
     pub auth: Option<AuthLayer>,
+    /// `monitoring.auth_failure_*`: just outside authentication.
+    pub auth_monitor: Option<AuthFailureMonitorLayer>,
     pub principal_limit: Option<RateLimitLayer>,
     /// Body limit + parse once, and sanitize unless `sanitization.enabled` is false.
     pub parse: Option<Either<ParseSanitizeLayer, ParseLayer>>,
@@ -129,6 +134,9 @@ impl Layers {
         if cfg.auth.enabled {
             let layer = cfg.auth.build().map_err(|e| auth_error(loaded, &e))?;
             layers.auth = Some(layer);
+            layers.auth_monitor = monitor_settings(loaded)?.map(|s| {
+                AuthFailureMonitorLayer::new(s, layers.auditor.as_ref().map(|a| a.handle().clone()))
+            });
         }
         if let Some(p) = &cfg.policy {
             let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
@@ -198,6 +206,34 @@ impl Layers {
             a.shutdown().await;
         }
     }
+}
+
+/// `monitoring.auth_failure_threshold` / `auth_failure_window` /
+/// `auth_failure_block_seconds`; `None` when the threshold is unset or 0.
+fn monitor_settings(loaded: &Loaded) -> Result<Option<MonitorSettings>, ConfigError> {
+    const DAY: u64 = 86_400;
+    let m = &loaded.config.monitoring;
+    let Some(threshold) = m.auth_failure_threshold.filter(|&t| t > 0) else {
+        return Ok(None);
+    };
+    let window = m.auth_failure_window.unwrap_or(300);
+    if !(1..=DAY).contains(&window) {
+        return Err(loaded.error(
+            "monitoring.auth_failure_window",
+            "must be 1 to 86400 seconds",
+        ));
+    }
+    if m.auth_failure_block_seconds > DAY {
+        return Err(loaded.error(
+            "monitoring.auth_failure_block_seconds",
+            "must be 0 (alert only) to 86400 seconds",
+        ));
+    }
+    Ok(Some(MonitorSettings {
+        threshold,
+        window: Duration::from_secs(window),
+        block: Duration::from_secs(m.auth_failure_block_seconds),
+    }))
 }
 
 fn auth_error(loaded: &Loaded, e: &mcp_auth::ConfigError) -> ConfigError {

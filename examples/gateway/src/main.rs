@@ -14,6 +14,7 @@ mod config;
 mod demo;
 mod keys;
 mod layers;
+mod monitor;
 mod observe;
 mod proxy;
 mod validate;

@@ -64,6 +64,10 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         "mcp_gateway_denials_total",
         "Requests refused by a layer, by reason"
     );
+    metrics::describe_counter!(
+        "mcp_gateway_auth_failure_alerts_total",
+        "Clients that reached monitoring.auth_failure_threshold"
+    );
     metrics::describe_histogram!(
         "mcp_gateway_request_duration_seconds",
         metrics::Unit::Seconds,

@@ -322,3 +322,138 @@ async fn env_overrides_set_the_api_key() {
         200
     );
 }
+
+async fn status_with_key(c: &reqwest::Client, url: &str, key: &str) -> reqwest::Response {
+    modern(c, url, "tools/list", None, json!({}))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn threshold_alerts(db: &std::path::Path) -> Vec<serde_json::Value> {
+    audit_rows(db)
+        .into_iter()
+        .filter(|r| r.kind == "auth_failure" && r.event["detail"] == "threshold_reached")
+        .map(|r| r.event)
+        .collect()
+}
+
+/// `monitoring.auth_failure_threshold` / `auth_failure_window` (the seed's keys) and
+/// `auth_failure_block_seconds` (ours). Attack case: a client guessing keys is refused
+/// before authentication once it reached the threshold, even with the right key, until
+/// the block ends.
+#[tokio::test]
+async fn auth_failure_threshold_alerts_and_blocks() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let db = dir.path().join("a.db");
+    let monitoring = "monitoring:\n  auth_failure_threshold: 3\n  auth_failure_window: 60\n  auth_failure_block_seconds: 2\n";
+    let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, monitoring));
+    let url = format!("{base}/mcp");
+    let c = client();
+    assert_eq!(status_with_key(&c, &url, KEY).await.status(), 200);
+    for _ in 0..3 {
+        let r = status_with_key(&c, &url, "Wrong123!@#Wrong123!@#").await;
+        assert_eq!(r.status(), 401);
+    }
+    // Blocked: the right key too, and the audit query endpoint.
+    let r = status_with_key(&c, &url, KEY).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body = r.text().await.unwrap();
+    assert_eq!(last(&body)["error"]["code"], -32029, "{body}");
+    let q = c
+        .get(format!("{base}/api/audit/query?limit=1"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(q.status(), 429);
+    // One alert: in the audit trail (address, counts; no key) and in the metrics.
+    assert!(eventually(|| threshold_alerts(&db).len() == 1).await);
+    let alert = &threshold_alerts(&db)[0];
+    assert_eq!(alert["client_ip"], "127.0.0.1", "{alert}");
+    assert_eq!(alert["data"]["failures"], 3, "{alert}");
+    assert_eq!(alert["data"]["blocked_seconds"], 2, "{alert}");
+    assert!(!alert.to_string().contains("Wrong123"), "{alert}");
+    // The refusals are in the trail too, as rate limited.
+    assert!(
+        eventually(|| audit_rows(&db)
+            .iter()
+            .any(|r| r.reason.as_deref() == Some("rate_limited")))
+        .await
+    );
+    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "mcp_gateway_auth_failure_alerts_total 1"),
+        "{metrics}"
+    );
+    // The block ends; the right key works again.
+    let mut served = false;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if status_with_key(&c, &url, KEY).await.status() == 200 {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "still refused after the block");
+}
+
+/// Without `auth_failure_block_seconds` the threshold raises one alert per window and
+/// refuses nobody.
+#[tokio::test]
+async fn auth_failure_threshold_alone_only_alerts() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let db = dir.path().join("a.db");
+    let monitoring = "monitoring:\n  auth_failure_threshold: 2\n";
+    let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, monitoring));
+    let url = format!("{base}/mcp");
+    let c = client();
+    for _ in 0..6 {
+        assert_eq!(status_with_key(&c, &url, "Wrong").await.status(), 401);
+    }
+    assert_eq!(status_with_key(&c, &url, KEY).await.status(), 200);
+    assert!(eventually(|| threshold_alerts(&db).len() == 1).await);
+    let alert = &threshold_alerts(&db)[0];
+    assert_eq!(alert["data"]["failures"], 2, "{alert}");
+    assert_eq!(alert["data"]["window_seconds"], 300, "{alert}");
+    assert_eq!(alert["data"]["blocked_seconds"], 0, "{alert}");
+    // Still one (the writer has caught up: the 200 above is in the trail).
+    assert!(eventually(|| request_rows(&db).iter().any(|r| r.status == Some(200))).await);
+    assert_eq!(threshold_alerts(&db).len(), 1);
+    // Out-of-range settings are refused, naming the key and its line.
+    for (bad, key) in [
+        ("auth_failure_window: 0", "monitoring.auth_failure_window"),
+        (
+            "auth_failure_block_seconds: 90000",
+            "monitoring.auth_failure_block_seconds",
+        ),
+    ] {
+        let yaml = base_config(
+            &upstream,
+            &db,
+            &format!("monitoring:\n  auth_failure_threshold: 2\n  {bad}\n"),
+        );
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, &yaml).unwrap();
+        let line = yaml.lines().position(|l| l.trim() == bad).unwrap() + 1;
+        let (code, _, err) = run(
+            &["check", "--config", path.to_str().unwrap()],
+            dir.path(),
+            &[],
+        );
+        assert_ne!(code, 0);
+        assert!(err.contains(&format!("bad.yaml:{line}: {key}")), "{err}");
+    }
+}
