@@ -83,6 +83,8 @@ pub struct FailureTracker {
     /// after it needs no lookup.
     latest_block_end: AtomicU64,
     last_purge: Mutex<Option<Instant>>,
+    /// Whether the "table full" warning was logged.
+    warned_full: std::sync::atomic::AtomicBool,
 }
 
 impl FailureTracker {
@@ -95,6 +97,7 @@ impl FailureTracker {
             entries: Mutex::new(HashMap::new()),
             latest_block_end: AtomicU64::new(0),
             last_purge: Mutex::new(None),
+            warned_full: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -261,12 +264,20 @@ where
                 .extensions()
                 .get::<Denial>()
                 .is_some_and(|d| d.reason == RejectionReason::AuthFailed);
-            if failed
-                && let Some(ip) = ip
-                && let Recorded::ThresholdReached { failures } =
-                    tracker.record_failure(ip, Instant::now())
-            {
-                alert(&tracker.settings(), ip, failures, audit.as_ref());
+            if failed && let Some(ip) = ip {
+                match tracker.record_failure(ip, Instant::now()) {
+                    Recorded::ThresholdReached { failures } => {
+                        alert(&tracker.settings(), ip, failures, audit.as_ref());
+                    }
+                    Recorded::Untracked if !tracker.warned_full.swap(true, Ordering::Relaxed) => {
+                        tracing::warn!(
+                            capacity = MAX_TRACKED_CLIENTS,
+                            "authentication failures of more client addresses than the \
+                             monitor tracks: new addresses are not counted until windows end"
+                        );
+                    }
+                    Recorded::Counted | Recorded::Untracked => {}
+                }
             }
             Ok(res)
         })
