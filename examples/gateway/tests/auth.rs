@@ -360,11 +360,7 @@ async fn auth_failure_threshold_alerts_and_blocks() {
     // Blocked: the right key too, and the audit query endpoint.
     let r = status_with_key(&c, &url, KEY).await;
     assert_eq!(r.status(), 429);
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&r);
     assert!((1..=2).contains(&retry), "{retry}");
     let body = r.text().await.unwrap();
     assert_eq!(last(&body)["error"]["code"], -32029, "{body}");

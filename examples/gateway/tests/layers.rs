@@ -224,11 +224,7 @@ async fn rate_limits_per_principal_and_per_ip_and_lists() {
     }
     let r = call(KEY).send().await.unwrap();
     assert_eq!(r.status(), 429);
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&r);
     assert!(retry >= 1);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32029);

@@ -350,6 +350,15 @@ pub fn request_rows(db: &Path) -> Vec<AuditRow> {
         .collect()
 }
 
+/// The `Retry-After` of a response, in seconds.
+pub fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Polls until `f` is true (the audit writer is asynchronous), up to 10 s.
 pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
