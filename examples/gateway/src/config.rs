@@ -71,8 +71,9 @@ pub struct Config {
     /// Without it, any authenticated principal may call anything.
     pub policy: Option<mcp_auth::PolicyConfig>,
     pub layers: LayersConfig,
-    /// Seed sections the gateway does not use (e.g. `logging`, `kubernetes`): accepted and
-    /// reported once at start.
+    /// `logging` (a seed section the gateway does not use: it logs through `tracing`,
+    /// `MCP_GATEWAY_LOG`): accepted and reported at start (see
+    /// [`Loaded::inert_settings`]).
     #[serde(rename = "logging")]
     pub logging: Option<Value>,
 }
@@ -325,6 +326,53 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Settings of the seeds that the file sets and the gateway accepts without acting on
+    /// them, each as `file:line: key: why`, for a warning at start and a note from
+    /// `check` (so that nobody believes they are in force).
+    pub fn inert_settings(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut keys: Vec<(&str, &str)> = Vec::new();
+        if c.logging.is_some() {
+            keys.push((
+                "logging",
+                "not used: the gateway logs through tracing to stderr (MCP_GATEWAY_LOG sets the filter)",
+            ));
+        }
+        if c.server
+            .mode
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("sse"))
+        {
+            keys.push((
+                "server.mode",
+                "the gateway serves Streamable HTTP (which replaced HTTP+SSE); SSE responses are streamed within it",
+            ));
+        }
+        let s = &c.secrets;
+        if s.rotation_interval.is_some() || s.max_age.is_some() || s.keep_expired.is_some() {
+            keys.push((
+                "secrets",
+                "no effect: the gateway's keys come from this file (rotate them there, or give apiKeys an expiresAt)",
+            ));
+        }
+        if c.monitoring
+            .anomaly_detection
+            .as_ref()
+            .is_some_and(|a| a.enabled)
+        {
+            keys.push((
+                "monitoring.anomaly_detection",
+                "no effect: the guide does not define it (auth_failure_threshold and the metrics are what the gateway monitors)",
+            ));
+        }
+        keys.into_iter()
+            .map(|(key, why)| match find_line(&self.text, key) {
+                Some(line) => format!("{}:{line}: {key}: {why}", self.file),
+                None => format!("{}: {key}: {why}", self.file),
+            })
+            .collect()
+    }
+
     /// A rule error at `key` (dotted path), with the line found in the file if any.
     pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Rule {
@@ -857,6 +905,29 @@ security:
         assert_eq!(find_line(text, "auth.apiKeys[0].key"), Some(4));
         assert_eq!(find_line(text, "auth.apiKeys[1].key"), Some(6));
         assert_eq!(find_line(text, "auth.apiKeys[2]"), None);
+    }
+
+    #[test]
+    fn inert_settings_are_named_with_their_line() {
+        let text = "server:\n  mode: sse\nsecrets:\n  rotation_interval: 168\nmonitoring:\n  anomaly_detection:\n    enabled: true\nlogging:\n  level: debug\n";
+        let l = parse(text, "f.yaml", &env_of(&[])).unwrap();
+        let notes = l.inert_settings();
+        assert_eq!(notes.len(), 4, "{notes:?}");
+        assert!(notes[0].starts_with("f.yaml:8: logging: "), "{notes:?}");
+        assert!(notes[1].starts_with("f.yaml:2: server.mode: "), "{notes:?}");
+        assert!(notes[2].starts_with("f.yaml:3: secrets: "), "{notes:?}");
+        assert!(
+            notes[3].starts_with("f.yaml:6: monitoring.anomaly_detection: "),
+            "{notes:?}"
+        );
+        // Settings that act, or say nothing, give no note.
+        let text = "server:\n  mode: streamable-http\nmonitoring:\n  auth_failure_threshold: 5\n  anomaly_detection: {enabled: false}\n";
+        assert!(
+            parse(text, "f.yaml", &env_of(&[]))
+                .unwrap()
+                .inert_settings()
+                .is_empty()
+        );
     }
 
     #[test]

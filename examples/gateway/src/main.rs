@@ -175,6 +175,9 @@ async fn check(path: &Path) -> Result<(), String> {
         };
         checked.map_err(|e| tls_error(&loaded.file, &e))?;
     }
+    for note in loaded.inert_settings() {
+        eprintln!("note: {note}");
+    }
     println!(
         "{}: OK ({} upstream(s), listening on {addr}, authentication {})",
         loaded.file,
@@ -243,6 +246,9 @@ async fn run_config(path: &Path) -> Result<(), String> {
 
 async fn serve(loaded: config::Loaded) -> Result<(), String> {
     let addr = validate::validate(&loaded).map_err(|e| e.to_string())?;
+    for note in loaded.inert_settings() {
+        tracing::warn!("{note}");
+    }
     let cfg = &loaded.config;
     let metrics = if cfg.monitoring.metrics {
         observe::install_recorder()

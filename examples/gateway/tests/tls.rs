@@ -395,6 +395,14 @@ fn the_readme_complete_example_passes_check() {
         "{out}"
     );
     assert!(db.exists(), "check opens the audit storage");
+    // The seed settings it accepts without acting on are pointed out, with their lines.
+    for key in ["server.mode", "secrets"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("note: ") && l.contains(&format!(": {key}: "))),
+            "{err}"
+        );
+    }
     // Without one of its variables the same file is refused, naming the variable.
     let (code, _, err) = run(&["check", "--config", &config], dir.path(), &env[1..]);
     assert_ne!(code, 0);
