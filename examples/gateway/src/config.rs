@@ -610,11 +610,12 @@ pub fn find_line(text: &str, key: &str) -> Option<usize> {
     let mut found = None;
     for (name, index) in segments {
         let level = lines.get(from).filter(|_| from < to)?.col;
-        let hit = (from..to)
-            .find(|&i| lines[i].col == level && key_value(lines[i].content, name).is_some())?;
+        let (hit, value) = (from..to)
+            .filter(|&i| lines[i].col == level)
+            .find_map(|i| Some((i, key_value(lines[i].content, name)?)))?;
         let line = &lines[hit];
         found = Some(line.no);
-        if key_value(line.content, name).is_some_and(|v| v.starts_with(['{', '['])) {
+        if value.starts_with(['{', '[']) {
             return found;
         }
         // The value's block: deeper lines, and a sequence written at the key's own
@@ -662,7 +663,7 @@ fn yaml_lines(text: &str) -> Vec<YamlLine<'_>> {
         .enumerate()
         .filter_map(|(i, line)| {
             let content = line.trim_start_matches(' ');
-            if content.is_empty() || content.starts_with('#') || content.trim().is_empty() {
+            if content.trim().is_empty() || content.starts_with('#') {
                 return None;
             }
             let indent = line.len() - content.len();

@@ -167,7 +167,7 @@ async fn check(path: &Path) -> Result<(), String> {
     // The listener's certificate and key are read and matched as at start (a missing
     // file, unparsable PEM, a key that does not belong to the certificate or an expired
     // certificate fail here); an ACME configuration is checked without contacting the CA.
-    if let Some(t) = cfg_tls(&loaded) {
+    if let Some(t) = loaded.config.server.tls.as_ref().filter(|t| t.enabled) {
         let checked = if t.uses_acme() {
             t.validate().map_err(mcp_tls::TlsError::from)
         } else {
@@ -189,11 +189,6 @@ async fn check(path: &Path) -> Result<(), String> {
         }
     );
     Ok(())
-}
-
-/// The listener's TLS settings, when TLS is on.
-fn cfg_tls(loaded: &config::Loaded) -> Option<&mcp_tls::TlsConfig> {
-    loaded.config.server.tls.as_ref().filter(|t| t.enabled)
 }
 
 /// A TLS error with the configuration file in front, and the `server.tls` key unless

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -78,13 +78,19 @@ pub struct FailureTracker {
     settings: MonitorSettings,
     capacity: usize,
     origin: Instant,
-    entries: Mutex<HashMap<IpAddr, Entry>>,
+    table: Mutex<Table>,
     /// The latest end of any block, in nanoseconds since `origin` (0: none): a request
     /// after it needs no lookup.
     latest_block_end: AtomicU64,
-    last_purge: Mutex<Option<Instant>>,
     /// Whether the "table full" warning was logged.
-    warned_full: std::sync::atomic::AtomicBool,
+    warned_full: AtomicBool,
+}
+
+/// The counts, and when finished windows were last purged from them.
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<IpAddr, Entry>,
+    last_purge: Option<Instant>,
 }
 
 impl FailureTracker {
@@ -94,10 +100,9 @@ impl FailureTracker {
             settings,
             capacity,
             origin: Instant::now(),
-            entries: Mutex::new(HashMap::new()),
+            table: Mutex::default(),
             latest_block_end: AtomicU64::new(0),
-            last_purge: Mutex::new(None),
-            warned_full: std::sync::atomic::AtomicBool::new(false),
+            warned_full: AtomicBool::new(false),
         }
     }
 
@@ -115,22 +120,22 @@ impl FailureTracker {
         if self.nanos(now) >= self.latest_block_end.load(Ordering::Relaxed) {
             return None;
         }
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let until = entries.get(&ip)?.blocked_until?;
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = table.entries.get(&ip)?.blocked_until?;
         (until > now).then(|| until - now)
     }
 
     /// Counts one authentication failure of `ip` at `now`.
     pub fn record_failure(&self, ip: IpAddr, now: Instant) -> Recorded {
         let s = self.settings;
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if !entries.contains_key(&ip) && entries.len() >= self.capacity {
-            self.purge(&mut entries, now);
-            if entries.len() >= self.capacity {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if !table.entries.contains_key(&ip) && table.entries.len() >= self.capacity {
+            table.purge(now, s.window);
+            if table.entries.len() >= self.capacity {
                 return Recorded::Untracked;
             }
         }
-        let e = entries.entry(ip).or_insert(Entry {
+        let e = table.entries.entry(ip).or_insert(Entry {
             window_start: now,
             failures: 0,
             alerted: false,
@@ -161,30 +166,31 @@ impl FailureTracker {
         Recorded::ThresholdReached { failures }
     }
 
-    /// Drops the entries whose window and block are over, at most once a second.
-    fn purge(&self, entries: &mut HashMap<IpAddr, Entry>, now: Instant) {
-        let mut last = self
-            .last_purge
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
-            return;
-        }
-        *last = Some(now);
-        let window = self.settings.window;
-        entries.retain(|_, e| {
-            now.saturating_duration_since(e.window_start) < window
-                || e.blocked_until.is_some_and(|b| b > now)
-        });
-    }
-
     /// Addresses tracked now.
     #[cfg(test)]
     pub fn tracked(&self) -> usize {
-        self.entries
+        self.table
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .entries
             .len()
+    }
+}
+
+impl Table {
+    /// Drops the entries whose window and block are over, at most once a second.
+    fn purge(&mut self, now: Instant, window: Duration) {
+        if self
+            .last_purge
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_purge = Some(now);
+        self.entries.retain(|_, e| {
+            now.saturating_duration_since(e.window_start) < window
+                || e.blocked_until.is_some_and(|b| b > now)
+        });
     }
 }
 
