@@ -11,12 +11,17 @@
 # 4. Runs the Python MCP client tests (and the READMEs' demo commands, curl and Python,
 #    as written, against the demo gateway) and the MCP conformance suite.
 #
+# Disk: a clean run needs about 3 GB under target/ (the dev profile keeps line tables only;
+# see Cargo.toml). The free space is printed first and a warning given under 3 GB.
+#
 # Environment: SKIP_INSTALL=1 skips step 1 (the tests then fail, never skip, when
 # something is missing). SKIP_LINT=1 skips step 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# A clean run builds once, so incremental artifacts (gigabytes) would only fill the disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -55,6 +60,14 @@ install_prereqs() {
         "node@22" "@modelcontextprotocol/conformance" >/dev/null)
   fi
 }
+
+step "disk"
+mkdir -p target
+free_kb=$(df -Pk target | awk 'NR==2 {print $4}')
+echo "free under target/: $((free_kb / 1024)) MB"
+if [ "${free_kb:-0}" -lt 3000000 ]; then
+  echo "warning: a clean run needs about 3 GB under target/; the build may stop with 'No space left on device'"
+fi
 
 if [ "${SKIP_INSTALL:-0}" != "1" ]; then
   step "prerequisites"
