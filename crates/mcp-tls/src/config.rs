@@ -558,6 +558,18 @@ pub struct ServerOptions {
         serialize_with = "ser_duration"
     )]
     pub drain_timeout: Duration,
+    /// How long a connection may stay open with no request in progress (default
+    /// `"30s"`): a new connection that has not sent a complete request head (counted after
+    /// the TLS handshake), or a kept-alive one after its last response. HTTP/1.1 closes;
+    /// HTTP/2 gets a GOAWAY. A request whose head is in, whose response is still being
+    /// produced or streamed (an SSE stream, say), is in progress however long it takes.
+    /// An HTTP/1.1 request head must also be complete within this time of its first byte.
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "de_secs_or_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub idle_timeout: Duration,
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -569,6 +581,9 @@ fn default_max_connections() -> usize {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -576,6 +591,7 @@ impl Default for ServerOptions {
             handshake_timeout: default_handshake_timeout(),
             max_connections: default_max_connections(),
             drain_timeout: default_drain_timeout(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -586,6 +602,12 @@ impl ServerOptions {
         if self.handshake_timeout.is_zero() {
             return Err(ConfigError::new(
                 "server.handshakeTimeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "server.idleTimeout",
                 "must be greater than zero",
             ));
         }
@@ -864,9 +886,20 @@ mod tests {
     #[test]
     fn server_options() {
         let o: ServerOptions =
-            serde_yaml_ng::from_str("handshakeTimeout: 5\nmaxConnections: 10\n").unwrap();
+            serde_yaml_ng::from_str("handshakeTimeout: 5\nmaxConnections: 10\nidleTimeout: 2m\n")
+                .unwrap();
         assert_eq!(o.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(o.idle_timeout, Duration::from_secs(120));
         o.validate().unwrap();
+        assert_eq!(
+            ServerOptions::default().idle_timeout,
+            Duration::from_secs(30)
+        );
+        let o = ServerOptions {
+            idle_timeout: Duration::ZERO,
+            ..ServerOptions::default()
+        };
+        assert_eq!(o.validate().unwrap_err().key, "server.idleTimeout");
         let o = ServerOptions {
             max_connections: 0,
             ..ServerOptions::default()

@@ -5,7 +5,8 @@
 //! its extensions. The loop caps concurrent connections (a semaphore: beyond the cap,
 //! the loop holds one accepted connection until a place is free and stops accepting, so
 //! the rest wait in the kernel's listen backlog), bounds the TLS handshake in time,
-//! and on shutdown stops accepting, asks every connection to finish (HTTP/1.1 closes
+//! closes connections that stay idle (no request in progress, the first included) past
+//! the idle timeout, and on shutdown stops accepting, asks every connection to finish (HTTP/1.1 closes
 //! after the response in flight, HTTP/2 sends GOAWAY) and waits for them up to the drain
 //! timeout.
 //!
@@ -37,7 +38,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -49,6 +51,7 @@ use mcp_core::{PeerAddr, TlsInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::acceptor::TlsAcceptor;
@@ -236,6 +239,14 @@ impl Server {
         self
     }
 
+    /// How long a connection may stay open with no request in progress (default 30 s):
+    /// before its first request head is complete, and after its last response. See
+    /// [`ServerOptions::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.options.idle_timeout = timeout;
+        self
+    }
+
     /// How long graceful shutdown waits for open connections (default 30 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.options.drain_timeout = timeout;
@@ -284,9 +295,17 @@ impl Server {
         } else {
             options.handshake_timeout
         };
+        let idle_timeout = if options.idle_timeout.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            options.idle_timeout
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(idle_timeout);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
         let mut shutdown: ShutdownSignal =
@@ -332,13 +351,13 @@ impl Server {
                 match tls {
                     None => {
                         let svc = ConnectionInfo::new(service, peer, None);
-                        serve_connection(&builder, tcp, svc, stop).await;
+                        serve_connection(&builder, tcp, svc, idle_timeout, stop).await;
                     }
                     Some(acceptor) => {
                         match handshake(&acceptor, tcp, handshake_timeout, stop.clone()).await {
                             Some((stream, info)) => {
                                 let svc = ConnectionInfo::new(service, peer, Some(info));
-                                serve_connection(&builder, stream, svc, stop).await;
+                                serve_connection(&builder, stream, svc, idle_timeout, stop).await;
                             }
                             None => tracing::debug!(%peer, "TLS handshake not completed"),
                         }
@@ -386,10 +405,13 @@ async fn handshake(
     }
 }
 
+/// Serves one connection until it ends, the loop stops, or it stays idle (no request in
+/// progress) for `idle_timeout`.
 async fn serve_connection<IO, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: IO,
     service: S,
+    idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -400,18 +422,170 @@ async fn serve_connection<IO, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let activity = Arc::new(Activity::new());
+    let service = Tracking {
+        inner: service,
+        activity: activity.clone(),
+    };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // Once asked to finish (idle or stopping), the connection ends by itself: an idle
+    // HTTP/1.1 connection or one still reading its first bytes at once, HTTP/2 after its
+    // GOAWAY once no stream is open.
+    let mut finishing = false;
+    let result = loop {
+        let check_at = activity
+            .idle_deadline(idle_timeout)
+            .unwrap_or_else(|| Instant::now() + idle_timeout);
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            () = stopped(&mut stop), if !finishing => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            () = tokio::time::sleep_until(check_at), if !finishing => {
+                if activity.idle_deadline(idle_timeout).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!("closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    finishing = true;
+                }
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A connection's requests in progress and when it last had none.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `start` to when the last request in progress finished.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection will have been idle for `timeout`; `None` while a request
+    /// is in progress.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.start + since + timeout)
+    }
+}
+
+/// One request in progress, from its head to the end (or drop) of its response body.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = u64::try_from(a.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a connection's requests in progress (see [`Activity`]).
+#[derive(Clone)]
+struct Tracking<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Tracking<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<TrackedBody<ResB>>;
+    type Error = S::Error;
+    type Future = TrackingFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        TrackingFuture {
+            guard: Some(InFlight::new(self.activity.clone())),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future; its [`InFlight`] moves into the response body.
+    struct TrackingFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackingFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let guard = this.guard.take();
+        Poll::Ready(res.map(|r| r.map(|body| TrackedBody { inner: body, guard })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its request's [`InFlight`] when it ends or is dropped.
+    struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            this.guard.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -329,3 +329,171 @@ async fn client_addr_layer_resolves_the_peer_addr_from_the_accept_loop() {
     assert!(out.ends_with("127.0.0.1 false"), "{out}");
     server.shutdown().await;
 }
+
+/// Reads until the server closes `s`; fails if it is still open after 20 s.
+async fn closed_by_server(mut s: impl tokio::io::AsyncRead + Unpin, what: &str) {
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "{what}");
+}
+
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_after_the_idle_timeout() {
+    // Attack (slowloris): connect and say nothing, to hold the server's places. With a
+    // cap of one, a silent plain TCP connection holds the only place until it is closed.
+    let server = start_with(
+        None,
+        |s| {
+            s.max_connections(1)
+                .idle_timeout(Duration::from_millis(300))
+        },
+        echo_router(),
+    )
+    .await;
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    let served = tokio::spawn(async move { http_get_plain(server.addr, "/echo").await });
+    closed_by_server(silent, "a connection that sent nothing was kept open").await;
+    let out = tokio::time::timeout(Duration::from_secs(20), served)
+        .await
+        .expect("the next client was never served")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // The same after a completed TLS handshake: the idle timeout starts there.
+    let ca = Ca::new("CA");
+    let (cert, key) = ca.server("s");
+    let files = Files::new(&cert, &key);
+    let acceptor = TlsAcceptor::from_config(&files.config()).unwrap();
+    let tls_server = start_with(
+        Some(acceptor),
+        |s| s.idle_timeout(Duration::from_millis(300)),
+        echo_router(),
+    )
+    .await;
+    let tcp = TcpStream::connect(tls_server.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_config(&ca.der(), BOTH, None))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    closed_by_server(tls, "a TLS connection that sent no request was kept open").await;
+    tls_server.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn kept_alive_connections_are_closed_once_idle_over_http1_and_http2() {
+    let server = start_with(
+        None,
+        |s| s.idle_timeout(Duration::from_millis(300)),
+        echo_router(),
+    )
+    .await;
+    // HTTP/1.1: one request, then nothing; the server closes the connection.
+    let (send, conn_task) = served_keepalive(server.addr).await;
+    tokio::time::timeout(Duration::from_secs(20), conn_task)
+        .await
+        .expect("an idle HTTP/1.1 keep-alive connection was kept open")
+        .unwrap()
+        .unwrap();
+    drop(send);
+    // HTTP/2: one request, then nothing; the server sends GOAWAY and closes.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn_task = tokio::spawn(conn);
+    let req = http::Request::get("http://x/echo")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    tokio::time::timeout(Duration::from_secs(20), conn_task)
+        .await
+        .expect("an idle HTTP/2 connection was kept open")
+        .unwrap()
+        .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_and_streaming_responses_are_in_progress_not_idle() {
+    use futures_util::StreamExt;
+    async fn slow() -> &'static str {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        "slow done"
+    }
+    async fn stream() -> axum::body::Body {
+        // Three events with gaps longer than the idle timeout, as a quiet SSE stream.
+        let events = futures_util::stream::iter(0..3).then(|i| async move {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            Ok::<_, std::io::Error>(bytes::Bytes::from(format!("data: {i}\n\n")))
+        });
+        axum::body::Body::from_stream(events)
+    }
+    let router = Router::new()
+        .route("/slow", get(slow))
+        .route("/stream", get(stream))
+        .merge(echo_router());
+    let server = start_with(None, |s| s.idle_timeout(Duration::from_millis(300)), router).await;
+    let out = http_get_plain(server.addr, "/slow").await;
+    assert!(out.ends_with("slow done"), "{out}");
+    let out = http_get_plain(server.addr, "/stream").await;
+    assert!(
+        out.contains("data: 0\n\n") && out.contains("data: 2\n\n"),
+        "{out}"
+    );
+    let get = |path: &str| {
+        http::Request::get(format!("http://x{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // HTTP/1.1: the connection stays usable after a stream longer than the idle timeout
+    // (a connection idle through the stream would have been told to close).
+    let (mut send, conn_task) = served_keepalive(server.addr).await;
+    let resp = send.send_request(get("/stream")).await.unwrap();
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    send.ready()
+        .await
+        .expect("the connection was closed after the stream");
+    assert_eq!(send.send_request(get("/echo")).await.unwrap().status(), 200);
+    drop(send);
+    let _ = conn_task.await;
+    // HTTP/2: while one stream is open, the connection is not idle: a new request on it,
+    // after more than the idle timeout, is served (no GOAWAY), and the stream is whole.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = send.send_request(get("/stream")).await.unwrap();
+    let body = tokio::spawn(http_body_util::BodyExt::collect(resp.into_body()));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    send.ready()
+        .await
+        .expect("the HTTP/2 connection was closed during a stream");
+    assert_eq!(send.send_request(get("/echo")).await.unwrap().status(), 200);
+    let body = body
+        .await
+        .unwrap()
+        .expect("the HTTP/2 stream was cut")
+        .to_bytes();
+    assert_eq!(&body[..], b"data: 0\n\ndata: 1\n\ndata: 2\n\n");
+    server.shutdown().await;
+}

@@ -107,6 +107,9 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     /// Most connections open at once (for the whole process, every worker together).
     pub max_connections: usize,
+    /// Seconds a connection may stay open with no request in progress: before its first
+    /// request head is complete (after the TLS handshake) and after its last response.
+    pub idle_timeout_seconds: u64,
     /// Threads that serve connections, each with a runtime of its own and a socket of its
     /// own on `addr` (one `SO_REUSEPORT` group; like nginx's worker processes). 0: one
     /// per CPU.
@@ -127,6 +130,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_seconds: 30,
             max_connections: 10_000,
+            idle_timeout_seconds: 30,
             workers: 0,
         }
     }

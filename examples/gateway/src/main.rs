@@ -300,6 +300,7 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
     }
     let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections);
     let drain = Duration::from_secs(cfg.server.shutdown_grace_seconds);
+    let idle = Duration::from_secs(cfg.server.idle_timeout_seconds);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::with_capacity(workers);
     for (i, (router, listener)) in routers.into_iter().zip(listeners).enumerate() {
@@ -309,6 +310,7 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
             acceptor: acceptor.clone(),
             limit: limit.clone(),
             drain,
+            idle,
             stop: stop_rx.clone(),
         };
         let (ready, done) = server.start(i)?;
@@ -391,6 +393,7 @@ struct Worker {
     acceptor: Option<mcp_tls::TlsAcceptor>,
     limit: mcp_tls::ConnectionLimit,
     drain: Duration,
+    idle: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -416,6 +419,7 @@ impl Worker {
             acceptor,
             limit,
             drain,
+            idle,
             mut stop,
         } = self;
         let started = tokio::runtime::Builder::new_current_thread()
@@ -438,6 +442,7 @@ impl Worker {
                 .maybe_tls(acceptor)
                 .connection_limit(limit)
                 .drain_timeout(drain)
+                .idle_timeout(idle)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

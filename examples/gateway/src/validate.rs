@@ -88,5 +88,8 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
     if cfg.server.max_body_bytes == 0 {
         return Err(loaded.error("server.maxBodyBytes", "must be greater than zero"));
     }
+    if !(1..=86_400).contains(&cfg.server.idle_timeout_seconds) {
+        return Err(loaded.error("server.idleTimeoutSeconds", "must be 1 to 86400 seconds"));
+    }
     Ok(addr)
 }

@@ -489,6 +489,57 @@ async fn worker_threads_share_one_address_and_one_connection_limit() {
     assert_eq!(r.status(), 200);
 }
 
+#[tokio::test]
+async fn a_silent_connection_gives_its_place_back_after_the_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let db = dir.path().join("a.db");
+    let cfg = base_config(&upstream, &db, "").replacen(
+        "server:\n",
+        "server:\n  workers: 2\n  maxConnections: 1\n  idleTimeoutSeconds: 1\n",
+        1,
+    );
+    let (_gw, base) = start_gateway(dir.path(), &cfg);
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Attack (slowloris): a connection that never sends a byte takes the only place.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let second = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        healthz_on(&mut s).await
+    });
+    // The gateway closes it after server.idleTimeoutSeconds and serves the next client.
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf))
+        .await
+        .expect("the gateway kept a silent connection open");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let out = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the next client was never served")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // 0 is refused, naming the key and its line.
+    let bad = cfg.replacen("idleTimeoutSeconds: 1", "idleTimeoutSeconds: 0", 1);
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, &bad).unwrap();
+    let line = bad
+        .lines()
+        .position(|l| l.trim() == "idleTimeoutSeconds: 0")
+        .unwrap()
+        + 1;
+    let (code, _, err) = run(
+        &["check", "--config", path.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("bad.yaml:{line}: server.idleTimeoutSeconds")),
+        "{err}"
+    );
+}
+
 /// The workers' sockets share the port through `SO_REUSEPORT`; a second gateway must
 /// still fail with "address in use" instead of joining them and taking a share of the
 /// connections.
