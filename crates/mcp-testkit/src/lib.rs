@@ -328,6 +328,16 @@ impl PostgresServer {
             let _ = c.kill();
             let _ = c.wait();
             // A killed postmaster leaves its pid file; postgres removes a stale one itself.
+            // A backend forked just before the kill may still hold the listening socket
+            // for a moment (it closes it early in its start, and exits when it sees the
+            // postmaster gone): wait until the port refuses connections, so that the
+            // server is really gone when this returns.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
