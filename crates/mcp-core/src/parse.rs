@@ -5,7 +5,11 @@
 //! answers 413 as soon as it runs over, parses the bytes as JSON once, puts the
 //! [`McpRequest`] in the request extensions, and calls the inner service with the same
 //! bytes as body. An over-limit or unreadable body is answered with `Connection: close`
-//! over HTTP/1.x, since the rest of it was not read. Invalid JSON gets 400 with JSON-RPC
+//! over HTTP/1.x, since the rest of it was not read. A body that has not arrived whole
+//! within the body timeout (default [`DEFAULT_BODY_TIMEOUT`], 60 s) gets 408 with
+//! JSON-RPC -32600 and `Connection: close`, so a client that trickles its body (a
+//! slow-POST attack) cannot hold a connection and a task for as long as it likes; the
+//! timeout needs tokio's timer, which `#[tokio::main]` and axum's `serve` have. Invalid JSON gets 400 with JSON-RPC
 //! -32700 (or, with `reject_invalid_json(false)`, is passed on). Other methods
 //! (`GET`, `DELETE`, ...) pass through untouched.
 //!
@@ -15,6 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum_core::body::Body;
 use bytes::{Bytes, BytesMut};
@@ -33,7 +38,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The default body limit: 4 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Configuration of [`Parse`]: the body limit and what invalid JSON gets.
+/// The default time a `POST` body has to arrive whole: 60 s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Configuration of [`Parse`]: the body limit, the body timeout and what invalid JSON
+/// gets.
 ///
 /// ```
 /// use axum::{Router, routing::post};
@@ -50,6 +59,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLayer {
     limit: usize,
+    body_timeout: Duration,
     reject_invalid_json: bool,
 }
 
@@ -60,12 +70,25 @@ impl Default for ParseLayer {
 }
 
 impl ParseLayer {
-    /// A layer with the default limit ([`DEFAULT_BODY_LIMIT`]) that rejects invalid JSON.
+    /// A layer with the default limit ([`DEFAULT_BODY_LIMIT`]) and body timeout
+    /// ([`DEFAULT_BODY_TIMEOUT`]) that rejects invalid JSON.
     pub const fn new() -> Self {
         Self {
             limit: DEFAULT_BODY_LIMIT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             reject_invalid_json: true,
         }
+    }
+
+    /// Sets the time a `POST` body has to arrive whole, from when the layer starts
+    /// reading it; past it, 408 (a zero duration is taken as the default).
+    pub const fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = if timeout.is_zero() {
+            DEFAULT_BODY_TIMEOUT
+        } else {
+            timeout
+        };
+        self
     }
 
     /// Sets the body limit in bytes.
@@ -235,10 +258,15 @@ where
 
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let bytes = match read_body(&parts.headers, body, config.limit).await {
-                Ok(b) => b,
-                Err(e) => {
-                    let mut rejection = e.rejection();
+            let read = read_body(&parts.headers, body, config.limit);
+            let read = tokio::time::timeout(config.body_timeout, read).await;
+            let bytes = match read {
+                Ok(Ok(b)) => b,
+                failed => {
+                    let mut rejection = match failed {
+                        Ok(Err(e)) => e.rejection(),
+                        _ => Rejection::new(RejectionReason::BodyTimeout),
+                    };
                     // The rest of the body was not read: over HTTP/1.x the connection
                     // cannot carry another request, so tell the client not to reuse it.
                     if parts.version <= http::Version::HTTP_11 {

@@ -67,6 +67,8 @@ pub enum RejectionReason {
     TooLarge,
     /// The request headers are too large (431).
     HeadersTooLarge,
+    /// The body did not arrive within the body timeout (408, -32600).
+    BodyTimeout,
     /// The body is not valid JSON (400, -32700).
     InvalidJson,
     /// The body is JSON but not a valid JSON-RPC 2.0 / MCP message (400, -32600).
@@ -112,6 +114,7 @@ impl RejectionReason {
             Self::BlockedByRule => "blocked_by_rule",
             Self::TooLarge => "too_large",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::InvalidJson => "invalid_json",
             Self::InvalidRequest => "invalid_request",
             Self::InvalidParams => "invalid_params",
@@ -139,6 +142,7 @@ impl RejectionReason {
             Self::RateLimited | Self::ConcurrencyLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BlockedByRule
             | Self::InvalidJson
             | Self::InvalidRequest
@@ -165,7 +169,8 @@ impl RejectionReason {
             | Self::HeaderMismatch
             | Self::UnsupportedMediaType
             | Self::NotAcceptable
-            | Self::MethodNotAllowed => codes::INVALID_REQUEST,
+            | Self::MethodNotAllowed
+            | Self::BodyTimeout => codes::INVALID_REQUEST,
             Self::InvalidParams | Self::BlockedByRule => codes::INVALID_PARAMS,
             Self::NotFound => codes::METHOD_NOT_FOUND,
             Self::AuthFailed => codes::UNAUTHENTICATED,
@@ -194,6 +199,7 @@ impl RejectionReason {
             Self::BlockedByRule => "Invalid params: blocked by rule",
             Self::TooLarge => "Request body too large",
             Self::HeadersTooLarge => "Request header fields too large",
+            Self::BodyTimeout => "Request body not received in time",
             Self::InvalidJson => "Parse error",
             Self::InvalidRequest => "Invalid Request",
             Self::InvalidParams => "Invalid params",
@@ -535,6 +541,7 @@ mod tests {
             BlockedByRule,
             TooLarge,
             HeadersTooLarge,
+            BodyTimeout,
             InvalidJson,
             InvalidRequest,
             InvalidParams,

@@ -335,3 +335,68 @@ async fn plain_hyper_service_and_response_extensions() {
     assert_eq!(headers["x-seen-method"], "resources/read");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+/// Attack (slow POST): a body that trickles in, one byte at a time, never finishing
+/// within the body timeout, gets 408 with a JSON-RPC error and `Connection: close`; a
+/// slow body that does finish in time is served.
+#[tokio::test]
+async fn a_body_trickling_past_the_body_timeout_gets_408() {
+    let app = Router::new().route("/mcp", post(describe)).layer(
+        ParseLayer::new()
+            .max_body_bytes(LIMIT)
+            .body_timeout(std::time::Duration::from_millis(400)),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // One byte every 100 ms: the whole body would take about 4.6 s.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for b in body {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), rd.read_to_end(&mut out))
+        .await
+        .expect("the server waited for the trickling body")
+        .unwrap();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.contains("-32600"), "{text}");
+
+    // Slow but in time: two halves 150 ms apart.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        head.replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    s.write_all(&body[10..]).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with(&format!("tools/list|-|{}", body.len())),
+        "{out}"
+    );
+}

@@ -333,8 +333,7 @@ impl PostgresServer {
             // postmaster gone): wait until the port refuses connections, so that the
             // server is really gone when this returns.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline
-                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            while Instant::now() < deadline && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
