@@ -23,6 +23,33 @@ async fn http_get_plain(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+/// A TLS server (certificate from a fresh CA) configured by `f`, and its CA.
+async fn start_tls_with(f: impl FnOnce(mcp_tls::Server) -> mcp_tls::Server) -> (Ca, Running) {
+    let ca = Ca::new("CA");
+    let (cert, key) = ca.server("s");
+    let files = Files::new(&cert, &key);
+    let acceptor = TlsAcceptor::from_config(&files.config()).unwrap();
+    let server = start_with(Some(acceptor), f, echo_router()).await;
+    (ca, server)
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`: its sender and its connection task.
+async fn http2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    (send, tokio::spawn(conn))
+}
+
 /// An HTTP/1.1 keep-alive connection to `addr` that has been served one request, held
 /// open: its sender and its connection task.
 async fn served_keepalive(
@@ -82,14 +109,7 @@ async fn plain_tcp_serving_puts_peer_addr_and_no_tls_info() {
 #[tokio::test]
 async fn plain_tcp_serves_http2_prior_knowledge() {
     let server = start(None).await;
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = http2_connection(server.addr).await;
     let resp = send
         .send_request(
             http::Request::get("http://x/echo")
@@ -106,16 +126,7 @@ async fn plain_tcp_serves_http2_prior_knowledge() {
 
 #[tokio::test]
 async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
-    let ca = Ca::new("CA");
-    let (cert, key) = ca.server("s");
-    let files = Files::new(&cert, &key);
-    let acceptor = TlsAcceptor::from_config(&files.config()).unwrap();
-    let server = start_with(
-        Some(acceptor),
-        |s| s.handshake_timeout(Duration::from_millis(300)),
-        echo_router(),
-    )
-    .await;
+    let (ca, server) = start_tls_with(|s| s.handshake_timeout(Duration::from_millis(300))).await;
     // Attack: open a TCP connection and never send a ClientHello (slowloris).
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
     let mut buf = [0u8; 16];
@@ -367,16 +378,7 @@ async fn connections_that_send_nothing_are_closed_after_the_idle_timeout() {
         .unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     // The same after a completed TLS handshake: the idle timeout starts there.
-    let ca = Ca::new("CA");
-    let (cert, key) = ca.server("s");
-    let files = Files::new(&cert, &key);
-    let acceptor = TlsAcceptor::from_config(&files.config()).unwrap();
-    let tls_server = start_with(
-        Some(acceptor),
-        |s| s.idle_timeout(Duration::from_millis(300)),
-        echo_router(),
-    )
-    .await;
+    let (ca, tls_server) = start_tls_with(|s| s.idle_timeout(Duration::from_millis(300))).await;
     let tcp = TcpStream::connect(tls_server.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = tokio_rustls::TlsConnector::from(client_config(&ca.der(), BOTH, None))
@@ -405,14 +407,7 @@ async fn kept_alive_connections_are_closed_once_idle_over_http1_and_http2() {
         .unwrap();
     drop(send);
     // HTTP/2: one request, then nothing; the server sends GOAWAY and closes.
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    let conn_task = tokio::spawn(conn);
+    let (mut send, conn_task) = http2_connection(server.addr).await;
     let req = http::Request::get("http://x/echo")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
@@ -474,14 +469,7 @@ async fn slow_and_streaming_responses_are_in_progress_not_idle() {
     let _ = conn_task.await;
     // HTTP/2: while one stream is open, the connection is not idle: a new request on it,
     // after more than the idle timeout, is served (no GOAWAY), and the stream is whole.
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = http2_connection(server.addr).await;
     let resp = send.send_request(get("/stream")).await.unwrap();
     let body = tokio::spawn(http_body_util::BodyExt::collect(resp.into_body()));
     tokio::time::sleep(Duration::from_millis(1000)).await;
