@@ -259,14 +259,13 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let read = read_body(&parts.headers, body, config.limit);
-            let read = tokio::time::timeout(config.body_timeout, read).await;
+            let read = match tokio::time::timeout(config.body_timeout, read).await {
+                Ok(r) => r.map_err(|e| e.rejection()),
+                Err(_) => Err(Rejection::new(RejectionReason::BodyTimeout)),
+            };
             let bytes = match read {
-                Ok(Ok(b)) => b,
-                failed => {
-                    let mut rejection = match failed {
-                        Ok(Err(e)) => e.rejection(),
-                        _ => Rejection::new(RejectionReason::BodyTimeout),
-                    };
+                Ok(b) => b,
+                Err(mut rejection) => {
                     // The rest of the body was not read: over HTTP/1.x the connection
                     // cannot carry another request, so tell the client not to reuse it.
                     if parts.version <= http::Version::HTTP_11 {

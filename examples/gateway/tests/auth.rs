@@ -441,15 +441,6 @@ async fn auth_failure_threshold_alone_only_alerts() {
             &db,
             &format!("monitoring:\n  auth_failure_threshold: 2\n  {bad}\n"),
         );
-        let path = dir.path().join("bad.yaml");
-        std::fs::write(&path, &yaml).unwrap();
-        let line = yaml.lines().position(|l| l.trim() == bad).unwrap() + 1;
-        let (code, _, err) = run(
-            &["check", "--config", path.to_str().unwrap()],
-            dir.path(),
-            &[],
-        );
-        assert_ne!(code, 0);
-        assert!(err.contains(&format!("bad.yaml:{line}: {key}")), "{err}");
+        assert_check_refuses(dir.path(), &yaml, bad, key);
     }
 }

@@ -182,6 +182,21 @@ pub fn run(args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> (i32, String, St
     )
 }
 
+/// Writes `yaml` to `bad.yaml` in `dir` and asserts that `check` refuses it, naming the
+/// file, the line whose trimmed text is `bad_line`, and `key`.
+pub fn assert_check_refuses(dir: &Path, yaml: &str, bad_line: &str, key: &str) {
+    let path = dir.join("bad.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let line = yaml
+        .lines()
+        .position(|l| l.trim() == bad_line)
+        .expect("the bad line is in the configuration")
+        + 1;
+    let (code, _, err) = run(&["check", "--config", path.to_str().unwrap()], dir, &[]);
+    assert_ne!(code, 0, "check accepted {bad_line:?}");
+    assert!(err.contains(&format!("bad.yaml:{line}: {key}")), "{err}");
+}
+
 /// A config with the demo upstream, API keys (KEY with every scope, KEY2 with tools
 /// only), generous limits; `extra` is appended (top-level sections).
 pub fn base_config(upstream: &str, audit_db: &Path, extra: &str) -> String {
