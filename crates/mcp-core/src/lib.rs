@@ -44,7 +44,9 @@ pub mod request;
 pub mod tls;
 
 pub use client_addr::{ClientAddr, ClientAddrLayer, ForwardedHeader, PeerAddr, TrustedProxies};
-pub use parse::{BoxError, DEFAULT_BODY_LIMIT, Parse, ParseLayer, ReadBodyError, read_body};
+pub use parse::{
+    BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError, read_body,
+};
 pub use principal::{AuthMethod, Principal};
 pub use rejection::{Denial, Rejection, RejectionReason, codes};
 pub use request::{

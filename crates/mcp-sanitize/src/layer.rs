@@ -45,6 +45,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -237,9 +238,14 @@ impl SanitizeLayer {
     }
 
     /// One layer that checks the headers before the body is read, applies
-    /// `mcp_core::ParseLayer` with [`SanitizeConfig::max_body_bytes`], then validates.
+    /// `mcp_core::ParseLayer` with [`SanitizeConfig::max_body_bytes`] (and the body
+    /// timeout set by [`ParseSanitizeLayer::body_timeout`], by default
+    /// `mcp_core::DEFAULT_BODY_TIMEOUT`), then validates.
     pub fn with_parse(self) -> ParseSanitizeLayer {
-        ParseSanitizeLayer { sanitize: self }
+        ParseSanitizeLayer {
+            sanitize: self,
+            body_timeout: mcp_core::DEFAULT_BODY_TIMEOUT,
+        }
     }
 }
 
@@ -297,6 +303,28 @@ where
 #[derive(Debug, Clone)]
 pub struct ParseSanitizeLayer {
     sanitize: SanitizeLayer,
+    body_timeout: Duration,
+}
+
+impl ParseSanitizeLayer {
+    /// Sets the time a `POST` body has to arrive whole; past it, 408 with
+    /// `RejectionReason::BodyTimeout` (see `mcp_core::ParseLayer::body_timeout`; a zero
+    /// duration is taken as the default).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_sanitize::{SanitizeConfig, SanitizeLayer};
+    ///
+    /// let layer = SanitizeLayer::new(SanitizeConfig::default())
+    ///     .unwrap()
+    ///     .with_parse()
+    ///     .body_timeout(Duration::from_secs(10));
+    /// # let _ = layer;
+    /// ```
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
 }
 
 impl<S> Layer<S> for ParseSanitizeLayer {
@@ -311,6 +339,7 @@ impl<S> Layer<S> for ParseSanitizeLayer {
         };
         let parse = ParseLayer::new()
             .max_body_bytes(shared.config.max_body_bytes)
+            .body_timeout(self.body_timeout)
             .layer(body);
         Precheck {
             inner: parse,

@@ -103,6 +103,10 @@ pub struct ServerConfig {
     pub allowed_origins: Option<Vec<String>>,
     /// Maximum request body in bytes.
     pub max_body_bytes: usize,
+    /// Seconds a `POST` body has to arrive whole once the gateway starts reading it; past
+    /// them, 408 and the connection is closed (a client trickling its body holds a
+    /// connection and a task no longer than this).
+    pub body_timeout_seconds: u64,
     /// Seconds given to in-flight requests on SIGTERM.
     pub shutdown_grace_seconds: u64,
     /// Most connections open at once (for the whole process, every worker together).
@@ -128,6 +132,7 @@ impl Default for ServerConfig {
             allowed_hosts: None,
             allowed_origins: None,
             max_body_bytes: 1024 * 1024,
+            body_timeout_seconds: 60,
             shutdown_grace_seconds: 30,
             max_connections: 10_000,
             idle_timeout_seconds: 30,

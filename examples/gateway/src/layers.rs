@@ -88,6 +88,7 @@ impl Layers {
         );
         // Body limit, parse once, sanitize.
         let max_body = cfg.server.max_body_bytes;
+        let body_timeout = std::time::Duration::from_secs(cfg.server.body_timeout_seconds);
         layers.parse = Some(if cfg.sanitization.enabled {
             let mut sc = cfg.sanitization.clone();
             sc.max_body_bytes = max_body;
@@ -98,9 +99,13 @@ impl Layers {
                     e.rule.to_string(),
                 )
             })?;
-            Either::Left(layer.with_parse())
+            Either::Left(layer.with_parse().body_timeout(body_timeout))
         } else {
-            Either::Right(ParseLayer::new().max_body_bytes(max_body))
+            Either::Right(
+                ParseLayer::new()
+                    .max_body_bytes(max_body)
+                    .body_timeout(body_timeout),
+            )
         });
         if cfg.result_redaction.enabled {
             let scan = cfg

@@ -91,5 +91,8 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
     if !(1..=86_400).contains(&cfg.server.idle_timeout_seconds) {
         return Err(loaded.error("server.idleTimeoutSeconds", "must be 1 to 86400 seconds"));
     }
+    if !(1..=86_400).contains(&cfg.server.body_timeout_seconds) {
+        return Err(loaded.error("server.bodyTimeoutSeconds", "must be 1 to 86400 seconds"));
+    }
     Ok(addr)
 }

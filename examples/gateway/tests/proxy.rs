@@ -529,6 +529,63 @@ async fn a_silent_connection_gives_its_place_back_after_the_idle_timeout() {
     );
 }
 
+#[tokio::test]
+async fn a_trickled_body_gets_408_after_the_body_timeout_with_or_without_sanitization() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let db = dir.path().join("a.db");
+    for extra in ["", "sanitization:\n  enabled: false\n"] {
+        let cfg = base_config(&upstream, &db, extra).replacen(
+            "server:\n",
+            "server:\n  bodyTimeoutSeconds: 1\n",
+            1,
+        );
+        let (_gw, base) = start_gateway(dir.path(), &cfg);
+        let addr = base.trim_start_matches("http://").to_owned();
+        // Attack (slow POST): an authenticated client announces a body and sends it a byte
+        // every 200 ms, which would take 40 s.
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {KEY}\r\n\
+             content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+             content-length: 200\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..200 {
+                if wr.write_all(b" ").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut out))
+            .await
+            .expect("the gateway waited for the trickled body past its timeout")
+            .unwrap();
+        trickle.abort();
+        let out = String::from_utf8_lossy(&out).to_lowercase();
+        assert!(out.starts_with("http/1.1 408"), "{extra:?}: {out}");
+        assert!(out.contains("connection: close"), "{out}");
+        assert!(out.contains("-32600"), "{out}");
+    }
+    // 0 is refused, naming the key and its line.
+    let cfg = base_config(&upstream, &db, "").replacen(
+        "server:\n",
+        "server:\n  bodyTimeoutSeconds: 0\n",
+        1,
+    );
+    assert_check_refuses(
+        dir.path(),
+        &cfg,
+        "bodyTimeoutSeconds: 0",
+        "server.bodyTimeoutSeconds",
+    );
+}
+
 /// The workers' sockets share the port through `SO_REUSEPORT`; a second gateway must
 /// still fail with "address in use" instead of joining them and taking a share of the
 /// connections.
