@@ -58,6 +58,11 @@ pub enum Outcome {
     /// Failed: an upstream or internal error, an error status without a denial, a body
     /// that failed while streaming, or an inner service error.
     Error,
+    /// Abandoned before its response: the client disconnected, or the connection or a
+    /// timeout dropped the request, while an inner service (the upstream) was still
+    /// working on it. The record still names the caller and the call, from the
+    /// `mcp_core::RequestFacts` the inner layers noted.
+    Cancelled,
 }
 
 impl Outcome {
@@ -67,6 +72,7 @@ impl Outcome {
             Self::Success => "success",
             Self::Denied => "denied",
             Self::Error => "error",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -259,7 +265,7 @@ pub struct AuditRecord {
     /// The params, masked (an array of them for a batch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
-    /// The outcome: `success`, `denied` or `error` (the seeds' `status`).
+    /// The outcome: `success`, `denied`, `error` or `cancelled` (the seeds' `status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Outcome>,
     /// The HTTP status.

@@ -14,6 +14,13 @@
 //!    the writer when the body ends or is dropped, so a streamed (SSE) response is counted
 //!    in full and `duration_ms` covers the whole stream.
 //!
+//! A request abandoned before its response (the client disconnected, or the connection
+//! or a timeout dropped it while the upstream was still working) is recorded too, with
+//! the outcome `cancelled`. Its caller and call come from the [`RequestFacts`] this layer
+//! puts in the request extensions, where the suite's authentication and parse layers note
+//! the [`Principal`] and the [`McpRequest`] as they establish them: a client that starts a
+//! tool call and hangs up cannot leave an anonymous record.
+//!
 //! The client IP is the [`ClientAddr`] in the request extensions (set by
 //! [`mcp_core::ClientAddrLayer`] outside this layer), else the peer address
 //! ([`mcp_core::PeerAddr`] or axum's `ConnectInfo`) resolved through the
@@ -33,7 +40,9 @@ use bytes::Buf;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use mcp_core::{ClientAddr, Denial, McpRequest, Principal, RejectionReason, TrustedProxies};
+use mcp_core::{
+    ClientAddr, Denial, McpRequest, Principal, RejectionReason, RequestFacts, TrustedProxies,
+};
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc::OwnedPermit;
 use tower_layer::Layer;
@@ -218,6 +227,8 @@ where
             .unwrap_or_else(RequestId::generate);
         req.headers_mut().insert(cfg.header.clone(), rid.0.clone());
         req.extensions_mut().insert(rid.clone());
+        let facts = RequestFacts::new();
+        req.extensions_mut().insert(facts.clone());
         let client_ip = match req.extensions().get::<ClientAddr>() {
             Some(a) => Some(a.ip()),
             None => mcp_core::client_addr::peer_addr(&req).map(|peer| match &cfg.proxies {
@@ -248,6 +259,7 @@ where
             inner: self.inner.call(req),
             state: Some(BodyState {
                 event: Some(data),
+                facts: Some(facts),
                 held: None,
                 handle: self.layer.handle.clone(),
                 start,
@@ -297,6 +309,9 @@ where
         let mut state = this.state.take();
         match result {
             Ok(mut resp) => {
+                // The response extensions are what the layers ended with; the facts are
+                // only for a request that never gets this far.
+                let facts = state.as_mut().and_then(|s| s.facts.take());
                 if let Some(ev) = state.as_mut().and_then(|s| s.event.as_mut()) {
                     let ext = resp.extensions();
                     let status = resp.status().as_u16();
@@ -311,6 +326,9 @@ where
                             ev.bytes_in = Some(m.raw().len() as u64);
                         }
                         ev.mcp = Some(m.clone());
+                    }
+                    if let Some(f) = &facts {
+                        fill_from_facts(ev, f);
                     }
                     if let Some(AuditUpstream(u)) = ext.get::<AuditUpstream>() {
                         ev.upstream = Some(Arc::clone(u));
@@ -337,10 +355,23 @@ where
     }
 }
 
+/// Fills from the noted facts what the response extensions did not say (or, with no
+/// response, everything).
+fn fill_from_facts(ev: &mut EventData, facts: &RequestFacts) {
+    if ev.principal.is_none() {
+        ev.principal = facts.principal();
+    }
+    if ev.mcp.is_none() {
+        ev.mcp = facts.request();
+    }
+}
+
 type WaitFuture = Pin<Box<dyn Future<Output = Option<OwnedPermit<Msg>>> + Send>>;
 
 struct BodyState {
     event: Option<Box<EventData>>,
+    /// Until the response arrives: what the inner layers noted.
+    facts: Option<RequestFacts>,
     held: Option<Box<EventData>>,
     handle: AuditHandle,
     start: Instant,
@@ -352,6 +383,11 @@ struct BodyState {
 impl BodyState {
     fn take_finished(&mut self) -> Option<Box<EventData>> {
         let mut ev = self.event.take()?;
+        if let Some(facts) = self.facts.take() {
+            // No response: an inner service error, or the request was abandoned.
+            fill_from_facts(&mut ev, &facts);
+            ev.outcome.get_or_insert(Outcome::Cancelled);
+        }
         ev.duration = Some(self.start.elapsed());
         ev.bytes_out = Some(self.bytes);
         Some(ev)

@@ -6,7 +6,7 @@
 //! |----------|-------------------------------------------------------------------------|
 //! | `user`   | the principal's id                                                      |
 //! | `tool`   | the tool (or resource URI, or prompt) name                              |
-//! | `status` | `success`, `denied`, `error`, or `failed` (= denied or error)           |
+//! | `status` | `success`, `denied`, `error`, `failed` (= denied or error), `cancelled` |
 //! | `since`  | RFC 3339 instant, inclusive                                             |
 //! | `until`  | RFC 3339 instant, exclusive                                             |
 //! | `limit`  | 1.., default 100, capped at `query.maxLimit` (default 1000)             |
@@ -63,6 +63,9 @@ pub enum StatusFilter {
     Error,
     /// `failed`: denied or error (the seeds' `status=failed`).
     Failed,
+    /// `cancelled`: abandoned before its response (not counted in `failed`: the gateway
+    /// neither refused nor failed it).
+    Cancelled,
 }
 
 /// A query.
@@ -219,6 +222,7 @@ pub fn build_query(q: &AuditQuery, ph: impl Fn(usize) -> String) -> (String, Vec
         Some(StatusFilter::Denied) => sql.push_str(" AND outcome = 'denied'"),
         Some(StatusFilter::Error) => sql.push_str(" AND outcome = 'error'"),
         Some(StatusFilter::Failed) => sql.push_str(" AND outcome IN ('denied', 'error')"),
+        Some(StatusFilter::Cancelled) => sql.push_str(" AND outcome = 'cancelled'"),
         None => {}
     }
     if let Some(s) = q.since_us {
@@ -305,6 +309,7 @@ pub fn parse_query(qs: Option<&str>, max_limit: u32) -> Result<AuditQuery, Query
                     "denied" => StatusFilter::Denied,
                     "error" => StatusFilter::Error,
                     "failed" | "failure" => StatusFilter::Failed,
+                    "cancelled" => StatusFilter::Cancelled,
                     _ => return Err(QueryParamError("status")),
                 });
             }
@@ -443,6 +448,8 @@ mod tests {
 
     #[test]
     fn parses_seed_parameters() {
+        let q = parse_query(Some("status=cancelled"), 1000).unwrap();
+        assert_eq!(q.status, Some(StatusFilter::Cancelled));
         let q = parse_query(Some("user=admin&limit=50&tool=t&status=failed"), 1000).unwrap();
         assert_eq!(q.user.as_deref(), Some("admin"));
         assert_eq!(q.limit, 50);

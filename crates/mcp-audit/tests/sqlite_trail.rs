@@ -831,3 +831,59 @@ async fn client_gone_mid_stream_is_still_recorded() {
         "only part of the stream was sent: {sent}"
     );
 }
+
+/// Attack: a client starts a tool call and hangs up before the answer, hoping to leave an
+/// anonymous record while the upstream runs the call. The record names the caller, the
+/// tool and its (masked) arguments, with the outcome `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_before_its_response_is_recorded_with_caller_and_tool() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let auditor = Auditor::from_config(config(dir.path())).await.unwrap();
+    let addr = serve(app(&auditor)).await;
+    let (head, body) = call(addr, "alice", 7, Some("hang")).into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .unwrap()
+        .to_bytes();
+    let mut raw = format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\n");
+    for (k, v) in &head.headers {
+        raw.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    raw.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    // The request reaches the handler that never answers; then the client is gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    wait_written(&auditor, 1).await;
+    auditor.shutdown().await;
+    let recs = records(&dir.path().join("audit.db"));
+    let ev: Vec<_> = recs
+        .iter()
+        .filter(|r| r.kind == Some(mcp_audit::event::EventKind::Request))
+        .collect();
+    assert_eq!(ev.len(), 1, "{recs:?}");
+    let ev = ev[0];
+    assert_eq!(ev.status, Some(mcp_audit::Outcome::Cancelled));
+    assert_eq!(ev.http_status, None);
+    assert_eq!(ev.user.as_deref(), Some("alice"));
+    assert_eq!(ev.tool.as_deref(), Some("search"));
+    assert_eq!(ev.mcp_method.as_deref(), Some("tools/call"));
+    let params = ev.params.as_ref().unwrap().to_string();
+    assert!(params.contains("query 7"), "{params}");
+    assert!(!params.contains(SECRET_PASSWORD), "{params}");
+    // The query API finds it under its own status, not under `failed`.
+    let store = mcp_audit::sink::sqlite::SqliteStore::open(dir.path().join("audit.db")).unwrap();
+    let q = mcp_audit::query::parse_query(Some("status=cancelled"), 100).unwrap();
+    let page = mcp_audit::query::AuditStore::query(&store, q)
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 1);
+    let q = mcp_audit::query::parse_query(Some("status=failed"), 100).unwrap();
+    let page = mcp_audit::query::AuditStore::query(&store, q)
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 0);
+}

@@ -566,6 +566,7 @@ where
         let (mut parts, body) = req.into_parts();
         match self.state.decide_now(&parts) {
             Decision::Allow(p) => {
+                mcp_core::RequestFacts::note_principal(&parts.extensions, &p);
                 parts.extensions.insert(p.clone());
                 let fut = self.inner.call(Request::from_parts(parts, body));
                 ResponseFuture::inner(fut, Some(p))
@@ -580,6 +581,7 @@ where
                     let decision = state.decide_later(&parts, start, failures).await;
                     match decision {
                         Decision::Allow(p) => {
+                            mcp_core::RequestFacts::note_principal(&parts.extensions, &p);
                             parts.extensions.insert(p.clone());
                             let mut response = inner.call(Request::from_parts(parts, body)).await?;
                             response.extensions_mut().insert(p);
@@ -639,5 +641,38 @@ mod tests {
             .realm("My MCP server")
             .build()
             .unwrap();
+    }
+    #[tokio::test]
+    async fn an_accepted_principal_is_noted_in_the_request_facts() {
+        use tower::ServiceExt;
+        let svc = AuthLayer::builder()
+            .authenticator(bearer())
+            .build()
+            .unwrap()
+            .layer(tower::service_fn(|_req: Request<()>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Bytes::new()))
+            }));
+        let facts = mcp_core::RequestFacts::new();
+        let mut req = Request::builder()
+            .header(
+                "authorization",
+                "Bearer q8Jx2mV7pL0sN4tR9wY3zB6cF1hK5dG8aE2uI7oP0",
+            )
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(facts.clone());
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(facts.principal().unwrap().id(), "t");
+        // A refused request notes nothing.
+        let facts = mcp_core::RequestFacts::new();
+        let mut req = Request::builder()
+            .header("authorization", "Bearer wrong-token-wrong-token-wrong")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(facts.clone());
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert!(facts.principal().is_none());
     }
 }

@@ -13,6 +13,8 @@
 //! - [`Rejection`]: status + JSON-RPC error body + headers, the one way a layer says no,
 //!   leaving a typed [`Denial`] in the response extensions for outer layers.
 //! - [`TlsInfo`] and [`ClientCertIdentity`]: what the TLS accept loop learnt.
+//! - [`RequestFacts`]: the principal and the parsed request, noted where an outer layer
+//!   (the audit trail) can read them even if the request is abandoned before a response.
 //!
 //! ```
 //! use axum::{Router, routing::post};
@@ -37,6 +39,7 @@ struct ReadmeDoctests;
 pub mod client_addr;
 #[cfg(feature = "axum")]
 pub mod extract;
+pub mod facts;
 pub mod parse;
 pub mod principal;
 pub mod rejection;
@@ -44,6 +47,7 @@ pub mod request;
 pub mod tls;
 
 pub use client_addr::{ClientAddr, ClientAddrLayer, ForwardedHeader, PeerAddr, TrustedProxies};
+pub use facts::RequestFacts;
 pub use parse::{
     BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError, read_body,
 };

@@ -283,6 +283,7 @@ where
                 Err(_) => None,
             };
             if let Some(p) = &parsed {
+                crate::RequestFacts::note_request(&parts.extensions, p);
                 parts.extensions.insert(p.clone());
             }
             let req = Request::from_parts(parts, Body::from(bytes));

@@ -160,6 +160,7 @@ impl Shared {
             }
         };
         let new = McpRequest::from_parts(bytes.clone(), rewrite.value, mcp.headers().clone());
+        mcp_core::RequestFacts::note_request(req.extensions(), &new);
         req.extensions_mut().insert(new);
         req.headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
@@ -563,6 +564,38 @@ impl SanitizeBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_rewrite_is_noted_in_the_request_facts() {
+        use mcp_core::{Body, McpHeaders, RequestFacts};
+        use tower::ServiceExt;
+        let layer = SanitizeLayer::builder()
+            .rule(Category::SqlInjection, RuleAction::Strip)
+            .build()
+            .unwrap();
+        let svc = layer.layer(tower::service_fn(|_req: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        }));
+        let raw = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"q","arguments":{"f":"'; DROP TABLE users; --"}}}"#,
+        );
+        let parsed = McpRequest::parse(raw.clone(), McpHeaders::default()).unwrap();
+        let facts = RequestFacts::new();
+        let mut req = Request::post("/mcp")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(raw))
+            .unwrap();
+        req.extensions_mut().insert(facts.clone());
+        req.extensions_mut().insert(parsed);
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let noted = facts.request().expect("the rewrite is noted");
+        assert_eq!(
+            noted.arguments().unwrap()["f"],
+            " DROP TABLE users ",
+            "the noted request is the rewritten one"
+        );
+    }
 
     #[test]
     fn content_types() {

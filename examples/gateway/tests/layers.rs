@@ -360,6 +360,63 @@ async fn audit_rows_masking_redaction_and_chain() {
     assert_ne!(code, 0, "tampering not detected: {out}{err}");
 }
 
+/// Attack: a client starts a slow tool call and hangs up before the answer, hoping to
+/// leave no trace of who called what while the upstream runs it. The audit row names the
+/// caller and the tool, with the status `cancelled`, and the query API finds it.
+#[tokio::test]
+async fn a_call_abandoned_before_its_response_is_audited_with_caller_and_tool() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let db = dir.path().join("audit.db");
+    let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, ""));
+    let addr = base.trim_start_matches("http://").to_owned();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "slow_count", "arguments": {"count": 3, "delay_ms": 1000},
+                   "_meta": modern_meta()}})
+    .to_string();
+    // JSON only: the upstream answers when the count is done, 3 s later.
+    let raw = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {KEY}\r\n\
+         content-type: application/json\r\naccept: application/json\r\n\
+         mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\n\
+         mcp-name: slow_count\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(s);
+    let found = eventually(|| {
+        request_rows(&db)
+            .iter()
+            .any(|r| r.outcome.as_deref() == Some("cancelled"))
+    })
+    .await;
+    assert!(found, "no cancelled row: {:?}", request_rows(&db).len());
+    let rows = request_rows(&db);
+    let row = rows
+        .iter()
+        .find(|r| r.outcome.as_deref() == Some("cancelled"))
+        .unwrap();
+    assert_eq!(row.user.as_deref(), Some("alice"));
+    assert_eq!(row.tool.as_deref(), Some("slow_count"));
+    assert_eq!(row.method.as_deref(), Some("tools/call"));
+    assert_eq!(row.status, None);
+    assert_eq!(row.event["params"]["arguments"]["count"], 3);
+    let v: Value = client()
+        .get(format!("{base}/api/audit/query?status=cancelled"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["count"], 1, "{v}");
+    assert_eq!(v["events"][0]["event"]["user"], "alice", "{v}");
+}
+
 #[tokio::test]
 async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     let dir = tempdir();

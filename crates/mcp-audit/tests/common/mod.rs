@@ -19,8 +19,9 @@ use mcp_audit::{AuditUpstream, Auditor};
 use mcp_core::{AuthMethod, ParseLayer, Principal, Rejection, RejectionReason};
 
 /// Stand-in for the authentication layer: `authorization: Bearer user-<id>[:scope]`
-/// authenticates `<id>`; anything else is refused with `auth_failed`. The principal goes
-/// into the request and the response extensions.
+/// authenticates `<id>`; anything else is refused with `auth_failed`. Like mcp-auth, it
+/// notes the principal in the `RequestFacts` and puts it into the request and the
+/// response extensions.
 pub async fn fake_auth(mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
@@ -40,15 +41,18 @@ pub async fn fake_auth(mut req: Request, next: Next) -> Response {
     let p = Principal::new(id, AuthMethod::BearerToken)
         .with_credential_id("token-1")
         .with_scopes(scope);
+    mcp_core::RequestFacts::note_principal(req.extensions(), &p);
     req.extensions_mut().insert(p.clone());
     let mut resp = next.run(req).await;
     resp.extensions_mut().insert(p);
     resp
 }
 
-/// Stand-in for inner refusing layers: `x-test-deny: rate|rule`.
+/// Stand-in for inner refusing layers: `x-test-deny: rate|rule`; `x-test-deny: hang`
+/// never answers (an upstream still working when the client gives up).
 async fn fake_deny(req: Request, next: Next) -> Response {
     match req.headers().get("x-test-deny").map(|v| v.as_bytes()) {
+        Some(b"hang") => std::future::pending().await,
         Some(b"rate") => Rejection::new(RejectionReason::RateLimited)
             .with_header("retry-after", "1")
             .into_response(),
