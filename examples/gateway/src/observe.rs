@@ -1,7 +1,11 @@
 //! Metrics: a layer recording every request's outcome through the `metrics` facade, and
 //! the Prometheus recorder behind `/metrics`.
 //!
-//! - `mcp_gateway_requests_total{upstream, http_method, mcp_method, tool, status}`
+//! - `mcp_gateway_requests_total{upstream, http_method, mcp_method, tool, status}`;
+//!   `status` is the HTTP status, or `cancelled` for a request abandoned before its
+//!   response (the client hung up while the upstream worked; nginx logs these as 499),
+//!   labelled with the method and tool the inner layers noted in the
+//!   [`mcp_core::RequestFacts`]
 //! - `mcp_gateway_denials_total{upstream, reason}` (from [`mcp_core::Denial`] in the
 //!   response extensions)
 //! - `mcp_gateway_request_duration_seconds{upstream, mcp_method}` (time to the response
@@ -18,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
-use mcp_core::{Denial, McpRequest};
+use mcp_core::{Denial, McpRequest, RequestFacts};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -177,18 +181,61 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let http_method = static_method(req.method());
-        let layer = self.layer.clone();
+        let facts = RequestFacts::new();
+        req.extensions_mut().insert(facts.clone());
+        let mut pending = Pending {
+            layer: self.layer.clone(),
+            http_method,
+            facts: Some(facts),
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
+            // Answered (or failed): not a cancellation.
+            pending.facts = None;
             if let Ok(resp) = &result {
-                record(&layer, http_method, resp, start);
+                let ext = resp.extensions();
+                record(
+                    &pending.layer,
+                    http_method,
+                    ext.get::<McpRequest>(),
+                    static_status(resp.status()),
+                    Some(start.elapsed().as_secs_f64()),
+                );
+                if let Some(d) = ext.get::<Denial>() {
+                    metrics::counter!("mcp_gateway_denials_total",
+                        "upstream" => pending.layer.upstream.clone(), "reason" => d.reason.as_str())
+                    .increment(1);
+                }
             }
             result
         })
+    }
+}
+
+/// Counts a request dropped before its response (its future dropped while still
+/// pending) as `status="cancelled"`.
+struct Pending {
+    layer: MetricsLayer,
+    http_method: &'static str,
+    facts: Option<RequestFacts>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(facts) = self.facts.take() {
+            let mcp = facts.request();
+            record(
+                &self.layer,
+                self.http_method,
+                mcp.as_ref(),
+                "cancelled",
+                None,
+            );
+        }
     }
 }
 
@@ -235,13 +282,15 @@ fn static_status(s: http::StatusCode) -> &'static str {
     }
 }
 
-fn record<RB>(
+/// Counts one request; `elapsed` (seconds to the response headers) is `None` for a
+/// cancelled one, which had no response.
+fn record(
     layer: &MetricsLayer,
     http_method: &'static str,
-    resp: &Response<RB>,
-    start: Instant,
+    mcp: Option<&McpRequest>,
+    status: &'static str,
+    elapsed: Option<f64>,
 ) {
-    let mcp = resp.extensions().get::<McpRequest>();
     let method: &'static str = match mcp.and_then(McpRequest::method) {
         Some(m) => KNOWN_METHODS
             .iter()
@@ -250,8 +299,6 @@ fn record<RB>(
             .unwrap_or("other"),
         None => "-",
     };
-    let status = static_status(resp.status());
-    let elapsed = start.elapsed().as_secs_f64();
     let mut state = layer.state.lock().unwrap_or_else(|e| e.into_inner());
     let tool = match mcp.and_then(McpRequest::tool_name) {
         Some(t) => bounded_tool(&mut state.tools, t),
@@ -276,6 +323,9 @@ fn record<RB>(
             }
         }
     }
+    let Some(elapsed) = elapsed else {
+        return;
+    };
     match state.durations.get(method) {
         Some(h) => h.record(elapsed),
         None => {
@@ -286,12 +336,6 @@ fn record<RB>(
                 state.durations.insert(method, h);
             }
         }
-    }
-    drop(state);
-    if let Some(d) = resp.extensions().get::<Denial>() {
-        metrics::counter!("mcp_gateway_denials_total",
-            "upstream" => layer.upstream.clone(), "reason" => d.reason.as_str())
-        .increment(1);
     }
 }
 
@@ -317,15 +361,54 @@ mod tests {
     use super::*;
     use metrics_exporter_prometheus::PrometheusBuilder;
 
-    fn response(tool: &str, status: u16) -> Response<()> {
+    fn mcp(tool: &str) -> McpRequest {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#
         );
-        let mcp = McpRequest::parse(body.into(), mcp_core::McpHeaders::default()).unwrap();
-        let mut r = Response::new(());
-        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-        r.extensions_mut().insert(mcp);
-        r
+        McpRequest::parse(body.into(), mcp_core::McpHeaders::default()).unwrap()
+    }
+
+    fn served(layer: &MetricsLayer, tool: &str, status: &'static str) {
+        record(layer, "POST", Some(&mcp(tool)), status, Some(0.001));
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_response_counts_as_cancelled_with_its_tool() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let layer = MetricsLayer::new("demo");
+        metrics::with_local_recorder(&recorder, || {
+            let facts = RequestFacts::new();
+            let mut ext = http::Extensions::new();
+            ext.insert(facts.clone());
+            RequestFacts::note_request(&ext, &mcp("slow_count"));
+            drop(Pending {
+                layer: layer.clone(),
+                http_method: "POST",
+                facts: Some(facts),
+            });
+            // Answered: `facts` taken, nothing counted by the drop.
+            drop(Pending {
+                layer: layer.clone(),
+                http_method: "POST",
+                facts: None,
+            });
+        });
+        let text = handle.render();
+        let lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("mcp_gateway_requests_total"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(
+            lines[0].contains(r#"tool="slow_count",status="cancelled""#)
+                && lines[0].ends_with(" 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("mcp_gateway_request_duration_seconds_count"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -335,16 +418,11 @@ mod tests {
         let layer = MetricsLayer::new("demo");
         metrics::with_local_recorder(&recorder, || {
             for _ in 0..3 {
-                record(&layer, "POST", &response("echo", 200), Instant::now());
+                served(&layer, "echo", "200");
             }
-            record(&layer, "POST", &response("echo", 429), Instant::now());
+            served(&layer, "echo", "429");
             for i in 0..MAX_TOOL_LABELS + 5 {
-                record(
-                    &layer,
-                    "POST",
-                    &response(&format!("t{i}"), 200),
-                    Instant::now(),
-                );
+                served(&layer, &format!("t{i}"), "200");
             }
         });
         let text = handle.render();

@@ -362,9 +362,10 @@ async fn audit_rows_masking_redaction_and_chain() {
 
 /// Attack: a client starts a slow tool call and hangs up before the answer, hoping to
 /// leave no trace of who called what while the upstream runs it. The audit row names the
-/// caller and the tool, with the status `cancelled`, and the query API finds it.
+/// caller and the tool, with the status `cancelled`, the query API finds it, and the
+/// metrics count it.
 #[tokio::test]
-async fn a_call_abandoned_before_its_response_is_audited_with_caller_and_tool() {
+async fn a_call_abandoned_before_its_response_is_audited_and_counted_with_caller_and_tool() {
     use tokio::io::AsyncWriteExt;
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
@@ -415,6 +416,22 @@ async fn a_call_abandoned_before_its_response_is_audited_with_caller_and_tool() 
         .unwrap();
     assert_eq!(v["count"], 1, "{v}");
     assert_eq!(v["events"][0]["event"]["user"], "alice", "{v}");
+    // The metrics count it too, under its tool (nginx would log a 499).
+    let m = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("mcp_gateway_requests_total{")
+                && l.contains("tool=\"slow_count\"")
+                && l.contains("status=\"cancelled\"")),
+        "{m}"
+    );
 }
 
 #[tokio::test]
