@@ -228,14 +228,7 @@ where
         req.headers_mut().insert(cfg.header.clone(), rid.0.clone());
         req.extensions_mut().insert(rid.clone());
         // Shared with an outer layer that put one there already (the gateway's metrics).
-        let facts = match req.extensions().get::<RequestFacts>() {
-            Some(f) => f.clone(),
-            None => {
-                let f = RequestFacts::new();
-                req.extensions_mut().insert(f.clone());
-                f
-            }
-        };
+        let facts = RequestFacts::get_or_insert(req.extensions_mut());
         let client_ip = match req.extensions().get::<ClientAddr>() {
             Some(a) => Some(a.ip()),
             None => mcp_core::client_addr::peer_addr(&req).map(|peer| match &cfg.proxies {

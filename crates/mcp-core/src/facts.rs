@@ -66,6 +66,17 @@ impl RequestFacts {
         Self::default()
     }
 
+    /// The record in `extensions`, shared with the layer that put it there, or a new one
+    /// put there now. Outer layers that each need the facts (metrics, audit) share one.
+    pub fn get_or_insert(extensions: &mut Extensions) -> Self {
+        if let Some(facts) = extensions.get::<Self>() {
+            return facts.clone();
+        }
+        let facts = Self::new();
+        extensions.insert(facts.clone());
+        facts
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Facts> {
         // The critical sections only move `Arc`s: a poisoned lock still holds valid data.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -130,6 +141,16 @@ mod tests {
         RequestFacts::note_request(&ext, &parsed("second"));
         assert_eq!(facts.principal().unwrap().id(), "alice");
         assert_eq!(facts.request().unwrap().tool_name(), Some("second"));
+        let shared = RequestFacts::get_or_insert(&mut ext);
+        assert_eq!(shared.principal().unwrap().id(), "alice", "the same record");
+        let mut empty = Extensions::new();
+        let fresh = RequestFacts::get_or_insert(&mut empty);
+        RequestFacts::note_principal(&empty, &Principal::new("bob", AuthMethod::Basic));
+        assert_eq!(
+            fresh.principal().unwrap().id(),
+            "bob",
+            "inserted and returned"
+        );
         let dbg = format!("{facts:?}");
         assert_eq!(dbg, "RequestFacts { principal: true, request: true }");
     }

@@ -184,8 +184,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let http_method = static_method(req.method());
-        let facts = RequestFacts::new();
-        req.extensions_mut().insert(facts.clone());
+        let facts = RequestFacts::get_or_insert(req.extensions_mut());
         let mut pending = Pending {
             layer: self.layer.clone(),
             http_method,
