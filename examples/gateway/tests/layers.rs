@@ -405,31 +405,13 @@ async fn a_call_abandoned_before_its_response_is_audited_and_counted_with_caller
     assert_eq!(row.method.as_deref(), Some("tools/call"));
     assert_eq!(row.status, None);
     assert_eq!(row.event["params"]["arguments"]["count"], 3);
-    let v: Value = client()
-        .get(format!("{base}/api/audit/query?status=cancelled"))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = audit_query(&base, "status=cancelled").await;
     assert_eq!(v["count"], 1, "{v}");
     assert_eq!(v["events"][0]["event"]["user"], "alice", "{v}");
     // The metrics count it too, under its tool (nginx would log a 499).
-    let m = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&base).await;
     assert!(
-        m.lines()
-            .any(|l| l.starts_with("mcp_gateway_requests_total{")
-                && l.contains("tool=\"slow_count\"")
-                && l.contains("status=\"cancelled\"")),
+        has_requests_line(&m, &["tool=\"slow_count\"", "status=\"cancelled\""]),
         "{m}"
     );
 }

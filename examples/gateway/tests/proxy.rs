@@ -372,20 +372,16 @@ async fn metrics_count_requests_and_denials() {
         .send()
         .await
         .unwrap();
-    let m = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&base).await;
     assert!(
-        m.lines()
-            .any(|l| l.starts_with("mcp_gateway_requests_total{")
-                && l.contains("mcp_method=\"tools/call\"")
-                && l.contains("tool=\"echo\"")
-                && l.contains("status=\"200\"")),
+        has_requests_line(
+            &m,
+            &[
+                "mcp_method=\"tools/call\"",
+                "tool=\"echo\"",
+                "status=\"200\""
+            ]
+        ),
         "{m}"
     );
     assert!(

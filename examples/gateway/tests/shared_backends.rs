@@ -94,15 +94,7 @@ async fn two_replicas_write_one_verifiable_audit_trail_in_postgres() {
 
     // A third replica answers queries over the whole shared trail.
     let (_q, base_q) = start_gateway(dir.path(), &replica("q"));
-    let rows: Value = c
-        .get(format!("{base_q}/api/audit/query?limit=100"))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rows = audit_query(&base_q, "limit=100").await;
     let text = rows.to_string();
     assert!(
         !text.contains("hunter2-secret"),

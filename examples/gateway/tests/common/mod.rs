@@ -374,6 +374,38 @@ pub fn retry_after(r: &reqwest::Response) -> u64 {
         .unwrap()
 }
 
+/// The gateway's `/metrics` text.
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Whether a `mcp_gateway_requests_total` line carries every one of `labels`.
+pub fn has_requests_line(metrics: &str, labels: &[&str]) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with("mcp_gateway_requests_total{") && labels.iter().all(|x| l.contains(x))
+    })
+}
+
+/// `GET /api/audit/query?{query}` as alice (who holds `audit:read`), parsed.
+pub async fn audit_query(base: &str, query: &str) -> Value {
+    client()
+        .get(format!("{base}/api/audit/query?{query}"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Polls until `f` is true (the audit writer is asynchronous), up to 10 s.
 pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
