@@ -61,7 +61,8 @@ pub enum Outcome {
     /// Abandoned before its response: the client disconnected, or the connection or a
     /// timeout dropped the request, while an inner service (the upstream) was still
     /// working on it. The record still names the caller and the call, from the
-    /// `mcp_core::RequestFacts` the inner layers noted.
+    /// `mcp_core::RequestFacts` the inner layers noted. Also a successful `POST` whose
+    /// response body the client did not take to its end (the HTTP status is kept).
     Cancelled,
 }
 

@@ -16,7 +16,8 @@
 //!
 //! A request abandoned before its response (the client disconnected, or the connection
 //! or a timeout dropped it while the upstream was still working) is recorded too, with
-//! the outcome `cancelled`. Its caller and call come from the [`RequestFacts`] this layer
+//! the outcome `cancelled`; so is a successful `POST` whose response body the client did
+//! not take to its end (it hung up during an SSE stream), with its HTTP status. Its caller and call come from the [`RequestFacts`] this layer
 //! puts in the request extensions, where the suite's authentication and parse layers note
 //! the [`Principal`] and the [`McpRequest`] as they establish them: a client that starts a
 //! tool call and hangs up cannot leave an anonymous record.
@@ -260,6 +261,7 @@ where
             state: Some(BodyState {
                 event: Some(data),
                 facts: Some(facts),
+                length: None,
                 held: None,
                 handle: self.layer.handle.clone(),
                 start,
@@ -341,6 +343,9 @@ where
                             .insert(this.header.clone(), rid.0.clone());
                     }
                 }
+                if let Some(st) = state.as_mut() {
+                    st.length = resp.body().size_hint().exact();
+                }
                 Poll::Ready(Ok(resp.map(|inner| AuditBody { inner, state })))
             }
             Err(e) => {
@@ -372,6 +377,9 @@ struct BodyState {
     event: Option<Box<EventData>>,
     /// Until the response arrives: what the inner layers noted.
     facts: Option<RequestFacts>,
+    /// The response body's length, when known in advance: a server may stop polling
+    /// such a body once it has sent that many bytes, without seeing its end.
+    length: Option<u64>,
     held: Option<Box<EventData>>,
     handle: AuditHandle,
     start: Instant,
@@ -431,7 +439,19 @@ impl BodyState {
 impl Drop for BodyState {
     fn drop(&mut self) {
         // A body dropped before its end (client gone, HEAD, error): the event is still
-        // recorded, with the bytes sent so far.
+        // recorded, with the bytes sent so far. A `POST` answered with success whose
+        // answer the client did not take whole (it hung up during an SSE stream, before
+        // the JSON-RPC response at its end) is `cancelled`, its HTTP status kept. A `GET`
+        // stream normally ends this way and keeps its outcome.
+        let taken_whole = self.length == Some(self.bytes);
+        if let Some(ev) = self.event.as_mut()
+            && self.facts.is_none()
+            && !taken_whole
+            && ev.outcome == Some(Outcome::Success)
+            && ev.http_method == Some(http::Method::POST)
+        {
+            ev.outcome = Some(Outcome::Cancelled);
+        }
         if let Some(ev) = self.take_finished().or_else(|| self.held.take()) {
             self.handle.send_detached(ev);
         }

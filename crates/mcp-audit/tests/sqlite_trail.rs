@@ -809,27 +809,48 @@ async fn client_gone_mid_stream_is_still_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let auditor = Auditor::from_config(config(dir.path())).await.unwrap();
     let addr = serve(app(&auditor)).await;
-    let req = http::Request::get(format!("http://{addr}/sse"))
-        .header("authorization", "Bearer user-alice")
-        .body(full(""))
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert!(first.starts_with(b"data: chunk-0"));
-    drop(body); // the client goes away after the first event
-    wait_written(&auditor, 1).await;
+    // A GET stream (server notifications) and a POST answered as a stream (a tool call's
+    // progress, then its result): the client goes away after the first event of each.
+    let mut firsts = Vec::new();
+    for method in [http::Method::GET, http::Method::POST] {
+        let body = if method == http::Method::POST {
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"count"}}"#
+        } else {
+            ""
+        };
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}/sse"))
+            .header("authorization", "Bearer user-alice")
+            .header("content-type", "application/json")
+            .body(full(body))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(first.starts_with(b"data: chunk-0"));
+        drop(body);
+        firsts.push(first.len() as u64);
+        wait_written(&auditor, firsts.len() as u64).await;
+    }
     auditor.shutdown().await;
     let recs = records(&dir.path().join("audit.db"));
-    let ev = requests(&recs)[0];
-    assert_eq!(ev.user.as_deref(), Some("alice"));
-    let sent = ev.bytes_out.unwrap();
-    assert!(sent >= first.len() as u64, "{sent}");
-    assert!(
-        sent < 5 * first.len() as u64,
-        "only part of the stream was sent: {sent}"
-    );
+    let reqs = requests(&recs);
+    assert_eq!(reqs.len(), 2);
+    for (ev, first) in reqs.iter().zip(&firsts) {
+        assert_eq!(ev.user.as_deref(), Some("alice"));
+        assert_eq!(ev.http_status, Some(200));
+        let sent = ev.bytes_out.unwrap();
+        assert!(sent >= *first, "{sent}");
+        assert!(sent < 5 * first, "only part of the stream was sent: {sent}");
+    }
+    // A GET stream normally ends when the client leaves; a POST's answer was not taken
+    // whole, so its outcome says so.
+    assert_eq!(reqs[0].http_method.as_deref(), Some("GET"));
+    assert_eq!(reqs[0].status, Some(mcp_audit::Outcome::Success));
+    assert_eq!(reqs[1].http_method.as_deref(), Some("POST"));
+    assert_eq!(reqs[1].status, Some(mcp_audit::Outcome::Cancelled));
 }
 
 /// Attack: a client starts a tool call and hangs up before the answer, hoping to leave an

@@ -324,6 +324,9 @@ async fn audit_rows_masking_redaction_and_chain() {
         .unwrap();
     assert_eq!(echo.user.as_deref(), Some("alice"));
     assert_eq!(echo.method.as_deref(), Some("tools/call"));
+    // Sent whole with a Content-Length (the server stops polling the body at that
+    // length): a success, not a cancelled answer.
+    assert_eq!(echo.outcome.as_deref(), Some("success"));
     let e = echo.event.to_string();
     assert!(!e.contains("hunter2") && !e.contains("k-123456"), "{e}");
     assert!(e.contains("***MASKED***"), "{e}");

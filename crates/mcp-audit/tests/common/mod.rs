@@ -93,7 +93,7 @@ pub fn app(auditor: &Auditor) -> Router {
 pub fn app_with(auditor: &Auditor, extra: Router) -> Router {
     Router::new()
         .route("/mcp", post(mcp_handler))
-        .route("/sse", get(sse_handler))
+        .route("/sse", get(sse_handler).post(sse_handler))
         .layer(middleware::from_fn(fake_deny))
         .layer(ParseLayer::new())
         .layer(middleware::from_fn(fake_auth))
