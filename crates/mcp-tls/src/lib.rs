@@ -61,4 +61,4 @@ pub use config::{
 };
 pub use error::{ConfigError, TlsError};
 pub use identity::{identity_from_der, tls_info};
-pub use serve::{ConnectionInfo, ConnectionLimit, Server, serve, serve_plain};
+pub use serve::{ConnectionInfo, ConnectionLimit, ConnectionStats, Server, serve, serve_plain};

@@ -136,6 +136,43 @@ where
 pub struct ConnectionLimit {
     permits: Arc<Semaphore>,
     max: usize,
+    counters: Arc<Counters>,
+}
+
+/// Counts of what the accept loops sharing a [`ConnectionLimit`] did.
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    handshake_failed: AtomicU64,
+    handshake_timed_out: AtomicU64,
+    idle_closed: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the accept loops sharing a [`ConnectionLimit`] have seen since it was made, for
+/// metrics ([`ConnectionLimit::stats`]). Counters only grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Connections open now (each holds a place from its accept until it closes, its
+    /// TLS handshake included).
+    pub open: usize,
+    /// The limit.
+    pub max: usize,
+    /// Connections accepted (given a place).
+    pub accepted: u64,
+    /// TLS handshakes that failed (a plain-text client, no common version or cipher
+    /// suite, a rejected client certificate, ...).
+    pub tls_handshake_failed: u64,
+    /// TLS handshakes not completed within the handshake timeout.
+    pub tls_handshake_timed_out: u64,
+    /// Connections closed because they had no request in progress for the idle timeout.
+    pub idle_closed: u64,
 }
 
 impl ConnectionLimit {
@@ -145,6 +182,27 @@ impl ConnectionLimit {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Open connections, and counts of accepts, failed TLS handshakes and idle closes,
+    /// over every loop sharing this limit.
+    ///
+    /// ```
+    /// let limit = mcp_tls::ConnectionLimit::new(100);
+    /// let stats = limit.stats();
+    /// assert_eq!((stats.open, stats.max, stats.accepted), (0, 100, 0));
+    /// ```
+    pub fn stats(&self) -> ConnectionStats {
+        let c = &self.counters;
+        ConnectionStats {
+            open: self.max.saturating_sub(self.available()),
+            max: self.max,
+            accepted: c.accepted.load(Ordering::Relaxed),
+            tls_handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
+            tls_handshake_timed_out: c.handshake_timed_out.load(Ordering::Relaxed),
+            idle_closed: c.idle_closed.load(Ordering::Relaxed),
         }
     }
 
@@ -287,6 +345,7 @@ impl Server {
         } = self;
         let limit = limit.unwrap_or_else(|| ConnectionLimit::new(options.max_connections));
         let permits = limit.permits;
+        let counters = limit.counters;
         // Every connection task holds a clone of `alive`: when the last is gone, this
         // loop's connections have all finished.
         let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
@@ -339,7 +398,9 @@ impl Server {
                     Err(_) => break,
                 },
             };
+            Counters::add(&counters.accepted);
             let _ = tcp.set_nodelay(true);
+            let counters = counters.clone();
             let service = service.clone();
             let builder = builder.clone();
             let tls = tls.clone();
@@ -351,13 +412,23 @@ impl Server {
                 match tls {
                     None => {
                         let svc = ConnectionInfo::new(service, peer, None);
-                        serve_connection(&builder, tcp, svc, idle_timeout, stop).await;
+                        serve_connection(&builder, tcp, svc, idle_timeout, stop, &counters).await;
                     }
                     Some(acceptor) => {
-                        match handshake(&acceptor, tcp, handshake_timeout, stop.clone()).await {
+                        let shake =
+                            handshake(&acceptor, tcp, handshake_timeout, stop.clone(), &counters);
+                        match shake.await {
                             Some((stream, info)) => {
                                 let svc = ConnectionInfo::new(service, peer, Some(info));
-                                serve_connection(&builder, stream, svc, idle_timeout, stop).await;
+                                serve_connection(
+                                    &builder,
+                                    stream,
+                                    svc,
+                                    idle_timeout,
+                                    stop,
+                                    &counters,
+                                )
+                                .await;
                             }
                             None => tracing::debug!(%peer, "TLS handshake not completed"),
                         }
@@ -388,15 +459,18 @@ async fn handshake(
     tcp: TcpStream,
     timeout: Duration,
     mut stop: watch::Receiver<bool>,
+    counters: &Counters,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
     tokio::select! {
         r = tokio::time::timeout(timeout, acceptor.accept(tcp)) => match r {
             Ok(Ok(ok)) => Some(ok),
             Ok(Err(e)) => {
+                Counters::add(&counters.handshake_failed);
                 tracing::debug!(error = %e, "TLS handshake failed");
                 None
             }
             Err(_) => {
+                Counters::add(&counters.handshake_timed_out);
                 tracing::debug!("TLS handshake timed out");
                 None
             }
@@ -413,6 +487,7 @@ async fn serve_connection<IO, S, B>(
     service: S,
     idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
+    counters: &Counters,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -447,6 +522,7 @@ async fn serve_connection<IO, S, B>(
             () = tokio::time::sleep_until(check_at), if !finishing => {
                 if activity.idle_deadline(idle_timeout).is_some_and(|d| d <= Instant::now()) {
                     tracing::debug!("closing an idle connection");
+                    Counters::add(&counters.idle_closed);
                     conn.as_mut().graceful_shutdown();
                     finishing = true;
                 }

@@ -33,6 +33,19 @@ async fn start_tls_with(f: impl FnOnce(mcp_tls::Server) -> mcp_tls::Server) -> (
     (ca, server)
 }
 
+/// A completed TLS handshake with the server at `addr` (certificate from `ca`), no request.
+async fn tls_handshake(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(client_config(&ca.der(), BOTH, None))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
 /// An HTTP/2 (prior knowledge) connection to `addr`: its sender and its connection task.
 async fn http2_connection(
     addr: std::net::SocketAddr,
@@ -379,12 +392,7 @@ async fn connections_that_send_nothing_are_closed_after_the_idle_timeout() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     // The same after a completed TLS handshake: the idle timeout starts there.
     let (ca, tls_server) = start_tls_with(|s| s.idle_timeout(Duration::from_millis(300))).await;
-    let tcp = TcpStream::connect(tls_server.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client_config(&ca.der(), BOTH, None))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_handshake(tls_server.addr, &ca).await;
     closed_by_server(tls, "a TLS connection that sent no request was kept open").await;
     tls_server.shutdown().await;
     server.shutdown().await;
@@ -483,5 +491,56 @@ async fn slow_and_streaming_responses_are_in_progress_not_idle() {
         .expect("the HTTP/2 stream was cut")
         .to_bytes();
     assert_eq!(&body[..], b"data: 0\n\ndata: 1\n\ndata: 2\n\n");
+    server.shutdown().await;
+}
+
+/// Waits (up to 10 s) until the limit's stats satisfy `f`.
+async fn stats_reach(
+    limit: &mcp_tls::ConnectionLimit,
+    what: &str,
+    f: impl Fn(mcp_tls::ConnectionStats) -> bool,
+) {
+    for _ in 0..400 {
+        if f(limit.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what}: {:?}", limit.stats());
+}
+
+#[tokio::test]
+async fn connection_stats_count_accepts_failed_handshakes_timeouts_and_idle_closes() {
+    let limit = mcp_tls::ConnectionLimit::new(10);
+    let (ca, server) = start_tls_with(|s| {
+        s.connection_limit(limit.clone())
+            .handshake_timeout(Duration::from_millis(300))
+            .idle_timeout(Duration::from_millis(300))
+    })
+    .await;
+    // A plain-text request to the TLS port: a failed handshake.
+    let mut plain = TcpStream::connect(server.addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_server(plain, "a plain-text client was kept").await;
+    // A silent connection holds a place, then its handshake times out.
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    stats_reach(&limit, "the silent connection is open", |s| s.open == 1).await;
+    closed_by_server(silent, "a silent client was kept").await;
+    // A completed handshake and no request: closed as idle.
+    let tls = tls_handshake(server.addr, &ca).await;
+    closed_by_server(tls, "an idle TLS connection was kept").await;
+    stats_reach(&limit, "every close counted", |s| {
+        s.open == 0 && s.idle_closed == 1 && s.tls_handshake_timed_out == 1
+    })
+    .await;
+    let s = limit.stats();
+    assert_eq!(
+        (s.max, s.accepted, s.tls_handshake_failed),
+        (10, 3, 1),
+        "{s:?}"
+    );
     server.shutdown().await;
 }

@@ -37,7 +37,33 @@ pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/a
 #[derive(Clone)]
 struct OpsState {
     proxies: Arc<Vec<Proxy>>,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<Exported>,
+}
+
+/// What `/metrics` renders: the recorder, and the connection counts of the accept loops
+/// (read when scraped).
+#[derive(Clone)]
+pub struct Exported {
+    /// The Prometheus recorder's handle.
+    pub handle: PrometheusHandle,
+    /// The connection limit every worker's accept loop shares.
+    pub connections: mcp_tls::ConnectionLimit,
+}
+
+impl Exported {
+    /// Sets the connection series from the accept loops' counts, then renders.
+    fn render(&self) -> String {
+        let s = self.connections.stats();
+        metrics::gauge!("mcp_gateway_connections_open").set(s.open as f64);
+        metrics::gauge!("mcp_gateway_connections_max").set(s.max as f64);
+        metrics::counter!("mcp_gateway_connections_accepted_total").absolute(s.accepted);
+        metrics::counter!("mcp_gateway_connections_idle_closed_total").absolute(s.idle_closed);
+        metrics::counter!("mcp_gateway_tls_handshake_failures_total", "reason" => "failed")
+            .absolute(s.tls_handshake_failed);
+        metrics::counter!("mcp_gateway_tls_handshake_failures_total", "reason" => "timed_out")
+            .absolute(s.tls_handshake_timed_out);
+        self.handle.render()
+    }
 }
 
 /// Builds the proxies for the configured upstreams.
@@ -108,7 +134,7 @@ pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::Confi
 pub fn router(
     loaded: &Loaded,
     layers: &Layers,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<Exported>,
 ) -> Result<Router, crate::config::ConfigError> {
     let cfg: &Config = &loaded.config;
     let proxies = build_proxies(loaded)?;

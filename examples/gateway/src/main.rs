@@ -263,8 +263,13 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections);
+    let exported = metrics.map(|handle| app::Exported {
+        handle,
+        connections: limit.clone(),
+    });
     let routers = (0..workers)
-        .map(|_| app::router(&loaded, &layers, metrics.clone()))
+        .map(|_| app::router(&loaded, &layers, exported.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     // Bind first: ACME's tls-alpn-01 challenge is answered on the serving port.
@@ -298,7 +303,6 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
             )
             .await;
     }
-    let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections);
     let drain = Duration::from_secs(cfg.server.shutdown_grace_seconds);
     let idle = Duration::from_secs(cfg.server.idle_timeout_seconds);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

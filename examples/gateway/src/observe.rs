@@ -72,6 +72,26 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         "mcp_gateway_auth_failure_alerts_total",
         "Clients that reached monitoring.auth_failure_threshold"
     );
+    metrics::describe_gauge!(
+        "mcp_gateway_connections_open",
+        "Client connections open now, TLS handshakes included (every worker together)"
+    );
+    metrics::describe_gauge!(
+        "mcp_gateway_connections_max",
+        "server.maxConnections: at this many open connections, new ones wait"
+    );
+    metrics::describe_counter!(
+        "mcp_gateway_connections_accepted_total",
+        "Client connections accepted"
+    );
+    metrics::describe_counter!(
+        "mcp_gateway_connections_idle_closed_total",
+        "Connections closed after server.idleTimeoutSeconds with no request in progress"
+    );
+    metrics::describe_counter!(
+        "mcp_gateway_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, by reason"
+    );
     metrics::describe_histogram!(
         "mcp_gateway_request_duration_seconds",
         metrics::Unit::Seconds,

@@ -515,6 +515,20 @@ async fn a_silent_connection_gives_its_place_back_after_the_idle_timeout() {
         .expect("the next client was never served")
         .unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // The metrics count the idle close, and show the limit.
+    let m = metrics_text(&base).await;
+    let closed = metric_value(&m, "mcp_gateway_connections_idle_closed_total");
+    assert!(closed.is_some_and(|n| n >= 1.0), "{m}");
+    assert_eq!(
+        metric_value(&m, "mcp_gateway_connections_max"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "mcp_gateway_connections_open"),
+        Some(1.0),
+        "{m}"
+    );
     // 0 is refused, naming the key and its line.
     let bad = cfg.replacen("idleTimeoutSeconds: 1", "idleTimeoutSeconds: 0", 1);
     assert_check_refuses(

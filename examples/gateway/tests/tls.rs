@@ -137,6 +137,15 @@ async fn tls_listener_with_api_keys() {
             .await
             .is_err()
     );
+    // Both show in the metrics as failed handshakes.
+    let m = metrics_text_with(&c, &base).await;
+    let failed = metric_value(
+        &m,
+        "mcp_gateway_tls_handshake_failures_total{reason=\"failed\"}",
+    );
+    assert!(failed.is_some_and(|n| n >= 2.0), "{m}");
+    let accepted = metric_value(&m, "mcp_gateway_connections_accepted_total");
+    assert!(accepted.is_some_and(|n| n >= 3.0), "{m}");
 }
 
 #[tokio::test]

@@ -376,14 +376,29 @@ pub fn retry_after(r: &reqwest::Response) -> u64 {
 
 /// The gateway's `/metrics` text.
 pub async fn metrics_text(base: &str) -> String {
-    client()
-        .get(format!("{base}/metrics"))
+    metrics_text_with(&client(), base).await
+}
+
+/// The gateway's `/metrics` text, fetched with `c` (a TLS client, say).
+pub async fn metrics_text_with(c: &reqwest::Client, base: &str) -> String {
+    c.get(format!("{base}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap()
+}
+
+/// The value of one series (its name and labels exactly as rendered) in `/metrics` text.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Whether a `mcp_gateway_requests_total` line carries every one of `labels`.
