@@ -642,6 +642,7 @@ mod tests {
             .build()
             .unwrap();
     }
+
     #[tokio::test]
     async fn an_accepted_principal_is_noted_in_the_request_facts() {
         use tower::ServiceExt;

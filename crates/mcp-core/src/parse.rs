@@ -9,9 +9,9 @@
 //! within the body timeout (default [`DEFAULT_BODY_TIMEOUT`], 60 s) gets 408 with
 //! JSON-RPC -32600 and `Connection: close`, so a client that trickles its body (a
 //! slow-POST attack) cannot hold a connection and a task for as long as it likes; the
-//! timeout needs tokio's timer, which `#[tokio::main]` and axum's `serve` have. Invalid JSON gets 400 with JSON-RPC
-//! -32700 (or, with `reject_invalid_json(false)`, is passed on). Other methods
-//! (`GET`, `DELETE`, ...) pass through untouched.
+//! timeout needs tokio's timer, which `#[tokio::main]` and axum's `serve` have. Invalid
+//! JSON gets 400 with JSON-RPC -32700 (or, with `reject_invalid_json(false)`, is passed
+//! on). Other methods (`GET`, `DELETE`, ...) pass through untouched.
 //!
 //! The [`McpRequest`] is also copied into the response extensions, so that a layer placed
 //! outside (audit, metrics) can record the method and tool of the request it served.

@@ -63,14 +63,15 @@ async fn http2_connection(
     (send, tokio::spawn(conn))
 }
 
-/// An HTTP/1.1 keep-alive connection to `addr` that has been served one request, held
-/// open: its sender and its connection task.
-async fn served_keepalive(
-    addr: std::net::SocketAddr,
-) -> (
+/// An HTTP/1.1 client connection: its sender and its connection task.
+type Http1Connection = (
     hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     tokio::task::JoinHandle<hyper::Result<()>>,
-) {
+);
+
+/// An HTTP/1.1 keep-alive connection to `addr` that has been served one request, held
+/// open: its sender and its connection task.
+async fn served_keepalive(addr: std::net::SocketAddr) -> Http1Connection {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
@@ -86,14 +87,7 @@ async fn served_keepalive(
 
 /// A new connection to `addr` is accepted by the kernel but not served while `first` is
 /// open (`what` says what would have gone wrong), and is served once `first` closes.
-async fn waits_until_closed(
-    addr: std::net::SocketAddr,
-    first: (
-        hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-        tokio::task::JoinHandle<hyper::Result<()>>,
-    ),
-    what: &str,
-) {
+async fn waits_until_closed(addr: std::net::SocketAddr, first: Http1Connection, what: &str) {
     let second = tokio::spawn(async move { http_get_plain(addr, "/echo").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished(), "{what}");

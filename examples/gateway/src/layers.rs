@@ -88,7 +88,7 @@ impl Layers {
         );
         // Body limit, parse once, sanitize.
         let max_body = cfg.server.max_body_bytes;
-        let body_timeout = std::time::Duration::from_secs(cfg.server.body_timeout_seconds);
+        let body_timeout = Duration::from_secs(cfg.server.body_timeout_seconds);
         layers.parse = Some(if cfg.sanitization.enabled {
             let mut sc = cfg.sanitization.clone();
             sc.max_body_bytes = max_body;

@@ -435,10 +435,9 @@ async fn worker_threads_share_one_address_and_one_connection_limit() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
     let db = dir.path().join("a.db");
-    let cfg = base_config(&upstream, &db, "").replacen(
-        "server:\n",
-        "server:\n  workers: 3\n  maxConnections: 1\n",
-        1,
+    let cfg = with_server_keys(
+        &base_config(&upstream, &db, ""),
+        "  workers: 3\n  maxConnections: 1\n",
     );
     let (gw, base) = start_gateway(dir.path(), &cfg);
     // Three serving threads, each named.
@@ -491,10 +490,9 @@ async fn a_silent_connection_gives_its_place_back_after_the_idle_timeout() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
     let db = dir.path().join("a.db");
-    let cfg = base_config(&upstream, &db, "").replacen(
-        "server:\n",
-        "server:\n  workers: 2\n  maxConnections: 1\n  idleTimeoutSeconds: 1\n",
-        1,
+    let cfg = with_server_keys(
+        &base_config(&upstream, &db, ""),
+        "  workers: 2\n  maxConnections: 1\n  idleTimeoutSeconds: 1\n",
     );
     let (_gw, base) = start_gateway(dir.path(), &cfg);
     let addr = base.trim_start_matches("http://").to_owned();
@@ -546,10 +544,9 @@ async fn a_trickled_body_gets_408_after_the_body_timeout_with_or_without_sanitiz
     let (_up, upstream) = start_upstream(dir.path());
     let db = dir.path().join("a.db");
     for extra in ["", "sanitization:\n  enabled: false\n"] {
-        let cfg = base_config(&upstream, &db, extra).replacen(
-            "server:\n",
-            "server:\n  bodyTimeoutSeconds: 1\n",
-            1,
+        let cfg = with_server_keys(
+            &base_config(&upstream, &db, extra),
+            "  bodyTimeoutSeconds: 1\n",
         );
         let (_gw, base) = start_gateway(dir.path(), &cfg);
         let addr = base.trim_start_matches("http://").to_owned();
@@ -583,10 +580,9 @@ async fn a_trickled_body_gets_408_after_the_body_timeout_with_or_without_sanitiz
         assert!(out.contains("-32600"), "{out}");
     }
     // 0 is refused, naming the key and its line.
-    let cfg = base_config(&upstream, &db, "").replacen(
-        "server:\n",
-        "server:\n  bodyTimeoutSeconds: 0\n",
-        1,
+    let cfg = with_server_keys(
+        &base_config(&upstream, &db, ""),
+        "  bodyTimeoutSeconds: 0\n",
     );
     assert_check_refuses(
         dir.path(),

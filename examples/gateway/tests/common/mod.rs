@@ -197,6 +197,11 @@ pub fn assert_check_refuses(dir: &Path, yaml: &str, bad_line: &str, key: &str) {
     assert!(err.contains(&format!("bad.yaml:{line}: {key}")), "{err}");
 }
 
+/// `yaml` with `keys` (indented lines) added to its `server:` section.
+pub fn with_server_keys(yaml: &str, keys: &str) -> String {
+    yaml.replacen("server:\n", &format!("server:\n{keys}"), 1)
+}
+
 /// A config with the demo upstream, API keys (KEY with every scope, KEY2 with tools
 /// only), generous limits; `extra` is appended (top-level sections).
 pub fn base_config(upstream: &str, audit_db: &Path, extra: &str) -> String {
