@@ -47,7 +47,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# Waits for the `listening on http://ADDR` line a server started on port 0 prints once
+# it serves (the kernel picks the port at the bind: nothing can take it in between, as it
+# could a port picked here and passed on), and prints ADDR. Fails with the log when the
+# process exits first or prints nothing within 60 s.
+listening_addr() {
+  local pid="$1" log="$2" name="$3" addr
+  for _ in $(seq 1 600); do
+    addr="$(grep -oE 'listening on https?://[^ /]+' "$log" 2>/dev/null | head -1 | sed -E 's#.*://##')"
+    if [[ -n "$addr" ]]; then echo "$addr"; return 0; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "conformance: FAILED: $name did not print the address it listens on; its log:" >&2
+  tail -40 "$log" >&2
+  return 1
+}
 wait_http() {
   local url="$1"
   for _ in $(seq 1 100); do
@@ -58,13 +73,12 @@ wait_http() {
   return 1
 }
 
-UP_PORT="$(free_port)"
-GW_PORT="$(free_port)"
-"$MCP_GATEWAY_BIN" demo-upstream --addr "127.0.0.1:$UP_PORT" >"$WORK/upstream.log" 2>&1 &
+"$MCP_GATEWAY_BIN" demo-upstream --addr 127.0.0.1:0 >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
+UP_ADDR="$(listening_addr $! "$WORK/upstream.log" "the demo upstream")"
 cat >"$WORK/gateway.yaml" <<EOF
 server:
-  addr: "127.0.0.1:$GW_PORT"
+  addr: "127.0.0.1:0"
 auth:
   enabled: false      # the suite sends no credentials; allowed on loopback only
 ratelimit:
@@ -84,12 +98,13 @@ audit:
 upstreams:
   - name: demo
     path: /mcp
-    url: "http://127.0.0.1:$UP_PORT/mcp"
+    url: "http://$UP_ADDR/mcp"
 EOF
 "$MCP_GATEWAY_BIN" --config "$WORK/gateway.yaml" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/healthz"
-wait_http "http://127.0.0.1:$GW_PORT/healthz"
+GW_ADDR="$(listening_addr $! "$WORK/gateway.log" "the gateway")"
+wait_http "http://$UP_ADDR/healthz"
+wait_http "http://$GW_ADDR/healthz"
 
 run_suite() {
   local label="$1" url="$2"
@@ -104,8 +119,8 @@ run_suite() {
   fi
 }
 
-run_suite upstream "http://127.0.0.1:$UP_PORT/mcp"
-run_suite gateway "http://127.0.0.1:$GW_PORT/mcp"
+run_suite upstream "http://$UP_ADDR/mcp"
+run_suite gateway "http://$GW_ADDR/mcp"
 
 status=0
 printf '\n%-36s %-18s %-18s\n' "scenario" "upstream" "gateway"

@@ -4,7 +4,7 @@ Python MCP SDK tests. The binary is $MCP_GATEWAY_BIN, else built with cargo."""
 import json
 import os
 import pathlib
-import socket
+import re
 import subprocess
 import tempfile
 import time
@@ -31,12 +31,53 @@ def _binary() -> str:
     return str(pathlib.Path(meta["target_directory"]) / "debug" / "mcp-gateway")
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+class Process:
+    """A server process started by `_start`: its `Popen`, its combined stdout and
+    stderr log, and the address it printed that it listens on."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, log: pathlib.Path, addr: str):
+        self.name, self.proc, self.log, self.addr = name, proc, log, addr
+
+    def state(self) -> str:
+        """For failure messages: whether it still runs, and the end of its log."""
+        code = self.proc.poll()
+        status = "still running" if code is None else f"exited with {code}"
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+        return f"{self.name} {status}; the end of its log ({self.log}):\n{tail}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_LISTENING = re.compile(r"listening on https?://(\S+?:\d+)")
+
+
+def _start(name: str, args: list, log: pathlib.Path, **popen) -> Process:
+    """Starts `args` listening on port 0 (the kernel picks a free port, and no other
+    process can take it between the pick and the bind, as with a port picked here and
+    passed on) and waits for the `listening on http://ADDR` line it prints once serving.
+    Fails with the log when the process exits first or prints nothing within 60 s."""
+    out = open(log, "w")
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, **popen)
+    out.close()
+    process = Process(name, proc, log, "")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = _LISTENING.search(log.read_text(errors="replace"))
+        if found:
+            process.addr = found[1]
+            return process
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    state = process.state()
+    process.stop()
+    raise RuntimeError(f"{name} did not print the address it listens on: {state}")
 
 
 def _wait(url: str) -> None:
@@ -49,21 +90,30 @@ def _wait(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def _gateway_env() -> dict:
+    env = dict(os.environ)
+    for k in ("MCP_AUTH_ENABLED", "MCP_AUTH_MODE", "MCP_AUTH_API_KEY"):
+        env.pop(k, None)
+    return env
+
+
 @pytest.fixture(scope="session")
 def gateway():
     binary = _binary()
     work = tempfile.TemporaryDirectory()
-    up_port, gw_port = _free_port(), _free_port()
+    dir = pathlib.Path(work.name)
     procs = []
     try:
-        procs.append(subprocess.Popen(
-            [binary, "demo-upstream", "--addr", f"127.0.0.1:{up_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))
-        config = pathlib.Path(work.name) / "gateway.yaml"
+        upstream = _start(
+            "the demo upstream",
+            [binary, "demo-upstream", "--addr", "127.0.0.1:0"],
+            dir / "upstream.log",
+        )
+        procs.append(upstream)
+        config = dir / "gateway.yaml"
         config.write_text(f"""
 server:
-  addr: "127.0.0.1:{gw_port}"
+  addr: "127.0.0.1:0"
 auth:
   enabled: true
   mode: [apikey, jwt]
@@ -80,60 +130,42 @@ ratelimit:
 audit:
   enabled: true
   database:
-    sqlitePath: "{work.name}/audit.db"
+    sqlitePath: "{dir}/audit.db"
 upstreams:
   - name: demo
     path: /mcp
-    url: "http://127.0.0.1:{up_port}/mcp"
+    url: "http://{upstream.addr}/mcp"
 """)
-        env = dict(os.environ, PY_API_KEY=API_KEY, PY_JWT_SECRET=JWT_SECRET)
-        for k in ("MCP_AUTH_ENABLED", "MCP_AUTH_MODE", "MCP_AUTH_API_KEY"):
-            env.pop(k, None)
-        log = open(pathlib.Path(work.name) / "gateway.log", "w")
-        procs.append(subprocess.Popen(
-            [binary, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env,
-        ))
-        _wait(f"http://127.0.0.1:{up_port}/healthz")
-        _wait(f"http://127.0.0.1:{gw_port}/healthz")
-        yield {"url": f"http://127.0.0.1:{gw_port}/mcp", "audit_db": f"{work.name}/audit.db"}
+        env = dict(_gateway_env(), PY_API_KEY=API_KEY, PY_JWT_SECRET=JWT_SECRET)
+        gw = _start("the gateway", [binary, "--config", str(config)], dir / "gateway.log", env=env)
+        procs.append(gw)
+        _wait(f"http://{gw.addr}/healthz")
+        yield {"url": f"http://{gw.addr}/mcp", "audit_db": f"{dir}/audit.db", "procs": procs}
     finally:
         for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            p.stop()
         work.cleanup()
 
 
 @pytest.fixture(scope="module")
 def demo_gateway():
-    """`mcp-gateway` with no arguments but `--addr` (demo mode: its own demo upstream, a
-    fresh API key printed once), in a scratch directory; yields its port and the key."""
+    """`mcp-gateway` with no arguments but `--addr 127.0.0.1:0` (demo mode: its own demo
+    upstream, a fresh API key printed once), in a scratch directory; yields its port, the
+    key and the process (for failure messages)."""
     binary = _binary()
     work = tempfile.TemporaryDirectory()
-    port = _free_port()
-    env = dict(os.environ)
-    for k in ("MCP_AUTH_ENABLED", "MCP_AUTH_MODE", "MCP_AUTH_API_KEY"):
-        env.pop(k, None)
-    out = open(pathlib.Path(work.name) / "stdout.txt", "w+")
-    proc = subprocess.Popen(
-        [binary, "--addr", f"127.0.0.1:{port}"],
-        cwd=work.name, stdout=out, stderr=subprocess.DEVNULL, env=env,
+    dir = pathlib.Path(work.name)
+    gw = _start(
+        "the demo gateway",
+        [binary, "--addr", "127.0.0.1:0"],
+        dir / "gateway.log", cwd=work.name, env=_gateway_env(),
     )
     try:
-        _wait(f"http://127.0.0.1:{port}/healthz")
-        out.seek(0)
-        printed = out.read()
+        _wait(f"http://{gw.addr}/healthz")
+        printed = gw.log.read_text()
         keys = [line.split()[-1] for line in printed.splitlines() if "API key (shown once):" in line]
         assert len(keys) == 1, f"demo mode printed no API key:\n{printed}"
-        yield {"port": port, "key": keys[0]}
+        yield {"port": int(gw.addr.rsplit(":", 1)[1]), "key": keys[0], "process": gw}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        out.close()
+        gw.stop()
         work.cleanup()

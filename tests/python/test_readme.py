@@ -1,7 +1,8 @@
 """The README's commands for the demo gateway, run as written: the shell blocks that talk
 to `127.0.0.1:8080` are pasted into one bash session, in order, against `mcp-gateway`
 started with no configuration. Only two things are substituted, as a reader would: the
-port (8080 -> a free one, so the test never collides with a gateway already running) and
+port (8080 -> the one the kernel gave the gateway, so the test never collides with a
+gateway already running) and
 the placeholder `'paste the printed key here'` (-> the key the gateway printed)."""
 
 import re
@@ -32,7 +33,9 @@ def _run_session(blocks: list[str], demo) -> list[str]:
         ["bash", "-c", "\n".join(script)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, (
+        f"exit {done.returncode}\n{done.stdout}\n{done.stderr}\n{demo['process'].state()}"
+    )
     parts = re.split(r"\n=== block \d+ ===\n", done.stdout)
     assert len(parts) == len(blocks) + 1, done.stdout
     return parts[1:]

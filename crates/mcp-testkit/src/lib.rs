@@ -47,22 +47,61 @@ pub fn fenced_block<'a>(text: &'a str, marker: &str, lang: &str) -> &'a str {
     &body[..body.find("```").expect("an unterminated code block")]
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+/// How a server's start ended, when it did not time out.
+enum Start {
+    /// Its log has the line it writes once it serves on its port.
+    Ready,
+    /// It exited first (why, with its log).
+    Exited(String),
+}
+
+impl Start {
+    /// Whether the server exited because its port was taken: a process of a test running
+    /// in parallel bound it between [`free_port`] and the server's own bind.
+    fn port_taken(&self) -> bool {
+        matches!(self, Start::Exited(log) if log.contains("Address already in use"))
+    }
+
+    fn expect_ready(self) {
+        if let Start::Exited(why) = self {
+            panic!("{why}");
+        }
+    }
+}
+
+/// Waits up to 30 s for `ready` in the log the server writes at `log` (a fresh file for
+/// this start). A line the server writes only once it listens proves the port is its
+/// own; a connection to the port would not, as another process may have taken it.
+fn wait_ready(child: &mut Child, what: &str, log: &Path, ready: &str) -> Start {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(ready) {
+            return Start::Ready;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what} exited with {status} before listening on port {port}:\n{log}");
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Start::Exited(format!(
+                "{what} exited with {status} before it was ready:\n{text}"
+            ));
         }
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what} did not listen on port {port} within 30 s:\n{log}");
+            panic!("{what} was not ready within 30 s:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts a server on a fresh [`free_port`] with `spawn`, again on another port (up to
+/// five in all) when the port was taken before the server bound it.
+fn start_on_free_port(mut spawn: impl FnMut(u16) -> Start) {
+    for _ in 0..4 {
+        let start = spawn(free_port());
+        if !start.port_taken() {
+            return start.expect_ready();
+        }
+    }
+    spawn(free_port()).expect_ready();
 }
 
 fn find_binary(env: &str, name: &str, install_hint: &str) -> PathBuf {
@@ -110,16 +149,21 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Self {
             binary,
-            port: free_port(),
+            port: 0,
             dir,
             child: None,
         };
-        s.spawn();
+        start_on_free_port(|p| {
+            s.port = p;
+            s.spawn()
+        });
         s
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Start {
         let log = self.dir.path().join("redis.log");
+        // redis-server appends to its log: a fresh one for this start's ready line.
+        let _ = std::fs::remove_file(&log);
         let child = Command::new(&self.binary)
             .args([
                 "--port",
@@ -142,7 +186,7 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
         self.child = Some(child);
         let child = self.child.as_mut().expect("just set");
-        wait_for_port(self.port, child, "redis-server", &log);
+        wait_ready(child, "redis-server", &log, "Ready to accept connections")
     }
 
     /// The connection URL, `redis://127.0.0.1:PORT/`.
@@ -167,7 +211,7 @@ impl RedisServer {
     /// is gone, as after a crash without persistence.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.spawn().expect_ready();
     }
 }
 
@@ -264,15 +308,18 @@ impl PostgresServer {
         );
         let mut s = Self {
             bin,
-            port: free_port(),
+            port: 0,
             dir,
             child: None,
         };
-        s.spawn();
+        start_on_free_port(|p| {
+            s.port = p;
+            s.spawn()
+        });
         s
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Start {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("postgres.log");
         let logfile = std::fs::File::create(&log).expect("log file");
@@ -290,18 +337,7 @@ impl PostgresServer {
             .expect("start postgres");
         self.child = Some(child);
         let child = self.child.as_mut().expect("just set");
-        wait_for_port(self.port, child, "postgres", &log);
-        // Accepting TCP is not yet accepting queries: wait for the startup line.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("ready to accept connections") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        panic!("postgres did not become ready within 30 s:\n{text}");
+        wait_ready(child, "postgres", &log, "ready to accept connections")
     }
 
     /// The connection URL, `postgres://postgres@127.0.0.1:PORT/postgres`.
@@ -362,7 +398,7 @@ impl PostgresServer {
     /// Starts the server again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.spawn().expect_ready();
     }
 }
 
@@ -407,6 +443,39 @@ impl Drop for PostgresServer {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn a_server_whose_port_was_taken_is_seen_as_such_and_moved() {
+        // What a parallel test's listener does to a port between free_port and the bind.
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = held.local_addr().unwrap().port();
+        let mut r = RedisServer {
+            binary: find_binary(
+                "MCP_TEST_REDIS_SERVER",
+                "redis-server",
+                "apt-get install -y redis-server",
+            ),
+            port: taken,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        assert!(r.spawn().port_taken());
+        // Another port on the next try: the first spawn lands on the held port.
+        let mut tries = Vec::new();
+        start_on_free_port(|p| {
+            let port = if tries.is_empty() { taken } else { p };
+            tries.push(port);
+            r.port = port;
+            r.spawn()
+        });
+        assert_eq!(tries.len(), 2, "{tries:?}");
+        assert_ne!(r.port, taken);
+        let mut s = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+        s.write_all(b"PING\r\n").unwrap();
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"+PONG\r\n");
+    }
 
     #[test]
     fn redis_starts_answers_and_restarts() {

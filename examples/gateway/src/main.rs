@@ -236,10 +236,13 @@ async fn verify_configured(path: &Path) -> Result<(), String> {
 
 async fn run_config(path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
-    serve(loaded).await
+    serve(loaded, |_| {}).await
 }
 
-async fn serve(loaded: config::Loaded) -> Result<(), String> {
+/// Runs the gateway for `loaded` until SIGINT or SIGTERM. `banner` is called with the
+/// address it listens on (port 0 resolved) once every worker accepts connections, just
+/// before the `mcp-gateway listening on` line.
+async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Result<(), String> {
     let addr = validate::validate(&loaded).map_err(|e| e.to_string())?;
     for note in loaded.inert_settings() {
         tracing::warn!("{note}");
@@ -324,6 +327,7 @@ async fn serve(loaded: config::Loaded) -> Result<(), String> {
         running.push(done);
     }
     tracing::info!(workers, "serving");
+    banner(local);
     println!("mcp-gateway listening on {scheme}://{local}");
     let _ = std::io::stdout().flush();
     shutdown_signal().await;
@@ -473,21 +477,24 @@ async fn run_demo(addr: SocketAddr) -> Result<(), String> {
     let key = keys::generate_api_key();
     let text = demo_config(addr, up_addr, &key);
     let loaded = config::parse(&text, "(demo mode)", &|_| None).map_err(|e| e.to_string())?;
-    println!("mcp-gateway demo mode");
-    println!("  demo MCP server (upstream): http://{up_addr}/mcp");
-    println!("  gateway MCP endpoint:       http://{addr}/mcp");
-    println!("  audit trail:                ./mcp-gateway-audit.db");
-    println!("  API key (shown once):       {key}");
-    println!();
-    println!("  try: curl -s http://{addr}/mcp -H 'X-API-Key: {key}' \\");
-    println!(
-        "         -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\"
-    );
-    println!("         -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \\");
-    println!(
-        "         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}'"
-    );
-    serve(loaded).await
+    // Printed once the gateway listens, with the port it got (`--addr 127.0.0.1:0`).
+    let banner = move |addr: SocketAddr| {
+        println!("mcp-gateway demo mode");
+        println!("  demo MCP server (upstream): http://{up_addr}/mcp");
+        println!("  gateway MCP endpoint:       http://{addr}/mcp");
+        println!("  audit trail:                ./mcp-gateway-audit.db");
+        println!("  API key (shown once):       {key}");
+        println!();
+        println!("  try: curl -s http://{addr}/mcp -H 'X-API-Key: {key}' \\");
+        println!(
+            "         -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\"
+        );
+        println!("         -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \\");
+        println!(
+            "         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}'"
+        );
+    };
+    serve(loaded, banner).await
 }
 
 fn demo_config(addr: SocketAddr, upstream: SocketAddr, key: &str) -> String {

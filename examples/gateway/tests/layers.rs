@@ -541,17 +541,17 @@ async fn configuration_errors_name_file_line_key_and_never_the_secret() {
 #[tokio::test]
 async fn demo_mode_prints_a_key_that_works() {
     let dir = tempdir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut p = spawn_args(&["--addr", &format!("127.0.0.1:{port}")], dir.path());
+    // Port 0: the banner names the port the gateway got.
+    let mut p = spawn_args(&["--addr", "127.0.0.1:0"], dir.path());
+    let endpoint = wait_line(&mut p, "gateway MCP endpoint:");
+    let url = endpoint.rsplit(' ').next().unwrap().to_owned();
     let key_line = wait_line(&mut p, "API key (shown once):");
     let key = key_line.rsplit(' ').next().unwrap().to_owned();
-    wait_line(&mut p, "mcp-gateway listening on");
+    let listening = wait_line(&mut p, "mcp-gateway listening on");
+    let base = listening.rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(url, format!("{base}/mcp"));
+    assert!(!url.ends_with(":0/mcp"), "{url}");
     let c = client();
-    let url = format!("http://127.0.0.1:{port}/mcp");
     let r = modern(&c, &url, "tools/list", None, json!({}))
         .header("x-api-key", &key)
         .send()
@@ -567,7 +567,7 @@ async fn demo_mode_prints_a_key_that_works() {
         401
     );
     let r = c
-        .get(format!("http://127.0.0.1:{port}/api/audit/query?limit=1"))
+        .get(format!("{base}/api/audit/query?limit=1"))
         .header("x-api-key", &key)
         .send()
         .await
