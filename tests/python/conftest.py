@@ -39,11 +39,18 @@ class Process:
         self.name, self.proc, self.log, self.addr = name, proc, log, addr
 
     def state(self) -> str:
-        """For failure messages: whether it still runs, and the end of its log."""
+        """For failure messages: whether it still runs, the end of its log, and the
+        machine's TCP sockets (a client refused while the server runs may have found no
+        free local port: `tw` counts the sockets in TIME_WAIT)."""
         code = self.proc.poll()
         status = "still running" if code is None else f"exited with {code}"
         tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-        return f"{self.name} {status}; the end of its log ({self.log}):\n{tail}"
+        tcp = _read_first("/proc/net/sockstat", "TCP:")
+        ports = _read_first("/proc/sys/net/ipv4/ip_local_port_range", "")
+        return (
+            f"{self.name} {status}; sockets: {tcp}; local ports: {ports}; "
+            f"the end of its log ({self.log}):\n{tail}"
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -52,6 +59,15 @@ class Process:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _read_first(path: str, prefix: str) -> str:
+    """The first line of `path` that starts with `prefix`, or "unknown"."""
+    try:
+        with open(path) as f:
+            return next((line.strip() for line in f if line.startswith(prefix)), "unknown")
+    except OSError:
+        return "unknown"
 
 
 _LISTENING = re.compile(r"listening on https?://(\S+?:\d+)")

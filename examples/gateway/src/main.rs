@@ -145,11 +145,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr, at the level of `MCP_GATEWAY_LOG` (default `info`); colored only on
+/// a terminal, so that a log file, journald or a container's log holds plain text.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
