@@ -53,12 +53,29 @@ class Process:
         )
 
     def stop(self) -> None:
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+# The servers the fixtures started and have not stopped: a failed test's report ends with
+# their state (see `pytest_runtest_makereport`).
+_RUNNING: list = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Adds a "servers" section to a failed test's report: whether each server the
+    fixtures started still runs, and the end of its log."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _RUNNING:
+        report.sections.append(("servers", "\n\n".join(p.state() for p in _RUNNING)))
 
 
 def _read_first(path: str, prefix: str) -> str:
@@ -87,6 +104,7 @@ def _start(name: str, args: list, log: pathlib.Path, **popen) -> Process:
         found = _LISTENING.search(log.read_text(errors="replace"))
         if found:
             process.addr = found[1]
+            _RUNNING.append(process)
             return process
         if proc.poll() is not None:
             break
