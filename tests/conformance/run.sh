@@ -115,6 +115,8 @@ run_suite() {
   if [[ ! -s "$WORK/$label.summary" ]]; then
     echo "conformance: FAILED: no summary from the suite for $label; its output:" >&2
     tail -40 "$WORK/$label.out" >&2
+    echo "--- the end of the $label's log" >&2
+    tail -20 "$WORK/$label.log" >&2 || true
     return 1
   fi
 }
@@ -144,6 +146,10 @@ else
       echo "--- $label: failing checks"
       grep -E 'FAILURE|✗' "$WORK/$label.out" | head -40 || true
     fi
+  done
+  for label in upstream gateway; do
+    echo "--- the end of the $label's log"
+    tail -20 "$WORK/$label.log" || true
   done
 fi
 exit "$status"
