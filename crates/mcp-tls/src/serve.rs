@@ -349,16 +349,11 @@ impl Server {
         // Every connection task holds a clone of `alive`: when the last is gone, this
         // loop's connections have all finished.
         let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
-        let handshake_timeout = if options.handshake_timeout.is_zero() {
-            Duration::from_secs(10)
-        } else {
-            options.handshake_timeout
-        };
-        let idle_timeout = if options.idle_timeout.is_zero() {
-            Duration::from_secs(30)
-        } else {
-            options.idle_timeout
-        };
+        // A zero timeout (which `ServerOptions::validate` refuses) is taken as the default.
+        let defaults = ServerOptions::default();
+        let or_default = |t: Duration, default: Duration| if t.is_zero() { default } else { t };
+        let handshake_timeout = or_default(options.handshake_timeout, defaults.handshake_timeout);
+        let idle_timeout = or_default(options.idle_timeout, defaults.idle_timeout);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

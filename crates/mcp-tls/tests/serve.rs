@@ -426,14 +426,14 @@ async fn kept_alive_connections_are_closed_once_idle_over_http1_and_http2() {
 async fn slow_and_streaming_responses_are_in_progress_not_idle() {
     use futures_util::StreamExt;
     async fn slow() -> &'static str {
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         "slow done"
     }
     async fn stream() -> axum::body::Body {
         // Three events with gaps longer than the idle timeout, as a quiet SSE stream.
         let events = futures_util::stream::iter(0..3).then(|i| async move {
             if i > 0 {
-                tokio::time::sleep(Duration::from_millis(700)).await;
+                tokio::time::sleep(Duration::from_millis(1000)).await;
             }
             Ok::<_, std::io::Error>(bytes::Bytes::from(format!("data: {i}\n\n")))
         });
@@ -443,7 +443,10 @@ async fn slow_and_streaming_responses_are_in_progress_not_idle() {
         .route("/slow", get(slow))
         .route("/stream", get(stream))
         .merge(echo_router());
-    let server = start_with(None, |s| s.idle_timeout(Duration::from_millis(300)), router).await;
+    // The gaps are twice the idle timeout or more; the margins (500 ms to reuse a
+    // connection after a stream, 800 ms for a request during one) leave room for a
+    // loaded machine.
+    let server = start_with(None, |s| s.idle_timeout(Duration::from_millis(500)), router).await;
     let out = http_get_plain(server.addr, "/slow").await;
     assert!(out.ends_with("slow done"), "{out}");
     let out = http_get_plain(server.addr, "/stream").await;
@@ -474,7 +477,7 @@ async fn slow_and_streaming_responses_are_in_progress_not_idle() {
     let (mut send, _conn) = http2_connection(server.addr).await;
     let resp = send.send_request(get("/stream")).await.unwrap();
     let body = tokio::spawn(http_body_util::BodyExt::collect(resp.into_body()));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     send.ready()
         .await
         .expect("the HTTP/2 connection was closed during a stream");
