@@ -4,7 +4,8 @@
 # 1. Installs what the tests need and the machine lacks: redis-server, PostgreSQL,
 #    openssl, curl, pebble (ACME test server), a Python venv with the `mcp` SDK and pytest
 #    (.venv), Node 22 and the MCP conformance suite from the npm registry (.tools).
-# 2. Checks formatting and lints (cargo fmt --check, clippy -D warnings).
+# 2. Checks formatting, lints and docs (cargo fmt --check, clippy -D warnings, cargo doc
+#    -D warnings).
 # 3. Runs the Rust tests of every crate (unit, integration over real sockets, doc tests).
 #    Tests that need redis-server or PostgreSQL start their own on free loopback ports and
 #    stop them after (crates/mcp-testkit).
@@ -79,6 +80,8 @@ if [ "${SKIP_LINT:-0}" != "1" ]; then
   cargo fmt --all -- --check
   step "cargo clippy (all targets, all features, -D warnings)"
   cargo clippy --workspace --all-targets --all-features -- -D warnings
+  step "cargo doc (every crate, all features, -D warnings: broken or private doc links)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 fi
 
 step "cargo test (every crate, all features)"

@@ -165,7 +165,9 @@ impl Default for ResultScanConfig {
 
 /// The compiled detectors: one regex set to tell whether anything matches, then one regex
 /// per detector to replace. In front of the set, a byte scan that tells when no built-in
-/// detector can match (see [`Gate`]) and the set of the configured PII patterns alone.
+/// detector can match (a search for the bytes every built-in pattern needs, checked
+/// against the full set by property tests) and the set of the configured PII patterns
+/// alone.
 #[derive(Debug)]
 pub struct Redactor {
     set: Option<RegexSet>,
