@@ -135,16 +135,16 @@ def _gateway_env() -> dict:
 def gateway():
     binary = _binary()
     work = tempfile.TemporaryDirectory()
-    dir = pathlib.Path(work.name)
+    work_dir = pathlib.Path(work.name)
     procs = []
     try:
         upstream = _start(
             "the demo upstream",
             [binary, "demo-upstream", "--addr", "127.0.0.1:0"],
-            dir / "upstream.log",
+            work_dir / "upstream.log",
         )
         procs.append(upstream)
-        config = dir / "gateway.yaml"
+        config = work_dir / "gateway.yaml"
         config.write_text(f"""
 server:
   addr: "127.0.0.1:0"
@@ -164,17 +164,17 @@ ratelimit:
 audit:
   enabled: true
   database:
-    sqlitePath: "{dir}/audit.db"
+    sqlitePath: "{work_dir}/audit.db"
 upstreams:
   - name: demo
     path: /mcp
     url: "http://{upstream.addr}/mcp"
 """)
         env = dict(_gateway_env(), PY_API_KEY=API_KEY, PY_JWT_SECRET=JWT_SECRET)
-        gw = _start("the gateway", [binary, "--config", str(config)], dir / "gateway.log", env=env)
+        gw = _start("the gateway", [binary, "--config", str(config)], work_dir / "gateway.log", env=env)
         procs.append(gw)
         _wait(f"http://{gw.addr}/healthz")
-        yield {"url": f"http://{gw.addr}/mcp", "audit_db": f"{dir}/audit.db", "procs": procs}
+        yield {"url": f"http://{gw.addr}/mcp", "audit_db": f"{work_dir}/audit.db"}
     finally:
         for p in procs:
             p.stop()
@@ -188,11 +188,11 @@ def demo_gateway():
     key and the process (for failure messages)."""
     binary = _binary()
     work = tempfile.TemporaryDirectory()
-    dir = pathlib.Path(work.name)
+    work_dir = pathlib.Path(work.name)
     gw = _start(
         "the demo gateway",
         [binary, "--addr", "127.0.0.1:0"],
-        dir / "gateway.log", cwd=work.name, env=_gateway_env(),
+        work_dir / "gateway.log", cwd=work.name, env=_gateway_env(),
     )
     try:
         _wait(f"http://{gw.addr}/healthz")

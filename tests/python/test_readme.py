@@ -2,8 +2,8 @@
 to `127.0.0.1:8080` are pasted into one bash session, in order, against `mcp-gateway`
 started with no configuration. Only two things are substituted, as a reader would: the
 port (8080 -> the one the kernel gave the gateway, so the test never collides with a
-gateway already running) and
-the placeholder `'paste the printed key here'` (-> the key the gateway printed)."""
+gateway already running) and the placeholder `'paste the printed key here'` (-> the key
+the gateway printed)."""
 
 import re
 import shlex

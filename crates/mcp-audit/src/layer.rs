@@ -17,10 +17,11 @@
 //! A request abandoned before its response (the client disconnected, or the connection
 //! or a timeout dropped it while the upstream was still working) is recorded too, with
 //! the outcome `cancelled`; so is a successful `POST` whose response body the client did
-//! not take to its end (it hung up during an SSE stream), with its HTTP status. Its caller and call come from the [`RequestFacts`] this layer
-//! puts in the request extensions, where the suite's authentication and parse layers note
-//! the [`Principal`] and the [`McpRequest`] as they establish them: a client that starts a
-//! tool call and hangs up cannot leave an anonymous record.
+//! not take to its end (it hung up during an SSE stream), with its HTTP status. Its
+//! caller and call come from the [`RequestFacts`] this layer puts in the request
+//! extensions, where the suite's authentication and parse layers note the [`Principal`]
+//! and the [`McpRequest`] as they establish them: a client that starts a tool call and
+//! hangs up cannot leave an anonymous record.
 //!
 //! The client IP is the [`ClientAddr`] in the request extensions (set by
 //! [`mcp_core::ClientAddrLayer`] outside this layer), else the peer address

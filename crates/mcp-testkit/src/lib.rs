@@ -358,21 +358,29 @@ impl PostgresServer {
         self.port
     }
 
-    /// Stops the server abruptly (SIGKILL) and waits for it.
+    /// Stops the server abruptly (SIGKILL, the postmaster and every process it started)
+    /// and waits until they are all gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // The postmaster's processes (backends, checkpointer, WAL writer, ...) outlive
+            // it for a moment after a SIGKILL and still hold its shared memory and
+            // possibly the listening socket: a restart in that moment fails ("pre-existing
+            // shared memory block is still in use"). They are killed with it, and waited
+            // for; a backend forked just before the kill is caught by the port check.
+            let family = children_of(c.id());
             let _ = c.kill();
             let _ = c.wait();
-            // A killed postmaster leaves its pid file; postgres removes a stale one itself.
-            // A backend forked just before the kill may still hold the listening socket
-            // for a moment (it closes it early in its start, and exits when it sees the
-            // postmaster gone): wait until the port refuses connections, so that the
-            // server is really gone when this returns.
+            if !family.is_empty() {
+                let _ = Command::new("kill").arg("-KILL").args(&family).status();
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            while Instant::now() < deadline
+                && (family.iter().any(|pid| running(pid))
+                    || TcpStream::connect(("127.0.0.1", self.port)).is_ok())
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // A killed postmaster leaves its pid file; postgres removes a stale one itself.
         }
     }
 
@@ -423,6 +431,37 @@ fn postgres_ids() -> (u32, u32) {
 
 /// A command for a PostgreSQL program, run as the `postgres` user when we are root (the
 /// process is the program itself, so killing it kills the server).
+/// The state and parent of a process, from `/proc/PID/stat`
+/// ("PID (COMM) STATE PPID ...", where COMM may hold spaces and parentheses).
+fn state_and_parent(stat: &str) -> Option<(&str, &str)> {
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    Some((rest.next()?, rest.next()?))
+}
+
+/// Whether process `pid` still runs: it exists and is not a zombie (a zombie has let go
+/// of its memory and sockets; whether it is reaped depends on the machine's init).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
+        .ok()
+        .and_then(|stat| state_and_parent(&stat).map(|(state, _)| state != "Z" && state != "X"))
+        .unwrap_or(false)
+}
+
+/// The ids of the processes whose parent is `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parent = pid.to_string();
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (_, ppid) = state_and_parent(&stat)?;
+            (ppid == parent).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
 fn as_pg_user(root: bool, program: &Path) -> Command {
     use std::os::unix::process::CommandExt;
     let mut c = Command::new(program);
@@ -443,6 +482,34 @@ impl Drop for PostgresServer {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn children_are_found_and_seen_to_stop_running() {
+        assert_eq!(state_and_parent("42 (a (b) c) S 7 42 0"), Some(("S", "7")));
+        assert_eq!(state_and_parent("42 (x"), None);
+        let mut sh = Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let kids = loop {
+            let kids = children_of(sh.id());
+            if !kids.is_empty() || Instant::now() > deadline {
+                break kids;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(kids.len(), 1, "{kids:?}");
+        assert!(running(&kids[0]));
+        assert!(running(&sh.id().to_string()));
+        Command::new("kill")
+            .args(["-KILL", &kids[0]])
+            .status()
+            .unwrap();
+        sh.wait().unwrap(); // the shell reaps its child, then exits
+        assert!(!running(&kids[0]));
+        assert!(!running(&sh.id().to_string()));
+    }
 
     #[test]
     fn a_server_whose_port_was_taken_is_seen_as_such_and_moved() {
