@@ -27,7 +27,10 @@ use crate::api_key::{ApiKeyAuthenticator, CredentialEntry};
 use crate::basic::{BasicAuthenticator, BasicUser};
 use crate::bearer::BearerTokenAuthenticator;
 use crate::error::ConfigError;
-use crate::jwt::{JwtAuthenticator, JwtIssuer, parse_algorithm};
+use crate::jwt::{
+    ALGORITHMS_RULE, JwtAuthenticator, JwtIssuer, family_is_hmac, parse_algorithm,
+    shared_secret_problem,
+};
 use crate::layer::{AuthLayer, AuthLayerBuilder};
 use crate::metadata::ProtectedResourceMetadata;
 use crate::mtls::{ClientCertAuthenticator, IdentityField};
@@ -248,8 +251,15 @@ impl JwtIssuerConfig {
                 .collect::<Result<Vec<_>, _>>()?;
             i = i.algorithms(algs);
         }
+        let algorithm = |name: &str, field: &str| {
+            parse_algorithm(name)
+                .map_err(|_| ConfigError::invalid(format!("{key}.{field}"), ALGORITHMS_RULE))
+        };
         if let Some(s) = &self.secret {
-            let alg = parse_algorithm(self.secret_algorithm.as_deref().unwrap_or("HS256"))?;
+            let alg = algorithm(
+                self.secret_algorithm.as_deref().unwrap_or("HS256"),
+                "secretAlgorithm",
+            )?;
             i = i.hmac_secret(alg, s.clone());
         }
         if let Some(p) = &self.public_key_file {
@@ -259,7 +269,7 @@ impl JwtIssuerConfig {
                     "required with publicKeyFile",
                 )
             })?;
-            i = i.public_key_pem_file(parse_algorithm(alg)?, p.clone());
+            i = i.public_key_pem_file(algorithm(alg, "publicKeyAlgorithm")?, p.clone());
         }
         if let Some(p) = &self.jwks_file {
             i = i.jwks_file(p.clone());
@@ -550,11 +560,25 @@ impl AuthConfig {
         let mut issuers = Vec::new();
         if let Some(secret) = &self.jwt_secret {
             let alg = parse_algorithm(self.jwt_algorithm.as_deref().unwrap_or("HS256"))?;
-            issuers.push(JwtIssuer::any().hmac_secret(alg, secret.clone()));
+            // Checked here so that the error names the seed's keys.
+            if let Some(problem) = shared_secret_problem(alg, secret.expose().len()) {
+                let key = if family_is_hmac(alg) {
+                    "auth.jwtSecret"
+                } else {
+                    "auth.jwtAlgorithm"
+                };
+                return Err(ConfigError::invalid(key, problem));
+            }
+            issuers.push(
+                JwtIssuer::any()
+                    .hmac_secret(alg, secret.clone())
+                    .config_key("auth.jwtSecret"),
+            );
         }
         let cfg = self.jwt.clone().unwrap_or_default();
         for (i, ic) in cfg.issuers.iter().enumerate() {
-            issuers.push(ic.issuer(&format!("auth.jwt.issuers[{i}]"))?);
+            let key = format!("auth.jwt.issuers[{i}]");
+            issuers.push(ic.issuer(&key)?.config_key(key));
         }
         if issuers.is_empty() {
             return Ok(None);
@@ -679,5 +703,40 @@ mod tests {
         .unwrap();
         assert!(dated.api_keys[0].expires_at.is_some());
         dated.build().unwrap();
+    }
+
+    #[test]
+    fn jwt_errors_name_the_key_written_in_the_file() {
+        let build = |v: serde_json::Value| {
+            let c: AuthConfig = serde_json::from_value(v).unwrap();
+            c.build().unwrap_err()
+        };
+        // The seed's own example secret (19 bytes) is too short for HS256.
+        let e = build(serde_json::json!({
+            "enabled": true, "mode": "jwt", "jwtSecret": "your-jwt-secret-key"
+        }));
+        assert_eq!(e.key(), "auth.jwtSecret", "{e}");
+        assert!(e.to_string().contains("32 bytes"), "{e}");
+        assert!(!e.to_string().contains("your-jwt-secret-key"), "{e}");
+        // A shared secret with a public-key algorithm.
+        let e = build(serde_json::json!({
+            "enabled": true, "mode": "jwt", "jwtSecret": "x".repeat(40), "jwtAlgorithm": "RS256"
+        }));
+        assert_eq!(e.key(), "auth.jwtAlgorithm", "{e}");
+        assert!(e.to_string().contains("public key"), "{e}");
+        // With jwtSecret in front, the file's first issuer is still issuers[0].
+        let e = build(serde_json::json!({
+            "enabled": true, "mode": "jwt", "jwtSecret": "x".repeat(40),
+            "jwt": {"issuers": [{"issuer": "https://idp.example", "secret": "short"}]}
+        }));
+        assert_eq!(e.key(), "auth.jwt.issuers[0].keys[0]", "{e}");
+        let e = build(serde_json::json!({
+            "enabled": true, "mode": "jwt",
+            "jwt": {"issuers": [
+                {"issuer": "https://a.example", "secret": "y".repeat(40)},
+                {"issuer": "https://b.example", "secret": "y".repeat(40), "secretAlgorithm": "HS999"}
+            ]}
+        }));
+        assert_eq!(e.key(), "auth.jwt.issuers[1].secretAlgorithm", "{e}");
     }
 }

@@ -78,13 +78,13 @@ const ASYMMETRIC: &[Algorithm] = &[
 /// Parses an algorithm name (`"HS256"`, `"RS256"`, `"EdDSA"`, ...); `none` and unknown
 /// names are errors.
 pub fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
-    Algorithm::from_str(name.trim()).map_err(|_| {
-        ConfigError::invalid(
-            "auth.jwtAlgorithm",
-            "must be one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
-        )
-    })
+    Algorithm::from_str(name.trim())
+        .map_err(|_| ConfigError::invalid("auth.jwtAlgorithm", ALGORITHMS_RULE))
 }
+
+/// The rule an unknown algorithm name breaks.
+pub(crate) const ALGORITHMS_RULE: &str =
+    "must be one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA";
 
 fn family(alg: Algorithm) -> AlgorithmFamily {
     match alg {
@@ -171,6 +171,8 @@ pub struct JwtIssuer {
     require_exp: bool,
     required_claims: Vec<String>,
     principal_claim: String,
+    /// Where the issuer is configured, for error messages (default `auth.jwt.issuers[i]`).
+    config_key: Option<String>,
 }
 
 impl JwtIssuer {
@@ -199,6 +201,7 @@ impl JwtIssuer {
             require_exp: true,
             required_claims: Vec::new(),
             principal_claim: "sub".into(),
+            config_key: None,
         }
     }
 
@@ -346,6 +349,12 @@ impl JwtIssuer {
     /// The claim holding the principal id (default `sub`).
     pub fn principal_claim(mut self, claim: impl Into<String>) -> Self {
         self.principal_claim = claim.into();
+        self
+    }
+
+    /// Names the configuration key of this issuer in build errors.
+    pub(crate) fn config_key(mut self, key: impl Into<String>) -> Self {
+        self.config_key = Some(key.into());
         self
     }
 }
@@ -1000,7 +1009,10 @@ impl JwtAuthenticatorBuilder {
         let mut names = std::collections::HashSet::new();
         let mut issuers = Vec::new();
         for (i, spec) in self.issuers.into_iter().enumerate() {
-            let key = format!("auth.jwt.issuers[{i}]");
+            let key = spec
+                .config_key
+                .clone()
+                .unwrap_or_else(|| format!("auth.jwt.issuers[{i}]"));
             if !names.insert(spec.issuer.clone()) {
                 return Err(ConfigError::invalid(key, "two issuers have the same iss"));
             }
@@ -1018,6 +1030,27 @@ impl JwtAuthenticatorBuilder {
             }),
         })
     }
+}
+
+/// Whether `alg` is one of HS256, HS384, HS512.
+pub(crate) fn family_is_hmac(alg: Algorithm) -> bool {
+    family(alg) == AlgorithmFamily::Hmac
+}
+
+/// Whether `alg` can verify with a shared secret `len` bytes long: the reason if not.
+pub(crate) fn shared_secret_problem(alg: Algorithm, len: usize) -> Option<String> {
+    if family(alg) != AlgorithmFamily::Hmac {
+        return Some(format!(
+            "{alg:?} verifies with a public key, not a shared secret: use HS256, HS384 or \
+             HS512 with a secret, or a PEM key or JWKS for {alg:?}"
+        ));
+    }
+    (len < min_secret_len(alg)).then(|| {
+        format!(
+            "the {alg:?} secret must be at least {} bytes (RFC 7518 section 3.2)",
+            min_secret_len(alg)
+        )
+    })
 }
 
 fn min_secret_len(alg: Algorithm) -> usize {

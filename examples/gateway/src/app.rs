@@ -183,7 +183,9 @@ pub fn router(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
-        .with_state(ops);
+        .with_state(ops)
+        // The operational endpoints (and their 405s) carry the security headers too.
+        .layer(option_layer(layers.security_headers.clone()));
     router = router.merge(ops_router);
     if let Some(query) = layers.auditor.as_ref().and_then(|a| a.query_service()) {
         // Authenticated, and the query service itself requires the audit scope.
@@ -197,7 +199,20 @@ pub fn router(
             .service(query);
         router = router.route_service("/api/audit/query", stack);
     }
+    // So does the 404 of a path the gateway does not serve.
+    let router = router.fallback_service(
+        ServiceBuilder::new()
+            .layer(option_layer(layers.security_headers.clone()))
+            .service_fn(not_found),
+    );
     Ok(router.layer(ClientAddrLayer::new(trusted)))
+}
+
+/// The answer to a path the gateway does not serve.
+async fn not_found(_: Request<Body>) -> Result<Response<Body>, Infallible> {
+    let mut r = Response::new(Body::from("not found\n"));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    Ok(r)
 }
 
 async fn readyz(State(ops): State<OpsState>) -> Response<Body> {

@@ -85,8 +85,8 @@ pub struct ServerConfig {
     /// Listen address (seed key).
     pub addr: String,
     /// Seed key (`sse`, `http`, `streamable-http`): accepted; the gateway always serves
-    /// Streamable HTTP.
-    pub mode: Option<String>,
+    /// Streamable HTTP. Any other value (a typo, `stdio`) is refused.
+    pub mode: Option<ServerMode>,
     /// TLS (seed keys).
     pub tls: Option<mcp_tls::TlsConfig>,
     /// Allow authentication off on a non-loopback address.
@@ -208,13 +208,45 @@ impl Default for MonitoringConfig {
     }
 }
 
+/// `server.mode` (seed key). The gateway serves Streamable HTTP whichever is named; the
+/// values are checked so that a typo does not pass unnoticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ServerMode {
+    /// `sse`: the seed's HTTP+SSE transport, which Streamable HTTP replaced (noted by
+    /// `check` as served differently).
+    #[serde(rename = "sse", alias = "SSE")]
+    Sse,
+    /// `http`.
+    #[serde(rename = "http", alias = "HTTP")]
+    Http,
+    /// `streamable-http`.
+    #[serde(
+        rename = "streamable-http",
+        alias = "streamable_http",
+        alias = "streamableHttp"
+    )]
+    StreamableHttp,
+}
+
 /// `monitoring.anomaly_detection` (seed key; accepted, no effect: the guide does not say
 /// what it detects).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnomalyDetection {
     pub enabled: bool,
-    pub sensitivity: Option<String>,
+    pub sensitivity: Option<Sensitivity>,
+}
+
+/// `monitoring.anomaly_detection.sensitivity` (seed key): checked, no effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensitivity {
+    /// `low`.
+    Low,
+    /// `medium`.
+    Medium,
+    /// `high`.
+    High,
 }
 
 /// One entry of `upstreams`.
@@ -347,11 +379,7 @@ impl Loaded {
                 "not used: the gateway logs through tracing to stderr (MCP_GATEWAY_LOG sets the filter)",
             ));
         }
-        if c.server
-            .mode
-            .as_deref()
-            .is_some_and(|m| m.eq_ignore_ascii_case("sse"))
-        {
+        if c.server.mode == Some(ServerMode::Sse) {
             keys.push((
                 "server.mode",
                 "the gateway serves Streamable HTTP (which replaced HTTP+SSE); SSE responses are streamed within it",
@@ -380,6 +408,11 @@ impl Loaded {
                 None => format!("{}: {key}: {why}", self.file),
             })
             .collect()
+    }
+
+    /// Whether the file writes `key` (dotted path).
+    pub fn has_key(&self, key: &str) -> bool {
+        find_line(&self.text, key).is_some()
     }
 
     /// A rule error at `key` (dotted path), with the line found in the file if any.
@@ -937,6 +970,33 @@ security:
                 .unwrap()
                 .inert_settings()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn seed_values_without_effect_are_still_checked() {
+        for (text, line, key) in [
+            ("server:\n  mode: stdio\n", 2, "server.mode"),
+            (
+                "server:\n  addr: \"127.0.0.1:0\"\n  mode: streamble-http\n",
+                3,
+                "server.mode",
+            ),
+            (
+                "monitoring:\n  anomaly_detection:\n    enabled: true\n    sensitivity: extreme\n",
+                4,
+                "monitoring.anomaly_detection.sensitivity",
+            ),
+        ] {
+            let e = parse(text, "f.yaml", &env_of(&[])).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("f.yaml:{line}: {key}")), "{e}");
+        }
+        let text = "server:\n  mode: SSE\nmonitoring:\n  anomaly_detection: {enabled: true, sensitivity: medium}\n";
+        let l = parse(text, "f.yaml", &env_of(&[])).unwrap();
+        assert_eq!(l.config.server.mode, Some(ServerMode::Sse));
+        assert_eq!(
+            l.config.monitoring.anomaly_detection.unwrap().sensitivity,
+            Some(Sensitivity::Medium)
         );
     }
 

@@ -69,7 +69,9 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
             return Err(loaded.error(&key("url"), "is required"));
         }
     }
-    if let Some(tls) = &cfg.server.tls {
+    // `server.tls.enabled: false` (the fetchfy seed's switch) serves plain HTTP: the rest
+    // of the section is kept for later and not checked.
+    if let Some(tls) = cfg.server.tls.as_ref().filter(|t| t.enabled) {
         tls.validate().map_err(|e| {
             // mcp-tls names the key first ("server.tls.x: rule").
             let msg = e.to_string();
@@ -78,6 +80,23 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
                 _ => loaded.error("server.tls", msg),
             }
         })?;
+    }
+    // mcp-sanitize's own body limit and Origin/Host guard are set by the gateway from
+    // `server.*` (one limit, one guard for every layer): written under `sanitization`
+    // they would be overwritten without a word.
+    for (key, instead) in [
+        ("sanitization.max_body_bytes", "server.maxBodyBytes"),
+        (
+            "sanitization.origin",
+            "server.allowedOrigins and server.allowedHosts",
+        ),
+    ] {
+        if loaded.has_key(key) {
+            return Err(loaded.error(
+                key,
+                format!("set by the gateway from {instead}: write it there"),
+            ));
+        }
     }
     if cfg.server.workers > MAX_WORKERS {
         return Err(loaded.error(

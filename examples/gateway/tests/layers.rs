@@ -420,6 +420,74 @@ async fn a_call_abandoned_before_its_response_is_audited_and_counted_with_caller
 }
 
 #[tokio::test]
+async fn security_headers_on_every_response_of_the_gateway() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let extra = r#"security:
+  headers:
+    X-Frame-Options: "SAMEORIGIN"
+    Permissions-Policy: "interest-cohort=()"
+    Strict-Transport-Security: "max-age=60"
+"#;
+    let db = dir.path().join("a.db");
+    // A TLS section switched off (the fetchfy seed's `tls.enabled: false`): plain HTTP.
+    let yaml = with_server_keys(
+        &base_config(&upstream, &db, extra),
+        "  tls:\n    enabled: false\n    minVersion: TLS1.3\n",
+    );
+    let (_gw, base) = start_gateway(dir.path(), &yaml);
+    assert!(base.starts_with("http://"), "{base}");
+    let url = format!("{base}/mcp");
+    let c = client();
+    let tools = |key: Option<&str>| {
+        let r = modern(&c, &url, "tools/list", None, json!({}));
+        match key {
+            Some(k) => r.header("x-api-key", k),
+            None => r,
+        }
+    };
+    let cases = [
+        ("an MCP response", tools(Some(KEY)), 200),
+        ("a rejection", tools(None), 401),
+        ("/healthz", c.get(format!("{base}/healthz")), 200),
+        ("/readyz", c.get(format!("{base}/readyz")), 200),
+        ("/metrics", c.get(format!("{base}/metrics")), 200),
+        ("a wrong method", c.post(format!("{base}/healthz")), 405),
+        ("an unknown path", c.get(format!("{base}/admin")), 404),
+        (
+            "the audit query",
+            c.get(format!("{base}/api/audit/query?limit=1"))
+                .header("x-api-key", KEY),
+            200,
+        ),
+    ];
+    for (what, req, status) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let h = r.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        // Configured values replace or add to the defaults.
+        assert_eq!(get("x-frame-options"), "SAMEORIGIN", "{what}: {h:?}");
+        assert_eq!(get("permissions-policy"), "interest-cohort=()", "{what}");
+        // The defaults stay, once each.
+        assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(
+            h.get_all("x-content-type-options").iter().count(),
+            1,
+            "{what}"
+        );
+        assert_eq!(get("referrer-policy"), "no-referrer", "{what}");
+        assert!(
+            get("content-security-policy").contains("default-src 'none'"),
+            "{what}"
+        );
+        // HSTS over plain HTTP would be ignored by browsers and misleading.
+        assert!(!h.contains_key("strict-transport-security"), "{what}");
+        assert!(!h.contains_key("server"), "{what}");
+    }
+}
+
+#[tokio::test]
 async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     let dir = tempdir();
     let write = |name: &str, text: &str| {
@@ -525,6 +593,52 @@ async fn configuration_errors_name_file_line_key_and_never_the_secret() {
         err.contains("unknown.yaml") && err.contains("adrr"),
         "{err}"
     );
+    // TLS switched off (the fetchfy seed's `tls.enabled: false`): the rest of the section
+    // is not required (the security headers test serves with such a section).
+    let tls_off = write(
+        "tls_off.yaml",
+        &format!(
+            "server:\n  addr: \"127.0.0.1:0\"\n  tls:\n    enabled: false\n    minVersion: TLS1.3\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"
+        ),
+    );
+    let (code, out, err) = run(&["check", "--config", &tls_off], dir.path(), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The same section switched on needs its certificate.
+    let tls_on = write(
+        "tls_on.yaml",
+        &format!(
+            "server:\n  addr: \"127.0.0.1:0\"\n  tls:\n    enabled: true\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"
+        ),
+    );
+    let (code, _, err) = run(&["check", "--config", &tls_on], dir.path(), &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("server.tls.certFile"), "{err}");
+    // Seed values that have no effect are still checked: a typo is named.
+    let mode = write(
+        "mode.yaml",
+        &format!("server:\n  addr: \"127.0.0.1:0\"\n  mode: stdio\n{up}"),
+    );
+    let (code, _, err) = run(&["check", "--config", &mode], dir.path(), &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("mode.yaml:3: server.mode"), "{err}");
+    // A layer setting the gateway sets itself, from `server.*`, is not silently overridden.
+    for (section, bad_line, key) in [
+        (
+            "sanitization:\n  enabled: true\n  max_body_bytes: 10\n",
+            "max_body_bytes: 10",
+            "sanitization.max_body_bytes",
+        ),
+        (
+            "sanitization:\n  origin: {allowed_hosts: [a.example]}\n",
+            "origin: {allowed_hosts: [a.example]}",
+            "sanitization.origin",
+        ),
+    ] {
+        let yaml = format!(
+            "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{section}{up}"
+        );
+        assert_check_refuses(dir.path(), &yaml, bad_line, key);
+    }
     // keygen prints a key that the policy accepts.
     let (code, key, _) = run(&["keygen"], dir.path(), &[]);
     assert_eq!(code, 0);
