@@ -147,25 +147,29 @@ impl Layers {
             let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
             layers.authorize = Some(AuthorizeLayer::new(policy));
         }
-        if cfg.ratelimit.enabled {
-            let rl = &cfg.ratelimit;
-            let ip_cfg = match &cfg.ip_ratelimit {
-                Some(c) => c.clone(),
-                None => {
-                    let mut c = mcp_ratelimit::RateLimitConfig::per_second(
-                        (rl.requests_per_second * 2.0).min(1_000_000.0),
-                        rl.burst
-                            .unwrap_or(rl.requests_per_second.ceil() as u32)
-                            .saturating_mul(2)
-                            .clamp(1, 1_000_000),
-                    );
-                    c.whitelist = rl.whitelist.clone();
-                    c.blacklist = rl.blacklist.clone();
-                    c.cleanup_interval = rl.cleanup_interval;
-                    c.max_keys = rl.max_keys;
-                    c
-                }
-            };
+        // The per-IP shield: `ip_ratelimit` when written (it has its own `enabled`, so it
+        // also stands alone with `ratelimit.enabled: false`), else derived from
+        // `ratelimit`.
+        let rl = &cfg.ratelimit;
+        let ip_cfg = match &cfg.ip_ratelimit {
+            Some(c) => Some(c.clone()),
+            None if rl.enabled => Some({
+                let mut c = mcp_ratelimit::RateLimitConfig::per_second(
+                    (rl.requests_per_second * 2.0).min(1_000_000.0),
+                    rl.burst
+                        .unwrap_or(rl.requests_per_second.ceil() as u32)
+                        .saturating_mul(2)
+                        .clamp(1, 1_000_000),
+                );
+                c.whitelist = rl.whitelist.clone();
+                c.blacklist = rl.blacklist.clone();
+                c.cleanup_interval = rl.cleanup_interval;
+                c.max_keys = rl.max_keys;
+                c
+            }),
+            None => None,
+        };
+        if let Some(ip_cfg) = ip_cfg.filter(|c| c.enabled) {
             let ip_cfg = mcp_ratelimit::RateLimitConfig {
                 name: if ip_cfg.name == "default" {
                     "ip".into()
@@ -175,12 +179,12 @@ impl Layers {
                 key: KeySpec::ip(),
                 ..ip_cfg
             };
-            if ip_cfg.enabled {
-                layers.ip_limit = Some(
-                    RateLimitLayer::new(ip_cfg)
-                        .map_err(|e| loaded.error("ip_ratelimit", e.to_string()))?,
-                );
-            }
+            layers.ip_limit = Some(
+                RateLimitLayer::new(ip_cfg)
+                    .map_err(|e| loaded.error("ip_ratelimit", e.to_string()))?,
+            );
+        }
+        if rl.enabled {
             let mut p = rl.clone();
             if p.key == KeySpec::ip() {
                 p.key = KeySpec::principal();

@@ -268,6 +268,35 @@ async fn rate_limits_per_principal_and_per_ip_and_lists() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+
+    // An `ip_ratelimit` section stands on its own: with the per-principal limits off, the
+    // shield still stops a flood of bad keys (and good ones over its rate).
+    let dir3 = tempdir();
+    let yaml = base_config(
+        &upstream,
+        &dir3.path().join("c.db"),
+        "ip_ratelimit:\n  requests_per_second: 0.5\n  burst: 4\n",
+    )
+    .replace(
+        "ratelimit:\n  enabled: true\n",
+        "ratelimit:\n  enabled: false\n",
+    );
+    let (_gw3, base3) = start_gateway(dir3.path(), &yaml);
+    let url3 = format!("{base3}/mcp");
+    let call3 =
+        |k: &str| call_tool(&c, &url3, "echo", json!({"message": "m"})).header("x-api-key", k);
+    let mut statuses = Vec::new();
+    for k in [
+        KEY,
+        "Wrong123!@#Wrong123!@#",
+        KEY2,
+        "Wrong123!@#Wrong123!@#",
+        KEY,
+        KEY2,
+    ] {
+        statuses.push(call3(k).send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 401, 200, 401, 429, 429]);
 }
 
 #[tokio::test]
