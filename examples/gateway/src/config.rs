@@ -6,7 +6,8 @@
 //! `server.trustedProxies`, `auth.keys`, `auth.jwt`, `policy`, `layers`, ...) are added
 //! beside them. `${VAR}` in any string value is replaced by the environment variable
 //! (an unset variable is an error naming it); `MCP_AUTH_ENABLED`, `MCP_AUTH_MODE` and
-//! `MCP_AUTH_API_KEY` override the file.
+//! `MCP_AUTH_API_KEY` override the file, after ContextForge's `MCPGATEWAY_*` variables
+//! (`apply_env_overrides`).
 //!
 //! Errors name the file, the line and the key, and say what is wrong; they never print a
 //! secret.
@@ -364,6 +365,8 @@ pub struct Loaded {
     pub config: Config,
     pub file: String,
     text: String,
+    /// Notes on environment variables accepted without effect (`MCPGATEWAY_UI_ENABLED=true`, ...).
+    env_notes: Vec<String>,
 }
 
 impl Loaded {
@@ -407,6 +410,7 @@ impl Loaded {
                 Some(line) => format!("{}:{line}: {key}: {why}", self.file),
                 None => format!("{}: {key}: {why}", self.file),
             })
+            .chain(self.env_notes.iter().cloned())
             .collect()
     }
 
@@ -459,7 +463,7 @@ pub fn parse(
         value = Value::Mapping(Default::default());
     }
     expand(&mut value, &mut Vec::new(), text, file, env)?;
-    apply_env_overrides(&mut value, env, file)?;
+    let env_notes = apply_env_overrides(&mut value, env, file)?;
     let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         let last = key.rsplit('.').next().unwrap_or("");
@@ -482,6 +486,7 @@ pub fn parse(
         config,
         file: file.to_owned(),
         text: text.to_owned(),
+        env_notes,
     })
 }
 
@@ -576,11 +581,60 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
     Ok(out)
 }
 
+/// A boolean environment variable (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`).
+fn env_bool(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>, ConfigError> {
+    let Some(v) = env(name) else {
+        return Ok(None);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(Some(true)),
+        "false" | "0" | "no" | "off" => Ok(Some(false)),
+        _ => Err(env_error(name, "must be true or false")),
+    }
+}
+
+fn env_error(name: &str, message: &str) -> ConfigError {
+    ConfigError::Rule {
+        file: "environment".into(),
+        line: None,
+        key: name.into(),
+        message: message.into(),
+    }
+}
+
+/// The mapping at `key` of `root`, created when absent or null. `None` when the file
+/// holds something else there (deserialization then names the key).
+fn section<'a>(
+    root: &'a mut serde_yaml_ng::Mapping,
+    key: &str,
+) -> Option<&'a mut serde_yaml_ng::Mapping> {
+    let v = root
+        .entry(Value::String(key.into()))
+        .or_insert_with(|| Value::Mapping(Default::default()));
+    if v.is_null() {
+        *v = Value::Mapping(Default::default());
+    }
+    match v {
+        Value::Mapping(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn set(map: Option<&mut serde_yaml_ng::Mapping>, key: &str, value: Value) {
+    if let Some(m) = map {
+        m.insert(Value::String(key.into()), value);
+    }
+}
+
+/// The environment variables of the seeds, applied over the file: first ContextForge's
+/// (`MCPGATEWAY_*`, contextforge-securing.md), then the cloud-native guide's
+/// `MCP_AUTH_ENABLED`, `MCP_AUTH_MODE` and `MCP_AUTH_API_KEY`, which win. Returns notes on
+/// the variables that name a feature the gateway does not have.
 fn apply_env_overrides(
     v: &mut Value,
     env: &dyn Fn(&str) -> Option<String>,
     file: &str,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<String>, ConfigError> {
     let Value::Mapping(root) = v else {
         return Err(ConfigError::Invalid {
             file: file.to_owned(),
@@ -589,42 +643,147 @@ fn apply_env_overrides(
             message: "the configuration must be a mapping".into(),
         });
     };
-    let auth = root
-        .entry(Value::String("auth".into()))
-        .or_insert_with(|| Value::Mapping(Default::default()));
-    if auth.is_null() {
-        *auth = Value::Mapping(Default::default());
-    }
-    let Value::Mapping(auth) = auth else {
-        return Ok(());
-    };
-    // Secure defaults: authentication on, API keys.
-    auth.entry(Value::String("enabled".into()))
-        .or_insert(Value::Bool(true));
-    auth.entry(Value::String("mode".into()))
-        .or_insert(Value::String("apikey".into()));
-    if let Some(enabled) = env("MCP_AUTH_ENABLED") {
-        let b = match enabled.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => true,
-            "false" | "0" | "no" | "off" => false,
-            _ => {
-                return Err(ConfigError::Rule {
-                    file: "environment".into(),
-                    line: None,
-                    key: "MCP_AUTH_ENABLED".into(),
-                    message: "must be true or false".into(),
-                });
-            }
+    let mut notes = Vec::new();
+    {
+        let auth = section(root, "auth");
+        let Some(auth) = auth else {
+            return Ok(notes);
         };
-        auth.insert(Value::String("enabled".into()), Value::Bool(b));
+        // Secure defaults: authentication on, API keys.
+        auth.entry(Value::String("enabled".into()))
+            .or_insert(Value::Bool(true));
+        auth.entry(Value::String("mode".into()))
+            .or_insert(Value::String("apikey".into()));
+    }
+
+    // ContextForge.
+    if let Some(b) = env_bool(env, "MCPGATEWAY_AUTH_ENABLED")? {
+        set(section(root, "auth"), "enabled", Value::Bool(b));
+    }
+    for (var, key) in [
+        ("MCPGATEWAY_AUTH_USERNAME", "username"),
+        ("MCPGATEWAY_AUTH_PASSWORD", "password"),
+    ] {
+        if let Some(val) = env(var) {
+            set(section(root, "auth"), key, Value::String(val));
+        }
+    }
+    if let Some(origins) = env("MCPGATEWAY_CORS_ALLOWED_ORIGINS") {
+        let list: Vec<Value> = origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| Value::String(o.to_owned()))
+            .collect();
+        set(
+            section(root, "server"),
+            "allowedOrigins",
+            Value::Sequence(list),
+        );
+    }
+    if let Some(b) = env_bool(env, "MCPGATEWAY_RATE_LIMIT_ENABLED")? {
+        set(section(root, "ratelimit"), "enabled", Value::Bool(b));
+    }
+    if let Some(n) = env("MCPGATEWAY_RATE_LIMIT_PER_MINUTE") {
+        let n: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=60_000_000).contains(n))
+            .ok_or_else(|| {
+                env_error(
+                    "MCPGATEWAY_RATE_LIMIT_PER_MINUTE",
+                    "must be a whole number of requests from 1 to 60000000",
+                )
+            })?;
+        // n a minute, of which all n may come at once (GCRA: a minute's worth of burst).
+        let rl = section(root, "ratelimit");
+        if let Some(rl) = rl {
+            rl.insert(
+                Value::String("requests_per_second".into()),
+                Value::Number((f64::from(n) / 60.0).into()),
+            );
+            rl.insert(Value::String("burst".into()), Value::Number(n.into()));
+        }
+    }
+    // Features of the proxied servers: turned off by deny rules of the policy (one that
+    // allows every method is added when the file has none, so nothing else changes).
+    let mut deny = Vec::new();
+    for (var, methods) in [
+        ("MCPGATEWAY_ENABLE_PROMPTS", "prompts/*"),
+        ("MCPGATEWAY_ENABLE_RESOURCES", "resources/*"),
+    ] {
+        if env_bool(env, var)? == Some(false) {
+            let mut rule = serde_yaml_ng::Mapping::new();
+            rule.insert("name".into(), Value::String(var.into()));
+            rule.insert(
+                "methods".into(),
+                Value::Sequence(vec![Value::String(methods.into())]),
+            );
+            deny.push(Value::Mapping(rule));
+        }
+    }
+    if !deny.is_empty() {
+        let had_policy = root.get("policy").is_some_and(|p| !p.is_null());
+        if let Some(policy) = section(root, "policy") {
+            if !had_policy {
+                let mut all = serde_yaml_ng::Mapping::new();
+                all.insert("name".into(), Value::String("everything".into()));
+                all.insert(
+                    "methods".into(),
+                    Value::Sequence(vec![Value::String("*".into())]),
+                );
+                policy.insert("allow".into(), Value::Sequence(vec![Value::Mapping(all)]));
+            }
+            let list = policy
+                .entry(Value::String("deny".into()))
+                .or_insert_with(|| Value::Sequence(Vec::new()));
+            if list.is_null() {
+                *list = Value::Sequence(Vec::new());
+            }
+            if let Value::Sequence(list) = list {
+                list.extend(deny);
+            }
+        }
+    }
+    for (var, on, why) in [
+        (
+            "MCPGATEWAY_ENABLE_ROOTS",
+            false,
+            "no effect: the gateway keeps no roots of its own (roots pass between the MCP client and the upstream)",
+        ),
+        (
+            "MCPGATEWAY_UI_ENABLED",
+            true,
+            "no effect: the gateway has no admin UI",
+        ),
+        (
+            "MCPGATEWAY_ADMIN_API_ENABLED",
+            true,
+            "no effect: the gateway has no admin API",
+        ),
+        (
+            "MCPGATEWAY_LOG_SENSITIVE_DATA",
+            true,
+            "no effect: the gateway never logs credentials or secrets",
+        ),
+    ] {
+        if env_bool(env, var)? == Some(on) {
+            notes.push(format!("environment: {var}: {why}"));
+        }
+    }
+
+    // The cloud-native guide's variables.
+    if let Some(b) = env_bool(env, "MCP_AUTH_ENABLED")? {
+        set(section(root, "auth"), "enabled", Value::Bool(b));
     }
     if let Some(mode) = env("MCP_AUTH_MODE") {
-        auth.insert(Value::String("mode".into()), Value::String(mode));
+        set(section(root, "auth"), "mode", Value::String(mode));
     }
     if let Some(key) = env("MCP_AUTH_API_KEY") {
-        auth.insert(Value::String("apiKey".into()), Value::String(key));
+        set(section(root, "auth"), "apiKey", Value::String(key));
     }
-    Ok(())
+    Ok(notes)
 }
 
 /// Finds the line of a dotted key (`ratelimit.client_limits.default`, `upstreams[1].url`)
@@ -907,6 +1066,96 @@ security:
             l.config.auth.api_key.as_ref().unwrap().expose(),
             "Abc123!@#Xyz789!@#"
         );
+    }
+
+    #[test]
+    fn contextforge_variables() {
+        let l = parse(
+            "auth:\n  mode: basic\n",
+            "f",
+            &env_of(&[
+                ("MCPGATEWAY_AUTH_ENABLED", "true"),
+                ("MCPGATEWAY_AUTH_USERNAME", "ops"),
+                ("MCPGATEWAY_AUTH_PASSWORD", "Long-enough-Passw0rd"),
+                (
+                    "MCPGATEWAY_CORS_ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example,",
+                ),
+                ("MCPGATEWAY_RATE_LIMIT_ENABLED", "true"),
+                ("MCPGATEWAY_RATE_LIMIT_PER_MINUTE", "120"),
+                ("MCPGATEWAY_ENABLE_PROMPTS", "false"),
+                ("MCPGATEWAY_ENABLE_RESOURCES", "true"),
+                ("MCPGATEWAY_ENABLE_ROOTS", "false"),
+                ("MCPGATEWAY_UI_ENABLED", "false"),
+                ("MCPGATEWAY_ADMIN_API_ENABLED", "true"),
+                ("MCPGATEWAY_LOG_SENSITIVE_DATA", "false"),
+            ]),
+        )
+        .unwrap();
+        let c = &l.config;
+        assert!(c.auth.enabled);
+        assert_eq!(c.auth.username.as_deref(), Some("ops"));
+        assert_eq!(
+            c.auth.password.as_ref().unwrap().expose(),
+            "Long-enough-Passw0rd"
+        );
+        assert_eq!(
+            c.server.allowed_origins.as_deref(),
+            Some(
+                &[
+                    "https://a.example".to_owned(),
+                    "https://b.example".to_owned()
+                ][..]
+            )
+        );
+        assert!(c.ratelimit.enabled);
+        assert!((c.ratelimit.requests_per_second - 2.0).abs() < 1e-9);
+        assert_eq!(c.ratelimit.burst, Some(120));
+        // Prompts off: a policy allowing everything else, denying prompts/*.
+        let p = c.policy.as_ref().unwrap();
+        assert_eq!(p.allow.len(), 1);
+        assert_eq!(p.allow[0].methods, ["*"]);
+        assert_eq!(p.deny.len(), 1);
+        assert_eq!(p.deny[0].methods, ["prompts/*"]);
+        // Variables naming what the gateway has not are noted, not silently taken.
+        let notes = l.inert_settings();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("environment: MCPGATEWAY_ENABLE_ROOTS: "));
+        assert!(notes[1].starts_with("environment: MCPGATEWAY_ADMIN_API_ENABLED: "));
+        // A policy in the file keeps its rules and gains the deny rule.
+        let l = parse(
+            "policy:\n  allow:\n    - {name: tools, methods: [\"tools/*\"]}\n  deny:\n    - {name: no-shell, tools: [run_shell]}\n",
+            "f",
+            &env_of(&[("MCPGATEWAY_ENABLE_RESOURCES", "false")]),
+        )
+        .unwrap();
+        let p = l.config.policy.unwrap();
+        assert_eq!(p.allow.len(), 1);
+        assert_eq!(p.allow[0].name, "tools");
+        let names: Vec<_> = p.deny.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["no-shell", "MCPGATEWAY_ENABLE_RESOURCES"]);
+        // The cloud-native guide's variable wins over ContextForge's.
+        let l = parse(
+            "",
+            "f",
+            &env_of(&[
+                ("MCPGATEWAY_AUTH_ENABLED", "true"),
+                ("MCP_AUTH_ENABLED", "false"),
+            ]),
+        )
+        .unwrap();
+        assert!(!l.config.auth.enabled);
+        // Bad values name the variable.
+        for (var, val) in [
+            ("MCPGATEWAY_RATE_LIMIT_PER_MINUTE", "0"),
+            ("MCPGATEWAY_RATE_LIMIT_PER_MINUTE", "lots"),
+            ("MCPGATEWAY_AUTH_ENABLED", "maybe"),
+            ("MCPGATEWAY_ENABLE_PROMPTS", "nope"),
+        ] {
+            let env = move |k: &str| (k == var).then(|| val.to_owned());
+            let e = parse("", "f", &env).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("environment: {var}: ")), "{e}");
+        }
     }
 
     #[test]

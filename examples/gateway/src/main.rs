@@ -145,17 +145,37 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, at the level of `MCP_GATEWAY_LOG` (default `info`); colored only on
-/// a terminal, so that a log file, journald or a container's log holds plain text.
+/// Logs to stderr, at the level of `MCP_GATEWAY_LOG` (a `tracing` filter), else of
+/// ContextForge's `MCPGATEWAY_LOG_LEVEL` (`DEBUG`, `INFO`, `WARNING`, `ERROR`,
+/// `CRITICAL`), else `info`; colored only on a terminal, so that a log file, journald or
+/// a container's log holds plain text.
 fn init_tracing() {
     use std::io::IsTerminal;
+    let contextforge = std::env::var("MCPGATEWAY_LOG_LEVEL").ok();
+    let fallback = contextforge.as_deref().and_then(log_level_filter);
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_GATEWAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback.unwrap_or("info")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+    if contextforge.is_some() && fallback.is_none() {
+        tracing::warn!(
+            "MCPGATEWAY_LOG_LEVEL: not one of DEBUG, INFO, WARNING, ERROR, CRITICAL; logging at info"
+        );
+    }
+}
+
+/// The `tracing` level of a ContextForge (Python logging) level name.
+fn log_level_filter(level: &str) -> Option<&'static str> {
+    match level.trim().to_ascii_uppercase().as_str() {
+        "DEBUG" => Some("debug"),
+        "INFO" => Some("info"),
+        "WARNING" | "WARN" => Some("warn"),
+        "ERROR" | "CRITICAL" => Some("error"),
+        _ => None,
+    }
 }
 
 async fn check(path: &Path) -> Result<(), String> {

@@ -517,6 +517,43 @@ async fn security_headers_on_every_response_of_the_gateway() {
 }
 
 #[tokio::test]
+async fn contextforge_environment_variables_act() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let db = dir.path().join("a.db");
+    let (gw, base) = start_gateway_env(
+        dir.path(),
+        &base_config(&upstream, &db, ""),
+        &[
+            ("MCPGATEWAY_RATE_LIMIT_PER_MINUTE", "3"),
+            ("MCPGATEWAY_ENABLE_PROMPTS", "false"),
+            ("MCPGATEWAY_CORS_ALLOWED_ORIGINS", "https://app.example"),
+            ("MCPGATEWAY_LOG_LEVEL", "WARNING"),
+        ],
+    );
+    let url = format!("{base}/mcp");
+    let c = client();
+    let req = |method: &str| modern(&c, &url, method, None, json!({})).header("x-api-key", KEY);
+    // Prompts are off: refused by the policy (and counted by the rate limit, which runs
+    // before it).
+    let (s, v) = status_and_body(req("prompts/list")).await;
+    assert_eq!(s, 403, "{v}");
+    // The allowed origin passes, another is refused before the rate limit.
+    let (s, v) = status_and_body(req("tools/list").header("origin", "https://app.example")).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = status_and_body(req("tools/list").header("origin", "https://evil.example")).await;
+    assert_eq!(s, 403);
+    // 3 a minute, all at once: the third passes, the fourth waits.
+    assert_eq!(status_and_body(req("tools/list")).await.0, 200);
+    let r = req("tools/list").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(retry_after(&r) >= 1);
+    // WARNING: the start-up lines at info level are not logged.
+    let log = gw.stderr_text();
+    assert!(!log.contains("serving"), "{log}");
+}
+
+#[tokio::test]
 async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     let dir = tempdir();
     let write = |name: &str, text: &str| {

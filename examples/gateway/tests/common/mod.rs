@@ -72,6 +72,12 @@ fn spawn(args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> Proc {
         .env_remove("MCP_AUTH_ENABLED")
         .env_remove("MCP_AUTH_MODE")
         .env_remove("MCP_AUTH_API_KEY");
+    // ContextForge's variables act too: none from the environment of the test run.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MCPGATEWAY_") {
+            cmd.env_remove(k);
+        }
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -171,6 +177,12 @@ pub fn run(args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> (i32, String, St
         .env_remove("MCP_AUTH_ENABLED")
         .env_remove("MCP_AUTH_MODE")
         .env_remove("MCP_AUTH_API_KEY");
+    // ContextForge's variables act too: none from the environment of the test run.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MCPGATEWAY_") {
+            cmd.env_remove(k);
+        }
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
