@@ -63,15 +63,6 @@ listening_addr() {
   tail -40 "$log" >&2
   return 1
 }
-wait_http() {
-  local url="$1"
-  for _ in $(seq 1 100); do
-    if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "conformance: FAILED: $url did not come up" >&2
-  return 1
-}
 
 "$MCP_GATEWAY_BIN" demo-upstream --addr 127.0.0.1:0 >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
@@ -103,8 +94,6 @@ EOF
 "$MCP_GATEWAY_BIN" --config "$WORK/gateway.yaml" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
 GW_ADDR="$(listening_addr $! "$WORK/gateway.log" "the gateway")"
-wait_http "http://$UP_ADDR/healthz"
-wait_http "http://$GW_ADDR/healthz"
 
 run_suite() {
   local label="$1" url="$2"

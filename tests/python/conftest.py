@@ -8,7 +8,6 @@ import re
 import subprocess
 import tempfile
 import time
-import urllib.request
 
 import pytest
 
@@ -114,21 +113,14 @@ def _start(name: str, args: list, log: pathlib.Path, **popen) -> Process:
     raise RuntimeError(f"{name} did not print the address it listens on: {state}")
 
 
-def _wait(url: str) -> None:
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except Exception:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def _gateway_env() -> dict:
-    env = dict(os.environ)
-    for k in ("MCP_AUTH_ENABLED", "MCP_AUTH_MODE", "MCP_AUTH_API_KEY"):
-        env.pop(k, None)
-    return env
+    """This environment without the variables the gateway reads as configuration
+    (`MCP_AUTH_*`, ContextForge's `MCPGATEWAY_*`)."""
+    return {
+        k: v for k, v in os.environ.items()
+        if k not in ("MCP_AUTH_ENABLED", "MCP_AUTH_MODE", "MCP_AUTH_API_KEY")
+        and not k.startswith("MCPGATEWAY_")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +165,6 @@ upstreams:
         env = dict(_gateway_env(), PY_API_KEY=API_KEY, PY_JWT_SECRET=JWT_SECRET)
         gw = _start("the gateway", [binary, "--config", str(config)], work_dir / "gateway.log", env=env)
         procs.append(gw)
-        _wait(f"http://{gw.addr}/healthz")
         yield {"url": f"http://{gw.addr}/mcp", "audit_db": f"{work_dir}/audit.db"}
     finally:
         for p in procs:
@@ -195,7 +186,6 @@ def demo_gateway():
         work_dir / "gateway.log", cwd=work.name, env=_gateway_env(),
     )
     try:
-        _wait(f"http://{gw.addr}/healthz")
         printed = gw.log.read_text()
         keys = [line.split()[-1] for line in printed.splitlines() if "API key (shown once):" in line]
         assert len(keys) == 1, f"demo mode printed no API key:\n{printed}"

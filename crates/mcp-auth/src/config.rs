@@ -28,8 +28,7 @@ use crate::basic::{BasicAuthenticator, BasicUser};
 use crate::bearer::BearerTokenAuthenticator;
 use crate::error::ConfigError;
 use crate::jwt::{
-    ALGORITHMS_RULE, JwtAuthenticator, JwtIssuer, family_is_hmac, parse_algorithm,
-    shared_secret_problem,
+    ALGORITHMS_RULE, JwtAuthenticator, JwtIssuer, parse_algorithm, shared_secret_problem,
 };
 use crate::layer::{AuthLayer, AuthLayerBuilder};
 use crate::metadata::ProtectedResourceMetadata;
@@ -562,12 +561,12 @@ impl AuthConfig {
             let alg = parse_algorithm(self.jwt_algorithm.as_deref().unwrap_or("HS256"))?;
             // Checked here so that the error names the seed's keys.
             if let Some(problem) = shared_secret_problem(alg, secret.expose().len()) {
-                let key = if family_is_hmac(alg) {
-                    "auth.jwtSecret"
-                } else {
+                let key = if problem.wrong_algorithm {
                     "auth.jwtAlgorithm"
+                } else {
+                    "auth.jwtSecret"
                 };
-                return Err(ConfigError::invalid(key, problem));
+                return Err(ConfigError::invalid(key, problem.message));
             }
             issuers.push(
                 JwtIssuer::any()

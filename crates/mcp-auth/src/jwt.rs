@@ -1032,24 +1032,31 @@ impl JwtAuthenticatorBuilder {
     }
 }
 
-/// Whether `alg` is one of HS256, HS384, HS512.
-pub(crate) fn family_is_hmac(alg: Algorithm) -> bool {
-    family(alg) == AlgorithmFamily::Hmac
+/// Why a shared secret cannot verify tokens of an algorithm.
+pub(crate) struct SecretProblem {
+    /// The algorithm is not HMAC (the algorithm is at fault, not the secret).
+    pub(crate) wrong_algorithm: bool,
+    /// What is wrong, without the secret.
+    pub(crate) message: String,
 }
 
-/// Whether `alg` can verify with a shared secret `len` bytes long: the reason if not.
-pub(crate) fn shared_secret_problem(alg: Algorithm, len: usize) -> Option<String> {
+/// Whether `alg` can verify with a shared secret `len` bytes long: the problem if not.
+pub(crate) fn shared_secret_problem(alg: Algorithm, len: usize) -> Option<SecretProblem> {
     if family(alg) != AlgorithmFamily::Hmac {
-        return Some(format!(
-            "{alg:?} verifies with a public key, not a shared secret: use HS256, HS384 or \
-             HS512 with a secret, or a PEM key or JWKS for {alg:?}"
-        ));
+        return Some(SecretProblem {
+            wrong_algorithm: true,
+            message: format!(
+                "{alg:?} verifies with a public key, not a shared secret: use HS256, HS384 \
+                 or HS512 with a secret, or a PEM key or JWKS for {alg:?}"
+            ),
+        });
     }
-    (len < min_secret_len(alg)).then(|| {
-        format!(
+    (len < min_secret_len(alg)).then(|| SecretProblem {
+        wrong_algorithm: false,
+        message: format!(
             "the {alg:?} secret must be at least {} bytes (RFC 7518 section 3.2)",
             min_secret_len(alg)
-        )
+        ),
     })
 }
 
@@ -1115,20 +1122,8 @@ fn build_issuer(
         let kkey = format!("{key}.keys[{j}]");
         match k {
             KeySpec::Secret { alg, secret, kid } => {
-                if family(alg) != AlgorithmFamily::Hmac {
-                    return Err(ConfigError::invalid(
-                        kkey,
-                        "a shared secret can only be used with HS256, HS384 or HS512",
-                    ));
-                }
-                if secret.len() < min_secret_len(alg) {
-                    return Err(ConfigError::invalid(
-                        kkey,
-                        format!(
-                            "the {alg:?} secret must be at least {} bytes (RFC 7518 section 3.2)",
-                            min_secret_len(alg)
-                        ),
-                    ));
+                if let Some(problem) = shared_secret_problem(alg, secret.len()) {
+                    return Err(ConfigError::invalid(kkey, problem.message));
                 }
                 push_key(
                     &mut set,

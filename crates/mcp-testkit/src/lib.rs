@@ -429,8 +429,6 @@ fn postgres_ids() -> (u32, u32) {
         })
 }
 
-/// A command for a PostgreSQL program, run as the `postgres` user when we are root (the
-/// process is the program itself, so killing it kills the server).
 /// The state and parent of a process, from `/proc/PID/stat`
 /// ("PID (COMM) STATE PPID ...", where COMM may hold spaces and parentheses).
 fn state_and_parent(stat: &str) -> Option<(&str, &str)> {
@@ -462,6 +460,8 @@ fn children_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// A command for a PostgreSQL program, run as the `postgres` user when we are root (the
+/// process is the program itself, so killing it kills the server).
 fn as_pg_user(root: bool, program: &Path) -> Command {
     use std::os::unix::process::CommandExt;
     let mut c = Command::new(program);

@@ -414,11 +414,6 @@ impl Loaded {
             .collect()
     }
 
-    /// Whether the file writes `key` (dotted path).
-    pub fn has_key(&self, key: &str) -> bool {
-        find_line(&self.text, key).is_some()
-    }
-
     /// A rule error at `key` (dotted path), with the line found in the file if any.
     pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Rule {
@@ -464,6 +459,7 @@ pub fn parse(
     }
     expand(&mut value, &mut Vec::new(), text, file, env)?;
     let env_notes = apply_env_overrides(&mut value, env, file)?;
+    refuse_keys_set_by_the_gateway(&value, text, file)?;
     let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         let last = key.rsplit('.').next().unwrap_or("");
@@ -488,6 +484,27 @@ pub fn parse(
         text: text.to_owned(),
         env_notes,
     })
+}
+
+/// mcp-sanitize's own body limit and Origin/Host guard are set by the gateway from
+/// `server.*` (one limit and one guard for every layer): written under `sanitization`
+/// they would be overwritten without a word, so they are refused.
+fn refuse_keys_set_by_the_gateway(v: &Value, text: &str, file: &str) -> Result<(), ConfigError> {
+    for (key, instead) in [
+        ("max_body_bytes", "server.maxBodyBytes"),
+        ("origin", "server.allowedOrigins and server.allowedHosts"),
+    ] {
+        if v.get("sanitization").and_then(|s| s.get(key)).is_some() {
+            let key = format!("sanitization.{key}");
+            return Err(ConfigError::Rule {
+                file: file.to_owned(),
+                line: find_line(text, &key),
+                key,
+                message: format!("set by the gateway from {instead}: write it there"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn path_string(path: &[String]) -> String {
@@ -1247,6 +1264,29 @@ security:
             l.config.monitoring.anomaly_detection.unwrap().sensitivity,
             Some(Sensitivity::Medium)
         );
+    }
+
+    #[test]
+    fn keys_the_gateway_sets_are_refused_under_sanitization() {
+        for text in [
+            "sanitization:\n  enabled: true\n  max_body_bytes: 10\n",
+            "sanitization: {enabled: true, max_body_bytes: 10}\n",
+        ] {
+            let e = parse(text, "f.yaml", &env_of(&[])).unwrap_err().to_string();
+            assert!(e.contains("sanitization.max_body_bytes"), "{e}");
+            assert!(e.contains("server.maxBodyBytes"), "{e}");
+        }
+        let e = parse("sanitization:\n  origin: {}\n", "f.yaml", &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.yaml:2: sanitization.origin"), "{e}");
+        // Other sanitization keys, in block or flow style, are not taken for them.
+        for text in [
+            "sanitization: {enabled: true, max_length: 100}\n",
+            "sanitization:\n  enabled: true\n",
+        ] {
+            parse(text, "f.yaml", &env_of(&[])).unwrap();
+        }
     }
 
     #[test]

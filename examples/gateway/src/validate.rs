@@ -81,23 +81,6 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
             }
         })?;
     }
-    // mcp-sanitize's own body limit and Origin/Host guard are set by the gateway from
-    // `server.*` (one limit, one guard for every layer): written under `sanitization`
-    // they would be overwritten without a word.
-    for (key, instead) in [
-        ("sanitization.max_body_bytes", "server.maxBodyBytes"),
-        (
-            "sanitization.origin",
-            "server.allowedOrigins and server.allowedHosts",
-        ),
-    ] {
-        if loaded.has_key(key) {
-            return Err(loaded.error(
-                key,
-                format!("set by the gateway from {instead}: write it there"),
-            ));
-        }
-    }
     if cfg.server.workers > MAX_WORKERS {
         return Err(loaded.error(
             "server.workers",

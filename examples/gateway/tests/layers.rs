@@ -556,29 +556,28 @@ async fn contextforge_environment_variables_act() {
 #[tokio::test]
 async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     let dir = tempdir();
-    let write = |name: &str, text: &str| {
+    // Writes `text` to `name` and runs `check` on it: (exit code, stdout, stderr).
+    let check = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
+        run(&["check", "--config", p.to_str().unwrap()], dir.path(), &[])
     };
     let up = "upstreams:\n  - name: demo\n    path: /mcp\n    url: \"http://127.0.0.1:9/mcp\"\n";
     // Valid.
-    let ok = write(
+    let (code, out, err) = check(
         "ok.yaml",
         &format!(
             "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"
         ),
     );
-    let (code, out, err) = run(&["check", "--config", &ok], dir.path(), &[]);
     assert_eq!(code, 0, "{out}{err}");
     // A weak key: the rule and the key name, never the key.
-    let weak = write(
+    let (code, _, err) = check(
         "weak.yaml",
         &format!(
             "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  enabled: true\n  apiKey: \"abcdefgh12345678\"\naudit:\n  enabled: false\n{up}"
         ),
     );
-    let (code, _, err) = run(&["check", "--config", &weak], dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("weak.yaml:5") && err.contains("auth.apiKey"),
@@ -586,74 +585,68 @@ async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     );
     assert!(!err.contains("abcdefgh12345678"), "{err}");
     // Authentication on by default: no key at all is an error.
-    let nokey = write(
+    let (code, _, err) = check(
         "nokey.yaml",
         &format!("server:\n  addr: \"127.0.0.1:0\"\naudit:\n  enabled: false\n{up}"),
     );
-    let (code, _, err) = run(&["check", "--config", &nokey], dir.path(), &[]);
     assert_ne!(code, 0, "{err}");
     // More worker threads than any machine needs: the key and the bound.
-    let many = write(
+    let (code, _, err) = check(
         "many.yaml",
         &format!(
             "server:\n  addr: \"127.0.0.1:0\"\n  workers: 5000\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"
         ),
     );
-    let (code, _, err) = run(&["check", "--config", &many], dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("server.workers") && err.contains("1024"),
         "{err}"
     );
     // Authentication off on a public address: refused unless forced.
-    let open = write(
+    let (code, _, err) = check(
         "open.yaml",
         &format!(
             "server:\n  addr: \"0.0.0.0:0\"\nauth:\n  enabled: false\naudit:\n  enabled: false\n{up}"
         ),
     );
-    let (code, _, err) = run(&["check", "--config", &open], dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("auth.enabled") && err.contains("allowInsecureNoAuth"),
         "{err}"
     );
-    let forced = write(
+    let (code, out, err) = check(
         "forced.yaml",
         &format!(
             "server:\n  addr: \"0.0.0.0:0\"\n  allowInsecureNoAuth: true\nauth:\n  enabled: false\naudit:\n  enabled: false\n{up}"
         ),
     );
-    assert_eq!(run(&["check", "--config", &forced], dir.path(), &[]).0, 0);
+    assert_eq!(code, 0, "{out}{err}");
     // An unset variable is named.
-    let unset = write(
+    let (code, _, err) = check(
         "unset.yaml",
         &format!(
             "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"${{NOT_SET_ANYWHERE_42}}\"\n{up}"
         ),
     );
-    let (code, _, err) = run(&["check", "--config", &unset], dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("NOT_SET_ANYWHERE_42") && err.contains("unset.yaml:4"),
         "{err}"
     );
     // A type error and an unknown key name file, line and key.
-    let typo = write(
+    let (code, _, err) = check(
         "typo.yaml",
         &format!("server:\n  addr: \"127.0.0.1:0\"\nratelimit:\n  burst: lots\n{up}"),
     );
-    let (code, _, err) = run(&["check", "--config", &typo], dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("typo.yaml:4") && err.contains("ratelimit.burst"),
         "{err}"
     );
-    let unknown = write(
+    let (code, _, err) = check(
         "unknown.yaml",
         &format!("server:\n  addr: \"127.0.0.1:0\"\n  adrr: x\n{up}"),
     );
-    let (code, _, err) = run(&["check", "--config", &unknown], dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(
         err.contains("unknown.yaml") && err.contains("adrr"),
@@ -661,30 +654,27 @@ async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     );
     // TLS switched off (the fetchfy seed's `tls.enabled: false`): the rest of the section
     // is not required (the security headers test serves with such a section).
-    let tls_off = write(
+    let (code, out, err) = check(
         "tls_off.yaml",
         &format!(
             "server:\n  addr: \"127.0.0.1:0\"\n  tls:\n    enabled: false\n    minVersion: TLS1.3\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"
         ),
     );
-    let (code, out, err) = run(&["check", "--config", &tls_off], dir.path(), &[]);
     assert_eq!(code, 0, "{out}{err}");
     // The same section switched on needs its certificate.
-    let tls_on = write(
+    let (code, _, err) = check(
         "tls_on.yaml",
         &format!(
             "server:\n  addr: \"127.0.0.1:0\"\n  tls:\n    enabled: true\nauth:\n  apiKey: \"{KEY}\"\naudit:\n  enabled: false\n{up}"
         ),
     );
-    let (code, _, err) = run(&["check", "--config", &tls_on], dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(err.contains("server.tls.certFile"), "{err}");
     // Seed values that have no effect are still checked: a typo is named.
-    let mode = write(
+    let (code, _, err) = check(
         "mode.yaml",
         &format!("server:\n  addr: \"127.0.0.1:0\"\n  mode: stdio\n{up}"),
     );
-    let (code, _, err) = run(&["check", "--config", &mode], dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(err.contains("mode.yaml:3: server.mode"), "{err}");
     // A layer setting the gateway sets itself, from `server.*`, is not silently overridden.
@@ -709,13 +699,13 @@ async fn configuration_errors_name_file_line_key_and_never_the_secret() {
     let (code, key, _) = run(&["keygen"], dir.path(), &[]);
     assert_eq!(code, 0);
     let key = key.trim();
-    let kfile = write(
+    let (code, out, err) = check(
         "gen.yaml",
         &format!(
             "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  apiKey: \"{key}\"\naudit:\n  enabled: false\n{up}"
         ),
     );
-    assert_eq!(run(&["check", "--config", &kfile], dir.path(), &[]).0, 0);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[tokio::test]
