@@ -499,6 +499,23 @@ impl AuditConfig {
         Ok(())
     }
 
+    /// Adds header names to `masking.headers` (each once): give it every credential
+    /// header of the authentication layer (`mcp_auth::AuthLayer::credential_headers`),
+    /// so that a configured API key header is masked like the defaults.
+    pub fn with_sensitive_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        for n in names {
+            if !self
+                .masking
+                .headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(n.as_str()))
+            {
+                self.masking.headers.push(n.as_str().to_owned());
+            }
+        }
+        self
+    }
+
     /// The sensitive header names: the defaults plus `masking.headers`.
     pub fn sensitive_headers(&self) -> Vec<HeaderName> {
         let mut out: Vec<HeaderName> = DEFAULT_SENSITIVE_HEADERS
@@ -524,6 +541,19 @@ impl AuditConfig {
 #[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sensitive_headers_cover_every_default_credential_header() {
+        let c =
+            AuditConfig::default().with_sensitive_headers([HeaderName::from_static("x-mcp-key")]);
+        let names = c.sensitive_headers();
+        for h in mcp_core::headers::DEFAULT_CREDENTIAL_HEADERS
+            .iter()
+            .chain(&["x-mcp-key", "set-cookie"])
+        {
+            assert!(names.iter().any(|n| n == h), "{h}");
+        }
+    }
 
     #[test]
     fn seeds_keys_parse() {

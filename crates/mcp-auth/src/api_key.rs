@@ -353,8 +353,9 @@ impl ApiKeyAuthenticatorBuilder {
     /// Validates and builds.
     pub fn build(self) -> Result<ApiKeyAuthenticator, ConfigError> {
         let header_name = self.header.as_deref().unwrap_or(DEFAULT_API_KEY_HEADER);
-        let header = HeaderName::from_bytes(header_name.trim().as_bytes())
-            .map_err(|_| ConfigError::invalid("auth.apiKeyHeader", "not a valid header name"))?;
+        // Written as is: a name with spaces would be read by one component and missed by
+        // another (stripping, masking), so it is refused, not trimmed.
+        let header = crate::config::header_name(header_name, "auth.apiKeyHeader")?;
         if header == http::header::AUTHORIZATION
             || header == http::header::COOKIE
             || header == http::header::PROXY_AUTHORIZATION
@@ -408,6 +409,10 @@ impl Authenticator for ApiKeyAuthenticator {
 
     fn authenticate<'a>(&'a self, req: &'a Parts) -> AuthFuture<'a> {
         AuthFuture::Ready(self.check(&req.headers))
+    }
+
+    fn credential_headers(&self) -> Vec<HeaderName> {
+        vec![self.header.clone()]
     }
 }
 

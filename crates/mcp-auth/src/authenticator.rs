@@ -170,4 +170,20 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
 
     /// Authenticates the request head.
     fn authenticate<'a>(&'a self, req: &'a Parts) -> AuthFuture<'a>;
+
+    /// The request headers this authenticator reads a credential from (lower case).
+    /// [`AuthLayer::credential_headers`](crate::AuthLayer::credential_headers) joins
+    /// them to the defaults, for stripping, masking and redaction. The default follows
+    /// [`Authenticator::scheme`]: `authorization` for Bearer and Basic, the header of an
+    /// API key, none for a client certificate. Override it when the credential travels
+    /// elsewhere.
+    fn credential_headers(&self) -> Vec<http::HeaderName> {
+        match self.scheme() {
+            Scheme::Bearer | Scheme::Basic => vec![http::header::AUTHORIZATION],
+            Scheme::ApiKey { header } => http::HeaderName::from_bytes(header.as_bytes())
+                .into_iter()
+                .collect(),
+            Scheme::ClientCertificate => Vec::new(),
+        }
+    }
 }

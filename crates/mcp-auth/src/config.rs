@@ -94,6 +94,17 @@ impl<'de> Deserialize<'de> for Modes {
     }
 }
 
+/// A header name from configuration, as written (not trimmed): an error naming `key`
+/// when it is not a header token.
+pub(crate) fn header_name(name: &str, key: &str) -> Result<http::HeaderName, ConfigError> {
+    http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        ConfigError::invalid(
+            key,
+            "must be a header name (an RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~; no spaces, colon or empty name)",
+        )
+    })
+}
+
 fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     s.map(|s| {
@@ -362,8 +373,13 @@ pub struct AuthConfig {
     pub realm: Option<String>,
     /// One API key (the seeds' `apiKey`), id `apiKey`.
     pub api_key: Option<SecretString>,
-    /// The API key header (default `X-API-Key`).
+    /// The API key header (default `X-API-Key`). Written as is: a name that is not a
+    /// header token (spaces, a colon, empty) is an error, not trimmed.
     pub api_key_header: Option<String>,
+    /// More request headers that carry credentials (read by something other than this
+    /// layer, e.g. a token the upstream would take): treated like the defaults
+    /// (stripped, masked, redacted; see [`AuthLayer::credential_headers`]).
+    pub credential_headers: Vec<String>,
     /// More API keys.
     pub api_keys: Vec<KeyConfig>,
     /// One static bearer token (the seeds' `bearerToken`), id `bearerToken`.
@@ -401,6 +417,32 @@ impl AuthConfig {
         self.build_with_store(None)
     }
 
+    /// Every request header that carries a credential under this configuration, lower
+    /// case, each once: the defaults, `apiKeyHeader` (or `X-API-Key`) and
+    /// `credentialHeaders`, whether authentication is enabled or not (the same list as
+    /// [`AuthLayer::credential_headers`] of the layer built from it, for a caller that
+    /// has no layer, with authentication off). An invalid name is an error naming the
+    /// key.
+    pub fn credential_header_names(&self) -> Result<Vec<http::HeaderName>, ConfigError> {
+        let mut out = mcp_core::headers::default_credential_headers();
+        let api = self
+            .api_key_header
+            .as_deref()
+            .unwrap_or(crate::api_key::DEFAULT_API_KEY_HEADER);
+        let mut push = |name: &str, key: &str| -> Result<(), ConfigError> {
+            let h = header_name(name, key)?;
+            if !out.contains(&h) {
+                out.push(h);
+            }
+            Ok(())
+        };
+        push(api, "auth.apiKeyHeader")?;
+        for h in &self.credential_headers {
+            push(h, "auth.credentialHeaders")?;
+        }
+        Ok(out)
+    }
+
     /// Builds the layer; API keys and bearer tokens of `store` are accepted too.
     pub fn build_with_store(&self, store: Option<SecretStore>) -> Result<AuthLayer, ConfigError> {
         if !self.enabled {
@@ -415,7 +457,8 @@ impl AuthConfig {
         if let Some(r) = &self.resource {
             r.validate()?;
         }
-        let mut b: AuthLayerBuilder = AuthLayer::builder();
+        let mut b: AuthLayerBuilder =
+            AuthLayer::builder().credential_headers(self.credential_header_names()?);
         if let Some(realm) = &self.realm {
             b = b.realm(realm.clone());
         }
@@ -625,6 +668,63 @@ mod tests {
         let dbg = format!("{cfg:?} {layer:?}");
         for s in [KEY, "secret-password", "your-jwt-secret", "c2lnbmF0dXJl"] {
             assert!(!dbg.contains(s), "{s} leaked");
+        }
+    }
+
+    #[test]
+    fn credential_headers_are_one_validated_list() {
+        let with = |v: serde_json::Value| -> AuthConfig { serde_json::from_value(v).unwrap() };
+        let cfg = with(serde_json::json!({
+            "enabled": true, "mode": ["apikey", "bearer"], "apiKey": KEY,
+            "bearerToken": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2lnbmF0dXJlLWJ5dGVz",
+            "apiKeyHeader": "X-MCP-Key", "credentialHeaders": ["X-Upstream-Token"]
+        }));
+        let layer = cfg.build().unwrap();
+        let names: Vec<&str> = layer
+            .credential_headers()
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "x-api-key",
+                "x-auth-token",
+                "x-mcp-key",
+                "x-upstream-token"
+            ]
+        );
+        assert_eq!(
+            cfg.credential_header_names().unwrap(),
+            layer.credential_headers()
+        );
+        // Off: the same list from the configuration.
+        let off = with(serde_json::json!({"apiKeyHeader": "X-MCP-Key"}));
+        assert!(
+            off.credential_header_names()
+                .unwrap()
+                .iter()
+                .any(|h| h == "x-mcp-key")
+        );
+        for bad in [
+            " X-MCP-Key ",
+            "X-MCP-Key ",
+            "\tX-MCP-Key",
+            "",
+            "X MCP",
+            "X-MCP-Key:",
+        ] {
+            let e = with(serde_json::json!({"enabled": true, "mode": "apikey", "apiKey": KEY, "apiKeyHeader": bad}))
+                .build()
+                .unwrap_err();
+            assert_eq!(e.key(), "auth.apiKeyHeader", "{bad:?}");
+            let e = with(serde_json::json!({"enabled": true, "mode": "apikey", "apiKey": KEY, "credentialHeaders": [bad]}))
+                .build()
+                .unwrap_err();
+            assert_eq!(e.key(), "auth.credentialHeaders", "{bad:?}");
         }
     }
 

@@ -215,17 +215,76 @@ pub const DEFAULT_REFUSED_QUERY_PARAMS: &[&str] = &[
     "bearer",
 ];
 
-/// The name of the first query parameter of `query` that is in `refused` (compared
-/// case-insensitively after percent-decoding), if any.
+/// The name of the first query parameter of `query` that is in `refused`, if any.
+///
+/// The whole query is read (no cap on the number of parameters), split at `&` **and**
+/// `;` (some servers take either as a separator). Each name is normalized the ways a
+/// parser might read it before the comparison, which is ASCII case-insensitive:
+/// percent-decoded with `+` as a space (repeatedly, so `access%255Ftoken` is caught
+/// too), surrounding spaces and control characters dropped, and a trailing `[...]`
+/// (PHP-style arrays: `api_key[]`) removed. Values are not looked at: an empty value
+/// or a name without `=` is refused as well.
 pub fn refused_query_param<'r>(query: &str, refused: &'r [String]) -> Option<&'r str> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .take(256)
-        .find_map(|(name, _)| {
+    query
+        .split(['&', ';'])
+        .filter(|p| !p.is_empty())
+        .find_map(|pair| {
+            let raw = pair.split_once('=').map_or(pair, |(name, _)| name);
+            let name = normalize_param_name(raw);
             refused
                 .iter()
                 .find(|r| r.eq_ignore_ascii_case(&name))
                 .map(String::as_str)
         })
+}
+
+/// A query parameter name as a lenient parser may read it (see [`refused_query_param`]).
+fn normalize_param_name(raw: &str) -> String {
+    let mut name = raw.replace('+', " ");
+    // Percent-decoding until nothing changes; each round shortens the name, and a few
+    // rounds are enough for any double or triple encoding.
+    for _ in 0..4 {
+        if !name.contains('%') {
+            break;
+        }
+        let decoded = percent_decode(&name);
+        if decoded == name {
+            break;
+        }
+        name = decoded;
+    }
+    let mut name = name.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+    if let Some(open) = name.find('[')
+        && name.ends_with(']')
+    {
+        name = &name[..open];
+    }
+    name.trim_matches(|c: char| c.is_whitespace() || c.is_control())
+        .to_owned()
+}
+
+/// Percent-decodes `s` (invalid escapes kept as is; invalid UTF-8 replaced).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -347,6 +406,36 @@ mod tests {
         );
         assert_eq!(refused_query_param("a=1&b=2", &refused), None);
         assert_eq!(refused_query_param("", &refused), None);
+        let many: String = (0..1000).map(|i| format!("p{i}=v&")).collect();
+        for q in [
+            "a=1;access_token=x".to_owned(),
+            format!("{many}access_token=x"),
+            format!("{}api_key=x", many.replace('&', ";")),
+            "access%5Ftoken=x".to_owned(),
+            "access%5ftoken".to_owned(),
+            "access%255Ftoken=x".to_owned(),
+            "%2561ccess_token=x".to_owned(),
+            "ACCESS_TOKEN=".to_owned(),
+            "access_token+=x".to_owned(),
+            "+access_token=x".to_owned(),
+            "access_token%00=x".to_owned(),
+            "api_key[]=x".to_owned(),
+            "api_key[0]=x".to_owned(),
+            "a&&;;access_token".to_owned(),
+            "access_token=a&access_token=b".to_owned(),
+        ] {
+            assert!(refused_query_param(&q, &refused).is_some(), "{q}");
+        }
+        for q in [
+            "tokens=1",
+            "my_access_token=1",
+            "a=access_token",
+            "access_tokenx=1",
+            "%zz=1",
+            "%",
+        ] {
+            assert_eq!(refused_query_param(q, &refused), None, "{q}");
+        }
     }
 
     proptest! {
@@ -386,6 +475,41 @@ mod tests {
                     prop_assert!(!k.is_empty() && k.bytes().all(|b| (0x21..=0x7e).contains(&b)));
                 }
             }
+        }
+
+        /// A refused name, in any case, percent-encoded or not, after any number of
+        /// parameters joined by `&` or `;`, with any value, is refused.
+        #[test]
+        fn refused_name_is_found_wherever_it_is(
+            before in proptest::collection::vec(("[a-z0-9]{1,8}", "[a-zA-Z0-9%+=]{0,8}"), 0..400),
+            seps in proptest::collection::vec(prop_oneof![Just('&'), Just(';')], 400),
+            name_idx in 0..DEFAULT_REFUSED_QUERY_PARAMS.len(),
+            case_mask in any::<u64>(),
+            encode_mask in any::<u64>(),
+            value in "[a-zA-Z0-9%+]{0,12}",
+            with_eq in any::<bool>(),
+        ) {
+            let refused: Vec<String> = DEFAULT_REFUSED_QUERY_PARAMS.iter().map(|s| s.to_string()).collect();
+            let name = DEFAULT_REFUSED_QUERY_PARAMS[name_idx];
+            let written: String = name.chars().enumerate().map(|(i, c)| {
+                let c = if case_mask >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c };
+                if encode_mask >> (i % 64) & 1 == 1 { format!("%{:02X}", c as u32) } else { c.to_string() }
+            }).collect();
+            let mut q = String::new();
+            for (i, (k, v)) in before.iter().enumerate() {
+                // A filler is never a refused name.
+                let k = format!("f{k}");
+                q.push_str(&k);
+                q.push('=');
+                q.push_str(v);
+                q.push(seps[i]);
+            }
+            q.push_str(&written);
+            if with_eq {
+                q.push('=');
+                q.push_str(&value);
+            }
+            prop_assert!(refused_query_param(&q, &refused).is_some(), "{}", q);
         }
 
         #[test]

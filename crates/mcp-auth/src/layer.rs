@@ -27,9 +27,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderName;
 use http::header::WWW_AUTHENTICATE;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
+use mcp_core::headers::default_credential_headers;
 use mcp_core::{AuthMethod, Principal, Rejection, RejectionReason};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -51,6 +53,7 @@ struct State {
     challenge_scope: Option<String>,
     resource_metadata: Option<String>,
     refused_query: Vec<String>,
+    credential_headers: Vec<HeaderName>,
     anonymous: bool,
 }
 
@@ -63,6 +66,7 @@ impl fmt::Debug for State {
             .field("challenge_scope", &self.challenge_scope)
             .field("resource_metadata", &self.resource_metadata)
             .field("refused_query", &self.refused_query)
+            .field("credential_headers", &self.credential_headers)
             .field("anonymous", &self.anonymous)
             .finish()
     }
@@ -101,6 +105,7 @@ pub struct AuthLayerBuilder {
     challenge_scopes: Option<Vec<String>>,
     resource_metadata: Option<String>,
     refused_query: Vec<String>,
+    credential_headers: Vec<HeaderName>,
 }
 
 impl Default for AuthLayerBuilder {
@@ -115,6 +120,7 @@ impl Default for AuthLayerBuilder {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            credential_headers: Vec::new(),
         }
     }
 }
@@ -185,6 +191,14 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// Also treats these headers as carrying credentials (a header a custom
+    /// authenticator or the upstream reads): they join
+    /// [`AuthLayer::credential_headers`].
+    pub fn credential_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.credential_headers.extend(names);
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<AuthLayer, ConfigError> {
         if self.authenticators.is_empty() {
@@ -230,12 +244,13 @@ impl AuthLayerBuilder {
                 schemes.push(s);
             }
         }
-        let mut refused = self.refused_query;
-        for s in &schemes {
-            if let Scheme::ApiKey { header } = s {
-                refused.push(header.to_ascii_lowercase());
-            }
-        }
+        let credential_headers = credential_list(
+            self.authenticators
+                .iter()
+                .flat_map(|a| a.credential_headers())
+                .chain(self.credential_headers),
+        );
+        let refused = refused_list(self.refused_query, &credential_headers);
         let challenge = self
             .challenge_scopes
             .unwrap_or_else(|| self.required_scopes.clone());
@@ -248,10 +263,33 @@ impl AuthLayerBuilder {
                 challenge_scope: (!challenge.is_empty()).then(|| challenge.join(" ")),
                 resource_metadata: self.resource_metadata,
                 refused_query: refused,
+                credential_headers,
                 anonymous: false,
             }),
         })
     }
+}
+
+/// The default credential headers plus `extra`, lower case, each once.
+fn credential_list(extra: impl IntoIterator<Item = HeaderName>) -> Vec<HeaderName> {
+    let mut out = default_credential_headers();
+    for h in extra {
+        if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    out
+}
+
+/// The refused query parameters plus every credential header name: a credential is
+/// refused in the query under its header's name too (`?x-mcp-key=`).
+fn refused_list(mut refused: Vec<String>, credential_headers: &[HeaderName]) -> Vec<String> {
+    for h in credential_headers {
+        if !refused.iter().any(|r| r.eq_ignore_ascii_case(h.as_str())) {
+            refused.push(h.as_str().to_owned());
+        }
+    }
+    refused
 }
 
 impl AuthLayer {
@@ -288,15 +326,14 @@ impl AuthLayer {
         } else {
             vec![scheme]
         };
-        let mut refused: Vec<String> = DEFAULT_REFUSED_QUERY_PARAMS
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        for s in &schemes {
-            if let Scheme::ApiKey { header } = s {
-                refused.push(header.to_ascii_lowercase());
-            }
-        }
+        let credential_headers = credential_list(a.credential_headers());
+        let refused = refused_list(
+            DEFAULT_REFUSED_QUERY_PARAMS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            &credential_headers,
+        );
         Self {
             state: Arc::new(State {
                 authenticators: vec![Arc::new(a)],
@@ -306,9 +343,37 @@ impl AuthLayer {
                 challenge_scope: None,
                 resource_metadata: None,
                 refused_query: refused,
+                credential_headers,
                 anonymous: false,
             }),
         }
+    }
+
+    /// Every request header that carries a credential, lower case, each once: the
+    /// defaults ([`mcp_core::headers::DEFAULT_CREDENTIAL_HEADERS`]: `authorization`,
+    /// `proxy-authorization`, `cookie`, `x-api-key`, `x-auth-token`), the header of each
+    /// authenticator ([`Authenticator::credential_headers`]: a configured API key
+    /// header, say) and those given to [`AuthLayerBuilder::credential_headers`].
+    ///
+    /// This one list is meant to drive everything that must treat a credential
+    /// specially: a proxy strips these headers before forwarding, an audit trail masks
+    /// them, a trace layer marks them sensitive. The layer itself also refuses each of
+    /// these names as a query parameter.
+    ///
+    /// ```
+    /// use mcp_auth::{AuthLayer, ApiKeyAuthenticator, CredentialEntry};
+    /// let layer = AuthLayer::new(
+    ///     ApiKeyAuthenticator::builder()
+    ///         .header("X-MCP-Key")
+    ///         .key(CredentialEntry::new("ci", "Abc123!@#Xyz789!@#"))
+    ///         .build()
+    ///         .unwrap(),
+    /// );
+    /// let names: Vec<&str> = layer.credential_headers().iter().map(|h| h.as_str()).collect();
+    /// assert!(names.contains(&"x-mcp-key") && names.contains(&"authorization"));
+    /// ```
+    pub fn credential_headers(&self) -> &[HeaderName] {
+        &self.state.credential_headers
     }
 
     /// Authentication switched off: every request gets [`Principal::anonymous`] (so
@@ -324,6 +389,7 @@ impl AuthLayer {
                 challenge_scope: None,
                 resource_metadata: None,
                 refused_query: Vec::new(),
+                credential_headers: default_credential_headers(),
                 anonymous: true,
             }),
         }

@@ -40,6 +40,7 @@ pub mod client_addr;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod facts;
+pub mod headers;
 pub mod parse;
 pub mod principal;
 pub mod rejection;
@@ -48,6 +49,7 @@ pub mod tls;
 
 pub use client_addr::{ClientAddr, ClientAddrLayer, ForwardedHeader, PeerAddr, TrustedProxies};
 pub use facts::RequestFacts;
+pub use headers::{InvalidHeaderPattern, UntrustedHeaders};
 pub use parse::{
     BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError, read_body,
 };

@@ -66,17 +66,14 @@ impl Exported {
     }
 }
 
-/// Builds the proxies for the configured upstreams.
-pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::ConfigError> {
+/// Builds the proxies for the configured upstreams: each strips every credential header
+/// and every untrusted client header of `layers`, and sets its principal header.
+pub fn build_proxies(
+    loaded: &Loaded,
+    layers: &Layers,
+) -> Result<Vec<Proxy>, crate::config::ConfigError> {
     let cfg = &loaded.config;
-    let mut strip: Vec<HeaderName> = Vec::new();
-    let api_key_header = cfg.auth.api_key_header.as_deref().unwrap_or("x-api-key");
-    if let Ok(h) = HeaderName::from_bytes(api_key_header.as_bytes()) {
-        strip.push(h);
-    }
-    for name in ["x-api-key", "x-auth-token"] {
-        strip.push(HeaderName::from_static(name));
-    }
+    let strip: Vec<HeaderName> = layers.credential_headers.clone();
     let mut proxies = Vec::new();
     for (i, up) in cfg.upstreams.iter().enumerate() {
         let key = |k: &str| format!("upstreams[{i}].{k}");
@@ -114,6 +111,8 @@ pub fn build_proxies(loaded: &Loaded) -> Result<Vec<Proxy>, crate::config::Confi
             url,
             inject,
             strip: strip.clone(),
+            untrusted: layers.untrusted.clone(),
+            principal_header: layers.principal_header.clone(),
             connect_timeout: Duration::from_millis(up.connect_timeout_ms.unwrap_or(5_000)),
             response_timeout: Duration::from_millis(up.response_timeout_ms.unwrap_or(60_000)),
             tls: UpstreamTls {
@@ -137,7 +136,7 @@ pub fn router(
     metrics: Option<Exported>,
 ) -> Result<Router, crate::config::ConfigError> {
     let cfg: &Config = &loaded.config;
-    let proxies = build_proxies(loaded)?;
+    let proxies = build_proxies(loaded, layers)?;
     let trusted = TrustedProxies::new(cfg.server.trusted_proxies.iter().copied())
         .with_header(cfg.server.forwarded_header);
 
@@ -205,7 +204,13 @@ pub fn router(
             .layer(option_layer(layers.security_headers.clone()))
             .service_fn(not_found),
     );
-    Ok(router.layer(ClientAddrLayer::new(trusted)))
+    // Outermost: every credential header's value is marked sensitive, so that no log of
+    // the request (a trace layer, a Debug print) shows it.
+    Ok(router
+        .layer(ClientAddrLayer::new(trusted))
+        .layer(mcp_audit::sensitive_headers_layer(
+            layers.credential_headers.clone(),
+        )))
 }
 
 /// The answer to a path the gateway does not serve.

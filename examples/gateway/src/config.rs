@@ -150,6 +150,36 @@ pub struct SecurityConfig {
     /// absent.
     pub headers: BTreeMap<String, String>,
     pub header_filtering: HeaderFiltering,
+    /// Ours: the client headers never forwarded upstream and the principal header.
+    #[serde(rename = "upstreamHeaders")]
+    pub upstream_headers: UpstreamHeaders,
+}
+
+/// `security.upstreamHeaders.*`: what the upstream may believe. Identity,
+/// client-certificate, client-address, routing and method-override headers a client sends
+/// are removed before forwarding (mcp-core's `UntrustedHeaders` default list); the
+/// gateway sets its own principal header instead. Credential headers are always removed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamHeaders {
+    /// More names to remove; `X-Foo-*` removes a prefix.
+    pub strip: Vec<String>,
+    /// Names of the default list to forward after all (weakens the default: logged).
+    pub allow: Vec<String>,
+    /// The header the gateway sets to the verified principal's id (percent-encoded
+    /// outside visible ASCII); a client's copy is always removed. Default
+    /// `X-MCP-Principal`; `""` sets none.
+    pub principal_header: String,
+}
+
+impl Default for UpstreamHeaders {
+    fn default() -> Self {
+        Self {
+            strip: Vec::new(),
+            allow: Vec::new(),
+            principal_header: "X-MCP-Principal".into(),
+        }
+    }
 }
 
 /// `security.header_filtering.*`.

@@ -1,10 +1,11 @@
 //! The suite's layers, built from the configuration.
 
 use axum::body::Body;
-use http::Response;
+use http::{HeaderName, Response};
 use mcp_audit::{AuditBody, AuditLayer, Auditor};
 use mcp_auth::{AuthLayer, AuthorizeLayer};
 use mcp_core::ParseLayer;
+use mcp_core::headers::UntrustedHeaders;
 use mcp_ratelimit::{KeySpec, MissingKey, RateLimitLayer};
 use mcp_sanitize::{
     OriginConfig, OriginGuardLayer, ParseSanitizeLayer, ResultScanLayer, SecurityHeadersConfig,
@@ -41,6 +42,14 @@ pub struct Layers {
     pub parse: Option<Either<ParseSanitizeLayer, ParseLayer>>,
     pub result_scan: Option<ResultScanLayer>,
     pub authorize: Option<AuthorizeLayer>,
+    /// Every request header carrying a credential (mcp-auth's one list, plus
+    /// `security.header_filtering`): stripped before the upstream, masked in the audit
+    /// trail, marked sensitive for every log. Set even with the layers off.
+    pub credential_headers: Vec<HeaderName>,
+    /// Client headers never forwarded (`security.upstreamHeaders`).
+    pub untrusted: UntrustedHeaders,
+    /// The header set to the verified principal (`security.upstreamHeaders.principalHeader`).
+    pub principal_header: Option<HeaderName>,
 }
 
 impl Layers {
@@ -48,6 +57,7 @@ impl Layers {
     pub async fn build(loaded: &Loaded) -> Result<Self, ConfigError> {
         let cfg = &loaded.config;
         let mut layers = Self::default();
+        upstream_boundary(loaded, &mut layers)?;
         if !cfg.layers.enabled {
             return Ok(layers);
         }
@@ -117,28 +127,29 @@ impl Layers {
                     .map_err(|e| loaded.error("result_redaction", e.to_string()))?,
             );
         }
-        if cfg.audit.enabled {
-            let mut audit_cfg = cfg.audit.clone();
-            if cfg.security.header_filtering.enabled {
-                for h in &cfg.security.header_filtering.filtered_headers {
-                    if !audit_cfg
-                        .masking
-                        .headers
-                        .iter()
-                        .any(|x| x.eq_ignore_ascii_case(h))
-                    {
-                        audit_cfg.masking.headers.push(h.clone());
-                    }
+        if cfg.auth.enabled {
+            let layer = cfg.auth.build().map_err(|e| auth_error(loaded, &e))?;
+            // The layer's list is the configuration's (checked above); joined all the
+            // same, so that nothing it reads escapes masking or stripping.
+            for h in layer.credential_headers() {
+                if !layers.credential_headers.contains(h) {
+                    layers.credential_headers.push(h.clone());
                 }
             }
+            layers.auth = Some(layer);
+        }
+        if cfg.audit.enabled {
+            // Every credential header is masked, the configured API key header included.
+            let audit_cfg = cfg
+                .audit
+                .clone()
+                .with_sensitive_headers(layers.credential_headers.clone());
             let auditor = Auditor::from_config(audit_cfg)
                 .await
                 .map_err(|e| loaded.error("audit", e.to_string()))?;
             layers.auditor = Some(auditor);
         }
         if cfg.auth.enabled {
-            let layer = cfg.auth.build().map_err(|e| auth_error(loaded, &e))?;
-            layers.auth = Some(layer);
             layers.auth_monitor = monitor_settings(loaded)?.map(|s| {
                 AuthFailureMonitorLayer::new(s, layers.auditor.as_ref().map(|a| a.handle().clone()))
             });
@@ -215,6 +226,75 @@ impl Layers {
             a.shutdown().await;
         }
     }
+}
+
+/// The upstream boundary: the credential headers (`auth.*` and
+/// `security.header_filtering`), the client headers never forwarded and the principal
+/// header (`security.upstreamHeaders`).
+fn upstream_boundary(loaded: &Loaded, layers: &mut Layers) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let mut creds = cfg
+        .auth
+        .credential_header_names()
+        .map_err(|e| auth_error(loaded, &e))?;
+    let hf = &cfg.security.header_filtering;
+    if hf.enabled {
+        for h in &hf.filtered_headers {
+            let n = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                loaded.error(
+                    "security.header_filtering.filtered_headers",
+                    format!("`{h}` is not a header name (written as is, not trimmed)"),
+                )
+            })?;
+            if !creds.contains(&n) {
+                creds.push(n);
+            }
+        }
+    }
+    let uh = &cfg.security.upstream_headers;
+    let key = |k: &str| format!("security.upstreamHeaders.{k}");
+    let mut untrusted = UntrustedHeaders::default();
+    for p in &uh.strip {
+        untrusted = untrusted
+            .strip(p)
+            .map_err(|e| loaded.error(&key("strip"), e.to_string()))?;
+    }
+    for a in &uh.allow {
+        if HeaderName::from_bytes(a.as_bytes()).is_ok_and(|n| creds.contains(&n)) {
+            return Err(loaded.error(
+                &key("allow"),
+                format!("`{a}` carries a credential: it is never forwarded"),
+            ));
+        }
+        untrusted = untrusted
+            .allow(a)
+            .map_err(|e| loaded.error(&key("allow"), e.to_string()))?;
+        tracing::warn!(
+            header = %a,
+            "security.upstreamHeaders.allow: the client's {a} header is forwarded to the upstream, which must not trust it"
+        );
+    }
+    layers.principal_header = if uh.principal_header.is_empty() {
+        None
+    } else {
+        let n = HeaderName::from_bytes(uh.principal_header.as_bytes()).map_err(|_| {
+            loaded.error(
+                &key("principalHeader"),
+                "must be a header name (an RFC 9110 token, written as is), or \"\" for none",
+            )
+        })?;
+        if creds.contains(&n) {
+            return Err(loaded.error(&key("principalHeader"), "must not be a credential header"));
+        }
+        // A client's copy never passes.
+        untrusted = untrusted
+            .strip(n.as_str())
+            .map_err(|e| loaded.error(&key("principalHeader"), e.to_string()))?;
+        Some(n)
+    };
+    layers.credential_headers = creds;
+    layers.untrusted = untrusted;
+    Ok(())
 }
 
 /// `monitoring.auth_failure_threshold` / `auth_failure_window` /

@@ -3,10 +3,13 @@
 //! - `POST`, `GET` and `DELETE` are forwarded; JSON and SSE responses are streamed back
 //!   frame by frame as they arrive (the response body is hyper's `Incoming`, never
 //!   collected).
-//! - Hop-by-hop headers are removed both ways; the client's credentials (`Authorization`,
-//!   the API key header, `Cookie`, `Proxy-Authorization`) and `Origin` are never forwarded
-//!   (MCP forbids token passthrough; the gateway checked `Origin` itself); per-upstream
-//!   headers (credentials for the upstream) are injected.
+//! - Hop-by-hop headers are removed both ways; the client's credentials (every header of
+//!   mcp-auth's credential list: `Authorization`, the API key header, `Cookie`,
+//!   `Proxy-Authorization`, ...) and `Origin` are never forwarded (MCP forbids token
+//!   passthrough; the gateway checked `Origin` itself); nor are identity, client-address,
+//!   routing and override headers (mcp-core's `UntrustedHeaders`): the gateway sets
+//!   `X-Forwarded-For` and its principal header itself; per-upstream headers (credentials
+//!   for the upstream) are injected.
 //! - Connect and response-header timeouts; no total timeout, so SSE streams live as long
 //!   as the upstream keeps them open.
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
@@ -23,7 +26,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_audit::AuditUpstream;
-use mcp_core::{ClientAddr, McpRequest, Rejection, RejectionReason};
+use mcp_core::headers::UntrustedHeaders;
+use mcp_core::{ClientAddr, McpRequest, Principal, Rejection, RejectionReason};
 
 /// Headers that are never forwarded upstream, whatever the configuration.
 const ALWAYS_STRIPPED: &[&str] = &[
@@ -44,12 +48,8 @@ const ALWAYS_STRIPPED: &[&str] = &[
     "cookie",
     // checked by the gateway; the upstream sees a server-to-server request
     "origin",
-    // replaced by the gateway's own
+    // replaced by the gateway's own (the other forwarding headers are untrusted headers)
     "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "forwarded",
-    "x-real-ip",
 ];
 
 /// Response headers that are not passed back to the client.
@@ -84,8 +84,12 @@ pub struct UpstreamSpec {
     pub url: Uri,
     /// Headers injected into every forwarded request (credentials for the upstream).
     pub inject: Vec<(HeaderName, HeaderValue)>,
-    /// Extra request header names never forwarded (the API key header, ...).
+    /// Request headers carrying credentials, never forwarded (the API key header, ...).
     pub strip: Vec<HeaderName>,
+    /// Client headers never forwarded (identity, address, routing, overrides).
+    pub untrusted: UntrustedHeaders,
+    /// The header set to the verified principal's id, if any.
+    pub principal_header: Option<HeaderName>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers arrive.
@@ -240,12 +244,20 @@ impl Proxy {
             .get::<McpRequest>()
             .and_then(|m| m.id().cloned());
         let client_ip = req.extensions().get::<ClientAddr>().map(|c| c.ip());
+        let principal = spec.principal_header.as_ref().and_then(|name| {
+            let p = req.extensions().get::<Principal>()?;
+            p.is_authenticated()
+                .then(|| (name.clone(), principal_value(p.id())))
+        });
         let (parts, body) = req.into_parts();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = upstream_uri(&spec.url, parts.uri.query());
         let headers = out.headers_mut();
-        copy_request_headers(&parts.headers, headers, &spec.strip);
+        copy_request_headers(&parts.headers, headers, &spec.strip, &spec.untrusted);
+        if let Some((name, Some(value))) = principal {
+            headers.insert(name, value);
+        }
         if let Some(ip) = client_ip
             && let Ok(v) = HeaderValue::from_str(&ip.to_string())
         {
@@ -353,8 +365,33 @@ fn upstream_uri(base: &Uri, query: Option<&str>) -> Uri {
     }
 }
 
-/// Copies the request headers that may go upstream.
-pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, strip: &[HeaderName]) {
+/// The principal header's value: the id, with `%` and every byte outside visible ASCII
+/// and space percent-encoded (`None` when empty).
+fn principal_value(id: &str) -> Option<HeaderValue> {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            s.push(b as char);
+        } else {
+            let _ = write!(s, "%{b:02X}");
+        }
+    }
+    let s = s.trim_matches(' ');
+    if s.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(s).ok()
+}
+
+/// Copies the request headers that may go upstream: not hop-by-hop, not a credential
+/// (`strip`), not `untrusted`.
+pub fn copy_request_headers(
+    from: &HeaderMap,
+    to: &mut HeaderMap,
+    strip: &[HeaderName],
+    untrusted: &UntrustedHeaders,
+) {
     // Headers named in `Connection` are hop-by-hop too.
     let connection_named: Vec<String> = from
         .get_all(header::CONNECTION)
@@ -368,6 +405,7 @@ pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap, strip: &[Heade
         let n = name.as_str();
         if ALWAYS_STRIPPED.contains(&n)
             || strip.iter().any(|s| s == name)
+            || untrusted.matches(name)
             || connection_named.iter().any(|c| c == n)
         {
             continue;
@@ -421,7 +459,12 @@ mod tests {
             from.append(k, HeaderValue::from_static(v));
         }
         let mut to = HeaderMap::new();
-        copy_request_headers(&from, &mut to, &[HeaderName::from_static("x-api-key")]);
+        copy_request_headers(
+            &from,
+            &mut to,
+            &[HeaderName::from_static("x-api-key")],
+            &UntrustedHeaders::default(),
+        );
         for gone in [
             "authorization",
             "proxy-authorization",
@@ -446,6 +489,18 @@ mod tests {
         ] {
             assert!(to.contains_key(kept), "{kept} was dropped");
         }
+    }
+
+    #[test]
+    fn principal_values_are_visible_ascii() {
+        let v = |s: &str| principal_value(s).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(v("alice").as_deref(), Some("alice"));
+        assert_eq!(v("jösé 100%").as_deref(), Some("j%C3%B6s%C3%A9 100%25"));
+        assert_eq!(
+            v("a\r\nX-Injected: 1").as_deref(),
+            Some("a%0D%0AX-Injected: 1")
+        );
+        assert_eq!(v(""), None);
     }
 
     #[test]
