@@ -28,8 +28,9 @@
 //!     h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "v".parse().unwrap());
 //! }
 //! untrusted.remove_from(&mut h);
-//! let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-//! assert_eq!(left, ["via", "accept"]);
+//! let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+//! left.sort();
+//! assert_eq!(left, ["accept", "via"]);
 //! ```
 
 use http::{HeaderMap, HeaderName};
@@ -253,6 +254,76 @@ impl UntrustedHeaders {
     }
 }
 
+/// An `X-Forwarded-Client-Cert` value (Envoy's format) for a client certificate the
+/// proxy verified itself: `Hash=<SHA-256 hex>;Subject="<subject>";URI=<uri>;DNS=<name>`
+/// (one `URI` / `DNS` element per SAN). Values holding `,`, `;`, `=`, `"` or a space are
+/// quoted with `"` and `\` escapes; bytes outside visible ASCII are percent-encoded, so
+/// the result is always a valid header value. Set it only after removing a client's copy
+/// ([`UntrustedHeaders::default`] removes every `X-Forwarded-*`).
+///
+/// ```
+/// use mcp_core::headers::xfcc_value;
+/// use mcp_core::ClientCertIdentity;
+/// let id = ClientCertIdentity {
+///     common_name: Some("agent-1".into()),
+///     subject: "CN=agent-1,O=Example".into(),
+///     issuer: "CN=test CA".into(),
+///     dns_names: vec![],
+///     uris: vec!["spiffe://example.org/sa/agent-1".into()],
+///     serial: "01".into(),
+///     fingerprint_sha256: [0xab; 32],
+///     der: Default::default(),
+/// };
+/// let v = xfcc_value(&id);
+/// assert!(v.starts_with("Hash=abab"));
+/// assert!(v.ends_with(r#";Subject="CN=agent-1,O=Example";URI=spiffe://example.org/sa/agent-1"#));
+/// ```
+pub fn xfcc_value(id: &crate::ClientCertIdentity) -> String {
+    let mut out = format!("Hash={}", id.fingerprint_hex());
+    let mut push = |key: &str, value: &str| {
+        out.push(';');
+        out.push_str(key);
+        out.push('=');
+        out.push_str(&xfcc_escape(value));
+    };
+    push("Subject", &id.subject);
+    for u in &id.uris {
+        push("URI", u);
+    }
+    for d in &id.dns_names {
+        push("DNS", d);
+    }
+    out
+}
+
+fn xfcc_escape(value: &str) -> String {
+    use std::fmt::Write as _;
+    let quote = value
+        .bytes()
+        .any(|b| matches!(b, b',' | b';' | b'=' | b'"' | b' ' | b'\\'));
+    let mut s = String::with_capacity(value.len() + 2);
+    if quote {
+        s.push('"');
+    }
+    for b in value.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                s.push('\\');
+                s.push(b as char);
+            }
+            b'%' => s.push_str("%25"),
+            0x20..=0x7e => s.push(b as char),
+            _ => {
+                let _ = write!(s, "%{b:02X}");
+            }
+        }
+    }
+    if quote {
+        s.push('"');
+    }
+    s
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -305,6 +376,26 @@ mod tests {
         {
             assert_eq!(name(h).as_str(), *h);
         }
+    }
+
+    #[test]
+    fn xfcc_values_are_valid_header_values() {
+        let id = crate::ClientCertIdentity {
+            common_name: None,
+            subject: "CN=a\"b;c\\d,O=Ex\u{e9}\r\n".into(),
+            issuer: String::new(),
+            dns_names: vec!["a.example".into()],
+            uris: vec![],
+            serial: String::new(),
+            fingerprint_sha256: [0; 32],
+            der: Default::default(),
+        };
+        let v = xfcc_value(&id);
+        assert!(http::HeaderValue::from_str(&v).is_ok(), "{v}");
+        assert!(
+            v.ends_with(r#";Subject="CN=a\"b;c\\d,O=Ex%C3%A9%0D%0A";DNS=a.example"#),
+            "{v}"
+        );
     }
 
     #[test]

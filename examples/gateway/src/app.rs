@@ -113,6 +113,7 @@ pub fn build_proxies(
             strip: strip.clone(),
             untrusted: layers.untrusted.clone(),
             principal_header: layers.principal_header.clone(),
+            client_cert_header: layers.client_cert_header.clone(),
             connect_timeout: Duration::from_millis(up.connect_timeout_ms.unwrap_or(5_000)),
             response_timeout: Duration::from_millis(up.response_timeout_ms.unwrap_or(60_000)),
             tls: UpstreamTls {

@@ -170,6 +170,10 @@ pub struct UpstreamHeaders {
     /// outside visible ASCII); a client's copy is always removed. Default
     /// `X-MCP-Principal`; `""` sets none.
     pub principal_header: String,
+    /// The header the gateway sets, in Envoy's XFCC format, to the client certificate it
+    /// verified (mutual TLS only); a client's copy is always removed. Default
+    /// `X-Forwarded-Client-Cert`; `""` sets none.
+    pub client_cert_header: String,
 }
 
 impl Default for UpstreamHeaders {
@@ -178,6 +182,7 @@ impl Default for UpstreamHeaders {
             strip: Vec::new(),
             allow: Vec::new(),
             principal_header: "X-MCP-Principal".into(),
+            client_cert_header: "X-Forwarded-Client-Cert".into(),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct Layers {
     pub untrusted: UntrustedHeaders,
     /// The header set to the verified principal (`security.upstreamHeaders.principalHeader`).
     pub principal_header: Option<HeaderName>,
+    /// The header set to the verified client certificate
+    /// (`security.upstreamHeaders.clientCertHeader`).
+    pub client_cert_header: Option<HeaderName>,
 }
 
 impl Layers {
@@ -274,24 +277,28 @@ fn upstream_boundary(loaded: &Loaded, layers: &mut Layers) -> Result<(), ConfigE
             "security.upstreamHeaders.allow: the client's {a} header is forwarded to the upstream, which must not trust it"
         );
     }
-    layers.principal_header = if uh.principal_header.is_empty() {
-        None
-    } else {
-        let n = HeaderName::from_bytes(uh.principal_header.as_bytes()).map_err(|_| {
+    // The headers the gateway sets: never a credential header, and a client's copy
+    // never passes.
+    let mut own = |value: &str, k: &str| -> Result<Option<HeaderName>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let n = HeaderName::from_bytes(value.as_bytes()).map_err(|_| {
             loaded.error(
-                &key("principalHeader"),
+                &key(k),
                 "must be a header name (an RFC 9110 token, written as is), or \"\" for none",
             )
         })?;
         if creds.contains(&n) {
-            return Err(loaded.error(&key("principalHeader"), "must not be a credential header"));
+            return Err(loaded.error(&key(k), "must not be a credential header"));
         }
-        // A client's copy never passes.
-        untrusted = untrusted
+        untrusted = std::mem::take(&mut untrusted)
             .strip(n.as_str())
-            .map_err(|e| loaded.error(&key("principalHeader"), e.to_string()))?;
-        Some(n)
+            .map_err(|e| loaded.error(&key(k), e.to_string()))?;
+        Ok(Some(n))
     };
+    layers.principal_header = own(&uh.principal_header, "principalHeader")?;
+    layers.client_cert_header = own(&uh.client_cert_header, "clientCertHeader")?;
     layers.credential_headers = creds;
     layers.untrusted = untrusted;
     Ok(())
@@ -360,5 +367,97 @@ pub async fn verify_audit(db: &std::path::Path) -> Result<(), String> {
             db.display(),
             report.records
         )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// Every credential header, default or configured, in any case: read by
+    /// authentication, never forwarded, masked by the audit trail (the tracing
+    /// redaction takes the same list: `app::router`).
+    #[tokio::test]
+    async fn every_credential_header_is_stripped_and_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            r#"auth:
+  enabled: true
+  mode: apikey
+  apiKeyHeader: X-MCP-Key
+  credentialHeaders: [X-Upstream-Token]
+  apiKeys: [{{id: a, key: "Abc123!@#Xyz789!@#Test"}}]
+audit:
+  enabled: true
+  database: {{sqlitePath: "{}"}}
+security:
+  header_filtering:
+    enabled: true
+    filtered_headers: [X-Legacy-Secret]
+upstreams: [{{name: u, path: /mcp, url: "http://127.0.0.1:9/mcp"}}]
+"#,
+            dir.path().join("a.db").display()
+        );
+        let loaded = crate::config::parse(&yaml, "t.yaml", &|_| None).unwrap();
+        let layers = Layers::build(&loaded).await.unwrap();
+        let expected = [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "x-api-key",
+            "x-auth-token",
+            "x-mcp-key",
+            "x-upstream-token",
+            "x-legacy-secret",
+        ];
+        let names: Vec<&str> = layers
+            .credential_headers
+            .iter()
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(names, expected);
+        // Whatever authentication reads is in the list.
+        for h in layers.auth.as_ref().unwrap().credential_headers() {
+            assert!(layers.credential_headers.contains(h), "{h}");
+        }
+        let masked = layers
+            .auditor
+            .as_ref()
+            .unwrap()
+            .config()
+            .sensitive_headers();
+        for name in expected {
+            for spelling in [name.to_owned(), name.to_ascii_uppercase(), odd_case(name)] {
+                let mut from = http::HeaderMap::new();
+                from.insert(
+                    HeaderName::from_bytes(spelling.as_bytes()).unwrap(),
+                    http::HeaderValue::from_static("secret"),
+                );
+                let mut to = http::HeaderMap::new();
+                crate::proxy::copy_request_headers(
+                    &from,
+                    &mut to,
+                    &layers.credential_headers,
+                    &layers.untrusted,
+                );
+                assert!(to.is_empty(), "{spelling} is forwarded");
+            }
+            assert!(masked.iter().any(|m| m == name), "{name} is not masked");
+        }
+        layers.flush().await;
+    }
+
+    fn odd_case(s: &str) -> String {
+        s.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
     }
 }

@@ -26,8 +26,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_audit::AuditUpstream;
-use mcp_core::headers::UntrustedHeaders;
-use mcp_core::{ClientAddr, McpRequest, Principal, Rejection, RejectionReason};
+use mcp_core::headers::{UntrustedHeaders, xfcc_value};
+use mcp_core::{ClientAddr, McpRequest, Principal, Rejection, RejectionReason, TlsInfo};
 
 /// Headers that are never forwarded upstream, whatever the configuration.
 const ALWAYS_STRIPPED: &[&str] = &[
@@ -90,6 +90,8 @@ pub struct UpstreamSpec {
     pub untrusted: UntrustedHeaders,
     /// The header set to the verified principal's id, if any.
     pub principal_header: Option<HeaderName>,
+    /// The header set to the verified client certificate (XFCC format), if any.
+    pub client_cert_header: Option<HeaderName>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers arrive.
@@ -249,6 +251,11 @@ impl Proxy {
             p.is_authenticated()
                 .then(|| (name.clone(), principal_value(p.id())))
         });
+        let client_cert = spec.client_cert_header.as_ref().and_then(|name| {
+            let id = req.extensions().get::<TlsInfo>()?.client.as_ref()?;
+            let v = HeaderValue::from_str(&xfcc_value(id)).ok()?;
+            Some((name.clone(), v))
+        });
         let (parts, body) = req.into_parts();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method.clone();
@@ -256,6 +263,9 @@ impl Proxy {
         let headers = out.headers_mut();
         copy_request_headers(&parts.headers, headers, &spec.strip, &spec.untrusted);
         if let Some((name, Some(value))) = principal {
+            headers.insert(name, value);
+        }
+        if let Some((name, value)) = client_cert {
             headers.insert(name, value);
         }
         if let Some(ip) = client_ip

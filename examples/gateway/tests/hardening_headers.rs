@@ -219,6 +219,16 @@ fn header_names_in_configuration_are_validated_not_trimmed() {
             "security.upstreamHeaders.allow",
         ),
         (
+            "security:\n  upstreamHeaders:\n    principalHeader: Authorization\n",
+            "principalHeader: Authorization",
+            "security.upstreamHeaders.principalHeader",
+        ),
+        (
+            "security:\n  upstreamHeaders:\n    clientCertHeader: \" X-Client-Cert\"\n",
+            "clientCertHeader: \" X-Client-Cert\"",
+            "security.upstreamHeaders.clientCertHeader",
+        ),
+        (
             "security:\n  upstreamHeaders:\n    principalHeader: \"X Principal\"\n",
             "principalHeader: \"X Principal\"",
             "security.upstreamHeaders.principalHeader",
@@ -227,6 +237,18 @@ fn header_names_in_configuration_are_validated_not_trimmed() {
         let yaml = config_with_key_header(upstream, &db, "X-MCP-Key", extra);
         assert_check_refuses(dir.path(), &yaml, line, key);
     }
+    let yaml = config_with_key_header(
+        upstream,
+        &db,
+        "X-MCP-Key\n  credentialHeaders: [\"X-Token \"]",
+        "",
+    );
+    assert_check_refuses(
+        dir.path(),
+        &yaml,
+        "credentialHeaders: [\"X-Token \"]",
+        "auth.credentialHeaders",
+    );
 }
 
 /// Identity, client-certificate, client-address, routing and method-override headers a
@@ -448,4 +470,146 @@ async fn credentials_in_the_query_string_are_refused_whatever_their_form() {
         .unwrap();
         assert_eq!(r.status(), 200, "{q}");
     }
+}
+
+/// A test CA issuing a server certificate for localhost and client certificates with a
+/// SPIFFE URI.
+struct Ca(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Self(rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap())
+    }
+    fn pem_text(&self) -> String {
+        self.0.pem()
+    }
+    fn issue(&self, cn: &str, server: bool) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, SanType};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = if server {
+            vec!["localhost".to_string()]
+        } else {
+            Vec::new()
+        };
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        if server {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        } else {
+            p.subject_alt_names.push(SanType::URI(
+                format!("spiffe://example.org/sa/{cn}").try_into().unwrap(),
+            ));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = p.signed_by(&key, &self.0).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn mtls_client(ca_pem: &str, cert: &str, key: &str) -> reqwest::Client {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    ring();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap(),
+        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn under_mutual_tls_the_upstream_gets_the_gateways_xfcc_not_the_clients() {
+    let dir = tempdir();
+    let (upstream, seen) = recording_upstream().await;
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.issue("localhost", true);
+    let write = |name: &str, s: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, s).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let yaml = format!(
+        r#"server:
+  addr: "127.0.0.1:0"
+  tls:
+    certFile: "{}"
+    keyFile: "{}"
+    clientAuth: RequireAndVerifyClientCert
+    caFile: "{}"
+auth:
+  enabled: true
+  mode: mtls
+  mtls:
+    identity: spiffe_id_or_common_name
+    defaultScopes: ["mcp:tools"]
+upstreams:
+  - name: demo
+    path: /mcp
+    url: "{upstream}"
+"#,
+        write("server.pem", &cert),
+        write("server.key", &key),
+        write("ca.pem", &ca.pem_text()),
+    );
+    let (_gw, base) = start_gateway(dir.path(), &yaml);
+    let base = base.replace("127.0.0.1", "localhost");
+    let (ccert, ckey) = ca.issue("agent-1", false);
+    let c = mtls_client(&ca.pem_text(), &ccert, &ckey);
+    let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": "hi"}))
+        .header(
+            "X-Forwarded-Client-Cert",
+            "Hash=00;URI=spiffe://example.org/sa/admin",
+        )
+        .header("X-SSL-Client-S-DN", "CN=admin")
+        .header("X-MCP-Principal", "spiffe://example.org/sa/admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, h) = seen.lock().unwrap().pop().unwrap();
+    let all = dump(&h);
+    assert!(
+        !all.contains("sa/admin") && !all.contains("CN=admin"),
+        "{all}"
+    );
+    assert_eq!(
+        h.get_all("x-forwarded-client-cert").iter().count(),
+        1,
+        "{all}"
+    );
+    let xfcc = h["x-forwarded-client-cert"].to_str().unwrap();
+    assert!(xfcc.starts_with("Hash="), "{xfcc}");
+    assert!(xfcc.contains(";Subject="), "{xfcc}");
+    assert!(
+        xfcc.ends_with(";URI=spiffe://example.org/sa/agent-1"),
+        "{xfcc}"
+    );
+    assert_eq!(
+        h["x-mcp-principal"], "spiffe://example.org/sa/agent-1",
+        "{all}"
+    );
 }
