@@ -7,8 +7,8 @@
 //! TLS accept (mcp-tls: PeerAddr, TlsInfo) -> client address (trusted proxies only)
 //!   -> metrics -> request id + audit -> security headers -> Origin/Host guard
 //!   -> rate limit by IP -> authentication failure monitor -> authenticate
-//!   -> rate limit by principal
-//!   -> body limit + parse once + sanitize -> authorize tool -> reverse proxy
+//!   -> body limit + parse once + sanitize
+//!   -> rate limit by principal, method and tool -> authorize tool -> reverse proxy
 //! ```
 
 use std::convert::Infallible;
@@ -168,8 +168,10 @@ pub fn router(
             .layer(option_layer(layers.ip_limit.clone()))
             .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
-            .layer(option_layer(layers.principal_limit.clone()))
             .layer(option_layer(layers.parse.clone()))
+            // After parsing: per-method and per-tool quotas and costs read the parsed
+            // request (before it, every request cost 1 and no tool quota applied).
+            .layer(option_layer(layers.principal_limit.clone()))
             .layer(option_layer(layers.authorize.clone()))
             .service(svc);
         router = router.route_service(&up.path, stack);

@@ -152,7 +152,7 @@ impl Layers {
         // `ratelimit`.
         let rl = &cfg.ratelimit;
         let ip_cfg = match &cfg.ip_ratelimit {
-            Some(c) => Some(c.clone()),
+            Some(c) => Some(ip_shield_checked(loaded, c)?.clone()),
             None if rl.enabled => Some({
                 let mut c = mcp_ratelimit::RateLimitConfig::per_second(
                     (rl.requests_per_second * 2.0).min(1_000_000.0),
@@ -215,6 +215,35 @@ impl Layers {
             a.shutdown().await;
         }
     }
+}
+
+/// The per-IP shield runs before authentication and parsing, keyed by client address:
+/// quotas that need a principal, a tool or a method, or another key, would never act
+/// there, so they are refused rather than accepted without effect.
+fn ip_shield_checked<'a>(
+    loaded: &Loaded,
+    c: &'a mcp_ratelimit::RateLimitConfig,
+) -> Result<&'a mcp_ratelimit::RateLimitConfig, ConfigError> {
+    let why = "the per-IP shield runs before authentication and parsing: write it under ratelimit";
+    if !c.per_tool.is_empty() {
+        return Err(loaded.error("ip_ratelimit.per_tool", why));
+    }
+    if !c.per_method.is_empty() {
+        return Err(loaded.error("ip_ratelimit.per_method", why));
+    }
+    if c.client_limits.authenticated.is_some() {
+        return Err(loaded.error("ip_ratelimit.client_limits.authenticated", why));
+    }
+    if !c.client_limits.principals.is_empty() {
+        return Err(loaded.error("ip_ratelimit.client_limits.principals", why));
+    }
+    if c.key != KeySpec::ip() {
+        return Err(loaded.error(
+            "ip_ratelimit.key",
+            "the per-IP shield is keyed by client address (ip): write other keys under ratelimit",
+        ));
+    }
+    Ok(c)
 }
 
 /// `monitoring.auth_failure_threshold` / `auth_failure_window` /
