@@ -119,6 +119,10 @@ pub struct ServerConfig {
     /// own on `addr` (one `SO_REUSEPORT` group; like nginx's worker processes). 0: one
     /// per CPU.
     pub workers: usize,
+    /// The IPv6 prefix length that identifies one client in per-address state (the rate
+    /// limits' `ip` key, the authentication failure monitor): 0 to 128, default 64.
+    /// IPv4 clients are counted per address.
+    pub client_ipv6_prefix: u8,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +142,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             idle_timeout_seconds: 30,
             workers: 0,
+            client_ipv6_prefix: mcp_core::DEFAULT_IPV6_PREFIX,
         }
     }
 }
@@ -490,12 +495,19 @@ pub fn parse(
 /// `server.*` (one limit and one guard for every layer): written under `sanitization`
 /// they would be overwritten without a word, so they are refused.
 fn refuse_keys_set_by_the_gateway(v: &Value, text: &str, file: &str) -> Result<(), ConfigError> {
-    for (key, instead) in [
-        ("max_body_bytes", "server.maxBodyBytes"),
-        ("origin", "server.allowedOrigins and server.allowedHosts"),
+    for (section, key, instead) in [
+        ("sanitization", "max_body_bytes", "server.maxBodyBytes"),
+        (
+            "sanitization",
+            "origin",
+            "server.allowedOrigins and server.allowedHosts",
+        ),
+        // One prefix for every per-address count (limits and failure monitor).
+        ("ratelimit", "ipv6_prefix", "server.clientIpv6Prefix"),
+        ("ip_ratelimit", "ipv6_prefix", "server.clientIpv6Prefix"),
     ] {
-        if v.get("sanitization").and_then(|s| s.get(key)).is_some() {
-            let key = format!("sanitization.{key}");
+        if v.get(section).and_then(|s| s.get(key)).is_some() {
+            let key = format!("{section}.{key}");
             return Err(ConfigError::Rule {
                 file: file.to_owned(),
                 line: find_line(text, &key),

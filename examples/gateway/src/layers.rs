@@ -177,6 +177,7 @@ impl Layers {
                     ip_cfg.name
                 },
                 key: KeySpec::ip(),
+                ipv6_prefix: cfg.server.client_ipv6_prefix,
                 ..ip_cfg
             };
             layers.ip_limit = Some(
@@ -193,6 +194,7 @@ impl Layers {
             if p.name == "default" {
                 p.name = "principal".into();
             }
+            p.ipv6_prefix = cfg.server.client_ipv6_prefix;
             layers.principal_limit =
                 Some(RateLimitLayer::new(p).map_err(|e| loaded.error("ratelimit", e.to_string()))?);
         }
@@ -271,6 +273,7 @@ fn monitor_settings(loaded: &Loaded) -> Result<Option<MonitorSettings>, ConfigEr
         threshold,
         window: Duration::from_secs(window),
         block: Duration::from_secs(m.auth_failure_block_seconds),
+        ipv6_prefix: loaded.config.server.client_ipv6_prefix,
     }))
 }
 

@@ -87,6 +87,9 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
             format!("must be at most {MAX_WORKERS} (0: one per CPU)"),
         ));
     }
+    if cfg.server.client_ipv6_prefix > 128 {
+        return Err(loaded.error("server.clientIpv6Prefix", "must be 0 to 128 (bits)"));
+    }
     if cfg.server.max_body_bytes == 0 {
         return Err(loaded.error("server.maxBodyBytes", "must be greater than zero"));
     }

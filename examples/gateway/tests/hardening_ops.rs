@@ -438,3 +438,46 @@ fn ip_shield_refuses_quotas_it_cannot_apply() {
         assert_check_refuses(dir.path(), &yaml, bad_line, key);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Item: IPv6 clients keyed by prefix, one key for every per-address count.
+// ---------------------------------------------------------------------------------------
+
+/// `server.clientIpv6Prefix` is the one place: checked (0 to 128), and the sections it
+/// feeds refuse a prefix of their own.
+#[test]
+fn client_ipv6_prefix_is_checked_and_set_in_one_place() {
+    let dir = tempdir();
+    let up = "upstreams:\n  - name: demo\n    path: /mcp\n    url: \"http://127.0.0.1:9/mcp\"\n";
+    let head =
+        "server:\n  addr: \"127.0.0.1:0\"\n  clientIpv6Prefix: 129\nauth:\n  enabled: false\n";
+    assert_check_refuses(
+        dir.path(),
+        &format!("{head}{up}"),
+        "clientIpv6Prefix: 129",
+        "server.clientIpv6Prefix",
+    );
+    for section in ["ratelimit", "ip_ratelimit"] {
+        let yaml = format!(
+            "server:\n  addr: \"127.0.0.1:0\"\nauth:\n  enabled: false\n{section}:\n  ipv6_prefix: 56\n{up}"
+        );
+        assert_check_refuses(
+            dir.path(),
+            &yaml,
+            "ipv6_prefix: 56",
+            &format!("{section}.ipv6_prefix"),
+        );
+    }
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!("server:\n  addr: \"127.0.0.1:0\"\n  clientIpv6Prefix: 56\nauth:\n  enabled: false\n{up}"),
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        &["check", "--config", good.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+}
