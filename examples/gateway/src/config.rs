@@ -123,6 +123,15 @@ pub struct ServerConfig {
     /// limits' `ip` key, the authentication failure monitor): 0 to 128, default 64.
     /// IPv4 clients are counted per address.
     pub client_ipv6_prefix: u8,
+    /// A second, plain HTTP listener for the operator's endpoints (`/metrics`, `/healthz`,
+    /// `/readyz`); when set, the public listener does not serve `/metrics`. Default: none.
+    pub admin_addr: Option<String>,
+    /// Seconds an upstream probe of `/readyz` is reused (1 to 3600, default 5): however
+    /// many callers ask, each upstream is probed at most once per interval.
+    pub readiness_cache_seconds: u64,
+    /// Per-client-address limit of `/healthz`, `/readyz` and `/metrics` (default 5 a
+    /// second, burst 20: ample for kubelets and Prometheus).
+    pub ops_rate_limit: mcp_ratelimit::Limit,
 }
 
 impl Default for ServerConfig {
@@ -143,6 +152,12 @@ impl Default for ServerConfig {
             idle_timeout_seconds: 30,
             workers: 0,
             client_ipv6_prefix: mcp_core::DEFAULT_IPV6_PREFIX,
+            admin_addr: None,
+            readiness_cache_seconds: 5,
+            ops_rate_limit: mcp_ratelimit::Limit {
+                requests_per_second: 5.0,
+                burst: Some(20),
+            },
         }
     }
 }
@@ -200,6 +215,11 @@ pub struct MonitoringConfig {
     pub anomaly_detection: Option<AnomalyDetection>,
     /// Serve `/metrics`.
     pub metrics: bool,
+    /// Ours: the scope a principal needs to read `/metrics` on the public listener (and on
+    /// a non-loopback admin listener). Default `metrics:read`.
+    pub metrics_scope: String,
+    /// Ours: serve `/metrics` without a credential (logged as a warning at start).
+    pub metrics_public: bool,
 }
 
 impl Default for MonitoringConfig {
@@ -210,6 +230,8 @@ impl Default for MonitoringConfig {
             auth_failure_block_seconds: 0,
             anomaly_detection: None,
             metrics: true,
+            metrics_scope: "metrics:read".into(),
+            metrics_public: false,
         }
     }
 }

@@ -41,13 +41,18 @@ pub struct Layers {
     pub parse: Option<Either<ParseSanitizeLayer, ParseLayer>>,
     pub result_scan: Option<ResultScanLayer>,
     pub authorize: Option<AuthorizeLayer>,
+    /// The operational endpoints' shared state (readiness cache, their rate limit).
+    pub ops: Option<crate::ops::Ops>,
 }
 
 impl Layers {
     /// Builds the layers from the configuration.
     pub async fn build(loaded: &Loaded) -> Result<Self, ConfigError> {
         let cfg = &loaded.config;
-        let mut layers = Self::default();
+        let mut layers = Self {
+            ops: Some(crate::ops::Ops::build(loaded)?),
+            ..Self::default()
+        };
         if !cfg.layers.enabled {
             return Ok(layers);
         }

@@ -481,3 +481,293 @@ fn client_ipv6_prefix_is_checked_and_set_in_one_place() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Item: operational endpoints.
+// ---------------------------------------------------------------------------------------
+
+/// A TCP listener that counts the connections it accepts (and closes them).
+fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = n.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            if s.is_err() {
+                break;
+            }
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (format!("http://{addr}/mcp"), n)
+}
+
+fn connects(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> usize {
+    n.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The example: 400 `/readyz` from one address made 400 upstream connections.
+/// Now the probe is reused for the interval, concurrent callers share one probe in
+/// flight, and the endpoint is rate limited per address.
+#[tokio::test]
+async fn readiness_probes_each_upstream_once_per_interval() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let (counted, n) = counting_listener();
+    let extra = format!("  - name: counted\n    path: /counted\n    url: \"{counted}\"\n");
+    let yaml = with_server_keys(
+        &base_config(&upstream, &dir.path().join("a.db"), &extra),
+        "  readinessCacheSeconds: 3600\n  opsRateLimit: {requests_per_second: 1000, burst: 1000}\n",
+    );
+    let (_gw, base) = start_gateway(dir.path(), &yaml);
+    let c = client();
+    // 40 at once, before any probe ran: one probe.
+    let all = (0..40).map(|_| {
+        let c = c.clone();
+        let url = format!("{base}/readyz");
+        tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
+    });
+    for s in futures_util::future::join_all(all).await {
+        assert_eq!(s.unwrap(), 200);
+    }
+    assert_eq!(
+        connects(&n),
+        1,
+        "concurrent probes share one upstream check"
+    );
+    // 40 more in a row: the cached answer.
+    for _ in 0..40 {
+        assert_eq!(status_of(c.get(format!("{base}/readyz"))).await, 200);
+    }
+    assert_eq!(connects(&n), 1, "the probe is reused within the interval");
+}
+
+/// With the defaults, a flood of probes from one address is refused (429 with
+/// Retry-After) long before 400, and the upstream sees one connection.
+#[tokio::test]
+async fn probe_endpoints_are_rate_limited_per_address() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let (counted, n) = counting_listener();
+    let extra = format!("  - name: counted\n    path: /counted\n    url: \"{counted}\"\n");
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &base_config(&upstream, &dir.path().join("a.db"), &extra),
+    );
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(status_of(c.get(format!("{base}/readyz"))).await);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(connects(&n) <= 2, "{} upstream connections", connects(&n));
+    // /healthz and /metrics are limited by the same budget per address.
+    let r = c.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(retry_after(&r) >= 1);
+    let r = c
+        .get(format!("{base}/metrics"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // The MCP endpoint is not charged to it.
+    assert_eq!(status_of(echo(&c, &format!("{base}/mcp"), KEY)).await, 200);
+
+    // Configurable: a budget of 2.
+    let dir2 = tempdir();
+    let yaml = with_server_keys(
+        &base_config(&upstream, &dir2.path().join("b.db"), ""),
+        "  opsRateLimit: {requests_per_second: 0.05, burst: 2}\n",
+    );
+    let (_gw2, base2) = start_gateway(dir2.path(), &yaml);
+    let mut statuses = Vec::new();
+    for path in ["healthz", "readyz", "healthz"] {
+        statuses.push(status_of(c.get(format!("{base2}/{path}"))).await);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+/// `/metrics` lists the tool names callers used: on the public listener it needs a
+/// credential with the metrics scope, checked like the MCP endpoint's (401, 403, audit).
+#[tokio::test]
+async fn metrics_on_the_public_listener_need_the_metrics_scope() {
+    let dir = tempdir();
+    let (_up, _gw, base, db) = start_with(
+        dir.path(),
+        "  requests_per_second: 1000\n  burst: 1000\n",
+        "",
+    );
+    let c = client();
+    assert_eq!(status_of(add(&c, &format!("{base}/mcp"), KEY)).await, 200);
+    let metrics = |key: Option<&str>| {
+        let r = c.get(format!("{base}/metrics"));
+        match key {
+            Some(k) => r.header("x-api-key", k),
+            None => r,
+        }
+    };
+    let r = metrics(None).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("add"), "{body}");
+    assert_eq!(
+        status_of(metrics(Some("Wrong123!@#Wrong123!@#"))).await,
+        401
+    );
+    // bob holds mcp:tools only.
+    let r = metrics(Some(KEY2)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(!r.text().await.unwrap().contains("tool="));
+    // alice holds metrics:read.
+    let r = metrics(Some(KEY)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("tool=\"add\""));
+    // The refusals are in the audit trail.
+    let ok = eventually(|| {
+        request_rows(&db)
+            .iter()
+            .any(|r| r.status == Some(403) && r.user.as_deref() == Some("bob"))
+    })
+    .await;
+    assert!(ok, "{:?}", request_rows(&db));
+
+    // Another scope can be named; alice lacks it.
+    let dir2 = tempdir();
+    let (_up2, _gw2, base2, _db2) = start_with(
+        dir2.path(),
+        "  requests_per_second: 1000\n  burst: 1000\n",
+        "monitoring:\n  metrics_scope: \"ops:scrape\"\n",
+    );
+    let r = c
+        .get(format!("{base2}/metrics"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+/// `monitoring.metrics_public: true` serves it without a credential, with a warning.
+#[tokio::test]
+async fn metrics_public_is_explicit_and_logged() {
+    let dir = tempdir();
+    let (_up, gw, base, _db) = start_with(
+        dir.path(),
+        "  requests_per_second: 1000\n  burst: 1000\n",
+        "monitoring:\n  metrics_public: true\n",
+    );
+    let c = client();
+    assert_eq!(status_of(c.get(format!("{base}/metrics"))).await, 200);
+    assert!(
+        gw.stderr_text().contains("metrics_public"),
+        "{}",
+        gw.stderr_text()
+    );
+}
+
+/// Starts a gateway whose configuration sets `server.adminAddr`: (process, public base,
+/// admin base).
+fn start_with_admin(dir: &Path, yaml: &str) -> (Proc, String, String) {
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut p = spawn_args(&["--config", path.to_str().unwrap()], dir);
+    let admin = wait_line(&mut p, "admin listener on")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .replace("0.0.0.0", "127.0.0.1");
+    let base = wait_line(&mut p, "mcp-gateway listening on")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    (p, base, admin)
+}
+
+/// `server.adminAddr`: the operator's endpoints on their own listener; the public one
+/// no longer serves `/metrics`, and the admin one serves nothing else.
+#[tokio::test]
+async fn admin_listener_serves_the_operator_endpoints() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let yaml = with_server_keys(
+        &base_config(&upstream, &dir.path().join("a.db"), ""),
+        "  adminAddr: \"127.0.0.1:0\"\n",
+    );
+    let (_gw, base, admin) = start_with_admin(dir.path(), &yaml);
+    let c = client();
+    assert_eq!(status_of(echo(&c, &format!("{base}/mcp"), KEY)).await, 200);
+    // Public: no /metrics, even with the scope.
+    let r = c
+        .get(format!("{base}/metrics"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(!r.text().await.unwrap().contains("mcp_gateway"));
+    assert_eq!(status_of(c.get(format!("{base}/healthz"))).await, 200);
+    // Admin (loopback): metrics without a credential, probes, and nothing else.
+    let r = c.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("tool=\"echo\""));
+    assert_eq!(status_of(c.get(format!("{admin}/healthz"))).await, 200);
+    assert_eq!(status_of(c.get(format!("{admin}/readyz"))).await, 200);
+    assert_eq!(status_of(echo(&c, &format!("{admin}/mcp"), KEY)).await, 404);
+    assert_eq!(
+        status_of(
+            c.get(format!("{admin}/api/audit/query"))
+                .header("x-api-key", KEY)
+        )
+        .await,
+        404
+    );
+}
+
+/// A non-loopback admin listener asks for the credential; with authentication off it is
+/// refused unless forced.
+#[tokio::test]
+async fn non_loopback_admin_listener_needs_a_credential() {
+    let dir = tempdir();
+    let (_up, upstream) = start_upstream(dir.path());
+    let yaml = with_server_keys(
+        &base_config(&upstream, &dir.path().join("a.db"), ""),
+        "  adminAddr: \"0.0.0.0:0\"\n",
+    );
+    let (_gw, _base, admin) = start_with_admin(dir.path(), &yaml);
+    let c = client();
+    assert_eq!(status_of(c.get(format!("{admin}/metrics"))).await, 401);
+    assert_eq!(
+        status_of(c.get(format!("{admin}/metrics")).header("x-api-key", KEY2)).await,
+        403
+    );
+    assert_eq!(
+        status_of(c.get(format!("{admin}/metrics")).header("x-api-key", KEY)).await,
+        200
+    );
+    assert_eq!(status_of(c.get(format!("{admin}/healthz"))).await, 200);
+
+    let up = "upstreams:\n  - name: demo\n    path: /mcp\n    url: \"http://127.0.0.1:9/mcp\"\n";
+    let yaml = format!(
+        "server:\n  addr: \"127.0.0.1:0\"\n  adminAddr: \"0.0.0.0:9464\"\nauth:\n  enabled: false\n{up}"
+    );
+    assert_check_refuses(
+        dir.path(),
+        &yaml,
+        "adminAddr: \"0.0.0.0:9464\"",
+        "server.adminAddr",
+    );
+    let yaml = format!(
+        "server:\n  addr: \"127.0.0.1:0\"\n  readinessCacheSeconds: 0\nauth:\n  enabled: false\n{up}"
+    );
+    assert_check_refuses(
+        dir.path(),
+        &yaml,
+        "readinessCacheSeconds: 0",
+        "server.readinessCacheSeconds",
+    );
+}
