@@ -55,13 +55,15 @@ impl Ops {
     pub fn build(loaded: &Loaded) -> Result<Self, ConfigError> {
         let cfg = &loaded.config;
         let proxies = crate::app::build_proxies(loaded)?;
-        let mut rl = RateLimitConfig::per_second(
-            cfg.server.ops_rate_limit.requests_per_second,
-            cfg.server.ops_rate_limit.burst.unwrap_or(20),
-        )
+        // A burst left out is the rate rounded up, as in every ratelimit section.
+        let rl = RateLimitConfig {
+            requests_per_second: cfg.server.ops_rate_limit.requests_per_second,
+            burst: cfg.server.ops_rate_limit.burst,
+            ipv6_prefix: cfg.server.client_ipv6_prefix,
+            ..RateLimitConfig::default()
+        }
         .with_name("ops")
         .with_key(KeySpec::ip());
-        rl.ipv6_prefix = cfg.server.client_ipv6_prefix;
         let limit = RateLimitLayer::new(rl).map_err(|e| {
             let msg = e.to_string();
             let key = if msg.contains("burst") {
