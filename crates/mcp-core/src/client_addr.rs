@@ -299,6 +299,49 @@ pub struct ResolveClientAddr<S> {
     proxies: Arc<TrustedProxies>,
 }
 
+/// The IPv6 prefix length [`ip_key`] groups IPv6 clients by, unless configured otherwise:
+/// a /64 is the smallest block a network, host or VM is normally given (RFC 6177,
+/// RFC 7421), and any holder of one can use all of its 2^64 addresses.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// The address that identifies a client in per-address state (rate-limit buckets, failure
+/// counts, connection caps), so that one holder of an IPv6 block cannot get a fresh entry
+/// by moving to another address of its block:
+///
+/// - an IPv4 address as it is (one client per address);
+/// - an IPv4-mapped IPv6 address (`::ffff:198.51.100.7`, as a dual-stack socket reports an
+///   IPv4 peer) as that IPv4 address;
+/// - any other IPv6 address cut to its first `ipv6_prefix` bits, the rest zero (a value
+///   above 128 is taken as 128: one client per address).
+///
+/// The result is meant as a key, not as an address to connect to or to log as the
+/// client's: allow and deny lists should still be matched against the address itself.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use mcp_core::client_addr::{DEFAULT_IPV6_PREFIX, ip_key};
+///
+/// let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+/// let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+/// assert_eq!(ip_key(a, DEFAULT_IPV6_PREFIX), ip_key(b, DEFAULT_IPV6_PREFIX));
+/// assert_eq!(ip_key(a, 64), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+/// assert_ne!(ip_key(a, 128), ip_key(b, 128));
+/// let v4: IpAddr = "198.51.100.7".parse().unwrap();
+/// assert_eq!(ip_key(v4, 64), v4);
+/// assert_eq!(ip_key("::ffff:198.51.100.7".parse().unwrap(), 64), v4);
+/// ```
+#[inline]
+pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let keep = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+            IpAddr::V6(std::net::Ipv6Addr::from_bits(v6.to_bits() & mask))
+        }
+    }
+}
+
 /// The peer address of a request, from [`PeerAddr`] or axum's `ConnectInfo`.
 pub fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
     if let Some(PeerAddr(a)) = req.extensions().get::<PeerAddr>() {
@@ -338,6 +381,63 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_keys_group_ipv6_by_prefix_and_keep_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // One /64: one key, whatever the interface identifier.
+        for a in [
+            "2001:db8:0:1::1",
+            "2001:db8:0:1:ffff:ffff:ffff:ffff",
+            "2001:db8:0:1:1234::",
+        ] {
+            assert_eq!(ip_key(ip(a), 64), ip("2001:db8:0:1::"));
+        }
+        // The next /64 is another client.
+        assert_ne!(
+            ip_key(ip("2001:db8:0:2::1"), 64),
+            ip_key(ip("2001:db8:0:1::1"), 64)
+        );
+        // Other lengths; above 128 is 128; 0 is one key for every IPv6 client.
+        assert_eq!(
+            ip_key(ip("2001:db8:abcd:1234::1"), 48),
+            ip("2001:db8:abcd::")
+        );
+        assert_eq!(ip_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(ip_key(ip("2001:db8::1"), 200), ip("2001:db8::1"));
+        assert_eq!(ip_key(ip("2001:db8::1"), 0), ip("::"));
+        assert_eq!(ip_key(ip("2001:db8::1"), 1), ip("::"));
+        assert_eq!(ip_key(ip("ffff::1"), 1), ip("8000::"));
+        // IPv4, and IPv4 mapped into IPv6, per address.
+        assert_eq!(ip_key(ip("198.51.100.7"), 64), ip("198.51.100.7"));
+        assert_eq!(ip_key(ip("::ffff:198.51.100.7"), 64), ip("198.51.100.7"));
+        assert_ne!(
+            ip_key(ip("::ffff:198.51.100.7"), 64),
+            ip_key(ip("::ffff:198.51.100.8"), 64)
+        );
+        // Loopback ::1 keeps its own key at 128, and shares ::/64 otherwise.
+        assert_eq!(ip_key(ip("::1"), 64), ip("::"));
+    }
+
+    proptest::proptest! {
+        /// Two addresses of one /64 share a key; addresses of different /64s never do;
+        /// IPv4 (plain or mapped) is unchanged.
+        #[test]
+        fn ip_key_is_the_prefix(net in proptest::prelude::any::<u64>(), a in proptest::prelude::any::<u64>(), b in proptest::prelude::any::<u64>(), other in proptest::prelude::any::<u64>(), v4 in proptest::prelude::any::<u32>()) {
+            let v6 = |hi: u64, lo: u64| IpAddr::V6(std::net::Ipv6Addr::from_bits((u128::from(hi) << 64) | u128::from(lo)));
+            // Leave out the ::ffff:0:0/96 block, which is IPv4.
+            proptest::prop_assume!(net != 0);
+            proptest::prop_assert_eq!(ip_key(v6(net, a), 64), ip_key(v6(net, b), 64));
+            proptest::prop_assert_eq!(ip_key(v6(net, a), 64), v6(net, 0));
+            if other != net {
+                proptest::prop_assert_ne!(ip_key(v6(net, a), 64), ip_key(v6(other, b), 64));
+            }
+            proptest::prop_assert_eq!(ip_key(v6(net, a), 128), v6(net, a));
+            let four = std::net::Ipv4Addr::from_bits(v4);
+            proptest::prop_assert_eq!(ip_key(IpAddr::V4(four), 64), IpAddr::V4(four));
+            proptest::prop_assert_eq!(ip_key(IpAddr::V6(four.to_ipv6_mapped()), 64), IpAddr::V4(four));
+        }
+    }
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -9,7 +9,8 @@
 //!   transport headers, and whether `Mcp-Method` / `Mcp-Name` disagree with the body.
 //! - [`Principal`]: who the caller is and how that was proven.
 //! - [`ClientAddr`]: the peer address and the client IP resolved through
-//!   [`TrustedProxies`] only.
+//!   [`TrustedProxies`] only; [`ip_key`] turns a client IP into the key of per-address
+//!   state (IPv6 grouped by prefix, [`DEFAULT_IPV6_PREFIX`] = /64; IPv4 per address).
 //! - [`Rejection`]: status + JSON-RPC error body + headers, the one way a layer says no,
 //!   leaving a typed [`Denial`] in the response extensions for outer layers.
 //! - [`TlsInfo`] and [`ClientCertIdentity`]: what the TLS accept loop learnt.
@@ -47,7 +48,10 @@ pub mod rejection;
 pub mod request;
 pub mod tls;
 
-pub use client_addr::{ClientAddr, ClientAddrLayer, ForwardedHeader, PeerAddr, TrustedProxies};
+pub use client_addr::{
+    ClientAddr, ClientAddrLayer, DEFAULT_IPV6_PREFIX, ForwardedHeader, PeerAddr, TrustedProxies,
+    ip_key,
+};
 pub use facts::RequestFacts;
 pub use headers::{InvalidHeaderPattern, UntrustedHeaders};
 pub use parse::{

@@ -81,6 +81,12 @@ pub struct RateLimitConfig {
     /// What happens to a request for which the key cannot be built.
     #[serde(default)]
     pub missing_key: MissingKey,
+    /// The IPv6 prefix length by which the `ip` key groups IPv6 clients (0 to 128,
+    /// default 64): every address of one /64 shares one bucket, so that its holder cannot
+    /// get a fresh one by changing address. IPv4 clients (and IPv4-mapped IPv6) are keyed
+    /// per address; the lists match the address itself. See `mcp_core::ip_key`.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
     /// Quotas and costs per MCP method (`tools/call`, `resources/read`, ...). Needs the
     /// layer to sit inside `mcp_core::ParseLayer`.
     #[serde(default)]
@@ -116,6 +122,9 @@ fn default_rps() -> f64 {
 fn default_cleanup() -> u64 {
     60
 }
+fn default_ipv6_prefix() -> u8 {
+    mcp_core::DEFAULT_IPV6_PREFIX
+}
 fn default_max_keys() -> usize {
     100_000
 }
@@ -133,6 +142,7 @@ impl Default for RateLimitConfig {
             blacklist: Vec::new(),
             key: KeySpec::default(),
             missing_key: MissingKey::default(),
+            ipv6_prefix: default_ipv6_prefix(),
             per_method: BTreeMap::new(),
             per_tool: BTreeMap::new(),
             max_keys: default_max_keys(),

@@ -10,7 +10,9 @@
 //! 3. **Key**: the client IP (`mcp_core::ClientAddr`, so that only trusted proxies can
 //!    change it; without it, the connection's peer from axum's `ConnectInfo` or
 //!    `mcp_core::PeerAddr`), the principal id, the API key id, a header, a global key, or
-//!    a combination ([`KeySpec`]). A request without a key follows [`MissingKey`]: a
+//!    a combination ([`KeySpec`]). An IPv6 client is keyed by its prefix (`ipv6_prefix`,
+//!    default /64, with `mcp_core::ip_key`): the holder of a /64 has one bucket, not
+//!    2^64; IPv4 is keyed per address. A request without a key follows [`MissingKey`]: a
 //!    shared `unknown` bucket (default), its IP, or 403 - never a 500. The deny and allow
 //!    lists use the same IP.
 //! 4. **In-flight cap** (`concurrency`): at most N requests of a key in flight, else 429

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     name: Arc<str>,
     key: Vec<KeyPart>,
     missing: MissingKey,
+    /// IPv6 clients are keyed by this prefix (`mcp_core::ip_key`).
+    ipv6_prefix: u8,
     allow: NetList,
     deny: NetList,
     pub(crate) quotas: Vec<QuotaSpec>,
@@ -138,6 +140,12 @@ impl Shared {
             return Err(ConfigError::OutOfRange {
                 key: "max_keys".into(),
                 rule: "must be between 1 and 100000000",
+            });
+        }
+        if c.ipv6_prefix > 128 {
+            return Err(ConfigError::OutOfRange {
+                key: "ipv6_prefix".into(),
+                rule: "must be 0 to 128 (bits of an IPv6 address that identify a client)",
             });
         }
         if c.concurrency == Some(0) {
@@ -265,6 +273,7 @@ impl Shared {
             name: Arc::from(name.as_str()),
             key: c.key.parts().to_vec(),
             missing: c.missing_key,
+            ipv6_prefix: c.ipv6_prefix,
             allow,
             deny,
             quotas,
@@ -391,11 +400,13 @@ impl Shared {
                 return Pre::Pass;
             }
         }
-        let key = match key::extract(&self.key, req, ip) {
+        // The lists match the address; the key is its client key (IPv6 by prefix).
+        let key_ip = ip.map(|ip| mcp_core::ip_key(ip, self.ipv6_prefix));
+        let key = match key::extract(&self.key, req, key_ip) {
             Some(k) => k,
             None => match self.missing {
                 MissingKey::Shared => Key::Unknown,
-                MissingKey::Ip => ip.map_or(Key::Unknown, Key::Ip),
+                MissingKey::Ip => key_ip.map_or(Key::Unknown, Key::Ip),
                 MissingKey::Reject => {
                     self.metrics.no_key.increment(1);
                     return Pre::Reject(Box::new(
@@ -661,7 +672,7 @@ where
             && let (Some(ip), sole) = key::client_ip_sole(&req)
             // The address was the only extension: there is no McpRequest, so cost 1.
             && (sole || request_cost(&req) == 1)
-            && m.try_one(&Key::Ip(ip), 0)
+            && m.try_one(&Key::Ip(mcp_core::ip_key(ip, shared.ipv6_prefix)), 0)
         {
             shared.metrics.allowed.increment(1);
             return ResponseFuture::plain(self.inner.call(req));

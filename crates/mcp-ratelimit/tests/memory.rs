@@ -754,3 +754,88 @@ async fn a_batch_costs_one_unit_per_message_without_rules_too() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// IPv6 clients are keyed by their /64 (`ipv6_prefix`): the holder of one /64 cannot get
+/// a fresh bucket by moving to another of its 2^64 addresses. IPv4 stays per address.
+/// Both the straight path (keyed by IP alone) and the general one (lists, combined keys).
+#[tokio::test]
+async fn ipv6_clients_are_keyed_by_prefix() {
+    let status = |svc: mcp_ratelimit::RateLimit<_>, ip: &'static str| async move {
+        let peer = SocketAddr::new(ip.parse().unwrap(), 4000);
+        let mut req = Request::new(Body::empty());
+        req.extensions_mut()
+            .insert(mcp_core::ClientAddr::direct(peer));
+        req.extensions_mut()
+            .insert(Principal::new("alice", AuthMethod::ApiKey));
+        let svc: mcp_ratelimit::RateLimit<_> = svc;
+        svc.oneshot(req).await.unwrap().status()
+    };
+    let ok = || {
+        tower::service_fn(|_req: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::from("ok")))
+        })
+    };
+    let straight = RateLimitConfig::per_second(1.0, 1);
+    let mut with_list = RateLimitConfig::per_second(1.0, 1);
+    with_list.blacklist = vec!["203.0.113.0/24".into()];
+    let combined = RateLimitConfig::per_second(1.0, 1).with_key(KeySpec::new([
+        mcp_ratelimit::KeyPart::Principal,
+        mcp_ratelimit::KeyPart::Ip,
+    ]));
+    for config in [straight, with_list, combined] {
+        let layer = RateLimitLayer::with_clock(config.clone(), MockClock::new()).unwrap();
+        let svc = layer.layer(ok());
+        // Several /128s of one /64: one bucket.
+        assert_eq!(status(svc.clone(), "2001:db8:1:2::1").await, StatusCode::OK);
+        for other in [
+            "2001:db8:1:2::2",
+            "2001:db8:1:2:ffff:ffff:ffff:ffff",
+            "2001:db8:1:2:1234:5678::",
+        ] {
+            assert_eq!(
+                status(svc.clone(), other).await,
+                StatusCode::TOO_MANY_REQUESTS,
+                "{other} in the same /64 ({config:?})"
+            );
+        }
+        // The next /64 is another client.
+        assert_eq!(status(svc.clone(), "2001:db8:1:3::1").await, StatusCode::OK);
+        // IPv4 per address, mapped or not.
+        assert_eq!(status(svc.clone(), "198.51.100.1").await, StatusCode::OK);
+        assert_eq!(status(svc.clone(), "198.51.100.2").await, StatusCode::OK);
+        assert_eq!(
+            status(svc.clone(), "::ffff:198.51.100.2").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+
+        // ipv6_prefix: 128 keys every address; 48 groups wider.
+        let mut per_address = config.clone();
+        per_address.ipv6_prefix = 128;
+        let svc = RateLimitLayer::with_clock(per_address, MockClock::new())
+            .unwrap()
+            .layer(ok());
+        assert_eq!(status(svc.clone(), "2001:db8:1:2::1").await, StatusCode::OK);
+        assert_eq!(status(svc.clone(), "2001:db8:1:2::2").await, StatusCode::OK);
+        let mut wide = config.clone();
+        wide.ipv6_prefix = 48;
+        let svc = RateLimitLayer::with_clock(wide, MockClock::new())
+            .unwrap()
+            .layer(ok());
+        assert_eq!(status(svc.clone(), "2001:db8:1:2::1").await, StatusCode::OK);
+        assert_eq!(
+            status(svc.clone(), "2001:db8:1:ffff::1").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+}
+
+#[test]
+fn ipv6_prefix_is_validated() {
+    let mut c = RateLimitConfig::default();
+    c.ipv6_prefix = 129;
+    let e = RateLimitLayer::new(c).unwrap_err().to_string();
+    assert!(e.contains("ipv6_prefix"), "{e}");
+    let c: RateLimitConfig = serde_yaml_ng::from_str("ipv6_prefix: 56").unwrap();
+    assert_eq!(c.ipv6_prefix, 56);
+    assert_eq!(RateLimitConfig::default().ipv6_prefix, 64);
+}

@@ -7,18 +7,15 @@
 //! TLS accept (mcp-tls: PeerAddr, TlsInfo) -> client address (trusted proxies only)
 //!   -> metrics -> request id + audit -> security headers -> Origin/Host guard
 //!   -> rate limit by IP -> authentication failure monitor -> authenticate
-//!   -> rate limit by principal
-//!   -> body limit + parse once + sanitize -> authorize tool -> reverse proxy
+//!   -> body limit + parse once + sanitize
+//!   -> rate limit by principal, method and tool -> authorize tool -> reverse proxy
 //! ```
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
-use axum::routing::get;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use mcp_core::{ClientAddrLayer, TrustedProxies};
@@ -34,12 +31,6 @@ use crate::proxy::{Proxy, UpstreamSpec, UpstreamTls};
 /// Paths the gateway serves itself.
 pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/audit/query"];
 
-#[derive(Clone)]
-struct OpsState {
-    proxies: Arc<Vec<Proxy>>,
-    metrics: Option<Exported>,
-}
-
 /// What `/metrics` renders: the recorder, and the connection counts of the accept loops
 /// (read when scraped).
 #[derive(Clone)]
@@ -52,7 +43,7 @@ pub struct Exported {
 
 impl Exported {
     /// Sets the connection series from the accept loops' counts, then renders.
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let s = self.connections.stats();
         metrics::gauge!("mcp_gateway_connections_open").set(s.open as f64);
         metrics::gauge!("mcp_gateway_connections_max").set(s.max as f64);
@@ -168,25 +159,21 @@ pub fn router(
             .layer(option_layer(layers.ip_limit.clone()))
             .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
-            .layer(option_layer(layers.principal_limit.clone()))
             .layer(option_layer(layers.parse.clone()))
+            // After parsing: per-method and per-tool quotas and costs read the parsed
+            // request (before it, every request cost 1 and no tool quota applied).
+            .layer(option_layer(layers.principal_limit.clone()))
             .layer(option_layer(layers.authorize.clone()))
             .service(svc);
         router = router.route_service(&up.path, stack);
     }
 
-    let ops = OpsState {
-        proxies: Arc::new(proxies),
-        metrics,
+    // /healthz, /readyz and (without an admin listener) /metrics: see crate::ops.
+    let ops = match &layers.ops {
+        Some(ops) => ops.clone(),
+        None => crate::ops::Ops::build(loaded, layers)?,
     };
-    let ops_router: Router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_endpoint))
-        .with_state(ops)
-        // The operational endpoints (and their 405s) carry the security headers too.
-        .layer(option_layer(layers.security_headers.clone()));
-    router = router.merge(ops_router);
+    router = router.merge(ops.routes(crate::ops::Listener::Public, layers, metrics, &trusted));
     if let Some(query) = layers.auditor.as_ref().and_then(|a| a.query_service()) {
         // Authenticated, and the query service itself requires the audit scope.
         let stack = ServiceBuilder::new()
@@ -219,46 +206,4 @@ async fn not_found(_: Request<Body>) -> Result<Response<Body>, Infallible> {
     let mut r = Response::new(Body::from("not found\n"));
     *r.status_mut() = StatusCode::NOT_FOUND;
     Ok(r)
-}
-
-async fn readyz(State(ops): State<OpsState>) -> Response<Body> {
-    let mut down = Vec::new();
-    for p in ops.proxies.iter() {
-        if !p.reachable().await {
-            down.push(p.name().to_owned());
-        }
-    }
-    let (status, body) = if down.is_empty() {
-        (StatusCode::OK, serde_json::json!({"ready": true}))
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"ready": false, "unreachable": down}),
-        )
-    };
-    let mut r = Response::new(Body::from(body.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-async fn metrics_endpoint(State(ops): State<OpsState>) -> Response<Body> {
-    match &ops.metrics {
-        Some(h) => {
-            let mut r = Response::new(Body::from(h.render()));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
-        }
-        None => {
-            let mut r = Response::new(Body::from("metrics disabled\n"));
-            *r.status_mut() = StatusCode::NOT_FOUND;
-            r
-        }
-    }
 }

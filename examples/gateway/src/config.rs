@@ -119,6 +119,19 @@ pub struct ServerConfig {
     /// own on `addr` (one `SO_REUSEPORT` group; like nginx's worker processes). 0: one
     /// per CPU.
     pub workers: usize,
+    /// The IPv6 prefix length that identifies one client in per-address state (the rate
+    /// limits' `ip` key, the authentication failure monitor): 0 to 128, default 64.
+    /// IPv4 clients are counted per address.
+    pub client_ipv6_prefix: u8,
+    /// A second, plain HTTP listener for the operator's endpoints (`/metrics`, `/healthz`,
+    /// `/readyz`); when set, the public listener does not serve `/metrics`. Default: none.
+    pub admin_addr: Option<String>,
+    /// Seconds an upstream probe of `/readyz` is reused (1 to 3600, default 5): however
+    /// many callers ask, each upstream is probed at most once per interval.
+    pub readiness_cache_seconds: u64,
+    /// Per-client-address limit of `/healthz`, `/readyz` and `/metrics` (default 5 a
+    /// second, burst 20: ample for kubelets and Prometheus).
+    pub ops_rate_limit: mcp_ratelimit::Limit,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +151,13 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             idle_timeout_seconds: 30,
             workers: 0,
+            client_ipv6_prefix: mcp_core::DEFAULT_IPV6_PREFIX,
+            admin_addr: None,
+            readiness_cache_seconds: 5,
+            ops_rate_limit: mcp_ratelimit::Limit {
+                requests_per_second: 5.0,
+                burst: Some(20),
+            },
         }
     }
 }
@@ -230,6 +250,11 @@ pub struct MonitoringConfig {
     pub anomaly_detection: Option<AnomalyDetection>,
     /// Serve `/metrics`.
     pub metrics: bool,
+    /// Ours: the scope a principal needs to read `/metrics` on the public listener (and on
+    /// a non-loopback admin listener). Default `metrics:read`.
+    pub metrics_scope: String,
+    /// Ours: serve `/metrics` without a credential (logged as a warning at start).
+    pub metrics_public: bool,
 }
 
 impl Default for MonitoringConfig {
@@ -240,6 +265,8 @@ impl Default for MonitoringConfig {
             auth_failure_block_seconds: 0,
             anomaly_detection: None,
             metrics: true,
+            metrics_scope: "metrics:read".into(),
+            metrics_public: false,
         }
     }
 }
@@ -525,12 +552,19 @@ pub fn parse(
 /// `server.*` (one limit and one guard for every layer): written under `sanitization`
 /// they would be overwritten without a word, so they are refused.
 fn refuse_keys_set_by_the_gateway(v: &Value, text: &str, file: &str) -> Result<(), ConfigError> {
-    for (key, instead) in [
-        ("max_body_bytes", "server.maxBodyBytes"),
-        ("origin", "server.allowedOrigins and server.allowedHosts"),
+    for (section, key, instead) in [
+        ("sanitization", "max_body_bytes", "server.maxBodyBytes"),
+        (
+            "sanitization",
+            "origin",
+            "server.allowedOrigins and server.allowedHosts",
+        ),
+        // One prefix for every per-address count (limits and failure monitor).
+        ("ratelimit", "ipv6_prefix", "server.clientIpv6Prefix"),
+        ("ip_ratelimit", "ipv6_prefix", "server.clientIpv6Prefix"),
     ] {
-        if v.get("sanitization").and_then(|s| s.get(key)).is_some() {
-            let key = format!("sanitization.{key}");
+        if v.get(section).and_then(|s| s.get(key)).is_some() {
+            let key = format!("{section}.{key}");
             return Err(ConfigError::Rule {
                 file: file.to_owned(),
                 line: find_line(text, &key),

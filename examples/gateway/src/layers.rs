@@ -53,6 +53,8 @@ pub struct Layers {
     /// The header set to the verified client certificate
     /// (`security.upstreamHeaders.clientCertHeader`).
     pub client_cert_header: Option<HeaderName>,
+    /// The operational endpoints' shared state (readiness cache, their rate limit).
+    pub ops: Option<crate::ops::Ops>,
 }
 
 impl Layers {
@@ -61,6 +63,7 @@ impl Layers {
         let cfg = &loaded.config;
         let mut layers = Self::default();
         upstream_boundary(loaded, &mut layers)?;
+        layers.ops = Some(crate::ops::Ops::build(loaded, &layers)?);
         if !cfg.layers.enabled {
             return Ok(layers);
         }
@@ -166,7 +169,7 @@ impl Layers {
         // `ratelimit`.
         let rl = &cfg.ratelimit;
         let ip_cfg = match &cfg.ip_ratelimit {
-            Some(c) => Some(c.clone()),
+            Some(c) => Some(ip_shield_checked(loaded, c)?.clone()),
             None if rl.enabled => Some({
                 let mut c = mcp_ratelimit::RateLimitConfig::per_second(
                     (rl.requests_per_second * 2.0).min(1_000_000.0),
@@ -191,6 +194,7 @@ impl Layers {
                     ip_cfg.name
                 },
                 key: KeySpec::ip(),
+                ipv6_prefix: cfg.server.client_ipv6_prefix,
                 ..ip_cfg
             };
             layers.ip_limit = Some(
@@ -207,6 +211,7 @@ impl Layers {
             if p.name == "default" {
                 p.name = "principal".into();
             }
+            p.ipv6_prefix = cfg.server.client_ipv6_prefix;
             layers.principal_limit =
                 Some(RateLimitLayer::new(p).map_err(|e| loaded.error("ratelimit", e.to_string()))?);
         }
@@ -304,6 +309,35 @@ fn upstream_boundary(loaded: &Loaded, layers: &mut Layers) -> Result<(), ConfigE
     Ok(())
 }
 
+/// The per-IP shield runs before authentication and parsing, keyed by client address:
+/// quotas that need a principal, a tool or a method, or another key, would never act
+/// there, so they are refused rather than accepted without effect.
+fn ip_shield_checked<'a>(
+    loaded: &Loaded,
+    c: &'a mcp_ratelimit::RateLimitConfig,
+) -> Result<&'a mcp_ratelimit::RateLimitConfig, ConfigError> {
+    let why = "the per-IP shield runs before authentication and parsing: write it under ratelimit";
+    if !c.per_tool.is_empty() {
+        return Err(loaded.error("ip_ratelimit.per_tool", why));
+    }
+    if !c.per_method.is_empty() {
+        return Err(loaded.error("ip_ratelimit.per_method", why));
+    }
+    if c.client_limits.authenticated.is_some() {
+        return Err(loaded.error("ip_ratelimit.client_limits.authenticated", why));
+    }
+    if !c.client_limits.principals.is_empty() {
+        return Err(loaded.error("ip_ratelimit.client_limits.principals", why));
+    }
+    if c.key != KeySpec::ip() {
+        return Err(loaded.error(
+            "ip_ratelimit.key",
+            "the per-IP shield is keyed by client address (ip): write other keys under ratelimit",
+        ));
+    }
+    Ok(c)
+}
+
 /// `monitoring.auth_failure_threshold` / `auth_failure_window` /
 /// `auth_failure_block_seconds`; `None` when the threshold is unset or 0.
 fn monitor_settings(loaded: &Loaded) -> Result<Option<MonitorSettings>, ConfigError> {
@@ -329,6 +363,7 @@ fn monitor_settings(loaded: &Loaded) -> Result<Option<MonitorSettings>, ConfigEr
         threshold,
         window: Duration::from_secs(window),
         block: Duration::from_secs(m.auth_failure_block_seconds),
+        ipv6_prefix: loaded.config.server.client_ipv6_prefix,
     }))
 }
 

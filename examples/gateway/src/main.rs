@@ -16,6 +16,7 @@ mod keys;
 mod layers;
 mod monitor;
 mod observe;
+mod ops;
 mod proxy;
 mod validate;
 
@@ -312,6 +313,22 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
         }
         _ => (None, None),
     };
+    let ops = match &layers.ops {
+        Some(ops) => ops.clone(),
+        None => ops::Ops::build(&loaded, &layers).map_err(|e| e.to_string())?,
+    };
+    for warning in ops.warnings() {
+        tracing::warn!("{}: {warning}", loaded.file);
+    }
+    // The admin listener (`server.adminAddr`): plain HTTP, the operational endpoints only.
+    let admin = match ops.admin_addr() {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on {a} (server.adminAddr): {e}"))?,
+        ),
+        None => None,
+    };
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     for up in &cfg.upstreams {
@@ -350,6 +367,23 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
             .map_err(|_| format!("worker {i} did not start"))??;
         running.push(done);
     }
+    let admin_done = match admin {
+        Some(listener) => {
+            let admin_local = listener.local_addr().map_err(|e| e.to_string())?;
+            let router = ops::admin_router(&loaded, &layers, &ops, exported.clone());
+            let mut stop = stop_rx.clone();
+            let server = mcp_tls::Server::new(listener)
+                .connection_limit(mcp_tls::ConnectionLimit::new(64))
+                .drain_timeout(drain)
+                .idle_timeout(idle)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+            println!("mcp-gateway admin listener on http://{admin_local}");
+            Some(tokio::spawn(server.serve(router)))
+        }
+        None => None,
+    };
     tracing::info!(workers, "serving");
     banner(local);
     println!("mcp-gateway listening on {scheme}://{local}");
@@ -357,6 +391,13 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let mut result = Ok(());
+    if let Some(done) = admin_done {
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(format!("admin listener: {e}")),
+            Err(_) => result = Err("the admin listener ended abnormally".to_owned()),
+        }
+    }
     for done in running {
         let r = done
             .await
@@ -531,7 +572,7 @@ auth:
   apiKeys:
     - id: demo
       key: "{key}"
-      scopes: ["mcp:tools", "audit:read"]
+      scopes: ["mcp:tools", "audit:read", "metrics:read"]
 ratelimit:
   enabled: true
   requests_per_second: 50

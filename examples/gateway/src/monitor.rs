@@ -4,7 +4,9 @@
 //!
 //! Requests that authentication refuses (`auth_failed` in the response's
 //! [`Denial`]) are counted per client address ([`ClientAddr`]: the TCP peer, or the
-//! address a trusted proxy reports). A window opens at a client's first failure; when the
+//! address a trusted proxy reports), an IPv6 client by its prefix
+//! (`server.clientIpv6Prefix`, default /64, through `mcp_core::ip_key`: the holder of a
+//! /64 does not get a fresh count, or escape a block, by changing address). A window opens at a client's first failure; when the
 //! client reaches the threshold within it:
 //!
 //! - an alert: a warning in the log, an `auth_failure` audit event with detail
@@ -48,6 +50,8 @@ pub struct MonitorSettings {
     pub window: Duration,
     /// How long a client that reached the threshold is refused (zero: alert only).
     pub block: Duration,
+    /// IPv6 clients are counted by this prefix length (IPv4 per address).
+    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug)]
@@ -115,11 +119,17 @@ impl FailureTracker {
         u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// The key `ip` is counted under (its IPv6 prefix, or the IPv4 address).
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        mcp_core::ip_key(ip, self.settings.ipv6_prefix)
+    }
+
     /// How long `ip` stays blocked after `now`, if it is.
     pub fn blocked_for(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         if self.nanos(now) >= self.latest_block_end.load(Ordering::Relaxed) {
             return None;
         }
+        let ip = self.key(ip);
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let until = table.entries.get(&ip)?.blocked_until?;
         (until > now).then(|| until - now)
@@ -128,6 +138,7 @@ impl FailureTracker {
     /// Counts one authentication failure of `ip` at `now`.
     pub fn record_failure(&self, ip: IpAddr, now: Instant) -> Recorded {
         let s = self.settings;
+        let ip = self.key(ip);
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if !table.entries.contains_key(&ip) && table.entries.len() >= self.capacity {
             table.purge(now, s.window);
@@ -292,8 +303,10 @@ where
 
 fn alert(s: &MonitorSettings, ip: IpAddr, failures: u32, audit: Option<&AuditHandle>) {
     let (window, block) = (s.window.as_secs(), s.block.as_secs());
+    let key = mcp_core::ip_key(ip, s.ipv6_prefix);
     tracing::warn!(
         client_ip = %ip,
+        counted_as = %key,
         failures,
         window_seconds = window,
         blocked_seconds = block,
@@ -306,6 +319,7 @@ fn alert(s: &MonitorSettings, ip: IpAddr, failures: u32, audit: Option<&AuditHan
                 .with_client_ip(ip)
                 .with_detail("threshold_reached")
                 .with_data(serde_json::json!({
+                    "counted_as": key.to_string(),
                     "failures": failures,
                     "window_seconds": window,
                     "blocked_seconds": block,
@@ -324,7 +338,47 @@ mod tests {
             threshold,
             window: Duration::from_secs(window),
             block: Duration::from_secs(block),
+            ipv6_prefix: 64,
         }
+    }
+
+    /// Attack case: failures from ever new addresses of one /64 are one client's: it
+    /// reaches the threshold, and every address of the /64 is blocked; the next /64 and
+    /// IPv4 clients are not. With a /128 prefix each address counts alone.
+    #[test]
+    fn ipv6_clients_are_counted_by_prefix() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let t = FailureTracker::new(settings(3, 60, 30), 16);
+        let t0 = Instant::now();
+        assert_eq!(
+            t.record_failure(v6("2001:db8:1:2::1"), t0),
+            Recorded::Counted
+        );
+        assert_eq!(
+            t.record_failure(v6("2001:db8:1:2::2"), t0),
+            Recorded::Counted
+        );
+        assert_eq!(
+            t.record_failure(v6("2001:db8:1:2:ffff::3"), t0),
+            Recorded::ThresholdReached { failures: 3 }
+        );
+        assert!(t.blocked_for(v6("2001:db8:1:2:abcd::77"), t0).is_some());
+        assert_eq!(t.blocked_for(v6("2001:db8:1:3::1"), t0), None);
+        assert_eq!(t.blocked_for(v6("198.51.100.1"), t0), None);
+        assert_eq!(t.tracked(), 1);
+
+        let per_address = FailureTracker::new(
+            MonitorSettings {
+                ipv6_prefix: 128,
+                ..settings(3, 60, 30)
+            },
+            16,
+        );
+        for n in 1..=3 {
+            let a = v6(&format!("2001:db8:1:2::{n}"));
+            assert_eq!(per_address.record_failure(a, t0), Recorded::Counted);
+        }
+        assert_eq!(per_address.tracked(), 3);
     }
 
     fn ip(n: u32) -> IpAddr {

@@ -87,6 +87,33 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
             format!("must be at most {MAX_WORKERS} (0: one per CPU)"),
         ));
     }
+    if let Some(admin) = &cfg.server.admin_addr {
+        let a: SocketAddr = admin.parse().map_err(|_| {
+            loaded.error(
+                "server.adminAddr",
+                "must be an IP address and port, e.g. 127.0.0.1:9090",
+            )
+        })?;
+        if !a.ip().is_loopback() && !cfg.auth.enabled && !cfg.monitoring.metrics_public {
+            return Err(loaded.error(
+                "server.adminAddr",
+                format!(
+                    "the admin listener {a} is not on a loopback address and authentication is \
+                     off, so /metrics would be open to the network; refusing to start (turn \
+                     authentication on, or set monitoring.metrics_public: true to force it)"
+                ),
+            ));
+        }
+    }
+    if !(1..=3600).contains(&cfg.server.readiness_cache_seconds) {
+        return Err(loaded.error("server.readinessCacheSeconds", "must be 1 to 3600 seconds"));
+    }
+    if cfg.monitoring.metrics_scope.trim().is_empty() {
+        return Err(loaded.error("monitoring.metrics_scope", "must not be empty"));
+    }
+    if cfg.server.client_ipv6_prefix > 128 {
+        return Err(loaded.error("server.clientIpv6Prefix", "must be 0 to 128 (bits)"));
+    }
     if cfg.server.max_body_bytes == 0 {
         return Err(loaded.error("server.maxBodyBytes", "must be greater than zero"));
     }

@@ -480,7 +480,16 @@ async fn security_headers_on_every_response_of_the_gateway() {
         ("a rejection", tools(None), 401),
         ("/healthz", c.get(format!("{base}/healthz")), 200),
         ("/readyz", c.get(format!("{base}/readyz")), 200),
-        ("/metrics", c.get(format!("{base}/metrics")), 200),
+        (
+            "/metrics",
+            c.get(format!("{base}/metrics")).header("x-api-key", KEY),
+            200,
+        ),
+        (
+            "/metrics without a credential",
+            c.get(format!("{base}/metrics")),
+            401,
+        ),
         ("a wrong method", c.post(format!("{base}/healthz")), 405),
         ("an unknown path", c.get(format!("{base}/admin")), 404),
         (

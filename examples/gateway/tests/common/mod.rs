@@ -226,7 +226,7 @@ auth:
   apiKeys:
     - id: alice
       key: "{KEY}"
-      scopes: ["mcp:tools", "audit:read"]
+      scopes: ["mcp:tools", "audit:read", "metrics:read"]
     - id: bob
       key: "{KEY2}"
       scopes: ["mcp:tools"]
@@ -396,9 +396,11 @@ pub async fn metrics_text(base: &str) -> String {
     metrics_text_with(&client(), base).await
 }
 
-/// The gateway's `/metrics` text, fetched with `c` (a TLS client, say).
+/// The gateway's `/metrics` text, fetched with `c` (a TLS client, say) as alice, who
+/// holds the `metrics:read` scope.
 pub async fn metrics_text_with(c: &reqwest::Client, base: &str) -> String {
     c.get(format!("{base}/metrics"))
+        .header("x-api-key", KEY)
         .send()
         .await
         .unwrap()
