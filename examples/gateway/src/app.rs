@@ -170,6 +170,7 @@ pub fn router(
             .layer(option_layer(layers.auth.clone()))
             .layer(option_layer(layers.principal_limit.clone()))
             .layer(option_layer(layers.parse.clone()))
+            .layer(option_layer(layers.sessions.clone()))
             .layer(option_layer(layers.authorize.clone()))
             .service(svc);
         router = router.route_service(&up.path, stack);

@@ -3,7 +3,7 @@
 use axum::body::Body;
 use http::Response;
 use mcp_audit::{AuditBody, AuditLayer, Auditor};
-use mcp_auth::{AuthLayer, AuthorizeLayer};
+use mcp_auth::{AuthLayer, AuthorizeLayer, SessionBindingLayer};
 use mcp_core::ParseLayer;
 use mcp_ratelimit::{KeySpec, MissingKey, RateLimitLayer};
 use mcp_sanitize::{
@@ -41,6 +41,8 @@ pub struct Layers {
     pub parse: Option<Either<ParseSanitizeLayer, ParseLayer>>,
     pub result_scan: Option<ResultScanLayer>,
     pub authorize: Option<AuthorizeLayer>,
+    /// `sessions`: each `Mcp-Session-Id` bound to its principal (with authentication).
+    pub sessions: Option<SessionBindingLayer>,
 }
 
 impl Layers {
@@ -143,6 +145,9 @@ impl Layers {
                 AuthFailureMonitorLayer::new(s, layers.auditor.as_ref().map(|a| a.handle().clone()))
             });
         }
+        if cfg.auth.enabled && cfg.sessions.enabled {
+            layers.sessions = Some(sessions_layer(loaded)?);
+        }
         if let Some(p) = &cfg.policy {
             let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
             layers.authorize = Some(AuthorizeLayer::new(policy));
@@ -215,6 +220,19 @@ impl Layers {
             a.shutdown().await;
         }
     }
+}
+
+/// `sessions`, sharing `ratelimit.redis` (its URL and timeout) unless `sessions.redis` is
+/// written, so that replicas agree on who owns a session.
+fn sessions_layer(loaded: &Loaded) -> Result<SessionBindingLayer, ConfigError> {
+    let cfg = &loaded.config;
+    let mut s = cfg.sessions.clone();
+    if s.redis.is_none()
+        && let Some(r) = &cfg.ratelimit.redis
+    {
+        s.redis = Some(mcp_auth::SessionRedisConfig::new(r.url.clone()).timeout_ms(r.timeout_ms));
+    }
+    SessionBindingLayer::new(&s).map_err(|e| auth_error(loaded, &e))
 }
 
 /// `monitoring.auth_failure_threshold` / `auth_failure_window` /
