@@ -21,7 +21,7 @@
 //!   unknown ids instead would let a principal reach a session whose binding was lost, or
 //!   an id the upstream reads differently (case, whitespace) from the one bound.
 //! - Two `Mcp-Session-Id` headers in one request: 400 (the upstream might read the other).
-//! - Owners are the principal's [`AuthMethod`](mcp_core::AuthMethod), its id and, for a
+//! - Owners are the principal's [`AuthMethod`], its id and, for a
 //!   JWT, its issuer (`iss`): an API key `bob` and a Basic user `bob` are two owners.
 //!
 //! Storage holds the SHA-256 of each id, never the id (see [`session_id_hash`]; unkeyed so
@@ -401,7 +401,11 @@ struct Shared {
 }
 
 /// Binds MCP sessions to the principal that created them (see the [module
-/// documentation](self)). Holds the shared store: clones share the bindings.
+/// documentation](self)). Holds the shared store: clones share the bindings. The inner
+/// service must be `Clone + Send` (axum's and hyper's are): the store is asked before and
+/// after it runs. Needs the [`Principal`] of an authentication layer outside it (without
+/// one, 500 and an error in the log); reads the JSON-RPC id from
+/// [`McpRequest`] when a parse layer runs outside it, to echo it in refusals.
 #[derive(Clone)]
 pub struct SessionBindingLayer {
     shared: Arc<Shared>,

@@ -8,7 +8,8 @@
 //!   -> metrics -> request id + audit -> security headers -> Origin/Host guard
 //!   -> rate limit by IP -> authentication failure monitor -> authenticate
 //!   -> rate limit by principal
-//!   -> body limit + parse once + sanitize -> authorize tool -> reverse proxy
+//!   -> body limit + parse once + sanitize -> session binding -> authorize tool
+//!   -> reverse proxy
 //! ```
 
 use std::convert::Infallible;

@@ -147,6 +147,10 @@ impl Layers {
         }
         if cfg.auth.enabled && cfg.sessions.enabled {
             layers.sessions = Some(sessions_layer(loaded)?);
+        } else if cfg.auth.enabled {
+            tracing::warn!(
+                "sessions.enabled is false: any authenticated principal holding a session id can use, read or end that session"
+            );
         }
         if let Some(p) = &cfg.policy {
             let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
