@@ -74,6 +74,11 @@ impl std::fmt::Debug for CapturedHeader<'_> {
     }
 }
 
+/// Whether `name` (lowercase) is one of [`crate::config::HASHED_HEADERS`].
+pub(crate) fn is_hashed(name: &str) -> bool {
+    crate::config::HASHED_HEADERS.contains(&name)
+}
+
 fn name_key(name: &[u8]) -> u64 {
     let mut k = [0u8; 8];
     for (slot, b) in k.iter_mut().zip(name) {
@@ -101,7 +106,9 @@ impl RequestText {
                 let start = text.len();
                 text.push_str(name.as_str());
                 let end = text.len();
-                let kind = if value.is_sensitive() {
+                // A hashed header's value is copied even when marked sensitive: it is only
+                // ever rendered as its hash.
+                let kind = if value.is_sensitive() && !is_hashed(name.as_str()) {
                     Kind::Sensitive
                 } else if let Ok(v) = value.to_str() {
                     text.push_str(v);
@@ -194,8 +201,11 @@ mod tests {
                     .iter()
                     .map(|(n, v)| CapturedHeader {
                         name: n.as_str(),
-                        value: v.to_str().ok().filter(|_| !v.is_sensitive()),
-                        sensitive: v.is_sensitive(),
+                        value: v
+                            .to_str()
+                            .ok()
+                            .filter(|_| !v.is_sensitive() || is_hashed(n.as_str())),
+                        sensitive: v.is_sensitive() && !is_hashed(n.as_str()),
                     })
                     .collect();
                 prop_assert_eq!(&got, &want);

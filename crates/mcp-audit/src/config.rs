@@ -46,6 +46,14 @@ pub const DEFAULT_MASKED_FIELDS: &[&str] = &[
     "sessionId",
 ];
 
+/// Headers written as a hash prefix, never in plaintext: `mcp-session-id` (a session id
+/// is a credential for whoever holds it) is shown in audit events as `sha256:` and the
+/// first 16 hex digits of the SHA-256 of its value, so that rows of one session can be
+/// correlated (also with the session binding's logs and Redis keys) without the id.
+/// Listing one in `masking.headers` masks it entirely instead; the tracing layers of
+/// [`crate::headers`] mark them sensitive.
+pub const HASHED_HEADERS: &[&str] = &["mcp-session-id"];
+
 /// Headers never written in plaintext (audit events and tracing output).
 pub const DEFAULT_SENSITIVE_HEADERS: &[&str] = &[
     "authorization",

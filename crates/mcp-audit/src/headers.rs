@@ -33,10 +33,13 @@ use tower_http::sensitive_headers::{SetSensitiveHeadersLayer, SetSensitiveRespon
 
 pub use crate::config::DEFAULT_SENSITIVE_HEADERS;
 
-/// The default sensitive header names.
+/// The default sensitive header names, for tracing: [`DEFAULT_SENSITIVE_HEADERS`] and
+/// [`HASHED_HEADERS`](crate::config::HASHED_HEADERS) (`mcp-session-id`, which audit events
+/// show as a hash prefix).
 pub fn default_sensitive_headers() -> Vec<HeaderName> {
     DEFAULT_SENSITIVE_HEADERS
         .iter()
+        .chain(crate::config::HASHED_HEADERS)
         .map(|h| HeaderName::from_static(h))
         .collect()
 }

@@ -35,7 +35,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 use serde_json::Value;
 
-use crate::capture::{CapturedHeader, Entry, RequestText};
+use crate::capture::{CapturedHeader, Entry, RequestText, is_hashed};
 use crate::config::{ConfigError, DEFAULT_MASKED_FIELDS, MaskingConfig};
 
 /// The built-in value patterns. Word boundaries are ASCII (`(?-u:\b)`), which keeps the
@@ -162,6 +162,14 @@ struct Inner {
     patterns: Regex,
     /// The configured patterns alone, when there are any (see [`Masker::has_pattern`]).
     custom: Option<Regex>,
+}
+
+/// How a [`HASHED_HEADERS`](crate::config::HASHED_HEADERS) value is shown: `sha256:` and
+/// the first 16 hex digits of the SHA-256 of its bytes.
+pub fn hash_prefix(value: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(value);
+    format!("sha256:{}", hex::encode(&d[..8]))
 }
 
 /// Masks parameters and header values (see the module documentation). Cheap to clone.
@@ -390,7 +398,11 @@ impl Masker {
         value: &'a HeaderValue,
         sensitive: &[HeaderName],
     ) -> Cow<'a, str> {
-        if value.is_sensitive() || sensitive.contains(name) {
+        if sensitive.contains(name) {
+            Cow::Borrowed(&*self.0.mask)
+        } else if is_hashed(name.as_str()) {
+            Cow::Owned(hash_prefix(value.as_bytes()))
+        } else if value.is_sensitive() {
             Cow::Borrowed(&*self.0.mask)
         } else {
             match value.to_str() {
@@ -410,6 +422,12 @@ impl Masker {
         // Names are lowercase on both sides: string equality is `HeaderName` equality.
         if h.sensitive || sensitive.iter().any(|n| n.as_str() == h.name) {
             return Cow::Borrowed(&*self.0.mask);
+        }
+        if is_hashed(h.name) {
+            return match h.value {
+                Some(v) => Cow::Owned(hash_prefix(v.as_bytes())),
+                None => Cow::Borrowed(&*self.0.mask),
+            };
         }
         match h.value {
             Some(s) => self.mask_str(s),
@@ -650,6 +668,42 @@ mod tests {
         assert_eq!(r["user-agent"], "curl");
         assert_eq!(r["x-note"], "***REDACTED***");
         assert_eq!(r["x-custom-token"], "zzz");
+    }
+
+    #[test]
+    fn session_ids_are_shown_as_a_hash_prefix() {
+        let m = m();
+        let sid = "0f2d6c1e9b8a4f7e8d6c5b4a39281706";
+        let want = hash_prefix(sid.as_bytes());
+        assert!(want.starts_with("sha256:") && want.len() == 23, "{want}");
+        let mut h = HeaderMap::new();
+        h.insert("mcp-session-id", sid.parse().unwrap());
+        let sensitive = crate::AuditConfig::default().sensitive_headers();
+        // The map renderer and the writer's renderer (from the captured text), also when
+        // an outer layer marked the value sensitive.
+        for marked in [false, true] {
+            let mut h = h.clone();
+            if let Some(v) = h.get_mut("mcp-session-id") {
+                v.set_sensitive(marked);
+            }
+            assert_eq!(m.render_headers(&h, &sensitive)["mcp-session-id"], want);
+            let captured = RequestText::capture(None, Some(&h));
+            let mut out = Vec::new();
+            m.write_headers(&mut out, &captured, &sensitive, &mut Vec::new());
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text, format!("{{\"mcp-session-id\":\"{want}\"}}"));
+        }
+        // Listed in masking.headers: masked entirely.
+        let mut cfg = crate::AuditConfig::default();
+        cfg.masking.headers.push("Mcp-Session-Id".into());
+        let r = m.render_headers(&h, &cfg.sensitive_headers());
+        assert_eq!(r["mcp-session-id"], "***REDACTED***");
+        // And tracing never prints it.
+        assert!(
+            crate::headers::default_sensitive_headers()
+                .iter()
+                .any(|n| n == "mcp-session-id")
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

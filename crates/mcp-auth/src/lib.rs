@@ -15,6 +15,9 @@
 //! - [`ProtectedResourceMetadata`]: RFC 9728 metadata for MCP authorization.
 //! - [`AuthorizeLayer`] with a [`Policy`]: which principals and scopes may call which
 //!   MCP methods, tools, resources and prompts.
+//! - [`SessionBindingLayer`]: MCP sessions (`Mcp-Session-Id`) bound to the principal
+//!   that created them; another principal, or an unknown id, gets 404. In memory or
+//!   shared through Redis (cargo feature `redis`).
 //! - [`AuthConfig`]: the gateway's `auth:` configuration section.
 //!
 //! No credential ever appears in `Debug` output, logs or errors.
@@ -70,6 +73,7 @@ pub mod layer;
 pub mod metadata;
 pub mod mtls;
 pub mod secret;
+pub mod session;
 pub mod store;
 
 pub use api_key::{ApiKeyAuthenticator, ApiKeyAuthenticatorBuilder, CredentialEntry};
@@ -91,6 +95,10 @@ pub use layer::{Auth, AuthLayer, AuthLayerBuilder};
 pub use metadata::{MetadataService, ProtectedResourceMetadata};
 pub use mtls::{ClientCertAuthenticator, ClientCertAuthenticatorBuilder};
 pub use secret::SecretString;
+pub use session::{
+    SessionBinding, SessionBindingLayer, SessionConfig, SessionRedisConfig, owner_key,
+    session_id_hash,
+};
 pub use store::{
     NewSecret, SecretInfo, SecretKind, SecretMatch, SecretStore, SecretStoreConfig, StoreError,
 };

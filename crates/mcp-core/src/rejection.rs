@@ -40,6 +40,9 @@ pub mod codes {
     pub const UPSTREAM_ERROR: i64 = -32002;
     /// Implementation-defined server error: a dependency is unavailable.
     pub const UNAVAILABLE: i64 = -32004;
+    /// The code the MCP SDKs send with a 404 for an unknown `Mcp-Session-Id` (the same
+    /// number as [`UNAUTHENTICATED`]: a session the caller does not own looks unknown).
+    pub const SESSION_NOT_FOUND: i64 = -32001;
 }
 
 /// Why a request was refused. Outer layers read it from the response extensions through
@@ -91,6 +94,9 @@ pub enum RejectionReason {
     MethodNotAllowed,
     /// No such endpoint (404).
     NotFound,
+    /// The `Mcp-Session-Id` is not a session of this principal: bound to another one, or
+    /// unknown (404, `-32001` "Session not found", as for an unknown session).
+    SessionNotOwned,
     /// The upstream MCP server failed (502).
     UpstreamError,
     /// The upstream MCP server did not answer in time (504).
@@ -126,6 +132,7 @@ impl RejectionReason {
             Self::HeaderMismatch => "header_mismatch",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NotFound => "not_found",
+            Self::SessionNotOwned => "session_not_owned",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Unavailable => "unavailable",
@@ -152,7 +159,7 @@ impl RejectionReason {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::SessionNotOwned => StatusCode::NOT_FOUND,
             Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -173,6 +180,7 @@ impl RejectionReason {
             | Self::BodyTimeout => codes::INVALID_REQUEST,
             Self::InvalidParams | Self::BlockedByRule => codes::INVALID_PARAMS,
             Self::NotFound => codes::METHOD_NOT_FOUND,
+            Self::SessionNotOwned => codes::SESSION_NOT_FOUND,
             Self::AuthFailed => codes::UNAUTHENTICATED,
             Self::InsufficientScope
             | Self::Forbidden
@@ -211,6 +219,7 @@ impl RejectionReason {
             Self::HeaderMismatch => "Mcp-Method or Mcp-Name header does not match the body",
             Self::MethodNotAllowed => "Method not allowed",
             Self::NotFound => "Not found",
+            Self::SessionNotOwned => "Session not found",
             Self::UpstreamError => "Upstream MCP server error",
             Self::UpstreamTimeout => "Upstream MCP server timed out",
             Self::Unavailable => "Service unavailable",
@@ -553,6 +562,7 @@ mod tests {
             HeaderMismatch,
             MethodNotAllowed,
             NotFound,
+            SessionNotOwned,
             UpstreamError,
             UpstreamTimeout,
             Unavailable,

@@ -7,7 +7,7 @@
 //! TLS accept (mcp-tls: PeerAddr, TlsInfo) -> client address (trusted proxies only)
 //!   -> metrics -> request id + audit -> security headers -> Origin/Host guard
 //!   -> rate limit by IP -> authentication failure monitor -> authenticate
-//!   -> body limit + parse once + sanitize
+//!   -> body limit + parse once + sanitize -> session binding
 //!   -> rate limit by principal, method and tool -> authorize tool -> reverse proxy
 //! ```
 
@@ -160,6 +160,7 @@ pub fn router(
             .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
             .layer(option_layer(layers.parse.clone()))
+            .layer(option_layer(layers.sessions.clone()))
             // After parsing: per-method and per-tool quotas and costs read the parsed
             // request (before it, every request cost 1 and no tool quota applied).
             .layer(option_layer(layers.principal_limit.clone()))

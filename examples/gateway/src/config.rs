@@ -71,6 +71,9 @@ pub struct Config {
     /// `policy.*`: allow / deny rules (scopes -> methods, tools, resources, prompts).
     /// Without it, any authenticated principal may call anything.
     pub policy: Option<mcp_auth::PolicyConfig>,
+    /// Ours, `sessions.*`: MCP sessions bound to the principal that created them (on
+    /// whenever authentication is; Redis from `ratelimit.redis` unless `sessions.redis`).
+    pub sessions: mcp_auth::SessionConfig,
     pub layers: LayersConfig,
     /// `logging` (a seed section the gateway does not use: it logs through `tracing`,
     /// `MCP_GATEWAY_LOG`): accepted and reported at start (see

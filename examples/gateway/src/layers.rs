@@ -3,7 +3,7 @@
 use axum::body::Body;
 use http::{HeaderName, Response};
 use mcp_audit::{AuditBody, AuditLayer, Auditor};
-use mcp_auth::{AuthLayer, AuthorizeLayer};
+use mcp_auth::{AuthLayer, AuthorizeLayer, SessionBindingLayer};
 use mcp_core::ParseLayer;
 use mcp_core::headers::UntrustedHeaders;
 use mcp_ratelimit::{KeySpec, MissingKey, RateLimitLayer};
@@ -55,6 +55,8 @@ pub struct Layers {
     pub client_cert_header: Option<HeaderName>,
     /// The operational endpoints' shared state (readiness cache, their rate limit).
     pub ops: Option<crate::ops::Ops>,
+    /// `sessions`: each `Mcp-Session-Id` bound to its principal (with authentication).
+    pub sessions: Option<SessionBindingLayer>,
 }
 
 impl Layers {
@@ -159,6 +161,13 @@ impl Layers {
             layers.auth_monitor = monitor_settings(loaded)?.map(|s| {
                 AuthFailureMonitorLayer::new(s, layers.auditor.as_ref().map(|a| a.handle().clone()))
             });
+        }
+        if cfg.auth.enabled && cfg.sessions.enabled {
+            layers.sessions = Some(sessions_layer(loaded)?);
+        } else if cfg.auth.enabled {
+            tracing::warn!(
+                "sessions.enabled is false: any authenticated principal holding a session id can use, read or end that session"
+            );
         }
         if let Some(p) = &cfg.policy {
             let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
@@ -336,6 +345,19 @@ fn ip_shield_checked<'a>(
         ));
     }
     Ok(c)
+}
+
+/// `sessions`, sharing `ratelimit.redis` (its URL and timeout) unless `sessions.redis` is
+/// written, so that replicas agree on who owns a session.
+fn sessions_layer(loaded: &Loaded) -> Result<SessionBindingLayer, ConfigError> {
+    let cfg = &loaded.config;
+    let mut s = cfg.sessions.clone();
+    if s.redis.is_none()
+        && let Some(r) = &cfg.ratelimit.redis
+    {
+        s.redis = Some(mcp_auth::SessionRedisConfig::new(r.url.clone()).timeout_ms(r.timeout_ms));
+    }
+    SessionBindingLayer::new(&s).map_err(|e| auth_error(loaded, &e))
 }
 
 /// `monitoring.auth_failure_threshold` / `auth_failure_window` /

@@ -62,12 +62,19 @@ async fn client_credentials_never_reach_the_upstream_and_upstream_credentials_ar
         &[("UPSTREAM_TOKEN", "upstream-secret-token")],
     );
     let c = client();
+    // The upstream issues sess-123 (bound to this principal), which the client sends back.
+    let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": "x"}))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["mcp-session-id"], "sess-123");
     let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({"message": "x"}))
         .header("x-api-key", KEY)
         .header("cookie", "session=client-cookie")
         .header("proxy-authorization", "Basic Y2xpZW50OnNlY3JldA==")
         .header("x-auth-token", "client-token")
-        .header("mcp-session-id", "client-session")
+        .header("mcp-session-id", "sess-123")
         .header("last-event-id", "ev-1")
         .header("x-forwarded-for", "6.6.6.6")
         .header("connection", "x-hop")
@@ -98,7 +105,7 @@ async fn client_credentials_never_reach_the_upstream_and_upstream_credentials_ar
     );
     assert!(!all.contains("client-cookie"));
     // MCP headers pass; the client IP is the gateway's view, not the spoofed header.
-    assert_eq!(h["mcp-session-id"], "client-session");
+    assert_eq!(h["mcp-session-id"], "sess-123");
     assert_eq!(h["mcp-protocol-version"], "2026-07-28");
     assert_eq!(h["mcp-method"], "tools/call");
     assert_eq!(h["mcp-name"], "echo");

@@ -1,0 +1,1032 @@
+//! [`SessionBindingLayer`]: MCP sessions bound to the principal that created them.
+//!
+//! An MCP server issues an `Mcp-Session-Id` in its answer to `initialize`; the client
+//! sends it on every later `POST`, `GET` (SSE stream) and `DELETE`. Whoever holds the id
+//! is in the session, so a second principal that learns it (a log, a shared proxy, a
+//! guess against a server with weak ids) could call tools in it, read its stream or end
+//! it. This layer, placed after authentication (it reads the [`Principal`] from the
+//! request extensions), closes that:
+//!
+//! - On the response, an `Mcp-Session-Id` the upstream issues is bound to the principal
+//!   that received it (an atomic bind: an id already bound to another principal is not
+//!   handed out, 502).
+//! - A request carrying an `Mcp-Session-Id` bound to another principal gets **404** with
+//!   a JSON-RPC error body (`-32001`, `Session not found`), exactly what an unknown session
+//!   gets, and a [`Denial`](mcp_core::Denial) with
+//!   [`RejectionReason::SessionNotOwned`] (detail `other_principal`) for the audit trail.
+//!   `POST`, `GET` and `DELETE` alike; a successful `DELETE` removes the binding.
+//! - **An id the layer does not know gets 404 too** (detail `unknown_session`): fail
+//!   closed. After a restart (memory store), an eviction, an idle expiry or a Redis flush,
+//!   clients get 404 and start a new session, as the MCP transport asks them to. Forwarding
+//!   unknown ids instead would let a principal reach a session whose binding was lost, or
+//!   an id the upstream reads differently (case, whitespace) from the one bound.
+//! - Two `Mcp-Session-Id` headers in one request: 400 (the upstream might read the other).
+//! - Owners are the principal's [`AuthMethod`], its id and, for a
+//!   JWT, its issuer (`iss`): an API key `bob` and a Basic user `bob` are two owners.
+//!
+//! Storage holds the SHA-256 of each id, never the id (see [`session_id_hash`]; unkeyed so
+//! that replicas and the audit trail agree without sharing a key; the ids the MCP servers
+//! issue are random and long, and an id that could be guessed from its hash could be
+//! guessed as well by asking the server: the binding, not the hash, defends it). Bounded
+//! memory: at most `maxSessions` bindings, each expiring after `idleTimeoutSeconds` without
+//! use; when full, expired bindings go first, then the least recently used. With Redis
+//! (cargo feature `redis`), replicas share the bindings: keys `prefix:<sha256 hex>` with
+//! a TTL of the idle timeout, refreshed when half spent (no write per request), bound
+//! with `SET NX`; while Redis is unreachable, requests carrying a session id and responses
+//! issuing one get 503 (fail closed: there is no fail-open mode, it would be the hijack
+//! this layer exists to stop). Requests without a session id never touch the store.
+//!
+//! The session id is a credential: the layer marks the header sensitive on the request
+//! and the response (`http`'s `Debug` prints `Sensitive`), and logs only the hash prefix.
+//!
+//! ```
+//! use axum::{Router, routing::post};
+//! use mcp_auth::{ApiKeyAuthenticator, AuthLayer, CredentialEntry, SessionBindingLayer, SessionConfig};
+//!
+//! let auth = AuthLayer::builder()
+//!     .authenticator(
+//!         ApiKeyAuthenticator::builder()
+//!             .key(CredentialEntry::new("ci", "Abc123!@#Xyz789!@#"))
+//!             .build()
+//!             .unwrap(),
+//!     )
+//!     .build()
+//!     .unwrap();
+//! let sessions = SessionBindingLayer::new(
+//!     &SessionConfig::default().max_sessions(10_000).idle_timeout_seconds(1800),
+//! )
+//! .unwrap();
+//! // Layers added last run first: authentication, then the session binding.
+//! let app: Router = Router::new()
+//!     .route("/mcp", post(|| async { "ok" }))
+//!     .layer(sessions)
+//!     .layer(auth);
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::RETRY_AFTER;
+use http::{Method, Request, Response};
+use mcp_core::request::header::MCP_SESSION_ID;
+use mcp_core::{AuthMethod, JsonRpcId, McpRequest, Principal, Rejection, RejectionReason};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::ConfigError;
+
+/// The JSON-RPC error code of the 404 (the one the MCP SDKs send for an unknown session).
+pub const SESSION_NOT_FOUND_CODE: i64 = -32001;
+
+/// The JSON-RPC error message of the 404.
+pub const SESSION_NOT_FOUND_MESSAGE: &str = "Session not found";
+
+/// `sessions.*`: the session binding's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct SessionConfig {
+    /// Bind sessions (default true). When false the layer lets every request through.
+    pub enabled: bool,
+    /// Most bindings held in memory (default 100,000). Ignored with Redis, where each
+    /// binding expires after the idle timeout and Redis' own memory limit applies.
+    pub max_sessions: usize,
+    /// Seconds a binding lives without being used (default 3600).
+    pub idle_timeout_seconds: u64,
+    /// Share the bindings between replicas through Redis (cargo feature `redis`).
+    pub redis: Option<SessionRedisConfig>,
+}
+
+/// The default most bindings held in memory.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+/// The default idle timeout, in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 3600;
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            idle_timeout_seconds: DEFAULT_IDLE_TIMEOUT_SECONDS,
+            redis: None,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Sets the most bindings held in memory.
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n;
+        self
+    }
+
+    /// Sets the idle timeout in seconds.
+    pub fn idle_timeout_seconds(mut self, s: u64) -> Self {
+        self.idle_timeout_seconds = s;
+        self
+    }
+
+    /// Shares the bindings through Redis.
+    pub fn redis(mut self, redis: SessionRedisConfig) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+}
+
+/// `sessions.redis.*` (cargo feature `redis`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SessionRedisConfig {
+    /// `redis://[:password@]host:port/db` or `rediss://...`; never shown in Debug output
+    /// or errors with its password.
+    pub url: String,
+    /// Key prefix: keys are `prefix:<sha256 of the id, hex>` (default `mcp-session`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Timeout of every Redis call, connection included, in milliseconds (default 250).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_prefix() -> String {
+    "mcp-session".to_owned()
+}
+fn default_timeout_ms() -> u64 {
+    250
+}
+
+impl SessionRedisConfig {
+    /// A Redis configuration with the default prefix and timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: default_prefix(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+
+    /// Sets the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the call timeout in milliseconds.
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = ms;
+        self
+    }
+}
+
+impl fmt::Debug for SessionRedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                format!("{}://***@{}", &self.url[..s], &self.url[at + 1..])
+            }
+            _ => self.url.clone(),
+        };
+        f.debug_struct("SessionRedisConfig")
+            .field("url", &url)
+            .field("prefix", &self.prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// The SHA-256 of a session id: what the store keeps.
+type Digest32 = [u8; 32];
+
+/// How a session id is shown in logs and audit records: `sha256:` and the first 16 hex
+/// digits of the SHA-256 of its bytes (enough to correlate records, not the credential).
+///
+/// ```
+/// assert_eq!(
+///     mcp_auth::session::session_id_hash(b"abc"),
+///     "sha256:ba7816bf8f01cfea"
+/// );
+/// ```
+pub fn session_id_hash(id: &[u8]) -> String {
+    short(&Sha256::digest(id).into())
+}
+
+fn short(d: &Digest32) -> String {
+    let mut s = String::with_capacity(23);
+    s.push_str("sha256:");
+    s.push_str(&hex::encode(&d[..8]));
+    s
+}
+
+/// The owner of a session: the principal's authentication method, its issuer (JWT `iss`)
+/// and its id, hashed (so that the store's size does not depend on the id's length).
+/// One place, so that the notion of "the same principal" can change in one place.
+pub fn owner_key(p: &Principal) -> [u8; 32] {
+    let issuer = match p.method() {
+        AuthMethod::Jwt => p
+            .claims()
+            .get("iss")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(""),
+        _ => "",
+    };
+    let mut h = Sha256::new();
+    h.update(p.method().as_str().as_bytes());
+    h.update([0u8]);
+    h.update((issuer.len() as u64).to_be_bytes());
+    h.update(issuer.as_bytes());
+    h.update(p.id().as_bytes());
+    h.finalize().into()
+}
+
+/// The store could not be reached (Redis down, a poisoned lock).
+#[derive(Debug)]
+struct Unavailable;
+
+/// Bindings in this process's memory.
+struct MemoryStore {
+    map: RwLock<HashMap<Digest32, Entry>>,
+    max: usize,
+    idle: Duration,
+    base: Instant,
+}
+
+struct Entry {
+    owner: Digest32,
+    /// Milliseconds since `base` of the last use.
+    last_used: AtomicU64,
+}
+
+impl MemoryStore {
+    fn new(max: usize, idle: Duration) -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            max,
+            idle,
+            base: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn idle_ms(&self) -> u64 {
+        u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn expired(&self, e: &Entry, now: u64) -> bool {
+        now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= self.idle_ms()
+    }
+
+    /// The owner of a live binding, refreshing its last use (an atomic store under the
+    /// read lock, at most once a second per binding).
+    fn owner_of(&self, id: &Digest32) -> Result<Option<Digest32>, Unavailable> {
+        let map = self.map.read().map_err(|_| Unavailable)?;
+        let now = self.now_ms();
+        Ok(map.get(id).filter(|e| !self.expired(e, now)).map(|e| {
+            if now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= 1000 {
+                e.last_used.store(now, Ordering::Relaxed);
+            }
+            e.owner
+        }))
+    }
+
+    /// Binds `id` to `owner` unless a live binding to another owner exists.
+    fn bind(&self, id: Digest32, owner: Digest32) -> Result<bool, Unavailable> {
+        let mut map = self.map.write().map_err(|_| Unavailable)?;
+        let now = self.now_ms();
+        if let Some(e) = map.get(&id).filter(|e| !self.expired(e, now)) {
+            if e.owner != owner {
+                return Ok(false);
+            }
+            e.last_used.store(now, Ordering::Relaxed);
+            return Ok(true);
+        }
+        if !map.contains_key(&id) && map.len() >= self.max {
+            self.evict(&mut map, now);
+        }
+        map.insert(
+            id,
+            Entry {
+                owner,
+                last_used: AtomicU64::new(now),
+            },
+        );
+        Ok(true)
+    }
+
+    /// Makes room: expired bindings first; if none, the least recently used sixteenth
+    /// (at least one), so that a full store costs one scan per `max / 16` new sessions.
+    fn evict(&self, map: &mut HashMap<Digest32, Entry>, now: u64) {
+        map.retain(|_, e| !self.expired(e, now));
+        if map.len() < self.max {
+            return;
+        }
+        let mut ages: Vec<(u64, Digest32)> = map
+            .iter()
+            .map(|(k, e)| (e.last_used.load(Ordering::Relaxed), *k))
+            .collect();
+        let n = (self.max / 16).clamp(1, ages.len());
+        ages.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+        for (_, k) in &ages[..n] {
+            map.remove(k);
+        }
+        tracing::warn!(
+            evicted = n,
+            max_sessions = self.max,
+            "session bindings full: least recently used bindings evicted (their clients get 404 and start a new session)"
+        );
+    }
+
+    fn unbind(&self, id: &Digest32, owner: &Digest32) -> Result<(), Unavailable> {
+        let mut map = self.map.write().map_err(|_| Unavailable)?;
+        if map.get(id).is_some_and(|e| &e.owner == owner) {
+            map.remove(id);
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.read().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+enum Store {
+    Memory(MemoryStore),
+    #[cfg(feature = "redis")]
+    Redis(Arc<redis_store::RedisStore>),
+}
+
+impl Store {
+    async fn owner_of(&self, id: &Digest32) -> Result<Option<Digest32>, Unavailable> {
+        match self {
+            Self::Memory(m) => m.owner_of(id),
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => r.owner_of(id).await,
+        }
+    }
+
+    async fn bind(&self, id: Digest32, owner: Digest32) -> Result<bool, Unavailable> {
+        match self {
+            Self::Memory(m) => m.bind(id, owner),
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => r.bind(&id, &owner).await,
+        }
+    }
+
+    async fn unbind(&self, id: &Digest32, owner: &Digest32) -> Result<(), Unavailable> {
+        match self {
+            Self::Memory(m) => m.unbind(id, owner),
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => r.unbind(id, owner).await,
+        }
+    }
+}
+
+struct Shared {
+    enabled: bool,
+    store: Store,
+    max_sessions: usize,
+    idle: Duration,
+}
+
+/// Binds MCP sessions to the principal that created them (see the [module
+/// documentation](self)). Holds the shared store: clones share the bindings. The inner
+/// service must be `Clone + Send` (axum's and hyper's are): the store is asked before and
+/// after it runs. Needs the [`Principal`] of an authentication layer outside it (without
+/// one, 500 and an error in the log); reads the JSON-RPC id from
+/// [`McpRequest`] when a parse layer runs outside it, to echo it in refusals.
+#[derive(Clone)]
+pub struct SessionBindingLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SessionBindingLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match &self.shared.store {
+            Store::Memory(_) => "memory",
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => "redis",
+        };
+        f.debug_struct("SessionBindingLayer")
+            .field("enabled", &self.shared.enabled)
+            .field("backend", &backend)
+            .field("max_sessions", &self.shared.max_sessions)
+            .field("idle", &self.shared.idle)
+            .finish()
+    }
+}
+
+impl Default for SessionBindingLayer {
+    /// In memory, with the default limits.
+    fn default() -> Self {
+        Self::in_memory(
+            DEFAULT_MAX_SESSIONS,
+            Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECONDS),
+        )
+    }
+}
+
+impl SessionBindingLayer {
+    /// Builds the layer; refuses an invalid configuration, naming the key
+    /// (`sessions.maxSessions`, ...). With `redis`, no connection is made yet.
+    pub fn new(cfg: &SessionConfig) -> Result<Self, ConfigError> {
+        if !(1..=10_000_000).contains(&cfg.max_sessions) {
+            return Err(ConfigError::invalid(
+                "sessions.maxSessions",
+                "must be 1 to 10000000",
+            ));
+        }
+        if !(1..=7 * 86_400).contains(&cfg.idle_timeout_seconds) {
+            return Err(ConfigError::invalid(
+                "sessions.idleTimeoutSeconds",
+                "must be 1 to 604800 seconds",
+            ));
+        }
+        let idle = Duration::from_secs(cfg.idle_timeout_seconds);
+        let store = match &cfg.redis {
+            None => Store::Memory(MemoryStore::new(cfg.max_sessions, idle)),
+            #[cfg(feature = "redis")]
+            Some(r) => Store::Redis(Arc::new(redis_store::RedisStore::new(r, idle)?)),
+            #[cfg(not(feature = "redis"))]
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "sessions.redis",
+                    "mcp-auth was built without its `redis` cargo feature",
+                ));
+            }
+        };
+        if !cfg.enabled {
+            tracing::warn!(
+                "session binding disabled: any authenticated principal holding a session id can use that session"
+            );
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                enabled: cfg.enabled,
+                store,
+                max_sessions: cfg.max_sessions,
+                idle,
+            }),
+        })
+    }
+
+    /// In memory, with these limits (`max_sessions` at least 1, `idle` at least 1 ms).
+    pub fn in_memory(max_sessions: usize, idle: Duration) -> Self {
+        let max_sessions = max_sessions.max(1);
+        let idle = idle.max(Duration::from_millis(1));
+        Self {
+            shared: Arc::new(Shared {
+                enabled: true,
+                store: Store::Memory(MemoryStore::new(max_sessions, idle)),
+                max_sessions,
+                idle,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for SessionBindingLayer {
+    type Service = SessionBinding<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionBinding {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`SessionBindingLayer`].
+#[derive(Clone)]
+pub struct SessionBinding<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> fmt::Debug for SessionBinding<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionBinding").finish_non_exhaustive()
+    }
+}
+
+/// The future of [`SessionBinding`].
+pub type SessionFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+fn refuse<B: From<Bytes>>(r: Rejection) -> Response<B> {
+    r.into_response()
+}
+
+fn not_owned(id: Option<JsonRpcId>, detail: &'static str) -> Rejection {
+    Rejection::new(RejectionReason::SessionNotOwned)
+        .with_id(id)
+        .with_detail(detail)
+}
+
+fn unavailable(id: Option<JsonRpcId>) -> Rejection {
+    Rejection::new(RejectionReason::Unavailable)
+        .with_id(id)
+        .with_detail("session_store_unavailable")
+        .with_header(RETRY_AFTER, "1")
+}
+
+impl<S, B, ResBody> Service<Request<B>> for SessionBinding<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: From<Bytes> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = SessionFuture<Response<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The clone takes the place of the service that was polled ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            if !shared.enabled {
+                return inner.call(req).await;
+            }
+            let rpc_id = req
+                .extensions()
+                .get::<McpRequest>()
+                .and_then(|m| m.id().cloned());
+            let Some(principal) = req.extensions().get::<Principal>().cloned() else {
+                tracing::error!(
+                    "SessionBindingLayer found no Principal in the request: place it after the authentication layer"
+                );
+                return Ok(refuse(
+                    Rejection::new(RejectionReason::Internal)
+                        .with_id(rpc_id)
+                        .with_detail("session_binding_without_principal"),
+                ));
+            };
+            let owner = owner_key(&principal);
+            let mut values = req.headers().get_all(MCP_SESSION_ID).iter();
+            let sent = values
+                .next()
+                .map(|v| -> Digest32 { Sha256::digest(v.as_bytes()).into() });
+            if values.next().is_some() {
+                return Ok(refuse(
+                    Rejection::new(RejectionReason::InvalidRequest)
+                        .with_id(rpc_id)
+                        .with_message("Bad Request: more than one Mcp-Session-Id header")
+                        .with_detail("duplicate_mcp_session_id"),
+                ));
+            }
+            if let Some(sid) = &sent {
+                match shared.store.owner_of(sid).await {
+                    Ok(Some(o)) if o == owner => {}
+                    Ok(Some(_)) => {
+                        tracing::warn!(
+                            principal = principal.id(),
+                            method = %principal.method(),
+                            session = %short(sid),
+                            "session used by a principal that did not create it: 404"
+                        );
+                        return Ok(refuse(not_owned(rpc_id, "other_principal")));
+                    }
+                    Ok(None) => {
+                        tracing::debug!(session = %short(sid), "unknown session id: 404");
+                        return Ok(refuse(not_owned(rpc_id, "unknown_session")));
+                    }
+                    Err(Unavailable) => return Ok(refuse(unavailable(rpc_id))),
+                }
+                if let Some(v) = req.headers_mut().get_mut(MCP_SESSION_ID) {
+                    v.set_sensitive(true);
+                }
+            }
+            let is_delete = req.method() == Method::DELETE;
+            let mut resp = inner.call(req).await?;
+
+            let mut issued = resp.headers().get_all(MCP_SESSION_ID).iter();
+            let new = issued
+                .next()
+                .map(|v| -> Digest32 { Sha256::digest(v.as_bytes()).into() });
+            if issued.next().is_some() {
+                tracing::error!("the upstream sent more than one Mcp-Session-Id: 502");
+                return Ok(refuse(
+                    Rejection::new(RejectionReason::UpstreamError)
+                        .with_id(rpc_id)
+                        .with_detail("upstream_sent_several_session_ids"),
+                ));
+            }
+            if let Some(new) = new {
+                if sent.as_ref() != Some(&new) {
+                    match shared.store.bind(new, owner).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(
+                                session = %short(&new),
+                                principal = principal.id(),
+                                "the upstream issued a session id bound to another principal: 502"
+                            );
+                            return Ok(refuse(
+                                Rejection::new(RejectionReason::UpstreamError)
+                                    .with_id(rpc_id)
+                                    .with_detail("upstream_session_id_owned_by_another_principal"),
+                            ));
+                        }
+                        Err(Unavailable) => return Ok(refuse(unavailable(rpc_id))),
+                    }
+                }
+                if let Some(v) = resp.headers_mut().get_mut(MCP_SESSION_ID) {
+                    v.set_sensitive(true);
+                }
+            }
+            if let Some(sid) = sent
+                .as_ref()
+                .filter(|_| is_delete && resp.status().is_success())
+                && shared.store.unbind(sid, &owner).await.is_err()
+            {
+                tracing::warn!(
+                    session = %short(sid),
+                    "ended session's binding not removed (store unavailable); it expires when idle"
+                );
+            }
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_store {
+    //! Bindings in Redis, shared by replicas.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+    use super::{Digest32, SessionRedisConfig, Unavailable};
+    use crate::error::ConfigError;
+
+    /// ARGV: the idle timeout (ms). The owner, refreshing the TTL when half spent.
+    const LOOKUP_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl >= 0 and ttl * 2 < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return v
+"#;
+
+    /// ARGV: the owner, the idle timeout (ms). 1 when bound to this owner, 0 when bound
+    /// to another.
+    const BIND_LUA: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+    /// ARGV: the owner. Deletes the binding if it is this owner's.
+    const UNBIND_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+    pub(super) struct RedisStore {
+        client: redis::Client,
+        conn: Mutex<Option<ConnectionManager>>,
+        connecting: AtomicBool,
+        connected: tokio::sync::Notify,
+        lookup: redis::Script,
+        bind: redis::Script,
+        unbind: redis::Script,
+        prefix: String,
+        timeout: Duration,
+        idle_ms: u64,
+        up: AtomicBool,
+    }
+
+    impl RedisStore {
+        pub(super) fn new(cfg: &SessionRedisConfig, idle: Duration) -> Result<Self, ConfigError> {
+            if cfg.prefix.is_empty() || cfg.prefix.len() > 64 || cfg.prefix.contains(['{', '}']) {
+                return Err(ConfigError::invalid(
+                    "sessions.redis.prefix",
+                    "must be 1 to 64 characters, without { or }",
+                ));
+            }
+            if !(1..=60_000).contains(&cfg.timeout_ms) {
+                return Err(ConfigError::invalid(
+                    "sessions.redis.timeoutMs",
+                    "must be 1 to 60000",
+                ));
+            }
+            let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
+                // The error kind only: the message may repeat the URL and its password.
+                ConfigError::invalid(
+                    "sessions.redis.url",
+                    format!("not a valid Redis URL ({:?})", e.kind()),
+                )
+            })?;
+            Ok(Self {
+                client,
+                conn: Mutex::new(None),
+                connecting: AtomicBool::new(false),
+                connected: tokio::sync::Notify::new(),
+                lookup: redis::Script::new(LOOKUP_LUA),
+                bind: redis::Script::new(BIND_LUA),
+                unbind: redis::Script::new(UNBIND_LUA),
+                prefix: cfg.prefix.clone(),
+                timeout: Duration::from_millis(cfg.timeout_ms),
+                idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+                up: AtomicBool::new(true),
+            })
+        }
+
+        fn key(&self, id: &Digest32) -> String {
+            format!("{}:{}", self.prefix, hex::encode(id))
+        }
+
+        fn current(&self) -> Option<ConnectionManager> {
+            self.conn.lock().ok().and_then(|g| g.as_ref().cloned())
+        }
+
+        /// The connection; when there is none yet, starts connecting in the background
+        /// and waits for it at most the call timeout.
+        async fn connection(self: &Arc<Self>) -> Result<ConnectionManager, Unavailable> {
+            if let Some(c) = self.current() {
+                return Ok(c);
+            }
+            let notified = self.connected.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.spawn_connect();
+            let _ = tokio::time::timeout(self.timeout, notified).await;
+            self.current().ok_or_else(|| {
+                self.mark_down("no connection");
+                Unavailable
+            })
+        }
+
+        /// Connects in the background, one attempt at a time, at most every 250 ms.
+        fn spawn_connect(self: &Arc<Self>) {
+            if self.connecting.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                self.connecting.store(false, Ordering::Release);
+                return;
+            };
+            let this = self.clone();
+            handle.spawn(async move {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(this.timeout)
+                    .set_response_timeout(this.timeout)
+                    .set_number_of_retries(2)
+                    .set_max_delay(1000);
+                let attempt = tokio::time::timeout(
+                    this.timeout * 4,
+                    ConnectionManager::new_with_config(this.client.clone(), config),
+                )
+                .await;
+                match attempt {
+                    Ok(Ok(manager)) => {
+                        if let Ok(mut guard) = this.conn.lock() {
+                            *guard = Some(manager);
+                        }
+                        this.connected.notify_waiters();
+                    }
+                    Ok(Err(e)) => {
+                        this.mark_down(&format!("connect: {:?}", e.kind()));
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(_) => {
+                        this.mark_down("connect: timed out");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+                this.connecting.store(false, Ordering::Release);
+            });
+        }
+
+        fn mark_down(&self, what: &str) {
+            if self.up.swap(false, Ordering::AcqRel) {
+                tracing::warn!(
+                    error = what,
+                    "session store (redis) unreachable: requests with a session id get 503 until it recovers"
+                );
+            }
+        }
+
+        fn mark_up(&self) {
+            if !self.up.load(Ordering::Acquire) && !self.up.swap(true, Ordering::AcqRel) {
+                tracing::info!("session store (redis) reachable again");
+            }
+        }
+
+        async fn invoke<T: redis::FromRedisValue>(
+            self: &Arc<Self>,
+            inv: redis::ScriptInvocation<'_>,
+        ) -> Result<T, Unavailable> {
+            let mut conn = self.connection().await?;
+            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => {
+                    self.mark_up();
+                    Ok(v)
+                }
+                Ok(Err(e)) => {
+                    self.mark_down(&format!("{:?}", e.kind()));
+                    Err(Unavailable)
+                }
+                Err(_) => {
+                    self.mark_down("timed out");
+                    Err(Unavailable)
+                }
+            }
+        }
+
+        pub(super) async fn owner_of(
+            self: &Arc<Self>,
+            id: &Digest32,
+        ) -> Result<Option<Digest32>, Unavailable> {
+            let mut inv = self.lookup.prepare_invoke();
+            inv.key(self.key(id)).arg(self.idle_ms);
+            let v: Option<String> = self.invoke(inv).await?;
+            Ok(v.and_then(|s| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(s, &mut out).ok().map(|()| out)
+            }))
+        }
+
+        pub(super) async fn bind(
+            self: &Arc<Self>,
+            id: &Digest32,
+            owner: &Digest32,
+        ) -> Result<bool, Unavailable> {
+            let mut inv = self.bind.prepare_invoke();
+            inv.key(self.key(id))
+                .arg(hex::encode(owner))
+                .arg(self.idle_ms);
+            let v: i64 = self.invoke(inv).await?;
+            Ok(v == 1)
+        }
+
+        pub(super) async fn unbind(
+            self: &Arc<Self>,
+            id: &Digest32,
+            owner: &Digest32,
+        ) -> Result<(), Unavailable> {
+            let mut inv = self.unbind.prepare_invoke();
+            inv.key(self.key(id)).arg(hex::encode(owner));
+            let _: i64 = self.invoke(inv).await?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest32 {
+        [n; 32]
+    }
+
+    #[test]
+    fn owners_are_namespaced_by_method_and_issuer() {
+        let api = Principal::new("bob", AuthMethod::ApiKey);
+        let basic = Principal::new("bob", AuthMethod::Basic);
+        assert_ne!(owner_key(&api), owner_key(&basic));
+        assert_eq!(
+            owner_key(&api),
+            owner_key(&Principal::new("bob", AuthMethod::ApiKey))
+        );
+        let jwt = |iss: &str| {
+            let mut c = serde_json::Map::new();
+            c.insert("iss".into(), iss.into());
+            Principal::new("bob", AuthMethod::Jwt).with_claims(c)
+        };
+        assert_ne!(owner_key(&jwt("https://a")), owner_key(&jwt("https://b")));
+        assert_eq!(owner_key(&jwt("https://a")), owner_key(&jwt("https://a")));
+        // No ambiguity between issuer and id.
+        let mut c = serde_json::Map::new();
+        c.insert("iss".into(), "x".into());
+        let p1 = Principal::new("yz", AuthMethod::Jwt).with_claims(c);
+        let mut c = serde_json::Map::new();
+        c.insert("iss".into(), "xy".into());
+        let p2 = Principal::new("z", AuthMethod::Jwt).with_claims(c);
+        assert_ne!(owner_key(&p1), owner_key(&p2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bindings_expire_when_idle_and_use_refreshes_them() {
+        let s = MemoryStore::new(10, Duration::from_secs(60));
+        assert!(s.bind(d(1), d(9)).unwrap());
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert_eq!(s.owner_of(&d(1)).unwrap(), Some(d(9)), "alive, refreshed");
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert_eq!(
+            s.owner_of(&d(1)).unwrap(),
+            Some(d(9)),
+            "the use refreshed it"
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(s.owner_of(&d(1)).unwrap(), None, "expired");
+        // An expired binding does not block a new one.
+        assert!(s.bind(d(1), d(8)).unwrap());
+        assert_eq!(s.owner_of(&d(1)).unwrap(), Some(d(8)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_binding_is_never_taken_over() {
+        let s = MemoryStore::new(10, Duration::from_secs(60));
+        assert!(s.bind(d(1), d(9)).unwrap());
+        assert!(!s.bind(d(1), d(8)).unwrap());
+        assert!(s.bind(d(1), d(9)).unwrap(), "the owner again");
+        assert_eq!(s.owner_of(&d(1)).unwrap(), Some(d(9)));
+        s.unbind(&d(1), &d(8)).unwrap();
+        assert_eq!(
+            s.owner_of(&d(1)).unwrap(),
+            Some(d(9)),
+            "only the owner unbinds"
+        );
+        s.unbind(&d(1), &d(9)).unwrap();
+        assert_eq!(s.owner_of(&d(1)).unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_evicts_expired_bindings_first_then_the_least_recently_used() {
+        let s = MemoryStore::new(4, Duration::from_secs(60));
+        for i in 1..=4 {
+            assert!(s.bind(d(i), d(100)).unwrap());
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        // 1 is used again: 2 is now the least recently used.
+        assert!(s.owner_of(&d(1)).unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.bind(d(5), d(100)).unwrap());
+        assert_eq!(s.len(), 4);
+        assert!(
+            s.owner_of(&d(2)).unwrap().is_none(),
+            "least recently used evicted"
+        );
+        for i in [1, 3, 4, 5] {
+            assert!(s.owner_of(&d(i)).unwrap().is_some(), "{i} kept");
+        }
+        // Expired bindings go before live ones, however recently the live ones were used.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(s.owner_of(&d(5)).unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // 1, 3, 4 are now idle for more than 60 s; 5 is not.
+        assert!(s.bind(d(6), d(100)).unwrap());
+        assert_eq!(s.len(), 2, "expired bindings swept");
+        assert!(s.owner_of(&d(5)).unwrap().is_some());
+        assert!(s.owner_of(&d(6)).unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_stays_bounded_under_a_flood_of_sessions() {
+        let s = MemoryStore::new(64, Duration::from_secs(3600));
+        for i in 0..10_000u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            assert!(s.bind(id, d(1)).unwrap());
+            assert!(s.len() <= 64);
+        }
+    }
+
+    #[test]
+    fn configuration_errors_name_the_key() {
+        let e = SessionBindingLayer::new(&SessionConfig::default().max_sessions(0)).unwrap_err();
+        assert_eq!(e.key(), "sessions.maxSessions");
+        let e = SessionBindingLayer::new(&SessionConfig::default().idle_timeout_seconds(0))
+            .unwrap_err();
+        assert_eq!(e.key(), "sessions.idleTimeoutSeconds");
+    }
+
+    #[test]
+    fn the_redis_url_password_is_not_shown() {
+        let r = SessionRedisConfig::new("redis://:s3cret@127.0.0.1:6379/0");
+        let dbg = format!("{r:?}");
+        assert!(
+            !dbg.contains("s3cret") && dbg.contains("127.0.0.1"),
+            "{dbg}"
+        );
+    }
+}
