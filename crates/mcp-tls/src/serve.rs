@@ -745,6 +745,7 @@ async fn serve_connection<IO, S, B>(
                 finishing = Some(now);
                 continue;
             }
+            // With no deadline, a recheck after the idle timeout.
             let mut next = now + timeouts.idle;
             if let Some(d) = activity.stall_deadline(timeouts.write) {
                 if d <= now {
@@ -775,8 +776,10 @@ async fn serve_connection<IO, S, B>(
                     }
                 }
             }
+            // The timer is moved only forward in urgency: a later deadline waits for the
+            // current one to fire (one spare wake-up), not a reset on every poll.
             let next = next.max(now + Duration::from_millis(1));
-            if check.deadline() != next {
+            if check.deadline() <= now || next < check.deadline() {
                 check.as_mut().reset(next);
             }
             if check.as_mut().poll(cx).is_pending() {
