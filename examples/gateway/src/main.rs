@@ -297,6 +297,13 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
         .exempt(mcp_core::TrustedProxies::new(
             cfg.server.trusted_proxies.iter().copied(),
         ));
+    if !cfg.server.trusted_proxies.is_empty() {
+        tracing::info!(
+            per_client = cfg.server.max_connections_per_client,
+            "peers in server.trustedProxies are not held to server.maxConnectionsPerClient \
+             (only to server.maxConnections): limit connections per client at the proxy"
+        );
+    }
     let exported = metrics.map(|handle| app::Exported {
         handle,
         connections: limit.clone(),
