@@ -562,7 +562,8 @@ pub struct ServerOptions {
     /// `"30s"`): a new connection that has not sent a complete request head (counted after
     /// the TLS handshake), or a kept-alive one after its last response. HTTP/1.1 closes;
     /// HTTP/2 gets a GOAWAY. A request whose head is in, whose response is still being
-    /// produced or streamed (an SSE stream, say), is in progress however long it takes.
+    /// produced or streamed (an SSE stream, say), is in progress however long it takes,
+    /// unless its response waits for the [`write_timeout`](Self::write_timeout).
     /// An HTTP/1.1 request head must also be complete within this time of its first byte.
     #[serde(
         default = "default_idle_timeout",
@@ -570,6 +571,49 @@ pub struct ServerOptions {
         serialize_with = "ser_duration"
     )]
     pub idle_timeout: Duration,
+    /// How long a response may wait to be written with no write progress (default
+    /// `"30s"`): the peer takes none of the bytes queued for it (it stopped reading, or
+    /// keeps its HTTP/2 window shut). Past it, the connection is closed, whatever its
+    /// requests in progress; any progress restarts the clock. A response that has nothing
+    /// to send (a quiet SSE stream) is not waiting. A connection asked to close (idle,
+    /// request cap, shutdown) with no request in progress gets this long to finish.
+    #[serde(
+        default = "default_write_timeout",
+        deserialize_with = "de_secs_or_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub write_timeout: Duration,
+    /// Most connections open at once from one client address (default 64), counted on
+    /// the peer address: IPv4 per address, IPv6 per [`client_ipv6_prefix`] network. A
+    /// connection over it is closed at accept. Peers exempted on the
+    /// [`ConnectionLimit`](crate::ConnectionLimit) (trusted proxies) are not counted.
+    ///
+    /// [`client_ipv6_prefix`]: Self::client_ipv6_prefix
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Prefix length by which IPv6 peers are counted for
+    /// [`max_connections_per_client`](Self::max_connections_per_client) (default 64: one
+    /// site's network, which one host can fill with addresses). 1 to 128.
+    #[serde(default = "default_client_ipv6_prefix")]
+    pub client_ipv6_prefix: u8,
+    /// Most requests served on one connection (default 1000, as nginx's
+    /// `keepalive_requests`); the last is answered with `Connection: close` (HTTP/1.1) or
+    /// a GOAWAY (HTTP/2), and the client opens a new connection.
+    #[serde(default = "default_max_requests_per_connection")]
+    pub max_requests_per_connection: u64,
+}
+
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections_per_client() -> usize {
+    64
+}
+fn default_client_ipv6_prefix() -> u8 {
+    64
+}
+fn default_max_requests_per_connection() -> u64 {
+    1000
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -592,6 +636,10 @@ impl Default for ServerOptions {
             max_connections: default_max_connections(),
             drain_timeout: default_drain_timeout(),
             idle_timeout: default_idle_timeout(),
+            write_timeout: default_write_timeout(),
+            max_connections_per_client: default_max_connections_per_client(),
+            client_ipv6_prefix: default_client_ipv6_prefix(),
+            max_requests_per_connection: default_max_requests_per_connection(),
         }
     }
 }
@@ -615,6 +663,32 @@ impl ServerOptions {
             return Err(ConfigError::new(
                 "server.maxConnections",
                 "must be between 1 and 536870911",
+            ));
+        }
+        if self.write_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "server.writeTimeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.max_connections_per_client == 0
+            || self.max_connections_per_client > (u32::MAX >> 3) as usize
+        {
+            return Err(ConfigError::new(
+                "server.maxConnectionsPerClient",
+                "must be between 1 and 536870911",
+            ));
+        }
+        if !(1..=128).contains(&self.client_ipv6_prefix) {
+            return Err(ConfigError::new(
+                "server.clientIpv6Prefix",
+                "must be between 1 and 128",
+            ));
+        }
+        if self.max_requests_per_connection == 0 {
+            return Err(ConfigError::new(
+                "server.maxRequestsPerConnection",
+                "must be greater than zero",
             ));
         }
         Ok(())
@@ -905,6 +979,65 @@ mod tests {
             ..ServerOptions::default()
         };
         assert_eq!(o.validate().unwrap_err().key, "server.maxConnections");
+        let o: ServerOptions = serde_yaml_ng::from_str(
+            "writeTimeout: 5\nmaxConnectionsPerClient: 8\nclientIpv6Prefix: 56\nmaxRequestsPerConnection: 10\n",
+        )
+        .unwrap();
+        assert_eq!(o.write_timeout, Duration::from_secs(5));
+        assert_eq!(
+            (
+                o.max_connections_per_client,
+                o.client_ipv6_prefix,
+                o.max_requests_per_connection
+            ),
+            (8, 56, 10)
+        );
+        o.validate().unwrap();
+        let d = ServerOptions::default();
+        assert_eq!(d.write_timeout, Duration::from_secs(30));
+        assert_eq!(
+            (d.max_connections_per_client, d.client_ipv6_prefix),
+            (64, 64)
+        );
+        for (o, key) in [
+            (
+                ServerOptions {
+                    write_timeout: Duration::ZERO,
+                    ..d.clone()
+                },
+                "server.writeTimeout",
+            ),
+            (
+                ServerOptions {
+                    max_connections_per_client: 0,
+                    ..d.clone()
+                },
+                "server.maxConnectionsPerClient",
+            ),
+            (
+                ServerOptions {
+                    client_ipv6_prefix: 0,
+                    ..d.clone()
+                },
+                "server.clientIpv6Prefix",
+            ),
+            (
+                ServerOptions {
+                    client_ipv6_prefix: 129,
+                    ..d.clone()
+                },
+                "server.clientIpv6Prefix",
+            ),
+            (
+                ServerOptions {
+                    max_requests_per_connection: 0,
+                    ..d.clone()
+                },
+                "server.maxRequestsPerConnection",
+            ),
+        ] {
+            assert_eq!(o.validate().unwrap_err().key, key);
+        }
     }
 
     proptest! {

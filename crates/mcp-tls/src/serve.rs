@@ -4,11 +4,20 @@
 //! Each request carries the connection's [`PeerAddr`] and, over TLS, its [`TlsInfo`] in
 //! its extensions. The loop caps concurrent connections (a semaphore: beyond the cap,
 //! the loop holds one accepted connection until a place is free and stops accepting, so
-//! the rest wait in the kernel's listen backlog), bounds the TLS handshake in time,
+//! the rest wait in the kernel's listen backlog) and connections per client address
+//! (beyond it, a new connection is closed at accept), bounds the TLS handshake in time,
 //! closes connections that stay idle (no request in progress, the first included) past
 //! the idle timeout, and on shutdown stops accepting, asks every connection to finish (HTTP/1.1 closes
 //! after the response in flight, HTTP/2 sends GOAWAY) and waits for them up to the drain
 //! timeout.
+//!
+//! Slow readers: a response that waits to be written with no write progress for the
+//! write timeout closes its connection, whatever its requests in progress. A write the
+//! peer does not take (it stopped reading: the socket's buffers are full) or a response
+//! frame not taken (HTTP/2: the peer keeps its flow-control window shut) starts the
+//! clock; any progress restarts it; a response with nothing to send (a quiet SSE stream)
+//! does not wait. This holds for HTTP/1.1, HTTP/2, plain and TLS alike. A connection
+//! serves at most [`ServerOptions::max_requests_per_connection`] requests.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,22 +41,25 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use mcp_core::{PeerAddr, TlsInfo};
+use mcp_core::{PeerAddr, TlsInfo, TrustedProxies};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -136,6 +148,10 @@ where
 pub struct ConnectionLimit {
     permits: Arc<Semaphore>,
     max: usize,
+    per_client: usize,
+    ipv6_prefix: u8,
+    exempt: Arc<TrustedProxies>,
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
     counters: Arc<Counters>,
 }
 
@@ -146,6 +162,10 @@ struct Counters {
     handshake_failed: AtomicU64,
     handshake_timed_out: AtomicU64,
     idle_closed: AtomicU64,
+    write_timed_out: AtomicU64,
+    per_client_refused: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last refusal logged at `warn`.
+    refusal_warned_ms: AtomicU64,
 }
 
 impl Counters {
@@ -164,6 +184,8 @@ pub struct ConnectionStats {
     pub open: usize,
     /// The limit.
     pub max: usize,
+    /// The limit per client address.
+    pub max_per_client: usize,
     /// Connections accepted (given a place).
     pub accepted: u64,
     /// TLS handshakes that failed (a plain-text client, no common version or cipher
@@ -173,21 +195,70 @@ pub struct ConnectionStats {
     pub tls_handshake_timed_out: u64,
     /// Connections closed because they had no request in progress for the idle timeout.
     pub idle_closed: u64,
+    /// Connections closed because a response waited longer than the write timeout with
+    /// no write progress (the peer stopped reading).
+    pub write_timed_out: u64,
+    /// Connections closed at accept because their client address had
+    /// [`max_per_client`](Self::max_per_client) open already.
+    pub per_client_refused: u64,
 }
 
 impl ConnectionLimit {
-    /// A limit of `max` open connections (clamped to 1..=536,870,911).
+    /// A limit of `max` open connections (clamped to 1..=536,870,911), and of 64 per
+    /// client address (IPv6 by /64), no peer exempt.
     pub fn new(max: usize) -> Self {
-        let max = max.clamp(1, (u32::MAX >> 3) as usize);
+        let max = max.clamp(1, MAX_PERMITS);
+        let defaults = ServerOptions::default();
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            per_client: defaults.max_connections_per_client,
+            ipv6_prefix: defaults.client_ipv6_prefix,
+            exempt: Arc::new(TrustedProxies::none()),
+            clients: Arc::default(),
             counters: Arc::default(),
         }
     }
 
-    /// Open connections, and counts of accepts, failed TLS handshakes and idle closes,
-    /// over every loop sharing this limit.
+    /// The limits of `options`: `max_connections`, `max_connections_per_client`,
+    /// `client_ipv6_prefix`.
+    pub fn from_options(options: &ServerOptions) -> Self {
+        Self::new(options.max_connections)
+            .per_client(options.max_connections_per_client)
+            .client_ipv6_prefix(options.client_ipv6_prefix)
+    }
+
+    /// Most connections open at once from one client address (clamped to at least 1),
+    /// counted on the peer address. Set before the limit is cloned and shared.
+    pub fn per_client(mut self, max: usize) -> Self {
+        self.per_client = max.clamp(1, MAX_PERMITS);
+        self
+    }
+
+    /// The prefix length by which IPv6 peers are counted (clamped to 1..=128; default
+    /// 64). Set before the limit is cloned and shared.
+    pub fn client_ipv6_prefix(mut self, len: u8) -> Self {
+        self.ipv6_prefix = len.clamp(1, 128);
+        self
+    }
+
+    /// Peers not counted per client address (they still count against the limit):
+    /// trusted proxies, which carry many clients on their own address and should limit
+    /// each of them themselves. Set before the limit is cloned and shared.
+    ///
+    /// ```
+    /// use mcp_core::TrustedProxies;
+    /// let proxies = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+    /// let limit = mcp_tls::ConnectionLimit::new(10_000).per_client(32).exempt(proxies);
+    /// assert_eq!(limit.stats().max_per_client, 32);
+    /// ```
+    pub fn exempt(mut self, peers: TrustedProxies) -> Self {
+        self.exempt = Arc::new(peers);
+        self
+    }
+
+    /// Open connections, and counts of accepts, refusals, failed TLS handshakes and
+    /// closes, over every loop sharing this limit.
     ///
     /// ```
     /// let limit = mcp_tls::ConnectionLimit::new(100);
@@ -199,10 +270,13 @@ impl ConnectionLimit {
         ConnectionStats {
             open: self.max.saturating_sub(self.available()),
             max: self.max,
+            max_per_client: self.per_client,
             accepted: c.accepted.load(Ordering::Relaxed),
             tls_handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
             tls_handshake_timed_out: c.handshake_timed_out.load(Ordering::Relaxed),
             idle_closed: c.idle_closed.load(Ordering::Relaxed),
+            write_timed_out: c.write_timed_out.load(Ordering::Relaxed),
+            per_client_refused: c.per_client_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -215,6 +289,59 @@ impl ConnectionLimit {
     pub fn available(&self) -> usize {
         self.permits.available_permits()
     }
+
+    /// A place for a connection from `peer` in its client address's count: `Ok(None)`
+    /// for an exempt peer, `Err(())` when the address has its limit open already.
+    fn client_slot(&self, peer: IpAddr) -> Result<Option<ClientSlot>, ()> {
+        if self.exempt.is_trusted(peer) {
+            return Ok(None);
+        }
+        let key = client_key(peer, self.ipv6_prefix);
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = clients.entry(key).or_insert(0);
+        if *open >= self.per_client {
+            return Err(());
+        }
+        *open += 1;
+        Ok(Some(ClientSlot {
+            clients: self.clients.clone(),
+            key,
+        }))
+    }
+}
+
+/// Most permits a tokio semaphore holds.
+const MAX_PERMITS: usize = (u32::MAX >> 3) as usize;
+
+/// The address a peer is counted under: an IPv4 address (IPv4-mapped IPv6 included)
+/// as is, an IPv6 address by its network of `prefix` bits.
+fn client_key(peer: IpAddr, prefix: u8) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u32::from(prefix.clamp(1, 128));
+            let mask = u128::MAX << (128 - bits);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+/// One connection in its client address's count, released on drop.
+struct ClientSlot {
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = clients.get_mut(&self.key) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                clients.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for ConnectionLimit {
@@ -222,6 +349,8 @@ impl fmt::Debug for ConnectionLimit {
         f.debug_struct("ConnectionLimit")
             .field("max", &self.max)
             .field("available", &self.available())
+            .field("per_client", &self.per_client)
+            .field("ipv6_prefix", &self.ipv6_prefix)
             .finish()
     }
 }
@@ -305,6 +434,28 @@ impl Server {
         self
     }
 
+    /// How long a response may wait with no write progress before its connection is
+    /// closed (default 30 s). See [`ServerOptions::write_timeout`].
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.options.write_timeout = timeout;
+        self
+    }
+
+    /// Most connections open at once from one client address (default 64). Ignored
+    /// when a shared [`connection_limit`](Self::connection_limit) is set (set it there).
+    /// See [`ServerOptions::max_connections_per_client`].
+    pub fn max_connections_per_client(mut self, max: usize) -> Self {
+        self.options.max_connections_per_client = max;
+        self
+    }
+
+    /// Most requests served on one connection (default 1000). See
+    /// [`ServerOptions::max_requests_per_connection`].
+    pub fn max_requests_per_connection(mut self, max: u64) -> Self {
+        self.options.max_requests_per_connection = max;
+        self
+    }
+
     /// How long graceful shutdown waits for open connections (default 30 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.options.drain_timeout = timeout;
@@ -343,23 +494,34 @@ impl Server {
             limit,
             shutdown,
         } = self;
-        let limit = limit.unwrap_or_else(|| ConnectionLimit::new(options.max_connections));
-        let permits = limit.permits;
-        let counters = limit.counters;
+        let limit = limit.unwrap_or_else(|| ConnectionLimit::from_options(&options));
+        let permits = limit.permits.clone();
+        let counters = limit.counters.clone();
         // Every connection task holds a clone of `alive`: when the last is gone, this
         // loop's connections have all finished.
         let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
-        // A zero timeout (which `ServerOptions::validate` refuses) is taken as the default.
+        // A zero timeout or cap (which `ServerOptions::validate` refuses) is taken as
+        // the default.
         let defaults = ServerOptions::default();
         let or_default = |t: Duration, default: Duration| if t.is_zero() { default } else { t };
         let handshake_timeout = or_default(options.handshake_timeout, defaults.handshake_timeout);
-        let idle_timeout = or_default(options.idle_timeout, defaults.idle_timeout);
+        let timeouts = ConnectionTimeouts {
+            idle: or_default(options.idle_timeout, defaults.idle_timeout),
+            write: or_default(options.write_timeout, defaults.write_timeout),
+            max_requests: match options.max_requests_per_connection {
+                0 => defaults.max_requests_per_connection,
+                n => n,
+            },
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // HTTP/1.1 reads one request at a time; what a client pipelines beyond it waits
+        // in hyper's read buffer (at most `max_buf_size`, hyper's default of about
+        // 400 KiB) and then in the kernel's socket buffer, unread.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(idle_timeout);
+            .header_read_timeout(timeouts.idle);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
         let mut shutdown: ShutdownSignal =
@@ -379,6 +541,15 @@ impl Server {
                         continue;
                     }
                 },
+            };
+            // Over its address's cap: closed at once, before it waits for a place.
+            let client_slot = match limit.client_slot(peer.ip()) {
+                Ok(slot) => slot,
+                Err(()) => {
+                    refused_per_client(&counters, peer.ip(), limit.per_client);
+                    drop(tcp);
+                    continue;
+                }
             };
             // The permit is taken after the accept: a loop waiting for connections holds
             // none, so loops on different sockets sharing a limit never keep a place
@@ -403,11 +574,12 @@ impl Server {
             let alive = alive.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _client_slot = client_slot;
                 let _alive = alive;
                 match tls {
                     None => {
                         let svc = ConnectionInfo::new(service, peer, None);
-                        serve_connection(&builder, tcp, svc, idle_timeout, stop, &counters).await;
+                        serve_connection(&builder, tcp, svc, timeouts, stop, &counters).await;
                     }
                     Some(acceptor) => {
                         let shake =
@@ -415,15 +587,8 @@ impl Server {
                         match shake.await {
                             Some((stream, info)) => {
                                 let svc = ConnectionInfo::new(service, peer, Some(info));
-                                serve_connection(
-                                    &builder,
-                                    stream,
-                                    svc,
-                                    idle_timeout,
-                                    stop,
-                                    &counters,
-                                )
-                                .await;
+                                serve_connection(&builder, stream, svc, timeouts, stop, &counters)
+                                    .await;
                             }
                             None => tracing::debug!(%peer, "TLS handshake not completed"),
                         }
@@ -439,6 +604,33 @@ impl Server {
             tracing::warn!("drain timeout reached with connections still open");
         }
         Ok(())
+    }
+}
+
+/// Counts a connection refused over its address's cap, and logs it: at `warn` at most
+/// once every 10 s (a client hammering the cap must not flood the log), else at `debug`.
+fn refused_per_client(counters: &Counters, peer: IpAddr, cap: usize) {
+    Counters::add(&counters.per_client_refused);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let last = counters.refusal_warned_ms.load(Ordering::Relaxed);
+    let warn = now_ms.saturating_sub(last) >= 10_000
+        && counters
+            .refusal_warned_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+    let total = counters.per_client_refused.load(Ordering::Relaxed);
+    if warn {
+        tracing::warn!(
+            %peer,
+            cap,
+            refused_total = total,
+            "connection refused: its client address has the most connections allowed open \
+             (logged at most every 10 s)"
+        );
+    } else {
+        tracing::debug!(%peer, cap, "connection refused: per-client connection cap");
     }
 }
 
@@ -474,13 +666,32 @@ async fn handshake(
     }
 }
 
-/// Serves one connection until it ends, the loop stops, or it stays idle (no request in
-/// progress) for `idle_timeout`.
+/// A connection's time limits.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionTimeouts {
+    idle: Duration,
+    write: Duration,
+    max_requests: u64,
+}
+
+/// How [`serve_connection`]'s watch ended.
+enum Ended<E> {
+    /// The connection ended by itself.
+    Done(Result<(), E>),
+    /// A response waited `write` with no write progress.
+    Stalled,
+    /// Asked to close with no request in progress, it had not after `write`.
+    NotFinishing,
+}
+
+/// Serves one connection until it ends, the loop stops, it stays idle (no request in
+/// progress) for the idle timeout, it has served its most requests, or a response waits
+/// with no write progress for the write timeout.
 async fn serve_connection<IO, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: IO,
     service: S,
-    idle_timeout: Duration,
+    timeouts: ConnectionTimeouts,
     mut stop: watch::Receiver<bool>,
     counters: &Counters,
 ) where
@@ -496,45 +707,122 @@ async fn serve_connection<IO, S, B>(
     let service = Tracking {
         inner: service,
         activity: activity.clone(),
+        max_requests: timeouts.max_requests,
+    };
+    let io = WriteWatch {
+        inner: io,
+        activity: activity.clone(),
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
-    // Once asked to finish (idle or stopping), the connection ends by itself: an idle
-    // HTTP/1.1 connection or one still reading its first bytes at once, HTTP/2 after its
-    // GOAWAY once no stream is open.
-    let mut finishing = false;
-    let result = loop {
-        let check_at = activity
-            .idle_deadline(idle_timeout)
-            .unwrap_or_else(|| Instant::now() + idle_timeout);
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            () = stopped(&mut stop), if !finishing => {
-                conn.as_mut().graceful_shutdown();
-                break conn.await;
+    let mut stop_signal = std::pin::pin!(stopped(&mut stop));
+    let mut check = std::pin::pin!(tokio::time::sleep(timeouts.idle));
+    let mut stopping = false;
+    // Once asked to finish (idle, its most requests served, or stopping), the connection
+    // ends by itself: an idle HTTP/1.1 connection or one still reading its first bytes at
+    // once, one with a response in flight after it, HTTP/2 after its GOAWAY once no stream
+    // is open. With no request in progress, it has the write timeout to do so.
+    let mut finishing: Option<Instant> = None;
+    let ended = std::future::poll_fn(|cx| {
+        loop {
+            activity.waker.register(cx.waker());
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Ended::Done(r));
             }
-            () = tokio::time::sleep_until(check_at), if !finishing => {
-                if activity.idle_deadline(idle_timeout).is_some_and(|d| d <= Instant::now()) {
-                    tracing::debug!("closing an idle connection");
-                    Counters::add(&counters.idle_closed);
+            let now = Instant::now();
+            if !stopping && stop_signal.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                if finishing.is_none() {
                     conn.as_mut().graceful_shutdown();
-                    finishing = true;
+                    finishing = Some(now);
+                }
+                continue;
+            }
+            if finishing.is_none() && activity.close_asked.load(Ordering::Acquire) {
+                tracing::debug!("closing a connection after its most requests");
+                conn.as_mut().graceful_shutdown();
+                finishing = Some(now);
+                continue;
+            }
+            // With no deadline, a recheck after the idle timeout.
+            let mut next = now + timeouts.idle;
+            if let Some(d) = activity.stall_deadline(timeouts.write) {
+                if d <= now {
+                    return Poll::Ready(Ended::Stalled);
+                }
+                next = next.min(d);
+            }
+            match finishing {
+                None => {
+                    if let Some(d) = activity.idle_deadline(timeouts.idle) {
+                        if d <= now {
+                            tracing::debug!("closing an idle connection");
+                            Counters::add(&counters.idle_closed);
+                            conn.as_mut().graceful_shutdown();
+                            finishing = Some(now);
+                            continue;
+                        }
+                        next = next.min(d);
+                    }
+                }
+                Some(asked) => {
+                    if let Some(idle) = activity.idle_deadline(Duration::ZERO) {
+                        let d = asked.max(idle) + timeouts.write;
+                        if d <= now {
+                            return Poll::Ready(Ended::NotFinishing);
+                        }
+                        next = next.min(d);
+                    }
                 }
             }
+            // The timer is moved only forward in urgency: a later deadline waits for the
+            // current one to fire (one spare wake-up), not a reset on every poll.
+            let next = next.max(now + Duration::from_millis(1));
+            if check.deadline() <= now || next < check.deadline() {
+                check.as_mut().reset(next);
+            }
+            if check.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+    })
+    .await;
+    match ended {
+        Ended::Done(Ok(())) => {}
+        Ended::Done(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Ended::Stalled => {
+            Counters::add(&counters.write_timed_out);
+            tracing::debug!("closing a connection: a response waited with no write progress");
+        }
+        Ended::NotFinishing => {
+            Counters::add(&counters.write_timed_out);
+            tracing::debug!("closing a connection that did not finish when asked");
+        }
     }
 }
 
-/// A connection's requests in progress and when it last had none.
+/// A connection's requests in progress, when it last had none, and its write progress.
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds from `start` to when the last request in progress finished.
     idle_since_ms: AtomicU64,
+    /// Milliseconds from `start` to the last write progress, or to when the connection
+    /// began waiting to write, whichever is later.
+    progress_ms: AtomicU64,
+    /// A write to the peer is pending (the peer does not take the bytes).
+    write_blocked: AtomicBool,
+    /// Response body frames handed to hyper and not yet followed by a request for the
+    /// next one (hyper or its HTTP/2 flow control holds them).
+    untaken: AtomicUsize,
+    /// Requests received.
+    requests: AtomicU64,
+    /// The connection has served its most requests.
+    close_asked: AtomicBool,
+    /// The connection's watch, woken when something it waits for may have changed in
+    /// another task (an HTTP/2 stream's).
+    waker: AtomicWaker,
 }
 
 impl Activity {
@@ -543,7 +831,21 @@ impl Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            progress_ms: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
+            untaken: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            close_asked: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn progress(&self) {
+        self.progress_ms.fetch_max(self.now_ms(), Ordering::AcqRel);
     }
 
     /// When the connection will have been idle for `timeout`; `None` while a request
@@ -554,6 +856,92 @@ impl Activity {
         }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
         Some(self.start + since + timeout)
+    }
+
+    /// When a response waiting to be written will have made no progress for `timeout`;
+    /// `None` while none waits.
+    fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let waiting =
+            self.write_blocked.load(Ordering::Acquire) || self.untaken.load(Ordering::Acquire) > 0;
+        if !waiting {
+            return None;
+        }
+        let since = Duration::from_millis(self.progress_ms.load(Ordering::Acquire));
+        Some(self.start + since + timeout)
+    }
+}
+
+/// The connection's stream, noting whether writes make progress.
+struct WriteWatch<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> WriteWatch<IO> {
+    fn note<T>(&self, r: &Poll<io::Result<T>>, progressed: bool) {
+        let a = &self.activity;
+        match r {
+            Poll::Pending => {
+                if !a.write_blocked.swap(true, Ordering::AcqRel) {
+                    // The wait starts now.
+                    a.progress();
+                }
+            }
+            Poll::Ready(_) => {
+                if progressed {
+                    a.progress();
+                }
+                a.write_blocked.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for WriteWatch<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&r, matches!(r, Poll::Ready(Ok(n)) if n > 0));
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&r, matches!(r, Poll::Ready(Ok(n)) if n > 0));
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&r, false);
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(&r, false);
+        r
     }
 }
 
@@ -570,22 +958,25 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        let now = u64::try_from(a.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        a.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        a.idle_since_ms.fetch_max(a.now_ms(), Ordering::AcqRel);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The watch may be asleep in another task (HTTP/2): the idle clock starts.
+        a.waker.wake();
     }
 }
 
-/// Counts a connection's requests in progress (see [`Activity`]).
+/// Counts a connection's requests in progress (see [`Activity`]) and its requests.
 #[derive(Clone)]
 struct Tracking<S> {
     inner: S,
     activity: Arc<Activity>,
+    max_requests: u64,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Tracking<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body,
 {
     type Response = Response<TrackedBody<ResB>>;
     type Error = S::Error;
@@ -596,8 +987,18 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let a = &self.activity;
+        let served = a.requests.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let last = served >= self.max_requests;
+        if last && !a.close_asked.swap(true, Ordering::AcqRel) {
+            a.waker.wake();
+        }
+        // HTTP/1.1 may have read pipelined requests already: the last response says
+        // `Connection: close`, and hyper closes after it. (HTTP/2 gets its GOAWAY.)
+        let close = last && req.version() <= http::Version::HTTP_11;
         TrackingFuture {
             guard: Some(InFlight::new(self.activity.clone())),
+            close,
             inner: self.inner.call(req),
         }
     }
@@ -609,12 +1010,14 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         guard: Option<InFlight>,
+        close: bool,
     }
 }
 
 impl<F, B, E> Future for TrackingFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
 {
     type Output = Result<Response<TrackedBody<B>>, E>;
 
@@ -622,41 +1025,149 @@ where
         let this = self.project();
         let res = ready!(this.inner.poll(cx));
         let guard = this.guard.take();
-        Poll::Ready(res.map(|r| r.map(|body| TrackedBody { inner: body, guard })))
+        let close = *this.close;
+        Poll::Ready(res.map(|mut r| {
+            if close {
+                r.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            r.map(|body| TrackedBody {
+                inner: body,
+                taken: Taken {
+                    activity: guard.as_ref().map(|g| g.0.clone()),
+                    handed: false,
+                },
+                guard,
+                rest: None,
+            })
+        }))
+    }
+}
+
+/// Data frames are handed on in pieces of at most this size, so that a large frame is
+/// not handed whole to HTTP/2's send queue, where a shut flow-control window would hold
+/// it out of sight (see [`TrackedBody`]).
+const PIECE: usize = 16 * 1024;
+
+/// Whether the frame last handed on has been taken (the body was asked for the next).
+struct Taken {
+    activity: Option<Arc<Activity>>,
+    handed: bool,
+}
+
+impl Taken {
+    fn take(&mut self) {
+        if std::mem::take(&mut self.handed)
+            && let Some(a) = &self.activity
+        {
+            a.untaken.fetch_sub(1, Ordering::AcqRel);
+            a.progress();
+        }
+    }
+
+    fn hand(&mut self) {
+        if let Some(a) = &self.activity {
+            self.handed = true;
+            if a.untaken.fetch_add(1, Ordering::AcqRel) == 0 {
+                // The wait starts now; the watch may be asleep in another task (HTTP/2).
+                a.progress();
+                a.waker.wake();
+            }
+        }
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.handed)
+            && let Some(a) = &self.activity
+        {
+            a.untaken.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that ends its request's [`InFlight`] when it ends or is dropped.
-    struct TrackedBody<B> {
+    /// A response body that ends its request's [`InFlight`] when it ends or is dropped,
+    /// and notes when a frame it handed on waits to be taken: the next frame is asked for
+    /// once the previous one is buffered for writing (HTTP/1.1) or within the peer's
+    /// flow-control window (HTTP/2). Large data frames are handed on in [`PIECE`]s.
+    struct TrackedBody<B: http_body::Body> {
         #[pin]
         inner: B,
         guard: Option<InFlight>,
+        taken: Taken,
+        rest: Option<Bytes>,
+    }
+}
+
+impl<B: http_body::Body> TrackedBody<B> {
+    fn piece(rest: &mut Option<Bytes>, mut data: Bytes) -> Bytes {
+        if data.len() > PIECE {
+            *rest = Some(data.split_off(PIECE));
+        } else {
+            *rest = None;
+        }
+        data
     }
 }
 
 impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
-    type Data = B::Data;
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if frame.is_none() {
-            this.guard.take();
+        let mut this = self.project();
+        this.taken.take();
+        if let Some(rest) = this.rest.take() {
+            let piece = Self::piece(this.rest, rest);
+            this.taken.hand();
+            return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
         }
-        Poll::Ready(frame)
+        loop {
+            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                None => {
+                    this.guard.take();
+                    return Poll::Ready(None);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => frame,
+            };
+            match frame.into_data() {
+                Ok(mut data) => {
+                    let data = data.copy_to_bytes(data.remaining());
+                    let piece = Self::piece(this.rest, data);
+                    this.taken.hand();
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+                    }
+                    // A kind of frame this version does not know: not handed on.
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let rest = self.rest.as_ref().map_or(0, |r| r.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -686,4 +1197,48 @@ where
     B::Error: Into<BoxError>,
 {
     Server::new(listener).serve(service).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn clients_are_counted_by_ipv4_address_and_ipv6_network() {
+        let key = |ip: &str, prefix| client_key(ip.parse().unwrap(), prefix).to_string();
+        assert_eq!(key("192.0.2.7", 64), "192.0.2.7");
+        // An IPv4-mapped IPv6 peer (a dual-stack socket) is its IPv4 address.
+        assert_eq!(key("::ffff:192.0.2.7", 64), "192.0.2.7");
+        // Every address of one /64 is one client; another /64 is another.
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:1:2:3", 64), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:3::1", 64), "2001:db8:1:3::");
+        assert_eq!(key("2001:db8:1:3::1", 48), "2001:db8:1::");
+        assert_eq!(key("2001:db8::1", 128), "2001:db8::1");
+        assert_eq!(key("2001:db8::1", 0), "::");
+    }
+
+    #[test]
+    fn a_client_slot_is_released_on_drop_and_exempt_peers_take_none() {
+        let proxies = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+        let limit = ConnectionLimit::new(10).per_client(2).exempt(proxies);
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_net: IpAddr = "2001:db8::2".parse().unwrap();
+        let a = limit.client_slot(ip).unwrap().unwrap();
+        let _b = limit.client_slot(same_net).unwrap().unwrap();
+        assert!(limit.client_slot(ip).is_err());
+        drop(a);
+        assert!(limit.client_slot(same_net).unwrap().is_some());
+        for _ in 0..5 {
+            assert!(
+                limit
+                    .client_slot("10.1.2.3".parse().unwrap())
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        drop(_b);
+        assert!(limit.clients.lock().unwrap().len() <= 1);
+    }
 }

@@ -49,6 +49,11 @@ impl Exported {
         metrics::gauge!("mcp_gateway_connections_max").set(s.max as f64);
         metrics::counter!("mcp_gateway_connections_accepted_total").absolute(s.accepted);
         metrics::counter!("mcp_gateway_connections_idle_closed_total").absolute(s.idle_closed);
+        metrics::counter!("mcp_gateway_connections_write_timed_out_total")
+            .absolute(s.write_timed_out);
+        metrics::counter!("mcp_gateway_connections_per_client_refused_total")
+            .absolute(s.per_client_refused);
+        metrics::gauge!("mcp_gateway_connections_max_per_client").set(s.max_per_client as f64);
         metrics::counter!("mcp_gateway_tls_handshake_failures_total", "reason" => "failed")
             .absolute(s.tls_handshake_failed);
         metrics::counter!("mcp_gateway_tls_handshake_failures_total", "reason" => "timed_out")

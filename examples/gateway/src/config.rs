@@ -118,6 +118,14 @@ pub struct ServerConfig {
     /// Seconds a connection may stay open with no request in progress: before its first
     /// request head is complete (after the TLS handshake) and after its last response.
     pub idle_timeout_seconds: u64,
+    /// Seconds a response may wait with no write progress (the client takes none of
+    /// its bytes) before its connection is closed; SSE streams included.
+    pub write_timeout_seconds: u64,
+    /// Most connections open at once from one client address (IPv6: per /64); peers
+    /// in `trustedProxies` are not counted. Default: 64.
+    pub max_connections_per_client: usize,
+    /// Most requests served on one connection, then `Connection: close` / GOAWAY.
+    pub max_requests_per_connection: u64,
     /// Threads that serve connections, each with a runtime of its own and a socket of its
     /// own on `addr` (one `SO_REUSEPORT` group; like nginx's worker processes). 0: one
     /// per CPU.
@@ -153,6 +161,9 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 30,
             max_connections: 10_000,
             idle_timeout_seconds: 30,
+            write_timeout_seconds: 30,
+            max_connections_per_client: 64,
+            max_requests_per_connection: 1000,
             workers: 0,
             client_ipv6_prefix: mcp_core::DEFAULT_IPV6_PREFIX,
             admin_addr: None,

@@ -291,7 +291,20 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections);
+    // Peers in server.trustedProxies carry many clients on one address: they are left
+    // to the global cap (a proxy limits its own clients).
+    let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections)
+        .per_client(cfg.server.max_connections_per_client)
+        .exempt(mcp_core::TrustedProxies::new(
+            cfg.server.trusted_proxies.iter().copied(),
+        ));
+    if !cfg.server.trusted_proxies.is_empty() {
+        tracing::info!(
+            per_client = cfg.server.max_connections_per_client,
+            "peers in server.trustedProxies are not held to server.maxConnectionsPerClient \
+             (only to server.maxConnections): limit connections per client at the proxy"
+        );
+    }
     let exported = metrics.map(|handle| app::Exported {
         handle,
         connections: limit.clone(),
@@ -349,6 +362,8 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     }
     let drain = Duration::from_secs(cfg.server.shutdown_grace_seconds);
     let idle = Duration::from_secs(cfg.server.idle_timeout_seconds);
+    let write = Duration::from_secs(cfg.server.write_timeout_seconds);
+    let max_requests = cfg.server.max_requests_per_connection;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::with_capacity(workers);
     for (i, (router, listener)) in routers.into_iter().zip(listeners).enumerate() {
@@ -359,6 +374,8 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
             limit: limit.clone(),
             drain,
             idle,
+            write,
+            max_requests,
             stop: stop_rx.clone(),
         };
         let (ready, done) = server.start(i)?;
@@ -467,6 +484,8 @@ struct Worker {
     limit: mcp_tls::ConnectionLimit,
     drain: Duration,
     idle: Duration,
+    write: Duration,
+    max_requests: u64,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -493,6 +512,8 @@ impl Worker {
             limit,
             drain,
             idle,
+            write,
+            max_requests,
             mut stop,
         } = self;
         let started = tokio::runtime::Builder::new_current_thread()
@@ -516,6 +537,8 @@ impl Worker {
                 .connection_limit(limit)
                 .drain_timeout(drain)
                 .idle_timeout(idle)
+                .write_timeout(write)
+                .max_requests_per_connection(max_requests)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

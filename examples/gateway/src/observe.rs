@@ -89,6 +89,20 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         "Connections closed after server.idleTimeoutSeconds with no request in progress"
     );
     metrics::describe_counter!(
+        "mcp_gateway_connections_write_timed_out_total",
+        "Connections closed after a response waited server.writeTimeoutSeconds with no write \
+         progress (the client stopped reading)"
+    );
+    metrics::describe_counter!(
+        "mcp_gateway_connections_per_client_refused_total",
+        "Connections closed at accept: their client address had \
+         server.maxConnectionsPerClient open"
+    );
+    metrics::describe_gauge!(
+        "mcp_gateway_connections_max_per_client",
+        "server.maxConnectionsPerClient"
+    );
+    metrics::describe_counter!(
         "mcp_gateway_tls_handshake_failures_total",
         "TLS handshakes that failed or timed out, by reason"
     );

@@ -120,6 +120,18 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
     if !(1..=86_400).contains(&cfg.server.idle_timeout_seconds) {
         return Err(loaded.error("server.idleTimeoutSeconds", "must be 1 to 86400 seconds"));
     }
+    if !(1..=86_400).contains(&cfg.server.write_timeout_seconds) {
+        return Err(loaded.error("server.writeTimeoutSeconds", "must be 1 to 86400 seconds"));
+    }
+    if !(1..=1_000_000).contains(&cfg.server.max_connections_per_client) {
+        return Err(loaded.error("server.maxConnectionsPerClient", "must be 1 to 1000000"));
+    }
+    if cfg.server.max_requests_per_connection == 0 {
+        return Err(loaded.error(
+            "server.maxRequestsPerConnection",
+            "must be greater than zero",
+        ));
+    }
     if !(1..=86_400).contains(&cfg.server.body_timeout_seconds) {
         return Err(loaded.error("server.bodyTimeoutSeconds", "must be 1 to 86400 seconds"));
     }
