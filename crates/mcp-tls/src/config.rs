@@ -593,7 +593,7 @@ pub struct ServerOptions {
     pub max_connections_per_client: usize,
     /// Prefix length by which IPv6 peers are counted for
     /// [`max_connections_per_client`](Self::max_connections_per_client) (default 64: one
-    /// site's network, which one host can fill with addresses). 1 to 128.
+    /// site's network, which one host can fill with addresses). 0 to 128 (`mcp_core::ip_key`).
     #[serde(default = "default_client_ipv6_prefix")]
     pub client_ipv6_prefix: u8,
     /// Most requests served on one connection (default 1000, as nginx's
@@ -679,10 +679,10 @@ impl ServerOptions {
                 "must be between 1 and 536870911",
             ));
         }
-        if !(1..=128).contains(&self.client_ipv6_prefix) {
+        if self.client_ipv6_prefix > 128 {
             return Err(ConfigError::new(
                 "server.clientIpv6Prefix",
-                "must be between 1 and 128",
+                "must be between 0 and 128",
             ));
         }
         if self.max_requests_per_connection == 0 {
@@ -1013,13 +1013,6 @@ mod tests {
                     ..d.clone()
                 },
                 "server.maxConnectionsPerClient",
-            ),
-            (
-                ServerOptions {
-                    client_ipv6_prefix: 0,
-                    ..d.clone()
-                },
-                "server.clientIpv6Prefix",
             ),
             (
                 ServerOptions {

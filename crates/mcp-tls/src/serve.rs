@@ -45,7 +45,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -235,10 +235,10 @@ impl ConnectionLimit {
         self
     }
 
-    /// The prefix length by which IPv6 peers are counted (clamped to 1..=128; default
-    /// 64). Set before the limit is cloned and shared.
+    /// The prefix length by which IPv6 peers are counted ([`mcp_core::ip_key`]; at most
+    /// 128, default 64). Set before the limit is cloned and shared.
     pub fn client_ipv6_prefix(mut self, len: u8) -> Self {
-        self.ipv6_prefix = len.clamp(1, 128);
+        self.ipv6_prefix = len.min(128);
         self
     }
 
@@ -296,7 +296,7 @@ impl ConnectionLimit {
         if self.exempt.is_trusted(peer) {
             return Ok(None);
         }
-        let key = client_key(peer, self.ipv6_prefix);
+        let key = mcp_core::ip_key(peer, self.ipv6_prefix);
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         let open = clients.entry(key).or_insert(0);
         if *open >= self.per_client {
@@ -312,19 +312,6 @@ impl ConnectionLimit {
 
 /// Most permits a tokio semaphore holds.
 const MAX_PERMITS: usize = (u32::MAX >> 3) as usize;
-
-/// The address a peer is counted under: an IPv4 address (IPv4-mapped IPv6 included)
-/// as is, an IPv6 address by its network of `prefix` bits.
-fn client_key(peer: IpAddr, prefix: u8) -> IpAddr {
-    match peer.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let bits = u32::from(prefix.clamp(1, 128));
-            let mask = u128::MAX << (128 - bits);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-    }
-}
 
 /// One connection in its client address's count, released on drop.
 struct ClientSlot {
@@ -1206,7 +1193,7 @@ mod tests {
 
     #[test]
     fn clients_are_counted_by_ipv4_address_and_ipv6_network() {
-        let key = |ip: &str, prefix| client_key(ip.parse().unwrap(), prefix).to_string();
+        let key = |ip: &str, prefix| mcp_core::ip_key(ip.parse().unwrap(), prefix).to_string();
         assert_eq!(key("192.0.2.7", 64), "192.0.2.7");
         // An IPv4-mapped IPv6 peer (a dual-stack socket) is its IPv4 address.
         assert_eq!(key("::ffff:192.0.2.7", 64), "192.0.2.7");

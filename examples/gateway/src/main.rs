@@ -295,6 +295,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     // to the global cap (a proxy limits its own clients).
     let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections)
         .per_client(cfg.server.max_connections_per_client)
+        .client_ipv6_prefix(cfg.server.client_ipv6_prefix)
         .exempt(mcp_core::TrustedProxies::new(
             cfg.server.trusted_proxies.iter().copied(),
         ));
