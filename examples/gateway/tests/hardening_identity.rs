@@ -150,16 +150,42 @@ upstreams:
 
 /// The status of an `echo` call with `c`, plus `headers`.
 async fn echo(c: &reqwest::Client, base: &str, headers: &[(&str, &str)]) -> u16 {
+    echo_code(c, base, headers).await.0
+}
+
+/// The status of an `echo` call and its JSON-RPC error code (0 when none).
+async fn echo_code(c: &reqwest::Client, base: &str, headers: &[(&str, &str)]) -> (u16, i64) {
     let mut b = call_tool(c, &format!("{base}/mcp"), "echo", json!({"message": "hi"}));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    b.send().await.unwrap().status().as_u16()
+    let r = b.send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    let code = messages(&body)
+        .last()
+        .and_then(|m| m["error"]["code"].as_i64())
+        .unwrap_or(0);
+    (status, code)
+}
+
+/// A certificate refused by authentication: with mTLS alone there is no HTTP challenge
+/// to send, so 403 with the JSON-RPC code of a failed authentication.
+const CERT_REFUSED: (u16, i64) = (403, -32001);
+/// Authenticated, refused by the policy.
+const POLICY_REFUSED: (u16, i64) = (403, -32003);
+
+/// The status and code of an `echo` call with certificate client `c`.
+async fn cert_call(c: &reqwest::Client, base: &str) -> (u16, i64) {
+    echo_code(c, base, &[]).await
 }
 
 /// Users of the audit rows of served or refused requests.
 fn users(db: &Path) -> Vec<String> {
-    request_rows(db).into_iter().filter_map(|r| r.user).collect()
+    request_rows(db)
+        .into_iter()
+        .filter_map(|r| r.user)
+        .collect()
 }
 
 /// The mTLS gateway of the SPIFFE tests: admin's SPIFFE ID holds `mcp:tools`, nobody
@@ -169,8 +195,16 @@ fn spiffe_gateway(dir: &Path, ca: &Ca, identity: &str, allow: &str) -> (Proc, Pr
     let auth = format!(
         "  enabled: true\n  mode: mtls\n  mtls:\n    identity: {identity}\n{allow}    scopes:\n      \"spiffe://example.org/ns/prod/sa/admin\": [\"mcp:tools\"]\n      admin: [\"mcp:tools\"]\n      \"svc.example.com\": [\"mcp:tools\"]\n"
     );
-    let policy = "policy:\n  allow:\n    - {name: tools, scopes: [\"mcp:tools\"], tools: [\"echo\"]}\n";
-    let yaml = tls_config(dir, ca, "RequireAndVerifyClientCert", &upstream, &auth, policy);
+    let policy =
+        "policy:\n  allow:\n    - {name: tools, scopes: [\"mcp:tools\"], tools: [\"echo\"]}\n";
+    let yaml = tls_config(
+        dir,
+        ca,
+        "RequireAndVerifyClientCert",
+        &upstream,
+        &auth,
+        policy,
+    );
     let (gw, base) = start_gateway(dir, &yaml);
     (up, gw, base.replace("127.0.0.1", "localhost"))
 }
@@ -190,13 +224,16 @@ async fn common_name_that_looks_like_a_spiffe_id_is_not_one() {
     }));
     assert_eq!(echo(&admin, &base, &[]).await, 200);
     // The attack of the issue: CN=spiffe://.../admin and no URI SAN, in any case.
-    for cn in [ADMIN, "SPIFFE://example.org/ns/prod/sa/admin", " spiffe://example.org/ns/prod/sa/admin"] {
+    for cn in [
+        ADMIN,
+        "SPIFFE://example.org/ns/prod/sa/admin",
+        " spiffe://example.org/ns/prod/sa/admin",
+    ] {
         let forged = ca.https(Some(&Subject {
             cn: Some(cn),
             ..Subject::default()
         }));
-        let status = echo(&forged, &base, &[]).await;
-        assert!(status == 401 || status == 403, "{cn:?}: {status}");
+        assert_eq!(cert_call(&forged, &base).await, CERT_REFUSED, "{cn:?}");
     }
     // A DNS SAN spelled as a SPIFFE ID is no SPIFFE ID either.
     let dns = ca.https(Some(&Subject {
@@ -204,16 +241,20 @@ async fn common_name_that_looks_like_a_spiffe_id_is_not_one() {
         dns: &["spiffe.example.org"],
         ..Subject::default()
     }));
-    assert_eq!(echo(&dns, &base, &[]).await, 403);
+    assert_eq!(cert_call(&dns, &base).await, POLICY_REFUSED);
     // The audit trail never shows the forged certificates as the admin's SPIFFE ID.
     let db = dir.path().join("a.db");
-    assert!(eventually(|| users(&db).len() >= 3).await);
+    assert!(eventually(|| request_rows(&db).len() >= 5).await);
     let admins = users(&db)
         .iter()
         .filter(|u| u.contains("spiffe://example.org/ns/prod/sa/admin"))
         .count();
     assert_eq!(admins, 1, "{:?}", users(&db));
-    assert!(users(&db).contains(&format!("mtls:{ADMIN}")), "{:?}", users(&db));
+    assert!(
+        users(&db).contains(&format!("mtls:{ADMIN}")),
+        "{:?}",
+        users(&db)
+    );
 
     // With `identity: spiffe_id`, a certificate without a URI SAN has no identity.
     let dir2 = tempdir();
@@ -222,7 +263,7 @@ async fn common_name_that_looks_like_a_spiffe_id_is_not_one() {
         cn: Some(ADMIN),
         ..Subject::default()
     }));
-    assert_eq!(echo(&forged, &base2, &[]).await, 401);
+    assert_eq!(cert_call(&forged, &base2).await, CERT_REFUSED);
     assert_eq!(echo(&admin, &base2, &[]).await, 200);
 }
 
@@ -245,7 +286,7 @@ async fn certificate_with_two_spiffe_ids_or_a_malformed_one_is_refused() {
             uris,
             ..Subject::default()
         }));
-        assert_eq!(echo(&c, &base, &[]).await, 401, "{uris:?}");
+        assert_eq!(cert_call(&c, &base).await, CERT_REFUSED, "{uris:?}");
     }
     // Not SPIFFE IDs by the X.509-SVID rules: refused rather than read as the admin.
     for bad in [
@@ -264,7 +305,7 @@ async fn certificate_with_two_spiffe_ids_or_a_malformed_one_is_refused() {
             uris: &[bad],
             ..Subject::default()
         }));
-        assert_eq!(echo(&c, &base, &[]).await, 401, "{bad}");
+        assert_eq!(cert_call(&c, &base).await, CERT_REFUSED, "{bad}");
     }
     // One SPIFFE ID written with an upper-case scheme is that SPIFFE ID; another URI
     // beside it is not counted.
@@ -291,11 +332,11 @@ async fn allow_list_applies_to_the_identity_that_becomes_the_principal() {
         dns: &["svc.example.com"],
         ..Subject::default()
     }));
-    assert_eq!(echo(&attack, &base, &[]).await, 401);
+    assert_eq!(cert_call(&attack, &base).await, CERT_REFUSED);
     // Same with common_name identity.
     let dir2 = tempdir();
     let (_up2, _gw2, base2) = spiffe_gateway(dir2.path(), &ca, "common_name", allow);
-    assert_eq!(echo(&attack, &base2, &[]).await, 401);
+    assert_eq!(cert_call(&attack, &base2).await, CERT_REFUSED);
     // An allowed SPIFFE ID beside a CN: the SPIFFE ID is the principal and is allowed.
     let dir3 = tempdir();
     let allow3 = format!("    allowSans: [\"{ADMIN}\"]\n");
@@ -312,7 +353,7 @@ async fn allow_list_applies_to_the_identity_that_becomes_the_principal() {
         uris: &["https://example.org/x"],
         ..Subject::default()
     }));
-    assert_eq!(echo(&cn_only, &base3, &[]).await, 401);
+    assert_eq!(cert_call(&cn_only, &base3).await, CERT_REFUSED);
     // dns_name identity: the first DNS name is checked, not any of them.
     let dir4 = tempdir();
     let (_up4, _gw4, base4) = spiffe_gateway(dir4.path(), &ca, "dns_name", allow);
@@ -327,7 +368,7 @@ async fn allow_list_applies_to_the_identity_that_becomes_the_principal() {
         dns: &["admin", "svc.example.com"],
         ..Subject::default()
     }));
-    assert_eq!(echo(&second, &base4, &[]).await, 401);
+    assert_eq!(cert_call(&second, &base4).await, CERT_REFUSED);
 }
 
 #[tokio::test]
@@ -349,7 +390,14 @@ ratelimit:
     principals:
       "apikey:ops": {requests_per_second: 0.001, burst: 3}
 "#;
-    let yaml = tls_config(dir.path(), &ca, "VerifyClientCertIfGiven", &upstream, &auth, extra);
+    let yaml = tls_config(
+        dir.path(),
+        &ca,
+        "VerifyClientCertIfGiven",
+        &upstream,
+        &auth,
+        extra,
+    );
     let (_gw, base) = start_gateway(dir.path(), &yaml);
     let base = base.replace("127.0.0.1", "localhost");
     let cn_ops = ca.https(Some(&Subject {
@@ -360,7 +408,7 @@ ratelimit:
     // The certificate CN=ops is not the API key ops: the policy written for the key
     // refuses it, however often it tries (and its refusals do not spend ops' bucket).
     for _ in 0..4 {
-        assert_eq!(echo(&cn_ops, &base, &[]).await, 403);
+        assert_eq!(cert_call(&cn_ops, &base).await, POLICY_REFUSED);
     }
     // The key's own limit (3) applies to the key, and only to it.
     for i in 0..3 {
@@ -371,11 +419,18 @@ ratelimit:
         );
     }
     assert_eq!(echo(&no_cert, &base, &[("x-api-key", KEY)]).await, 429);
-    assert_eq!(echo(&cn_ops, &base, &[]).await, 403, "not 429: its own bucket");
+    assert_eq!(
+        cert_call(&cn_ops, &base).await,
+        POLICY_REFUSED,
+        "not 429: its own bucket"
+    );
     let db = dir.path().join("a.db");
     assert!(eventually(|| users(&db).len() >= 9).await);
     let u = users(&db);
-    assert!(u.iter().all(|u| u == "apikey:ops" || u == "mtls:ops"), "{u:?}");
+    assert!(
+        u.iter().all(|u| u == "apikey:ops" || u == "mtls:ops"),
+        "{u:?}"
+    );
     assert_eq!(u.iter().filter(|u| *u == "apikey:ops").count(), 4, "{u:?}");
 }
 
@@ -403,6 +458,9 @@ ratelimit:
   enabled: true
   requests_per_second: 0.001
   burst: 3
+ip_ratelimit:
+  requests_per_second: 1000
+  burst: 1000
 audit:
   enabled: true
   database:
@@ -426,12 +484,21 @@ upstreams:
     let c = client();
     // Basic `ops` is refused by the rule for the key `ops`, and spends its own bucket.
     for _ in 0..3 {
-        assert_eq!(echo(&c, &base, &[("authorization", &basic("ops"))]).await, 403);
+        assert_eq!(
+            echo(&c, &base, &[("authorization", &basic("ops"))]).await,
+            403
+        );
     }
-    assert_eq!(echo(&c, &base, &[("authorization", &basic("ops"))]).await, 429);
+    assert_eq!(
+        echo(&c, &base, &[("authorization", &basic("ops"))]).await,
+        429
+    );
     assert_eq!(echo(&c, &base, &[("x-api-key", KEY)]).await, 200);
     // A user name holding the issuer separator is just a name.
-    assert_eq!(echo(&c, &base, &[("authorization", &basic("x#y"))]).await, 200);
+    assert_eq!(
+        echo(&c, &base, &[("authorization", &basic("x#y"))]).await,
+        200
+    );
     assert!(eventually(|| users(&db).len() >= 6).await);
     let u = users(&db);
     assert!(u.contains(&"apikey:ops".to_owned()), "{u:?}");
@@ -534,8 +601,14 @@ upstreams:
     );
     assert!(eventually(|| users(&db).len() >= 3).await);
     let u = users(&db);
-    assert!(u.contains(&"jwt:https://a.example#alice".to_owned()), "{u:?}");
-    assert!(u.contains(&"jwt:https://b.example#alice".to_owned()), "{u:?}");
+    assert!(
+        u.contains(&"jwt:https://a.example#alice".to_owned()),
+        "{u:?}"
+    );
+    assert!(
+        u.contains(&"jwt:https://b.example#alice".to_owned()),
+        "{u:?}"
+    );
     assert!(!u.iter().any(|x| x == "alice"), "{u:?}");
     assert_eq!(
         u.iter()
@@ -586,9 +659,18 @@ upstreams:
     };
     // `ops` is both an API key and a Basic user: which one the rule means is not said.
     let y = cfg("[apikey, basic]", "ops", "");
-    assert_check_refuses(dir.path(), &y, "principals: [ops]", "policy.allow[0].principals[0]");
+    assert_check_refuses(
+        dir.path(),
+        &y,
+        "principals: [ops]",
+        "policy.allow[0].principals[0]",
+    );
     let (_, _, err) = run(
-        &["check", "--config", dir.path().join("bad.yaml").to_str().unwrap()],
+        &[
+            "check",
+            "--config",
+            dir.path().join("bad.yaml").to_str().unwrap(),
+        ],
         dir.path(),
         &[],
     );
@@ -596,10 +678,20 @@ upstreams:
     // A JWT `sub` or a certificate could be called anything: with jwt beside apikey, a
     // bare id is ambiguous even if only an API key has it.
     let y = cfg("[apikey, jwt]", "ops", "");
-    assert_check_refuses(dir.path(), &y, "principals: [ops]", "policy.allow[0].principals[0]");
+    assert_check_refuses(
+        dir.path(),
+        &y,
+        "principals: [ops]",
+        "policy.allow[0].principals[0]",
+    );
     // A bare id no configured method can produce.
     let y = cfg("apikey", "nobody", "");
-    assert_check_refuses(dir.path(), &y, "principals: [nobody]", "policy.allow[0].principals[0]");
+    assert_check_refuses(
+        dir.path(),
+        &y,
+        "principals: [nobody]",
+        "policy.allow[0].principals[0]",
+    );
     // A qualified id naming a method that is not configured.
     let y = cfg("apikey", "\"basic:ops\"", "");
     assert_check_refuses(
@@ -627,7 +719,11 @@ upstreams:
     ] {
         let path = dir.path().join("good.yaml");
         std::fs::write(&path, cfg(mode, p, "")).unwrap();
-        let (code, _, err) = run(&["check", "--config", path.to_str().unwrap()], dir.path(), &[]);
+        let (code, _, err) = run(
+            &["check", "--config", path.to_str().unwrap()],
+            dir.path(),
+            &[],
+        );
         assert_eq!(code, 0, "{mode} {p}: {err}");
         if p.contains('*') {
             assert!(err.contains("any") && err.contains("*:ops"), "{err}");
