@@ -379,7 +379,7 @@ async fn audit_rows_masking_redaction_and_chain() {
     assert!(out.contains("intact"), "{out}");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute(
-        "UPDATE audit_events SET event = replace(event, 'alice', 'mallory') WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE user_id = 'alice')",
+        "UPDATE audit_events SET event = replace(event, 'alice', 'mallory') WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE user_id = 'apikey:alice')",
         [],
     )
     .unwrap();
