@@ -230,7 +230,8 @@ pub struct AuditRecord {
     /// The request id (returned to the client as `x-request-id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// The principal's id (never a client-supplied header).
+    /// The principal's qualified id (`apikey:ops`, `jwt:<issuer>#<sub>`, `mtls:<identity>`,
+    /// see `mcp_core::Principal::qualified_id`), never a client-supplied header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// How the principal was authenticated.
@@ -316,7 +317,7 @@ pub struct IndexColumns {
     pub event_id: String,
     /// The request id.
     pub request_id: Option<String>,
-    /// The principal's id.
+    /// The principal's qualified id.
     pub user: Option<String>,
     /// The tool (or resource, or prompt) name.
     pub tool: Option<String>,
@@ -504,7 +505,7 @@ impl Renderer {
             .hyphenated()
             .encode_lower(&mut id_buf);
         let request_id = e.request_id.as_ref().map(|r| ms(r.as_str()));
-        let user = e.principal.as_ref().map(|p| ms(p.id()));
+        let user = e.principal.as_ref().map(|p| ms(p.qualified_id()));
         let mcp = e.mcp.as_ref();
         let mcp_method = mcp.and_then(McpRequest::method).map(ms);
         let target = mcp.and_then(McpRequest::target).map(|t| match t {
@@ -705,7 +706,7 @@ mod tests {
             timestamp: reference_rfc3339(ts_us),
             kind: Some(kind),
             request_id: e.request_id.as_ref().map(|r| ms(r.as_str())),
-            user: e.principal.as_ref().map(|p| ms(p.id())),
+            user: e.principal.as_ref().map(|p| ms(p.qualified_id())),
             auth_method: e.principal.as_ref().map(|p| p.method().as_str().to_owned()),
             credential_id: e.principal.as_ref().and_then(|p| p.credential_id()).map(ms),
             client_ip: e.client_ip.map(|ip| ip.to_string()),
@@ -1049,7 +1050,7 @@ mod tests {
         assert!(!s.json.contains("hunter2") && !s.json.contains("sekrit"));
         let r: AuditRecord = serde_json::from_str(&s.json).unwrap();
         assert_eq!(r.timestamp, "2023-11-14T22:13:20.123456Z");
-        assert_eq!(r.user.as_deref(), Some("alice"));
+        assert_eq!(r.user.as_deref(), Some("apikey:alice"));
         assert_eq!(r.tool.as_deref(), Some("search"));
         assert_eq!(r.status, Some(Outcome::Success));
         assert_eq!(r.duration_ms, Some(1.5));

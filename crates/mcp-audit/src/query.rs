@@ -4,7 +4,7 @@
 //!
 //! | name     | meaning                                                                 |
 //! |----------|-------------------------------------------------------------------------|
-//! | `user`   | the principal's id                                                      |
+//! | `user`   | the principal's qualified id (`apikey:ops`, `jwt:<issuer>#<sub>`, ...); a bare id is refused |
 //! | `tool`   | the tool (or resource URI, or prompt) name                              |
 //! | `status` | `success`, `denied`, `error`, `failed` (= denied or error), `cancelled` |
 //! | `since`  | RFC 3339 instant, inclusive                                             |
@@ -301,6 +301,12 @@ pub fn parse_query(qs: Option<&str>, max_limit: u32) -> Result<AuditQuery, Query
             return Err(QueryParamError(key));
         }
         match key {
+            // The trail records qualified ids: a bare id would match nothing, silently.
+            "user" if mcp_core::principal::split_qualified(&v).is_none() => {
+                return Err(QueryParamError(
+                    "user (a qualified id: apikey:<id>, bearer:<id>, jwt:<issuer>#<sub>, basic:<user>, mtls:<identity>, anonymous)",
+                ));
+            }
             "user" => q.user = Some(v.into_owned()),
             "tool" => q.tool = Some(v.into_owned()),
             "status" => {
@@ -450,8 +456,13 @@ mod tests {
     fn parses_seed_parameters() {
         let q = parse_query(Some("status=cancelled"), 1000).unwrap();
         assert_eq!(q.status, Some(StatusFilter::Cancelled));
-        let q = parse_query(Some("user=admin&limit=50&tool=t&status=failed"), 1000).unwrap();
-        assert_eq!(q.user.as_deref(), Some("admin"));
+        let q = parse_query(
+            Some("user=apikey:admin&limit=50&tool=t&status=failed"),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(q.user.as_deref(), Some("apikey:admin"));
+        assert!(parse_query(Some("user=admin"), 1000).is_err());
         assert_eq!(q.limit, 50);
         assert_eq!(q.status, Some(StatusFilter::Failed));
         let q = parse_query(Some("limit=100000"), 1000).unwrap();
@@ -476,7 +487,7 @@ mod tests {
             "since=yesterday",
             "cursor=abc",
             "evil=1",
-            "user=a&user=b",
+            "user=apikey:a&user=apikey:b",
             "user=",
         ] {
             assert!(parse_query(Some(bad), 100).is_err(), "{bad}");

@@ -130,8 +130,8 @@ async fn concurrent_requests_into_postgres_exactly_n_rows_and_query() {
     let mut seen = 0;
     loop {
         let path = match &cursor {
-            Some(c) => format!("/api/audit/query?user=alice&limit=50&cursor={c}"),
-            None => "/api/audit/query?user=alice&limit=50".to_owned(),
+            Some(c) => format!("/api/audit/query?user=bearer:alice&limit=50&cursor={c}"),
+            None => "/api/audit/query?user=bearer:alice&limit=50".to_owned(),
         };
         let r = send(
             &c,

@@ -100,8 +100,8 @@ async fn query_requires_scope_and_pages_by_cursor() {
     let mut pages = 0;
     loop {
         let path = match &cursor {
-            Some(c) => format!("/api/audit/query?user=alice&limit=7&cursor={c}"),
-            None => "/api/audit/query?user=alice&limit=7".to_owned(),
+            Some(c) => format!("/api/audit/query?user=bearer:alice&limit=7&cursor={c}"),
+            None => "/api/audit/query?user=bearer:alice&limit=7".to_owned(),
         };
         let (status, body, _) = get(addr, &path, Some("auditor:audit:read")).await;
         assert_eq!(status, 200, "{body}");
@@ -110,7 +110,7 @@ async fn query_requires_scope_and_pages_by_cursor() {
             let seq = e["seq"].as_i64().unwrap();
             assert!(seq < last_seq, "newest first, no overlap");
             last_seq = seq;
-            assert_eq!(e["event"]["user"], "alice");
+            assert_eq!(e["event"]["user"], "bearer:alice");
             assert_eq!(
                 e["event"]["params"]["arguments"]["password"],
                 "***REDACTED***"
@@ -136,11 +136,11 @@ async fn query_requires_scope_and_pages_by_cursor() {
     assert_eq!(body["count"], 5);
     for e in body["events"].as_array().unwrap() {
         assert_eq!(e["event"]["reason"], "blocked_by_rule");
-        assert_eq!(e["event"]["user"], "bob");
+        assert_eq!(e["event"]["user"], "bearer:bob");
     }
     let (_, body, _) = get(
         addr,
-        "/api/audit/query?user=bob&status=failed",
+        "/api/audit/query?user=bearer:bob&status=failed",
         Some("auditor:audit:read"),
     )
     .await;
@@ -179,7 +179,15 @@ async fn query_requires_scope_and_pages_by_cursor() {
     assert!(!body.to_string().contains("<script>"));
     let (status, _, _) = get(
         addr,
-        "/api/audit/query?user=a&user=b",
+        "/api/audit/query?user=bearer:a&user=bearer:b",
+        Some("auditor:audit:read"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // The trail records qualified ids: a bare one is refused rather than matching nothing.
+    let (status, _, _) = get(
+        addr,
+        "/api/audit/query?user=alice",
         Some("auditor:audit:read"),
     )
     .await;

@@ -152,7 +152,7 @@ async fn concurrent_requests_produce_exactly_n_rows_with_reasons() {
             }
             1 => {
                 assert_eq!(r.reason.as_deref(), Some("rate_limited"));
-                assert_eq!(r.user.as_deref(), Some("bob"));
+                assert_eq!(r.user.as_deref(), Some("bearer:bob"));
                 assert_eq!(r.tool.as_deref(), Some("search"));
             }
             2 => {
@@ -839,7 +839,7 @@ async fn client_gone_mid_stream_is_still_recorded() {
     let reqs = requests(&recs);
     assert_eq!(reqs.len(), 2);
     for (ev, first) in reqs.iter().zip(&firsts) {
-        assert_eq!(ev.user.as_deref(), Some("alice"));
+        assert_eq!(ev.user.as_deref(), Some("bearer:alice"));
         assert_eq!(ev.http_status, Some(200));
         let sent = ev.bytes_out.unwrap();
         assert!(sent >= *first, "{sent}");
@@ -889,7 +889,7 @@ async fn a_call_abandoned_before_its_response_is_recorded_with_caller_and_tool()
     let ev = ev[0];
     assert_eq!(ev.status, Some(mcp_audit::Outcome::Cancelled));
     assert_eq!(ev.http_status, None);
-    assert_eq!(ev.user.as_deref(), Some("alice"));
+    assert_eq!(ev.user.as_deref(), Some("bearer:alice"));
     assert_eq!(ev.tool.as_deref(), Some("search"));
     assert_eq!(ev.mcp_method.as_deref(), Some("tools/call"));
     let params = ev.params.as_ref().unwrap().to_string();

@@ -8,7 +8,14 @@
 //! when an allow rule matches it and no deny rule does: **deny wins**, and anything no
 //! allow rule names is denied. A rule matches when
 //!
-//! - the principal's id matches one of `principals` (any principal when empty),
+//! - the principal matches one of `principals` (any principal when empty): entries are
+//!   patterns over [qualified ids](mcp_core::Principal::qualified_id) (`apikey:ops`,
+//!   `jwt:https://idp.example#alice`, `mtls:spiffe://example.org/*`, `*`), or `*:<id>`
+//!   for a bare id proven by any method (logged as a warning at build). A bare entry
+//!   (`ops`) is resolved at build by [`PolicyBuilder::principal_sources`]: it is accepted
+//!   only when exactly one configured authentication method can produce it, and refused
+//!   otherwise (and always when no sources are given), so a certificate `CN=ops` never
+//!   gets the rule written for the API key `ops`,
 //! - the principal holds **all** of `scopes` (no requirement when empty),
 //! - the method matches one of `methods`; when `methods` is empty, `tools` implies
 //!   `tools/call`, `resources` implies `resources/read|subscribe|unsubscribe` and
@@ -34,7 +41,7 @@
 //! let policy = Policy::builder()
 //!     .allow(Rule::new("discover").methods(["tools/list", "resources/list", "prompts/list"]))
 //!     .allow(Rule::new("search").tools(["search", "read_*"]).scopes(["mcp:tools"]))
-//!     .allow(Rule::new("admin").principals(["admin@example.com"]).methods(["*"]))
+//!     .allow(Rule::new("admin").principals(["jwt:https://idp.example#admin@example.com"]).methods(["*"]))
 //!     .deny(Rule::new("no-shell").tools(["shell*"]))
 //!     .build()
 //!     .unwrap();
@@ -50,7 +57,8 @@ use bytes::Bytes;
 use http::header::WWW_AUTHENTICATE;
 use http::{Method, Request, Response};
 use mcp_core::{
-    McpMessage, McpRequest, MessageKind, Principal, Rejection, RejectionReason, Target,
+    McpMessage, McpRequest, MessageKind, Principal, PrincipalEntry, PrincipalSources, Rejection,
+    RejectionReason, Target,
 };
 use serde::Deserialize;
 use tower_layer::Layer;
@@ -68,25 +76,7 @@ use crate::future::ResponseFuture;
 /// assert!(!glob_match("read_*", "write_file"));
 /// ```
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|b| *b == b'*')
+    mcp_core::principal::glob_match(pattern, text)
 }
 
 /// One rule (see the [module documentation](self)). Deserializes from the gateway's
@@ -96,7 +86,9 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 pub struct Rule {
     /// The rule's name, recorded when it decides.
     pub name: String,
-    /// Principal id patterns (any principal when empty).
+    /// Principal patterns (any principal when empty): qualified (`apikey:ops`), `*:<id>`
+    /// for any method, or bare when exactly one configured method can produce it (see the
+    /// [module documentation](self)).
     pub principals: Vec<String>,
     /// Scopes the principal must all hold.
     pub scopes: Vec<String>,
@@ -133,7 +125,7 @@ impl Rule {
         }
     }
 
-    /// Principal id patterns.
+    /// Principal patterns (qualified ids, `*:<id>`, or bare; see [`Rule::principals`]).
     pub fn principals<I: IntoIterator<Item = T>, T: Into<String>>(mut self, p: I) -> Self {
         self.principals = strings(p);
         self
@@ -167,10 +159,6 @@ impl Rule {
     pub fn prompts<I: IntoIterator<Item = T>, T: Into<String>>(mut self, p: I) -> Self {
         self.prompts = strings(p);
         self
-    }
-
-    fn matches_principal(&self, p: &Principal) -> bool {
-        self.principals.is_empty() || any(&self.principals, p.id())
     }
 
     fn has_scopes(&self, p: &Principal) -> bool {
@@ -209,7 +197,7 @@ impl Rule {
         }
     }
 
-    fn matches_call(&self, msg: &McpMessage) -> bool {
+    pub(crate) fn matches_call(&self, msg: &McpMessage) -> bool {
         let Some(method) = msg.method() else {
             return false;
         };
@@ -230,9 +218,23 @@ pub struct PolicyConfig {
 }
 
 impl PolicyConfig {
-    /// Validates and builds the policy.
+    /// Validates and builds the policy; bare principal entries are refused (see
+    /// [`build_for`](Self::build_for)).
     pub fn build(&self) -> Result<Policy, ConfigError> {
+        self.build_with(None)
+    }
+
+    /// Validates and builds the policy, resolving bare principal entries against what the
+    /// configured authentication can produce (`AuthConfig::principal_sources`).
+    pub fn build_for(&self, sources: &PrincipalSources) -> Result<Policy, ConfigError> {
+        self.build_with(Some(sources))
+    }
+
+    fn build_with(&self, sources: Option<&PrincipalSources>) -> Result<Policy, ConfigError> {
         let mut b = Policy::builder().allow_lifecycle(self.allow_lifecycle.unwrap_or(true));
+        if let Some(s) = sources {
+            b = b.principal_sources(s.clone());
+        }
         for r in &self.allow {
             b = b.allow(r.clone());
         }
@@ -249,10 +251,23 @@ pub struct Policy {
     inner: Arc<PolicyInner>,
 }
 
+/// A rule with its principal entries resolved.
+#[derive(Debug)]
+struct Compiled {
+    rule: Rule,
+    principals: Vec<PrincipalEntry>,
+}
+
+impl Compiled {
+    fn matches_principal(&self, p: &Principal) -> bool {
+        self.rule.principals.is_empty() || self.principals.iter().any(|e| e.matches(p))
+    }
+}
+
 #[derive(Debug)]
 struct PolicyInner {
-    allow: Vec<Rule>,
-    deny: Vec<Rule>,
+    allow: Vec<Compiled>,
+    deny: Vec<Compiled>,
     allow_lifecycle: bool,
 }
 
@@ -262,6 +277,7 @@ pub struct PolicyBuilder {
     allow: Vec<Rule>,
     deny: Vec<Rule>,
     allow_lifecycle: bool,
+    sources: Option<PrincipalSources>,
 }
 
 impl PolicyBuilder {
@@ -284,7 +300,51 @@ impl PolicyBuilder {
         self
     }
 
-    /// Validates (names present and unique, patterns non-empty) and builds.
+    /// What the configured authentication can produce: bare principal entries are
+    /// resolved against it (accepted when exactly one method can produce them). Without
+    /// it, bare entries are refused.
+    pub fn principal_sources(mut self, sources: PrincipalSources) -> Self {
+        self.sources = Some(sources);
+        self
+    }
+
+    /// Resolves the principal entries of one rule.
+    fn compile(&self, key: &str, rule: Rule) -> Result<Compiled, ConfigError> {
+        let mut principals = Vec::with_capacity(rule.principals.len());
+        for (i, entry) in rule.principals.iter().enumerate() {
+            let key = format!("{key}.principals[{i}]");
+            let resolved = match &self.sources {
+                Some(s) => s.resolve(entry),
+                None => match mcp_core::principal::split_qualified(entry) {
+                    Some(_) => Ok(PrincipalEntry::Qualified(entry.clone())),
+                    None if entry == "*" => Ok(PrincipalEntry::Qualified(entry.clone())),
+                    None => match entry.strip_prefix("*:") {
+                        Some(rest) if !rest.is_empty() => {
+                            Ok(PrincipalEntry::AnySource(rest.to_owned()))
+                        }
+                        _ => Err(format!(
+                            "{entry:?} does not say how the principal is proven: write \
+                             apikey:{entry}, bearer:{entry}, jwt:<issuer>#{entry}, \
+                             basic:{entry}, mtls:{entry}, or *:{entry} for any method"
+                        )),
+                    },
+                },
+            }
+            .map_err(|rule| ConfigError::invalid(key.clone(), rule))?;
+            if let PrincipalEntry::AnySource(id) = &resolved {
+                tracing::warn!(
+                    key = %key,
+                    "principal entry *:{id} matches the id {id:?} proven by any \
+                     authentication method (API key, JWT, Basic, certificate)"
+                );
+            }
+            principals.push(resolved);
+        }
+        Ok(Compiled { rule, principals })
+    }
+
+    /// Validates (names present and unique, patterns non-empty, principal entries
+    /// resolved) and builds.
     pub fn build(self) -> Result<Policy, ConfigError> {
         let mut names = std::collections::HashSet::new();
         for (list, rules) in [("allow", &self.allow), ("deny", &self.deny)] {
@@ -319,10 +379,19 @@ impl PolicyBuilder {
                 }
             }
         }
+        let compile = |list: &str, rules: &[Rule]| {
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| self.compile(&format!("authorization.{list}[{i}]"), r.clone()))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let allow = compile("allow", &self.allow)?;
+        let deny = compile("deny", &self.deny)?;
         Ok(Policy {
             inner: Arc::new(PolicyInner {
-                allow: self.allow,
-                deny: self.deny,
+                allow,
+                deny,
                 allow_lifecycle: self.allow_lifecycle,
             }),
         })
@@ -356,6 +425,7 @@ impl Policy {
             allow: Vec::new(),
             deny: Vec::new(),
             allow_lifecycle: true,
+            sources: None,
         }
     }
 
@@ -367,18 +437,21 @@ impl Policy {
             MessageKind::Request | MessageKind::Notification => {}
         }
         let p = &self.inner;
-        if let Some(r) = p.deny.iter().find(|r| {
-            r.matches_principal(principal) && r.has_scopes(principal) && r.matches_call(msg)
+        if let Some(c) = p.deny.iter().find(|c| {
+            c.matches_principal(principal)
+                && c.rule.has_scopes(principal)
+                && c.rule.matches_call(msg)
         }) {
-            return Verdict::Deny(Some(r.name.clone()));
+            return Verdict::Deny(Some(c.rule.name.clone()));
         }
         let method = msg.method().unwrap_or_default();
         if p.allow_lifecycle && is_lifecycle(method) {
             return Verdict::Allow("lifecycle".into());
         }
         let mut scope_miss = None;
-        for r in &p.allow {
-            if r.matches_principal(principal) && r.matches_call(msg) {
+        for c in &p.allow {
+            let r = &c.rule;
+            if c.matches_principal(principal) && r.matches_call(msg) {
                 if r.has_scopes(principal) {
                     return Verdict::Allow(r.name.clone());
                 }
@@ -576,7 +649,11 @@ mod tests {
                     .tools(["search", "read_*"])
                     .scopes(["mcp:tools"]),
             )
-            .allow(Rule::new("admin").principals(["admin"]).methods(["*"]))
+            .allow(
+                Rule::new("admin")
+                    .principals(["apikey:admin"])
+                    .methods(["*"]),
+            )
             .allow(Rule::new("public").resources(["file:///public/*"]))
             .deny(Rule::new("no-shell").tools(["shell*"]))
             .build()
@@ -609,6 +686,17 @@ mod tests {
             Verdict::Deny(Some("no-shell".into())),
             "deny wins"
         );
+        // The rule is the API key admin's: a certificate or a JWT sub named admin is not.
+        for m in [
+            AuthMethod::ClientCertificate,
+            AuthMethod::Jwt,
+            AuthMethod::Basic,
+        ] {
+            assert_eq!(
+                v(&Principal::new("admin", m), &call("write_file")),
+                Verdict::Deny(None)
+            );
+        }
         let list = msg(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#);
         assert_eq!(v(&user(&[]), &list), Verdict::Allow("list".into()));
         let read = |uri: &str| {
@@ -639,7 +727,36 @@ mod tests {
             r#"{"allow":[{"name":"a","tools":["x"],"scopes":["s"]}],"deny":[{"name":"d","principals":["evil*"]}]}"#,
         )
         .unwrap();
-        cfg.build().unwrap();
+        // A bare entry needs the sources to be resolved.
+        let e = cfg.build().unwrap_err();
+        assert_eq!(e.key(), "authorization.deny[0].principals[0]");
+        assert!(e.to_string().contains("apikey:evil*"), "{e}");
+        let keys = PrincipalSources::new().with_ids(AuthMethod::ApiKey, ["evil-1", "ok"]);
+        let p = cfg.build_for(&keys).unwrap();
+        let x = call("x");
+        let evil = Principal::new("evil-1", AuthMethod::ApiKey).with_scopes(["s"]);
+        let evil_cert = Principal::new("evil-1", AuthMethod::ClientCertificate).with_scopes(["s"]);
+        assert_eq!(
+            p.check(&evil, &x.messages()[0]),
+            Verdict::Deny(Some("d".into()))
+        );
+        assert_eq!(
+            p.check(&evil_cert, &x.messages()[0]),
+            Verdict::Allow("a".into())
+        );
+        let both = keys.clone().with_any_id(AuthMethod::ClientCertificate);
+        assert_eq!(
+            cfg.build_for(&both).unwrap_err().key(),
+            "authorization.deny[0].principals[0]"
+        );
+        // Written on purpose: any method.
+        let any_method: PolicyConfig =
+            serde_json::from_str(r#"{"deny":[{"name":"d","principals":["*:evil*"]}]}"#).unwrap();
+        let p = any_method.build_for(&both).unwrap();
+        assert_eq!(
+            p.check(&evil_cert, &x.messages()[0]),
+            Verdict::Deny(Some("d".into()))
+        );
         assert!(Policy::builder().allow(Rule::new("")).build().is_err());
         assert!(
             Policy::builder()

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use mcp_core::{AuthMethod, PrincipalSources};
 use serde::{Deserialize, Deserializer};
 
 use crate::api_key::{ApiKeyAuthenticator, CredentialEntry};
@@ -353,9 +354,11 @@ pub struct MtlsConfig {
     pub identity: IdentityField,
     /// Allowed SHA-256 fingerprints.
     pub allow_fingerprints: Vec<String>,
-    /// Allowed SANs (DNS names, URIs, SPIFFE IDs).
+    /// Allowed identities: the value `identity` chooses (a SPIFFE ID, a common name, the
+    /// first DNS name), which becomes the principal; another SAN of the certificate does
+    /// not count.
     pub allow_sans: Vec<String>,
-    /// Scopes per principal id.
+    /// Scopes per certificate identity (`spiffe://td/x`, or `mtls:spiffe://td/x`).
     pub scopes: HashMap<String, Vec<String>>,
     /// Scopes of principals without an entry.
     pub default_scopes: Vec<String>,
@@ -441,6 +444,83 @@ impl AuthConfig {
             push(h, "auth.credentialHeaders")?;
         }
         Ok(out)
+    }
+
+    /// What the configured modes can produce, to resolve the principal entries of policy
+    /// rules and per-principal limits ([`PrincipalSources::resolve`]): the configured API
+    /// key and bearer token ids (any id when `with_store`, whose keys change at run time),
+    /// the Basic users, each JWT issuer, client certificates; [`PrincipalSources::anonymous`]
+    /// when authentication is off.
+    ///
+    /// ```
+    /// use mcp_auth::AuthConfig;
+    /// use mcp_core::PrincipalEntry;
+    /// let cfg: AuthConfig = serde_json::from_value(serde_json::json!({
+    ///     "enabled": true, "mode": ["apikey", "mtls"],
+    ///     "apiKeys": [{"id": "ops", "key": "Abc123!@#Xyz789!@#Abc123!@#"}]
+    /// })).unwrap();
+    /// let sources = cfg.principal_sources(false);
+    /// assert!(sources.resolve("ops").is_err(), "a certificate CN could be ops too");
+    /// assert_eq!(sources.resolve("apikey:ops"), Ok(PrincipalEntry::Qualified("apikey:ops".into())));
+    /// ```
+    pub fn principal_sources(&self, with_store: bool) -> PrincipalSources {
+        if !self.enabled {
+            return PrincipalSources::anonymous();
+        }
+        let keys = |single: &Option<SecretString>, name: &str, list: &[KeyConfig]| {
+            single
+                .as_ref()
+                .map(|_| name.to_owned())
+                .into_iter()
+                .chain(
+                    list.iter()
+                        .map(|k| k.principal.clone().unwrap_or_else(|| k.id.clone())),
+                )
+                .collect::<Vec<_>>()
+        };
+        let jwt = |mut s: PrincipalSources| {
+            if let Some(_secret) = &self.jwt_secret {
+                s = s.with_jwt_issuer(None);
+            }
+            for i in self.jwt.iter().flat_map(|j| &j.issuers) {
+                s = s.with_jwt_issuer(i.issuer.clone());
+            }
+            s
+        };
+        let mut s = PrincipalSources::new();
+        for mode in &self.mode.0 {
+            s = match mode {
+                Mode::ApiKey if with_store => s.with_any_id(AuthMethod::ApiKey),
+                Mode::ApiKey => s.with_ids(
+                    AuthMethod::ApiKey,
+                    keys(&self.api_key, "apiKey", &self.api_keys),
+                ),
+                Mode::Bearer => {
+                    let s = if with_store {
+                        s.with_any_id(AuthMethod::BearerToken)
+                    } else if self.bearer_token.is_some() || !self.bearer_tokens.is_empty() {
+                        s.with_ids(
+                            AuthMethod::BearerToken,
+                            keys(&self.bearer_token, "bearerToken", &self.bearer_tokens),
+                        )
+                    } else {
+                        s
+                    };
+                    jwt(s)
+                }
+                Mode::Basic => s.with_ids(
+                    AuthMethod::Basic,
+                    self.username.iter().cloned().chain(
+                        self.users
+                            .iter()
+                            .map(|u| u.principal.clone().unwrap_or_else(|| u.username.clone())),
+                    ),
+                ),
+                Mode::Jwt => jwt(s),
+                Mode::Mtls => s.with_any_id(AuthMethod::ClientCertificate),
+            };
+        }
+        s
     }
 
     /// Builds the layer; API keys and bearer tokens of `store` are accepted too.

@@ -10,7 +10,9 @@
 //! - **Claims:** `iss` (one per issuer), `aud` (several allowed), `exp` required by
 //!   default, `nbf` checked when present, a leeway, extra required claims. Scopes come
 //!   from `scope` (space separated) and `scp` (array or space separated string). The
-//!   principal id is `sub` (configurable).
+//!   principal id is `sub` (configurable); its qualified id is `jwt:<issuer>#<sub>`, the
+//!   issuer being the configured one (empty for an issuer configured without a fixed
+//!   `iss`, whose tokens may claim any), so one `sub` from two issuers is two principals.
 //! - **Keys:** shared secrets, PEM public keys (inline or files), local JWKS (inline or
 //!   files), and JWKS URLs: cached with a TTL and refreshed in the background when stale,
 //!   refetched on an unknown `kid` at most once per refresh interval, each fetch bounded
@@ -936,6 +938,11 @@ impl JwtInner {
         };
         let exp = claims.get("exp").and_then(Value::as_u64);
         let mut principal = Principal::new(id, AuthMethod::Jwt).with_scopes(scopes_of(&claims));
+        // The configured issuer, not the token's word: an issuer configured without a fixed
+        // `iss` accepts any, so its principals are `jwt:#<sub>` whatever `iss` they carry.
+        if let Some(name) = &issuer.name {
+            principal = principal.with_issuer(name.clone());
+        }
         if let Some(kid) = &key.kid {
             principal = principal.with_credential_id(kid.clone());
         }
@@ -1078,6 +1085,13 @@ fn build_issuer(
         return Err(ConfigError::invalid(
             format!("{key}.principalClaim"),
             "must not be empty",
+        ));
+    }
+    if spec.issuer.as_deref() == Some("") {
+        // Its principals would share `jwt:#<sub>` with an issuer accepting any `iss`.
+        return Err(ConfigError::invalid(
+            format!("{key}.issuer"),
+            "must not be empty (leave it out to accept any iss)",
         ));
     }
     let audiences = match resource {

@@ -21,8 +21,9 @@
 //!   unknown ids instead would let a principal reach a session whose binding was lost, or
 //!   an id the upstream reads differently (case, whitespace) from the one bound.
 //! - Two `Mcp-Session-Id` headers in one request: 400 (the upstream might read the other).
-//! - Owners are the principal's [`AuthMethod`], its id and, for a
-//!   JWT, its issuer (`iss`): an API key `bob` and a Basic user `bob` are two owners.
+//! - Owners are the principal's qualified id (`Principal::qualified_id`: its
+//!   [`AuthMethod`], its id and, for a JWT, the issuer it was verified against): an API
+//!   key `bob` and a Basic user `bob` are two owners, and so are two issuers' `bob`.
 //!
 //! Storage holds the SHA-256 of each id, never the id (see [`session_id_hash`]; unkeyed so
 //! that replicas and the audit trail agree without sharing a key; the ids the MCP servers
@@ -226,25 +227,13 @@ fn short(d: &Digest32) -> String {
     s
 }
 
-/// The owner of a session: the principal's authentication method, its issuer (JWT `iss`)
-/// and its id, hashed (so that the store's size does not depend on the id's length).
-/// One place, so that the notion of "the same principal" can change in one place.
+/// The owner of a session: the principal's qualified id
+/// ([`Principal::qualified_id`]: its authentication method, the JWT issuer it was
+/// verified against, and its id, which no two principals share), hashed so that the
+/// store's size does not depend on the id's length. One place, so that the notion of
+/// "the same principal" can change in one place.
 pub fn owner_key(p: &Principal) -> [u8; 32] {
-    let issuer = match p.method() {
-        AuthMethod::Jwt => p
-            .claims()
-            .get("iss")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(""),
-        _ => "",
-    };
-    let mut h = Sha256::new();
-    h.update(p.method().as_str().as_bytes());
-    h.update([0u8]);
-    h.update((issuer.len() as u64).to_be_bytes());
-    h.update(issuer.as_bytes());
-    h.update(p.id().as_bytes());
-    h.finalize().into()
+    Sha256::digest(p.qualified_id().as_bytes()).into()
 }
 
 /// The store could not be reached (Redis down, a poisoned lock).
@@ -917,21 +906,20 @@ mod tests {
             owner_key(&api),
             owner_key(&Principal::new("bob", AuthMethod::ApiKey))
         );
-        let jwt = |iss: &str| {
-            let mut c = serde_json::Map::new();
-            c.insert("iss".into(), iss.into());
-            Principal::new("bob", AuthMethod::Jwt).with_claims(c)
-        };
+        let jwt = |iss: &str| Principal::new("bob", AuthMethod::Jwt).with_issuer(iss);
         assert_ne!(owner_key(&jwt("https://a")), owner_key(&jwt("https://b")));
         assert_eq!(owner_key(&jwt("https://a")), owner_key(&jwt("https://a")));
         // No ambiguity between issuer and id.
-        let mut c = serde_json::Map::new();
-        c.insert("iss".into(), "x".into());
-        let p1 = Principal::new("yz", AuthMethod::Jwt).with_claims(c);
-        let mut c = serde_json::Map::new();
-        c.insert("iss".into(), "xy".into());
-        let p2 = Principal::new("z", AuthMethod::Jwt).with_claims(c);
+        let p1 = Principal::new("yz", AuthMethod::Jwt).with_issuer("x#");
+        let p2 = Principal::new("z", AuthMethod::Jwt).with_issuer("x#y");
         assert_ne!(owner_key(&p1), owner_key(&p2));
+        // A token's own `iss` claim does not pick the owner: the configured issuer does.
+        let mut c = serde_json::Map::new();
+        c.insert("iss".into(), "https://b".into());
+        assert_eq!(
+            owner_key(&jwt("https://a").with_claims(c)),
+            owner_key(&jwt("https://a"))
+        );
     }
 
     #[tokio::test(start_paused = true)]

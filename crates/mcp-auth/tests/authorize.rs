@@ -45,7 +45,7 @@ async fn server() -> SocketAddr {
         )
         .allow(
             Rule::new("admin-all")
-                .principals(["admin"])
+                .principals(["apikey:admin"])
                 .scopes(["mcp:admin"])
                 .methods(["*"]),
         )

@@ -7,7 +7,9 @@
 //! - [`McpRequest`]: the request body parsed once as JSON-RPC 2.0 by [`ParseLayer`]
 //!   (method, id, tool / resource / prompt, arguments, batch or not) plus the MCP
 //!   transport headers, and whether `Mcp-Method` / `Mcp-Name` disagree with the body.
-//! - [`Principal`]: who the caller is and how that was proven.
+//! - [`Principal`]: who the caller is and how that was proven, with its qualified id
+//!   (`apikey:ops`, `jwt:<issuer>#<sub>`, ...), and [`PrincipalSources`] to resolve the
+//!   principal entries of configuration.
 //! - [`ClientAddr`]: the peer address and the client IP resolved through
 //!   [`TrustedProxies`] only; [`ip_key`] turns a client IP into the key of per-address
 //!   state (IPv6 grouped by prefix, [`DEFAULT_IPV6_PREFIX`] = /64; IPv4 per address).
@@ -57,12 +59,12 @@ pub use headers::{InvalidHeaderPattern, UntrustedHeaders};
 pub use parse::{
     BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError, read_body,
 };
-pub use principal::{AuthMethod, Principal};
+pub use principal::{AuthMethod, Principal, PrincipalEntry, PrincipalSources};
 pub use rejection::{Denial, Rejection, RejectionReason, codes};
 pub use request::{
     HeaderMismatch, JsonRpcId, McpHeaders, McpMessage, McpRequest, MessageKind, Target,
 };
-pub use tls::{ClientCertIdentity, TlsInfo};
+pub use tls::{ClientCertIdentity, SpiffeIdError, TlsInfo};
 
 /// The body type the suite's layers hand to inner services (axum's body).
 pub use axum_core::body::Body;

@@ -197,9 +197,57 @@ pub struct ClientLimits {
     /// Requests carrying an authenticated `mcp_core::Principal` (default: the default tier).
     #[serde(default)]
     pub authenticated: Option<Limit>,
-    /// Overrides by principal id.
+    /// Overrides by principal: keys are [qualified ids](mcp_core::Principal::qualified_id)
+    /// (`apikey:ops`, `jwt:https://idp.example#alice`, `mtls:spiffe://td/x`), or
+    /// `*:<id>` for the bare id proven by any method. A bare key (`ops`) is refused by
+    /// [`RateLimitLayer::new`](crate::RateLimitLayer::new) unless
+    /// [`resolve_principals`](Self::resolve_principals) resolved it first.
     #[serde(default)]
     pub principals: BTreeMap<String, Limit>,
+}
+
+impl ClientLimits {
+    /// Rewrites the keys of `principals` to their resolved form: a bare key becomes the
+    /// qualified id of the only configured method that can produce it, qualified and
+    /// `*:<id>` keys stay (the latter logged as a warning). A key no configured method or
+    /// several could produce is an error naming `client_limits.principals.<key>`.
+    ///
+    /// ```
+    /// use mcp_core::{AuthMethod, PrincipalSources};
+    /// use mcp_ratelimit::config::{ClientLimits, Limit};
+    /// let mut l = ClientLimits::default();
+    /// l.principals.insert("ops".into(), Limit { requests_per_second: 1.0, burst: None });
+    /// let keys_only = PrincipalSources::new().with_ids(AuthMethod::ApiKey, ["ops"]);
+    /// l.clone().resolve_principals(&keys_only).unwrap();
+    /// let with_certs = keys_only.with_any_id(AuthMethod::ClientCertificate);
+    /// assert!(l.resolve_principals(&with_certs).is_err());
+    /// ```
+    pub fn resolve_principals(
+        &mut self,
+        sources: &mcp_core::PrincipalSources,
+    ) -> Result<(), ConfigError> {
+        let mut out = BTreeMap::new();
+        for (entry, limit) in std::mem::take(&mut self.principals) {
+            let key = format!("client_limits.principals.{entry}");
+            let resolved =
+                sources
+                    .resolve(&entry)
+                    .map_err(|rule| ConfigError::InvalidPrincipal {
+                        key: key.clone(),
+                        rule,
+                    })?;
+            if let mcp_core::PrincipalEntry::AnySource(id) = &resolved {
+                tracing::warn!(
+                    key = %key,
+                    "per-principal limit *:{id} applies to the id {id:?} proven by any \
+                     authentication method"
+                );
+            }
+            out.insert(resolved.as_written(), limit);
+        }
+        self.principals = out;
+        Ok(())
+    }
 }
 
 /// A per-method or per-tool rule: an optional quota of its own, and the cost charged to
@@ -224,7 +272,8 @@ pub enum KeyPart {
     /// The client IP: `mcp_core::ClientAddr` (resolved through trusted proxies), else the
     /// connection's peer address.
     Ip,
-    /// The id of the `mcp_core::Principal` in the request extensions.
+    /// The qualified id of the `mcp_core::Principal` in the request extensions
+    /// (`apikey:ops`, `mtls:spiffe://td/x`): one bucket per principal and method.
     Principal,
     /// The id of the credential that authenticated the principal (API key id).
     Credential,
@@ -569,6 +618,15 @@ pub enum ConfigError {
         key: String,
         /// The rule.
         rule: &'static str,
+    },
+    /// A per-principal key does not say how the principal is proven, or names a method no
+    /// configured authentication produces.
+    #[error("`{key}`: {rule}")]
+    InvalidPrincipal {
+        /// The configuration key, `client_limits.principals.<entry>`.
+        key: String,
+        /// The rule, with the forms to write instead.
+        rule: String,
     },
     /// `redis` is configured but the crate was built without the `redis` feature.
     #[error("`redis` is configured but mcp-ratelimit was built without the `redis` cargo feature")]

@@ -141,7 +141,7 @@ pub(crate) fn extract<B>(parts: &[KeyPart], req: &Request<B>, ip: Option<IpAddr>
             KeyPart::Global => out.push_str("g;"),
             KeyPart::Principal => {
                 let p = req.extensions().get::<Principal>()?;
-                encode_part(&mut out, 'p', p.id());
+                encode_part(&mut out, 'p', p.qualified_id());
             }
             KeyPart::Credential => {
                 let p = req.extensions().get::<Principal>()?;
@@ -229,7 +229,12 @@ mod tests {
         assert_ne!(a, c);
         let ip: IpAddr = "::1".parse().unwrap();
         let both = extract(&[KeyPart::Principal, KeyPart::Ip], &r, Some(ip)).unwrap();
-        assert_eq!(both, Key::Text(Arc::from("p5:alicei:::1;")));
+        assert_eq!(both, Key::Text(Arc::from("p12:apikey:alicei:::1;")));
+        // The certificate CN=alice is another client.
+        let mut cert = req();
+        cert.extensions_mut()
+            .insert(Principal::new("alice", AuthMethod::ClientCertificate));
+        assert_ne!(extract(&[KeyPart::Principal], &cert, None), Some(a));
     }
 
     #[test]

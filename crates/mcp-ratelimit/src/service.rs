@@ -53,7 +53,10 @@ pub(crate) struct Shared {
     pub(crate) quotas: Vec<QuotaSpec>,
     default_q: usize,
     auth_q: usize,
+    /// Per-principal tiers by qualified id.
     principal_q: HashMap<String, usize>,
+    /// Per-principal tiers written `*:<id>`, by bare id.
+    any_source_q: HashMap<String, usize>,
     per_method: HashMap<String, Rule>,
     per_tool: HashMap<String, Rule>,
     headers: crate::config::HeadersConfig,
@@ -188,11 +191,30 @@ impl Shared {
             ));
             1
         };
-        let mut principal_q = HashMap::new();
+        let (mut principal_q, mut any_source_q) = (HashMap::new(), HashMap::new());
         for (id, l) in &c.client_limits.principals {
             let key = format!("client_limits.principals.{id}");
             let (rps, burst) = tier(&key, Some(*l), (d_rps, Some(d_burst)))?;
-            principal_q.insert(id.clone(), quotas.len());
+            // Qualified ids only (`apikey:ops`), or `*:ops` written on purpose: a bare id
+            // would give a certificate CN=ops the API key ops' limit.
+            match id.strip_prefix("*:") {
+                Some(bare) if !bare.is_empty() => {
+                    any_source_q.insert(bare.to_owned(), quotas.len())
+                }
+                _ if mcp_core::principal::split_qualified(id).is_some() => {
+                    principal_q.insert(id.clone(), quotas.len())
+                }
+                _ => {
+                    return Err(ConfigError::InvalidPrincipal {
+                        key,
+                        rule: format!(
+                            "does not say how the principal is proven: write apikey:{id}, \
+                             bearer:{id}, jwt:<issuer>#{id}, basic:{id}, mtls:{id}, or \
+                             *:{id} for any method"
+                        ),
+                    });
+                }
+            };
             quotas.push(QuotaSpec::new(format!("{name}.principal"), rps, burst));
         }
         let mut rules =
@@ -261,6 +283,7 @@ impl Shared {
             && c.key.parts() == [KeyPart::Ip]
             && auth_q == 0
             && principal_q.is_empty()
+            && any_source_q.is_empty()
             && per_method.is_empty()
             && per_tool.is_empty()
             && allow.is_empty()
@@ -280,6 +303,7 @@ impl Shared {
             default_q: 0,
             auth_q,
             principal_q,
+            any_source_q,
             per_method,
             per_tool,
             headers: c.headers,
@@ -296,7 +320,12 @@ impl Shared {
     fn tier(&self, principal: Option<&Principal>) -> usize {
         if let Some(p) = principal {
             if !self.principal_q.is_empty()
-                && let Some(&q) = self.principal_q.get(p.id())
+                && let Some(&q) = self.principal_q.get(p.qualified_id())
+            {
+                return q;
+            }
+            if !self.any_source_q.is_empty()
+                && let Some(&q) = self.any_source_q.get(p.id())
             {
                 return q;
             }
@@ -433,7 +462,10 @@ impl Shared {
             None => None,
         };
         let mcp = req.extensions().get::<McpRequest>();
-        let tier = if self.auth_q == self.default_q && self.principal_q.is_empty() {
+        let tier = if self.auth_q == self.default_q
+            && self.principal_q.is_empty()
+            && self.any_source_q.is_empty()
+        {
             self.default_q
         } else {
             self.tier(req.extensions().get::<Principal>())

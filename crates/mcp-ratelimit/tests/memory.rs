@@ -121,7 +121,7 @@ async fn tiers_default_authenticated_and_principal_override() {
         burst: Some(3),
     });
     config.client_limits.principals.insert(
-        "vip".into(),
+        "apikey:vip".into(),
         Limit {
             requests_per_second: 1.0,
             burst: Some(5),
@@ -150,6 +150,32 @@ async fn tiers_default_authenticated_and_principal_override() {
     assert_eq!(allowed("alice").await, 3);
     assert_eq!(allowed("bob").await, 3);
     assert_eq!(allowed("vip").await, 5);
+}
+
+#[test]
+fn per_principal_keys_say_how_the_principal_was_proven() {
+    let limit = Limit {
+        requests_per_second: 1.0,
+        burst: Some(5),
+    };
+    let mut config = RateLimitConfig::per_second(1.0, 1);
+    config.client_limits.principals.insert("vip".into(), limit);
+    let e = RateLimitLayer::new(config.clone()).unwrap_err();
+    assert!(
+        e.to_string().contains("client_limits.principals.vip"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("apikey:vip"), "{e}");
+    // Resolved against what authentication can produce: only the API key vip.
+    let keys = mcp_core::PrincipalSources::new().with_ids(AuthMethod::ApiKey, ["vip"]);
+    let mut ok = config.clone();
+    ok.client_limits.resolve_principals(&keys).unwrap();
+    assert!(ok.client_limits.principals.contains_key("apikey:vip"));
+    RateLimitLayer::new(ok).unwrap();
+    // With client certificates too, `vip` could be either.
+    let both = keys.with_any_id(AuthMethod::ClientCertificate);
+    let mut ambiguous = config;
+    assert!(ambiguous.client_limits.resolve_principals(&both).is_err());
 }
 
 #[tokio::test]

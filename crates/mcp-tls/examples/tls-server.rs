@@ -28,7 +28,7 @@ async fn info(
         "alpn": tls.as_ref().and_then(|t| t.alpn.clone()),
         "sni": tls.as_ref().and_then(|t| t.server_name.clone()),
         "client_cn": tls.as_ref().and_then(|t| t.client.as_ref()).and_then(|c| c.common_name.clone()),
-        "client_spiffe": tls.as_ref().and_then(|t| t.client.as_ref()).and_then(|c| c.spiffe_id().map(str::to_owned)),
+        "client_spiffe": tls.as_ref().and_then(|t| t.client.as_ref()).and_then(|c| c.spiffe_id().ok().flatten()),
     }))
 }
 

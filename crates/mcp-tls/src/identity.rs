@@ -9,7 +9,9 @@ use rustls::ServerConnection;
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-/// At most this many DNS names and as many URIs are kept from a certificate.
+/// At most this many DNS names and as many URIs are kept from a certificate. URIs with the
+/// `spiffe` scheme are kept apart (two at most, enough to refuse a certificate with more
+/// than one), so that other URIs cannot push a second SPIFFE ID out of sight.
 pub const MAX_SAN_ENTRIES: usize = 64;
 
 /// Reads the identity from a DER certificate (subject, CN, issuer, SAN DNS names and
@@ -26,13 +28,23 @@ pub fn identity_from_der(der: &[u8]) -> Option<ClientCertIdentity> {
         .map(str::to_owned);
     let mut dns_names = Vec::new();
     let mut uris = Vec::new();
+    let (mut spiffe, mut other) = (0, 0);
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             match name {
                 GeneralName::DNSName(d) if dns_names.len() < MAX_SAN_ENTRIES => {
                     dns_names.push((*d).to_owned())
                 }
-                GeneralName::URI(u) if uris.len() < MAX_SAN_ENTRIES => uris.push((*u).to_owned()),
+                GeneralName::URI(u) if mcp_core::tls::is_spiffe_uri(u) && spiffe < 2 => {
+                    spiffe += 1;
+                    uris.push((*u).to_owned());
+                }
+                // A third SPIFFE URI adds nothing: two already refuse the certificate.
+                GeneralName::URI(u) if mcp_core::tls::is_spiffe_uri(u) => {}
+                GeneralName::URI(u) if other < MAX_SAN_ENTRIES => {
+                    other += 1;
+                    uris.push((*u).to_owned());
+                }
                 _ => {}
             }
         }
@@ -110,12 +122,33 @@ mod tests {
         assert_eq!(id.dns_names, vec!["svc.example.com"]);
         assert_eq!(
             id.spiffe_id(),
-            Some("spiffe://example.org/ns/prod/sa/svc-a")
+            Ok(Some("spiffe://example.org/ns/prod/sa/svc-a".to_owned()))
         );
         assert_eq!(id.serial, "01ab");
         let fp: [u8; 32] = Sha256::digest(cert.der()).into();
         assert_eq!(id.fingerprint_sha256, fp);
         assert_eq!(&id.der[..], cert.der().as_ref());
+    }
+
+    #[test]
+    fn a_second_spiffe_id_is_kept_behind_many_other_uris() {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "x");
+        p.subject_alt_names
+            .push(SanType::URI("spiffe://td/admin".try_into().unwrap()));
+        for i in 0..(MAX_SAN_ENTRIES + 5) {
+            p.subject_alt_names
+                .push(SanType::URI(format!("https://td/{i}").try_into().unwrap()));
+        }
+        for _ in 0..3 {
+            p.subject_alt_names
+                .push(SanType::URI("spiffe://td/intern".try_into().unwrap()));
+        }
+        let cert = p.self_signed(&key).unwrap();
+        let id = identity_from_der(cert.der()).unwrap();
+        assert_eq!(id.uris.len(), MAX_SAN_ENTRIES + 2);
+        assert_eq!(id.spiffe_id(), Err(mcp_core::SpiffeIdError::Several));
     }
 
     proptest! {

@@ -169,10 +169,28 @@ impl Layers {
                 "sessions.enabled is false: any authenticated principal holding a session id can use, read or end that session"
             );
         }
+        // Bare principal entries (`ops`) are resolved against what `auth` can produce:
+        // accepted only when exactly one method can produce them.
+        let sources = cfg.auth.principal_sources(false);
         if let Some(p) = &cfg.policy {
-            let policy = p.build().map_err(|e| auth_error(loaded, &e))?;
+            let policy = p.build_for(&sources).map_err(|e| {
+                let key = e.key().replacen("authorization.", "policy.", 1);
+                let msg = e.to_string();
+                let msg = msg.strip_prefix(&format!("{}: ", e.key())).unwrap_or(&msg);
+                loaded.error(&key, msg)
+            })?;
             layers.authorize = Some(AuthorizeLayer::new(policy));
         }
+        let resolve = |section: &str, c: &mut mcp_ratelimit::RateLimitConfig| {
+            c.client_limits
+                .resolve_principals(&sources)
+                .map_err(|e| match e {
+                    mcp_ratelimit::ConfigError::InvalidPrincipal { key, rule } => {
+                        loaded.error(&format!("{section}.{key}"), rule)
+                    }
+                    e => loaded.error(section, e.to_string()),
+                })
+        };
         // The per-IP shield: `ip_ratelimit` when written (it has its own `enabled`, so it
         // also stands alone with `ratelimit.enabled: false`), else derived from
         // `ratelimit`.
@@ -195,7 +213,8 @@ impl Layers {
             }),
             None => None,
         };
-        if let Some(ip_cfg) = ip_cfg.filter(|c| c.enabled) {
+        if let Some(mut ip_cfg) = ip_cfg.filter(|c| c.enabled) {
+            resolve("ip_ratelimit", &mut ip_cfg)?;
             let ip_cfg = mcp_ratelimit::RateLimitConfig {
                 name: if ip_cfg.name == "default" {
                     "ip".into()
@@ -221,6 +240,7 @@ impl Layers {
                 p.name = "principal".into();
             }
             p.ipv6_prefix = cfg.server.client_ipv6_prefix;
+            resolve("ratelimit", &mut p)?;
             layers.principal_limit =
                 Some(RateLimitLayer::new(p).map_err(|e| loaded.error("ratelimit", e.to_string()))?);
         }

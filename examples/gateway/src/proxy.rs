@@ -249,7 +249,7 @@ impl Proxy {
         let principal = spec.principal_header.as_ref().and_then(|name| {
             let p = req.extensions().get::<Principal>()?;
             p.is_authenticated()
-                .then(|| (name.clone(), principal_value(p.id())))
+                .then(|| (name.clone(), principal_value(p.qualified_id())))
         });
         let client_cert = spec.client_cert_header.as_ref().and_then(|name| {
             let id = req.extensions().get::<TlsInfo>()?.client.as_ref()?;

@@ -351,7 +351,7 @@ async fn audit_rows_masking_redaction_and_chain() {
         .iter()
         .find(|r| r.tool.as_deref() == Some("echo") && r.status == Some(200))
         .unwrap();
-    assert_eq!(echo.user.as_deref(), Some("alice"));
+    assert_eq!(echo.user.as_deref(), Some("apikey:alice"));
     assert_eq!(echo.method.as_deref(), Some("tools/call"));
     // Sent whole with a Content-Length (the server stops polling the body at that
     // length): a success, not a cancelled answer.
@@ -379,7 +379,7 @@ async fn audit_rows_masking_redaction_and_chain() {
     assert!(out.contains("intact"), "{out}");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute(
-        "UPDATE audit_events SET event = replace(event, 'alice', 'mallory') WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE user_id = 'alice')",
+        "UPDATE audit_events SET event = replace(event, 'alice', 'mallory') WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE user_id = 'apikey:alice')",
         [],
     )
     .unwrap();
@@ -432,14 +432,14 @@ async fn a_call_abandoned_before_its_response_is_audited_and_counted_with_caller
         .iter()
         .find(|r| r.outcome.as_deref() == Some("cancelled"))
         .unwrap();
-    assert_eq!(row.user.as_deref(), Some("alice"));
+    assert_eq!(row.user.as_deref(), Some("apikey:alice"));
     assert_eq!(row.tool.as_deref(), Some("slow_count"));
     assert_eq!(row.method.as_deref(), Some("tools/call"));
     assert_eq!(row.status, None);
     assert_eq!(row.event["params"]["arguments"]["count"], 3);
     let v = audit_query(&base, "status=cancelled").await;
     assert_eq!(v["count"], 1, "{v}");
-    assert_eq!(v["events"][0]["event"]["user"], "alice", "{v}");
+    assert_eq!(v["events"][0]["event"]["user"], "apikey:alice", "{v}");
     // The metrics count it too, under its tool (nginx would log a 499).
     let m = metrics_text(&base).await;
     assert!(

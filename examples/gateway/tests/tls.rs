@@ -228,7 +228,7 @@ upstreams:
     let ok = eventually(|| {
         audit_rows(&db)
             .iter()
-            .any(|r| r.user.as_deref() == Some("spiffe://example.org/sa/agent-1"))
+            .any(|r| r.user.as_deref() == Some("mtls:spiffe://example.org/sa/agent-1"))
     })
     .await;
     assert!(

@@ -157,7 +157,7 @@ pub async fn echo(
             "issuer": c.issuer,
             "dns": c.dns_names,
             "uris": c.uris,
-            "spiffe": c.spiffe_id(),
+            "spiffe": c.spiffe_id().ok().flatten(),
             "serial": c.serial,
             "fingerprint": c.fingerprint_hex(),
         })
