@@ -22,7 +22,7 @@
 //!   an id the upstream reads differently (case, whitespace) from the one bound.
 //! - Two `Mcp-Session-Id` headers in one request: 400 (the upstream might read the other).
 //! - Owners are the principal's qualified id (`Principal::qualified_id`: its
-//!   [`AuthMethod`], its id and, for a JWT, the issuer it was verified against): an API
+//!   [`AuthMethod`](mcp_core::AuthMethod), its id and, for a JWT, the issuer it was verified against): an API
 //!   key `bob` and a Basic user `bob` are two owners, and so are two issuers' `bob`.
 //!
 //! Storage holds the SHA-256 of each id, never the id (see [`session_id_hash`]; unkeyed so
@@ -77,7 +77,7 @@ use bytes::Bytes;
 use http::header::RETRY_AFTER;
 use http::{Method, Request, Response};
 use mcp_core::request::header::MCP_SESSION_ID;
-use mcp_core::{AuthMethod, JsonRpcId, McpRequest, Principal, Rejection, RejectionReason};
+use mcp_core::{JsonRpcId, McpRequest, Principal, Rejection, RejectionReason};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -892,6 +892,7 @@ return 0
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use mcp_core::AuthMethod;
 
     fn d(n: u8) -> Digest32 {
         [n; 32]
