@@ -336,7 +336,7 @@ async fn client_identity_address_and_routing_headers_never_reach_the_upstream() 
         );
     }
     // The gateway's own word: the verified principal and the client address it saw.
-    assert_eq!(h["x-mcp-principal"], "alice", "{all}");
+    assert_eq!(h["x-mcp-principal"], "apikey:alice", "{all}");
     assert_eq!(h.get_all("x-mcp-principal").iter().count(), 1, "{all}");
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{all}");
     assert!(
@@ -378,7 +378,7 @@ async fn the_strip_list_and_the_principal_header_are_configurable() {
     ] {
         assert!(!h.contains_key(gone), "{gone} reached the upstream:\n{all}");
     }
-    assert_eq!(h["x-verified-user"], "bob", "{all}");
+    assert_eq!(h["x-verified-user"], "apikey:bob", "{all}");
     assert_eq!(h["via"], "1.1 client-proxy", "{all}");
 
     // Turned off: no principal header, and a client's copy is still stripped.
@@ -609,7 +609,7 @@ upstreams:
         "{xfcc}"
     );
     assert_eq!(
-        h["x-mcp-principal"], "spiffe://example.org/sa/agent-1",
+        h["x-mcp-principal"], "mtls:spiffe://example.org/sa/agent-1",
         "{all}"
     );
 }

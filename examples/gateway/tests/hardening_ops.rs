@@ -630,7 +630,7 @@ async fn metrics_on_the_public_listener_need_the_metrics_scope() {
     let ok = eventually(|| {
         request_rows(&db)
             .iter()
-            .any(|r| r.status == Some(403) && r.user.as_deref() == Some("bob"))
+            .any(|r| r.status == Some(403) && r.user.as_deref() == Some("apikey:bob"))
     })
     .await;
     assert!(ok, "{:?}", request_rows(&db));

@@ -169,7 +169,7 @@ async fn another_principal_cannot_call_stream_or_delete_a_session() {
         .collect();
     let bob_refused: Vec<_> = refused
         .iter()
-        .filter(|r| r.user.as_deref() == Some("bob"))
+        .filter(|r| r.user.as_deref() == Some("apikey:bob"))
         .collect();
     assert_eq!(bob_refused.len(), 4, "{refused:#?}");
     for r in &bob_refused {
