@@ -40,16 +40,20 @@ pub mod client_addr;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod facts;
+pub mod json;
 pub mod parse;
 pub mod principal;
 pub mod rejection;
 pub mod request;
 pub mod tls;
+pub mod transport;
 
 pub use client_addr::{ClientAddr, ClientAddrLayer, ForwardedHeader, PeerAddr, TrustedProxies};
 pub use facts::RequestFacts;
+pub use json::{Ambiguity, JsonError};
 pub use parse::{
-    BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError, read_body,
+    BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError,
+    header_mismatch_rejection, read_body,
 };
 pub use principal::{AuthMethod, Principal};
 pub use rejection::{Denial, Rejection, RejectionReason, codes};
@@ -57,6 +61,7 @@ pub use request::{
     HeaderMismatch, JsonRpcId, McpHeaders, McpMessage, McpRequest, MessageKind, Target,
 };
 pub use tls::{ClientCertIdentity, TlsInfo};
+pub use transport::{TransportChecks, TransportLayer};
 
 /// The body type the suite's layers hand to inner services (axum's body).
 pub use axum_core::body::Body;

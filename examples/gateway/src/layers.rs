@@ -37,7 +37,8 @@ pub struct Layers {
     /// `monitoring.auth_failure_*`: just outside authentication.
     pub auth_monitor: Option<AuthFailureMonitorLayer>,
     pub principal_limit: Option<RateLimitLayer>,
-    /// Body limit + parse once, and sanitize unless `sanitization.enabled` is false.
+    /// Transport checks + body limit + parse once, and sanitize unless
+    /// `sanitization.enabled` is false.
     pub parse: Option<Either<ParseSanitizeLayer, ParseLayer>>,
     pub result_scan: Option<ResultScanLayer>,
     pub authorize: Option<AuthorizeLayer>,
@@ -101,10 +102,13 @@ impl Layers {
             })?;
             Either::Left(layer.with_parse().body_timeout(body_timeout))
         } else {
+            // The transport checks (method, body on GET/DELETE, MCP headers, protocol
+            // version, Content-Type, Accept) are protocol correctness: on either way.
             Either::Right(
                 ParseLayer::new()
                     .max_body_bytes(max_body)
-                    .body_timeout(body_timeout),
+                    .body_timeout(body_timeout)
+                    .transport(cfg.sanitization.transport_checks()),
             )
         });
         if cfg.result_redaction.enabled {
