@@ -1,4 +1,4 @@
-//! JSON that every parser reads alike: the strict parse behind [`McpRequest::parse`].
+//! JSON that every parser reads alike: the strict parse behind [`McpRequest::parse`](crate::McpRequest::parse).
 //!
 //! A gateway authorizes what its own parser read and forwards the bytes; the server
 //! behind it parses them again, perhaps with another library. Where two parsers disagree

@@ -14,11 +14,14 @@
 //! | `MCP-Protocol-Version` not in the supported list (absent is accepted) | 400, -32600 |
 //! | `GET` or `DELETE` with a body: `Content-Length` other than 0, any `Transfer-Encoding`, or a body not at its end (an HTTP/2 HEADERS frame without END_STREAM) | 400, -32600 |
 //! | `POST` without `Content-Type: application/json` | 415 |
-//! | `POST` whose `Accept` does not allow both `application/json` and `text/event-stream` (the server may answer with either) | 406 |
+//! | `POST` whose `Accept` allows neither `application/json` nor `text/event-stream` | 406 |
 //! | `GET` whose `Accept` does not allow `text/event-stream` | 406 |
 //!
 //! `Accept` is read as HTTP reads it: an absent header accepts anything, `*/*` and
-//! `type/*` ranges count, and a range with `q=0` refuses. `DELETE` carries no `Accept`
+//! `type/*` ranges count, and a range with `q=0` refuses. The specification asks clients
+//! to list both types on `POST`; a server that honours `Accept` (as the reference servers
+//! in JSON mode do) answers a client that lists one in that type, so one is enough here:
+//! the check refuses what no MCP server can answer. `DELETE` carries no `Accept`
 //! rule and may carry a `Content-Type` (the Python SDK sends one). An OPTIONS preflight is
 //! refused like any other method: a CORS layer, if the service has one, answers it
 //! outside this one.
@@ -225,14 +228,12 @@ impl TransportChecks {
                 .with_detail("rule=content_type"));
         }
         if self.accept
-            && !accepts(
-                headers,
-                &[("application", "json"), ("text", "event-stream")],
-            )
+            && !accepts(headers, &[("application", "json")])
+            && !accepts(headers, &[("text", "event-stream")])
         {
             return Err(Rejection::new(RejectionReason::NotAcceptable)
                 .with_message(
-                    "Not Acceptable: Accept must allow application/json and text/event-stream",
+                    "Not Acceptable: Accept must allow application/json or text/event-stream",
                 )
                 .with_detail("rule=accept"));
         }
