@@ -51,6 +51,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -469,10 +470,17 @@ impl Policy {
 }
 
 /// Enforces a [`Policy`] (see the [module documentation](self)).
+///
+/// It fails closed on what it cannot judge: a `POST` without a parsed [`McpRequest`] in
+/// the extensions (no `ParseLayer` outside: a configuration error) gets 500, logged once;
+/// a `GET` or `DELETE` without one (they carry no message) passes; any other method
+/// without one gets 405 with `Allow: GET, POST, DELETE`. A request that carries a parsed
+/// message is judged by it, whatever its method.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
     policy: Policy,
     resource_metadata: Option<Arc<str>>,
+    warned_missing: Arc<AtomicBool>,
 }
 
 impl AuthorizeLayer {
@@ -481,6 +489,7 @@ impl AuthorizeLayer {
         Self {
             policy,
             resource_metadata: None,
+            warned_missing: Arc::default(),
         }
     }
 
@@ -523,6 +532,7 @@ impl AuthorizeLayer {
         principal: Option<&Principal>,
         req: Option<&McpRequest>,
         method: &Method,
+        has_body: bool,
     ) -> Option<Rejection> {
         let Some(principal) = principal else {
             return Some(Rejection::new(RejectionReason::AuthFailed).with_detail(
@@ -530,12 +540,37 @@ impl AuthorizeLayer {
             ));
         };
         let Some(req) = req else {
+            // Fail closed. A POST always carries a message: without the parsed request a
+            // parse layer is missing (a configuration error). GET and DELETE carry none
+            // (the transport checks of `ParseLayer` refuse a body on them). Any other
+            // method is not part of the transport: it is refused, whatever it carries.
             if method == Method::POST {
-                return Some(Rejection::new(RejectionReason::Forbidden).with_detail(
-                    "no parsed MCP request: the parse layer must run before authorization",
-                ));
+                if !self.warned_missing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "mcp-auth: POST without McpRequest in the extensions; install \
+                         mcp_core::ParseLayer outside AuthorizeLayer"
+                    );
+                }
+                return Some(
+                    Rejection::new(RejectionReason::Internal).with_detail("parse_layer_missing"),
+                );
             }
-            return None;
+            if method == Method::GET || method == Method::DELETE {
+                // Nothing to judge unless a body came along, which no parse layer read.
+                if has_body {
+                    return Some(
+                        Rejection::new(RejectionReason::InvalidRequest)
+                            .with_message("Invalid Request: GET and DELETE take no body")
+                            .with_detail("rule=body_not_allowed"),
+                    );
+                }
+                return None;
+            }
+            return Some(
+                Rejection::new(RejectionReason::MethodNotAllowed)
+                    .with_header(http::header::ALLOW, "GET, POST, DELETE")
+                    .with_detail("rule=method"),
+            );
         };
         if req.messages().is_empty() {
             return Some(Rejection::new(RejectionReason::Forbidden).with_detail("empty batch"));
@@ -589,6 +624,7 @@ impl AuthorizeLayer {
 impl<S, B, ResBody> Service<Request<B>> for Authorize<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    B: http_body::Body,
     ResBody: From<Bytes>,
 {
     type Response = Response<ResBody>;
@@ -601,11 +637,14 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ext = req.extensions();
-        match self.layer.decide(
-            ext.get::<Principal>(),
-            ext.get::<McpRequest>(),
-            req.method(),
-        ) {
+        let mcp = ext.get::<McpRequest>();
+        // Only looked at without a parsed request (a GET or DELETE, or no parse layer).
+        let has_body = mcp.is_none()
+            && mcp_core::transport::has_body(req.headers(), req.body().is_end_stream());
+        match self
+            .layer
+            .decide(ext.get::<Principal>(), mcp, req.method(), has_body)
+        {
             None => ResponseFuture::inner(self.inner.call(req), None),
             Some(r) => ResponseFuture::ready(r.into_response()),
         }
@@ -719,6 +758,54 @@ mod tests {
         assert_eq!(v(&user(&[]), &init), Verdict::Allow("lifecycle".into()));
         let resp = msg(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#);
         assert_eq!(v(&user(&[]), &resp), Verdict::Allow("response".into()));
+    }
+
+    /// Fail closed: without a parsed request, a POST is a configuration error (500), a
+    /// GET or DELETE passes only without a body, any other method is refused (405).
+    #[tokio::test]
+    async fn fails_closed_without_a_parsed_request() {
+        use tower::{Layer as _, ServiceExt as _};
+        let svc = AuthorizeLayer::new(policy()).layer(tower::service_fn(
+            |_r: Request<http_body_util::Full<Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Bytes::from_static(b"ran")))
+            },
+        ));
+        let run = |method: &str, body: &'static str, parsed: Option<McpRequest>| {
+            let svc = svc.clone();
+            let mut req = Request::builder()
+                .method(method)
+                .body(http_body_util::Full::new(Bytes::from_static(
+                    body.as_bytes(),
+                )))
+                .unwrap();
+            req.extensions_mut().insert(user(&["mcp:tools"]));
+            if let Some(p) = parsed {
+                req.extensions_mut().insert(p);
+            }
+            async move {
+                let r = svc.oneshot(req).await.unwrap();
+                let detail = r
+                    .extensions()
+                    .get::<mcp_core::Denial>()
+                    .and_then(|d| d.detail.clone());
+                (r.status().as_u16(), detail)
+            }
+        };
+        assert_eq!(
+            run("POST", "{}", None).await,
+            (500, Some("parse_layer_missing".into()))
+        );
+        assert_eq!(run("GET", "", None).await.0, 200);
+        assert_eq!(run("DELETE", "", None).await.0, 200);
+        assert_eq!(run("GET", "{}", None).await.0, 400);
+        assert_eq!(run("DELETE", "{}", None).await.0, 400);
+        for m in ["PUT", "PATCH", "post", "OPTIONS", "FOO"] {
+            assert_eq!(run(m, "{}", None).await.0, 405, "{m}");
+            assert_eq!(run(m, "", None).await.0, 405, "{m}");
+        }
+        // With a parsed request the message decides, whatever the method.
+        assert_eq!(run("PUT", "", Some(call("shell_exec"))).await.0, 403);
+        assert_eq!(run("POST", "", Some(call("search"))).await.0, 200);
     }
 
     #[test]

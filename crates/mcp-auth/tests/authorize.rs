@@ -308,3 +308,82 @@ async fn gateway_config_with_resource_and_jwt() {
         "resource_metadata=\"https://mcp.test/.well-known/oauth-protected-resource/mcp\""
     ));
 }
+
+/// A server whose handler answers any method, behind authentication and authorization,
+/// with or without `ParseLayer` between them (without it: a misconfiguration).
+async fn any_method_server(with_parse: bool) -> SocketAddr {
+    let auth = AuthLayer::new(
+        ApiKeyAuthenticator::builder()
+            .key(CredentialEntry::new("admin", ADMIN).scopes(["mcp:admin"]))
+            .build()
+            .unwrap(),
+    );
+    let policy = Policy::builder()
+        .allow(Rule::new("everything").methods(["*"]))
+        .deny(Rule::new("no-shell").tools(["shell*"]))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/mcp",
+            axum::routing::any(|m: http::Method, body: axum::body::Bytes| async move {
+                format!("ran {m} {}", String::from_utf8_lossy(&body))
+            }),
+        )
+        .layer(AuthorizeLayer::new(policy));
+    let app = if with_parse {
+        app.layer(ParseLayer::new())
+    } else {
+        app
+    };
+    serve(app.layer(auth).layer(MapResponseLayer::new(inspect))).await
+}
+
+/// Attack: a call of a denied tool sent with a method other than POST. With ParseLayer it
+/// never reaches the handler, whatever the method; without it (a stack missing its parse
+/// layer), authorization fails closed instead of letting an unparsed body through.
+#[tokio::test]
+async fn authorization_applies_whatever_the_method() {
+    let denied = call_tool(1, "shell_exec");
+    let key = [("x-api-key", ADMIN), ("content-type", "application/json")];
+    for with_parse in [true, false] {
+        let addr = any_method_server(with_parse).await;
+        for m in [
+            "GET", "DELETE", "PUT", "PATCH", "post", "Post", "OPTIONS", "FOO",
+        ] {
+            let r = send(addr, m, "/mcp", &key, &denied).await;
+            assert!(
+                !r.text().contains("ran"),
+                "{m} (parse layer {with_parse}): {} {}",
+                r.status,
+                r.text()
+            );
+            // GET and DELETE take no body: refused by ParseLayer's transport checks, and
+            // by authorization itself when no parse layer ran.
+            let expected = if m == "GET" || m == "DELETE" {
+                400
+            } else {
+                405
+            };
+            assert_eq!(r.status, expected, "{m} (parse layer {with_parse})");
+            if expected == 405 {
+                assert_eq!(r.header("allow"), Some("GET, POST, DELETE"), "{m}");
+            }
+        }
+        // POST: judged by the policy with the parse layer; a configuration error
+        // without it.
+        let r = post(addr, "/mcp", &[("x-api-key", ADMIN)], &denied).await;
+        if with_parse {
+            assert_eq!(r.status, 403);
+        } else {
+            assert_eq!(r.status, 500);
+            assert_eq!(r.header(SEEN_DETAIL), Some("parse_layer_missing"));
+        }
+        // GET and DELETE without a body pass.
+        for m in ["GET", "DELETE"] {
+            let r = send(addr, m, "/mcp", &[("x-api-key", ADMIN)], "").await;
+            assert_eq!(r.status, 200, "{m}");
+            assert_eq!(r.text(), format!("ran {m} "));
+        }
+    }
+}

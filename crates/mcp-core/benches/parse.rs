@@ -33,7 +33,9 @@ pub fn tools_call_body(size: usize) -> Bytes {
 }
 
 fn bench(c: &mut Criterion) {
+    // The timer: ParseLayer's body timeout needs it.
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap();
     let mut group = c.benchmark_group("parse_once");

@@ -44,11 +44,13 @@ pub mod client_addr;
 pub mod extract;
 pub mod facts;
 pub mod headers;
+pub mod json;
 pub mod parse;
 pub mod principal;
 pub mod rejection;
 pub mod request;
 pub mod tls;
+pub mod transport;
 
 pub use client_addr::{
     ClientAddr, ClientAddrLayer, DEFAULT_IPV6_PREFIX, ForwardedHeader, PeerAddr, TrustedProxies,
@@ -56,8 +58,10 @@ pub use client_addr::{
 };
 pub use facts::RequestFacts;
 pub use headers::{InvalidHeaderPattern, UntrustedHeaders};
+pub use json::{Ambiguity, JsonError};
 pub use parse::{
-    BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError, read_body,
+    BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError,
+    header_mismatch_rejection, read_body,
 };
 pub use principal::{AuthMethod, Principal, PrincipalEntry, PrincipalSources};
 pub use rejection::{Denial, Rejection, RejectionReason, codes};
@@ -65,6 +69,7 @@ pub use request::{
     HeaderMismatch, JsonRpcId, McpHeaders, McpMessage, McpRequest, MessageKind, Target,
 };
 pub use tls::{ClientCertIdentity, SpiffeIdError, TlsInfo};
+pub use transport::{TransportChecks, TransportLayer};
 
 /// The body type the suite's layers hand to inner services (axum's body).
 pub use axum_core::body::Body;

@@ -1,6 +1,14 @@
-//! [`ParseLayer`]: read the body once, bounded, parse it once, and hand the same bytes on.
+//! [`ParseLayer`]: check the transport, read the body once, bounded, parse it once, and
+//! hand the same bytes on.
 //!
-//! For a `POST`, the layer refuses a `Content-Length` over the limit with 413 before
+//! First, for every method, the transport checks of [`crate::transport`] (on by default,
+//! [`ParseLayer::transport`] to configure them): a method other than `POST`, `GET` and
+//! `DELETE` gets 405 with `Allow`; a `GET` or `DELETE` with a body gets 400, and one
+//! without is handed on with an empty body; MCP headers sent twice or outside visible
+//! ASCII get 400; `MCP-Protocol-Version`, `Content-Type` (415) and `Accept` (406) are
+//! checked. Nothing reads a body before they pass.
+//!
+//! For a `POST`, the layer then refuses a `Content-Length` over the limit with 413 before
 //! reading anything, reads a body of unknown length (chunked) only up to the limit and
 //! answers 413 as soon as it runs over, parses the bytes as JSON once, puts the
 //! [`McpRequest`] in the request extensions, and calls the inner service with the same
@@ -11,7 +19,11 @@
 //! slow-POST attack) cannot hold a connection and a task for as long as it likes; the
 //! timeout needs tokio's timer, which `#[tokio::main]` and axum's `serve` have. Invalid
 //! JSON gets 400 with JSON-RPC -32700 (or, with `reject_invalid_json(false)`, is passed
-//! on). Other methods (`GET`, `DELETE`, ...) pass through untouched.
+//! on). JSON that parsers read differently (duplicate keys anywhere, case variants of the
+//! MCP keys, NUL in a key; see [`crate::json`]) gets 400 with -32600, whatever
+//! `reject_invalid_json` says: the bytes are forwarded as they are, so what the layers
+//! after this one check must be what the server behind them reads. `Mcp-Method` /
+//! `Mcp-Name` that disagree with the body get 400 with -32600 (with the transport checks).
 //!
 //! The [`McpRequest`] is also copied into the response extensions, so that a layer placed
 //! outside (audit, metrics) can record the method and tool of the request it served.
@@ -29,8 +41,22 @@ use http_body_util::BodyExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::json::JsonError;
 use crate::rejection::{Rejection, RejectionReason};
-use crate::request::{McpHeaders, McpRequest};
+use crate::request::{HeaderMismatch, McpHeaders, McpRequest};
+use crate::transport::TransportChecks;
+
+/// The rejection of a request whose `Mcp-Method` / `Mcp-Name` disagree with its body: 400,
+/// -32600, the id echoed (not for a batch), detail `header=Mcp-Name` (or `Mcp-Method`).
+pub fn header_mismatch_rejection(req: &McpRequest, m: HeaderMismatch) -> Rejection {
+    Rejection::new(RejectionReason::HeaderMismatch)
+        .with_id(if req.is_batch() {
+            None
+        } else {
+            req.id().cloned()
+        })
+        .with_detail(format!("header={}", m.header()))
+}
 
 /// Boxed error type of bodies handed to the layer.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,8 +82,15 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 ///     .route("/mcp", post(handler))
 ///     .layer(ParseLayer::new().max_body_bytes(64 * 1024));
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ParseLayer {
+    body: BodyConfig,
+    transport: TransportChecks,
+}
+
+/// What the body read needs (copied into each request's future).
+#[derive(Debug, Clone, Copy)]
+struct BodyConfig {
     limit: usize,
     body_timeout: Duration,
     reject_invalid_json: bool,
@@ -72,18 +105,46 @@ impl Default for ParseLayer {
 impl ParseLayer {
     /// A layer with the default limit ([`DEFAULT_BODY_LIMIT`]) and body timeout
     /// ([`DEFAULT_BODY_TIMEOUT`]) that rejects invalid JSON.
+    /// The transport checks are all on ([`TransportChecks::new`]).
     pub const fn new() -> Self {
         Self {
-            limit: DEFAULT_BODY_LIMIT,
-            body_timeout: DEFAULT_BODY_TIMEOUT,
-            reject_invalid_json: true,
+            body: BodyConfig {
+                limit: DEFAULT_BODY_LIMIT,
+                body_timeout: DEFAULT_BODY_TIMEOUT,
+                reject_invalid_json: true,
+            },
+            transport: TransportChecks::new(),
         }
+    }
+
+    /// Sets the transport checks applied before the body is read (default: all of them,
+    /// [`TransportChecks::new`]).
+    pub fn transport(mut self, checks: TransportChecks) -> Self {
+        self.transport = checks;
+        self
+    }
+
+    /// Turns every transport check on (the default) or off
+    /// ([`TransportChecks::disabled`]: for a service that does them itself; other methods
+    /// and bodies on GET and DELETE then reach it). The checks of the parsed body
+    /// (ambiguous JSON) stay on.
+    pub fn transport_checks(self, on: bool) -> Self {
+        self.transport(if on {
+            TransportChecks::new()
+        } else {
+            TransportChecks::disabled()
+        })
+    }
+
+    /// The transport checks.
+    pub fn transport_config(&self) -> &TransportChecks {
+        &self.transport
     }
 
     /// Sets the time a `POST` body has to arrive whole, from when the layer starts
     /// reading it; past it, 408 (a zero duration is taken as the default).
     pub const fn body_timeout(mut self, timeout: Duration) -> Self {
-        self.body_timeout = if timeout.is_zero() {
+        self.body.body_timeout = if timeout.is_zero() {
             DEFAULT_BODY_TIMEOUT
         } else {
             timeout
@@ -93,20 +154,20 @@ impl ParseLayer {
 
     /// Sets the body limit in bytes.
     pub const fn max_body_bytes(mut self, limit: usize) -> Self {
-        self.limit = limit;
+        self.body.limit = limit;
         self
     }
 
     /// Whether invalid JSON is rejected with 400 / -32700 (the default) or passed on
     /// without an [`McpRequest`] in the extensions.
     pub const fn reject_invalid_json(mut self, reject: bool) -> Self {
-        self.reject_invalid_json = reject;
+        self.body.reject_invalid_json = reject;
         self
     }
 
     /// The configured body limit.
     pub const fn limit(&self) -> usize {
-        self.limit
+        self.body.limit
     }
 }
 
@@ -116,7 +177,7 @@ impl<S> Layer<S> for ParseLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Parse {
             inner,
-            config: *self,
+            config: self.clone(),
         }
     }
 }
@@ -249,12 +310,23 @@ where
         // Take the service that was driven to readiness, leave a clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let config = self.config;
+        let config = self.config.body;
+        let transport = &self.config.transport;
 
+        if let Err(rejection) = transport.check_request(&req) {
+            return Box::pin(async move { Ok(rejection.into_response()) });
+        }
         if req.method() != Method::POST {
-            let req = req.map(Body::new);
+            // GET and DELETE take no body (checked above); any other method reaches here
+            // only with the checks off and is handed on as it came.
+            let req = if transport.is_enabled() {
+                req.map(|_| Body::empty())
+            } else {
+                req.map(Body::new)
+            };
             return Box::pin(inner.call(req));
         }
+        let check_headers = transport.is_enabled();
 
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
@@ -277,11 +349,17 @@ where
             let headers = McpHeaders::from_headers(&parts.headers);
             let parsed = match McpRequest::parse(bytes.clone(), headers) {
                 Ok(p) => Some(p),
-                Err(_) if config.reject_invalid_json => {
-                    return Ok(Rejection::new(RejectionReason::InvalidJson).into_response());
-                }
+                // Ambiguous JSON is refused whatever `reject_invalid_json` says.
+                Err(e @ JsonError::Ambiguous(_)) => return Ok(e.rejection().into_response()),
+                Err(e) if config.reject_invalid_json => return Ok(e.rejection().into_response()),
                 Err(_) => None,
             };
+            if check_headers
+                && let Some(p) = &parsed
+                && let Some(m) = p.header_mismatch()
+            {
+                return Ok(header_mismatch_rejection(p, m).into_response());
+            }
             if let Some(p) = &parsed {
                 crate::RequestFacts::note_request(&parts.extensions, p);
                 parts.extensions.insert(p.clone());

@@ -14,6 +14,8 @@ use http::{HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::json::JsonError;
+
 /// `MCP-Protocol-Version` request header.
 pub const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
 /// `Mcp-Session-Id` request and response header.
@@ -305,6 +307,69 @@ impl McpHeaders {
     }
 }
 
+/// The name an `Mcp-Name` value carries: the value itself, or, for the 2026-07-28
+/// revision's `=?base64?{Base64}?=` form (how a client sends a name outside printable
+/// ASCII), the UTF-8 text of the standard Base64 (padded) between the markers. `None` when
+/// that form does not decode.
+///
+/// ```
+/// use mcp_core::request::decode_name_header;
+///
+/// assert_eq!(decode_name_header("echo").as_deref(), Some("echo"));
+/// assert_eq!(decode_name_header("=?base64?w6ljaG8=?=").as_deref(), Some("écho"));
+/// assert_eq!(decode_name_header("=?base64?w6ljaG8?="), None);
+/// ```
+pub fn decode_name_header(value: &str) -> Option<Cow<'_, str>> {
+    let Some(inner) = value
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    else {
+        return Some(Cow::Borrowed(value));
+    };
+    let bytes = decode_base64(inner.as_bytes())?;
+    String::from_utf8(bytes).ok().map(Cow::Owned)
+}
+
+/// Strict standard Base64: padded to a multiple of 4, the standard alphabet, and the
+/// unused bits of the last symbol zero (one text per byte string).
+fn decode_base64(s: &[u8]) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let chunks = s.len() / 4;
+    for (i, c) in s.chunks_exact(4).enumerate() {
+        let last = i + 1 == chunks;
+        let pad = match (c[2], c[3]) {
+            (b'=', b'=') if last => 2,
+            (_, b'=') if last => 1,
+            _ => 0,
+        };
+        let mut n = 0u32;
+        for (j, &b) in c.iter().enumerate() {
+            let v = if j >= 4 - pad { 0 } else { val(b)? };
+            n = (n << 6) | v;
+        }
+        // Unused bits must be zero.
+        if (pad == 2 && n & 0xffff != 0) || (pad == 1 && n & 0xff != 0) {
+            return None;
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    Some(out)
+}
+
 /// Which MCP header disagrees with the body, as found by [`McpRequest::header_mismatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderMismatch {
@@ -378,11 +443,14 @@ impl fmt::Debug for McpRequest {
 }
 
 impl McpRequest {
-    /// Parses a body. Fails only when the bytes are not JSON (JSON-RPC -32700); valid JSON
-    /// that is not a valid JSON-RPC message is kept and reported as
-    /// [`MessageKind::Invalid`] so that a validator can answer -32600 with the id.
-    pub fn parse(raw: Bytes, headers: McpHeaders) -> Result<Self, serde_json::Error> {
-        let value: Value = serde_json::from_slice(&raw)?;
+    /// Parses a body. Fails when the bytes are not JSON (JSON-RPC -32700), or are JSON
+    /// that parsers read differently (-32600; duplicate keys anywhere, case variants of
+    /// the MCP keys, NUL in a key: see [`crate::json`]). Valid JSON that is not a valid
+    /// JSON-RPC message is kept and reported as [`MessageKind::Invalid`] so that a
+    /// validator can answer -32600 with the id. [`JsonError::rejection`] gives the answer.
+    pub fn parse(raw: Bytes, headers: McpHeaders) -> Result<Self, JsonError> {
+        let value = crate::json::from_slice(&raw)?;
+        crate::json::check_message_keys(&value).map_err(JsonError::Ambiguous)?;
         Ok(Self::from_parts(raw, value, headers))
     }
 
@@ -520,13 +588,18 @@ impl McpRequest {
             return Some(HeaderMismatch::Method);
         }
         if let Some(n) = &h.name {
+            // The `=?base64?...?=` form carries a name outside ASCII: compared decoded; a
+            // form that does not decode disagrees.
+            let Some(n) = decode_name_header(n) else {
+                return Some(HeaderMismatch::Name);
+            };
             // A tool or prompt target is `params.name` read already, and `params.name`
             // comes first: no second lookup in the params.
             let body_name = match self.target() {
                 Some(Target::Tool(name) | Target::Prompt(name)) => Some(name.as_str()),
                 _ => self.body_name(),
             };
-            if body_name != Some(n.as_str()) {
+            if body_name != Some(&*n) {
                 return Some(HeaderMismatch::Name);
             }
         }

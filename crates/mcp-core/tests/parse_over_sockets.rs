@@ -1,7 +1,8 @@
 //! ParseLayer and ClientAddrLayer over real TCP sockets, through axum and through plain
 //! hyper: over-limit bodies (declared and chunked) get 413 without being buffered, invalid
-//! JSON gets -32700, GET and DELETE pass through untouched, and the parsed request reaches
-//! the handler and the response extensions.
+//! JSON gets -32700, GET and DELETE without a body pass, and the parsed request reaches
+//! the handler and the response extensions. The transport checks themselves are in
+//! transport_over_sockets.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::convert::Infallible;
@@ -111,6 +112,7 @@ async fn parsed_request_reaches_handler() {
 async fn declared_oversized_body_gets_413_with_jsonrpc_error() {
     let addr = spawn_axum(TrustedProxies::none()).await;
     let req = Request::post(format!("http://{addr}/mcp"))
+        .header("content-type", "application/json")
         .body(full(vec![b' '; LIMIT + 1]))
         .unwrap();
     let (status, headers, json, _) = send(&client(), req).await;
@@ -132,6 +134,7 @@ async fn body_exactly_at_limit_is_accepted() {
     let body = format!("{prefix}{}\"}}", "x".repeat(pad));
     assert_eq!(body.len(), LIMIT);
     let req = Request::post(format!("http://{addr}/mcp"))
+        .header("content-type", "application/json")
         .body(full(body))
         .unwrap();
     let (status, _, _, text) = send(&client(), req).await;
@@ -178,6 +181,7 @@ async fn chunked_body_under_limit_is_parsed() {
     ];
     let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
     let req = Request::post(format!("http://{addr}/mcp"))
+        .header("content-type", "application/json")
         .body(body)
         .unwrap();
     let (status, _, _, text) = send(&client(), req).await;
@@ -226,6 +230,7 @@ async fn invalid_json_gets_parse_error() {
     let addr = spawn_axum(TrustedProxies::none()).await;
     for bad in ["{", "", "\u{0}", "{\"id\":1,}", "[1,2"] {
         let req = Request::post(format!("http://{addr}/mcp"))
+            .header("content-type", "application/json")
             .body(full(bad))
             .unwrap();
         let (status, _, json, _) = send(&client(), req).await;
@@ -234,6 +239,7 @@ async fn invalid_json_gets_parse_error() {
     }
     // Invalid UTF-8 inside a JSON string is not JSON.
     let req = Request::post(format!("http://{addr}/mcp"))
+        .header("content-type", "application/json")
         .body(full(Bytes::from_static(b"{\"a\":\"\xff\"}")))
         .unwrap();
     let (status, _, json, _) = send(&client(), req).await;
@@ -242,20 +248,24 @@ async fn invalid_json_gets_parse_error() {
 }
 
 #[tokio::test]
-async fn get_and_delete_pass_untouched() {
+async fn get_and_delete_without_a_body_pass_and_with_one_are_refused() {
     let addr = spawn_axum(TrustedProxies::none()).await;
     let c = client();
     let req = Request::get(format!("http://{addr}/mcp"))
         .body(full(""))
         .unwrap();
     assert_eq!(send(&c, req).await.3, "get ok");
-    // Even with a body over the limit, a DELETE is not read by the layer.
+    let req = Request::delete(format!("http://{addr}/mcp"))
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&c, req).await.3, "deleted");
+    // A body on a DELETE is refused (400) without being read, even over the limit.
     let req = Request::delete(format!("http://{addr}/mcp"))
         .body(full(vec![b'x'; LIMIT * 2]))
         .unwrap();
-    let (status, _, _, text) = send(&c, req).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(text, "deleted");
+    let (status, _, json, _) = send(&c, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json["error"]["code"], -32600);
 }
 
 #[tokio::test]
@@ -327,6 +337,7 @@ async fn plain_hyper_service_and_response_extensions() {
     });
     let body = r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"file:///a"}}"#;
     let req = Request::post(format!("http://{addr}/"))
+        .header("content-type", "application/json")
         .body(full(body))
         .unwrap();
     let (status, headers, _, text) = send(&client(), req).await;
@@ -400,4 +411,39 @@ async fn a_body_trickling_past_the_body_timeout_gets_408() {
         out.ends_with(&format!("tools/list|-|{}", body.len())),
         "{out}"
     );
+}
+
+/// The checks can be turned off one by one, for a service that knows what it does.
+#[tokio::test]
+async fn transport_checks_opt_out() {
+    let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = log.clone();
+    let app = Router::new()
+        .route(
+            "/mcp",
+            axum::routing::any(move |m: http::Method| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(m.to_string());
+                    "reached"
+                }
+            }),
+        )
+        .layer(ParseLayer::new().transport_checks(false));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let c = client();
+    let req = Request::builder()
+        .method("PUT")
+        .uri(format!("http://{addr}/mcp"))
+        .body(full(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#))
+        .unwrap();
+    assert_eq!(send(&c, req).await.0, StatusCode::OK);
+    // The body's own checks (duplicate keys) stay on: they are about what was parsed.
+    let req = Request::post(format!("http://{addr}/mcp"))
+        .body(full(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#))
+        .unwrap();
+    assert_eq!(send(&c, req).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(log.lock().unwrap().len(), 1);
 }

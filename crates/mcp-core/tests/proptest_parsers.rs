@@ -166,3 +166,130 @@ proptest! {
         let _ = McpHeaders::from_headers(&h);
     }
 }
+
+/// Arbitrary JSON values (objects without duplicates, as `serde_json::Value` holds them).
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::from),
+        "[\\u{0}-\\u{1f}\"\\\\\u{17f}\u{212a}]{0,4}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-zA-Z_\u{17f}]{0,6}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Where a JSON text can hold a nested value: wraps `inner` in `depth` levels of arrays
+/// and objects.
+fn wrap(inner: String, path: &[(bool, u8)]) -> String {
+    path.iter().rev().fold(inner, |acc, (array, n)| {
+        if *array {
+            format!("[{}{acc}]", "0,".repeat(*n as usize))
+        } else {
+            format!("{{\"w{n}\":1,\"v\":{acc}}}")
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// A document without duplicate keys (and no NUL in a key) reads as serde_json reads
+    /// it, whatever its shape.
+    #[test]
+    fn strict_parse_agrees_with_serde_json(v in arb_json()) {
+        let text = serde_json::to_vec(&v).unwrap();
+        let strict = mcp_core::json::from_slice(&text);
+        let nul_key = text.windows(6).any(|w| w == b"\\u0000");
+        match strict {
+            Ok(s) => {
+                // (Compared with serde_json's reading of the text, not with `v`: without
+                // its float_roundtrip feature a float may come back one ulp away.)
+                prop_assert_eq!(&s, &serde_json::from_slice::<serde_json::Value>(&text).unwrap());
+            }
+            Err(e) => {
+                // Only a NUL in a key (or a string, which the generator may put in a key).
+                prop_assert!(nul_key, "{e:?}: {}", String::from_utf8_lossy(&text));
+                prop_assert!(matches!(e, mcp_core::JsonError::Ambiguous(mcp_core::Ambiguity::NulInKey { .. })), "{:?}", e);
+            }
+        }
+    }
+
+    /// Arbitrary bytes: the strict parse fails as invalid JSON exactly when serde_json
+    /// fails, and otherwise reads the same value or refuses an ambiguity serde_json
+    /// passed over.
+    #[test]
+    fn strict_parse_of_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+        let serde = serde_json::from_slice::<serde_json::Value>(&bytes);
+        match (mcp_core::json::from_slice(&bytes), serde) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(mcp_core::JsonError::Invalid(_)), Err(_)) => {}
+            (Err(mcp_core::JsonError::Ambiguous(_)), Ok(_)) => {}
+            (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+        }
+    }
+
+    /// Any object with a repeated key is refused, at any depth, whatever the values and
+    /// the members between the two, with the path of the second one.
+    #[test]
+    fn a_repeated_key_is_always_refused(
+        key in "[a-z\u{17f}]{1,6}",
+        first in arb_json(),
+        second in arb_json(),
+        between in proptest::collection::btree_map("[A-Z]{1,4}", arb_json(), 0..3),
+        path in proptest::collection::vec((any::<bool>(), 0u8..3), 0..6),
+        escaped in any::<bool>(),
+    ) {
+        let mut members = vec![format!("{}:{}", serde_json::to_string(&key).unwrap(), first)];
+        for (k, v) in &between {
+            members.push(format!("{}:{v}", serde_json::to_string(k).unwrap()));
+        }
+        // The repeat may be written with an escape: keys compare once decoded.
+        let again = if escaped {
+            let c = key.chars().next().unwrap();
+            format!("\"\\u{:04x}{}\"", c as u32, &key[c.len_utf8()..])
+        } else {
+            serde_json::to_string(&key).unwrap()
+        };
+        members.push(format!("{again}:{second}"));
+        let text = wrap(format!("{{{}}}", members.join(",")), &path);
+        match mcp_core::json::from_slice(text.as_bytes()) {
+            Err(mcp_core::JsonError::Ambiguous(mcp_core::Ambiguity::DuplicateKey { path: p })) => {
+                prop_assert!(p.starts_with('$'), "{}", p);
+            }
+            other => prop_assert!(false, "{}: {:?}", text, other),
+        }
+        // serde_json alone takes it (the hole this closes).
+        prop_assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+    }
+
+    /// `Mcp-Name`'s `=?base64?...?=` form decodes exactly as the `base64` crate's strict
+    /// standard engine does (then as UTF-8), and a plain value is itself.
+    #[test]
+    fn mcp_name_base64_form_decodes_as_the_base64_crate(
+        s in "[A-Za-z0-9+/=]{0,16}",
+        bytes in proptest::collection::vec(any::<u8>(), 0..24),
+    ) {
+        use base64::Engine as _;
+        let std = base64::engine::general_purpose::STANDARD;
+        let ours = mcp_core::request::decode_name_header(&format!("=?base64?{s}?=")).map(|c| c.into_owned());
+        let reference = std.decode(&s).ok().and_then(|b| String::from_utf8(b).ok());
+        prop_assert_eq!(ours, reference);
+        let encoded = std.encode(&bytes);
+        let ours = mcp_core::request::decode_name_header(&format!("=?base64?{encoded}?=")).map(|c| c.into_owned());
+        prop_assert_eq!(ours, String::from_utf8(bytes).ok());
+        let plain = mcp_core::request::decode_name_header(&s).map(|c| c.into_owned());
+        prop_assert_eq!(plain, Some(s.clone()));
+    }
+}

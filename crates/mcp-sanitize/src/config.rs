@@ -86,14 +86,8 @@ pub struct RuleOverride {
     pub exempt: Vec<String>,
 }
 
-/// The `MCP-Protocol-Version` values supported by default.
-pub const DEFAULT_PROTOCOL_VERSIONS: [&str; 5] = [
-    "2024-11-05",
-    "2025-03-26",
-    "2025-06-18",
-    "2025-11-25",
-    "2026-07-28",
-];
+/// The `MCP-Protocol-Version` values supported by default (`mcp_core`'s).
+pub use mcp_core::transport::DEFAULT_PROTOCOL_VERSIONS;
 
 /// Origin and Host rules (DNS rebinding protection), shared by
 /// [`OriginGuardLayer`](crate::OriginGuardLayer) and [`SanitizeLayer`](crate::SanitizeLayer).
@@ -150,9 +144,11 @@ pub struct SanitizeConfig {
     pub control_chars: ControlCharPolicy,
     /// Accept JSON-RPC batch arrays (removed from MCP in 2025-06-18).
     pub allow_batch: bool,
-    /// POST must carry `Content-Type: application/json` (415 otherwise).
+    /// POST must carry `Content-Type: application/json` (415 otherwise). A transport
+    /// check of `mcp_core::ParseLayer`, which [`SanitizeLayer::with_parse`](crate::SanitizeLayer::with_parse) configures with it.
     pub require_json_content_type: bool,
-    /// Supported `MCP-Protocol-Version` values; an absent header is accepted.
+    /// Supported `MCP-Protocol-Version` values; an absent header is accepted. A transport
+    /// check of `mcp_core::ParseLayer`, configured with it as `require_json_content_type`.
     pub protocol_versions: Vec<String>,
     /// URL schemes allowed in arguments (the seeds' `allowed_protocols`).
     pub allowed_protocols: Vec<String>,
@@ -204,6 +200,15 @@ impl Default for SanitizeConfig {
 }
 
 impl SanitizeConfig {
+    /// The transport checks this configuration asks for (`protocol_versions`,
+    /// `require_json_content_type`; every other check on), for a `mcp_core::ParseLayer`
+    /// used with [`SanitizeLayer`](crate::SanitizeLayer).
+    pub fn transport_checks(&self) -> mcp_core::TransportChecks {
+        mcp_core::TransportChecks::new()
+            .protocol_versions(&self.protocol_versions)
+            .content_type(self.require_json_content_type)
+    }
+
     /// Checks the plain limits (the rules, URL policy and origins are checked when
     /// compiled by [`SanitizeLayer::new`](crate::SanitizeLayer::new)).
     pub(crate) fn check_limits(&self) -> Result<(), ConfigError> {

@@ -6,14 +6,19 @@
 //! - **After `ParseLayer`** (the gateway's way): `SanitizeLayer` reads the
 //!   [`McpRequest`] from the request extensions and never parses the body again. A `POST`
 //!   without an `McpRequest` is a configuration error: 500, logged once.
-//! - **Alone, with [`SanitizeLayer::with_parse`]**: one layer that checks the headers
-//!   (Origin/Host, `MCP-Protocol-Version`, `Content-Type`) *before* reading the body, then
-//!   applies `ParseLayer` with the configured body limit (413), then validates.
+//! - **Alone, with [`SanitizeLayer::with_parse`]**: one layer that checks Origin/Host
+//!   *before* reading the body, then applies `ParseLayer` with the configured body limit
+//!   (413) and transport checks (method, body on GET/DELETE, MCP headers,
+//!   `MCP-Protocol-Version` from [`SanitizeConfig::protocol_versions`], `Content-Type`
+//!   per [`SanitizeConfig::require_json_content_type`], `Accept`), then validates.
+//!
+//! The transport checks are `mcp_core::transport`'s, not this crate's: `ParseLayer`
+//! applies them whether or not a `SanitizeLayer` is installed. Used after a `ParseLayer`,
+//! this layer applies them again with its own configuration (both must pass).
 //!
 //! For every method: the Origin/Host guard (403, skipped when an
-//! [`OriginGuardLayer`](crate::OriginGuardLayer) outside already passed the request) and the `MCP-Protocol-Version` check
-//! (400). For `POST`: `Content-Type: application/json` (415), `Mcp-Method` / `Mcp-Name`
-//! agreement (400), JSON-RPC structure (-32600 / -32602), limits, control characters,
+//! [`OriginGuardLayer`](crate::OriginGuardLayer) outside already passed the request). For
+//! `POST`: `Mcp-Method` / `Mcp-Name` agreement (400), JSON-RPC structure (-32600 / -32602), limits, control characters,
 //! argument rules and URL rules. A rewrite (strip action, control characters stripped)
 //! replaces the body, the `McpRequest` in the extensions (built with
 //! `McpRequest::from_parts`, no second parse) and `Content-Length`, and leaves a
@@ -48,10 +53,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
-use mcp_core::request::header;
-use mcp_core::{McpRequest, Parse, ParseLayer, Rejection, RejectionReason};
+use mcp_core::{McpRequest, Parse, ParseLayer, Rejection, RejectionReason, TransportChecks};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -76,48 +80,30 @@ struct Shared {
     config: SanitizeConfig,
     validator: Validator,
     origin: OriginPolicy,
+    transport: TransportChecks,
     warned_missing: AtomicBool,
 }
 
 impl Shared {
-    /// Checks that need only the headers: Origin/Host, protocol version, Content-Type.
+    /// Checks that need only the head: the Origin/Host guard, and, when `transport` is
+    /// set (the layer used after a `ParseLayer` of its own), the transport checks of
+    /// `mcp_core::transport` with this configuration's protocol versions and Content-Type
+    /// rule. [`SanitizeLayer::with_parse`] leaves those to the `ParseLayer` it includes.
     fn check_headers(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
         extensions: &http::Extensions,
+        transport: bool,
     ) -> Result<(), Rejection> {
         if extensions.get::<OriginChecked>().is_none() {
             self.origin.check(headers, uri)?;
         }
-        // Streamable HTTP defines POST, GET and DELETE on the MCP endpoint; anything else
-        // is refused here instead of reaching the server (a CORS layer, if any, answers
-        // OPTIONS preflights outside this one).
-        if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
-            return Err(Rejection::new(RejectionReason::MethodNotAllowed)
-                .with_header(http::header::ALLOW, "GET, POST, DELETE"));
-        }
-        let mut versions = headers.get_all(header::MCP_PROTOCOL_VERSION).iter();
-        if let Some(v) = versions.next() {
-            let ok = versions.next().is_none()
-                && v.to_str().is_ok_and(|v| {
-                    let v = v.trim();
-                    self.config.protocol_versions.iter().any(|s| s == v)
-                });
-            if !ok {
-                return Err(Rejection::new(RejectionReason::UnsupportedProtocolVersion)
-                    .with_detail("rule=protocol_version"));
-            }
-        }
-        if method == Method::POST && self.config.require_json_content_type {
-            let ok = headers
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(is_json_content_type);
-            if !ok {
-                return Err(Rejection::new(RejectionReason::UnsupportedMediaType));
-            }
+        if transport {
+            // The body was read by the ParseLayer outside: a GET or DELETE that reached
+            // this far carries none.
+            self.transport.check(method, headers, true)?;
         }
         Ok(())
     }
@@ -142,13 +128,7 @@ impl Shared {
             );
         };
         if let Some(m) = mcp.header_mismatch() {
-            return Err(Rejection::new(RejectionReason::HeaderMismatch)
-                .with_id(if mcp.is_batch() {
-                    None
-                } else {
-                    mcp.id().cloned()
-                })
-                .with_detail(format!("header={}", m.header())));
+            return Err(mcp_core::header_mismatch_rejection(mcp, m));
         }
         let Some(rewrite) = self.validator.validate(mcp)? else {
             return Ok(None);
@@ -171,12 +151,7 @@ impl Shared {
     }
 }
 
-/// Whether a `Content-Type` value is `application/json`, parameters (`charset=utf-8`)
-/// allowed, case-insensitive.
-pub fn is_json_content_type(v: &str) -> bool {
-    let essence = v.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
-}
+pub use mcp_core::transport::is_json_content_type;
 
 /// The request validation layer. Cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
@@ -189,11 +164,13 @@ impl SanitizeLayer {
     pub fn new(config: SanitizeConfig) -> Result<Self, ConfigError> {
         let validator = Validator::new(&config)?;
         let origin = OriginPolicy::new(&config.origin)?;
+        let transport = config.transport_checks();
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
                 validator,
                 origin,
+                transport,
                 warned_missing: AtomicBool::new(false),
             }),
         })
@@ -286,9 +263,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if self.check_headers
-            && let Err(r) =
-                self.shared
-                    .check_headers(req.method(), req.uri(), req.headers(), req.extensions())
+            && let Err(r) = self.shared.check_headers(
+                req.method(),
+                req.uri(),
+                req.headers(),
+                req.extensions(),
+                true,
+            )
         {
             return ResponseFuture::rejected(r.into_response());
         }
@@ -341,6 +322,7 @@ impl<S> Layer<S> for ParseSanitizeLayer {
         let parse = ParseLayer::new()
             .max_body_bytes(shared.config.max_body_bytes)
             .body_timeout(self.body_timeout)
+            .transport(shared.transport.clone())
             .layer(body);
         Precheck {
             inner: parse,
@@ -371,10 +353,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self
-            .shared
-            .check_headers(req.method(), req.uri(), req.headers(), req.extensions())
-        {
+        match self.shared.check_headers(
+            req.method(),
+            req.uri(),
+            req.headers(),
+            req.extensions(),
+            false,
+        ) {
             Ok(()) => ResponseFuture::inner(self.inner.call(req), None),
             Err(r) => ResponseFuture::rejected(r.into_response()),
         }
@@ -564,6 +549,7 @@ impl SanitizeBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::CONTENT_TYPE;
 
     #[tokio::test]
     async fn a_rewrite_is_noted_in_the_request_facts() {
@@ -598,14 +584,9 @@ mod tests {
     }
 
     #[test]
-    fn content_types() {
-        assert!(is_json_content_type("application/json"));
+    fn content_types_are_mcp_core_s() {
         assert!(is_json_content_type("Application/JSON; charset=utf-8"));
-        assert!(is_json_content_type(" application/json ;charset=UTF-8"));
-        assert!(!is_json_content_type("text/plain"));
         assert!(!is_json_content_type("application/json-patch+json"));
-        assert!(!is_json_content_type("application/jsonx"));
-        assert!(!is_json_content_type(""));
     }
 
     #[test]

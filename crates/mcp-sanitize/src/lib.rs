@@ -8,7 +8,7 @@
 //!
 //! | layer | what it does |
 //! |---|---|
-//! | [`SanitizeLayer`] | Origin/Host guard, `MCP-Protocol-Version`, `Content-Type` (415), `Mcp-Method`/`Mcp-Name` agreement, JSON-RPC 2.0 structure, limits (depth, string length, keys, items), control characters, argument rules and URL/SSRF rules, strip rewrites |
+//! | [`SanitizeLayer`] | Origin/Host guard, `mcp_core`'s transport checks (method, MCP headers, `MCP-Protocol-Version`, `Content-Type` 415, `Accept` 406; `ParseLayer` applies them too), `Mcp-Method`/`Mcp-Name` agreement, JSON-RPC 2.0 structure, limits (depth, string length, keys, items), control characters, argument rules and URL/SSRF rules, strip rewrites |
 //! | [`SanitizeLayer::with_parse`] | the same, with `ParseLayer` (body limit 413, parse once) inside, header checks before the body is read |
 //! | [`OriginGuardLayer`] | the Origin/Host guard alone, for every method (the gateway puts it before authentication) |
 //! | [`SecurityHeadersLayer`] | security response headers, HSTS over TLS only, `Server`/`X-Powered-By` removed |

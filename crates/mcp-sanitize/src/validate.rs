@@ -1067,8 +1067,9 @@ mod tests {
             ..Default::default()
         };
         assert!(v(&allow, &body).unwrap().is_none());
-        // A collision after stripping is refused.
-        assert!(v(&strip, &call(r#"{"a\u0000":"1","a":"2"}"#)).is_err());
+        // A collision after stripping is refused (a NUL in a key is refused earlier, by
+        // the parse: mcp_core::json).
+        assert!(v(&strip, &call(r#"{"a\u0001":"1","a":"2"}"#)).is_err());
     }
 
     #[test]

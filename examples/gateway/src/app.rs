@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! TLS accept (mcp-tls: PeerAddr, TlsInfo) -> client address (trusted proxies only)
-//!   -> metrics -> request id + audit -> security headers -> Origin/Host guard
+//!   -> metrics -> request id + audit -> security headers -> transport checks
+//!   -> Origin/Host guard
 //!   -> rate limit by IP -> authentication failure monitor -> authenticate
 //!   -> body limit + parse once + sanitize -> session binding
 //!   -> rate limit by principal, method and tool -> authorize tool -> reverse proxy
@@ -160,6 +161,7 @@ pub fn router(
             .layer(MetricsLayer::new(&up.name))
             .layer(layers.audit_slot(&trusted))
             .layer(option_layer(layers.security_headers.clone()))
+            .layer(option_layer(layers.transport.clone()))
             .layer(option_layer(layers.origin.clone()))
             .layer(option_layer(layers.ip_limit.clone()))
             .layer(option_layer(layers.auth_monitor.clone()))

@@ -38,8 +38,14 @@ pub struct Layers {
     /// `monitoring.auth_failure_*`: just outside authentication.
     pub auth_monitor: Option<AuthFailureMonitorLayer>,
     pub principal_limit: Option<RateLimitLayer>,
-    /// Body limit + parse once, and sanitize unless `sanitization.enabled` is false.
+    /// Transport checks + body limit + parse once, and sanitize unless
+    /// `sanitization.enabled` is false.
     pub parse: Option<Either<ParseSanitizeLayer, ParseLayer>>,
+    /// The transport checks (method, body only on `POST`, MCP headers, protocol version,
+    /// `Content-Type`, `Accept`) before authentication and the rate limits, so that a
+    /// request the MCP endpoint can never serve costs no credential check or quota; the
+    /// parse layer applies them again (reading headers only).
+    pub transport: Option<mcp_core::TransportLayer>,
     pub result_scan: Option<ResultScanLayer>,
     pub authorize: Option<AuthorizeLayer>,
     /// Every request header carrying a credential (mcp-auth's one list, plus
@@ -107,6 +113,9 @@ impl Layers {
         // Body limit, parse once, sanitize.
         let max_body = cfg.server.max_body_bytes;
         let body_timeout = Duration::from_secs(cfg.server.body_timeout_seconds);
+        layers.transport = Some(mcp_core::TransportLayer::new(
+            cfg.sanitization.transport_checks(),
+        ));
         layers.parse = Some(if cfg.sanitization.enabled {
             let mut sc = cfg.sanitization.clone();
             sc.max_body_bytes = max_body;
@@ -119,10 +128,13 @@ impl Layers {
             })?;
             Either::Left(layer.with_parse().body_timeout(body_timeout))
         } else {
+            // The transport checks (method, body on GET/DELETE, MCP headers, protocol
+            // version, Content-Type, Accept) are protocol correctness: on either way.
             Either::Right(
                 ParseLayer::new()
                     .max_body_bytes(max_body)
-                    .body_timeout(body_timeout),
+                    .body_timeout(body_timeout)
+                    .transport(cfg.sanitization.transport_checks()),
             )
         });
         if cfg.result_redaction.enabled {

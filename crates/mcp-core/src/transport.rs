@@ -1,0 +1,543 @@
+//! The Streamable HTTP transport checks: what a request's method and headers must be
+//! before its body is read, for every method.
+//!
+//! [`ParseLayer`](crate::ParseLayer) applies them by default, before it reads a body, so
+//! that a user of `ParseLayer` alone gets them; they are protocol correctness, not
+//! optional sanitizing. [`TransportLayer`] applies them alone (for a stack that wants them
+//! before authentication, say). They read only the method, the headers and whether a body
+//! follows; they never read the body.
+//!
+//! | request | answer |
+//! |---|---|
+//! | a method other than `POST`, `GET`, `DELETE` (compared exactly: `post` is not `POST`) | 405, `Allow: GET, POST, DELETE` |
+//! | `Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`, `Mcp-Session-Id` or `Last-Event-ID` sent twice, empty, or with a byte outside visible ASCII (`Mcp-Name` may hold spaces inside: printable ASCII, as the 2026-07-28 revision sends plain names) | 400, -32600 |
+//! | `MCP-Protocol-Version` not in the supported list (absent is accepted) | 400, -32600 |
+//! | `GET` or `DELETE` with a body: `Content-Length` other than 0, any `Transfer-Encoding`, or a body not at its end (an HTTP/2 HEADERS frame without END_STREAM) | 400, -32600 |
+//! | `POST` without `Content-Type: application/json` | 415 |
+//! | `POST` whose `Accept` allows neither `application/json` nor `text/event-stream` | 406 |
+//! | `GET` whose `Accept` does not allow `text/event-stream` | 406 |
+//!
+//! `Accept` is read as HTTP reads it: an absent header accepts anything, `*/*` and
+//! `type/*` ranges count, and a range with `q=0` refuses. The specification asks clients
+//! to list both types on `POST`; a server that honours `Accept` (as the reference servers
+//! in JSON mode do) answers a client that lists one in that type, so one is enough here:
+//! the check refuses what no MCP server can answer. `DELETE` carries no `Accept`
+//! rule and may carry a `Content-Type` (the Python SDK sends one). An OPTIONS preflight is
+//! refused like any other method: a CORS layer, if the service has one, answers it
+//! outside this one.
+//!
+//! Every refusal is a [`Rejection`] whose detail names the rule
+//! (`rule=method`, `rule=mcp_header header=mcp-name`, `rule=protocol_version`,
+//! `rule=body_not_allowed`, `rule=content_type`, `rule=accept`), for the audit trail. A
+//! GET or DELETE that passes is handed on with an empty body by `ParseLayer`, so that
+//! nothing can follow it to the service.
+//!
+//! ```
+//! use axum::{Router, routing::any};
+//! use mcp_core::transport::{TransportChecks, TransportLayer};
+//!
+//! let checks = TransportChecks::new().protocol_versions(["2025-11-25", "2026-07-28"]);
+//! let app: Router = Router::new()
+//!     .route("/mcp", any(|| async { "ok" }))
+//!     .layer(TransportLayer::new(checks));
+//! ```
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, Method, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::rejection::{Rejection, RejectionReason};
+use crate::request::header;
+
+/// The `MCP-Protocol-Version` values supported by default.
+pub const DEFAULT_PROTOCOL_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+
+/// The `Allow` header of a 405: the methods of the Streamable HTTP transport.
+pub const ALLOWED_METHODS: &str = "GET, POST, DELETE";
+
+/// `Last-Event-ID` (a GET that resumes a stream).
+pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The MCP headers that must come once and in visible ASCII.
+const MCP_HEADERS: [(HeaderName, Printable); 5] = [
+    (header::MCP_METHOD, Printable::Visible),
+    (header::MCP_NAME, Printable::WithSpaces),
+    (header::MCP_PROTOCOL_VERSION, Printable::Visible),
+    (header::MCP_SESSION_ID, Printable::Visible),
+    (LAST_EVENT_ID, Printable::Visible),
+];
+
+#[derive(Clone, Copy)]
+enum Printable {
+    /// 0x21 to 0x7E.
+    Visible,
+    /// 0x20 to 0x7E.
+    WithSpaces,
+}
+
+#[derive(Debug, Clone)]
+enum Versions {
+    Default,
+    List(Arc<[Box<str>]>),
+}
+
+/// Which transport checks apply (see the [module documentation](self)). Every check is on
+/// by default; [`TransportChecks::disabled`] turns all of them off.
+///
+/// ```
+/// use mcp_core::transport::TransportChecks;
+///
+/// let checks = TransportChecks::new()
+///     .protocol_versions(["2025-11-25"])
+///     .accept(false);
+/// # let _ = checks;
+/// ```
+#[derive(Debug, Clone)]
+pub struct TransportChecks {
+    enabled: bool,
+    content_type: bool,
+    accept: bool,
+    versions: Versions,
+}
+
+impl Default for TransportChecks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TransportChecks {
+    /// Every check, with [`DEFAULT_PROTOCOL_VERSIONS`].
+    pub const fn new() -> Self {
+        Self {
+            enabled: true,
+            content_type: true,
+            accept: true,
+            versions: Versions::Default,
+        }
+    }
+
+    /// No check at all (for a service that does them itself). Weakens the default: the
+    /// method, a body on GET or DELETE and the MCP headers reach the inner service
+    /// unchecked.
+    pub const fn disabled() -> Self {
+        Self {
+            enabled: false,
+            content_type: true,
+            accept: true,
+            versions: Versions::Default,
+        }
+    }
+
+    /// Whether any check applies.
+    pub const fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether a `POST` must carry `Content-Type: application/json` (default true).
+    pub const fn content_type(mut self, on: bool) -> Self {
+        self.content_type = on;
+        self
+    }
+
+    /// Whether `Accept` is checked on `POST` and `GET` (default true).
+    pub const fn accept(mut self, on: bool) -> Self {
+        self.accept = on;
+        self
+    }
+
+    /// The supported `MCP-Protocol-Version` values (default
+    /// [`DEFAULT_PROTOCOL_VERSIONS`]); an absent header is accepted.
+    pub fn protocol_versions<I, T>(mut self, versions: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.versions = Versions::List(
+            versions
+                .into_iter()
+                .map(|v| Box::from(v.as_ref()))
+                .collect(),
+        );
+        self
+    }
+
+    fn supports(&self, version: &str) -> bool {
+        match &self.versions {
+            Versions::Default => DEFAULT_PROTOCOL_VERSIONS.contains(&version),
+            Versions::List(l) => l.iter().any(|v| &**v == version),
+        }
+    }
+
+    /// Checks a request's head: `Ok` to go on, the rejection otherwise. `body_at_end`
+    /// tells whether the body is known to be empty (`http_body::Body::is_end_stream`).
+    pub fn check(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        body_at_end: bool,
+    ) -> Result<(), Rejection> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let post = *method == Method::POST;
+        let get = *method == Method::GET;
+        if !(post || get || *method == Method::DELETE) {
+            return Err(Rejection::new(RejectionReason::MethodNotAllowed)
+                .with_header(http::header::ALLOW, ALLOWED_METHODS)
+                .with_detail("rule=method"));
+        }
+        check_mcp_headers(headers)?;
+        if let Some(v) = headers.get(header::MCP_PROTOCOL_VERSION)
+            && !v.to_str().is_ok_and(|v| self.supports(v.trim()))
+        {
+            return Err(Rejection::new(RejectionReason::UnsupportedProtocolVersion)
+                .with_detail("rule=protocol_version"));
+        }
+        if !post {
+            if has_body(headers, body_at_end) {
+                return Err(Rejection::new(RejectionReason::InvalidRequest)
+                    .with_message("Invalid Request: GET and DELETE take no body")
+                    .with_detail("rule=body_not_allowed"));
+            }
+            if get && self.accept && !accepts(headers, &[("text", "event-stream")]) {
+                return Err(Rejection::new(RejectionReason::NotAcceptable)
+                    .with_message("Not Acceptable: Accept must allow text/event-stream")
+                    .with_detail("rule=accept"));
+            }
+            return Ok(());
+        }
+        if self.content_type
+            && !headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(is_json_content_type)
+        {
+            return Err(Rejection::new(RejectionReason::UnsupportedMediaType)
+                .with_detail("rule=content_type"));
+        }
+        if self.accept
+            && !accepts(headers, &[("application", "json")])
+            && !accepts(headers, &[("text", "event-stream")])
+        {
+            return Err(Rejection::new(RejectionReason::NotAcceptable)
+                .with_message(
+                    "Not Acceptable: Accept must allow application/json or text/event-stream",
+                )
+                .with_detail("rule=accept"));
+        }
+        Ok(())
+    }
+
+    /// [`TransportChecks::check`] on a request.
+    pub fn check_request<B: http_body::Body>(&self, req: &Request<B>) -> Result<(), Rejection> {
+        self.check(req.method(), req.headers(), req.body().is_end_stream())
+    }
+}
+
+/// Refuses an MCP header sent twice, empty, or with a byte outside (visible) ASCII.
+fn check_mcp_headers(headers: &HeaderMap) -> Result<(), Rejection> {
+    for (name, printable) in &MCP_HEADERS {
+        let mut values = headers.get_all(name).iter();
+        let Some(v) = values.next() else { continue };
+        let bad = if values.next().is_some() {
+            Some("sent more than once")
+        } else {
+            let low = match printable {
+                Printable::Visible => 0x21,
+                Printable::WithSpaces => 0x20,
+            };
+            let b = v.as_bytes();
+            (b.is_empty() || !b.iter().all(|c| (low..=0x7e).contains(c)))
+                .then_some("not visible ASCII")
+        };
+        if let Some(why) = bad {
+            // The version header keeps its own reason (same status and code).
+            let reason = if *name == header::MCP_PROTOCOL_VERSION {
+                RejectionReason::UnsupportedProtocolVersion
+            } else {
+                RejectionReason::InvalidRequest
+            };
+            return Err(Rejection::new(reason)
+                .with_message(format!("Invalid Request: {name} header {why}"))
+                .with_detail(format!("rule=mcp_header header={name}")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a request declares or may carry a body: any `Transfer-Encoding`, a
+/// `Content-Length` other than 0, or a body not known to be at its end (`body_at_end`:
+/// `http_body::Body::is_end_stream`, false for an HTTP/2 HEADERS frame without
+/// END_STREAM).
+pub fn has_body(headers: &HeaderMap, body_at_end: bool) -> bool {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        return true;
+    }
+    let declared = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.to_str().map_or(true, |s| s.trim() != "0"));
+    declared || !body_at_end
+}
+
+/// Whether a `Content-Type` value is `application/json`, parameters (`charset=utf-8`)
+/// allowed, case-insensitive.
+pub fn is_json_content_type(v: &str) -> bool {
+    let essence = v.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// Whether the `Accept` headers allow every one of `wanted` (type, subtype): an absent
+/// header allows anything; the most specific matching range decides, and `q=0` refuses.
+fn accepts(headers: &HeaderMap, wanted: &[(&str, &str)]) -> bool {
+    let mut any = false;
+    // (specificity, q > 0) of the best match so far, per wanted type.
+    let mut best = [(-1i8, false); 2];
+    for value in headers.get_all(ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let Some((t, s)) = media.split_once('/') else {
+                continue;
+            };
+            let (t, s) = (t.trim(), s.trim());
+            if t.is_empty() || s.is_empty() {
+                continue;
+            }
+            any = true;
+            let q_positive = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .is_none_or(|(_, q)| {
+                    q.trim()
+                        .parse::<f32>()
+                        .is_ok_and(|q| q > 0.0 && q.is_finite())
+                });
+            for (i, (wt, ws)) in wanted.iter().enumerate().take(best.len()) {
+                let specificity = if t == "*" && s == "*" {
+                    0
+                } else if t.eq_ignore_ascii_case(wt) && s == "*" {
+                    1
+                } else if t.eq_ignore_ascii_case(wt) && s.eq_ignore_ascii_case(ws) {
+                    2
+                } else {
+                    continue;
+                };
+                let slot = &mut best[i];
+                if specificity > slot.0 || (specificity == slot.0 && q_positive) {
+                    *slot = (specificity, q_positive);
+                }
+            }
+        }
+    }
+    !any || best
+        .iter()
+        .take(wanted.len())
+        .all(|(spec, ok)| *spec >= 0 && *ok)
+}
+
+/// Applies [`TransportChecks`] to every request, before anything reads the body (see the
+/// [module documentation](self)). `ParseLayer` applies them too; this layer is for a
+/// stack that wants them earlier (before authentication, say), or without `ParseLayer`.
+#[derive(Debug, Clone, Default)]
+pub struct TransportLayer {
+    checks: Arc<TransportChecks>,
+}
+
+impl TransportLayer {
+    /// A layer applying `checks`.
+    pub fn new(checks: TransportChecks) -> Self {
+        Self {
+            checks: Arc::new(checks),
+        }
+    }
+}
+
+impl<S> Layer<S> for TransportLayer {
+    type Service = Transport<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Transport {
+            inner,
+            checks: self.checks.clone(),
+        }
+    }
+}
+
+/// The service made by [`TransportLayer`].
+#[derive(Debug, Clone)]
+pub struct Transport<S> {
+    inner: S,
+    checks: Arc<TransportChecks>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Transport<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    B: http_body::Body,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.checks.check_request(&req) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
+            Err(r) => ResponseFuture::rejected(r.into_response()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Transport`]: the inner service's, or a ready rejection.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        inner: Option<F>,
+        rejected: Option<Response<B>>,
+        _error: std::marker::PhantomData<fn() -> E>,
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    fn inner(f: F) -> Self {
+        Self {
+            inner: Some(f),
+            rejected: None,
+            _error: std::marker::PhantomData,
+        }
+    }
+
+    fn rejected(r: Response<B>) -> Self {
+        Self {
+            inner: None,
+            rejected: Some(r),
+            _error: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<F, B, E> std::future::Future for ResponseFuture<F, B, E>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(f) = this.inner.as_pin_mut() {
+            return f.poll(cx);
+        }
+        match this.rejected.take() {
+            Some(r) => Poll::Ready(Ok(r)),
+            // Polled again after it completed.
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&str], wanted: &[(&str, &str)]) -> bool {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(ACCEPT, v.parse().unwrap());
+        }
+        accepts(&h, wanted)
+    }
+
+    const BOTH: &[(&str, &str)] = &[("application", "json"), ("text", "event-stream")];
+
+    #[test]
+    fn accept_ranges() {
+        assert!(accept(&[], BOTH));
+        assert!(accept(&["application/json, text/event-stream"], BOTH));
+        assert!(accept(&["text/event-stream, application/json"], BOTH));
+        assert!(accept(&["application/json", "text/event-stream"], BOTH));
+        assert!(accept(&["*/*"], BOTH));
+        assert!(accept(&["application/*;q=0.5, TEXT/*"], BOTH));
+        assert!(accept(&["*/*;q=0.1, text/event-stream;q=1"], BOTH));
+        assert!(!accept(&["application/json"], BOTH));
+        assert!(!accept(&["text/event-stream"], BOTH));
+        assert!(!accept(&["text/html"], BOTH));
+        assert!(!accept(&["application/json, text/event-stream;q=0"], BOTH));
+        assert!(!accept(&["*/*, text/event-stream;q=0.0"], BOTH));
+        assert!(accept(
+            &["text/event-stream;q=0, text/event-stream"],
+            &[("text", "event-stream")]
+        ));
+        assert!(accept(&["text/event-stream"], &[("text", "event-stream")]));
+        assert!(!accept(&["application/json"], &[("text", "event-stream")]));
+    }
+
+    #[test]
+    fn bodies_on_get_and_delete() {
+        let mut h = HeaderMap::new();
+        assert!(!has_body(&h, true));
+        assert!(has_body(&h, false));
+        h.insert(CONTENT_LENGTH, "0".parse().unwrap());
+        assert!(!has_body(&h, true));
+        h.insert(CONTENT_LENGTH, "12".parse().unwrap());
+        assert!(has_body(&h, true));
+        let mut h = HeaderMap::new();
+        h.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        assert!(has_body(&h, true));
+    }
+
+    #[test]
+    fn methods_are_compared_exactly() {
+        let c = TransportChecks::new();
+        let h = HeaderMap::new();
+        for m in ["post", "Post", "PUT", "OPTIONS", "HEAD"] {
+            let r = c
+                .check(&Method::from_bytes(m.as_bytes()).unwrap(), &h, true)
+                .unwrap_err();
+            assert_eq!(r.status(), http::StatusCode::METHOD_NOT_ALLOWED, "{m}");
+        }
+        assert!(
+            TransportChecks::disabled()
+                .check(&Method::PUT, &h, false)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn protocol_versions() {
+        let mut h = HeaderMap::new();
+        h.insert(header::MCP_PROTOCOL_VERSION, "2025-11-25".parse().unwrap());
+        assert!(TransportChecks::new().check(&Method::GET, &h, true).is_ok());
+        let only = TransportChecks::new().protocol_versions(["2026-07-28"]);
+        assert!(only.check(&Method::GET, &h, true).is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_content_type(" application/json ;charset=UTF-8"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("application/json-patch+json"));
+        assert!(!is_json_content_type("application/jsonx"));
+        assert!(!is_json_content_type(""));
+    }
+}
