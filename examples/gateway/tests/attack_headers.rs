@@ -298,7 +298,8 @@ async fn query_credential_names_in_php_spellings_are_refused() {
 /// (a different principal for the gateway's policy, limits and audit); a subject of
 /// spaces only sends no principal header at all (anonymous to the upstream) although
 /// the request was authenticated; commas are not encoded, so "alice, admin" reads as a
-/// two-element list to an upstream that splits the field.
+/// two-element list to an upstream that splits the field. A subject of spaces only names
+/// nobody: it is refused as an invalid credential (401), never sent anonymously.
 #[tokio::test]
 async fn the_principal_header_identifies_one_principal() {
     let dir = tempdir();
@@ -307,7 +308,13 @@ async fn the_principal_header_identifies_one_principal() {
     let (_gw, base) = start_gateway(dir.path(), &jwt_config(&upstream, &db, ""));
     let c = client();
     let mut got = Vec::new();
-    for sub in ["admin", "admin ", " admin", "   ", "alice, admin"] {
+    let blank = tools_list(&c, &format!("{base}/mcp"))
+        .bearer_auth(jwt_for("   "))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blank.status(), 401, "a blank subject is not a principal");
+    for sub in ["admin", "admin ", " admin", "alice, admin", "admin\t"] {
         let r = tools_list(&c, &format!("{base}/mcp"))
             .bearer_auth(jwt_for(sub))
             .send()
