@@ -84,6 +84,21 @@ pub fn build_proxies(
         if url.host().is_none() {
             return Err(loaded.error(&key("url"), "must name a host"));
         }
+        // User info is never sent (the HTTP client does not turn it into credentials):
+        // dropped here so that no connection pool key or trace line holds it.
+        let url = match url.authority().map(|a| a.as_str()) {
+            Some(a) if a.contains('@') => {
+                tracing::warn!(
+                    upstream = %up.name,
+                    "upstreams[{i}].url: the user info is ignored (not sent upstream); use upstreams[{i}].headers for credentials"
+                );
+                let host = a.rsplit_once('@').map_or(a, |(_, h)| h);
+                let mut parts = url.clone().into_parts();
+                parts.authority = host.parse().ok();
+                Uri::from_parts(parts).map_err(|_| loaded.error(&key("url"), "not a valid URL"))?
+            }
+            _ => url,
+        };
         let mut inject = Vec::new();
         for (name, value) in &up.headers {
             let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {

@@ -370,4 +370,31 @@ async fn upstream_url_secrets_stay_out_of_check_and_error_logs() {
             assert!(!text.contains(secret), "{secret} in the {what}:\n{text}");
         }
     }
+    // A reachable upstream with user info, logging at trace (the HTTP client's pool
+    // prints its connection key): served, the user info in no log line and not sent.
+    let (upstream, seen) = recording_upstream().await;
+    let url = upstream.replacen("http://", "http://svc:url-password-7f3a@", 1);
+    let (gw, base) = start_gateway_env(
+        dir.path(),
+        &base_config(&url, &db, ""),
+        &[("MCP_GATEWAY_LOG", "trace")],
+    );
+    let r = tools_list(&client(), &format!("{base}/mcp"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, h) = seen.lock().unwrap().pop().unwrap();
+    let all = dump(&h);
+    assert!(
+        !all.contains("url-password-7f3a") && !h.contains_key("authorization"),
+        "{all}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = gw.stderr_text();
+    assert!(
+        !log.contains("url-password-7f3a"),
+        "user info in the trace log"
+    );
 }
