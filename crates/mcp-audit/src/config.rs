@@ -54,7 +54,9 @@ pub const DEFAULT_MASKED_FIELDS: &[&str] = &[
 /// [`crate::headers`] mark them sensitive.
 pub const HASHED_HEADERS: &[&str] = &["mcp-session-id"];
 
-/// Headers never written in plaintext (audit events and tracing output).
+/// Headers never written in plaintext (audit events and tracing output). Audit events
+/// compare names with `_` read as `-`, and also mask every header whose name suggests a
+/// secret ([`crate::mask::header_name_suggests_secret`]).
 pub const DEFAULT_SENSITIVE_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",

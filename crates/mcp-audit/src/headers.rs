@@ -28,7 +28,7 @@
 //! # drop(stack);
 //! ```
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 use tower_http::sensitive_headers::{SetSensitiveHeadersLayer, SetSensitiveResponseHeadersLayer};
 
 pub use crate::config::DEFAULT_SENSITIVE_HEADERS;
@@ -70,4 +70,30 @@ pub fn sensitive_response_headers_layer(
         }
     }
     SetSensitiveResponseHeadersLayer::new(names)
+}
+
+/// Marks sensitive every value in `headers` whose name is in `names` compared with `_`
+/// read as `-` (`X_API_Key` is `x-api-key` to a CGI reader), or suggests a secret
+/// ([`crate::mask::header_name_suggests_secret`]). tower-http's layers match exact
+/// names; call this (in a `map_request`, outermost) to cover every spelling.
+///
+/// ```
+/// use http::{HeaderMap, HeaderName};
+/// let mut h = HeaderMap::new();
+/// h.insert("x_mcp_key", "k".parse().unwrap());
+/// h.insert("x-vault-token", "t".parse().unwrap());
+/// h.insert("accept", "*/*".parse().unwrap());
+/// mcp_audit::headers::mark_sensitive(&mut h, &[HeaderName::from_static("x-mcp-key")]);
+/// assert!(h["x_mcp_key"].is_sensitive() && h["x-vault-token"].is_sensitive());
+/// assert!(!h["accept"].is_sensitive());
+/// ```
+pub fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for (name, value) in headers.iter_mut() {
+        let n = name.as_str();
+        if mcp_core::headers::header_name_in(n, names)
+            || crate::mask::header_name_suggests_secret(n)
+        {
+            value.set_sensitive(true);
+        }
+    }
 }

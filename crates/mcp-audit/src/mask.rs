@@ -37,6 +37,7 @@ use serde_json::Value;
 
 use crate::capture::{CapturedHeader, Entry, RequestText, is_hashed};
 use crate::config::{ConfigError, DEFAULT_MASKED_FIELDS, MaskingConfig};
+use mcp_core::headers::header_name_in;
 
 /// The built-in value patterns. Word boundaries are ASCII (`(?-u:\b)`), which keeps the
 /// regex engine on its fast automaton for any input.
@@ -398,11 +399,11 @@ impl Masker {
         value: &'a HeaderValue,
         sensitive: &[HeaderName],
     ) -> Cow<'a, str> {
-        if sensitive.contains(name) {
+        if header_name_in(name.as_str(), sensitive) {
             Cow::Borrowed(&*self.0.mask)
         } else if is_hashed(name.as_str()) {
             Cow::Owned(hash_prefix(value.as_bytes()))
-        } else if value.is_sensitive() {
+        } else if value.is_sensitive() || header_name_suggests_secret(name.as_str()) {
             Cow::Borrowed(&*self.0.mask)
         } else {
             match value.to_str() {
@@ -419,8 +420,8 @@ impl Masker {
         h: CapturedHeader<'a>,
         sensitive: &[HeaderName],
     ) -> Cow<'a, str> {
-        // Names are lowercase on both sides: string equality is `HeaderName` equality.
-        if h.sensitive || sensitive.iter().any(|n| n.as_str() == h.name) {
+        // Listed names match `_` as `-` (`X_API_Key` is `x-api-key` to a CGI reader).
+        if header_name_in(h.name, sensitive) {
             return Cow::Borrowed(&*self.0.mask);
         }
         if is_hashed(h.name) {
@@ -428,6 +429,9 @@ impl Masker {
                 Some(v) => Cow::Owned(hash_prefix(v.as_bytes())),
                 None => Cow::Borrowed(&*self.0.mask),
             };
+        }
+        if h.sensitive || header_name_suggests_secret(h.name) {
+            return Cow::Borrowed(&*self.0.mask);
         }
         match h.value {
             Some(s) => self.mask_str(s),
@@ -540,6 +544,60 @@ pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     }
+}
+
+/// The words that make a header name sensitive whatever the configuration
+/// ([`header_name_suggests_secret`]), with separators removed.
+pub const SECRET_HEADER_WORDS: &[&str] = &[
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "apikey",
+    "auth",
+    "credential",
+    "assertion",
+    "signature",
+    "session",
+    "cookie",
+    "jwt",
+];
+
+/// Whether a header name suggests a secret: lower-cased with `-` and `_` removed, it
+/// contains one of [`SECRET_HEADER_WORDS`] (`X-Access-Token`, `X-Amzn-Oidc-Accesstoken`,
+/// `Api-Key`, `X_Vault_Token`, `X-Goog-IAP-JWT-Assertion`, ...). Audit events show such
+/// a header as the mask, in addition to the configured list; `mcp-session-id` keeps its
+/// hash prefix ([`HASHED_HEADERS`](crate::config::HASHED_HEADERS)).
+///
+/// ```
+/// use mcp_audit::mask::header_name_suggests_secret;
+/// assert!(header_name_suggests_secret("X-Amz-Security-Token"));
+/// assert!(header_name_suggests_secret("api_key"));
+/// assert!(!header_name_suggests_secret("user-agent"));
+/// ```
+pub fn header_name_suggests_secret(name: &str) -> bool {
+    let mut folded = [0u8; 128];
+    let mut n = 0;
+    for b in name.bytes() {
+        if b == b'-' || b == b'_' {
+            continue;
+        }
+        if n == folded.len() {
+            // A longer name is compared by allocation (rare).
+            let f: String = name
+                .bytes()
+                .filter(|b| *b != b'-' && *b != b'_')
+                .map(|b| b.to_ascii_lowercase() as char)
+                .collect();
+            return SECRET_HEADER_WORDS.iter().any(|w| f.contains(w));
+        }
+        folded[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    let f = &folded[..n];
+    SECRET_HEADER_WORDS
+        .iter()
+        .any(|w| f.windows(w.len()).any(|x| x == w.as_bytes()))
 }
 
 #[cfg(test)]
@@ -667,7 +725,71 @@ mod tests {
         assert_eq!(r["cookie"], "***REDACTED***, ***REDACTED***");
         assert_eq!(r["user-agent"], "curl");
         assert_eq!(r["x-note"], "***REDACTED***");
-        assert_eq!(r["x-custom-token"], "zzz");
+        // A name that suggests a secret is masked without being listed.
+        assert_eq!(r["x-custom-token"], "***REDACTED***");
+    }
+
+    #[test]
+    fn secret_looking_and_underscore_names_are_masked() {
+        let m = m();
+        let mut cfg = crate::AuditConfig::default();
+        cfg.masking.headers.push("X-MCP-Key".into());
+        let sensitive = cfg.sensitive_headers();
+        let masked = [
+            "X-Access-Token",
+            "X-Id-Token",
+            "X-Auth-Request-Access-Token",
+            "X-Amzn-Oidc-Accesstoken",
+            "Api-Key",
+            "X-Vault-Token",
+            "X-Amz-Security-Token",
+            "X_API_Key",
+            "X_Auth_Token",
+            "x_mcp_key",
+            "X-MCP_Key",
+            "Proxy_Authorization",
+            "X-Client-Secret",
+            "X-Db-Passwd",
+            "X-Goog-IAP-JWT-Assertion",
+            "X-Hub-Signature-256",
+            "X-Session",
+            "X-Credential",
+            "Authorization2",
+            "X-Apikey",
+        ];
+        let mut h = HeaderMap::new();
+        for n in masked {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "clear-7f3a".parse().unwrap(),
+            );
+        }
+        h.insert("user-agent", "curl-7f3a".parse().unwrap());
+        h.insert("x-forwarded-host", "example.org".parse().unwrap());
+        let r = m.render_headers(&h, &sensitive);
+        let captured = RequestText::capture(None, Some(&h));
+        let mut out = Vec::new();
+        m.write_headers(&mut out, &captured, &sensitive, &mut Vec::new());
+        let written = String::from_utf8(out).unwrap();
+        for n in masked {
+            let k = n.to_ascii_lowercase();
+            assert_eq!(r[&k], "***REDACTED***", "{n}");
+        }
+        assert!(!written.contains("clear-7f3a"), "{written}");
+        assert_eq!(r["user-agent"], "curl-7f3a");
+        assert_eq!(r["x-forwarded-host"], "example.org");
+        assert!(written.contains("curl-7f3a"));
+        for n in [
+            "accept",
+            "content-type",
+            "x-request-id",
+            "mcp-protocol-version",
+            "user-agent",
+        ] {
+            assert!(!header_name_suggests_secret(n), "{n}");
+        }
+        let long = format!("x-{}-token", "a".repeat(200));
+        assert!(header_name_suggests_secret(&long));
     }
 
     #[test]

@@ -252,10 +252,16 @@ impl BasicAuthenticatorBuilder {
         let mut dummy_params: Option<Params> = None;
         for (i, u) in self.users.into_iter().enumerate() {
             let key = format!("auth.users[{i}]");
-            if u.username.is_empty() {
+            if u.username.trim().is_empty() {
                 return Err(ConfigError::invalid(
                     format!("{key}.username"),
-                    "must not be empty",
+                    "must not be empty or only spaces",
+                ));
+            }
+            if u.principal.as_ref().is_some_and(|p| p.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.principal"),
+                    "must not be empty or only spaces",
                 ));
             }
             if u.username.contains(':') || u.username.chars().any(char::is_control) {
@@ -646,5 +652,16 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("colon"));
+        // A blank user name or principal names nobody.
+        for u in [
+            BasicUser::plaintext("", "x"),
+            BasicUser::plaintext("   ", "x"),
+            BasicUser::plaintext("\u{3000}", "x"),
+            BasicUser::plaintext("a", "x").principal(" "),
+            BasicUser::plaintext("a", "x").principal(""),
+        ] {
+            let e = BasicAuthenticator::builder().user(u).build().unwrap_err();
+            assert!(e.to_string().contains("only spaces"), "{e}");
+        }
     }
 }

@@ -219,23 +219,55 @@ pub const DEFAULT_REFUSED_QUERY_PARAMS: &[&str] = &[
 ///
 /// The whole query is read (no cap on the number of parameters), split at `&` **and**
 /// `;` (some servers take either as a separator). Each name is normalized the ways a
-/// parser might read it before the comparison, which is ASCII case-insensitive:
-/// percent-decoded with `+` as a space (repeatedly, so `access%255Ftoken` is caught
-/// too), surrounding spaces and control characters dropped, and a trailing `[...]`
-/// (PHP-style arrays: `api_key[]`) removed. Values are not looked at: an empty value
-/// or a name without `=` is refused as well.
+/// parser might read it before the comparison: percent-decoded with `+` as a space
+/// (repeatedly, so `access%255Ftoken` is caught too, and `%uXXXX` as ASP.NET decodes
+/// it), surrounding spaces and control characters dropped, and a trailing `[...]`
+/// (PHP-style arrays: `api_key[]`) removed. Names are then compared by their
+/// [`query_name_skeleton`]: ASCII case-insensitive, with `-`, `_`, `.`, space and `[`
+/// as one character, the ones PHP turns into `_` (`access.token` is
+/// `$_GET['access_token']`) and a CGI-minded reader takes `-` for. Values are not
+/// looked at: an empty value or a name without `=` is refused as well.
+///
+/// ```
+/// use mcp_auth::credentials::refused_query_param;
+/// let refused = vec!["access_token".to_owned(), "x-api-key".to_owned()];
+/// for q in ["access.token=S", "access+token=S", "access%u005Ftoken=S", "x_api_key=S"] {
+///     assert!(refused_query_param(q, &refused).is_some(), "{q}");
+/// }
+/// assert_eq!(refused_query_param("accesstoken=S", &refused), None);
+/// ```
 pub fn refused_query_param<'r>(query: &str, refused: &'r [String]) -> Option<&'r str> {
+    let skeletons: Vec<String> = refused.iter().map(|r| query_name_skeleton(r)).collect();
     query
         .split(['&', ';'])
         .filter(|p| !p.is_empty())
         .find_map(|pair| {
             let raw = pair.split_once('=').map_or(pair, |(name, _)| name);
-            let name = normalize_param_name(raw);
-            refused
+            let name = query_name_skeleton(&normalize_param_name(raw));
+            skeletons
                 .iter()
-                .find(|r| r.eq_ignore_ascii_case(&name))
+                .position(|r| *r == name)
+                .and_then(|i| refused.get(i))
                 .map(String::as_str)
         })
+}
+
+/// The form in which [`refused_query_param`] compares parameter names: ASCII lower
+/// case, with each of `-`, `_`, `.`, space and `[` written `_` (PHP reads `.`, space
+/// and an unclosed `[` in a name as `_`; CGI and many frameworks take `-` and `_` as
+/// the same).
+///
+/// ```
+/// use mcp_auth::credentials::query_name_skeleton;
+/// assert_eq!(query_name_skeleton("X-API.Key"), query_name_skeleton("x_api_key"));
+/// ```
+pub fn query_name_skeleton(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '-' | '_' | '.' | ' ' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
 }
 
 /// A query parameter name as a lenient parser may read it (see [`refused_query_param`]).
@@ -263,13 +295,25 @@ fn normalize_param_name(raw: &str) -> String {
         .to_owned()
 }
 
-/// Percent-decodes `s` (invalid escapes kept as is; invalid UTF-8 replaced).
+/// Percent-decodes `s`, `%uXXXX` (ASP.NET) included (invalid escapes kept as is;
+/// invalid UTF-8 replaced).
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%'
+            && i + 5 < b.len()
+            && (b[i + 1] == b'u' || b[i + 1] == b'U')
+            && let Some(c) = b[i + 2..i + 6]
+                .iter()
+                .try_fold(0u32, |acc, &d| hex(d).map(|d| acc << 4 | u32::from(d)))
+                .and_then(char::from_u32)
+        {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            i += 6;
+        } else if b[i] == b'%'
             && i + 2 < b.len()
             && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
         {
@@ -427,6 +471,31 @@ mod tests {
             assert!(refused_query_param(&q, &refused).is_some(), "{q}");
         }
         for q in [
+            "access.token=S",
+            "access+token=S",
+            "access%20token=S",
+            "access%2Etoken=S",
+            "access[token=S",
+            "api.key=S",
+            "API KEY=S",
+            "x_api_key=S",
+            "x.api-key=S",
+            "access%u005Ftoken=S",
+            "access%U005ftoken=S",
+            "%u0061ccess_token=S",
+            "access%25u005Ftoken=S",
+        ] {
+            assert!(refused_query_param(q, &refused).is_some(), "{q}");
+        }
+        let with_header: Vec<String> = vec!["x-mcp-key".into()];
+        for q in ["x_mcp_key=1", "X.MCP.KEY=1", "x%20mcp%5Bkey=1"] {
+            assert!(refused_query_param(q, &with_header).is_some(), "{q}");
+        }
+        for q in [
+            "accesstoken=1",
+            "access__token=1",
+            "access%u00=1",
+            "%u=1",
             "tokens=1",
             "my_access_token=1",
             "a=access_token",
@@ -510,6 +579,40 @@ mod tests {
                 q.push_str(&value);
             }
             prop_assert!(refused_query_param(&q, &refused).is_some(), "{}", q);
+        }
+
+        /// A refused name with any of its separators written as any of the characters a
+        /// PHP, ASP.NET or CGI reader takes for `_` (`-`, `_`, `.`, space as `+` or
+        /// `%20`, `[`, `%2E`, `%u005F`), in any case, is refused; the skeleton of a
+        /// name without a separator differs.
+        #[test]
+        fn separator_spellings_are_refused(
+            name_idx in 0..DEFAULT_REFUSED_QUERY_PARAMS.len(),
+            picks in proptest::collection::vec(0usize..9, 8),
+            upper in any::<u64>(),
+        ) {
+            let mut refused: Vec<String> = DEFAULT_REFUSED_QUERY_PARAMS.iter().map(|s| s.to_string()).collect();
+            refused.push("x-mcp-key".into());
+            let idx = name_idx.min(refused.len() - 1);
+            let name = refused[idx].clone();
+            let seps = ["-", "_", ".", "+", "%20", "[", "%2E", "%u005F", "%5F"];
+            let mut k = 0;
+            let written: String = name.chars().enumerate().map(|(i, c)| {
+                if c == '-' || c == '_' {
+                    k += 1;
+                    seps[picks[(k - 1) % picks.len()]].to_owned()
+                } else if upper >> (i % 64) & 1 == 1 {
+                    c.to_ascii_uppercase().to_string()
+                } else {
+                    c.to_string()
+                }
+            }).collect();
+            let q = format!("a=1&{written}=v");
+            prop_assert!(refused_query_param(&q, &refused).is_some(), "{}", q);
+            let joined: String = name.chars().filter(|c| *c != '-' && *c != '_').collect();
+            if joined != name {
+                prop_assert_ne!(query_name_skeleton(&joined), query_name_skeleton(&name));
+            }
         }
 
         #[test]

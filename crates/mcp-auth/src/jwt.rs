@@ -928,10 +928,11 @@ impl JwtInner {
             }
         }
         let id = match claims.get(&issuer.principal_claim) {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            // An empty or blank id names nobody: refused as an invalid credential.
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
             _ => {
                 return fail(format!(
-                    "jwt lacks the principal claim {:?}",
+                    "jwt lacks the principal claim {:?} (or it is blank)",
                     issuer.principal_claim
                 ));
             }
@@ -1459,6 +1460,23 @@ mod tests {
             (json!({"sub":"u","aud":"a1","exp":now + 600}), "iss"),
             (
                 json!({"iss":"iss-a","aud":"a1","exp":now + 600}),
+                "principal claim",
+            ),
+            // An empty or blank subject names nobody.
+            (
+                json!({"sub":"","iss":"iss-a","aud":"a1","exp":now + 600}),
+                "principal claim",
+            ),
+            (
+                json!({"sub":"   ","iss":"iss-a","aud":"a1","exp":now + 600}),
+                "principal claim",
+            ),
+            (
+                json!({"sub":"\t\u{a0}","iss":"iss-a","aud":"a1","exp":now + 600}),
+                "principal claim",
+            ),
+            (
+                json!({"sub":42,"iss":"iss-a","aud":"a1","exp":now + 600}),
                 "principal claim",
             ),
         ];

@@ -377,7 +377,9 @@ impl AuthLayer {
     }
 
     /// Authentication switched off: every request gets [`Principal::anonymous`] (so
-    /// later layers still find a principal). Logs a warning.
+    /// later layers still find a principal). Credentials in the query are still refused
+    /// (the defaults, as [`QueryCredentialsLayer::new`](crate::QueryCredentialsLayer::new)
+    /// does). Logs a warning.
     pub fn disabled() -> Self {
         tracing::warn!("authentication is disabled: every request is anonymous");
         Self {
@@ -388,7 +390,7 @@ impl AuthLayer {
                 required_scopes: Vec::new(),
                 challenge_scope: None,
                 resource_metadata: None,
-                refused_query: Vec::new(),
+                refused_query: crate::QueryCredentialsLayer::new().refused().to_vec(),
                 credential_headers: default_credential_headers(),
                 anonymous: true,
             }),
@@ -437,13 +439,13 @@ fn escape_free(s: &str) -> String {
 
 impl State {
     fn decide_now(&self, parts: &Parts) -> Decision {
-        if self.anonymous {
-            return Decision::Allow(Principal::anonymous());
-        }
         if let Some(q) = parts.uri.query()
             && let Some(name) = refused_query_param(q, &self.refused_query)
         {
             return Decision::Reject(self.query_rejection(name), None);
+        }
+        if self.anonymous {
+            return Decision::Allow(Principal::anonymous());
         }
         let mut failures = Vec::new();
         for (i, a) in self.authenticators.iter().enumerate() {
@@ -580,10 +582,7 @@ impl State {
     }
 
     fn query_rejection(&self, name: &str) -> Rejection {
-        let mut r = Rejection::new(RejectionReason::AuthFailed)
-            .with_status(StatusCode::BAD_REQUEST)
-            .with_message("Credentials in the URL query are not accepted")
-            .with_detail(format!("credential in query parameter {name:?}"));
+        let mut r = crate::query::query_rejection(name);
         for scheme in &self.schemes {
             let mut c = self.challenge(scheme, None, None);
             if *scheme == Scheme::Bearer {

@@ -72,6 +72,7 @@ pub mod key_policy;
 pub mod layer;
 pub mod metadata;
 pub mod mtls;
+pub mod query;
 pub mod secret;
 pub mod session;
 pub mod store;
@@ -94,6 +95,7 @@ pub use key_policy::{KeyPolicyViolation, generate_api_key, generate_bearer_token
 pub use layer::{Auth, AuthLayer, AuthLayerBuilder};
 pub use metadata::{MetadataService, ProtectedResourceMetadata};
 pub use mtls::{ClientCertAuthenticator, ClientCertAuthenticatorBuilder};
+pub use query::{QueryCredentials, QueryCredentialsLayer};
 pub use secret::SecretString;
 pub use session::{
     SessionBinding, SessionBindingLayer, SessionConfig, SessionRedisConfig, owner_key,

@@ -15,6 +15,12 @@
 //!   route by whoever writes it. A proxy removes every one a client sent before
 //!   forwarding, and sets the ones it vouches for itself.
 //!
+//! Header names are compared with `_` and `-` as the same character
+//! ([`same_header_name`]): CGI, WSGI, PHP and nginx with `underscores_in_headers` read
+//! `X_Forwarded_User` as `X-Forwarded-User`. [`UntrustedHeaders::default`] also removes
+//! every client header whose name contains `_` (nginx's default), so no spelling of a
+//! listed or future name gets through that way.
+//!
 //! ```
 //! use http::{HeaderMap, HeaderName};
 //! use mcp_core::headers::UntrustedHeaders;
@@ -33,7 +39,55 @@
 //! assert_eq!(left, ["accept", "via"]);
 //! ```
 
-use http::{HeaderMap, HeaderName};
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Whether two header names are the same for a reader that treats `_` as `-` (CGI,
+/// WSGI, PHP, nginx with `underscores_in_headers`): ASCII case-insensitive, `_` == `-`.
+///
+/// ```
+/// use mcp_core::headers::same_header_name;
+/// assert!(same_header_name("X_API_Key", "x-api-key"));
+/// assert!(!same_header_name("x-api-keys", "x-api-key"));
+/// ```
+pub fn same_header_name(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| canon_byte(x) == canon_byte(y))
+}
+
+fn canon_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// `name` lower case with every `_` read as `-` (the form [`same_header_name`]
+/// compares).
+pub fn canonical_header_name(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b == b'_' || b.is_ascii_uppercase()) {
+        Cow::Owned(name.bytes().map(|b| canon_byte(b) as char).collect())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Whether `name` is in `list`, compared as [`same_header_name`] does.
+pub fn header_name_in(name: &str, list: &[HeaderName]) -> bool {
+    list.iter().any(|n| same_header_name(n.as_str(), name))
+}
+
+/// `name` as a canonical [`HeaderName`] (`_` read as `-`).
+fn canonical(name: HeaderName) -> HeaderName {
+    match canonical_header_name(name.as_str()) {
+        Cow::Borrowed(_) => name,
+        Cow::Owned(c) => HeaderName::from_bytes(c.as_bytes()).unwrap_or(name),
+    }
+}
 
 /// Headers that carry a credential whatever the configuration: `Authorization`,
 /// `Proxy-Authorization`, `Cookie`, `X-API-Key` and `X-Auth-Token` (lower case).
@@ -84,20 +138,26 @@ pub const DEFAULT_UNTRUSTED_HEADERS: &[&str] = &[
     "x-userinfo",
     "x-id-token",
     "x-access-token",
-    "x-iap-jwt-assertion",
+    "x-goog-iap-jwt-assertion",
+    "remote-groups",
+    "remote-email",
+    "remote-name",
+    "x-auth-user",
+    "x-auth-groups",
+    "x-roles",
+    "x-groups",
     // client certificates
     "x-client-cert",
     "x-client-certificate",
     "x-client-verify",
     "x-client-dn",
-    "ssl-client-cert",
-    "ssl-client-verify",
     "x-arr-clientcert",
     "x-tls-client-cert",
     // client addresses
     "forwarded",
     "x-real-ip",
     "true-client-ip",
+    "client-ip",
     "x-client-ip",
     "x-cluster-client-ip",
     "cf-connecting-ip",
@@ -110,6 +170,7 @@ pub const DEFAULT_UNTRUSTED_HEADERS: &[&str] = &[
     // routing
     "via",
     "x-original-url",
+    "x-override-url",
     "x-original-uri",
     "x-original-host",
     "x-original-method",
@@ -122,13 +183,17 @@ pub const DEFAULT_UNTRUSTED_HEADERS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "_method",
 ];
 
 /// The prefixes [`UntrustedHeaders::default`] removes (lower case): every `X-Forwarded-*`
 /// (`-For`, `-Host`, `-Proto`, `-Port`, `-Prefix`, `-User`, `-Email`, `-Client-Cert`,
 /// ...), oauth2-proxy's `X-Auth-Request-*`, `X-SSL-*` and `X-Remote-Extra-*`, Envoy's
 /// `X-Envoy-*`, and the identity headers of cloud front ends (`X-Goog-Authenticated-*`,
-/// `X-MS-Client-Principal*`, `X-Amzn-Oidc-*`).
+/// `X-MS-Client-Principal*`, `X-MS-Token-AAD-*`, `X-Amzn-Oidc-*`), authentik's
+/// `X-authentik-*`, Cloudflare Access's `Cf-Access-*`, Pomerium's `X-Pomerium-*`,
+/// Kubernetes' `Impersonate-*`, and client-certificate headers (`SSL-Client-*`,
+/// `X-Client-Cert-*`, `X-Client-Certificate-*`).
 pub const DEFAULT_UNTRUSTED_PREFIXES: &[&str] = &[
     "x-forwarded-",
     "x-auth-request-",
@@ -137,7 +202,15 @@ pub const DEFAULT_UNTRUSTED_PREFIXES: &[&str] = &[
     "x-envoy-",
     "x-goog-authenticated-",
     "x-ms-client-principal",
+    "x-ms-token-aad-",
     "x-amzn-oidc-",
+    "x-authentik-",
+    "cf-access-",
+    "x-pomerium-",
+    "impersonate-",
+    "ssl-client-",
+    "x-client-cert-",
+    "x-client-certificate-",
 ];
 
 /// A header name or prefix that is not valid in a strip or allow list.
@@ -148,13 +221,15 @@ pub const DEFAULT_UNTRUSTED_PREFIXES: &[&str] = &[
 pub struct InvalidHeaderPattern(pub String);
 
 /// Which client request headers a proxy removes before forwarding: exact names and
-/// prefixes (see the [module documentation](self)). [`Default`] is the documented list;
-/// [`UntrustedHeaders::none`] an empty one.
+/// prefixes (see the [module documentation](self)), compared with `_` read as `-`.
+/// [`Default`] is the documented list and removes every name containing `_`;
+/// [`UntrustedHeaders::none`] an empty one that keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UntrustedHeaders {
     names: Vec<HeaderName>,
     prefixes: Vec<String>,
     allowed: Vec<HeaderName>,
+    underscored: bool,
 }
 
 impl Default for UntrustedHeaders {
@@ -162,13 +237,14 @@ impl Default for UntrustedHeaders {
         Self {
             names: DEFAULT_UNTRUSTED_HEADERS
                 .iter()
-                .map(|h| HeaderName::from_static(h))
+                .map(|h| canonical(HeaderName::from_static(h)))
                 .collect(),
             prefixes: DEFAULT_UNTRUSTED_PREFIXES
                 .iter()
                 .map(|p| (*p).to_owned())
                 .collect(),
             allowed: Vec::new(),
+            underscored: true,
         }
     }
 }
@@ -183,7 +259,7 @@ fn parse_pattern(pattern: &str) -> Result<(HeaderName, bool), InvalidHeaderPatte
     // `HeaderName::from_bytes` lower-cases and refuses anything outside a token
     // (spaces, colons, an empty name); nothing is trimmed.
     HeaderName::from_bytes(name.as_bytes())
-        .map(|n| (n, prefix))
+        .map(|n| (canonical(n), prefix))
         .map_err(|_| bad())
 }
 
@@ -194,11 +270,20 @@ impl UntrustedHeaders {
             names: Vec::new(),
             prefixes: Vec::new(),
             allowed: Vec::new(),
+            underscored: false,
         }
     }
 
-    /// Also removes `pattern`: a header name (any case), or a prefix ending in `*`
-    /// (`X-Internal-*`).
+    /// Whether every header whose name contains `_` is removed (on in
+    /// [`UntrustedHeaders::default`], as nginx does by default): a CGI-minded upstream
+    /// reads `X_Anything` as `X-Anything`, so no such name can be vouched for.
+    pub fn strip_underscored(mut self, on: bool) -> Self {
+        self.underscored = on;
+        self
+    }
+
+    /// Also removes `pattern`: a header name (any case, `_` read as `-`), or a prefix
+    /// ending in `*` (`X-Internal-*`).
     pub fn strip(mut self, pattern: &str) -> Result<Self, InvalidHeaderPattern> {
         let (name, prefix) = parse_pattern(pattern)?;
         if prefix {
@@ -222,13 +307,19 @@ impl UntrustedHeaders {
         Ok(self)
     }
 
-    /// Whether `name` is removed.
+    /// Whether `name` is removed (compared with `_` read as `-`).
     pub fn matches(&self, name: &HeaderName) -> bool {
-        if self.names.contains(name) {
+        let raw = name.as_str();
+        if self.underscored && raw.contains('_') {
             return true;
         }
-        let n = name.as_str();
-        self.prefixes.iter().any(|p| n.starts_with(p.as_str())) && !self.allowed.contains(name)
+        let n = canonical_header_name(raw);
+        let n = n.as_ref();
+        if self.names.iter().any(|x| x.as_str() == n) {
+            return true;
+        }
+        self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
+            && !self.allowed.iter().any(|a| a.as_str() == n)
     }
 
     /// Removes every matching header from `headers`.
@@ -252,6 +343,36 @@ impl UntrustedHeaders {
     pub fn prefixes(&self) -> &[String] {
         &self.prefixes
     }
+}
+
+/// The value of a header that names a verified principal to an upstream: `id` with `%`,
+/// space, `,`, `;`, `"` and every byte outside visible ASCII percent-encoded (`%XX`,
+/// upper-case hex), nothing trimmed. The encoding is one-to-one (distinct ids give
+/// distinct values: `"admin "` is `admin%20`) and the value is one visible-ASCII token
+/// without `,` or `;`, so an upstream that splits a field into a list reads one item.
+/// `None` for an empty id (authenticators never produce one).
+///
+/// ```
+/// use mcp_core::headers::principal_value;
+/// assert_eq!(principal_value("alice").unwrap(), "alice");
+/// assert_eq!(principal_value("alice, admin").unwrap(), "alice%2C%20admin");
+/// assert_eq!(principal_value("jösé 100%").unwrap(), "j%C3%B6s%C3%A9%20100%25");
+/// assert!(principal_value("").is_none());
+/// ```
+pub fn principal_value(id: &str) -> Option<HeaderValue> {
+    use std::fmt::Write as _;
+    if id.is_empty() {
+        return None;
+    }
+    let mut s = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if (0x21..=0x7e).contains(&b) && !matches!(b, b'%' | b',' | b';' | b'"') {
+            s.push(b as char);
+        } else {
+            let _ = write!(s, "%{b:02X}");
+        }
+    }
+    HeaderValue::from_str(&s).ok()
 }
 
 /// An `X-Forwarded-Client-Cert` value (Envoy's format) for a client certificate the
@@ -427,5 +548,142 @@ mod tests {
         }
         assert!(UntrustedHeaders::none().allow("X-*").is_err());
         assert!(!UntrustedHeaders::none().matches(&name("x-remote-user")));
+    }
+
+    #[test]
+    fn underscore_spellings_are_the_same_name() {
+        let u = UntrustedHeaders::default();
+        for h in [
+            "X_Forwarded_User",
+            "X_MCP_Principal",
+            "X_Remote_User",
+            "x-remote_user",
+            "X_SSL_Client_S_DN",
+            "x_custom",
+            "_method",
+        ] {
+            assert!(u.matches(&name(h)), "{h}");
+        }
+        // Without the blanket drop, the lists still match `_` as `-`.
+        let u = UntrustedHeaders::default()
+            .strip_underscored(false)
+            .strip("X_Tenant")
+            .unwrap();
+        for h in [
+            "x_forwarded_user",
+            "x-mcp_principal",
+            "x_tenant",
+            "x-tenant",
+        ] {
+            assert!(u.matches(&name(h)), "{h}");
+        }
+        assert!(!u.matches(&name("x_custom")));
+        let u = UntrustedHeaders::default()
+            .strip_underscored(false)
+            .allow("X-Forwarded-Prefix")
+            .unwrap();
+        assert!(!u.matches(&name("x_forwarded_prefix")));
+        assert!(same_header_name("X_API_KEY", "x-api-key"));
+        assert!(!same_header_name("x-api-key", "x-api-kez"));
+        assert!(header_name_in(
+            "x_auth_token",
+            &default_credential_headers()
+        ));
+    }
+
+    #[test]
+    fn front_end_identity_headers_are_untrusted() {
+        let u = UntrustedHeaders::default();
+        for h in [
+            "Remote-Groups",
+            "Remote-Email",
+            "Remote-Name",
+            "X-authentik-username",
+            "X-authentik-groups",
+            "Cf-Access-Authenticated-User-Email",
+            "Cf-Access-Jwt-Assertion",
+            "X-Pomerium-Jwt-Assertion",
+            "X-Pomerium-Claim-Email",
+            "X-Goog-IAP-JWT-Assertion",
+            "Client-IP",
+            "Impersonate-User",
+            "Impersonate-Group",
+            "Impersonate-Extra-Scopes",
+            "X-MS-Token-AAD-ID-Token",
+            "X-MS-Token-AAD-Access-Token",
+            "X-MS-Client-Principal-Name",
+            "SSL-Client-Subject-DN",
+            "SSL-Client-Cert",
+            "X-Client-Cert-DN",
+            "X-Client-Certificate-Subject",
+            "X-Override-URL",
+            "X-Auth-User",
+            "X-Auth-Groups",
+            "X-Roles",
+            "X-Groups",
+        ] {
+            assert!(u.matches(&name(h)), "{h}");
+        }
+    }
+
+    #[test]
+    fn principal_values_are_visible_ascii() {
+        let v = |s: &str| principal_value(s).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(v("alice").as_deref(), Some("alice"));
+        assert_eq!(v("jösé 100%").as_deref(), Some("j%C3%B6s%C3%A9%20100%25"));
+        assert_eq!(
+            v("a\r\nX-Injected: 1").as_deref(),
+            Some("a%0D%0AX-Injected:%201")
+        );
+        assert_eq!(v("admin ").as_deref(), Some("admin%20"));
+        assert_eq!(v("   ").as_deref(), Some("%20%20%20"));
+        assert_eq!(v("a, b;c\"d").as_deref(), Some("a%2C%20b%3Bc%22d"));
+        assert_eq!(v(""), None);
+    }
+
+    /// Percent-decodes a principal value (the inverse of [`principal_value`]).
+    fn decode(v: &str) -> Vec<u8> {
+        let b = v.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Distinct ids give distinct values (the encoding decodes back to the id), and
+        /// every value is one visible-ASCII token without `,`, `;`, `"` or space.
+        #[test]
+        fn principal_value_is_injective_and_list_safe(a in "\\PC{1,24}", b in "[ ,;%\"a-c\u{e9}\t]{1,8}") {
+            for id in [a.as_str(), b.as_str()] {
+                let v = principal_value(id).unwrap();
+                let s = v.to_str().unwrap();
+                proptest::prop_assert!(s.bytes().all(|c| (0x21..=0x7e).contains(&c)));
+                proptest::prop_assert!(!s.contains([',', ';', '"', ' ']));
+                proptest::prop_assert_eq!(decode(s), id.as_bytes().to_vec());
+            }
+            if a != b {
+                proptest::prop_assert_ne!(principal_value(&a), principal_value(&b));
+            }
+        }
+
+        /// `_` and `-` in any mix, in any case, match the same listed name.
+        #[test]
+        fn any_mix_of_separators_matches(idx in 0..DEFAULT_UNTRUSTED_HEADERS.len(), mask in proptest::prelude::any::<u64>()) {
+            let u = UntrustedHeaders::default().strip_underscored(false);
+            let n: String = DEFAULT_UNTRUSTED_HEADERS[idx].bytes().enumerate().map(|(i, c)| {
+                let c = if c == b'-' && mask >> (i % 64) & 1 == 1 { b'_' } else { c };
+                (if mask >> ((i + 7) % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c }) as char
+            }).collect();
+            proptest::prop_assert!(u.matches(&name(&n)), "{}", n);
+        }
     }
 }

@@ -85,6 +85,21 @@ pub fn build_proxies(
         if url.host().is_none() {
             return Err(loaded.error(&key("url"), "must name a host"));
         }
+        // User info is never sent (the HTTP client does not turn it into credentials):
+        // dropped here so that no connection pool key or trace line holds it.
+        let url = match url.authority().map(|a| a.as_str()) {
+            Some(a) if a.contains('@') => {
+                tracing::warn!(
+                    upstream = %up.name,
+                    "upstreams[{i}].url: the user info is ignored (not sent upstream); use upstreams[{i}].headers for credentials"
+                );
+                let host = a.rsplit_once('@').map_or(a, |(_, h)| h);
+                let mut parts = url.clone().into_parts();
+                parts.authority = host.parse().ok();
+                Uri::from_parts(parts).map_err(|_| loaded.error(&key("url"), "not a valid URL"))?
+            }
+            _ => url,
+        };
         let mut inject = Vec::new();
         for (name, value) in &up.headers {
             let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -93,6 +108,18 @@ pub fn build_proxies(
                     format!("`{name}` is not a valid header name"),
                 )
             })?;
+            // The principal and client-certificate headers are the gateway's word: an
+            // injected value would stand for every caller.
+            if [&layers.principal_header, &layers.client_cert_header]
+                .into_iter()
+                .flatten()
+                .any(|own| mcp_core::headers::same_header_name(own.as_str(), n.as_str()))
+            {
+                return Err(loaded.error(
+                    &key("headers"),
+                    format!("`{name}` is the header the gateway sets to the verified caller (security.upstreamHeaders)"),
+                ));
+            }
             let mut v = HeaderValue::from_str(value.expose()).map_err(|_| {
                 loaded.error(
                     &key("headers"),
@@ -138,6 +165,11 @@ pub fn router(
     let trusted = TrustedProxies::new(cfg.server.trusted_proxies.iter().copied())
         .with_header(cfg.server.forwarded_header);
 
+    // Credentials in the query are refused whatever authentication says: with it on,
+    // the authentication layer refuses them (with its challenges); with it off, this.
+    let query_guard = layers.auth.is_none().then(|| {
+        mcp_auth::QueryCredentialsLayer::new().credential_headers(layers.credential_headers.clone())
+    });
     let mut router: Router = Router::new();
     for (proxy, up) in proxies.iter().zip(&cfg.upstreams) {
         let p = proxy.clone();
@@ -166,6 +198,7 @@ pub fn router(
             .layer(option_layer(layers.ip_limit.clone()))
             .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
+            .layer(option_layer(query_guard.clone()))
             .layer(option_layer(layers.parse.clone()))
             .layer(option_layer(layers.sessions.clone()))
             // After parsing: per-method and per-tool quotas and costs read the parsed
@@ -202,10 +235,18 @@ pub fn router(
     );
     // Outermost: every credential header's value is marked sensitive, so that no log of
     // the request (a trace layer, a Debug print) shows it.
+    // Every spelling too (`X_API_Key`), and every header whose name suggests a secret.
+    let names: std::sync::Arc<[HeaderName]> = layers.credential_headers.clone().into();
     Ok(router
         .layer(ClientAddrLayer::new(trusted))
         .layer(mcp_audit::sensitive_headers_layer(
             layers.credential_headers.clone(),
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<Body>| {
+                mcp_audit::headers::mark_sensitive(req.headers_mut(), &names);
+                req
+            },
         )))
 }
 

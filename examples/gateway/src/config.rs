@@ -326,8 +326,8 @@ pub enum Sensitivity {
     High,
 }
 
-/// One entry of `upstreams`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// One entry of `upstreams` (`Debug` shows the URL without user info or query values).
+#[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct UpstreamConfig {
     pub name: String,
@@ -340,6 +340,20 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: Option<u64>,
     pub response_timeout_ms: Option<u64>,
     pub tls: Option<UpstreamTlsConfig>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("url", &crate::proxy::display_url_str(&self.url))
+            .field("headers", &self.headers)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// `upstreams[].tls`.

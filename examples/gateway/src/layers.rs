@@ -300,8 +300,54 @@ fn upstream_boundary(loaded: &Loaded, layers: &mut Layers) -> Result<(), ConfigE
             }
         }
     }
+    // `credentialHeaders` entries are exact names: a `*` would be a literal name no
+    // client sends, while `upstreamHeaders.strip` reads it as a prefix.
+    for (i, h) in cfg.auth.credential_headers.iter().enumerate() {
+        if h.contains('*') {
+            return Err(loaded.error(
+                &format!("auth.credentialHeaders[{i}]"),
+                format!("`{h}`: a credential header is an exact name; `*` is not a wildcard here"),
+            ));
+        }
+    }
     let uh = &cfg.security.upstream_headers;
     let key = |k: &str| format!("security.upstreamHeaders.{k}");
+    // The headers the gateway sets itself: a header name that the gateway can vouch for,
+    // never a credential header, a framing, hop-by-hop or routing header, an MCP header
+    // or one the gateway sets otherwise; a client's copy never passes.
+    let own_name = |value: &str, k: &str| -> Result<Option<HeaderName>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let n = HeaderName::from_bytes(value.as_bytes()).map_err(|_| {
+            loaded.error(
+                &key(k),
+                "must be a header name (an RFC 9110 token, written as is), or \"\" for none",
+            )
+        })?;
+        if mcp_core::headers::header_name_in(n.as_str(), &creds) {
+            return Err(loaded.error(&key(k), "must not be a credential header"));
+        }
+        let c = mcp_core::headers::canonical_header_name(n.as_str()).into_owned();
+        if RESERVED_OWN_HEADERS.contains(&c.as_str())
+            || c.starts_with("proxy-")
+            || c.starts_with("mcp-")
+            || c.starts_with("content-")
+        {
+            return Err(loaded.error(
+                &key(k),
+                format!("`{value}` is a header HTTP or MCP gives its own meaning (framing, hop-by-hop, routing, MCP, or set by the gateway): choose another name"),
+            ));
+        }
+        Ok(Some(n))
+    };
+    let principal_header = own_name(&uh.principal_header, "principalHeader")?;
+    let client_cert_header = own_name(&uh.client_cert_header, "clientCertHeader")?;
+    if let (Some(p), Some(c)) = (&principal_header, &client_cert_header)
+        && mcp_core::headers::same_header_name(p.as_str(), c.as_str())
+    {
+        return Err(loaded.error(&key("clientCertHeader"), "must differ from principalHeader"));
+    }
     let mut untrusted = UntrustedHeaders::default();
     for p in &uh.strip {
         untrusted = untrusted
@@ -309,10 +355,33 @@ fn upstream_boundary(loaded: &Loaded, layers: &mut Layers) -> Result<(), ConfigE
             .map_err(|e| loaded.error(&key("strip"), e.to_string()))?;
     }
     for a in &uh.allow {
-        if HeaderName::from_bytes(a.as_bytes()).is_ok_and(|n| creds.contains(&n)) {
+        if HeaderName::from_bytes(a.as_bytes())
+            .is_ok_and(|n| mcp_core::headers::header_name_in(n.as_str(), &creds))
+        {
             return Err(loaded.error(
                 &key("allow"),
                 format!("`{a}` carries a credential: it is never forwarded"),
+            ));
+        }
+        // The gateway's own headers: the client's copy is always replaced or removed.
+        if HeaderName::from_bytes(a.as_bytes()).is_ok_and(|n| {
+            n == "x-forwarded-for"
+                || [&principal_header, &client_cert_header]
+                    .into_iter()
+                    .flatten()
+                    .any(|o| mcp_core::headers::same_header_name(o.as_str(), n.as_str()))
+        }) {
+            return Err(loaded.error(
+                &key("allow"),
+                format!(
+                    "`{a}` is a header the gateway sets itself: a client's copy is never forwarded"
+                ),
+            ));
+        }
+        if a.contains('_') {
+            return Err(loaded.error(
+                &key("allow"),
+                format!("`{a}`: client headers whose name holds `_` are always dropped (an upstream may read `_` as `-`)"),
             ));
         }
         untrusted = untrusted
@@ -323,32 +392,41 @@ fn upstream_boundary(loaded: &Loaded, layers: &mut Layers) -> Result<(), ConfigE
             "security.upstreamHeaders.allow: the client's {a} header is forwarded to the upstream, which must not trust it"
         );
     }
-    // The headers the gateway sets: never a credential header, and a client's copy
-    // never passes.
-    let mut own = |value: &str, k: &str| -> Result<Option<HeaderName>, ConfigError> {
-        if value.is_empty() {
-            return Ok(None);
-        }
-        let n = HeaderName::from_bytes(value.as_bytes()).map_err(|_| {
-            loaded.error(
-                &key(k),
-                "must be a header name (an RFC 9110 token, written as is), or \"\" for none",
-            )
-        })?;
-        if creds.contains(&n) {
-            return Err(loaded.error(&key(k), "must not be a credential header"));
-        }
-        untrusted = std::mem::take(&mut untrusted)
+    for n in principal_header.iter().chain(&client_cert_header) {
+        untrusted = untrusted
             .strip(n.as_str())
-            .map_err(|e| loaded.error(&key(k), e.to_string()))?;
-        Ok(Some(n))
-    };
-    layers.principal_header = own(&uh.principal_header, "principalHeader")?;
-    layers.client_cert_header = own(&uh.client_cert_header, "clientCertHeader")?;
+            .map_err(|e| loaded.error(&key("strip"), e.to_string()))?;
+    }
+    layers.principal_header = principal_header;
+    layers.client_cert_header = client_cert_header;
     layers.credential_headers = creds;
     layers.untrusted = untrusted;
     Ok(())
 }
+
+/// Names `principalHeader` / `clientCertHeader` cannot take (canonical form), besides
+/// `proxy-*`, `mcp-*` and `content-*`: framing, hop-by-hop, routing, and headers the
+/// gateway checks or sets itself.
+const RESERVED_OWN_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "accept",
+    "accept-encoding",
+    "origin",
+    "forwarded",
+    "via",
+    "x-forwarded-for",
+    "x-request-id",
+    "last-event-id",
+    "authorization",
+    "cookie",
+];
 
 /// The per-IP shield runs before authentication and parsing, keyed by client address:
 /// quotas that need a principal, a tool or a method, or another key, would never act

@@ -346,7 +346,9 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     for up in &cfg.upstreams {
-        tracing::info!(upstream = %up.name, path = %up.path, url = %up.url, "upstream");
+        // Without user info and query values: either may hold a secret.
+        let url = proxy::display_url_str(&up.url);
+        tracing::info!(upstream = %up.name, path = %up.path, url = %url, "upstream");
     }
     if let Some(auditor) = &layers.auditor {
         auditor

@@ -10,6 +10,11 @@
 //!   routing and override headers (mcp-core's `UntrustedHeaders`): the gateway sets
 //!   `X-Forwarded-For` and its principal header itself; per-upstream headers (credentials
 //!   for the upstream) are injected.
+//! - A client's `Connection` header removes only headers the gateway neither checked nor
+//!   sets (never `Content-Type`, `Accept`, `Mcp-*`, `Last-Event-Id`, `X-Request-Id`,
+//!   ...: [`PROTECTED_FROM_CONNECTION`]); `Expect` is answered by the gateway's HTTP
+//!   server and never forwarded; client headers whose name holds `_` are dropped (a
+//!   CGI-minded upstream reads `X_Forwarded_User` as `X-Forwarded-User`).
 //! - Connect and response-header timeouts; no total timeout, so SSE streams live as long
 //!   as the upstream keeps them open.
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
@@ -26,13 +31,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_audit::AuditUpstream;
-use mcp_core::headers::{UntrustedHeaders, xfcc_value};
+use mcp_core::headers::{UntrustedHeaders, header_name_in, principal_value, xfcc_value};
 use mcp_core::{ClientAddr, McpRequest, Principal, Rejection, RejectionReason, TlsInfo};
 
 /// Headers that are never forwarded upstream, whatever the configuration.
 const ALWAYS_STRIPPED: &[&str] = &[
-    // hop-by-hop (RFC 9110 7.6.1)
+    // hop-by-hop (RFC 9110 7.6.1); `Expect` is answered by the gateway's own server
     "connection",
+    "expect",
     "keep-alive",
     "proxy-connection",
     "te",
@@ -50,6 +56,19 @@ const ALWAYS_STRIPPED: &[&str] = &[
     "origin",
     // replaced by the gateway's own (the other forwarding headers are untrusted headers)
     "x-forwarded-for",
+];
+
+/// Request headers a client's `Connection` header cannot remove (RFC 9110 §7.6.1 lets
+/// it name any header): those the gateway checked, relies on or sets. Headers starting
+/// with `mcp-` are protected too.
+pub const PROTECTED_FROM_CONNECTION: &[&str] = &[
+    "content-type",
+    "content-length",
+    "accept",
+    "last-event-id",
+    "x-request-id",
+    "x-forwarded-for",
+    "host",
 ];
 
 /// Response headers that are not passed back to the client.
@@ -104,7 +123,7 @@ impl std::fmt::Debug for UpstreamSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamSpec")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &display_url(&self.url))
             .field(
                 "inject",
                 &self.inject.iter().map(|(k, _)| k).collect::<Vec<_>>(),
@@ -375,27 +394,44 @@ fn upstream_uri(base: &Uri, query: Option<&str>) -> Uri {
     }
 }
 
-/// The principal header's value: the id, with `%` and every byte outside visible ASCII
-/// and space percent-encoded (`None` when empty).
-fn principal_value(id: &str) -> Option<HeaderValue> {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            s.push(b as char);
-        } else {
-            let _ = write!(s, "%{b:02X}");
-        }
+/// `url` fit for logs and errors: without user info, each query value shown as `***`.
+pub fn display_url(url: &Uri) -> String {
+    let mut out = String::new();
+    if let Some(scheme) = url.scheme_str() {
+        out.push_str(scheme);
+        out.push_str("://");
     }
-    let s = s.trim_matches(' ');
-    if s.is_empty() {
-        return None;
+    if let Some(a) = url.authority() {
+        let host = a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h);
+        out.push_str(host);
     }
-    HeaderValue::from_str(s).ok()
+    out.push_str(url.path());
+    if let Some(q) = url.query() {
+        out.push('?');
+        let masked: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None => p.to_owned(),
+            })
+            .collect();
+        out.push_str(&masked.join("&"));
+    }
+    out
+}
+
+/// [`display_url`] of a URL written in the configuration (`<invalid URL>` when it does
+/// not parse: the text itself may hold a secret).
+pub fn display_url_str(url: &str) -> String {
+    url.parse::<Uri>()
+        .map(|u| display_url(&u))
+        .unwrap_or_else(|_| "<invalid URL>".to_owned())
 }
 
 /// Copies the request headers that may go upstream: not hop-by-hop, not a credential
-/// (`strip`), not `untrusted`.
+/// (`strip`, compared with `_` read as `-`), not `untrusted`. A header named by the
+/// client's `Connection` is dropped unless it is in [`PROTECTED_FROM_CONNECTION`] or an
+/// `mcp-*` header.
 pub fn copy_request_headers(
     from: &HeaderMap,
     to: &mut HeaderMap,
@@ -413,10 +449,11 @@ pub fn copy_request_headers(
         .collect();
     for (name, value) in from {
         let n = name.as_str();
+        let protected = PROTECTED_FROM_CONNECTION.contains(&n) || n.starts_with("mcp-");
         if ALWAYS_STRIPPED.contains(&n)
-            || strip.iter().any(|s| s == name)
+            || header_name_in(n, strip)
             || untrusted.matches(name)
-            || connection_named.iter().any(|c| c == n)
+            || (!protected && connection_named.iter().any(|c| c == n))
         {
             continue;
         }
@@ -502,15 +539,88 @@ mod tests {
     }
 
     #[test]
-    fn principal_values_are_visible_ascii() {
-        let v = |s: &str| principal_value(s).map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(v("alice").as_deref(), Some("alice"));
-        assert_eq!(v("jösé 100%").as_deref(), Some("j%C3%B6s%C3%A9 100%25"));
-        assert_eq!(
-            v("a\r\nX-Injected: 1").as_deref(),
-            Some("a%0D%0AX-Injected: 1")
+    fn connection_cannot_remove_what_the_gateway_relies_on() {
+        let mut from = HeaderMap::new();
+        for (k, v) in [
+            (
+                "connection",
+                "close, x-request-id, mcp-protocol-version, content-type, accept, last-event-id, mcp-session-id, x-custom-hop",
+            ),
+            ("x-request-id", "r-1"),
+            ("mcp-protocol-version", "2025-06-18"),
+            ("mcp-session-id", "s"),
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("last-event-id", "e-1"),
+            ("x-custom-hop", "1"),
+            ("expect", "100-continue"),
+            ("x_api_key", "k"),
+            ("x-mcp_key", "k"),
+            ("x_custom", "1"),
+        ] {
+            from.append(k, HeaderValue::from_static(v));
+        }
+        let mut to = HeaderMap::new();
+        let strip = [
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-mcp-key"),
+        ];
+        copy_request_headers(&from, &mut to, &strip, &UntrustedHeaders::default());
+        for kept in [
+            "x-request-id",
+            "mcp-protocol-version",
+            "mcp-session-id",
+            "content-type",
+            "accept",
+            "last-event-id",
+        ] {
+            assert!(to.contains_key(kept), "{kept} was dropped");
+        }
+        for gone in [
+            "x-custom-hop",
+            "expect",
+            "connection",
+            "x_api_key",
+            "x-mcp_key",
+            "x_custom",
+        ] {
+            assert!(!to.contains_key(gone), "{gone} was forwarded");
+        }
+        // Without the blanket underscore drop, credential names still match `_` as `-`.
+        let mut to = HeaderMap::new();
+        copy_request_headers(
+            &from,
+            &mut to,
+            &strip,
+            &UntrustedHeaders::default().strip_underscored(false),
         );
-        assert_eq!(v(""), None);
+        assert!(!to.contains_key("x_api_key") && !to.contains_key("x-mcp_key"));
+        assert!(to.contains_key("x_custom"));
+    }
+
+    #[test]
+    fn urls_are_displayed_without_secrets() {
+        let u: Uri = "http://svc:pw-7f3a@10.0.0.1:8080/mcp?api_key=k-7f3a&x=1&flag"
+            .parse()
+            .unwrap();
+        let d = display_url(&u);
+        assert_eq!(d, "http://10.0.0.1:8080/mcp?api_key=***&x=***&flag");
+        assert_eq!(display_url_str("https://h/mcp"), "https://h/mcp");
+        assert_eq!(display_url_str("http://a b@"), "<invalid URL>");
+        let spec = UpstreamSpec {
+            name: "u".into(),
+            url: u,
+            inject: Vec::new(),
+            strip: Vec::new(),
+            untrusted: UntrustedHeaders::default(),
+            principal_header: None,
+            client_cert_header: None,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            tls: UpstreamTls::default(),
+        };
+        let dbg = format!("{spec:?}");
+        assert!(!dbg.contains("7f3a"), "{dbg}");
     }
 
     #[test]
