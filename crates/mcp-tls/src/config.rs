@@ -601,6 +601,16 @@ pub struct ServerOptions {
     /// a GOAWAY (HTTP/2), and the client opens a new connection.
     #[serde(default = "default_max_requests_per_connection")]
     pub max_requests_per_connection: u64,
+    /// Most requests in progress at once on one HTTP/2 connection (default 32, 1 to
+    /// 10000), advertised as `SETTINGS_MAX_CONCURRENT_STREAMS`; streams beyond it are
+    /// refused (`REFUSED_STREAM`, which clients retry). Each request in progress may hold
+    /// an upstream connection and its buffers, so this bounds what one connection holds,
+    /// and with [`max_connections_per_client`](Self::max_connections_per_client) what
+    /// one client address holds. hyper's default is 200 and RFC 9113 suggests at least
+    /// 100 for web pages fetching many resources at once; an MCP client runs a few tool
+    /// calls and one event stream per session, and 32 leaves it room to fan out.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
 }
 
 fn default_write_timeout() -> Duration {
@@ -615,6 +625,12 @@ fn default_client_ipv6_prefix() -> u8 {
 fn default_max_requests_per_connection() -> u64 {
     1000
 }
+fn default_max_concurrent_streams() -> u32 {
+    32
+}
+
+/// The largest [`ServerOptions::max_concurrent_streams`] accepted.
+const MAX_CONCURRENT_STREAMS_LIMIT: u32 = 10_000;
 
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
@@ -640,6 +656,7 @@ impl Default for ServerOptions {
             max_connections_per_client: default_max_connections_per_client(),
             client_ipv6_prefix: default_client_ipv6_prefix(),
             max_requests_per_connection: default_max_requests_per_connection(),
+            max_concurrent_streams: default_max_concurrent_streams(),
         }
     }
 }
@@ -689,6 +706,12 @@ impl ServerOptions {
             return Err(ConfigError::new(
                 "server.maxRequestsPerConnection",
                 "must be greater than zero",
+            ));
+        }
+        if !(1..=MAX_CONCURRENT_STREAMS_LIMIT).contains(&self.max_concurrent_streams) {
+            return Err(ConfigError::new(
+                "server.maxConcurrentStreams",
+                "must be between 1 and 10000",
             ));
         }
         Ok(())
@@ -980,10 +1003,11 @@ mod tests {
         };
         assert_eq!(o.validate().unwrap_err().key, "server.maxConnections");
         let o: ServerOptions = serde_yaml_ng::from_str(
-            "writeTimeout: 5\nmaxConnectionsPerClient: 8\nclientIpv6Prefix: 56\nmaxRequestsPerConnection: 10\n",
+            "writeTimeout: 5\nmaxConnectionsPerClient: 8\nclientIpv6Prefix: 56\nmaxRequestsPerConnection: 10\nmaxConcurrentStreams: 8\n",
         )
         .unwrap();
         assert_eq!(o.write_timeout, Duration::from_secs(5));
+        assert_eq!(o.max_concurrent_streams, 8);
         assert_eq!(
             (
                 o.max_connections_per_client,
@@ -999,6 +1023,7 @@ mod tests {
             (d.max_connections_per_client, d.client_ipv6_prefix),
             (64, 64)
         );
+        assert_eq!(d.max_concurrent_streams, 32);
         for (o, key) in [
             (
                 ServerOptions {
@@ -1027,6 +1052,20 @@ mod tests {
                     ..d.clone()
                 },
                 "server.maxRequestsPerConnection",
+            ),
+            (
+                ServerOptions {
+                    max_concurrent_streams: 0,
+                    ..d.clone()
+                },
+                "server.maxConcurrentStreams",
+            ),
+            (
+                ServerOptions {
+                    max_concurrent_streams: 10_001,
+                    ..d.clone()
+                },
+                "server.maxConcurrentStreams",
             ),
         ] {
             assert_eq!(o.validate().unwrap_err().key, key);

@@ -11,13 +11,22 @@
 //! after the response in flight, HTTP/2 sends GOAWAY) and waits for them up to the drain
 //! timeout.
 //!
-//! Slow readers: a response that waits to be written with no write progress for the
-//! write timeout closes its connection, whatever its requests in progress. A write the
-//! peer does not take (it stopped reading: the socket's buffers are full) or a response
-//! frame not taken (HTTP/2: the peer keeps its flow-control window shut) starts the
-//! clock; any progress restarts it; a response with nothing to send (a quiet SSE stream)
-//! does not wait. This holds for HTTP/1.1, HTTP/2, plain and TLS alike. A connection
-//! serves at most [`ServerOptions::max_requests_per_connection`] requests.
+//! Slow readers: a response that waits to be written with no progress for the write
+//! timeout closes its connection, whatever its requests in progress. Progress is counted
+//! per response, on its body: each piece of body (a frame of at most 16 KiB) handed to
+//! hyper starts a clock that only the peer taking that piece stops (HTTP/1.1: hyper's
+//! write buffer has room for the next; HTTP/2: the piece fits in the peer's stream and
+//! connection windows). Nothing else the connection writes counts: not the PING,
+//! SETTINGS or WINDOW_UPDATE frames a peer can have answered at will, not another HTTP/2
+//! stream that flows while this one is held (the whole connection is closed: hyper offers
+//! no way to reset one stream from outside). A write the peer does not take at all (it
+//! stopped reading: the socket's buffers are full) is a wait of its own. So a peer must
+//! take at least one piece of each response within every write timeout (16 KiB per 30 s,
+//! about 550 bytes a second, with the defaults; a window opened one byte at a time never
+//! gets there). A response with nothing to send (a quiet SSE stream) does not wait. This
+//! holds for HTTP/1.1, HTTP/2, plain and TLS alike. A connection serves at most
+//! [`ServerOptions::max_requests_per_connection`] requests, and an HTTP/2 connection at
+//! most [`ServerOptions::max_concurrent_streams`] at once.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -428,6 +437,14 @@ impl Server {
         self
     }
 
+    /// Most requests in progress at once on one HTTP/2 connection (default 32), sent to
+    /// the peer as `SETTINGS_MAX_CONCURRENT_STREAMS`. See
+    /// [`ServerOptions::max_concurrent_streams`].
+    pub fn max_concurrent_streams(mut self, max: u32) -> Self {
+        self.options.max_concurrent_streams = max;
+        self
+    }
+
     /// Most connections open at once from one client address (default 64). Ignored
     /// when a shared [`connection_limit`](Self::connection_limit) is set (set it there).
     /// See [`ServerOptions::max_connections_per_client`].
@@ -509,7 +526,18 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(timeouts.idle);
-        builder.http2().timer(TokioTimer::new());
+        // Each stream is a request in progress (in a gateway, an upstream request): the
+        // cap bounds what one connection holds, which the per-client connection cap
+        // multiplies. A peer that opens more gets them refused (RST_STREAM
+        // REFUSED_STREAM, safe to retry).
+        let max_streams = match options.max_concurrent_streams {
+            0 => defaults.max_concurrent_streams,
+            n => n,
+        };
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(max_streams);
         let builder = Arc::new(builder);
         let mut shutdown: ShutdownSignal =
             shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
@@ -789,20 +817,26 @@ async fn serve_connection<IO, S, B>(
     }
 }
 
-/// A connection's requests in progress, when it last had none, and its write progress.
+/// A connection's requests in progress, when it last had none, and what its responses
+/// wait for.
+///
+/// Write progress is progress of response data, counted per response: a body frame
+/// handed to hyper waits until hyper asks for the next one (HTTP/1.1: its write buffer
+/// has room; HTTP/2: the frame fits in the peer's stream and connection windows and the
+/// stream's send buffer), and only that ends its wait. Nothing else the connection writes
+/// (HTTP/2 PING, SETTINGS and WINDOW_UPDATE frames, other streams' headers and data)
+/// restarts the clock of a response that waits.
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds from `start` to when the last request in progress finished.
     idle_since_ms: AtomicU64,
-    /// Milliseconds from `start` to the last write progress, or to when the connection
-    /// began waiting to write, whichever is later.
-    progress_ms: AtomicU64,
+    /// Milliseconds from `start` to when the pending write began (see `write_blocked`).
+    blocked_since_ms: AtomicU64,
     /// A write to the peer is pending (the peer does not take the bytes).
     write_blocked: AtomicBool,
-    /// Response body frames handed to hyper and not yet followed by a request for the
-    /// next one (hyper or its HTTP/2 flow control holds them).
-    untaken: AtomicUsize,
+    /// Response body frames handed to hyper and not yet taken, one per response at most.
+    waits: Mutex<Waits>,
     /// Requests received.
     requests: AtomicU64,
     /// The connection has served its most requests.
@@ -818,9 +852,9 @@ impl Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
-            progress_ms: AtomicU64::new(0),
+            blocked_since_ms: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
-            untaken: AtomicUsize::new(0),
+            waits: Mutex::new(Waits::default()),
             requests: AtomicU64::new(0),
             close_asked: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -831,8 +865,29 @@ impl Activity {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn progress(&self) {
-        self.progress_ms.fetch_max(self.now_ms(), Ordering::AcqRel);
+    /// A response's body frame is handed to hyper now; returns the wait's id.
+    fn wait_begins(&self) -> u64 {
+        let now = self.now_ms();
+        let (id, first) = {
+            let mut w = self.waits.lock().unwrap_or_else(PoisonError::into_inner);
+            let id = w.next_id;
+            w.next_id = w.next_id.wrapping_add(1);
+            w.handed.push((id, now));
+            (id, w.handed.len() == 1)
+        };
+        if first {
+            // The watch may be asleep in another task (HTTP/2) with no deadline.
+            self.waker.wake();
+        }
+        id
+    }
+
+    /// The frame of wait `id` was taken (or its response ended).
+    fn wait_ends(&self, id: u64) {
+        let mut w = self.waits.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = w.handed.iter().position(|(h, _)| *h == id) {
+            w.handed.swap_remove(i);
+        }
     }
 
     /// When the connection will have been idle for `timeout`; `None` while a request
@@ -845,17 +900,32 @@ impl Activity {
         Some(self.start + since + timeout)
     }
 
-    /// When a response waiting to be written will have made no progress for `timeout`;
-    /// `None` while none waits.
+    /// When the response that has waited longest (a body frame not taken, or a pending
+    /// write) will have waited `timeout`; `None` while none waits.
     fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
-        let waiting =
-            self.write_blocked.load(Ordering::Acquire) || self.untaken.load(Ordering::Acquire) > 0;
-        if !waiting {
-            return None;
-        }
-        let since = Duration::from_millis(self.progress_ms.load(Ordering::Acquire));
-        Some(self.start + since + timeout)
+        let blocked = self
+            .write_blocked
+            .load(Ordering::Acquire)
+            .then(|| self.blocked_since_ms.load(Ordering::Acquire));
+        let handed = {
+            let w = self.waits.lock().unwrap_or_else(PoisonError::into_inner);
+            w.handed.iter().map(|(_, since)| *since).min()
+        };
+        let since = match (blocked, handed) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(self.start + Duration::from_millis(since) + timeout)
     }
+}
+
+/// The body frames a connection's responses have handed to hyper and that wait to be
+/// taken: (id, milliseconds from the connection's start to the hand). As many as
+/// responses in progress (HTTP/2 streams), so a short list.
+#[derive(Default)]
+struct Waits {
+    next_id: u64,
+    handed: Vec<(u64, u64)>,
 }
 
 /// The connection's stream, noting whether writes make progress.
@@ -865,21 +935,20 @@ struct WriteWatch<IO> {
 }
 
 impl<IO> WriteWatch<IO> {
-    fn note<T>(&self, r: &Poll<io::Result<T>>, progressed: bool) {
+    /// A pending write starts a wait (the peer takes no bytes at all); any completed
+    /// write ends it. Bytes written are not response progress by themselves (HTTP/2
+    /// control frames, other streams): that is counted per response, on its body.
+    fn note<T>(&self, r: &Poll<io::Result<T>>) {
         let a = &self.activity;
         match r {
             Poll::Pending => {
-                if !a.write_blocked.swap(true, Ordering::AcqRel) {
+                if !a.write_blocked.load(Ordering::Acquire) {
                     // The wait starts now.
-                    a.progress();
+                    a.blocked_since_ms.store(a.now_ms(), Ordering::Release);
+                    a.write_blocked.store(true, Ordering::Release);
                 }
             }
-            Poll::Ready(_) => {
-                if progressed {
-                    a.progress();
-                }
-                a.write_blocked.store(false, Ordering::Release);
-            }
+            Poll::Ready(_) => a.write_blocked.store(false, Ordering::Release),
         }
     }
 }
@@ -901,7 +970,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.note(&r, matches!(r, Poll::Ready(Ok(n)) if n > 0));
+        self.note(&r);
         r
     }
 
@@ -911,7 +980,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.note(&r, matches!(r, Poll::Ready(Ok(n)) if n > 0));
+        self.note(&r);
         r
     }
 
@@ -921,13 +990,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.note(&r, false);
+        self.note(&r);
         r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.note(&r, false);
+        self.note(&r);
         r
     }
 }
@@ -1020,14 +1089,23 @@ where
                     http::HeaderValue::from_static("close"),
                 );
             }
-            r.map(|body| TrackedBody {
-                inner: body,
-                taken: Taken {
+            r.map(|body| {
+                let mut taken = Taken {
                     activity: guard.as_ref().map(|g| g.0.clone()),
-                    handed: false,
-                },
-                guard,
-                rest: None,
+                    wait: None,
+                };
+                // A body to send waits from now until hyper first asks for a frame:
+                // whatever holds it (a full write buffer, an HTTP/2 window of zero) holds
+                // this response.
+                if !body.is_end_stream() {
+                    taken.hand();
+                }
+                TrackedBody {
+                    inner: body,
+                    taken,
+                    guard,
+                    rest: None,
+                }
             })
         }))
     }
@@ -1038,49 +1116,41 @@ where
 /// it out of sight (see [`TrackedBody`]).
 const PIECE: usize = 16 * 1024;
 
-/// Whether the frame last handed on has been taken (the body was asked for the next).
+/// The wait of the frame a response body last handed on, until it is taken (the body is
+/// asked for the next) or the body is dropped.
 struct Taken {
     activity: Option<Arc<Activity>>,
-    handed: bool,
+    wait: Option<u64>,
 }
 
 impl Taken {
     fn take(&mut self) {
-        if std::mem::take(&mut self.handed)
-            && let Some(a) = &self.activity
-        {
-            a.untaken.fetch_sub(1, Ordering::AcqRel);
-            a.progress();
+        if let (Some(id), Some(a)) = (self.wait.take(), &self.activity) {
+            a.wait_ends(id);
         }
     }
 
     fn hand(&mut self) {
-        if let Some(a) = &self.activity {
-            self.handed = true;
-            if a.untaken.fetch_add(1, Ordering::AcqRel) == 0 {
-                // The wait starts now; the watch may be asleep in another task (HTTP/2).
-                a.progress();
-                a.waker.wake();
-            }
+        if let Some(a) = &self.activity
+            && self.wait.is_none()
+        {
+            self.wait = Some(a.wait_begins());
         }
     }
 }
 
 impl Drop for Taken {
     fn drop(&mut self) {
-        if std::mem::take(&mut self.handed)
-            && let Some(a) = &self.activity
-        {
-            a.untaken.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.take();
     }
 }
 
 pin_project_lite::pin_project! {
     /// A response body that ends its request's [`InFlight`] when it ends or is dropped,
-    /// and notes when a frame it handed on waits to be taken: the next frame is asked for
-    /// once the previous one is buffered for writing (HTTP/1.1) or within the peer's
-    /// flow-control window (HTTP/2). Large data frames are handed on in [`PIECE`]s.
+    /// and notes (in [`Activity`]'s waits) when a frame it handed on waits to be taken:
+    /// the next frame is asked for once the previous one is buffered for writing
+    /// (HTTP/1.1) or within the peer's flow-control windows (HTTP/2). Large data frames
+    /// are handed on in [`PIECE`]s, so that taking one costs the peer at most that much.
     struct TrackedBody<B: http_body::Body> {
         #[pin]
         inner: B,

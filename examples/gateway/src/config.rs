@@ -126,6 +126,10 @@ pub struct ServerConfig {
     pub max_connections_per_client: usize,
     /// Most requests served on one connection, then `Connection: close` / GOAWAY.
     pub max_requests_per_connection: u64,
+    /// Most requests in progress at once on one HTTP/2 connection (1 to 10000, default
+    /// 32), each of which may hold an upstream connection; more are refused
+    /// (`REFUSED_STREAM`, retried by clients).
+    pub max_concurrent_streams: u32,
     /// Threads that serve connections, each with a runtime of its own and a socket of its
     /// own on `addr` (one `SO_REUSEPORT` group; like nginx's worker processes). 0: one
     /// per CPU.
@@ -164,6 +168,7 @@ impl Default for ServerConfig {
             write_timeout_seconds: 30,
             max_connections_per_client: 64,
             max_requests_per_connection: 1000,
+            max_concurrent_streams: 32,
             workers: 0,
             client_ipv6_prefix: mcp_core::DEFAULT_IPV6_PREFIX,
             admin_addr: None,

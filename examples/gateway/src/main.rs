@@ -367,6 +367,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     let idle = Duration::from_secs(cfg.server.idle_timeout_seconds);
     let write = Duration::from_secs(cfg.server.write_timeout_seconds);
     let max_requests = cfg.server.max_requests_per_connection;
+    let max_streams = cfg.server.max_concurrent_streams;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::with_capacity(workers);
     for (i, (router, listener)) in routers.into_iter().zip(listeners).enumerate() {
@@ -379,6 +380,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
             idle,
             write,
             max_requests,
+            max_streams,
             stop: stop_rx.clone(),
         };
         let (ready, done) = server.start(i)?;
@@ -489,6 +491,7 @@ struct Worker {
     idle: Duration,
     write: Duration,
     max_requests: u64,
+    max_streams: u32,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -517,6 +520,7 @@ impl Worker {
             idle,
             write,
             max_requests,
+            max_streams,
             mut stop,
         } = self;
         let started = tokio::runtime::Builder::new_current_thread()
@@ -542,6 +546,7 @@ impl Worker {
                 .idle_timeout(idle)
                 .write_timeout(write)
                 .max_requests_per_connection(max_requests)
+                .max_concurrent_streams(max_streams)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

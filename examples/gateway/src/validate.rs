@@ -132,6 +132,9 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
             "must be greater than zero",
         ));
     }
+    if !(1..=10_000).contains(&cfg.server.max_concurrent_streams) {
+        return Err(loaded.error("server.maxConcurrentStreams", "must be 1 to 10000"));
+    }
     if !(1..=86_400).contains(&cfg.server.body_timeout_seconds) {
         return Err(loaded.error("server.bodyTimeoutSeconds", "must be 1 to 86400 seconds"));
     }
