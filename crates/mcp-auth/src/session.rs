@@ -30,7 +30,11 @@
 //! issue are random and long, and an id that could be guessed from its hash could be
 //! guessed as well by asking the server: the binding, not the hash, defends it). Bounded
 //! memory: at most `maxSessions` bindings, each expiring after `idleTimeoutSeconds` without
-//! use; when full, expired bindings go first, then the least recently used. With Redis
+//! use; when full, expired bindings go first, then the least recently used of the
+//! principals holding the most bindings. **One principal cannot evict another's**: each
+//! holds at most `maxSessionsPerPrincipal` (default 64, memory and Redis); past it, its own
+//! least recently used binding is evicted (the upstream session stays until the upstream
+//! expires it: only hashes are kept, so it cannot be ended from here). With Redis
 //! (cargo feature `redis`), replicas share the bindings: keys `prefix:<sha256 hex>` with
 //! a TTL of the idle timeout, refreshed when half spent (no write per request), bound
 //! with `SET NX`; while Redis is unreachable, requests carrying a session id and responses
