@@ -30,7 +30,11 @@
 //! issue are random and long, and an id that could be guessed from its hash could be
 //! guessed as well by asking the server: the binding, not the hash, defends it). Bounded
 //! memory: at most `maxSessions` bindings, each expiring after `idleTimeoutSeconds` without
-//! use; when full, expired bindings go first, then the least recently used. With Redis
+//! use; when full, expired bindings go first, then the least recently used of the
+//! principals holding the most bindings. **One principal cannot evict another's**: each
+//! holds at most `maxSessionsPerPrincipal` (default 64, memory and Redis); past it, its own
+//! least recently used binding is evicted (the upstream session stays until the upstream
+//! expires it: only hashes are kept, so it cannot be ended from here). With Redis
 //! (cargo feature `redis`), replicas share the bindings: keys `prefix:<sha256 hex>` with
 //! a TTL of the idle timeout, refreshed when half spent (no write per request), bound
 //! with `SET NX`; while Redis is unreachable, requests carrying a session id and responses
@@ -64,7 +68,8 @@
 //!     .layer(auth);
 //! ```
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -101,6 +106,13 @@ pub struct SessionConfig {
     /// Most bindings held in memory (default 100,000). Ignored with Redis, where each
     /// binding expires after the idle timeout and Redis' own memory limit applies.
     pub max_sessions: usize,
+    /// Most bindings one principal (one owner, see [`owner_key`]) holds (default 64), in
+    /// memory and in Redis. When an owner at its cap receives a new session, its own least
+    /// recently used binding is evicted (that client gets 404 and starts a new session;
+    /// the upstream session stays until the upstream expires it): one principal's
+    /// sessions never push out another's. A service principal that holds sessions for
+    /// many end users needs a higher value.
+    pub max_sessions_per_principal: usize,
     /// Seconds a binding lives without being used (default 3600).
     pub idle_timeout_seconds: u64,
     /// Share the bindings between replicas through Redis (cargo feature `redis`).
@@ -111,12 +123,15 @@ pub struct SessionConfig {
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// The default idle timeout, in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 3600;
+/// The default most bindings of one principal.
+pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 64;
 
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
             idle_timeout_seconds: DEFAULT_IDLE_TIMEOUT_SECONDS,
             redis: None,
         }
@@ -127,6 +142,12 @@ impl SessionConfig {
     /// Sets the most bindings held in memory.
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.max_sessions = n;
+        self
+    }
+
+    /// Sets the most bindings one principal holds.
+    pub fn max_sessions_per_principal(mut self, n: usize) -> Self {
+        self.max_sessions_per_principal = n;
         self
     }
 
@@ -242,23 +263,78 @@ struct Unavailable;
 
 /// Bindings in this process's memory.
 struct MemoryStore {
-    map: RwLock<HashMap<Digest32, Entry>>,
+    map: RwLock<Bindings>,
     max: usize,
+    per_owner: usize,
     idle: Duration,
     base: Instant,
+}
+
+/// The bindings, and each owner's ids (so that an owner's count and its least recently
+/// used binding are found without a scan of everyone's).
+#[derive(Default)]
+struct Bindings {
+    sessions: HashMap<Digest32, Entry>,
+    owners: HashMap<Digest32, HashSet<Digest32>>,
+    /// Binding order: breaks ties between bindings last used in the same millisecond.
+    seq: u64,
+}
+
+impl Bindings {
+    fn remove(&mut self, id: &Digest32) {
+        if let Some(e) = self.sessions.remove(id)
+            && let Some(set) = self.owners.get_mut(&e.owner)
+        {
+            set.remove(id);
+            if set.is_empty() {
+                self.owners.remove(&e.owner);
+            }
+        }
+    }
+
+    fn insert(&mut self, id: Digest32, owner: Digest32, now: u64) {
+        self.remove(&id);
+        self.seq = self.seq.wrapping_add(1);
+        self.sessions.insert(
+            id,
+            Entry {
+                owner,
+                last_used: AtomicU64::new(now),
+                seq: self.seq,
+            },
+        );
+        self.owners.entry(owner).or_default().insert(id);
+    }
+
+    fn count(&self, owner: &Digest32) -> usize {
+        self.owners.get(owner).map_or(0, HashSet::len)
+    }
 }
 
 struct Entry {
     owner: Digest32,
     /// Milliseconds since `base` of the last use.
     last_used: AtomicU64,
+    /// When it was bound, in binding order.
+    seq: u64,
+}
+
+/// When a binding was last used (ms since `base`), then its binding order.
+type Age = (u64, u64);
+
+impl Entry {
+    /// The least recently used sorts first.
+    fn age_key(&self) -> Age {
+        (self.last_used.load(Ordering::Relaxed), self.seq)
+    }
 }
 
 impl MemoryStore {
-    fn new(max: usize, idle: Duration) -> Self {
+    fn new(max: usize, per_owner: usize, idle: Duration) -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(Bindings::default()),
             max,
+            per_owner,
             idle,
             base: Instant::now(),
         }
@@ -281,64 +357,133 @@ impl MemoryStore {
     fn owner_of(&self, id: &Digest32) -> Result<Option<Digest32>, Unavailable> {
         let map = self.map.read().map_err(|_| Unavailable)?;
         let now = self.now_ms();
-        Ok(map.get(id).filter(|e| !self.expired(e, now)).map(|e| {
-            if now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= 1000 {
-                e.last_used.store(now, Ordering::Relaxed);
-            }
-            e.owner
-        }))
+        Ok(map
+            .sessions
+            .get(id)
+            .filter(|e| !self.expired(e, now))
+            .map(|e| {
+                if now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= 1000 {
+                    e.last_used.store(now, Ordering::Relaxed);
+                }
+                e.owner
+            }))
     }
 
-    /// Binds `id` to `owner` unless a live binding to another owner exists.
+    /// Binds `id` to `owner` unless a live binding to another owner exists. An owner at
+    /// its cap loses its own least recently used binding; a full store loses bindings of
+    /// the owners holding the most.
     fn bind(&self, id: Digest32, owner: Digest32) -> Result<bool, Unavailable> {
         let mut map = self.map.write().map_err(|_| Unavailable)?;
         let now = self.now_ms();
-        if let Some(e) = map.get(&id).filter(|e| !self.expired(e, now)) {
+        if let Some(e) = map.sessions.get(&id).filter(|e| !self.expired(e, now)) {
             if e.owner != owner {
                 return Ok(false);
             }
             e.last_used.store(now, Ordering::Relaxed);
             return Ok(true);
         }
-        if !map.contains_key(&id) && map.len() >= self.max {
+        map.remove(&id);
+        if map.count(&owner) >= self.per_owner {
+            self.evict_own(&mut map, &owner, now);
+        }
+        if map.sessions.len() >= self.max {
             self.evict(&mut map, now);
         }
-        map.insert(
-            id,
-            Entry {
-                owner,
-                last_used: AtomicU64::new(now),
-            },
-        );
+        map.insert(id, owner, now);
         Ok(true)
     }
 
-    /// Makes room: expired bindings first; if none, the least recently used sixteenth
-    /// (at least one), so that a full store costs one scan per `max / 16` new sessions.
-    fn evict(&self, map: &mut HashMap<Digest32, Entry>, now: u64) {
-        map.retain(|_, e| !self.expired(e, now));
-        if map.len() < self.max {
+    /// Makes room under `owner`'s cap: its expired bindings, then its least recently used.
+    fn evict_own(&self, map: &mut Bindings, owner: &Digest32, now: u64) {
+        let mut own: Vec<(Age, Digest32)> = map
+            .owners
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| map.sessions.get(id).map(|e| (e.age_key(), *id)))
+            .collect();
+        own.sort_unstable_by_key(|(t, _)| *t);
+        let idle = self.idle_ms();
+        let expired = own
+            .iter()
+            .take_while(|((t, _), _)| now.saturating_sub(*t) >= idle)
+            .count();
+        // Down to one below the cap: the new binding takes the last place.
+        let over = own.len().saturating_sub(self.per_owner.saturating_sub(1));
+        let n = expired.max(over).min(own.len());
+        for (_, id) in &own[..n] {
+            map.remove(id);
+        }
+        if over > 0 {
+            tracing::debug!(
+                evicted = over,
+                max_sessions_per_principal = self.per_owner,
+                "a principal at its session cap: its least recently used binding evicted (its upstream session stays until the upstream expires it)"
+            );
+        }
+    }
+
+    /// Makes room: expired bindings first; if none, a sixteenth of the store (at least
+    /// one), taken one at a time from the owner holding the most bindings (its least
+    /// recently used), so that a full store costs one scan per `max / 16` new sessions
+    /// and a principal holding more than the others loses its own bindings first.
+    fn evict(&self, map: &mut Bindings, now: u64) {
+        let expired: Vec<Digest32> = map
+            .sessions
+            .iter()
+            .filter(|(_, e)| self.expired(e, now))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in &expired {
+            map.remove(id);
+        }
+        if map.sessions.len() < self.max {
             return;
         }
-        let mut ages: Vec<(u64, Digest32)> = map
-            .iter()
-            .map(|(k, e)| (e.last_used.load(Ordering::Relaxed), *k))
+        // Each owner's bindings, newest first (so that `pop` gives the oldest).
+        let mut groups: Vec<Vec<(Age, Digest32)>> = map
+            .owners
+            .values()
+            .map(|ids| {
+                let mut v: Vec<(Age, Digest32)> = ids
+                    .iter()
+                    .filter_map(|id| map.sessions.get(id).map(|e| (e.age_key(), *id)))
+                    .collect();
+                v.sort_unstable_by_key(|(age, _)| Reverse(*age));
+                v
+            })
             .collect();
-        let n = (self.max / 16).clamp(1, ages.len());
-        ages.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
-        for (_, k) in &ages[..n] {
-            map.remove(k);
+        // The largest owner first; among equals, the one with the oldest binding.
+        let mut heap: BinaryHeap<(usize, Reverse<Age>, usize)> = groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.last().map(|(t, _)| (g.len(), Reverse(*t), i)))
+            .collect();
+        let n = (self.max / 16).clamp(1, map.sessions.len());
+        let mut evicted = 0;
+        while evicted < n {
+            let Some((_, _, i)) = heap.pop() else { break };
+            let Some(group) = groups.get_mut(i) else {
+                break;
+            };
+            if let Some((_, id)) = group.pop() {
+                map.remove(&id);
+                evicted += 1;
+            }
+            if let Some((t, _)) = group.last() {
+                heap.push((group.len(), Reverse(*t), i));
+            }
         }
         tracing::warn!(
-            evicted = n,
+            evicted,
             max_sessions = self.max,
-            "session bindings full: least recently used bindings evicted (their clients get 404 and start a new session)"
+            "session bindings full: least recently used bindings of the principals holding the most evicted (their clients get 404 and start a new session)"
         );
     }
 
     fn unbind(&self, id: &Digest32, owner: &Digest32) -> Result<(), Unavailable> {
         let mut map = self.map.write().map_err(|_| Unavailable)?;
-        if map.get(id).is_some_and(|e| &e.owner == owner) {
+        if map.sessions.get(id).is_some_and(|e| &e.owner == owner) {
             map.remove(id);
         }
         Ok(())
@@ -346,7 +491,7 @@ impl MemoryStore {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.map.read().map(|m| m.len()).unwrap_or(0)
+        self.map.read().map(|m| m.sessions.len()).unwrap_or(0)
     }
 }
 
@@ -357,11 +502,20 @@ enum Store {
 }
 
 impl Store {
-    async fn owner_of(&self, id: &Digest32) -> Result<Option<Digest32>, Unavailable> {
+    /// The owner of `id`; `asking` is the principal that sent it (Redis refreshes its
+    /// per-owner index entry when it is the owner).
+    async fn owner_of(
+        &self,
+        id: &Digest32,
+        asking: &Digest32,
+    ) -> Result<Option<Digest32>, Unavailable> {
         match self {
-            Self::Memory(m) => m.owner_of(id),
+            Self::Memory(m) => {
+                let _ = asking;
+                m.owner_of(id)
+            }
             #[cfg(feature = "redis")]
-            Self::Redis(r) => r.owner_of(id).await,
+            Self::Redis(r) => r.owner_of(id, asking).await,
         }
     }
 
@@ -386,6 +540,7 @@ struct Shared {
     enabled: bool,
     store: Store,
     max_sessions: usize,
+    max_per_principal: usize,
     idle: Duration,
 }
 
@@ -411,6 +566,7 @@ impl fmt::Debug for SessionBindingLayer {
             .field("enabled", &self.shared.enabled)
             .field("backend", &backend)
             .field("max_sessions", &self.shared.max_sessions)
+            .field("max_sessions_per_principal", &self.shared.max_per_principal)
             .field("idle", &self.shared.idle)
             .finish()
     }
@@ -428,12 +584,19 @@ impl Default for SessionBindingLayer {
 
 impl SessionBindingLayer {
     /// Builds the layer; refuses an invalid configuration, naming the key
-    /// (`sessions.maxSessions`, ...). With `redis`, no connection is made yet.
+    /// (`sessions.maxSessions`, `sessions.maxSessionsPerPrincipal`, ...). With `redis`, no
+    /// connection is made yet.
     pub fn new(cfg: &SessionConfig) -> Result<Self, ConfigError> {
         if !(1..=10_000_000).contains(&cfg.max_sessions) {
             return Err(ConfigError::invalid(
                 "sessions.maxSessions",
                 "must be 1 to 10000000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&cfg.max_sessions_per_principal) {
+            return Err(ConfigError::invalid(
+                "sessions.maxSessionsPerPrincipal",
+                "must be 1 to 1000000",
             ));
         }
         if !(1..=7 * 86_400).contains(&cfg.idle_timeout_seconds) {
@@ -444,9 +607,17 @@ impl SessionBindingLayer {
         }
         let idle = Duration::from_secs(cfg.idle_timeout_seconds);
         let store = match &cfg.redis {
-            None => Store::Memory(MemoryStore::new(cfg.max_sessions, idle)),
+            None => Store::Memory(MemoryStore::new(
+                cfg.max_sessions,
+                cfg.max_sessions_per_principal,
+                idle,
+            )),
             #[cfg(feature = "redis")]
-            Some(r) => Store::Redis(Arc::new(redis_store::RedisStore::new(r, idle)?)),
+            Some(r) => Store::Redis(Arc::new(redis_store::RedisStore::new(
+                r,
+                idle,
+                cfg.max_sessions_per_principal,
+            )?)),
             #[cfg(not(feature = "redis"))]
             Some(_) => {
                 return Err(ConfigError::invalid(
@@ -465,20 +636,28 @@ impl SessionBindingLayer {
                 enabled: cfg.enabled,
                 store,
                 max_sessions: cfg.max_sessions,
+                max_per_principal: cfg.max_sessions_per_principal,
                 idle,
             }),
         })
     }
 
-    /// In memory, with these limits (`max_sessions` at least 1, `idle` at least 1 ms).
+    /// In memory, with these limits (`max_sessions` at least 1, `idle` at least 1 ms) and
+    /// the default per-principal cap ([`DEFAULT_MAX_SESSIONS_PER_PRINCIPAL`]).
     pub fn in_memory(max_sessions: usize, idle: Duration) -> Self {
+        Self::memory(max_sessions, DEFAULT_MAX_SESSIONS_PER_PRINCIPAL, idle)
+    }
+
+    fn memory(max_sessions: usize, per_principal: usize, idle: Duration) -> Self {
         let max_sessions = max_sessions.max(1);
+        let per_principal = per_principal.max(1);
         let idle = idle.max(Duration::from_millis(1));
         Self {
             shared: Arc::new(Shared {
                 enabled: true,
-                store: Store::Memory(MemoryStore::new(max_sessions, idle)),
+                store: Store::Memory(MemoryStore::new(max_sessions, per_principal, idle)),
                 max_sessions,
+                max_per_principal: per_principal,
                 idle,
             }),
         }
@@ -582,7 +761,7 @@ where
                 ));
             }
             if let Some(sid) = &sent {
-                match shared.store.owner_of(sid).await {
+                match shared.store.owner_of(sid, &owner).await {
                     Ok(Some(o)) if o == owner => {}
                     Ok(Some(_)) => {
                         tracing::warn!(
@@ -669,31 +848,65 @@ mod redis_store {
     use super::{Digest32, SessionRedisConfig, Unavailable};
     use crate::error::ConfigError;
 
-    /// ARGV: the idle timeout (ms). The owner, refreshing the TTL when half spent.
+    /// KEYS: the binding, the asking principal's index. ARGV: the idle timeout (ms), the
+    /// asking principal, the id's hash. The owner; when it is the asking principal, the
+    /// binding's TTL and its index entry (score: last refresh, Redis' clock in µs) are
+    /// refreshed once an eighth of the timeout is spent (the index orders the owner's
+    /// bindings by use at that granularity, without a write per request).
     const LOOKUP_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
+if v ~= ARGV[2] then return v end
+local idle = tonumber(ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl >= 0 and ttl * 2 < tonumber(ARGV[1]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if ttl >= 0 and (idle - ttl) * 8 >= idle then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('PEXPIRE', KEYS[1], idle)
+  redis.call('ZADD', KEYS[2], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], idle)
 end
 return v
 "#;
 
-    /// ARGV: the owner, the idle timeout (ms). 1 when bound to this owner, 0 when bound
-    /// to another.
+    /// KEYS: the binding, the owner's index (a sorted set of the owner's ids by last
+    /// refresh). ARGV: the owner, the idle timeout (ms), the per-owner cap, the id's hash,
+    /// the key prefix. 0 when bound to another owner; else 1 + the number of the owner's
+    /// own bindings evicted to stay under its cap (expired index entries are dropped
+    /// first, then the least recently refreshed).
     const BIND_LUA: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+local idle = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local evicted = 0
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', idle) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - idle * 1000)
+  local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3]) + 1
+  if over > 0 then
+    local old = redis.call('ZPOPMIN', KEYS[2], over)
+    for i = 1, #old, 2 do
+      local k = ARGV[5] .. ':' .. old[i]
+      if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+      evicted = evicted + 1
+    end
+  end
+elseif redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], idle)
+else
+  return 0
 end
-return 0
+redis.call('ZADD', KEYS[2], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[2], idle)
+return 1 + evicted
 "#;
 
-    /// ARGV: the owner. Deletes the binding if it is this owner's.
+    /// KEYS: the binding, the owner's index. ARGV: the owner, the id's hash. Deletes the
+    /// binding if it is this owner's.
     const UNBIND_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 "#;
 
@@ -708,11 +921,16 @@ return 0
         prefix: String,
         timeout: Duration,
         idle_ms: u64,
+        per_owner: usize,
         up: AtomicBool,
     }
 
     impl RedisStore {
-        pub(super) fn new(cfg: &SessionRedisConfig, idle: Duration) -> Result<Self, ConfigError> {
+        pub(super) fn new(
+            cfg: &SessionRedisConfig,
+            idle: Duration,
+            per_owner: usize,
+        ) -> Result<Self, ConfigError> {
             if cfg.prefix.is_empty() || cfg.prefix.len() > 64 || cfg.prefix.contains(['{', '}']) {
                 return Err(ConfigError::invalid(
                     "sessions.redis.prefix",
@@ -743,12 +961,18 @@ return 0
                 prefix: cfg.prefix.clone(),
                 timeout: Duration::from_millis(cfg.timeout_ms),
                 idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+                per_owner,
                 up: AtomicBool::new(true),
             })
         }
 
         fn key(&self, id: &Digest32) -> String {
             format!("{}:{}", self.prefix, hex::encode(id))
+        }
+
+        /// The owner's index: `prefix:owner:<owner hex>`, a sorted set of its ids' hashes.
+        fn owner_index(&self, owner: &Digest32) -> String {
+            format!("{}:owner:{}", self.prefix, hex::encode(owner))
         }
 
         fn current(&self) -> Option<ConnectionManager> {
@@ -852,9 +1076,14 @@ return 0
         pub(super) async fn owner_of(
             self: &Arc<Self>,
             id: &Digest32,
+            asking: &Digest32,
         ) -> Result<Option<Digest32>, Unavailable> {
             let mut inv = self.lookup.prepare_invoke();
-            inv.key(self.key(id)).arg(self.idle_ms);
+            inv.key(self.key(id))
+                .key(self.owner_index(asking))
+                .arg(self.idle_ms)
+                .arg(hex::encode(asking))
+                .arg(hex::encode(id));
             let v: Option<String> = self.invoke(inv).await?;
             Ok(v.and_then(|s| {
                 let mut out = [0u8; 32];
@@ -869,10 +1098,21 @@ return 0
         ) -> Result<bool, Unavailable> {
             let mut inv = self.bind.prepare_invoke();
             inv.key(self.key(id))
+                .key(self.owner_index(owner))
                 .arg(hex::encode(owner))
-                .arg(self.idle_ms);
+                .arg(self.idle_ms)
+                .arg(self.per_owner)
+                .arg(hex::encode(id))
+                .arg(&self.prefix);
             let v: i64 = self.invoke(inv).await?;
-            Ok(v == 1)
+            if v > 1 {
+                tracing::debug!(
+                    evicted = v - 1,
+                    max_sessions_per_principal = self.per_owner,
+                    "a principal at its session cap: its least recently used binding evicted (its upstream session stays until the upstream expires it)"
+                );
+            }
+            Ok(v >= 1)
         }
 
         pub(super) async fn unbind(
@@ -881,7 +1121,10 @@ return 0
             owner: &Digest32,
         ) -> Result<(), Unavailable> {
             let mut inv = self.unbind.prepare_invoke();
-            inv.key(self.key(id)).arg(hex::encode(owner));
+            inv.key(self.key(id))
+                .key(self.owner_index(owner))
+                .arg(hex::encode(owner))
+                .arg(hex::encode(id));
             let _: i64 = self.invoke(inv).await?;
             Ok(())
         }
@@ -925,7 +1168,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bindings_expire_when_idle_and_use_refreshes_them() {
-        let s = MemoryStore::new(10, Duration::from_secs(60));
+        let s = MemoryStore::new(10, 10, Duration::from_secs(60));
         assert!(s.bind(d(1), d(9)).unwrap());
         tokio::time::advance(Duration::from_secs(50)).await;
         assert_eq!(s.owner_of(&d(1)).unwrap(), Some(d(9)), "alive, refreshed");
@@ -944,7 +1187,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_live_binding_is_never_taken_over() {
-        let s = MemoryStore::new(10, Duration::from_secs(60));
+        let s = MemoryStore::new(10, 10, Duration::from_secs(60));
         assert!(s.bind(d(1), d(9)).unwrap());
         assert!(!s.bind(d(1), d(8)).unwrap());
         assert!(s.bind(d(1), d(9)).unwrap(), "the owner again");
@@ -961,7 +1204,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_store_evicts_expired_bindings_first_then_the_least_recently_used() {
-        let s = MemoryStore::new(4, Duration::from_secs(60));
+        let s = MemoryStore::new(4, 4, Duration::from_secs(60));
         for i in 1..=4 {
             assert!(s.bind(d(i), d(100)).unwrap());
             tokio::time::advance(Duration::from_secs(2)).await;
@@ -991,13 +1234,75 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn memory_stays_bounded_under_a_flood_of_sessions() {
-        let s = MemoryStore::new(64, Duration::from_secs(3600));
+        let s = MemoryStore::new(64, 64, Duration::from_secs(3600));
         for i in 0..10_000u32 {
             let mut id = [0u8; 32];
             id[..4].copy_from_slice(&i.to_be_bytes());
             assert!(s.bind(id, d(1)).unwrap());
             assert!(s.len() <= 64);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_at_its_cap_loses_its_own_least_recently_used_binding() {
+        let s = MemoryStore::new(100, 3, Duration::from_secs(60));
+        let (alice, bob) = (d(200), d(201));
+        assert!(s.bind(d(1), alice).unwrap());
+        for i in 10..13 {
+            assert!(s.bind(d(i), bob).unwrap());
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        // 10 is used again: 11 is Bob's least recently used.
+        assert!(s.owner_of(&d(10)).unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.bind(d(13), bob).unwrap());
+        assert_eq!(s.owner_of(&d(11)).unwrap(), None, "Bob's LRU evicted");
+        for i in [10, 12, 13] {
+            assert_eq!(s.owner_of(&d(i)).unwrap(), Some(bob));
+        }
+        // A flood of Bob's never touches Alice's, nor holds more than 3 of his.
+        for i in 20..120 {
+            assert!(s.bind(d(i), bob).unwrap());
+            assert!(s.len() <= 4);
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.owner_of(&d(1)).unwrap(), Some(alice));
+        assert_eq!(s.len(), 4);
+        // Rebinding an id the owner already holds is not a new binding.
+        assert!(s.bind(d(119), bob).unwrap());
+        assert_eq!(s.owner_of(&d(118)).unwrap(), Some(bob));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_evicts_from_the_owner_holding_the_most() {
+        // 16 places, caps high enough not to act: the global eviction must be fair.
+        let s = MemoryStore::new(16, 16, Duration::from_secs(3600));
+        let (alice, carol, bob) = (d(200), d(202), d(201));
+        assert!(s.bind(d(1), alice).unwrap());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.bind(d(2), carol).unwrap());
+        assert!(s.bind(d(3), carol).unwrap());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for i in 0..200u8 {
+            let mut id = [7u8; 32];
+            id[0] = i;
+            assert!(s.bind(id, bob).unwrap());
+            tokio::time::advance(Duration::from_millis(10)).await;
+            assert!(s.len() <= 16);
+        }
+        // Alice's and Carol's bindings are older than every one of Bob's, and kept.
+        assert_eq!(s.owner_of(&d(1)).unwrap(), Some(alice));
+        assert_eq!(s.owner_of(&d(2)).unwrap(), Some(carol));
+        assert_eq!(s.owner_of(&d(3)).unwrap(), Some(carol));
+        // When owners hold equal shares, the oldest binding goes first.
+        let s = MemoryStore::new(2, 16, Duration::from_secs(3600));
+        assert!(s.bind(d(1), alice).unwrap());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.bind(d(2), bob).unwrap());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.bind(d(3), carol).unwrap());
+        assert_eq!(s.owner_of(&d(1)).unwrap(), None);
+        assert_eq!(s.owner_of(&d(2)).unwrap(), Some(bob));
     }
 
     #[test]
@@ -1007,6 +1312,9 @@ mod tests {
         let e = SessionBindingLayer::new(&SessionConfig::default().idle_timeout_seconds(0))
             .unwrap_err();
         assert_eq!(e.key(), "sessions.idleTimeoutSeconds");
+        let e = SessionBindingLayer::new(&SessionConfig::default().max_sessions_per_principal(0))
+            .unwrap_err();
+        assert_eq!(e.key(), "sessions.maxSessionsPerPrincipal");
     }
 
     #[test]

@@ -276,6 +276,18 @@ mod redis {
         assert!(!keys.is_empty());
         for k in &keys {
             assert!(k.starts_with("t:") && !k.contains(&sid), "{k}");
+            if k.starts_with("t:owner:") {
+                // The owner's index: hashes of the ids, never the ids.
+                let ids: Vec<String> = ::redis::cmd("ZRANGE")
+                    .arg(k)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(!ids.is_empty() && ids.iter().all(|i| i.len() == 64 && !i.contains(&sid)));
+                continue;
+            }
             let v: String = ::redis::cmd("GET")
                 .arg(k)
                 .query_async(&mut conn)
@@ -335,4 +347,102 @@ mod redis {
         )
         .await;
     }
+}
+
+/// One principal's sessions never evict another's: at its cap, a principal loses its own
+/// least recently used binding (in memory, and through Redis shared by two replicas).
+async fn the_per_principal_cap_evicts_only_the_owners_own(a: &Svc, b: &Svc) {
+    let alice_sid = initialize(a, alice()).await;
+    let mut bobs = Vec::new();
+    for i in 0..10 {
+        bobs.push(initialize(if i % 2 == 0 { a } else { b }, bob()).await);
+    }
+    for svc in [a, b] {
+        let (status, _, _, _) =
+            send(svc, request(Method::POST, alice(), Some(&alice_sid), CALL)).await;
+        assert_eq!(status, 200, "Alice's session survives Bob's ten");
+    }
+    // Cap 4: Bob's first six are gone, his last four work.
+    for sid in &bobs[..6] {
+        assert_refused(
+            a,
+            request(Method::POST, bob(), Some(sid), CALL),
+            "unknown_session",
+        )
+        .await;
+    }
+    for sid in &bobs[6..] {
+        let (status, _, _, _) = send(b, request(Method::POST, bob(), Some(sid), CALL)).await;
+        assert_eq!(status, 200);
+    }
+    // Basic bob is another owner, with a cap of his own.
+    let basic = initialize(a, (basic_bob().0, &basic_bob().1)).await;
+    let (status, _, _, _) = send(b, request(Method::POST, bob(), Some(&bobs[9]), CALL)).await;
+    assert_eq!(status, 200);
+    let (status, _, _, _) = send(
+        a,
+        request(
+            Method::POST,
+            (basic_bob().0, &basic_bob().1),
+            Some(&basic),
+            CALL,
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn in_memory_one_principal_cannot_evict_another() {
+    let counter = Arc::new(AtomicU64::new(0));
+    let layer = SessionBindingLayer::new(
+        &SessionConfig::default()
+            .max_sessions(100)
+            .max_sessions_per_principal(4),
+    )
+    .unwrap();
+    let svc = stack(layer, counter);
+    the_per_principal_cap_evicts_only_the_owners_own(&svc, &svc).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn through_redis_one_principal_cannot_evict_another() {
+    use mcp_auth::SessionRedisConfig;
+    let redis = mcp_testkit::RedisServer::start();
+    let counter = Arc::new(AtomicU64::new(0));
+    let layer = || {
+        SessionBindingLayer::new(
+            &SessionConfig::default()
+                .max_sessions_per_principal(4)
+                .redis(
+                    SessionRedisConfig::new(redis.url())
+                        .prefix("c")
+                        .timeout_ms(500),
+                ),
+        )
+        .unwrap()
+    };
+    let a = stack(layer(), counter.clone());
+    let b = stack(layer(), counter);
+    the_per_principal_cap_evicts_only_the_owners_own(&a, &b).await;
+    // Bob's index holds his four live ids.
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("c:owner:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut sizes = Vec::new();
+    for k in &keys {
+        let n: usize = ::redis::cmd("ZCARD")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        sizes.push(n);
+    }
+    sizes.sort_unstable();
+    assert_eq!(sizes, [1, 1, 4], "alice, basic bob, bob");
 }

@@ -32,7 +32,9 @@
 //!
 //! A quota of rate `r` and burst `b` lets `b` requests through at once, then one every
 //! `1/r` seconds: exactly the token bucket of the seeds' `requests_per_second` / `burst`,
-//! without a refill task. A cost above the burst is charged as the whole burst. In memory,
+//! without a refill task. A cost above the burst never fits: it is refused (413, a
+//! JSON-RPC error with the quota's `policy`, the `cost` and the `limit` in `error.data`, no
+//! `Retry-After`), checked for every quota before any is charged, never clamped. In memory,
 //! the quotas of one request are checked rule quotas first, client quota last, and the
 //! units taken from a quota that passed stay taken when a later one refuses; in Redis the
 //! script charges all of them or none.

@@ -292,10 +292,15 @@ impl MemoryBackend {
         let (Some(limiter), Some(spec)) = (self.limiters.get(qi), quotas.get(qi)) else {
             return Verdict::unlimited();
         };
+        // More units than the burst never fit: refused, never clamped to the burst (a
+        // batch of a hundred calls would otherwise pass a burst of two whole).
+        if cost > spec.burst {
+            return Verdict::exceeds_burst(qi, cost);
+        }
         let outcome = if cost <= 1 {
             Ok(limiter.check_key(key))
         } else {
-            let n = NonZeroU32::new(cost.min(spec.burst)).unwrap_or(NonZeroU32::MIN);
+            let n = NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN);
             limiter.check_key_n(key, n)
         };
         match outcome {
@@ -308,10 +313,7 @@ impl MemoryBackend {
                 let wait = not_until.wait_time_from(self.clock.now());
                 Verdict::limited(qi, wait, wait + spec.period * (spec.burst - 1))
             }
-            Err(_) => {
-                let full = spec.period * spec.burst;
-                Verdict::limited(qi, full, full)
-            }
+            Err(_) => Verdict::exceeds_burst(qi, cost),
         }
     }
 
@@ -369,13 +371,21 @@ mod tests {
     }
 
     #[test]
-    fn cost_is_clamped_to_burst() {
+    fn a_cost_above_the_burst_is_refused_not_clamped() {
         let clock = MockClock::new();
         let quotas = [spec(1.0, 5)];
         let m = MemoryBackend::new(&quotas, 10, LayerClock::mock(&clock));
         let k = Key::Global;
-        assert!(m.check(&quotas, &k, &[(0, 50)], true).allowed);
-        assert!(!m.check(&quotas, &k, &[(0, 1)], true).allowed);
+        let v = m.check(&quotas, &k, &[(0, 50)], true);
+        assert!(!v.allowed);
+        assert_eq!(v.exceeds, 50);
+        assert_eq!(v.retry_after, Duration::ZERO);
+        // Nothing was taken: the whole burst is still there.
+        assert!(m.check(&quotas, &k, &[(0, 5)], true).allowed);
+        let v = m.check(&quotas, &k, &[(0, 1)], true);
+        assert!(!v.allowed);
+        assert_eq!(v.exceeds, 0, "an ordinary refusal, with a wait");
+        assert!(v.retry_after > Duration::ZERO);
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub(crate) struct Verdict {
     pub(crate) retry_after: Duration,
     /// Time until that quota is full again.
     pub(crate) reset: Duration,
+    /// When the request costs more units than the quota's burst (so that no wait would
+    /// ever let it through): that cost. 0 otherwise.
+    pub(crate) exceeds: u32,
 }
 
 impl Verdict {
@@ -105,6 +108,7 @@ impl Verdict {
             remaining,
             retry_after: Duration::ZERO,
             reset,
+            exceeds: 0,
         }
     }
 
@@ -115,6 +119,20 @@ impl Verdict {
             remaining: 0,
             retry_after,
             reset,
+            exceeds: 0,
+        }
+    }
+
+    /// Refused for good: `cost` units exceed the quota's burst, which is all a full bucket
+    /// ever holds (no `Retry-After`: waiting would not help).
+    pub(crate) fn exceeds_burst(quota: usize, cost: u32) -> Self {
+        Self {
+            allowed: false,
+            quota,
+            remaining: 0,
+            retry_after: Duration::ZERO,
+            reset: Duration::ZERO,
+            exceeds: cost,
         }
     }
 

@@ -30,7 +30,8 @@ use crate::service::{Charges, Outcome, Shared};
 
 /// KEYS: the state keys. ARGV: per key, the emission interval (µs), the burst, the cost.
 /// Returns {allowed, index of the reported key (1-based), remaining, retry_after_us,
-/// reset_us}.
+/// reset_us}; retry_after_us -1 when the cost exceeds the burst (never clamped: refused,
+/// nothing charged).
 pub(crate) const GCRA_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -40,7 +41,9 @@ for i = 1, #KEYS do
   local interval = tonumber(ARGV[3 * i - 2])
   local burst = tonumber(ARGV[3 * i - 1])
   local cost = tonumber(ARGV[3 * i])
-  if cost > burst then cost = burst end
+  if cost > burst then
+    return {0, i, 0, -1, 0}
+  end
   local tau = interval * (burst - 1)
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
   if tat < now then tat = now end
@@ -223,10 +226,8 @@ impl RedisBackend {
         }
         for &(qi, cost) in charges {
             if let Some(spec) = shared.quotas.get(qi) {
-                inv.arg(spec.interval_us())
-                    .arg(spec.burst)
-                    .arg(cost.clamp(1, spec.burst));
-                used.push(qi);
+                inv.arg(spec.interval_us()).arg(spec.burst).arg(cost.max(1));
+                used.push((qi, cost));
             }
         }
         let reply: Vec<i64> =
@@ -238,14 +239,16 @@ impl RedisBackend {
         let [allowed, idx, remaining, retry_us, reset_us] = reply[..] else {
             return Err("unexpected script reply".into());
         };
-        let qi = usize::try_from(idx - 1)
+        let (qi, cost) = usize::try_from(idx - 1)
             .ok()
             .and_then(|i| used.get(i).copied())
-            .unwrap_or(0);
+            .unwrap_or((0, 0));
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         let remaining = u32::try_from(remaining).unwrap_or(0);
         Ok(if allowed == 1 {
             Verdict::allowed(qi, remaining, us(reset_us))
+        } else if retry_us < 0 {
+            Verdict::exceeds_burst(qi, cost)
         } else {
             Verdict::limited(qi, us(retry_us), us(reset_us))
         })

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, header::RETRY_AFTER};
+use http::{HeaderMap, Request, Response, StatusCode, header::RETRY_AFTER};
 use mcp_core::{JsonRpcId, McpRequest, Principal, Rejection, RejectionReason};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -265,6 +265,25 @@ impl Shared {
             };
         let per_method = rules("per_method", "method", &c.per_method)?;
         let per_tool = rules("per_tool", "tool", &c.per_tool)?;
+        // A cost above a client tier's burst is refused for that tier every time (413).
+        let max_cost = per_method
+            .values()
+            .chain(per_tool.values())
+            .map(|r| r.cost)
+            .max()
+            .unwrap_or(1);
+        for q in quotas
+            .iter()
+            .filter(|q| q.redis_suffix.is_empty() && q.burst < max_cost)
+        {
+            tracing::warn!(
+                limiter = %name,
+                policy = %q.policy,
+                burst = q.burst,
+                cost = max_cost,
+                "a per_method or per_tool cost exceeds this client tier's burst: such calls are always refused (413) for it"
+            );
+        }
         let allow = NetList::parse("whitelist", &c.whitelist)?;
         let deny = NetList::parse("blacklist", &c.blacklist)?;
         let metrics = Metrics::new(&name);
@@ -470,11 +489,48 @@ impl Shared {
         } else {
             self.tier(req.extensions().get::<Principal>())
         };
+        let charges = self.charges(tier, mcp);
+        // A request costing more than a quota's burst never fits (checked before any
+        // quota is charged, so that nothing is taken from the others).
+        if let Some(&(qi, cost)) = charges
+            .as_slice()
+            .iter()
+            .find(|&&(qi, cost)| self.quotas.get(qi).is_some_and(|q| cost > q.burst))
+        {
+            return Pre::Reject(self.exceeds_burst(qi, cost, request_id(req)));
+        }
         Pre::Check {
-            charges: self.charges(tier, mcp),
+            charges,
             key,
             guard,
         }
+    }
+
+    /// The refusal of a request whose cost exceeds a quota's burst: 413, no `Retry-After`
+    /// (no wait lets it through), a JSON-RPC error saying so, with the quota's name, the
+    /// request's cost and the burst in `error.data`.
+    fn exceeds_burst(&self, qi: usize, cost: u32, id: Option<JsonRpcId>) -> Box<Rejection> {
+        self.metrics.limited.increment(1);
+        let (policy, burst) = self
+            .quotas
+            .get(qi)
+            .map_or((self.name.clone(), 0), |q| (q.policy.clone(), q.burst));
+        Box::new(
+            Rejection::new(RejectionReason::RateLimited)
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                .with_id(id)
+                .with_message(
+                    "Request larger than the rate limit quota allows: a batch is charged per \
+                     message, and this one costs more than the quota ever grants at once; \
+                     split it into batches of at most error.data.limit",
+                )
+                .with_detail(format!("exceeds_burst:{policy}"))
+                .with_data(serde_json::json!({
+                    "policy": &*policy,
+                    "cost": cost,
+                    "limit": burst,
+                })),
+        )
     }
 
     /// Turns a verdict into "go on (with these headers)" or a 429.
@@ -492,6 +548,9 @@ impl Shared {
                 .filter(|h| !h.is_empty())
                 .map(Box::new);
             return Outcome::Proceed(extra);
+        }
+        if v.exceeds > 0 {
+            return Outcome::Reject(self.exceeds_burst(v.quota, v.exceeds, id));
         }
         self.metrics.limited.increment(1);
         let mut r = Rejection::new(RejectionReason::RateLimited)

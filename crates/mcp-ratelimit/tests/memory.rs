@@ -253,17 +253,156 @@ async fn per_method_quota_and_batches_count_per_message() {
         )
     };
     // A batch is charged per message: three reads in one body. A charge above the burst
-    // (3 > 2) takes the whole bucket, so the batch passes only with a full bucket...
+    // (3 > 2) never fits: refused whole (413, no Retry-After), never clamped to the burst.
     let batch = format!("[{},{},{}]", read(1), read(2), read(3));
-    assert_eq!(post_mcp(addr, &[], &batch).await.status, StatusCode::OK);
-    // ...and leaves nothing.
+    let r = post_mcp(addr, &[], &batch).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(r.json()["error"]["data"]["limit"], 2);
+    assert_eq!(r.json()["error"]["data"]["cost"], 3);
+    assert_eq!(
+        r.json()["error"]["data"]["policy"],
+        "default.method.resources/read"
+    );
+    // Nothing was taken: two reads fit...
+    let pair = format!("[{},{}]", read(1), read(2));
+    assert_eq!(post_mcp(addr, &[], &pair).await.status, StatusCode::OK);
+    // ...and leave nothing.
     let r = post_mcp(addr, &[], &read(4)).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.json()["id"], 4);
-    let r = post_mcp(addr, &[], &batch).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.header("retry-after").is_some());
     // Other methods are only under the client quota.
     assert_eq!(post_mcp(addr, &[], &ping(7)).await.status, StatusCode::OK);
+}
+
+/// A batch larger than the client quota's burst (no rules) or than a per-principal tier's
+/// burst is refused whole too, and its refusal names the quota; the audit sees a
+/// rate-limit denial.
+#[tokio::test]
+async fn a_batch_above_the_client_or_principal_burst_is_refused_whole() {
+    let mut config = RateLimitConfig::per_second(1.0, 4);
+    config.client_limits.principals.insert(
+        "apikey:bob".into(),
+        Limit {
+            requests_per_second: 1.0,
+            burst: Some(2),
+        },
+    );
+    let layer = RateLimitLayer::with_clock(config, MockClock::new()).unwrap();
+    let addr = serve(fake_auth(app(layer, TrustedProxies::none()))).await;
+    let batch = |n: i64| format!("[{}]", (0..n).map(ping).collect::<Vec<_>>().join(","));
+    let r = post_mcp(addr, &[], &batch(5)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["error"]["code"], mcp_core::codes::RATE_LIMITED);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("batch")
+    );
+    let r = post_mcp(addr, &[("x-user", "bob")], &batch(3)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["error"]["data"]["limit"], 2);
+    assert_eq!(
+        post_mcp(addr, &[("x-user", "bob")], &batch(2)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(post_mcp(addr, &[], &batch(4)).await.status, StatusCode::OK);
+    assert_eq!(
+        post_mcp(addr, &[], &ping(9)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// In process, with a manual clock: whatever the burst and however the calls of a tool
+/// are split into batches, at most `burst` calls pass before the clock moves, and at most
+/// `burst` more per full refill.
+mod batch_property {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn run(burst: u32, batches: Vec<usize>) -> Result<(), TestCaseError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let clock = MockClock::new();
+            let mut config = RateLimitConfig::per_second(1000.0, 1000);
+            config.per_tool.insert(
+                "add".into(),
+                RuleLimit {
+                    requests_per_second: Some(1.0),
+                    burst: Some(burst),
+                    cost: None,
+                },
+            );
+            let layer = RateLimitLayer::with_clock(config, clock.clone()).unwrap();
+            let passed = Arc::new(AtomicUsize::new(0));
+            let p2 = passed.clone();
+            let inner = tower::service_fn(move |req: Request<Body>| {
+                let n = req
+                    .extensions()
+                    .get::<mcp_core::McpRequest>()
+                    .map_or(0, |m| {
+                        m.messages()
+                            .iter()
+                            .filter(|x| x.tool_name() == Some("add"))
+                            .count()
+                    });
+                p2.fetch_add(n, Ordering::SeqCst);
+                async { Ok::<_, Infallible>(Response::new(Body::from("ok"))) }
+            });
+            let svc = ParseLayer::new().layer(layer.layer(inner));
+            let peer = SocketAddr::from(([192, 0, 2, 1], 4000));
+            for (round, sizes) in batches.chunks(4).enumerate() {
+                let before = passed.load(Ordering::SeqCst);
+                for &n in sizes {
+                    let body = format!(
+                        "[{}]",
+                        (0..n as i64)
+                            .map(|i| call(i, "add"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                    let mut req = Request::post("/mcp")
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json, text/event-stream")
+                        .body(Body::from(body))
+                        .unwrap();
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    let status = svc.clone().oneshot(req).await.unwrap().status();
+                    prop_assert!([200, 413, 429].contains(&status.as_u16()), "{status}");
+                    if n as u32 > burst {
+                        prop_assert_eq!(status.as_u16(), 413);
+                    }
+                }
+                let got = passed.load(Ordering::SeqCst) - before;
+                prop_assert!(
+                    got <= burst as usize,
+                    "round {}: {} calls passed a burst of {}",
+                    round,
+                    got,
+                    burst
+                );
+                clock.advance(Duration::from_secs(u64::from(burst)));
+            }
+            Ok(())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn at_most_burst_calls_of_a_tool_pass_per_refill(
+            burst in 1u32..8,
+            batches in proptest::collection::vec(1usize..20, 1..12),
+        ) {
+            run(burst, batches)?;
+        }
+    }
 }
 
 #[tokio::test]

@@ -289,3 +289,45 @@ fn invalid_redis_settings_are_refused_without_the_password() {
             .contains("redis.timeout_ms")
     );
 }
+
+/// In Redis too, a batch costing more than a quota's burst is refused whole (413, no
+/// Retry-After) and charges nothing, per tool and on the client quota: never clamped.
+#[tokio::test]
+async fn a_batch_above_the_burst_is_refused_whole() {
+    let redis = RedisServer::start();
+    let mut c = config(&redis, 5, FailureMode::Closed);
+    c.per_tool.insert(
+        "add".into(),
+        RuleLimit {
+            requests_per_second: Some(0.01),
+            burst: Some(2),
+            cost: None,
+        },
+    );
+    let (_layer, addr) = replica(c).await;
+    until(addr, StatusCode::OK).await;
+    let batch = |n: i64, tool: &str| {
+        format!(
+            "[{}]",
+            (0..n).map(|i| call(i, tool)).collect::<Vec<_>>().join(",")
+        )
+    };
+    for n in [3, 100] {
+        let r = post_mcp(addr, &[], &batch(n, "add")).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{n}");
+        assert_eq!(r.header("retry-after"), None);
+        assert_eq!(r.json()["error"]["data"]["limit"], 2);
+    }
+    // The client quota (5, one unit taken by `until`): a batch of 5 exceeds nothing but
+    // what is left; 6 exceeds its burst.
+    let r = post_mcp(addr, &[], &batch(6, "echo")).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Nothing was charged: two adds pass, then the tool's quota is spent.
+    assert_eq!(
+        post_mcp(addr, &[], &batch(2, "add")).await.status,
+        StatusCode::OK
+    );
+    let r = post_mcp(addr, &[], &call(9, "add")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.header("retry-after").is_some());
+}

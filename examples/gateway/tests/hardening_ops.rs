@@ -105,7 +105,8 @@ async fn per_tool_quota_is_not_bypassed_by_headers_or_batches() {
     // A header naming `echo` over a body calling `add`: never served as echo's quota.
     let lying = add(&c, &url, KEY).header("mcp-name", "echo");
     assert_ne!(status_of(lying).await, 200);
-    // A batch of three calls of `add` is charged three calls: over the burst of 2.
+    // A batch of three calls of `add` is charged three calls: over the burst of 2, it can
+    // never pass (413, never clamped to the burst).
     let call = |id: u32| {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                "params": {"name": "add", "arguments": {"a": 1, "b": 2}}})
@@ -121,7 +122,7 @@ async fn per_tool_quota_is_not_bypassed_by_headers_or_batches() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 429, "{}", r.text().await.unwrap());
+    assert_eq!(r.status(), 413, "{}", r.text().await.unwrap());
 }
 
 #[tokio::test]
