@@ -1,7 +1,7 @@
-//! Red-team findings against the upstream boundary (credential headers, untrusted
-//! identity headers, the principal header, query credentials). Every test here states
-//! the behaviour the README promises, or the safe one, and FAILS on the commit it was
-//! written against (b2f4a46): each failure is a finding.
+//! Attacks on the upstream boundary found by a security review (credential headers,
+//! untrusted identity headers, the principal header, query credentials, the upstream
+//! URL in logs). Each test states the behaviour the README promises and failed before
+//! its fix; the `FINDING n` comments say what got through.
 //!
 //! Run: `cargo test -p mcp-gateway --test attack_headers`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -17,36 +17,6 @@ use bytes::Bytes;
 use common::*;
 use http::HeaderMap;
 use serde_json::{Value, json};
-
-/// A recording upstream (as in hardening_headers.rs): answers every request with a
-/// JSON-RPC result and keeps the URI and the request headers it received.
-async fn recording_upstream() -> (String, Arc<Mutex<Vec<(String, HeaderMap)>>>) {
-    let seen: Arc<Mutex<Vec<(String, HeaderMap)>>> = Arc::default();
-    let s2 = seen.clone();
-    let app = Router::new().route(
-        "/mcp",
-        any(move |uri: http::Uri, headers: HeaderMap, body: Bytes| {
-            let s = s2.clone();
-            async move {
-                s.lock().unwrap().push((uri.to_string(), headers));
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let resp = json!({"jsonrpc": "2.0", "id": v.get("id").cloned().unwrap_or(Value::Null),
-                    "result": {"content": [{"type": "text", "text": "recorded"}]}});
-                ([("content-type", "application/json")], resp.to_string())
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (format!("http://{addr}/mcp"), seen)
-}
-
-fn dump(h: &HeaderMap) -> String {
-    h.iter()
-        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
-        .collect()
-}
 
 const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789";
 
@@ -122,7 +92,7 @@ async fn underscore_spellings_of_untrusted_headers_do_not_reach_the_upstream() {
     let r = req.send().await.unwrap();
     assert_eq!(r.status(), 200);
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     let leaked: Vec<&str> = spoofed
         .iter()
         .copied()
@@ -154,7 +124,7 @@ async fn an_underscore_alias_of_a_credential_header_is_neither_forwarded_nor_sto
         .unwrap();
     assert_eq!(r.status(), 200);
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     assert!(eventually(|| !request_rows(&db).is_empty()).await);
     let audit = audit_query(&base, "limit=50").await.to_string();
     let rows: String = request_rows(&db)
@@ -378,7 +348,7 @@ async fn a_connection_header_does_not_remove_the_gateways_own_headers() {
     .unwrap();
     assert!(status.contains("200"), "{status}");
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     for n in ["x-request-id", "mcp-protocol-version", "content-type"] {
         assert!(
             h.contains_key(n),

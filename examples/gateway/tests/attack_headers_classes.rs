@@ -19,36 +19,6 @@ use common::*;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
-/// A recording upstream: answers every request with a JSON-RPC result and keeps the
-/// URI and the request headers it received.
-async fn recording_upstream() -> (String, Arc<Mutex<Vec<(String, HeaderMap)>>>) {
-    let seen: Arc<Mutex<Vec<(String, HeaderMap)>>> = Arc::default();
-    let s2 = seen.clone();
-    let app = Router::new().route(
-        "/mcp",
-        any(move |uri: http::Uri, headers: HeaderMap, body: Bytes| {
-            let s = s2.clone();
-            async move {
-                s.lock().unwrap().push((uri.to_string(), headers));
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let resp = json!({"jsonrpc": "2.0", "id": v.get("id").cloned().unwrap_or(Value::Null),
-                    "result": {"content": [{"type": "text", "text": "recorded"}]}});
-                ([("content-type", "application/json")], resp.to_string())
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (format!("http://{addr}/mcp"), seen)
-}
-
-fn dump(h: &HeaderMap) -> String {
-    h.iter()
-        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
-        .collect()
-}
-
 fn tools_list(c: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
     c.post(url)
         .header("content-type", "application/json")
@@ -98,7 +68,7 @@ async fn secret_headers_in_any_spelling_are_neither_forwarded_nor_stored() {
     let r = req.send().await.unwrap();
     assert_eq!(r.status(), 200);
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     for n in [
         "x_mcp_key",
         "x-mcp_key",
@@ -159,7 +129,7 @@ async fn expect_stays_at_the_gateway_and_connection_removes_only_hop_headers() {
     .unwrap();
     assert!(out.lines().any(|l| l.starts_with("HTTP/1.1 200")), "{out}");
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     assert!(!h.contains_key("expect"), "{all}");
     assert!(!h.contains_key("x-hop"), "{all}");
     for n in [
@@ -386,7 +356,7 @@ async fn upstream_url_secrets_stay_out_of_check_and_error_logs() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     assert!(
         !all.contains("url-password-7f3a") && !h.contains_key("authorization"),
         "{all}"

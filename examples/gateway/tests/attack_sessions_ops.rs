@@ -1,7 +1,6 @@
-//! Red-team findings (branch atk2) against session binding, the upstream boundary and the
-//! connection write timeout. Each test asserts what the README promises; at the commit it
-//! was written against, the tests marked FINDING fail (they reproduce the finding), the
-//! others pass (what held).
+//! Attacks on session binding, the upstream boundary, the connection write timeout and
+//! the quotas found by a security review. Each test asserts what the README promises and
+//! failed before its fix (the ones marked FINDING reproduced what got through):
 //!
 //! - FINDING `underscore_spelled_headers_reach_a_cgi_style_upstream`: `Mcp_Session_Id`,
 //!   `X_MCP_Principal`, `X_Real_IP`, `X_Forwarded_For`, `X_Forwarded_Client_Cert` are

@@ -18,30 +18,6 @@ use common::*;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
-/// A recording upstream: answers every request with a JSON-RPC result and keeps the
-/// request headers and the URI it received.
-async fn recording_upstream() -> (String, Arc<Mutex<Vec<(String, HeaderMap)>>>) {
-    let seen: Arc<Mutex<Vec<(String, HeaderMap)>>> = Arc::default();
-    let s2 = seen.clone();
-    let app = Router::new().route(
-        "/mcp",
-        any(move |uri: http::Uri, headers: HeaderMap, body: Bytes| {
-            let s = s2.clone();
-            async move {
-                s.lock().unwrap().push((uri.to_string(), headers));
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let resp = json!({"jsonrpc": "2.0", "id": v.get("id").cloned().unwrap_or(Value::Null),
-                    "result": {"content": [{"type": "text", "text": "recorded"}]}});
-                ([("content-type", "application/json")], resp.to_string())
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (format!("http://{addr}/mcp"), seen)
-}
-
 /// [`base_config`] with `auth.apiKeyHeader` set to `header` (written as is).
 fn config_with_key_header(
     upstream: &str,
@@ -54,12 +30,6 @@ fn config_with_key_header(
         &format!("  mode: apikey\n  apiKeyHeader: {header}\n"),
         1,
     )
-}
-
-fn dump(h: &HeaderMap) -> String {
-    h.iter()
-        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
-        .collect()
 }
 
 /// The secrets sent in the default credential headers, one per header.
@@ -120,7 +90,7 @@ async fn every_credential_header_is_read_stripped_masked_and_kept_out_of_logs() 
     let got = seen.lock().unwrap().clone();
     assert_eq!(got.len(), 3);
     for (_, h) in &got {
-        let all = dump(h);
+        let all = dump_headers(h);
         assert!(
             !h.contains_key("x-mcp-key"),
             "x-mcp-key reached the upstream:\n{all}"
@@ -325,7 +295,7 @@ async fn client_identity_address_and_routing_headers_never_reach_the_upstream() 
     let r = req.send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     for name in SPOOFED
         .iter()
         .filter(|n| !n.eq_ignore_ascii_case("x-mcp-principal"))
@@ -368,7 +338,7 @@ async fn the_strip_list_and_the_principal_header_are_configurable() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     for gone in [
         "x-tenant",
         "x-internal-role",
@@ -394,7 +364,7 @@ async fn the_strip_list_and_the_principal_header_are_configurable() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    assert!(!h.contains_key("x-mcp-principal"), "{}", dump(&h));
+    assert!(!h.contains_key("x-mcp-principal"), "{}", dump_headers(&h));
 }
 
 #[tokio::test]
@@ -591,7 +561,7 @@ upstreams:
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let (_, h) = seen.lock().unwrap().pop().unwrap();
-    let all = dump(&h);
+    let all = dump_headers(&h);
     assert!(
         !all.contains("sa/admin") && !all.contains("CN=admin"),
         "{all}"

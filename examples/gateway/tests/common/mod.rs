@@ -450,3 +450,41 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A recording upstream on a free loopback port: answers every request to `/mcp` with a
+/// JSON-RPC result and keeps the URI and the request headers it received, to see exactly
+/// what the gateway forwards.
+pub async fn recording_upstream() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(String, http::HeaderMap)>>> = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::any(
+            move |uri: http::Uri, headers: http::HeaderMap, body: bytes::Bytes| {
+                let s = s2.clone();
+                async move {
+                    s.lock().unwrap().push((uri.to_string(), headers));
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let resp = json!({"jsonrpc": "2.0", "id": v.get("id").cloned().unwrap_or(Value::Null),
+                        "result": {"content": [{"type": "text", "text": "recorded"}]}});
+                    ([("content-type", "application/json")], resp.to_string())
+                }
+            },
+        ),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}/mcp"), seen)
+}
+
+/// The headers, one `name: value` line each, for assertion messages.
+pub fn dump_headers(h: &http::HeaderMap) -> String {
+    h.iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect()
+}
