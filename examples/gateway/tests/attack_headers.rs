@@ -9,14 +9,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::routing::any;
-use bytes::Bytes;
 use common::*;
-use http::HeaderMap;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789";
 

@@ -10,14 +10,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::routing::any;
-use bytes::Bytes;
 use common::*;
-use http::HeaderMap;
-use serde_json::{Value, json};
 
 fn tools_list(c: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
     c.post(url)

@@ -9,14 +9,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use axum::Router;
-use axum::routing::any;
-use bytes::Bytes;
 use common::*;
-use http::HeaderMap;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// [`base_config`] with `auth.apiKeyHeader` set to `header` (written as is).
 fn config_with_key_header(
