@@ -117,6 +117,29 @@ const RESOURCE_METHODS: &[&str] = &[
     "resources/unsubscribe",
 ];
 
+/// Whether `method` acts on a named target (`params.name` or `params.uri`).
+fn needs_target(method: &str) -> bool {
+    method == "tools/call" || method == "prompts/get" || RESOURCE_METHODS.contains(&method)
+}
+
+/// Whether the rules cannot judge `msg`: a method or a target with a control character
+/// (a reader that stops at NUL, or trims, reads another name than the rules saw), or a
+/// method that acts on a target without a string one (an array `name`, positional
+/// params: a deny rule naming tools would not match it, and an upstream may still read a
+/// target from it). Such a message is refused whatever the rules say.
+fn unjudgeable(msg: &McpMessage) -> bool {
+    let Some(method) = msg.method() else {
+        return false;
+    };
+    if method.chars().any(char::is_control) {
+        return true;
+    }
+    match msg.target() {
+        Some(t) => t.name().chars().any(char::is_control),
+        None => needs_target(method),
+    }
+}
+
 impl Rule {
     /// An empty rule named `name` (matching everything until narrowed).
     pub fn new(name: impl Into<String>) -> Self {
@@ -437,6 +460,9 @@ impl Policy {
             MessageKind::Invalid => return Verdict::Deny(None),
             MessageKind::Request | MessageKind::Notification => {}
         }
+        if unjudgeable(msg) {
+            return Verdict::Deny(None);
+        }
         let p = &self.inner;
         if let Some(c) = p.deny.iter().find(|c| {
             c.matches_principal(principal)
@@ -585,6 +611,19 @@ impl AuthorizeLayer {
                     None => method,
                 }
             };
+            if unjudgeable(msg) {
+                // Fail closed whatever the rules say (with sanitization off nothing else
+                // checks the params' shape or control characters).
+                return Some(
+                    Rejection::new(RejectionReason::InvalidParams)
+                        .with_id(msg.id().cloned())
+                        .with_message(
+                            "Invalid params: the method and params.name (params.uri for \
+                             resources) must be strings without control characters",
+                        )
+                        .with_detail(format!("rule=unjudgeable_target {}", what())),
+                );
+            }
             match self.policy.check(principal, msg) {
                 Verdict::Allow(_) => {}
                 Verdict::Deny(rule) => {
@@ -701,6 +740,68 @@ mod tests {
 
     fn user(scopes: &[&str]) -> Principal {
         Principal::new("u", AuthMethod::Jwt).with_scopes(scopes.iter().copied())
+    }
+
+    /// A call whose target is not a string (an array, a number, null, positional params,
+    /// no params) is judged by no rule: an allow-everything rule does not let it through
+    /// past a deny rule that names the tool, for every method that acts on a target.
+    #[test]
+    fn calls_without_a_string_target_or_with_control_characters_are_denied() {
+        let p = Policy::builder()
+            .allow(Rule::new("all").methods(["*"]))
+            .deny(Rule::new("no-danger").tools(["dangerous"]))
+            .build()
+            .unwrap();
+        let who = Principal::new("admin", AuthMethod::ApiKey);
+        for method in [
+            "tools/call",
+            "prompts/get",
+            "resources/read",
+            "resources/subscribe",
+            "resources/unsubscribe",
+        ] {
+            for params in [
+                r#""params":{"name":["dangerous"],"uri":["dangerous"]}"#,
+                r#""params":{"name":1,"uri":1}"#,
+                r#""params":{"name":null,"uri":null}"#,
+                r#""params":{"name":{"x":"dangerous"},"uri":{}}"#,
+                r#""params":["dangerous",{}]"#,
+                r#""params":{"tool":"dangerous"}"#,
+                r#""x":1"#,
+                r#""params":{"name":"dangerous\u0000x","uri":"dangerous\u0000x"}"#,
+                r#""params":{"name":"dangerous\n","uri":"dangerous\t"}"#,
+            ] {
+                let r = msg(&format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"{method}",{params}}}"#
+                ));
+                assert_eq!(
+                    p.check(&who, &r.messages()[0]),
+                    Verdict::Deny(None),
+                    "{method} {params}"
+                );
+                let refusal = AuthorizeLayer::new(p.clone())
+                    .decide(Some(&who), Some(&r), &Method::POST, true)
+                    .expect("refused");
+                assert_eq!(
+                    refusal.reason(),
+                    RejectionReason::InvalidParams,
+                    "{method} {params}"
+                );
+            }
+        }
+        // A method with a control character is not judged either.
+        let r =
+            msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call\u0000","params":{"name":"echo"}}"#);
+        assert_eq!(p.check(&who, &r.messages()[0]), Verdict::Deny(None));
+        // A string target is judged by the rules as before.
+        assert_eq!(
+            p.check(&who, &call("echo").messages()[0]),
+            Verdict::Allow("all".into())
+        );
+        assert_eq!(
+            p.check(&who, &call("dangerous").messages()[0]),
+            Verdict::Deny(Some("no-danger".into()))
+        );
     }
 
     #[test]
