@@ -303,6 +303,9 @@ proptest! {
     fn no_request_panics_or_gets_a_500(req in request_strategy()) {
         let h = harness();
         let shown = format!("{} {} {:?}", req.method(), req.uri(), req.headers());
+        // A response to HEAD may have its body dropped (axum's method routes do; hyper never
+        // sends it): an empty one is checked by status and content type only.
+        let head = req.method() == Method::HEAD;
         let (status, denied, json_type, sse, body) = h.rt.block_on(async {
             let res = h.router.clone().oneshot(req).await.unwrap();
             let status = res.status();
@@ -335,6 +338,9 @@ proptest! {
         if denied {
             prop_assert!(status.is_client_error() || status.is_server_error(), "{}", shown);
             prop_assert!(json_type, "{} without a JSON body: {}", status, shown);
+            if head && body.is_empty() {
+                return Ok(());
+            }
             let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
                 panic!("{status}: not JSON ({e}): {text}")
             });
