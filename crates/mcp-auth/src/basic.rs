@@ -6,7 +6,11 @@
 //!
 //! Verification runs on the blocking thread pool (an Argon2 verification takes tens of
 //! milliseconds by design and must not stall the executor), bounded by a semaphore so a
-//! flood of Basic attempts cannot take every blocking thread. An unknown user is verified
+//! flood of Basic attempts cannot take every blocking thread. The wait for a permit is
+//! bounded too ([`BasicAuthenticatorBuilder::max_queued`], default 16): past it an
+//! attempt is refused at once as unavailable (503 with `Retry-After`), so a flood of wrong
+//! passwords costs a legitimate login at most the queue's length, and a user whose
+//! credentials are in the verified cache (below) never queues at all. An unknown user is verified
 //! against a dummy hash made with the same parameters, so the work, and the time, is the
 //! same whether the user exists or not; the failure detail does not say which it was.
 //!
@@ -33,6 +37,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -42,7 +47,7 @@ use http::request::Parts;
 use mcp_core::{AuthMethod, Principal};
 use rand::Rng;
 use sha2::Sha256;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::authenticator::{AuthFuture, Authenticator, Failure, Outcome, Scheme};
 use crate::cache::{VerifiedCache, now_unix};
@@ -52,6 +57,9 @@ use crate::secret::SecretString;
 
 /// The default bound on concurrent Argon2 verifications.
 pub const DEFAULT_MAX_CONCURRENT_VERIFICATIONS: usize = 4;
+/// The default bound on verifications waiting for a permit: past it, an attempt is
+/// refused at once (503 with `Retry-After`).
+pub const DEFAULT_MAX_QUEUED_VERIFICATIONS: usize = 16;
 /// The default capacity of the verified-credential cache.
 pub const DEFAULT_CACHE_CAPACITY: usize = 1_024;
 /// The default longest time a verified user name and password are served from the cache
@@ -159,7 +167,19 @@ pub struct BasicAuthenticator {
     users: Arc<HashMap<String, UserRecord>>,
     dummy: Arc<str>,
     permits: Arc<Semaphore>,
+    /// Verifications waiting for a permit now, and their bound.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
     cache: Option<Arc<Verified>>,
+}
+
+/// A place in the verification queue, given back when dropped.
+struct QueueSlot(Arc<AtomicUsize>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Successful verifications, keyed by an HMAC of the user name and password.
@@ -187,6 +207,7 @@ impl fmt::Debug for BasicAuthenticator {
         f.debug_struct("BasicAuthenticator")
             .field("users", &users)
             .field("cache", &self.cache.as_ref().map(|c| c.map.capacity()))
+            .field("max_queued", &self.max_queued)
             .finish_non_exhaustive()
     }
 }
@@ -197,6 +218,7 @@ pub struct BasicAuthenticatorBuilder {
     users: Vec<BasicUser>,
     params: Option<Params>,
     max_concurrent: Option<usize>,
+    max_queued: Option<usize>,
     cache_capacity: Option<usize>,
     cache_max_ttl: Option<Duration>,
 }
@@ -223,6 +245,16 @@ impl BasicAuthenticatorBuilder {
     /// The most verifications running at once (default 4).
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = Some(n);
+        self
+    }
+
+    /// The most verifications waiting for one of the [`max_concurrent`](Self::max_concurrent)
+    /// permits (default 16). Past it, an attempt is refused at once as unavailable (the
+    /// authentication layer answers 503 with `Retry-After`) instead of waiting: a flood of
+    /// wrong passwords cannot make every login wait behind it. A user whose credentials
+    /// are in the verified cache never waits. 0: refuse whenever every permit is busy.
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = Some(n);
         self
     }
 
@@ -359,6 +391,8 @@ impl BasicAuthenticatorBuilder {
             users: Arc::new(users),
             dummy: dummy.into(),
             permits: Arc::new(Semaphore::new(n)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queued: self.max_queued.unwrap_or(DEFAULT_MAX_QUEUED_VERIFICATIONS),
             cache,
         })
     }
@@ -412,8 +446,33 @@ impl BasicAuthenticator {
             Some(u) => (Arc::clone(&u.phc), Some(u.principal.clone())),
             None => (Arc::clone(&self.dummy), None),
         };
-        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-            return Outcome::Failed(Failure::unavailable(Scheme::Basic, "basic verifier closed"));
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => {
+                return Outcome::Failed(Failure::unavailable(
+                    Scheme::Basic,
+                    "basic verifier closed",
+                ));
+            }
+            Err(TryAcquireError::NoPermits) => {
+                // Every verifier is busy: wait in a bounded queue, or be refused at once.
+                let slot = QueueSlot(Arc::clone(&self.queued));
+                if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+                    drop(slot);
+                    return Outcome::Failed(Failure::unavailable(
+                        Scheme::Basic,
+                        "basic: verification queue full",
+                    ));
+                }
+                let Ok(p) = Arc::clone(&self.permits).acquire_owned().await else {
+                    return Outcome::Failed(Failure::unavailable(
+                        Scheme::Basic,
+                        "basic verifier closed",
+                    ));
+                };
+                drop(slot);
+                p
+            }
         };
         let ok = match tokio::runtime::Handle::try_current() {
             // The permit moves into the task: it is held until the verification ends, even

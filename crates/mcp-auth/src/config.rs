@@ -241,6 +241,12 @@ pub struct JwtIssuerConfig {
     pub required_claims: Vec<String>,
     /// The claim naming the principal (default `sub`).
     pub principal_claim: Option<String>,
+    /// Accepted `typ` values (default `[at+jwt, JWT]`).
+    pub token_types: Option<Vec<String>>,
+    /// Whether tokens without `typ` are accepted (default true).
+    pub allow_untyped: Option<bool>,
+    /// Whether `exp`, `nbf`, `iat` may hold fractions of a second (default false).
+    pub allow_fractional_dates: bool,
 }
 
 impl JwtIssuerConfig {
@@ -315,7 +321,13 @@ impl JwtIssuerConfig {
         if let Some(c) = &self.principal_claim {
             i = i.principal_claim(c.clone());
         }
-        Ok(i)
+        if let Some(t) = &self.token_types {
+            i = i.token_types(t.clone());
+        }
+        if let Some(u) = self.allow_untyped {
+            i = i.allow_untyped(u);
+        }
+        Ok(i.allow_fractional_dates(self.allow_fractional_dates))
     }
 }
 
@@ -339,6 +351,9 @@ pub struct JwtConfig {
 pub struct BasicConfig {
     /// The most Argon2 verifications running at once (default 4).
     pub max_concurrent: Option<usize>,
+    /// The most verifications waiting for one of them (default 16); past it an attempt
+    /// is refused with 503 and `Retry-After`. 0: never wait.
+    pub max_queued: Option<usize>,
     /// Verified-credential cache capacity (default 1,024; 0 turns it off).
     pub cache_capacity: Option<usize>,
     /// Longest time in seconds a verified user name and password are served from the
@@ -650,6 +665,9 @@ impl AuthConfig {
         if let Some(c) = &self.basic {
             if let Some(n) = c.max_concurrent {
                 b = b.max_concurrent(n);
+            }
+            if let Some(n) = c.max_queued {
+                b = b.max_queued(n);
             }
             if let Some(n) = c.cache_capacity {
                 b = b.cache_capacity(n);

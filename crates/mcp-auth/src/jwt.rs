@@ -7,8 +7,14 @@
 //!   those: `alg: none` is not even an algorithm here, and an HS256 token "signed" with an
 //!   RSA public key fails because no HMAC key exists for it (HMAC keys never come from a
 //!   JWKS or a PEM).
+//! - **Token types:** the header's `typ` must be one the issuer accepts (default: RFC
+//!   9068's `at+jwt`, `JWT`, or none; compared as media types), so a token of another
+//!   kind (`JOSE+JSON`, `secevent+jwt`, `dpop+jwt`, ...) whose `aud` matches is refused;
+//!   see [`JwtIssuer::token_types`] for issuers whose ID tokens must be kept out too.
 //! - **Claims:** `iss` (one per issuer), `aud` (several allowed), `exp` required by
-//!   default, `nbf` checked when present, a leeway, extra required claims. Scopes come
+//!   default, `nbf` checked when present, a leeway, extra required claims. `exp`, `nbf`
+//!   and `iat` must be integer NumericDates up to the year 9999 (fractions only with
+//!   [`JwtIssuer::allow_fractional_dates`]). Scopes come
 //!   from `scope` (space separated) and `scp` (array or space separated string). The
 //!   principal id is `sub` (configurable); its qualified id is `jwt:<issuer>#<sub>`, the
 //!   issuer being the configured one (empty for an issuer configured without a fixed
@@ -64,6 +70,11 @@ pub const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// The most keys taken from one JWKS document.
 pub const MAX_JWKS_KEYS: usize = 64;
+/// The token types (`typ`) an issuer accepts by default: RFC 9068's `at+jwt` and the
+/// generic `JWT` (tokens without `typ` too, see [`JwtIssuer::allow_untyped`]).
+pub const DEFAULT_TOKEN_TYPES: &[&str] = &["at+jwt", "JWT"];
+/// The latest NumericDate accepted in `exp`, `nbf` and `iat`: 9999-12-31T23:59:59Z.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
 const ASYMMETRIC: &[Algorithm] = &[
     Algorithm::RS256,
@@ -173,6 +184,9 @@ pub struct JwtIssuer {
     require_exp: bool,
     required_claims: Vec<String>,
     principal_claim: String,
+    token_types: Vec<String>,
+    allow_untyped: bool,
+    allow_fractional_dates: bool,
     /// Where the issuer is configured, for error messages (default `auth.jwt.issuers[i]`).
     config_key: Option<String>,
 }
@@ -203,6 +217,12 @@ impl JwtIssuer {
             require_exp: true,
             required_claims: Vec::new(),
             principal_claim: "sub".into(),
+            token_types: DEFAULT_TOKEN_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+            allow_untyped: true,
+            allow_fractional_dates: false,
             config_key: None,
         }
     }
@@ -354,6 +374,37 @@ impl JwtIssuer {
         self
     }
 
+    /// The accepted values of the token header's `typ` (default [`DEFAULT_TOKEN_TYPES`]:
+    /// `at+jwt`, RFC 9068's access token type, and `JWT`). Compared as media types:
+    /// case-insensitively, with or without `application/`. Tokens of any other type
+    /// (`JOSE+JSON`, `secevent+jwt`, `dpop+jwt`, ...) are refused even when their `aud`
+    /// matches. An issuer that types its access tokens should accept `at+jwt` only (and
+    /// [`allow_untyped(false)`](Self::allow_untyped)): its ID tokens, typed `JWT` or not
+    /// at all, are then refused too.
+    pub fn token_types<I, T>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.token_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether a token without `typ` is accepted (default `true`, for issuers that do not
+    /// type their tokens).
+    pub fn allow_untyped(mut self, allow: bool) -> Self {
+        self.allow_untyped = allow;
+        self
+    }
+
+    /// Whether `exp`, `nbf` and `iat` may hold a fraction of a second (default `false`:
+    /// each must be an integer number of seconds). Strings, negative values and values
+    /// past the year 9999 are refused whatever this says.
+    pub fn allow_fractional_dates(mut self, allow: bool) -> Self {
+        self.allow_fractional_dates = allow;
+        self
+    }
+
     /// Names the configuration key of this issuer in build errors.
     pub(crate) fn config_key(mut self, key: impl Into<String>) -> Self {
         self.config_key = Some(key.into());
@@ -415,6 +466,9 @@ struct VerifyKey {
 #[derive(Default)]
 struct KeySet {
     keys: Vec<VerifyKey>,
+    /// The SHA-256 of the keys' ids, algorithms and key material, sorted: equal for two
+    /// documents holding the same keys (whatever their order or other members).
+    fingerprint: [u8; 32],
 }
 
 impl fmt::Debug for KeySet {
@@ -458,16 +512,27 @@ impl KeySet {
         let doc: Doc =
             serde_json::from_slice(json).map_err(|e| format!("{key}: not a JWKS document: {e}"))?;
         let mut set = KeySet::default();
+        let mut prints: Vec<Vec<u8>> = Vec::new();
         for v in doc.keys.into_iter().take(MAX_JWKS_KEYS) {
-            if let Some(k) = key_from_jwk(v, allowed, rules) {
+            if let Some((k, print)) = key_from_jwk(v, allowed, rules) {
                 set.keys.push(k);
+                prints.push(print);
             }
         }
+        prints.sort_unstable();
+        prints.dedup();
+        let mut all = Vec::new();
+        for p in &prints {
+            all.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            all.extend_from_slice(p);
+        }
+        set.fingerprint = sha256(&all);
         Ok(set)
     }
 }
 
-fn key_from_jwk(v: Value, allowed: &[Algorithm], rules: &Rules) -> Option<VerifyKey> {
+/// A key of a JWKS document, and what identifies it (kid, algorithms, key material).
+fn key_from_jwk(v: Value, allowed: &[Algorithm], rules: &Rules) -> Option<(VerifyKey, Vec<u8>)> {
     let jwk: Jwk = serde_json::from_value(v).ok()?;
     if matches!(
         jwk.common.public_key_use,
@@ -507,12 +572,17 @@ fn key_from_jwk(v: Value, allowed: &[Algorithm], rules: &Rules) -> Option<Verify
         return None;
     }
     let key = DecodingKey::from_jwk(&jwk).ok()?;
-    Some(VerifyKey {
-        kid: jwk.common.key_id.clone(),
-        validation: rules.validation(&algs),
-        algs,
-        key,
-    })
+    let print =
+        serde_json::to_vec(&(&jwk.common.key_id, format!("{algs:?}"), &jwk.algorithm)).ok()?;
+    Some((
+        VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            validation: rules.validation(&algs),
+            algs,
+            key,
+        },
+        print,
+    ))
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
@@ -642,11 +712,19 @@ impl RemoteJwks {
         };
         match result {
             Ok(set) => {
-                tracing::debug!(url = %self.url, keys = set.keys.len(), "JWKS fetched");
                 let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+                // Only a changed key set empties the verified-token cache (of every user):
+                // a refetch for an unknown kid that brings the same keys keeps it.
+                let changed = st
+                    .keys
+                    .as_ref()
+                    .is_some_and(|old| old.fingerprint != set.fingerprint);
+                tracing::debug!(url = %self.url, keys = set.keys.len(), changed, "JWKS fetched");
                 st.keys = Some(Arc::new(set));
                 st.fetched_at = Some(Instant::now());
-                self.epoch.fetch_add(1, Ordering::AcqRel);
+                if changed {
+                    self.epoch.fetch_add(1, Ordering::AcqRel);
+                }
             }
             Err(error) => {
                 tracing::warn!(url = %self.url, %error, "JWKS fetch failed; keeping the keys already known");
@@ -683,6 +761,10 @@ struct IssuerState {
     keys: Keys,
     required_claims: Vec<String>,
     principal_claim: String,
+    /// Accepted `typ` values, normalized ([`normalize_typ`]).
+    token_types: Vec<String>,
+    allow_untyped: bool,
+    allow_fractional_dates: bool,
 }
 
 impl fmt::Debug for IssuerState {
@@ -695,6 +777,9 @@ impl fmt::Debug for IssuerState {
         };
         d.field("required_claims", &self.required_claims)
             .field("principal_claim", &self.principal_claim)
+            .field("token_types", &self.token_types)
+            .field("allow_untyped", &self.allow_untyped)
+            .field("allow_fractional_dates", &self.allow_fractional_dates)
             .finish()
     }
 }
@@ -788,6 +873,40 @@ fn describe(kind: &ErrorKind) -> String {
     }
 }
 
+/// A `typ` value as compared: lower case, without the optional `application/`
+/// (RFC 7515 section 4.1.9).
+fn normalize_typ(t: &str) -> String {
+    let t = t.trim().to_ascii_lowercase();
+    match t.strip_prefix("application/") {
+        Some(rest) if !rest.contains('/') => rest.to_owned(),
+        _ => t,
+    }
+}
+
+/// The seconds of a NumericDate claim (rounded down), or `None` when it is not one: a
+/// non-negative integer up to [`MAX_NUMERIC_DATE`], or, when `fractional`, a finite
+/// non-negative number up to it.
+fn numeric_date(v: &Value, fractional: bool) -> Option<u64> {
+    let Value::Number(n) = v else { return None };
+    if let Some(t) = n.as_u64() {
+        return (t <= MAX_NUMERIC_DATE).then_some(t);
+    }
+    if n.is_i64() || !fractional {
+        return None;
+    }
+    let f = n.as_f64()?;
+    // 253402300799 is exact in an f64.
+    #[allow(clippy::cast_precision_loss)]
+    let max = MAX_NUMERIC_DATE as f64;
+    if !(f.is_finite() && (0.0..=max).contains(&f)) {
+        return None;
+    }
+    // In range: the whole seconds convert exactly.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let secs = f.floor() as u64;
+    Some(secs)
+}
+
 /// Reads the `iss` of a token without verifying it, to choose the issuer whose keys will
 /// verify it.
 fn peek_iss(token: &str) -> Option<String> {
@@ -849,6 +968,16 @@ impl JwtInner {
         let Some(issuer) = self.route(token) else {
             return fail("jwt issuer not accepted");
         };
+        match header.typ.as_deref() {
+            None if issuer.allow_untyped => {}
+            None => return fail("jwt typ missing (this issuer requires one)"),
+            Some(t) => {
+                let t = normalize_typ(t);
+                if !issuer.token_types.contains(&t) {
+                    return fail("jwt typ not accepted (not an access token type)");
+                }
+            }
+        }
         let kid = header.kid.as_deref();
         let (set, remote) = match &issuer.keys {
             Keys::Static(k) => (Arc::clone(k), None),
@@ -937,7 +1066,21 @@ impl JwtInner {
                 ));
             }
         };
-        let exp = claims.get("exp").and_then(Value::as_u64);
+        let mut exp = None;
+        for name in ["exp", "nbf", "iat"] {
+            let Some(v) = claims.get(name) else { continue };
+            match numeric_date(v, issuer.allow_fractional_dates) {
+                Some(t) if name == "exp" => exp = Some(t),
+                Some(_) => {}
+                None => {
+                    return fail(if issuer.allow_fractional_dates {
+                        format!("jwt claim {name:?} is not a NumericDate")
+                    } else {
+                        format!("jwt claim {name:?} is not an integer NumericDate")
+                    });
+                }
+            }
+        }
         let mut principal = Principal::new(id, AuthMethod::Jwt).with_scopes(scopes_of(&claims));
         // The configured issuer, not the token's word: an issuer configured without a fixed
         // `iss` accepts any, so its principals are `jwt:#<sub>` whatever `iss` they carry.
@@ -1242,11 +1385,50 @@ fn build_issuer(
             Keys::Static(Arc::new(set))
         }
     };
+    let tkey = format!("{key}.tokenTypes");
+    let mut token_types = Vec::new();
+    for t in &spec.token_types {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                tkey,
+                "each token type is a media type such as at+jwt (printable ASCII, no spaces)",
+            ));
+        }
+        token_types.push(normalize_typ(t));
+    }
+    if token_types.is_empty() && !spec.allow_untyped {
+        return Err(ConfigError::invalid(
+            tkey,
+            "no token would be accepted: list a type (at+jwt) or allow untyped tokens",
+        ));
+    }
+    let permissive: Vec<&str> = token_types
+        .iter()
+        .map(String::as_str)
+        .filter(|t| *t != "at+jwt")
+        .collect();
+    if !permissive.is_empty() || spec.allow_untyped {
+        tracing::info!(
+            issuer = %key,
+            accepted_types = ?permissive,
+            untyped = spec.allow_untyped,
+            "JWT issuer accepts tokens not typed as access tokens (at+jwt): any token of this \
+             issuer whose aud matches passes, ID tokens too when they name this audience; an \
+             issuer that types its access tokens (RFC 9068) should set tokenTypes [at+jwt] \
+             and allowUntyped false"
+        );
+    }
+    if spec.allow_fractional_dates {
+        tracing::info!(issuer = %key, "JWT issuer: fractional exp, nbf and iat accepted");
+    }
     Ok(IssuerState {
         name: spec.issuer,
         keys,
         required_claims: spec.required_claims,
         principal_claim: spec.principal_claim,
+        token_types,
+        allow_untyped: spec.allow_untyped,
+        allow_fractional_dates: spec.allow_fractional_dates,
     })
 }
 
@@ -1357,6 +1539,12 @@ impl JwtAuthenticator {
                 r.refresh().await;
             }
         }
+    }
+
+    /// How many times a fetched key set differed from the keys known before it (each
+    /// change empties the verified-token cache, for every user).
+    pub fn key_set_changes(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
     }
 
     /// How many verified tokens are cached.
