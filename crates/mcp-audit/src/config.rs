@@ -311,8 +311,11 @@ impl Default for QueueConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct QueryConfig {
-    /// The scope a principal needs (default `audit:read`).
+    /// The scope that reads every row (default `audit:read`).
     pub scope: String,
+    /// The scope that reads only the rows of the principal holding it (default
+    /// `audit:read:own`): its `user` filter is forced to its own qualified id.
+    pub own_scope: String,
     /// The largest `limit` honoured (default 1000).
     pub max_limit: u32,
 }
@@ -321,6 +324,7 @@ impl Default for QueryConfig {
     fn default() -> Self {
         Self {
             scope: "audit:read".to_owned(),
+            own_scope: "audit:read:own".to_owned(),
             max_limit: 1000,
         }
     }
@@ -493,6 +497,18 @@ impl AuditConfig {
         }
         if self.query.scope.trim().is_empty() {
             return Err(ConfigError::new("audit.query.scope", "must not be empty"));
+        }
+        if self.query.own_scope.trim().is_empty() {
+            return Err(ConfigError::new(
+                "audit.query.ownScope",
+                "must not be empty",
+            ));
+        }
+        if self.query.own_scope == self.query.scope {
+            return Err(ConfigError::new(
+                "audit.query.ownScope",
+                "must differ from audit.query.scope (which reads every row)",
+            ));
         }
         if self.query.max_limit == 0 || self.query.max_limit > 10_000 {
             return Err(ConfigError::new(

@@ -344,18 +344,21 @@ impl IndexColumns {
     }
 
     fn with_ts(r: &AuditRecord, ts_us: i64) -> Self {
+        // As the renderer writes them: display controls spelled as JSON escapes.
+        let col = |s: &Option<String>| {
+            s.as_deref()
+                .map(|s| crate::mask::escape_display_controls(s).into_owned())
+        };
         Self {
             ts_us,
             kind: r.kind.unwrap_or(EventKind::Request).as_str().to_owned(),
             event_id: r.event_id.clone(),
-            request_id: r.request_id.clone(),
-            user: r.user.clone(),
-            tool: r
-                .tool
-                .clone()
-                .or_else(|| r.resource.clone())
-                .or_else(|| r.prompt.clone()),
-            mcp_method: r.mcp_method.clone(),
+            request_id: col(&r.request_id),
+            user: col(&r.user),
+            tool: col(&r.tool)
+                .or_else(|| col(&r.resource))
+                .or_else(|| col(&r.prompt)),
+            mcp_method: col(&r.mcp_method),
             outcome: r.status.map(|o| o.as_str().to_owned()),
             http_status: r.http_status.map(i32::from),
             reason: r.reason.clone(),
@@ -607,14 +610,16 @@ impl Renderer {
         }
         w.end();
 
+        // Client text in the indexed columns: display controls spelled as JSON escapes.
+        let col = |s: Cow<'_, str>| crate::mask::escape_display_controls(&s).into_owned();
         let columns = IndexColumns {
             ts_us,
             kind: kind.as_str().to_owned(),
             event_id: event_id.to_owned(),
-            request_id: request_id.map(Cow::into_owned),
-            user: user.map(Cow::into_owned),
-            tool: target.map(|(_, n)| n.into_owned()),
-            mcp_method: mcp_method.map(Cow::into_owned),
+            request_id: request_id.map(col),
+            user: user.map(col),
+            tool: target.map(|(_, n)| col(n)),
+            mcp_method: mcp_method.map(col),
             outcome: e.outcome.map(|o| o.as_str().to_owned()),
             http_status: e.status.map(i32::from),
             reason: reason.map(str::to_owned),

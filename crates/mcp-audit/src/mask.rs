@@ -367,7 +367,7 @@ impl Masker {
                     // Keys to rename: exactly what mask_value does, on a copy.
                     let mut copy = v.clone();
                     self.mask_value(&mut copy);
-                    let _ = serde_json::to_writer(&mut *out, &copy);
+                    write_json(out, &copy);
                     return;
                 }
                 out.push(b'{');
@@ -533,11 +533,92 @@ fn needs_escape(s: &[u8]) -> bool {
     special(w)
 }
 
+/// Whether `c` is written as a `\uXXXX` escape in every audit output (events, indexed
+/// columns, query answers), on top of what JSON itself escapes: C1 controls
+/// (U+0080-U+009F: NEL, CSI, ... act on terminals and log viewers), the bidirectional
+/// controls (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C: they reorder what a
+/// reader sees) and the line and paragraph separators (U+2028, U+2029: line breaks for
+/// some readers). JSON escapes keep the value: a JSON reader decodes exactly what the
+/// client sent.
+///
+/// ```
+/// assert!(mcp_audit::mask::is_display_control('\u{202e}'));
+/// assert!(mcp_audit::mask::is_display_control('\u{85}'));
+/// assert!(!mcp_audit::mask::is_display_control('é'));
+/// ```
+pub fn is_display_control(c: char) -> bool {
+    matches!(c,
+        '\u{80}'..='\u{9f}'
+        | '\u{61c}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{2028}'
+        | '\u{2029}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}')
+}
+
+fn has_display_control(s: &str) -> bool {
+    !s.is_ascii() && s.chars().any(is_display_control)
+}
+
+/// `s` with every [`is_display_control`] character replaced by its JSON escape spelled
+/// out (`\u202e`): how the indexed columns of the SQL trails hold client text, and how
+/// the query API's `user` and `tool` filters are matched against them.
+///
+/// ```
+/// assert_eq!(mcp_audit::mask::escape_display_controls("a\u{202e}b"), "a\\u202eb");
+/// assert_eq!(mcp_audit::mask::escape_display_controls("plain"), "plain");
+/// ```
+pub fn escape_display_controls(s: &str) -> Cow<'_, str> {
+    if !has_display_control(s) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_display_control(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// serde_json's compact formatter, with [`is_display_control`] characters escaped.
+struct SafeFormatter;
+
+impl serde_json::ser::Formatter for SafeFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if is_display_control(c) {
+                w.write_all(fragment.as_bytes().get(start..i).unwrap_or_default())?;
+                write!(w, "\\u{:04x}", c as u32)?;
+                start = i + c.len_utf8();
+            }
+        }
+        w.write_all(fragment.as_bytes().get(start..).unwrap_or_default())
+    }
+}
+
+/// Writes `v` as compact JSON with [`is_display_control`] characters escaped.
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    let mut ser = serde_json::Serializer::with_formatter(out, SafeFormatter);
+    // Writing to a Vec cannot fail, and JSON values always serialize.
+    let _ = v.serialize(&mut ser);
+}
+
 /// Writes `s` as a JSON string, byte for byte as serde_json does (which escapes only
-/// `"`, `\` and control characters): strings with nothing to escape are copied as is.
+/// `"`, `\` and control characters), and [`is_display_control`] characters as `\uXXXX`:
+/// strings with nothing to escape are copied as is.
 pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    if needs_escape(s.as_bytes()) {
-        let _ = serde_json::to_writer(&mut *out, s);
+    if needs_escape(s.as_bytes()) || has_display_control(s) {
+        write_json(out, s);
     } else {
         out.reserve(s.len() + 2);
         out.push(b'"');
@@ -1073,7 +1154,33 @@ mod tests {
         fn json_strings_are_written_as_serde_json_writes_them(s in "(\\PC|[\\x00-\\x1f\"\\\\\\x7f])*") {
             let mut out = Vec::new();
             write_json_str(&mut out, &s);
-            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+            let out = String::from_utf8(out).unwrap();
+            if s.chars().any(is_display_control) {
+                prop_assert!(!out.chars().any(is_display_control));
+                prop_assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s);
+            } else {
+                prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+            }
+        }
+
+        #[test]
+        fn display_controls_are_escaped_and_decode_to_the_input(
+            s in "([a-z\"\\\\\\x00-\\x1f]|[\\u{80}-\\u{9f}\\u{61c}\\u{200e}\\u{200f}\\u{2028}-\\u{202e}\\u{2066}-\\u{2069}]|\\PC)*"
+        ) {
+            let mut out = Vec::new();
+            write_json_str(&mut out, &s);
+            let out = String::from_utf8(out).unwrap();
+            prop_assert!(!out.chars().any(is_display_control), "{}", out);
+            prop_assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s.clone());
+            // Inside any value too, keys included.
+            let v = serde_json::json!({ s.clone(): [s.clone()] });
+            let mut out = Vec::new();
+            write_json(&mut out, &v);
+            let text = String::from_utf8(out).unwrap();
+            prop_assert!(!text.chars().any(is_display_control));
+            prop_assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), v);
+            let col = escape_display_controls(&s);
+            prop_assert!(!col.chars().any(is_display_control));
         }
 
         #[test]

@@ -474,6 +474,7 @@ impl Auditor {
         self.store.as_ref().map(|s| {
             crate::AuditQueryService::new(Arc::clone(s))
                 .scope(&self.config.query.scope)
+                .own_scope(&self.config.query.own_scope)
                 .max_limit(self.config.query.max_limit)
         })
     }

@@ -17,8 +17,16 @@
 //!
 //! **Access.** Unlike the seeds' query endpoints, which answer anyone, this one requires a
 //! [`Principal`] in the request extensions (put there by the authentication layer) that
-//! holds the audit scope (default `audit:read`): without a principal it answers 401, with
-//! a principal lacking the scope 403.
+//! holds the audit scope (default `audit:read`, which reads every row) or the own-rows
+//! scope (default `audit:read:own`): without a principal it answers 401, with a principal
+//! holding neither 403. A principal holding only the own-rows scope reads the rows
+//! recorded under its own qualified id: without `user` the filter is its id, with
+//! another `user` (or `anonymous`) the answer is 403.
+//!
+//! Client text in the trail (tool names, user ids) is stored with display controls
+//! spelled as JSON escapes ([`crate::mask::escape_display_controls`]); the `user` and
+//! `tool` filters are matched the same way, so a filter naming what the client sent
+//! finds its rows.
 //!
 //! ```no_run
 //! # #[cfg(feature = "sqlite")] {
@@ -211,11 +219,12 @@ pub fn build_query(q: &AuditQuery, ph: impl Fn(usize) -> String) -> (String, Vec
         params.push(p);
         sql.push_str(&clause.replace("{}", &ph(params.len())));
     };
+    let text = |s: &str| SqlParam::Text(crate::mask::escape_display_controls(s).into_owned());
     if let Some(u) = &q.user {
-        add(&mut sql, " AND user_id = {}", SqlParam::Text(u.clone()));
+        add(&mut sql, " AND user_id = {}", text(u));
     }
     if let Some(t) = &q.tool {
-        add(&mut sql, " AND tool = {}", SqlParam::Text(t.clone()));
+        add(&mut sql, " AND tool = {}", text(t));
     }
     match q.status {
         Some(StatusFilter::Success) => sql.push_str(" AND outcome = 'success'"),
@@ -339,6 +348,7 @@ pub fn parse_query(qs: Option<&str>, max_limit: u32) -> Result<AuditQuery, Query
 pub struct AuditQueryService {
     store: Arc<dyn AuditStore>,
     scope: Arc<str>,
+    own_scope: Option<Arc<str>>,
     max_limit: u32,
 }
 
@@ -346,24 +356,34 @@ impl fmt::Debug for AuditQueryService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditQueryService")
             .field("scope", &self.scope)
+            .field("own_scope", &self.own_scope)
             .field("max_limit", &self.max_limit)
             .finish_non_exhaustive()
     }
 }
 
 impl AuditQueryService {
-    /// A service over `store`, requiring the scope `audit:read`, limit capped at 1000.
+    /// A service over `store`: `audit:read` reads every row, `audit:read:own` the
+    /// holder's own rows; limit capped at 1000.
     pub fn new(store: Arc<dyn AuditStore>) -> Self {
         Self {
             store,
             scope: Arc::from("audit:read"),
+            own_scope: Some(Arc::from("audit:read:own")),
             max_limit: 1000,
         }
     }
 
-    /// Sets the scope a principal needs.
+    /// Sets the scope that reads every row.
     pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
         self.scope = Arc::from(scope.as_ref());
+        self
+    }
+
+    /// Sets the scope that reads only the holder's own rows (empty: no such scope).
+    pub fn own_scope(mut self, scope: impl AsRef<str>) -> Self {
+        let s = scope.as_ref();
+        self.own_scope = (!s.is_empty()).then(|| Arc::from(s));
         self
     }
 
@@ -409,7 +429,9 @@ impl AuditQueryService {
                 .with_header(WWW_AUTHENTICATE, "Bearer realm=\"mcp-audit\"")
                 .into_response();
         };
-        if !p.has_scope(&self.scope) {
+        let all = p.has_scope(&self.scope);
+        let own_only = !all && self.own_scope.as_deref().is_some_and(|s| p.has_scope(s));
+        if !all && !own_only {
             let challenge = format!(
                 "Bearer realm=\"mcp-audit\", error=\"insufficient_scope\", scope=\"{}\"",
                 self.scope
@@ -419,7 +441,7 @@ impl AuditQueryService {
                 .with_header(WWW_AUTHENTICATE, challenge)
                 .into_response();
         }
-        let q = match parse_query(qs.as_deref(), self.max_limit) {
+        let mut q = match parse_query(qs.as_deref(), self.max_limit) {
             Ok(q) => q,
             Err(e) => {
                 return Rejection::new(RejectionReason::InvalidParams)
@@ -428,6 +450,21 @@ impl AuditQueryService {
                     .into_response();
             }
         };
+        if own_only {
+            let me = p.qualified_id();
+            if q.user.as_deref().is_some_and(|u| u != me) {
+                let challenge = format!(
+                    "Bearer realm=\"mcp-audit\", error=\"insufficient_scope\", scope=\"{}\"",
+                    self.scope
+                );
+                return Rejection::new(RejectionReason::InsufficientScope)
+                    .with_message("Only your own audit records are readable with your scope")
+                    .with_detail(self.scope.to_string())
+                    .with_header(WWW_AUTHENTICATE, challenge)
+                    .into_response();
+            }
+            q.user = Some(me.to_owned());
+        }
         match self.store.query(q).await {
             Ok(page) => {
                 let mut resp = Response::new(Body::from(page.to_json()));
