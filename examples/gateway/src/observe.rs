@@ -11,8 +11,13 @@
 //! - `mcp_gateway_request_duration_seconds{upstream, mcp_method}` (time to the response
 //!   headers; SSE streams are not timed to their end)
 //!
-//! Label values that come from clients (method, tool) are bounded: known MCP methods
-//! only, and at most [`MAX_TOOL_LABELS`] tool names per upstream, the rest as `other`.
+//! Label values are never taken from what a client sends: the MCP method is one of the
+//! known methods (else `other`), and the tool is one the upstream named in a
+//! `tools/list` answer ([`KnownTools`], at most [`MAX_TOOL_LABELS`] per upstream, the
+//! first listed; names longer than 64 bytes or outside `[A-Za-z0-9_./:-]` are not taken).
+//! Any other tool name counts as `other`, so a client calling hundreds of invented tools
+//! cannot take the labels of real ones. A tool counts under its name once an answer to
+//! `tools/list` through the gateway named it since the gateway started.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -21,14 +26,194 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::body::{Body, HttpBody};
+use bytes::Bytes;
 use http::{Request, Response};
 use mcp_core::{Denial, McpRequest, RequestFacts};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// Tool names kept as label values per upstream.
+/// Tool names kept as label values per upstream (the first the upstream lists).
 pub const MAX_TOOL_LABELS: usize = 200;
+
+/// The most bytes of one `tools/list` answer read for tool names (4 MiB); past it, the
+/// rest of that answer is passed on unread.
+pub const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The tool names an upstream listed, shared by every router of the process (one per
+/// worker thread): the label values of the `tool` label.
+#[derive(Debug, Default)]
+pub struct KnownTools {
+    names: std::sync::RwLock<HashSet<Arc<str>>>,
+}
+
+impl KnownTools {
+    /// The known tools of `upstream` (created empty on first use).
+    pub fn of(upstream: &str) -> Arc<KnownTools> {
+        static ALL: std::sync::OnceLock<Mutex<HashMap<String, Arc<KnownTools>>>> =
+            std::sync::OnceLock::new();
+        let mut all = ALL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Arc::clone(all.entry(upstream.to_owned()).or_default())
+    }
+
+    /// The label of `tool`: its name when the upstream listed it, else `other`.
+    fn label(&self, tool: &str) -> ToolLabel {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        match names.get(tool) {
+            Some(t) => ToolLabel::Name(Arc::clone(t)),
+            None => ToolLabel::Other,
+        }
+    }
+
+    /// Takes the tool names of a JSON-RPC answer (or batch) to `tools/list`.
+    fn learn(&self, answer: &serde_json::Value) {
+        let answers = match answer {
+            serde_json::Value::Array(a) => a.as_slice(),
+            one => std::slice::from_ref(one),
+        };
+        for a in answers {
+            let Some(tools) = a
+                .get("result")
+                .and_then(|r| r.get("tools"))
+                .and_then(serde_json::Value::as_array)
+            else {
+                continue;
+            };
+            let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+            for name in tools
+                .iter()
+                .filter_map(|t| t.get("name").and_then(serde_json::Value::as_str))
+            {
+                if names.len() >= MAX_TOOL_LABELS {
+                    return;
+                }
+                let label_safe = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-./:".contains(&b));
+                if label_safe && !names.contains(name) {
+                    names.insert(name.into());
+                }
+            }
+        }
+    }
+
+    /// How many tool names are known.
+    pub fn count(&self) -> usize {
+        self.names.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Reads the tool names of a `tools/list` answer as it passes (JSON or SSE), without
+/// holding it back; at most [`MAX_LIST_BYTES`] are kept.
+struct ListTap {
+    known: Arc<KnownTools>,
+    sse: bool,
+    buf: Vec<u8>,
+}
+
+impl ListTap {
+    fn push(&mut self, data: &[u8]) -> bool {
+        if self.buf.len() + data.len() > MAX_LIST_BYTES {
+            return false;
+        }
+        self.buf.extend_from_slice(data);
+        if self.sse {
+            // Each complete event: its data lines are one JSON-RPC message.
+            while let Some((end, sep)) = find_event_end(&self.buf) {
+                let event: Vec<u8> = self.buf.drain(..end + sep).collect();
+                self.learn_event(&event[..end]);
+            }
+        }
+        true
+    }
+
+    fn learn_event(&self, event: &[u8]) {
+        let mut data = Vec::new();
+        for line in event.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(d) = line.strip_prefix(b"data:") {
+                if !data.is_empty() {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+            }
+        }
+        if let Ok(v) = serde_json::from_slice(&data) {
+            self.known.learn(&v);
+        }
+    }
+}
+
+impl Drop for ListTap {
+    fn drop(&mut self) {
+        // A JSON answer is read whole when its body is done (or dropped: then it does
+        // not parse, unless it was complete).
+        if self.sse {
+            let rest = std::mem::take(&mut self.buf);
+            self.learn_event(&rest);
+        } else if let Ok(v) = serde_json::from_slice(&self.buf) {
+            self.known.learn(&v);
+        }
+    }
+}
+
+/// The end of the first complete SSE event in `buf` and the length of its separator.
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A response body passed on unchanged while its tool names are read.
+struct LearnBody {
+    inner: Body,
+    tap: Option<ListTap>,
+}
+
+impl HttpBody for LearnBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+            && let Some(tap) = &mut this.tap
+            && !tap.push(data)
+        {
+            // Too long to read for names: pass the rest on unread.
+            if let Some(mut tap) = this.tap.take() {
+                tap.buf = Vec::new();
+                tap.sse = true;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 const KNOWN_METHODS: &[&str] = &[
     "initialize",
@@ -135,6 +320,7 @@ pub fn spawn_upkeep(handle: PrometheusHandle) {
 pub struct MetricsLayer {
     upstream: metrics::SharedString,
     state: Arc<Mutex<LabelState>>,
+    known: Arc<KnownTools>,
 }
 
 /// Cached label sets with their metric handles kept per upstream.
@@ -142,7 +328,6 @@ pub const MAX_CACHED_HANDLES: usize = 4096;
 
 #[derive(Debug, Default)]
 struct LabelState {
-    tools: HashSet<Arc<str>>,
     requests: HashMap<RequestLabels, metrics::Counter>,
     durations: HashMap<&'static str, metrics::Histogram>,
 }
@@ -173,12 +358,14 @@ impl ToolLabel {
 }
 
 impl MetricsLayer {
-    /// A layer labelling with `upstream`.
+    /// A layer labelling with `upstream`, whose tool labels are those `upstream` lists
+    /// ([`KnownTools::of`]).
     pub fn new(upstream: &str) -> Self {
         let name: Arc<str> = upstream.into();
         Self {
             upstream: metrics::SharedString::from(name),
             state: Arc::new(Mutex::new(LabelState::default())),
+            known: KnownTools::of(upstream),
         }
     }
 }
@@ -205,11 +392,12 @@ where
     S: Service<Request<B>, Response = Response<RB>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    RB: Send + 'static,
+    RB: HttpBody<Data = Bytes> + Send + 'static,
+    RB::Error: Into<axum::BoxError>,
 {
-    type Response = Response<RB>;
+    type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -244,9 +432,52 @@ where
                     .increment(1);
                 }
             }
-            result
+            result.map(|resp| learn_tools(&pending.layer.known, resp))
         })
     }
+}
+
+/// The response, its body read for tool names when it answers a `tools/list` with 200.
+fn learn_tools<RB>(known: &Arc<KnownTools>, resp: Response<RB>) -> Response<Body>
+where
+    RB: HttpBody<Data = Bytes> + Send + 'static,
+    RB::Error: Into<axum::BoxError>,
+{
+    let listing = resp.status() == http::StatusCode::OK
+        && resp
+            .extensions()
+            .get::<McpRequest>()
+            .is_some_and(|m| !m.is_batch() && m.method() == Some("tools/list"));
+    let resp = resp.map(Body::new);
+    if !listing || known.count() >= MAX_TOOL_LABELS {
+        return resp;
+    }
+    let media = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let sse = match media.as_deref() {
+        Some("text/event-stream") => true,
+        Some("application/json") => false,
+        _ => return resp,
+    };
+    resp.map(|inner| {
+        Body::new(LearnBody {
+            inner,
+            tap: Some(ListTap {
+                known: Arc::clone(known),
+                sse,
+                buf: Vec::new(),
+            }),
+        })
+    })
 }
 
 /// Counts a request dropped before its response (its future dropped while still
@@ -332,11 +563,11 @@ fn record(
             .unwrap_or("other"),
         None => "-",
     };
-    let mut state = layer.state.lock().unwrap_or_else(|e| e.into_inner());
     let tool = match mcp.and_then(McpRequest::tool_name) {
-        Some(t) => bounded_tool(&mut state.tools, t),
+        Some(t) => layer.known.label(t),
         None => ToolLabel::None,
     };
+    let mut state = layer.state.lock().unwrap_or_else(|e| e.into_inner());
     let labels = RequestLabels {
         http_method,
         mcp_method: method,
@@ -372,23 +603,6 @@ fn record(
     }
 }
 
-fn bounded_tool(tools: &mut HashSet<Arc<str>>, tool: &str) -> ToolLabel {
-    if let Some(t) = tools.get(tool) {
-        return ToolLabel::Name(t.clone());
-    }
-    let printable = tool.len() <= 64
-        && tool
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-./:".contains(&b));
-    if printable && tools.len() < MAX_TOOL_LABELS {
-        let t: Arc<str> = tool.into();
-        tools.insert(t.clone());
-        ToolLabel::Name(t)
-    } else {
-        ToolLabel::Other
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,7 +623,11 @@ mod tests {
     fn a_request_dropped_before_its_response_counts_as_cancelled_with_its_tool() {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let layer = MetricsLayer::new("demo");
+        let layer = MetricsLayer::new("unit-cancelled");
+        layer
+            .known
+            .learn(&serde_json::json!({"jsonrpc": "2.0", "id": 1,
+            "result": {"tools": [{"name": "slow_count"}]}}));
         metrics::with_local_recorder(&recorder, || {
             let facts = RequestFacts::new();
             let mut ext = http::Extensions::new();
@@ -445,18 +663,32 @@ mod tests {
     }
 
     #[test]
-    fn cached_handles_keep_counting_and_tool_labels_stay_bounded() {
+    fn tool_labels_are_the_listed_tools_and_stay_bounded() {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let layer = MetricsLayer::new("demo");
+        let layer = MetricsLayer::new("unit-bounded");
+        // Invented names before any list: `other`, and they take no label.
         metrics::with_local_recorder(&recorder, || {
-            for _ in 0..3 {
-                served(&layer, "echo", "200");
-            }
-            served(&layer, "echo", "429");
             for i in 0..MAX_TOOL_LABELS + 5 {
                 served(&layer, &format!("t{i}"), "200");
             }
+        });
+        assert_eq!(layer.known.count(), 0);
+        // An upstream listing 10,000 tools: the first MAX_TOOL_LABELS label-safe ones.
+        let tools: Vec<_> = std::iter::once(serde_json::json!({"name": "bad name"}))
+            .chain((0..10_000).map(|i| serde_json::json!({"name": format!("tool_{i}")})))
+            .collect();
+        layer
+            .known
+            .learn(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}));
+        assert_eq!(layer.known.count(), MAX_TOOL_LABELS);
+        metrics::with_local_recorder(&recorder, || {
+            for _ in 0..3 {
+                served(&layer, "tool_0", "200");
+            }
+            served(&layer, "tool_0", "429");
+            served(&layer, "tool_9999", "200");
+            served(&layer, "bad name", "200");
         });
         let text = handle.render();
         let line = |needle: &str| {
@@ -465,14 +697,54 @@ mod tests {
                 .unwrap_or_else(|| panic!("no line with {needle} in\n{text}"))
                 .to_owned()
         };
-        assert!(line(r#"tool="echo",status="200""#).ends_with(" 3"));
-        assert!(line(r#"tool="echo",status="429""#).ends_with(" 1"));
-        // "echo" took one of the tool labels: the last 6 names share "other".
-        assert!(line(r#"tool="other""#).ends_with(" 6"));
-        let state = layer.state.lock().unwrap();
-        assert_eq!(state.tools.len(), MAX_TOOL_LABELS);
-        assert!(state.requests.len() <= MAX_CACHED_HANDLES);
-        drop(state);
-        assert!(text.contains(r#"mcp_gateway_request_duration_seconds_count{upstream="demo",mcp_method="tools/call"} 209"#), "{text}");
+        assert!(line(r#"tool="tool_0",status="200""#).ends_with(" 3"));
+        assert!(line(r#"tool="tool_0",status="429""#).ends_with(" 1"));
+        // The 205 invented names, the 10,000th tool and the name with a space.
+        assert!(line(r#"tool="other""#).ends_with(" 207"), "{text}");
+        assert!(!text.contains("t17\""));
+        assert!(layer.state.lock().unwrap().requests.len() <= MAX_CACHED_HANDLES);
+    }
+
+    #[test]
+    fn tool_names_are_read_from_json_and_sse_answers_in_any_chunking() {
+        let answer =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"alpha"},{"name":"beta"}]}}"#;
+        let sse = format!("event: message\r\ndata: {answer}\r\n\r\n: keepalive\n\n");
+        for chunk in [1, 3, 7, 64, 4096] {
+            for (sse_mode, body) in [(false, answer.to_owned()), (true, sse.clone())] {
+                let known = Arc::new(KnownTools::default());
+                {
+                    let mut tap = ListTap {
+                        known: Arc::clone(&known),
+                        sse: sse_mode,
+                        buf: Vec::new(),
+                    };
+                    for piece in body.as_bytes().chunks(chunk) {
+                        assert!(tap.push(piece));
+                    }
+                    if sse_mode {
+                        // An SSE answer is read event by event, before the stream ends.
+                        assert_eq!(known.count(), 2, "chunk {chunk}");
+                    }
+                }
+                assert_eq!(known.count(), 2, "chunk {chunk}, sse {sse_mode}");
+                assert!(matches!(known.label("beta"), ToolLabel::Name(_)));
+                assert!(matches!(known.label("gamma"), ToolLabel::Other));
+            }
+        }
+        // A truncated JSON answer teaches nothing; an oversized one is not kept.
+        let known = Arc::new(KnownTools::default());
+        drop(ListTap {
+            known: Arc::clone(&known),
+            sse: false,
+            buf: answer.as_bytes()[..answer.len() - 3].to_vec(),
+        });
+        assert_eq!(known.count(), 0);
+        let mut tap = ListTap {
+            known: Arc::clone(&known),
+            sse: false,
+            buf: Vec::new(),
+        };
+        assert!(!tap.push(&vec![b' '; MAX_LIST_BYTES + 1]));
     }
 }

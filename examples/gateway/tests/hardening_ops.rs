@@ -601,6 +601,7 @@ async fn metrics_on_the_public_listener_need_the_metrics_scope() {
         "",
     );
     let c = client();
+    list_tools(&c, &format!("{base}/mcp")).await;
     assert_eq!(status_of(add(&c, &format!("{base}/mcp"), KEY)).await, 200);
     let metrics = |key: Option<&str>| {
         let r = c.get(format!("{base}/metrics"));
@@ -700,6 +701,7 @@ async fn admin_listener_serves_the_operator_endpoints() {
     );
     let (_gw, base, admin) = start_with_admin(dir.path(), &yaml);
     let c = client();
+    list_tools(&c, &format!("{base}/mcp")).await;
     assert_eq!(status_of(echo(&c, &format!("{base}/mcp"), KEY)).await, 200);
     // Public: no /metrics, even with the scope.
     let r = c

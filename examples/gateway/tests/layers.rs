@@ -404,6 +404,7 @@ async fn a_call_abandoned_before_its_response_is_audited_and_counted_with_caller
     let db = dir.path().join("audit.db");
     let (_gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, ""));
     let addr = base.trim_start_matches("http://").to_owned();
+    list_tools(&client(), &format!("{base}/mcp")).await;
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "slow_count", "arguments": {"count": 3, "delay_ms": 1000},
                    "_meta": modern_meta()}})

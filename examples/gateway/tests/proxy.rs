@@ -370,6 +370,7 @@ async fn metrics_count_requests_and_denials() {
     let (_up, _gw, base) = start_default(dir.path());
     let url = format!("{base}/mcp");
     let c = client();
+    list_tools(&c, &url).await;
     call_tool(&c, &url, "echo", json!({"message": "m"}))
         .header("x-api-key", KEY)
         .send()

@@ -427,6 +427,18 @@ pub fn has_requests_line(metrics: &str, labels: &[&str]) -> bool {
     })
 }
 
+/// Lists the tools of the upstream behind `url` (an MCP endpoint) as alice: `/metrics`
+/// labels a tool by its name once its upstream listed it.
+pub async fn list_tools(c: &reqwest::Client, url: &str) {
+    let r = modern(c, url, "tools/list", None, json!({}))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.text().await;
+}
+
 /// `GET /api/audit/query?{query}` as alice (who holds `audit:read`), parsed.
 pub async fn audit_query(base: &str, query: &str) -> Value {
     client()
