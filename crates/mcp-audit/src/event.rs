@@ -32,6 +32,10 @@ pub enum EventKind {
     Shutdown,
     /// The configuration was reloaded.
     ConfigReload,
+    /// Connections the server refused before any request (over the per-client cap),
+    /// aggregated per client address: `data.refused` counts them (see
+    /// [`crate::ConnectionAudit`]).
+    Connection,
 }
 
 impl EventKind {
@@ -43,6 +47,7 @@ impl EventKind {
             Self::Startup => "startup",
             Self::Shutdown => "shutdown",
             Self::ConfigReload => "config_reload",
+            Self::Connection => "connection",
         }
     }
 }
@@ -56,7 +61,10 @@ pub enum Outcome {
     /// Refused by a layer (a [`Denial`] in the response extensions).
     Denied,
     /// Failed: an upstream or internal error, an error status without a denial, a body
-    /// that failed while streaming, or an inner service error.
+    /// that failed while streaming, an inner service error, or a response the server cut
+    /// (reason `write_timeout`: the client took none of it for the write timeout, so the
+    /// server closed the connection with the response not all written; the HTTP status
+    /// sent is kept).
     Error,
     /// Abandoned before its response: the client disconnected, or the connection or a
     /// timeout dropped the request, while an inner service (the upstream) was still
@@ -106,6 +114,9 @@ pub(crate) struct EventData {
     pub(crate) orig_headers: Option<http::HeaderMap>,
     pub(crate) message: Option<Cow<'static, str>>,
     pub(crate) data: Option<Value>,
+    /// A reason and detail of the connection layer (a cut response, refused
+    /// connections), recorded instead of the denial's.
+    pub(crate) note: Option<(&'static str, &'static str)>,
 }
 
 /// An event handed to the writer. Request events are built by [`crate::AuditLayer`];
@@ -516,7 +527,10 @@ impl Renderer {
         });
         let target_of =
             |want: fn(&Target) -> bool| target.as_ref().filter(|(t, _)| want(t)).map(|(_, n)| &**n);
-        let reason = e.denial.as_ref().map(|d| d.reason.as_str());
+        let reason = e
+            .note
+            .map(|(reason, _)| reason)
+            .or_else(|| e.denial.as_ref().map(|d| d.reason.as_str()));
 
         let out = &mut self.buf;
         out.clear();
@@ -579,14 +593,17 @@ impl Renderer {
         w.opt("http_status", e.status);
         w.opt("jsonrpc_error_code", e.denial.as_ref().map(|d| d.code));
         w.text("reason", reason);
-        w.text(
-            "detail",
-            e.denial
-                .as_ref()
-                .and_then(|d| d.detail.as_deref())
-                .map(ms)
-                .as_deref(),
-        );
+        match e.note {
+            Some((_, detail)) => w.text("detail", Some(detail)),
+            None => w.text(
+                "detail",
+                e.denial
+                    .as_ref()
+                    .and_then(|d| d.detail.as_deref())
+                    .map(ms)
+                    .as_deref(),
+            ),
+        }
         w.opt(
             "duration_ms",
             e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
@@ -720,8 +737,14 @@ mod tests {
             status: e.outcome,
             http_status: e.status,
             jsonrpc_error_code: e.denial.as_ref().map(|d| d.code),
-            reason: e.denial.as_ref().map(|d| d.reason.as_str().to_owned()),
-            detail: e.denial.as_ref().and_then(|d| d.detail.as_deref()).map(ms),
+            reason: e
+                .note
+                .map(|(r, _)| r.to_owned())
+                .or_else(|| e.denial.as_ref().map(|d| d.reason.as_str().to_owned())),
+            detail: match e.note {
+                Some((_, d)) => Some(d.to_owned()),
+                None => e.denial.as_ref().and_then(|d| d.detail.as_deref()).map(ms),
+            },
             duration_ms: e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
             upstream: e.upstream.as_deref().map(ms),
             bytes_in: e.bytes_in,
@@ -783,6 +806,7 @@ mod tests {
             bytes_out: e.bytes_out,
             message: e.message.clone(),
             data: e.data.clone(),
+            note: e.note,
             request: None,
             orig_path: e.orig_path.clone(),
             orig_headers: e.orig_headers.clone(),

@@ -23,6 +23,16 @@
 //! and the [`McpRequest`] as they establish them: a client that starts a tool call and
 //! hangs up cannot leave an anonymous record.
 //!
+//! Under a server that reports on its connections (mcp-tls's accept loop puts a
+//! [`ConnectionEvents`] in the request extensions), a response is recorded once the
+//! connection has written it, not when its body was handed to the server's buffers: a
+//! response the server cut because the client took none of it for the write timeout is
+//! recorded with the outcome `error` and the reason `write_timeout` (its HTTP status
+//! and the bytes handed to the connection kept), whether it was JSON or an SSE stream,
+//! ended in the buffers or still streaming. A request cut before its response is
+//! `cancelled` with that reason. Under another server, records are written at the end
+//! of the body, as described above.
+//!
 //! The client IP is the [`ClientAddr`] in the request extensions (set by
 //! [`mcp_core::ClientAddrLayer`] outside this layer), else the peer address
 //! ([`mcp_core::PeerAddr`] or axum's `ConnectInfo`) resolved through the
@@ -43,7 +53,8 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use mcp_core::{
-    ClientAddr, Denial, McpRequest, Principal, RejectionReason, RequestFacts, TrustedProxies,
+    ClientAddr, CloseReason, ConnectionEvents, Denial, McpRequest, Principal, RejectionReason,
+    RequestFacts, TrustedProxies,
 };
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc::OwnedPermit;
@@ -238,6 +249,7 @@ where
                 None => peer.ip().to_canonical(),
             }),
         };
+        let events = req.extensions().get::<ConnectionEvents>().cloned();
         let bytes_in = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -269,6 +281,7 @@ where
                 bytes: 0,
                 wait: None,
                 done: false,
+                events,
             }),
             header: cfg.header.clone(),
         }
@@ -387,6 +400,32 @@ struct BodyState {
     bytes: u64,
     wait: Option<WaitFuture>,
     done: bool,
+    /// The connection's events, under a server that reports them.
+    events: Option<ConnectionEvents>,
+}
+
+/// Records that the server cut the response (or, with no response yet, the request).
+fn mark_cut(ev: &mut EventData, reason: CloseReason, responded: bool) {
+    if responded {
+        ev.outcome = Some(Outcome::Error);
+    }
+    ev.note = Some((reason.as_str(), reason.detail()));
+}
+
+/// Hands `ev` to the writer once the connection has written what it was handed, or
+/// closed: cut when it closed for a reason first.
+fn send_when_written(events: &ConnectionEvents, handle: &AuditHandle, ev: Box<EventData>) {
+    let h = handle.clone();
+    let then: mcp_core::OnWritten = Box::new(move |closed| {
+        let mut ev = ev;
+        if let Some(reason) = closed {
+            mark_cut(&mut ev, reason, true);
+        }
+        h.send_detached(ev);
+    });
+    if let Err(then) = events.when_written(then) {
+        then(events.closed());
+    }
 }
 
 impl BodyState {
@@ -402,11 +441,16 @@ impl BodyState {
         Some(ev)
     }
 
-    /// The body ended: queue the event, or start waiting for room.
+    /// The body ended: queue the event (once the connection wrote the response, when it
+    /// reports that), or start waiting for room.
     fn finish(&mut self) {
         let Some(ev) = self.take_finished() else {
             return;
         };
+        if let Some(events) = &self.events {
+            send_when_written(events, &self.handle, ev);
+            return;
+        }
         if let TrySend::Full(ev) = self.handle.try_send(ev) {
             let tx = self.handle.sender().clone();
             let wait = self.handle.max_wait();
@@ -444,16 +488,32 @@ impl Drop for BodyState {
         // answer the client did not take whole (it hung up during an SSE stream, before
         // the JSON-RPC response at its end) is `cancelled`, its HTTP status kept. A `GET`
         // stream normally ends this way and keeps its outcome.
+        //
+        // Dropped because the server cut the connection: the response (or, with none yet,
+        // the request) is recorded as cut. Dropped once taken whole on a connection still
+        // open: recorded once the connection wrote it.
         let taken_whole = self.length == Some(self.bytes);
-        if let Some(ev) = self.event.as_mut()
-            && self.facts.is_none()
-            && !taken_whole
-            && ev.outcome == Some(Outcome::Success)
-            && ev.http_method == Some(http::Method::POST)
-        {
-            ev.outcome = Some(Outcome::Cancelled);
+        let cut = self.events.as_ref().and_then(ConnectionEvents::closed);
+        let responded = self.facts.is_none();
+        if let Some(ev) = self.event.as_mut() {
+            if let Some(reason) = cut {
+                mark_cut(ev, reason, responded);
+            } else if responded
+                && !taken_whole
+                && ev.outcome == Some(Outcome::Success)
+                && ev.http_method == Some(http::Method::POST)
+            {
+                ev.outcome = Some(Outcome::Cancelled);
+            }
         }
-        if let Some(ev) = self.take_finished().or_else(|| self.held.take()) {
+        let defer = responded && taken_whole && cut.is_none();
+        if let Some(ev) = self.take_finished() {
+            match &self.events {
+                Some(events) if defer => send_when_written(events, &self.handle, ev),
+                _ => self.handle.send_detached(ev),
+            }
+        }
+        if let Some(ev) = self.held.take() {
             self.handle.send_detached(ev);
         }
     }

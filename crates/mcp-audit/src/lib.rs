@@ -87,6 +87,7 @@ struct ReadmeDoctests;
 mod capture;
 pub mod chain;
 pub mod config;
+pub mod connection;
 pub mod event;
 pub mod headers;
 pub mod layer;
@@ -100,6 +101,7 @@ pub use config::{
     AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig, MaskingConfig,
     OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
 };
+pub use connection::ConnectionAudit;
 pub use event::{AuditEvent, AuditRecord, EventKind, Outcome};
 pub use headers::{sensitive_headers_layer, sensitive_response_headers_layer};
 pub use layer::{Audit, AuditBody, AuditLayer, AuditUpstream, RequestId, X_REQUEST_ID};

@@ -18,6 +18,8 @@
 //! - [`TlsInfo`] and [`ClientCertIdentity`]: what the TLS accept loop learnt.
 //! - [`RequestFacts`]: the principal and the parsed request, noted where an outer layer
 //!   (the audit trail) can read them even if the request is abandoned before a response.
+//! - [`ConnectionEvents`] and [`ConnectionObserver`]: what a server tells the layers of
+//!   responses it cut (write timeout) and connections it refused (per-client cap).
 //!
 //! ```
 //! use axum::{Router, routing::post};
@@ -40,6 +42,7 @@
 struct ReadmeDoctests;
 
 pub mod client_addr;
+pub mod connection;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod facts;
@@ -55,6 +58,9 @@ pub mod transport;
 pub use client_addr::{
     ClientAddr, ClientAddrLayer, DEFAULT_IPV6_PREFIX, ForwardedHeader, PeerAddr, TrustedProxies,
     ip_key,
+};
+pub use connection::{
+    CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, OnWritten, RefusalReason,
 };
 pub use facts::RequestFacts;
 pub use headers::{InvalidHeaderPattern, UntrustedHeaders};

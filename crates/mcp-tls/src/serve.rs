@@ -68,7 +68,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use mcp_core::{PeerAddr, TlsInfo, TrustedProxies};
+use mcp_core::{
+    CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, PeerAddr, RefusalReason,
+    TlsInfo, TrustedProxies,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -162,6 +165,7 @@ pub struct ConnectionLimit {
     exempt: Arc<TrustedProxies>,
     clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
     counters: Arc<Counters>,
+    observer: Option<Arc<dyn ConnectionObserver>>,
 }
 
 /// Counts of what the accept loops sharing a [`ConnectionLimit`] did.
@@ -226,6 +230,7 @@ impl ConnectionLimit {
             exempt: Arc::new(TrustedProxies::none()),
             clients: Arc::default(),
             counters: Arc::default(),
+            observer: None,
         }
     }
 
@@ -266,6 +271,14 @@ impl ConnectionLimit {
         self
     }
 
+    /// Tells `observer` of every connection refused over the per-client cap (an audit
+    /// trail: `mcp_audit::ConnectionAudit`), with the client as counted (IPv6 by its
+    /// network). Called on the accept path. Set before the limit is cloned and shared.
+    pub fn observer(mut self, observer: Arc<dyn ConnectionObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Open connections, and counts of accepts, refusals, failed TLS handshakes and
     /// closes, over every loop sharing this limit.
     ///
@@ -300,8 +313,9 @@ impl ConnectionLimit {
     }
 
     /// A place for a connection from `peer` in its client address's count: `Ok(None)`
-    /// for an exempt peer, `Err(())` when the address has its limit open already.
-    fn client_slot(&self, peer: IpAddr) -> Result<Option<ClientSlot>, ()> {
+    /// for an exempt peer, `Err(key)` (the address as counted) when it has its limit open
+    /// already.
+    fn client_slot(&self, peer: IpAddr) -> Result<Option<ClientSlot>, IpAddr> {
         if self.exempt.is_trusted(peer) {
             return Ok(None);
         }
@@ -309,7 +323,7 @@ impl ConnectionLimit {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         let open = clients.entry(key).or_insert(0);
         if *open >= self.per_client {
-            return Err(());
+            return Err(key);
         }
         *open += 1;
         Ok(Some(ClientSlot {
@@ -347,6 +361,7 @@ impl fmt::Debug for ConnectionLimit {
             .field("available", &self.available())
             .field("per_client", &self.per_client)
             .field("ipv6_prefix", &self.ipv6_prefix)
+            .field("observer", &self.observer.is_some())
             .finish()
     }
 }
@@ -560,8 +575,15 @@ impl Server {
             // Over its address's cap: closed at once, before it waits for a place.
             let client_slot = match limit.client_slot(peer.ip()) {
                 Ok(slot) => slot,
-                Err(()) => {
+                Err(key) => {
                     refused_per_client(&counters, peer.ip(), limit.per_client);
+                    if let Some(observer) = &limit.observer {
+                        observer.refused(ConnectionRefusal::new(
+                            key,
+                            RefusalReason::TooManyConnections,
+                            limit.per_client,
+                        ));
+                    }
                     drop(tcp);
                     continue;
                 }
@@ -803,6 +825,12 @@ async fn serve_connection<IO, S, B>(
         }
     })
     .await;
+    // Before the connection (and the response bodies it holds) is dropped: a body
+    // dropped with it, or one that ended unwritten, finds why.
+    activity.events.close(match ended {
+        Ended::Done(_) => None,
+        Ended::Stalled | Ended::NotFinishing => Some(CloseReason::WriteTimeout),
+    });
     match ended {
         Ended::Done(Ok(())) => {}
         Ended::Done(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
@@ -844,6 +872,9 @@ struct Activity {
     /// The connection's watch, woken when something it waits for may have changed in
     /// another task (an HTTP/2 stream's).
     waker: AtomicWaker,
+    /// What the layers learn of this connection (in every request's extensions): when
+    /// what it was handed is written, and why it was closed.
+    events: ConnectionEvents,
 }
 
 impl Activity {
@@ -858,6 +889,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             close_asked: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            events: ConnectionEvents::new(),
         }
     }
 
@@ -951,6 +983,13 @@ impl<IO> WriteWatch<IO> {
             Poll::Ready(_) => a.write_blocked.store(false, Ordering::Release),
         }
     }
+
+    /// A flush (or shutdown) completed: everything handed to the stream is written.
+    fn note_flushed(&self, r: &Poll<io::Result<()>>) {
+        if let Poll::Ready(Ok(())) = r {
+            self.activity.events.flushed();
+        }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for WriteWatch<IO> {
@@ -991,12 +1030,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_flush(cx);
         self.note(&r);
+        self.note_flushed(&r);
         r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.note(&r);
+        self.note_flushed(&r);
         r
     }
 }
@@ -1042,7 +1083,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        req.extensions_mut().insert(self.activity.events.clone());
         let a = &self.activity;
         let served = a.requests.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         let last = served >= self.max_requests;

@@ -293,12 +293,20 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     };
     // Peers in server.trustedProxies carry many clients on one address: they are left
     // to the global cap (a proxy limits its own clients).
-    let limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections)
+    let mut limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections)
         .per_client(cfg.server.max_connections_per_client)
         .client_ipv6_prefix(cfg.server.client_ipv6_prefix)
         .exempt(mcp_core::TrustedProxies::new(
             cfg.server.trusted_proxies.iter().copied(),
         ));
+    // Refusals over the per-client cap go to the audit trail, aggregated per address.
+    let connection_audit = layers
+        .auditor
+        .as_ref()
+        .map(|a| std::sync::Arc::new(mcp_audit::ConnectionAudit::new(a.handle().clone())));
+    if let Some(observer) = &connection_audit {
+        limit = limit.observer(observer.clone());
+    }
     if !cfg.server.trusted_proxies.is_empty() {
         tracing::info!(
             per_client = cfg.server.max_connections_per_client,
@@ -429,6 +437,9 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
         }
     }
     tracing::info!("draining done; flushing the audit trail");
+    if let Some(observer) = &connection_audit {
+        observer.flush();
+    }
     layers.flush().await;
     result
 }
