@@ -422,19 +422,20 @@ pub enum ForwardQuery {
 const DECODE_ROUNDS: usize = 3;
 
 /// The name a query parameter `raw` (as written, before `=`) stands for in the
-/// frameworks an upstream may use: `+` as space, percent-decoded (up to three rounds),
-/// cut at the first `[` (PHP and Rails read `tenant[]` and `tenant[x]` as `tenant`) and
-/// at a NUL, spaces trimmed, `.` and space read as `_` (PHP), lower case.
+/// frameworks an upstream may use: `+` as space, percent-decoded (`%XX`, and ASP.NET's
+/// `%uXXXX`; up to three rounds, `+` read as space after each), cut at the first `[`
+/// (PHP and Rails read `tenant[]` and `tenant[x]` as `tenant`) and at a NUL, spaces
+/// trimmed, `.` and space read as `_` (PHP), lower case. It reads more spellings as one
+/// name than any one framework does: a client parameter is refused when any reader
+/// could take it for an operator's.
 pub fn query_param_name(raw: &str) -> String {
-    let mut bytes: Vec<u8> = raw
-        .bytes()
-        .map(|b| if b == b'+' { b' ' } else { b })
-        .collect();
+    let plus = |b: u8| if b == b'+' { b' ' } else { b };
+    let mut bytes: Vec<u8> = raw.bytes().map(plus).collect();
     for _ in 0..DECODE_ROUNDS {
         if !bytes.contains(&b'%') {
             break;
         }
-        let decoded = percent_decode(&bytes);
+        let decoded: Vec<u8> = percent_decode(&bytes).into_iter().map(plus).collect();
         if decoded == bytes {
             break;
         }
@@ -459,7 +460,19 @@ fn percent_decode(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // ASP.NET's `%uXXXX` (a UTF-16 code unit; surrogates left as they are).
         if b[i] == b'%'
+            && i + 5 < b.len()
+            && matches!(b[i + 1], b'u' | b'U')
+            && let Some(c) = b[i + 2..i + 6]
+                .iter()
+                .try_fold(0u32, |acc, &d| Some(acc << 4 | u32::from(hex(d)?)))
+                .and_then(char::from_u32)
+        {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            i += 6;
+        } else if b[i] == b'%'
             && i + 2 < b.len()
             && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
         {
@@ -802,6 +815,12 @@ mod tests {
             ("%252574enant", "tenant"),
             ("a%5Bb%5D", "a"),
             ("a.b c", "a_b_c"),
+            ("%2Btenant", "tenant"),
+            ("%252Btenant", "tenant"),
+            ("%u0074enant", "tenant"),
+            ("%U0054ENANT", "tenant"),
+            ("%25u0074enant", "tenant"),
+            ("%uD800x", "%ud800x"),
             ("%", "%"),
             ("%zz", "%zz"),
             ("", ""),
