@@ -1,4 +1,5 @@
-//! Request headers that a reverse proxy must not pass on from the client.
+//! Headers that a reverse proxy must not pass on: from the client to the upstream, and
+//! from the upstream back to the client ([`UpstreamResponseHeaders`]).
 //!
 //! Two classes, kept apart because they are handled differently:
 //!
@@ -445,6 +446,197 @@ fn xfcc_escape(value: &str) -> String {
     s
 }
 
+/// Response headers a proxy never passes from an upstream to its clients, whatever the
+/// configuration (lower case): hop-by-hop headers (RFC 9110 section 7.6.1) and cookies
+/// (the proxy never forwards a client's `Cookie`, and a cookie set for the proxy's origin
+/// is the proxy's word). Headers a response's `Connection` names are removed too.
+pub const ALWAYS_REMOVED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "set-cookie",
+    "set-cookie2",
+];
+
+/// The exact names [`UpstreamResponseHeaders::default`] removes besides
+/// [`ALWAYS_REMOVED_RESPONSE_HEADERS`] (lower case): what an upstream says for its own
+/// origin, which a client would take as the proxy's.
+pub const DEFAULT_UPSTREAM_RESPONSE_HEADERS: &[&str] = &[
+    // authentication challenges: the proxy authenticates its clients
+    "www-authenticate",
+    "proxy-authenticate",
+    "authentication-info",
+    "proxy-authentication-info",
+    // navigation: the upstream's URL space is not the proxy's (a relayed redirect sends
+    // the client, and the API key header it does not drop across origins, wherever the
+    // upstream says)
+    "location",
+    "content-location",
+    "refresh",
+    "link",
+    // state kept by the client for the proxy's origin
+    "clear-site-data",
+    // transport and protocol advertisements, pinning
+    "alt-svc",
+    "strict-transport-security",
+    "expect-ct",
+    "public-key-pins",
+    "public-key-pins-report-only",
+    // report endpoints the client would send to
+    "nel",
+    "report-to",
+    "reporting-endpoints",
+    // cross-origin grants
+    "timing-allow-origin",
+    "service-worker-allowed",
+    // instructions to a front proxy (nginx, Apache, lighttpd serving a file instead)
+    "x-accel-redirect",
+    "x-sendfile",
+    "x-lighttpd-send-file",
+];
+
+/// The prefixes [`UpstreamResponseHeaders::default`] removes: every `Access-Control-*`
+/// (CORS belongs to the proxy, which answers for its own origin).
+pub const DEFAULT_UPSTREAM_RESPONSE_PREFIXES: &[&str] = &["access-control-"];
+
+/// Which upstream response headers a proxy removes before passing a response on to its
+/// client: [`ALWAYS_REMOVED_RESPONSE_HEADERS`], the headers the response's `Connection`
+/// names, and a list of names and prefixes compared with `_` read as `-` and in any case.
+/// [`Default`] is [`DEFAULT_UPSTREAM_RESPONSE_HEADERS`] and
+/// [`DEFAULT_UPSTREAM_RESPONSE_PREFIXES`]; [`UpstreamResponseHeaders::none`] removes
+/// only what is always removed.
+///
+/// Apply it to the upstream's response before any layer of the proxy's own adds its
+/// headers (CORS, challenges, HSTS): those then survive.
+///
+/// ```
+/// use http::{HeaderMap, HeaderName};
+/// use mcp_core::headers::UpstreamResponseHeaders;
+///
+/// let filter = UpstreamResponseHeaders::default()
+///     .strip("X-Debug-*").unwrap()
+///     .allow("Link").unwrap();
+/// let mut h = HeaderMap::new();
+/// for name in ["access-control-allow-origin", "www-authenticate", "set-cookie",
+///              "x-debug-trace", "link", "content-type"] {
+///     h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "v".parse().unwrap());
+/// }
+/// filter.remove_from(&mut h);
+/// let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+/// left.sort();
+/// assert_eq!(left, ["content-type", "link"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamResponseHeaders {
+    names: Vec<HeaderName>,
+    prefixes: Vec<String>,
+    allowed: Vec<HeaderName>,
+}
+
+impl Default for UpstreamResponseHeaders {
+    fn default() -> Self {
+        Self {
+            names: DEFAULT_UPSTREAM_RESPONSE_HEADERS
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect(),
+            prefixes: DEFAULT_UPSTREAM_RESPONSE_PREFIXES
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
+            allowed: Vec::new(),
+        }
+    }
+}
+
+impl UpstreamResponseHeaders {
+    /// Removes only [`ALWAYS_REMOVED_RESPONSE_HEADERS`] and what `Connection` names.
+    pub fn none() -> Self {
+        Self {
+            names: Vec::new(),
+            prefixes: Vec::new(),
+            allowed: Vec::new(),
+        }
+    }
+
+    /// Also removes `pattern`: a header name (any case, `_` read as `-`), or a prefix
+    /// ending in `*` (`X-Debug-*`).
+    pub fn strip(mut self, pattern: &str) -> Result<Self, InvalidHeaderPattern> {
+        let (name, prefix) = parse_pattern(pattern)?;
+        if prefix {
+            self.prefixes.push(name.as_str().to_owned());
+        } else {
+            self.allowed.retain(|a| a != name);
+            self.names.push(name);
+        }
+        Ok(self)
+    }
+
+    /// Passes the header `name` on after all, even when a default name or prefix covers
+    /// it (this weakens the default: log it). Prefixes are not accepted, nor a name of
+    /// [`ALWAYS_REMOVED_RESPONSE_HEADERS`].
+    pub fn allow(mut self, name: &str) -> Result<Self, InvalidHeaderPattern> {
+        if name.ends_with('*') {
+            return Err(InvalidHeaderPattern(name.to_owned()));
+        }
+        let (name, _) = parse_pattern(name)?;
+        if ALWAYS_REMOVED_RESPONSE_HEADERS.contains(&name.as_str()) {
+            return Err(InvalidHeaderPattern(name.as_str().to_owned()));
+        }
+        self.names.retain(|n| n != name);
+        self.allowed.push(name);
+        Ok(self)
+    }
+
+    /// Whether `name` is removed (ignoring what a `Connection` header names).
+    pub fn matches(&self, name: &HeaderName) -> bool {
+        let n = canonical_header_name(name.as_str());
+        let n = n.as_ref();
+        if ALWAYS_REMOVED_RESPONSE_HEADERS.contains(&n)
+            || self.names.iter().any(|x| x.as_str() == n)
+        {
+            return true;
+        }
+        self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
+            && !self.allowed.iter().any(|a| a.as_str() == n)
+    }
+
+    /// Removes from `headers` every matching header (all its values) and every header
+    /// the response's `Connection` names. Use it on trailers too.
+    pub fn remove_from(&self, headers: &mut HeaderMap) {
+        let connection_named: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+            .collect();
+        let gone: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| self.matches(k))
+            .cloned()
+            .chain(connection_named)
+            .collect();
+        for name in gone {
+            headers.remove(name);
+        }
+    }
+
+    /// The exact names removed besides [`ALWAYS_REMOVED_RESPONSE_HEADERS`] (lower case).
+    pub fn names(&self) -> &[HeaderName] {
+        &self.names
+    }
+
+    /// The prefixes removed (lower case).
+    pub fn prefixes(&self) -> &[String] {
+        &self.prefixes
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -623,6 +815,70 @@ mod tests {
             "X-Groups",
         ] {
             assert!(u.matches(&name(h)), "{h}");
+        }
+    }
+
+    #[test]
+    fn upstream_response_headers() {
+        let f = UpstreamResponseHeaders::default();
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-origin", "https://evil.example"),
+            ("access-control-allow-credentials", "true"),
+            ("access_control_max_age", "1"),
+            ("www-authenticate", "Basic realm=\"u\""),
+            ("refresh", "0; url=https://evil.example/"),
+            ("alt-svc", "h3=\":443\""),
+            ("clear-site-data", "\"*\""),
+            ("location", "https://evil.example/"),
+            ("set-cookie", "a=b"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+            ("mcp-session-id", "s"),
+            ("x-custom", "kept"),
+        ] {
+            h.append(name(k), v.parse().unwrap());
+        }
+        f.remove_from(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "mcp-session-id", "x-custom"]);
+        // Configurable, never for what is always removed.
+        let f = UpstreamResponseHeaders::default()
+            .allow("Access-Control-Allow-Origin")
+            .unwrap()
+            .allow("location")
+            .unwrap()
+            .strip("X-Custom")
+            .unwrap();
+        assert!(!f.matches(&name("access-control-allow-origin")));
+        assert!(f.matches(&name("access-control-allow-credentials")));
+        assert!(!f.matches(&name("location")));
+        assert!(f.matches(&name("x_custom")));
+        for bad in [
+            "Set-Cookie",
+            "transfer-encoding",
+            "Access-Control-*",
+            "",
+            "a b",
+        ] {
+            assert!(
+                UpstreamResponseHeaders::default().allow(bad).is_err(),
+                "{bad}"
+            );
+        }
+        let none = UpstreamResponseHeaders::none();
+        assert!(none.matches(&name("set-cookie")));
+        assert!(!none.matches(&name("www-authenticate")));
+        for h in DEFAULT_UPSTREAM_RESPONSE_HEADERS
+            .iter()
+            .chain(DEFAULT_UPSTREAM_RESPONSE_PREFIXES)
+            .chain(ALWAYS_REMOVED_RESPONSE_HEADERS)
+        {
+            assert_eq!(name(h).as_str(), *h);
         }
     }
 

@@ -63,7 +63,7 @@ pub use connection::{
     CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, OnWritten, RefusalReason,
 };
 pub use facts::RequestFacts;
-pub use headers::{InvalidHeaderPattern, UntrustedHeaders};
+pub use headers::{InvalidHeaderPattern, UntrustedHeaders, UpstreamResponseHeaders};
 pub use json::{Ambiguity, JsonError};
 pub use parse::{
     BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError,

@@ -16,6 +16,17 @@
 //! | `POST` without `Content-Type: application/json` | 415 |
 //! | `POST` whose `Accept` allows neither `application/json` nor `text/event-stream` | 406 |
 //! | `GET` whose `Accept` does not allow `text/event-stream` | 406 |
+//! | more than one `Host`; or a `Host` that differs from the request target's authority (HTTP/2 `:authority`, an HTTP/1.1 absolute-form target) | 400, -32600 |
+//!
+//! `Host` and the target's authority are compared as RFC 9110 section 4.2.3 compares
+//! URIs: the host case-insensitively and byte for byte otherwise (`localhost.` is not
+//! `localhost`), an absent or empty port read as the scheme's default (`localhost` is
+//! `localhost:443` under `https`); user info in either is refused. RFC 9113 section
+//! 8.3.1 lets a server treat such an HTTP/2 request as malformed, and RFC 9112 section
+//! 3.2.2 makes an HTTP/1.1 server ignore `Host` for an absolute-form target: here both
+//! are refused, so that no layer (an Origin/Host guard reading `Host`, a router reading
+//! the URI) sees another authority than the next. A request with only one of them is
+//! checked on that one by the layers that read it.
 //!
 //! `Accept` is read as HTTP reads it: an absent header accepts anything, `*/*` and
 //! `type/*` ranges count, and a range with `q=0` refuses. The specification asks clients
@@ -28,6 +39,7 @@
 //!
 //! Every refusal is a [`Rejection`] whose detail names the rule
 //! (`rule=method`, `rule=mcp_header header=mcp-name`, `rule=protocol_version`,
+//! `rule=authority`,
 //! `rule=body_not_allowed`, `rule=content_type`, `rule=accept`), for the audit trail. A
 //! GET or DELETE that passes is handed on with an empty body by `ParseLayer`, so that
 //! nothing can follow it to the service.
@@ -46,8 +58,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, Method, Request, Response};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, Method, Request, Response, Uri};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -240,10 +252,97 @@ impl TransportChecks {
         Ok(())
     }
 
-    /// [`TransportChecks::check`] on a request.
+    /// [`TransportChecks::check_authority`], then [`TransportChecks::check`], on a
+    /// request.
     pub fn check_request<B: http_body::Body>(&self, req: &Request<B>) -> Result<(), Rejection> {
+        self.check_authority(req.uri(), req.headers())?;
         self.check(req.method(), req.headers(), req.body().is_end_stream())
     }
+
+    /// Refuses (400, `rule=authority`) more than one `Host` header, and a `Host` that
+    /// differs from the authority of the request target `uri` (HTTP/2 `:authority`, an
+    /// HTTP/1.1 absolute-form target), compared as the [module documentation](self)
+    /// says. [`TransportChecks::check_request`] applies it; call it where only
+    /// [`TransportChecks::check`] is called.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Uri};
+    /// use mcp_core::transport::TransportChecks;
+    ///
+    /// let checks = TransportChecks::new();
+    /// let mut h = HeaderMap::new();
+    /// h.insert("host", "localhost".parse().unwrap());
+    /// let uri: Uri = "https://evil.example/mcp".parse().unwrap();
+    /// assert!(checks.check_authority(&uri, &h).is_err());
+    /// let uri: Uri = "https://LOCALHOST:443/mcp".parse().unwrap();
+    /// assert!(checks.check_authority(&uri, &h).is_ok());
+    /// ```
+    pub fn check_authority(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Rejection> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let refuse = |why: &str| {
+            Rejection::new(RejectionReason::InvalidRequest)
+                .with_message(format!("Invalid Request: {why}"))
+                .with_detail("rule=authority")
+        };
+        let mut hosts = headers.get_all(HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(refuse("Host header sent more than once"));
+        }
+        let (Some(host), Some(authority)) = (host, uri.authority()) else {
+            return Ok(());
+        };
+        let default_port = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+            Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+            _ => None,
+        };
+        let target = split_authority(authority.as_str(), default_port);
+        let host = host
+            .to_str()
+            .ok()
+            .and_then(|h| split_authority(h, default_port));
+        match (target, host) {
+            (Some(t), Some(h)) if t == h => Ok(()),
+            _ => Err(refuse("Host differs from the request target's authority")),
+        }
+    }
+}
+
+/// `host[:port]` as (lower-case host, port or `default_port`); `None` when it is not
+/// one (user info, spaces, a port that is not 1 to 5 digits, an empty host).
+fn split_authority(s: &str, default_port: Option<u16>) -> Option<(String, Option<u16>)> {
+    if s.is_empty() || s.bytes().any(|b| b <= 0x20 || b >= 0x7f || b == b'@') {
+        return None;
+    }
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')?;
+            let after = &rest[end + 1..];
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':')?),
+            };
+            (&s[..end + 2], port)
+        }
+        None => match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        None | Some("") => default_port,
+        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some((host.to_ascii_lowercase(), port))
 }
 
 /// Refuses an MCP header sent twice, empty, or with a byte outside (visible) ASCII.
@@ -528,6 +627,56 @@ mod tests {
         assert!(TransportChecks::new().check(&Method::GET, &h, true).is_ok());
         let only = TransportChecks::new().protocol_versions(["2026-07-28"]);
         assert!(only.check(&Method::GET, &h, true).is_err());
+    }
+
+    #[test]
+    fn host_and_authority_agree() {
+        let c = TransportChecks::new();
+        let check = |uri: &str, hosts: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in hosts {
+                h.append(HOST, v.parse().unwrap());
+            }
+            c.check_authority(&uri.parse().unwrap(), &h)
+        };
+        for (uri, hosts) in [
+            ("http://evil.example/mcp", &["localhost"][..]),
+            ("http://localhost:8080/mcp", &["localhost"]),
+            ("http://localhost:8080/mcp", &["localhost:8081"]),
+            ("http://localhost:8080/mcp", &["127.0.0.1:8080"]),
+            ("http://localhost/mcp", &["localhost."]),
+            ("https://localhost/mcp", &["localhost:80"]),
+            ("http://localhost/mcp", &["u@localhost"]),
+            ("http://localhost/mcp", &["localhost:+80"]),
+            ("http://localhost/mcp", &["localhost:080x"]),
+            ("http://localhost/mcp", &[""]),
+            ("http://[::1]:8080/mcp", &["[::1]:8081"]),
+            ("/mcp", &["localhost", "localhost"]),
+            ("http://localhost/mcp", &["localhost", "localhost"]),
+        ] {
+            let r = check(uri, hosts).unwrap_err();
+            assert_eq!(r.status(), http::StatusCode::BAD_REQUEST, "{uri} {hosts:?}");
+        }
+        for (uri, hosts) in [
+            ("http://localhost:8080/mcp", &["localhost:8080"][..]),
+            ("http://LocalHost:8080/mcp", &["localhost:8080"]),
+            ("http://localhost/mcp", &["localhost:80"]),
+            ("http://localhost:/mcp", &["localhost"]),
+            ("https://localhost:443/mcp", &["LOCALHOST"]),
+            ("http://[::1]:8080/mcp", &["[::1]:8080"]),
+            ("http://localhost/mcp", &[]),
+            ("/mcp", &["anything"]),
+        ] {
+            assert!(check(uri, hosts).is_ok(), "{uri} {hosts:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.append(HOST, "a".parse().unwrap());
+        h.append(HOST, "b".parse().unwrap());
+        assert!(
+            TransportChecks::disabled()
+                .check_authority(&"http://c/".parse().unwrap(), &h)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -97,6 +97,10 @@ impl Shared {
         extensions: &http::Extensions,
         transport: bool,
     ) -> Result<(), Rejection> {
+        if transport {
+            // Before the Origin/Host guard, which reads `Host` first.
+            self.transport.check_authority(uri, headers)?;
+        }
         if extensions.get::<OriginChecked>().is_none() {
             self.origin.check(headers, uri)?;
         }

@@ -27,7 +27,7 @@ use tower::util::{BoxCloneSyncService, option_layer};
 use crate::config::{Config, Loaded};
 use crate::layers::Layers;
 use crate::observe::MetricsLayer;
-use crate::proxy::{Proxy, UpstreamSpec, UpstreamTls};
+use crate::proxy::{ForwardQuery, Proxy, UpstreamSpec, UpstreamTls};
 
 /// Paths the gateway serves itself.
 pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/audit/query"];
@@ -129,6 +129,7 @@ pub fn build_proxies(
             v.set_sensitive(true);
             inject.push((n, v));
         }
+        let forward_query = forward_query(loaded, i, &url)?;
         let tls = up.tls.clone().unwrap_or_default();
         let spec = UpstreamSpec {
             name: up.name.clone(),
@@ -136,6 +137,8 @@ pub fn build_proxies(
             inject,
             strip: strip.clone(),
             untrusted: layers.untrusted.clone(),
+            response_headers: layers.response_headers.clone(),
+            forward_query,
             principal_header: layers.principal_header.clone(),
             client_cert_header: layers.client_cert_header.clone(),
             connect_timeout: Duration::from_millis(up.connect_timeout_ms.unwrap_or(5_000)),
@@ -149,6 +152,58 @@ pub fn build_proxies(
         proxies.push(Proxy::new(spec).map_err(|e| loaded.error(&key("tls"), e.to_string()))?);
     }
     Ok(proxies)
+}
+
+/// `upstreams[i].forwardQuery`: the client query parameters forwarded (logged when any).
+fn forward_query(
+    loaded: &Loaded,
+    i: usize,
+    url: &Uri,
+) -> Result<ForwardQuery, crate::config::ConfigError> {
+    let up = &loaded.config.upstreams[i];
+    let key = format!("upstreams[{i}].forwardQuery");
+    if up.forward_query.is_empty() {
+        return Ok(ForwardQuery::Nothing);
+    }
+    let operator = crate::proxy::operator_params(url);
+    let forward = if up.forward_query.iter().any(|n| n == "*") {
+        if up.forward_query.len() > 1 {
+            return Err(loaded.error(&key, "\"*\" stands alone"));
+        }
+        ForwardQuery::All
+    } else {
+        let mut names = Vec::new();
+        for n in &up.forward_query {
+            if n.is_empty()
+                || n.bytes().any(|b| {
+                    !(0x21..=0x7e).contains(&b)
+                        || matches!(b, b'=' | b'&' | b';' | b'%' | b'[' | b']' | b'+' | b'#')
+                })
+            {
+                return Err(loaded.error(
+                    &key,
+                    format!("`{n}` is not a parameter name (written plainly, without =, &, ;, %, [, ], +, # or spaces)"),
+                ));
+            }
+            let canonical = crate::proxy::query_param_name(n);
+            if operator.contains(&canonical) {
+                return Err(loaded.error(
+                    &key,
+                    format!(
+                        "`{n}` is a parameter of upstreams[{i}].url: a client can never set it"
+                    ),
+                ));
+            }
+            names.push(canonical);
+        }
+        ForwardQuery::Names(names)
+    };
+    tracing::warn!(
+        upstream = %up.name,
+        "upstreams[{i}].forwardQuery: client query parameters {:?} are forwarded to the upstream (after the URL's own, which a client can never set)",
+        up.forward_query
+    );
+    Ok(forward)
 }
 
 /// Builds a router over already built layers, with upstream connection pools of its

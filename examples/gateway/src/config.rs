@@ -192,6 +192,21 @@ pub struct SecurityConfig {
     /// Ours: the client headers never forwarded upstream and the principal header.
     #[serde(rename = "upstreamHeaders")]
     pub upstream_headers: UpstreamHeaders,
+    /// Ours: the upstream response headers never passed to clients.
+    #[serde(rename = "upstreamResponseHeaders")]
+    pub upstream_response_headers: UpstreamResponseHeadersConfig,
+}
+
+/// `security.upstreamResponseHeaders.*`: what an upstream cannot say for the gateway.
+/// CORS, authentication challenges, redirects, protocol advertisements and the like an
+/// upstream sends are removed (mcp-core's `UpstreamResponseHeaders` default list).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamResponseHeadersConfig {
+    /// More names to remove; `X-Foo-*` removes a prefix.
+    pub strip: Vec<String>,
+    /// Names of the default list passed on after all (weakens the default: logged).
+    pub allow: Vec<String>,
 }
 
 /// `security.upstreamHeaders.*`: what the upstream may believe. Identity,
@@ -345,6 +360,8 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: Option<u64>,
     pub response_timeout_ms: Option<u64>,
     pub tls: Option<UpstreamTlsConfig>,
+    /// Client query parameters forwarded (names, or `"*"`); none by default.
+    pub forward_query: Vec<String>,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -357,6 +374,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("response_timeout_ms", &self.response_timeout_ms)
             .field("tls", &self.tls)
+            .field("forward_query", &self.forward_query)
             .finish()
     }
 }

@@ -5,7 +5,7 @@ use http::{HeaderName, Response};
 use mcp_audit::{AuditBody, AuditLayer, Auditor};
 use mcp_auth::{AuthLayer, AuthorizeLayer, SessionBindingLayer};
 use mcp_core::ParseLayer;
-use mcp_core::headers::UntrustedHeaders;
+use mcp_core::headers::{UntrustedHeaders, UpstreamResponseHeaders};
 use mcp_ratelimit::{KeySpec, MissingKey, RateLimitLayer};
 use mcp_sanitize::{
     OriginConfig, OriginGuardLayer, ParseSanitizeLayer, ResultScanLayer, SecurityHeadersConfig,
@@ -54,6 +54,9 @@ pub struct Layers {
     pub credential_headers: Vec<HeaderName>,
     /// Client headers never forwarded (`security.upstreamHeaders`).
     pub untrusted: UntrustedHeaders,
+    /// Upstream response headers never passed to clients
+    /// (`security.upstreamResponseHeaders`).
+    pub response_headers: std::sync::Arc<UpstreamResponseHeaders>,
     /// The header set to the verified principal (`security.upstreamHeaders.principalHeader`).
     pub principal_header: Option<HeaderName>,
     /// The header set to the verified client certificate
@@ -401,7 +404,33 @@ fn upstream_boundary(loaded: &Loaded, layers: &mut Layers) -> Result<(), ConfigE
     layers.client_cert_header = client_cert_header;
     layers.credential_headers = creds;
     layers.untrusted = untrusted;
+    layers.response_headers = std::sync::Arc::new(response_headers(loaded)?);
     Ok(())
+}
+
+/// `security.upstreamResponseHeaders`: the upstream response headers never passed on.
+fn response_headers(loaded: &Loaded) -> Result<UpstreamResponseHeaders, ConfigError> {
+    let rh = &loaded.config.security.upstream_response_headers;
+    let key = |k: &str| format!("security.upstreamResponseHeaders.{k}");
+    let mut filter = UpstreamResponseHeaders::default();
+    for p in &rh.strip {
+        filter = filter
+            .strip(p)
+            .map_err(|e| loaded.error(&key("strip"), e.to_string()))?;
+    }
+    for a in &rh.allow {
+        filter = filter.allow(a).map_err(|_| {
+            loaded.error(
+                &key("allow"),
+                format!("`{a}`: a header name of the default list; never a prefix, a hop-by-hop header or Set-Cookie"),
+            )
+        })?;
+        tracing::warn!(
+            header = %a,
+            "security.upstreamResponseHeaders.allow: the upstream's {a} header is passed on to clients as the gateway's"
+        );
+    }
+    Ok(filter)
 }
 
 /// Names `principalHeader` / `clientCertHeader` cannot take (canonical form), besides

@@ -15,6 +15,13 @@
 //!   ...: [`PROTECTED_FROM_CONNECTION`]); `Expect` is answered by the gateway's HTTP
 //!   server and never forwarded; client headers whose name holds `_` are dropped (a
 //!   CGI-minded upstream reads `X_Forwarded_User` as `X-Forwarded-User`).
+//! - The upstream URL is the operator's: a client's query is not forwarded, except the
+//!   parameters `forwardQuery` names ([`ForwardQuery`]), after the URL's own; a client
+//!   parameter that stands for one of the URL's, under any spelling
+//!   ([`query_param_name`]), is refused (400, `rule=upstream_query`).
+//! - Upstream response headers (and trailers) that speak for the upstream's origin are
+//!   removed (mcp-core's `UpstreamResponseHeaders`: CORS, challenges, redirects,
+//!   `Set-Cookie`, `Alt-Svc`, HSTS, ...); the gateway's layers outside add their own.
 //! - Connect and response-header timeouts; no total timeout, so SSE streams live as long
 //!   as the upstream keeps them open.
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
@@ -26,12 +33,15 @@ use std::time::Duration;
 use axum::body::Body;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::BodyExt as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_audit::AuditUpstream;
-use mcp_core::headers::{UntrustedHeaders, header_name_in, principal_value, xfcc_value};
+use mcp_core::headers::{
+    UntrustedHeaders, UpstreamResponseHeaders, header_name_in, principal_value, xfcc_value,
+};
 use mcp_core::{ClientAddr, McpRequest, Principal, Rejection, RejectionReason, TlsInfo};
 
 /// Headers that are never forwarded upstream, whatever the configuration.
@@ -71,18 +81,6 @@ pub const PROTECTED_FROM_CONNECTION: &[&str] = &[
     "host",
 ];
 
-/// Response headers that are not passed back to the client.
-const RESPONSE_STRIPPED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "set-cookie",
-];
-
 /// TLS settings for an `https` upstream.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamTls {
@@ -107,6 +105,10 @@ pub struct UpstreamSpec {
     pub strip: Vec<HeaderName>,
     /// Client headers never forwarded (identity, address, routing, overrides).
     pub untrusted: UntrustedHeaders,
+    /// Upstream response headers (and trailers) never passed to the client.
+    pub response_headers: Arc<UpstreamResponseHeaders>,
+    /// The client query parameters forwarded.
+    pub forward_query: ForwardQuery,
     /// The header set to the verified principal's id, if any.
     pub principal_header: Option<HeaderName>,
     /// The header set to the verified client certificate (XFCC format), if any.
@@ -128,6 +130,7 @@ impl std::fmt::Debug for UpstreamSpec {
                 "inject",
                 &self.inject.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
+            .field("forward_query", &self.forward_query)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .finish()
@@ -142,6 +145,8 @@ pub struct Proxy {
 
 struct ProxyInner {
     audit_name: Arc<str>,
+    /// The [`query_param_name`]s of the URL's own parameters.
+    operator_params: Vec<String>,
     spec: UpstreamSpec,
     client: Client<HttpsConnector<HttpConnector>, Body>,
 }
@@ -238,6 +243,7 @@ impl Proxy {
         Ok(Self {
             inner: Arc::new(ProxyInner {
                 audit_name: spec.name.as_str().into(),
+                operator_params: operator_params(&spec.url),
                 spec,
                 client,
             }),
@@ -275,10 +281,24 @@ impl Proxy {
             let v = HeaderValue::from_str(&xfcc_value(id)).ok()?;
             Some((name.clone(), v))
         });
+        let Ok(uri) = upstream_uri(
+            &spec.url,
+            req.uri().query(),
+            &spec.forward_query,
+            &self.inner.operator_params,
+        ) else {
+            return Rejection::new(RejectionReason::InvalidRequest)
+                .with_id(id)
+                .with_message(
+                    "Invalid Request: a query parameter stands for one the gateway sets for the upstream",
+                )
+                .with_detail("rule=upstream_query")
+                .into_response();
+        };
         let (parts, body) = req.into_parts();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = upstream_uri(&spec.url, parts.uri.query());
+        *out.uri_mut() = uri;
         let headers = out.headers_mut();
         copy_request_headers(&parts.headers, headers, &spec.strip, &spec.untrusted);
         if let Some((name, Some(value))) = principal {
@@ -299,8 +319,16 @@ impl Proxy {
         match tokio::time::timeout(spec.response_timeout, fut).await {
             Ok(Ok(resp)) => {
                 let (mut parts, incoming) = resp.into_parts();
-                strip_response_headers(&mut parts.headers);
-                Response::from_parts(parts, Body::new(incoming))
+                spec.response_headers.remove_from(&mut parts.headers);
+                let filter = spec.response_headers.clone();
+                let body = incoming.map_frame(move |frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        filter.remove_from(&mut trailers);
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                });
+                Response::from_parts(parts, Body::new(body))
             }
             Ok(Err(e)) => {
                 let timed_out = is_connect_timeout(&e);
@@ -377,21 +405,141 @@ fn is_connect_timeout(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-fn upstream_uri(base: &Uri, query: Option<&str>) -> Uri {
-    match query {
-        None => base.clone(),
-        Some(q) => {
-            let path = base.path();
-            let sep = if base.query().is_some() { "&" } else { "?" };
-            let pq = match base.query() {
-                Some(bq) => format!("{path}?{bq}{sep}{q}"),
-                None => format!("{path}?{q}"),
-            };
-            let mut parts = base.clone().into_parts();
-            parts.path_and_query = pq.parse().ok();
-            Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+/// Which client query parameters reach the upstream (`upstreams[].forwardQuery`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ForwardQuery {
+    /// None (the default): Streamable HTTP needs no client query.
+    #[default]
+    Nothing,
+    /// Parameters with these names ([`query_param_name`] form).
+    Names(Vec<String>),
+    /// Every parameter.
+    All,
+}
+
+/// How many rounds of percent-decoding [`query_param_name`] applies (a name encoded
+/// twice, `%2574enant`, is read as `tenant` by a framework that decodes twice).
+const DECODE_ROUNDS: usize = 3;
+
+/// The name a query parameter `raw` (as written, before `=`) stands for in the
+/// frameworks an upstream may use: `+` as space, percent-decoded (`%XX`, and ASP.NET's
+/// `%uXXXX`; up to three rounds, `+` read as space after each), cut at the first `[`
+/// (PHP and Rails read `tenant[]` and `tenant[x]` as `tenant`) and at a NUL, spaces
+/// trimmed, `.` and space read as `_` (PHP), lower case. It reads more spellings as one
+/// name than any one framework does: a client parameter is refused when any reader
+/// could take it for an operator's.
+pub fn query_param_name(raw: &str) -> String {
+    let plus = |b: u8| if b == b'+' { b' ' } else { b };
+    let mut bytes: Vec<u8> = raw.bytes().map(plus).collect();
+    for _ in 0..DECODE_ROUNDS {
+        if !bytes.contains(&b'%') {
+            break;
+        }
+        let decoded: Vec<u8> = percent_decode(&bytes).into_iter().map(plus).collect();
+        if decoded == bytes {
+            break;
+        }
+        bytes = decoded;
+    }
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'[' || b == 0)
+        .unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '.' | ' ' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+fn percent_decode(b: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        // ASP.NET's `%uXXXX` (a UTF-16 code unit; surrogates left as they are).
+        if b[i] == b'%'
+            && i + 5 < b.len()
+            && matches!(b[i + 1], b'u' | b'U')
+            && let Some(c) = b[i + 2..i + 6]
+                .iter()
+                .try_fold(0u32, |acc, &d| Some(acc << 4 | u32::from(hex(d)?)))
+                .and_then(char::from_u32)
+        {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            i += 6;
+        } else if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
     }
+    out
+}
+
+/// The parameters of a query as (raw text, [`query_param_name`]): split at `&` and `;`
+/// (some frameworks read `;` as a separator), empty ones left out.
+fn query_params(q: &str) -> impl Iterator<Item = (&str, String)> {
+    q.split(['&', ';']).filter(|p| !p.is_empty()).map(|p| {
+        let name = p.split_once('=').map_or(p, |(n, _)| n);
+        (p, query_param_name(name))
+    })
+}
+
+/// The upstream request target: the configured URL, then the client parameters `forward`
+/// lets through (as the client wrote them). `Err` when a client parameter stands for one
+/// of the configured URL's (`operator`, [`query_param_name`] form), under any spelling.
+fn upstream_uri(
+    base: &Uri,
+    query: Option<&str>,
+    forward: &ForwardQuery,
+    operator: &[String],
+) -> Result<Uri, ()> {
+    let Some(q) = query.filter(|_| *forward != ForwardQuery::Nothing) else {
+        return Ok(base.clone());
+    };
+    let mut kept: Vec<&str> = Vec::new();
+    for (raw, name) in query_params(q) {
+        if operator.contains(&name) {
+            return Err(());
+        }
+        let pass = !name.is_empty()
+            && match forward {
+                ForwardQuery::All => true,
+                ForwardQuery::Names(n) => n.contains(&name),
+                ForwardQuery::Nothing => false,
+            };
+        if pass {
+            kept.push(raw);
+        }
+    }
+    if kept.is_empty() {
+        return Ok(base.clone());
+    }
+    let client = kept.join("&");
+    let pq = match base.query() {
+        Some(bq) => format!("{}?{bq}&{client}", base.path()),
+        None => format!("{}?{client}", base.path()),
+    };
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| ())?);
+    Uri::from_parts(parts).map_err(|_| ())
+}
+
+/// The [`query_param_name`]s of the configured URL's parameters.
+pub fn operator_params(url: &Uri) -> Vec<String> {
+    url.query()
+        .map(|q| query_params(q).map(|(_, n)| n).collect())
+        .unwrap_or_default()
 }
 
 /// `url` fit for logs and errors: without user info, each query value shown as `***`.
@@ -458,22 +606,6 @@ pub fn copy_request_headers(
             continue;
         }
         to.append(name.clone(), value.clone());
-    }
-}
-
-fn strip_response_headers(headers: &mut HeaderMap) {
-    let connection_named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
-        .collect();
-    for n in RESPONSE_STRIPPED {
-        headers.remove(*n);
-    }
-    for n in connection_named {
-        headers.remove(n);
     }
 }
 
@@ -613,6 +745,8 @@ mod tests {
             inject: Vec::new(),
             strip: Vec::new(),
             untrusted: UntrustedHeaders::default(),
+            response_headers: Arc::default(),
+            forward_query: ForwardQuery::Nothing,
             principal_header: None,
             client_cert_header: None,
             connect_timeout: Duration::from_secs(1),
@@ -624,12 +758,74 @@ mod tests {
     }
 
     #[test]
-    fn query_is_appended() {
-        let base: Uri = "http://127.0.0.1:9000/mcp".parse().unwrap();
-        assert_eq!(upstream_uri(&base, None), base);
+    fn a_client_query_is_not_forwarded_by_default() {
+        let base: Uri = "http://127.0.0.1:9000/mcp?tenant=acme".parse().unwrap();
+        let op = operator_params(&base);
+        assert_eq!(op, ["tenant"]);
+        for q in [None, Some("a=1"), Some("tenant=evil")] {
+            assert_eq!(
+                upstream_uri(&base, q, &ForwardQuery::Nothing, &op),
+                Ok(base.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn forwarded_parameters_follow_the_operators_and_never_override_them() {
+        let base: Uri = "http://127.0.0.1:9000/mcp?tenant=acme&role_id=r"
+            .parse()
+            .unwrap();
+        let op = operator_params(&base);
+        let names = ForwardQuery::Names(vec!["page".into()]);
+        let uri = |q: &str, f: &ForwardQuery| upstream_uri(&base, Some(q), f, &op);
         assert_eq!(
-            upstream_uri(&base, Some("a=1")).to_string(),
-            "http://127.0.0.1:9000/mcp?a=1"
+            uri("page=2&x=1", &names).unwrap().to_string(),
+            "http://127.0.0.1:9000/mcp?tenant=acme&role_id=r&page=2"
         );
+        assert_eq!(
+            uri("x=1;page=%32", &ForwardQuery::All).unwrap().to_string(),
+            "http://127.0.0.1:9000/mcp?tenant=acme&role_id=r&x=1&page=%32"
+        );
+        assert_eq!(uri("x=1", &names), Ok(base.clone()));
+        for q in [
+            "tenant=evil",
+            "TeNaNt=evil",
+            "%74enant=evil",
+            "%2574enant=evil",
+            "tenant[]=evil",
+            "tenant%5B0%5D=evil",
+            "page=1;tenant=evil",
+            "+tenant+=evil",
+            "tenant%00x=evil",
+            "role.id=admin",
+            "role+id=admin",
+            "role%2eid=admin",
+            "tenant",
+        ] {
+            assert_eq!(uri(q, &names), Err(()), "{q}");
+            assert_eq!(uri(q, &ForwardQuery::All), Err(()), "{q}");
+        }
+    }
+
+    #[test]
+    fn query_param_names() {
+        for (raw, name) in [
+            ("Tenant", "tenant"),
+            ("%2574enant", "tenant"),
+            ("%252574enant", "tenant"),
+            ("a%5Bb%5D", "a"),
+            ("a.b c", "a_b_c"),
+            ("%2Btenant", "tenant"),
+            ("%252Btenant", "tenant"),
+            ("%u0074enant", "tenant"),
+            ("%U0054ENANT", "tenant"),
+            ("%25u0074enant", "tenant"),
+            ("%uD800x", "%ud800x"),
+            ("%", "%"),
+            ("%zz", "%zz"),
+            ("", ""),
+        ] {
+            assert_eq!(query_param_name(raw), name, "{raw}");
+        }
     }
 }
