@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use mcp_core::TlsInfo;
-use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{HandshakeKind, ServerConfig, ServerConnection};
+use rustls_pki_types::UnixTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -17,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::build::{Built, Resumption, Snapshot, build_server_config, check_expiry};
 use crate::config::TlsConfig;
 use crate::error::TlsError;
-use crate::identity::tls_info;
+use crate::identity::{client_cert_expires_at, tls_info};
 
 /// The ALPN protocol of ACME tls-alpn-01 validation connections (RFC 8737). A connection
 /// that negotiated it is closed right after the handshake and never reaches a service.
@@ -46,8 +48,14 @@ struct SourceState {
 }
 
 struct Inner {
-    current: ArcSwap<ServerConfig>,
+    current: ArcSwap<Current>,
     source: Option<Source>,
+}
+
+/// A rustls configuration and the client certificate verifier inside it.
+struct Current {
+    config: Arc<ServerConfig>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 /// Accepts TLS connections with the current configuration.
@@ -55,6 +63,17 @@ struct Inner {
 /// Cheap to clone; clones share the configuration, so a reload is seen by all of them.
 /// Each handshake uses the configuration current when it starts: a reload never touches
 /// connections already open.
+///
+/// A client certificate is checked on every connection, resumed or not: rustls verifies
+/// it on a full handshake, but a resumed session (TLS 1.3 ticket, TLS 1.2 session id or
+/// ticket) carries the chain verified when the session began, so [`accept`](Self::accept)
+/// verifies that chain again, with the same verifier (CA bundle, CRLs, validity dates of
+/// every certificate of the path) at the time of the resumption, and refuses the
+/// connection when it no longer passes. Resumption keeps its worth (no key exchange
+/// signature, no round trip), at the cost of one chain verification; refusing to resume
+/// sessions with client certificates instead would cost every mTLS client a full
+/// handshake. A certificate that expires while its connection is open is the accept
+/// loop's part: see [`client_cert_expires_at`].
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -95,7 +114,7 @@ impl TlsAcceptor {
         }
         let snap = Snapshot::read(cfg)?;
         let resumption = Resumption::new()?;
-        let Built { config, .. } = build_server_config(cfg, &snap, &resumption)?;
+        let Built { config, verifier } = build_server_config(cfg, &snap, &resumption)?;
         tracing::info!(
             cert = %snap.cert.0.display(),
             client_auth = cfg.client_auth.as_str(),
@@ -105,7 +124,7 @@ impl TlsAcceptor {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                current: ArcSwap::new(config),
+                current: ArcSwap::from_pointee(Current { config, verifier }),
                 source: Some(Source {
                     cfg: cfg.clone(),
                     state: Mutex::new(SourceState {
@@ -119,12 +138,38 @@ impl TlsAcceptor {
         })
     }
 
-    /// An acceptor for a fixed rustls configuration (no reload). Used by the ACME
-    /// acceptor, whose certificate resolver swaps certificates itself.
+    /// An acceptor for a fixed rustls configuration (no reload).
+    ///
+    /// rustls does not hand back the client certificate verifier of a configuration, so
+    /// the client chain of a resumed session is checked for the validity dates of its
+    /// end-entity certificate only (no CA, no CRL): for client certificates, use
+    /// [`from_server_config_with_verifier`](Self::from_server_config_with_verifier), or
+    /// disable resumption in `config`.
     pub fn from_server_config(config: Arc<ServerConfig>) -> Self {
+        Self::from_current(Current {
+            config,
+            verifier: None,
+        })
+    }
+
+    /// An acceptor for a fixed rustls configuration (no reload) that verifies client
+    /// certificates with `verifier`, which must be the verifier `config` was built with:
+    /// the client chain of a resumed session is verified again with it. Used by the ACME
+    /// acceptor, whose certificate resolver swaps certificates itself.
+    pub fn from_server_config_with_verifier(
+        config: Arc<ServerConfig>,
+        verifier: Arc<dyn ClientCertVerifier>,
+    ) -> Self {
+        Self::from_current(Current {
+            config,
+            verifier: Some(verifier),
+        })
+    }
+
+    fn from_current(current: Current) -> Self {
         Self {
             inner: Arc::new(Inner {
-                current: ArcSwap::new(config),
+                current: ArcSwap::from_pointee(current),
                 source: None,
             }),
         }
@@ -132,14 +177,18 @@ impl TlsAcceptor {
 
     /// The configuration new connections use now.
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.inner.current.load_full()
+        self.inner.current.load().config.clone()
     }
 
     /// Performs the TLS handshake with the current configuration and returns the stream
     /// with the connection's [`TlsInfo`] (protocol, ALPN, SNI, verified client identity).
     ///
     /// A connection that negotiated the ACME validation protocol is refused with
-    /// [`io::ErrorKind::ConnectionAborted`] once its handshake is done.
+    /// [`io::ErrorKind::ConnectionAborted`] once its handshake is done. A resumed session
+    /// whose client certificate chain no longer verifies (expired, not yet valid, revoked,
+    /// or its CA no longer trusted) is refused with [`io::ErrorKind::PermissionDenied`].
+    /// The chain's end of validity is [`client_cert_expires_at`]
+    /// of the stream's connection: a loop of your own must stop serving the connection then.
     pub async fn accept<IO>(
         &self,
         io: IO,
@@ -147,13 +196,24 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let config = self.inner.current.load_full();
-        let stream = tokio_rustls::TlsAcceptor::from(config).accept(io).await?;
+        let current = self.inner.current.load_full();
+        let stream = tokio_rustls::TlsAcceptor::from(current.config.clone())
+            .accept(io)
+            .await?;
         let (_, conn) = stream.get_ref();
         if conn.alpn_protocol() == Some(ACME_TLS_ALPN) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "ACME tls-alpn-01 validation connection",
+            ));
+        }
+        if let Err(reason) = recheck_resumed(conn, current.verifier.as_deref()) {
+            tracing::debug!(%reason, "resumed TLS session refused: its client certificate no longer verifies");
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "resumed session refused: its client certificate no longer verifies ({reason})"
+                ),
             ));
         }
         let info = tls_info(conn);
@@ -219,8 +279,10 @@ impl TlsAcceptor {
             state.resumption.clone()
         };
         match build_server_config(&source.cfg, &snap, &resumption) {
-            Ok(Built { config, .. }) => {
-                self.inner.current.store(config);
+            Ok(Built { config, verifier }) => {
+                self.inner
+                    .current
+                    .store(Arc::new(Current { config, verifier }));
                 state.identity = identity;
                 state.trust = trust;
                 state.resumption = resumption;
@@ -309,6 +371,30 @@ impl TlsAcceptor {
             }
         });
         Ok(ReloadHandle { task: Some(task) })
+    }
+}
+
+/// Verifies again, now, the client chain a resumed session carries from the handshake
+/// that began it. A full handshake has just been verified by rustls.
+fn recheck_resumed(
+    conn: &ServerConnection,
+    verifier: Option<&dyn ClientCertVerifier>,
+) -> Result<(), String> {
+    if conn.handshake_kind() != Some(HandshakeKind::Resumed) {
+        return Ok(());
+    }
+    let Some((leaf, rest)) = conn.peer_certificates().and_then(|c| c.split_first()) else {
+        return Ok(());
+    };
+    match verifier {
+        Some(v) => v
+            .verify_client_cert(leaf, rest, UnixTime::now())
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        None => match client_cert_expires_at(conn) {
+            Some(end) if end > std::time::SystemTime::now() => Ok(()),
+            _ => Err("certificate expired or not yet valid".to_owned()),
+        },
     }
 }
 

@@ -187,13 +187,16 @@ impl AcmeManager {
             crls.push((p.clone(), read_file("server.tls.crlFiles", p)?));
         }
         let resolver = Arc::new(AcmeResolver::new());
-        let mut config =
-            server_builder(cfg, ca.as_ref(), &crls)?.with_cert_resolver(resolver.clone());
+        let (builder, verifier) = server_builder(cfg, ca.as_ref(), &crls)?;
+        let mut config = builder.with_cert_resolver(resolver.clone());
         config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         config.ignore_client_order = true;
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-        let acceptor = TlsAcceptor::from_server_config(Arc::new(config));
+        let acceptor = match verifier {
+            Some(v) => TlsAcceptor::from_server_config_with_verifier(Arc::new(config), v),
+            None => TlsAcceptor::from_server_config(Arc::new(config)),
+        };
         let (ready, _) = watch::channel(false);
         let state = Arc::new(State {
             hosts: auto.hosts(),

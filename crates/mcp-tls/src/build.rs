@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ServerConfig, SupportedProtocolVersion};
@@ -325,15 +326,25 @@ impl Resumption {
 /// A built configuration and what it was built from.
 pub(crate) struct Built {
     pub config: Arc<ServerConfig>,
+    /// The client certificate verifier inside `config` (rustls does not hand it back),
+    /// to verify the client chain of a resumed session again.
+    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 /// A rustls configuration builder with the versions and client verification of `cfg`
-/// (the CA bundle and CRLs given as read from their files).
+/// (the CA bundle and CRLs given as read from their files), and the client certificate
+/// verifier it holds, if any.
+pub(crate) type ServerBuilder = (
+    rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>,
+    Option<Arc<dyn ClientCertVerifier>>,
+);
+
+/// See [`ServerBuilder`].
 pub(crate) fn server_builder(
     cfg: &TlsConfig,
     ca: Option<&(PathBuf, Vec<u8>)>,
     crl_files: &[(PathBuf, Vec<u8>)],
-) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
+) -> Result<ServerBuilder, TlsError> {
     let provider = provider();
     let versions = protocol_versions(cfg.min_version, cfg.max_version);
     let builder =
@@ -372,9 +383,13 @@ pub(crate) fn server_builder(
             if cfg.client_auth == ClientAuth::Optional {
                 vb = vb.allow_unauthenticated();
             }
-            builder.with_client_cert_verifier(vb.build()?)
+            let verifier: Arc<dyn ClientCertVerifier> = vb.build()?;
+            (
+                builder.with_client_cert_verifier(verifier.clone()),
+                Some(verifier),
+            )
         }
-        _ => builder.with_no_client_auth(),
+        _ => (builder.with_no_client_auth(), None),
     })
 }
 
@@ -397,7 +412,7 @@ pub(crate) fn build_server_config(
         check_expiry(&snap.cert.0, leaf, cfg.expiry_warning)?;
     }
 
-    let builder = server_builder(cfg, snap.ca.as_ref(), &snap.crls)?;
+    let (builder, verifier) = server_builder(cfg, snap.ca.as_ref(), &snap.crls)?;
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(ck)));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     config.ignore_client_order = true;
@@ -405,6 +420,7 @@ pub(crate) fn build_server_config(
     config.ticketer = resumption.ticketer.clone();
     Ok(Built {
         config: Arc::new(config),
+        verifier,
     })
 }
 

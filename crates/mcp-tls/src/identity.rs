@@ -2,10 +2,12 @@
 //! connection.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use mcp_core::{ClientCertIdentity, TlsInfo};
 use rustls::ServerConnection;
+use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -97,6 +99,54 @@ pub fn tls_info(conn: &ServerConnection) -> TlsInfo {
     }
 }
 
+/// When the client certificate chain of `conn` stops being valid: the first moment past
+/// the earliest `notAfter` of the chain (X.509 validity includes the `notAfter` second).
+/// `None` when the client presented no certificate.
+///
+/// Counted: the end-entity certificate, and each other certificate the client presented
+/// that is valid now (the certificates of the path the handshake verified are all valid
+/// now; one the client sent beside them, such as an expired cross-signature, is not part
+/// of it and is not counted). An end-entity certificate that does not parse or is not
+/// valid now gives a moment already past.
+///
+/// [`Server`](crate::Server) closes a connection at this moment and no longer attaches
+/// the identity to its requests from then on; an accept loop of your own should do the
+/// same.
+pub fn client_cert_expires_at(conn: &ServerConnection) -> Option<SystemTime> {
+    chain_expires_at(conn.peer_certificates()?, SystemTime::now())
+}
+
+/// [`client_cert_expires_at`] for a chain (end-entity first) at `now`.
+pub(crate) fn chain_expires_at(
+    chain: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Option<SystemTime> {
+    let (leaf, rest) = chain.split_first()?;
+    let now_unix = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    // (notBefore, notAfter) in seconds since the epoch.
+    let validity = |der: &CertificateDer<'_>| {
+        X509Certificate::from_der(der.as_ref()).ok().map(|(_, c)| {
+            let v = c.validity();
+            (v.not_before.timestamp(), v.not_after.timestamp())
+        })
+    };
+    let at = |unix: i64| {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(unix.saturating_add(1)).unwrap_or(0))
+    };
+    let mut end = match validity(leaf) {
+        Some((from, until)) if from <= now_unix && now_unix <= until => until,
+        _ => return Some(UNIX_EPOCH),
+    };
+    for (from, until) in rest.iter().filter_map(validity) {
+        if from <= now_unix && now_unix <= until {
+            end = end.min(until);
+        }
+    }
+    Some(at(end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +199,48 @@ mod tests {
         let id = identity_from_der(cert.der()).unwrap();
         assert_eq!(id.uris.len(), MAX_SAN_ENTRIES + 2);
         assert_eq!(id.spiffe_id(), Err(mcp_core::SpiffeIdError::Several));
+    }
+
+    #[test]
+    fn a_chain_ends_with_its_earliest_valid_certificate() {
+        let at = |y, m, d| rcgen::date_time_ymd(y, m, d);
+        let cert = |from, until| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.not_before = from;
+            p.not_after = until;
+            p.self_signed(&KeyPair::generate().unwrap())
+                .unwrap()
+                .der()
+                .clone()
+        };
+        let unix =
+            |t: time::OffsetDateTime| UNIX_EPOCH + Duration::from_secs(t.unix_timestamp() as u64);
+        let now = unix(at(2030, 6, 1));
+        let leaf = cert(at(2030, 1, 1), at(2031, 1, 1));
+        let inter = cert(at(2029, 1, 1), at(2030, 7, 1));
+        let expired_extra = cert(at(2020, 1, 1), at(2021, 1, 1));
+        let one_second = Duration::from_secs(1);
+        assert_eq!(chain_expires_at(&[], now), None);
+        assert_eq!(
+            chain_expires_at(std::slice::from_ref(&leaf), now),
+            Some(unix(at(2031, 1, 1)) + one_second)
+        );
+        // The intermediate ends first; an expired certificate beside them is no part of
+        // the verified path and is not counted.
+        assert_eq!(
+            chain_expires_at(&[leaf.clone(), inter.clone(), expired_extra.clone()], now),
+            Some(unix(at(2030, 7, 1)) + one_second)
+        );
+        // An end-entity certificate that is not valid now: already past.
+        assert_eq!(
+            chain_expires_at(&[leaf.clone(), inter], unix(at(2031, 1, 2))),
+            Some(UNIX_EPOCH)
+        );
+        assert_eq!(chain_expires_at(&[expired_extra], now), Some(UNIX_EPOCH));
+        assert_eq!(
+            chain_expires_at(&[CertificateDer::from(vec![1u8, 2, 3])], now),
+            Some(UNIX_EPOCH)
+        );
     }
 
     proptest! {

@@ -8,16 +8,18 @@
 //!   PKCS#1 and SEC1 keys; the key is checked against the certificate), TLS 1.2 and 1.3
 //!   only, rustls's safe cipher suites with the `ring` provider (see [`build`]), ALPN
 //!   `h2` and `http/1.1`; client certificates none / optional / required against a CA
-//!   bundle with optional CRLs; hot reload on file change and on a periodic check,
-//!   swapped atomically, invalid files refused with a log line while the current
-//!   configuration stays.
+//!   bundle with optional CRLs, verified again on session resumption (an expired or
+//!   revoked certificate cannot come back through a ticket or session id); hot reload on
+//!   file change and on a periodic check, swapped atomically, invalid files refused with
+//!   a log line while the current configuration stays.
 //! - [`Server`]: an accept loop for any tower or hyper service (axum's `Router`
 //!   included) over TLS or plain TCP, HTTP/1.1 and HTTP/2, with a handshake timeout, a
 //!   cap on concurrent connections and a graceful shutdown that drains. Every request
 //!   gets the connection's [`mcp_core::PeerAddr`] and, over TLS, its
 //!   [`mcp_core::TlsInfo`] (with the verified [`mcp_core::ClientCertIdentity`]: CN,
 //!   subject, issuer, SAN DNS names and URIs including SPIFFE IDs, serial, SHA-256
-//!   fingerprint) in its extensions.
+//!   fingerprint) in its extensions. A connection ends when its client certificate
+//!   chain expires ([`client_cert_expires_at`]).
 //! - `acme` (cargo feature): certificates obtained and renewed from an ACME directory
 //!   (Let's Encrypt) with tls-alpn-01 on the serving port, cached on disk.
 //! - [`start`]: one call from a [`TlsConfig`] to an acceptor plus what keeps it current
@@ -60,5 +62,5 @@ pub use config::{
     AutoCertConfig, ClientAuth, ServerOptions, TlsConfig, TlsVersion, UnverifiedClientAuth,
 };
 pub use error::{ConfigError, TlsError};
-pub use identity::{identity_from_der, tls_info};
+pub use identity::{client_cert_expires_at, identity_from_der, tls_info};
 pub use serve::{ConnectionInfo, ConnectionLimit, ConnectionStats, Server, serve, serve_plain};

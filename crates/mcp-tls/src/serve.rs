@@ -59,7 +59,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
@@ -86,11 +86,16 @@ type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Wraps a per-connection service to put the connection's [`PeerAddr`] and (over TLS)
 /// [`TlsInfo`] into every request's extensions.
+///
+/// With [`client_cert_expires_at`](Self::client_cert_expires_at) set, the client
+/// certificate's end of validity is checked on every request: from that moment on, the
+/// [`TlsInfo`] attached has no client identity.
 #[derive(Clone)]
 pub struct ConnectionInfo<S> {
     inner: S,
     peer: PeerAddr,
     tls: Option<TlsInfo>,
+    client_expires_at: Option<SystemTime>,
 }
 
 impl<S> ConnectionInfo<S> {
@@ -100,7 +105,16 @@ impl<S> ConnectionInfo<S> {
             inner,
             peer: PeerAddr(peer),
             tls,
+            client_expires_at: None,
         }
+    }
+
+    /// The moment the connection's client certificate chain stops being valid
+    /// ([`crate::client_cert_expires_at`]): requests that arrive from then on carry
+    /// [`TlsInfo`] without the client identity, so no layer authenticates them as it.
+    pub fn client_cert_expires_at(mut self, at: Option<SystemTime>) -> Self {
+        self.client_expires_at = at;
+        self
     }
 }
 
@@ -110,6 +124,7 @@ impl<S: fmt::Debug> fmt::Debug for ConnectionInfo<S> {
             .field("inner", &self.inner)
             .field("peer", &self.peer)
             .field("tls", &self.tls)
+            .field("client_expires_at", &self.client_expires_at)
             .finish()
     }
 }
@@ -129,7 +144,16 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         req.extensions_mut().insert(self.peer);
         if let Some(tls) = &self.tls {
-            req.extensions_mut().insert(tls.clone());
+            let mut tls = tls.clone();
+            if tls.client.is_some()
+                && self
+                    .client_expires_at
+                    .is_some_and(|end| SystemTime::now() >= end)
+            {
+                tracing::debug!("client certificate expired: request without its identity");
+                tls.client = None;
+            }
+            req.extensions_mut().insert(tls);
         }
         self.inner.call(req)
     }
@@ -616,16 +640,20 @@ impl Server {
                 match tls {
                     None => {
                         let svc = ConnectionInfo::new(service, peer, None);
-                        serve_connection(&builder, tcp, svc, timeouts, stop, &counters).await;
+                        serve_connection(&builder, tcp, svc, timeouts, None, stop, &counters).await;
                     }
                     Some(acceptor) => {
                         let shake =
                             handshake(&acceptor, tcp, handshake_timeout, stop.clone(), &counters);
                         match shake.await {
                             Some((stream, info)) => {
-                                let svc = ConnectionInfo::new(service, peer, Some(info));
-                                serve_connection(&builder, stream, svc, timeouts, stop, &counters)
-                                    .await;
+                                let expires = crate::client_cert_expires_at(stream.get_ref().1);
+                                let svc = ConnectionInfo::new(service, peer, Some(info))
+                                    .client_cert_expires_at(expires);
+                                serve_connection(
+                                    &builder, stream, svc, timeouts, expires, stop, &counters,
+                                )
+                                .await;
                             }
                             None => tracing::debug!(%peer, "TLS handshake not completed"),
                         }
@@ -719,16 +747,25 @@ enum Ended<E> {
     Stalled,
     /// Asked to close with no request in progress, it had not after `write`.
     NotFinishing,
+    /// Its client certificate expired `write` ago and it had not finished.
+    CertExpired,
 }
 
 /// Serves one connection until it ends, the loop stops, it stays idle (no request in
 /// progress) for the idle timeout, it has served its most requests, or a response waits
 /// with no write progress for the write timeout.
+///
+/// At `client_expires_at` (its client certificate's end of validity) the connection is
+/// asked to finish like on shutdown (HTTP/1.1 closes, after the response in flight if
+/// any; HTTP/2 sends GOAWAY), and what is still open the write timeout later is closed:
+/// a long response (an SSE stream) does not outlive the certificate by more than that.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<IO, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: IO,
     service: S,
     timeouts: ConnectionTimeouts,
+    client_expires_at: Option<SystemTime>,
     mut stop: watch::Receiver<bool>,
     counters: &Counters,
 ) where
@@ -761,6 +798,14 @@ async fn serve_connection<IO, S, B>(
     // once, one with a response in flight after it, HTTP/2 after its GOAWAY once no stream
     // is open. With no request in progress, it has the write timeout to do so.
     let mut finishing: Option<Instant> = None;
+    // The certificate's end on the monotonic clock (already past when it is).
+    let cert_end = client_expires_at.map(|end| {
+        Instant::now()
+            + end
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+    });
+    let mut cert_expired = false;
     let ended = std::future::poll_fn(|cx| {
         loop {
             activity.waker.register(cx.waker());
@@ -768,6 +813,21 @@ async fn serve_connection<IO, S, B>(
                 return Poll::Ready(Ended::Done(r));
             }
             let now = Instant::now();
+            if let Some(end) = cert_end {
+                if end > now {
+                    // Checked below with the other deadlines.
+                } else if !cert_expired {
+                    cert_expired = true;
+                    tracing::debug!("closing a connection: its client certificate has expired");
+                    if finishing.is_none() {
+                        conn.as_mut().graceful_shutdown();
+                        finishing = Some(now);
+                    }
+                    continue;
+                } else if end + timeouts.write <= now {
+                    return Poll::Ready(Ended::CertExpired);
+                }
+            }
             if !stopping && stop_signal.as_mut().poll(cx).is_ready() {
                 stopping = true;
                 if finishing.is_none() {
@@ -784,6 +844,13 @@ async fn serve_connection<IO, S, B>(
             }
             // With no deadline, a recheck after the idle timeout.
             let mut next = now + timeouts.idle;
+            if let Some(end) = cert_end {
+                next = next.min(if cert_expired {
+                    end + timeouts.write
+                } else {
+                    end
+                });
+            }
             if let Some(d) = activity.stall_deadline(timeouts.write) {
                 if d <= now {
                     return Poll::Ready(Ended::Stalled);
@@ -841,6 +908,9 @@ async fn serve_connection<IO, S, B>(
         Ended::NotFinishing => {
             Counters::add(&counters.write_timed_out);
             tracing::debug!("closing a connection that did not finish when asked");
+        }
+        Ended::CertExpired => {
+            tracing::debug!("closing a connection still open after its client certificate expired");
         }
     }
 }
