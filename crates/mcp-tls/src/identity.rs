@@ -133,7 +133,8 @@ pub(crate) fn chain_expires_at(
         })
     };
     let at = |unix: i64| {
-        UNIX_EPOCH + Duration::from_secs(u64::try_from(unix.saturating_add(1)).unwrap_or(0))
+        let secs = Duration::from_secs(u64::try_from(unix.saturating_add(1)).unwrap_or(0));
+        UNIX_EPOCH.checked_add(secs).unwrap_or(UNIX_EPOCH)
     };
     let mut end = match validity(leaf) {
         Some((from, until)) if from <= now_unix && now_unix <= until => until,

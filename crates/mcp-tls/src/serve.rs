@@ -799,11 +799,12 @@ async fn serve_connection<IO, S, B>(
     // is open. With no request in progress, it has the write timeout to do so.
     let mut finishing: Option<Instant> = None;
     // The certificate's end on the monotonic clock (already past when it is).
-    let cert_end = client_expires_at.map(|end| {
-        Instant::now()
-            + end
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
+    // (None past what the clock can count: requests are still checked one by one.)
+    let cert_end = client_expires_at.and_then(|end| {
+        Instant::now().checked_add(
+            end.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
     });
     let mut cert_expired = false;
     let ended = std::future::poll_fn(|cx| {
@@ -813,10 +814,8 @@ async fn serve_connection<IO, S, B>(
                 return Poll::Ready(Ended::Done(r));
             }
             let now = Instant::now();
-            if let Some(end) = cert_end {
-                if end > now {
-                    // Checked below with the other deadlines.
-                } else if !cert_expired {
+            if let Some(end) = cert_end.filter(|end| *end <= now) {
+                if !cert_expired {
                     cert_expired = true;
                     tracing::debug!("closing a connection: its client certificate has expired");
                     if finishing.is_none() {
@@ -824,7 +823,8 @@ async fn serve_connection<IO, S, B>(
                         finishing = Some(now);
                     }
                     continue;
-                } else if end + timeouts.write <= now {
+                }
+                if end + timeouts.write <= now {
                     return Poll::Ready(Ended::CertExpired);
                 }
             }
