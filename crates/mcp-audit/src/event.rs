@@ -287,10 +287,13 @@ pub struct AuditRecord {
     /// The JSON-RPC error code sent with a refusal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jsonrpc_error_code: Option<i64>,
-    /// The typed reason of a refusal (`auth_failed`, `rate_limited`, ...).
+    /// The typed reason of a refusal (`auth_failed`, `rate_limited`, ...), or of the
+    /// connection layer: `write_timeout` (a response cut), `too_many_connections`
+    /// (connections refused, kind `connection`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// A safe detail of the refusal (rule name, scope).
+    /// A safe detail of the refusal (rule name, scope), or a fixed description of the
+    /// connection layer's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Time from the request to the end of the response body (streams included).

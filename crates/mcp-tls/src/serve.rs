@@ -28,6 +28,14 @@
 //! [`ServerOptions::max_requests_per_connection`] requests, and an HTTP/2 connection at
 //! most [`ServerOptions::max_concurrent_streams`] at once.
 //!
+//! The layers learn what the loop did: every request carries its connection's
+//! [`mcp_core::ConnectionEvents`], on which the loop notes each completed flush (what the
+//! connection was handed is written) and, before dropping a connection it closed for the
+//! write timeout, [`mcp_core::CloseReason::WriteTimeout`]; an audit layer thus records a
+//! response cut by the write timeout as cut, even when its body had ended in the write
+//! buffers. A [`ConnectionLimit::observer`] is told of each connection refused over the
+//! per-client cap.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use axum::{Router, routing::get, Extension};
