@@ -357,7 +357,7 @@ mod tests {
         assert!(e.message.contains("alias"), "{e:?}");
         let long = "x".repeat(100_000);
         let y = format!(
-            "s: &s \"{long}\"\nl: [*s,*s,*s,*s,*s,*s,*s,*s,*s,*s]\nm: [*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l]\n"
+            "s: &s \"{long}\"\nl: &l [*s,*s,*s,*s,*s,*s,*s,*s,*s,*s]\nm: [*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l,*l]\n"
         );
         let e = parse(&y).unwrap_err();
         assert!(e.message.contains("alias"), "{e:?}");
