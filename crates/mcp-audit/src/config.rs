@@ -384,6 +384,42 @@ impl Default for AuditConfig {
 }
 
 impl AuditConfig {
+    /// Where the configured storages write, one line each, for a start-up banner:
+    /// `sqlite /abs/path/audit.db (lock /abs/path/audit.db.lock)`, `file /abs/audit.jsonl`,
+    /// `postgres (writer NAME)`, `stdout`, `tracing`. Relative paths are shown resolved
+    /// against the current directory; the PostgreSQL URL is never shown (it may hold a
+    /// password).
+    pub fn trail_locations(&self) -> Vec<String> {
+        let abs = |p: &std::path::Path| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_owned())
+                .display()
+                .to_string()
+        };
+        self.storage
+            .to_vec()
+            .into_iter()
+            .map(|s| match s {
+                Storage::Database => match self.database.kind {
+                    DatabaseType::Sqlite => {
+                        let db = abs(&self.database.sqlite_path);
+                        format!("sqlite {db} (writer lock {db}.lock)")
+                    }
+                    DatabaseType::Postgres => format!(
+                        "postgres (writer {})",
+                        self.database
+                            .writer_id
+                            .as_deref()
+                            .unwrap_or("the host name")
+                    ),
+                },
+                Storage::File => format!("file {}", abs(&self.file.path)),
+                Storage::Stdout => "stdout".to_owned(),
+                Storage::Tracing => "tracing (target mcp_audit)".to_owned(),
+            })
+            .collect()
+    }
+
     /// Checks every rule; the first broken one is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.format != "json" {

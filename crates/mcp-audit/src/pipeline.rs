@@ -6,13 +6,20 @@
 //! - When the queue is full, the [`OverflowPolicy`] applies: `drop` counts and logs the
 //!   loss at once; `wait` holds the end of the response for up to `maxWaitMs` until there
 //!   is room, then drops and counts.
-//! - A sink that fails is retried with exponential backoff (50 ms doubling up to 5 s)
-//!   and reported (`mcp_audit_sink_errors_total`, a warning log); meanwhile events wait
-//!   in the queue, so nothing is lost within the queue's capacity. The request path never
-//!   waits on a sink.
+//! - Each sink has its own task and backlog: a sink that fails or hangs never holds up
+//!   the others. A failing sink is retried with exponential backoff (50 ms doubling up to
+//!   5 s) and reported (`mcp_audit_sink_errors_total`, a warning log); its backlog holds
+//!   up to `queue.capacity` events, so nothing is lost within that; beyond it, that sink
+//!   loses the newest batches (`mcp_audit_sink_backlog_dropped_total{sink}`, an error log
+//!   at most once a second) while the others go on; a write in progress for 10 s counts
+//!   as failing. A sink that is healthy but behind by
+//!   `queue.capacity` events holds the writer up instead (backpressure through the
+//!   queue and its overflow policy). The request path never waits on a sink.
 //! - [`Auditor::shutdown`] records a shutdown event, writes every queued event and
-//!   returns; the writer gives up on a sink that still fails after
-//!   `queue.shutdownTimeoutMs` and counts what it could not write as dropped.
+//!   returns by `queue.shutdownTimeoutMs` (plus one second) whatever the sinks do: the
+//!   deadline holds for the batches queued before the shutdown as for the last ones; a
+//!   sink still failing or hanging is given up on, and what it did not write is counted
+//!   as dropped and logged per sink (`audit events lost`).
 //!
 //! Metrics (the `metrics` facade): `mcp_audit_events_queued_total`,
 //! `mcp_audit_events_written_total{sink}`, `mcp_audit_events_dropped_total{reason}`,
@@ -31,7 +38,7 @@ use crate::event::{AuditEvent, EventData, EventKind, Outcome, Renderer, SinkEven
 use crate::layer::AuditLayer;
 use crate::mask::Masker;
 use crate::query::AuditStore;
-use crate::sink::{AuditSink, StdoutSink, TracingSink};
+use crate::sink::{AuditSink, SinkError, StdoutSink, TracingSink};
 
 pub(crate) enum Msg {
     Event(Box<EventData>),
@@ -290,23 +297,23 @@ impl AuditorBuilder {
             last_drop_log: AtomicU64::new(0),
             epoch: Instant::now(),
         }));
+        let shared = Arc::new(Shared::new());
         let writer = Writer {
             rx,
-            sinks: self
-                .sinks
-                .into_iter()
-                .map(|s| SinkSlot { sink: s })
-                .collect(),
+            sinks: self.sinks,
             renderer,
             batch_size: cfg.queue.batch_size,
             linger: Duration::from_millis(cfg.queue.linger_ms),
             capacity: cfg.queue.capacity,
             stats: Arc::clone(&stats),
             shutdown_timeout: Duration::from_millis(cfg.queue.shutdown_timeout_ms),
+            deadline: tokio::sync::watch::Sender::new(None),
+            shared: Arc::clone(&shared),
         };
         let task = tokio::spawn(writer.run());
         Ok(Auditor {
             handle,
+            shared,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             config: Arc::new(cfg),
             sensitive,
@@ -332,6 +339,7 @@ impl AuditorBuilder {
 #[derive(Clone)]
 pub struct Auditor {
     handle: AuditHandle,
+    shared: Arc<Shared>,
     task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     config: Arc<AuditConfig>,
     sensitive: Arc<[HeaderName]>,
@@ -360,6 +368,15 @@ impl Auditor {
     /// the query store is opened too ([`Auditor::query_service`]).
     pub async fn from_config(config: AuditConfig) -> Result<Self, AuditError> {
         Self::configured_builder(config).await?.start()
+    }
+
+    /// Validates `config` exactly as [`Auditor::from_config`] does and starts a writer
+    /// with **no sink**: no storage is opened, created or written, and events are
+    /// discarded. For a configuration check (`nginx -t` style) beside a running
+    /// instance, which must not touch its trail; [`Auditor::query_service`] is `None`.
+    pub fn without_storage(config: AuditConfig) -> Result<Self, AuditError> {
+        config.validate()?;
+        Self::builder(config).start()
     }
 
     /// Like [`Auditor::from_config`] but returns the builder, to add sinks.
@@ -391,12 +408,13 @@ impl Auditor {
                             let max = config.database.max_records;
                             let (sink, store) = tokio::task::spawn_blocking(move || {
                                 let sink = SqliteSink::open(&path, max)?;
-                                let store = SqliteStore::open(path)?;
-                                Ok::<_, rusqlite::Error>((sink, store))
+                                let store = SqliteStore::open(path)
+                                    .map_err(|e| SinkError::new("sqlite", e.to_string()))?;
+                                Ok::<_, SinkError>((sink, store))
                             })
                             .await
                             .map_err(|_| open_err("sqlite", "open task failed"))?
-                            .map_err(|e| open_err("sqlite", e.to_string()))?;
+                            .map_err(|e| open_err("sqlite", e.message))?;
                             b = b.sink(sink).store(Arc::new(store));
                         }
                     }
@@ -487,15 +505,57 @@ impl Auditor {
     /// Records a shutdown event, writes every queued event, and stops the writer. Call it
     /// after the server has stopped accepting and finished in-flight requests (graceful
     /// shutdown). Events sent afterwards are dropped and counted.
+    ///
+    /// It returns by `queue.shutdownTimeoutMs` (plus a second): a sink still failing or
+    /// hanging then is given up on, for the batches it held before the shutdown as for
+    /// the last ones, and what it did not write is counted as dropped and logged
+    /// (`audit events lost at shutdown`).
     pub async fn shutdown(&self) {
         let mut task = self.task.lock().await;
-        let Some(join) = task.take() else { return };
-        self.handle.record(AuditEvent::shutdown()).await;
+        let Some(mut join) = task.take() else { return };
+        let limit = Duration::from_millis(self.config.queue.shutdown_timeout_ms);
+        let hard = Instant::now() + limit + Duration::from_secs(1);
+        let _ =
+            tokio::time::timeout_at(hard.into(), self.handle.record(AuditEvent::shutdown())).await;
         let (tx, rx) = oneshot::channel();
-        if self.handle.0.tx.send(Msg::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
+        let sent = tokio::time::timeout_at(hard.into(), self.handle.0.tx.send(Msg::Shutdown(tx)));
+        if let Ok(Ok(())) = sent.await {
+            let _ = tokio::time::timeout_at(hard.into(), rx).await;
         }
-        let _ = join.await;
+        if tokio::time::timeout_at(hard.into(), &mut join)
+            .await
+            .is_err()
+        {
+            // A sink hangs past the deadline: stop it.
+            join.abort();
+            if let Ok(tasks) = self.shared.tasks.lock() {
+                for t in tasks.iter() {
+                    t.abort();
+                }
+            }
+        }
+        // Batches still held by an aborted sink task are counted as dropped when they
+        // are released (see `BatchDone`).
+        for s in self.shared.sink_states() {
+            let lost = s.lost.load(Ordering::Relaxed) + s.pending.load(Ordering::Relaxed);
+            if lost > 0 {
+                tracing::error!(
+                    sink = %s.name,
+                    lost,
+                    "audit events lost: not written to this sink before it stopped"
+                );
+            }
+        }
+    }
+
+    /// Events not written to each sink so far (the sink's name and the count): a sink
+    /// whose backlog was full while it failed, or that was given up on at shutdown.
+    pub fn lost_by_sink(&self) -> Vec<(String, u64)> {
+        self.shared
+            .sink_states()
+            .iter()
+            .map(|s| (s.name.clone(), s.lost.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -514,48 +574,150 @@ fn open_err(storage: &'static str, message: impl Into<String>) -> AuditError {
     }
 }
 
-struct SinkSlot {
-    sink: Box<dyn AuditSink>,
+/// One sink's side of the pipeline: its own task and backlog, so that a sink that fails
+/// or hangs never holds up the others.
+struct SinkState {
+    name: String,
+    /// Events handed to the sink's task and not yet written or given up on.
+    pending: AtomicU64,
+    /// The sink's last write failed (it is retrying).
+    failing: std::sync::atomic::AtomicBool,
+    /// When the write in progress started (milliseconds since the Unix epoch), 0 when
+    /// idle: a write that takes longer than [`HUNG_AFTER`] counts as failing.
+    writing_since: AtomicU64,
+    /// Events this sink did not write (backlog full while failing, or shutdown deadline).
+    lost: AtomicU64,
+    last_backlog_log: AtomicU64,
 }
 
-/// Rendered events on their way to the sinks, with the flush / shutdown waiters to answer
-/// once they are written.
-struct Batch {
-    events: Arc<[SinkEvent]>,
+/// A batch completes when every sink's task has released it: then the flush and
+/// shutdown waiters are answered, and the batch is counted as written (by every sink) or
+/// dropped (some sink did not write it).
+/// A sink whose write has been in progress this long is treated as failing: it loses
+/// batches beyond its backlog instead of holding the writer up.
+const HUNG_AFTER: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SinkState {
+    fn stalled(&self) -> bool {
+        if self.failing.load(Ordering::Relaxed) {
+            return true;
+        }
+        let since = self.writing_since.load(Ordering::Relaxed);
+        since != 0 && now_ms().saturating_sub(since) > HUNG_AFTER.as_millis() as u64
+    }
+}
+
+struct BatchDone {
+    n: u64,
+    sinks: usize,
+    ok: std::sync::atomic::AtomicUsize,
     waiters: Vec<oneshot::Sender<()>>,
-    deadline: Option<Instant>,
+    stats: Arc<AuditStats>,
 }
 
-/// Stage one: takes events from the queue and renders them (masking, serialization), so
-/// that rendering the next batch overlaps with the sinks writing the previous one.
+impl Drop for BatchDone {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            if self.ok.load(Ordering::Relaxed) >= self.sinks {
+                self.stats.written.fetch_add(self.n, Ordering::Relaxed);
+            } else {
+                self.stats.dropped.fetch_add(self.n, Ordering::Relaxed);
+                metrics::counter!("mcp_audit_events_dropped_total", "reason" => "sink_failed")
+                    .increment(self.n);
+            }
+        }
+        for w in self.waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// A batch on its way to one sink.
+struct Delivery {
+    events: Arc<[SinkEvent]>,
+    done: Arc<BatchDone>,
+}
+
+/// Takes events from the queue, renders them (masking, serialization) and hands each
+/// batch to every sink's task.
 struct Writer {
     rx: mpsc::Receiver<Msg>,
-    sinks: Vec<SinkSlot>,
+    sinks: Vec<Box<dyn AuditSink>>,
     renderer: Renderer,
     batch_size: usize,
     linger: Duration,
     capacity: usize,
     stats: Arc<AuditStats>,
     shutdown_timeout: Duration,
+    /// Set once, at shutdown: every sink task gives up retrying at this instant, for the
+    /// batches it already holds as for the last ones.
+    deadline: tokio::sync::watch::Sender<Option<Instant>>,
+    shared: Arc<Shared>,
 }
 
-/// Stage two: writes batches to every sink, retrying.
-struct Deliverer {
-    sinks: Vec<SinkSlot>,
-    stats: Arc<AuditStats>,
+/// What [`Auditor::shutdown`] needs to enforce its deadline and count what was lost.
+struct Shared {
+    sinks: std::sync::Mutex<Vec<Arc<SinkState>>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    deadline: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            sinks: std::sync::Mutex::new(Vec::new()),
+            tasks: std::sync::Mutex::new(Vec::new()),
+            deadline: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn sink_states(&self) -> Vec<Arc<SinkState>> {
+        self.sinks.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+struct Route {
+    tx: mpsc::UnboundedSender<Delivery>,
+    state: Arc<SinkState>,
 }
 
 impl Writer {
     async fn run(mut self) {
-        // At most two rendered batches wait for the sinks.
-        let (btx, brx) = mpsc::channel::<Batch>(2);
-        let deliverer = tokio::spawn(
-            Deliverer {
-                sinks: std::mem::take(&mut self.sinks),
+        let deadline_rx = self.deadline.subscribe();
+        let mut routes = Vec::with_capacity(self.sinks.len());
+        let mut joins = Vec::with_capacity(self.sinks.len());
+        for sink in std::mem::take(&mut self.sinks) {
+            let state = Arc::new(SinkState {
+                name: sink.name().to_owned(),
+                pending: AtomicU64::new(0),
+                failing: std::sync::atomic::AtomicBool::new(false),
+                writing_since: AtomicU64::new(0),
+                lost: AtomicU64::new(0),
+                last_backlog_log: AtomicU64::new(0),
+            });
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = SinkTask {
+                sink,
+                state: Arc::clone(&state),
                 stats: Arc::clone(&self.stats),
+                deadline: deadline_rx.clone(),
+            };
+            let join = tokio::spawn(task.run(rx));
+            if let Ok(mut t) = self.shared.tasks.lock() {
+                t.push(join.abort_handle());
             }
-            .run(brx),
-        );
+            if let Ok(mut s) = self.shared.sinks.lock() {
+                s.push(Arc::clone(&state));
+            }
+            joins.push(join);
+            routes.push(Route { tx, state });
+        }
         let mut msgs: Vec<Msg> = Vec::with_capacity(self.batch_size);
         loop {
             let n = self.rx.recv_many(&mut msgs, self.batch_size).await;
@@ -576,8 +738,13 @@ impl Writer {
             }
             self.note_queued(batch.len());
             if let Some(done) = shutdown {
-                // Take everything already queued, refuse what comes later, take the rest.
+                // The deadline holds from now on for every batch, queued or not.
                 let deadline = Instant::now() + self.shutdown_timeout;
+                if let Ok(mut d) = self.shared.deadline.lock() {
+                    *d = Some(deadline);
+                }
+                let _ = self.deadline.send(Some(deadline));
+                // Take everything already queued, refuse what comes later, take the rest.
                 self.rx.close();
                 while let Some(m) = self.rx.recv().await {
                     match m {
@@ -590,41 +757,40 @@ impl Writer {
                     }
                 }
                 waiters.push(done);
-                let mut chunks: Vec<Arc<[SinkEvent]>> = batch
-                    .chunks(self.batch_size)
-                    .map(|c| Arc::from(c.to_vec()))
-                    .collect();
-                let last = chunks.pop().unwrap_or_else(|| Arc::from(Vec::new()));
+                let mut chunks: Vec<Vec<SinkEvent>> =
+                    batch.chunks(self.batch_size).map(<[_]>::to_vec).collect();
+                let last = chunks.pop().unwrap_or_default();
                 for events in chunks {
-                    let _ = btx
-                        .send(Batch {
-                            events,
-                            waiters: Vec::new(),
-                            deadline: Some(deadline),
-                        })
-                        .await;
-                }
-                let _ = btx
-                    .send(Batch {
-                        events: last,
-                        waiters,
-                        deadline: Some(deadline),
-                    })
+                    dispatch(
+                        Arc::clone(&self.stats),
+                        self.capacity,
+                        &routes,
+                        events,
+                        Vec::new(),
+                        true,
+                    )
                     .await;
+                }
+                dispatch(
+                    Arc::clone(&self.stats),
+                    self.capacity,
+                    &routes,
+                    last,
+                    waiters,
+                    true,
+                )
+                .await;
                 break;
             }
-            let len = batch.len();
-            let sent = btx
-                .send(Batch {
-                    events: batch.into(),
-                    waiters,
-                    deadline: None,
-                })
-                .await;
-            if sent.is_err() {
-                // The delivery task is gone (it cannot fail; defensive).
-                self.stats.dropped.fetch_add(len as u64, Ordering::Relaxed);
-            }
+            dispatch(
+                Arc::clone(&self.stats),
+                self.capacity,
+                &routes,
+                batch,
+                waiters,
+                false,
+            )
+            .await;
             metrics::gauge!("mcp_audit_queue_depth")
                 .set((self.capacity - self.rx.capacity().min(self.capacity)) as f64);
             if !full_batch && !self.linger.is_zero() {
@@ -632,8 +798,10 @@ impl Writer {
                 tokio::time::sleep(self.linger).await;
             }
         }
-        drop(btx);
-        let _ = deliverer.await;
+        drop(routes);
+        for j in joins {
+            let _ = j.await;
+        }
     }
 
     fn note_queued(&self, n: usize) {
@@ -644,61 +812,187 @@ impl Writer {
     }
 }
 
-impl Deliverer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
-        while let Some(b) = rx.recv().await {
-            if !b.events.is_empty() {
-                self.deliver(b.events, b.deadline).await;
+/// Hands a batch to every sink. A sink that is writing well but is behind by
+/// `capacity` events holds the writer up (backpressure, as the queue does); a sink
+/// whose writes fail, or whose write has hung for [`HUNG_AFTER`], loses the batch once
+/// its backlog is full, so that the others go on. At shutdown nothing waits.
+async fn dispatch(
+    stats: Arc<AuditStats>,
+    capacity: usize,
+    routes: &[Route],
+    events: Vec<SinkEvent>,
+    waiters: Vec<oneshot::Sender<()>>,
+    shutting_down: bool,
+) {
+    let n = events.len() as u64;
+    let done = Arc::new(BatchDone {
+        n,
+        sinks: routes.len(),
+        ok: std::sync::atomic::AtomicUsize::new(0),
+        waiters,
+        stats,
+    });
+    let events: Arc<[SinkEvent]> = events.into();
+    let budget = capacity as u64;
+    for r in routes {
+        let mut room = true;
+        if n > 0 {
+            loop {
+                let pending = r.state.pending.load(Ordering::Relaxed);
+                if pending == 0 || pending + n <= budget {
+                    break;
+                }
+                if shutting_down || r.state.stalled() {
+                    room = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            for w in b.waiters {
-                let _ = w.send(());
+        }
+        if !room {
+            r.state.lost.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("mcp_audit_sink_backlog_dropped_total",
+                "sink" => r.state.name.clone())
+            .increment(n);
+            let now = epoch_secs();
+            let last = r.state.last_backlog_log.swap(now, Ordering::Relaxed);
+            if now > last {
+                tracing::error!(
+                    sink = %r.state.name,
+                    events = n,
+                    lost_total = r.state.lost.load(Ordering::Relaxed),
+                    "audit sink failing with a full backlog: events lost for this sink"
+                );
+            }
+            continue;
+        }
+        r.state.pending.fetch_add(n, Ordering::Relaxed);
+        let d = Delivery {
+            events: Arc::clone(&events),
+            done: Arc::clone(&done),
+        };
+        if r.tx.send(d).is_err() {
+            // The sink's task is gone (aborted at the shutdown deadline).
+            r.state.pending.fetch_sub(n, Ordering::Relaxed);
+            r.state.lost.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whole seconds since the Unix epoch, plus one (for once-a-second logs).
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 1
+}
+
+/// Writes the batches of one sink, retrying with backoff until the batch is written or
+/// the shutdown deadline passes.
+struct SinkTask {
+    sink: Box<dyn AuditSink>,
+    state: Arc<SinkState>,
+    stats: Arc<AuditStats>,
+    deadline: tokio::sync::watch::Receiver<Option<Instant>>,
+}
+
+impl SinkTask {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Delivery>) {
+        while let Some(d) = rx.recv().await {
+            let n = d.events.len() as u64;
+            self.state
+                .writing_since
+                .store(now_ms().max(1), Ordering::Relaxed);
+            let written = n == 0 || self.deliver(&d.events).await;
+            self.state.writing_since.store(0, Ordering::Relaxed);
+            self.state.pending.fetch_sub(n, Ordering::Relaxed);
+            if written {
+                d.done.ok.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.state.lost.fetch_add(n, Ordering::Relaxed);
             }
         }
     }
 
-    /// Writes a batch to every sink, retrying each failing sink with backoff. Sinks that
-    /// succeeded are not written twice.
-    async fn deliver(&mut self, batch: Arc<[SinkEvent]>, deadline: Option<Instant>) {
+    async fn deliver(&mut self, batch: &Arc<[SinkEvent]>) -> bool {
         let n = batch.len() as u64;
-        let mut all_ok = true;
-        for slot in &mut self.sinks {
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match slot.sink.write_batch(Arc::clone(&batch)).await {
-                    Ok(()) => {
-                        metrics::counter!("mcp_audit_events_written_total",
-                            "sink" => slot.sink.name().to_owned())
-                        .increment(n);
-                        break;
-                    }
-                    Err(e) => {
-                        self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("mcp_audit_sink_errors_total",
-                            "sink" => slot.sink.name().to_owned())
-                        .increment(1);
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                            "audit sink failed; retrying");
-                        if deadline.is_some_and(|d| Instant::now() + backoff > d) {
-                            tracing::error!(
-                                sink = slot.sink.name(),
-                                events = n,
-                                "audit sink still failing at shutdown; events lost for it"
-                            );
-                            all_ok = false;
-                            break;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let deadline = *self.deadline.borrow();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return give_up(&self.state, n);
+            }
+            let write = self.sink.write_batch(Arc::clone(batch));
+            let res = match deadline {
+                Some(d) => match tokio::time::timeout_at(d.into(), write).await {
+                    Ok(r) => r,
+                    Err(_) => return give_up(&self.state, n),
+                },
+                None => {
+                    tokio::pin!(write);
+                    tokio::select! {
+                        r = &mut write => r,
+                        // Shutdown began during this write: it too is held to the deadline.
+                        c = self.deadline.changed() => {
+                            let d = if c.is_ok() { *self.deadline.borrow() } else { None };
+                            match d {
+                                Some(d) => match tokio::time::timeout_at(d.into(), &mut write).await {
+                                    Ok(r) => r,
+                                    Err(_) => return give_up(&self.state, n),
+                                },
+                                None => write.await,
+                            }
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
+                }
+            };
+            match res {
+                Ok(()) => {
+                    if self.state.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(sink = %self.state.name, "audit sink writing again");
+                    }
+                    metrics::counter!("mcp_audit_events_written_total",
+                        "sink" => self.state.name.clone())
+                    .increment(n);
+                    return true;
+                }
+                Err(e) => {
+                    self.state.failing.store(true, Ordering::Relaxed);
+                    self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mcp_audit_sink_errors_total",
+                        "sink" => self.state.name.clone())
+                    .increment(1);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "audit sink failed; retrying");
+                    // Never past the shutdown deadline, if there is one.
+                    let mut wake = Instant::now() + backoff;
+                    if let Some(d) = *self.deadline.borrow() {
+                        wake = wake.min(d);
+                    }
+                    let sleep = tokio::time::sleep_until(wake.into());
+                    tokio::pin!(sleep);
+                    tokio::select! {
+                        _ = &mut sleep => {}
+                        // Shutdown began: re-check against its deadline at once.
+                        r = self.deadline.changed() => {
+                            if r.is_err() {
+                                sleep.await;
+                            }
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        if all_ok {
-            self.stats.written.fetch_add(n, Ordering::Relaxed);
-        } else {
-            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-            metrics::counter!("mcp_audit_events_dropped_total", "reason" => "sink_failed")
-                .increment(n);
-        }
     }
+}
+
+/// Gives up on a batch at the shutdown deadline (logged).
+fn give_up(state: &SinkState, n: u64) -> bool {
+    tracing::error!(
+        sink = %state.name,
+        events = n,
+        "audit sink not written by the shutdown deadline; events lost for it"
+    );
+    false
 }

@@ -541,9 +541,21 @@ impl Loaded {
 /// Reads and parses a file, expanding `${VAR}` and applying the environment overrides.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    // Read at most one byte past the cap: a larger file is refused by `parse`.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            use std::io::Read;
+            f.take(crate::yaml_bounds::MAX_FILE_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
         file: file.clone(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
     })?;
     parse(&text, &file, &|k| std::env::var(k).ok())
 }
@@ -557,20 +569,19 @@ pub fn parse(
     let mut value: Value = if text.trim().is_empty() {
         Value::Mapping(Default::default())
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| {
-            let line = e.location().map_or(0, |l| l.line());
-            ConfigError::Invalid {
-                file: file.to_owned(),
-                line,
-                key: "(syntax)".into(),
-                message: e.to_string(),
-            }
+        // Bounded: file size, nesting depth, alias replays (see `yaml_bounds`).
+        crate::yaml_bounds::parse(text).map_err(|e| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: e.line,
+            key: "(syntax)".into(),
+            message: e.message,
         })?
     };
     if value.is_null() {
         value = Value::Mapping(Default::default());
     }
-    expand(&mut value, &mut Vec::new(), text, file, env)?;
+    let mut expansion = crate::yaml_bounds::MAX_EXPANSION_BYTES;
+    expand(&mut value, &mut Vec::new(), text, file, env, &mut expansion)?;
     let env_notes = apply_env_overrides(&mut value, env, file)?;
     refuse_keys_set_by_the_gateway(&value, text, file)?;
     let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -637,25 +648,49 @@ fn expand(
     text: &str,
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    budget: &mut usize,
 ) -> Result<(), ConfigError> {
     match v {
         Value::String(s) if s.contains("${") => {
             let whole = s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
-            let expanded = expand_str(s, env).map_err(|var| {
+            let rule = |path: &[String], message: String| {
                 let key = path_string(path);
                 ConfigError::Rule {
                     file: file.to_owned(),
                     line: find_line(text, &key),
                     key,
-                    message: format!("environment variable {var} is not set"),
+                    message,
                 }
+            };
+            let expanded = expand_str(s, env).map_err(|e| match e {
+                Expand::Unset(var) => rule(path, format!("environment variable {var} is not set")),
+                Expand::TooLarge(var) => rule(
+                    path,
+                    format!(
+                        "environment variable {var} is longer than {} bytes",
+                        crate::yaml_bounds::MAX_ENV_VALUE_BYTES
+                    ),
+                ),
             })?;
-            // `${RPS}` alone may stand for a number or a boolean.
+            // Aliases may repeat one `${VAR}` many times: the growth is capped in total.
+            let grown = expanded.len().saturating_sub(s.len());
+            if grown > *budget {
+                return Err(rule(
+                    path,
+                    format!(
+                        "the expanded environment variables add more than {} bytes to the \
+                         configuration",
+                        crate::yaml_bounds::MAX_EXPANSION_BYTES
+                    ),
+                ));
+            }
+            *budget -= grown;
+            // `${RPS}` alone may stand for a number or a boolean; anything else stays a
+            // string (never parsed as YAML).
             let last = path.last().map(String::as_str).unwrap_or("");
             if whole
                 && !SECRET_KEYS.contains(&last)
-                && let Ok(parsed) = serde_yaml_ng::from_str::<Value>(&expanded)
-                && matches!(parsed, Value::Number(_) | Value::Bool(_))
+                && let Some(parsed) = crate::yaml_bounds::env_scalar(&expanded)
             {
                 *v = parsed;
                 return Ok(());
@@ -672,7 +707,7 @@ fn expand(
                         .to_owned(),
                 };
                 path.push(name);
-                expand(val, path, text, file, env)?;
+                expand(val, path, text, file, env, budget)?;
                 path.pop();
             }
         }
@@ -680,7 +715,7 @@ fn expand(
             for (i, val) in seq.iter_mut().enumerate() {
                 let last = path.pop().unwrap_or_default();
                 path.push(format!("{last}[{i}]"));
-                expand(val, path, text, file, env)?;
+                expand(val, path, text, file, env, budget)?;
                 path.pop();
                 path.push(last);
             }
@@ -690,8 +725,16 @@ fn expand(
     Ok(())
 }
 
-/// Expands `${VAR}`; `$${` is a literal `${`. Returns the name of an unset variable.
-fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Why `${VAR}` could not be expanded (the variable's name).
+#[derive(Debug, PartialEq, Eq)]
+enum Expand {
+    Unset(String),
+    TooLarge(String),
+}
+
+/// Expands `${VAR}`; `$${` is a literal `${`. Each value is at most
+/// `yaml_bounds::MAX_ENV_VALUE_BYTES`.
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Expand> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find("${") {
@@ -709,8 +752,11 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
         };
         let name = &after[..end];
         match env(name) {
+            Some(val) if val.len() > crate::yaml_bounds::MAX_ENV_VALUE_BYTES => {
+                return Err(Expand::TooLarge(name.to_owned()));
+            }
             Some(val) => out.push_str(&val),
-            None => return Err(name.to_owned()),
+            None => return Err(Expand::Unset(name.to_owned())),
         }
         rest = &after[end + 1..];
     }
@@ -1488,7 +1534,7 @@ security:
                     _ => None,
                 });
                 match first {
-                    Some(n) => prop_assert_eq!(expand_str(&input, &|_| None), Err(n)),
+                    Some(n) => prop_assert_eq!(expand_str(&input, &|_| None), Err(crate::config::Expand::Unset(n))),
                     None => prop_assert!(expand_str(&input, &|_| None).is_ok()),
                 }
             }

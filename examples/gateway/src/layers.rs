@@ -71,6 +71,16 @@ pub struct Layers {
 impl Layers {
     /// Builds the layers from the configuration.
     pub async fn build(loaded: &Loaded) -> Result<Self, ConfigError> {
+        Self::build_with(loaded, true).await
+    }
+
+    /// Builds the layers for `check`: validated as for a start, but the audit trail's
+    /// storages are neither opened nor written (a check runs beside the live gateway).
+    pub async fn build_for_check(loaded: &Loaded) -> Result<Self, ConfigError> {
+        Self::build_with(loaded, false).await
+    }
+
+    async fn build_with(loaded: &Loaded, open_audit: bool) -> Result<Self, ConfigError> {
         let cfg = &loaded.config;
         let mut layers = Self::default();
         upstream_boundary(loaded, &mut layers)?;
@@ -167,9 +177,12 @@ impl Layers {
                 .audit
                 .clone()
                 .with_sensitive_headers(layers.credential_headers.clone());
-            let auditor = Auditor::from_config(audit_cfg)
-                .await
-                .map_err(|e| loaded.error("audit", e.to_string()))?;
+            let auditor = if open_audit {
+                Auditor::from_config(audit_cfg).await
+            } else {
+                Auditor::without_storage(audit_cfg)
+            }
+            .map_err(|e| loaded.error("audit", e.to_string()))?;
             layers.auditor = Some(auditor);
         }
         if cfg.auth.enabled {

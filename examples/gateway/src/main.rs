@@ -1,7 +1,8 @@
 //! `mcp-gateway`: a secure MCP reverse proxy assembled from the suite's layers.
 //!
 //! - no arguments: demo mode (built-in demo MCP server behind the gateway on
-//!   127.0.0.1:8080, a fresh API key printed once, audit trail in ./mcp-gateway-audit.db)
+//!   127.0.0.1:8080, a fresh API key printed once, audit trail in
+//!   ./mcp-gateway-demo-audit.db)
 //! - `--config FILE`: run a configuration
 //! - `check --config FILE`: validate a configuration and exit
 //! - `keygen`: print a compliant API key
@@ -19,6 +20,7 @@ mod observe;
 mod ops;
 mod proxy;
 mod validate;
+mod yaml_bounds;
 
 #[cfg(test)]
 mod request_path_props;
@@ -31,6 +33,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::oneshot;
+
+/// The demo mode's SQLite trail (in the current directory): a name of its own, that no
+/// configuration shares by accident (a configuration's default is `audit.db`).
+const DEMO_TRAIL: &str = "mcp-gateway-demo-audit.db";
 
 /// mimalloc instead of the system allocator: every request allocates (headers, parsed
 /// JSON-RPC, audit record), and under load glibc's malloc and free cost about a tenth of
@@ -85,7 +91,7 @@ enum AuditCommand {
         /// The SQLite audit database (demo mode's file by default).
         #[arg(
             long,
-            default_value = "mcp-gateway-audit.db",
+            default_value = DEMO_TRAIL,
             conflicts_with = "config"
         )]
         db: PathBuf,
@@ -184,11 +190,12 @@ async fn check(path: &Path) -> Result<(), String> {
     let addr = validate::validate(&loaded).map_err(|e| e.to_string())?;
     // Building the layers checks the credentials and the rules; building the router
     // checks the upstreams.
-    let layers = layers::Layers::build(&loaded)
+    // The audit storages are not opened: a check never writes to any sink (it runs
+    // beside the live gateway, whose trail it must not touch).
+    let layers = layers::Layers::build_for_check(&loaded)
         .await
         .map_err(|e| e.to_string())?;
     let _router = app::router(&loaded, &layers, None).map_err(|e| e.to_string())?;
-    layers.flush().await;
     // The listener's certificate and key are read and matched as at start (a missing
     // file, unparsable PEM, a key that does not belong to the certificate or an expired
     // certificate fail here); an ACME configuration is checked without contacting the CA.
@@ -416,6 +423,11 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     };
     tracing::info!(workers, "serving");
     banner(local);
+    if let Some(a) = &layers.auditor {
+        for place in a.config().trail_locations() {
+            println!("mcp-gateway audit trail: {place}");
+        }
+    }
     println!("mcp-gateway listening on {scheme}://{local}");
     let _ = std::io::stdout().flush();
     shutdown_signal().await;
@@ -589,7 +601,7 @@ async fn run_demo(addr: SocketAddr) -> Result<(), String> {
         println!("mcp-gateway demo mode");
         println!("  demo MCP server (upstream): http://{up_addr}/mcp");
         println!("  gateway MCP endpoint:       http://{addr}/mcp");
-        println!("  audit trail:                ./mcp-gateway-audit.db");
+        println!("  audit trail:                ./{DEMO_TRAIL}");
         println!("  API key (shown once):       {key}");
         println!();
         println!("  try: curl -s http://{addr}/mcp -H 'X-API-Key: {key}' \\");
@@ -628,7 +640,7 @@ audit:
   storage: database
   database:
     type: sqlite
-    sqlitePath: "mcp-gateway-audit.db"
+    sqlitePath: "{DEMO_TRAIL}"
 upstreams:
   - name: demo
     path: /mcp

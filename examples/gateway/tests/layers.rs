@@ -753,7 +753,7 @@ async fn demo_mode_prints_a_key_that_works() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(dir.path().join("mcp-gateway-audit.db").exists());
+    assert!(dir.path().join("mcp-gateway-demo-audit.db").exists());
     // The log, written to a file here, is plain text: no terminal color codes.
     let log = p.stderr_text();
     assert!(log.contains("serving"), "{log}");

@@ -6,6 +6,18 @@
 //! one transaction with a cached prepared statement; `maxRecords` retention runs in the
 //! same transaction, in bulk: once `maxRecords` plus [`prune_slack`] records are kept, the
 //! oldest are deleted down to `maxRecords` (see [`prune_slack`] for the bound).
+//!
+//! **One writer per trail.** [`SqliteSink::open`] takes an exclusive advisory lock
+//! (`flock`) on `<file>.lock` beside the database, held as long as the sink: a second
+//! sink on the same file, in this process or another (a second gateway started in the
+//! same directory), fails at once with an error naming the file. Readers take no lock:
+//! the query store and `verify_sqlite` read the WAL database while the writer runs. The
+//! lock file is left in place (a stale one is harmless: the lock goes with the process).
+//! The lock is advisory: a process that writes the database without taking it (the
+//! `sqlite3` shell, an older version) is not stopped; the sink then finds the chain head
+//! moved at its next write, logs an error naming the foreign rows, and chains on from the
+//! new head (the verifier reports the foreign rows unless they were chained correctly).
+//! On platforms other than Unix there is no lock.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -72,6 +84,25 @@ fn read_anchor(conn: &Connection) -> rusqlite::Result<Option<ChainHead>> {
     .optional()
 }
 
+/// The chain head (the last record, or the anchor) and the anchor's `seq`.
+fn read_head(conn: &Connection) -> rusqlite::Result<(ChainHead, i64)> {
+    let anchor = read_anchor(conn)?;
+    let last: Option<ChainHead> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(ChainHead {
+                    seq: r.get(0)?,
+                    hash: r.get(1)?,
+                })
+            },
+        )
+        .optional()?;
+    let anchor_seq = anchor.as_ref().map_or(0, |a| a.seq);
+    Ok((last.or(anchor).unwrap_or_default(), anchor_seq))
+}
+
 struct State {
     conn: Connection,
     head: ChainHead,
@@ -80,6 +111,27 @@ struct State {
 }
 
 impl State {
+    /// After a failed write: re-reads the chain head, and says so loudly when someone
+    /// else moved it (a write conflict), so that the retry chains on from the stored head
+    /// instead of failing on `seq` for ever.
+    fn resync(&mut self) {
+        match read_head(&self.conn) {
+            Ok((head, anchor_seq)) => {
+                if head != self.head {
+                    tracing::error!(
+                        expected_seq = self.head.seq,
+                        found_seq = head.seq,
+                        "audit trail written by another writer: the chain head moved behind \
+                         this sink's back; continuing from the stored head (run `audit verify`)"
+                    );
+                    self.head = head;
+                }
+                self.anchor_seq = anchor_seq;
+            }
+            Err(e) => tracing::warn!(error = %e, "audit trail: cannot re-read the chain head"),
+        }
+    }
+
     fn write(&mut self, batch: &[SinkEvent]) -> rusqlite::Result<ChainHead> {
         let mut head = self.head.clone();
         let tx = self.conn.transaction()?;
@@ -153,6 +205,67 @@ fn prune_cut(head_seq: i64, anchor_seq: i64, max_records: u64) -> Option<i64> {
 /// The SQLite sink.
 pub struct SqliteSink {
     state: Arc<Mutex<State>>,
+    _lock: WriterLock,
+}
+
+/// The exclusive lock on a trail, released when dropped (or when the process ends).
+struct WriterLock {
+    #[cfg(unix)]
+    _file: std::fs::File,
+}
+
+/// The lock file of the trail at `path`: `<path>.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// The path as written, made absolute (for messages).
+fn shown(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}
+
+#[cfg(unix)]
+fn take_writer_lock(path: &Path) -> Result<WriterLock, SinkError> {
+    use rustix::fs::{FlockOperation, flock};
+    let lock = lock_path(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| {
+            SinkError::new(
+                "sqlite",
+                format!("cannot open the lock file {}: {}", shown(&lock), e.kind()),
+            )
+        })?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(WriterLock { _file: file }),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(SinkError::new(
+            "sqlite",
+            format!(
+                "the audit trail {} is in use by another writer (its lock {} is held by \
+                 another process or sink): one writer per trail; give each instance its \
+                 own sqlitePath, or share one PostgreSQL trail",
+                shown(path),
+                shown(&lock)
+            ),
+        )),
+        Err(e) => Err(SinkError::new(
+            "sqlite",
+            format!("cannot lock {}: {e}", shown(&lock)),
+        )),
+    }
+}
+
+#[cfg(not(unix))]
+fn take_writer_lock(_path: &Path) -> Result<WriterLock, SinkError> {
+    Ok(WriterLock {})
 }
 
 impl std::fmt::Debug for SqliteSink {
@@ -162,31 +275,21 @@ impl std::fmt::Debug for SqliteSink {
 }
 
 impl SqliteSink {
-    /// Opens (or creates) the database and resumes its chain. `max_records` 0 keeps
-    /// everything.
-    pub fn open(path: impl AsRef<Path>, max_records: u64) -> rusqlite::Result<Self> {
+    /// Takes the trail's writer lock (see the module documentation), opens (or
+    /// creates) the database and resumes its chain. `max_records` 0 keeps everything.
+    ///
+    /// Fails at once, naming the file, when another sink holds the trail.
+    pub fn open(path: impl AsRef<Path>, max_records: u64) -> Result<Self, SinkError> {
         let path = path.as_ref();
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = open_conn(path)?;
-        let anchor = read_anchor(&conn)?;
-        let last: Option<ChainHead> = conn
-            .query_row(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| {
-                    Ok(ChainHead {
-                        seq: r.get(0)?,
-                        hash: r.get(1)?,
-                    })
-                },
-            )
-            .optional()?;
-        let anchor_seq = anchor.as_ref().map_or(0, |a| a.seq);
-        let head = last.or(anchor).unwrap_or_default();
+        let lock = take_writer_lock(path)?;
+        let fail = |e: rusqlite::Error| SinkError::new("sqlite", format!("{}: {e}", shown(path)));
+        let conn = open_conn(path).map_err(fail)?;
+        let (head, anchor_seq) = read_head(&conn).map_err(fail)?;
         Ok(Self {
             state: Arc::new(Mutex::new(State {
                 conn,
@@ -194,6 +297,7 @@ impl SqliteSink {
                 anchor_seq,
                 max_records,
             })),
+            _lock: lock,
         })
     }
 }
@@ -212,7 +316,10 @@ impl AuditSink for SqliteSink {
                         s.head = head;
                         Ok(())
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => {
+                        s.resync();
+                        Err(e.to_string())
+                    }
                 },
                 Err(_) => Err("state poisoned".to_owned()),
             })
