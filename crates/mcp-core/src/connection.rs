@@ -37,6 +37,9 @@ pub enum CloseReason {
     /// A response waited the write timeout with no write progress (the client stopped
     /// reading), or the connection did not finish within it when asked to close.
     WriteTimeout,
+    /// The client certificate that authenticated the connection reached its end of
+    /// validity, and the connection had not finished within the write timeout after it.
+    CertificateExpired,
 }
 
 impl CloseReason {
@@ -44,6 +47,7 @@ impl CloseReason {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::WriteTimeout => "write_timeout",
+            Self::CertificateExpired => "certificate_expired",
         }
     }
 
@@ -53,18 +57,23 @@ impl CloseReason {
             Self::WriteTimeout => {
                 "response cut: the connection was closed after no write progress for the write timeout"
             }
+            Self::CertificateExpired => {
+                "response cut: the connection was closed after its client certificate expired"
+            }
         }
     }
 
     fn code(self) -> u8 {
         match self {
             Self::WriteTimeout => 1,
+            Self::CertificateExpired => 2,
         }
     }
 
     fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(Self::WriteTimeout),
+            2 => Some(Self::CertificateExpired),
             _ => None,
         }
     }
@@ -327,6 +336,9 @@ mod tests {
         assert_eq!(e.closed(), None);
         assert!(e.is_ended());
         assert_eq!(CloseReason::WriteTimeout.as_str(), "write_timeout");
+        for r in [CloseReason::WriteTimeout, CloseReason::CertificateExpired] {
+            assert_eq!(CloseReason::from_code(r.code()), Some(r));
+        }
         assert_eq!(
             RefusalReason::TooManyConnections.as_str(),
             "too_many_connections"

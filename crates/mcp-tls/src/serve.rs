@@ -905,6 +905,7 @@ async fn serve_connection<IO, S, B>(
     activity.events.close(match ended {
         Ended::Done(_) => None,
         Ended::Stalled | Ended::NotFinishing => Some(CloseReason::WriteTimeout),
+        Ended::CertExpired => Some(CloseReason::CertificateExpired),
     });
     match ended {
         Ended::Done(Ok(())) => {}
