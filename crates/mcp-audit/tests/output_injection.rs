@@ -160,7 +160,7 @@ async fn hostile_characters_are_escaped_in_every_output() {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
     assert!(
-        mcp_audit::verify_jsonl(&dir.path().join("audit.jsonl"))
+        mcp_audit::verify_jsonl(dir.path().join("audit.jsonl"))
             .unwrap()
             .is_intact()
     );
