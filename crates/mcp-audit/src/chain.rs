@@ -271,7 +271,19 @@ impl Verifier {
         }
         if let Some(cols) = &row.columns {
             let ok = serde_json::from_str::<AuditRecord>(&row.json)
-                .map(|r| IndexColumns::of(&r) == *cols)
+                .map(|r| {
+                    let derived = IndexColumns::of(&r);
+                    // Trails written before display controls were escaped in the
+                    // columns hold them raw: the same text, spelled otherwise.
+                    derived == *cols
+                        || IndexColumns {
+                            request_id: r.request_id.clone(),
+                            user: r.user.clone(),
+                            tool: r.tool.clone().or(r.resource.clone()).or(r.prompt.clone()),
+                            mcp_method: r.mcp_method.clone(),
+                            ..derived
+                        } == *cols
+                })
                 .unwrap_or(false);
             if !ok {
                 self.problem = Some(Tampering::Altered { seq: row.seq });

@@ -160,7 +160,7 @@ async fn hostile_characters_are_escaped_in_every_output() {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
     assert!(
-        mcp_audit::verify_jsonl(&dir.path().join("audit.jsonl"))
+        mcp_audit::verify_jsonl(dir.path().join("audit.jsonl"))
             .unwrap()
             .is_intact()
     );
@@ -183,6 +183,23 @@ async fn hostile_characters_are_escaped_in_every_output() {
     assert_eq!(v["count"], 1, "{v}");
     assert_eq!(v["events"][0]["event"]["tool"], hostile_text("tool"));
     auditor.shutdown().await;
+
+    // The escaped columns verify; so do the raw ones of a trail written before they
+    // were escaped; a column that says something else is still found.
+    let db = dir.path().join("audit.db");
+    assert!(mcp_audit::verify_sqlite(&db).unwrap().is_intact());
+    let conn = Connection::open(&db).unwrap();
+    let set = |tool: &str| {
+        conn.execute(
+            "UPDATE audit_events SET tool = ?1 WHERE tool IS NOT NULL",
+            [tool],
+        )
+        .unwrap()
+    };
+    assert_eq!(set(&hostile_text("tool")), 1);
+    assert!(mcp_audit::verify_sqlite(&db).unwrap().is_intact());
+    set("another-tool");
+    assert!(!mcp_audit::verify_sqlite(&db).unwrap().is_intact());
 }
 
 const CHILD: &str = "MCP_AUDIT_INJECTION_CHILD";
