@@ -2208,4 +2208,37 @@ mod tests {
             assert_eq!(rule_of(s), None, "{s:?}");
         }
     }
+
+    /// The fast path: an ASCII value without a byte that may change the view is not
+    /// normalized (so not copied); the others are.
+    #[test]
+    fn plain_ascii_values_skip_the_view() {
+        let plain = engine();
+        let blocked = RuleEngine::new(
+            &BuiltinRules::default(),
+            &[BlockedPattern::Literal("DROP TABLE".into())],
+            RuleAction::Reject,
+        )
+        .unwrap();
+        let differ = |e: &RuleEngine, s: &str| {
+            let facts = e.prescan(s.as_bytes()).unwrap();
+            e.may_differ(s.as_bytes(), facts)
+        };
+        for s in [
+            "hello from wrk",
+            "https://example.com/path/to/page?query=1",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "a long value with many words, numbers 1 2 3, and punctuation: yes.",
+            "tabs\tand\nnewlines without blocked patterns",
+        ] {
+            assert!(!differ(&plain, s), "{s:?}");
+        }
+        for s in ["a%20b", "Tom &amp; Jerry", "/etc//x", "/a/./b", "caf\u{e9}"] {
+            assert!(differ(&plain, s), "{s:?}");
+        }
+        assert!(!differ(&blocked, "one space between words"));
+        for s in ["DROP\tTABLE", "DROP  TABLE", "DROP\nTABLE"] {
+            assert!(differ(&blocked, s), "{s:?}");
+        }
+    }
 }

