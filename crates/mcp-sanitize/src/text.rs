@@ -348,11 +348,9 @@ pub fn normalize_for_rules(s: &str) -> Cow<'_, str> {
             break;
         }
     }
-    if !cur.is_ascii() {
+    if !cur.is_ascii() && unicode_view_differs(&cur) {
         let u = unicode_view(&cur);
-        if u != *cur {
-            cur = Cow::Owned(u);
-        }
+        cur = Cow::Owned(u);
     }
     if let Some(p) = collapse_path(&cur) {
         cur = Cow::Owned(p);
@@ -418,6 +416,38 @@ fn is_default_ignorable(c: char) -> bool {
             | '\u{1d173}'..='\u{1d17a}'
             | '\u{e0000}'..='\u{e0fff}'
     )
+}
+
+/// Whether [`unicode_view`] may change `s`: not already NFKC by the quick check, or a
+/// default-ignorable character or a non-ASCII space. Text in precomposed scripts (`café`,
+/// `naïve`, CJK) is usually NFKC already and is then not copied.
+fn unicode_view_differs(s: &str) -> bool {
+    use unicode_normalization::{IsNormalized, is_nfkc_quick};
+    // Most non-ASCII text is ASCII plus precomposed letters that NFKC keeps, none of them
+    // a combining mark, a space or invisible: decided without the normalization tables.
+    if s.chars().all(|c| c.is_ascii() || nfkc_stable_letter(c)) {
+        return false;
+    }
+    is_nfkc_quick(s.chars()) != IsNormalized::Yes
+        || s.chars()
+            .any(|c| is_default_ignorable(c) || (c.is_whitespace() && !c.is_ascii()))
+}
+
+/// Letters that are NFKC, start no composition and are neither spaces nor invisible:
+/// Latin-1 letters (U+00C0..U+00FF), Latin Extended-A but its compatibility characters,
+/// basic Cyrillic, Hiragana, Katakana, CJK unified ideographs and Hangul syllables.
+fn nfkc_stable_letter(c: char) -> bool {
+    matches!(c,
+        '\u{c0}'..='\u{ff}'
+        | '\u{100}'..='\u{131}'
+        | '\u{134}'..='\u{13e}'
+        | '\u{141}'..='\u{148}'
+        | '\u{14a}'..='\u{17e}'
+        | '\u{410}'..='\u{44f}'
+        | '\u{3041}'..='\u{3096}'
+        | '\u{30a1}'..='\u{30fa}'
+        | '\u{4e00}'..='\u{9fff}'
+        | '\u{ac00}'..='\u{d7a3}')
 }
 
 /// NFKC, default-ignorable characters removed, Unicode spaces as ASCII spaces.
@@ -511,9 +541,8 @@ fn is_sep(b: u8) -> bool {
 /// `None` when nothing changes.
 fn collapse_path(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let needs = b
-        .windows(2)
-        .any(|w| is_sep(w[0]) && (is_sep(w[1]) || w[1] == b'.'));
+    let needs = memchr::memchr2_iter(b'/', b'\\', b)
+        .any(|i| b.get(i + 1).is_some_and(|&n| is_sep(n) || n == b'.'));
     if !needs {
         return None;
     }
@@ -669,5 +698,21 @@ mod tests {
         assert!(has_forbidden_control("\u{9f}"));
         assert!(!has_forbidden_control("\u{a0}é"));
         assert_eq!(strip_control("a\u{0}\u{9f}b\n"), "ab\n");
+    }
+
+    /// The letters taken as NFKC without the tables are NFKC, alone and after ASCII.
+    #[test]
+    fn stable_letters_are_nfkc() {
+        use unicode_normalization::UnicodeNormalization;
+        for c in (0x80u32..0x1_0000).filter_map(char::from_u32) {
+            if super::nfkc_stable_letter(c) {
+                let s = format!("a{c}b{c}");
+                assert_eq!(s.nfkc().collect::<String>(), s, "{c:?}");
+                assert!(
+                    !c.is_whitespace() && !super::is_default_ignorable(c),
+                    "{c:?}"
+                );
+            }
+        }
     }
 }
