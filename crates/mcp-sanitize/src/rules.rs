@@ -7,8 +7,9 @@
 //!
 //! The built-in patterns are not searched over the whole value. One pass over its bytes,
 //! sixteen at a time, finds the bytes that can start one (every built-in pattern starts
-//! with `'` `"` `;` `/` `\` `%` `.` `:` `&` `|` `` ` `` `$` `<` `>`, or at the start of the
-//! value), the gate bytes of the XSS search (`<` `:` `=`), the bytes that may start a
+//! with `'` `"` `;` `/` `\` `%` `.` `:` `&` `|` `` ` `` `$` `<` `>` or a line feed, or at the
+//! start of the value), the gate bytes of the gated search (`<` `:` `=` for XSS, the `-`
+//! after `rm` for the command rule's flag pattern), the bytes that may start a
 //! forbidden control character and the `:` of a `://`, so the same pass also answers the
 //! control-character check and says whether the URL rules have anything to look at. The
 //! anchored search runs only at a trigger byte whose following bytes can continue some
@@ -20,12 +21,23 @@
 //! configured blocked patterns (literals and regexes) are always searched whole, by their
 //! own automata, so nothing about them is assumed.
 //!
+//! Every rule also matches the normalized view of a value ([`text::normalize_for_rules`];
+//! for blocked patterns also [`text::fold_whitespace`], and literals case-folded). The same
+//! pass notes the bytes that may make the view differ (`%`, `&` before `#` or a letter, a
+//! doubled separator or a `.` segment, whitespace when blocked patterns are configured);
+//! the view is computed only for those values and for values that are not pure ASCII, so
+//! an ordinary ASCII value is never copied. The value forwarded is never the view.
+//!
 //! The built-in rule sets ([`Category`]) are deliberately anchored on syntax: each SQL
 //! injection pattern needs one of the characters the seeds strip (`;`, `'`, `"`, `--`,
 //! `/*`, `*/`) and each command injection pattern one of `; | & $ ( ) < > \` \``, so that
-//! the seeds' strip action (remove those characters) always neutralises what was found.
+//! the seeds' strip action (remove those characters) always neutralises what was found;
+//! the exceptions, a line feed before a command and `rm` with recursive or force flags,
+//! and matches found only in the normalized view, are refused when stripping cannot remove
+//! them (the value still matches after the strip rounds).
 //! They are a filter for model-generated arguments, not a complete WAF: a value built to
-//! evade them (Unicode look-alikes, encodings other than the percent forms listed) can.
+//! evade them (look-alikes NFKC keeps apart, encodings other than the percent and HTML
+//! forms decoded, commands without a separator) can.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -83,7 +95,7 @@ impl Category {
     const fn triggers(self) -> (&'static [u8], bool) {
         match self {
             Self::SqlInjection => (b"'\";/", true),
-            Self::CommandInjection => (b";&|`$<>", true),
+            Self::CommandInjection => (b";&|`$<>\n", true),
             Self::PathTraversal => (b"/\\%.:", true),
             Self::Xss => (b"<:=", false),
         }
@@ -96,6 +108,18 @@ impl Category {
             Self::CommandInjection => COMMAND_PATTERNS,
             Self::Xss => XSS_PATTERNS,
             Self::PathTraversal => PATH_PATTERNS,
+        }
+    }
+
+    /// The index of the first of [`Self::patterns`] searched as gated (the rest of an
+    /// anchored category's patterns are anchored at its trigger bytes).
+    const fn gated_from(self) -> usize {
+        match self {
+            Self::SqlInjection => SQL_PATTERNS.len(),
+            // `rm` with recursive or force flags, gated by the `-` after `rm`.
+            Self::CommandInjection => COMMAND_PATTERNS.len() - 1,
+            Self::Xss => 0,
+            Self::PathTraversal => PATH_PATTERNS.len(),
         }
     }
 }
@@ -117,6 +141,15 @@ const SQL_PATTERNS: &[&str] = &[
     r";\s*--",
 ];
 
+/// Commands that are also ordinary words or column names (`id`, `env`): matched after a
+/// separator only when nothing but the end, a newline or another separator follows, so
+/// that a markdown row `| id | name |` is not a pipeline.
+macro_rules! short_commands {
+    () => {
+        "id|env|printenv|pwd|hostname|who|uptime|groups|netstat"
+    };
+}
+
 macro_rules! shell_commands {
     () => {
         "rm|curl|wget|nc|ncat|netcat|bash|sh|zsh|dash|ksh|csh|tcsh|python[0-9.]*|perl|ruby|php|node|lua|chmod|chown|chgrp|cat|echo|printf|mkfifo|telnet|ssh|scp|sftp|sudo|su|kill|pkill|killall|eval|exec|base64|xxd|whoami|uname|ifconfig|ping|nslookup|dig|powershell|pwsh|cmd|certutil|bitsadmin|wmic|crontab|nohup|awk|sed|xargs|ls|ps|socat|openssl|systemctl|shutdown|reboot|mkdir|rmdir|tar|docker|kubectl"
@@ -126,9 +159,16 @@ macro_rules! shell_commands {
 const COMMAND_PATTERNS: &[&str] = &[
     // A separator (or a substitution) followed by a command.
     concat!(
-        r"(?:[;&|`]|\$\()\s*(?:(?:/usr)?/s?bin/)?(?:",
+        r"(?:[;&`]|\$\()\s*(?:(?:/usr)?/s?bin/)?(?:",
         shell_commands!(),
         r")\b"
+    ),
+    // A pipe followed by a command that ends the value or a line, or takes an argument:
+    // not a markdown cell (`| cat | 3 |`).
+    concat!(
+        r"\|\s*(?:(?:/usr)?/s?bin/)?(?:",
+        shell_commands!(),
+        r")\b(?:\s*$|\s*[;&\n)`<>]|\s+[^|\s])"
     ),
     // Command substitution and parameter expansion.
     r"\$\([^)]*\)",
@@ -140,15 +180,45 @@ const COMMAND_PATTERNS: &[&str] = &[
     r"(?:&&|\|\|)\s*\S",
     // A separator hidden with $IFS.
     r"\$IFS\b",
+    // A short command alone after a separator: `x | id`, `a; env`.
+    concat!(
+        r"(?:[;&|]|\$\()\s*(?:(?:/usr)?/s?bin/)?(?:",
+        short_commands!(),
+        r")\s*(?:$|[;&\n)`])"
+    ),
+    // A newline then a command line: `example.com\nid`, `x\n cat /etc/passwd`.
+    concat!(
+        r"\n\s*(?:(?:/usr)?/s?bin/)?(?:",
+        shell_commands!(),
+        "|",
+        short_commands!(),
+        r")(?:\s*$|\s*[;&|`<>\n]|\s+-|\s+\S*[/~$])"
+    ),
+    // Process substitution: `<(curl ...)`, `>(sh)`.
+    concat!(
+        r"[<>]\(\s*(?:(?:/usr)?/s?bin/)?(?:",
+        shell_commands!(),
+        "|",
+        short_commands!(),
+        r")\b"
+    ),
+    // `rm` with recursive or force flags on the root, a top-level directory, home or a
+    // glob (gated: searched when a `-` follows `rm`; must stay the last pattern).
+    r"\brm\s+(?:-[-a-z]*\s+)+(?:/+(?:\*|\s|$|(?:etc|usr|bin|sbin|boot|home|var|root|lib\w*|opt|dev|proc|sys|srv)\b)|~/?(?:\s|$|\*)|\*|\$\{?home\b)",
 ];
 
 const XSS_PATTERNS: &[&str] = &[
     r"<\s*/?\s*script\b[^>]*>?",
-    r"(?:java|vb|live)script\s*:",
+    // Browsers drop tabs and newlines inside a URL: `java\tscript:`.
+    r"(?:j[\t\n\r]*a[\t\n\r]*v[\t\n\r]*a|v[\t\n\r]*b|l[\t\n\r]*i[\t\n\r]*v[\t\n\r]*e)[\t\n\r]*s[\t\n\r]*c[\t\n\r]*r[\t\n\r]*i[\t\n\r]*p[\t\n\r]*t\s*:",
     r"\bon(?:abort|afterprint|animationend|animationiteration|animationstart|auxclick|beforeprint|beforeunload|begin|blur|canplay|change|click|contextmenu|copy|cut|dblclick|drag|dragend|dragenter|dragleave|dragover|dragstart|drop|end|error|focus|focusin|focusout|hashchange|input|invalid|keydown|keypress|keyup|load|message|mousedown|mouseenter|mouseleave|mousemove|mouseout|mouseover|mouseup|paste|pointerdown|pointerenter|pointerover|pointerup|popstate|repeat|reset|resize|scroll|search|select|show|start|submit|toggle|touchstart|transitionend|unload|wheel)\s*=",
     r"<\s*(?:iframe|frame|object|embed|applet|meta|base|link|form|svg|math)\b",
     r"data\s*:\s*(?:text/html|image/svg\+xml|application/(?:x-)?javascript)",
     r"srcdoc\s*=",
+    // Any event handler by its shape, inside a tag (`<svg/onpointerrawupdate=`) or
+    // after a quote that closes an attribute (`" onbeforetoggle="`).
+    r#"<[a-z][^>]*[\s/"'`]on[a-z]{3,}\s*="#,
+    r#"["'`][\s/]*on[a-z]{3,}\s*="#,
 ];
 
 const PATH_PATTERNS: &[&str] = &[
@@ -359,6 +429,8 @@ pub(crate) struct RuleEngine {
     flags: [u8; 256],
     /// Every regex by source index, to strip what a rule matched.
     regexes: Vec<Regex>,
+    /// Whether blocked patterns are configured: they also see whitespace runs folded.
+    fold_spaces: bool,
 }
 
 const TRIGGER: u8 = 1;
@@ -367,6 +439,9 @@ const GATE: u8 = 2;
 const CTRL: u8 = 4;
 /// `:`, which may start the `://` of a URL.
 const COLON: u8 = 8;
+/// A byte that may make the normalized view differ from the value: `%`, `&`, a path
+/// separator, and (with blocked patterns) whitespace other than the space.
+const NORM: u8 = 16;
 
 /// Built-in patterns compiled together, with the bytes that trigger (or gate) a search.
 #[derive(Debug, Clone)]
@@ -432,11 +507,24 @@ fn is_regex_space(b: u8) -> bool {
 /// A necessary condition for an XSS pattern to match through the gate byte at `p`: every
 /// XSS pattern holds `<`, or `script`/`data` then `\s*:`, or `srcdoc` then `\s*=`, or a
 /// word starting with `on` then `\s*=`. Checked before the (unanchored) XSS search so that
-/// URLs with `:` and `=` do not pay for it.
-fn xss_gate_at(b: &[u8], p: usize) -> bool {
+/// URLs with `:` and `=` do not pay for it. The gated `rm` pattern of the command
+/// injection rule holds `rm`, spaces, then `-`: a `-` gates only there.
+fn gate_at(b: &[u8], p: usize) -> bool {
     let Some(&c) = b.get(p) else {
         return false;
     };
+    if c == b'-' {
+        // `\brm\s+-`: the word before the spaces before the `-` is `rm`.
+        let mut end = p;
+        while end > 0 && is_regex_space(b[end - 1]) {
+            end -= 1;
+        }
+        let mut start = end;
+        while start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_') {
+            start -= 1;
+        }
+        return end < p && b[start..end].eq_ignore_ascii_case(b"rm");
+    }
     if c != b':' && c != b'=' {
         return true;
     }
@@ -449,7 +537,7 @@ fn xss_gate_at(b: &[u8], p: usize) -> bool {
         before.len() >= word.len() && before[before.len() - word.len()..].eq_ignore_ascii_case(word)
     };
     if c == b':' {
-        return ends_with(b"script") || ends_with(b"data");
+        return ends_with_loose(before, b"script") || ends_with(b"data");
     }
     if ends_with(b"srcdoc") {
         return true;
@@ -459,6 +547,27 @@ fn xss_gate_at(b: &[u8], p: usize) -> bool {
         start -= 1;
     }
     b[start..end].len() >= 2 && b[start..start + 2].eq_ignore_ascii_case(b"on")
+}
+
+/// Whether `before` ends with `word` (ASCII case ignored), tabs, line feeds and carriage
+/// returns inside it ignored, as browsers drop them inside a URL scheme.
+fn ends_with_loose(before: &[u8], word: &[u8]) -> bool {
+    let mut i = before.len();
+    for &w in word.iter().rev() {
+        loop {
+            if i == 0 {
+                return false;
+            }
+            i -= 1;
+            if !matches!(before[i], b'\t' | b'\n' | b'\r') {
+                break;
+            }
+        }
+        if !before[i].eq_ignore_ascii_case(&w) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The commands of the command injection rule, one by one (the rule's regex alternation
@@ -540,6 +649,16 @@ fn is_shell_command(word: &[u8]) -> bool {
             | b"tar"
             | b"docker"
             | b"kubectl"
+            // `short_commands!`.
+            | b"id"
+            | b"env"
+            | b"printenv"
+            | b"pwd"
+            | b"hostname"
+            | b"who"
+            | b"uptime"
+            | b"groups"
+            | b"netstat"
     )
 }
 
@@ -632,7 +751,10 @@ fn may_start_at(b: &[u8], p: usize) -> bool {
         // `$(`, `${`, `$IFS`.
         b'$' => matches!(next, Some(b'(' | b'{' | b'i' | b'I')),
         // Redirections: `<\s*/`, `>\s*/`, `>\s*&`.
-        b'<' | b'>' => matches!(b.get(skip_spaces(b, p + 1)), Some(b'/' | b'&')),
+        // and process substitution `<(`, `>(`.
+        b'<' | b'>' => {
+            next == Some(b'(') || matches!(b.get(skip_spaces(b, p + 1)), Some(b'/' | b'&'))
+        }
         // A quote, then `\s*\)?\s*`, then the first token of an alternative.
         b'\'' | b'"' => {
             let mut i = skip_spaces(b, p + 1);
@@ -643,7 +765,7 @@ fn may_start_at(b: &[u8], p: usize) -> bool {
         }
         // `&&`, `||`; a separator, `\s*`, an optional `(/usr)?/s?bin/`, then a command
         // and a word boundary: the whole word is a command, or starts with `python`.
-        b'&' | b'|' | b'`' => {
+        b'&' | b'|' | b'`' | b'\n' => {
             if next == Some(c) {
                 return true;
             }
@@ -661,6 +783,36 @@ fn may_start_at(b: &[u8], p: usize) -> bool {
             starts_with_ci(word, 0, b"python") || is_shell_command(word)
         }
         _ => true,
+    }
+}
+
+/// Whether the byte at `p` (one with the [`NORM`] flag) may make the normalized view
+/// differ: `%`; `&` before `#` or a letter; a path separator before another or before a
+/// `.` segment; whitespace (flagged only with blocked patterns).
+#[inline(always)]
+fn view_at(b: &[u8], p: usize) -> bool {
+    let is_sep = |c: Option<&u8>| matches!(c, Some(b'/' | b'\\'));
+    match b[p] {
+        b'%' => true,
+        b'&' => b
+            .get(p + 1)
+            .is_some_and(|&n| n == b'#' || n.is_ascii_alphabetic()),
+        // Not the `//` of a URL's `://`.
+        b'/' if p > 0 && b[p - 1] == b':' => false,
+        b'/' | b'\\' => {
+            is_sep(b.get(p + 1))
+                || (b.get(p + 1) == Some(&b'.') && (p + 2 == b.len() || is_sep(b.get(p + 2))))
+        }
+        _ => true,
+    }
+}
+
+/// `s` lowercased where that matters to the blocked literals (ASCII-insensitive already).
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.is_ascii() {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.to_lowercase())
     }
 }
 
@@ -691,6 +843,8 @@ pub(crate) struct ValueFacts {
     pub(crate) url: bool,
     /// Where the `://` is when there is exactly one (`None` when unknown).
     pub(crate) single_url: Option<usize>,
+    /// A byte that may make the normalized view differ (see [`NORM`]).
+    pub(crate) view: bool,
 }
 
 /// The rules and the facts of one value.
@@ -742,7 +896,8 @@ impl RuleEngine {
             let idx = rules.len();
             let mut own = Vec::new();
             let (trigger_bytes, anchored) = c.triggers();
-            for p in c.patterns() {
+            for (pi, p) in c.patterns().iter().enumerate() {
+                let anchored = anchored && pi < c.gated_from();
                 own.push(regex_src.len());
                 // Built-in patterns are ASCII and case-insensitive; `(?-u)` keeps the DFA
                 // fast on non-ASCII input.
@@ -760,6 +915,10 @@ impl RuleEngine {
                 byte_table(trigger_bytes, &mut anchored_bytes);
             } else {
                 byte_table(trigger_bytes, &mut gated_bytes);
+            }
+            if c == Category::CommandInjection {
+                // The gated `rm` pattern: the `-` of its first flag.
+                byte_table(b"-", &mut gated_bytes);
             }
             rules.push(RuleMeta {
                 name: Cow::Borrowed(c.name()),
@@ -817,7 +976,8 @@ impl RuleEngine {
                         return Err(ConfigError::invalid(key, "a literal must not be empty"));
                     }
                     meta.literals.push(literals.len());
-                    literals.push(l.to_owned());
+                    // Matched on the folded view too: whitespace runs and case folded.
+                    literals.push(text::fold_whitespace(l).to_lowercase());
                     ac_rule.push(idx);
                 }
                 (None, Some(r)) => {
@@ -896,8 +1056,16 @@ impl RuleEngine {
             if byte == b':' {
                 flags[i] |= COLON;
             }
+            if matches!(byte, b'%' | b'&' | b'/' | b'\\')
+                || (!ac_rule.is_empty() || !set_rule.is_empty())
+                    && matches!(byte, b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+            {
+                flags[i] |= NORM;
+            }
         }
+        let fold_spaces = !ac_rule.is_empty() || !set_rule.is_empty();
         Ok(Self {
+            fold_spaces,
             rules,
             ac,
             ac_rule,
@@ -956,8 +1124,11 @@ impl RuleEngine {
             {
                 return None;
             }
-            if f & (CTRL | COLON | GATE) == 0 {
+            if f & (CTRL | COLON | GATE | NORM) == 0 {
                 continue;
+            }
+            if f & NORM != 0 && !facts.view {
+                facts.view = view_at(b, p);
             }
             if f & CTRL != 0 && !facts.control {
                 facts.control = classify::control_at(b, p);
@@ -967,7 +1138,7 @@ impl RuleEngine {
                 facts.url = true;
             }
             if f & GATE != 0 && !gate_seen {
-                gate_seen = xss_gate_at(b, p);
+                gate_seen = gate_at(b, p);
             }
         }
         if gate_seen && self.gated.as_ref().is_some_and(|g| g.matches_anywhere(b)) {
@@ -985,6 +1156,7 @@ impl RuleEngine {
         if let Some(facts) = self.prescan(b)
             && !self.ac.as_ref().is_some_and(|ac| ac.is_match(b))
             && !self.set.as_ref().is_some_and(|set| set.is_match(b))
+            && !(self.may_differ(b, facts) && self.view_match(s))
         {
             return ValueScan {
                 facts,
@@ -996,8 +1168,69 @@ impl RuleEngine {
                 control: text::has_forbidden_control(s),
                 url: true,
                 single_url: None,
+                view: true,
             },
             result: self.scan(s, exempt),
+        }
+    }
+
+    /// Whether the normalized views of a value may differ from it (facts from
+    /// [`Self::prescan`]): a flagged byte, a non-ASCII byte, or two spaces in a row when
+    /// blocked patterns see whitespace folded. Pure ASCII values without such a byte are
+    /// neither copied nor normalized.
+    #[inline(always)]
+    fn may_differ(&self, b: &[u8], facts: ValueFacts) -> bool {
+        facts.view
+            || !b.is_ascii()
+            || (self.fold_spaces && memchr::memmem::find(b, b"  ").is_some())
+    }
+
+    /// Whether a rule matches the normalized views of `s` ([`text::normalize_for_rules`]
+    /// for every rule; whitespace folded for the blocked patterns, case folded for their
+    /// literals).
+    pub(crate) fn view_match(&self, s: &str) -> bool {
+        let v = text::normalize_for_rules(s);
+        if matches!(v, Cow::Owned(_)) && self.prescan(v.as_bytes()).is_none() {
+            return true;
+        }
+        if self.ac.is_none() && self.set.is_none() {
+            return false;
+        }
+        let w = text::fold_whitespace(&v);
+        self.set
+            .as_ref()
+            .is_some_and(|set| set.is_match(w.as_bytes()))
+            || self
+                .ac
+                .as_ref()
+                .is_some_and(|ac| ac.is_match(lower(&w).as_bytes()))
+    }
+
+    /// The rules that match the normalized views of `s`, added to `out`.
+    fn view_matches_into(&self, s: &str, out: &mut RuleSet) {
+        let v = text::normalize_for_rules(s);
+        if matches!(v, Cow::Owned(_)) {
+            let vb = v.as_bytes();
+            if let Some(a) = &self.anchored {
+                a.matches_into(vb, out);
+            }
+            if let Some(g) = &self.gated {
+                g.matches_into(vb, out);
+            }
+        }
+        if self.ac.is_none() && self.set.is_none() {
+            return;
+        }
+        let w = text::fold_whitespace(&v);
+        if let Some(set) = &self.set {
+            for i in set.matches(w.as_bytes()).iter() {
+                out.insert(self.set_rule[i]);
+            }
+        }
+        if let Some(ac) = &self.ac {
+            for m in ac.find_overlapping_iter(lower(&w).as_bytes()) {
+                out.insert(self.ac_rule[m.pattern().as_usize()]);
+            }
         }
     }
 
@@ -1026,10 +1259,11 @@ impl RuleEngine {
 
     /// Scans a value: clean, rejected by a rule, or to be stripped.
     pub(crate) fn scan(&self, s: &str, exempt: Option<&RuleSet>) -> ScanResult {
-        if !self.any_match(s) {
+        if !self.any_match(s) && !self.view_match(s) {
             return ScanResult::Clean;
         }
         let mut m = self.matches(s);
+        self.view_matches_into(s, &mut m);
         if let Some(e) = exempt {
             m.remove_all(e);
         }
@@ -1487,14 +1721,29 @@ mod tests {
         ]
     }
 
+    /// The full scan of a value and of its normalized views: every pattern on the value
+    /// and on [`text::normalize_for_rules`]; the blocked patterns (the set's patterns
+    /// after the built-in ones) also with whitespace folded, and case folded.
+    fn full_match(full: &RegexSet, s: &str) -> bool {
+        let builtin: usize = Category::ALL.iter().map(|c| c.patterns().len()).sum();
+        let v = text::normalize_for_rules(s);
+        let w = text::fold_whitespace(&v);
+        let lw = w.to_lowercase();
+        full.is_match(s.as_bytes())
+            || full.is_match(v.as_bytes())
+            || [w.as_bytes(), lw.as_bytes()]
+                .iter()
+                .any(|x| full.matches(x).iter().any(|i| i >= builtin))
+    }
+
     /// The fast path against the full scan and the separate checks, on one value.
     fn agree(e: &RuleEngine, full: &RegexSet, s: &str) -> Result<(), String> {
         let fast = e.scan_value(s, None);
-        let want_match = full.is_match(s.as_bytes());
+        let want_match = full_match(full, s);
         if matches!(fast.result, ScanResult::Clean) == want_match {
             return Err(format!("rules differ on {s:?}"));
         }
-        if e.any_match(s) != want_match {
+        if (e.any_match(s) || e.view_match(s)) != want_match {
             return Err(format!("any_match differs on {s:?}"));
         }
         if fast.facts.control != text::has_forbidden_control(s) {
@@ -1557,6 +1806,7 @@ mod tests {
                 control: true,
                 url: true,
                 single_url: Some(9),
+                view: false,
             }
         );
         let v = e.scan_value("no url: here\ttab", None);
@@ -1880,5 +2130,115 @@ mod tests {
         assert_eq!(e.strip("../../etc/x", None).unwrap(), "etc/x");
         assert_eq!(e.strip("<scr<script>ipt>x", None).unwrap(), "x");
         assert_eq!(e.strip("plain", None).unwrap(), "plain");
+    }
+
+    /// The bypasses of the adversarial review and more variants of each class: each must
+    /// be refused by the built-in rules (or the blocked pattern `DROP TABLE`) through the
+    /// normalized view, while the value itself is what would be forwarded.
+    #[test]
+    fn normalized_variants_of_each_class_are_caught() {
+        let blocked = [BlockedPattern::Literal("DROP TABLE".into())];
+        let e = RuleEngine::new(&BuiltinRules::default(), &blocked, RuleAction::Reject).unwrap();
+        let rule_of = |s: &str| match e.scan_value(s, None).result {
+            ScanResult::Reject(r) => Some(e.rules[r].name.to_string()),
+            _ => None,
+        };
+        for (s, want) in [
+            ("DROP\tTABLE users", "blocked_pattern[0]"),
+            ("drop \n\t table users", "blocked_pattern[0]"),
+            ("DROP\u{a0}TABLE", "blocked_pattern[0]"),
+            ("DROP\u{200b} TABLE", "blocked_pattern[0]"),
+            (
+                "\u{ff24}\u{ff32}\u{ff2f}\u{ff30} \u{ff34}\u{ff21}\u{ff22}\u{ff2c}\u{ff25}",
+                "blocked_pattern[0]",
+            ),
+            ("DROP%20TABLE", "blocked_pattern[0]"),
+            ("example.com\nid", "command_injection"),
+            ("example.com\r\n  whoami", "command_injection"),
+            ("x | id", "command_injection"),
+            ("x|id", "command_injection"),
+            ("x & id", "command_injection"),
+            ("a; env", "command_injection"),
+            ("rm -fr /", "command_injection"),
+            ("rm -r -f /", "command_injection"),
+            ("rm --recursive --force /", "command_injection"),
+            ("RM -Rf ~", "command_injection"),
+            ("sudo rm -rf *", "command_injection"),
+            ("diff <(curl -s x) y", "command_injection"),
+            ("tee >(sh)", "command_injection"),
+            ("x\u{ff1b} id", "command_injection"),
+            ("x%3B%20id", "command_injection"),
+            ("/etc//passwd", "path_traversal"),
+            ("/etc/./shadow", "path_traversal"),
+            ("/proc//self/environ", "path_traversal"),
+            ("\\etc\\\\shadow", "path_traversal"),
+            ("%2e%2e%2f", "path_traversal"),
+            ("..%252f", "path_traversal"),
+            ("\u{ff0f}etc\u{ff0f}passwd", "path_traversal"),
+            ("%2fetc%2fpasswd", "path_traversal"),
+            ("/etc/%2e/passwd", "path_traversal"),
+            ("javascript&colon;alert(1)", "xss"),
+            ("java&#x09;script:alert(1)", "xss"),
+            ("java&#9script:alert(1)", "xss"),
+            ("&#106;avascript:alert(1)", "xss"),
+            ("java\tscript:alert(1)", "xss"),
+            ("<a onpointerrawupdate=alert(1)>", "xss"),
+            ("<x onanyfutureevent = alert(1)>", "xss"),
+            ("\" onbeforetoggle=\"alert(1)", "xss"),
+            ("<svg/onload=alert(1)>", "xss"),
+            ("&lt;script&gt;", "xss"),
+            ("%3Cscript%3E", "xss"),
+            ("x'\u{a0}OR\u{a0}'1'='1", "sql_injection"),
+            ("x&#39; OR &#39;1&#39;=&#39;1", "sql_injection"),
+        ] {
+            assert_eq!(rule_of(s).as_deref(), Some(want), "{s:?}");
+        }
+        for s in [
+            "| id | name |",
+            "| cat | 3 |",
+            "Tom &amp; Jerry",
+            "set online=true; once=1",
+            "src//lib.rs",
+            "https://example.com/a/./b?x=1&y=2",
+            "caf\u{e9} \u{ff21}\u{ff22}",
+            "The rm command removes files",
+            "rm -i old.txt",
+            "PS: see you\nNode.js is fine",
+        ] {
+            assert_eq!(rule_of(s), None, "{s:?}");
+        }
+    }
+
+    /// The fast path: an ASCII value without a byte that may change the view is not
+    /// normalized (so not copied); the others are.
+    #[test]
+    fn plain_ascii_values_skip_the_view() {
+        let plain = engine();
+        let blocked = RuleEngine::new(
+            &BuiltinRules::default(),
+            &[BlockedPattern::Literal("DROP TABLE".into())],
+            RuleAction::Reject,
+        )
+        .unwrap();
+        let differ = |e: &RuleEngine, s: &str| {
+            let facts = e.prescan(s.as_bytes()).unwrap();
+            e.may_differ(s.as_bytes(), facts)
+        };
+        for s in [
+            "hello from wrk",
+            "https://example.com/path/to/page?query=1",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "a long value with many words, numbers 1 2 3, and punctuation: yes.",
+            "tabs\tand\nnewlines without blocked patterns",
+        ] {
+            assert!(!differ(&plain, s), "{s:?}");
+        }
+        for s in ["a%20b", "Tom &amp; Jerry", "/etc//x", "/a/./b", "caf\u{e9}"] {
+            assert!(differ(&plain, s), "{s:?}");
+        }
+        assert!(!differ(&blocked, "one space between words"));
+        for s in ["DROP\tTABLE", "DROP  TABLE", "DROP\nTABLE"] {
+            assert!(differ(&blocked, s), "{s:?}");
+        }
     }
 }

@@ -296,11 +296,280 @@ pub fn validate_string(s: &str) -> bool {
         return false;
     }
     match crate::rules::builtin_engine() {
-        Some(engine) => !engine.any_match(s),
+        Some(engine) => !engine.any_match(s) && !engine.view_match(s),
         // The built-in rules are constants tested at build time; if they ever failed to
         // compile, refuse rather than accept unchecked input.
         None => false,
     }
+}
+
+/// Most rounds of percent and HTML-entity decoding in [`normalize_for_rules`]: enough for
+/// double and triple encodings (`%252e`, `&amp;#x3c;`), bounded so that a value cannot
+/// make the view's cost grow with its nesting.
+pub const MAX_DECODE_ROUNDS: usize = 4;
+
+/// The view of a value that the argument rules match, besides the value itself (which is
+/// what is forwarded, unchanged): percent escapes (`%2e`, `%u002e`, overlong `%c0%ae`)
+/// and HTML character references (named, decimal, hex, with and without `;`, as browsers
+/// decode them) decoded, repeatedly up to [`MAX_DECODE_ROUNDS`]; then Unicode NFKC
+/// (fullwidth and compatibility forms to ASCII), default-ignorable characters (zero-width
+/// spaces, joiners, bidi controls, soft hyphen) removed and other Unicode spaces made
+/// ASCII spaces; then path separators normalized: runs of `/` or `\` folded to one and
+/// `.` segments removed (`..` is kept). `Cow::Borrowed` when nothing changes, which is
+/// the case for any ASCII value without `%`, `&` or such separators.
+///
+/// ```
+/// use mcp_sanitize::text::normalize_for_rules;
+///
+/// assert_eq!(normalize_for_rules("/etc//./passwd"), "/etc/passwd");
+/// assert_eq!(normalize_for_rules("..%252f"), "../");
+/// assert_eq!(normalize_for_rules("java&#x09;script&colon;"), "java\tscript:");
+/// assert_eq!(normalize_for_rules("\u{ff0f}etc\u{ff0f}passwd"), "/etc/passwd");
+/// assert_eq!(normalize_for_rules("DROP\u{200b}\u{a0}TABLE"), "DROP TABLE");
+/// assert!(matches!(normalize_for_rules("plain text"), std::borrow::Cow::Borrowed(_)));
+/// ```
+pub fn normalize_for_rules(s: &str) -> Cow<'_, str> {
+    let mut cur: Cow<'_, str> = Cow::Borrowed(s);
+    for _ in 0..MAX_DECODE_ROUNDS {
+        let mut changed = false;
+        if let Some(d) = percent_decode(&cur) {
+            cur = Cow::Owned(d);
+            changed = true;
+        }
+        if cur.contains('&') {
+            let d = htmlize::unescape(&*cur);
+            if d != *cur {
+                let d = d.into_owned();
+                cur = Cow::Owned(d);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if !cur.is_ascii() && unicode_view_differs(&cur) {
+        let u = unicode_view(&cur);
+        cur = Cow::Owned(u);
+    }
+    if let Some(p) = collapse_path(&cur) {
+        cur = Cow::Owned(p);
+    }
+    cur
+}
+
+/// Whitespace runs (any Unicode white space) folded to one ASCII space: the view the
+/// configured blocked patterns also see, so that `DROP\tTABLE` and `DROP  TABLE` match a
+/// `DROP TABLE` pattern.
+///
+/// ```
+/// use mcp_sanitize::text::fold_whitespace;
+///
+/// assert_eq!(fold_whitespace("DROP\t \n TABLE"), "DROP TABLE");
+/// ```
+pub fn fold_whitespace(s: &str) -> Cow<'_, str> {
+    let b = s.as_bytes();
+    let needs = s
+        .char_indices()
+        .any(|(i, c)| c.is_whitespace() && (c != ' ' || b.get(i + 1) == Some(&b' ')));
+    if !needs {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut in_space = false;
+    for c in s.chars() {
+        if c.is_whitespace() {
+            if !in_space {
+                out.push(' ');
+            }
+            in_space = true;
+        } else {
+            out.push(c);
+            in_space = false;
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Default-ignorable code points (Unicode `Default_Ignorable_Code_Point`): invisible, so
+/// a pattern must match as if they were not there.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{34f}'
+            | '\u{61c}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fff8}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
+    )
+}
+
+/// Whether [`unicode_view`] may change `s`: not already NFKC by the quick check, or a
+/// default-ignorable character or a non-ASCII space. Text in precomposed scripts (`café`,
+/// `naïve`, CJK) is usually NFKC already and is then not copied.
+fn unicode_view_differs(s: &str) -> bool {
+    use unicode_normalization::{IsNormalized, is_nfkc_quick};
+    // Most non-ASCII text is ASCII plus precomposed letters that NFKC keeps, none of them
+    // a combining mark, a space or invisible: decided without the normalization tables.
+    if s.chars().all(|c| c.is_ascii() || nfkc_stable_letter(c)) {
+        return false;
+    }
+    is_nfkc_quick(s.chars()) != IsNormalized::Yes
+        || s.chars()
+            .any(|c| is_default_ignorable(c) || (c.is_whitespace() && !c.is_ascii()))
+}
+
+/// Letters that are NFKC, start no composition and are neither spaces nor invisible:
+/// Latin-1 letters (U+00C0..U+00FF), Latin Extended-A but its compatibility characters,
+/// basic Cyrillic, Hiragana, Katakana, CJK unified ideographs and Hangul syllables.
+fn nfkc_stable_letter(c: char) -> bool {
+    matches!(c,
+        '\u{c0}'..='\u{ff}'
+        | '\u{100}'..='\u{131}'
+        | '\u{134}'..='\u{13e}'
+        | '\u{141}'..='\u{148}'
+        | '\u{14a}'..='\u{17e}'
+        | '\u{410}'..='\u{44f}'
+        | '\u{3041}'..='\u{3096}'
+        | '\u{30a1}'..='\u{30fa}'
+        | '\u{4e00}'..='\u{9fff}'
+        | '\u{ac00}'..='\u{d7a3}')
+}
+
+/// NFKC, default-ignorable characters removed, Unicode spaces as ASCII spaces.
+fn unicode_view(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.chars()
+        .filter(|&c| !is_default_ignorable(c))
+        .nfkc()
+        .filter(|&c| !is_default_ignorable(c))
+        .map(|c| {
+            if c.is_whitespace() && !c.is_ascii() {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One round of percent decoding: `%XX`, `%uXXXX`, and overlong two-byte UTF-8 forms of
+/// ASCII (`%c0%ae` is `.`), which some decoders accept. `None` when nothing decodes.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    memchr::memchr(b'%', b)?;
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                changed = true;
+                continue;
+            }
+            if matches!(b.get(i + 1), Some(b'u' | b'U'))
+                && let Some(digits) = b.get(i + 2..i + 6)
+                && let Some(cp) = digits
+                    .iter()
+                    .try_fold(0u32, |acc, &d| hex(d).map(|v| acc << 4 | u32::from(v)))
+                && let Some(c) = char::from_u32(cp)
+            {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                i += 6;
+                changed = true;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    // Overlong two-byte forms of ASCII (0xC0 or 0xC1, then a continuation byte).
+    let mut fixed = Vec::with_capacity(out.len());
+    let mut j = 0;
+    while j < out.len() {
+        match (out[j], out.get(j + 1)) {
+            (lead @ (0xc0 | 0xc1), Some(&cont)) if cont & 0xc0 == 0x80 => {
+                fixed.push(((lead & 0x1f) << 6) | (cont & 0x3f));
+                j += 2;
+            }
+            (c, _) => {
+                fixed.push(c);
+                j += 1;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&fixed).into_owned())
+}
+
+fn is_sep(b: u8) -> bool {
+    b == b'/' || b == b'\\'
+}
+
+/// Folds runs of path separators to one and removes `.` segments after a separator.
+/// `None` when nothing changes.
+fn collapse_path(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let needs = memchr::memchr2_iter(b'/', b'\\', b)
+        .any(|i| b.get(i + 1).is_some_and(|&n| is_sep(n) || n == b'.'));
+    if !needs {
+        return None;
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < b.len() {
+        let c = b[i];
+        out.push(c);
+        i += 1;
+        if !is_sep(c) {
+            continue;
+        }
+        loop {
+            match b.get(i) {
+                Some(&n) if is_sep(n) => i += 1,
+                Some(b'.') if b.get(i + 1).is_none_or(|&n| is_sep(n)) => i += 1,
+                _ => break,
+            }
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    // Only ASCII bytes were removed: the rest is still valid UTF-8.
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -429,5 +698,21 @@ mod tests {
         assert!(has_forbidden_control("\u{9f}"));
         assert!(!has_forbidden_control("\u{a0}é"));
         assert_eq!(strip_control("a\u{0}\u{9f}b\n"), "ab\n");
+    }
+
+    /// The letters taken as NFKC without the tables are NFKC, alone and after ASCII.
+    #[test]
+    fn stable_letters_are_nfkc() {
+        use unicode_normalization::UnicodeNormalization;
+        for c in (0x80u32..0x1_0000).filter_map(char::from_u32) {
+            if super::nfkc_stable_letter(c) {
+                let s = format!("a{c}b{c}");
+                assert_eq!(s.nfkc().collect::<String>(), s, "{c:?}");
+                assert!(
+                    !c.is_whitespace() && !super::is_default_ignorable(c),
+                    "{c:?}"
+                );
+            }
+        }
     }
 }

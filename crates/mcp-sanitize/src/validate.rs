@@ -7,7 +7,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use mcp_core::{JsonRpcId, McpMessage, McpRequest, Rejection, RejectionReason, Target};
+use mcp_core::{
+    JsonRpcId, McpMessage, McpRequest, MessageKind, Rejection, RejectionReason, Target,
+};
 use serde_json::{Map, Value};
 
 use crate::config::{ConfigError, ControlCharPolicy, SanitizeConfig};
@@ -52,8 +54,13 @@ enum Zone {
     Message,
     /// `params`.
     Params,
-    /// Under `params.arguments` of `tools/call` / `prompts/get`: rules apply.
+    /// A client string the rules apply to (keys and values): `params.arguments` of
+    /// `tools/call` / `prompts/get`, `params.argument` and `params.context` of
+    /// `completion/complete`, `params._meta` of any method.
     Args,
+    /// `result` / `error` of a response a client sends: as `Args`, but any URL scheme is
+    /// accepted (a `roots/list` answer holds `file:` URIs).
+    Reply,
     /// `params.uri` of `resources/*`: rules apply, and the host check.
     Uri,
     /// Anywhere else under `params`.
@@ -66,31 +73,49 @@ impl Zone {
     fn in_params(self) -> bool {
         matches!(self, Zone::Params | Zone::Args | Zone::Uri | Zone::InParams)
     }
+
+    /// Whether the content rules apply to the strings (and keys) of this zone.
+    fn scanned(self) -> bool {
+        matches!(self, Zone::Args | Zone::Uri | Zone::Reply)
+    }
 }
 
 /// What kind of method a message has, for the argument scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scope {
     Arguments,
+    Completion,
     Uri,
+    /// A JSON-RPC response (or error) the client sends to a server's request.
+    Response,
     None,
 }
 
-fn scope_of(method: Option<&str>) -> Scope {
-    match method {
+fn scope_of(msg: Option<&McpMessage>) -> Scope {
+    let Some(msg) = msg else {
+        return Scope::None;
+    };
+    match msg.method() {
         Some("tools/call" | "prompts/get") => Scope::Arguments,
+        Some("completion/complete") => Scope::Completion,
         Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => Scope::Uri,
-        _ => Scope::None,
+        Some(_) => Scope::None,
+        None if msg.kind() == MessageKind::Response => Scope::Response,
+        None => Scope::None,
     }
 }
 
 fn child_zone(parent: Zone, key: Option<&str>, scope: Scope) -> Zone {
     match (parent, key) {
         (Zone::Message, Some("params")) => Zone::Params,
+        (Zone::Message, Some("result" | "error")) if scope == Scope::Response => Zone::Reply,
         (Zone::Message, _) => Zone::Other,
         (Zone::Params, Some("arguments")) if scope == Scope::Arguments => Zone::Args,
+        (Zone::Params, Some("argument" | "context")) if scope == Scope::Completion => Zone::Args,
+        (Zone::Params, Some("_meta")) => Zone::Args,
         (Zone::Params, Some("uri")) if scope == Scope::Uri => Zone::Uri,
         (Zone::Args, _) => Zone::Args,
+        (Zone::Reply, _) => Zone::Reply,
         (z, _) if z.in_params() => Zone::InParams,
         _ => Zone::Other,
     }
@@ -301,7 +326,7 @@ impl Validator {
                     check_structure(item, Some(i)).map_err(|r| r.with_id(item_id.clone()))?;
                     let ctx = MessageCtx {
                         batch: Some(i),
-                        scope: scope_of(msg.and_then(McpMessage::method)),
+                        scope: scope_of(msg),
                         exempt: msg.and_then(|m| self.exempt_for(m)),
                     };
                     needs_rewrite |= self
@@ -314,7 +339,7 @@ impl Validator {
                 let msg = req.first();
                 let ctx = MessageCtx {
                     batch: None,
-                    scope: scope_of(req.method()),
+                    scope: scope_of(req.first()),
                     exempt: msg.and_then(|m| self.exempt_for(m)),
                 };
                 needs_rewrite = self.walk(single, 1, &ctx).map_err(|v| v.rejection(id()))?;
@@ -332,7 +357,7 @@ impl Validator {
                     let msg = req.messages().get(i);
                     let ctx = MessageCtx {
                         batch: Some(i),
-                        scope: scope_of(msg.and_then(McpMessage::method)),
+                        scope: scope_of(msg),
                         exempt: msg.and_then(|m| self.exempt_for(m)),
                     };
                     self.rewrite(item, &ctx, &mut stripped, &mut control_stripped)
@@ -342,7 +367,7 @@ impl Validator {
             single => {
                 let ctx = MessageCtx {
                     batch: None,
-                    scope: scope_of(req.method()),
+                    scope: scope_of(req.first()),
                     exempt: req.first().and_then(|m| self.exempt_for(m)),
                 };
                 self.rewrite(single, &ctx, &mut stripped, &mut control_stripped)
@@ -384,6 +409,9 @@ impl Validator {
         single: Option<usize>,
     ) -> Result<(), &'static str> {
         let exempt_of = |v: UrlViolation| {
+            if zone == Zone::Reply && v == UrlViolation::Scheme {
+                return true;
+            }
             let idx = match v {
                 UrlViolation::Scheme => rules::URL_SCHEME,
                 UrlViolation::TooLong => rules::URL_LENGTH,
@@ -469,7 +497,7 @@ impl Validator {
         if self.too_long(s) {
             return Err((Self::limit_reason(zone), "max_length".into()));
         }
-        if !(self.enabled && matches!(zone, Zone::Args | Zone::Uri)) {
+        if !(self.enabled && zone.scanned()) {
             if self.control != ControlCharPolicy::Allow && has_forbidden_control(s) {
                 if self.control == ControlCharPolicy::Reject {
                     return Err((Self::limit_reason(zone), "control_chars".into()));
@@ -512,6 +540,7 @@ impl Validator {
         &self,
         k: &str,
         zone: Zone,
+        ctx: &MessageCtx<'_>,
         needs_rewrite: &mut bool,
     ) -> Result<(), (RejectionReason, Cow<'static, str>)> {
         if self.too_long(k) {
@@ -522,6 +551,40 @@ impl Validator {
                 return Err((Self::limit_reason(zone), "control_chars".into()));
             }
             *needs_rewrite = true;
+        }
+        if self.enabled && zone.scanned() {
+            self.scan_key(k, zone, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// The content and URL rules on an object key of a scanned zone. A key is never
+    /// rewritten: a stripping rule that matches refuses it too.
+    fn scan_key(
+        &self,
+        k: &str,
+        zone: Zone,
+        ctx: &MessageCtx<'_>,
+    ) -> Result<(), (RejectionReason, Cow<'static, str>)> {
+        let scan = self.engine.scan_value(k, ctx.exempt);
+        let rule = match scan.result {
+            ScanResult::Clean => None,
+            ScanResult::Reject(r) => Some(r),
+            ScanResult::Strip(set) => set.iter().next(),
+        };
+        if let Some(r) = rule {
+            let name = self
+                .engine
+                .rules
+                .get(r)
+                .map_or(Cow::Borrowed("blocked"), |m| m.name.clone());
+            return Err((RejectionReason::BlockedByRule, name));
+        }
+        // A key is never a resource URI: only the URL rules of arguments apply.
+        let zone = if zone == Zone::Uri { Zone::Args } else { zone };
+        if scan.facts.url {
+            self.check_urls(k, zone, ctx, scan.facts.single_url)
+                .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
         }
         Ok(())
     }
@@ -575,7 +638,7 @@ impl Validator {
             };
             let zone = child_zone(parent_zone, key, ctx.scope);
             if let Some(k) = key
-                && let Err(e) = self.check_key(k, zone, &mut needs_rewrite)
+                && let Err(e) = self.check_key(k, zone, ctx, &mut needs_rewrite)
             {
                 return Err(violation(&stack, Some(seg), e));
             }
@@ -632,7 +695,20 @@ impl Validator {
                     Value::Object(map) => {
                         if strip_ctrl {
                             match Self::strip_keys(map) {
-                                Ok(changed) => *control_stripped |= changed,
+                                Ok(changed) => {
+                                    *control_stripped |= changed;
+                                    if changed && self.enabled {
+                                        for k in map.keys() {
+                                            let kz = child_zone(zone, Some(k), ctx.scope);
+                                            if kz.scanned()
+                                                && let Err((reason, rule)) =
+                                                    self.scan_key(k, kz, ctx)
+                                            {
+                                                return Err(fail(&path, reason, rule));
+                                            }
+                                        }
+                                    }
+                                }
                                 Err(()) => {
                                     return Err(fail(
                                         &path,
@@ -650,7 +726,7 @@ impl Validator {
                             *s = strip_control(s).into_owned();
                             *control_stripped = true;
                         }
-                        if self.enabled && matches!(zone, Zone::Args | Zone::Uri) {
+                        if self.enabled && zone.scanned() {
                             let mut applied = RuleSet::default();
                             match self.engine.strip_tracking(s, ctx.exempt, &mut applied) {
                                 Ok(Some(clean)) => {
@@ -1226,5 +1302,57 @@ mod tests {
         let c = SanitizeConfig::default();
         let d = detail(v(&c, &call(r#"{"my secret key!":"' OR '1'='1"}"#)));
         assert_eq!(d, "rule=sql_injection path=$.params.arguments.#0");
+    }
+
+    /// Every client string is in the scope of the rules: keys at any depth, completion
+    /// values, `_meta`, responses a client POSTs; the path names the key by position.
+    #[test]
+    fn every_client_string_is_scanned() {
+        let c = SanitizeConfig::default();
+        let d = detail(v(
+            &c,
+            &call(r#"{"filters":{"name'; DROP TABLE users; --":"x"}}"#),
+        ));
+        assert_eq!(d, "rule=sql_injection path=$.params.arguments.filters.#0");
+        let d = detail(v(&c, &call(r#"{"ok":1,"$(id)":{"a":1}}"#)));
+        assert_eq!(d, "rule=command_injection path=$.params.arguments.#0");
+        let complete = r#"{"jsonrpc":"2.0","id":2,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"q","value":"x | id"}}}"#;
+        assert_eq!(
+            detail(v(&c, complete)),
+            "rule=command_injection path=$.params.argument.value"
+        );
+        let ctx = r#"{"jsonrpc":"2.0","id":2,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"q","value":"ok"},"context":{"arguments":{"d":"/etc//passwd"}}}}"#;
+        assert_eq!(
+            detail(v(&c, ctx)),
+            "rule=path_traversal path=$.params.context.arguments.d"
+        );
+        let meta = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"_meta":{"x":"<svg/onload=alert(1)>"}}}"#;
+        assert_eq!(detail(v(&c, meta)), "rule=xss path=$.params._meta.x");
+        let resp = r#"{"jsonrpc":"2.0","id":"e1","result":{"action":"accept","content":{"n":"a; rm -rf /"}}}"#;
+        assert_eq!(
+            detail(v(&c, resp)),
+            "rule=command_injection path=$.result.content.n"
+        );
+        let err = r#"{"jsonrpc":"2.0","id":"e1","error":{"code":-1,"message":"x","data":{"p":"../../etc/passwd"}}}"#;
+        assert_eq!(
+            detail(v(&c, err)),
+            "rule=path_traversal path=$.error.data.p"
+        );
+        // A key matched by a stripping rule is refused (keys are never rewritten).
+        let mut strip = SanitizeConfig::default();
+        strip.rules.sql_injection.action = RuleAction::Strip;
+        let d = detail(v(&strip, &call(r#"{"a' OR '1'='1":1}"#)));
+        assert_eq!(d, "rule=sql_injection path=$.params.arguments.#0");
+        // Ordinary keys and values pass in each place.
+        for ok in [
+            call(r#"{"first name":"Ann","select":"all","notes":"drop me a line"}"#),
+            r#"{"jsonrpc":"2.0","id":2,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"q","value":"sel"}}}"#.into(),
+            r#"{"jsonrpc":"2.0","id":"e1","result":{"action":"accept","content":{"name":"Ann"}}}"#.into(),
+            // A roots/list answer: `file:` URIs are what roots are.
+            r#"{"jsonrpc":"2.0","id":"r1","result":{"roots":[{"uri":"file:///home/ann/project","name":"project"}]}}"#.into(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"a | b","version":"1"}}}"#.into(),
+        ] {
+            assert!(v(&c, &ok).unwrap().is_none(), "{ok}");
+        }
     }
 }
