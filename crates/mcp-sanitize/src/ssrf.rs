@@ -881,14 +881,18 @@ fn candidates_at(b: &[u8], colon: usize, known: &dyn Fn(&str) -> bool) -> [Optio
         .filter(|&&c| !is_tab_or_newline(c));
     let first = next.next().copied();
     let content = first.is_some_and(|c| !blank_after(c));
-    // After a special scheme anything may follow (a space starts the userinfo).
+    // After a special scheme with an authority anything may follow (a space starts the
+    // userinfo); `file:` has none.
     let follows = |scheme: &str| {
-        if SPECIAL.contains(&scheme) {
+        if scheme != "file" && SPECIAL.contains(&scheme) {
             first.is_some()
         } else {
             content
         }
     };
+    // A special scheme at the end of a longer word only before a slash or backslash
+    // (`xhttp:/127.0.0.1`, not `views: 10` or `profile: x`).
+    let url_like = matches!(first, Some(b'/' | b'\\'));
     // `//` with tabs or newlines inside: a candidate whatever the scheme, as with `//`.
     let slashy = slashes || (first == Some(b'/') && next.next() == Some(&b'/'));
     // Scheme bytes only.
@@ -909,7 +913,7 @@ fn candidates_at(b: &[u8], colon: usize, known: &dyn Fn(&str) -> bool) -> [Optio
                 slashes,
             });
         }
-        if !is_known && first.is_some() {
+        if !is_known && url_like {
             let name = scheme.as_str();
             if let Some(sp) = SPECIAL
                 .iter()
@@ -948,7 +952,7 @@ fn candidates_at(b: &[u8], colon: usize, known: &dyn Fn(&str) -> bool) -> [Optio
             });
         }
         if !is_known
-            && first.is_some()
+            && url_like
             && let Some(sp) = SPECIAL
                 .iter()
                 .find(|sp| name.len() > sp.len() && name.ends_with(*sp))
@@ -1283,10 +1287,19 @@ impl UrlPolicy {
         emit: &dyn Fn(UrlViolation) -> Result<(), UrlViolation>,
     ) -> Result<(), UrlViolation> {
         let b = s.as_bytes();
-        if !self.scheme_allowed(c.scheme.as_str()) {
+        let end = text_end(b, colon);
+        // A scheme outside the allow-list is refused unless only a space, quote, `<`, `>`
+        // or backtick follows its `:` (prose such as `ws: websockets`; the host readings
+        // below still apply).
+        let blank = b
+            .get(colon + 1..)
+            .unwrap_or_default()
+            .iter()
+            .find(|&&x| !is_tab_or_newline(x))
+            .is_none_or(|&x| blank_after(x));
+        if !self.scheme_allowed(c.scheme.as_str()) && !blank {
             emit(UrlViolation::Scheme)?;
         }
-        let end = text_end(b, colon);
         // The text reading. Indices are at ASCII bytes or the end: character boundaries.
         let text = s.get(c.start..end).unwrap_or_default();
         if text.len() > self.max_len {
@@ -1367,8 +1380,8 @@ impl UrlPolicy {
     }
 
     /// Checks a host as an RFC 3986 reader passes it on: percent-decoded, an IPv6
-    /// literal with or without a zone, cut at whitespace (`inet_aton` ignores what
-    /// follows), then as a WHATWG host (IDNA mapping, IPv4 forms) or a lenient name.
+    /// literal with or without a zone, cut at whitespace or NUL (`inet_aton` and C
+    /// strings ignore what follows), then as a WHATWG host (IDNA mapping, IPv4 forms) or a lenient name.
     fn check_host_str(&self, raw: &str) -> Result<(), UrlViolation> {
         if !self.ssrf || raw.is_empty() || raw.len() > MAX_HOST {
             return Ok(());
@@ -1387,8 +1400,9 @@ impl UrlPolicy {
                 Err(_) => Ok(()),
             };
         }
+        // A C library stops at NUL, `inet_aton` at whitespace.
         let h = h
-            .split(|c: char| c.is_ascii_whitespace())
+            .split(|c: char| c.is_ascii_whitespace() || c == '\0')
             .next()
             .unwrap_or_default();
         if h.is_empty() {
@@ -1818,6 +1832,9 @@ mod tests {
             "key:value and a:b",
             "time 12:30:45",
             "Protocols http: and https: are common",
+            "ws: websockets, ftp: files, file: report.pdf",
+            "views: 10, news: none, Profile: bob, windows: 3, rows:5",
+            "reviews:\tfine",
             "the data: 42 rows",
             "email bob@example.org or see https://example.com",
             "C:\\Users\\bob\\file.txt",

@@ -107,3 +107,61 @@ async fn urls_as_clients_read_them_are_refused_before_the_upstream() {
         assert_eq!(seen.lock().unwrap().len(), before + 1, "{ok:?}");
     }
 }
+
+/// `sanitization.ssrf.resolve` (off by default): a name that resolves to a loopback
+/// address (this machine's host name, mapped to 127.0.0.1 or 127.0.1.1 in /etc/hosts)
+/// passes by default and is refused with resolution on; a bad value is refused by
+/// `check`, naming the file, line and key.
+#[tokio::test]
+async fn opt_in_resolution_refuses_names_of_internal_addresses() {
+    use std::net::ToSocketAddrs;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let loopback = (host.as_str(), 0u16)
+        .to_socket_addrs()
+        .unwrap()
+        .any(|a| a.ip().is_loopback());
+    assert!(
+        loopback,
+        "this test needs the host name {host:?} to resolve to a loopback address"
+    );
+    let dir = tempdir();
+    let (upstream, seen) = recording_upstream().await;
+    let db = dir.path().join("a.db");
+    let target = format!("http://{host}:8080/admin");
+    let c = client();
+    for (resolve, want) in [
+        ("", 200),
+        ("    resolve: {enabled: true, timeout_ms: 20000}\n", 400),
+    ] {
+        let extra =
+            format!("sanitization:\n  enabled: true\n  ssrf:\n    enabled: true\n{resolve}");
+        let (mut gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, &extra));
+        let url = format!("{base}/mcp");
+        let before = seen.lock().unwrap().len();
+        let (s, v) = status_and_body(
+            call_tool(&c, &url, "fetch_url", json!({"url": target})).header("x-api-key", KEY),
+        )
+        .await;
+        assert_eq!(s, want, "{resolve:?}: {v}");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            before + usize::from(want == 200)
+        );
+        gw.terminate();
+        gw.wait_exit(30);
+    }
+    let bad = base_config(
+        "http://127.0.0.1:9/mcp",
+        &db,
+        "sanitization:\n  ssrf:\n    resolve:\n      enabled: true\n      timeout_ms: 0\n",
+    );
+    assert_check_refuses(
+        dir.path(),
+        &bad,
+        "timeout_ms: 0",
+        "sanitization.ssrf.resolve.timeout_ms",
+    );
+}
