@@ -2,8 +2,9 @@
 # Runs every test of the suite on a fresh Debian machine with Rust.
 #
 # 1. Installs what the tests need and the machine lacks: redis-server, PostgreSQL,
-#    openssl, curl, pebble (ACME test server), a Python venv with the `mcp` SDK and pytest
-#    (.venv), Node 22 and the MCP conformance suite from the npm registry (.tools).
+#    openssl, curl, pebble (ACME test server), a Python venv with the `mcp` SDK, pytest and
+#    urllib3 (.venv; urllib3 for the URL rule's differential test), Node 22 and the MCP
+#    conformance suite from the npm registry (.tools; Node for that test too).
 # 2. Checks formatting, lints and docs (cargo fmt --check, clippy -D warnings, cargo doc
 #    -D warnings).
 # 3. Runs the Rust tests of every crate (unit, integration over real sockets, doc tests).
@@ -44,14 +45,14 @@ install_prereqs() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
   # The Debian postgresql package starts a cluster on port 5432; the tests use their own.
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import mcp, pytest' >/dev/null 2>&1; then
-    step "creating the Python venv (.venv) with the mcp SDK and pytest"
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import mcp, pytest, urllib3' >/dev/null 2>&1; then
+    step "creating the Python venv (.venv) with the mcp SDK, pytest and urllib3"
     python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip
     if [ -f tests/python/requirements.txt ]; then
       .venv/bin/pip install -q -r tests/python/requirements.txt
     else
-      .venv/bin/pip install -q mcp pytest
+      .venv/bin/pip install -q mcp pytest urllib3
     fi
   fi
   if [ ! -x .tools/node_modules/.bin/conformance ] || [ ! -x .tools/node_modules/node/bin/node ]; then

@@ -98,5 +98,5 @@ pub use rules::{BlockedPattern, BuiltinRule, BuiltinRules, Category, RuleAction}
 pub use scan::{
     NamedPattern, Redactor, ResultScan, ResultScanConfig, ResultScanLayer, ScanBody, SecretKind,
 };
-pub use ssrf::{AddressClass, SsrfConfig, UrlPolicy, UrlViolation};
+pub use ssrf::{AddressClass, ResolveConfig, SsrfConfig, UrlPolicy, UrlViolation};
 pub use validate::Violation;

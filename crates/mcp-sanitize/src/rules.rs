@@ -838,10 +838,10 @@ pub(crate) enum ScanResult {
 pub(crate) struct ValueFacts {
     /// A forbidden control character ([`text::is_forbidden_control`]).
     pub(crate) control: bool,
-    /// A `://`: without one, [`crate::ssrf::find_urls`] finds nothing. (May be true
-    /// without a URL.)
+    /// A `:` that may end a scheme ([`crate::ssrf::colon_may_start_url`]): without one,
+    /// [`crate::ssrf::find_urls`] finds nothing. (May be true without a URL.)
     pub(crate) url: bool,
-    /// Where the `://` is when there is exactly one (`None` when unknown).
+    /// Where that `:` is when there is exactly one (`None` when unknown).
     pub(crate) single_url: Option<usize>,
     /// A byte that may make the normalized view differ (see [`NORM`]).
     pub(crate) view: bool,
@@ -1133,7 +1133,7 @@ impl RuleEngine {
             if f & CTRL != 0 && !facts.control {
                 facts.control = classify::control_at(b, p);
             }
-            if f & COLON != 0 && b.get(p + 1..p + 3) == Some(b"//") {
+            if f & COLON != 0 && crate::ssrf::colon_may_start_url(b, p) {
                 facts.single_url = if facts.url { None } else { Some(p) };
                 facts.url = true;
             }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{ConfigError, ControlCharPolicy, SanitizeConfig};
 use crate::rules::{self, Category, RuleEngine, RuleSet, ScanResult};
-use crate::ssrf::{UrlPolicy, UrlViolation, find_urls, url_at};
+use crate::ssrf::{UrlPolicy, UrlViolation};
 use crate::text::{has_control_inline, has_forbidden_control, strip_control};
 
 /// A value that broke a check: what, where, and which rejection it gets.
@@ -400,7 +400,7 @@ impl Validator {
     }
 
     /// URL rules on a string of the argument scope.
-    /// `single` is where the only `://` of `s` is, when known.
+    /// `single` is where the only `:` of `s` that may end a scheme is, when known.
     fn check_urls(
         &self,
         s: &str,
@@ -428,24 +428,10 @@ impl Validator {
             }
             return Ok(());
         }
-        if let Some(sep) = single {
-            // The only `://` of the value: its candidate, as `find_urls` would yield it.
-            if let Some(candidate) = url_at(s, sep)
-                && let Err(v) = self.urls.check(candidate)
-                && !exempt_of(v)
-            {
-                return Err(v.rule());
-            }
-            return Ok(());
-        }
-        for candidate in find_urls(s) {
-            if let Err(v) = self.urls.check(candidate)
-                && !exempt_of(v)
-            {
-                return Err(v.rule());
-            }
-        }
-        Ok(())
+        // From the only `:` that may end a scheme, when known.
+        self.urls
+            .check_value_with(s, single.unwrap_or(0), exempt_of)
+            .map_err(UrlViolation::rule)
     }
 
     fn too_long(&self, s: &str) -> bool {
@@ -527,7 +513,7 @@ impl Validator {
             }
             ScanResult::Strip(_) => *needs_rewrite = true,
         }
-        // Without a `://`, an argument holds no URL candidate.
+        // Without a `:` that may end a scheme, an argument holds no URL candidate.
         if zone == Zone::Uri || scan.facts.url {
             self.check_urls(s, zone, ctx, scan.facts.single_url)
                 .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
