@@ -15,8 +15,11 @@
 # Disk: a clean run needs about 3 GB under target/ (the dev profile keeps line tables only;
 # see Cargo.toml). The free space is printed first and a warning given under 3 GB.
 #
+# 5. Builds the fuzz targets (fuzz/, FUZZING.md) and runs each over its seed corpus and
+#    for a few seconds (scripts/fuzz.sh --check).
+#
 # Environment: SKIP_INSTALL=1 skips step 1 (the tests then fail, never skip, when
-# something is missing). SKIP_LINT=1 skips step 2.
+# something is missing). SKIP_LINT=1 skips step 2. SKIP_FUZZ=1 skips step 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -93,6 +96,11 @@ if [ -f tests/python/run.sh ]; then
   step "Python MCP client tests (real mcp SDK through the gateway; the READMEs' demo commands)"
   bash tests/python/run.sh || extra_status=1
 fi
+fuzz_status=0
+if [ "${SKIP_FUZZ:-0}" != "1" ]; then
+  step "fuzz targets: build, each over its seed corpus, a few seconds each (scripts/fuzz.sh --check; FUZZING.md)"
+  bash scripts/fuzz.sh --check || fuzz_status=1
+fi
 if [ -f tests/conformance/run.sh ]; then
   step "MCP conformance suite (upstream directly and through the gateway)"
   bash tests/conformance/run.sh || extra_status=1
@@ -101,8 +109,8 @@ fi
 step "summary"
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' target/cargo-test.log | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/cargo-test.log | awk '{s+=$1} END {print s+0}')
-if [ "$rust_status" != "0" ] || [ "$extra_status" != "0" ]; then
-  echo "FAILED (cargo test exit ${rust_status}, Python/conformance suites $([ $extra_status = 0 ] && echo ok || echo failed))"
+if [ "$rust_status" != "0" ] || [ "$extra_status" != "0" ] || [ "$fuzz_status" != "0" ]; then
+  echo "FAILED (cargo test exit ${rust_status}, Python/conformance suites $([ $extra_status = 0 ] && echo ok || echo failed), fuzz targets $([ $fuzz_status = 0 ] && echo ok || echo failed))"
   echo "rust: ${passed} passed, ${failed} failed"
   exit 1
 fi
