@@ -1,8 +1,8 @@
 //! JSON-RPC parsing (`mcp_core::json`, `McpRequest::parse`) and the request validator with
 //! its argument and URL rules (`SanitizeLayer::validate`).
 //!
-//! Properties: no panic; parse -> serialize -> parse gives the same value and the same
-//! verdict; verdicts are deterministic; a body rewritten by a strip action passes the
+//! Properties: no panic; parse -> serialize -> parse gives the same value (floats within
+//! an ulp or two: serde_json's parsing precision) and the same verdict; verdicts are deterministic; a body rewritten by a strip action passes the
 //! validator as it is forwarded (what goes upstream was checked).
 #![no_main]
 
@@ -45,6 +45,28 @@ fn verdict(layer: &SanitizeLayer, req: &McpRequest) -> String {
     }
 }
 
+/// Equal values, floats within a few ulps: serde_json (without its `float_roundtrip`
+/// feature, as in the suite) parses decimal floats to within an ulp, so a float may move
+/// by one when a body is reserialized (FUZZING.md, findings).
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => x == y || (x - y).abs() <= x.abs().max(y.abs()) * 1e-15,
+                _ => false,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = mcp_core::json::from_slice(data) else {
         // McpRequest::parse must refuse what the JSON reader refuses.
@@ -53,9 +75,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let again = serde_json::to_vec(&value).expect("a Value serializes");
     let reparsed = mcp_core::json::from_slice(&again).expect("serialized JSON parses again");
-    assert_eq!(
-        value, reparsed,
-        "parse -> serialize -> parse changed the value"
+    assert!(
+        same(&value, &reparsed),
+        "parse -> serialize -> parse changed the value: {value} -> {reparsed}"
     );
 
     let Ok(req) = McpRequest::parse(Bytes::copy_from_slice(data), McpHeaders::default()) else {
