@@ -602,7 +602,8 @@ mod tests {
     /// What a client writes in front of the address its proxy appends cannot swallow that
     /// address: an unterminated quote (which would take the appended `, addr` into a
     /// quoted string) or a non-ASCII byte (which made the whole value unreadable) left the
-    /// proxy's own address as the client's. Found by the `client_addr` fuzz target.
+    /// proxy's own address as the client's. Found while writing the property of the
+    /// `client_addr` fuzz target (fuzz/), which checks the same for any client text.
     #[test]
     fn client_text_cannot_swallow_the_appended_address() {
         let peer = sa("10.0.0.1:1");
