@@ -5,8 +5,8 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   fuzz each target for SECONDS (default 60),
 #                                           one after the other (FUZZ_JOBS=2: two at a time)
 #   scripts/fuzz.sh --check [TARGET...]     build, run each target over its committed
-#                                           corpus once, then fuzz it briefly
-#                                           (FUZZ_CHECK_SECONDS, default 3)
+#                                           seed corpus once (FUZZ_CHECK_SECONDS=N:
+#                                           then fuzz it N seconds)
 #   scripts/fuzz.sh --build                 build only
 #   scripts/fuzz.sh --list                  list the targets
 #
@@ -74,7 +74,7 @@ run_one() {
   local status=0
   # shellcheck disable=SC2086
   "$bin_dir/$t" "$work/corpus" "$FUZZ/corpus/$t" "${dict[@]}" \
-    -max_total_time="$secs" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
+    -max_total_time="$secs" ${runs:+-runs=$runs} -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
     -artifact_prefix="$FUZZ/artifacts/$t/" -print_final_stats=1 ${FUZZ_ARGS:-} \
     >"$log" 2>&1 || status=$?
   local execs cov ft corp rate
@@ -98,11 +98,14 @@ run_one() {
 
 failed=0
 if [ "$mode" = check ]; then
-  echo "==> each target over its corpus, then ${FUZZ_CHECK_SECONDS:-3} s of fuzzing"
+  # The seeds once (-runs=0); FUZZ_CHECK_SECONDS=N fuzzes N seconds more.
+  runs=0
+  [ "${FUZZ_CHECK_SECONDS:-0}" != 0 ] && runs=
+  echo "==> each target over its seed corpus$([ -z "$runs" ] && echo " and ${FUZZ_CHECK_SECONDS} s of fuzzing")"
   for t in "${targets[@]}"; do
     # Fresh working corpus: the check tells whether the committed seeds pass.
     rm -rf "$FUZZ/work/$t/corpus"
-    run_one "$t" "${FUZZ_CHECK_SECONDS:-3}" check || failed=1
+    run_one "$t" "${FUZZ_CHECK_SECONDS:-1}" check || failed=1
   done
 else
   echo "==> fuzzing each target for $seconds s (${FUZZ_JOBS:-1} at a time), $(date -u '+%F %T') UTC, $(nproc) cores"
