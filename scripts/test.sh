@@ -15,7 +15,7 @@
 # Disk: a clean run needs about 3 GB under target/ (the dev profile keeps line tables only;
 # see Cargo.toml). The free space is printed first and a warning given under 3 GB.
 #
-# 5. Builds the fuzz targets (fuzz/, FUZZING.md) and runs each over its seed corpus and
+# 5. Builds the fuzz targets (fuzz/, FUZZING.md) and runs each over its seed corpus
 #    once (scripts/fuzz.sh --check; open findings would make a timed run flaky).
 #
 # Environment: SKIP_INSTALL=1 skips step 1 (the tests then fail, never skip, when
