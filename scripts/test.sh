@@ -16,8 +16,11 @@
 # Disk: a clean run needs about 3 GB under target/ (the dev profile keeps line tables only;
 # see Cargo.toml). The free space is printed first and a warning given under 3 GB.
 #
+# 5. Builds the fuzz targets (fuzz/, FUZZING.md) and runs each over its seed corpus
+#    once (scripts/fuzz.sh --check; open findings would make a timed run flaky).
+#
 # Environment: SKIP_INSTALL=1 skips step 1 (the tests then fail, never skip, when
-# something is missing). SKIP_LINT=1 skips step 2.
+# something is missing). SKIP_LINT=1 skips step 2. SKIP_FUZZ=1 skips step 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -36,6 +39,7 @@ install_prereqs() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v c++ >/dev/null 2>&1 || missing+=(g++) # libFuzzer, for the fuzz targets
   command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || missing+=(pebble)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -94,6 +98,11 @@ if [ -f tests/python/run.sh ]; then
   step "Python MCP client tests (real mcp SDK through the gateway; the READMEs' demo commands)"
   bash tests/python/run.sh || extra_status=1
 fi
+fuzz_status=0
+if [ "${SKIP_FUZZ:-0}" != "1" ]; then
+  step "fuzz targets: build, each over its seed corpus once (scripts/fuzz.sh --check; FUZZING.md)"
+  bash scripts/fuzz.sh --check || fuzz_status=1
+fi
 if [ -f tests/conformance/run.sh ]; then
   step "MCP conformance suite (upstream directly and through the gateway)"
   bash tests/conformance/run.sh || extra_status=1
@@ -102,8 +111,8 @@ fi
 step "summary"
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' target/cargo-test.log | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/cargo-test.log | awk '{s+=$1} END {print s+0}')
-if [ "$rust_status" != "0" ] || [ "$extra_status" != "0" ]; then
-  echo "FAILED (cargo test exit ${rust_status}, Python/conformance suites $([ $extra_status = 0 ] && echo ok || echo failed))"
+if [ "$rust_status" != "0" ] || [ "$extra_status" != "0" ] || [ "$fuzz_status" != "0" ]; then
+  echo "FAILED (cargo test exit ${rust_status}, Python/conformance suites $([ $extra_status = 0 ] && echo ok || echo failed), fuzz targets $([ $fuzz_status = 0 ] && echo ok || echo failed))"
   echo "rust: ${passed} passed, ${failed} failed"
   exit 1
 fi

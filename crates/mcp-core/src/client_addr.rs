@@ -188,16 +188,18 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Splits every instance of a list header on commas outside quoted strings, in order.
+///
+/// The left part of a value is the client's and the right part its proxies': nothing the
+/// client wrote may change how the appended entries are split. So the split works on
+/// bytes (a comma is one byte in any encoding; an entry that is not UTF-8 is an
+/// unparsable hop, never the whole value), and a value whose quoted string does not end
+/// is split again at every comma (an unterminated quote would take the entries appended
+/// after it).
 fn list_entries(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
     let mut out = Vec::new();
     for value in headers.get_all(name) {
-        let Ok(s) = value.to_str() else {
-            // A non-ASCII value cannot be trusted to be split right: stop at what came
-            // before it by marking an unparsable hop.
-            out.push("\u{0}");
-            continue;
-        };
-        let bytes = s.as_bytes();
+        let bytes = value.as_bytes();
+        let first = out.len();
         let mut start = 0;
         let mut in_quotes = false;
         let mut escaped = false;
@@ -210,15 +212,25 @@ fn list_entries(headers: &HeaderMap, name: HeaderName) -> Vec<&str> {
                 b'\\' if in_quotes => escaped = true,
                 b'"' => in_quotes = !in_quotes,
                 b',' if !in_quotes => {
-                    out.push(s[start..i].trim());
+                    out.push(entry(&bytes[start..i]));
                     start = i + 1;
                 }
                 _ => {}
             }
         }
-        out.push(s[start..].trim());
+        if in_quotes {
+            out.truncate(first);
+            out.extend(bytes.split(|&b| b == b',').map(entry));
+        } else {
+            out.push(entry(&bytes[start..]));
+        }
     }
     out
+}
+
+/// One list entry, trimmed; `"\0"` (never a node) when it is not UTF-8.
+fn entry(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).map_or("\u{0}", str::trim)
 }
 
 /// The `for=` parameter of one RFC 7239 forwarded-element, unquoted.
@@ -585,5 +597,47 @@ mod tests {
         );
         // The forged leftmost address is never reached.
         assert_eq!(a.ip().to_string(), "10.1.1.1");
+    }
+
+    /// What a client writes in front of the address its proxy appends cannot swallow that
+    /// address: an unterminated quote (which would take the appended `, addr` into a
+    /// quoted string) or a non-ASCII byte (which made the whole value unreadable) left the
+    /// proxy's own address as the client's. Found while writing the property of the
+    /// `client_addr` fuzz target (fuzz/), which checks the same for any client text.
+    #[test]
+    fn client_text_cannot_swallow_the_appended_address() {
+        let peer = sa("10.0.0.1:1");
+        let real = "198.51.100.7";
+        for (header, client, appended) in [
+            ("x-forwarded-for", &b"x\""[..], real.to_owned()),
+            ("x-forwarded-for", &b"\""[..], real.to_owned()),
+            ("x-forwarded-for", &b"1.2.3.4, \"a\\"[..], real.to_owned()),
+            ("x-forwarded-for", &b"caf\xc3\xa9"[..], real.to_owned()),
+            ("x-forwarded-for", &b"\xff, 6.6.6.6"[..], real.to_owned()),
+            ("forwarded", &b"for=\"x"[..], format!("for={real}")),
+            ("forwarded", &b"for=\"_x\\\""[..], format!("for={real}")),
+            ("forwarded", &b"for=\xe9"[..], format!("for={real}")),
+        ] {
+            let p = if header == "forwarded" {
+                proxies().with_header(ForwardedHeader::Forwarded)
+            } else {
+                proxies()
+            };
+            let mut value = client.to_vec();
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(appended.as_bytes());
+            let mut m = HeaderMap::new();
+            m.append(
+                http::HeaderName::from_static(header),
+                http::HeaderValue::from_bytes(&value).unwrap(),
+            );
+            let got = p.resolve(peer, &m);
+            assert_eq!(
+                got.ip().to_string(),
+                real,
+                "{header}: {}",
+                String::from_utf8_lossy(&value)
+            );
+        }
     }
 }

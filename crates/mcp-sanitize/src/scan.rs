@@ -710,6 +710,66 @@ fn last_event_end(buf: &[u8], from: usize) -> Option<usize> {
     end
 }
 
+/// Redacts SSE text event by event. A run of line ends that holds an empty line (two line
+/// terminators or more: `\n\n`, `\r\r`, `\r\n\r\n`, `\n\r\n`, ...) ends an event: it is
+/// passed as it is and no match spans it, as does a run of line ends at the start of
+/// `text` (the rest of the one that ended the previous events). So what the client
+/// receives does not depend on how the upstream cut the stream into chunks (the scanner
+/// hands the redactor whatever complete events it has).
+fn redact_events(redactor: &Redactor, text: Bytes) -> Bytes {
+    let is_eol = |b: u8| b == b'\r' || b == b'\n';
+    let mut out: Option<Vec<u8>> = None;
+    let mut segment = 0;
+    let mut i = 0;
+    while i < text.len() {
+        if !text.get(i).copied().is_some_and(is_eol) {
+            i += 1;
+            continue;
+        }
+        let run = i;
+        let mut terminators = 0;
+        while let Some(&b) = text.get(i).filter(|b| is_eol(**b)) {
+            // CR LF is one terminator; a lone CR or LF is one.
+            if b == b'\n' || text.get(i + 1) != Some(&b'\n') {
+                terminators += 1;
+            }
+            i += 1;
+        }
+        if terminators >= 2 || run == 0 {
+            let seg = text.get(segment..run).unwrap_or_default();
+            match redactor.redact(seg) {
+                Cow::Owned(v) => out
+                    .get_or_insert_with(|| text.get(..segment).unwrap_or_default().to_vec())
+                    .extend_from_slice(&v),
+                Cow::Borrowed(b) => {
+                    if let Some(o) = out.as_mut() {
+                        o.extend_from_slice(b);
+                    }
+                }
+            }
+            if let Some(o) = out.as_mut() {
+                o.extend_from_slice(text.get(run..i).unwrap_or_default());
+            }
+            segment = i;
+        }
+    }
+    let seg = text.get(segment..).unwrap_or_default();
+    match redactor.redact(seg) {
+        Cow::Owned(v) => {
+            let mut o = out.unwrap_or_else(|| text.get(..segment).unwrap_or_default().to_vec());
+            o.extend_from_slice(&v);
+            Bytes::from(o)
+        }
+        Cow::Borrowed(b) => match out {
+            Some(mut o) => {
+                o.extend_from_slice(b);
+                Bytes::from(o)
+            }
+            None => text,
+        },
+    }
+}
+
 /// The end of an SSE stream: the last (incomplete) event redacted, then the trailers.
 fn finish_sse(
     buf: &mut BytesMut,
@@ -718,11 +778,7 @@ fn finish_sse(
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     if !buf.is_empty() {
         let rest = buf.split().freeze();
-        let out = match redactor.redact(&rest) {
-            Cow::Borrowed(_) => rest,
-            Cow::Owned(v) => Bytes::from(v),
-        };
-        return Poll::Ready(Some(Ok(Frame::data(out))));
+        return Poll::Ready(Some(Ok(Frame::data(redact_events(redactor, rest)))));
     }
     Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
 }
@@ -778,10 +834,7 @@ where
                             Some(end) => {
                                 let events = this.buf.split_to(end).freeze();
                                 *this.searched = 0;
-                                let out = match redactor.redact(&events) {
-                                    Cow::Borrowed(_) => events,
-                                    Cow::Owned(v) => Bytes::from(v),
-                                };
+                                let out = redact_events(redactor, events);
                                 if this.buf.len() > *this.limit {
                                     return Poll::Ready(Some(Err(Box::new(ScanLimitExceeded {
                                         what: "event",
@@ -834,6 +887,30 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    /// A detector match never spans the end of an SSE event, so the output does not
+    /// depend on the chunk boundaries: `bearer` ended one event and the token-like text
+    /// began the next; redacted when both came in one chunk, not when cut between them.
+    /// Found by the `result_redactor` fuzz target.
+    #[test]
+    fn sse_redaction_does_not_depend_on_chunks() {
+        let r = Redactor::new(&ResultScanConfig::default()).unwrap();
+        for text in [
+            &b": comment\n\ndata: bearer\n\n\ndat23456789abcdef\n\n"[..],
+            b"data: Bearer\r\rabcdefghijklmnopqrstuvwxyz\r\r",
+            b"data: Bearer\r\n\r\nabcdefghijklmnopqrstuvwxyz",
+            b"data: Bearer\n\r\nabcdefghijklmnopqrstuvwxyz\n\n",
+        ] {
+            let whole = redact_events(&r, Bytes::copy_from_slice(text));
+            assert_eq!(&whole[..], text, "{}", String::from_utf8_lossy(text));
+        }
+        // Within one event, as before.
+        let one = redact_events(
+            &r,
+            Bytes::from_static(b"data: Bearer abcdefghijklmnopqrstuvwxyz\n\n"),
+        );
+        assert_eq!(&one[..], b"data: [REDACTED:bearer_token]\n\n");
+    }
     use super::*;
 
     fn r() -> Redactor {
