@@ -173,6 +173,9 @@ pub fn hash_prefix(value: &[u8]) -> String {
     format!("sha256:{}", hex::encode(&d[..8]))
 }
 
+/// How many passes [`Masker::mask_str`] makes at most before it masks a string whole.
+pub const MAX_MASK_PASSES: usize = 8;
+
 /// Masks parameters and header values (see the module documentation). Cheap to clone.
 #[derive(Clone)]
 pub struct Masker(Arc<Inner>);
@@ -267,17 +270,27 @@ impl Masker {
 
     /// Replaces every value pattern found in `s` with the mask (always applied, even when
     /// field masking is off: these are credentials wherever they appear).
+    ///
+    /// A replacement can complete another match (a credential glued to another one gets
+    /// the boundary its pattern needs), so the replacement repeats until no pattern
+    /// matches; after [`MAX_MASK_PASSES`] passes a string that still matches is replaced
+    /// by the mask whole.
     pub fn mask_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        if self.has_pattern(s) {
-            Cow::Owned(
-                self.0
-                    .patterns
-                    .replace_all(s, regex::NoExpand(&self.0.mask))
-                    .into_owned(),
-            )
-        } else {
-            Cow::Borrowed(s)
+        if !self.has_pattern(s) {
+            return Cow::Borrowed(s);
         }
+        let mut cur = s.to_owned();
+        for _ in 0..MAX_MASK_PASSES {
+            cur = self
+                .0
+                .patterns
+                .replace_all(&cur, regex::NoExpand(&self.0.mask))
+                .into_owned();
+            if !self.has_pattern(&cur) {
+                return Cow::Owned(cur);
+            }
+        }
+        Cow::Owned(self.0.mask.to_string())
     }
 
     /// Masks a JSON value in place: sensitive members (when masking is enabled) and
@@ -693,6 +706,29 @@ mod tests {
             ..MaskingConfig::default()
         })
         .unwrap()
+    }
+
+    /// A replacement can give a credential glued to a secret the boundary its pattern
+    /// needs (`CANARY-...Basic ...`: `\bbasic` matches only once the secret before it is
+    /// the mask): masking repeats until nothing matches. Found by the `audit_masker` fuzz
+    /// target.
+    #[test]
+    fn masking_leaves_no_match_behind() {
+        let m = Masker::new(&MaskingConfig {
+            patterns: vec!["CANARY-[0-9a-f]{8}".into()],
+            ..MaskingConfig::default()
+        })
+        .unwrap();
+        for s in [
+            "Note CANARY-00000001Basic dXNBasic authorizatNz",
+            "CANARY-0000000aCANARY-0000000bBearer abcdefghijklmnop",
+            "xCANARY-00000001bearer  abcdefgh CANARY-00000002basic QWxhZGRpbjpvcGVu",
+        ] {
+            let once = m.mask_str(s).into_owned();
+            assert!(!m.has_pattern(&once), "{once:?}");
+            assert!(!once.contains("CANARY-"), "{once:?}");
+            assert_eq!(m.mask_str(&once), once);
+        }
     }
 
     #[test]
@@ -1118,7 +1154,16 @@ mod tests {
             };
             let m = Masker::new(&cfg).unwrap();
             let s = words.concat();
-            let plain = m.0.patterns.replace_all(&s, regex::NoExpand("***REDACTED***"));
+            let mut plain = s.clone();
+            for _ in 0..MAX_MASK_PASSES {
+                if !m.0.patterns.is_match(&plain) {
+                    break;
+                }
+                plain = m.0.patterns.replace_all(&plain, regex::NoExpand("***REDACTED***")).into_owned();
+            }
+            if m.0.patterns.is_match(&plain) {
+                plain = "***REDACTED***".to_owned();
+            }
             prop_assert_eq!(m.mask_str(&s), plain);
         }
     }
