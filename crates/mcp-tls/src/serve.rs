@@ -895,7 +895,8 @@ async fn serve_connection<IO, S, B>(
     // Before the connection (and the response bodies it holds) is dropped: a body
     // dropped with it, or one that ended unwritten, finds why.
     activity.events.close(match ended {
-        Ended::Done(_) => None,
+        // Closed for its certificate: not a write timeout (the peer may read well).
+        Ended::Done(_) | Ended::CertExpired => None,
         Ended::Stalled | Ended::NotFinishing => Some(CloseReason::WriteTimeout),
     });
     match ended {
