@@ -336,8 +336,12 @@ impl TlsAcceptor {
             Ok(Built { config, verifier }) => {
                 // Only a change of the client trust sends the open connections to verify
                 // their chains again.
-                let generation =
-                    self.inner.current.load().generation + u64::from(trust != state.trust);
+                let generation = self
+                    .inner
+                    .current
+                    .load()
+                    .generation
+                    .wrapping_add(u64::from(trust != state.trust));
                 self.inner.current.store(Arc::new(Current {
                     config,
                     verifier,

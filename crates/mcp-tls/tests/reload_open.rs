@@ -329,3 +329,72 @@ async fn an_accept_loop_of_your_own_gets_the_check_per_request() {
     }
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_in_progress_does_not_outlive_the_revocation() {
+    // An endless response (an SSE stream) started before the CRL reload: its connection is
+    // closed at most the write timeout after the reload, over HTTP/1.1 and HTTP/2.
+    let ca = Ca::new("Open CRL CA");
+    let (cert, key) = ca.server("server-1");
+    let files = Files::new(&cert, &key);
+    files.write("ca.pem", &ca.pem());
+    files.write("ca.crl", &ca.crl(&[]));
+    let mut cfg = files
+        .config()
+        .client_auth(ClientAuth::Required, files.path("ca.pem"));
+    cfg.crl_files = vec![files.path("ca.crl")];
+    let acceptor = TlsAcceptor::from_config(&cfg).unwrap();
+    let endless = axum::routing::get(|| async {
+        let ticks = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"data: tick\n\n")),
+                (),
+            ))
+        });
+        axum::body::Body::from_stream(ticks)
+    });
+    let server = start_with(
+        Some(acceptor.clone()),
+        |s| s.write_timeout(Duration::from_secs(2)),
+        echo_router().route("/events", endless),
+    )
+    .await;
+    let (vc, vk) = ca.client("victim", 7);
+    let victim = client_config(&ca.der(), BOTH, Some((&vc, &vk)));
+    let mut bodies = Vec::new();
+    for h2 in [false, true] {
+        let mut open = Open::connect(server.addr, victim.clone(), h2).await;
+        let req = http::Request::get("https://localhost/events")
+            .header("host", "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = match &mut open.send {
+            Sender::H1(s) => s.send_request(req).await.unwrap(),
+            Sender::H2(s) => s.send_request(req).await.unwrap(),
+        };
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        // Streaming before the reload (positive control).
+        assert!(body.frame().await.unwrap().is_ok());
+        bodies.push((h2, open, body));
+    }
+    files.write("ca.crl", &ca.crl(&[7]));
+    assert_eq!(acceptor.reload().await.unwrap(), ReloadOutcome::Reloaded);
+    for (h2, open, mut body) in bodies {
+        let ended = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "h2={h2}: the response outlived the revocation"
+        );
+        assert!(open.closed_by_server().await, "h2={h2}: still open");
+    }
+    server.shutdown().await;
+}
