@@ -11,9 +11,9 @@ use arc_swap::ArcSwap;
 use mcp_core::TlsInfo;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
-use rustls_pki_types::UnixTime;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::build::{Built, Resumption, Snapshot, build_server_config, check_expiry};
@@ -50,19 +50,29 @@ struct SourceState {
 struct Inner {
     current: ArcSwap<Current>,
     source: Option<Source>,
+    /// The trust generation of the current configuration, sent on every change of it.
+    trust_changes: watch::Sender<u64>,
 }
 
 /// A rustls configuration and the client certificate verifier inside it.
 struct Current {
     config: Arc<ServerConfig>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// Counts the reloads that changed the client trust (CA bundle or CRLs): a chain
+    /// verified under an earlier generation is verified again before it is trusted.
+    generation: u64,
 }
 
 /// Accepts TLS connections with the current configuration.
 ///
 /// Cheap to clone; clones share the configuration, so a reload is seen by all of them.
-/// Each handshake uses the configuration current when it starts: a reload never touches
-/// connections already open.
+/// Each handshake uses the configuration current when it starts. A reload that changes
+/// the client trust (the CA bundle or a CRL) reaches the connections already open
+/// through their [`ClientCertCheck`]: [`Server`](crate::Server) verifies each open
+/// connection's client chain again with the new verifier (once per connection and
+/// reload), and a connection whose chain no longer verifies gives no identity to its
+/// requests and is closed. A reload of the server certificate alone touches no
+/// connection.
 ///
 /// A client certificate is checked on every connection, resumed or not: rustls verifies
 /// it on a full handshake, but a resumed session (TLS 1.3 ticket, TLS 1.2 session id or
@@ -124,7 +134,12 @@ impl TlsAcceptor {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                current: ArcSwap::from_pointee(Current { config, verifier }),
+                current: ArcSwap::from_pointee(Current {
+                    config,
+                    verifier,
+                    generation: 0,
+                }),
+                trust_changes: watch::Sender::new(0),
                 source: Some(Source {
                     cfg: cfg.clone(),
                     state: Mutex::new(SourceState {
@@ -149,6 +164,7 @@ impl TlsAcceptor {
         Self::from_current(Current {
             config,
             verifier: None,
+            generation: 0,
         })
     }
 
@@ -163,6 +179,7 @@ impl TlsAcceptor {
         Self::from_current(Current {
             config,
             verifier: Some(verifier),
+            generation: 0,
         })
     }
 
@@ -171,6 +188,7 @@ impl TlsAcceptor {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(current),
                 source: None,
+                trust_changes: watch::Sender::new(0),
             }),
         }
     }
@@ -189,10 +207,36 @@ impl TlsAcceptor {
     /// or its CA no longer trusted) is refused with [`io::ErrorKind::PermissionDenied`].
     /// The chain's end of validity is [`client_cert_expires_at`]
     /// of the stream's connection: a loop of your own must stop serving the connection then.
+    ///
+    /// A connection accepted here is not told of a later change of the client trust: use
+    /// [`accept_checked`](Self::accept_checked) for that.
     pub async fn accept<IO>(
         &self,
         io: IO,
     ) -> io::Result<(tokio_rustls::server::TlsStream<IO>, TlsInfo)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.accept_checked(io)
+            .await
+            .map(|(stream, info, _)| (stream, info))
+    }
+
+    /// [`accept`](Self::accept), with the [`ClientCertCheck`] of the connection when the
+    /// client presented a certificate: it tells whether the chain still verifies with
+    /// the client trust current now (after a CRL or CA reload). [`Server`](crate::Server)
+    /// checks it on every request (see [`ConnectionInfo::client_cert_check`]) and closes
+    /// the connection when it fails; an accept loop of your own should do the same.
+    ///
+    /// [`ConnectionInfo::client_cert_check`]: crate::ConnectionInfo::client_cert_check
+    pub async fn accept_checked<IO>(
+        &self,
+        io: IO,
+    ) -> io::Result<(
+        tokio_rustls::server::TlsStream<IO>,
+        TlsInfo,
+        Option<ClientCertCheck>,
+    )>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -217,7 +261,17 @@ impl TlsAcceptor {
             ));
         }
         let info = tls_info(conn);
-        Ok((stream, info))
+        let check = conn
+            .peer_certificates()
+            .filter(|chain| !chain.is_empty())
+            .map(|chain| ClientCertCheck {
+                inner: Arc::new(CheckInner {
+                    acceptor: self.inner.clone(),
+                    chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+                    verified: Mutex::new(Verified::Under(current.generation)),
+                }),
+            });
+        Ok((stream, info, check))
     }
 
     /// Re-reads the files and, when they changed and are valid, swaps in the new
@@ -280,9 +334,20 @@ impl TlsAcceptor {
         };
         match build_server_config(&source.cfg, &snap, &resumption) {
             Ok(Built { config, verifier }) => {
-                self.inner
+                // Only a change of the client trust sends the open connections to verify
+                // their chains again.
+                let generation = self
+                    .inner
                     .current
-                    .store(Arc::new(Current { config, verifier }));
+                    .load()
+                    .generation
+                    .wrapping_add(u64::from(trust != state.trust));
+                self.inner.current.store(Arc::new(Current {
+                    config,
+                    verifier,
+                    generation,
+                }));
+                self.inner.trust_changes.send_replace(generation);
                 state.identity = identity;
                 state.trust = trust;
                 state.resumption = resumption;
@@ -371,6 +436,114 @@ impl TlsAcceptor {
             }
         });
         Ok(ReloadHandle { task: Some(task) })
+    }
+}
+
+/// Whether an open connection's client certificate chain still verifies with the client
+/// trust (CA bundle, CRLs) of its [`TlsAcceptor`] now, from
+/// [`TlsAcceptor::accept_checked`].
+///
+/// Cheap per request: the chain was verified at the handshake, and is verified again
+/// (with the current verifier: CA, CRLs, validity dates) only after a reload that
+/// changed the client trust, once per connection and reload. Once it has failed it
+/// fails for good: the connection is to be closed. Cheap to clone; clones share the
+/// result.
+#[derive(Clone)]
+pub struct ClientCertCheck {
+    inner: Arc<CheckInner>,
+}
+
+struct CheckInner {
+    acceptor: Arc<Inner>,
+    chain: Vec<CertificateDer<'static>>,
+    verified: Mutex<Verified>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verified {
+    /// Verified with the verifier of this trust generation.
+    Under(u64),
+    /// Refused by a later verifier.
+    Failed,
+}
+
+impl fmt::Debug for ClientCertCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertCheck")
+            .field("failed", &self.has_failed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertCheck {
+    /// `true` while the chain verifies with the current client trust. After a trust
+    /// reload the first call verifies the chain again (one chain verification); later
+    /// calls under the same trust read the result.
+    pub fn passes(&self) -> bool {
+        let current = self.inner.acceptor.current.load();
+        let mut verified = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *verified {
+            Verified::Failed => return false,
+            Verified::Under(g) if g == current.generation => return true,
+            Verified::Under(_) => {}
+        }
+        let result = match (&current.verifier, self.inner.chain.split_first()) {
+            (Some(v), Some((leaf, rest))) => v
+                .verify_client_cert(leaf, rest, UnixTime::now())
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            // No verifier to ask (a fixed configuration without one): the validity dates
+            // are the accept loop's part.
+            _ => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                *verified = Verified::Under(current.generation);
+                true
+            }
+            Err(reason) => {
+                tracing::debug!(
+                    %reason,
+                    "an open connection's client certificate no longer verifies after a trust reload"
+                );
+                *verified = Verified::Failed;
+                false
+            }
+        }
+    }
+
+    /// `true` once [`passes`](Self::passes) has returned `false` (no verification here).
+    pub fn has_failed(&self) -> bool {
+        *self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            == Verified::Failed
+    }
+
+    /// Resolves once the client trust is not the one the chain was last verified with
+    /// (at once when it already is not, or when the check has failed); then call
+    /// [`passes`](Self::passes).
+    pub async fn trust_changed(&self) {
+        let seen = match *self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Verified::Failed => return,
+            Verified::Under(g) => g,
+        };
+        let mut rx = self.inner.acceptor.trust_changes.subscribe();
+        // The sender lives in the acceptor this check holds: it is never dropped first.
+        if rx.wait_for(|g| *g != seen).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -19,7 +19,8 @@
 //!   [`mcp_core::TlsInfo`] (with the verified [`mcp_core::ClientCertIdentity`]: CN,
 //!   subject, issuer, SAN DNS names and URIs including SPIFFE IDs, serial, SHA-256
 //!   fingerprint) in its extensions. A connection ends when its client certificate
-//!   chain expires ([`client_cert_expires_at`]).
+//!   chain expires ([`client_cert_expires_at`]), or when a reload of the client trust
+//!   (CA bundle, CRLs) no longer admits it ([`ClientCertCheck`]).
 //! - `acme` (cargo feature): certificates obtained and renewed from an ACME directory
 //!   (Let's Encrypt) with tls-alpn-01 on the serving port, cached on disk.
 //! - [`start`]: one call from a [`TlsConfig`] to an acceptor plus what keeps it current
@@ -56,7 +57,9 @@ pub mod error;
 pub mod identity;
 pub mod serve;
 
-pub use acceptor::{ACME_TLS_ALPN, Background, ReloadHandle, ReloadOutcome, TlsAcceptor, start};
+pub use acceptor::{
+    ACME_TLS_ALPN, Background, ClientCertCheck, ReloadHandle, ReloadOutcome, TlsAcceptor, start,
+};
 pub use build::{ALPN_PROTOCOLS, ExpiryStatus, expiry_status, provider};
 pub use config::{
     AutoCertConfig, ClientAuth, ServerOptions, TlsConfig, TlsVersion, UnverifiedClientAuth,

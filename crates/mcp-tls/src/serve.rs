@@ -86,7 +86,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::acceptor::TlsAcceptor;
+use crate::acceptor::{ClientCertCheck, TlsAcceptor};
 use crate::config::ServerOptions;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,13 +97,16 @@ type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 ///
 /// With [`client_cert_expires_at`](Self::client_cert_expires_at) set, the client
 /// certificate's end of validity is checked on every request: from that moment on, the
-/// [`TlsInfo`] attached has no client identity.
+/// [`TlsInfo`] attached has no client identity. With
+/// [`client_cert_check`](Self::client_cert_check) set, so is the client trust: after a
+/// reload of the CA bundle or CRLs that no longer admits the chain, likewise.
 #[derive(Clone)]
 pub struct ConnectionInfo<S> {
     inner: S,
     peer: PeerAddr,
     tls: Option<TlsInfo>,
     client_expires_at: Option<SystemTime>,
+    client_check: Option<ClientCertCheck>,
 }
 
 impl<S> ConnectionInfo<S> {
@@ -114,7 +117,16 @@ impl<S> ConnectionInfo<S> {
             peer: PeerAddr(peer),
             tls,
             client_expires_at: None,
+            client_check: None,
         }
+    }
+
+    /// The connection's [`ClientCertCheck`] ([`TlsAcceptor::accept_checked`]): requests
+    /// that arrive once a reload of the client trust refuses the chain carry
+    /// [`TlsInfo`] without the client identity.
+    pub fn client_cert_check(mut self, check: Option<ClientCertCheck>) -> Self {
+        self.client_check = check;
+        self
     }
 
     /// The moment the connection's client certificate chain stops being valid
@@ -133,6 +145,7 @@ impl<S: fmt::Debug> fmt::Debug for ConnectionInfo<S> {
             .field("peer", &self.peer)
             .field("tls", &self.tls)
             .field("client_expires_at", &self.client_expires_at)
+            .field("client_check", &self.client_check)
             .finish()
     }
 }
@@ -159,6 +172,12 @@ where
                     .is_some_and(|end| SystemTime::now() >= end)
             {
                 tracing::debug!("client certificate expired: request without its identity");
+                tls.client = None;
+            }
+            if tls.client.is_some() && self.client_check.as_ref().is_some_and(|c| !c.passes()) {
+                tracing::debug!(
+                    "client certificate refused by the reloaded trust: request without its identity"
+                );
                 tls.client = None;
             }
             req.extensions_mut().insert(tls);
@@ -648,18 +667,22 @@ impl Server {
                 match tls {
                     None => {
                         let svc = ConnectionInfo::new(service, peer, None);
-                        serve_connection(&builder, tcp, svc, timeouts, None, stop, &counters).await;
+                        let client = ClientValidity::default();
+                        serve_connection(&builder, tcp, svc, timeouts, client, stop, &counters)
+                            .await;
                     }
                     Some(acceptor) => {
                         let shake =
                             handshake(&acceptor, tcp, handshake_timeout, stop.clone(), &counters);
                         match shake.await {
-                            Some((stream, info)) => {
+                            Some((stream, info, check)) => {
                                 let expires = crate::client_cert_expires_at(stream.get_ref().1);
                                 let svc = ConnectionInfo::new(service, peer, Some(info))
-                                    .client_cert_expires_at(expires);
+                                    .client_cert_expires_at(expires)
+                                    .client_cert_check(check.clone());
+                                let client = ClientValidity { expires, check };
                                 serve_connection(
-                                    &builder, stream, svc, timeouts, expires, stop, &counters,
+                                    &builder, stream, svc, timeouts, client, stop, &counters,
                                 )
                                 .await;
                             }
@@ -720,9 +743,13 @@ async fn handshake(
     timeout: Duration,
     mut stop: watch::Receiver<bool>,
     counters: &Counters,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    TlsInfo,
+    Option<ClientCertCheck>,
+)> {
     tokio::select! {
-        r = tokio::time::timeout(timeout, acceptor.accept(tcp)) => match r {
+        r = tokio::time::timeout(timeout, acceptor.accept_checked(tcp)) => match r {
             Ok(Ok(ok)) => Some(ok),
             Ok(Err(e)) => {
                 Counters::add(&counters.handshake_failed);
@@ -757,6 +784,26 @@ enum Ended<E> {
     NotFinishing,
     /// Its client certificate expired `write` ago and it had not finished.
     CertExpired,
+    /// A reload of the client trust refused its client chain `write` ago and it had not
+    /// finished.
+    ClientRefused,
+}
+
+/// How long a connection's client certificate chain stays valid: its end of validity,
+/// and its check against reloads of the client trust.
+#[derive(Default)]
+struct ClientValidity {
+    expires: Option<SystemTime>,
+    check: Option<ClientCertCheck>,
+}
+
+/// Resolves when the client trust changed since `check` last verified its chain (never
+/// without a check).
+async fn trust_changed(check: Option<&ClientCertCheck>) {
+    match check {
+        Some(c) => c.trust_changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one connection until it ends, the loop stops, it stays idle (no request in
@@ -767,13 +814,15 @@ enum Ended<E> {
 /// asked to finish like on shutdown (HTTP/1.1 closes, after the response in flight if
 /// any; HTTP/2 sends GOAWAY), and what is still open the write timeout later is closed:
 /// a long response (an SSE stream) does not outlive the certificate by more than that.
+/// Likewise when a reload of the client trust (CA bundle, CRLs) refuses its client chain:
+/// the chain is verified again at each such reload, once.
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<IO, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: IO,
     service: S,
     timeouts: ConnectionTimeouts,
-    client_expires_at: Option<SystemTime>,
+    client: ClientValidity,
     mut stop: watch::Receiver<bool>,
     counters: &Counters,
 ) where
@@ -808,13 +857,17 @@ async fn serve_connection<IO, S, B>(
     let mut finishing: Option<Instant> = None;
     // The certificate's end on the monotonic clock (already past when it is).
     // (None past what the clock can count: requests are still checked one by one.)
-    let cert_end = client_expires_at.and_then(|end| {
+    let cert_end = client.expires.and_then(|end| {
         Instant::now().checked_add(
             end.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO),
         )
     });
     let mut cert_expired = false;
+    let client_check = client.check.as_ref();
+    let mut trust = std::pin::pin!(trust_changed(client_check));
+    // When a reload of the client trust refused the chain.
+    let mut refused_at: Option<Instant> = None;
     let ended = std::future::poll_fn(|cx| {
         loop {
             activity.waker.register(cx.waker());
@@ -822,6 +875,26 @@ async fn serve_connection<IO, S, B>(
                 return Poll::Ready(Ended::Done(r));
             }
             let now = Instant::now();
+            if refused_at.is_none() && trust.as_mut().poll(cx).is_ready() {
+                if client_check.is_some_and(ClientCertCheck::passes) {
+                    trust.set(trust_changed(client_check));
+                } else {
+                    refused_at = Some(now);
+                    tracing::debug!(
+                        "closing a connection: the reloaded client trust refuses its certificate"
+                    );
+                    if finishing.is_none() {
+                        conn.as_mut().graceful_shutdown();
+                        finishing = Some(now);
+                    }
+                }
+                continue;
+            }
+            if let Some(at) = refused_at
+                && at + timeouts.write <= now
+            {
+                return Poll::Ready(Ended::ClientRefused);
+            }
             if let Some(end) = cert_end.filter(|end| *end <= now) {
                 if !cert_expired {
                     cert_expired = true;
@@ -858,6 +931,9 @@ async fn serve_connection<IO, S, B>(
                 } else {
                     end
                 });
+            }
+            if let Some(at) = refused_at {
+                next = next.min(at + timeouts.write);
             }
             if let Some(d) = activity.stall_deadline(timeouts.write) {
                 if d <= now {
@@ -903,7 +979,8 @@ async fn serve_connection<IO, S, B>(
     // Before the connection (and the response bodies it holds) is dropped: a body
     // dropped with it, or one that ended unwritten, finds why.
     activity.events.close(match ended {
-        Ended::Done(_) => None,
+        // Closed for its certificate: not a write timeout (the peer may read well).
+        Ended::Done(_) | Ended::CertExpired | Ended::ClientRefused => None,
         Ended::Stalled | Ended::NotFinishing => Some(CloseReason::WriteTimeout),
         Ended::CertExpired => Some(CloseReason::CertificateExpired),
     });
@@ -920,6 +997,11 @@ async fn serve_connection<IO, S, B>(
         }
         Ended::CertExpired => {
             tracing::debug!("closing a connection still open after its client certificate expired");
+        }
+        Ended::ClientRefused => {
+            tracing::debug!(
+                "closing a connection still open after the reloaded client trust refused its certificate"
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Hot reload under a steady stream of connections: zero failed handshakes, the new
-//! certificate served, broken replacements refused, open connections unaffected.
+//! certificate served, broken replacements refused, open connections unaffected unless
+//! the new client trust refuses their certificate.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -182,7 +183,7 @@ async fn periodic_check_reloads_without_watching() {
 }
 
 #[tokio::test]
-async fn reload_keeps_open_connections_and_rotates_the_client_ca() {
+async fn reload_keeps_open_connections_the_new_trust_admits_and_rotates_the_client_ca() {
     let ca1 = Ca::new("CA one");
     let (cert, key) = ca1.server("server-1");
     let files = Files::new(&cert, &key);
@@ -204,31 +205,53 @@ async fn reload_keeps_open_connections_and_rotates_the_client_ca() {
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .unwrap();
-    tokio::spawn(conn);
+    let conn = tokio::spawn(conn);
     let get = || {
         http::Request::get("/echo")
             .header("host", "localhost")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap()
     };
-    let r = send.send_request(get()).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let _ = r.into_body().collect().await.unwrap();
+    let served_as = async |send: &mut hyper::client::conn::http1::SendRequest<_>| {
+        send.ready().await.map_err(|e| e.to_string())?;
+        let r = send.send_request(get()).await.map_err(|e| e.to_string())?;
+        assert_eq!(r.status(), 200);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        Ok::<_, String>(json["client"]["cn"].as_str().map(str::to_owned))
+    };
+    let old = Ok(Some("svc-old-ca".to_owned()));
+    assert_eq!(served_as(&mut send).await, old);
 
-    // Rotate: new server certificate and a new client CA.
+    // Reloads the connection's certificate survives keep it open: a new server
+    // certificate (the client trust unchanged), then a second CA added to the bundle.
     let ca2 = Ca::new("CA two");
     let (cert2, key2) = ca1.server("server-2");
     replace_file(files.dir.path(), "server.key", &key2);
     replace_file(files.dir.path(), "server.pem", &cert2);
+    assert_eq!(acceptor.reload().await.unwrap(), ReloadOutcome::Reloaded);
+    assert_eq!(served_as(&mut send).await, old);
+    replace_file(
+        files.dir.path(),
+        "ca.pem",
+        &format!("{}{}", ca1.pem(), ca2.pem()),
+    );
+    assert_eq!(acceptor.reload().await.unwrap(), ReloadOutcome::Reloaded);
+    assert_eq!(served_as(&mut send).await, old);
+    assert!(!conn.is_finished());
+
+    // Rotate: the first CA dropped. The open connection of its client serves no request
+    // as it any more, and is closed.
     replace_file(files.dir.path(), "ca.pem", &ca2.pem());
     assert_eq!(acceptor.reload().await.unwrap(), ReloadOutcome::Reloaded);
-
-    // The open connection still works.
-    let r = send.send_request(get()).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let body = r.into_body().collect().await.unwrap().to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(json["client"]["cn"], "svc-old-ca");
+    let late = served_as(&mut send).await;
+    assert!(!matches!(late, Ok(Some(_))), "{late:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), conn)
+            .await
+            .is_ok(),
+        "the connection of the dropped CA's client stayed open"
+    );
 
     // New connections: the old CA's client is refused (no resumption of its session
     // either), the new CA's is admitted.
