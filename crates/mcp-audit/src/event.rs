@@ -288,7 +288,8 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jsonrpc_error_code: Option<i64>,
     /// The typed reason of a refusal (`auth_failed`, `rate_limited`, ...), or of the
-    /// connection layer: `write_timeout` (a response cut), `too_many_connections`
+    /// connection layer: `write_timeout`, `certificate_expired`, `certificate_refused` (a
+    /// response cut when its connection was closed for that), `too_many_connections`
     /// (connections refused, kind `connection`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -40,6 +40,10 @@ pub enum CloseReason {
     /// The client certificate that authenticated the connection reached its end of
     /// validity, and the connection had not finished within the write timeout after it.
     CertificateExpired,
+    /// A reload of the client trust (CRL, CA) refused the client certificate chain that
+    /// authenticated the connection, and the connection had not finished within the write
+    /// timeout after it.
+    CertificateRefused,
 }
 
 impl CloseReason {
@@ -48,6 +52,7 @@ impl CloseReason {
         match self {
             Self::WriteTimeout => "write_timeout",
             Self::CertificateExpired => "certificate_expired",
+            Self::CertificateRefused => "certificate_refused",
         }
     }
 
@@ -60,6 +65,9 @@ impl CloseReason {
             Self::CertificateExpired => {
                 "response cut: the connection was closed after its client certificate expired"
             }
+            Self::CertificateRefused => {
+                "response cut: the connection was closed after a reload of the client trust refused its certificate"
+            }
         }
     }
 
@@ -67,6 +75,7 @@ impl CloseReason {
         match self {
             Self::WriteTimeout => 1,
             Self::CertificateExpired => 2,
+            Self::CertificateRefused => 3,
         }
     }
 
@@ -74,6 +83,7 @@ impl CloseReason {
         match code {
             1 => Some(Self::WriteTimeout),
             2 => Some(Self::CertificateExpired),
+            3 => Some(Self::CertificateRefused),
             _ => None,
         }
     }
@@ -336,7 +346,11 @@ mod tests {
         assert_eq!(e.closed(), None);
         assert!(e.is_ended());
         assert_eq!(CloseReason::WriteTimeout.as_str(), "write_timeout");
-        for r in [CloseReason::WriteTimeout, CloseReason::CertificateExpired] {
+        for r in [
+            CloseReason::WriteTimeout,
+            CloseReason::CertificateExpired,
+            CloseReason::CertificateRefused,
+        ] {
             assert_eq!(CloseReason::from_code(r.code()), Some(r));
         }
         assert_eq!(

@@ -980,9 +980,10 @@ async fn serve_connection<IO, S, B>(
     // dropped with it, or one that ended unwritten, finds why.
     activity.events.close(match ended {
         // Closed for its certificate: not a write timeout (the peer may read well).
-        Ended::Done(_) | Ended::CertExpired | Ended::ClientRefused => None,
+        Ended::Done(_) => None,
         Ended::Stalled | Ended::NotFinishing => Some(CloseReason::WriteTimeout),
         Ended::CertExpired => Some(CloseReason::CertificateExpired),
+        Ended::ClientRefused => Some(CloseReason::CertificateRefused),
     });
     match ended {
         Ended::Done(Ok(())) => {}
