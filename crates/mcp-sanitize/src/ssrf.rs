@@ -1060,12 +1060,15 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The host of a `host[:port]` (an IPv6 literal with its brackets).
+/// The host of a `host[:port]` (an IPv6 literal with its brackets). As Python's
+/// `urlsplit` reads it, a `[` anywhere starts the literal and what comes before it is
+/// ignored (`\\[fe80::1]` is `fe80::1`).
 fn host_of(hostport: &str) -> &str {
-    if hostport.starts_with('[') {
-        return match hostport.find(']') {
-            Some(i) => &hostport[..=i],
-            None => hostport,
+    if let Some(open) = hostport.find('[') {
+        let literal = &hostport[open..];
+        return match literal.find(']') {
+            Some(i) => &literal[..=i],
+            None => literal,
         };
     }
     hostport.split(':').next().unwrap_or_default()
@@ -1724,6 +1727,10 @@ mod tests {
             "https:/\\localhost",
             "http:0x7f.1",
             "xhttp:/127.0.0.1/",
+            // urlsplit takes the IPv6 literal after a `[` anywhere in the host part.
+            "http://example.com'@\\[fe80::1%25eth0]:/",
+            "http://x@ab[::1]/",
+            "http://a[127.0.0.1]/",
         ] {
             assert!(refused(v), "{v:?}: {:?}", p.check_value(v));
         }

@@ -338,9 +338,11 @@ async fn upstream_url_secrets_stay_out_of_check_and_error_logs() {
     // prints its connection key): served, the user info in no log line and not sent.
     let (upstream, seen) = recording_upstream().await;
     let url = upstream.replacen("http://", "http://svc:url-password-7f3a@", 1);
+    // Its own trail: the first gateway still holds the first one's writer lock.
+    let db2 = dir.path().join("b.db");
     let (gw, base) = start_gateway_env(
         dir.path(),
-        &base_config(&url, &db, ""),
+        &base_config(&url, &db2, ""),
         &[("MCP_GATEWAY_LOG", "trace")],
     );
     let r = tools_list(&client(), &format!("{base}/mcp"))
