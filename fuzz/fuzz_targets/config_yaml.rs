@@ -17,6 +17,8 @@
 mod config;
 #[path = "../../examples/gateway/src/proxy.rs"]
 mod proxy;
+#[path = "../../examples/gateway/src/yaml_bounds.rs"]
+mod yaml_bounds;
 
 use libfuzzer_sys::fuzz_target;
 

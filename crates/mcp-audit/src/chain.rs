@@ -91,6 +91,7 @@ impl Default for ChainHead {
 impl ChainHead {
     /// Advances the head past a record whose hash was computed by the caller (no
     /// allocation once the head holds a 64-digit hash).
+    #[cfg(feature = "sqlite")]
     pub(crate) fn advance(&mut self, seq: i64, hash: &HashHex) {
         self.seq = seq;
         self.hash.clear();

@@ -38,7 +38,9 @@ use crate::event::{AuditEvent, EventData, EventKind, Outcome, Renderer, SinkEven
 use crate::layer::AuditLayer;
 use crate::mask::Masker;
 use crate::query::AuditStore;
-use crate::sink::{AuditSink, SinkError, StdoutSink, TracingSink};
+#[cfg(feature = "sqlite")]
+use crate::sink::SinkError;
+use crate::sink::{AuditSink, StdoutSink, TracingSink};
 
 pub(crate) enum Msg {
     Event(Box<EventData>),
