@@ -429,6 +429,38 @@ const DECODE_ROUNDS: usize = 3;
 /// name than any one framework does: a client parameter is refused when any reader
 /// could take it for an operator's.
 pub fn query_param_name(raw: &str) -> String {
+    let bytes = decoded_param_name(raw);
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'[' || b == 0)
+        .unwrap_or(bytes.len());
+    fold_param_name(&bytes[..end])
+}
+
+/// The other name a parameter may be read as, when it differs from
+/// [`query_param_name`]'s: PHP reads a `[` with no `]` after it as `_` and keeps what
+/// follows (`tenant[id` is `tenant_id`).
+pub fn query_param_php_name(raw: &str) -> Option<String> {
+    let mut bytes = decoded_param_name(raw);
+    if let Some(nul) = bytes.iter().position(|&b| b == 0) {
+        bytes.truncate(nul);
+    }
+    let open = bytes.iter().position(|&b| b == b'[')?;
+    if bytes[open..].contains(&b']') {
+        return None;
+    }
+    bytes[open] = b'_';
+    Some(fold_param_name(&bytes))
+}
+
+/// Every name a parameter may be read as ([`query_param_name`], and
+/// [`query_param_php_name`] when there is one).
+fn query_param_readings(raw: &str) -> impl Iterator<Item = String> {
+    std::iter::once(query_param_name(raw)).chain(query_param_php_name(raw))
+}
+
+/// `raw` percent-decoded (up to three rounds, `+` read as space after each).
+fn decoded_param_name(raw: &str) -> Vec<u8> {
     let plus = |b: u8| if b == b'+' { b' ' } else { b };
     let mut bytes: Vec<u8> = raw.bytes().map(plus).collect();
     for _ in 0..DECODE_ROUNDS {
@@ -441,11 +473,12 @@ pub fn query_param_name(raw: &str) -> String {
         }
         bytes = decoded;
     }
-    let end = bytes
-        .iter()
-        .position(|&b| b == b'[' || b == 0)
-        .unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end])
+    bytes
+}
+
+/// Spaces trimmed, `.` and space read as `_` (PHP), lower case.
+fn fold_param_name(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
         .trim()
         .chars()
         .map(|c| match c {
@@ -509,7 +542,8 @@ fn upstream_uri(
     };
     let mut kept: Vec<&str> = Vec::new();
     for (raw, name) in query_params(q) {
-        if operator.contains(&name) {
+        let param = raw.split_once('=').map_or(raw, |(n, _)| n);
+        if query_param_readings(param).any(|n| operator.contains(&n)) {
             return Err(());
         }
         let pass = !name.is_empty()
@@ -535,10 +569,17 @@ fn upstream_uri(
     Uri::from_parts(parts).map_err(|_| ())
 }
 
-/// The [`query_param_name`]s of the configured URL's parameters.
+/// Every name the configured URL's parameters may be read as ([`query_param_name`] and
+/// [`query_param_php_name`] forms).
 pub fn operator_params(url: &Uri) -> Vec<String> {
     url.query()
-        .map(|q| query_params(q).map(|(_, n)| n).collect())
+        .map(|q| {
+            query_params(q)
+                .flat_map(|(raw, _)| {
+                    query_param_readings(raw.split_once('=').map_or(raw, |(n, _)| n))
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -801,6 +842,9 @@ mod tests {
             "role+id=admin",
             "role%2eid=admin",
             "tenant",
+            "role[id=admin",
+            "role%5Bid=admin",
+            "role%255Bid=admin",
         ] {
             assert_eq!(uri(q, &names), Err(()), "{q}");
             assert_eq!(uri(q, &ForwardQuery::All), Err(()), "{q}");
@@ -826,6 +870,18 @@ mod tests {
             ("", ""),
         ] {
             assert_eq!(query_param_name(raw), name, "{raw}");
+        }
+        // PHP reads an unmatched `[` as `_`.
+        for (raw, php) in [
+            ("tenant[id", Some("tenant_id")),
+            ("tenant%5Bid", Some("tenant_id")),
+            ("role[name", Some("role_name")),
+            ("a[b.c", Some("a_b_c")),
+            ("a[b]", None),
+            ("a[]", None),
+            ("tenant", None),
+        ] {
+            assert_eq!(query_param_php_name(raw).as_deref(), php, "{raw}");
         }
     }
 }

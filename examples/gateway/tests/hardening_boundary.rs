@@ -364,6 +364,11 @@ async fn forwarded_queries_never_override_the_operator(list: &str) {
             "role%5fid=admin",
             "role%255Fid=admin",
             "page=2&%74%65%6e%61%6e%74=evil",
+            // PHP reads a `[` with no `]` after it as `_`.
+            "role[id=admin",
+            "role%5Bid=admin",
+            "role%255bid=admin",
+            "page=2&ROLE[ID=admin",
         ]
         .map(String::from),
     );
