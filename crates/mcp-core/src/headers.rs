@@ -227,26 +227,74 @@ pub struct InvalidHeaderPattern(pub String);
 /// [`UntrustedHeaders::none`] an empty one that keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UntrustedHeaders {
-    names: Vec<HeaderName>,
-    prefixes: Vec<String>,
-    allowed: Vec<HeaderName>,
+    patterns: NamePatterns,
     underscored: bool,
 }
 
 impl Default for UntrustedHeaders {
     fn default() -> Self {
         Self {
-            names: DEFAULT_UNTRUSTED_HEADERS
-                .iter()
-                .map(|h| canonical(HeaderName::from_static(h)))
-                .collect(),
-            prefixes: DEFAULT_UNTRUSTED_PREFIXES
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect(),
-            allowed: Vec::new(),
+            patterns: NamePatterns::new(
+                DEFAULT_UNTRUSTED_HEADERS
+                    .iter()
+                    .map(|h| canonical(HeaderName::from_static(h))),
+                DEFAULT_UNTRUSTED_PREFIXES,
+            ),
             underscored: true,
         }
+    }
+}
+
+/// Names and prefixes (lower case, `_` read as `-`) and the names allowed back despite a
+/// prefix: the list both [`UntrustedHeaders`] and [`UpstreamResponseHeaders`] keep.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct NamePatterns {
+    names: Vec<HeaderName>,
+    prefixes: Vec<String>,
+    allowed: Vec<HeaderName>,
+}
+
+impl NamePatterns {
+    fn new(names: impl Iterator<Item = HeaderName>, prefixes: &[&str]) -> Self {
+        Self {
+            names: names.collect(),
+            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            allowed: Vec::new(),
+        }
+    }
+
+    /// Adds a name or a prefix (`pattern` ending in `*`).
+    fn strip(&mut self, pattern: &str) -> Result<(), InvalidHeaderPattern> {
+        let (name, prefix) = parse_pattern(pattern)?;
+        if prefix {
+            self.prefixes.push(name.as_str().to_owned());
+        } else {
+            self.allowed.retain(|a| a != name);
+            self.names.push(name);
+        }
+        Ok(())
+    }
+
+    /// Allows `name` back (a prefix is refused).
+    fn allow(&mut self, name: &str) -> Result<HeaderName, InvalidHeaderPattern> {
+        if name.ends_with('*') {
+            return Err(InvalidHeaderPattern(name.to_owned()));
+        }
+        Ok(parse_pattern(name)?.0)
+    }
+
+    fn push_allowed(&mut self, name: HeaderName) {
+        self.names.retain(|n| *n != name);
+        self.allowed.push(name);
+    }
+
+    /// Whether the canonical name `n` is covered.
+    fn matches(&self, n: &str) -> bool {
+        if self.names.iter().any(|x| x.as_str() == n) {
+            return true;
+        }
+        self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
+            && !self.allowed.iter().any(|a| a.as_str() == n)
     }
 }
 
@@ -268,9 +316,7 @@ impl UntrustedHeaders {
     /// An empty list (nothing removed).
     pub fn none() -> Self {
         Self {
-            names: Vec::new(),
-            prefixes: Vec::new(),
-            allowed: Vec::new(),
+            patterns: NamePatterns::default(),
             underscored: false,
         }
     }
@@ -286,25 +332,15 @@ impl UntrustedHeaders {
     /// Also removes `pattern`: a header name (any case, `_` read as `-`), or a prefix
     /// ending in `*` (`X-Internal-*`).
     pub fn strip(mut self, pattern: &str) -> Result<Self, InvalidHeaderPattern> {
-        let (name, prefix) = parse_pattern(pattern)?;
-        if prefix {
-            self.prefixes.push(name.as_str().to_owned());
-        } else {
-            self.allowed.retain(|a| a != name);
-            self.names.push(name);
-        }
+        self.patterns.strip(pattern)?;
         Ok(self)
     }
 
     /// Forwards the header `name` after all, even when a default name or prefix covers
     /// it (this weakens the default: log it). Prefixes are not accepted here.
     pub fn allow(mut self, name: &str) -> Result<Self, InvalidHeaderPattern> {
-        if name.ends_with('*') {
-            return Err(InvalidHeaderPattern(name.to_owned()));
-        }
-        let (name, _) = parse_pattern(name)?;
-        self.names.retain(|n| n != name);
-        self.allowed.push(name);
+        let name = self.patterns.allow(name)?;
+        self.patterns.push_allowed(name);
         Ok(self)
     }
 
@@ -314,13 +350,7 @@ impl UntrustedHeaders {
         if self.underscored && raw.contains('_') {
             return true;
         }
-        let n = canonical_header_name(raw);
-        let n = n.as_ref();
-        if self.names.iter().any(|x| x.as_str() == n) {
-            return true;
-        }
-        self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
-            && !self.allowed.iter().any(|a| a.as_str() == n)
+        self.patterns.matches(&canonical_header_name(raw))
     }
 
     /// Removes every matching header from `headers`.
@@ -337,12 +367,12 @@ impl UntrustedHeaders {
 
     /// The exact names removed (lower case).
     pub fn names(&self) -> &[HeaderName] {
-        &self.names
+        &self.patterns.names
     }
 
     /// The prefixes removed (lower case).
     pub fn prefixes(&self) -> &[String] {
-        &self.prefixes
+        &self.patterns.prefixes
     }
 }
 
@@ -549,23 +579,18 @@ pub const DEFAULT_UPSTREAM_RESPONSE_PREFIXES: &[&str] = &["access-control-"];
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamResponseHeaders {
-    names: Vec<HeaderName>,
-    prefixes: Vec<String>,
-    allowed: Vec<HeaderName>,
+    patterns: NamePatterns,
 }
 
 impl Default for UpstreamResponseHeaders {
     fn default() -> Self {
         Self {
-            names: DEFAULT_UPSTREAM_RESPONSE_HEADERS
-                .iter()
-                .map(|h| HeaderName::from_static(h))
-                .collect(),
-            prefixes: DEFAULT_UPSTREAM_RESPONSE_PREFIXES
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect(),
-            allowed: Vec::new(),
+            patterns: NamePatterns::new(
+                DEFAULT_UPSTREAM_RESPONSE_HEADERS
+                    .iter()
+                    .map(|h| HeaderName::from_static(h)),
+                DEFAULT_UPSTREAM_RESPONSE_PREFIXES,
+            ),
         }
     }
 }
@@ -574,22 +599,14 @@ impl UpstreamResponseHeaders {
     /// Removes only [`ALWAYS_REMOVED_RESPONSE_HEADERS`] and what `Connection` names.
     pub fn none() -> Self {
         Self {
-            names: Vec::new(),
-            prefixes: Vec::new(),
-            allowed: Vec::new(),
+            patterns: NamePatterns::default(),
         }
     }
 
     /// Also removes `pattern`: a header name (any case, `_` read as `-`), or a prefix
     /// ending in `*` (`X-Debug-*`).
     pub fn strip(mut self, pattern: &str) -> Result<Self, InvalidHeaderPattern> {
-        let (name, prefix) = parse_pattern(pattern)?;
-        if prefix {
-            self.prefixes.push(name.as_str().to_owned());
-        } else {
-            self.allowed.retain(|a| a != name);
-            self.names.push(name);
-        }
+        self.patterns.strip(pattern)?;
         Ok(self)
     }
 
@@ -597,29 +614,18 @@ impl UpstreamResponseHeaders {
     /// it (this weakens the default: log it). Prefixes are not accepted, nor a name of
     /// [`ALWAYS_REMOVED_RESPONSE_HEADERS`].
     pub fn allow(mut self, name: &str) -> Result<Self, InvalidHeaderPattern> {
-        if name.ends_with('*') {
-            return Err(InvalidHeaderPattern(name.to_owned()));
-        }
-        let (name, _) = parse_pattern(name)?;
+        let name = self.patterns.allow(name)?;
         if ALWAYS_REMOVED_RESPONSE_HEADERS.contains(&name.as_str()) {
             return Err(InvalidHeaderPattern(name.as_str().to_owned()));
         }
-        self.names.retain(|n| n != name);
-        self.allowed.push(name);
+        self.patterns.push_allowed(name);
         Ok(self)
     }
 
     /// Whether `name` is removed (ignoring what a `Connection` header names).
     pub fn matches(&self, name: &HeaderName) -> bool {
         let n = canonical_header_name(name.as_str());
-        let n = n.as_ref();
-        if ALWAYS_REMOVED_RESPONSE_HEADERS.contains(&n)
-            || self.names.iter().any(|x| x.as_str() == n)
-        {
-            return true;
-        }
-        self.prefixes.iter().any(|p| n.starts_with(p.as_str()))
-            && !self.allowed.iter().any(|a| a.as_str() == n)
+        ALWAYS_REMOVED_RESPONSE_HEADERS.contains(&n.as_ref()) || self.patterns.matches(&n)
     }
 
     /// Removes from `headers` every matching header (all its values) and every header
@@ -645,12 +651,12 @@ impl UpstreamResponseHeaders {
 
     /// The exact names removed besides [`ALWAYS_REMOVED_RESPONSE_HEADERS`] (lower case).
     pub fn names(&self) -> &[HeaderName] {
-        &self.names
+        &self.patterns.names
     }
 
     /// The prefixes removed (lower case).
     pub fn prefixes(&self) -> &[String] {
-        &self.prefixes
+        &self.patterns.prefixes
     }
 }
 
