@@ -1042,8 +1042,29 @@ struct YamlLine<'a> {
     content: &'a str,
 }
 
+/// The lines of `text` as YAML counts them: a line ends at LF, CR LF or a lone CR (YAML
+/// 1.2's line breaks), so a line number agrees with the parser's in an error. (`str::lines`
+/// does not end a line at a lone CR.)
+pub fn yaml_text_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text).filter(|t| !t.is_empty());
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match t.find(['\r', '\n']) {
+            Some(i) => {
+                let skip = if t[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&t[i + skip..]).filter(|r| !r.is_empty());
+                Some(&t[..i])
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
+}
+
 fn yaml_lines(text: &str) -> Vec<YamlLine<'_>> {
-    text.lines()
+    yaml_text_lines(text)
         .enumerate()
         .filter_map(|(i, line)| {
             let content = line.trim_start_matches(' ');
@@ -1360,6 +1381,24 @@ security:
             "a: b # c !d"
         );
         assert_eq!(l.config.auth.username.as_deref(), Some("${literal}"));
+    }
+
+    #[test]
+    fn yaml_lines_end_at_lf_crlf_and_a_lone_cr() {
+        let lines: Vec<&str> = yaml_text_lines("a\rb\r\nc\nd").collect();
+        assert_eq!(lines, ["a", "b", "c", "d"]);
+        assert_eq!(yaml_text_lines("a\n").count(), 1);
+        assert_eq!(yaml_text_lines("\r\r").count(), 2);
+        assert_eq!(yaml_text_lines("").count(), 0);
+        // The parser's line for an error after lone CRs is the line find_line counts.
+        let text = "server:\r  addr: 1\rbad: [\r";
+        match parse(text, "t.yaml", &|_| None) {
+            Err(ConfigError::Invalid { line, .. }) => {
+                assert!(line <= yaml_text_lines(text).count() + 1, "line {line}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(find_line("a: 1\rb:\r  c: 2\r", "b.c"), Some(3));
     }
 
     #[test]
