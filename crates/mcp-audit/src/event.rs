@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, Method};
-use mcp_core::{Denial, McpRequest, Principal, RejectionReason, Target};
+use mcp_core::{Denial, McpMessage, McpRequest, MessageKind, Principal, RejectionReason, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::capture::{Entry, RequestText};
+use crate::config::LimitsConfig;
 use crate::layer::RequestId;
 use crate::mask::Masker;
 
@@ -263,6 +264,18 @@ pub struct AuditRecord {
     /// The JSON-RPC method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_method: Option<String>,
+    /// What the JSON-RPC message is: `request`, `notification`, `response` (a client's
+    /// answer to a server request, e.g. an elicitation result) or `invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<String>,
+    /// The JSON-RPC id (number or string) of a request, or the id a response answers.
+    /// A string id is masked and capped like any client text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonrpc_id: Option<Value>,
+    /// The id of the request another message refers to: `params.requestId` of
+    /// `notifications/cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related_id: Option<Value>,
     /// The tool of a `tools/call`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
@@ -272,12 +285,20 @@ pub struct AuditRecord {
     /// The prompt of a `prompts/get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
-    /// Number of messages of a batch body.
+    /// Number of messages of a batch body: each message of a batch is one record, all
+    /// with the same `request_id` and `batch_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
-    /// The params, masked (an array of them for a batch).
+    /// The position of this record's message in its batch (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_index: Option<usize>,
+    /// The message's params, masked, or `{"truncated":true,"bytes":N}` over the cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
+    /// The content of a client's response (`{"result":...}` or `{"error":...}`), masked,
+    /// or `{"truncated":true,"bytes":N}` over the cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Value>,
     /// The outcome: `success`, `denied`, `error` or `cancelled` (the seeds' `status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Outcome>,
@@ -318,6 +339,12 @@ pub struct AuditRecord {
     /// Structured data (lifecycle events), masked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// The fields cut to their cap ([`crate::LimitsConfig`]), in the order written:
+    /// `path`, `headers.<name>` (one value cut), `headers` (headers left out past the
+    /// total cap), `params`, `response`, `data`, or the name of any other field cut
+    /// (`tool`, `jsonrpc_id`, `detail`, ...). Absent when nothing was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Vec<String>>,
 }
 
 /// The indexed columns of a stored record, derived from the record (verification checks
@@ -344,6 +371,10 @@ pub struct IndexColumns {
     pub http_status: Option<i32>,
     /// The denial reason.
     pub reason: Option<String>,
+    /// The JSON text of the JSON-RPC id (`7`, `"abc"`): the record's `jsonrpc_id`, or
+    /// else its `related_id` (the request a `notifications/cancelled` cancels), so that
+    /// the rows of one exchange share it.
+    pub jsonrpc_id: Option<String>,
 }
 
 impl IndexColumns {
@@ -377,8 +408,19 @@ impl IndexColumns {
             outcome: r.status.map(|o| o.as_str().to_owned()),
             http_status: r.http_status.map(i32::from),
             reason: r.reason.clone(),
+            jsonrpc_id: r.jsonrpc_id.as_ref().or(r.related_id.as_ref()).map(id_text),
         }
     }
+}
+
+/// The column text of a JSON-RPC id: its JSON, display controls escaped.
+fn id_text(v: &Value) -> String {
+    let mut out = Vec::new();
+    match v {
+        Value::String(s) => crate::mask::write_json_str(&mut out, s),
+        other => crate::mask::write_json(&mut out, other),
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A masked, serialized event ready for the sinks.
@@ -396,7 +438,7 @@ pub struct SinkEvent {
 pub(crate) struct Renderer {
     pub(crate) masker: Masker,
     pub(crate) sensitive_headers: Arc<[HeaderName]>,
-    pub(crate) max_params_bytes: usize,
+    pub(crate) limits: LimitsConfig,
     /// The output buffer, reused from one event to the next.
     pub(crate) buf: Vec<u8>,
     /// Scratch space to sort the headers, reused from one event to the next.
@@ -483,29 +525,141 @@ impl<'a> ObjectWriter<'a> {
     }
 }
 
+/// The message of a body at `index` (the body itself when not a batch).
+fn message_value(mcp: &McpRequest, index: usize) -> Option<&Value> {
+    if mcp.is_batch() {
+        mcp.value().as_array()?.get(index)
+    } else if index == 0 {
+        Some(mcp.value())
+    } else {
+        None
+    }
+}
+
+/// The stable name of a message kind.
+fn message_type(k: MessageKind) -> &'static str {
+    match k {
+        MessageKind::Request => "request",
+        MessageKind::Notification => "notification",
+        MessageKind::Response => "response",
+        MessageKind::Invalid => "invalid",
+    }
+}
+
+/// Collects the names of the fields cut while an event is rendered.
+struct Cuts<'a> {
+    names: &'a mut Vec<String>,
+}
+
+impl Cuts<'_> {
+    /// `s` cut to `max` bytes; `name` noted when cut.
+    fn text<'s>(&mut self, name: &str, max: usize, s: Cow<'s, str>) -> Cow<'s, str> {
+        let (s, cut) = crate::mask::cap_text(s, max);
+        if cut {
+            self.names.push(name.to_owned());
+        }
+        s
+    }
+}
+
+/// A JSON-RPC id as recorded: a number as is, a string masked and capped.
+fn write_id(
+    out: &mut Vec<u8>,
+    masker: &Masker,
+    id: &Value,
+    max: usize,
+    cuts: &mut Cuts<'_>,
+    name: &str,
+) {
+    match id {
+        Value::String(s) => {
+            let s = cuts.text(name, max, masker.mask_str(s));
+            crate::mask::write_json_str(out, &s);
+        }
+        Value::Number(n) => {
+            let text = n.to_string();
+            if text.len() <= max {
+                out.extend_from_slice(text.as_bytes());
+            } else {
+                let s = cuts.text(name, max, Cow::Owned(text));
+                crate::mask::write_json_str(out, &s);
+            }
+        }
+        // Not an id (the message is invalid): its kind only.
+        other => {
+            let _ = serde_json::to_writer(&mut *out, &json_type(other));
+        }
+    }
+}
+
+/// The JSON type name of a value (`null`, `boolean`, `array`, `object`).
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
 impl Renderer {
     /// A renderer.
     pub(crate) fn new(
         masker: Masker,
         sensitive_headers: Arc<[HeaderName]>,
-        max_params_bytes: usize,
+        limits: LimitsConfig,
     ) -> Self {
         Self {
             masker,
             sensitive_headers,
-            max_params_bytes,
+            limits,
             buf: Vec::with_capacity(2048),
             header_order: Vec::new(),
         }
     }
 
-    /// Masks and serializes an event, straight into the output buffer: masked values are
-    /// written as they are masked (no copy of the params), unmasked strings are borrowed
-    /// from the event. The bytes are exactly those of `serde_json::to_string` of the
-    /// [`AuditRecord`] built field by field (a test compares both).
-    pub(crate) fn render(&mut self, e: &mut EventData) -> SinkEvent {
+    /// Renders an event as records pushed on `out`: one for an event, or one per message
+    /// of a batch body (all with the event's request id, `batch_size` and their
+    /// `batch_index`; the headers and `data` on the first only).
+    pub(crate) fn render_into(&mut self, e: &mut EventData, out: &mut Vec<SinkEvent>) {
         let data = e.data.take();
-        let e = &*e;
+        let n = e
+            .mcp
+            .as_ref()
+            .filter(|m| m.is_batch())
+            .map_or(0, |m| m.messages().len());
+        if n == 0 {
+            out.push(self.render_row(e, None, data.as_ref()));
+            return;
+        }
+        out.reserve(n);
+        for i in 0..n {
+            let data = if i == 0 { data.as_ref() } else { None };
+            out.push(self.render_row(e, Some(i), data));
+        }
+    }
+
+    /// Renders an event (the first message of a batch: tests).
+    #[cfg(test)]
+    pub(crate) fn render(&mut self, e: &mut EventData) -> SinkEvent {
+        let mut out = Vec::new();
+        self.render_into(e, &mut out);
+        out.swap_remove(0)
+    }
+
+    /// Masks and serializes one record of an event, straight into the output buffer:
+    /// masked values are written as they are masked (no copy of the params), unmasked
+    /// strings are borrowed from the event. Each field is masked, then capped. The bytes
+    /// are exactly those of `serde_json::to_string` of the [`AuditRecord`] built field by
+    /// field (a test compares both).
+    fn render_row(
+        &mut self,
+        e: &EventData,
+        batch_index: Option<usize>,
+        data: Option<&Value>,
+    ) -> SinkEvent {
         let (timestamp, ts_us) = rfc3339(e.at.unwrap_or_else(SystemTime::now));
         let timestamp = std::str::from_utf8(&timestamp).unwrap_or_default();
         let mut kind = e.kind.unwrap_or(EventKind::Request);
@@ -516,18 +670,46 @@ impl Renderer {
         {
             kind = EventKind::AuthFailure;
         }
+        let limits = &self.limits;
+        let field_max = limits.field_bytes;
+        let mut cut_names = Vec::new();
+        let mut cuts = Cuts {
+            names: &mut cut_names,
+        };
         let masker = &self.masker;
         let ms = |s| masker.mask_str(s);
         let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let event_id: &str = crate::layer::fast_uuid_v7()
             .hyphenated()
             .encode_lower(&mut id_buf);
-        let request_id = e.request_id.as_ref().map(|r| ms(r.as_str()));
-        let user = e.principal.as_ref().map(|p| ms(p.qualified_id()));
+        let request_id = e
+            .request_id
+            .as_ref()
+            .map(|r| cuts.text("request_id", field_max, ms(r.as_str())));
+        let user = e
+            .principal
+            .as_ref()
+            .map(|p| cuts.text("user", field_max, ms(p.qualified_id())));
+        let credential_id = e
+            .principal
+            .as_ref()
+            .and_then(|p| p.credential_id())
+            .map(|c| cuts.text("credential_id", field_max, ms(c)));
+        let request = e.request.as_ref();
+        let path = request
+            .and_then(RequestText::path)
+            .map(|p| cuts.text("path", limits.path_bytes, ms(p)));
         let mcp = e.mcp.as_ref();
-        let mcp_method = mcp.and_then(McpRequest::method).map(ms);
-        let target = mcp.and_then(McpRequest::target).map(|t| match t {
-            Target::Tool(n) | Target::Resource(n) | Target::Prompt(n) => (t, ms(n)),
+        let index = batch_index.unwrap_or(0);
+        let msg = mcp.and_then(|m| m.messages().get(index));
+        let msg_value = mcp.and_then(|m| message_value(m, index));
+        let mcp_method = msg
+            .and_then(McpMessage::method)
+            .map(|m| cuts.text("mcp_method", field_max, ms(m)));
+        let target = msg.and_then(McpMessage::target).map(|t| match t {
+            Target::Tool(n) => (t, cuts.text("tool", field_max, ms(n))),
+            Target::Resource(n) => (t, cuts.text("resource", field_max, ms(n))),
+            Target::Prompt(n) => (t, cuts.text("prompt", field_max, ms(n))),
         });
         let target_of =
             |want: fn(&Target) -> bool| target.as_ref().filter(|(t, _)| want(t)).map(|(_, n)| &**n);
@@ -535,6 +717,17 @@ impl Renderer {
             .note
             .map(|(reason, _)| reason)
             .or_else(|| e.denial.as_ref().map(|d| d.reason.as_str()));
+        let msg_kind = msg.map(McpMessage::kind);
+        // The id of the message (requests and responses), and the request a
+        // cancellation names.
+        let own_id = msg_value
+            .filter(|_| matches!(msg_kind, Some(MessageKind::Request | MessageKind::Response)))
+            .and_then(|v| v.get("id"));
+        let related_id = msg_value
+            .filter(|_| msg.and_then(McpMessage::method) == Some("notifications/cancelled"))
+            .and_then(|v| v.get("params"))
+            .and_then(|p| p.get("requestId"))
+            .filter(|v| v.is_string() || v.is_number());
 
         let out = &mut self.buf;
         out.clear();
@@ -548,49 +741,65 @@ impl Renderer {
             "auth_method",
             e.principal.as_ref().map(|p| p.method().as_str()),
         );
-        w.text(
-            "credential_id",
-            e.principal
-                .as_ref()
-                .and_then(|p| p.credential_id())
-                .map(ms)
-                .as_deref(),
-        );
+        w.text("credential_id", credential_id.as_deref());
         w.opt("client_ip", e.client_ip.map(Shown));
         w.text("http_method", e.http_method.as_ref().map(Method::as_str));
-        let request = e.request.as_ref();
-        w.text(
-            "path",
-            request.and_then(RequestText::path).map(ms).as_deref(),
-        );
+        w.text("path", path.as_deref());
         w.text("mcp_method", mcp_method.as_deref());
+        w.text("message_type", msg_kind.map(message_type));
+        let mut id_col = None;
+        if let Some(id) = own_id {
+            let out = w.key("jsonrpc_id");
+            let start = out.len();
+            write_id(out, masker, id, field_max, &mut cuts, "jsonrpc_id");
+            id_col = Some(start..out.len());
+        }
+        if let Some(id) = related_id {
+            let out = w.key("related_id");
+            let start = out.len();
+            write_id(out, masker, id, field_max, &mut cuts, "related_id");
+            if id_col.is_none() {
+                id_col = Some(start..out.len());
+            }
+        }
+        let id_col = id_col
+            .and_then(|r| w.out.get(r))
+            .map(|b| String::from_utf8_lossy(b).into_owned());
         w.text("tool", target_of(|t| matches!(t, Target::Tool(_))));
         w.text("resource", target_of(|t| matches!(t, Target::Resource(_))));
         w.text("prompt", target_of(|t| matches!(t, Target::Prompt(_))));
-        if let Some(mcp) = mcp {
-            if mcp.is_batch() {
-                let n = mcp.messages().len();
-                w.field("batch_size", &n);
-                let out = w.key("params");
-                let max = self.max_params_bytes;
-                write_capped(out, max, |out| {
-                    out.push(b'[');
-                    for i in 0..n {
-                        if i > 0 {
+        if let (Some(mcp), Some(i)) = (mcp, batch_index) {
+            w.field("batch_size", &mcp.messages().len());
+            w.field("batch_index", &i);
+        }
+        if let Some(v) = mcp.and_then(|m| m.params_at(index)) {
+            let out = w.key("params");
+            if write_capped(out, limits.params_bytes, |out| masker.write_masked(out, v)) {
+                cuts.names.push("params".to_owned());
+            }
+        }
+        if msg_kind == Some(MessageKind::Response)
+            && let Some(Value::Object(obj)) = msg_value
+        {
+            let out = w.key("response");
+            let capped = write_capped(out, limits.params_bytes, |out| {
+                out.push(b'{');
+                let mut first = true;
+                for key in ["error", "result"] {
+                    if let Some(v) = obj.get(key) {
+                        if !first {
                             out.push(b',');
                         }
-                        match mcp.params_at(i) {
-                            Some(v) => masker.write_masked(out, v),
-                            None => out.extend_from_slice(b"null"),
-                        }
+                        first = false;
+                        crate::mask::write_json_str(out, key);
+                        out.push(b':');
+                        masker.write_masked(out, v);
                     }
-                    out.push(b']');
-                });
-            } else if let Some(v) = mcp.params_at(0) {
-                let out = w.key("params");
-                write_capped(out, self.max_params_bytes, |out| {
-                    masker.write_masked(out, v);
-                });
+                }
+                out.push(b'}');
+            });
+            if capped {
+                cuts.names.push("response".to_owned());
             }
         }
         w.text("status", e.outcome.map(Outcome::as_str));
@@ -604,7 +813,7 @@ impl Renderer {
                 e.denial
                     .as_ref()
                     .and_then(|d| d.detail.as_deref())
-                    .map(ms)
+                    .map(|d| cuts.text("detail", field_max, ms(d)))
                     .as_deref(),
             ),
         }
@@ -612,22 +821,41 @@ impl Renderer {
             "duration_ms",
             e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
         );
-        w.text("upstream", e.upstream.as_deref().map(ms).as_deref());
+        w.text(
+            "upstream",
+            e.upstream
+                .as_deref()
+                .map(|u| cuts.text("upstream", field_max, ms(u)))
+                .as_deref(),
+        );
         w.opt("bytes_in", e.bytes_in);
         w.opt("bytes_out", e.bytes_out);
-        if let Some(req) = request.filter(|r| r.has_headers()) {
+        if let Some(req) = request.filter(|r| r.has_headers() && batch_index.unwrap_or(0) == 0) {
             masker.write_headers(
                 w.key("headers"),
                 req,
                 &self.sensitive_headers,
                 &mut self.header_order,
+                (limits.header_value_bytes, limits.headers_bytes),
+                cuts.names,
             );
         }
-        w.text("message", e.message.as_deref().map(ms).as_deref());
-        if let Some(d) = &data {
-            write_capped(w.key("data"), self.max_params_bytes, |out| {
+        w.text(
+            "message",
+            e.message
+                .as_deref()
+                .map(|m| cuts.text("message", field_max, ms(m)))
+                .as_deref(),
+        );
+        if let Some(d) = data
+            && write_capped(w.key("data"), limits.params_bytes, |out| {
                 masker.write_masked(out, d);
-            });
+            })
+        {
+            cuts.names.push("data".to_owned());
+        }
+        if !cut_names.is_empty() {
+            w.field("truncated", &cut_names);
         }
         w.end();
 
@@ -644,6 +872,7 @@ impl Renderer {
             outcome: e.outcome.map(|o| o.as_str().to_owned()),
             http_status: e.status.map(i32::from),
             reason: reason.map(str::to_owned),
+            jsonrpc_id: id_col,
         };
         let json: Arc<str> = match std::str::from_utf8(&self.buf) {
             Ok(s) => Arc::from(s),
@@ -665,14 +894,17 @@ impl Renderer {
 const MAX_KEPT_BUFFER: usize = 64 * 1024;
 
 /// Writes a value with `write`, then replaces it with `{"bytes":N,"truncated":true}` when
-/// its `N` bytes exceed `max`.
-fn write_capped(out: &mut Vec<u8>, max: usize, write: impl FnOnce(&mut Vec<u8>)) {
+/// its `N` bytes exceed `max`; whether it did.
+fn write_capped(out: &mut Vec<u8>, max: usize, write: impl FnOnce(&mut Vec<u8>)) -> bool {
     let start = out.len();
     write(out);
     let len = out.len() - start;
     if len > max {
         out.truncate(start);
         let _ = serde_json::to_writer(out, &serde_json::json!({"truncated": true, "bytes": len}));
+        true
+    } else {
+        false
     }
 }
 

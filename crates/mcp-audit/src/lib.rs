@@ -98,8 +98,8 @@ pub mod sink;
 
 pub use chain::{ChainHead, Tampering, VerifyReport};
 pub use config::{
-    AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig, MaskingConfig,
-    OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
+    AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig, LimitsConfig,
+    MaskingConfig, OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
 };
 pub use connection::ConnectionAudit;
 pub use event::{AuditEvent, AuditRecord, EventKind, Outcome};
