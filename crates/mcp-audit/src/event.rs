@@ -919,7 +919,7 @@ mod tests {
         Renderer::new(
             Masker::new(&MaskingConfig::default()).unwrap(),
             crate::AuditConfig::default().sensitive_headers().into(),
-            1024,
+            LimitsConfig::default().params_bytes(1024),
         )
     }
 
@@ -934,8 +934,14 @@ mod tests {
     }
 
     /// The record as the writer always built it: an owned [`AuditRecord`] (params copied
-    /// and masked in place, headers in a map), then `serde_json::to_string`.
-    fn reference(r: &Renderer, e: &mut EventData, event_id: &str) -> (String, IndexColumns) {
+    /// and masked in place, headers in a map), then `serde_json::to_string`; each field
+    /// masked, then capped.
+    fn reference(
+        r: &Renderer,
+        e: &mut EventData,
+        event_id: &str,
+        batch_index: Option<usize>,
+    ) -> (String, IndexColumns) {
         let d =
             e.at.unwrap_or(UNIX_EPOCH)
                 .duration_since(UNIX_EPOCH)
@@ -950,26 +956,55 @@ mod tests {
             kind = EventKind::AuthFailure;
         }
         let masker = &r.masker;
+        let l = &r.limits;
+        let truncated: std::cell::RefCell<Vec<String>> = std::cell::RefCell::new(Vec::new());
+        let cut = |name: &str, max: usize, s: String| -> String {
+            if s.len() <= max {
+                return s;
+            }
+            truncated.borrow_mut().push(name.to_owned());
+            let mut end = max;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
         let ms = |s: &str| masker.mask_str(s).into_owned();
-        let cap = |v: Value| {
-            let len = serde_json::to_string(&v).unwrap().len();
-            if len > r.max_params_bytes {
+        let capv = |v: Value, name: &str| {
+            let len =
+                crate::mask::escape_display_controls(&serde_json::to_string(&v).unwrap()).len();
+            if len > l.params_bytes {
+                truncated.borrow_mut().push(name.to_owned());
                 serde_json::json!({"truncated": true, "bytes": len})
             } else {
                 v
             }
         };
+        let fm = l.field_bytes;
         let mut rec = AuditRecord {
             event_id: event_id.to_owned(),
             timestamp: reference_rfc3339(ts_us),
             kind: Some(kind),
-            request_id: e.request_id.as_ref().map(|r| ms(r.as_str())),
-            user: e.principal.as_ref().map(|p| ms(p.qualified_id())),
+            request_id: e
+                .request_id
+                .as_ref()
+                .map(|r| cut("request_id", fm, ms(r.as_str()))),
+            user: e
+                .principal
+                .as_ref()
+                .map(|p| cut("user", fm, ms(p.qualified_id()))),
             auth_method: e.principal.as_ref().map(|p| p.method().as_str().to_owned()),
-            credential_id: e.principal.as_ref().and_then(|p| p.credential_id()).map(ms),
+            credential_id: e
+                .principal
+                .as_ref()
+                .and_then(|p| p.credential_id())
+                .map(|c| cut("credential_id", fm, ms(c))),
             client_ip: e.client_ip.map(|ip| ip.to_string()),
             http_method: e.http_method.as_ref().map(|m| m.as_str().to_owned()),
-            path: e.orig_path.as_ref().map(|u| ms(u.path())),
+            path: e
+                .orig_path
+                .as_ref()
+                .map(|u| cut("path", l.path_bytes, ms(u.path()))),
             status: e.outcome,
             http_status: e.status,
             jsonrpc_error_code: e.denial.as_ref().map(|d| d.code),
@@ -977,47 +1012,93 @@ mod tests {
                 .note
                 .map(|(r, _)| r.to_owned())
                 .or_else(|| e.denial.as_ref().map(|d| d.reason.as_str().to_owned())),
-            detail: match e.note {
-                Some((_, d)) => Some(d.to_owned()),
-                None => e.denial.as_ref().and_then(|d| d.detail.as_deref()).map(ms),
-            },
-            duration_ms: e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
-            upstream: e.upstream.as_deref().map(ms),
-            bytes_in: e.bytes_in,
-            bytes_out: e.bytes_out,
-            headers: e
-                .orig_headers
-                .as_ref()
-                .map(|h| masker.render_headers(h, &r.sensitive_headers)),
-            message: e.message.as_deref().map(ms),
-            data: e.data.clone().map(|mut d| {
-                masker.mask_value(&mut d);
-                cap(d)
-            }),
             ..AuditRecord::default()
         };
+        let index = batch_index.unwrap_or(0);
         if let Some(mcp) = &e.mcp {
-            rec.mcp_method = mcp.method().map(ms);
-            match mcp.target() {
-                Some(Target::Tool(t)) => rec.tool = Some(ms(t)),
-                Some(Target::Resource(r)) => rec.resource = Some(ms(r)),
-                Some(Target::Prompt(p)) => rec.prompt = Some(ms(p)),
+            let msg = &mcp.messages()[index];
+            let value = if mcp.is_batch() {
+                mcp.value()[index].clone()
+            } else {
+                mcp.value().clone()
+            };
+            rec.mcp_method = msg.method().map(|m| cut("mcp_method", fm, ms(m)));
+            rec.message_type = Some(message_type(msg.kind()).to_owned());
+            let id_of = |v: &Value, name: &str, cut: &dyn Fn(&str, usize, String) -> String| match v
+            {
+                Value::String(s) => Value::String(cut(name, fm, ms(s))),
+                Value::Number(n) if n.to_string().len() <= fm => v.clone(),
+                Value::Number(n) => Value::String(cut(name, fm, n.to_string())),
+                other => Value::String(json_type(other).to_owned()),
+            };
+            if matches!(msg.kind(), MessageKind::Request | MessageKind::Response) {
+                rec.jsonrpc_id = value.get("id").map(|v| id_of(v, "jsonrpc_id", &cut));
+            }
+            if msg.method() == Some("notifications/cancelled") {
+                rec.related_id = value
+                    .get("params")
+                    .and_then(|p| p.get("requestId"))
+                    .filter(|v| v.is_string() || v.is_number())
+                    .map(|v| id_of(v, "related_id", &cut));
+            }
+            match msg.target() {
+                Some(Target::Tool(t)) => rec.tool = Some(cut("tool", fm, ms(t))),
+                Some(Target::Resource(x)) => rec.resource = Some(cut("resource", fm, ms(x))),
+                Some(Target::Prompt(p)) => rec.prompt = Some(cut("prompt", fm, ms(p))),
                 None => {}
             }
-            let params = if mcp.is_batch() {
+            if mcp.is_batch() {
                 rec.batch_size = Some(mcp.messages().len());
-                let all: Vec<Value> = (0..mcp.messages().len())
-                    .map(|i| mcp.params_at(i).cloned().unwrap_or(Value::Null))
-                    .collect();
-                Some(Value::Array(all))
-            } else {
-                mcp.params_at(0).cloned()
-            };
-            rec.params = params.map(|mut p| {
+                rec.batch_index = Some(index);
+            }
+            rec.params = mcp.params_at(index).cloned().map(|mut p| {
                 masker.mask_value(&mut p);
-                cap(p)
+                capv(p, "params")
+            });
+            if msg.kind() == MessageKind::Response
+                && let Value::Object(obj) = &value
+            {
+                let mut m = serde_json::Map::new();
+                for k in ["error", "result"] {
+                    if let Some(v) = obj.get(k) {
+                        m.insert(k.to_owned(), v.clone());
+                    }
+                }
+                let mut v = Value::Object(m);
+                masker.mask_value(&mut v);
+                rec.response = Some(capv(v, "response"));
+            }
+        }
+        rec.detail = match e.note {
+            Some((_, d)) => Some(d.to_owned()),
+            None => e
+                .denial
+                .as_ref()
+                .and_then(|d| d.detail.as_deref())
+                .map(|d| cut("detail", fm, ms(d))),
+        };
+        rec.duration_ms = e.duration.map(|d| (d.as_micros() as f64) / 1000.0);
+        rec.upstream = e.upstream.as_deref().map(|u| cut("upstream", fm, ms(u)));
+        rec.bytes_in = e.bytes_in;
+        rec.bytes_out = e.bytes_out;
+        if index == 0 {
+            rec.headers = e.orig_headers.as_ref().map(|h| {
+                crate::mask::cap_headers(
+                    masker.render_headers(h, &r.sensitive_headers),
+                    (l.header_value_bytes, l.headers_bytes),
+                    &mut truncated.borrow_mut(),
+                )
             });
         }
+        rec.message = e.message.as_deref().map(|m| cut("message", fm, ms(m)));
+        if index == 0 {
+            rec.data = e.data.clone().map(|mut d| {
+                masker.mask_value(&mut d);
+                capv(d, "data")
+            });
+        }
+        let truncated = truncated.into_inner();
+        rec.truncated = (!truncated.is_empty()).then_some(truncated);
         let columns = IndexColumns::with_ts(&rec, ts_us);
         // Display controls are written as escapes, which serde_json does not do.
         let json = serde_json::to_string(&rec).unwrap();
@@ -1060,15 +1141,19 @@ mod tests {
                 e.orig_headers.as_ref(),
             ));
         }
-        let got = r.render(&mut e);
-        let (want, cols) = reference(r, &mut copy, &got.columns.event_id);
-        assert_eq!(&*got.json, want);
-        assert_eq!(got.columns, cols);
-        assert_eq!(
-            IndexColumns::of(&serde_json::from_str(&got.json).unwrap()),
-            got.columns
-        );
-        got
+        let mut rows = Vec::new();
+        r.render_into(&mut e, &mut rows);
+        let batch = copy.mcp.as_ref().is_some_and(McpRequest::is_batch);
+        for (i, got) in rows.iter().enumerate() {
+            let (want, cols) = reference(r, &mut copy, &got.columns.event_id, batch.then_some(i));
+            assert_eq!(&*got.json, want);
+            assert_eq!(got.columns, cols);
+            assert_eq!(
+                IndexColumns::of(&serde_json::from_str(&got.json).unwrap()),
+                got.columns
+            );
+        }
+        rows.swap_remove(0)
     }
 
     fn full_event(body: &'static [u8]) -> EventData {
@@ -1152,7 +1237,7 @@ mod tests {
         );
         // Over the cap: params and data replaced, exactly as before.
         let mut small = renderer();
-        small.max_params_bytes = 20;
+        small.limits.params_bytes = 20;
         let s = same_as_reference(&mut small, full_event(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":"a long enough value"}}}"#));
         assert!(s.json.contains(r#""params":{"bytes":"#), "{}", s.json);
         // Headers with nothing in them.
@@ -1292,7 +1377,7 @@ mod tests {
                 let mcp = McpRequest::parse(
                     bytes::Bytes::from(body.to_string()), McpHeaders::default()).unwrap();
                 let mut r = renderer();
-                r.max_params_bytes = cap;
+                r.limits.params_bytes = cap;
                 same_as_reference(&mut r, EventData { mcp: Some(mcp), ..EventData::default() });
             }
         }
@@ -1345,7 +1430,7 @@ mod tests {
     #[test]
     fn a_large_event_does_not_keep_its_buffer() {
         let mut r = renderer();
-        r.max_params_bytes = 1 << 20;
+        r.limits.params_bytes = 1 << 20;
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":"{}"}}}}}}"#,
             "a".repeat(200_000)

@@ -949,7 +949,14 @@ mod tests {
         let r = m.render_headers(&h, &sensitive);
         let captured = RequestText::capture(None, Some(&h));
         let mut out = Vec::new();
-        m.write_headers(&mut out, &captured, &sensitive, &mut Vec::new());
+        m.write_headers(
+            &mut out,
+            &captured,
+            &sensitive,
+            &mut Vec::new(),
+            (usize::MAX, usize::MAX),
+            &mut Vec::new(),
+        );
         let written = String::from_utf8(out).unwrap();
         for n in masked {
             let k = n.to_ascii_lowercase();
@@ -991,7 +998,14 @@ mod tests {
             assert_eq!(m.render_headers(&h, &sensitive)["mcp-session-id"], want);
             let captured = RequestText::capture(None, Some(&h));
             let mut out = Vec::new();
-            m.write_headers(&mut out, &captured, &sensitive, &mut Vec::new());
+            m.write_headers(
+                &mut out,
+                &captured,
+                &sensitive,
+                &mut Vec::new(),
+                (usize::MAX, usize::MAX),
+                &mut Vec::new(),
+            );
             let text = String::from_utf8(out).unwrap();
             assert_eq!(text, format!("{{\"mcp-session-id\":\"{want}\"}}"));
         }

@@ -390,7 +390,7 @@ async fn verify_finds_deleted_inserted_and_edited_rows() {
             "UPDATE audit_events SET seq = seq + 100 WHERE seq > 5;
              UPDATE audit_events SET seq = seq - 99 WHERE seq > 100;
              INSERT INTO audit_events SELECT 6, 'evil', ts_us, kind, request_id, user_id, tool,
-               mcp_method, outcome, http_status, reason, event, hash, hash FROM audit_events WHERE seq = 5;"
+               mcp_method, outcome, http_status, reason, event, hash, hash, jsonrpc_id FROM audit_events WHERE seq = 5;"
         )
         .map(|t| matches!(t, Tampering::Inserted { seq: 6 } | Tampering::Altered { seq: 6 })),
         Some(true)
