@@ -794,6 +794,56 @@ mod tests {
     }
 
     #[test]
+    fn limits_parse_and_validate_naming_the_key() {
+        let cfg: AuditConfig = serde_json::from_value(serde_json::json!({
+            "limits": {"headerValueBytes": 1024, "pathBytes": 512}
+        }))
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.limits.header_value_bytes, 1024);
+        assert_eq!(cfg.limits.headers_bytes, 16 * 1024);
+        assert!(
+            serde_json::from_value::<AuditConfig>(serde_json::json!({"limits": {"x": 1}})).is_err()
+        );
+        for (limits, key) in [
+            (
+                LimitsConfig::default().path_bytes(10),
+                "audit.limits.pathBytes",
+            ),
+            (
+                LimitsConfig::default().field_bytes(0),
+                "audit.limits.fieldBytes",
+            ),
+            (
+                LimitsConfig::default().params_bytes(usize::MAX),
+                "audit.limits.paramsBytes",
+            ),
+            (
+                LimitsConfig::default()
+                    .header_value_bytes(8192)
+                    .headers_bytes(4096),
+                "audit.limits.headersBytes",
+            ),
+        ] {
+            let e = AuditConfig::default()
+                .with_limits(limits)
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.key, key);
+        }
+        // The older key still sets the params cap.
+        let cfg = AuditConfig {
+            max_params_bytes: Some(999),
+            ..AuditConfig::default()
+        };
+        assert_eq!(cfg.effective_limits().params_bytes, 999);
+        assert_eq!(
+            AuditConfig::default().effective_limits(),
+            LimitsConfig::default()
+        );
+    }
+
+    #[test]
     fn postgres_url_never_in_debug() {
         let mut c = AuditConfig::default();
         c.database.postgres_url = Some(SecretUrl("postgres://u:hunter2@h/db".into()));

@@ -339,7 +339,7 @@ pub struct AuditRecord {
     /// Structured data (lifecycle events), masked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
-    /// The fields cut to their cap ([`crate::LimitsConfig`]), in the order written:
+    /// The fields cut to their cap ([`crate::LimitsConfig`]), sorted:
     /// `path`, `headers.<name>` (one value cut), `headers` (headers left out past the
     /// total cap), `params`, `response`, `data`, or the name of any other field cut
     /// (`tool`, `jsonrpc_id`, `detail`, ...). Absent when nothing was cut.
@@ -855,6 +855,8 @@ impl Renderer {
             cuts.names.push("data".to_owned());
         }
         if !cut_names.is_empty() {
+            cut_names.sort_unstable();
+            cut_names.dedup();
             w.field("truncated", &cut_names);
         }
         w.end();
@@ -1097,7 +1099,9 @@ mod tests {
                 capv(d, "data")
             });
         }
-        let truncated = truncated.into_inner();
+        let mut truncated = truncated.into_inner();
+        truncated.sort_unstable();
+        truncated.dedup();
         rec.truncated = (!truncated.is_empty()).then_some(truncated);
         let columns = IndexColumns::with_ts(&rec, ts_us);
         // Display controls are written as escapes, which serde_json does not do.
@@ -1369,6 +1373,33 @@ mod tests {
             }
 
             #[test]
+            fn capped_headers_and_path_render_as_the_reference(
+                values in prop::collection::vec("[ -~]{0,300}", 0..12),
+                path in "/[a-zA-Z0-9/._~%-]{0,300}",
+                value_cap in 64usize..200,
+                extra in 0usize..400,
+            ) {
+                let mut h = http::HeaderMap::new();
+                for (i, v) in values.iter().enumerate() {
+                    let Ok(v) = http::HeaderValue::from_str(v) else { continue };
+                    h.append(if i % 3 == 0 { "x-a" } else { "x-b" }, v);
+                }
+                let mut r = renderer();
+                r.limits.header_value_bytes = value_cap;
+                r.limits.headers_bytes = value_cap + extra;
+                r.limits.path_bytes = 64;
+                let s = same_as_reference(&mut r, EventData {
+                    orig_path: Some(path.parse().unwrap()),
+                    orig_headers: Some(h),
+                    ..EventData::default()
+                });
+                let rec: AuditRecord = serde_json::from_str(&s.json).unwrap();
+                prop_assert!(rec.path.unwrap().len() <= 64);
+                let hs = rec.headers.unwrap();
+                prop_assert!(hs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= value_cap + extra);
+            }
+
+            #[test]
             fn params_render_as_before(args in arb_json(), cap in 0usize..400) {
                 let body = serde_json::json!({
                     "jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -1442,6 +1473,149 @@ mod tests {
         });
         assert!(s.json.len() > 200_000);
         assert!(r.buf.capacity() <= MAX_KEPT_BUFFER);
+    }
+
+    fn small_caps() -> Renderer {
+        let mut r = renderer();
+        r.limits = LimitsConfig {
+            header_value_bytes: 100,
+            headers_bytes: 300,
+            path_bytes: 80,
+            params_bytes: 200,
+            field_bytes: 64,
+        };
+        r
+    }
+
+    #[test]
+    fn every_field_is_capped_and_named() {
+        let mut r = small_caps();
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":"{}","method":"tools/call","params":{{"name":"{}","arguments":{{"x":"{}"}}}}}}"#,
+            "i".repeat(500),
+            "t".repeat(500),
+            "a".repeat(500)
+        );
+        let mcp = McpRequest::parse(bytes::Bytes::from(body), McpHeaders::default()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("user-agent", "u".repeat(5000).parse().unwrap());
+        for i in 0..10 {
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                "v".repeat(90).parse().unwrap(),
+            );
+        }
+        let e = EventData {
+            kind: Some(EventKind::Request),
+            orig_path: Some(format!("/mcp/{}", "p".repeat(5000)).parse().unwrap()),
+            orig_headers: Some(h),
+            mcp: Some(mcp),
+            denial: Some(Denial {
+                reason: RejectionReason::Forbidden,
+                code: -32003,
+                detail: Some("d".repeat(500).into()),
+            }),
+            upstream: Some(Arc::from("u".repeat(500))),
+            ..EventData::default()
+        };
+        let s = same_as_reference(&mut r, e);
+        let rec: AuditRecord = serde_json::from_str(&s.json).unwrap();
+        assert_eq!(rec.path.as_ref().unwrap().len(), 80);
+        assert_eq!(rec.tool.as_ref().unwrap().len(), 64);
+        assert_eq!(rec.detail.as_ref().unwrap().len(), 64);
+        assert_eq!(rec.upstream.as_ref().unwrap().len(), 64);
+        assert_eq!(rec.jsonrpc_id.as_ref().unwrap().as_str().unwrap().len(), 64);
+        let headers = rec.headers.as_ref().unwrap();
+        let total: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(
+            total <= 300 && headers.values().all(|v| v.len() <= 100),
+            "{headers:?}"
+        );
+        let cut = rec.truncated.unwrap();
+        for f in [
+            "path",
+            "mcp_method",
+            "jsonrpc_id",
+            "tool",
+            "params",
+            "detail",
+            "upstream",
+            "headers",
+        ] {
+            assert_eq!(
+                cut.contains(&f.to_owned()),
+                f != "mcp_method",
+                "{f}: {cut:?}"
+            );
+        }
+        assert!(s.json.len() < 1500, "{}", s.json.len());
+    }
+
+    #[test]
+    fn a_secret_straddling_a_cap_is_masked_before_the_cut() {
+        // Every position of the secret around the cut, in the path, a header and a name.
+        for at in 60..=90 {
+            let mut r = small_caps();
+            let path = format!("/{}/AKIAIOSFODNN7EXAMPLE/x", "p".repeat(at - 2));
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-note",
+                format!("{} Bearer abcdefghijklmnopqrstuvwxyz", "v".repeat(at + 20))
+                    .parse()
+                    .unwrap(),
+            );
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{{"uri":"demo://{}/ghp_abcdefghijklmnopqrstuvwxyz0123456789"}}}}"#,
+                "r".repeat(at.saturating_sub(40))
+            );
+            let mcp = McpRequest::parse(bytes::Bytes::from(body), McpHeaders::default()).unwrap();
+            let e = EventData {
+                orig_path: Some(path.parse().unwrap()),
+                orig_headers: Some(h),
+                mcp: Some(mcp),
+                ..EventData::default()
+            };
+            let s = same_as_reference(&mut r, e);
+            for prefix in ["AKIA", "abcdefgh", "ghp_"] {
+                assert!(!s.json.contains(prefix), "{prefix} at {at}: {}", s.json);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_record_per_message_and_responses_are_recorded() {
+        let mut r = renderer();
+        let body = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"echo","arguments":{}}},{"jsonrpc":"2.0","id":5,"result":{"token":"t","ok":true}},{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a"}},3]"#;
+        let mcp =
+            McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default()).unwrap();
+        let mut e = full_event(b"{}");
+        e.mcp = Some(mcp);
+        same_as_reference(&mut r, e);
+        let mut e = full_event(b"{}");
+        e.mcp = Some(
+            McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default()).unwrap(),
+        );
+        let mut rows = Vec::new();
+        r.render_into(&mut e, &mut rows);
+        let recs: Vec<AuditRecord> = rows
+            .iter()
+            .map(|s| serde_json::from_str(&s.json).unwrap())
+            .collect();
+        assert_eq!(recs.len(), 5);
+        assert_eq!(recs[1].tool.as_deref(), Some("echo"));
+        assert_eq!(rows[1].columns.jsonrpc_id.as_deref(), Some("\"a\""));
+        assert_eq!(recs[2].message_type.as_deref(), Some("response"));
+        assert_eq!(
+            recs[2].response,
+            Some(serde_json::json!({"result": {"ok": true, "token": "***REDACTED***"}}))
+        );
+        assert_eq!(rows[3].columns.jsonrpc_id.as_deref(), Some("\"a\""));
+        assert_eq!(recs[4].message_type.as_deref(), Some("invalid"));
+        assert!(
+            recs.iter()
+                .skip(1)
+                .all(|r| r.headers.is_none() && r.data.is_none())
+        );
     }
 
     #[test]
