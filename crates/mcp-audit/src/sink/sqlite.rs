@@ -99,6 +99,15 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             Ok(())
         }
         Err(e) if e.to_string().contains("duplicate column") => Ok(()),
+        // Say what was being done: a trail this version cannot bring up to date.
+        Err(rusqlite::Error::SqliteFailure(code, msg)) => Err(rusqlite::Error::SqliteFailure(
+            code,
+            Some(format!(
+                "schema migration failed (adding column audit_events.jsonrpc_id to a trail \
+                 written by an older version): {}",
+                msg.unwrap_or_else(|| code.to_string())
+            )),
+        )),
         Err(e) => Err(e),
     }
 }
