@@ -359,9 +359,116 @@ pub struct AuditConfig {
     pub trust_request_id: bool,
     /// Record request headers (sensitive ones redacted) in each event (default true).
     pub record_headers: bool,
-    /// Parameters larger than this (serialized, in bytes) are replaced by a marker
-    /// (default 65536).
-    pub max_params_bytes: usize,
+    /// The older name of `limits.paramsBytes`: when set, it takes precedence (default
+    /// unset).
+    pub max_params_bytes: Option<usize>,
+    /// Size caps of every recorded field (`audit.limits`).
+    pub limits: LimitsConfig,
+}
+
+/// Size caps of the recorded fields (`audit.limits`, bytes of UTF-8 text). Each field is
+/// masked first, then cut to its cap at a character boundary, so a secret is never cut
+/// in half before the masker sees it whole. A record whose field was cut names that field
+/// in its `truncated` list (see [`crate::AuditRecord::truncated`]), which is part of the
+/// hashed record.
+///
+/// ```
+/// use mcp_audit::{AuditConfig, LimitsConfig};
+///
+/// let cfg = AuditConfig::default().with_limits(
+///     LimitsConfig::default().header_value_bytes(1024).headers_bytes(8192),
+/// );
+/// cfg.validate().unwrap();
+/// assert_eq!(cfg.limits.path_bytes, 2048);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// One header value, repeated values joined (`headerValueBytes`, default 4096): a
+    /// longer value is cut, and `headers.<name>` is listed as truncated.
+    pub header_value_bytes: usize,
+    /// All headers together, names and values as rendered (`headersBytes`, default
+    /// 16384): headers (in name order) that would pass the cap are left out, and
+    /// `headers` is listed as truncated.
+    pub headers_bytes: usize,
+    /// The request path (`pathBytes`, default 2048).
+    pub path_bytes: usize,
+    /// The params of a message (tool arguments included), and the content of a client's
+    /// response, serialized (`paramsBytes`, default 16384): larger ones are replaced by
+    /// `{"truncated":true,"bytes":N}` (`N`: their masked size).
+    pub params_bytes: usize,
+    /// Every other text field: JSON-RPC method and ids, tool, resource and prompt names,
+    /// request id, user, credential id, reason detail, upstream, message (`fieldBytes`,
+    /// default 1024).
+    pub field_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_value_bytes: 4096,
+            headers_bytes: 16 * 1024,
+            path_bytes: 2048,
+            params_bytes: 16 * 1024,
+            field_bytes: 1024,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Sets `headerValueBytes`.
+    pub fn header_value_bytes(mut self, n: usize) -> Self {
+        self.header_value_bytes = n;
+        self
+    }
+
+    /// Sets `headersBytes`.
+    pub fn headers_bytes(mut self, n: usize) -> Self {
+        self.headers_bytes = n;
+        self
+    }
+
+    /// Sets `pathBytes`.
+    pub fn path_bytes(mut self, n: usize) -> Self {
+        self.path_bytes = n;
+        self
+    }
+
+    /// Sets `paramsBytes`.
+    pub fn params_bytes(mut self, n: usize) -> Self {
+        self.params_bytes = n;
+        self
+    }
+
+    /// Sets `fieldBytes`.
+    pub fn field_bytes(mut self, n: usize) -> Self {
+        self.field_bytes = n;
+        self
+    }
+
+    /// Checks the rules: every cap between 64 bytes and 16 MiB, `headersBytes` at least
+    /// `headerValueBytes`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const MAX: usize = 16 * 1024 * 1024;
+        for (key, v) in [
+            ("audit.limits.headerValueBytes", self.header_value_bytes),
+            ("audit.limits.headersBytes", self.headers_bytes),
+            ("audit.limits.pathBytes", self.path_bytes),
+            ("audit.limits.paramsBytes", self.params_bytes),
+            ("audit.limits.fieldBytes", self.field_bytes),
+        ] {
+            if !(64..=MAX).contains(&v) {
+                return Err(ConfigError::new(key, "must be between 64 and 16777216"));
+            }
+        }
+        if self.headers_bytes < self.header_value_bytes {
+            return Err(ConfigError::new(
+                "audit.limits.headersBytes",
+                "must be at least audit.limits.headerValueBytes",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AuditConfig {
@@ -378,7 +485,8 @@ impl Default for AuditConfig {
             query: QueryConfig::default(),
             trust_request_id: false,
             record_headers: true,
-            max_params_bytes: 64 * 1024,
+            max_params_bytes: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -552,13 +660,29 @@ impl AuditConfig {
                 "must be between 1 and 10000",
             ));
         }
-        if self.max_params_bytes < 64 {
+        if self.max_params_bytes.is_some_and(|n| n < 64) {
             return Err(ConfigError::new(
                 "audit.maxParamsBytes",
                 "must be at least 64",
             ));
         }
-        Ok(())
+        self.limits.validate()
+    }
+
+    /// Sets the size caps (`limits`).
+    pub fn with_limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The caps in effect: `limits`, with `paramsBytes` taken from `maxParamsBytes`
+    /// when that older key is set.
+    pub fn effective_limits(&self) -> LimitsConfig {
+        let mut l = self.limits.clone();
+        if let Some(n) = self.max_params_bytes {
+            l.params_bytes = n;
+        }
+        l
     }
 
     /// Adds header names to `masking.headers` (each once): give it every credential
@@ -667,6 +791,56 @@ mod tests {
         let section = doc.remove("audit").unwrap();
         let parsed: AuditConfig = serde_yaml_ng::from_value(section).unwrap();
         assert_eq!(parsed, AuditConfig::default());
+    }
+
+    #[test]
+    fn limits_parse_and_validate_naming_the_key() {
+        let cfg: AuditConfig = serde_json::from_value(serde_json::json!({
+            "limits": {"headerValueBytes": 1024, "pathBytes": 512}
+        }))
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.limits.header_value_bytes, 1024);
+        assert_eq!(cfg.limits.headers_bytes, 16 * 1024);
+        assert!(
+            serde_json::from_value::<AuditConfig>(serde_json::json!({"limits": {"x": 1}})).is_err()
+        );
+        for (limits, key) in [
+            (
+                LimitsConfig::default().path_bytes(10),
+                "audit.limits.pathBytes",
+            ),
+            (
+                LimitsConfig::default().field_bytes(0),
+                "audit.limits.fieldBytes",
+            ),
+            (
+                LimitsConfig::default().params_bytes(usize::MAX),
+                "audit.limits.paramsBytes",
+            ),
+            (
+                LimitsConfig::default()
+                    .header_value_bytes(8192)
+                    .headers_bytes(4096),
+                "audit.limits.headersBytes",
+            ),
+        ] {
+            let e = AuditConfig::default()
+                .with_limits(limits)
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.key, key);
+        }
+        // The older key still sets the params cap.
+        let cfg = AuditConfig {
+            max_params_bytes: Some(999),
+            ..AuditConfig::default()
+        };
+        assert_eq!(cfg.effective_limits().params_bytes, 999);
+        assert_eq!(
+            AuditConfig::default().effective_limits(),
+            LimitsConfig::default()
+        );
     }
 
     #[test]

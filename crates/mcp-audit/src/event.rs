@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, Method};
-use mcp_core::{Denial, McpRequest, Principal, RejectionReason, Target};
+use mcp_core::{Denial, McpMessage, McpRequest, MessageKind, Principal, RejectionReason, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::capture::{Entry, RequestText};
+use crate::config::LimitsConfig;
 use crate::layer::RequestId;
 use crate::mask::Masker;
 
@@ -263,6 +264,18 @@ pub struct AuditRecord {
     /// The JSON-RPC method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_method: Option<String>,
+    /// What the JSON-RPC message is: `request`, `notification`, `response` (a client's
+    /// answer to a server request, e.g. an elicitation result) or `invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<String>,
+    /// The JSON-RPC id (number or string) of a request, or the id a response answers.
+    /// A string id is masked and capped like any client text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonrpc_id: Option<Value>,
+    /// The id of the request another message refers to: `params.requestId` of
+    /// `notifications/cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related_id: Option<Value>,
     /// The tool of a `tools/call`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
@@ -272,12 +285,20 @@ pub struct AuditRecord {
     /// The prompt of a `prompts/get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
-    /// Number of messages of a batch body.
+    /// Number of messages of a batch body: each message of a batch is one record, all
+    /// with the same `request_id` and `batch_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
-    /// The params, masked (an array of them for a batch).
+    /// The position of this record's message in its batch (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_index: Option<usize>,
+    /// The message's params, masked, or `{"truncated":true,"bytes":N}` over the cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
+    /// The content of a client's response (`{"result":...}` or `{"error":...}`), masked,
+    /// or `{"truncated":true,"bytes":N}` over the cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Value>,
     /// The outcome: `success`, `denied`, `error` or `cancelled` (the seeds' `status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Outcome>,
@@ -318,6 +339,12 @@ pub struct AuditRecord {
     /// Structured data (lifecycle events), masked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// The fields cut to their cap ([`crate::LimitsConfig`]), sorted:
+    /// `path`, `headers.<name>` (one value cut), `headers` (headers left out past the
+    /// total cap), `params`, `response`, `data`, or the name of any other field cut
+    /// (`tool`, `jsonrpc_id`, `detail`, ...). Absent when nothing was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Vec<String>>,
 }
 
 /// The indexed columns of a stored record, derived from the record (verification checks
@@ -344,6 +371,10 @@ pub struct IndexColumns {
     pub http_status: Option<i32>,
     /// The denial reason.
     pub reason: Option<String>,
+    /// The JSON text of the JSON-RPC id (`7`, `"abc"`): the record's `jsonrpc_id`, or
+    /// else its `related_id` (the request a `notifications/cancelled` cancels), so that
+    /// the rows of one exchange share it.
+    pub jsonrpc_id: Option<String>,
 }
 
 impl IndexColumns {
@@ -377,8 +408,19 @@ impl IndexColumns {
             outcome: r.status.map(|o| o.as_str().to_owned()),
             http_status: r.http_status.map(i32::from),
             reason: r.reason.clone(),
+            jsonrpc_id: r.jsonrpc_id.as_ref().or(r.related_id.as_ref()).map(id_text),
         }
     }
+}
+
+/// The column text of a JSON-RPC id: its JSON, display controls escaped.
+fn id_text(v: &Value) -> String {
+    let mut out = Vec::new();
+    match v {
+        Value::String(s) => crate::mask::write_json_str(&mut out, s),
+        other => crate::mask::write_json(&mut out, other),
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A masked, serialized event ready for the sinks.
@@ -396,7 +438,7 @@ pub struct SinkEvent {
 pub(crate) struct Renderer {
     pub(crate) masker: Masker,
     pub(crate) sensitive_headers: Arc<[HeaderName]>,
-    pub(crate) max_params_bytes: usize,
+    pub(crate) limits: LimitsConfig,
     /// The output buffer, reused from one event to the next.
     pub(crate) buf: Vec<u8>,
     /// Scratch space to sort the headers, reused from one event to the next.
@@ -483,29 +525,141 @@ impl<'a> ObjectWriter<'a> {
     }
 }
 
+/// The message of a body at `index` (the body itself when not a batch).
+fn message_value(mcp: &McpRequest, index: usize) -> Option<&Value> {
+    if mcp.is_batch() {
+        mcp.value().as_array()?.get(index)
+    } else if index == 0 {
+        Some(mcp.value())
+    } else {
+        None
+    }
+}
+
+/// The stable name of a message kind.
+fn message_type(k: MessageKind) -> &'static str {
+    match k {
+        MessageKind::Request => "request",
+        MessageKind::Notification => "notification",
+        MessageKind::Response => "response",
+        MessageKind::Invalid => "invalid",
+    }
+}
+
+/// Collects the names of the fields cut while an event is rendered.
+struct Cuts<'a> {
+    names: &'a mut Vec<String>,
+}
+
+impl Cuts<'_> {
+    /// `s` cut to `max` bytes; `name` noted when cut.
+    fn text<'s>(&mut self, name: &str, max: usize, s: Cow<'s, str>) -> Cow<'s, str> {
+        let (s, cut) = crate::mask::cap_text(s, max);
+        if cut {
+            self.names.push(name.to_owned());
+        }
+        s
+    }
+}
+
+/// A JSON-RPC id as recorded: a number as is, a string masked and capped.
+fn write_id(
+    out: &mut Vec<u8>,
+    masker: &Masker,
+    id: &Value,
+    max: usize,
+    cuts: &mut Cuts<'_>,
+    name: &str,
+) {
+    match id {
+        Value::String(s) => {
+            let s = cuts.text(name, max, masker.mask_str(s));
+            crate::mask::write_json_str(out, &s);
+        }
+        Value::Number(n) => {
+            let text = n.to_string();
+            if text.len() <= max {
+                out.extend_from_slice(text.as_bytes());
+            } else {
+                let s = cuts.text(name, max, Cow::Owned(text));
+                crate::mask::write_json_str(out, &s);
+            }
+        }
+        // Not an id (the message is invalid): its kind only.
+        other => {
+            let _ = serde_json::to_writer(&mut *out, &json_type(other));
+        }
+    }
+}
+
+/// The JSON type name of a value (`null`, `boolean`, `array`, `object`).
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
 impl Renderer {
     /// A renderer.
     pub(crate) fn new(
         masker: Masker,
         sensitive_headers: Arc<[HeaderName]>,
-        max_params_bytes: usize,
+        limits: LimitsConfig,
     ) -> Self {
         Self {
             masker,
             sensitive_headers,
-            max_params_bytes,
+            limits,
             buf: Vec::with_capacity(2048),
             header_order: Vec::new(),
         }
     }
 
-    /// Masks and serializes an event, straight into the output buffer: masked values are
-    /// written as they are masked (no copy of the params), unmasked strings are borrowed
-    /// from the event. The bytes are exactly those of `serde_json::to_string` of the
-    /// [`AuditRecord`] built field by field (a test compares both).
-    pub(crate) fn render(&mut self, e: &mut EventData) -> SinkEvent {
+    /// Renders an event as records pushed on `out`: one for an event, or one per message
+    /// of a batch body (all with the event's request id, `batch_size` and their
+    /// `batch_index`; the headers and `data` on the first only).
+    pub(crate) fn render_into(&mut self, e: &mut EventData, out: &mut Vec<SinkEvent>) {
         let data = e.data.take();
-        let e = &*e;
+        let n = e
+            .mcp
+            .as_ref()
+            .filter(|m| m.is_batch())
+            .map_or(0, |m| m.messages().len());
+        if n == 0 {
+            out.push(self.render_row(e, None, data.as_ref()));
+            return;
+        }
+        out.reserve(n);
+        for i in 0..n {
+            let data = if i == 0 { data.as_ref() } else { None };
+            out.push(self.render_row(e, Some(i), data));
+        }
+    }
+
+    /// Renders an event (the first message of a batch: tests).
+    #[cfg(test)]
+    pub(crate) fn render(&mut self, e: &mut EventData) -> SinkEvent {
+        let mut out = Vec::new();
+        self.render_into(e, &mut out);
+        out.swap_remove(0)
+    }
+
+    /// Masks and serializes one record of an event, straight into the output buffer:
+    /// masked values are written as they are masked (no copy of the params), unmasked
+    /// strings are borrowed from the event. Each field is masked, then capped. The bytes
+    /// are exactly those of `serde_json::to_string` of the [`AuditRecord`] built field by
+    /// field (a test compares both).
+    fn render_row(
+        &mut self,
+        e: &EventData,
+        batch_index: Option<usize>,
+        data: Option<&Value>,
+    ) -> SinkEvent {
         let (timestamp, ts_us) = rfc3339(e.at.unwrap_or_else(SystemTime::now));
         let timestamp = std::str::from_utf8(&timestamp).unwrap_or_default();
         let mut kind = e.kind.unwrap_or(EventKind::Request);
@@ -516,18 +670,46 @@ impl Renderer {
         {
             kind = EventKind::AuthFailure;
         }
+        let limits = &self.limits;
+        let field_max = limits.field_bytes;
+        let mut cut_names = Vec::new();
+        let mut cuts = Cuts {
+            names: &mut cut_names,
+        };
         let masker = &self.masker;
         let ms = |s| masker.mask_str(s);
         let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let event_id: &str = crate::layer::fast_uuid_v7()
             .hyphenated()
             .encode_lower(&mut id_buf);
-        let request_id = e.request_id.as_ref().map(|r| ms(r.as_str()));
-        let user = e.principal.as_ref().map(|p| ms(p.qualified_id()));
+        let request_id = e
+            .request_id
+            .as_ref()
+            .map(|r| cuts.text("request_id", field_max, ms(r.as_str())));
+        let user = e
+            .principal
+            .as_ref()
+            .map(|p| cuts.text("user", field_max, ms(p.qualified_id())));
+        let credential_id = e
+            .principal
+            .as_ref()
+            .and_then(|p| p.credential_id())
+            .map(|c| cuts.text("credential_id", field_max, ms(c)));
+        let request = e.request.as_ref();
+        let path = request
+            .and_then(RequestText::path)
+            .map(|p| cuts.text("path", limits.path_bytes, ms(p)));
         let mcp = e.mcp.as_ref();
-        let mcp_method = mcp.and_then(McpRequest::method).map(ms);
-        let target = mcp.and_then(McpRequest::target).map(|t| match t {
-            Target::Tool(n) | Target::Resource(n) | Target::Prompt(n) => (t, ms(n)),
+        let index = batch_index.unwrap_or(0);
+        let msg = mcp.and_then(|m| m.messages().get(index));
+        let msg_value = mcp.and_then(|m| message_value(m, index));
+        let mcp_method = msg
+            .and_then(McpMessage::method)
+            .map(|m| cuts.text("mcp_method", field_max, ms(m)));
+        let target = msg.and_then(McpMessage::target).map(|t| match t {
+            Target::Tool(n) => (t, cuts.text("tool", field_max, ms(n))),
+            Target::Resource(n) => (t, cuts.text("resource", field_max, ms(n))),
+            Target::Prompt(n) => (t, cuts.text("prompt", field_max, ms(n))),
         });
         let target_of =
             |want: fn(&Target) -> bool| target.as_ref().filter(|(t, _)| want(t)).map(|(_, n)| &**n);
@@ -535,6 +717,17 @@ impl Renderer {
             .note
             .map(|(reason, _)| reason)
             .or_else(|| e.denial.as_ref().map(|d| d.reason.as_str()));
+        let msg_kind = msg.map(McpMessage::kind);
+        // The id of the message (requests and responses), and the request a
+        // cancellation names.
+        let own_id = msg_value
+            .filter(|_| matches!(msg_kind, Some(MessageKind::Request | MessageKind::Response)))
+            .and_then(|v| v.get("id"));
+        let related_id = msg_value
+            .filter(|_| msg.and_then(McpMessage::method) == Some("notifications/cancelled"))
+            .and_then(|v| v.get("params"))
+            .and_then(|p| p.get("requestId"))
+            .filter(|v| v.is_string() || v.is_number());
 
         let out = &mut self.buf;
         out.clear();
@@ -548,49 +741,65 @@ impl Renderer {
             "auth_method",
             e.principal.as_ref().map(|p| p.method().as_str()),
         );
-        w.text(
-            "credential_id",
-            e.principal
-                .as_ref()
-                .and_then(|p| p.credential_id())
-                .map(ms)
-                .as_deref(),
-        );
+        w.text("credential_id", credential_id.as_deref());
         w.opt("client_ip", e.client_ip.map(Shown));
         w.text("http_method", e.http_method.as_ref().map(Method::as_str));
-        let request = e.request.as_ref();
-        w.text(
-            "path",
-            request.and_then(RequestText::path).map(ms).as_deref(),
-        );
+        w.text("path", path.as_deref());
         w.text("mcp_method", mcp_method.as_deref());
+        w.text("message_type", msg_kind.map(message_type));
+        let mut id_col = None;
+        if let Some(id) = own_id {
+            let out = w.key("jsonrpc_id");
+            let start = out.len();
+            write_id(out, masker, id, field_max, &mut cuts, "jsonrpc_id");
+            id_col = Some(start..out.len());
+        }
+        if let Some(id) = related_id {
+            let out = w.key("related_id");
+            let start = out.len();
+            write_id(out, masker, id, field_max, &mut cuts, "related_id");
+            if id_col.is_none() {
+                id_col = Some(start..out.len());
+            }
+        }
+        let id_col = id_col
+            .and_then(|r| w.out.get(r))
+            .map(|b| String::from_utf8_lossy(b).into_owned());
         w.text("tool", target_of(|t| matches!(t, Target::Tool(_))));
         w.text("resource", target_of(|t| matches!(t, Target::Resource(_))));
         w.text("prompt", target_of(|t| matches!(t, Target::Prompt(_))));
-        if let Some(mcp) = mcp {
-            if mcp.is_batch() {
-                let n = mcp.messages().len();
-                w.field("batch_size", &n);
-                let out = w.key("params");
-                let max = self.max_params_bytes;
-                write_capped(out, max, |out| {
-                    out.push(b'[');
-                    for i in 0..n {
-                        if i > 0 {
+        if let (Some(mcp), Some(i)) = (mcp, batch_index) {
+            w.field("batch_size", &mcp.messages().len());
+            w.field("batch_index", &i);
+        }
+        if let Some(v) = mcp.and_then(|m| m.params_at(index)) {
+            let out = w.key("params");
+            if write_capped(out, limits.params_bytes, |out| masker.write_masked(out, v)) {
+                cuts.names.push("params".to_owned());
+            }
+        }
+        if msg_kind == Some(MessageKind::Response)
+            && let Some(Value::Object(obj)) = msg_value
+        {
+            let out = w.key("response");
+            let capped = write_capped(out, limits.params_bytes, |out| {
+                out.push(b'{');
+                let mut first = true;
+                for key in ["error", "result"] {
+                    if let Some(v) = obj.get(key) {
+                        if !first {
                             out.push(b',');
                         }
-                        match mcp.params_at(i) {
-                            Some(v) => masker.write_masked(out, v),
-                            None => out.extend_from_slice(b"null"),
-                        }
+                        first = false;
+                        crate::mask::write_json_str(out, key);
+                        out.push(b':');
+                        masker.write_masked(out, v);
                     }
-                    out.push(b']');
-                });
-            } else if let Some(v) = mcp.params_at(0) {
-                let out = w.key("params");
-                write_capped(out, self.max_params_bytes, |out| {
-                    masker.write_masked(out, v);
-                });
+                }
+                out.push(b'}');
+            });
+            if capped {
+                cuts.names.push("response".to_owned());
             }
         }
         w.text("status", e.outcome.map(Outcome::as_str));
@@ -604,7 +813,7 @@ impl Renderer {
                 e.denial
                     .as_ref()
                     .and_then(|d| d.detail.as_deref())
-                    .map(ms)
+                    .map(|d| cuts.text("detail", field_max, ms(d)))
                     .as_deref(),
             ),
         }
@@ -612,22 +821,43 @@ impl Renderer {
             "duration_ms",
             e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
         );
-        w.text("upstream", e.upstream.as_deref().map(ms).as_deref());
+        w.text(
+            "upstream",
+            e.upstream
+                .as_deref()
+                .map(|u| cuts.text("upstream", field_max, ms(u)))
+                .as_deref(),
+        );
         w.opt("bytes_in", e.bytes_in);
         w.opt("bytes_out", e.bytes_out);
-        if let Some(req) = request.filter(|r| r.has_headers()) {
+        if let Some(req) = request.filter(|r| r.has_headers() && batch_index.unwrap_or(0) == 0) {
             masker.write_headers(
                 w.key("headers"),
                 req,
                 &self.sensitive_headers,
                 &mut self.header_order,
+                (limits.header_value_bytes, limits.headers_bytes),
+                cuts.names,
             );
         }
-        w.text("message", e.message.as_deref().map(ms).as_deref());
-        if let Some(d) = &data {
-            write_capped(w.key("data"), self.max_params_bytes, |out| {
+        w.text(
+            "message",
+            e.message
+                .as_deref()
+                .map(|m| cuts.text("message", field_max, ms(m)))
+                .as_deref(),
+        );
+        if let Some(d) = data
+            && write_capped(w.key("data"), limits.params_bytes, |out| {
                 masker.write_masked(out, d);
-            });
+            })
+        {
+            cuts.names.push("data".to_owned());
+        }
+        if !cut_names.is_empty() {
+            cut_names.sort_unstable();
+            cut_names.dedup();
+            w.field("truncated", &cut_names);
         }
         w.end();
 
@@ -644,6 +874,7 @@ impl Renderer {
             outcome: e.outcome.map(|o| o.as_str().to_owned()),
             http_status: e.status.map(i32::from),
             reason: reason.map(str::to_owned),
+            jsonrpc_id: id_col,
         };
         let json: Arc<str> = match std::str::from_utf8(&self.buf) {
             Ok(s) => Arc::from(s),
@@ -665,14 +896,17 @@ impl Renderer {
 const MAX_KEPT_BUFFER: usize = 64 * 1024;
 
 /// Writes a value with `write`, then replaces it with `{"bytes":N,"truncated":true}` when
-/// its `N` bytes exceed `max`.
-fn write_capped(out: &mut Vec<u8>, max: usize, write: impl FnOnce(&mut Vec<u8>)) {
+/// its `N` bytes exceed `max`; whether it did.
+fn write_capped(out: &mut Vec<u8>, max: usize, write: impl FnOnce(&mut Vec<u8>)) -> bool {
     let start = out.len();
     write(out);
     let len = out.len() - start;
     if len > max {
         out.truncate(start);
         let _ = serde_json::to_writer(out, &serde_json::json!({"truncated": true, "bytes": len}));
+        true
+    } else {
+        false
     }
 }
 
@@ -687,7 +921,7 @@ mod tests {
         Renderer::new(
             Masker::new(&MaskingConfig::default()).unwrap(),
             crate::AuditConfig::default().sensitive_headers().into(),
-            1024,
+            LimitsConfig::default().params_bytes(1024),
         )
     }
 
@@ -702,8 +936,14 @@ mod tests {
     }
 
     /// The record as the writer always built it: an owned [`AuditRecord`] (params copied
-    /// and masked in place, headers in a map), then `serde_json::to_string`.
-    fn reference(r: &Renderer, e: &mut EventData, event_id: &str) -> (String, IndexColumns) {
+    /// and masked in place, headers in a map), then `serde_json::to_string`; each field
+    /// masked, then capped.
+    fn reference(
+        r: &Renderer,
+        e: &mut EventData,
+        event_id: &str,
+        batch_index: Option<usize>,
+    ) -> (String, IndexColumns) {
         let d =
             e.at.unwrap_or(UNIX_EPOCH)
                 .duration_since(UNIX_EPOCH)
@@ -718,26 +958,55 @@ mod tests {
             kind = EventKind::AuthFailure;
         }
         let masker = &r.masker;
+        let l = &r.limits;
+        let truncated: std::cell::RefCell<Vec<String>> = std::cell::RefCell::new(Vec::new());
+        let cut = |name: &str, max: usize, s: String| -> String {
+            if s.len() <= max {
+                return s;
+            }
+            truncated.borrow_mut().push(name.to_owned());
+            let mut end = max;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
         let ms = |s: &str| masker.mask_str(s).into_owned();
-        let cap = |v: Value| {
-            let len = serde_json::to_string(&v).unwrap().len();
-            if len > r.max_params_bytes {
+        let capv = |v: Value, name: &str| {
+            let len =
+                crate::mask::escape_display_controls(&serde_json::to_string(&v).unwrap()).len();
+            if len > l.params_bytes {
+                truncated.borrow_mut().push(name.to_owned());
                 serde_json::json!({"truncated": true, "bytes": len})
             } else {
                 v
             }
         };
+        let fm = l.field_bytes;
         let mut rec = AuditRecord {
             event_id: event_id.to_owned(),
             timestamp: reference_rfc3339(ts_us),
             kind: Some(kind),
-            request_id: e.request_id.as_ref().map(|r| ms(r.as_str())),
-            user: e.principal.as_ref().map(|p| ms(p.qualified_id())),
+            request_id: e
+                .request_id
+                .as_ref()
+                .map(|r| cut("request_id", fm, ms(r.as_str()))),
+            user: e
+                .principal
+                .as_ref()
+                .map(|p| cut("user", fm, ms(p.qualified_id()))),
             auth_method: e.principal.as_ref().map(|p| p.method().as_str().to_owned()),
-            credential_id: e.principal.as_ref().and_then(|p| p.credential_id()).map(ms),
+            credential_id: e
+                .principal
+                .as_ref()
+                .and_then(|p| p.credential_id())
+                .map(|c| cut("credential_id", fm, ms(c))),
             client_ip: e.client_ip.map(|ip| ip.to_string()),
             http_method: e.http_method.as_ref().map(|m| m.as_str().to_owned()),
-            path: e.orig_path.as_ref().map(|u| ms(u.path())),
+            path: e
+                .orig_path
+                .as_ref()
+                .map(|u| cut("path", l.path_bytes, ms(u.path()))),
             status: e.outcome,
             http_status: e.status,
             jsonrpc_error_code: e.denial.as_ref().map(|d| d.code),
@@ -745,47 +1014,95 @@ mod tests {
                 .note
                 .map(|(r, _)| r.to_owned())
                 .or_else(|| e.denial.as_ref().map(|d| d.reason.as_str().to_owned())),
-            detail: match e.note {
-                Some((_, d)) => Some(d.to_owned()),
-                None => e.denial.as_ref().and_then(|d| d.detail.as_deref()).map(ms),
-            },
-            duration_ms: e.duration.map(|d| (d.as_micros() as f64) / 1000.0),
-            upstream: e.upstream.as_deref().map(ms),
-            bytes_in: e.bytes_in,
-            bytes_out: e.bytes_out,
-            headers: e
-                .orig_headers
-                .as_ref()
-                .map(|h| masker.render_headers(h, &r.sensitive_headers)),
-            message: e.message.as_deref().map(ms),
-            data: e.data.clone().map(|mut d| {
-                masker.mask_value(&mut d);
-                cap(d)
-            }),
             ..AuditRecord::default()
         };
+        let index = batch_index.unwrap_or(0);
         if let Some(mcp) = &e.mcp {
-            rec.mcp_method = mcp.method().map(ms);
-            match mcp.target() {
-                Some(Target::Tool(t)) => rec.tool = Some(ms(t)),
-                Some(Target::Resource(r)) => rec.resource = Some(ms(r)),
-                Some(Target::Prompt(p)) => rec.prompt = Some(ms(p)),
+            let msg = &mcp.messages()[index];
+            let value = if mcp.is_batch() {
+                mcp.value()[index].clone()
+            } else {
+                mcp.value().clone()
+            };
+            rec.mcp_method = msg.method().map(|m| cut("mcp_method", fm, ms(m)));
+            rec.message_type = Some(message_type(msg.kind()).to_owned());
+            let id_of = |v: &Value, name: &str, cut: &dyn Fn(&str, usize, String) -> String| match v
+            {
+                Value::String(s) => Value::String(cut(name, fm, ms(s))),
+                Value::Number(n) if n.to_string().len() <= fm => v.clone(),
+                Value::Number(n) => Value::String(cut(name, fm, n.to_string())),
+                other => Value::String(json_type(other).to_owned()),
+            };
+            if matches!(msg.kind(), MessageKind::Request | MessageKind::Response) {
+                rec.jsonrpc_id = value.get("id").map(|v| id_of(v, "jsonrpc_id", &cut));
+            }
+            if msg.method() == Some("notifications/cancelled") {
+                rec.related_id = value
+                    .get("params")
+                    .and_then(|p| p.get("requestId"))
+                    .filter(|v| v.is_string() || v.is_number())
+                    .map(|v| id_of(v, "related_id", &cut));
+            }
+            match msg.target() {
+                Some(Target::Tool(t)) => rec.tool = Some(cut("tool", fm, ms(t))),
+                Some(Target::Resource(x)) => rec.resource = Some(cut("resource", fm, ms(x))),
+                Some(Target::Prompt(p)) => rec.prompt = Some(cut("prompt", fm, ms(p))),
                 None => {}
             }
-            let params = if mcp.is_batch() {
+            if mcp.is_batch() {
                 rec.batch_size = Some(mcp.messages().len());
-                let all: Vec<Value> = (0..mcp.messages().len())
-                    .map(|i| mcp.params_at(i).cloned().unwrap_or(Value::Null))
-                    .collect();
-                Some(Value::Array(all))
-            } else {
-                mcp.params_at(0).cloned()
-            };
-            rec.params = params.map(|mut p| {
+                rec.batch_index = Some(index);
+            }
+            rec.params = mcp.params_at(index).cloned().map(|mut p| {
                 masker.mask_value(&mut p);
-                cap(p)
+                capv(p, "params")
+            });
+            if msg.kind() == MessageKind::Response
+                && let Value::Object(obj) = &value
+            {
+                let mut m = serde_json::Map::new();
+                for k in ["error", "result"] {
+                    if let Some(v) = obj.get(k) {
+                        m.insert(k.to_owned(), v.clone());
+                    }
+                }
+                let mut v = Value::Object(m);
+                masker.mask_value(&mut v);
+                rec.response = Some(capv(v, "response"));
+            }
+        }
+        rec.detail = match e.note {
+            Some((_, d)) => Some(d.to_owned()),
+            None => e
+                .denial
+                .as_ref()
+                .and_then(|d| d.detail.as_deref())
+                .map(|d| cut("detail", fm, ms(d))),
+        };
+        rec.duration_ms = e.duration.map(|d| (d.as_micros() as f64) / 1000.0);
+        rec.upstream = e.upstream.as_deref().map(|u| cut("upstream", fm, ms(u)));
+        rec.bytes_in = e.bytes_in;
+        rec.bytes_out = e.bytes_out;
+        if index == 0 {
+            rec.headers = e.orig_headers.as_ref().map(|h| {
+                crate::mask::cap_headers(
+                    masker.render_headers(h, &r.sensitive_headers),
+                    (l.header_value_bytes, l.headers_bytes),
+                    &mut truncated.borrow_mut(),
+                )
             });
         }
+        rec.message = e.message.as_deref().map(|m| cut("message", fm, ms(m)));
+        if index == 0 {
+            rec.data = e.data.clone().map(|mut d| {
+                masker.mask_value(&mut d);
+                capv(d, "data")
+            });
+        }
+        let mut truncated = truncated.into_inner();
+        truncated.sort_unstable();
+        truncated.dedup();
+        rec.truncated = (!truncated.is_empty()).then_some(truncated);
         let columns = IndexColumns::with_ts(&rec, ts_us);
         // Display controls are written as escapes, which serde_json does not do.
         let json = serde_json::to_string(&rec).unwrap();
@@ -828,15 +1145,19 @@ mod tests {
                 e.orig_headers.as_ref(),
             ));
         }
-        let got = r.render(&mut e);
-        let (want, cols) = reference(r, &mut copy, &got.columns.event_id);
-        assert_eq!(&*got.json, want);
-        assert_eq!(got.columns, cols);
-        assert_eq!(
-            IndexColumns::of(&serde_json::from_str(&got.json).unwrap()),
-            got.columns
-        );
-        got
+        let mut rows = Vec::new();
+        r.render_into(&mut e, &mut rows);
+        let batch = copy.mcp.as_ref().is_some_and(McpRequest::is_batch);
+        for (i, got) in rows.iter().enumerate() {
+            let (want, cols) = reference(r, &mut copy, &got.columns.event_id, batch.then_some(i));
+            assert_eq!(&*got.json, want);
+            assert_eq!(got.columns, cols);
+            assert_eq!(
+                IndexColumns::of(&serde_json::from_str(&got.json).unwrap()),
+                got.columns
+            );
+        }
+        rows.swap_remove(0)
     }
 
     fn full_event(body: &'static [u8]) -> EventData {
@@ -920,7 +1241,7 @@ mod tests {
         );
         // Over the cap: params and data replaced, exactly as before.
         let mut small = renderer();
-        small.max_params_bytes = 20;
+        small.limits.params_bytes = 20;
         let s = same_as_reference(&mut small, full_event(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":"a long enough value"}}}"#));
         assert!(s.json.contains(r#""params":{"bytes":"#), "{}", s.json);
         // Headers with nothing in them.
@@ -1052,6 +1373,33 @@ mod tests {
             }
 
             #[test]
+            fn capped_headers_and_path_render_as_the_reference(
+                values in prop::collection::vec("[ -~]{0,300}", 0..12),
+                path in "/[a-zA-Z0-9/._~%-]{0,300}",
+                value_cap in 64usize..200,
+                extra in 0usize..400,
+            ) {
+                let mut h = http::HeaderMap::new();
+                for (i, v) in values.iter().enumerate() {
+                    let Ok(v) = http::HeaderValue::from_str(v) else { continue };
+                    h.append(if i % 3 == 0 { "x-a" } else { "x-b" }, v);
+                }
+                let mut r = renderer();
+                r.limits.header_value_bytes = value_cap;
+                r.limits.headers_bytes = value_cap + extra;
+                r.limits.path_bytes = 64;
+                let s = same_as_reference(&mut r, EventData {
+                    orig_path: Some(path.parse().unwrap()),
+                    orig_headers: Some(h),
+                    ..EventData::default()
+                });
+                let rec: AuditRecord = serde_json::from_str(&s.json).unwrap();
+                prop_assert!(rec.path.unwrap().len() <= 64);
+                let hs = rec.headers.unwrap();
+                prop_assert!(hs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= value_cap + extra);
+            }
+
+            #[test]
             fn params_render_as_before(args in arb_json(), cap in 0usize..400) {
                 let body = serde_json::json!({
                     "jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -1060,7 +1408,7 @@ mod tests {
                 let mcp = McpRequest::parse(
                     bytes::Bytes::from(body.to_string()), McpHeaders::default()).unwrap();
                 let mut r = renderer();
-                r.max_params_bytes = cap;
+                r.limits.params_bytes = cap;
                 same_as_reference(&mut r, EventData { mcp: Some(mcp), ..EventData::default() });
             }
         }
@@ -1113,7 +1461,7 @@ mod tests {
     #[test]
     fn a_large_event_does_not_keep_its_buffer() {
         let mut r = renderer();
-        r.max_params_bytes = 1 << 20;
+        r.limits.params_bytes = 1 << 20;
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":"{}"}}}}}}"#,
             "a".repeat(200_000)
@@ -1125,6 +1473,149 @@ mod tests {
         });
         assert!(s.json.len() > 200_000);
         assert!(r.buf.capacity() <= MAX_KEPT_BUFFER);
+    }
+
+    fn small_caps() -> Renderer {
+        let mut r = renderer();
+        r.limits = LimitsConfig {
+            header_value_bytes: 100,
+            headers_bytes: 300,
+            path_bytes: 80,
+            params_bytes: 200,
+            field_bytes: 64,
+        };
+        r
+    }
+
+    #[test]
+    fn every_field_is_capped_and_named() {
+        let mut r = small_caps();
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":"{}","method":"tools/call","params":{{"name":"{}","arguments":{{"x":"{}"}}}}}}"#,
+            "i".repeat(500),
+            "t".repeat(500),
+            "a".repeat(500)
+        );
+        let mcp = McpRequest::parse(bytes::Bytes::from(body), McpHeaders::default()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("user-agent", "u".repeat(5000).parse().unwrap());
+        for i in 0..10 {
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                "v".repeat(90).parse().unwrap(),
+            );
+        }
+        let e = EventData {
+            kind: Some(EventKind::Request),
+            orig_path: Some(format!("/mcp/{}", "p".repeat(5000)).parse().unwrap()),
+            orig_headers: Some(h),
+            mcp: Some(mcp),
+            denial: Some(Denial {
+                reason: RejectionReason::Forbidden,
+                code: -32003,
+                detail: Some("d".repeat(500).into()),
+            }),
+            upstream: Some(Arc::from("u".repeat(500))),
+            ..EventData::default()
+        };
+        let s = same_as_reference(&mut r, e);
+        let rec: AuditRecord = serde_json::from_str(&s.json).unwrap();
+        assert_eq!(rec.path.as_ref().unwrap().len(), 80);
+        assert_eq!(rec.tool.as_ref().unwrap().len(), 64);
+        assert_eq!(rec.detail.as_ref().unwrap().len(), 64);
+        assert_eq!(rec.upstream.as_ref().unwrap().len(), 64);
+        assert_eq!(rec.jsonrpc_id.as_ref().unwrap().as_str().unwrap().len(), 64);
+        let headers = rec.headers.as_ref().unwrap();
+        let total: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(
+            total <= 300 && headers.values().all(|v| v.len() <= 100),
+            "{headers:?}"
+        );
+        let cut = rec.truncated.unwrap();
+        for f in [
+            "path",
+            "mcp_method",
+            "jsonrpc_id",
+            "tool",
+            "params",
+            "detail",
+            "upstream",
+            "headers",
+        ] {
+            assert_eq!(
+                cut.contains(&f.to_owned()),
+                f != "mcp_method",
+                "{f}: {cut:?}"
+            );
+        }
+        assert!(s.json.len() < 1500, "{}", s.json.len());
+    }
+
+    #[test]
+    fn a_secret_straddling_a_cap_is_masked_before_the_cut() {
+        // Every position of the secret around the cut, in the path, a header and a name.
+        for at in 60..=90 {
+            let mut r = small_caps();
+            let path = format!("/{}/AKIAIOSFODNN7EXAMPLE/x", "p".repeat(at - 2));
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-note",
+                format!("{} Bearer abcdefghijklmnopqrstuvwxyz", "v".repeat(at + 20))
+                    .parse()
+                    .unwrap(),
+            );
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{{"uri":"demo://{}/ghp_abcdefghijklmnopqrstuvwxyz0123456789"}}}}"#,
+                "r".repeat(at.saturating_sub(40))
+            );
+            let mcp = McpRequest::parse(bytes::Bytes::from(body), McpHeaders::default()).unwrap();
+            let e = EventData {
+                orig_path: Some(path.parse().unwrap()),
+                orig_headers: Some(h),
+                mcp: Some(mcp),
+                ..EventData::default()
+            };
+            let s = same_as_reference(&mut r, e);
+            for prefix in ["AKIA", "abcdefgh", "ghp_"] {
+                assert!(!s.json.contains(prefix), "{prefix} at {at}: {}", s.json);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_record_per_message_and_responses_are_recorded() {
+        let mut r = renderer();
+        let body = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"echo","arguments":{}}},{"jsonrpc":"2.0","id":5,"result":{"token":"t","ok":true}},{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a"}},3]"#;
+        let mcp =
+            McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default()).unwrap();
+        let mut e = full_event(b"{}");
+        e.mcp = Some(mcp);
+        same_as_reference(&mut r, e);
+        let mut e = full_event(b"{}");
+        e.mcp = Some(
+            McpRequest::parse(bytes::Bytes::from_static(body), McpHeaders::default()).unwrap(),
+        );
+        let mut rows = Vec::new();
+        r.render_into(&mut e, &mut rows);
+        let recs: Vec<AuditRecord> = rows
+            .iter()
+            .map(|s| serde_json::from_str(&s.json).unwrap())
+            .collect();
+        assert_eq!(recs.len(), 5);
+        assert_eq!(recs[1].tool.as_deref(), Some("echo"));
+        assert_eq!(rows[1].columns.jsonrpc_id.as_deref(), Some("\"a\""));
+        assert_eq!(recs[2].message_type.as_deref(), Some("response"));
+        assert_eq!(
+            recs[2].response,
+            Some(serde_json::json!({"result": {"ok": true, "token": "***REDACTED***"}}))
+        );
+        assert_eq!(rows[3].columns.jsonrpc_id.as_deref(), Some("\"a\""));
+        assert_eq!(recs[4].message_type.as_deref(), Some("invalid"));
+        assert!(
+            recs.iter()
+                .skip(1)
+                .all(|r| r.headers.is_none() && r.data.is_none())
+        );
     }
 
     #[test]

@@ -54,6 +54,13 @@
 //! query string is never recorded (it may carry secrets); the path is. A request refused
 //! with `auth_failed` is recorded with the kind `auth_failure`.
 //!
+//! Each JSON-RPC message is one record: a batch body gives one record per message (same
+//! `request_id`, with `batch_size` and `batch_index`; the headers on the first only).
+//! A record names its `message_type` and `jsonrpc_id` (a client's response: the id it
+//! answers and its content, masked, as `response`; `notifications/cancelled`: the
+//! `requestId` as `related_id`). Every field is masked, then capped
+//! ([`LimitsConfig`]); the fields cut are listed in the record's `truncated`.
+//!
 //! # Guarantees
 //!
 //! - The request path never waits on a sink: it moves one boxed event into a bounded
@@ -98,8 +105,8 @@ pub mod sink;
 
 pub use chain::{ChainHead, Tampering, VerifyReport};
 pub use config::{
-    AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig, MaskingConfig,
-    OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
+    AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig, LimitsConfig,
+    MaskingConfig, OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
 };
 pub use connection::ConnectionAudit;
 pub use event::{AuditEvent, AuditRecord, EventKind, Outcome};

@@ -453,28 +453,30 @@ impl Masker {
     }
 
     /// Writes [`Masker::render_headers`] of the captured headers as a JSON object, byte
-    /// for byte as serde_json serializes the map, without building it. `order` is scratch
-    /// space.
+    /// for byte as serde_json serializes the map, without building it, capped by
+    /// [`cap_headers`]: each value (masked first) cut to `value_cap` bytes
+    /// (`headers.<name>` pushed on `truncated`), and the headers, in name order, left out
+    /// from the first one that would take names and values past `total_cap` bytes
+    /// (`headers` pushed). `order` is scratch space.
     pub(crate) fn write_headers(
         &self,
         out: &mut Vec<u8>,
         req: &RequestText,
         sensitive: &[HeaderName],
         order: &mut Vec<Entry>,
+        (value_cap, total_cap): (usize, usize),
+        truncated: &mut Vec<String>,
     ) {
         req.sorted_headers(order);
         out.push(b'{');
         let mut i = 0;
+        let mut total = 0usize;
+        let mut written = 0;
         while let Some(&entry) = order.get(i) {
-            if i > 0 {
-                out.push(b',');
-            }
             let h = req.header(entry);
-            write_json_str(out, h.name);
-            out.push(b':');
             let first = self.captured_value(h, sensitive);
             let mut j = i + 1;
-            match order.get(j) {
+            let value = match order.get(j) {
                 Some(&next) if req.name(next) == h.name => {
                     let mut joined = first.into_owned();
                     while let Some(&next) = order.get(j).filter(|e| req.name(**e) == h.name) {
@@ -482,10 +484,26 @@ impl Masker {
                         joined.push_str(&self.captured_value(req.header(next), sensitive));
                         j += 1;
                     }
-                    write_json_str(out, &joined);
+                    Cow::Owned(joined)
                 }
-                _ => write_json_str(out, &first),
+                _ => first,
+            };
+            let (value, cut) = cap_text(value, value_cap);
+            total = total.saturating_add(h.name.len() + value.len());
+            if total > total_cap {
+                truncated.push("headers".to_owned());
+                break;
             }
+            if cut {
+                truncated.push(format!("headers.{}", h.name));
+            }
+            if written > 0 {
+                out.push(b',');
+            }
+            written += 1;
+            write_json_str(out, h.name);
+            out.push(b':');
+            write_json_str(out, &value);
             i = j;
         }
         out.push(b'}');
@@ -511,6 +529,51 @@ impl Masker {
         }
         out
     }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, and whether it was cut.
+pub(crate) fn cap_text(s: Cow<'_, str>, max: usize) -> (Cow<'_, str>, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = match s {
+        Cow::Borrowed(b) => Cow::Borrowed(b.get(..end).unwrap_or_default()),
+        Cow::Owned(mut o) => {
+            o.truncate(end);
+            Cow::Owned(o)
+        }
+    };
+    (cut, true)
+}
+
+/// Caps rendered headers as events write them: each value cut to `value_cap` bytes
+/// (`headers.<name>` pushed on `truncated`), and, in name order, the headers from the
+/// first that would take names and values past `total_cap` bytes left out (`headers`
+/// pushed). Values must already be masked.
+pub fn cap_headers(
+    headers: BTreeMap<String, String>,
+    (value_cap, total_cap): (usize, usize),
+    truncated: &mut Vec<String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut total = 0usize;
+    for (name, value) in headers {
+        let (v, cut) = cap_text(Cow::Owned(value), value_cap);
+        total = total.saturating_add(name.len() + v.len());
+        if total > total_cap {
+            truncated.push("headers".to_owned());
+            break;
+        }
+        if cut {
+            truncated.push(format!("headers.{name}"));
+        }
+        out.insert(name, v.into_owned());
+    }
+    out
 }
 
 /// Whether `s` holds a byte that JSON escapes: `"`, `\` or a control character below
@@ -886,7 +949,14 @@ mod tests {
         let r = m.render_headers(&h, &sensitive);
         let captured = RequestText::capture(None, Some(&h));
         let mut out = Vec::new();
-        m.write_headers(&mut out, &captured, &sensitive, &mut Vec::new());
+        m.write_headers(
+            &mut out,
+            &captured,
+            &sensitive,
+            &mut Vec::new(),
+            (usize::MAX, usize::MAX),
+            &mut Vec::new(),
+        );
         let written = String::from_utf8(out).unwrap();
         for n in masked {
             let k = n.to_ascii_lowercase();
@@ -928,7 +998,14 @@ mod tests {
             assert_eq!(m.render_headers(&h, &sensitive)["mcp-session-id"], want);
             let captured = RequestText::capture(None, Some(&h));
             let mut out = Vec::new();
-            m.write_headers(&mut out, &captured, &sensitive, &mut Vec::new());
+            m.write_headers(
+                &mut out,
+                &captured,
+                &sensitive,
+                &mut Vec::new(),
+                (usize::MAX, usize::MAX),
+                &mut Vec::new(),
+            );
             let text = String::from_utf8(out).unwrap();
             assert_eq!(text, format!("{{\"mcp-session-id\":\"{want}\"}}"));
         }

@@ -287,7 +287,7 @@ impl AuditorBuilder {
         cfg.validate()?;
         let masker = Masker::new(&cfg.masking)?;
         let sensitive: Arc<[HeaderName]> = cfg.sensitive_headers().into();
-        let renderer = Renderer::new(masker, Arc::clone(&sensitive), cfg.max_params_bytes);
+        let renderer = Renderer::new(masker, Arc::clone(&sensitive), cfg.effective_limits());
         let (tx, rx) = mpsc::channel(cfg.queue.capacity);
         let stats = Arc::new(AuditStats::default());
         let handle = AuditHandle(Arc::new(HandleInner {
@@ -731,14 +731,18 @@ impl Writer {
             let mut batch = Vec::with_capacity(msgs.len());
             let mut waiters = Vec::new();
             let mut shutdown = None;
+            let mut taken = 0;
             for m in msgs.drain(..) {
                 match m {
-                    Msg::Event(mut e) => batch.push(self.renderer.render(&mut e)),
+                    Msg::Event(mut e) => {
+                        taken += 1;
+                        self.renderer.render_into(&mut e, &mut batch);
+                    }
                     Msg::Flush(t) => waiters.push(t),
                     Msg::Shutdown(t) => shutdown = Some(t),
                 }
             }
-            self.note_queued(batch.len());
+            self.note_queued(taken);
             if let Some(done) = shutdown {
                 // The deadline holds from now on for every batch, queued or not.
                 let deadline = Instant::now() + self.shutdown_timeout;
@@ -752,7 +756,7 @@ impl Writer {
                     match m {
                         Msg::Event(mut e) => {
                             self.note_queued(1);
-                            batch.push(self.renderer.render(&mut e));
+                            self.renderer.render_into(&mut e, &mut batch);
                         }
                         Msg::Flush(t) => waiters.push(t),
                         Msg::Shutdown(t) => waiters.push(t),

@@ -6,6 +6,8 @@
 //! |----------|-------------------------------------------------------------------------|
 //! | `user`   | the principal's qualified id (`apikey:ops`, `jwt:<issuer>#<sub>`, ...); a bare id is refused |
 //! | `tool`   | the tool (or resource URI, or prompt) name                              |
+//! | `method` | the JSON-RPC method (`tools/call`, ...); each message of a batch is a row |
+//! | `jsonrpc_id` | the JSON-RPC id as JSON (`7`, `"abc"`): a request, the client response answering it, the `notifications/cancelled` naming it |
 //! | `status` | `success`, `denied`, `error`, `failed` (= denied or error), `cancelled` |
 //! | `since`  | RFC 3339 instant, inclusive                                             |
 //! | `until`  | RFC 3339 instant, exclusive                                             |
@@ -83,6 +85,10 @@ pub struct AuditQuery {
     pub user: Option<String>,
     /// The tool, resource or prompt name.
     pub tool: Option<String>,
+    /// The JSON-RPC method.
+    pub method: Option<String>,
+    /// The JSON-RPC id, as JSON text (the `jsonrpc_id` column).
+    pub jsonrpc_id: Option<String>,
     /// The outcome.
     pub status: Option<StatusFilter>,
     /// Inclusive lower bound, microseconds since the epoch.
@@ -100,6 +106,8 @@ impl Default for AuditQuery {
         Self {
             user: None,
             tool: None,
+            method: None,
+            jsonrpc_id: None,
             status: None,
             since_us: None,
             until_us: None,
@@ -226,6 +234,12 @@ pub fn build_query(q: &AuditQuery, ph: impl Fn(usize) -> String) -> (String, Vec
     if let Some(t) = &q.tool {
         add(&mut sql, " AND tool = {}", text(t));
     }
+    if let Some(m) = &q.method {
+        add(&mut sql, " AND mcp_method = {}", text(m));
+    }
+    if let Some(i) = &q.jsonrpc_id {
+        add(&mut sql, " AND jsonrpc_id = {}", text(i));
+    }
     match q.status {
         Some(StatusFilter::Success) => sql.push_str(" AND outcome = 'success'"),
         Some(StatusFilter::Denied) => sql.push_str(" AND outcome = 'denied'"),
@@ -295,6 +309,8 @@ pub fn parse_query(qs: Option<&str>, max_limit: u32) -> Result<AuditQuery, Query
         let key: &'static str = match &*k {
             "user" => "user",
             "tool" => "tool",
+            "method" => "method",
+            "jsonrpc_id" => "jsonrpc_id",
             "status" => "status",
             "since" => "since",
             "until" => "until",
@@ -318,6 +334,8 @@ pub fn parse_query(qs: Option<&str>, max_limit: u32) -> Result<AuditQuery, Query
             }
             "user" => q.user = Some(v.into_owned()),
             "tool" => q.tool = Some(v.into_owned()),
+            "method" => q.method = Some(v.into_owned()),
+            "jsonrpc_id" => q.jsonrpc_id = Some(v.into_owned()),
             "status" => {
                 q.status = Some(match &*v {
                     "success" => StatusFilter::Success,

@@ -343,3 +343,52 @@ async fn postgres_retention_keeps_an_anchor() {
         Some(Tampering::Deleted { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_records_jsonrpc_ids_and_migrates_an_older_table() {
+    let server = start_pg().await;
+    let url = server.url();
+    // A table of the older schema: no jsonrpc_id column, a lifecycle record in it.
+    let auditor = Auditor::from_config(config(&url, "replica-a"))
+        .await
+        .unwrap();
+    auditor
+        .handle()
+        .record(AuditEvent::config_reload().with_message("old"))
+        .await;
+    auditor.shutdown().await;
+    let db = pg(&url).await;
+    db.batch_execute("ALTER TABLE audit_events DROP COLUMN jsonrpc_id")
+        .await
+        .unwrap();
+    // This version opens it, adds the column and chains on.
+    let auditor = Auditor::from_config(config(&url, "replica-a"))
+        .await
+        .unwrap();
+    let addr = serve(app_with(&auditor, axum::Router::new())).await;
+    let c = client();
+    for i in [7, 8] {
+        send(&c, call(addr, "alice", i, None)).await;
+    }
+    wait_written(&auditor, 2).await;
+    auditor.shutdown().await;
+    let rows = db
+        .query(
+            "SELECT jsonrpc_id, event FROM audit_events WHERE kind = 'request' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [Some("7".to_owned()), Some("8".to_owned())]);
+    let rec: AuditRecord = serde_json::from_str(rows[0].get::<_, &str>(1)).unwrap();
+    assert_eq!(rec.jsonrpc_id, Some(serde_json::json!(7)));
+    assert_eq!(rec.message_type.as_deref(), Some("request"));
+    let report = verify_postgres(&db).await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    // The column is checked against the record.
+    db.batch_execute("UPDATE audit_events SET jsonrpc_id = '9' WHERE jsonrpc_id = '8'")
+        .await
+        .unwrap();
+    assert!(!verify_postgres(&db).await.unwrap().is_intact());
+}

@@ -390,7 +390,7 @@ async fn verify_finds_deleted_inserted_and_edited_rows() {
             "UPDATE audit_events SET seq = seq + 100 WHERE seq > 5;
              UPDATE audit_events SET seq = seq - 99 WHERE seq > 100;
              INSERT INTO audit_events SELECT 6, 'evil', ts_us, kind, request_id, user_id, tool,
-               mcp_method, outcome, http_status, reason, event, hash, hash FROM audit_events WHERE seq = 5;"
+               mcp_method, outcome, http_status, reason, event, hash, hash, jsonrpc_id FROM audit_events WHERE seq = 5;"
         )
         .map(|t| matches!(t, Tampering::Inserted { seq: 6 } | Tampering::Altered { seq: 6 })),
         Some(true)
@@ -907,4 +907,57 @@ async fn a_call_abandoned_before_its_response_is_recorded_with_caller_and_tool()
         .await
         .unwrap();
     assert_eq!(page.records.len(), 0);
+}
+
+/// A trail written before the `jsonrpc_id` column verifies as it is, and the sink adds
+/// the column when it opens it, then chains on with ids in the column.
+#[tokio::test]
+async fn a_trail_without_the_jsonrpc_id_column_is_migrated_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let auditor = Auditor::from_config(config(dir.path())).await.unwrap();
+    for i in 0..3 {
+        auditor
+            .handle()
+            .record(AuditEvent::config_reload().with_message(format!("r{i}")))
+            .await;
+    }
+    auditor.shutdown().await;
+    let columns = |db: &Path| -> Vec<String> {
+        let c = Connection::open(db).unwrap();
+        let mut s = c
+            .prepare("SELECT name FROM pragma_table_info('audit_events')")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("ALTER TABLE audit_events DROP COLUMN jsonrpc_id")
+        .unwrap();
+    assert!(!columns(&db).contains(&"jsonrpc_id".to_owned()));
+    assert!(verify_sqlite(&db).unwrap().is_intact());
+
+    let auditor = Auditor::from_config(config(dir.path())).await.unwrap();
+    assert!(columns(&db).contains(&"jsonrpc_id".to_owned()));
+    let addr = serve(app(&auditor)).await;
+    let c = client();
+    for i in [41, 42] {
+        send(&c, call(addr, "alice", i, None)).await;
+    }
+    wait_written(&auditor, 2).await;
+    auditor.shutdown().await;
+    let conn = Connection::open(&db).unwrap();
+    let ids: Vec<Option<String>> = conn
+        .prepare("SELECT jsonrpc_id FROM audit_events WHERE kind = 'request' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ids, [Some("41".to_owned()), Some("42".to_owned())]);
+    let report = verify_sqlite(&db).unwrap();
+    assert!(report.is_intact(), "{report:?}");
 }

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS jsonrpc_id TEXT;
 CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events(user_id, seq);
 CREATE INDEX IF NOT EXISTS audit_events_tool ON audit_events(tool, seq);
 CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events(ts_us);
@@ -177,6 +178,7 @@ impl PostgresSink {
         let mut event = Vec::with_capacity(n);
         let mut prev = Vec::with_capacity(n);
         let mut hash = Vec::with_capacity(n);
+        let mut rpc_id = Vec::with_capacity(n);
         for e in batch {
             let c = &e.columns;
             if present.contains(&c.event_id) {
@@ -198,9 +200,10 @@ impl PostgresSink {
             event.push(&*e.json);
             prev.push(p);
             hash.push(h);
+            rpc_id.push(c.jsonrpc_id.as_deref());
         }
         if !seq.is_empty() {
-            let params: [&(dyn ToSql + Sync); 15] = [
+            let params: [&(dyn ToSql + Sync); 16] = [
                 &seq,
                 &event_id,
                 &ts,
@@ -216,13 +219,15 @@ impl PostgresSink {
                 &event,
                 &prev,
                 &hash,
+                &rpc_id,
             ];
             tx.execute(
                 "INSERT INTO audit_events (seq, event_id, ts_us, kind, request_id, user_id, \
-                 tool, mcp_method, outcome, http_status, reason, writer, event, prev_hash, hash) \
+                 tool, mcp_method, outcome, http_status, reason, writer, event, prev_hash, hash, \
+                 jsonrpc_id) \
                  SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], \
                  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], \
-                 $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])",
+                 $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])",
                 &params,
             )
             .await?;
@@ -352,7 +357,7 @@ pub async fn verify_postgres(client: &Client) -> Result<VerifyReport, tokio_post
         let rows = client
             .query(
                 "SELECT seq, prev_hash, hash, event, event_id, ts_us, kind, request_id, user_id, \
-                 tool, mcp_method, outcome, http_status, reason FROM audit_events \
+                 tool, mcp_method, outcome, http_status, reason, jsonrpc_id FROM audit_events \
                  WHERE seq > $1 ORDER BY seq LIMIT 5000",
                 &[&after],
             )
@@ -377,6 +382,7 @@ pub async fn verify_postgres(client: &Client) -> Result<VerifyReport, tokio_post
                     outcome: r.get(11),
                     http_status: r.get(12),
                     reason: r.get(13),
+                    jsonrpc_id: r.get(14),
                 }),
             };
             after = row.seq;

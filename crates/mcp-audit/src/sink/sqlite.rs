@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
     reason TEXT,
     event TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    jsonrpc_id TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events(user_id, seq);
 CREATE INDEX IF NOT EXISTS audit_events_tool ON audit_events(tool, seq);
@@ -71,7 +72,44 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
+}
+
+/// Whether `audit_events` has the `jsonrpc_id` column (trails created before it was
+/// added do not, until a writer or store opens them).
+fn has_jsonrpc_id(conn: &Connection) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('audit_events')")?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(names.iter().any(|n| n == "jsonrpc_id"))
+}
+
+/// Brings a trail created by an older version to the current schema: adds the
+/// `jsonrpc_id` column (NULL in the older rows, whose records hold no id, so they still
+/// verify). Another process migrating at the same time is not an error.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    if has_jsonrpc_id(conn)? {
+        return Ok(());
+    }
+    match conn.execute_batch("ALTER TABLE audit_events ADD COLUMN jsonrpc_id TEXT") {
+        Ok(()) => {
+            tracing::info!("audit trail: added column audit_events.jsonrpc_id (schema migration)");
+            Ok(())
+        }
+        Err(e) if e.to_string().contains("duplicate column") => Ok(()),
+        // Say what was being done: a trail this version cannot bring up to date.
+        Err(rusqlite::Error::SqliteFailure(code, msg)) => Err(rusqlite::Error::SqliteFailure(
+            code,
+            Some(format!(
+                "schema migration failed (adding column audit_events.jsonrpc_id to a trail \
+                 written by an older version): {}",
+                msg.unwrap_or_else(|| code.to_string())
+            )),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 fn read_anchor(conn: &Connection) -> rusqlite::Result<Option<ChainHead>> {
@@ -139,8 +177,9 @@ impl State {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit_events (seq, event_id, ts_us, kind, request_id, user_id, \
-                 tool, mcp_method, outcome, http_status, reason, event, prev_hash, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 tool, mcp_method, outcome, http_status, reason, event, prev_hash, hash, \
+                 jsonrpc_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             for e in batch {
                 let seq = head.seq + 1;
@@ -160,7 +199,8 @@ impl State {
                     c.reason,
                     &*e.json,
                     head.hash.as_str(),
-                    hash.as_str()
+                    hash.as_str(),
+                    c.jsonrpc_id
                 ])?;
                 head.advance(seq, &hash);
             }
@@ -398,10 +438,17 @@ pub fn verify_sqlite(path: impl AsRef<Path>) -> rusqlite::Result<VerifyReport> {
     conn.busy_timeout(Duration::from_secs(5))?;
     let anchor = read_anchor(&conn)?;
     let mut v = Verifier::new(anchor);
-    let mut stmt = conn.prepare(
+    // A trail no writer of this version opened yet has no jsonrpc_id column: its rows
+    // hold no id.
+    let id_col = if has_jsonrpc_id(&conn)? {
+        "jsonrpc_id"
+    } else {
+        "NULL"
+    };
+    let mut stmt = conn.prepare(&format!(
         "SELECT seq, prev_hash, hash, event, event_id, ts_us, kind, request_id, user_id, tool, \
-         mcp_method, outcome, http_status, reason FROM audit_events ORDER BY seq",
-    )?;
+         mcp_method, outcome, http_status, reason, {id_col} FROM audit_events ORDER BY seq"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let row = ChainRow {
@@ -420,6 +467,7 @@ pub fn verify_sqlite(path: impl AsRef<Path>) -> rusqlite::Result<VerifyReport> {
                 outcome: r.get(11)?,
                 http_status: r.get(12)?,
                 reason: r.get(13)?,
+                jsonrpc_id: r.get(14)?,
             }),
         };
         v.push(&row);
