@@ -1795,6 +1795,36 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_refuses_once_full_or_over_and_reopens_at_half() {
+        let a = Arc::new(Activity::new(100));
+        let counters = Arc::new(Counters::default());
+        let charge = |a: &Arc<Activity>| Charge {
+            activity: a.clone(),
+            counters: counters.clone(),
+            held: AtomicU64::new(0),
+        };
+        let first = charge(&a);
+        assert!(first.try_take(60));
+        assert!(!a.budget_used_up());
+        let second = charge(&a);
+        // 60 + 50 does not fit: nothing taken, and the connection refuses from now on.
+        assert!(!second.try_take(50));
+        assert!(a.budget_used_up());
+        assert!(second.try_take(30));
+        // Bytes given back above half the budget do not reopen it.
+        drop(second);
+        assert!(a.budget_used_up());
+        first.give_back(20);
+        assert!(!a.budget_used_up());
+        // Response bytes are taken whatever they come to; full is used up.
+        first.take(70);
+        assert!(a.budget_used_up());
+        drop(first);
+        assert_eq!(a.used.load(Ordering::Acquire), 0);
+        assert!(!a.budget_used_up());
+    }
+
+    #[test]
     fn a_client_slot_is_released_on_drop_and_exempt_peers_take_none() {
         let proxies = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
         let limit = ConnectionLimit::new(10).per_client(2).exempt(proxies);
