@@ -630,7 +630,24 @@ pub struct ServerOptions {
     /// request at a time, so this only matters for a body larger than the budget).
     #[serde(default = "default_connection_memory_bytes")]
     pub connection_memory_bytes: u64,
+    /// Memory budget of one client address in bytes, over all its connections (default
+    /// 64 MiB, 64 KiB to 1 TiB; IPv6 per [`client_ipv6_prefix`](Self::client_ipv6_prefix)):
+    /// the same bytes as [`connection_memory_bytes`](Self::connection_memory_bytes), with
+    /// the same refusals once used up, so that one address does not hold
+    /// [`max_connections_per_client`](Self::max_connections_per_client) times the
+    /// connection budget. Peers exempted on the [`ConnectionLimit`](crate::ConnectionLimit)
+    /// (trusted proxies) have none. Set on the shared limit when there is one
+    /// ([`ConnectionLimit::per_client_memory`](crate::ConnectionLimit::per_client_memory)).
+    #[serde(default = "default_client_memory_bytes")]
+    pub client_memory_bytes: u64,
 }
+
+fn default_client_memory_bytes() -> u64 {
+    DEFAULT_CLIENT_MEMORY_BYTES
+}
+
+/// The default [`ServerOptions::client_memory_bytes`]: 64 MiB.
+pub const DEFAULT_CLIENT_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 
 fn default_connection_memory_bytes() -> u64 {
     DEFAULT_CONNECTION_MEMORY_BYTES
@@ -690,6 +707,7 @@ impl Default for ServerOptions {
             max_requests_per_connection: default_max_requests_per_connection(),
             max_concurrent_streams: default_max_concurrent_streams(),
             connection_memory_bytes: default_connection_memory_bytes(),
+            client_memory_bytes: default_client_memory_bytes(),
         }
     }
 }
@@ -752,6 +770,14 @@ impl ServerOptions {
         {
             return Err(ConfigError::new(
                 "server.connectionMemoryBytes",
+                "must be between 65536 (64 KiB) and 1099511627776 (1 TiB)",
+            ));
+        }
+        if !(MIN_CONNECTION_MEMORY_BYTES..=MAX_CONNECTION_MEMORY_BYTES)
+            .contains(&self.client_memory_bytes)
+        {
+            return Err(ConfigError::new(
+                "server.clientMemoryBytes",
                 "must be between 65536 (64 KiB) and 1099511627776 (1 TiB)",
             ));
         }
@@ -1125,6 +1151,13 @@ mod tests {
                     ..d.clone()
                 },
                 "server.connectionMemoryBytes",
+            ),
+            (
+                ServerOptions {
+                    client_memory_bytes: 0,
+                    ..d.clone()
+                },
+                "server.clientMemoryBytes",
             ),
         ] {
             assert_eq!(o.validate().unwrap_err().key, key);

@@ -34,7 +34,9 @@
 //! until the response ends) and the response bytes the loop holds for them. While it is
 //! used up, a new HTTP/2 stream is refused (`RST_STREAM` `REFUSED_STREAM`, which clients
 //! retry) before the service sees it, and a request body read that would go over it fails
-//! with [`MemoryBudgetExceeded`]. hyper's HTTP/2 buffers are bounded too: 64 KiB of
+//! with [`MemoryBudgetExceeded`]. The same bytes count against a budget of the client
+//! address over all its connections ([`ServerOptions::client_memory_bytes`], default
+//! 64 MiB; none for exempt peers), with the same refusals. hyper's HTTP/2 buffers are bounded too: 64 KiB of
 //! response data queued per stream, 1 MiB stream and connection receive windows (request
 //! bytes a peer can send before the service reads them), 16 KiB frames, 16 KiB of request
 //! headers.
@@ -225,7 +227,8 @@ pub struct ConnectionLimit {
     per_client: usize,
     ipv6_prefix: u8,
     exempt: Arc<TrustedProxies>,
-    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    clients: Arc<Mutex<HashMap<IpAddr, ClientEntry>>>,
+    client_memory: u64,
     counters: Arc<Counters>,
     observer: Option<Arc<dyn ConnectionObserver>>,
 }
@@ -299,6 +302,7 @@ impl ConnectionLimit {
             ipv6_prefix: defaults.client_ipv6_prefix,
             exempt: Arc::new(TrustedProxies::none()),
             clients: Arc::default(),
+            client_memory: defaults.client_memory_bytes,
             counters: Arc::default(),
             observer: None,
         }
@@ -310,6 +314,15 @@ impl ConnectionLimit {
         Self::new(options.max_connections)
             .per_client(options.max_connections_per_client)
             .client_ipv6_prefix(options.client_ipv6_prefix)
+            .per_client_memory(options.client_memory_bytes)
+    }
+
+    /// Memory budget of one client address in bytes, over all its connections (clamped
+    /// to 64 KiB ..= 1 TiB; default 64 MiB): see [`ServerOptions::client_memory_bytes`].
+    /// Exempt peers have none. Set before the limit is cloned and shared.
+    pub fn per_client_memory(mut self, max: u64) -> Self {
+        self.client_memory = max.clamp(MIN_CONNECTION_MEMORY_BYTES, MAX_CONNECTION_MEMORY_BYTES);
+        self
     }
 
     /// Most connections open at once from one client address (clamped to at least 1),
@@ -393,14 +406,18 @@ impl ConnectionLimit {
         }
         let key = mcp_core::ip_key(peer, self.ipv6_prefix);
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        let open = clients.entry(key).or_insert(0);
-        if *open >= self.per_client {
+        let entry = clients.entry(key).or_default();
+        if entry.open >= self.per_client {
             return Err(key);
         }
-        *open += 1;
+        entry.open += 1;
         Ok(Some(ClientSlot {
             clients: self.clients.clone(),
             key,
+            memory: ClientMemory {
+                used: entry.used.clone(),
+                max: self.client_memory,
+            },
         }))
     }
 }
@@ -410,16 +427,31 @@ const MAX_PERMITS: usize = (u32::MAX >> 3) as usize;
 
 /// One connection in its client address's count, released on drop.
 struct ClientSlot {
-    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    clients: Arc<Mutex<HashMap<IpAddr, ClientEntry>>>,
     key: IpAddr,
+    memory: ClientMemory,
+}
+
+/// A client address's open connections and the bytes they hold (see [`Activity`]).
+#[derive(Default)]
+struct ClientEntry {
+    open: usize,
+    used: Arc<AtomicU64>,
+}
+
+/// The memory budget of a connection's client address, shared by its connections.
+#[derive(Clone)]
+struct ClientMemory {
+    used: Arc<AtomicU64>,
+    max: u64,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = clients.get_mut(&self.key) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
+        if let Some(entry) = clients.get_mut(&self.key) {
+            entry.open = entry.open.saturating_sub(1);
+            if entry.open == 0 {
                 clients.remove(&self.key);
             }
         }
@@ -537,6 +569,14 @@ impl Server {
     /// [`ServerOptions::connection_memory_bytes`].
     pub fn connection_memory_bytes(mut self, max: u64) -> Self {
         self.options.connection_memory_bytes = max;
+        self
+    }
+
+    /// Memory budget of each client address in bytes, over its connections (default
+    /// 64 MiB). Ignored when a shared [`connection_limit`](Self::connection_limit) is set
+    /// (set it there). See [`ServerOptions::client_memory_bytes`].
+    pub fn client_memory_bytes(mut self, max: u64) -> Self {
+        self.options.client_memory_bytes = max;
         self
     }
 
@@ -704,12 +744,16 @@ impl Server {
             let alive = alive.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let client_memory = client_slot.as_ref().map(|s| s.memory.clone());
                 let _client_slot = client_slot;
                 let _alive = alive;
                 match tls {
                     None => {
                         let svc = ConnectionInfo::new(service, peer, None);
-                        let client = ClientValidity::default();
+                        let client = ClientValidity {
+                            memory: client_memory,
+                            ..ClientValidity::default()
+                        };
                         serve_connection(&builder, tcp, svc, timeouts, client, stop, &counters)
                             .await;
                     }
@@ -722,7 +766,11 @@ impl Server {
                                 let svc = ConnectionInfo::new(service, peer, Some(info))
                                     .client_cert_expires_at(expires)
                                     .client_cert_check(check.clone());
-                                let client = ClientValidity { expires, check };
+                                let client = ClientValidity {
+                                    expires,
+                                    check,
+                                    memory: client_memory,
+                                };
                                 serve_connection(
                                     &builder, stream, svc, timeouts, client, stop, &counters,
                                 )
@@ -847,6 +895,8 @@ enum Ended<E> {
 struct ClientValidity {
     expires: Option<SystemTime>,
     check: Option<ClientCertCheck>,
+    /// The client address's memory budget (none for an exempt peer).
+    memory: Option<ClientMemory>,
 }
 
 /// Resolves when the client trust changed since `check` last verified its chain (never
@@ -886,7 +936,7 @@ async fn serve_connection<IO, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let activity = Arc::new(Activity::new(timeouts.memory));
+    let activity = Arc::new(Activity::new(timeouts.memory, client.memory.clone()));
     let service = Tracking {
         inner: service,
         activity: activity.clone(),
@@ -1097,11 +1147,14 @@ struct Activity {
     /// A request body read did not fit in the budget, and at most half of it has been
     /// free since.
     refusing: AtomicBool,
+    /// The client address's budget, over its connections.
+    client: Option<ClientMemory>,
 }
 
 impl Activity {
-    fn new(budget: u64) -> Self {
+    fn new(budget: u64, client: Option<ClientMemory>) -> Self {
         Self {
+            client,
             used: AtomicU64::new(0),
             budget,
             refusing: AtomicBool::new(false),
@@ -1126,6 +1179,19 @@ impl Activity {
                 used.checked_add(n).filter(|total| *total <= self.budget)
             })
             .is_ok();
+        let fits = fits
+            && self.client.as_ref().is_none_or(|c| {
+                let ok = c
+                    .used
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                        used.checked_add(n).filter(|total| *total <= c.max)
+                    })
+                    .is_ok();
+                if !ok {
+                    self.used.fetch_sub(n, Ordering::AcqRel);
+                }
+                ok
+            });
         if !fits {
             self.refusing.store(true, Ordering::Release);
         }
@@ -1136,6 +1202,9 @@ impl Activity {
     /// loop holds once a body hands them on).
     fn take(&self, n: u64) {
         self.used.fetch_add(n, Ordering::AcqRel);
+        if let Some(c) = &self.client {
+            c.used.fetch_add(n, Ordering::AcqRel);
+        }
     }
 
     /// Gives `n` bytes back.
@@ -1149,6 +1218,13 @@ impl Activity {
                 Some(used.saturating_sub(n))
             })
             .unwrap_or(0);
+        if let Some(c) = &self.client {
+            let _ = c
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    Some(used.saturating_sub(n))
+                });
+        }
         // Refusing stops once half the budget is free again: the bytes a refused read
         // gives back do not reopen the connection to the next such read at once.
         if before.saturating_sub(n) <= self.budget / 2 {
@@ -1159,7 +1235,12 @@ impl Activity {
     /// Whether the budget is used up: full, or a request body read did not fit and at
     /// most half of it has been free since.
     fn budget_used_up(&self) -> bool {
-        self.refusing.load(Ordering::Acquire) || self.used.load(Ordering::Acquire) >= self.budget
+        self.refusing.load(Ordering::Acquire)
+            || self.used.load(Ordering::Acquire) >= self.budget
+            || self
+                .client
+                .as_ref()
+                .is_some_and(|c| c.used.load(Ordering::Acquire) >= c.max)
     }
 
     fn now_ms(&self) -> u64 {
@@ -1796,7 +1877,7 @@ mod tests {
 
     #[test]
     fn the_budget_refuses_once_full_or_over_and_reopens_at_half() {
-        let a = Arc::new(Activity::new(100));
+        let a = Arc::new(Activity::new(100, None));
         let counters = Arc::new(Counters::default());
         let charge = |a: &Arc<Activity>| Charge {
             activity: a.clone(),

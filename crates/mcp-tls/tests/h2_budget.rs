@@ -260,3 +260,74 @@ async fn response_bytes_held_for_shut_windows_refuse_new_streams_until_cut() {
     }
     server.shutdown().await;
 }
+
+/// An HTTP/2 client connection from `from` (a loopback address).
+async fn h2_client_from(from: &str, addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send.ready().await.unwrap()
+}
+
+#[tokio::test]
+async fn one_address_holds_its_budget_over_all_its_connections() {
+    // 256 KiB per address, 1 MiB per connection: the address's budget binds.
+    let limit = ConnectionLimit::new(100).per_client_memory(256 * KIB as u64);
+    let server = start(&limit, MIB as u64).await;
+    let addr = server.addr;
+    let before = limit.stats();
+    // Four connections from one address, each holding bodies of 64 KiB open.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    let mut sends = Vec::new();
+    for _ in 0..4 {
+        let mut send = h2_client(addr, 65_535).await;
+        for _ in 0..3 {
+            match open_held_body(&mut send, addr, 64 * KIB).await {
+                Ok(h) => held.push(h),
+                Err(e) if e.reason() == Some(Reason::REFUSED_STREAM) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sends.push(send);
+    }
+    let mut open = 0;
+    for (resp, _) in &mut held {
+        match tokio::time::timeout(Duration::from_millis(300), &mut *resp).await {
+            Ok(Ok(r)) => assert_eq!(r.status(), 400, "a body over the budget"),
+            Ok(Err(e)) if e.reason() == Some(Reason::REFUSED_STREAM) => refused += 1,
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => open += 1,
+        }
+    }
+    assert!(
+        open <= 4,
+        "{open} bodies of 64 KiB held open from one address within a budget of 256 KiB \
+         ({refused} streams refused)"
+    );
+    stats_reach(&limit, "refusals counted", |s| {
+        s.streams_refused_over_budget + s.request_bodies_over_budget
+            > before.streams_refused_over_budget + before.request_bodies_over_budget
+    })
+    .await;
+    // Another address is served meanwhile.
+    let mut other = h2_client_from("127.0.0.2", addr).await;
+    let (resp, mut body) = other
+        .send_request(request(addr, "POST", "/sink"), false)
+        .unwrap();
+    body.send_data(Bytes::from(vec![b'o'; 64 * KIB]), true)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+        .await
+        .expect("another address answered")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(held);
+    drop(sends);
+    server.shutdown().await;
+}

@@ -303,6 +303,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     let mut limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections)
         .per_client(cfg.server.max_connections_per_client)
         .client_ipv6_prefix(cfg.server.client_ipv6_prefix)
+        .per_client_memory(cfg.server.client_memory_bytes)
         .exempt(mcp_core::TrustedProxies::new(
             cfg.server.trusted_proxies.iter().copied(),
         ));

@@ -7,7 +7,7 @@
 //!   (REFUSED_STREAM);
 //! - streams whose window stays shut (or opens a byte at a time) are cut after
 //!   `server.writeTimeoutSeconds`, and a normal client is answered meanwhile;
-//! - `check` refuses a bad `server.connectionMemoryBytes`.
+//! - `check` refuses a bad `server.connectionMemoryBytes` or `server.clientMemoryBytes`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -314,7 +314,7 @@ async fn results_held_unread_refuse_new_streams_and_are_cut_after_the_write_time
 }
 
 #[test]
-fn check_refuses_a_bad_connection_memory_budget() {
+fn check_refuses_a_bad_connection_or_client_memory_budget() {
     let dir = tempdir();
     let cfg = base_config("http://127.0.0.1:9/mcp", &dir.path().join("a.db"), "");
     for bad_line in [
@@ -335,7 +335,24 @@ fn check_refuses_a_bad_connection_memory_budget() {
         "connectionMemoryBytes: 2097152",
         "server.connectionMemoryBytes",
     );
-    let good = with_server_keys(&cfg, "  connectionMemoryBytes: 16777216\n");
+    for bad_line in ["clientMemoryBytes: 0", "clientMemoryBytes: 1099511627777"] {
+        let bad = with_server_keys(&cfg, &format!("  {bad_line}\n"));
+        assert_check_refuses(dir.path(), &bad, bad_line, "server.clientMemoryBytes");
+    }
+    let bad = with_server_keys(
+        &cfg,
+        "  maxBodyBytes: 4194304\n  connectionMemoryBytes: 8388608\n  clientMemoryBytes: 2097152\n",
+    );
+    assert_check_refuses(
+        dir.path(),
+        &bad,
+        "clientMemoryBytes: 2097152",
+        "server.clientMemoryBytes",
+    );
+    let good = with_server_keys(
+        &cfg,
+        "  connectionMemoryBytes: 16777216\n  clientMemoryBytes: 134217728\n",
+    );
     let path = dir.path().join("good.yaml");
     std::fs::write(&path, good).unwrap();
     let (code, _, err) = run(
