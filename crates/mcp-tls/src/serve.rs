@@ -36,10 +36,10 @@
 //! retry) before the service sees it, and a request body read that would go over it fails
 //! with [`MemoryBudgetExceeded`]. The same bytes count against a budget of the client
 //! address over all its connections ([`ServerOptions::client_memory_bytes`], default
-//! 64 MiB; none for exempt peers), with the same refusals. hyper's HTTP/2 buffers are bounded too: 64 KiB of
-//! response data queued per stream, 1 MiB stream and connection receive windows (request
-//! bytes a peer can send before the service reads them), 16 KiB frames, 16 KiB of request
-//! headers.
+//! 64 MiB; none for exempt peers), with the same refusals. hyper's HTTP/2 buffers are
+//! bounded too: 64 KiB of response data queued per stream, 1 MiB stream and connection
+//! receive windows (request bytes a peer can send before the service reads them), 16 KiB
+//! frames, 16 KiB of request headers.
 //!
 //! The layers learn what the loop did: every request carries its connection's
 //! [`mcp_core::ConnectionEvents`], on which the loop notes each completed flush (what the
@@ -282,10 +282,11 @@ pub struct ConnectionStats {
     /// [`max_per_client`](Self::max_per_client) open already.
     pub per_client_refused: u64,
     /// HTTP/2 streams refused (`REFUSED_STREAM`) because their connection's memory
-    /// budget was used up ([`ServerOptions::connection_memory_bytes`]).
+    /// budget, or their client address's, was used up
+    /// ([`ServerOptions::connection_memory_bytes`], [`ServerOptions::client_memory_bytes`]).
     pub streams_refused_over_budget: u64,
     /// Request body reads failed because they would have gone over their connection's
-    /// memory budget.
+    /// memory budget or their client address's.
     pub request_bodies_over_budget: u64,
 }
 
@@ -1592,7 +1593,8 @@ impl Drop for Charge {
 }
 
 /// A request body read that would have gone over its connection's memory budget
-/// ([`ServerOptions::connection_memory_bytes`]): the error a [`RequestBody`] yields.
+/// ([`ServerOptions::connection_memory_bytes`]) or its client address's
+/// ([`ServerOptions::client_memory_bytes`]): the error a [`RequestBody`] yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemoryBudgetExceeded {
@@ -1604,7 +1606,8 @@ impl fmt::Display for MemoryBudgetExceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "request body refused: its connection's memory budget ({} bytes) is used up",
+            "request body refused: the memory budget of its connection ({} bytes) or of its \
+             client address is used up",
             self.budget
         )
     }
@@ -1614,7 +1617,8 @@ impl std::error::Error for MemoryBudgetExceeded {}
 
 /// The request body the accept loop hands to the service: hyper's [`Incoming`], with
 /// the bytes read counted against the connection's memory budget
-/// ([`ServerOptions::connection_memory_bytes`]) until the request's response ends. A
+/// ([`ServerOptions::connection_memory_bytes`]) and its client address's
+/// ([`ServerOptions::client_memory_bytes`]) until the request's response ends. A
 /// data frame that would go over the budget is not handed on: the body yields
 /// [`MemoryBudgetExceeded`] instead (and ends).
 pub struct RequestBody {
