@@ -611,7 +611,56 @@ pub struct ServerOptions {
     /// calls and one event stream per session, and 32 leaves it room to fan out.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Memory budget of one connection, in bytes (default 8 MiB, 64 KiB to 1 TiB): the
+    /// request body bytes its requests in progress have read (held until their response
+    /// ends) plus the response bytes the loop holds for them (the rest of a body frame not
+    /// yet handed on, and the piece waiting to be taken), across its HTTP/2 streams.
+    /// A response body of known length counts whole until it is first asked for a frame
+    /// (a window of zero keeps it unasked). While the budget is used up (full, or since a
+    /// request body read did not fit, until half of it is free again), a new HTTP/2
+    /// stream is refused (`RST_STREAM` with `REFUSED_STREAM`, which clients retry; the
+    /// service never sees it), and a request body read that would go over it fails (the
+    /// service sees a body error: a layer reading the body answers as for a broken body).
+    /// Streams already admitted are not cut for it: a stalled one is cut by the
+    /// [`write_timeout`](Self::write_timeout). So streams admitted together, before any
+    /// of their responses arrived, can hold more: at most
+    /// [`max_concurrent_streams`](Self::max_concurrent_streams) times the largest
+    /// response a layer buffers, for at most the write timeout.
+    /// Keep it above the largest request body a layer accepts (HTTP/1.1 has one
+    /// request at a time, so this only matters for a body larger than the budget).
+    #[serde(default = "default_connection_memory_bytes")]
+    pub connection_memory_bytes: u64,
+    /// Memory budget of one client address in bytes, over all its connections (default
+    /// 64 MiB, 64 KiB to 1 TiB; IPv6 per [`client_ipv6_prefix`](Self::client_ipv6_prefix)):
+    /// the same bytes as [`connection_memory_bytes`](Self::connection_memory_bytes), with
+    /// the same refusals once used up, so that one address does not hold
+    /// [`max_connections_per_client`](Self::max_connections_per_client) times the
+    /// connection budget. Peers exempted on the [`ConnectionLimit`](crate::ConnectionLimit)
+    /// (trusted proxies) have none. Set on the shared limit when there is one
+    /// ([`ConnectionLimit::per_client_memory`](crate::ConnectionLimit::per_client_memory)).
+    #[serde(default = "default_client_memory_bytes")]
+    pub client_memory_bytes: u64,
 }
+
+fn default_client_memory_bytes() -> u64 {
+    DEFAULT_CLIENT_MEMORY_BYTES
+}
+
+/// The default [`ServerOptions::client_memory_bytes`]: 64 MiB.
+pub const DEFAULT_CLIENT_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+
+fn default_connection_memory_bytes() -> u64 {
+    DEFAULT_CONNECTION_MEMORY_BYTES
+}
+
+/// The default [`ServerOptions::connection_memory_bytes`]: 8 MiB.
+pub const DEFAULT_CONNECTION_MEMORY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The smallest [`ServerOptions::connection_memory_bytes`] accepted: 64 KiB.
+pub const MIN_CONNECTION_MEMORY_BYTES: u64 = 64 * 1024;
+
+/// The largest [`ServerOptions::connection_memory_bytes`] accepted: 1 TiB.
+pub const MAX_CONNECTION_MEMORY_BYTES: u64 = 1 << 40;
 
 fn default_write_timeout() -> Duration {
     Duration::from_secs(30)
@@ -657,6 +706,8 @@ impl Default for ServerOptions {
             client_ipv6_prefix: default_client_ipv6_prefix(),
             max_requests_per_connection: default_max_requests_per_connection(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            connection_memory_bytes: default_connection_memory_bytes(),
+            client_memory_bytes: default_client_memory_bytes(),
         }
     }
 }
@@ -712,6 +763,22 @@ impl ServerOptions {
             return Err(ConfigError::new(
                 "server.maxConcurrentStreams",
                 "must be between 1 and 10000",
+            ));
+        }
+        if !(MIN_CONNECTION_MEMORY_BYTES..=MAX_CONNECTION_MEMORY_BYTES)
+            .contains(&self.connection_memory_bytes)
+        {
+            return Err(ConfigError::new(
+                "server.connectionMemoryBytes",
+                "must be between 65536 (64 KiB) and 1099511627776 (1 TiB)",
+            ));
+        }
+        if !(MIN_CONNECTION_MEMORY_BYTES..=MAX_CONNECTION_MEMORY_BYTES)
+            .contains(&self.client_memory_bytes)
+        {
+            return Err(ConfigError::new(
+                "server.clientMemoryBytes",
+                "must be between 65536 (64 KiB) and 1099511627776 (1 TiB)",
             ));
         }
         Ok(())
@@ -1024,6 +1091,10 @@ mod tests {
             (64, 64)
         );
         assert_eq!(d.max_concurrent_streams, 32);
+        assert_eq!(d.connection_memory_bytes, 8 * 1024 * 1024);
+        let o: ServerOptions = serde_yaml_ng::from_str("connectionMemoryBytes: 65536\n").unwrap();
+        assert_eq!(o.connection_memory_bytes, 65_536);
+        o.validate().unwrap();
         for (o, key) in [
             (
                 ServerOptions {
@@ -1066,6 +1137,27 @@ mod tests {
                     ..d.clone()
                 },
                 "server.maxConcurrentStreams",
+            ),
+            (
+                ServerOptions {
+                    connection_memory_bytes: 65_535,
+                    ..d.clone()
+                },
+                "server.connectionMemoryBytes",
+            ),
+            (
+                ServerOptions {
+                    connection_memory_bytes: (1 << 40) + 1,
+                    ..d.clone()
+                },
+                "server.connectionMemoryBytes",
+            ),
+            (
+                ServerOptions {
+                    client_memory_bytes: 0,
+                    ..d.clone()
+                },
+                "server.clientMemoryBytes",
             ),
         ] {
             assert_eq!(o.validate().unwrap_err().key, key);

@@ -62,8 +62,13 @@ pub use acceptor::{
 };
 pub use build::{ALPN_PROTOCOLS, ExpiryStatus, expiry_status, provider};
 pub use config::{
-    AutoCertConfig, ClientAuth, ServerOptions, TlsConfig, TlsVersion, UnverifiedClientAuth,
+    AutoCertConfig, ClientAuth, DEFAULT_CLIENT_MEMORY_BYTES, DEFAULT_CONNECTION_MEMORY_BYTES,
+    MAX_CONNECTION_MEMORY_BYTES, MIN_CONNECTION_MEMORY_BYTES, ServerOptions, TlsConfig, TlsVersion,
+    UnverifiedClientAuth,
 };
 pub use error::{ConfigError, TlsError};
 pub use identity::{client_cert_expires_at, identity_from_der, tls_info};
-pub use serve::{ConnectionInfo, ConnectionLimit, ConnectionStats, Server, serve, serve_plain};
+pub use serve::{
+    ConnectionInfo, ConnectionLimit, ConnectionStats, MemoryBudgetExceeded, RequestBody, Server,
+    serve, serve_plain,
+};

@@ -28,6 +28,19 @@
 //! [`ServerOptions::max_requests_per_connection`] requests, and an HTTP/2 connection at
 //! most [`ServerOptions::max_concurrent_streams`] at once.
 //!
+//! Memory: each connection has a budget ([`ServerOptions::connection_memory_bytes`],
+//! default 8 MiB) of the request body bytes its requests in progress have read (the
+//! service gets a [`RequestBody`], hyper's `Incoming` with its bytes counted; they count
+//! until the response ends) and the response bytes the loop holds for them. While it is
+//! used up, a new HTTP/2 stream is refused (`RST_STREAM` `REFUSED_STREAM`, which clients
+//! retry) before the service sees it, and a request body read that would go over it fails
+//! with [`MemoryBudgetExceeded`]. The same bytes count against a budget of the client
+//! address over all its connections ([`ServerOptions::client_memory_bytes`], default
+//! 64 MiB; none for exempt peers), with the same refusals. hyper's HTTP/2 buffers are
+//! bounded too: 64 KiB of response data queued per stream, 1 MiB stream and connection
+//! receive windows (request bytes a peer can send before the service reads them), 16 KiB
+//! frames, 16 KiB of request headers.
+//!
 //! The layers learn what the loop did: every request carries its connection's
 //! [`mcp_core::ConnectionEvents`], on which the loop notes each completed flush (what the
 //! connection was handed is written) and, before dropping a connection it closed for the
@@ -87,7 +100,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::acceptor::{ClientCertCheck, TlsAcceptor};
-use crate::config::ServerOptions;
+use crate::config::{MAX_CONNECTION_MEMORY_BYTES, MIN_CONNECTION_MEMORY_BYTES, ServerOptions};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -214,7 +227,8 @@ pub struct ConnectionLimit {
     per_client: usize,
     ipv6_prefix: u8,
     exempt: Arc<TrustedProxies>,
-    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    clients: Arc<Mutex<HashMap<IpAddr, ClientEntry>>>,
+    client_memory: u64,
     counters: Arc<Counters>,
     observer: Option<Arc<dyn ConnectionObserver>>,
 }
@@ -228,6 +242,8 @@ struct Counters {
     idle_closed: AtomicU64,
     write_timed_out: AtomicU64,
     per_client_refused: AtomicU64,
+    streams_refused_over_budget: AtomicU64,
+    request_bodies_over_budget: AtomicU64,
     /// Milliseconds since the Unix epoch of the last refusal logged at `warn`.
     refusal_warned_ms: AtomicU64,
 }
@@ -265,6 +281,13 @@ pub struct ConnectionStats {
     /// Connections closed at accept because their client address had
     /// [`max_per_client`](Self::max_per_client) open already.
     pub per_client_refused: u64,
+    /// HTTP/2 streams refused (`REFUSED_STREAM`) because their connection's memory
+    /// budget, or their client address's, was used up
+    /// ([`ServerOptions::connection_memory_bytes`], [`ServerOptions::client_memory_bytes`]).
+    pub streams_refused_over_budget: u64,
+    /// Request body reads failed because they would have gone over their connection's
+    /// memory budget or their client address's.
+    pub request_bodies_over_budget: u64,
 }
 
 impl ConnectionLimit {
@@ -280,6 +303,7 @@ impl ConnectionLimit {
             ipv6_prefix: defaults.client_ipv6_prefix,
             exempt: Arc::new(TrustedProxies::none()),
             clients: Arc::default(),
+            client_memory: defaults.client_memory_bytes,
             counters: Arc::default(),
             observer: None,
         }
@@ -291,6 +315,15 @@ impl ConnectionLimit {
         Self::new(options.max_connections)
             .per_client(options.max_connections_per_client)
             .client_ipv6_prefix(options.client_ipv6_prefix)
+            .per_client_memory(options.client_memory_bytes)
+    }
+
+    /// Memory budget of one client address in bytes, over all its connections (clamped
+    /// to 64 KiB ..= 1 TiB; default 64 MiB): see [`ServerOptions::client_memory_bytes`].
+    /// Exempt peers have none. Set before the limit is cloned and shared.
+    pub fn per_client_memory(mut self, max: u64) -> Self {
+        self.client_memory = max.clamp(MIN_CONNECTION_MEMORY_BYTES, MAX_CONNECTION_MEMORY_BYTES);
+        self
     }
 
     /// Most connections open at once from one client address (clamped to at least 1),
@@ -350,6 +383,8 @@ impl ConnectionLimit {
             idle_closed: c.idle_closed.load(Ordering::Relaxed),
             write_timed_out: c.write_timed_out.load(Ordering::Relaxed),
             per_client_refused: c.per_client_refused.load(Ordering::Relaxed),
+            streams_refused_over_budget: c.streams_refused_over_budget.load(Ordering::Relaxed),
+            request_bodies_over_budget: c.request_bodies_over_budget.load(Ordering::Relaxed),
         }
     }
 
@@ -372,14 +407,18 @@ impl ConnectionLimit {
         }
         let key = mcp_core::ip_key(peer, self.ipv6_prefix);
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        let open = clients.entry(key).or_insert(0);
-        if *open >= self.per_client {
+        let entry = clients.entry(key).or_default();
+        if entry.open >= self.per_client {
             return Err(key);
         }
-        *open += 1;
+        entry.open += 1;
         Ok(Some(ClientSlot {
             clients: self.clients.clone(),
             key,
+            memory: ClientMemory {
+                used: entry.used.clone(),
+                max: self.client_memory,
+            },
         }))
     }
 }
@@ -389,16 +428,31 @@ const MAX_PERMITS: usize = (u32::MAX >> 3) as usize;
 
 /// One connection in its client address's count, released on drop.
 struct ClientSlot {
-    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    clients: Arc<Mutex<HashMap<IpAddr, ClientEntry>>>,
     key: IpAddr,
+    memory: ClientMemory,
+}
+
+/// A client address's open connections and the bytes they hold (see [`Activity`]).
+#[derive(Default)]
+struct ClientEntry {
+    open: usize,
+    used: Arc<AtomicU64>,
+}
+
+/// The memory budget of a connection's client address, shared by its connections.
+#[derive(Clone)]
+struct ClientMemory {
+    used: Arc<AtomicU64>,
+    max: u64,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = clients.get_mut(&self.key) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
+        if let Some(entry) = clients.get_mut(&self.key) {
+            entry.open = entry.open.saturating_sub(1);
+            if entry.open == 0 {
                 clients.remove(&self.key);
             }
         }
@@ -511,6 +565,22 @@ impl Server {
         self
     }
 
+    /// Memory budget of each connection in bytes (default 8 MiB): request body bytes read
+    /// and response bytes held for its requests in progress. See
+    /// [`ServerOptions::connection_memory_bytes`].
+    pub fn connection_memory_bytes(mut self, max: u64) -> Self {
+        self.options.connection_memory_bytes = max;
+        self
+    }
+
+    /// Memory budget of each client address in bytes, over its connections (default
+    /// 64 MiB). Ignored when a shared [`connection_limit`](Self::connection_limit) is set
+    /// (set it there). See [`ServerOptions::client_memory_bytes`].
+    pub fn client_memory_bytes(mut self, max: u64) -> Self {
+        self.options.client_memory_bytes = max;
+        self
+    }
+
     /// Most connections open at once from one client address (default 64). Ignored
     /// when a shared [`connection_limit`](Self::connection_limit) is set (set it there).
     /// See [`ServerOptions::max_connections_per_client`].
@@ -550,7 +620,7 @@ impl Server {
     /// connection has finished or the drain timeout has passed.
     pub async fn serve<S, B>(self, service: S) -> io::Result<()>
     where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: http_body::Body + Send + 'static,
@@ -582,6 +652,9 @@ impl Server {
                 0 => defaults.max_requests_per_connection,
                 n => n,
             },
+            memory: options
+                .connection_memory_bytes
+                .clamp(MIN_CONNECTION_MEMORY_BYTES, MAX_CONNECTION_MEMORY_BYTES),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -600,10 +673,20 @@ impl Server {
             0 => defaults.max_concurrent_streams,
             n => n,
         };
+        // hyper's HTTP/2 buffers, bounded explicitly: response data queued per stream (the
+        // loop hands bodies on in pieces of 16 KiB, so a small queue loses nothing), the
+        // receive windows (request bytes a peer may send before the service reads them:
+        // per stream, and for the whole connection), frames, request headers.
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(max_streams);
+            .max_concurrent_streams(max_streams)
+            .max_send_buf_size(H2_MAX_SEND_BUF)
+            .initial_stream_window_size(H2_WINDOW)
+            .initial_connection_window_size(H2_WINDOW)
+            .adaptive_window(false)
+            .max_frame_size(H2_MAX_FRAME)
+            .max_header_list_size(H2_MAX_HEADER_LIST);
         let builder = Arc::new(builder);
         let mut shutdown: ShutdownSignal =
             shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
@@ -662,12 +745,16 @@ impl Server {
             let alive = alive.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let client_memory = client_slot.as_ref().map(|s| s.memory.clone());
                 let _client_slot = client_slot;
                 let _alive = alive;
                 match tls {
                     None => {
                         let svc = ConnectionInfo::new(service, peer, None);
-                        let client = ClientValidity::default();
+                        let client = ClientValidity {
+                            memory: client_memory,
+                            ..ClientValidity::default()
+                        };
                         serve_connection(&builder, tcp, svc, timeouts, client, stop, &counters)
                             .await;
                     }
@@ -680,7 +767,11 @@ impl Server {
                                 let svc = ConnectionInfo::new(service, peer, Some(info))
                                     .client_cert_expires_at(expires)
                                     .client_cert_check(check.clone());
-                                let client = ClientValidity { expires, check };
+                                let client = ClientValidity {
+                                    expires,
+                                    check,
+                                    memory: client_memory,
+                                };
                                 serve_connection(
                                     &builder, stream, svc, timeouts, client, stop, &counters,
                                 )
@@ -766,12 +857,22 @@ async fn handshake(
     }
 }
 
-/// A connection's time limits.
+/// Response data hyper queues per HTTP/2 stream (hyper's default: 400 KiB).
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+/// HTTP/2 initial stream and connection receive windows (hyper's defaults).
+const H2_WINDOW: u32 = 1024 * 1024;
+/// Largest HTTP/2 frame received (the protocol's minimum and hyper's default).
+const H2_MAX_FRAME: u32 = 16 * 1024;
+/// Largest request header list over HTTP/2 (hyper's default).
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// A connection's time limits and memory budget.
 #[derive(Debug, Clone, Copy)]
 struct ConnectionTimeouts {
     idle: Duration,
     write: Duration,
     max_requests: u64,
+    memory: u64,
 }
 
 /// How [`serve_connection`]'s watch ended.
@@ -795,6 +896,8 @@ enum Ended<E> {
 struct ClientValidity {
     expires: Option<SystemTime>,
     check: Option<ClientCertCheck>,
+    /// The client address's memory budget (none for an exempt peer).
+    memory: Option<ClientMemory>,
 }
 
 /// Resolves when the client trust changed since `check` last verified its chain (never
@@ -824,21 +927,22 @@ async fn serve_connection<IO, S, B>(
     timeouts: ConnectionTimeouts,
     client: ClientValidity,
     mut stop: watch::Receiver<bool>,
-    counters: &Counters,
+    counters: &Arc<Counters>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(timeouts.memory, client.memory.clone()));
     let service = Tracking {
         inner: service,
         activity: activity.clone(),
         max_requests: timeouts.max_requests,
+        counters: counters.clone(),
     };
     let io = WriteWatch {
         inner: io,
@@ -1037,11 +1141,24 @@ struct Activity {
     /// What the layers learn of this connection (in every request's extensions): when
     /// what it was handed is written, and why it was closed.
     events: ConnectionEvents,
+    /// Bytes held for the requests in progress (see [`Charge`]).
+    used: AtomicU64,
+    /// The connection's memory budget.
+    budget: u64,
+    /// A request body read did not fit in the budget, and at most half of it has been
+    /// free since.
+    refusing: AtomicBool,
+    /// The client address's budget, over its connections.
+    client: Option<ClientMemory>,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(budget: u64, client: Option<ClientMemory>) -> Self {
         Self {
+            client,
+            used: AtomicU64::new(0),
+            budget,
+            refusing: AtomicBool::new(false),
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
@@ -1053,6 +1170,78 @@ impl Activity {
             waker: AtomicWaker::new(),
             events: ConnectionEvents::new(),
         }
+    }
+
+    /// Takes `n` bytes of the budget if they fit.
+    fn try_take(&self, n: u64) -> bool {
+        let fits = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.budget)
+            })
+            .is_ok();
+        let fits = fits
+            && self.client.as_ref().is_none_or(|c| {
+                let ok = c
+                    .used
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                        used.checked_add(n).filter(|total| *total <= c.max)
+                    })
+                    .is_ok();
+                if !ok {
+                    self.used.fetch_sub(n, Ordering::AcqRel);
+                }
+                ok
+            });
+        if !fits {
+            self.refusing.store(true, Ordering::Release);
+        }
+        fits
+    }
+
+    /// Takes `n` bytes of the budget, whether they fit or not (response bytes, which the
+    /// loop holds once a body hands them on).
+    fn take(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+        if let Some(c) = &self.client {
+            c.used.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Gives `n` bytes back.
+    fn give_back(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let before = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if let Some(c) = &self.client {
+            let _ = c
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    Some(used.saturating_sub(n))
+                });
+        }
+        // Refusing stops once half the budget is free again: the bytes a refused read
+        // gives back do not reopen the connection to the next such read at once.
+        if before.saturating_sub(n) <= self.budget / 2 {
+            self.refusing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether the budget is used up: full, or a request body read did not fit and at
+    /// most half of it has been free since.
+    fn budget_used_up(&self) -> bool {
+        self.refusing.load(Ordering::Acquire)
+            || self.used.load(Ordering::Acquire) >= self.budget
+            || self
+                .client
+                .as_ref()
+                .is_some_and(|c| c.used.load(Ordering::Acquire) >= c.max)
     }
 
     fn now_ms(&self) -> u64 {
@@ -1224,30 +1413,58 @@ impl Drop for InFlight {
     }
 }
 
-/// Counts a connection's requests in progress (see [`Activity`]) and its requests.
+/// Counts a connection's requests in progress (see [`Activity`]) and its requests,
+/// counts their request bodies against the connection's memory budget, and refuses new
+/// HTTP/2 streams while the budget is used up.
 #[derive(Clone)]
 struct Tracking<S> {
     inner: S,
     activity: Arc<Activity>,
     max_requests: u64,
+    counters: Arc<Counters>,
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Tracking<S>
+impl<S, ResB> Service<Request<Incoming>> for Tracking<S>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S: Service<Request<RequestBody>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
     ResB: http_body::Body,
 {
     type Response = Response<TrackedBody<ResB>>;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = TrackingFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        req.extensions_mut().insert(self.activity.events.clone());
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let a = &self.activity;
+        if req.version() == http::Version::HTTP_2 && a.budget_used_up() {
+            // Refused before the service sees it: hyper resets the stream with the
+            // reason of the error (REFUSED_STREAM: the peer may retry it).
+            Counters::add(&self.counters.streams_refused_over_budget);
+            tracing::debug!(
+                budget = a.budget,
+                "HTTP/2 stream refused: its connection's memory budget is used up"
+            );
+            return TrackingFuture {
+                inner: None,
+                guard: None,
+                charge: None,
+                close: false,
+            };
+        }
+        let charge = Arc::new(Charge {
+            activity: a.clone(),
+            counters: self.counters.clone(),
+            held: AtomicU64::new(0),
+        });
+        let mut req = req.map(|inner| RequestBody {
+            inner,
+            charge: Some(charge.clone()),
+        });
+        req.extensions_mut().insert(a.events.clone());
         let served = a.requests.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         let last = served >= self.max_requests;
         if last && !a.close_asked.swap(true, Ordering::AcqRel) {
@@ -1258,18 +1475,21 @@ where
         let close = last && req.version() <= http::Version::HTTP_11;
         TrackingFuture {
             guard: Some(InFlight::new(self.activity.clone())),
+            charge: Some(charge),
             close,
-            inner: self.inner.call(req),
+            inner: Some(self.inner.call(req)),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The response future; its [`InFlight`] moves into the response body.
+    /// The response future; its [`InFlight`] and [`Charge`] move into the response body.
+    /// Without an inner future, the stream is refused.
     struct TrackingFuture<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
         guard: Option<InFlight>,
+        charge: Option<Arc<Charge>>,
         close: bool,
     }
 }
@@ -1277,14 +1497,19 @@ pin_project_lite::pin_project! {
 impl<F, B, E> Future for TrackingFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
     B: http_body::Body,
 {
-    type Output = Result<Response<TrackedBody<B>>, E>;
+    type Output = Result<Response<TrackedBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = ready!(this.inner.poll(cx));
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Err(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM))));
+        };
+        let res = ready!(inner.poll(cx)).map_err(Into::into);
         let guard = this.guard.take();
+        let charge = this.charge.take();
         let close = *this.close;
         Poll::Ready(res.map(|mut r| {
             if close {
@@ -1304,14 +1529,158 @@ where
                 if !body.is_end_stream() {
                     taken.hand();
                 }
+                // Until hyper first asks for a frame (an HTTP/2 window of zero may keep it
+                // from asking), a body of known length counts as held whole: a buffered
+                // body is (a streamed one with a length is counted until it is first
+                // asked, which a peer that reads is at once).
+                let mut counted = 0;
+                if let (Some(c), Some(n)) = (charge.as_ref(), body.size_hint().exact()) {
+                    c.take(n);
+                    counted = n;
+                }
                 TrackedBody {
                     inner: body,
                     taken,
                     guard,
                     rest: None,
+                    charge,
+                    counted,
                 }
             })
         }))
+    }
+}
+
+/// What one request in progress holds of its connection's memory budget: the bytes its
+/// body has read, and the bytes the loop holds of its response. Given back when both the
+/// request body and the response are gone.
+struct Charge {
+    activity: Arc<Activity>,
+    counters: Arc<Counters>,
+    held: AtomicU64,
+}
+
+impl Charge {
+    /// Request bytes read: false (nothing taken) when they would go over the budget.
+    fn try_take(&self, n: u64) -> bool {
+        if self.activity.try_take(n) {
+            self.held.fetch_add(n, Ordering::AcqRel);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn take(&self, n: u64) {
+        self.activity.take(n);
+        self.held.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn give_back(&self, n: u64) {
+        self.activity.give_back(n);
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(h.saturating_sub(n))
+            });
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.activity.give_back(*self.held.get_mut());
+    }
+}
+
+/// A request body read that would have gone over its connection's memory budget
+/// ([`ServerOptions::connection_memory_bytes`]) or its client address's
+/// ([`ServerOptions::client_memory_bytes`]): the error a [`RequestBody`] yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryBudgetExceeded {
+    /// The connection's budget, in bytes.
+    pub budget: u64,
+}
+
+impl fmt::Display for MemoryBudgetExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request body refused: the memory budget of its connection ({} bytes) or of its \
+             client address is used up",
+            self.budget
+        )
+    }
+}
+
+impl std::error::Error for MemoryBudgetExceeded {}
+
+/// The request body the accept loop hands to the service: hyper's [`Incoming`], with
+/// the bytes read counted against the connection's memory budget
+/// ([`ServerOptions::connection_memory_bytes`]) and its client address's
+/// ([`ServerOptions::client_memory_bytes`]) until the request's response ends. A
+/// data frame that would go over the budget is not handed on: the body yields
+/// [`MemoryBudgetExceeded`] instead (and ends).
+pub struct RequestBody {
+    inner: Incoming,
+    charge: Option<Arc<Charge>>,
+}
+
+impl RequestBody {
+    /// The body as hyper read it, no longer counted.
+    pub fn into_inner(self) -> Incoming {
+        self.inner
+    }
+}
+
+impl fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("inner", &self.inner)
+            .field("counted", &self.charge.is_some())
+            .finish()
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let Some(charge) = self.charge.clone() else {
+            // Over the budget already: ended with the error.
+            return Poll::Ready(None);
+        };
+        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Ok(frame)) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            let n = data.len() as u64;
+            if !charge.try_take(n) {
+                Counters::add(&charge.counters.request_bodies_over_budget);
+                let budget = charge.activity.budget;
+                tracing::debug!(
+                    budget,
+                    "request body refused: its connection's memory budget is used up"
+                );
+                self.charge = None;
+                return Poll::Ready(Some(Err(Box::new(MemoryBudgetExceeded { budget }))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.charge.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -1361,10 +1730,23 @@ pin_project_lite::pin_project! {
         guard: Option<InFlight>,
         taken: Taken,
         rest: Option<Bytes>,
+        // The request's share of the connection's memory budget, and what of it counts
+        // this body's bytes held: the rest of the frame and the piece handed on.
+        charge: Option<Arc<Charge>>,
+        counted: u64,
     }
 }
 
 impl<B: http_body::Body> TrackedBody<B> {
+    /// Counts the bytes held now: the piece handed on and the rest of its frame.
+    fn count(charge: Option<&Arc<Charge>>, counted: &mut u64, piece: &Bytes, rest: Option<&Bytes>) {
+        if let Some(c) = charge {
+            let n = piece.len() as u64 + rest.map_or(0, |r| r.len() as u64);
+            c.take(n);
+            *counted = n;
+        }
+    }
+
     fn piece(rest: &mut Option<Bytes>, mut data: Bytes) -> Bytes {
         if data.len() > PIECE {
             *rest = Some(data.split_off(PIECE));
@@ -1385,15 +1767,26 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         this.taken.take();
+        // The piece handed on last is taken: it no longer counts.
+        if let Some(c) = this.charge.as_ref() {
+            c.give_back(std::mem::take(this.counted));
+        }
         if let Some(rest) = this.rest.take() {
             let piece = Self::piece(this.rest, rest);
             this.taken.hand();
+            Self::count(
+                this.charge.as_ref(),
+                this.counted,
+                &piece,
+                this.rest.as_ref(),
+            );
             return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
         }
         loop {
             let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
                 None => {
                     this.guard.take();
+                    this.charge.take();
                     return Poll::Ready(None);
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
@@ -1404,6 +1797,12 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
                     let data = data.copy_to_bytes(data.remaining());
                     let piece = Self::piece(this.rest, data);
                     this.taken.hand();
+                    Self::count(
+                        this.charge.as_ref(),
+                        this.counted,
+                        &piece,
+                        this.rest.as_ref(),
+                    );
                     return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
                 }
                 Err(frame) => {
@@ -1436,7 +1835,7 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
 /// shutdown; use [`Server`] for that and for limits).
 pub async fn serve<S, B>(listener: TcpListener, tls: TlsAcceptor, service: S) -> io::Result<()>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
@@ -1450,7 +1849,7 @@ where
 /// [`PeerAddr`]).
 pub async fn serve_plain<S, B>(listener: TcpListener, service: S) -> io::Result<()>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
@@ -1478,6 +1877,36 @@ mod tests {
         assert_eq!(key("2001:db8:1:3::1", 48), "2001:db8:1::");
         assert_eq!(key("2001:db8::1", 128), "2001:db8::1");
         assert_eq!(key("2001:db8::1", 0), "::");
+    }
+
+    #[test]
+    fn the_budget_refuses_once_full_or_over_and_reopens_at_half() {
+        let a = Arc::new(Activity::new(100, None));
+        let counters = Arc::new(Counters::default());
+        let charge = |a: &Arc<Activity>| Charge {
+            activity: a.clone(),
+            counters: counters.clone(),
+            held: AtomicU64::new(0),
+        };
+        let first = charge(&a);
+        assert!(first.try_take(60));
+        assert!(!a.budget_used_up());
+        let second = charge(&a);
+        // 60 + 50 does not fit: nothing taken, and the connection refuses from now on.
+        assert!(!second.try_take(50));
+        assert!(a.budget_used_up());
+        assert!(second.try_take(30));
+        // Bytes given back above half the budget do not reopen it.
+        drop(second);
+        assert!(a.budget_used_up());
+        first.give_back(20);
+        assert!(!a.budget_used_up());
+        // Response bytes are taken whatever they come to; full is used up.
+        first.take(70);
+        assert!(a.budget_used_up());
+        drop(first);
+        assert_eq!(a.used.load(Ordering::Acquire), 0);
+        assert!(!a.budget_used_up());
     }
 
     #[test]

@@ -54,6 +54,10 @@ impl Exported {
             .absolute(s.write_timed_out);
         metrics::counter!("mcp_gateway_connections_per_client_refused_total")
             .absolute(s.per_client_refused);
+        metrics::counter!("mcp_gateway_http2_streams_refused_over_budget_total")
+            .absolute(s.streams_refused_over_budget);
+        metrics::counter!("mcp_gateway_request_bodies_over_budget_total")
+            .absolute(s.request_bodies_over_budget);
         metrics::gauge!("mcp_gateway_connections_max_per_client").set(s.max_per_client as f64);
         metrics::counter!("mcp_gateway_tls_handshake_failures_total", "reason" => "failed")
             .absolute(s.tls_handshake_failed);

@@ -130,6 +130,15 @@ pub struct ServerConfig {
     /// 32), each of which may hold an upstream connection; more are refused
     /// (`REFUSED_STREAM`, retried by clients).
     pub max_concurrent_streams: u32,
+    /// Memory budget of one connection in bytes (65536 to 2^40, default 8 MiB, at least
+    /// `maxBodyBytes`): request body bytes read and response bytes held for its requests
+    /// in progress. While it is used up, new HTTP/2 streams are refused (`REFUSED_STREAM`)
+    /// and a body read that would go over it fails (400).
+    pub connection_memory_bytes: u64,
+    /// Memory budget of one client address over all its connections, in bytes (65536 to
+    /// 2^40, default 64 MiB; IPv6 per `clientIpv6Prefix`; `trustedProxies` exempt): the
+    /// same bytes and refusals as `connectionMemoryBytes`.
+    pub client_memory_bytes: u64,
     /// Threads that serve connections, each with a runtime of its own and a socket of its
     /// own on `addr` (one `SO_REUSEPORT` group; like nginx's worker processes). 0: one
     /// per CPU.
@@ -169,6 +178,8 @@ impl Default for ServerConfig {
             max_connections_per_client: 64,
             max_requests_per_connection: 1000,
             max_concurrent_streams: 32,
+            connection_memory_bytes: mcp_tls::DEFAULT_CONNECTION_MEMORY_BYTES,
+            client_memory_bytes: mcp_tls::DEFAULT_CLIENT_MEMORY_BYTES,
             workers: 0,
             client_ipv6_prefix: mcp_core::DEFAULT_IPV6_PREFIX,
             admin_addr: None,

@@ -303,6 +303,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     let mut limit = mcp_tls::ConnectionLimit::new(cfg.server.max_connections)
         .per_client(cfg.server.max_connections_per_client)
         .client_ipv6_prefix(cfg.server.client_ipv6_prefix)
+        .per_client_memory(cfg.server.client_memory_bytes)
         .exempt(mcp_core::TrustedProxies::new(
             cfg.server.trusted_proxies.iter().copied(),
         ));
@@ -383,6 +384,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     let write = Duration::from_secs(cfg.server.write_timeout_seconds);
     let max_requests = cfg.server.max_requests_per_connection;
     let max_streams = cfg.server.max_concurrent_streams;
+    let connection_memory = cfg.server.connection_memory_bytes;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::with_capacity(workers);
     for (i, (router, listener)) in routers.into_iter().zip(listeners).enumerate() {
@@ -396,6 +398,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
             write,
             max_requests,
             max_streams,
+            connection_memory,
             stop: stop_rx.clone(),
         };
         let (ready, done) = server.start(i)?;
@@ -515,6 +518,7 @@ struct Worker {
     write: Duration,
     max_requests: u64,
     max_streams: u32,
+    connection_memory: u64,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -544,6 +548,7 @@ impl Worker {
             write,
             max_requests,
             max_streams,
+            connection_memory,
             mut stop,
         } = self;
         let started = tokio::runtime::Builder::new_current_thread()
@@ -570,6 +575,7 @@ impl Worker {
                 .write_timeout(write)
                 .max_requests_per_connection(max_requests)
                 .max_concurrent_streams(max_streams)
+                .connection_memory_bytes(connection_memory)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

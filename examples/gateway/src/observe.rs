@@ -283,6 +283,16 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         "Connections closed at accept: their client address had \
          server.maxConnectionsPerClient open"
     );
+    metrics::describe_counter!(
+        "mcp_gateway_http2_streams_refused_over_budget_total",
+        "HTTP/2 streams refused (REFUSED_STREAM): their connection had used up \
+         server.connectionMemoryBytes"
+    );
+    metrics::describe_counter!(
+        "mcp_gateway_request_bodies_over_budget_total",
+        "Request body reads refused (400): they would have gone over their connection's \
+         server.connectionMemoryBytes"
+    );
     metrics::describe_gauge!(
         "mcp_gateway_connections_max_per_client",
         "server.maxConnectionsPerClient"

@@ -135,6 +135,34 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
     if !(1..=10_000).contains(&cfg.server.max_concurrent_streams) {
         return Err(loaded.error("server.maxConcurrentStreams", "must be 1 to 10000"));
     }
+    if !(mcp_tls::MIN_CONNECTION_MEMORY_BYTES..=mcp_tls::MAX_CONNECTION_MEMORY_BYTES)
+        .contains(&cfg.server.connection_memory_bytes)
+    {
+        return Err(loaded.error(
+            "server.connectionMemoryBytes",
+            "must be 65536 (64 KiB) to 1099511627776 (1 TiB)",
+        ));
+    }
+    if cfg.server.connection_memory_bytes < cfg.server.max_body_bytes as u64 {
+        return Err(loaded.error(
+            "server.connectionMemoryBytes",
+            "must be at least server.maxBodyBytes (a body that size must fit in one connection's budget)",
+        ));
+    }
+    if !(mcp_tls::MIN_CONNECTION_MEMORY_BYTES..=mcp_tls::MAX_CONNECTION_MEMORY_BYTES)
+        .contains(&cfg.server.client_memory_bytes)
+    {
+        return Err(loaded.error(
+            "server.clientMemoryBytes",
+            "must be 65536 (64 KiB) to 1099511627776 (1 TiB)",
+        ));
+    }
+    if cfg.server.client_memory_bytes < cfg.server.max_body_bytes as u64 {
+        return Err(loaded.error(
+            "server.clientMemoryBytes",
+            "must be at least server.maxBodyBytes (a body that size must fit in one address's budget)",
+        ));
+    }
     if !(1..=86_400).contains(&cfg.server.body_timeout_seconds) {
         return Err(loaded.error("server.bodyTimeoutSeconds", "must be 1 to 86400 seconds"));
     }
