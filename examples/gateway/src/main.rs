@@ -329,6 +329,11 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
         .map(|_| app::router(&loaded, &layers, exported.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
+    // Sessions the binding evicts or expires are ended at their upstream (a DELETE).
+    if let Some(sessions) = &layers.sessions {
+        let proxies = app::build_proxies(&loaded, &layers).map_err(|e| e.to_string())?;
+        let _ender = proxy::spawn_session_ender(sessions.clone(), proxies);
+    }
     // Bind first: ACME's tls-alpn-01 challenge is answered on the serving port.
     let listeners =
         bind_listeners(addr, workers).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
