@@ -53,7 +53,7 @@
 //! (Redis) claims the ids of the sorted set `prefix:idle` (last use) whose binding key has
 //! expired, in one atomic script, so that exactly one replica ends each. A session the
 //! client ends with its own `DELETE` is not ended again. The ending is best effort: an
-//! ended session that finds the queue ([`ENDED_QUEUE`]) full, or whose replica stops
+//! ended session that finds the queue (at least [`ENDED_QUEUE`]) full, or whose replica stops
 //! before sending, is left to the upstream's own expiry and counted
 //! ([`SessionBindingLayer::ended_dropped`]).
 //!
@@ -285,9 +285,16 @@ struct Unavailable;
 /// by their hash only, and left to the upstream's own expiry).
 pub const MAX_ENDED_ID_LEN: usize = 512;
 
-/// How many ended sessions wait for [`EndedSessions::recv`] at most; past it, an ended
-/// session is counted in [`SessionBindingLayer::ended_dropped`] and left to the upstream.
+/// How many ended sessions wait for [`EndedSessions::recv`] at least: the queue holds
+/// this many or an eighth of `maxSessions` (twice what one eviction of a full memory store
+/// ends), whichever is more, up to 65,536. Past it, an ended session is counted in
+/// [`SessionBindingLayer::ended_dropped`] and left to the upstream.
 pub const ENDED_QUEUE: usize = 4096;
+
+/// The queue of ended sessions for a store of `max_sessions`.
+fn ended_queue(max_sessions: usize) -> usize {
+    ENDED_QUEUE.max(max_sessions / 8).min(1 << 16)
+}
 
 /// Why the layer ended a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -388,8 +395,8 @@ struct Ender {
 }
 
 impl Ender {
-    fn new() -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(ENDED_QUEUE);
+    fn new(capacity: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         Self {
             tx,
             rx: Mutex::new(Some(rx)),
@@ -900,7 +907,7 @@ impl SessionBindingLayer {
             ));
         }
         let idle = Duration::from_secs(cfg.idle_timeout_seconds);
-        let ender = Arc::new(Ender::new());
+        let ender = Arc::new(Ender::new(ended_queue(cfg.max_sessions)));
         let store = match &cfg.redis {
             None => Store::Memory(MemoryStore::new(
                 cfg.max_sessions,
@@ -947,7 +954,8 @@ impl SessionBindingLayer {
     /// of each id; from then on it also keeps ids of at most [`MAX_ENDED_ID_LEN`] bytes
     /// (with Redis, in the hash `prefix:ends`, so that any replica can end a session).
     /// Expired bindings are swept every eighth of the idle timeout (250 ms to 30 s) on
-    /// the Tokio runtime that serves the first request. At most [`ENDED_QUEUE`] ended
+    /// the Tokio runtime that serves the first request. At most a queue (at least
+    /// [`ENDED_QUEUE`], an eighth of `maxSessions` when that is more) of ended
     /// sessions wait; past that they are counted in [`ended_dropped`](Self::ended_dropped).
     pub fn ended_sessions(&self) -> Option<EndedSessions> {
         let rx = self.shared.ender.rx.lock().ok()?.take()?;
@@ -971,7 +979,7 @@ impl SessionBindingLayer {
         let max_sessions = max_sessions.max(1);
         let per_principal = per_principal.max(1);
         let idle = idle.max(Duration::from_millis(1));
-        let ender = Arc::new(Ender::new());
+        let ender = Arc::new(Ender::new(ended_queue(max_sessions)));
         Self {
             shared: Arc::new(Shared::new(
                 true,
@@ -1582,12 +1590,12 @@ mod tests {
 
     /// An ender nobody listens to.
     fn off() -> Arc<Ender> {
-        Arc::new(Ender::new())
+        Arc::new(Ender::new(ENDED_QUEUE))
     }
 
     /// An ender listened to, and its receiver.
     fn on() -> (Arc<Ender>, tokio::sync::mpsc::Receiver<EndedSession>) {
-        let e = Ender::new();
+        let e = Ender::new(ENDED_QUEUE);
         let rx = e.rx.lock().unwrap().take().unwrap();
         e.on.store(true, Ordering::Relaxed);
         (Arc::new(e), rx)
@@ -1666,7 +1674,7 @@ mod tests {
 
     #[test]
     fn ids_are_kept_only_when_someone_ends_them_and_only_short_ones() {
-        let e = Ender::new();
+        let e = Ender::new(ENDED_QUEUE);
         assert!(ending(&e, "abc").is_none(), "nobody listens: hash only");
         let (e, _rx) = on();
         let kept = ending(&e, "abc").unwrap();
@@ -1698,6 +1706,11 @@ mod tests {
             assert!(s.bind(id, d(1), ending(&ender, &format!("s{i}"))).unwrap());
         }
         assert_eq!(ender.dropped.load(Ordering::Relaxed), 9);
+        // The queue holds twice what one eviction of a full store ends, within bounds.
+        assert_eq!(ended_queue(100), ENDED_QUEUE);
+        assert_eq!(ended_queue(DEFAULT_MAX_SESSIONS), 12_500);
+        assert!(ended_queue(DEFAULT_MAX_SESSIONS) >= 2 * (DEFAULT_MAX_SESSIONS / 16));
+        assert_eq!(ended_queue(10_000_000), 65_536);
     }
 
     #[test]
