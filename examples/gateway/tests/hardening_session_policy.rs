@@ -468,6 +468,55 @@ fn st_live(st: &Arc<Mutex<Counted>>, alice: &str) -> (usize, bool) {
     (st.live.len() - usize::from(alice_live), alice_live)
 }
 
+/// Behind two upstreams, each ended session gets its DELETE at the upstream that issued
+/// it (the per-principal cap counts the principal's sessions at both).
+#[tokio::test]
+async fn each_session_is_ended_at_the_upstream_that_issued_it() {
+    let dir = tempdir();
+    let db = dir.path().join("a.db");
+    let (url_a, up_a) = counting_upstream().await;
+    let (url_b, up_b) = counting_upstream().await;
+    let extra = format!(
+        "  - name: second\n    path: /b\n    url: \"{url_b}\"\nsessions:\n  maxSessionsPerPrincipal: 2\n"
+    );
+    let (_gw, base) = start_gateway(dir.path(), &config(&url_a, &db, "", &extra));
+    let (gw_a, gw_b) = (format!("{base}/mcp"), format!("{base}/b"));
+    let c = client();
+    let alice = initialize(&c, &gw_a, KEY).await;
+    let bob_a: Vec<String> = vec![
+        initialize(&c, &gw_a, KEY2).await,
+        initialize(&c, &gw_a, KEY2).await,
+    ];
+    let mut bob_b = Vec::new();
+    for _ in 0..10 {
+        bob_b.push(initialize(&c, &gw_b, KEY2).await);
+    }
+    assert!(
+        within(30, || {
+            up_a.lock().unwrap().deleted.len() == 2 && up_b.lock().unwrap().deleted.len() == 8
+        })
+        .await,
+        "A ended {:?}, B ended {:?}",
+        up_a.lock().unwrap().deleted,
+        up_b.lock().unwrap().deleted
+    );
+    let a = up_a.lock().unwrap();
+    let b = up_b.lock().unwrap();
+    let set = |v: &[String]| v.iter().cloned().collect::<HashSet<String>>();
+    assert_eq!(
+        set(&a.deleted),
+        set(&bob_a),
+        "Bob's sessions at A ended at A"
+    );
+    assert_eq!(
+        set(&b.deleted),
+        set(&bob_b[..8]),
+        "his oldest at B ended at B"
+    );
+    assert!(a.live.contains(&alice) && a.live.len() == 1);
+    assert_eq!(b.live.len(), 2);
+}
+
 /// The global cap (`maxSessions`) evicts too, and ends what it evicts.
 #[tokio::test]
 async fn the_global_cap_ends_what_it_evicts() {
