@@ -26,6 +26,8 @@
 //!   as the upstream keeps them open.
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
 //!   typed [`mcp_core::Denial`] for the audit and metrics layers.
+//! - Sessions the session binding evicts or expires are ended at their upstream with a
+//!   `DELETE` ([`spawn_session_ender`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -423,7 +425,9 @@ pub fn spawn_session_ender(
 ) -> Option<tokio::task::JoinHandle<()>> {
     let mut ended = sessions.ended_sessions()?;
     let limit = Arc::new(tokio::sync::Semaphore::new(SESSION_END_CONCURRENCY));
-    let sessions = sessions.clone();
+    // Warned once when ending starts failing, and once when it works again (not per
+    // session: an upstream that is down would flood the log).
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     Some(tokio::spawn(async move {
         let count = |reason: &'static str, outcome: &'static str| {
             metrics::counter!("mcp_gateway_sessions_ended_total", "reason" => reason, "outcome" => outcome)
@@ -454,14 +458,31 @@ pub fn spawn_session_ender(
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
+            let failing = failing.clone();
             tokio::spawn(async move {
+                use std::sync::atomic::Ordering;
                 let ok = proxy.end_session(e.session_id()).await;
+                let (session, upstream) = (e.id_hash(), proxy.name());
                 if ok {
-                    tracing::debug!(upstream = proxy.name(), session = %e.id_hash(), reason, "session ended at the upstream");
+                    tracing::debug!(upstream, session, reason, "session ended at the upstream");
                     count(reason, "ok");
+                    if failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(upstream, "ending sessions at the upstream works again");
+                    }
                 } else {
-                    tracing::warn!(upstream = proxy.name(), session = %e.id_hash(), reason, "ending a session at the upstream failed: the upstream expires it");
+                    tracing::debug!(
+                        upstream,
+                        session,
+                        reason,
+                        "ending a session at the upstream failed"
+                    );
                     count(reason, "failed");
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            upstream,
+                            "ending a session at the upstream failed: such sessions are left to the upstream's expiry (counted in mcp_gateway_sessions_ended_total{{outcome=\"failed\"}})"
+                        );
+                    }
                 }
                 drop(permit);
             });
