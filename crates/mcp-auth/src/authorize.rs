@@ -31,6 +31,18 @@
 //! responses sent by the client (answers to server requests) are allowed. In a batch,
 //! every message must be allowed.
 //!
+//! **Who may hold a session** ([`SessionRule`], `sessions` in the configuration): an
+//! `initialize` opens a session at the upstream, which holds it (memory, often for an
+//! hour) whatever the principal may do in it. By default
+//! ([`SessionRequirement::AnyMethod`]) a principal that no allow rule lets call any method
+//! other than the lifecycle ones (and that no deny rule denies everything) is refused
+//! `initialize`, and so are its `GET` (SSE stream) and `DELETE` requests: 403 with a
+//! JSON-RPC error, detail `rule=sessions`. [`SessionRule::scopes`] adds scopes a
+//! principal must hold to open a session (403 `insufficient_scope` with a challenge when
+//! missing); [`SessionRequirement::Anyone`] drops the first requirement. `GET` and
+//! `DELETE` of a session are further held to its owner by
+//! [`SessionBindingLayer`](crate::SessionBindingLayer).
+//!
 //! A denied call gets 403 and a JSON-RPC error echoing the message's id; the
 //! [`mcp_core::Denial`] detail names the rule. When the only thing missing was a scope,
 //! the answer is 403 `insufficient_scope` with a `WWW-Authenticate: Bearer` challenge
@@ -229,6 +241,40 @@ impl Rule {
     }
 }
 
+/// What a principal needs to open an MCP session (see [`SessionRule`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SessionRequirement {
+    /// `anyMethod` (the default): some allow rule lets the principal call a method other
+    /// than `initialize`, `ping` and `notifications/*`, and no deny rule denies it
+    /// everything.
+    #[default]
+    AnyMethod,
+    /// `anyone`: every authenticated principal (only [`SessionRule::scopes`] apply). A
+    /// principal that may call nothing can then hold sessions at the upstream.
+    Anyone,
+}
+
+/// `sessions`: who may open an MCP session (`initialize`) and send `GET` (SSE stream) and
+/// `DELETE` requests (see the [module documentation](self)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionRule {
+    /// `anyMethod` (default) or `anyone`.
+    pub require: SessionRequirement,
+    /// Scopes the principal must all hold as well (none by default), such as
+    /// `mcp:session`.
+    pub scopes: Vec<String>,
+}
+
+impl SessionRule {
+    /// Whether this rule lets a principal that may call nothing open sessions
+    /// (`require: anyone` without scopes): a weakening a deployment should log.
+    pub fn is_open_to_anyone(&self) -> bool {
+        self.require == SessionRequirement::Anyone && self.scopes.is_empty()
+    }
+}
+
 /// Allow and deny rules, as deserialized from configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -239,6 +285,8 @@ pub struct PolicyConfig {
     pub deny: Vec<Rule>,
     /// Allow `initialize`, `ping` and `notifications/*` without a rule (default true).
     pub allow_lifecycle: Option<bool>,
+    /// Who may open a session (default: a principal that may call some method).
+    pub sessions: SessionRule,
 }
 
 impl PolicyConfig {
@@ -255,7 +303,9 @@ impl PolicyConfig {
     }
 
     fn build_with(&self, sources: Option<&PrincipalSources>) -> Result<Policy, ConfigError> {
-        let mut b = Policy::builder().allow_lifecycle(self.allow_lifecycle.unwrap_or(true));
+        let mut b = Policy::builder()
+            .allow_lifecycle(self.allow_lifecycle.unwrap_or(true))
+            .sessions(self.sessions.clone());
         if let Some(s) = sources {
             b = b.principal_sources(s.clone());
         }
@@ -293,6 +343,7 @@ struct PolicyInner {
     allow: Vec<Compiled>,
     deny: Vec<Compiled>,
     allow_lifecycle: bool,
+    sessions: SessionRule,
 }
 
 /// Builder of [`Policy`].
@@ -301,6 +352,7 @@ pub struct PolicyBuilder {
     allow: Vec<Rule>,
     deny: Vec<Rule>,
     allow_lifecycle: bool,
+    sessions: SessionRule,
     sources: Option<PrincipalSources>,
 }
 
@@ -321,6 +373,12 @@ impl PolicyBuilder {
     /// rule (default `true`; deny rules still apply).
     pub fn allow_lifecycle(mut self, allow: bool) -> Self {
         self.allow_lifecycle = allow;
+        self
+    }
+
+    /// Who may open a session (default [`SessionRequirement::AnyMethod`], no scopes).
+    pub fn sessions(mut self, rule: SessionRule) -> Self {
+        self.sessions = rule;
         self
     }
 
@@ -410,6 +468,12 @@ impl PolicyBuilder {
                 .map(|(i, r)| self.compile(&format!("authorization.{list}[{i}]"), r.clone()))
                 .collect::<Result<Vec<_>, _>>()
         };
+        if self.sessions.scopes.iter().any(|s| s.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "authorization.sessions.scopes",
+                "empty scope",
+            ));
+        }
         let allow = compile("allow", &self.allow)?;
         let deny = compile("deny", &self.deny)?;
         Ok(Policy {
@@ -417,6 +481,7 @@ impl PolicyBuilder {
                 allow,
                 deny,
                 allow_lifecycle: self.allow_lifecycle,
+                sessions: self.sessions,
             }),
         })
     }
@@ -429,7 +494,12 @@ pub enum Verdict {
     Allow(String),
     /// Denied by a deny rule, or by no allow rule (`None`).
     Deny(Option<String>),
-    /// An allow rule would match but the principal lacks its scopes.
+    /// The principal may not hold a session ([`SessionRule`]): it may call no method
+    /// other than the lifecycle ones. Given for `initialize` and by
+    /// [`Policy::check_session`].
+    SessionRefused,
+    /// An allow rule would match but the principal lacks its scopes (for the session
+    /// rule, the rule is named `sessions`).
     MissingScopes {
         /// The rule.
         rule: String,
@@ -442,6 +512,21 @@ fn is_lifecycle(method: &str) -> bool {
     method == "initialize" || method == "ping" || method.starts_with("notifications/")
 }
 
+/// Whether a rule lets its holder call some method other than the lifecycle ones: it
+/// names no method (any method, or tools, resources, prompts), or a method pattern that
+/// is not only a lifecycle name (`notifications/*` is; `*` and `init*` are not).
+fn reaches_beyond_lifecycle(rule: &Rule) -> bool {
+    rule.methods.is_empty() || rule.methods.iter().any(|m| !is_lifecycle(m))
+}
+
+/// Whether a deny rule denies every method and target.
+fn denies_everything(rule: &Rule) -> bool {
+    (rule.methods.is_empty() || rule.methods.iter().any(|m| m == "*"))
+        && rule.tools.is_empty()
+        && rule.resources.is_empty()
+        && rule.prompts.is_empty()
+}
+
 impl Policy {
     /// A builder.
     pub fn builder() -> PolicyBuilder {
@@ -449,8 +534,39 @@ impl Policy {
             allow: Vec::new(),
             deny: Vec::new(),
             allow_lifecycle: true,
+            sessions: SessionRule::default(),
             sources: None,
         }
+    }
+
+    /// The session rule: whether `principal` may open a session (`initialize`), open a
+    /// `GET` stream or send a `DELETE` ([`Verdict::Allow`] with rule `sessions`,
+    /// [`Verdict::SessionRefused`] or [`Verdict::MissingScopes`]).
+    pub fn check_session(&self, principal: &Principal) -> Verdict {
+        let p = &self.inner;
+        let s = &p.sessions;
+        if !s.scopes.iter().all(|x| principal.has_scope(x)) {
+            return Verdict::MissingScopes {
+                rule: "sessions".into(),
+                scopes: s.scopes.clone(),
+            };
+        }
+        if s.require == SessionRequirement::AnyMethod {
+            let denied_all = p.deny.iter().any(|c| {
+                c.matches_principal(principal)
+                    && c.rule.has_scopes(principal)
+                    && denies_everything(&c.rule)
+            });
+            let may_call = p.allow.iter().any(|c| {
+                c.matches_principal(principal)
+                    && c.rule.has_scopes(principal)
+                    && reaches_beyond_lifecycle(&c.rule)
+            });
+            if denied_all || !may_call {
+                return Verdict::SessionRefused;
+            }
+        }
+        Verdict::Allow("sessions".into())
     }
 
     /// The verdict on one message for one principal.
@@ -472,6 +588,12 @@ impl Policy {
             return Verdict::Deny(Some(c.rule.name.clone()));
         }
         let method = msg.method().unwrap_or_default();
+        if method == "initialize" {
+            match self.check_session(principal) {
+                Verdict::Allow(_) => {}
+                refused => return refused,
+            }
+        }
         if p.allow_lifecycle && is_lifecycle(method) {
             return Verdict::Allow("lifecycle".into());
         }
@@ -499,8 +621,9 @@ impl Policy {
 ///
 /// It fails closed on what it cannot judge: a `POST` without a parsed [`McpRequest`] in
 /// the extensions (no `ParseLayer` outside: a configuration error) gets 500, logged once;
-/// a `GET` or `DELETE` without one (they carry no message) passes; any other method
-/// without one gets 405 with `Allow: GET, POST, DELETE`. A request that carries a parsed
+/// a `GET` or `DELETE` without one (they carry no message) is judged by the session rule
+/// ([`Policy::check_session`]); any other method without one gets 405 with
+/// `Allow: GET, POST, DELETE`. A request that carries a parsed
 /// message is judged by it, whatever its method.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
@@ -582,7 +705,7 @@ impl AuthorizeLayer {
                 );
             }
             if method == Method::GET || method == Method::DELETE {
-                // Nothing to judge unless a body came along, which no parse layer read.
+                // No message to judge, unless a body came along, which no parse layer read.
                 if has_body {
                     return Some(
                         Rejection::new(RejectionReason::InvalidRequest)
@@ -590,7 +713,9 @@ impl AuthorizeLayer {
                             .with_detail("rule=body_not_allowed"),
                     );
                 }
-                return None;
+                // A stream or the end of a session: for principals that may hold one.
+                let what = || method.as_str().to_owned();
+                return self.refusal(self.policy.check_session(principal), None, what);
             }
             return Some(
                 Rejection::new(RejectionReason::MethodNotAllowed)
@@ -624,39 +749,59 @@ impl AuthorizeLayer {
                         .with_detail(format!("rule=unjudgeable_target {}", what())),
                 );
             }
-            match self.policy.check(principal, msg) {
-                Verdict::Allow(_) => {}
-                Verdict::Deny(rule) => {
-                    let detail = match rule {
-                        Some(r) => format!("deny rule {r:?} matches {}", what()),
-                        None => format!("no allow rule matches {}", what()),
-                    };
-                    return Some(
-                        Rejection::new(RejectionReason::Forbidden)
-                            .with_id(msg.id().cloned())
-                            .with_detail(detail),
-                    );
-                }
-                Verdict::MissingScopes { rule, scopes } => {
-                    let scope = scopes.join(" ");
-                    let mut challenge =
-                        format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
-                    if let Some(u) = &self.resource_metadata {
-                        challenge.push_str(&format!(", resource_metadata=\"{u}\""));
-                    }
-                    return Some(
-                        Rejection::new(RejectionReason::InsufficientScope)
-                            .with_id(msg.id().cloned())
-                            .with_detail(format!(
-                                "rule {rule:?} needs scope {scope} for {}",
-                                what()
-                            ))
-                            .with_header(WWW_AUTHENTICATE, challenge),
-                    );
-                }
+            let verdict = self.policy.check(principal, msg);
+            if let Some(r) = self.refusal(verdict, msg.id().cloned(), what) {
+                return Some(r);
             }
         }
         None
+    }
+}
+
+impl AuthorizeLayer {
+    /// The refusal for a verdict (`None` when it allows); `what` names the message.
+    fn refusal(
+        &self,
+        verdict: Verdict,
+        id: Option<mcp_core::JsonRpcId>,
+        what: impl Fn() -> String,
+    ) -> Option<Rejection> {
+        match verdict {
+            Verdict::Allow(_) => None,
+            Verdict::Deny(rule) => {
+                let detail = match rule {
+                    Some(r) => format!("deny rule {r:?} matches {}", what()),
+                    None => format!("no allow rule matches {}", what()),
+                };
+                Some(
+                    Rejection::new(RejectionReason::Forbidden)
+                        .with_id(id)
+                        .with_detail(detail),
+                )
+            }
+            Verdict::SessionRefused => Some(
+                Rejection::new(RejectionReason::Forbidden)
+                    .with_id(id)
+                    .with_message(
+                        "Forbidden: this principal may call no method, so it may not hold a session",
+                    )
+                    .with_detail(format!("rule=sessions {}", what())),
+            ),
+            Verdict::MissingScopes { rule, scopes } => {
+                let scope = scopes.join(" ");
+                let mut challenge =
+                    format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+                if let Some(u) = &self.resource_metadata {
+                    challenge.push_str(&format!(", resource_metadata=\"{u}\""));
+                }
+                Some(
+                    Rejection::new(RejectionReason::InsufficientScope)
+                        .with_id(id)
+                        .with_detail(format!("rule {rule:?} needs scope {scope} for {}", what()))
+                        .with_header(WWW_AUTHENTICATE, challenge),
+                )
+            }
+        }
     }
 }
 
@@ -696,6 +841,7 @@ impl fmt::Display for Verdict {
             Self::Allow(r) => write!(f, "allowed by {r:?}"),
             Self::Deny(Some(r)) => write!(f, "denied by {r:?}"),
             Self::Deny(None) => f.write_str("denied: no allow rule"),
+            Self::SessionRefused => f.write_str("denied: may not hold a session"),
             Self::MissingScopes { rule, scopes } => {
                 write!(f, "rule {rule:?} needs {}", scopes.join(" "))
             }
@@ -859,6 +1005,113 @@ mod tests {
         assert_eq!(v(&user(&[]), &init), Verdict::Allow("lifecycle".into()));
         let resp = msg(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#);
         assert_eq!(v(&user(&[]), &resp), Verdict::Allow("response".into()));
+    }
+
+    /// A principal that may call nothing may not hold a session: `initialize`, GET and
+    /// DELETE are refused; `scopes` and `require: anyone` change who may.
+    #[test]
+    fn who_may_hold_a_session() {
+        let init = msg(r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{}}"#);
+        let ping = msg(r#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#);
+        let base = || {
+            Policy::builder()
+                .allow(
+                    Rule::new("tools")
+                        .methods(["tools/*"])
+                        .scopes(["mcp:tools"]),
+                )
+                .allow(Rule::new("hello").methods(["initialize", "notifications/*", "ping"]))
+                .allow(
+                    Rule::new("ops-list")
+                        .principals(["apikey:ops"])
+                        .tools(["list_*"]),
+                )
+                .deny(Rule::new("banned").principals(["apikey:banned"]))
+        };
+        let p = base().build().unwrap();
+        let none = user(&[]);
+        let tools = user(&["mcp:tools"]);
+        let ops = Principal::new("ops", AuthMethod::ApiKey);
+        let banned = Principal::new("banned", AuthMethod::ApiKey).with_scopes(["mcp:tools"]);
+        // Nothing but lifecycle rules match: refused, and for GET and DELETE too.
+        assert_eq!(p.check(&none, &init.messages()[0]), Verdict::SessionRefused);
+        assert_eq!(p.check_session(&none), Verdict::SessionRefused);
+        // Other lifecycle messages are not session openers.
+        assert_eq!(
+            p.check(&none, &ping.messages()[0]),
+            Verdict::Allow("lifecycle".into())
+        );
+        assert_eq!(
+            p.check(&tools, &init.messages()[0]),
+            Verdict::Allow("lifecycle".into())
+        );
+        assert_eq!(p.check_session(&ops), Verdict::Allow("sessions".into()));
+        // A deny rule that denies everything: no session.
+        assert_eq!(p.check_session(&banned), Verdict::SessionRefused);
+        for method in [Method::GET, Method::DELETE] {
+            let layer = AuthorizeLayer::new(p.clone());
+            let r = layer
+                .decide(Some(&none), None, &method, false)
+                .expect("refused");
+            assert_eq!(r.reason(), RejectionReason::Forbidden, "{method}");
+            assert!(layer.decide(Some(&tools), None, &method, false).is_none());
+        }
+        let r = AuthorizeLayer::new(p.clone())
+            .decide(Some(&none), Some(&init), &Method::POST, true)
+            .expect("refused");
+        assert_eq!(r.reason(), RejectionReason::Forbidden);
+
+        // Scopes required as well: insufficient_scope naming them.
+        let p = base()
+            .sessions(SessionRule {
+                scopes: vec!["mcp:session".into()],
+                ..SessionRule::default()
+            })
+            .build()
+            .unwrap();
+        assert_eq!(
+            p.check(&tools, &init.messages()[0]),
+            Verdict::MissingScopes {
+                rule: "sessions".into(),
+                scopes: vec!["mcp:session".into()]
+            }
+        );
+        let both = user(&["mcp:tools", "mcp:session"]);
+        assert!(matches!(p.check_session(&both), Verdict::Allow(_)));
+        let r = AuthorizeLayer::new(p.clone())
+            .decide(Some(&tools), None, &Method::GET, false)
+            .expect("refused");
+        assert_eq!(r.reason(), RejectionReason::InsufficientScope);
+
+        // `anyone`: every principal; `anyone` with a scope: the scope only.
+        let cfg: PolicyConfig = serde_json::from_str(
+            r#"{"allow":[{"name":"t","methods":["tools/list"],"scopes":["x"]}],
+                "sessions":{"require":"anyone"}}"#,
+        )
+        .unwrap();
+        assert!(cfg.sessions.is_open_to_anyone());
+        let p = cfg.build().unwrap();
+        assert!(matches!(p.check_session(&none), Verdict::Allow(_)));
+        let cfg: PolicyConfig =
+            serde_json::from_str(r#"{"sessions":{"require":"anyone","scopes":["mcp:session"]}}"#)
+                .unwrap();
+        assert!(!cfg.sessions.is_open_to_anyone());
+        let p = cfg.build().unwrap();
+        assert!(matches!(
+            p.check_session(&none),
+            Verdict::MissingScopes { .. }
+        ));
+        assert!(matches!(
+            p.check_session(&user(&["mcp:session"])),
+            Verdict::Allow(_)
+        ));
+        // Unknown values and empty scopes are refused.
+        assert!(serde_json::from_str::<PolicyConfig>(r#"{"sessions":{"require":"all"}}"#).is_err());
+        let e = serde_json::from_str::<PolicyConfig>(r#"{"sessions":{"scopes":[""]}}"#)
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key(), "authorization.sessions.scopes");
     }
 
     /// Fail closed: without a parsed request, a POST is a configuration error (500), a

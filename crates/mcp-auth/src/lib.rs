@@ -80,7 +80,8 @@ pub mod store;
 pub use api_key::{ApiKeyAuthenticator, ApiKeyAuthenticatorBuilder, CredentialEntry};
 pub use authenticator::{AuthFuture, Authenticator, Failure, FailureKind, Outcome, Scheme};
 pub use authorize::{
-    Authorize, AuthorizeLayer, Policy, PolicyBuilder, PolicyConfig, Rule, Verdict,
+    Authorize, AuthorizeLayer, Policy, PolicyBuilder, PolicyConfig, Rule, SessionRequirement,
+    SessionRule, Verdict,
 };
 pub use basic::{BasicAuthenticator, BasicAuthenticatorBuilder, BasicUser};
 pub use bearer::{BearerTokenAuthenticator, BearerTokenAuthenticatorBuilder};
@@ -98,8 +99,8 @@ pub use mtls::{ClientCertAuthenticator, ClientCertAuthenticatorBuilder};
 pub use query::{QueryCredentials, QueryCredentialsLayer};
 pub use secret::SecretString;
 pub use session::{
-    SessionBinding, SessionBindingLayer, SessionConfig, SessionRedisConfig, owner_key,
-    session_id_hash,
+    EndReason, EndedSession, EndedSessions, SessionBinding, SessionBindingLayer, SessionConfig,
+    SessionRedisConfig, SessionRoute, owner_key, session_id_hash,
 };
 pub use store::{
     NewSecret, SecretInfo, SecretKind, SecretMatch, SecretStore, SecretStoreConfig, StoreError,

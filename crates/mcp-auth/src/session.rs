@@ -25,21 +25,37 @@
 //!   [`AuthMethod`](mcp_core::AuthMethod), its id and, for a JWT, the issuer it was verified against): an API
 //!   key `bob` and a Basic user `bob` are two owners, and so are two issuers' `bob`.
 //!
-//! Storage holds the SHA-256 of each id, never the id (see [`session_id_hash`]; unkeyed so
-//! that replicas and the audit trail agree without sharing a key; the ids the MCP servers
+//! Storage holds the SHA-256 of each id (see [`session_id_hash`]; unkeyed so that
+//! replicas and the audit trail agree without sharing a key; the ids the MCP servers
 //! issue are random and long, and an id that could be guessed from its hash could be
 //! guessed as well by asking the server: the binding, not the hash, defends it). Bounded
 //! memory: at most `maxSessions` bindings, each expiring after `idleTimeoutSeconds` without
 //! use; when full, expired bindings go first, then the least recently used of the
 //! principals holding the most bindings. **One principal cannot evict another's**: each
 //! holds at most `maxSessionsPerPrincipal` (default 64, memory and Redis); past it, its own
-//! least recently used binding is evicted (the upstream session stays until the upstream
-//! expires it: only hashes are kept, so it cannot be ended from here). With Redis
-//! (cargo feature `redis`), replicas share the bindings: keys `prefix:<sha256 hex>` with
-//! a TTL of the idle timeout, refreshed when half spent (no write per request), bound
-//! with `SET NX`; while Redis is unreachable, requests carrying a session id and responses
-//! issuing one get 503 (fail closed: there is no fail-open mode, it would be the hijack
-//! this layer exists to stop). Requests without a session id never touch the store.
+//! least recently used binding is evicted. With Redis (cargo feature `redis`), replicas
+//! share the bindings: keys `prefix:<sha256 hex>` with a TTL of the idle timeout,
+//! refreshed when an eighth is spent (no write per request), bound with `SET NX`; while
+//! Redis is unreachable, requests carrying a session id and responses issuing one get 503
+//! (fail closed: there is no fail-open mode, it would be the hijack this layer exists to
+//! stop). Requests without a session id never touch the store.
+//!
+//! **Ending sessions at the upstream.** An evicted or expired binding leaves its session
+//! at the upstream, which may hold it for an hour: a principal opening sessions in a loop
+//! would fill the upstream's table. [`SessionBindingLayer::ended_sessions`] hands each
+//! session the layer ends ([`EndedSession`]: the id, the [`SessionRoute`] the request
+//! carried, the [`EndReason`]) to the service that knows the upstream, which sends it a
+//! `DELETE`. From that call on, the layer keeps the id itself (at most
+//! [`MAX_ENDED_ID_LEN`] bytes; longer ids are left to the upstream's expiry) beside its
+//! hash: in memory, and with Redis in the hash `prefix:ends` (Redis already decides who
+//! owns each session; the id alone does not pass the binding). Expiry is active: a sweep
+//! every eighth of the idle timeout (250 ms to 30 s) ends expired bindings (memory), or
+//! (Redis) claims the ids of the sorted set `prefix:idle` (last use) whose binding key has
+//! expired, in one atomic script, so that exactly one replica ends each. A session the
+//! client ends with its own `DELETE` is not ended again. The ending is best effort: an
+//! ended session that finds the queue (at least [`ENDED_QUEUE`]) full, or whose replica stops
+//! before sending, is left to the upstream's own expiry and counted
+//! ([`SessionBindingLayer::ended_dropped`]).
 //!
 //! The session id is a credential: the layer marks the header sensitive on the request
 //! and the response (`http`'s `Debug` prints `Sensitive`), and logs only the hash prefix.
@@ -74,7 +90,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -109,11 +125,15 @@ pub struct SessionConfig {
     /// Most bindings one principal (one owner, see [`owner_key`]) holds (default 64), in
     /// memory and in Redis. When an owner at its cap receives a new session, its own least
     /// recently used binding is evicted (that client gets 404 and starts a new session;
-    /// the upstream session stays until the upstream expires it): one principal's
-    /// sessions never push out another's. A service principal that holds sessions for
+    /// the upstream session is ended with a `DELETE` when
+    /// [`SessionBindingLayer::ended_sessions`] is used, else it stays until the upstream
+    /// expires it): one principal's sessions never push out another's. A service principal that holds sessions for
     /// many end users needs a higher value.
     pub max_sessions_per_principal: usize,
-    /// Seconds a binding lives without being used (default 3600).
+    /// Seconds a binding lives without being used (default 1800: below the hour many
+    /// MCP servers keep an idle session, so that the binding's expiry, which ends the
+    /// session at the upstream when [`SessionBindingLayer::ended_sessions`] is used,
+    /// comes first).
     pub idle_timeout_seconds: u64,
     /// Share the bindings between replicas through Redis (cargo feature `redis`).
     pub redis: Option<SessionRedisConfig>,
@@ -122,7 +142,7 @@ pub struct SessionConfig {
 /// The default most bindings held in memory.
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// The default idle timeout, in seconds.
-pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 3600;
+pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 1800;
 /// The default most bindings of one principal.
 pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 64;
 
@@ -261,6 +281,161 @@ pub fn owner_key(p: &Principal) -> [u8; 32] {
 #[derive(Debug)]
 struct Unavailable;
 
+/// The longest session id kept to end its session at the upstream (longer ids are bound
+/// by their hash only, and left to the upstream's own expiry).
+pub const MAX_ENDED_ID_LEN: usize = 512;
+
+/// How many ended sessions wait for [`EndedSessions::recv`] at least: the queue holds
+/// this many or an eighth of `maxSessions` (twice what one eviction of a full memory store
+/// ends), whichever is more, up to 65,536. Past it, an ended session is counted in
+/// [`SessionBindingLayer::ended_dropped`] and left to the upstream.
+pub const ENDED_QUEUE: usize = 4096;
+
+/// The queue of ended sessions for a store of `max_sessions`.
+fn ended_queue(max_sessions: usize) -> usize {
+    ENDED_QUEUE.max(max_sessions / 8).min(1 << 16)
+}
+
+/// Why the layer ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// Its owner opened more than `maxSessionsPerPrincipal`: its least recently used.
+    PrincipalCap,
+    /// The store held `maxSessions`: the least recently used of the owner holding most.
+    StoreFull,
+    /// Unused for `idleTimeoutSeconds`.
+    Idle,
+}
+
+impl EndReason {
+    /// A stable label: `principal_cap`, `store_full`, `idle`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PrincipalCap => "principal_cap",
+            Self::StoreFull => "store_full",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// A request extension naming the upstream (route) a request goes to: the binding keeps
+/// it with the session, and an [`EndedSession`] carries it back, so that a service in
+/// front of several upstreams knows which one to end the session at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRoute(pub Arc<str>);
+
+/// A session the layer ended (evicted or expired): its upstream still holds it until it
+/// receives a `DELETE` with [`session_id`](Self::session_id) or expires it. `Debug`
+/// shows the id's hash only.
+#[derive(Clone)]
+pub struct EndedSession {
+    id: http::HeaderValue,
+    route: Option<Arc<str>>,
+    reason: EndReason,
+}
+
+impl EndedSession {
+    /// The `Mcp-Session-Id` to send the upstream (a credential: marked sensitive).
+    pub fn session_id(&self) -> &http::HeaderValue {
+        &self.id
+    }
+
+    /// The [`SessionRoute`] of the request that created it, if it had one.
+    pub fn route(&self) -> Option<&str> {
+        self.route.as_deref()
+    }
+
+    /// Why it was ended.
+    pub fn reason(&self) -> EndReason {
+        self.reason
+    }
+
+    /// The id as logs show it ([`session_id_hash`]).
+    pub fn id_hash(&self) -> String {
+        session_id_hash(self.id.as_bytes())
+    }
+}
+
+impl fmt::Debug for EndedSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndedSession")
+            .field("id", &self.id_hash())
+            .field("route", &self.route)
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+/// The sessions a [`SessionBindingLayer`] ends, for the service that knows the upstream
+/// to send each a `DELETE` (see [`SessionBindingLayer::ended_sessions`]).
+#[derive(Debug)]
+pub struct EndedSessions {
+    rx: tokio::sync::mpsc::Receiver<EndedSession>,
+}
+
+impl EndedSessions {
+    /// The next ended session; `None` once the layer and all its clones are dropped.
+    pub async fn recv(&mut self) -> Option<EndedSession> {
+        self.rx.recv().await
+    }
+}
+
+/// What the binding keeps to end a session: its id and route.
+struct Ending {
+    id: http::HeaderValue,
+    route: Option<Arc<str>>,
+}
+
+/// Hands ended sessions to the [`EndedSessions`] receiver, once someone took it.
+struct Ender {
+    tx: tokio::sync::mpsc::Sender<EndedSession>,
+    rx: Mutex<Option<tokio::sync::mpsc::Receiver<EndedSession>>>,
+    on: std::sync::atomic::AtomicBool,
+    dropped: AtomicU64,
+}
+
+impl Ender {
+    fn new(capacity: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        Self {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            on: std::sync::atomic::AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// What to keep of a newly issued id, when sessions are ended at the upstream.
+    fn keep(&self, id: &http::HeaderValue, route: Option<&Arc<str>>) -> Option<Ending> {
+        (self.on() && id.len() <= MAX_ENDED_ID_LEN).then(|| {
+            let mut id = id.clone();
+            id.set_sensitive(true);
+            Ending {
+                id,
+                route: route.cloned(),
+            }
+        })
+    }
+
+    fn emit(&self, e: Ending, reason: EndReason) {
+        if !self.on() {
+            return;
+        }
+        let ended = EndedSession {
+            id: e.id,
+            route: e.route,
+            reason,
+        };
+        if self.tx.try_send(ended).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Bindings in this process's memory.
 struct MemoryStore {
     map: RwLock<Bindings>,
@@ -268,6 +443,7 @@ struct MemoryStore {
     per_owner: usize,
     idle: Duration,
     base: Instant,
+    ender: Arc<Ender>,
 }
 
 /// The bindings, and each owner's ids (so that an owner's count and its least recently
@@ -281,18 +457,18 @@ struct Bindings {
 }
 
 impl Bindings {
-    fn remove(&mut self, id: &Digest32) {
-        if let Some(e) = self.sessions.remove(id)
-            && let Some(set) = self.owners.get_mut(&e.owner)
-        {
+    fn remove(&mut self, id: &Digest32) -> Option<Entry> {
+        let e = self.sessions.remove(id)?;
+        if let Some(set) = self.owners.get_mut(&e.owner) {
             set.remove(id);
             if set.is_empty() {
                 self.owners.remove(&e.owner);
             }
         }
+        Some(e)
     }
 
-    fn insert(&mut self, id: Digest32, owner: Digest32, now: u64) {
+    fn insert(&mut self, id: Digest32, owner: Digest32, now: u64, end: Option<Ending>) {
         self.remove(&id);
         self.seq = self.seq.wrapping_add(1);
         self.sessions.insert(
@@ -301,6 +477,7 @@ impl Bindings {
                 owner,
                 last_used: AtomicU64::new(now),
                 seq: self.seq,
+                end: end.map(Box::new),
             },
         );
         self.owners.entry(owner).or_default().insert(id);
@@ -317,6 +494,8 @@ struct Entry {
     last_used: AtomicU64,
     /// When it was bound, in binding order.
     seq: u64,
+    /// What ends it at the upstream (when sessions are ended there).
+    end: Option<Box<Ending>>,
 }
 
 /// When a binding was last used (ms since `base`), then its binding order.
@@ -330,14 +509,49 @@ impl Entry {
 }
 
 impl MemoryStore {
-    fn new(max: usize, per_owner: usize, idle: Duration) -> Self {
+    fn new(max: usize, per_owner: usize, idle: Duration, ender: Arc<Ender>) -> Self {
         Self {
             map: RwLock::new(Bindings::default()),
             max,
             per_owner,
             idle,
             base: Instant::now(),
+            ender,
         }
+    }
+
+    /// Removes `id` and hands its session to the [`Ender`].
+    fn end(&self, map: &mut Bindings, id: &Digest32, reason: EndReason) {
+        if let Some(end) = map.remove(id).and_then(|e| e.end) {
+            self.ender.emit(*end, reason);
+        }
+    }
+
+    /// Removes every expired binding, ending its session; how many.
+    fn sweep(&self) -> Result<usize, Unavailable> {
+        let now = self.now_ms();
+        let expired: Vec<Digest32> = {
+            let map = self.map.read().map_err(|_| Unavailable)?;
+            map.sessions
+                .iter()
+                .filter(|(_, e)| self.expired(e, now))
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut map = self.map.write().map_err(|_| Unavailable)?;
+        let now = self.now_ms();
+        let mut n = 0;
+        for id in &expired {
+            // Used again between the two locks: kept.
+            if map.sessions.get(id).is_some_and(|e| self.expired(e, now)) {
+                self.end(&mut map, id, EndReason::Idle);
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn now_ms(&self) -> u64 {
@@ -372,7 +586,12 @@ impl MemoryStore {
     /// Binds `id` to `owner` unless a live binding to another owner exists. An owner at
     /// its cap loses its own least recently used binding; a full store loses bindings of
     /// the owners holding the most.
-    fn bind(&self, id: Digest32, owner: Digest32) -> Result<bool, Unavailable> {
+    fn bind(
+        &self,
+        id: Digest32,
+        owner: Digest32,
+        end: Option<Ending>,
+    ) -> Result<bool, Unavailable> {
         let mut map = self.map.write().map_err(|_| Unavailable)?;
         let now = self.now_ms();
         if let Some(e) = map.sessions.get(&id).filter(|e| !self.expired(e, now)) {
@@ -382,6 +601,7 @@ impl MemoryStore {
             e.last_used.store(now, Ordering::Relaxed);
             return Ok(true);
         }
+        // The same id issued again: the same upstream session, not one to end.
         map.remove(&id);
         if map.count(&owner) >= self.per_owner {
             self.evict_own(&mut map, &owner, now);
@@ -389,7 +609,7 @@ impl MemoryStore {
         if map.sessions.len() >= self.max {
             self.evict(&mut map, now);
         }
-        map.insert(id, owner, now);
+        map.insert(id, owner, now, end);
         Ok(true)
     }
 
@@ -411,14 +631,19 @@ impl MemoryStore {
         // Down to one below the cap: the new binding takes the last place.
         let over = own.len().saturating_sub(self.per_owner.saturating_sub(1));
         let n = expired.max(over).min(own.len());
-        for (_, id) in &own[..n] {
-            map.remove(id);
+        for (i, (_, id)) in own[..n].iter().enumerate() {
+            let reason = if i < expired {
+                EndReason::Idle
+            } else {
+                EndReason::PrincipalCap
+            };
+            self.end(map, id, reason);
         }
         if over > 0 {
             tracing::debug!(
                 evicted = over,
                 max_sessions_per_principal = self.per_owner,
-                "a principal at its session cap: its least recently used binding evicted (its upstream session stays until the upstream expires it)"
+                "a principal at its session cap: its least recently used binding evicted"
             );
         }
     }
@@ -435,7 +660,7 @@ impl MemoryStore {
             .map(|(k, _)| *k)
             .collect();
         for id in &expired {
-            map.remove(id);
+            self.end(map, id, EndReason::Idle);
         }
         if map.sessions.len() < self.max {
             return;
@@ -467,7 +692,7 @@ impl MemoryStore {
                 break;
             };
             if let Some((_, id)) = group.pop() {
-                map.remove(&id);
+                self.end(map, &id, EndReason::StoreFull);
                 evicted += 1;
             }
             if let Some((t, _)) = group.last() {
@@ -519,11 +744,26 @@ impl Store {
         }
     }
 
-    async fn bind(&self, id: Digest32, owner: Digest32) -> Result<bool, Unavailable> {
+    async fn bind(
+        &self,
+        id: Digest32,
+        owner: Digest32,
+        end: Option<Ending>,
+    ) -> Result<bool, Unavailable> {
         match self {
-            Self::Memory(m) => m.bind(id, owner),
+            Self::Memory(m) => m.bind(id, owner, end),
             #[cfg(feature = "redis")]
-            Self::Redis(r) => r.bind(&id, &owner).await,
+            Self::Redis(r) => r.bind(&id, &owner, end).await,
+        }
+    }
+
+    /// Ends the expired sessions (memory: removes them; Redis: claims those whose keys
+    /// expired, each by one replica only).
+    async fn sweep(&self) -> Result<usize, Unavailable> {
+        match self {
+            Self::Memory(m) => m.sweep(),
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => r.sweep().await,
         }
     }
 
@@ -542,6 +782,66 @@ struct Shared {
     max_sessions: usize,
     max_per_principal: usize,
     idle: Duration,
+    ender: Arc<Ender>,
+    /// Whether the sweep of expired bindings runs.
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn new(
+        enabled: bool,
+        store: Store,
+        max: usize,
+        per: usize,
+        idle: Duration,
+        ender: Arc<Ender>,
+    ) -> Self {
+        Self {
+            enabled,
+            store,
+            max_sessions: max,
+            max_per_principal: per,
+            idle,
+            ender,
+            sweeping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// How often expired bindings are swept: an eighth of the idle timeout, from 250 ms
+    /// to 30 s.
+    fn sweep_interval(&self) -> Duration {
+        (self.idle / 8).clamp(Duration::from_millis(250), Duration::from_secs(30))
+    }
+
+    /// Starts the sweep on the current Tokio runtime, once (it ends when the last
+    /// clone of the layer is dropped).
+    fn start_sweep(self: &Arc<Self>) {
+        if self.sweeping.load(Ordering::Relaxed) || self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let every = self.sweep_interval();
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { break };
+                match shared.store.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(ended = n, "idle sessions ended"),
+                    Err(Unavailable) => {
+                        tracing::debug!("session sweep skipped: store unavailable");
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Binds MCP sessions to the principal that created them (see the [module
@@ -568,6 +868,7 @@ impl fmt::Debug for SessionBindingLayer {
             .field("max_sessions", &self.shared.max_sessions)
             .field("max_sessions_per_principal", &self.shared.max_per_principal)
             .field("idle", &self.shared.idle)
+            .field("ends_sessions", &self.shared.ender.on())
             .finish()
     }
 }
@@ -606,17 +907,20 @@ impl SessionBindingLayer {
             ));
         }
         let idle = Duration::from_secs(cfg.idle_timeout_seconds);
+        let ender = Arc::new(Ender::new(ended_queue(cfg.max_sessions)));
         let store = match &cfg.redis {
             None => Store::Memory(MemoryStore::new(
                 cfg.max_sessions,
                 cfg.max_sessions_per_principal,
                 idle,
+                ender.clone(),
             )),
             #[cfg(feature = "redis")]
             Some(r) => Store::Redis(Arc::new(redis_store::RedisStore::new(
                 r,
                 idle,
                 cfg.max_sessions_per_principal,
+                ender.clone(),
             )?)),
             #[cfg(not(feature = "redis"))]
             Some(_) => {
@@ -632,14 +936,37 @@ impl SessionBindingLayer {
             );
         }
         Ok(Self {
-            shared: Arc::new(Shared {
-                enabled: cfg.enabled,
+            shared: Arc::new(Shared::new(
+                cfg.enabled,
                 store,
-                max_sessions: cfg.max_sessions,
-                max_per_principal: cfg.max_sessions_per_principal,
+                cfg.max_sessions,
+                cfg.max_sessions_per_principal,
                 idle,
-            }),
+                ender,
+            )),
         })
+    }
+
+    /// The sessions this layer ends from now on (evicted by `maxSessionsPerPrincipal` or
+    /// `maxSessions`, expired after `idleTimeoutSeconds`), for the service that knows the
+    /// upstream to send each a `DELETE` with its `Mcp-Session-Id`. The first call returns
+    /// the receiver, later ones `None`. Until it is taken, the layer keeps only the hash
+    /// of each id; from then on it also keeps ids of at most [`MAX_ENDED_ID_LEN`] bytes
+    /// (with Redis, in the hash `prefix:ends`, so that any replica can end a session).
+    /// Expired bindings are swept every eighth of the idle timeout (250 ms to 30 s) on
+    /// the Tokio runtime that serves the first request. At most a queue (at least
+    /// [`ENDED_QUEUE`], an eighth of `maxSessions` when that is more) of ended
+    /// sessions wait; past that they are counted in [`ended_dropped`](Self::ended_dropped).
+    pub fn ended_sessions(&self) -> Option<EndedSessions> {
+        let rx = self.shared.ender.rx.lock().ok()?.take()?;
+        self.shared.ender.on.store(true, Ordering::Relaxed);
+        self.shared.start_sweep();
+        Some(EndedSessions { rx })
+    }
+
+    /// Ended sessions not handed to [`EndedSessions`] because its queue was full.
+    pub fn ended_dropped(&self) -> u64 {
+        self.shared.ender.dropped.load(Ordering::Relaxed)
     }
 
     /// In memory, with these limits (`max_sessions` at least 1, `idle` at least 1 ms) and
@@ -652,14 +979,21 @@ impl SessionBindingLayer {
         let max_sessions = max_sessions.max(1);
         let per_principal = per_principal.max(1);
         let idle = idle.max(Duration::from_millis(1));
+        let ender = Arc::new(Ender::new(ended_queue(max_sessions)));
         Self {
-            shared: Arc::new(Shared {
-                enabled: true,
-                store: Store::Memory(MemoryStore::new(max_sessions, per_principal, idle)),
+            shared: Arc::new(Shared::new(
+                true,
+                Store::Memory(MemoryStore::new(
+                    max_sessions,
+                    per_principal,
+                    idle,
+                    ender.clone(),
+                )),
                 max_sessions,
-                max_per_principal: per_principal,
+                per_principal,
                 idle,
-            }),
+                ender,
+            )),
         }
     }
 }
@@ -733,6 +1067,8 @@ where
             if !shared.enabled {
                 return inner.call(req).await;
             }
+            shared.start_sweep();
+            let route = req.extensions().get::<SessionRoute>().map(|r| r.0.clone());
             let rpc_id = req
                 .extensions()
                 .get::<McpRequest>()
@@ -786,9 +1122,12 @@ where
             let mut resp = inner.call(req).await?;
 
             let mut issued = resp.headers().get_all(MCP_SESSION_ID).iter();
-            let new = issued
-                .next()
-                .map(|v| -> Digest32 { Sha256::digest(v.as_bytes()).into() });
+            let new = issued.next().map(|v| -> (Digest32, Option<Ending>) {
+                (
+                    Sha256::digest(v.as_bytes()).into(),
+                    shared.ender.keep(v, route.as_ref()),
+                )
+            });
             if issued.next().is_some() {
                 tracing::error!("the upstream sent more than one Mcp-Session-Id: 502");
                 return Ok(refuse(
@@ -797,9 +1136,9 @@ where
                         .with_detail("upstream_sent_several_session_ids"),
                 ));
             }
-            if let Some(new) = new {
+            if let Some((new, end)) = new {
                 if sent.as_ref() != Some(&new) {
-                    match shared.store.bind(new, owner).await {
+                    match shared.store.bind(new, owner, end).await {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::error!(
@@ -845,14 +1184,14 @@ mod redis_store {
 
     use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-    use super::{Digest32, SessionRedisConfig, Unavailable};
+    use super::{Digest32, EndReason, Ender, Ending, SessionRedisConfig, Unavailable};
     use crate::error::ConfigError;
 
-    /// KEYS: the binding, the asking principal's index. ARGV: the idle timeout (ms), the
-    /// asking principal, the id's hash. The owner; when it is the asking principal, the
-    /// binding's TTL and its index entry (score: last refresh, Redis' clock in µs) are
-    /// refreshed once an eighth of the timeout is spent (the index orders the owner's
-    /// bindings by use at that granularity, without a write per request).
+    /// KEYS: the binding, the asking principal's index, the idle index. ARGV: the idle
+    /// timeout (ms), the asking principal, the id's hash. The owner; when it is the asking
+    /// principal, the binding's TTL and its index entries (score: last refresh, Redis'
+    /// clock in µs) are refreshed once an eighth of the timeout is spent (the indexes
+    /// order bindings by use at that granularity, without a write per request).
     const LOOKUP_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -865,20 +1204,23 @@ if ttl >= 0 and (idle - ttl) * 8 >= idle then
   redis.call('PEXPIRE', KEYS[1], idle)
   redis.call('ZADD', KEYS[2], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[2], idle)
+  redis.call('ZADD', KEYS[3], 'XX', now, ARGV[3])
 end
 return v
 "#;
 
     /// KEYS: the binding, the owner's index (a sorted set of the owner's ids by last
-    /// refresh). ARGV: the owner, the idle timeout (ms), the per-owner cap, the id's hash,
-    /// the key prefix. 0 when bound to another owner; else 1 + the number of the owner's
-    /// own bindings evicted to stay under its cap (expired index entries are dropped
-    /// first, then the least recently refreshed).
+    /// refresh), the idle index (every id by last refresh), the ends (id -> route and id,
+    /// kept only to end sessions at the upstream). ARGV: the owner, the idle timeout
+    /// (ms), the per-owner cap, the id's hash, the key prefix, what ends the session (or
+    /// empty). `{status}` then what ends each of the owner's own bindings evicted to stay
+    /// under its cap (expired owner-index entries are dropped first, left to the sweep,
+    /// then the least recently refreshed): status 0 when bound to another owner, else 1.
     const BIND_LUA: &str = r#"
 local idle = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local evicted = 0
+local out = {'1'}
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', idle) then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - idle * 1000)
   local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3]) + 1
@@ -886,29 +1228,69 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', idle) then
     local old = redis.call('ZPOPMIN', KEYS[2], over)
     for i = 1, #old, 2 do
       local k = ARGV[5] .. ':' .. old[i]
-      if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
-      evicted = evicted + 1
+      if redis.call('GET', k) == ARGV[1] then
+        redis.call('DEL', k)
+        redis.call('ZREM', KEYS[3], old[i])
+        local e = redis.call('HGET', KEYS[4], old[i])
+        if e then
+          redis.call('HDEL', KEYS[4], old[i])
+          table.insert(out, e)
+        end
+      end
     end
   end
+  if ARGV[6] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[6]) end
 elseif redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], idle)
 else
-  return 0
+  return {'0'}
 end
 redis.call('ZADD', KEYS[2], now, ARGV[4])
 redis.call('PEXPIRE', KEYS[2], idle)
-return 1 + evicted
+redis.call('ZADD', KEYS[3], now, ARGV[4])
+return out
 "#;
 
-    /// KEYS: the binding, the owner's index. ARGV: the owner, the id's hash. Deletes the
-    /// binding if it is this owner's.
+    /// KEYS: the binding, the owner's index, the idle index, the ends. ARGV: the owner,
+    /// the id's hash. Deletes the binding if it is this owner's (the client ended it).
     const UNBIND_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[2])
   return redis.call('DEL', KEYS[1])
 end
 return 0
 "#;
+
+    /// KEYS: the idle index, the ends. ARGV: the idle timeout (ms), the key prefix, the
+    /// most ids claimed per call. Claims the ids idle for the timeout whose binding key
+    /// expired (one replica only: the script is atomic), returning what ends each; an id
+    /// whose key lives on (refreshed) is re-scored.
+    const SWEEP_LUA: &str = r#"
+local idle = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - idle * 1000, 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(old) do
+  local ttl = redis.call('PTTL', ARGV[2] .. ':' .. id)
+  if ttl > 0 then
+    redis.call('ZADD', KEYS[1], now - (idle - ttl) * 1000, id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+    local e = redis.call('HGET', KEYS[2], id)
+    if e then
+      redis.call('HDEL', KEYS[2], id)
+      table.insert(out, e)
+    end
+  end
+end
+return out
+"#;
+
+    /// How many expired ids one sweep call claims at most.
+    const SWEEP_BATCH: usize = 512;
 
     pub(super) struct RedisStore {
         client: redis::Client,
@@ -918,7 +1300,9 @@ return 0
         lookup: redis::Script,
         bind: redis::Script,
         unbind: redis::Script,
+        sweep: redis::Script,
         prefix: String,
+        ender: Arc<Ender>,
         timeout: Duration,
         idle_ms: u64,
         per_owner: usize,
@@ -930,6 +1314,7 @@ return 0
             cfg: &SessionRedisConfig,
             idle: Duration,
             per_owner: usize,
+            ender: Arc<Ender>,
         ) -> Result<Self, ConfigError> {
             if cfg.prefix.is_empty() || cfg.prefix.len() > 64 || cfg.prefix.contains(['{', '}']) {
                 return Err(ConfigError::invalid(
@@ -958,7 +1343,9 @@ return 0
                 lookup: redis::Script::new(LOOKUP_LUA),
                 bind: redis::Script::new(BIND_LUA),
                 unbind: redis::Script::new(UNBIND_LUA),
+                sweep: redis::Script::new(SWEEP_LUA),
                 prefix: cfg.prefix.clone(),
+                ender,
                 timeout: Duration::from_millis(cfg.timeout_ms),
                 idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
                 per_owner,
@@ -973,6 +1360,48 @@ return 0
         /// The owner's index: `prefix:owner:<owner hex>`, a sorted set of its ids' hashes.
         fn owner_index(&self, owner: &Digest32) -> String {
             format!("{}:owner:{}", self.prefix, hex::encode(owner))
+        }
+
+        /// The idle index: `prefix:idle`, every id's hash by last refresh.
+        fn idle_index(&self) -> String {
+            format!("{}:idle", self.prefix)
+        }
+
+        /// The ends: `prefix:ends`, id hash -> `route` LF `id` (only while sessions are
+        /// ended at the upstream).
+        fn ends(&self) -> String {
+            format!("{}:ends", self.prefix)
+        }
+
+        /// Hands what ends a session (`route` LF `id`) to the ender.
+        fn emit(&self, stored: &str, reason: EndReason) {
+            let (route, id) = stored.split_once('\n').unwrap_or(("", stored));
+            if let Ok(mut id) = http::HeaderValue::from_str(id) {
+                id.set_sensitive(true);
+                let route = (!route.is_empty()).then(|| Arc::from(route));
+                self.ender.emit(Ending { id, route }, reason);
+            }
+        }
+
+        /// Claims and ends the expired sessions (each by one replica).
+        pub(super) async fn sweep(self: &Arc<Self>) -> Result<usize, Unavailable> {
+            let mut total = 0;
+            loop {
+                let mut inv = self.sweep.prepare_invoke();
+                inv.key(self.idle_index())
+                    .key(self.ends())
+                    .arg(self.idle_ms)
+                    .arg(&self.prefix)
+                    .arg(SWEEP_BATCH);
+                let ended: Vec<String> = self.invoke(inv).await?;
+                for e in &ended {
+                    self.emit(e, EndReason::Idle);
+                }
+                total += ended.len();
+                if ended.len() < SWEEP_BATCH {
+                    return Ok(total);
+                }
+            }
         }
 
         fn current(&self) -> Option<ConnectionManager> {
@@ -1081,6 +1510,7 @@ return 0
             let mut inv = self.lookup.prepare_invoke();
             inv.key(self.key(id))
                 .key(self.owner_index(asking))
+                .key(self.idle_index())
                 .arg(self.idle_ms)
                 .arg(hex::encode(asking))
                 .arg(hex::encode(id));
@@ -1095,24 +1525,39 @@ return 0
             self: &Arc<Self>,
             id: &Digest32,
             owner: &Digest32,
+            end: Option<Ending>,
         ) -> Result<bool, Unavailable> {
+            let end = end
+                .map(|e| {
+                    let id = String::from_utf8_lossy(e.id.as_bytes()).into_owned();
+                    let route = e.route.as_deref().unwrap_or("").replace('\n', " ");
+                    format!("{route}\n{id}")
+                })
+                .unwrap_or_default();
             let mut inv = self.bind.prepare_invoke();
             inv.key(self.key(id))
                 .key(self.owner_index(owner))
+                .key(self.idle_index())
+                .key(self.ends())
                 .arg(hex::encode(owner))
                 .arg(self.idle_ms)
                 .arg(self.per_owner)
                 .arg(hex::encode(id))
-                .arg(&self.prefix);
-            let v: i64 = self.invoke(inv).await?;
-            if v > 1 {
+                .arg(&self.prefix)
+                .arg(end);
+            let v: Vec<String> = self.invoke(inv).await?;
+            let bound = v.first().is_some_and(|s| s == "1");
+            if v.len() > 1 {
                 tracing::debug!(
-                    evicted = v - 1,
+                    evicted = v.len() - 1,
                     max_sessions_per_principal = self.per_owner,
-                    "a principal at its session cap: its least recently used binding evicted (its upstream session stays until the upstream expires it)"
+                    "a principal at its session cap: its least recently used binding evicted"
                 );
             }
-            Ok(v >= 1)
+            for e in v.iter().skip(1) {
+                self.emit(e, EndReason::PrincipalCap);
+            }
+            Ok(bound)
         }
 
         pub(super) async fn unbind(
@@ -1123,6 +1568,8 @@ return 0
             let mut inv = self.unbind.prepare_invoke();
             inv.key(self.key(id))
                 .key(self.owner_index(owner))
+                .key(self.idle_index())
+                .key(self.ends())
                 .arg(hex::encode(owner))
                 .arg(hex::encode(id));
             let _: i64 = self.invoke(inv).await?;
@@ -1139,6 +1586,131 @@ mod tests {
 
     fn d(n: u8) -> Digest32 {
         [n; 32]
+    }
+
+    /// An ender nobody listens to.
+    fn off() -> Arc<Ender> {
+        Arc::new(Ender::new(ENDED_QUEUE))
+    }
+
+    /// An ender listened to, and its receiver.
+    fn on() -> (Arc<Ender>, tokio::sync::mpsc::Receiver<EndedSession>) {
+        let e = Ender::new(ENDED_QUEUE);
+        let rx = e.rx.lock().unwrap().take().unwrap();
+        e.on.store(true, Ordering::Relaxed);
+        (Arc::new(e), rx)
+    }
+
+    fn ending(s: &Ender, id: &str) -> Option<Ending> {
+        s.keep(&http::HeaderValue::from_str(id).unwrap(), None)
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<EndedSession>) -> Vec<(String, EndReason)> {
+        let mut v = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            v.push((e.session_id().to_str().unwrap().to_owned(), e.reason()));
+        }
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn evicted_and_expired_sessions_are_handed_over_to_be_ended() {
+        let (ender, mut rx) = on();
+        let s = MemoryStore::new(6, 3, Duration::from_secs(60), ender.clone());
+        let (alice, bob) = (d(200), d(201));
+        assert!(s.bind(d(1), alice, ending(&ender, "alice-1")).unwrap());
+        for i in 10..13u8 {
+            assert!(
+                s.bind(d(i), bob, ending(&ender, &format!("bob-{i}")))
+                    .unwrap()
+            );
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert!(drain(&mut rx).is_empty());
+        // Bob's fourth: his least recently used is ended, not Alice's.
+        assert!(s.bind(d(13), bob, ending(&ender, "bob-13")).unwrap());
+        assert_eq!(
+            drain(&mut rx),
+            vec![("bob-10".into(), EndReason::PrincipalCap)]
+        );
+        // A full store (6): the owner holding the most (Bob) loses its least recently used.
+        let carol = d(202);
+        for i in 20..22u8 {
+            assert!(
+                s.bind(d(i), carol, ending(&ender, &format!("carol-{i}")))
+                    .unwrap()
+            );
+        }
+        assert!(drain(&mut rx).is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.bind(d(30), d(203), ending(&ender, "dave")).unwrap());
+        assert_eq!(
+            drain(&mut rx),
+            vec![("bob-11".into(), EndReason::StoreFull)]
+        );
+        // Idle: the sweep ends what expired, and only that.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(s.owner_of(&d(13)).unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let n = s.sweep().unwrap();
+        let got = drain(&mut rx);
+        assert_eq!(n, 5, "{got:?}");
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(s.len(), 1);
+        assert!(got.iter().all(|(_, r)| *r == EndReason::Idle), "{got:?}");
+        let ids: Vec<&str> = got.iter().map(|(i, _)| i.as_str()).collect();
+        for gone in ["alice-1", "bob-12", "carol-20", "carol-21", "dave"] {
+            assert!(ids.contains(&gone), "{gone}: {got:?}");
+        }
+        assert!(!ids.contains(&"bob-13"), "used 31 s ago: kept");
+        assert_eq!(s.owner_of(&d(13)).unwrap(), Some(bob));
+        assert_eq!(s.sweep().unwrap(), 0, "nothing left to end");
+        // A client's own DELETE (unbind) is not handed over.
+        s.unbind(&d(13), &bob).unwrap();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        s.sweep().unwrap();
+        assert!(drain(&mut rx).iter().all(|(i, _)| i != "bob-13"));
+    }
+
+    #[test]
+    fn ids_are_kept_only_when_someone_ends_them_and_only_short_ones() {
+        let e = Ender::new(ENDED_QUEUE);
+        assert!(ending(&e, "abc").is_none(), "nobody listens: hash only");
+        let (e, _rx) = on();
+        let kept = ending(&e, "abc").unwrap();
+        assert!(kept.id.is_sensitive());
+        let long = "x".repeat(MAX_ENDED_ID_LEN + 1);
+        assert!(ending(&e, &long).is_none());
+        assert!(ending(&e, &long[1..]).is_some());
+        let shown = format!(
+            "{:?}",
+            EndedSession {
+                id: kept.id,
+                route: None,
+                reason: EndReason::Idle
+            }
+        );
+        assert!(
+            !shown.contains("abc") && shown.contains("sha256:"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_is_counted_not_blocking() {
+        let (ender, _rx) = on();
+        let s = MemoryStore::new(100_000, 1, Duration::from_secs(60), ender.clone());
+        for i in 0..(ENDED_QUEUE as u32 + 10) {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            assert!(s.bind(id, d(1), ending(&ender, &format!("s{i}"))).unwrap());
+        }
+        assert_eq!(ender.dropped.load(Ordering::Relaxed), 9);
+        // The queue holds twice what one eviction of a full store ends, within bounds.
+        assert_eq!(ended_queue(100), ENDED_QUEUE);
+        assert_eq!(ended_queue(DEFAULT_MAX_SESSIONS), 12_500);
+        assert!(ended_queue(DEFAULT_MAX_SESSIONS) >= 2 * (DEFAULT_MAX_SESSIONS / 16));
+        assert_eq!(ended_queue(10_000_000), 65_536);
     }
 
     #[test]
@@ -1168,8 +1740,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bindings_expire_when_idle_and_use_refreshes_them() {
-        let s = MemoryStore::new(10, 10, Duration::from_secs(60));
-        assert!(s.bind(d(1), d(9)).unwrap());
+        let s = MemoryStore::new(10, 10, Duration::from_secs(60), off());
+        assert!(s.bind(d(1), d(9), None).unwrap());
         tokio::time::advance(Duration::from_secs(50)).await;
         assert_eq!(s.owner_of(&d(1)).unwrap(), Some(d(9)), "alive, refreshed");
         tokio::time::advance(Duration::from_secs(50)).await;
@@ -1181,16 +1753,16 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(s.owner_of(&d(1)).unwrap(), None, "expired");
         // An expired binding does not block a new one.
-        assert!(s.bind(d(1), d(8)).unwrap());
+        assert!(s.bind(d(1), d(8), None).unwrap());
         assert_eq!(s.owner_of(&d(1)).unwrap(), Some(d(8)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_live_binding_is_never_taken_over() {
-        let s = MemoryStore::new(10, 10, Duration::from_secs(60));
-        assert!(s.bind(d(1), d(9)).unwrap());
-        assert!(!s.bind(d(1), d(8)).unwrap());
-        assert!(s.bind(d(1), d(9)).unwrap(), "the owner again");
+        let s = MemoryStore::new(10, 10, Duration::from_secs(60), off());
+        assert!(s.bind(d(1), d(9), None).unwrap());
+        assert!(!s.bind(d(1), d(8), None).unwrap());
+        assert!(s.bind(d(1), d(9), None).unwrap(), "the owner again");
         assert_eq!(s.owner_of(&d(1)).unwrap(), Some(d(9)));
         s.unbind(&d(1), &d(8)).unwrap();
         assert_eq!(
@@ -1204,15 +1776,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_store_evicts_expired_bindings_first_then_the_least_recently_used() {
-        let s = MemoryStore::new(4, 4, Duration::from_secs(60));
+        let s = MemoryStore::new(4, 4, Duration::from_secs(60), off());
         for i in 1..=4 {
-            assert!(s.bind(d(i), d(100)).unwrap());
+            assert!(s.bind(d(i), d(100), None).unwrap());
             tokio::time::advance(Duration::from_secs(2)).await;
         }
         // 1 is used again: 2 is now the least recently used.
         assert!(s.owner_of(&d(1)).unwrap().is_some());
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(s.bind(d(5), d(100)).unwrap());
+        assert!(s.bind(d(5), d(100), None).unwrap());
         assert_eq!(s.len(), 4);
         assert!(
             s.owner_of(&d(2)).unwrap().is_none(),
@@ -1226,7 +1798,7 @@ mod tests {
         assert!(s.owner_of(&d(5)).unwrap().is_some());
         tokio::time::advance(Duration::from_secs(2)).await;
         // 1, 3, 4 are now idle for more than 60 s; 5 is not.
-        assert!(s.bind(d(6), d(100)).unwrap());
+        assert!(s.bind(d(6), d(100), None).unwrap());
         assert_eq!(s.len(), 2, "expired bindings swept");
         assert!(s.owner_of(&d(5)).unwrap().is_some());
         assert!(s.owner_of(&d(6)).unwrap().is_some());
@@ -1234,59 +1806,59 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn memory_stays_bounded_under_a_flood_of_sessions() {
-        let s = MemoryStore::new(64, 64, Duration::from_secs(3600));
+        let s = MemoryStore::new(64, 64, Duration::from_secs(3600), off());
         for i in 0..10_000u32 {
             let mut id = [0u8; 32];
             id[..4].copy_from_slice(&i.to_be_bytes());
-            assert!(s.bind(id, d(1)).unwrap());
+            assert!(s.bind(id, d(1), None).unwrap());
             assert!(s.len() <= 64);
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_owner_at_its_cap_loses_its_own_least_recently_used_binding() {
-        let s = MemoryStore::new(100, 3, Duration::from_secs(60));
+        let s = MemoryStore::new(100, 3, Duration::from_secs(60), off());
         let (alice, bob) = (d(200), d(201));
-        assert!(s.bind(d(1), alice).unwrap());
+        assert!(s.bind(d(1), alice, None).unwrap());
         for i in 10..13 {
-            assert!(s.bind(d(i), bob).unwrap());
+            assert!(s.bind(d(i), bob, None).unwrap());
             tokio::time::advance(Duration::from_secs(2)).await;
         }
         // 10 is used again: 11 is Bob's least recently used.
         assert!(s.owner_of(&d(10)).unwrap().is_some());
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(s.bind(d(13), bob).unwrap());
+        assert!(s.bind(d(13), bob, None).unwrap());
         assert_eq!(s.owner_of(&d(11)).unwrap(), None, "Bob's LRU evicted");
         for i in [10, 12, 13] {
             assert_eq!(s.owner_of(&d(i)).unwrap(), Some(bob));
         }
         // A flood of Bob's never touches Alice's, nor holds more than 3 of his.
         for i in 20..120 {
-            assert!(s.bind(d(i), bob).unwrap());
+            assert!(s.bind(d(i), bob, None).unwrap());
             assert!(s.len() <= 4);
             tokio::time::advance(Duration::from_millis(10)).await;
         }
         assert_eq!(s.owner_of(&d(1)).unwrap(), Some(alice));
         assert_eq!(s.len(), 4);
         // Rebinding an id the owner already holds is not a new binding.
-        assert!(s.bind(d(119), bob).unwrap());
+        assert!(s.bind(d(119), bob, None).unwrap());
         assert_eq!(s.owner_of(&d(118)).unwrap(), Some(bob));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_store_evicts_from_the_owner_holding_the_most() {
         // 16 places, caps high enough not to act: the global eviction must be fair.
-        let s = MemoryStore::new(16, 16, Duration::from_secs(3600));
+        let s = MemoryStore::new(16, 16, Duration::from_secs(3600), off());
         let (alice, carol, bob) = (d(200), d(202), d(201));
-        assert!(s.bind(d(1), alice).unwrap());
+        assert!(s.bind(d(1), alice, None).unwrap());
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(s.bind(d(2), carol).unwrap());
-        assert!(s.bind(d(3), carol).unwrap());
+        assert!(s.bind(d(2), carol, None).unwrap());
+        assert!(s.bind(d(3), carol, None).unwrap());
         tokio::time::advance(Duration::from_secs(1)).await;
         for i in 0..200u8 {
             let mut id = [7u8; 32];
             id[0] = i;
-            assert!(s.bind(id, bob).unwrap());
+            assert!(s.bind(id, bob, None).unwrap());
             tokio::time::advance(Duration::from_millis(10)).await;
             assert!(s.len() <= 16);
         }
@@ -1295,12 +1867,12 @@ mod tests {
         assert_eq!(s.owner_of(&d(2)).unwrap(), Some(carol));
         assert_eq!(s.owner_of(&d(3)).unwrap(), Some(carol));
         // When owners hold equal shares, the oldest binding goes first.
-        let s = MemoryStore::new(2, 16, Duration::from_secs(3600));
-        assert!(s.bind(d(1), alice).unwrap());
+        let s = MemoryStore::new(2, 16, Duration::from_secs(3600), off());
+        assert!(s.bind(d(1), alice, None).unwrap());
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(s.bind(d(2), bob).unwrap());
+        assert!(s.bind(d(2), bob, None).unwrap());
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(s.bind(d(3), carol).unwrap());
+        assert!(s.bind(d(3), carol, None).unwrap());
         assert_eq!(s.owner_of(&d(1)).unwrap(), None);
         assert_eq!(s.owner_of(&d(2)).unwrap(), Some(bob));
     }

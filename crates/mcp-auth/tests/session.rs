@@ -264,7 +264,7 @@ mod redis {
         let b = stack(layer(&redis), counter);
         every_method_is_bound(&a, &b).await;
 
-        // Redis keeps the hash of the id, never the id.
+        // Redis keeps the hash of the id, never the id (nobody ends sessions upstream here).
         let sid = initialize(&a, alice()).await;
         let client = ::redis::Client::open(redis.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -276,8 +276,9 @@ mod redis {
         assert!(!keys.is_empty());
         for k in &keys {
             assert!(k.starts_with("t:") && !k.contains(&sid), "{k}");
-            if k.starts_with("t:owner:") {
-                // The owner's index: hashes of the ids, never the ids.
+            assert_ne!(k, "t:ends", "ids are kept only to end sessions");
+            if k.starts_with("t:owner:") || k == "t:idle" {
+                // The owner's and the idle index: hashes of the ids, never the ids.
                 let ids: Vec<String> = ::redis::cmd("ZRANGE")
                     .arg(k)
                     .arg(0)
@@ -445,4 +446,114 @@ async fn through_redis_one_principal_cannot_evict_another() {
     }
     sizes.sort_unstable();
     assert_eq!(sizes, [1, 1, 4], "alice, basic bob, bob");
+}
+
+/// Replicas sharing Redis hand over each session they end exactly once: evictions by
+/// the replica that evicts, idle expiries by the one whose sweep claims them.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn through_redis_each_ended_session_is_handed_over_once() {
+    use mcp_auth::{EndReason, SessionRedisConfig, SessionRoute};
+    use std::collections::HashMap;
+    let redis = mcp_testkit::RedisServer::start();
+    let counter = Arc::new(AtomicU64::new(0));
+    let layer = || {
+        SessionBindingLayer::new(
+            &SessionConfig::default()
+                .max_sessions_per_principal(2)
+                .idle_timeout_seconds(1)
+                .redis(
+                    SessionRedisConfig::new(redis.url())
+                        .prefix("e")
+                        .timeout_ms(500),
+                ),
+        )
+        .unwrap()
+    };
+    let (la, lb) = (layer(), layer());
+    let mut ended = vec![la.ended_sessions().unwrap(), lb.ended_sessions().unwrap()];
+    assert!(la.ended_sessions().is_none(), "one receiver");
+    // The route travels with the session.
+    let route = |svc: Svc| -> Svc {
+        BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_request(|mut r: Request<Body>| {
+                    r.extensions_mut().insert(SessionRoute("up-1".into()));
+                    r
+                })
+                .service(svc),
+        )
+    };
+    let a = route(stack(la.clone(), counter.clone()));
+    let b = route(stack(lb.clone(), counter));
+    let mut issued = Vec::new();
+    for i in 0..6 {
+        issued.push(initialize(if i % 2 == 0 { &a } else { &b }, alice()).await);
+    }
+    // Ids are kept in `e:ends` only, to end the sessions.
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let kept: HashMap<String, String> = ::redis::cmd("HGETALL")
+        .arg("e:ends")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 2, "the two live sessions: {kept:?}");
+    let mut seen: HashMap<String, Vec<EndReason>> = HashMap::new();
+    let take = |ended: &mut Vec<mcp_auth::EndedSessions>,
+                seen: &mut HashMap<String, Vec<EndReason>>| {
+        for rx in ended.iter_mut() {
+            while let Some(Some(e)) = rx_now(rx) {
+                assert_eq!(e.route(), Some("up-1"));
+                seen.entry(e.session_id().to_str().unwrap().to_owned())
+                    .or_default()
+                    .push(e.reason());
+            }
+        }
+    };
+    take(&mut ended, &mut seen);
+    // The four oldest were evicted by the cap, each handed over once.
+    for sid in &issued[..4] {
+        assert_eq!(
+            seen.get(sid),
+            Some(&vec![EndReason::PrincipalCap]),
+            "{sid}: {seen:?}"
+        );
+    }
+    // Then idle: the two live ones, once each (two replicas sweep).
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        take(&mut ended, &mut seen);
+        if issued[4..].iter().all(|s| seen.contains_key(s)) {
+            break;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    take(&mut ended, &mut seen);
+    for sid in &issued[4..] {
+        assert_eq!(
+            seen.get(sid),
+            Some(&vec![EndReason::Idle]),
+            "{sid}: {seen:?}"
+        );
+    }
+    assert_eq!(seen.len(), 6);
+    let kept: HashMap<String, String> = ::redis::cmd("HGETALL")
+        .arg("e:ends")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(kept.is_empty(), "nothing kept once ended: {kept:?}");
+}
+
+/// The next ended session if one is ready.
+#[cfg(feature = "redis")]
+fn rx_now(rx: &mut mcp_auth::EndedSessions) -> Option<Option<mcp_auth::EndedSession>> {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let fut = std::pin::pin!(rx.recv());
+    match fut.poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }

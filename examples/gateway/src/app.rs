@@ -259,6 +259,14 @@ pub fn router(
             .layer(option_layer(layers.auth.clone()))
             .layer(option_layer(query_guard.clone()))
             .layer(option_layer(layers.parse.clone()))
+            // The session binding keeps the upstream with each session, to end it there.
+            .layer(tower::util::MapRequestLayer::new({
+                let route = mcp_auth::SessionRoute(up.name.as_str().into());
+                move |mut req: Request<Body>| {
+                    req.extensions_mut().insert(route.clone());
+                    req
+                }
+            }))
             .layer(option_layer(layers.sessions.clone()))
             // After parsing: per-method and per-tool quotas and costs read the parsed
             // request (before it, every request cost 1 and no tool quota applied).

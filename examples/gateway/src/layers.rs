@@ -207,6 +207,11 @@ impl Layers {
                 let msg = msg.strip_prefix(&format!("{}: ", e.key())).unwrap_or(&msg);
                 loaded.error(&key, msg)
             })?;
+            if p.sessions.is_open_to_anyone() {
+                tracing::warn!(
+                    "policy.sessions.require is anyone: a principal the policy lets call nothing may still open sessions at the upstream, stream and end them"
+                );
+            }
             layers.authorize = Some(AuthorizeLayer::new(policy));
         }
         let resolve = |section: &str, c: &mut mcp_ratelimit::RateLimitConfig| {

@@ -330,6 +330,17 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
         .map(|_| app::router(&loaded, &layers, exported.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
+    // Sessions the binding evicts or expires are ended at their upstream (a DELETE).
+    if let Some(sessions) = &layers.sessions {
+        let proxies = app::build_proxies(&loaded, &layers).map_err(|e| e.to_string())?;
+        if proxy::spawn_session_ender(sessions.clone(), proxies).is_some() {
+            tracing::info!(
+                idle_timeout_seconds = cfg.sessions.idle_timeout_seconds,
+                max_sessions_per_principal = cfg.sessions.max_sessions_per_principal,
+                "sessions the gateway evicts or expires are ended at their upstream (DELETE)"
+            );
+        }
+    }
     // Bind first: ACME's tls-alpn-01 challenge is answered on the serving port.
     let listeners =
         bind_listeners(addr, workers).map_err(|e| format!("cannot listen on {addr}: {e}"))?;

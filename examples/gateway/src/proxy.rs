@@ -26,6 +26,8 @@
 //!   as the upstream keeps them open.
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
 //!   typed [`mcp_core::Denial`] for the audit and metrics layers.
+//! - Sessions the session binding evicts or expires are ended at their upstream with a
+//!   `DELETE` ([`spawn_session_ender`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -353,6 +355,32 @@ impl Proxy {
         }
     }
 
+    /// Ends a session at the upstream: a `DELETE` with its `Mcp-Session-Id` (and the
+    /// upstream's injected headers), answered within [`SESSION_END_TIMEOUT`]. A 2xx, or a
+    /// 404 / 400 (the upstream no longer holds it), is success.
+    pub async fn end_session(&self, id: &HeaderValue) -> bool {
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = http::Method::DELETE;
+        let mut id = id.clone();
+        id.set_sensitive(true);
+        req.headers_mut()
+            .insert(HeaderName::from_static("mcp-session-id"), id);
+        let ended = async {
+            let resp = self.forward_inner(req).await;
+            let status = resp.status();
+            // Read (and bound) the answer so that the connection goes back to the pool.
+            let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await;
+            status.is_success()
+                || status == http::StatusCode::NOT_FOUND
+                || status == http::StatusCode::BAD_REQUEST
+        };
+        tokio::time::timeout(SESSION_END_TIMEOUT, ended)
+            .await
+            .unwrap_or(false)
+    }
+
     /// Whether the upstream accepts TCP connections (for `/readyz`).
     pub async fn reachable(&self) -> bool {
         let url = &self.inner.spec.url;
@@ -376,6 +404,90 @@ impl Proxy {
             Ok(Ok(_))
         )
     }
+}
+
+/// How many sessions are ended at the upstreams at once.
+pub const SESSION_END_CONCURRENCY: usize = 8;
+
+/// Time allowed for one ending `DELETE`, answer included.
+pub const SESSION_END_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends each session the session binding ends (evicted by a cap, expired when idle) a
+/// `DELETE` at its upstream (the [`mcp_auth::session::SessionRoute`] the gateway set
+/// when it was created, the upstream's name), [`SESSION_END_CONCURRENCY`] at a time; a
+/// session that waits longer than the queue allows is dropped and counted. Counted in
+/// `mcp_gateway_sessions_ended_total{reason, outcome}` (`outcome`: `ok`, `failed`,
+/// `dropped`, `no_upstream`). Runs for the life of the process (it holds the layer, to
+/// read its dropped count).
+pub fn spawn_session_ender(
+    sessions: mcp_auth::SessionBindingLayer,
+    proxies: Vec<Proxy>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut ended = sessions.ended_sessions()?;
+    let limit = Arc::new(tokio::sync::Semaphore::new(SESSION_END_CONCURRENCY));
+    // Warned once when ending starts failing, and once when it works again (not per
+    // session: an upstream that is down would flood the log).
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    Some(tokio::spawn(async move {
+        let count = |reason: &'static str, outcome: &'static str| {
+            metrics::counter!("mcp_gateway_sessions_ended_total", "reason" => reason, "outcome" => outcome)
+                .increment(1);
+        };
+        let mut dropped = 0;
+        while let Some(e) = ended.recv().await {
+            let reason = e.reason().as_str();
+            let now = sessions.ended_dropped();
+            if now > dropped {
+                metrics::counter!("mcp_gateway_sessions_ended_total", "reason" => "any", "outcome" => "dropped")
+                    .increment(now - dropped);
+                tracing::warn!(
+                    dropped = now - dropped,
+                    "sessions to end at the upstream dropped (queue full): the upstream expires them"
+                );
+                dropped = now;
+            }
+            let proxy = match e.route() {
+                Some(r) => proxies.iter().find(|p| p.name() == r),
+                None if proxies.len() == 1 => proxies.first(),
+                None => None,
+            };
+            let Some(proxy) = proxy.cloned() else {
+                count(reason, "no_upstream");
+                continue;
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let failing = failing.clone();
+            tokio::spawn(async move {
+                use std::sync::atomic::Ordering;
+                let ok = proxy.end_session(e.session_id()).await;
+                let (session, upstream) = (e.id_hash(), proxy.name());
+                if ok {
+                    tracing::debug!(upstream, session, reason, "session ended at the upstream");
+                    count(reason, "ok");
+                    if failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(upstream, "ending sessions at the upstream works again");
+                    }
+                } else {
+                    tracing::debug!(
+                        upstream,
+                        session,
+                        reason,
+                        "ending a session at the upstream failed"
+                    );
+                    count(reason, "failed");
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            upstream,
+                            "ending a session at the upstream failed: such sessions are left to the upstream's expiry (counted in mcp_gateway_sessions_ended_total{{outcome=\"failed\"}})"
+                        );
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

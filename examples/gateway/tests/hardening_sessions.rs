@@ -413,7 +413,8 @@ async fn a_second_replica_sharing_redis_refuses_bob_too() {
     let r = add_in(&c, &url_a, KEY, &sid).send().await.unwrap();
     assert_session_404(r, "the ended session on the other replica").await;
 
-    // Redis holds hashes, never the id itself.
+    // Redis keys are hashes, never the id itself (the id is a value of `prefix:ends`
+    // only, kept so that any replica can end the session at the upstream).
     let (code, out, _) = {
         let o = std::process::Command::new("redis-cli")
             .args(["-p", &redis.port().to_string(), "--scan"])
