@@ -39,6 +39,11 @@
 //! [`TrustedProxies`] given to [`AuditLayer::trusted_proxies`], else the peer itself.
 //! The user is the principal's id, never a client header such as `X-User-ID`.
 //!
+//! With a [`RefusalAggregator`] ([`AuditLayer::aggregate_refusals`]; the
+//! [`crate::Auditor`]'s layer has one unless `aggregateRefusals.enabled` is false), a
+//! refusal of a client already refused in the interval is counted instead of recorded
+//! (see [`crate::refusals`]).
+//!
 //! The request path only collects references (`Arc`s, `Bytes`) and moves one boxed event
 //! into the queue; masking and serialization happen on the background writer.
 

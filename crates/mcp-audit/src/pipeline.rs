@@ -913,17 +913,20 @@ impl Writer {
             let mut batch = Vec::with_capacity(msgs.len());
             let mut waiters = Vec::new();
             let mut shutdown = None;
+            let mut freed = 0;
             for m in msgs.drain(..) {
                 match m {
                     Msg::Event(mut e, n) => {
                         batch.push(self.renderer.render(&mut e));
-                        drop(e);
-                        self.bytes.release(n);
+                        freed += n;
                     }
                     Msg::Flush(t) => waiters.push(t),
                     Msg::Shutdown(t) => shutdown = Some(t),
                 }
             }
+            // The events are dropped (their heap freed) once rendered: their bytes are
+            // given back once per batch.
+            self.bytes.release(freed);
             self.note_queued(batch.len());
             if let Some(done) = shutdown {
                 // The deadline holds from now on for every batch, queued or not.
