@@ -157,7 +157,7 @@ impl RefusalAggregator {
     pub async fn flush(&self) {
         let rows = self.state.rotate(Instant::now(), true);
         for r in rows {
-            self.state.handle.record(AuditEvent(r)).await;
+            self.state.handle.record(r).await;
         }
     }
 
@@ -219,7 +219,7 @@ impl RefusalAggregator {
             s.counted.fetch_add(1, Ordering::Relaxed);
         }
         for r in due {
-            s.handle.try_record(AuditEvent(r));
+            s.handle.try_record(r);
         }
         full
     }
@@ -263,7 +263,7 @@ impl State {
     }
 
     /// Ends the interval when it is over (or `always`): the rows of its counts.
-    fn rotate(&self, now: Instant, always: bool) -> Vec<Box<EventData>> {
+    fn rotate(&self, now: Instant, always: bool) -> Vec<AuditEvent> {
         let mut t = self.lock();
         if always || now.duration_since(t.window_start) >= self.interval {
             t.take_rows(now, self.interval)
@@ -275,7 +275,7 @@ impl State {
 
 impl Table {
     /// The rows of the counts, and a new interval from `now`.
-    fn take_rows(&mut self, now: Instant, interval: Duration) -> Vec<Box<EventData>> {
+    fn take_rows(&mut self, now: Instant, interval: Duration) -> Vec<AuditEvent> {
         self.window_start = now;
         self.apart = 0;
         let mut rows = Vec::new();
@@ -301,7 +301,7 @@ fn rfc3339(t: Option<SystemTime>) -> serde_json::Value {
 }
 
 /// The row for a count.
-fn row(slot: &Slot, c: Count, interval: Duration) -> Box<EventData> {
+fn row(slot: &Slot, c: Count, interval: Duration) -> AuditEvent {
     let mut data = serde_json::json!({
         "refused": c.pending,
         "first": rfc3339(c.first),
@@ -311,7 +311,7 @@ fn row(slot: &Slot, c: Count, interval: Duration) -> Box<EventData> {
     if slot.client.is_none() {
         data["other_clients"] = serde_json::Value::Bool(true);
     }
-    Box::new(EventData {
+    AuditEvent(Box::new(EventData {
         kind: Some(EventKind::Refusals),
         at: Some(SystemTime::now()),
         principal: c.principal,
@@ -325,7 +325,7 @@ fn row(slot: &Slot, c: Count, interval: Duration) -> Box<EventData> {
         }),
         data: Some(data),
         ..EventData::default()
-    })
+    }))
 }
 
 /// Writes each interval's counts while the aggregator lives.
@@ -344,7 +344,7 @@ async fn sweep(state: Weak<State>) {
         let handle = state.handle.clone();
         drop(state);
         for r in rows {
-            handle.record(AuditEvent(r)).await;
+            handle.record(r).await;
         }
     }
 }

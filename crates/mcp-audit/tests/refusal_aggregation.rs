@@ -25,8 +25,10 @@ fn records(db: &Path) -> Vec<AuditRecord> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_of_a_refused_client_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AuditConfig::default();
-    cfg.storage = StorageList::One(Storage::Database);
+    let mut cfg = AuditConfig {
+        storage: StorageList::One(Storage::Database),
+        ..AuditConfig::default()
+    };
     cfg.database.sqlite_path = dir.path().join("audit.db");
     let auditor = Auditor::from_config(cfg).await.unwrap();
     let addr = serve(app(&auditor)).await;
@@ -90,7 +92,7 @@ async fn refusals_of_a_refused_client_are_counted() {
     assert_eq!(anon.http_status, Some(401));
     // The trail verifies.
     assert!(
-        mcp_audit::verify_sqlite(&dir.path().join("audit.db"))
+        mcp_audit::verify_sqlite(dir.path().join("audit.db"))
             .unwrap()
             .is_intact()
     );
