@@ -25,6 +25,9 @@
 //!   `blocked_by_rule`), are recorded in full: their number is bounded by its quota, and
 //!   each names the tool or rule.
 //!
+//! Each refusal counted instead of recorded increments
+//! `mcp_audit_refusals_counted_total` (the `metrics` facade).
+//!
 //! Memory is bounded: at most `maxKeys` (client, reason) pairs are counted apart in an
 //! interval; refusals of further clients are counted per reason in one row without a
 //! client (`data.other_clients: true`), its first refusal also recorded in full. The trail
@@ -217,6 +220,7 @@ impl RefusalAggregator {
         };
         if !full {
             s.counted.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("mcp_audit_refusals_counted_total").increment(1);
         }
         for r in due {
             s.handle.try_record(r);
