@@ -169,8 +169,8 @@ fn check_total(db: &Path, tallies: &[&Tally]) {
         "too many failed requests: {errors}"
     );
     // A few rows per client and reason and interval, not one per request.
-    assert!(answered > 100, "only {answered} requests");
-    assert!(rows < 60, "{rows} rows for {answered} requests");
+    assert!(answered > 60, "only {answered} requests");
+    assert!(rows < 40, "{rows} rows for {answered} requests");
 }
 
 #[tokio::test]
@@ -232,10 +232,10 @@ async fn a_flood_of_refused_oversized_requests_leaves_the_trail_and_rss_bounded(
     // Each flood met the refusal it was meant to (how many depends on the machine's
     // speed: the per-IP limit lets 10 a second through to authentication).
     let got = |t: &Tally, s: u16| t.statuses.lock().unwrap().get(&s).copied().unwrap_or(0);
-    assert!(got(&main, 401) > 0 && got(&main, 401) + got(&main, 429) > 20);
-    assert!(got(&unauth, 401) > 20 && got(&unauth, 429) == 0);
-    assert!(got(&denied, 403) > 20);
-    assert!(got(&large, 413) > 10);
+    assert!(got(&main, 401) > 0 && got(&main, 401) + got(&main, 429) > 10);
+    assert!(got(&unauth, 401) > 10 && got(&unauth, 429) == 0);
+    assert!(got(&denied, 403) > 10);
+    assert!(got(&large, 413) > 5);
     assert!(grown < TRAIL_BOUND, "the trail grew {grown} bytes");
     assert!(hwm < RSS_BOUND_KB, "VmHWM {hwm} kB");
     check_total(&db, &[&main, &unauth, &denied, &large]);
@@ -291,7 +291,7 @@ async fn a_client_blocked_by_the_failure_monitor_is_counted_not_recorded_each_ti
     eprintln!("{statuses:?} errors {}", t.errors.load(Ordering::Relaxed));
     assert_eq!(statuses.get(&401), Some(&5), "{statuses:?}");
     assert!(
-        statuses.get(&429).copied().unwrap_or(0) > 20,
+        statuses.get(&429).copied().unwrap_or(0) > 60,
         "{statuses:?}"
     );
     gw.terminate();
