@@ -132,6 +132,16 @@ impl RequestText {
         }
     }
 
+    /// The heap bytes this capture holds (its text and its entries), for the queue's
+    /// byte budget.
+    pub(crate) fn heap_size(&self) -> usize {
+        self.text.capacity()
+            + self
+                .headers
+                .as_ref()
+                .map_or(0, |h| h.capacity() * std::mem::size_of::<Entry>())
+    }
+
     /// The path, when captured.
     pub(crate) fn path(&self) -> Option<&str> {
         self.text.get(..self.path_len?)

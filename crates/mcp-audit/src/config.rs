@@ -277,6 +277,13 @@ pub enum OverflowPolicy {
 pub struct QueueConfig {
     /// Events held in memory at most (default 65536).
     pub capacity: usize,
+    /// Bytes held in the queue at most, by an estimate of each event's heap size (the
+    /// copied path and header text, three times the request body it keeps alive with its
+    /// parsed form, message and data, plus the event's fixed size); default 64 MiB. Each
+    /// sink's backlog is held to the same number of bytes of rendered records. When
+    /// either is full, the overflow policy applies as when the queue is full of events.
+    /// One event larger than the whole budget is still taken when the queue is empty.
+    pub max_bytes: u64,
     /// Events written per batch at most (default 1024).
     pub batch_size: usize,
     /// `drop` or `wait` (default).
@@ -298,11 +305,49 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             capacity: 65_536,
+            max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             batch_size: 1024,
             overflow: OverflowPolicy::Wait,
             max_wait_ms: 100,
             linger_ms: 5,
             shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The default of `queue.maxBytes`: 64 MiB.
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Refusals recorded in aggregate (`aggregateRefusals`): per client and reason, the first
+/// refusal of each interval is recorded in full and the following ones are counted in one
+/// row of kind `refusals` at the end of the interval (and at shutdown).
+///
+/// Which refusals: every refusal (a [`mcp_core::Denial`] with the outcome `denied`) of a
+/// request with no authenticated principal, whatever its reason (401, 429 of the per-IP
+/// limit, 403 of a deny list, 405, 413, ...), keyed by the client address resolved
+/// through the trusted proxies only (an IPv6 client by its network, /64 by default); and
+/// every refusal of an authenticated principal except the decisions on what it asked
+/// (`forbidden`, `insufficient_scope`, `blocked_by_rule`, which come after its quota and
+/// are recorded in full), keyed by the principal. See [`crate::refusals`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AggregateRefusalsConfig {
+    /// Whether refusals are aggregated (default true).
+    pub enabled: bool,
+    /// The interval, in seconds (default 10, 1 to 3600).
+    pub interval_secs: u64,
+    /// Clients (addresses or principals) counted apart per interval (default 1024, 1 to
+    /// 1048576); refusals of further clients are counted per reason in rows without a
+    /// client.
+    pub max_keys: usize,
+}
+
+impl Default for AggregateRefusalsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 10,
+            max_keys: 1024,
         }
     }
 }
@@ -354,6 +399,8 @@ pub struct AuditConfig {
     pub queue: QueueConfig,
     /// The query endpoint.
     pub query: QueryConfig,
+    /// Refusals of clients already being refused, recorded in aggregate.
+    pub aggregate_refusals: AggregateRefusalsConfig,
     /// Believe the client's `x-request-id` (default false: a fresh UUIDv7 is generated and
     /// replaces the client's header). Turn on only behind a proxy that sets it.
     pub trust_request_id: bool,
@@ -483,6 +530,7 @@ impl Default for AuditConfig {
             file: FileConfig::default(),
             queue: QueueConfig::default(),
             query: QueryConfig::default(),
+            aggregate_refusals: AggregateRefusalsConfig::default(),
             trust_request_id: false,
             record_headers: true,
             max_params_bytes: None,
@@ -619,6 +667,25 @@ impl AuditConfig {
             return Err(ConfigError::new(
                 "audit.queue.capacity",
                 "must be between 1 and 16777216",
+            ));
+        }
+        if self.queue.max_bytes < 65_536 {
+            return Err(ConfigError::new(
+                "audit.queue.maxBytes",
+                "must be at least 65536",
+            ));
+        }
+        let agg = &self.aggregate_refusals;
+        if !(1..=3600).contains(&agg.interval_secs) {
+            return Err(ConfigError::new(
+                "audit.aggregateRefusals.intervalSecs",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(1..=1_048_576).contains(&agg.max_keys) {
+            return Err(ConfigError::new(
+                "audit.aggregateRefusals.maxKeys",
+                "must be between 1 and 1048576",
             ));
         }
         if self.queue.batch_size == 0 || self.queue.batch_size > 65_536 {
@@ -767,6 +834,21 @@ mod tests {
         let mut bad = AuditConfig::default();
         bad.queue.capacity = 0;
         assert_eq!(bad.validate().unwrap_err().key, "audit.queue.capacity");
+        let mut bad = AuditConfig::default();
+        bad.queue.max_bytes = 1000;
+        assert_eq!(bad.validate().unwrap_err().key, "audit.queue.maxBytes");
+        let mut bad = AuditConfig::default();
+        bad.aggregate_refusals.interval_secs = 0;
+        assert_eq!(
+            bad.validate().unwrap_err().key,
+            "audit.aggregateRefusals.intervalSecs"
+        );
+        let mut bad = AuditConfig::default();
+        bad.aggregate_refusals.max_keys = 0;
+        assert_eq!(
+            bad.validate().unwrap_err().key,
+            "audit.aggregateRefusals.maxKeys"
+        );
         let mut bad = AuditConfig::default();
         bad.masking.patterns = vec!["(".into()];
         assert_eq!(bad.validate().unwrap_err().key, "audit.masking.patterns");

@@ -37,6 +37,11 @@ pub enum EventKind {
     /// aggregated per client address: `data.refused` counts them (see
     /// [`crate::ConnectionAudit`]).
     Connection,
+    /// Refusals of one client (an address, or a principal) for one reason, counted over
+    /// an interval after the first, which is recorded in full: `data.refused` counts
+    /// them, `data.first` / `data.last` (RFC 3339) say when (see
+    /// [`crate::refusals`]).
+    Refusals,
 }
 
 impl EventKind {
@@ -49,6 +54,7 @@ impl EventKind {
             Self::Shutdown => "shutdown",
             Self::ConfigReload => "config_reload",
             Self::Connection => "connection",
+            Self::Refusals => "refusals",
         }
     }
 }

@@ -39,6 +39,11 @@
 //! [`TrustedProxies`] given to [`AuditLayer::trusted_proxies`], else the peer itself.
 //! The user is the principal's id, never a client header such as `X-User-ID`.
 //!
+//! With a [`RefusalAggregator`] ([`AuditLayer::aggregate_refusals`]; the
+//! [`crate::Auditor`]'s layer has one unless `aggregateRefusals.enabled` is false), a
+//! refusal of a client already refused in the interval is counted instead of recorded
+//! (see [`crate::refusals`]).
+//!
 //! The request path only collects references (`Arc`s, `Bytes`) and moves one boxed event
 //! into the queue; masking and serialization happen on the background writer.
 
@@ -57,13 +62,13 @@ use mcp_core::{
     RequestFacts, TrustedProxies,
 };
 use pin_project_lite::pin_project;
-use tokio::sync::mpsc::OwnedPermit;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::capture::RequestText;
 use crate::event::{EventData, EventKind, Outcome};
-use crate::pipeline::{AuditHandle, Msg, TrySend};
+use crate::pipeline::{AuditHandle, Reserved, TrySend};
+use crate::refusals::RefusalAggregator;
 
 /// The `x-request-id` header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -118,12 +123,14 @@ pub(crate) fn fast_uuid_v7() -> uuid::Uuid {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AuditUpstream(pub Arc<str>);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct LayerConfig {
     trust_request_id: bool,
     header: HeaderName,
     record_headers: bool,
     proxies: Option<TrustedProxies>,
+    refusals: Option<RefusalAggregator>,
+    ipv6_prefix: u8,
 }
 
 /// The audit layer (configuration only). Build it with [`crate::Auditor::layer`].
@@ -143,18 +150,15 @@ impl AuditLayer {
                 header: X_REQUEST_ID,
                 record_headers: true,
                 proxies: None,
+                refusals: None,
+                ipv6_prefix: mcp_core::client_addr::DEFAULT_IPV6_PREFIX,
             }),
         }
     }
 
     fn cfg_mut(&mut self) -> &mut LayerConfig {
         if Arc::get_mut(&mut self.cfg).is_none() {
-            self.cfg = Arc::new(LayerConfig {
-                trust_request_id: self.cfg.trust_request_id,
-                header: self.cfg.header.clone(),
-                record_headers: self.cfg.record_headers,
-                proxies: self.cfg.proxies.clone(),
-            });
+            self.cfg = Arc::new((*self.cfg).clone());
         }
         match Arc::get_mut(&mut self.cfg) {
             Some(c) => c,
@@ -177,6 +181,23 @@ impl AuditLayer {
     /// Records request headers (sensitive ones redacted) in events.
     pub fn record_headers(mut self, record: bool) -> Self {
         self.cfg_mut().record_headers = record;
+        self
+    }
+
+    /// Counts the refusals of clients already refused through `aggregator` instead of
+    /// recording each (see [`crate::refusals`]); [`crate::Auditor::layer`] sets the
+    /// auditor's.
+    pub fn aggregate_refusals(mut self, aggregator: RefusalAggregator) -> Self {
+        self.cfg_mut().refusals = Some(aggregator);
+        self
+    }
+
+    /// IPv6 clients' refusals are counted together per network of this prefix length
+    /// (default [`mcp_core::client_addr::DEFAULT_IPV6_PREFIX`], /64), as the server
+    /// counts connections and rate limits: the holder of a network does not escape
+    /// aggregation by changing address.
+    pub fn client_ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.cfg_mut().ipv6_prefix = prefix.min(128);
         self
     }
 
@@ -284,6 +305,7 @@ where
                 events,
             }),
             header: cfg.header.clone(),
+            refusals: cfg.refusals.clone().map(|r| (r, cfg.ipv6_prefix)),
         }
     }
 }
@@ -295,6 +317,7 @@ pin_project! {
         inner: F,
         state: Option<BodyState>,
         header: HeaderName,
+        refusals: Option<(RefusalAggregator, u8)>,
     }
 }
 
@@ -357,6 +380,12 @@ where
                             .insert(this.header.clone(), rid.0.clone());
                     }
                 }
+                // A refusal of a client already refused is counted, not recorded.
+                if let (Some(st), Some((agg, prefix))) = (state.as_mut(), this.refusals.as_ref())
+                    && st.event.as_ref().is_some_and(|ev| !agg.admit(ev, *prefix))
+                {
+                    st.event = None;
+                }
                 if let Some(st) = state.as_mut() {
                     st.length = resp.body().size_hint().exact();
                 }
@@ -385,7 +414,7 @@ fn fill_from_facts(ev: &mut EventData, facts: &RequestFacts) {
     }
 }
 
-type WaitFuture = Pin<Box<dyn Future<Output = Option<OwnedPermit<Msg>>> + Send>>;
+type WaitFuture = Pin<Box<dyn Future<Output = Option<Reserved>> + Send>>;
 
 struct BodyState {
     event: Option<Box<EventData>>,
@@ -451,16 +480,11 @@ impl BodyState {
             send_when_written(events, &self.handle, ev);
             return;
         }
-        if let TrySend::Full(ev) = self.handle.try_send(ev) {
-            let tx = self.handle.sender().clone();
+        if let TrySend::Full(ev, n) = self.handle.try_send(ev) {
+            let h = self.handle.clone();
             let wait = self.handle.max_wait();
             self.held = Some(ev);
-            self.wait = Some(Box::pin(async move {
-                tokio::time::timeout(wait, tx.reserve_owned())
-                    .await
-                    .ok()?
-                    .ok()
-            }));
+            self.wait = Some(Box::pin(async move { h.reserve(n, wait).await }));
         }
     }
 
@@ -471,9 +495,7 @@ impl BodyState {
         let permit = ready!(fut.as_mut().poll(cx));
         self.wait = None;
         match (permit, self.held.take()) {
-            (Some(p), Some(ev)) => {
-                p.send(Msg::Event(ev));
-            }
+            (Some(r), Some(ev)) => r.send(ev),
             (None, Some(_)) => self.handle.count_drop("queue_full"),
             _ => {}
         }

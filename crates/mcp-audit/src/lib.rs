@@ -12,6 +12,8 @@
 //! - A bounded queue and one background writer ([`Auditor`]) feed several sinks at once
 //!   ([`sink`]): JSON lines on stdout or tracing, rotated JSON lines files, SQLite
 //!   (default) and PostgreSQL (feature `postgres`). The request path never waits on a sink.
+//! - Refusals of a client already refused are counted, not written one row each
+//!   ([`refusals`]): a flood of refused requests adds a few rows per client and interval.
 //! - Every stored record is chained with SHA-256 ([`chain`]); `verify_*` functions report
 //!   the first deleted, inserted or altered record.
 //! - [`AuditQueryService`] answers `GET /api/audit/query`, for principals holding the
@@ -63,8 +65,8 @@
 //!
 //! # Guarantees
 //!
-//! - The request path never waits on a sink: it moves one boxed event into a bounded
-//!   queue. Within the queue's capacity nothing is lost, even while a sink fails (it is
+//! - The request path never waits on a sink: it moves one boxed event into a queue
+//!   bounded in events and in bytes ([`pipeline`]). Within the queue's capacity nothing is lost, even while a sink fails (it is
 //!   retried with backoff); beyond it the overflow policy decides (wait up to a bound, or
 //!   drop), and every loss is counted (`mcp_audit_events_dropped_total`) and logged.
 //! - [`Auditor::shutdown`] writes every queued event before returning.
@@ -101,12 +103,14 @@ pub mod layer;
 pub mod mask;
 pub mod pipeline;
 pub mod query;
+pub mod refusals;
 pub mod sink;
 
 pub use chain::{ChainHead, Tampering, VerifyReport};
 pub use config::{
-    AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType, FileConfig, LimitsConfig,
-    MaskingConfig, OverflowPolicy, QueryConfig, QueueConfig, SecretUrl, Storage, StorageList,
+    AggregateRefusalsConfig, AuditConfig, AuditLevel, ConfigError, DatabaseConfig, DatabaseType,
+    FileConfig, LimitsConfig, MaskingConfig, OverflowPolicy, QueryConfig, QueueConfig, SecretUrl,
+    Storage, StorageList,
 };
 pub use connection::ConnectionAudit;
 pub use event::{AuditEvent, AuditRecord, EventKind, Outcome};
@@ -115,6 +119,7 @@ pub use layer::{Audit, AuditBody, AuditLayer, AuditUpstream, RequestId, X_REQUES
 pub use mask::Masker;
 pub use pipeline::{AuditError, AuditHandle, AuditStats, Auditor, AuditorBuilder};
 pub use query::{AuditQuery, AuditQueryService, AuditStore, QueryPage, StoreError};
+pub use refusals::RefusalAggregator;
 pub use sink::file::verify_jsonl;
 #[cfg(feature = "postgres")]
 pub use sink::postgres::verify_postgres;

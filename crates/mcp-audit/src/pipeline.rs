@@ -3,13 +3,18 @@
 //!
 //! - The request path only moves a boxed [`crate::event::AuditEvent`] into the queue
 //!   (`try_send`). Masking, serialization and hashing happen on the writer.
-//! - When the queue is full, the [`OverflowPolicy`] applies: `drop` counts and logs the
+//! - The queue is bounded in events (`queue.capacity`) and in bytes (`queue.maxBytes`,
+//!   default 64 MiB, by an estimate of each event's heap: its fixed size, the copied path
+//!   and header text, three times the request body it keeps alive, its message and data).
+//!   When it is full in either, the [`OverflowPolicy`] applies: `drop` counts and logs the
 //!   loss at once; `wait` holds the end of the response for up to `maxWaitMs` until there
-//!   is room, then drops and counts.
+//!   is room, then drops and counts (`mcp_audit_events_dropped_total{reason="queue_full"}`).
+//!   One event larger than the whole budget is still taken when the queue is empty.
 //! - Each sink has its own task and backlog: a sink that fails or hangs never holds up
 //!   the others. A failing sink is retried with exponential backoff (50 ms doubling up to
 //!   5 s) and reported (`mcp_audit_sink_errors_total`, a warning log); its backlog holds
-//!   up to `queue.capacity` events, so nothing is lost within that; beyond it, that sink
+//!   up to `queue.capacity` events and `queue.maxBytes` bytes of rendered records, so
+//!   nothing is lost within that; beyond it, that sink
 //!   loses the newest batches (`mcp_audit_sink_backlog_dropped_total{sink}`, an error log
 //!   at most once a second) while the others go on; a write in progress for 10 s counts
 //!   as failing. A sink that is healthy but behind by
@@ -23,7 +28,11 @@
 //!
 //! Metrics (the `metrics` facade): `mcp_audit_events_queued_total`,
 //! `mcp_audit_events_written_total{sink}`, `mcp_audit_events_dropped_total{reason}`,
-//! `mcp_audit_sink_errors_total{sink}`, `mcp_audit_queue_depth`.
+//! `mcp_audit_sink_errors_total{sink}`, `mcp_audit_queue_depth`, `mcp_audit_queue_bytes`.
+//!
+//! So the memory the pipeline holds is bounded by about `queue.maxBytes` (queue) plus
+//! `queue.maxBytes` per sink (backlogs) plus one batch being rendered, whatever the
+//! clients send.
 
 use std::fmt;
 use std::sync::Arc;
@@ -38,12 +47,14 @@ use crate::event::{AuditEvent, EventData, EventKind, Outcome, Renderer, SinkEven
 use crate::layer::AuditLayer;
 use crate::mask::Masker;
 use crate::query::AuditStore;
+use crate::refusals::RefusalAggregator;
 #[cfg(feature = "sqlite")]
 use crate::sink::SinkError;
 use crate::sink::{AuditSink, StdoutSink, TracingSink};
 
 pub(crate) enum Msg {
-    Event(Box<EventData>),
+    /// An event and the bytes charged for it to the queue's byte budget.
+    Event(Box<EventData>, u64),
     Flush(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -76,8 +87,112 @@ impl AuditStats {
     }
 }
 
+/// The queue's byte budget: an estimate of the heap held by the events queued.
+pub(crate) struct QueueBytes {
+    used: AtomicU64,
+    max: u64,
+    /// Woken when bytes are given back.
+    freed: tokio::sync::Notify,
+}
+
+impl QueueBytes {
+    fn new(max: u64) -> Self {
+        Self {
+            used: AtomicU64::new(0),
+            max,
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Charges `n` bytes if they fit (or the queue holds nothing: one event larger than
+    /// the budget is still taken).
+    fn try_charge(&self, n: u64) -> bool {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used > 0 && used.saturating_add(n) > self.max {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used.saturating_add(n),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(u) => used = u,
+            }
+        }
+    }
+
+    fn release(&self, n: u64) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Bytes charged now.
+    fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes charged to the queue, given back when dropped unless sent with the event.
+pub(crate) struct Charge {
+    bytes: Arc<QueueBytes>,
+    n: u64,
+}
+
+impl Charge {
+    /// The bytes, now carried by the event's message.
+    fn into_sent(mut self) -> u64 {
+        std::mem::take(&mut self.n)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.bytes.release(self.n);
+    }
+}
+
+/// A permit for one event in the queue and the bytes charged for it.
+pub(crate) struct Reserved {
+    permit: mpsc::OwnedPermit<Msg>,
+    charge: Charge,
+}
+
+impl Reserved {
+    /// Queues the event.
+    pub(crate) fn send(self, e: Box<EventData>) {
+        let n = self.charge.into_sent();
+        self.permit.send(Msg::Event(e, n));
+    }
+}
+
+/// An estimate of the heap an event holds while queued: its fixed size, the copied path
+/// and header text, three times the request body it keeps alive (the bytes and their
+/// parsed form), its message, and its structured data.
+pub(crate) fn estimate(e: &EventData) -> u64 {
+    let mut n = std::mem::size_of::<EventData>();
+    if let Some(r) = &e.request {
+        n += r.heap_size();
+    }
+    if let Some(m) = &e.mcp {
+        n += 3 * m.raw().len();
+    }
+    if let Some(m) = &e.message {
+        n += m.len();
+    }
+    if e.data.is_some() {
+        n += 512;
+    }
+    n as u64
+}
+
 struct HandleInner {
     tx: mpsc::Sender<Msg>,
+    bytes: Arc<QueueBytes>,
     overflow: OverflowPolicy,
     max_wait: Duration,
     level: AuditLevel,
@@ -104,8 +219,9 @@ impl fmt::Debug for AuditHandle {
 pub(crate) enum TrySend {
     Sent,
     Skipped,
-    /// Queue full under the `wait` policy: the event is handed back.
-    Full(Box<EventData>),
+    /// Queue full (in events or bytes) under the `wait` policy: the event is handed back
+    /// with its estimated size.
+    Full(Box<EventData>, u64),
 }
 
 impl AuditHandle {
@@ -117,8 +233,39 @@ impl AuditHandle {
         self.0.max_wait
     }
 
-    pub(crate) fn sender(&self) -> &mpsc::Sender<Msg> {
-        &self.0.tx
+    /// Waits up to `wait` for room for an event of `n` bytes (bytes first, then a slot).
+    pub(crate) async fn reserve(&self, n: u64, wait: Duration) -> Option<Reserved> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let bytes = &self.0.bytes;
+        loop {
+            let freed = bytes.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if bytes.try_charge(n) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
+            }
+        }
+        let charge = Charge {
+            bytes: Arc::clone(bytes),
+            n,
+        };
+        let permit = tokio::time::timeout_at(deadline, self.0.tx.clone().reserve_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(Reserved { permit, charge })
+    }
+
+    /// Waits (under the `wait` policy, up to `maxWaitMs`) for room and queues `e`, or
+    /// counts it as dropped.
+    async fn send_waiting(&self, e: Box<EventData>, n: u64) {
+        match self.reserve(n, self.0.max_wait).await {
+            Some(r) => r.send(e),
+            None => self.count_drop("queue_full"),
+        }
     }
 
     fn wanted(&self, e: &EventData) -> bool {
@@ -156,36 +303,43 @@ impl AuditHandle {
         if !self.wanted(&e) {
             return TrySend::Skipped;
         }
-        match self.0.tx.try_send(Msg::Event(e)) {
+        let n = estimate(&e);
+        let full = |e| match self.0.overflow {
+            OverflowPolicy::Wait if !self.0.max_wait.is_zero() => TrySend::Full(e, n),
+            _ => {
+                self.count_drop("queue_full");
+                TrySend::Skipped
+            }
+        };
+        if !self.0.bytes.try_charge(n) {
+            return full(e);
+        }
+        match self.0.tx.try_send(Msg::Event(e, n)) {
             Ok(()) => TrySend::Sent,
-            Err(mpsc::error::TrySendError::Full(Msg::Event(e))) => match self.0.overflow {
-                OverflowPolicy::Wait if !self.0.max_wait.is_zero() => TrySend::Full(e),
-                _ => {
-                    self.count_drop("queue_full");
-                    TrySend::Skipped
-                }
-            },
+            Err(mpsc::error::TrySendError::Full(Msg::Event(e, _))) => {
+                self.0.bytes.release(n);
+                full(e)
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.0.bytes.release(n);
                 self.count_drop("closed");
                 TrySend::Skipped
             }
-            Err(mpsc::error::TrySendError::Full(_)) => TrySend::Skipped,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.0.bytes.release(n);
+                TrySend::Skipped
+            }
         }
     }
 
     /// Sends from a context that cannot wait (a dropped response body): under the `wait`
     /// policy a task waits for room, bounded by `maxWaitMs`.
     pub(crate) fn send_detached(&self, e: Box<EventData>) {
-        if let TrySend::Full(e) = self.try_send(e) {
+        if let TrySend::Full(e, n) = self.try_send(e) {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     let h = self.clone();
-                    rt.spawn(async move {
-                        let wait = h.0.max_wait;
-                        if h.0.tx.send_timeout(Msg::Event(e), wait).await.is_err() {
-                            h.count_drop("queue_full");
-                        }
-                    });
+                    rt.spawn(async move { h.send_waiting(e, n).await });
                 }
                 Err(_) => self.count_drop("queue_full"),
             }
@@ -197,23 +351,13 @@ impl AuditHandle {
     pub async fn record(&self, event: AuditEvent) {
         match self.try_send(event.0) {
             TrySend::Sent | TrySend::Skipped => {}
-            TrySend::Full(e) => {
-                if self
-                    .0
-                    .tx
-                    .send_timeout(Msg::Event(e), self.0.max_wait)
-                    .await
-                    .is_err()
-                {
-                    self.count_drop("queue_full");
-                }
-            }
+            TrySend::Full(e, n) => self.send_waiting(e, n).await,
         }
     }
 
     /// Records an event without waiting (dropped and counted when the queue is full).
     pub fn try_record(&self, event: AuditEvent) {
-        if let TrySend::Full(_) = self.try_send(event.0) {
+        if let TrySend::Full(..) = self.try_send(event.0) {
             self.count_drop("queue_full");
         }
     }
@@ -290,8 +434,10 @@ impl AuditorBuilder {
         let renderer = Renderer::new(masker, Arc::clone(&sensitive), cfg.effective_limits());
         let (tx, rx) = mpsc::channel(cfg.queue.capacity);
         let stats = Arc::new(AuditStats::default());
+        let bytes = Arc::new(QueueBytes::new(cfg.queue.max_bytes));
         let handle = AuditHandle(Arc::new(HandleInner {
             tx,
+            bytes: Arc::clone(&bytes),
             overflow: cfg.queue.overflow,
             max_wait: cfg.max_wait(),
             level: cfg.level,
@@ -307,14 +453,21 @@ impl AuditorBuilder {
             batch_size: cfg.queue.batch_size,
             linger: Duration::from_millis(cfg.queue.linger_ms),
             capacity: cfg.queue.capacity,
+            max_bytes: cfg.queue.max_bytes,
+            bytes,
             stats: Arc::clone(&stats),
             shutdown_timeout: Duration::from_millis(cfg.queue.shutdown_timeout_ms),
             deadline: tokio::sync::watch::Sender::new(None),
             shared: Arc::clone(&shared),
         };
         let task = tokio::spawn(writer.run());
+        let refusals = cfg
+            .aggregate_refusals
+            .enabled
+            .then(|| RefusalAggregator::new(handle.clone(), &cfg.aggregate_refusals));
         Ok(Auditor {
             handle,
+            refusals,
             shared,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             config: Arc::new(cfg),
@@ -341,6 +494,7 @@ impl AuditorBuilder {
 #[derive(Clone)]
 pub struct Auditor {
     handle: AuditHandle,
+    refusals: Option<RefusalAggregator>,
     shared: Arc<Shared>,
     task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     config: Arc<AuditConfig>,
@@ -464,11 +618,26 @@ impl Auditor {
         &self.config
     }
 
-    /// The layer to place outermost (only the connection-level setup outside it).
+    /// The layer to place outermost (only the connection-level setup outside it). It
+    /// counts refusals through [`Auditor::refusal_aggregator`] (`aggregateRefusals`).
     pub fn layer(&self) -> AuditLayer {
-        AuditLayer::new(self.handle.clone())
+        let layer = AuditLayer::new(self.handle.clone())
             .trust_request_id(self.config.trust_request_id)
-            .record_headers(self.config.record_headers)
+            .record_headers(self.config.record_headers);
+        match &self.refusals {
+            Some(r) => layer.aggregate_refusals(r.clone()),
+            None => layer,
+        }
+    }
+
+    /// The aggregator of refusals (`aggregateRefusals`), `None` when it is off.
+    pub fn refusal_aggregator(&self) -> Option<&RefusalAggregator> {
+        self.refusals.as_ref()
+    }
+
+    /// Bytes held in the queue now, by the estimate `queue.maxBytes` bounds.
+    pub fn queued_bytes(&self) -> u64 {
+        self.handle.0.bytes.used()
     }
 
     /// The layer that marks sensitive header values (the defaults plus
@@ -517,6 +686,10 @@ impl Auditor {
         let Some(mut join) = task.take() else { return };
         let limit = Duration::from_millis(self.config.queue.shutdown_timeout_ms);
         let hard = Instant::now() + limit + Duration::from_secs(1);
+        // The counts of refusals not yet written, before the shutdown event.
+        if let Some(r) = &self.refusals {
+            let _ = tokio::time::timeout_at(hard.into(), r.flush()).await;
+        }
         let _ =
             tokio::time::timeout_at(hard.into(), self.handle.record(AuditEvent::shutdown())).await;
         let (tx, rx) = oneshot::channel();
@@ -582,6 +755,8 @@ struct SinkState {
     name: String,
     /// Events handed to the sink's task and not yet written or given up on.
     pending: AtomicU64,
+    /// Their bytes (see [`rendered_size`]).
+    pending_bytes: AtomicU64,
     /// The sink's last write failed (it is retrying).
     failing: std::sync::atomic::AtomicBool,
     /// When the write in progress started (milliseconds since the Unix epoch), 0 when
@@ -643,6 +818,8 @@ impl Drop for BatchDone {
 /// A batch on its way to one sink.
 struct Delivery {
     events: Arc<[SinkEvent]>,
+    /// The batch's bytes (see [`rendered_size`]).
+    size: u64,
     done: Arc<BatchDone>,
 }
 
@@ -655,6 +832,10 @@ struct Writer {
     batch_size: usize,
     linger: Duration,
     capacity: usize,
+    /// Each sink's backlog, in bytes of rendered records.
+    max_bytes: u64,
+    /// The queue's byte budget, given back as events are taken.
+    bytes: Arc<QueueBytes>,
     stats: Arc<AuditStats>,
     shutdown_timeout: Duration,
     /// Set once, at shutdown: every sink task gives up retrying at this instant, for the
@@ -698,6 +879,7 @@ impl Writer {
             let state = Arc::new(SinkState {
                 name: sink.name().to_owned(),
                 pending: AtomicU64::new(0),
+                pending_bytes: AtomicU64::new(0),
                 failing: std::sync::atomic::AtomicBool::new(false),
                 writing_since: AtomicU64::new(0),
                 lost: AtomicU64::new(0),
@@ -732,16 +914,21 @@ impl Writer {
             let mut waiters = Vec::new();
             let mut shutdown = None;
             let mut taken = 0;
+            let mut freed = 0;
             for m in msgs.drain(..) {
                 match m {
-                    Msg::Event(mut e) => {
+                    Msg::Event(mut e, n) => {
                         taken += 1;
                         self.renderer.render_into(&mut e, &mut batch);
+                        freed += n;
                     }
                     Msg::Flush(t) => waiters.push(t),
                     Msg::Shutdown(t) => shutdown = Some(t),
                 }
             }
+            // The events are dropped (their heap freed) once rendered: their bytes are
+            // given back once per batch.
+            self.bytes.release(freed);
             self.note_queued(taken);
             if let Some(done) = shutdown {
                 // The deadline holds from now on for every batch, queued or not.
@@ -754,9 +941,11 @@ impl Writer {
                 self.rx.close();
                 while let Some(m) = self.rx.recv().await {
                     match m {
-                        Msg::Event(mut e) => {
+                        Msg::Event(mut e, n) => {
                             self.note_queued(1);
                             self.renderer.render_into(&mut e, &mut batch);
+                            drop(e);
+                            self.bytes.release(n);
                         }
                         Msg::Flush(t) => waiters.push(t),
                         Msg::Shutdown(t) => waiters.push(t),
@@ -769,7 +958,7 @@ impl Writer {
                 for events in chunks {
                     dispatch(
                         Arc::clone(&self.stats),
-                        self.capacity,
+                        (self.capacity, self.max_bytes),
                         &routes,
                         events,
                         Vec::new(),
@@ -779,7 +968,7 @@ impl Writer {
                 }
                 dispatch(
                     Arc::clone(&self.stats),
-                    self.capacity,
+                    (self.capacity, self.max_bytes),
                     &routes,
                     last,
                     waiters,
@@ -790,7 +979,7 @@ impl Writer {
             }
             dispatch(
                 Arc::clone(&self.stats),
-                self.capacity,
+                (self.capacity, self.max_bytes),
                 &routes,
                 batch,
                 waiters,
@@ -799,6 +988,7 @@ impl Writer {
             .await;
             metrics::gauge!("mcp_audit_queue_depth")
                 .set((self.capacity - self.rx.capacity().min(self.capacity)) as f64);
+            metrics::gauge!("mcp_audit_queue_bytes").set(self.bytes.used() as f64);
             if !full_batch && !self.linger.is_zero() {
                 // Let events accumulate instead of being woken for each one.
                 tokio::time::sleep(self.linger).await;
@@ -824,13 +1014,14 @@ impl Writer {
 /// its backlog is full, so that the others go on. At shutdown nothing waits.
 async fn dispatch(
     stats: Arc<AuditStats>,
-    capacity: usize,
+    (capacity, max_bytes): (usize, u64),
     routes: &[Route],
     events: Vec<SinkEvent>,
     waiters: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
 ) {
     let n = events.len() as u64;
+    let size: u64 = events.iter().map(|e| rendered_size(e) as u64).sum();
     let done = Arc::new(BatchDone {
         n,
         sinks: routes.len(),
@@ -845,7 +1036,10 @@ async fn dispatch(
         if n > 0 {
             loop {
                 let pending = r.state.pending.load(Ordering::Relaxed);
-                if pending == 0 || pending + n <= budget {
+                let pending_bytes = r.state.pending_bytes.load(Ordering::Relaxed);
+                if pending == 0
+                    || (pending + n <= budget && pending_bytes.saturating_add(size) <= max_bytes)
+                {
                     break;
                 }
                 if shutting_down || r.state.stalled() {
@@ -873,16 +1067,35 @@ async fn dispatch(
             continue;
         }
         r.state.pending.fetch_add(n, Ordering::Relaxed);
+        r.state.pending_bytes.fetch_add(size, Ordering::Relaxed);
         let d = Delivery {
             events: Arc::clone(&events),
+            size,
             done: Arc::clone(&done),
         };
         if r.tx.send(d).is_err() {
             // The sink's task is gone (aborted at the shutdown deadline).
             r.state.pending.fetch_sub(n, Ordering::Relaxed);
+            r.state.pending_bytes.fetch_sub(size, Ordering::Relaxed);
             r.state.lost.fetch_add(n, Ordering::Relaxed);
         }
     }
+}
+
+/// The heap a rendered record holds in a sink's backlog: its JSON and its index columns.
+fn rendered_size(e: &SinkEvent) -> usize {
+    let c = &e.columns;
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    std::mem::size_of::<SinkEvent>()
+        + e.json.len()
+        + c.kind.len()
+        + c.event_id.len()
+        + opt(&c.request_id)
+        + opt(&c.user)
+        + opt(&c.tool)
+        + opt(&c.mcp_method)
+        + opt(&c.outcome)
+        + opt(&c.reason)
 }
 
 /// Whole seconds since the Unix epoch, plus one (for once-a-second logs).
@@ -912,6 +1125,9 @@ impl SinkTask {
             let written = n == 0 || self.deliver(&d.events).await;
             self.state.writing_since.store(0, Ordering::Relaxed);
             self.state.pending.fetch_sub(n, Ordering::Relaxed);
+            self.state
+                .pending_bytes
+                .fetch_sub(d.size, Ordering::Relaxed);
             if written {
                 d.done.ok.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -1001,4 +1217,107 @@ fn give_up(state: &SinkState, n: u64) -> bool {
         "audit sink not written by the shutdown deadline; events lost for it"
     );
     false
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::StorageList;
+    use crate::sink::{BoxFuture, SinkError};
+
+    /// A sink that holds every write until it is opened, and counts what it wrote.
+    struct Gate {
+        open: Arc<tokio::sync::Semaphore>,
+        written: Arc<AtomicU64>,
+    }
+
+    impl AuditSink for Gate {
+        fn name(&self) -> &str {
+            "gate"
+        }
+
+        fn write_batch(&mut self, batch: Arc<[SinkEvent]>) -> BoxFuture<'_, Result<(), SinkError>> {
+            let (open, written) = (self.open.clone(), self.written.clone());
+            Box::pin(async move {
+                let _p = open.acquire().await.unwrap();
+                written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                Ok(())
+            })
+        }
+    }
+
+    fn big_event(i: usize) -> AuditEvent {
+        AuditEvent::config_reload().with_message(format!("{i:06}{}", "m".repeat(100_000)))
+    }
+
+    /// Events of 100 KB into a queue of 65,536 events but 1 MiB: the queue, the sink's
+    /// backlog and the batch in hand hold a few MiB, not the 20 MB sent; what did not fit
+    /// is dropped and counted, and nothing is counted twice.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_queue_is_bounded_in_bytes() {
+        let mut cfg = AuditConfig {
+            storage: StorageList::One(Storage::Tracing),
+            ..AuditConfig::default()
+        };
+        cfg.queue.max_bytes = 1024 * 1024;
+        cfg.queue.overflow = OverflowPolicy::Drop;
+        cfg.queue.batch_size = 4;
+        cfg.queue.linger_ms = 0;
+        let open = Arc::new(tokio::sync::Semaphore::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let auditor = Auditor::builder(cfg)
+            .sink(Gate {
+                open: open.clone(),
+                written: written.clone(),
+            })
+            .start()
+            .unwrap();
+        let h = auditor.handle().clone();
+        let mut peak = 0;
+        for i in 0..200 {
+            h.try_record(big_event(i));
+            peak = peak.max(auditor.queued_bytes());
+            tokio::task::yield_now().await;
+        }
+        assert!(peak <= 1024 * 1024, "{peak}");
+        let dropped = auditor.stats().dropped();
+        // 1 MiB in the queue, 1 MiB in the sink's backlog, one batch in hand: about 25
+        // events of 100 KB are held, the rest dropped.
+        assert!(dropped >= 150, "dropped {dropped}");
+        open.add_permits(1_000_000);
+        auditor.flush().await;
+        assert_eq!(auditor.queued_bytes(), 0);
+        assert_eq!(written.load(Ordering::Relaxed) + dropped, 200);
+        assert_eq!(auditor.stats().written() + dropped, 200);
+    }
+
+    /// Under the `wait` policy, a sender waits for bytes to be given back instead of
+    /// dropping: with the sink open, nothing is lost.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_wait_policy_waits_for_bytes() {
+        let mut cfg = AuditConfig {
+            storage: StorageList::One(Storage::Tracing),
+            ..AuditConfig::default()
+        };
+        cfg.queue.max_bytes = 256 * 1024;
+        cfg.queue.max_wait_ms = 10_000;
+        cfg.queue.batch_size = 2;
+        let open = Arc::new(tokio::sync::Semaphore::new(1_000_000));
+        let written = Arc::new(AtomicU64::new(0));
+        let auditor = Auditor::builder(cfg)
+            .sink(Gate {
+                open,
+                written: written.clone(),
+            })
+            .start()
+            .unwrap();
+        for i in 0..50 {
+            auditor.handle().record(big_event(i)).await;
+            assert!(auditor.queued_bytes() <= 256 * 1024);
+        }
+        auditor.flush().await;
+        assert_eq!(auditor.stats().dropped(), 0);
+        assert_eq!(written.load(Ordering::Relaxed), 50);
+    }
 }

@@ -91,7 +91,11 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_produce_exactly_n_rows_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
-    let auditor = Auditor::from_config(config(dir.path())).await.unwrap();
+    // One row per request, refusals included: their aggregation is tested in
+    // tests/refusal_aggregation.rs.
+    let mut cfg = config(dir.path());
+    cfg.aggregate_refusals.enabled = false;
+    let auditor = Auditor::from_config(cfg).await.unwrap();
     let addr = serve(app(&auditor)).await;
     let c = client();
     const N: usize = 240;

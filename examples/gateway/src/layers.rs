@@ -66,6 +66,8 @@ pub struct Layers {
     pub ops: Option<crate::ops::Ops>,
     /// `sessions`: each `Mcp-Session-Id` bound to its principal (with authentication).
     pub sessions: Option<SessionBindingLayer>,
+    /// `server.clientIpv6Prefix`, for the audit trail's aggregation of refusals.
+    pub client_ipv6_prefix: Option<u8>,
 }
 
 impl Layers {
@@ -183,6 +185,13 @@ impl Layers {
                 Auditor::without_storage(audit_cfg)
             }
             .map_err(|e| loaded.error("audit", e.to_string()))?;
+            if !cfg.audit.aggregate_refusals.enabled {
+                tracing::warn!(
+                    "audit.aggregateRefusals.enabled is false: every refused request is one audit row, \
+                     so a client flooding refused requests grows the trail at its request rate"
+                );
+            }
+            layers.client_ipv6_prefix = Some(cfg.server.client_ipv6_prefix);
             layers.auditor = Some(auditor);
         }
         if cfg.auth.enabled {
@@ -283,7 +292,14 @@ impl Layers {
     /// The audit slot for a stack.
     pub fn audit_slot(&self, trusted: &mcp_core::TrustedProxies) -> AuditSlot {
         match &self.auditor {
-            Some(a) => Either::Left(a.layer().trusted_proxies(trusted.clone())),
+            Some(a) => Either::Left(
+                a.layer()
+                    .trusted_proxies(trusted.clone())
+                    .client_ipv6_prefix(
+                        self.client_ipv6_prefix
+                            .unwrap_or(mcp_core::client_addr::DEFAULT_IPV6_PREFIX),
+                    ),
+            ),
             None => Either::Right(MapResponseLayer::new(
                 plain_body as fn(Response<Body>) -> Response<AuditBody<Body>>,
             )),

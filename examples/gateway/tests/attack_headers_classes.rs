@@ -163,6 +163,7 @@ upstreams:
 "#,
         db.display()
     );
+    let yaml = per_request_audit(&yaml);
     let (_gw, base) = start_gateway(dir.path(), &yaml);
     let c = client();
     let mut passed = Vec::new();

@@ -46,7 +46,7 @@ async fn every_credential_header_is_read_stripped_masked_and_kept_out_of_logs() 
     let db = dir.path().join("a.db");
     let (upstream, seen) = recording_upstream().await;
     // The review's case: the key travels in a custom header.
-    let yaml = config_with_key_header(&upstream, &db, "X-MCP-Key", "");
+    let yaml = per_request_audit(&config_with_key_header(&upstream, &db, "X-MCP-Key", ""));
     let (gw, base) = start_gateway_env(dir.path(), &yaml, &[("MCP_GATEWAY_LOG", "trace")]);
     let c = client();
     let url = format!("{base}/mcp");

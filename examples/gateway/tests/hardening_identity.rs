@@ -197,14 +197,14 @@ fn spiffe_gateway(dir: &Path, ca: &Ca, identity: &str, allow: &str) -> (Proc, Pr
     );
     let policy =
         "policy:\n  allow:\n    - {name: tools, scopes: [\"mcp:tools\"], tools: [\"echo\"]}\n";
-    let yaml = tls_config(
+    let yaml = per_request_audit(&tls_config(
         dir,
         ca,
         "RequireAndVerifyClientCert",
         &upstream,
         &auth,
         policy,
-    );
+    ));
     let (gw, base) = start_gateway(dir, &yaml);
     (up, gw, base.replace("127.0.0.1", "localhost"))
 }

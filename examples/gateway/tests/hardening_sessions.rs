@@ -114,7 +114,10 @@ async fn another_principal_cannot_call_stream_or_delete_a_session() {
     let dir = tempdir();
     let db = dir.path().join("a.db");
     let (_up, upstream) = start_upstream(dir.path());
-    let (gw, base) = start_gateway(dir.path(), &base_config(&upstream, &db, ""));
+    let (gw, base) = start_gateway(
+        dir.path(),
+        &per_request_audit(&base_config(&upstream, &db, "")),
+    );
     let url = format!("{base}/mcp");
     let c = client();
     let sid = initialize(&c, &url, KEY).await;

@@ -97,7 +97,7 @@ sanitization:
   allow_batch: true
 "#
     );
-    let yaml = base_config(&upstream, &dir.join("a.db"), &extra);
+    let yaml = per_request_audit(&base_config(&upstream, &dir.join("a.db"), &extra));
     let (gw, base) = start_gateway(dir, &yaml);
     (gw, format!("{base}/mcp"), log)
 }

@@ -249,6 +249,19 @@ upstreams:
     )
 }
 
+/// `yaml` with every refused request recorded in a row of its own
+/// (`audit.aggregateRefusals.enabled: false`), for tests that read the row of each
+/// refusal; by default the refusals of a client already refused are counted.
+pub fn per_request_audit(yaml: &str) -> String {
+    let section = "audit:\n  enabled: true\n";
+    assert!(yaml.contains(section), "no audit section to change");
+    yaml.replacen(
+        section,
+        "audit:\n  enabled: true\n  aggregateRefusals: {enabled: false}\n",
+        1,
+    )
+}
+
 pub fn ring() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
