@@ -1264,6 +1264,9 @@ mod tests {
         cfg.queue.overflow = OverflowPolicy::Drop;
         cfg.queue.batch_size = 4;
         cfg.queue.linger_ms = 0;
+        // Records as large as the events (the message is not cut to the default 1 KiB
+        // field cap), so that the sink's backlog is bounded by its bytes here too.
+        cfg.limits.field_bytes = 16 * 1024 * 1024;
         let open = Arc::new(tokio::sync::Semaphore::new(0));
         let written = Arc::new(AtomicU64::new(0));
         let auditor = Auditor::builder(cfg)
