@@ -66,6 +66,9 @@ pub struct Layers {
     pub ops: Option<crate::ops::Ops>,
     /// `sessions`: each `Mcp-Session-Id` bound to its principal (with authentication).
     pub sessions: Option<SessionBindingLayer>,
+    /// `sanitization.sessions`: per session, `MCP-Protocol-Version` pinned to the
+    /// negotiated version and `resources/subscribe` entries capped (after the binding).
+    pub session_guard: Option<mcp_sanitize::SessionGuardLayer>,
 }
 
 impl Layers {
@@ -150,6 +153,24 @@ impl Layers {
                     .transport(cfg.sanitization.transport_checks()),
             )
         });
+        let sg = &cfg.sanitization.sessions;
+        if sg.enabled {
+            layers.session_guard = Some(mcp_sanitize::SessionGuardLayer::new(sg).map_err(|e| {
+                loaded.error(
+                    &format!("sanitization.sessions.{}", e.key),
+                    e.rule.to_string(),
+                )
+            })?);
+            if !sg.pin_protocol_version {
+                tracing::warn!(
+                    "sanitization.sessions.pin_protocol_version is false: a client may switch MCP-Protocol-Version inside a session, or drop it"
+                );
+            }
+        } else {
+            tracing::warn!(
+                "sanitization.sessions.enabled is false: MCP-Protocol-Version is not compared with the version negotiated for the session, and resources/subscribe entries per session are not capped"
+            );
+        }
         if cfg.result_redaction.enabled {
             let scan = cfg
                 .result_redaction
