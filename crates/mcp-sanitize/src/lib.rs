@@ -101,7 +101,7 @@ pub use scan::{
     NamedPattern, Redactor, ResultScan, ResultScanConfig, ResultScanLayer, ScanBody, SecretKind,
 };
 pub use session_guard::{
-    GuardBody, GuardFuture, SessionGuard, SessionGuardConfig, SessionGuardLayer,
+    GuardBody, GuardFuture, SessionGuard, SessionGuardConfig, SessionGuardLayer, VersionPin,
 };
 pub use ssrf::{AddressClass, ResolveConfig, SsrfConfig, UrlPolicy, UrlViolation};
 pub use validate::Violation;

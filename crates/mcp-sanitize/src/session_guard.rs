@@ -9,6 +9,7 @@
 //! |---|---|
 //! | in a session whose `initialize` negotiated version `V`: `MCP-Protocol-Version` other than `V` | 400, -32600, reason `unsupported_protocol_version`, detail `rule=session_protocol_version` |
 //! | the same, header absent, `V` 2025-06-18 or later | 400, as above: the transport then assumes 2025-03-26, which is not `V`, and those revisions require the header on every request after `initialize` |
+//! | with `pin_protocol_version: at_most`: only a version later than `V` (the stateless 2026-07-28 included) is refused, and the absent header as above | 400, as above |
 //! | `resources/subscribe` of a URI not yet subscribed in this session, when it holds `max_subscriptions` already | 429, -32029, reason `concurrency_limited`, detail `rule=max_subscriptions`, the id echoed |
 //!
 //! The version is learnt from the upstream's answer to `initialize` (its
@@ -18,6 +19,12 @@
 //! (no version is negotiated yet). The per-request check of the 2026-07-28 revision (the
 //! header must equal the body's `_meta` version) is stateless: `mcp_core`'s
 //! `McpRequest::header_mismatch` makes it.
+//!
+//! `exact` (the default) is what the transport asks of clients (they send the negotiated
+//! version). `at_most` admits a client that names an older revision than the one it
+//! negotiated, as the MCP conformance suite's SSE scenarios do (they send `2025-03-26` in a
+//! 2025-11-25 session): it can never claim a revision, or the stateless transport, that
+//! the session did not negotiate. `off` leaves the header to the stateless checks.
 //!
 //! Subscriptions are counted as a set of URIs per session: `resources/subscribe` of a URI
 //! adds it (a repeat does not), `resources/unsubscribe` removes it (a URI never subscribed
@@ -91,16 +98,30 @@ pub const INITIALIZE_SCAN_BYTES: usize = 64 * 1024;
 /// `initialize`.
 const HEADER_REQUIRED_SINCE: &str = "2025-06-18";
 
+/// How `MCP-Protocol-Version` is compared with the version negotiated for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionPin {
+    /// The header must be the negotiated version (absent only after a 2025-03-26 or
+    /// earlier `initialize`).
+    #[default]
+    Exact,
+    /// The header may name the negotiated version or an earlier one, never a later one
+    /// (absent as for `exact`). Weakens the default.
+    AtMost,
+    /// Not compared. Weakens the default.
+    Off,
+}
+
 /// `sanitization.sessions`: the configuration of [`SessionGuardLayer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionGuardConfig {
     /// Apply the guard (default true).
     pub enabled: bool,
-    /// Refuse an `MCP-Protocol-Version` other than the one negotiated at `initialize`
-    /// for the session, and its absence after a 2025-06-18 or later `initialize` (default
-    /// true).
-    pub pin_protocol_version: bool,
+    /// How `MCP-Protocol-Version` is held to the version negotiated at `initialize` for
+    /// the session (default `exact`; see [`VersionPin`]).
+    pub pin_protocol_version: VersionPin,
     /// Most resources one session holds subscribed (default 256).
     pub max_subscriptions: usize,
     /// Most sessions tracked (default 100,000); the oldest are forgotten first.
@@ -115,7 +136,7 @@ impl Default for SessionGuardConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            pin_protocol_version: true,
+            pin_protocol_version: VersionPin::Exact,
             max_subscriptions: 256,
             max_sessions: 100_000,
             max_tracked_subscriptions: 1 << 20,
@@ -389,11 +410,23 @@ enum After {
     },
 }
 
+/// Whether header `h` may stand in a session negotiated at `v`.
+fn admits(pin: VersionPin, v: &str, h: &str) -> bool {
+    match pin {
+        VersionPin::Off => true,
+        VersionPin::Exact => v == h,
+        VersionPin::AtMost => v == h || (is_date(v) && is_date(h) && h < v),
+    }
+}
+
+fn is_date(v: &str) -> bool {
+    v.len() == 10 && v.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+}
+
 fn version_needs_header(v: &str) -> bool {
     // Revisions are dates (YYYY-MM-DD): compared as text. Anything else is taken as a
     // later revision.
-    let date = v.len() == 10 && v.bytes().all(|b| b.is_ascii_digit() || b == b'-');
-    !date || v >= HEADER_REQUIRED_SINCE
+    !is_date(v) || v >= HEADER_REQUIRED_SINCE
 }
 
 impl<S> SessionGuard<S> {
@@ -408,7 +441,7 @@ impl<S> SessionGuard<S> {
         let Some(sid) = headers.get(MCP_SESSION_ID) else {
             let init = *req.method() == Method::POST
                 && mcp.is_some_and(|m| !m.is_batch() && m.method() == Some("initialize"));
-            return Ok(if init && sh.cfg.pin_protocol_version {
+            return Ok(if init && sh.cfg.pin_protocol_version != VersionPin::Off {
                 After::Initialize
             } else {
                 After::Nothing
@@ -424,9 +457,9 @@ impl<S> SessionGuard<S> {
         let mut t = sh.lock();
         let cfg = &sh.cfg;
         let entry = t.entry(key, cfg, now);
-        if cfg.pin_protocol_version {
+        if cfg.pin_protocol_version != VersionPin::Off {
             match (&entry.version, header) {
-                (Some(v), Some(h)) if **v != *h => {
+                (Some(v), Some(h)) if !admits(cfg.pin_protocol_version, v, h) => {
                     return Err(version_refusal(id));
                 }
                 (Some(v), None) if version_needs_header(v) => {
@@ -783,6 +816,19 @@ mod tests {
         assert!(version_needs_header("2025-11-25"));
         assert!(version_needs_header("2026-07-28"));
         assert!(version_needs_header("draft"));
+    }
+
+    #[test]
+    fn pins() {
+        use VersionPin::*;
+        assert!(admits(Exact, "2025-11-25", "2025-11-25"));
+        assert!(!admits(Exact, "2025-11-25", "2025-03-26"));
+        assert!(admits(AtMost, "2025-11-25", "2025-03-26"));
+        assert!(admits(AtMost, "2025-11-25", "2025-11-25"));
+        assert!(!admits(AtMost, "2025-06-18", "2025-11-25"));
+        assert!(!admits(AtMost, "2025-11-25", "2026-07-28"));
+        assert!(!admits(AtMost, "2025-11-25", "draft"));
+        assert!(admits(Off, "2025-11-25", "2026-07-28"));
     }
 
     #[test]

@@ -707,3 +707,43 @@ async fn non_ascii_names_travel_base64_encoded_and_never_raw() {
         assert_refused(r, 400, None, &format!("Mcp-Name {raw:?}")).await;
     }
 }
+
+#[tokio::test]
+async fn at_most_admits_older_revisions_never_newer_ones() {
+    let dir = tempdir();
+    let db = dir.path().join("a.db");
+    let (_up, upstream) = start_upstream(dir.path());
+    let cfg = base_config(
+        &upstream,
+        &db,
+        "sanitization:\n  sessions:\n    pin_protocol_version: at_most\n",
+    );
+    let (_gw, base) = start_gateway(dir.path(), &cfg);
+    let url = format!("{base}/mcp");
+    let c = client();
+    let (sid, _) = initialize(&c, &url, KEY, "2025-06-18").await;
+    for older in ["2025-06-18", "2025-03-26"] {
+        let r = post_in(&c, &url, &sid, Some(older), tools_list(2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{older} in a 2025-06-18 session");
+    }
+    for (i, newer) in [Some("2025-11-25"), Some("2026-07-28"), None]
+        .into_iter()
+        .enumerate()
+    {
+        let id = 10 + i as i64;
+        let r = post_in(&c, &url, &sid, newer, tools_list(id))
+            .send()
+            .await
+            .unwrap();
+        assert_refused(
+            r,
+            400,
+            Some(id),
+            &format!("{newer:?} in a 2025-06-18 session"),
+        )
+        .await;
+    }
+}
