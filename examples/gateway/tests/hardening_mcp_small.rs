@@ -330,6 +330,7 @@ async fn a_2026_request_carries_the_version_of_its_body_in_the_header() {
             .header("x-api-key", KEY)
             .header("content-type", "application/json")
             .header("accept", ACCEPT_BOTH)
+            .header("mcp-method", "tools/list")
             .body(body(id));
         if let Some(v) = version {
             b = b.header("mcp-protocol-version", v);
@@ -458,28 +459,49 @@ async fn last_event_id_is_bounded_in_length_and_charset() {
         .await
         .unwrap();
     assert_refused(r, 400, None, "non-ASCII Last-Event-ID").await;
-    // Ids as servers make them pass: a UUID, a counter, `stream/number`, 256 bytes.
+    // Ids as servers make them pass (a UUID, a counter, `stream/number`, 256 bytes) and
+    // reach the upstream, which knows none of these streams (its own 404 answers).
+    let long = format!("{}_1", "7".repeat(254));
     for good in [
-        "0190a3c2-7b1e-7cc0-8f2e-3a1b2c3d4e5f",
-        "42",
-        "stream-1/17",
-        &"7".repeat(256),
+        "0190a3c2-7b1e-7cc0-8f2e-3a1b2c3d4e5f_0",
+        "s_42",
+        "stream-1/17_2",
+        long.as_str(),
     ] {
+        let (sid, v) = initialize(&c, &url, KEY, "2025-11-25").await;
         let r = get_in(&c, &url, &sid, Some(&v))
             .header("last-event-id", good)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "Last-Event-ID {good}");
-        drop(r);
+        assert_eq!(r.status(), 404, "Last-Event-ID {good}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"]["message"], "Unknown Last-Event-ID",
+            "{good}: the upstream's answer"
+        );
     }
-    assert!(
-        eventually(|| request_rows(&db)
+    let refused = || {
+        request_rows(&db)
             .iter()
-            .filter(|r| r.status == Some(400) && r.event.to_string().contains("last_event_id"))
+            .filter(|r| {
+                r.status == Some(400)
+                    && (r.event["detail"] == "rule=last_event_id"
+                        || r.event["detail"] == "rule=mcp_header header=last-event-id")
+            })
             .count()
-            >= 8)
-        .await
+    };
+    // Audited with the rule: the charset and length rule, or (spaces, non-ASCII) the
+    // visible-ASCII rule of every MCP header.
+    assert!(
+        eventually(|| refused() >= 9).await,
+        "{} rows: {:?}",
+        refused(),
+        request_rows(&db)
+            .iter()
+            .filter(|r| r.status == Some(400))
+            .map(|r| r.event.to_string())
+            .collect::<Vec<_>>()
     );
 }
 
