@@ -317,7 +317,12 @@ async fn protocol_version_is_the_one_negotiated_for_the_session() {
 #[tokio::test]
 async fn a_2026_request_carries_the_version_of_its_body_in_the_header() {
     let dir = tempdir();
-    let (_up, _gw, base) = start_default(dir.path());
+    // An upstream that answers everything: the gateway alone must refuse.
+    let (upstream, seen) = recording_upstream().await;
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &base_config(&upstream, &dir.path().join("a.db"), ""),
+    );
     let url = format!("{base}/mcp");
     let c = client();
     let body = |id: i64| {
@@ -338,9 +343,14 @@ async fn a_2026_request_carries_the_version_of_its_body_in_the_header() {
         b.send()
     };
     assert_eq!(send(Some("2026-07-28"), 1).await.unwrap().status(), 200);
-    for (i, v) in [None, Some("2025-11-25"), Some("2025-03-26")]
-        .into_iter()
-        .enumerate()
+    for (i, v) in [
+        None,
+        Some("2025-11-25"),
+        Some("2025-03-26"),
+        Some("2025-06-18"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let id = 2 + i as i64;
         let r = send(v, id).await.unwrap();
@@ -352,6 +362,11 @@ async fn a_2026_request_carries_the_version_of_its_body_in_the_header() {
         )
         .await;
     }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the agreeing request reached the upstream"
+    );
 }
 
 #[tokio::test]
