@@ -3,8 +3,10 @@
 #
 # 1. Installs what the tests need and the machine lacks: redis-server, PostgreSQL,
 #    openssl, curl, pebble (ACME test server), a Python venv with the `mcp` SDK, pytest and
-#    urllib3 (.venv; urllib3 for the URL rule's differential test), Node 22 and the MCP
-#    conformance suite from the npm registry (.tools; Node for that test too).
+#    urllib3 (.venv; urllib3 for the URL rule's differential test), Node 22, the MCP
+#    conformance suite and the reference MCP server @modelcontextprotocol/server-everything
+#    from the npm registry (.tools; Node for the differential test too; the gateway's
+#    tests run server-everything as a third-party upstream).
 # 2. Checks formatting, lints and docs (cargo fmt --check, clippy -D warnings, cargo doc
 #    -D warnings).
 # 3. Runs the Rust tests of every crate (unit, integration over real sockets, doc tests).
@@ -59,11 +61,13 @@ install_prereqs() {
       .venv/bin/pip install -q mcp pytest urllib3
     fi
   fi
-  if [ ! -x .tools/node_modules/.bin/conformance ] || [ ! -x .tools/node_modules/node/bin/node ]; then
-    step "installing Node 22 and the MCP conformance suite (.tools)"
+  if [ ! -x .tools/node_modules/.bin/conformance ] || [ ! -x .tools/node_modules/node/bin/node ] \
+      || [ ! -f .tools/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
+    step "installing Node 22, the MCP conformance suite and server-everything (.tools)"
     mkdir -p .tools
     (cd .tools && npm install --no-audit --no-fund --loglevel=error \
-        "node@22" "@modelcontextprotocol/conformance" >/dev/null)
+        "node@22" "@modelcontextprotocol/conformance" \
+        "@modelcontextprotocol/server-everything" >/dev/null)
   fi
 }
 

@@ -401,8 +401,10 @@ pub struct AuditConfig {
     pub query: QueryConfig,
     /// Refusals of clients already being refused, recorded in aggregate.
     pub aggregate_refusals: AggregateRefusalsConfig,
-    /// Believe the client's `x-request-id` (default false: a fresh UUIDv7 is generated and
-    /// replaces the client's header). Turn on only behind a proxy that sets it.
+    /// Believe the `x-request-id` of requests from trusted proxies (default false: a fresh
+    /// UUIDv7 is generated and replaces the client's header). Even when on, the header of a
+    /// peer that is not a trusted proxy (per the request's `ClientAddr`, or the audit
+    /// layer's trusted proxies) is replaced; with neither, it is never believed.
     pub trust_request_id: bool,
     /// Record request headers (sensitive ones redacted) in each event (default true).
     pub record_headers: bool,

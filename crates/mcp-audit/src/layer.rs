@@ -2,8 +2,10 @@
 //!
 //! Place it outermost. For each request it:
 //!
-//! 1. sets the request id: the incoming `x-request-id` when configured to trust it (and it
-//!    is 1 to 128 visible ASCII characters), else a fresh UUIDv7, which replaces the
+//! 1. sets the request id: the incoming `x-request-id` when configured to trust it, the
+//!    request comes from a trusted proxy (see [`AuditLayer::trust_request_id`]: never
+//!    without a [`ClientAddr`] or trusted proxies) and the id is 1 to 128 visible ASCII
+//!    characters, else a fresh UUIDv7, which replaces the
 //!    client's header; the [`RequestId`] goes into the request extensions and onto the
 //!    response as `x-request-id`;
 //! 2. calls the inner service, then reads what the inner layers left in the response
@@ -104,6 +106,26 @@ impl RequestId {
     }
 }
 
+/// Whether the request came from a trusted proxy: its [`ClientAddr`] says so, or without
+/// one, its peer address is in `proxies`. Neither known: no (warned once).
+fn from_trusted_proxy<B>(req: &Request<B>, proxies: Option<&TrustedProxies>) -> bool {
+    if let Some(a) = req.extensions().get::<ClientAddr>() {
+        return a.peer_is_trusted_proxy();
+    }
+    match (proxies, mcp_core::client_addr::peer_addr(req)) {
+        (Some(p), Some(peer)) => p.is_trusted(peer.ip()),
+        _ => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "audit: trust_request_id is on but the request carries no ClientAddr (add mcp_core::ClientAddrLayer outside the audit layer) and no peer address with trusted proxies: client request ids are not believed"
+                );
+            });
+            false
+        }
+    }
+}
+
 /// A UUIDv7 (RFC 9562): the Unix time in milliseconds and 74 random bits from the
 /// thread-local generator of `rand` (a CSPRNG seeded from the OS), without the system
 /// call per id that `Uuid::now_v7` makes.
@@ -166,7 +188,13 @@ impl AuditLayer {
         }
     }
 
-    /// Believe the incoming request id header (only behind a proxy that sets it).
+    /// Believe the incoming request id header **from trusted proxies only**: the header is
+    /// kept when the request's [`ClientAddr`] (set by [`mcp_core::ClientAddrLayer`] outside
+    /// this layer) says the TCP peer is a trusted proxy, or, without a `ClientAddr`, when
+    /// the peer address ([`mcp_core::PeerAddr`] or axum's `ConnectInfo`) is in the
+    /// [`AuditLayer::trusted_proxies`]. **Without either, the header is never believed**
+    /// (a fresh id replaces it, and a warning is logged once): any client could otherwise
+    /// give its request another request's id. Default false.
     pub fn trust_request_id(mut self, trust: bool) -> Self {
         self.cfg_mut().trust_request_id = trust;
         self
@@ -250,8 +278,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let cfg = &self.layer.cfg;
-        let rid = cfg
-            .trust_request_id
+        let rid = (cfg.trust_request_id && from_trusted_proxy(&req, cfg.proxies.as_ref()))
             .then(|| {
                 req.headers()
                     .get(&cfg.header)

@@ -268,7 +268,26 @@ async fn request_ids_are_generated_unless_trusted() {
     let mut cfg = config(dir2.path());
     cfg.trust_request_id = true;
     let auditor = Auditor::from_config(cfg).await.unwrap();
-    let addr = serve(app(&auditor)).await;
+    // Trusted, but the peer is not known to be a trusted proxy: not believed.
+    let bare = serve(app(&auditor)).await;
+    // The peer (127.0.0.1) is not a trusted proxy: not believed either.
+    let untrusted = serve(app(&auditor).layer(mcp_core::ClientAddrLayer::new(
+        mcp_core::TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]),
+    )))
+    .await;
+    for addr in [bare, untrusted] {
+        let mut req = call(addr, "alice", 1, None);
+        req.headers_mut()
+            .insert("x-request-id", "client-forged-7".parse().unwrap());
+        let r = send(&client(), req).await;
+        assert_ne!(r.headers["x-request-id"], "client-forged-7");
+        assert_eq!(r.headers["x-request-id"].len(), 36);
+    }
+    // From a trusted proxy (the peer, 127.0.0.1, is one): believed.
+    let addr = serve(app(&auditor).layer(mcp_core::ClientAddrLayer::new(
+        mcp_core::TrustedProxies::new(["127.0.0.0/8".parse().unwrap()]),
+    )))
+    .await;
     let mut req = call(addr, "alice", 1, None);
     req.headers_mut()
         .insert("x-request-id", "proxy-set-42".parse().unwrap());
@@ -279,13 +298,15 @@ async fn request_ids_are_generated_unless_trusted() {
         .insert("x-request-id", "x".repeat(200).parse().unwrap());
     let r = send(&client(), req).await;
     assert_eq!(r.headers["x-request-id"].len(), 36, "overlong id replaced");
-    wait_written(&auditor, 2).await;
+    wait_written(&auditor, 4).await;
     auditor.shutdown().await;
     let recs = records(&dir2.path().join("audit.db"));
-    assert_eq!(
-        requests(&recs)[0].request_id.as_deref(),
-        Some("proxy-set-42")
-    );
+    let ids: Vec<_> = requests(&recs)
+        .iter()
+        .map(|r| r.request_id.clone().unwrap())
+        .collect();
+    assert!(ids.iter().any(|i| i == "proxy-set-42"), "{ids:?}");
+    assert!(!ids.iter().any(|i| i == "client-forged-7"), "{ids:?}");
 }
 
 #[tokio::test]

@@ -31,15 +31,25 @@ pub struct PeerAddr(pub SocketAddr);
 pub struct ClientAddr {
     peer: SocketAddr,
     ip: IpAddr,
+    peer_trusted: bool,
 }
 
 impl ClientAddr {
-    /// A client address for a direct connection (no proxy).
+    /// A client address for a direct connection (no proxy): the peer is not a trusted
+    /// proxy.
     pub fn direct(peer: SocketAddr) -> Self {
         Self {
             peer,
             ip: peer.ip().to_canonical(),
+            peer_trusted: false,
         }
+    }
+
+    /// Whether the TCP peer is one of the configured trusted proxies (whether or not it
+    /// sent a forwarding header). What a trusted proxy sets on the request (a request id,
+    /// say) may be believed only when this is true.
+    pub fn peer_is_trusted_proxy(&self) -> bool {
+        self.peer_trusted
     }
 
     /// The TCP peer (the last proxy, or the client itself).
@@ -178,7 +188,11 @@ impl TrustedProxies {
                 }
             }
         }
-        ClientAddr { peer, ip: current }
+        ClientAddr {
+            peer,
+            ip: current,
+            peer_trusted: true,
+        }
     }
 }
 
@@ -481,7 +495,30 @@ mod tests {
             let a = p.resolve(sa("203.0.113.5:1"), &h(&[hdr]));
             assert_eq!(a.ip(), "203.0.113.5".parse::<IpAddr>().unwrap());
             assert!(!a.is_forwarded());
+            assert!(!a.peer_is_trusted_proxy());
         }
+    }
+
+    #[test]
+    fn whether_the_peer_is_a_trusted_proxy() {
+        let p = proxies();
+        // A trusted peer, with or without a forwarding header, IPv4-mapped too.
+        assert!(p.resolve(sa("10.0.0.1:1"), &h(&[])).peer_is_trusted_proxy());
+        assert!(
+            p.resolve(sa("10.0.0.1:1"), &h(&[("x-forwarded-for", "1.1.1.1")]))
+                .peer_is_trusted_proxy()
+        );
+        assert!(
+            p.resolve(sa("[::ffff:10.0.0.1]:1"), &h(&[]))
+                .peer_is_trusted_proxy()
+        );
+        assert!(!p.resolve(sa("11.0.0.1:1"), &h(&[])).peer_is_trusted_proxy());
+        assert!(
+            !TrustedProxies::none()
+                .resolve(sa("10.0.0.1:1"), &h(&[]))
+                .peer_is_trusted_proxy()
+        );
+        assert!(!ClientAddr::direct(sa("10.0.0.1:1")).peer_is_trusted_proxy());
     }
 
     #[test]

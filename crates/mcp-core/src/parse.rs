@@ -49,13 +49,19 @@ use crate::transport::TransportChecks;
 /// The rejection of a request whose `Mcp-Method` / `Mcp-Name` disagree with its body: 400,
 /// -32600, the id echoed (not for a batch), detail `header=Mcp-Name` (or `Mcp-Method`).
 pub fn header_mismatch_rejection(req: &McpRequest, m: HeaderMismatch) -> Rejection {
-    Rejection::new(RejectionReason::HeaderMismatch)
-        .with_id(if req.is_batch() {
-            None
-        } else {
-            req.id().cloned()
-        })
-        .with_detail(format!("header={}", m.header()))
+    let r = Rejection::new(RejectionReason::HeaderMismatch);
+    let r = match m {
+        HeaderMismatch::ProtocolVersion => r.with_message(
+            "MCP-Protocol-Version header does not match the protocol version in the body's _meta",
+        ),
+        _ => r,
+    };
+    r.with_id(if req.is_batch() {
+        None
+    } else {
+        req.id().cloned()
+    })
+    .with_detail(format!("header={}", m.header()))
 }
 
 /// Boxed error type of bodies handed to the layer.

@@ -370,6 +370,9 @@ fn decode_base64(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The `params._meta` key in which a 2026-07-28 request names its protocol revision.
+pub const PROTOCOL_VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
+
 /// Which MCP header disagrees with the body, as found by [`McpRequest::header_mismatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderMismatch {
@@ -379,6 +382,10 @@ pub enum HeaderMismatch {
     Name,
     /// `Mcp-Method` or `Mcp-Name` was sent with a batch, which they cannot describe.
     Batch,
+    /// The body's `params._meta["io.modelcontextprotocol/protocolVersion"]` (2026-07-28:
+    /// every request names its revision) differs from `MCP-Protocol-Version`, or the
+    /// header is absent (that revision requires it on every request).
+    ProtocolVersion,
 }
 
 impl HeaderMismatch {
@@ -387,6 +394,7 @@ impl HeaderMismatch {
         match self {
             Self::Method | Self::Batch => "Mcp-Method",
             Self::Name => "Mcp-Name",
+            Self::ProtocolVersion => "MCP-Protocol-Version",
         }
     }
 }
@@ -574,8 +582,24 @@ impl McpRequest {
     /// Whether `Mcp-Method` / `Mcp-Name` (2026-07-28 revision) disagree with the body.
     /// Absent headers never disagree. `Mcp-Name` is compared with `params.name`, or
     /// `params.uri` when there is no name, as clients set it.
+    ///
+    /// A message whose `params._meta` names its revision
+    /// ([`PROTOCOL_VERSION_META`], 2026-07-28 and later) must carry the same
+    /// `MCP-Protocol-Version` header: a different or absent header disagrees
+    /// ([`HeaderMismatch::ProtocolVersion`]), as that revision's transport requires.
     pub fn header_mismatch(&self) -> Option<HeaderMismatch> {
         let h = &self.0.headers;
+        for i in 0..self.messages().len() {
+            let meta = self
+                .params_at(i)
+                .and_then(|p| p.get("_meta"))
+                .and_then(|m| m.get(PROTOCOL_VERSION_META));
+            if let Some(v) = meta
+                && (v.as_str().is_none() || v.as_str() != h.protocol_version.as_deref())
+            {
+                return Some(HeaderMismatch::ProtocolVersion);
+            }
+        }
         if h.method.is_none() && h.name.is_none() {
             return None;
         }
@@ -712,6 +736,46 @@ mod tests {
         assert_eq!(r.messages()[1].batch_index(), Some(1));
         assert_eq!(r.params_at(0).unwrap()["name"], "a");
         assert_eq!(r.params_at(1), None);
+    }
+
+    #[test]
+    fn protocol_version_meta_must_match_the_header() {
+        let body = r#"{"id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        let with = |v: Option<&str>| {
+            McpRequest::parse(
+                Bytes::copy_from_slice(body.as_bytes()),
+                McpHeaders {
+                    protocol_version: v.map(str::to_owned),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .header_mismatch()
+        };
+        assert_eq!(with(Some("2026-07-28")), None);
+        for v in [None, Some("2025-11-25"), Some("2026-07-28 "), Some("")] {
+            assert_eq!(with(v), Some(HeaderMismatch::ProtocolVersion), "{v:?}");
+        }
+        // Not a string; in the second message of a batch.
+        let odd = r#"{"id":1,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":20260728}}}"#;
+        let r = McpRequest::parse(
+            Bytes::copy_from_slice(odd.as_bytes()),
+            McpHeaders::default(),
+        )
+        .unwrap();
+        assert_eq!(r.header_mismatch(), Some(HeaderMismatch::ProtocolVersion));
+        let batch = r#"[{"id":1,"method":"ping"},{"id":2,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}]"#;
+        let r = McpRequest::parse(
+            Bytes::copy_from_slice(batch.as_bytes()),
+            McpHeaders::default(),
+        )
+        .unwrap();
+        assert_eq!(r.header_mismatch(), Some(HeaderMismatch::ProtocolVersion));
+        // Without the key, nothing to compare.
+        assert_eq!(
+            parse(r#"{"id":1,"method":"ping","params":{"_meta":{}}}"#).header_mismatch(),
+            None
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | a method other than `POST`, `GET`, `DELETE` (compared exactly: `post` is not `POST`) | 405, `Allow: GET, POST, DELETE` |
 //! | `Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`, `Mcp-Session-Id` or `Last-Event-ID` sent twice, empty, or with a byte outside visible ASCII (`Mcp-Name` may hold spaces inside: printable ASCII, as the 2026-07-28 revision sends plain names) | 400, -32600 |
+//! | `Last-Event-ID` longer than [`DEFAULT_MAX_LAST_EVENT_ID_LEN`] (256) bytes, or with a byte outside `A-Z a-z 0-9 - _ . : / + =` | 400, -32600 |
 //! | `MCP-Protocol-Version` not in the supported list (absent is accepted) | 400, -32600 |
 //! | `GET` or `DELETE` with a body: `Content-Length` other than 0, any `Transfer-Encoding`, or a body not at its end (an HTTP/2 HEADERS frame without END_STREAM) | 400, -32600 |
 //! | `POST` without `Content-Type: application/json` | 415 |
@@ -37,8 +38,15 @@
 //! refused like any other method: a CORS layer, if the service has one, answers it
 //! outside this one.
 //!
+//! `Last-Event-ID` is a cursor the server chose (WHATWG SSE lets an event id hold any
+//! character but LF, CR and NUL); the servers in use choose UUIDs, counters or
+//! `stream-id/number` forms. The check keeps a strict subset (letters, digits and
+//! `-_.:/+=`, at most 256 bytes; [`TransportChecks::max_last_event_id_len`]), so that a
+//! client cannot hand an upstream's event store or log a long or odd made-up value.
+//!
 //! Every refusal is a [`Rejection`] whose detail names the rule
 //! (`rule=method`, `rule=mcp_header header=mcp-name`, `rule=protocol_version`,
+//! `rule=last_event_id`,
 //! `rule=authority`,
 //! `rule=body_not_allowed`, `rule=content_type`, `rule=accept`), for the audit trail. A
 //! GET or DELETE that passes is handed on with an empty body by `ParseLayer`, so that
@@ -81,6 +89,14 @@ pub const ALLOWED_METHODS: &str = "GET, POST, DELETE";
 /// `Last-Event-ID` (a GET that resumes a stream).
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
+/// The longest `Last-Event-ID` accepted by default, in bytes.
+pub const DEFAULT_MAX_LAST_EVENT_ID_LEN: usize = 256;
+
+/// Whether `b` may appear in a `Last-Event-ID`: letters, digits and `-_.:/+=`.
+fn event_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=')
+}
+
 /// The MCP headers that must come once and in visible ASCII.
 const MCP_HEADERS: [(HeaderName, Printable); 5] = [
     (header::MCP_METHOD, Printable::Visible),
@@ -121,6 +137,7 @@ pub struct TransportChecks {
     content_type: bool,
     accept: bool,
     versions: Versions,
+    max_last_event_id_len: usize,
 }
 
 impl Default for TransportChecks {
@@ -137,6 +154,7 @@ impl TransportChecks {
             content_type: true,
             accept: true,
             versions: Versions::Default,
+            max_last_event_id_len: DEFAULT_MAX_LAST_EVENT_ID_LEN,
         }
     }
 
@@ -149,6 +167,7 @@ impl TransportChecks {
             content_type: true,
             accept: true,
             versions: Versions::Default,
+            max_last_event_id_len: DEFAULT_MAX_LAST_EVENT_ID_LEN,
         }
     }
 
@@ -160,6 +179,14 @@ impl TransportChecks {
     /// Whether a `POST` must carry `Content-Type: application/json` (default true).
     pub const fn content_type(mut self, on: bool) -> Self {
         self.content_type = on;
+        self
+    }
+
+    /// The longest `Last-Event-ID` accepted, in bytes (default
+    /// [`DEFAULT_MAX_LAST_EVENT_ID_LEN`]); longer is refused with 400. The character set is
+    /// fixed (see the [module documentation](self)).
+    pub const fn max_last_event_id_len(mut self, len: usize) -> Self {
+        self.max_last_event_id_len = len;
         self
     }
 
@@ -211,6 +238,16 @@ impl TransportChecks {
                 .with_detail("rule=method"));
         }
         check_mcp_headers(headers)?;
+        if let Some(v) = headers.get(LAST_EVENT_ID) {
+            let b = v.as_bytes();
+            if b.len() > self.max_last_event_id_len || !b.iter().all(|&c| event_id_byte(c)) {
+                return Err(Rejection::new(RejectionReason::InvalidRequest)
+                    .with_message(
+                        "Invalid Request: Last-Event-ID is too long or holds a character outside A-Z a-z 0-9 - _ . : / + =",
+                    )
+                    .with_detail("rule=last_event_id"));
+            }
+        }
         if let Some(v) = headers.get(header::MCP_PROTOCOL_VERSION)
             && !v.to_str().is_ok_and(|v| self.supports(v.trim()))
         {
@@ -627,6 +664,52 @@ mod tests {
         assert!(TransportChecks::new().check(&Method::GET, &h, true).is_ok());
         let only = TransportChecks::new().protocol_versions(["2026-07-28"]);
         assert!(only.check(&Method::GET, &h, true).is_err());
+    }
+
+    #[test]
+    fn last_event_ids() {
+        let c = TransportChecks::new();
+        let check = |c: &TransportChecks, v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(LAST_EVENT_ID, http::HeaderValue::from_bytes(v).unwrap());
+            c.check(&Method::GET, &h, true)
+        };
+        for ok in [
+            &b"0"[..],
+            b"42",
+            b"0190a3c2-7b1e-7cc0-8f2e-3a1b2c3d4e5f",
+            b"stream-1/17",
+            b"c3RyZWFt:12",
+            b"a_b.c+d=",
+        ] {
+            assert!(check(&c, ok).is_ok(), "{ok:?}");
+        }
+        assert!(check(&c, "x".repeat(256).as_bytes()).is_ok());
+        let long = "x".repeat(257);
+        let mut bad: Vec<&[u8]> = vec![
+            long.as_bytes(),
+            b"a b",
+            b"a\tb",
+            b"a\x7fb",
+            b"a\xc3\xa9",
+            b"<script>",
+            b"a;b",
+            b"a,b",
+            b"\"q\"",
+            b"%0a",
+        ];
+        bad.push(b"a\x01b");
+        for v in bad {
+            if http::HeaderValue::from_bytes(v).is_err() {
+                continue;
+            }
+            let r = check(&c, v).unwrap_err();
+            assert_eq!(r.status(), http::StatusCode::BAD_REQUEST, "{v:?}");
+        }
+        let short = TransportChecks::new().max_last_event_id_len(8);
+        assert!(check(&short, b"12345678").is_ok());
+        assert!(check(&short, b"123456789").is_err());
+        assert!(check(&TransportChecks::disabled(), long.as_bytes()).is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!   allow_batch: false
 //!   require_json_content_type: true
 //!   protocol_versions: [2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28]
+//!   max_last_event_id_length: 256 # bytes; letters, digits and -_.:/+= only (400 otherwise)
 //!   allowed_protocols: [http, https]
 //!   max_url_length: 2048
 //!   ssrf: { enabled: true, allow: [], allowed_hosts: [], allowed_networks: [] }
@@ -33,6 +34,13 @@
 //!     allowed_origins: []         # exact origins, e.g. https://app.example.com
 //!     allow_loopback_origins: true
 //!     allowed_hosts: []           # empty: any Host
+//!   sessions:                     # SessionGuardLayer (a layer of its own, after the session binding)
+//!     enabled: true
+//!     pin_protocol_version: exact # exact | at_most | off: MCP-Protocol-Version vs the version negotiated at initialize
+//!     max_subscriptions: 256      # resources/subscribe entries per session (429 above)
+//!     max_sessions: 100000
+//!     max_tracked_subscriptions: 1048576
+//!     idle_timeout_seconds: 3600
 //! ```
 
 use std::borrow::Cow;
@@ -150,6 +158,10 @@ pub struct SanitizeConfig {
     /// Supported `MCP-Protocol-Version` values; an absent header is accepted. A transport
     /// check of `mcp_core::ParseLayer`, configured with it as `require_json_content_type`.
     pub protocol_versions: Vec<String>,
+    /// The longest `Last-Event-ID` accepted, in bytes (default 256); longer, or with a
+    /// character outside letters, digits and `-_.:/+=`, is refused with 400. A transport
+    /// check of `mcp_core::ParseLayer`, configured with it as `require_json_content_type`.
+    pub max_last_event_id_length: usize,
     /// URL schemes allowed in arguments (the seeds' `allowed_protocols`).
     pub allowed_protocols: Vec<String>,
     /// Maximum URL length.
@@ -168,6 +180,11 @@ pub struct SanitizeConfig {
     pub prompt_overrides: BTreeMap<String, RuleOverride>,
     /// Origin and Host rules.
     pub origin: OriginConfig,
+    /// Per-session rules ([`SessionGuardLayer`](crate::SessionGuardLayer), built
+    /// separately with [`SessionGuardLayer::new`](crate::SessionGuardLayer::new): it
+    /// belongs after the session binding, which [`SanitizeLayer`](crate::SanitizeLayer)
+    /// does not know about).
+    pub sessions: crate::session_guard::SessionGuardConfig,
 }
 
 impl Default for SanitizeConfig {
@@ -186,6 +203,7 @@ impl Default for SanitizeConfig {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            max_last_event_id_length: mcp_core::transport::DEFAULT_MAX_LAST_EVENT_ID_LEN,
             allowed_protocols: vec!["http".into(), "https".into()],
             max_url_length: DEFAULT_MAX_URL_LENGTH,
             ssrf: SsrfConfig::default(),
@@ -195,6 +213,7 @@ impl Default for SanitizeConfig {
             tool_overrides: BTreeMap::new(),
             prompt_overrides: BTreeMap::new(),
             origin: OriginConfig::default(),
+            sessions: crate::session_guard::SessionGuardConfig::default(),
         }
     }
 }
@@ -207,6 +226,7 @@ impl SanitizeConfig {
         mcp_core::TransportChecks::new()
             .protocol_versions(&self.protocol_versions)
             .content_type(self.require_json_content_type)
+            .max_last_event_id_len(self.max_last_event_id_length)
     }
 
     /// Checks the plain limits (the rules, URL policy and origins are checked when
@@ -218,6 +238,7 @@ impl SanitizeConfig {
             ("max_length", self.max_length),
             ("max_object_keys", self.max_object_keys),
             ("max_array_items", self.max_array_items),
+            ("max_last_event_id_length", self.max_last_event_id_length),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -231,6 +252,9 @@ impl SanitizeConfig {
         if self.max_depth > 10_000 {
             return Err(ConfigError::invalid("max_depth", "must be at most 10000"));
         }
+        self.sessions
+            .validate()
+            .map_err(|e| ConfigError::invalid(format!("sessions.{}", e.key), e.rule))?;
         for (i, v) in self.protocol_versions.iter().enumerate() {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ConfigError::invalid(

@@ -13,6 +13,7 @@
 //! | [`OriginGuardLayer`] | the Origin/Host guard alone, for every method (the gateway puts it before authentication) |
 //! | [`SecurityHeadersLayer`] | security response headers, HSTS over TLS only, `Server`/`X-Powered-By` removed |
 //! | [`ResultScanLayer`] | redaction of secrets and PII in JSON and SSE responses, event by event |
+//! | [`SessionGuardLayer`] | per MCP session: `MCP-Protocol-Version` pinned to the version negotiated at `initialize`, `resources/subscribe` entries capped |
 //!
 //! The plain functions of the seeds are in [`text`] (`sanitize_filter_value`,
 //! `sanitize_json_path`, `sanitize_identifier`, `sanitize_query`, `validate_string`,
@@ -79,6 +80,7 @@ pub mod layer;
 pub mod origin;
 pub mod rules;
 pub mod scan;
+pub mod session_guard;
 pub mod ssrf;
 pub mod text;
 pub mod validate;
@@ -97,6 +99,9 @@ pub use origin::{OriginChecked, OriginGuard, OriginGuardLayer};
 pub use rules::{BlockedPattern, BuiltinRule, BuiltinRules, Category, RuleAction};
 pub use scan::{
     NamedPattern, Redactor, ResultScan, ResultScanConfig, ResultScanLayer, ScanBody, SecretKind,
+};
+pub use session_guard::{
+    GuardBody, GuardFuture, SessionGuard, SessionGuardConfig, SessionGuardLayer, VersionPin,
 };
 pub use ssrf::{AddressClass, ResolveConfig, SsrfConfig, UrlPolicy, UrlViolation};
 pub use validate::Violation;

@@ -8,7 +8,7 @@
 //!   -> metrics -> request id + audit -> security headers -> transport checks
 //!   -> Origin/Host guard
 //!   -> rate limit by IP -> authentication failure monitor -> authenticate
-//!   -> body limit + parse once + sanitize -> session binding
+//!   -> body limit + parse once + sanitize -> session binding -> session guard
 //!   -> rate limit by principal, method and tool -> authorize tool -> reverse proxy
 //! ```
 
@@ -268,6 +268,14 @@ pub fn router(
                 }
             }))
             .layer(option_layer(layers.sessions.clone()))
+            // After the binding: a session of another principal is a 404 there, before
+            // this layer answers anything about it.
+            .layer(option_layer(layers.session_guard.clone().map(|g| {
+                ServiceBuilder::new()
+                    .map_response(|r: Response<mcp_sanitize::GuardBody<Body>>| r.map(Body::new))
+                    .layer(g)
+                    .into_inner()
+            })))
             // After parsing: per-method and per-tool quotas and costs read the parsed
             // request (before it, every request cost 1 and no tool quota applied).
             .layer(option_layer(layers.principal_limit.clone()))

@@ -68,6 +68,9 @@ pub struct Layers {
     pub sessions: Option<SessionBindingLayer>,
     /// `server.clientIpv6Prefix`, for the audit trail's aggregation of refusals.
     pub client_ipv6_prefix: Option<u8>,
+    /// `sanitization.sessions`: per session, `MCP-Protocol-Version` pinned to the
+    /// negotiated version and `resources/subscribe` entries capped (after the binding).
+    pub session_guard: Option<mcp_sanitize::SessionGuardLayer>,
 }
 
 impl Layers {
@@ -152,6 +155,28 @@ impl Layers {
                     .transport(cfg.sanitization.transport_checks()),
             )
         });
+        let sg = &cfg.sanitization.sessions;
+        if sg.enabled {
+            layers.session_guard = Some(mcp_sanitize::SessionGuardLayer::new(sg).map_err(|e| {
+                loaded.error(
+                    &format!("sanitization.sessions.{}", e.key),
+                    e.rule.to_string(),
+                )
+            })?);
+            match sg.pin_protocol_version {
+                mcp_sanitize::VersionPin::Exact => {}
+                mcp_sanitize::VersionPin::AtMost => tracing::warn!(
+                    "sanitization.sessions.pin_protocol_version is at_most: a client may name an older MCP-Protocol-Version than its session negotiated"
+                ),
+                mcp_sanitize::VersionPin::Off => tracing::warn!(
+                    "sanitization.sessions.pin_protocol_version is off: a client may switch MCP-Protocol-Version inside a session, or drop it"
+                ),
+            }
+        } else {
+            tracing::warn!(
+                "sanitization.sessions.enabled is false: MCP-Protocol-Version is not compared with the version negotiated for the session, and resources/subscribe entries per session are not capped"
+            );
+        }
         if cfg.result_redaction.enabled {
             let scan = cfg
                 .result_redaction

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod everything;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-gateway");
 
 /// A good API key (meets the policy).
