@@ -80,10 +80,6 @@ sanitization:
   enabled: true
   # The suite passes test:// URIs as prompt arguments; the default allows http and https.
   allowed_protocols: [http, https, test]
-  # The suite's SSE scenarios send MCP-Protocol-Version: 2025-03-26 in sessions it
-  # negotiated at 2025-11-25 (the transport says a client SHOULD send the negotiated one);
-  # the default (exact) refuses that with 400: admit older revisions here, never newer.
-  sessions: {pin_protocol_version: at_most}
 audit:
   enabled: true
   storage: database

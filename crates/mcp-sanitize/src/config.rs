@@ -36,7 +36,7 @@
 //!     allowed_hosts: []           # empty: any Host
 //!   sessions:                     # SessionGuardLayer (a layer of its own, after the session binding)
 //!     enabled: true
-//!     pin_protocol_version: exact # exact | at_most | off: MCP-Protocol-Version vs the version negotiated at initialize
+//!     pin_protocol_version: at_most # at_most | exact | off: MCP-Protocol-Version vs the version negotiated at initialize
 //!     max_subscriptions: 256      # resources/subscribe entries per session (429 above)
 //!     max_sessions: 100000
 //!     max_tracked_subscriptions: 1048576

@@ -7,9 +7,8 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | in a session whose `initialize` negotiated version `V`: `MCP-Protocol-Version` other than `V` | 400, -32600, reason `unsupported_protocol_version`, detail `rule=session_protocol_version` |
+//! | in a session whose `initialize` negotiated version `V`: `MCP-Protocol-Version` later than `V` (the stateless 2026-07-28 included), or with `pin_protocol_version: exact` other than `V` | 400, -32600, reason `unsupported_protocol_version`, detail `rule=session_protocol_version` |
 //! | the same, header absent, `V` 2025-06-18 or later | 400, as above: the transport then assumes 2025-03-26, which is not `V`, and those revisions require the header on every request after `initialize` |
-//! | with `pin_protocol_version: at_most`: only a version later than `V` (the stateless 2026-07-28 included) is refused, and the absent header as above | 400, as above |
 //! | `resources/subscribe` of a URI not yet subscribed in this session, when it holds `max_subscriptions` already | 429, -32029, reason `concurrency_limited`, detail `rule=max_subscriptions`, the id echoed |
 //!
 //! The version is learnt from the upstream's answer to `initialize` (its
@@ -20,11 +19,13 @@
 //! header must equal the body's `_meta` version) is stateless: `mcp_core`'s
 //! `McpRequest::header_mismatch` makes it.
 //!
-//! `exact` (the default) is what the transport asks of clients (they send the negotiated
-//! version). `at_most` admits a client that names an older revision than the one it
-//! negotiated, as the MCP conformance suite's SSE scenarios do (they send `2025-03-26` in a
-//! 2025-11-25 session): it can never claim a revision, or the stateless transport, that
-//! the session did not negotiate. `off` leaves the header to the stateless checks.
+//! `at_most` (the default) admits a client that names an older revision than the one it
+//! negotiated, as the MCP conformance suite's SSE scenarios do (they send `2025-03-26` in
+//! a 2025-11-25 session; the transport says a client SHOULD send the negotiated version):
+//! it can never claim a revision, or the stateless transport, that the session did not
+//! negotiate, and `Mcp-Method` / `Mcp-Name` are compared with the body whatever version
+//! the header names. `exact` refuses any other version (stricter: a client that names an
+//! older one gets 400). `off` leaves the header to the stateless checks.
 //!
 //! Subscriptions are counted as a set of URIs per session: `resources/subscribe` of a URI
 //! adds it (a repeat does not), `resources/unsubscribe` removes it (a URI never subscribed
@@ -103,11 +104,14 @@ const HEADER_REQUIRED_SINCE: &str = "2025-06-18";
 #[serde(rename_all = "snake_case")]
 pub enum VersionPin {
     /// The header must be the negotiated version (absent only after a 2025-03-26 or
-    /// earlier `initialize`).
-    #[default]
+    /// earlier `initialize`). Stricter than the default: the transport says a client
+    /// SHOULD (not MUST) send the negotiated version, and some do not (the official
+    /// conformance suite sends 2025-03-26 in sessions negotiated at 2025-11-25).
     Exact,
-    /// The header may name the negotiated version or an earlier one, never a later one
-    /// (absent as for `exact`). Weakens the default.
+    /// The default: the header may name the negotiated version or an earlier one, never
+    /// a later one (absent as for `exact`). `Mcp-Method` / `Mcp-Name` are compared with
+    /// the body whatever version the header names, so an older version skips no check.
+    #[default]
     AtMost,
     /// Not compared. Weakens the default.
     Off,
@@ -120,7 +124,7 @@ pub struct SessionGuardConfig {
     /// Apply the guard (default true).
     pub enabled: bool,
     /// How `MCP-Protocol-Version` is held to the version negotiated at `initialize` for
-    /// the session (default `exact`; see [`VersionPin`]).
+    /// the session (default `at_most`; see [`VersionPin`]).
     pub pin_protocol_version: VersionPin,
     /// Most resources one session holds subscribed (default 256).
     pub max_subscriptions: usize,
@@ -136,7 +140,7 @@ impl Default for SessionGuardConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            pin_protocol_version: VersionPin::Exact,
+            pin_protocol_version: VersionPin::AtMost,
             max_subscriptions: 256,
             max_sessions: 100_000,
             max_tracked_subscriptions: 1 << 20,

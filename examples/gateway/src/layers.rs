@@ -164,10 +164,7 @@ impl Layers {
                 )
             })?);
             match sg.pin_protocol_version {
-                mcp_sanitize::VersionPin::Exact => {}
-                mcp_sanitize::VersionPin::AtMost => tracing::warn!(
-                    "sanitization.sessions.pin_protocol_version is at_most: a client may name an older MCP-Protocol-Version than its session negotiated"
-                ),
+                mcp_sanitize::VersionPin::Exact | mcp_sanitize::VersionPin::AtMost => {}
                 mcp_sanitize::VersionPin::Off => tracing::warn!(
                     "sanitization.sessions.pin_protocol_version is off: a client may switch MCP-Protocol-Version inside a session, or drop it"
                 ),
