@@ -14,7 +14,7 @@
 //! | `Last-Event-ID` longer than [`DEFAULT_MAX_LAST_EVENT_ID_LEN`] (256) bytes, or with a byte outside `A-Z a-z 0-9 - _ . : / + =` | 400, -32600 |
 //! | `MCP-Protocol-Version` not in the supported list (absent is accepted) | 400, -32600 |
 //! | `GET` or `DELETE` with a body: `Content-Length` other than 0, any `Transfer-Encoding`, or a body not at its end (an HTTP/2 HEADERS frame without END_STREAM) | 400, -32600 |
-//! | `POST` without `Content-Type: application/json` | 415 |
+//! | `POST` without one `Content-Type: application/json` (a `charset` parameter only `utf-8`, once; parameters well-formed) | 415 |
 //! | `POST` whose `Accept` allows neither `application/json` nor `text/event-stream` | 406 |
 //! | `GET` whose `Accept` does not allow `text/event-stream` | 406 |
 //! | more than one `Host`; or a `Host` that differs from the request target's authority (HTTP/2 `:authority`, an HTTP/1.1 absolute-form target) | 400, -32600 |
@@ -267,12 +267,15 @@ impl TransportChecks {
             }
             return Ok(());
         }
-        if self.content_type
-            && !headers
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(is_json_content_type)
-        {
+        if self.content_type && {
+            // One `Content-Type`: with two, parsers differ on which one they read.
+            let mut all = headers.get_all(CONTENT_TYPE).iter();
+            let first = all.next();
+            all.next().is_some()
+                || !first
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(is_json_content_type)
+        } {
             return Err(Rejection::new(RejectionReason::UnsupportedMediaType)
                 .with_detail("rule=content_type"));
         }
@@ -428,11 +431,96 @@ pub fn has_body(headers: &HeaderMap, body_at_end: bool) -> bool {
     declared || !body_at_end
 }
 
-/// Whether a `Content-Type` value is `application/json`, parameters (`charset=utf-8`)
-/// allowed, case-insensitive.
+/// Whether a `Content-Type` value is `application/json` (case-insensitive) whose body is
+/// read as UTF-8 by every parser: parameters are well-formed `name=value` pairs (value a
+/// token or a quoted string), and a `charset` parameter, if present, comes once and is
+/// `utf-8` (or `utf8`). Any other charset is refused: the gateway checks the body as
+/// UTF-8, and a parser that honours `charset=utf-7` (Express's `body-parser`, which the
+/// TypeScript MCP SDK uses) or `utf-16` / `iso-8859-1` would read another request (`+ADw-`
+/// is `<` in UTF-7). `charset*` (RFC 2231) is refused for the same reason.
 pub fn is_json_content_type(v: &str) -> bool {
-    let essence = v.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
+    let (essence, mut rest) = v.split_once(';').unwrap_or((v, ""));
+    if !essence.trim().eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    let mut charset_seen = false;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t']);
+        if rest.is_empty() {
+            return true;
+        }
+        // name
+        let name_len = rest
+            .bytes()
+            .position(|b| !is_token_byte(b))
+            .unwrap_or(rest.len());
+        let (name, after) = rest.split_at(name_len);
+        let Some(after) = after.strip_prefix('=') else {
+            // `;` with nothing after it (`application/json;`) is tolerated; anything
+            // else without `=` is malformed.
+            if name.is_empty() && after.trim_start_matches([' ', '\t']).is_empty() {
+                return true;
+            }
+            return false;
+        };
+        if name.is_empty() {
+            return false;
+        }
+        // value: a quoted string or a token
+        let (value, after) = if let Some(q) = after.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = q.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    '\\' => match chars.next() {
+                        Some((_, e)) => out.push(e),
+                        None => return false,
+                    },
+                    c => out.push(c),
+                }
+            }
+            let Some(end) = end else { return false };
+            (out, &q[end..])
+        } else {
+            let len = after
+                .bytes()
+                .position(|b| !is_token_byte(b))
+                .unwrap_or(after.len());
+            if len == 0 {
+                return false;
+            }
+            (after[..len].to_owned(), &after[len..])
+        };
+        if name.eq_ignore_ascii_case("charset*") {
+            return false;
+        }
+        if name.eq_ignore_ascii_case("charset") {
+            if charset_seen
+                || !(value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8"))
+            {
+                return false;
+            }
+            charset_seen = true;
+        }
+        let after = after.trim_start_matches([' ', '\t']);
+        if after.is_empty() {
+            return true;
+        }
+        let Some(next) = after.strip_prefix(';') else {
+            return false;
+        };
+        rest = next;
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Whether the `Accept` headers allow every one of `wanted` (type, subtype): an absent
@@ -771,5 +859,69 @@ mod tests {
         assert!(!is_json_content_type("application/json-patch+json"));
         assert!(!is_json_content_type("application/jsonx"));
         assert!(!is_json_content_type(""));
+        // Only UTF-8, named once; parameters well-formed.
+        for ok in [
+            "application/json;",
+            "application/json; charset=\"utf-8\"",
+            "application/json;charset=utf8",
+            "application/json; foo=bar; charset=UTF-8",
+            "application/json ; charset=utf-8 ",
+        ] {
+            assert!(is_json_content_type(ok), "{ok}");
+        }
+        for bad in [
+            "application/json; charset=utf-7",
+            "application/json; charset=UTF-16",
+            "application/json; charset=utf-16le",
+            "application/json; charset=iso-8859-1",
+            "application/json; charset=\"utf-7\"",
+            "application/json; charset=utf-8; charset=utf-7",
+            "application/json; charset=utf-8; charset=utf-8",
+            "application/json; charset*=utf-8''utf-7",
+            "application/json; charset = utf-7",
+            "application/json; charset",
+            "application/json; =utf-8",
+            "application/json; charset=utf-8 x",
+            "application/json; charset=\"utf-8",
+            "application/json, text/plain",
+            "application/json; charset=utf-8, charset=utf-7",
+        ] {
+            assert!(!is_json_content_type(bad), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// An accepted `Content-Type` never names a charset other than UTF-8: every
+        /// `charset` in it (any case, quoted or not) is followed by `=utf-8` or `=utf8`.
+        #[test]
+        fn an_accepted_content_type_names_only_utf8(
+            params in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["charset", "CharSet", "charset*", "foo", "", "x"]),
+                    proptest::sample::select(vec!["=", " = ", "", "=\""]),
+                    proptest::sample::select(vec!["utf-8", "UTF-8", "utf8", "utf-7", "utf-16", "\"utf-7\"", "\"utf-8\"", "latin1", ""]),
+                    proptest::sample::select(vec![";", "; ", ",", " ", ""]),
+                ),
+                0..4,
+            ),
+        ) {
+            let mut v = String::from("application/json");
+            for (name, eq, value, sep) in &params {
+                v.push_str(sep);
+                v.push_str(name);
+                v.push_str(eq);
+                v.push_str(value);
+            }
+            if is_json_content_type(&v) {
+                let lower = v.to_ascii_lowercase();
+                for (i, _) in lower.match_indices("charset") {
+                    let after = lower[i + "charset".len()..].trim_start_matches('=').trim_start_matches('"');
+                    proptest::prop_assert!(
+                        after.starts_with("utf-8") || after.starts_with("utf8"),
+                        "{v}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -436,3 +436,87 @@ async fn mcp_headers_twice_or_outside_visible_ascii_are_refused_sanitize_on() {
 async fn mcp_headers_twice_or_outside_visible_ascii_are_refused_sanitize_off() {
     mcp_headers_twice_or_not_ascii(false).await;
 }
+
+/// A body the gateway checks as UTF-8 but that the upstream's parser reads in another
+/// charset: Express's `body-parser` (the TypeScript MCP SDK's `createMcpExpressApp`)
+/// honours `charset=utf-7`, where `denied+AF8-tool` is `denied_tool`. Any charset other
+/// than UTF-8, a charset named twice, an RFC 2231 `charset*`, a malformed parameter, and
+/// two `Content-Type` headers are refused with 415 before anything reaches the upstream.
+async fn other_charsets(sanitize: bool) {
+    let dir = tempdir();
+    let (_gw, url, log) = gateway(dir.path(), sanitize);
+    let c = client();
+    control(&c, &url, &log).await;
+    let utf7 = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"denied+AF8-tool","arguments":{}}}"#;
+    for ct in [
+        "application/json; charset=utf-7",
+        "application/json; charset=UTF-7",
+        "application/json; charset=\"utf-7\"",
+        "application/json;charset=utf7",
+        "application/json; charset=utf-16",
+        "application/json; charset=iso-8859-1",
+        "application/json; charset=utf-8; charset=utf-7",
+        "application/json; charset*=utf-8''utf-7",
+        "application/json; charset = utf-7",
+        "application/json; charset=utf-8, charset=utf-7",
+    ] {
+        let r = c
+            .post(&url)
+            .header("x-api-key", KEY)
+            .header("content-type", ct)
+            .header("accept", "application/json, text/event-stream")
+            .body(utf7)
+            .send()
+            .await
+            .unwrap();
+        let (status, _, v) = json_error(r).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}: {v}");
+    }
+    // Two Content-Type headers: which one a parser reads differs.
+    let r = c
+        .post(&url)
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .header("content-type", "application/json; charset=utf-7")
+        .header("accept", "application/json, text/event-stream")
+        .body(utf7)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, v) = json_error(r).await;
+    assert_eq!(
+        status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "two headers: {v}"
+    );
+    let seen = log.lock().unwrap();
+    assert!(
+        seen.iter()
+            .all(|s| !String::from_utf8_lossy(&s.body).contains("denied")),
+        "a request in another charset reached the upstream"
+    );
+    drop(seen);
+    // UTF-8 named as such still passes.
+    let ok = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"message": "hi"}}});
+    let r = c
+        .post(&url)
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json; charset=\"UTF-8\"")
+        .header("accept", "application/json, text/event-stream")
+        .body(ok.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_in_another_charset_never_reaches_the_upstream_sanitize_on() {
+    other_charsets(true).await;
+}
+
+#[tokio::test]
+async fn a_body_in_another_charset_never_reaches_the_upstream_sanitize_off() {
+    other_charsets(false).await;
+}
