@@ -408,8 +408,9 @@ impl Auditor {
                             use crate::sink::sqlite::{SqliteSink, SqliteStore};
                             let path = config.database.sqlite_path.clone();
                             let max = config.database.max_records;
+                            let max_bytes = config.database.max_bytes;
                             let (sink, store) = tokio::task::spawn_blocking(move || {
-                                let sink = SqliteSink::open(&path, max)?;
+                                let sink = SqliteSink::open(&path, max)?.max_bytes(max_bytes);
                                 let store = SqliteStore::open(path)
                                     .map_err(|e| SinkError::new("sqlite", e.to_string()))?;
                                 Ok::<_, SinkError>((sink, store))
@@ -496,6 +497,9 @@ impl Auditor {
                 .scope(&self.config.query.scope)
                 .own_scope(&self.config.query.own_scope)
                 .max_limit(self.config.query.max_limit)
+                .max_page_bytes(self.config.query.max_page_bytes)
+                .max_concurrent(self.config.query.max_concurrent)
+                .stall_timeout(Duration::from_millis(self.config.query.stall_timeout_ms))
         })
     }
 

@@ -551,6 +551,15 @@ fn auth_error(loaded: &Loaded, e: &mcp_auth::ConfigError) -> ConfigError {
     loaded.error(e.key(), msg)
 }
 
+/// `; records up to seq N pruned, chain anchored there` when the trail was pruned.
+pub fn pruned_note(report: &mcp_audit::VerifyReport) -> String {
+    report
+        .anchor
+        .as_ref()
+        .map(|a| format!("; records up to seq {} pruned, chain anchored there", a.seq))
+        .unwrap_or_default()
+}
+
 /// `mcp-gateway audit verify`.
 pub async fn verify_audit(db: &std::path::Path) -> Result<(), String> {
     if !db.exists() {
@@ -564,10 +573,11 @@ pub async fn verify_audit(db: &std::path::Path) -> Result<(), String> {
     match &report.problem {
         None => {
             println!(
-                "{}: hash chain intact ({} records, head seq {})",
+                "{}: hash chain intact ({} records, head seq {}{})",
                 db.display(),
                 report.records,
-                report.head.seq
+                report.head.seq,
+                pruned_note(&report)
             );
             Ok(())
         }
