@@ -313,13 +313,24 @@ impl AuditorBuilder {
             shared: Arc::clone(&shared),
         };
         let task = tokio::spawn(writer.run());
+        // One service, cloned for every router that mounts it: its query slots are
+        // shared by every clone (every worker of a multi-runtime server).
+        let query = self.store.as_ref().map(|s| {
+            crate::AuditQueryService::new(Arc::clone(s))
+                .scope(&cfg.query.scope)
+                .own_scope(&cfg.query.own_scope)
+                .max_limit(cfg.query.max_limit)
+                .max_page_bytes(cfg.query.max_page_bytes)
+                .max_concurrent(cfg.query.max_concurrent)
+                .stall_timeout(Duration::from_millis(cfg.query.stall_timeout_ms))
+        });
         Ok(Auditor {
             handle,
             shared,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             config: Arc::new(cfg),
             sensitive,
-            store: self.store,
+            query,
         })
     }
 }
@@ -345,7 +356,7 @@ pub struct Auditor {
     task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     config: Arc<AuditConfig>,
     sensitive: Arc<[HeaderName]>,
-    store: Option<Arc<dyn AuditStore>>,
+    query: Option<crate::AuditQueryService>,
 }
 
 impl fmt::Debug for Auditor {
@@ -491,16 +502,11 @@ impl Auditor {
 
     /// The query service over the configured database, or `None` when no database
     /// storage is configured.
+    ///
+    /// Every call returns a clone of one service: `query.maxConcurrent` bounds the
+    /// queries of all of them together.
     pub fn query_service(&self) -> Option<crate::AuditQueryService> {
-        self.store.as_ref().map(|s| {
-            crate::AuditQueryService::new(Arc::clone(s))
-                .scope(&self.config.query.scope)
-                .own_scope(&self.config.query.own_scope)
-                .max_limit(self.config.query.max_limit)
-                .max_page_bytes(self.config.query.max_page_bytes)
-                .max_concurrent(self.config.query.max_concurrent)
-                .stall_timeout(Duration::from_millis(self.config.query.stall_timeout_ms))
-        })
+        self.query.clone()
     }
 
     /// Waits until every event queued so far is written.

@@ -62,6 +62,7 @@ async fn the_trail_stays_within_its_byte_budget_and_verifies() {
         written += 32;
         peak = peak.max(on_disk(&db));
     }
+    eprintln!("figure: 32 MiB written, maxBytes 2 MiB: database + WAL peak {peak} bytes");
     assert!(
         peak <= BUDGET + slack,
         "database + WAL reached {peak} bytes (budget {BUDGET}, slack {slack})"
