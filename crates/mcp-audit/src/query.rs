@@ -994,7 +994,7 @@ mod tests {
             }).sum();
             prop_assert!(total + FRAME_RESERVE <= budget);
             prop_assert!(p.items.len() <= limit as usize);
-            prop_assert!(!sizes.is_empty() == !p.items.is_empty());
+            prop_assert_eq!(sizes.is_empty(), p.items.is_empty());
         }
 
         #[test]
