@@ -183,6 +183,20 @@ impl Layers {
                 Auditor::without_storage(audit_cfg)
             }
             .map_err(|e| loaded.error("audit", e.to_string()))?;
+            let db = &cfg.audit.database;
+            if open_audit
+                && db.kind == mcp_audit::DatabaseType::Sqlite
+                && cfg
+                    .audit
+                    .storage
+                    .to_vec()
+                    .contains(&mcp_audit::Storage::Database)
+                && db.max_bytes == 0
+            {
+                tracing::warn!(
+                    "audit.database.maxBytes is 0: the SQLite audit trail's disk use is bounded only by maxRecords"
+                );
+            }
             layers.auditor = Some(auditor);
         }
         if cfg.auth.enabled {
