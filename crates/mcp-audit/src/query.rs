@@ -980,6 +980,58 @@ mod tests {
         assert_eq!(v["elided_bytes"], 15);
     }
 
+    /// A store that fails on its second read of events (a database going away while a
+    /// page is written).
+    struct FailingStore {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl AuditStore for FailingStore {
+        fn query(&self, _q: AuditQuery) -> BoxFuture<'_, Result<QueryPage, StoreError>> {
+            Box::pin(async { Err(StoreError::new("unused")) })
+        }
+
+        fn index(&self, _q: AuditQuery) -> BoxFuture<'_, Result<Vec<IndexedRow>, StoreError>> {
+            Box::pin(async { Ok(indexed(&[200_000 + 11; 3])) })
+        }
+
+        fn events(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, StoreError>> {
+            let n = self
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move {
+                if n > 0 {
+                    return Err(StoreError::new("gone"));
+                }
+                let ev = format!("{{\"x\":\"{}\"}}", "y".repeat(200_000));
+                Ok(seqs.into_iter().map(|s| (s, ev.clone())).collect())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_failing_mid_page_still_gives_valid_json_and_a_cursor() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let svc = AuditQueryService::new(Arc::new(FailingStore {
+            calls: std::sync::atomic::AtomicUsize::new(0),
+        }));
+        let mut req = Request::get("/api/audit/query?limit=10").body(()).unwrap();
+        req.extensions_mut()
+            .insert(Principal::new("a", mcp_core::AuthMethod::ApiKey).with_scopes(["audit:read"]));
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["count"], 1);
+        assert_eq!(v["truncated"], true);
+        assert_eq!(v["error"], "store unavailable");
+        assert_eq!(
+            v["next_cursor"].as_str().and_then(decode_cursor),
+            Some(1000)
+        );
+    }
+
     proptest! {
         /// However the sizes fall, the planned page stays within its budget.
         #[test]

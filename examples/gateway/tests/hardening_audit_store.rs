@@ -463,3 +463,43 @@ async fn the_sqlite_trail_stays_within_its_byte_budget() {
     assert!(out.contains("intact"), "{out}");
     assert!(out.contains("pruned"), "{out}");
 }
+
+/// A client that stops reading holds its query slot for `query.stallTimeoutMs` at most:
+/// the response is then aborted (the connection ends without the last chunk, never as a
+/// complete page), and the slot serves the next query although the client's connection
+/// is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_page_is_aborted_after_the_stall_timeout_never_ended_as_complete() {
+    let dir = tempdir();
+    let (_up, _gw, base) = gateway_over_large_rows(
+        dir.path(),
+        24,
+        1 << 20,
+        "  query: {maxConcurrent: 1, stallTimeoutMs: 1000}\n",
+    )
+    .await;
+    let mut stalled = slow_reader(&base, "limit=1000");
+    let (status, _, _) = raw_query(&base, "limit=1").await;
+    assert_eq!(status, 503, "the only slot is held by the stalled page");
+    // Once the stall timeout passed, the slot is free again.
+    let mut served = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, _, body) = raw_query(&base, "limit=1").await;
+        if status == 200 {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["count"], 1);
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "the stalled page gave its slot back");
+    // The stalled client, reading now, finds its page cut: no final chunk.
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    assert!(
+        !rest.ends_with(b"0\r\n\r\n"),
+        "an aborted page ended as complete"
+    );
+    assert!(rest.len() < 8 << 20);
+}
