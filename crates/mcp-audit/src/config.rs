@@ -200,6 +200,9 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// The default byte budget of the SQLite trail (`database.maxBytes`): 1 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// The `database` storage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
@@ -215,6 +218,14 @@ pub struct DatabaseConfig {
     /// [`prune_slack`](crate::sink::prune_slack) records more (1%, at least 1,000, at most
     /// a tenth) before it is cut back to `maxRecords`.
     pub max_records: u64,
+    /// The SQLite trail's byte budget (`database.maxBytes`, default 1 GiB, 0 = unlimited,
+    /// otherwise at least 1 MiB): once the pages in use exceed it, the oldest records are
+    /// pruned (anchor kept, as for `maxRecords`) down to about seven eighths of it, and
+    /// the freed pages are reused, so the file stops growing; the WAL is checkpointed and
+    /// truncated to an eighth of it (4 to 64 MiB). See
+    /// [`SqliteSink`](crate::sink::sqlite) for the bound. Not applied to PostgreSQL
+    /// (whose space comes back only by `VACUUM`): bound it with `maxRecords`.
+    pub max_bytes: u64,
     /// PostgreSQL connection URL or key-value string (`database.postgresUrl`).
     pub postgres_url: Option<SecretUrl>,
     /// The name recorded as the writer of each row (default: the host name, or `gateway`).
@@ -227,6 +238,7 @@ impl Default for DatabaseConfig {
             kind: DatabaseType::Sqlite,
             sqlite_path: PathBuf::from("audit.db"),
             max_records: 100_000,
+            max_bytes: DEFAULT_MAX_BYTES,
             postgres_url: None,
             writer_id: None,
         }
@@ -363,6 +375,16 @@ pub struct QueryConfig {
     pub own_scope: String,
     /// The largest `limit` honoured (default 1000).
     pub max_limit: u32,
+    /// The byte budget of one page (default 8 MiB, at least 64 KiB, at most 256 MiB):
+    /// a page stops before it with `"truncated":true` and a `next_cursor` (see
+    /// [`crate::query`]).
+    pub max_page_bytes: u64,
+    /// Queries served at once (default 4, 1 to 1024); more are refused with 503 and
+    /// `Retry-After: 1`.
+    pub max_concurrent: usize,
+    /// Milliseconds a response waits for its client to take the next chunk before it is
+    /// aborted (default 30000, 1000 to 600000).
+    pub stall_timeout_ms: u64,
 }
 
 impl Default for QueryConfig {
@@ -371,6 +393,9 @@ impl Default for QueryConfig {
             scope: "audit:read".to_owned(),
             own_scope: "audit:read:own".to_owned(),
             max_limit: 1000,
+            max_page_bytes: crate::query::DEFAULT_MAX_PAGE_BYTES,
+            max_concurrent: crate::query::DEFAULT_MAX_CONCURRENT,
+            stall_timeout_ms: 30_000,
         }
     }
 }
@@ -727,6 +752,31 @@ impl AuditConfig {
             return Err(ConfigError::new(
                 "audit.query.maxLimit",
                 "must be between 1 and 10000",
+            ));
+        }
+        if !(crate::query::MIN_PAGE_BYTES..=256 * 1024 * 1024).contains(&self.query.max_page_bytes)
+        {
+            return Err(ConfigError::new(
+                "audit.query.maxPageBytes",
+                "must be between 65536 and 268435456",
+            ));
+        }
+        if !(1..=1024).contains(&self.query.max_concurrent) {
+            return Err(ConfigError::new(
+                "audit.query.maxConcurrent",
+                "must be between 1 and 1024",
+            ));
+        }
+        if !(1000..=600_000).contains(&self.query.stall_timeout_ms) {
+            return Err(ConfigError::new(
+                "audit.query.stallTimeoutMs",
+                "must be between 1000 and 600000",
+            ));
+        }
+        if self.database.max_bytes != 0 && self.database.max_bytes < 1024 * 1024 {
+            return Err(ConfigError::new(
+                "audit.database.maxBytes",
+                "must be 0 (unlimited) or at least 1048576",
             ));
         }
         if self.max_params_bytes.is_some_and(|n| n < 64) {

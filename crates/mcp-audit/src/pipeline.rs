@@ -465,6 +465,17 @@ impl AuditorBuilder {
             .aggregate_refusals
             .enabled
             .then(|| RefusalAggregator::new(handle.clone(), &cfg.aggregate_refusals));
+        // One service, cloned for every router that mounts it: its query slots are
+        // shared by every clone (every worker of a multi-runtime server).
+        let query = self.store.as_ref().map(|s| {
+            crate::AuditQueryService::new(Arc::clone(s))
+                .scope(&cfg.query.scope)
+                .own_scope(&cfg.query.own_scope)
+                .max_limit(cfg.query.max_limit)
+                .max_page_bytes(cfg.query.max_page_bytes)
+                .max_concurrent(cfg.query.max_concurrent)
+                .stall_timeout(Duration::from_millis(cfg.query.stall_timeout_ms))
+        });
         Ok(Auditor {
             handle,
             refusals,
@@ -472,7 +483,7 @@ impl AuditorBuilder {
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
             config: Arc::new(cfg),
             sensitive,
-            store: self.store,
+            query,
         })
     }
 }
@@ -499,7 +510,7 @@ pub struct Auditor {
     task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     config: Arc<AuditConfig>,
     sensitive: Arc<[HeaderName]>,
-    store: Option<Arc<dyn AuditStore>>,
+    query: Option<crate::AuditQueryService>,
 }
 
 impl fmt::Debug for Auditor {
@@ -562,8 +573,9 @@ impl Auditor {
                             use crate::sink::sqlite::{SqliteSink, SqliteStore};
                             let path = config.database.sqlite_path.clone();
                             let max = config.database.max_records;
+                            let max_bytes = config.database.max_bytes;
                             let (sink, store) = tokio::task::spawn_blocking(move || {
-                                let sink = SqliteSink::open(&path, max)?;
+                                let sink = SqliteSink::open(&path, max)?.max_bytes(max_bytes);
                                 let store = SqliteStore::open(path)
                                     .map_err(|e| SinkError::new("sqlite", e.to_string()))?;
                                 Ok::<_, SinkError>((sink, store))
@@ -659,13 +671,11 @@ impl Auditor {
 
     /// The query service over the configured database, or `None` when no database
     /// storage is configured.
+    ///
+    /// Every call returns a clone of one service: `query.maxConcurrent` bounds the
+    /// queries of all of them together.
     pub fn query_service(&self) -> Option<crate::AuditQueryService> {
-        self.store.as_ref().map(|s| {
-            crate::AuditQueryService::new(Arc::clone(s))
-                .scope(&self.config.query.scope)
-                .own_scope(&self.config.query.own_scope)
-                .max_limit(self.config.query.max_limit)
-        })
+        self.query.clone()
     }
 
     /// Waits until every event queued so far is written.

@@ -15,7 +15,31 @@
 //! | `cursor` | the `next_cursor` of the previous page (opaque, keyset pagination)      |
 //!
 //! Records come newest first as
-//! `{"count":n,"events":[{"seq":..,"hash":"..","event":{..}}],"next_cursor":".."|null}`.
+//! `{"events":[{"seq":..,"hash":"..","event":{..}}],"count":n,"truncated":false,"next_cursor":".."|null}`.
+//!
+//! **Bounded in bytes, streamed.** A page holds at most `limit` records *and* at most
+//! `query.maxPageBytes` bytes of JSON (default [`DEFAULT_MAX_PAGE_BYTES`], 8 MiB): the
+//! service first reads the matching rows' sequence numbers, hashes and event sizes (never
+//! their events), plans the page within the budget, then writes it as a chunked body,
+//! fetching the events of about [`CHUNK_BYTES`] at a time only when the client has taken
+//! the previous chunk. The memory a query holds is one or two chunks (a single larger
+//! record, at most the page budget), however large the page or the rows, and however
+//! slowly the client reads. Each chunk is a short read of its own: no read transaction
+//! is held while the client reads (a WAL checkpoint is never held back by a reader).
+//!
+//! - When the budget stops a page before `limit`, `truncated` is `true` and `next_cursor`
+//!   continues after the last record sent; no record is ever cut.
+//! - A record whose event alone exceeds the page budget is sent as
+//!   `{"seq":..,"hash":"..","event":null,"elided_bytes":n}` (read it from the database
+//!   directly), so that paging always moves on.
+//! - If the store fails once the page has started, the page is closed as valid JSON with
+//!   `"truncated":true`, `"error":"store unavailable"` and a `next_cursor` after the last
+//!   record sent. A client that takes nothing for `query.stallTimeoutMs` (default 30 s)
+//!   has its response aborted (the connection is reset: never a clean end that would
+//!   look like a complete page).
+//! - At most `query.maxConcurrent` queries (default [`DEFAULT_MAX_CONCURRENT`]) are
+//!   served at once, a slot being held until the response ends; beyond that the answer
+//!   is 503 with `Retry-After: 1` (reason `unavailable`), before any store access.
 //!
 //! **Access.** Unlike the seeds' query endpoints, which answer anyone, this one requires a
 //! [`Principal`] in the request extensions (put there by the authentication layer) that
@@ -45,22 +69,48 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response};
+use http_body::Frame;
 use mcp_core::{Body, Principal, Rejection, RejectionReason};
 use serde_json::value::RawValue;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tower_service::Service;
 
 use crate::sink::BoxFuture;
 
 /// The default page size.
 pub const DEFAULT_LIMIT: u32 = 100;
+
+/// The default byte budget of one page of the query API (8 MiB).
+pub const DEFAULT_MAX_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The smallest page budget accepted (64 KiB).
+pub const MIN_PAGE_BYTES: u64 = 64 * 1024;
+
+/// The default number of queries served at once.
+pub const DEFAULT_MAX_CONCURRENT: usize = 4;
+
+/// The default time a response may wait for its client to take a chunk (30 s).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The events of a page are fetched and written about this many bytes at a time.
+pub const CHUNK_BYTES: u64 = 256 * 1024;
+
+/// The bytes a record's item may take on top of its event
+/// (`{"seq":<i64>,"hash":"<64 hex>","event":},`).
+const ITEM_OVERHEAD: u64 = 128;
+
+/// The bytes reserved in a page for its head and tail.
+const FRAME_RESERVE: u64 = 512;
 
 /// The outcome filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +178,18 @@ pub struct StoredRecord {
     pub event: String,
 }
 
+/// A matching row as the query API plans a page: everything but the event, whose size
+/// is given instead (read without reading the event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedRow {
+    /// Sequence number.
+    pub seq: i64,
+    /// The record's chain hash.
+    pub hash: String,
+    /// The size of the event JSON, in bytes.
+    pub event_bytes: u64,
+}
+
 /// A page of results.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryPage {
@@ -155,40 +217,6 @@ impl QueryPage {
             next_cursor,
         }
     }
-
-    fn to_json(&self) -> Bytes {
-        #[derive(serde::Serialize)]
-        struct Item<'a> {
-            seq: i64,
-            hash: &'a str,
-            event: Box<RawValue>,
-        }
-        #[derive(serde::Serialize)]
-        struct Out<'a> {
-            count: usize,
-            events: Vec<Item<'a>>,
-            next_cursor: Option<&'a str>,
-        }
-        let events: Vec<Item<'_>> = self
-            .records
-            .iter()
-            .map(|r| Item {
-                seq: r.seq,
-                hash: &r.hash,
-                event: RawValue::from_string(r.event.clone()).unwrap_or_else(|_| {
-                    // A row that is not JSON (tampered): say so rather than fail.
-                    RawValue::from_string("{\"unreadable\":true}".to_owned())
-                        .unwrap_or_else(|_| RawValue::NULL.to_owned())
-                }),
-            })
-            .collect();
-        let out = Out {
-            count: events.len(),
-            events,
-            next_cursor: self.next_cursor.as_deref(),
-        };
-        Bytes::from(serde_json::to_vec(&out).unwrap_or_else(|_| b"{}".to_vec()))
-    }
 }
 
 /// A store failed; the message is logged, never sent to the client.
@@ -205,8 +233,18 @@ impl StoreError {
 
 /// A queryable trail (SQLite, PostgreSQL).
 pub trait AuditStore: Send + Sync + 'static {
-    /// Runs a query: records matching every filter, newest first, at most `limit`.
+    /// Runs a query: records matching every filter, newest first, at most `limit`, built
+    /// whole in memory (for programs reading their own trail; the query service uses
+    /// [`AuditStore::index`] and [`AuditStore::events`], which bound memory).
     fn query(&self, q: AuditQuery) -> BoxFuture<'_, Result<QueryPage, StoreError>>;
+
+    /// The rows matching every filter, newest first, at most `limit + 1`, without their
+    /// events (see [`IndexedRow`]): the events are not read.
+    fn index(&self, q: AuditQuery) -> BoxFuture<'_, Result<Vec<IndexedRow>, StoreError>>;
+
+    /// The events of the records with these sequence numbers, as `(seq, event)` in any
+    /// order; a record gone since (pruned) is left out.
+    fn events(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, StoreError>>;
 }
 
 /// A SQL parameter.
@@ -219,9 +257,25 @@ pub enum SqlParam {
 }
 
 /// Builds the SQL of a query over `audit_events`, with placeholders made by `ph(n)`
-/// (`?n` for SQLite, `$n` for PostgreSQL). Fetches `limit + 1` rows.
+/// (`?n` for SQLite, `$n` for PostgreSQL). Fetches `limit + 1` rows of
+/// `seq, hash, event`.
 pub fn build_query(q: &AuditQuery, ph: impl Fn(usize) -> String) -> (String, Vec<SqlParam>) {
-    let mut sql = String::from("SELECT seq, hash, event FROM audit_events WHERE TRUE");
+    build_select(q, "seq, hash, event", ph)
+}
+
+/// Like [`build_query`], for the rows of [`AuditStore::index`]:
+/// `seq, hash, octet_length(event)` (SQLite 3.43 and PostgreSQL read the size without
+/// reading the event).
+pub fn build_index_query(q: &AuditQuery, ph: impl Fn(usize) -> String) -> (String, Vec<SqlParam>) {
+    build_select(q, "seq, hash, octet_length(event)", ph)
+}
+
+fn build_select(
+    q: &AuditQuery,
+    columns: &str,
+    ph: impl Fn(usize) -> String,
+) -> (String, Vec<SqlParam>) {
+    let mut sql = format!("SELECT {columns} FROM audit_events WHERE TRUE");
     let mut params = Vec::new();
     let mut add = |sql: &mut String, clause: &str, p: SqlParam| {
         params.push(p);
@@ -368,6 +422,10 @@ pub struct AuditQueryService {
     scope: Arc<str>,
     own_scope: Option<Arc<str>>,
     max_limit: u32,
+    max_page_bytes: u64,
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+    stall_timeout: Duration,
 }
 
 impl fmt::Debug for AuditQueryService {
@@ -376,19 +434,27 @@ impl fmt::Debug for AuditQueryService {
             .field("scope", &self.scope)
             .field("own_scope", &self.own_scope)
             .field("max_limit", &self.max_limit)
+            .field("max_page_bytes", &self.max_page_bytes)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("stall_timeout", &self.stall_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl AuditQueryService {
     /// A service over `store`: `audit:read` reads every row, `audit:read:own` the
-    /// holder's own rows; limit capped at 1000.
+    /// holder's own rows; limit capped at 1000, pages at [`DEFAULT_MAX_PAGE_BYTES`],
+    /// [`DEFAULT_MAX_CONCURRENT`] queries at once.
     pub fn new(store: Arc<dyn AuditStore>) -> Self {
         Self {
             store,
             scope: Arc::from("audit:read"),
             own_scope: Some(Arc::from("audit:read:own")),
             max_limit: 1000,
+            max_page_bytes: DEFAULT_MAX_PAGE_BYTES,
+            slots: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT)),
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 
@@ -408,6 +474,28 @@ impl AuditQueryService {
     /// Sets the largest `limit` honoured.
     pub fn max_limit(mut self, max: u32) -> Self {
         self.max_limit = max.max(1);
+        self
+    }
+
+    /// Sets the byte budget of one page (at least [`MIN_PAGE_BYTES`]).
+    pub fn max_page_bytes(mut self, max: u64) -> Self {
+        self.max_page_bytes = max.max(MIN_PAGE_BYTES);
+        self
+    }
+
+    /// Sets how many queries are served at once (at least 1); more are refused with 503
+    /// and `Retry-After`. Clones made before this call keep their own slots.
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        let n = n.clamp(1, Semaphore::MAX_PERMITS);
+        self.max_concurrent = n;
+        self.slots = Arc::new(Semaphore::new(n));
+        self
+    }
+
+    /// Sets how long a response waits for its client to take the next chunk before it
+    /// is aborted (at least one second).
+    pub fn stall_timeout(mut self, t: Duration) -> Self {
+        self.stall_timeout = t.max(Duration::from_secs(1));
         self
     }
 }
@@ -483,23 +571,299 @@ impl AuditQueryService {
             }
             q.user = Some(me.to_owned());
         }
-        match self.store.query(q).await {
-            Ok(page) => {
-                let mut resp = Response::new(Body::from(page.to_json()));
-                resp.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                resp.headers_mut().insert(
-                    http::header::CACHE_CONTROL,
-                    HeaderValue::from_static("no-store"),
-                );
-                resp
-            }
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            metrics::counter!("mcp_audit_queries_refused_total").increment(1);
+            return Rejection::new(RejectionReason::Unavailable)
+                .with_message("Too many audit queries at once; retry shortly")
+                .with_detail("audit_query_capacity")
+                .with_header(RETRY_AFTER, "1")
+                .into_response();
+        };
+        let before_seq = q.before_seq;
+        let limit = q.limit;
+        let rows = match self.store.index(q).await {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "audit query failed");
-                Rejection::new(RejectionReason::Unavailable).into_response()
+                return Rejection::new(RejectionReason::Unavailable).into_response();
             }
+        };
+        let plan = PagePlan::new(rows, limit, self.max_page_bytes, before_seq);
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(write_page(
+            Arc::clone(&self.store),
+            plan,
+            tx,
+            permit,
+            self.stall_timeout,
+        ));
+        let mut resp = Response::new(Body::new(PageBody { rx, ended: false }));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        resp
+    }
+}
+
+/// One record of a planned page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PlannedItem {
+    seq: i64,
+    hash: String,
+    /// The event's size.
+    event_bytes: u64,
+    /// The event is left out (larger than a page).
+    elided: bool,
+}
+
+/// A page planned within its byte budget, before any event is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PagePlan {
+    items: Vec<PlannedItem>,
+    /// Stopped by the byte budget before `limit`.
+    truncated: bool,
+    /// More rows match after the last item.
+    more: bool,
+    /// The request's own cursor (the page continues from there when nothing was sent).
+    before_seq: Option<i64>,
+    /// The largest size a fetched event may have (the budget left for one item).
+    max_event: u64,
+}
+
+impl PagePlan {
+    fn new(
+        mut rows: Vec<IndexedRow>,
+        limit: u32,
+        max_page_bytes: u64,
+        before_seq: Option<i64>,
+    ) -> Self {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let budget = max_page_bytes.saturating_sub(FRAME_RESERVE);
+        let max_event = budget.saturating_sub(ITEM_OVERHEAD);
+        let mut used = 0u64;
+        let mut items = Vec::with_capacity(rows.len().min(4096));
+        let mut truncated = false;
+        for r in rows {
+            let elided = r.event_bytes > max_event;
+            let hash = r.hash.len() as u64;
+            let cost = if elided {
+                // `"event":null,"elided_bytes":<20 digits>`
+                ITEM_OVERHEAD + hash + 40
+            } else {
+                ITEM_OVERHEAD + hash + r.event_bytes
+            };
+            if used + cost > budget {
+                truncated = true;
+                break;
+            }
+            used += cost;
+            items.push(PlannedItem {
+                seq: r.seq,
+                hash: r.hash,
+                event_bytes: r.event_bytes,
+                elided,
+            });
+        }
+        Self {
+            items,
+            truncated,
+            more,
+            before_seq,
+            max_event,
         }
     }
+}
+
+/// What the page writer hands to the body.
+enum Chunk {
+    Data(Bytes),
+    /// The page is complete.
+    End,
+}
+
+/// The streamed page: ends cleanly only after the writer's [`Chunk::End`]; a writer
+/// that stopped before (stalled client, task failure) makes the body fail, so the
+/// connection is reset rather than ended as if the page were whole.
+struct PageBody {
+    rx: mpsc::Receiver<Chunk>,
+    ended: bool,
+}
+
+/// The error of a page aborted before its end.
+#[derive(Debug, thiserror::Error)]
+#[error("audit query page aborted")]
+struct PageAborted;
+
+impl http_body::Body for PageBody {
+    type Data = Bytes;
+    type Error = PageAborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, PageAborted>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(Chunk::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Chunk::End)) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(PageAborted)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// Writes a planned page chunk by chunk, fetching each chunk's events only once the
+/// previous chunk was taken. Holds the query slot until it returns.
+async fn write_page(
+    store: Arc<dyn AuditStore>,
+    plan: PagePlan,
+    tx: mpsc::Sender<Chunk>,
+    _permit: OwnedSemaphorePermit,
+    stall: Duration,
+) {
+    let send = |b: Vec<u8>| {
+        let tx = tx.clone();
+        async move {
+            matches!(
+                tokio::time::timeout(stall, tx.send(Chunk::Data(Bytes::from(b)))).await,
+                Ok(Ok(()))
+            )
+        }
+    };
+    if !send(b"{\"events\":[".to_vec()).await {
+        return;
+    }
+    let mut count = 0usize;
+    let mut last_seq: Option<i64> = None;
+    let mut failed = false;
+    let mut rest = plan.items.as_slice();
+    while !rest.is_empty() {
+        // A chunk: items up to CHUNK_BYTES of events, at least one.
+        let mut n = 0;
+        let mut bytes = 0u64;
+        for it in rest {
+            let b = if it.elided { 0 } else { it.event_bytes } + ITEM_OVERHEAD;
+            if n > 0 && bytes + b > CHUNK_BYTES {
+                break;
+            }
+            n += 1;
+            bytes += b;
+        }
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        // Room for the chunk first: nothing is read while the client has not taken the
+        // previous chunk (one chunk in the channel, one in the connection's buffer).
+        let slot = match tokio::time::timeout(stall, tx.reserve()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return,
+        };
+        let wanted: Vec<i64> = chunk
+            .iter()
+            .filter(|it| !it.elided)
+            .map(|it| it.seq)
+            .collect();
+        let mut events = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            match store.events(wanted).await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit query failed while writing a page");
+                    failed = true;
+                    break;
+                }
+            }
+        };
+        let mut buf = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0).min(1 << 20));
+        for it in chunk {
+            let event = if it.elided {
+                None
+            } else {
+                match events.iter().position(|(s, _)| *s == it.seq) {
+                    Some(i) => Some(events.swap_remove(i).1),
+                    // Pruned since the page was planned.
+                    None => continue,
+                }
+            };
+            if count > 0 {
+                buf.push(b',');
+            }
+            write_item(&mut buf, it, event.as_deref(), plan.max_event);
+            count += 1;
+            last_seq = Some(it.seq);
+        }
+        drop(events);
+        if !buf.is_empty() {
+            slot.send(Chunk::Data(Bytes::from(buf)));
+        }
+    }
+    let truncated = plan.truncated || failed;
+    let next = if failed || plan.truncated || plan.more {
+        last_seq.or(plan.before_seq).map(encode_cursor)
+    } else {
+        None
+    };
+    let mut tail = format!("],\"count\":{count},\"truncated\":{truncated},\"next_cursor\":");
+    match next {
+        Some(c) => {
+            tail.push('"');
+            tail.push_str(&c);
+            tail.push('"');
+        }
+        None => tail.push_str("null"),
+    }
+    if failed {
+        tail.push_str(",\"error\":\"store unavailable\"");
+    }
+    tail.push('}');
+    if !send(tail.into_bytes()).await {
+        return;
+    }
+    let _ = tokio::time::timeout(stall, tx.send(Chunk::End)).await;
+}
+
+/// Writes one item: the event as stored when it is JSON of the planned size, a marker
+/// otherwise (a tampered row).
+fn write_item(buf: &mut Vec<u8>, it: &PlannedItem, event: Option<&str>, max_event: u64) {
+    use std::io::Write;
+    // seq is a number and the hash is hex as written by the sinks; a tampered hash is
+    // written as a JSON string all the same.
+    let hash = serde_json::to_string(&it.hash).unwrap_or_else(|_| "\"\"".to_owned());
+    let _ = write!(buf, "{{\"seq\":{},\"hash\":{hash},\"event\":", it.seq);
+    match event {
+        // At most the planned size (a row rewritten since may have grown).
+        Some(ev) if ev.len() as u64 <= it.event_bytes.min(max_event) => {
+            if serde_json::from_str::<&RawValue>(ev).is_ok() {
+                buf.extend_from_slice(ev.as_bytes());
+            } else {
+                buf.extend_from_slice(b"{\"unreadable\":true}");
+            }
+        }
+        Some(ev) => {
+            let _ = write!(buf, "null,\"elided_bytes\":{}", ev.len());
+        }
+        None => {
+            let _ = write!(buf, "null,\"elided_bytes\":{}", it.event_bytes);
+        }
+    }
+    buf.push(b'}');
 }
 
 #[cfg(test)]
@@ -579,7 +943,130 @@ mod tests {
         assert_eq!(QueryPage::from_rows(rows(2), 2).next_cursor, None);
     }
 
+    fn indexed(sizes: &[u64]) -> Vec<IndexedRow> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| IndexedRow {
+                seq: 1000 - i as i64,
+                hash: "a".repeat(64),
+                event_bytes: n,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_stops_at_the_byte_budget_and_elides_what_never_fits() {
+        let budget = 1024 * 1024;
+        // Ten rows of 300 KiB: three fit a 1 MiB page.
+        let p = PagePlan::new(indexed(&[300 * 1024; 10]), 1000, budget, None);
+        assert_eq!(p.items.len(), 3);
+        assert!(p.truncated && !p.more);
+        // Under the limit, with more rows: not truncated, more.
+        let p = PagePlan::new(indexed(&[10; 5]), 4, budget, None);
+        assert_eq!(p.items.len(), 4);
+        assert!(!p.truncated && p.more);
+        // A row larger than a page is elided, and paging moves on past it.
+        let p = PagePlan::new(indexed(&[5 * 1024 * 1024, 10]), 10, budget, None);
+        assert_eq!(p.items.len(), 2);
+        assert!(p.items[0].elided && !p.items[1].elided);
+        assert!(!p.truncated);
+    }
+
+    #[test]
+    fn items_are_json_and_within_their_planned_size() {
+        let it = PlannedItem {
+            seq: 7,
+            hash: "ab".repeat(32),
+            event_bytes: 9,
+            elided: false,
+        };
+        let mut buf = Vec::new();
+        write_item(&mut buf, &it, Some("{\"a\":[1]}"), 1 << 20);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["event"]["a"][0], 1);
+        assert!(buf.len() as u64 <= ITEM_OVERHEAD + 64 + 9);
+        // Not JSON (tampered): a marker; grown since planned: elided.
+        buf.clear();
+        write_item(&mut buf, &it, Some("{not json"), 1 << 20);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["event"]["unreadable"], true);
+        buf.clear();
+        write_item(&mut buf, &it, Some("{\"a\":[1, 2, 3]}"), 1 << 20);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert!(v["event"].is_null());
+        assert_eq!(v["elided_bytes"], 15);
+    }
+
+    /// A store that fails on its second read of events (a database going away while a
+    /// page is written).
+    struct FailingStore {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl AuditStore for FailingStore {
+        fn query(&self, _q: AuditQuery) -> BoxFuture<'_, Result<QueryPage, StoreError>> {
+            Box::pin(async { Err(StoreError::new("unused")) })
+        }
+
+        fn index(&self, _q: AuditQuery) -> BoxFuture<'_, Result<Vec<IndexedRow>, StoreError>> {
+            Box::pin(async { Ok(indexed(&[200_000 + 11; 3])) })
+        }
+
+        fn events(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, StoreError>> {
+            let n = self
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move {
+                if n > 0 {
+                    return Err(StoreError::new("gone"));
+                }
+                let ev = format!("{{\"x\":\"{}\"}}", "y".repeat(200_000));
+                Ok(seqs.into_iter().map(|s| (s, ev.clone())).collect())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_failing_mid_page_still_gives_valid_json_and_a_cursor() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let svc = AuditQueryService::new(Arc::new(FailingStore {
+            calls: std::sync::atomic::AtomicUsize::new(0),
+        }));
+        let mut req = Request::get("/api/audit/query?limit=10").body(()).unwrap();
+        req.extensions_mut()
+            .insert(Principal::new("a", mcp_core::AuthMethod::ApiKey).with_scopes(["audit:read"]));
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["count"], 1);
+        assert_eq!(v["truncated"], true);
+        assert_eq!(v["error"], "store unavailable");
+        assert_eq!(
+            v["next_cursor"].as_str().and_then(decode_cursor),
+            Some(1000)
+        );
+    }
+
     proptest! {
+        /// However the sizes fall, the planned page stays within its budget.
+        #[test]
+        fn planned_pages_stay_within_budget(
+            sizes in proptest::collection::vec(0u64..3_000_000, 0..200),
+            limit in 1u32..300,
+            budget in MIN_PAGE_BYTES..4_000_000,
+        ) {
+            let p = PagePlan::new(indexed(&sizes), limit, budget, None);
+            let total: u64 = p.items.iter().map(|it| {
+                ITEM_OVERHEAD + 64 + if it.elided { 40 } else { it.event_bytes }
+            }).sum();
+            prop_assert!(total + FRAME_RESERVE <= budget);
+            prop_assert!(p.items.len() <= limit as usize);
+            prop_assert_eq!(sizes.is_empty(), p.items.is_empty());
+        }
+
         #[test]
         fn parse_query_never_panics(s in "\\PC{0,200}") {
             let _ = parse_query(Some(&s), 1000);

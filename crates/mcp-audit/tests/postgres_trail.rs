@@ -394,3 +394,79 @@ async fn postgres_records_jsonrpc_ids_and_migrates_an_older_table() {
         .unwrap();
     assert!(!verify_postgres(&db).await.unwrap().is_intact());
 }
+
+/// The query API's byte budget over PostgreSQL: 12 records of 300 KiB, a 1 MiB page
+/// budget: every page is within it, marked truncated with a cursor, and paging reads each
+/// record once; the index reports each event's size without reading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_pages_over_postgres_are_bounded_in_bytes() {
+    use http_body_util::BodyExt;
+    use mcp_audit::event::{IndexColumns, SinkEvent};
+    use mcp_audit::query::{AuditQuery, AuditStore};
+    use mcp_audit::sink::AuditSink;
+    use mcp_audit::sink::postgres::{PostgresSink, PostgresStore};
+    use mcp_core::{AuthMethod, Principal};
+    use tower::ServiceExt;
+
+    let server = start_pg().await;
+    let url = server.url();
+    let mut sink = PostgresSink::connect(&url, "w", 0).await.unwrap();
+    let blob = "p".repeat(300 * 1024);
+    let batch: Vec<SinkEvent> = (0..12)
+        .map(|i| {
+            let rec = AuditRecord {
+                event_id: format!("big-{i}"),
+                timestamp: "2026-12-01T08:00:00.000000Z".into(),
+                kind: Some(mcp_audit::EventKind::Request),
+                user: Some("apikey:alice".into()),
+                params: Some(serde_json::json!({ "blob": blob })),
+                ..Default::default()
+            };
+            SinkEvent {
+                json: serde_json::to_string(&rec).unwrap().into(),
+                columns: IndexColumns::of(&rec),
+            }
+        })
+        .collect();
+    sink.write_batch(batch.into()).await.unwrap();
+
+    let store = std::sync::Arc::new(PostgresStore::new(&url));
+    let index = store
+        .index(AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(index.len(), 12);
+    assert!(index.iter().all(|r| r.event_bytes > 300 * 1024));
+
+    let svc = mcp_audit::AuditQueryService::new(store).max_page_bytes(1024 * 1024);
+    let who = Principal::new("auditor", AuthMethod::ApiKey).with_scopes(["audit:read"]);
+    let mut cursor: Option<String> = None;
+    let mut seqs = Vec::new();
+    for _ in 0..12 {
+        let uri = match &cursor {
+            Some(c) => format!("/api/audit/query?limit=1000&cursor={c}"),
+            None => "/api/audit/query?limit=1000".to_owned(),
+        };
+        let mut req = http::Request::get(uri).body(()).unwrap();
+        req.extensions_mut().insert(who.clone());
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.len() <= 1024 * 1024, "{} bytes", body.len());
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for e in v["events"].as_array().unwrap() {
+            seqs.push(e["seq"].as_i64().unwrap());
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => {
+                assert_eq!(v["truncated"], true);
+                cursor = Some(c.to_owned());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (1..=12).rev().collect::<Vec<i64>>());
+}

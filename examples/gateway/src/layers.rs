@@ -214,6 +214,20 @@ impl Layers {
                 );
             }
             layers.client_ipv6_prefix = Some(cfg.server.client_ipv6_prefix);
+            let db = &cfg.audit.database;
+            if open_audit
+                && db.kind == mcp_audit::DatabaseType::Sqlite
+                && cfg
+                    .audit
+                    .storage
+                    .to_vec()
+                    .contains(&mcp_audit::Storage::Database)
+                && db.max_bytes == 0
+            {
+                tracing::warn!(
+                    "audit.database.maxBytes is 0: the SQLite audit trail's disk use is bounded only by maxRecords"
+                );
+            }
             layers.auditor = Some(auditor);
         }
         if cfg.auth.enabled {
@@ -594,6 +608,15 @@ fn auth_error(loaded: &Loaded, e: &mcp_auth::ConfigError) -> ConfigError {
     loaded.error(e.key(), msg)
 }
 
+/// `; records up to seq N pruned, chain anchored there` when the trail was pruned.
+pub fn pruned_note(report: &mcp_audit::VerifyReport) -> String {
+    report
+        .anchor
+        .as_ref()
+        .map(|a| format!("; records up to seq {} pruned, chain anchored there", a.seq))
+        .unwrap_or_default()
+}
+
 /// `mcp-gateway audit verify`.
 pub async fn verify_audit(db: &std::path::Path) -> Result<(), String> {
     if !db.exists() {
@@ -607,10 +630,11 @@ pub async fn verify_audit(db: &std::path::Path) -> Result<(), String> {
     match &report.problem {
         None => {
             println!(
-                "{}: hash chain intact ({} records, head seq {})",
+                "{}: hash chain intact ({} records, head seq {}{})",
                 db.display(),
                 report.records,
-                report.head.seq
+                report.head.seq,
+                pruned_note(&report)
             );
             Ok(())
         }

@@ -250,8 +250,10 @@ async fn verify_configured(path: &Path) -> Result<(), String> {
     for (storage, report) in &reports {
         match &report.problem {
             None => println!(
-                "{storage}: hash chain intact ({} records, head seq {})",
-                report.records, report.head.seq
+                "{storage}: hash chain intact ({} records, head seq {}{})",
+                report.records,
+                report.head.seq,
+                layers::pruned_note(report)
             ),
             Some(problem) => broken.push(format!(
                 "{storage}: hash chain BROKEN after {} records: {problem}",

@@ -192,6 +192,20 @@ fn audit_query(tls: &mut Tls) -> Result<u16, String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("no status: {head}"))?;
+    if head.contains("transfer-encoding: chunked") {
+        // A streamed page (the query API writes its pages chunk by chunk).
+        loop {
+            let line = read_line(tls)?;
+            let size = usize::from_str_radix(line.trim(), 16)
+                .map_err(|_| format!("bad chunk size: {line:?}"))?;
+            let mut chunk = vec![0u8; size + 2];
+            tls.read_exact(&mut chunk)
+                .map_err(|e| format!("body: {e}"))?;
+            if size == 0 {
+                return Ok(status);
+            }
+        }
+    }
     let len: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -201,6 +215,22 @@ fn audit_query(tls: &mut Tls) -> Result<u16, String> {
     tls.read_exact(&mut body)
         .map_err(|e| format!("body: {e}"))?;
     Ok(status)
+}
+
+fn read_line(tls: &mut Tls) -> Result<String, String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n") {
+        match tls.read(&mut byte) {
+            Ok(0) => return Err("closed in a chunk".into()),
+            Ok(_) => buf.push(byte[0]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if buf.len() > 64 {
+            return Err("chunk line too long".into());
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// One connection, one audit query: (handshake kind, status), or why none.

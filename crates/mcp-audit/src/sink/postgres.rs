@@ -25,7 +25,10 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::chain::{ChainHead, ChainRow, Verifier, VerifyReport};
 use crate::event::{IndexColumns, SinkEvent};
-use crate::query::{AuditQuery, AuditStore, QueryPage, SqlParam, StoreError, build_query};
+use crate::query::{
+    AuditQuery, AuditStore, IndexedRow, QueryPage, SqlParam, StoreError, build_index_query,
+    build_query,
+};
 use crate::sink::{AuditSink, BoxFuture, SinkError};
 
 /// The advisory lock key serializing writers ("mcpaudit").
@@ -298,35 +301,76 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Runs one statement on the (re)connected client; an error drops the client.
+    async fn run(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = Some(
+                connect(&self.url)
+                    .await
+                    .map_err(|e| StoreError::new(e.to_string()))?,
+            );
+        }
+        let Some(client) = guard.as_ref() else {
+            return Err(StoreError::new("not connected"));
+        };
+        match client.query(sql, params).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                *guard = None;
+                Err(StoreError::new(e.to_string()))
+            }
+        }
+    }
+}
+
+fn pg_refs(params: &[SqlParam]) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| match p {
+            SqlParam::Text(s) => s as &(dyn ToSql + Sync),
+            SqlParam::Int(i) => i as &(dyn ToSql + Sync),
+        })
+        .collect()
+}
+
 impl AuditStore for PostgresStore {
+    fn index(&self, q: AuditQuery) -> BoxFuture<'_, Result<Vec<IndexedRow>, StoreError>> {
+        Box::pin(async move {
+            let (sql, params) = build_index_query(&q, |n| format!("${n}"));
+            let rows = self.run(&sql, &pg_refs(&params)).await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| IndexedRow {
+                    seq: r.get(0),
+                    hash: r.get(1),
+                    event_bytes: u64::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+                })
+                .collect())
+        })
+    }
+
+    fn events(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .run(
+                    "SELECT seq, event FROM audit_events WHERE seq = ANY($1)",
+                    &[&seqs],
+                )
+                .await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     fn query(&self, q: AuditQuery) -> BoxFuture<'_, Result<QueryPage, StoreError>> {
         Box::pin(async move {
-            let mut guard = self.client.lock().await;
-            if guard.as_ref().is_none_or(Client::is_closed) {
-                *guard = Some(
-                    connect(&self.url)
-                        .await
-                        .map_err(|e| StoreError::new(e.to_string()))?,
-                );
-            }
-            let Some(client) = guard.as_ref() else {
-                return Err(StoreError::new("not connected"));
-            };
             let (sql, params) = build_query(&q, |n| format!("${n}"));
-            let refs: Vec<&(dyn ToSql + Sync)> = params
-                .iter()
-                .map(|p| match p {
-                    SqlParam::Text(s) => s as &(dyn ToSql + Sync),
-                    SqlParam::Int(i) => i as &(dyn ToSql + Sync),
-                })
-                .collect();
-            let rows = match client.query(&sql, &refs).await {
-                Ok(r) => r,
-                Err(e) => {
-                    *guard = None;
-                    return Err(StoreError::new(e.to_string()));
-                }
-            };
+            let rows = self.run(&sql, &pg_refs(&params)).await?;
             let rows = rows
                 .into_iter()
                 .map(|r| {

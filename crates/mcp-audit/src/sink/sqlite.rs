@@ -7,6 +7,22 @@
 //! same transaction, in bulk: once `maxRecords` plus [`prune_slack`] records are kept, the
 //! oldest are deleted down to `maxRecords` (see [`prune_slack`] for the bound).
 //!
+//! **Byte budget** ([`SqliteSink::max_bytes`], `database.maxBytes`, default 1 GiB in
+//! [`crate::DatabaseConfig`]). After each batch, in the same transaction, the pages in use
+//! (`page_count - freelist_count`, times the page size) are compared with the budget;
+//! above it, the oldest records (never the newest) are deleted until about an eighth of
+//! the budget is free, and the last pruned record becomes the chain's anchor, as with
+//! `maxRecords`: `verify_sqlite` reports the remaining records intact from the anchor.
+//! Freed pages are reused by later inserts, so the file stops growing (it is not
+//! shrunk: no `VACUUM`). The WAL is checkpointed automatically before it reaches
+//! [`wal_limit`] (an eighth of the budget, 4 to 64 MiB), truncated to it after each
+//! checkpoint (`journal_size_limit`), and checkpointed with `TRUNCATE` after a batch
+//! that left it larger (without waiting for readers: a reader holding an old snapshot
+//! delays the truncation to a later batch, never the writer). Bound: database file at most `maxBytes` plus one batch (and the
+//! sparse index pages the deletion leaves), WAL at most [`wal_limit`] plus one batch
+//! (while a reader holds an old snapshot, until the next batch). The query API reads in
+//! short transactions and never holds a snapshot while a client reads.
+//!
 //! **One writer per trail.** [`SqliteSink::open`] takes an exclusive advisory lock
 //! (`flock`) on `<file>.lock` beside the database, held as long as the sink: a second
 //! sink on the same file, in this process or another (a second gateway started in the
@@ -27,7 +43,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::chain::{ChainHead, ChainRow, Verifier, VerifyReport, record_hash_hex};
 use crate::event::{IndexColumns, SinkEvent};
-use crate::query::{AuditQuery, AuditStore, QueryPage, SqlParam, StoreError, build_query};
+use crate::query::{
+    AuditQuery, AuditStore, IndexedRow, QueryPage, SqlParam, StoreError, build_index_query,
+    build_query,
+};
 use crate::sink::{AuditSink, BoxFuture, SinkError, prune_slack};
 
 const SCHEMA: &str = "
@@ -58,12 +77,15 @@ CREATE TABLE IF NOT EXISTS audit_anchor (
 );
 ";
 
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The page size of new trail files.
 const PAGE_SIZE: i64 = 16_384;
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // Takes effect only when the file is created (before WAL mode is set); an existing
     // trail keeps its page size. With ~1.5 KiB rows, 16 KiB pages split a third as often
     // as 4 KiB ones, and the WAL and checkpoint make a third of the write and read calls:
@@ -146,6 +168,11 @@ struct State {
     head: ChainHead,
     anchor_seq: i64,
     max_records: u64,
+    /// `database.maxBytes` (0: unlimited).
+    max_bytes: u64,
+    /// The WAL file, checkpointed and truncated once it exceeds `wal_limit`.
+    wal_path: PathBuf,
+    wal_limit: u64,
 }
 
 impl State {
@@ -204,7 +231,11 @@ impl State {
                 ])?;
                 head.advance(seq, &hash);
             }
-            if let Some(cut) = prune_cut(head.seq, self.anchor_seq, self.max_records) {
+            let mut cut = prune_cut(head.seq, self.anchor_seq, self.max_records);
+            if let Some(c) = byte_cut(&tx, self.anchor_seq, head.seq, self.max_bytes)? {
+                cut = Some(cut.map_or(c, |x| x.max(c)));
+            }
+            if let Some(cut) = cut {
                 let hash: Option<String> = tx
                     .prepare_cached("SELECT hash FROM audit_events WHERE seq = ?1")?
                     .query_row([cut], |r| r.get(0))
@@ -225,8 +256,86 @@ impl State {
         if let Some(a) = new_anchor {
             self.anchor_seq = a;
         }
+        self.bound_wal();
         Ok(head)
     }
+
+    /// With a byte budget: once the WAL file exceeds its limit (a large batch, or
+    /// checkpoints held back by readers), checkpoints it and truncates it. A reader still
+    /// in the WAL makes the checkpoint partial (after the busy timeout); the next batch
+    /// tries again.
+    fn bound_wal(&self) {
+        if self.max_bytes == 0 {
+            return;
+        }
+        let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if size <= self.wal_limit {
+            return;
+        }
+        // Without waiting for readers (a reader holding a snapshot would otherwise stall
+        // every batch by the busy timeout): a partial checkpoint is retried next batch.
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::debug!(error = %e, "audit trail: WAL checkpoint deferred");
+        }
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+    }
+}
+
+/// Bytes counted for a record besides its event (columns, hashes, index entries).
+const ROW_OVERHEAD: u64 = 512;
+
+/// The WAL limit of a trail with a byte budget: an eighth of it, 4 to 64 MiB.
+pub fn wal_limit(max_bytes: u64) -> u64 {
+    (max_bytes / 8).clamp(4 << 20, 64 << 20)
+}
+
+/// With a byte budget (`max_bytes` > 0) whose pages in use it exceeds: the last `seq` to
+/// prune so that about `used - 7/8 max_bytes` bytes are freed, oldest first, never the
+/// newest record (`head_seq`).
+fn byte_cut(
+    tx: &rusqlite::Transaction<'_>,
+    anchor_seq: i64,
+    head_seq: i64,
+    max_bytes: u64,
+) -> rusqlite::Result<Option<i64>> {
+    if max_bytes == 0 {
+        return Ok(None);
+    }
+    let pragma = |name: &str| -> rusqlite::Result<u64> {
+        let v: i64 = tx.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    };
+    let page = pragma("page_size")?.max(512);
+    let used = pragma("page_count")?.saturating_sub(pragma("freelist_count")?) * page;
+    if used <= max_bytes {
+        return Ok(None);
+    }
+    let excess = used - max_bytes / 8 * 7;
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, octet_length(event) FROM audit_events WHERE seq > ?1 AND seq < ?2 \
+         ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([anchor_seq, head_seq])?;
+    let (mut freed, mut cut) = (0u64, None);
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let n = u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0) + ROW_OVERHEAD;
+        // A large event fills overflow pages of its own: whole pages come back.
+        freed += if n > page / 4 {
+            n.div_ceil(page - 4) * page
+        } else {
+            n
+        };
+        cut = Some(seq);
+        if freed >= excess {
+            break;
+        }
+    }
+    Ok(cut)
 }
 
 /// Where to cut the trail after a batch that left `head_seq` as the last record, with
@@ -330,15 +439,45 @@ impl SqliteSink {
         let fail = |e: rusqlite::Error| SinkError::new("sqlite", format!("{}: {e}", shown(path)));
         let conn = open_conn(path).map_err(fail)?;
         let (head, anchor_seq) = read_head(&conn).map_err(fail)?;
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
         Ok(Self {
             state: Arc::new(Mutex::new(State {
                 conn,
                 head,
                 anchor_seq,
                 max_records,
+                max_bytes: 0,
+                wal_path: PathBuf::from(wal_path),
+                wal_limit: 0,
             })),
             _lock: lock,
         })
+    }
+
+    /// Sets the byte budget (`database.maxBytes`; 0, the default of `open`, is
+    /// unlimited). See [`DatabaseConfig::max_bytes`](crate::DatabaseConfig::max_bytes)
+    /// and the module documentation for what happens at the budget.
+    pub fn max_bytes(self, max_bytes: u64) -> Self {
+        if let Ok(mut s) = self.state.lock() {
+            s.max_bytes = max_bytes;
+            if max_bytes > 0 {
+                let limit = wal_limit(max_bytes);
+                s.wal_limit = limit;
+                let page: i64 = s
+                    .conn
+                    .query_row("PRAGMA page_size", [], |r| r.get(0))
+                    .unwrap_or(PAGE_SIZE);
+                let pages = (i64::try_from(limit).unwrap_or(i64::MAX) / page.max(512)).min(1000);
+                // Truncated to the limit after each checkpoint that resets it, and
+                // checkpointed before it reaches the limit.
+                let _ = s.conn.pragma_update(None, "journal_size_limit", limit);
+                let _ = s
+                    .conn
+                    .pragma_update(None, "wal_autocheckpoint", pages.max(16));
+            }
+        }
+        self
     }
 }
 
@@ -428,6 +567,65 @@ impl AuditStore for SqliteStore {
             .await
             .map_err(|_| StoreError::new("query task failed"))??;
             Ok(QueryPage::from_rows(rows, q.limit))
+        })
+    }
+
+    fn index(&self, q: AuditQuery) -> BoxFuture<'_, Result<Vec<IndexedRow>, StoreError>> {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            let (sql, params) = build_index_query(&q, |n| format!("?{n}"));
+            tokio::task::spawn_blocking(move || {
+                let conn = conn.lock().map_err(|_| StoreError::new("store poisoned"))?;
+                let mut stmt = conn
+                    .prepare_cached(&sql)
+                    .map_err(|e| StoreError::new(e.to_string()))?;
+                let refs: Vec<&dyn rusqlite::ToSql> = params.iter().map(to_sql).collect();
+                stmt.query_map(refs.as_slice(), |r| {
+                    Ok(IndexedRow {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                        event_bytes: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    })
+                })
+                .map_err(|e| StoreError::new(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::new(e.to_string()))
+            })
+            .await
+            .map_err(|_| StoreError::new("query task failed"))?
+        })
+    }
+
+    fn events(&self, seqs: Vec<i64>) -> BoxFuture<'_, Result<Vec<(i64, String)>, StoreError>> {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock().map_err(|_| StoreError::new("store poisoned"))?;
+                // One short read transaction per chunk: the same snapshot for its rows,
+                // released before the chunk is sent.
+                let tx = conn
+                    .transaction()
+                    .map_err(|e| StoreError::new(e.to_string()))?;
+                let mut out = Vec::with_capacity(seqs.len());
+                {
+                    let mut stmt = tx
+                        .prepare_cached("SELECT event FROM audit_events WHERE seq = ?1")
+                        .map_err(|e| StoreError::new(e.to_string()))?;
+                    for seq in seqs {
+                        let ev: Option<String> = stmt
+                            .query_row([seq], |r| r.get(0))
+                            .optional()
+                            .map_err(|e| StoreError::new(e.to_string()))?;
+                        if let Some(ev) = ev {
+                            out.push((seq, ev));
+                        }
+                    }
+                }
+                tx.commit().map_err(|e| StoreError::new(e.to_string()))?;
+                Ok(out)
+            })
+            .await
+            .map_err(|_| StoreError::new("query task failed"))?
         })
     }
 }
