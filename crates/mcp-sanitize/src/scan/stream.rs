@@ -3,8 +3,8 @@
 //!
 //! # Why the pieces redact like the whole
 //!
-//! A *barrier* is an ASCII byte that is not a word character and that no match of any
-//! detector can contain (read from the patterns' syntax: every literal and class they are
+//! A *barrier* is an ASCII byte that is not a word character nor `\\` (which starts a JSON
+//! escape) and that no match of any detector can contain (read from the patterns' syntax: every literal and class they are
 //! made of). With the built-in detectors it is `"`. Cut a text just before a barrier: no
 //! match crosses the cut, a word boundary (`\b`) at the cut reads the same on both sides
 //! (the barrier and the end of a text are both non-word), and the patterns hold no `^`, `$`,
@@ -31,13 +31,17 @@
 //!
 //! # JSON escapes
 //!
-//! A JSON string can spell a secret with escapes (`AKIA\u0049OSFODNN7EXAMPLE`, `\/`).
-//! Each segment is also read through a view that decodes `\uXXXX` (surrogate pairs
-//! included) and `\/`, except escapes of `"`, `\`, control characters and lone surrogates,
-//! which stay as written, so the view is a JSON text that means the same. When the view
-//! holds a match that the bytes as written did not, the segment is sent as its redacted
-//! view (escapes decoded). Other escapes (`\n`, `\t`, `\u0009`, ...) are not decoded: a
-//! detector that needs whitespace does not see `\t` as whitespace.
+//! A JSON string can spell a secret with escapes (`AKIA\u0049OSFODNN7EXAMPLE`, `\/`), and
+//! an escape before a secret hides the word boundary its detector needs (`line\nAKIA...`:
+//! the bytes hold `nA`). Each segment with a `\` is therefore also read through a *view*:
+//! `\uXXXX` of a character (surrogate pairs included) and `\/` decoded; every other
+//! escape (`\n`, `\t`, `\"`, `\\`, `\u000a`, `\u0022`, a lone surrogate, ...) replaced by
+//! a barrier byte, which reads as a boundary and which no match can hold. When the view
+//! holds a match, the segment is sent as its redacted view with those escapes put back as
+//! written (the characters decoded stay decoded): valid JSON that means the same. Limits:
+//! an escaped control character is a boundary, not whitespace (`Bearer\tTOKEN` is not a
+//! bearer credential to the detector); a configuration whose patterns leave no barrier
+//! byte keeps those escapes as written in the view.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -69,7 +73,8 @@ impl Barriers {
         let mut table = [false; 256];
         for b in 0u8..0x80 {
             let word = b.is_ascii_alphanumeric() || b == b'_';
-            table[usize::from(b)] = !word && !seen[usize::from(b)];
+            // `\` starts a JSON escape, which the view reads whole: never a cut.
+            table[usize::from(b)] = !word && b != b'\\' && !seen[usize::from(b)];
         }
         let count = table.iter().filter(|b| **b).count();
         let only = if count == 1 {
@@ -87,6 +92,15 @@ impl Barriers {
     /// Whether `b` is a barrier.
     pub(crate) fn is(&self, b: u8) -> bool {
         self.table[usize::from(b)]
+    }
+
+    /// A barrier byte to stand for escapes in the view (`"` when it is one).
+    pub(crate) fn sentinel(&self) -> Option<u8> {
+        if self.is(b'"') {
+            Some(b'"')
+        } else {
+            (0u8..0x80).find(|b| self.is(*b))
+        }
     }
 
     /// The position of the first barrier in `s`.
@@ -159,76 +173,132 @@ pub(crate) fn has_text_anchor(h: &Hir) -> bool {
     .any(|l| looks.contains(l))
 }
 
-/// Whether `s` may hold a JSON escape the view decodes (`\u` or `\/`).
+/// Whether `s` may hold a JSON escape (a `\` before another byte).
 pub(crate) fn has_escape(s: &[u8]) -> bool {
-    memchr::memchr_iter(b'\\', s).any(|i| matches!(s.get(i + 1), Some(b'u' | b'/')))
+    memchr::memchr(b'\\', s).is_some_and(|i| i + 1 < s.len())
 }
 
 fn hex4(s: Option<&[u8]>) -> Option<u32> {
     let s = s?;
-    let text = std::str::from_utf8(s).ok()?;
     if s.len() != 4 || !s.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    u32::from_str_radix(text, 16).ok()
+    u32::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
 }
 
-/// The view of `s` with `\uXXXX` and `\/` decoded (see the module docs), or `None` when
-/// it decodes nothing.
-pub(crate) fn unescape_view(s: &[u8]) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    let mut copied = 0;
-    let mut i = 0;
-    while let Some(off) = s.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
-        let at = i + off;
-        let decoded: Option<(char, usize)> = match s.get(at + 1) {
-            Some(b'/') => Some(('/', 2)),
-            Some(b'u') => hex4(s.get(at + 2..at + 6)).and_then(|cp| match cp {
-                0xD800..=0xDBFF => {
-                    if s.get(at + 6..at + 8) != Some(b"\\u") {
-                        return None;
+/// A segment read through its JSON escapes (see the module docs).
+pub(crate) struct View {
+    /// The text with the escapes of characters decoded, and every other escape replaced
+    /// by the sentinel.
+    pub(crate) text: Vec<u8>,
+    /// The escapes the sentinels stand for, in order (ranges of the segment).
+    saved: Vec<(usize, usize)>,
+    /// The segment itself starts with the sentinel byte (its barrier).
+    lead: bool,
+    sentinel: u8,
+}
+
+impl View {
+    /// The view of `s`, or `None` when it has no escape. `sentinel` is a barrier byte
+    /// (absent from a segment after its first byte): the escapes that do not stand for a
+    /// character a detector reads as part of a secret (`\n`, `\t`, `\"`, `\\`,
+    /// `\u000a`, a lone surrogate, ...) become it, so that they read as a boundary, and
+    /// come back as written afterwards. Without one, they stay as written.
+    pub(crate) fn of(s: &[u8], sentinel: Option<u8>) -> Option<Self> {
+        let mut text: Option<Vec<u8>> = None;
+        let mut saved = Vec::new();
+        let mut copied = 0;
+        let mut i = 0;
+        while let Some(off) = s.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+            let at = i + off;
+            // (what it decodes to: a character or the sentinel, its length)
+            let decoded: Option<(Option<char>, usize)> = match s.get(at + 1) {
+                None => None,
+                Some(b'/') => Some((Some('/'), 2)),
+                Some(b'u') => match hex4(s.get(at + 2..at + 6)) {
+                    None => None,
+                    Some(cp @ 0xD800..=0xDBFF) => {
+                        let lo = (s.get(at + 6..at + 8) == Some(b"\\u"))
+                            .then(|| hex4(s.get(at + 8..at + 12)))
+                            .flatten()
+                            .filter(|lo| (0xDC00..=0xDFFF).contains(lo));
+                        match lo {
+                            Some(lo) => {
+                                char::from_u32(0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00))
+                                    .map(|c| (Some(c), 12))
+                            }
+                            None => Some((None, 6)),
+                        }
                     }
-                    let lo = hex4(s.get(at + 8..at + 12))?;
-                    if !(0xDC00..=0xDFFF).contains(&lo) {
-                        return None;
-                    }
-                    char::from_u32(0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)).map(|c| (c, 12))
+                    Some(0x00..=0x1F | 0x22 | 0x5C | 0xDC00..=0xDFFF) => Some((None, 6)),
+                    Some(cp) => char::from_u32(cp).map(|c| (Some(c), 6)),
+                },
+                Some(_) => Some((None, 2)),
+            };
+            let Some((c, len)) = decoded else {
+                // A `\` at the end, or a malformed `\u`: left as it is.
+                i = at + 2;
+                continue;
+            };
+            let len = len.min(s.len() - at);
+            let o = text.get_or_insert_with(|| Vec::with_capacity(s.len()));
+            o.extend_from_slice(s.get(copied..at).unwrap_or_default());
+            match (c, sentinel) {
+                (Some(c), _) => {
+                    let mut utf8 = [0u8; 4];
+                    o.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
                 }
-                0xDC00..=0xDFFF | 0x00..=0x1F | 0x22 | 0x5C => None,
-                _ => char::from_u32(cp).map(|c| (c, 6)),
-            }),
-            _ => None,
-        };
-        match decoded {
-            Some((c, len)) => {
-                let o = out.get_or_insert_with(|| Vec::with_capacity(s.len()));
-                o.extend_from_slice(s.get(copied..at).unwrap_or_default());
-                let mut utf8 = [0u8; 4];
-                o.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                copied = at + len;
-                i = at + len;
+                (None, Some(x)) => {
+                    o.push(x);
+                    saved.push((at, at + len));
+                }
+                (None, None) => o.extend_from_slice(s.get(at..at + len).unwrap_or_default()),
             }
-            // Any other escape (or a `\` at the end) stays as written; the escaped byte is
-            // not read as the start of another escape.
-            None => i = at + 2,
+            copied = at + len;
+            i = at + len;
         }
+        let mut text = text?;
+        text.extend_from_slice(s.get(copied..).unwrap_or_default());
+        Some(Self {
+            text,
+            saved,
+            lead: sentinel.is_some() && s.first().copied() == sentinel,
+            sentinel: sentinel.unwrap_or(0),
+        })
     }
-    out.map(|mut o| {
-        o.extend_from_slice(s.get(copied..).unwrap_or_default());
-        o
-    })
+
+    /// `redacted` (this view after redaction, which never removes a sentinel: no match
+    /// holds a barrier) with the saved escapes of `s` back in place of the sentinels.
+    pub(crate) fn restore(&self, s: &[u8], redacted: &[u8]) -> Vec<u8> {
+        if self.saved.is_empty() {
+            return redacted.to_vec();
+        }
+        let mut out = Vec::with_capacity(redacted.len() + 6 * self.saved.len());
+        let mut saved = self.saved.iter();
+        let mut skip_lead = self.lead;
+        for (i, b) in redacted.iter().enumerate() {
+            if *b == self.sentinel && !(i == 0 && std::mem::take(&mut skip_lead)) {
+                if let Some((from, to)) = saved.next() {
+                    out.extend_from_slice(s.get(*from..*to).unwrap_or_default());
+                    continue;
+                }
+            }
+            out.push(*b);
+        }
+        out
+    }
 }
 
 impl Redactor {
     /// One segment: redacted as written, then through the view of its JSON escapes.
     pub(crate) fn redact_unit<'a>(&self, seg: &'a [u8]) -> Cow<'a, [u8]> {
         let first = self.redact(seg);
-        let Some(view) = unescape_view(&first) else {
+        let Some(view) = View::of(&first, self.barriers.sentinel()) else {
             return first;
         };
-        match self.redact(&view) {
+        match self.redact(&view.text) {
             Cow::Borrowed(_) => first,
-            Cow::Owned(v) => Cow::Owned(v),
+            Cow::Owned(v) => Cow::Owned(view.restore(&first, &v)),
         }
     }
 
