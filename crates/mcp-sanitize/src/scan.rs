@@ -248,11 +248,12 @@ struct Gate;
 const SIZE_LIMIT: usize = 32 * 1024 * 1024;
 
 /// A pattern's syntax, read as `regex::bytes::Regex` reads it (Unicode on, any bytes).
-fn parse_hir(pattern: &str) -> Result<regex_syntax::hir::Hir, regex_syntax::Error> {
+fn parse_hir(pattern: &str) -> Option<regex_syntax::hir::Hir> {
     regex_syntax::ParserBuilder::new()
         .utf8(false)
         .build()
         .parse(pattern)
+        .ok()
 }
 
 impl Gate {
@@ -293,7 +294,7 @@ impl Redactor {
         let mut each = Vec::new();
         let mut hirs = Vec::new();
         for k in &config.secrets {
-            hirs.push(parse_hir(k.pattern()).map_err(|_| {
+            hirs.push(parse_hir(k.pattern()).ok_or_else(|| {
                 ConfigError::invalid("result_scan.secrets", "built-in pattern failed")
             })?);
             let re = RegexBuilder::new(k.pattern())
@@ -329,7 +330,7 @@ impl Redactor {
                 ));
             }
             let hir = parse_hir(&p.regex)
-                .map_err(|_| ConfigError::invalid(format!("{key}.regex"), "not a valid regex"))?;
+                .ok_or_else(|| ConfigError::invalid(format!("{key}.regex"), "not a valid regex"))?;
             if stream::has_text_anchor(&hir) {
                 return Err(ConfigError::invalid(
                     format!("{key}.regex"),

@@ -277,11 +277,12 @@ impl View {
         let mut saved = self.saved.iter();
         let mut skip_lead = self.lead;
         for (i, b) in redacted.iter().enumerate() {
-            if *b == self.sentinel && !(i == 0 && std::mem::take(&mut skip_lead)) {
-                if let Some((from, to)) = saved.next() {
-                    out.extend_from_slice(s.get(*from..*to).unwrap_or_default());
-                    continue;
-                }
+            if *b == self.sentinel
+                && !(i == 0 && std::mem::take(&mut skip_lead))
+                && let Some((from, to)) = saved.next()
+            {
+                out.extend_from_slice(s.get(*from..*to).unwrap_or_default());
+                continue;
             }
             out.push(*b);
         }
