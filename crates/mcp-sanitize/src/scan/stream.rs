@@ -103,6 +103,17 @@ impl Barriers {
         }
     }
 
+    /// The position of the last barrier in `s`.
+    pub(crate) fn last_in(&self, s: &[u8]) -> Option<usize> {
+        if !self.any {
+            return None;
+        }
+        match self.only {
+            Some(b) => memchr::memrchr(b, s),
+            None => s.iter().rposition(|b| self.is(*b)),
+        }
+    }
+
     /// The position of the first barrier in `s`.
     pub(crate) fn first_in(&self, s: &[u8]) -> Option<usize> {
         if !self.any {
@@ -506,30 +517,27 @@ impl StreamRedactor {
     }
 
     /// How many bytes at the front of `data` (which starts a segment) are whole segments
-    /// of at most the window, and whether the segment after them is already longer.
+    /// of at most the window, and whether the segment after them is already longer. Jumps
+    /// a window at a time to the last barrier in it (every gap before it is shorter).
     fn short_segments(&self, data: &[u8]) -> (usize, bool) {
         let window = self.redactor.window;
         let barriers = &self.redactor.barriers;
         let mut cur = 0;
-        let rest = data.get(1..).unwrap_or_default();
-        let mut check = |p: usize| {
-            let p = p + 1;
-            if p - cur > window {
-                return false;
+        loop {
+            let from = cur + 1;
+            let end = data.len().min(cur + window + 1);
+            let last = data
+                .get(from..end)
+                .and_then(|w| barriers.last_in(w))
+                .map(|p| from + p);
+            if data.len() - cur <= window {
+                return (last.unwrap_or(cur), false);
             }
-            cur = p;
-            true
-        };
-        let all_short = match barriers.only {
-            Some(b) => memchr::memchr_iter(b, rest).all(&mut check),
-            None if barriers.any => rest
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| barriers.is(**b))
-                .all(|(p, _)| check(p)),
-            None => true,
-        };
-        (cur, !all_short || data.len() - cur > window)
+            match last {
+                Some(p) => cur = p,
+                None => return (cur, true),
+            }
+        }
     }
 
     /// The next piece of a long segment.
