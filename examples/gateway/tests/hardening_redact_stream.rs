@@ -346,3 +346,50 @@ async fn an_sse_event_over_its_bound_ends_the_stream() {
     );
     assert!(!text.contains("AKIA") && !text.contains("xxxx"), "{text}");
 }
+
+/// The keys as the gateway maps them: a window smaller than a detector's longest match is
+/// refused by `check`, naming the key; `over_budget: pass` is explicit and lets a
+/// compressed result through unscanned.
+#[tokio::test]
+async fn the_window_and_the_budget_are_configured_under_result_redaction() {
+    let dir = tempdir();
+    let next: Next = Arc::default();
+    let url = upstream(next.clone()).await;
+    let bad = base_config(
+        &url,
+        &dir.path().join("a.db"),
+        "result_redaction:\n  max_match_bytes: 100\n",
+    );
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let (code, _, err) = run(
+        &["check", "--config", path.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("max_match_bytes"), "{err}");
+
+    let extra = "result_redaction:\n  over_budget: pass\n  max_match_bytes: 8192\n";
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &base_config(&url, &dir.path().join("a.db"), extra),
+    );
+    let c = client();
+    let (tx, rx) = mpsc::channel(2);
+    next.lock().unwrap().push(Answer {
+        content_type: "application/json",
+        encoding: Some("gzip"),
+        chunks: rx,
+    });
+    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"text":"{SECRET}"}}}}"#);
+    tx.send(Bytes::from(body.clone())).await.unwrap();
+    drop(tx);
+    let r = call_tool(&c, &format!("{base}/mcp"), "echo", json!({}))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), body.as_bytes());
+}
