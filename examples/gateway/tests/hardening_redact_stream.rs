@@ -102,10 +102,7 @@ async fn a_50_mb_json_result_streams_redacted_with_bounded_gateway_memory() {
     let dir = tempdir();
     let next: Next = Arc::default();
     let url = upstream(next.clone()).await;
-    let (gw, base) = start_gateway(
-        &dir.path().to_owned(),
-        &base_config(&url, &dir.path().join("a.db"), ""),
-    );
+    let (gw, base) = start_gateway(dir.path(), &base_config(&url, &dir.path().join("a.db"), ""));
     let c = client();
 
     // A first small call, so that the gateway's own start-up memory is in the baseline.
@@ -146,10 +143,10 @@ async fn a_50_mb_json_result_streams_redacted_with_bounded_gateway_memory() {
     let sender = tokio::spawn(async move {
         let mut first_seen = Some(first_seen_rx);
         for (i, ch) in chunks.into_iter().enumerate() {
-            if i == n / 10 {
-                if let Some(rx) = first_seen.take() {
-                    rx.await.unwrap();
-                }
+            if i == n / 10
+                && let Some(rx) = first_seen.take()
+            {
+                rx.await.unwrap();
             }
             tx.send(ch).await.unwrap();
         }
@@ -170,10 +167,10 @@ async fn a_50_mb_json_result_streams_redacted_with_bounded_gateway_memory() {
         .unwrap()
     {
         got.extend_from_slice(&b);
-        if got.len() > 1024 * 1024 {
-            if let Some(t) = first_seen_tx.take() {
-                let _ = t.send(());
-            }
+        if got.len() > 1024 * 1024
+            && let Some(t) = first_seen_tx.take()
+        {
+            let _ = t.send(());
         }
     }
     sender.await.unwrap();
@@ -186,7 +183,7 @@ async fn a_50_mb_json_result_streams_redacted_with_bounded_gateway_memory() {
     );
     assert_eq!(text.matches("[REDACTED:aws_access_key]").count(), n);
     let v: serde_json::Value = serde_json::from_str(&text).expect("still valid JSON");
-    assert_eq!(v["result"]["content"].as_array().unwrap().len() > n, true);
+    assert!(v["result"]["content"].as_array().unwrap().len() > n);
     let growth_mb = after.saturating_sub(before) / 1024;
     eprintln!("body {total} bytes; gateway VmHWM {before} KiB -> {after} KiB (+{growth_mb} MiB)");
     assert!(
@@ -202,10 +199,7 @@ async fn secrets_in_one_byte_chunks_at_the_end_and_escaped_are_redacted() {
     let dir = tempdir();
     let next: Next = Arc::default();
     let url = upstream(next.clone()).await;
-    let (_gw, base) = start_gateway(
-        &dir.path().to_owned(),
-        &base_config(&url, &dir.path().join("a.db"), ""),
-    );
+    let (_gw, base) = start_gateway(dir.path(), &base_config(&url, &dir.path().join("a.db"), ""));
     let c = client();
     let cases: &[(&str, &str)] = &[
         (
@@ -260,10 +254,7 @@ async fn a_compressed_result_is_refused() {
     let dir = tempdir();
     let next: Next = Arc::default();
     let url = upstream(next.clone()).await;
-    let (_gw, base) = start_gateway(
-        &dir.path().to_owned(),
-        &base_config(&url, &dir.path().join("a.db"), ""),
-    );
+    let (_gw, base) = start_gateway(dir.path(), &base_config(&url, &dir.path().join("a.db"), ""));
     let c = client();
     for encoding in ["gzip", "br", "x-custom"] {
         let (tx, rx) = mpsc::channel(2);
@@ -300,7 +291,7 @@ async fn an_sse_event_over_its_bound_ends_the_stream() {
     let url = upstream(next.clone()).await;
     let extra = "result_redaction:\n  max_event_bytes: 65536\n";
     let (_gw, base) = start_gateway(
-        &dir.path().to_owned(),
+        dir.path(),
         &base_config(&url, &dir.path().join("a.db"), extra),
     );
     let c = client();
