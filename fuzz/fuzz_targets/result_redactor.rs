@@ -20,8 +20,8 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use libfuzzer_sys::fuzz_target;
 use mcp_sanitize::scan::{NamedPattern, Redactor, ResultScanConfig, ResultScanLayer};
-use std::sync::Arc;
 use mcp_security_fuzz::{chunks, ready, split_control};
+use std::sync::Arc;
 use tower::{Layer, ServiceExt, service_fn};
 
 fn config() -> ResultScanConfig {
@@ -123,10 +123,22 @@ fuzz_target!(|data: &[u8]| {
     let parts = chunks(body, &ctl[1..]);
     for r in [&*REDACTOR, &*SMALL_WINDOW] {
         let whole = streamed(r, &[body]);
-        assert_eq!(whole, streamed(r, &parts), "streamed redaction depends on the chunks");
-        assert_eq!(whole, streamed(r, &chunks(body, &[1])), "streamed redaction depends on the chunks (1 byte)");
+        assert_eq!(
+            whole,
+            streamed(r, &parts),
+            "streamed redaction depends on the chunks"
+        );
+        assert_eq!(
+            whole,
+            streamed(r, &chunks(body, &[1])),
+            "streamed redaction depends on the chunks (1 byte)"
+        );
         if segments_fit(body, r.max_match_bytes()) {
-            assert_eq!(whole, r.redact_escaped(body).into_owned(), "streamed differs from whole-body redaction");
+            assert_eq!(
+                whole,
+                r.redact_escaped(body).into_owned(),
+                "streamed differs from whole-body redaction"
+            );
         }
     }
 
