@@ -12,8 +12,8 @@
 //! | [`SanitizeLayer::with_parse`] | the same, with `ParseLayer` (body limit 413, parse once) inside, header checks before the body is read |
 //! | [`OriginGuardLayer`] | the Origin/Host guard alone, for every method (the gateway puts it before authentication) |
 //! | [`SecurityHeadersLayer`] | security response headers, HSTS over TLS only, `Server`/`X-Powered-By` removed |
-//! | [`ResultScanLayer`] | redaction of secrets and PII in JSON and SSE responses, event by event |
 //! | [`SessionGuardLayer`] | per MCP session: `MCP-Protocol-Version` pinned to the version negotiated at `initialize`, `resources/subscribe` entries capped |
+//! | [`ResultScanLayer`] | redaction of secrets and PII in responses as they stream: SSE event by event, other bodies segment by segment with bounded memory |
 //!
 //! The plain functions of the seeds are in [`text`] (`sanitize_filter_value`,
 //! `sanitize_json_path`, `sanitize_identifier`, `sanitize_query`, `validate_string`,
@@ -98,7 +98,8 @@ pub use layer::{
 pub use origin::{OriginChecked, OriginGuard, OriginGuardLayer};
 pub use rules::{BlockedPattern, BuiltinRule, BuiltinRules, Category, RuleAction};
 pub use scan::{
-    NamedPattern, Redactor, ResultScan, ResultScanConfig, ResultScanLayer, ScanBody, SecretKind,
+    DEFAULT_MAX_MATCH_BYTES, NamedPattern, OVER_WINDOW_MARKER, OverBudget, Redactor, ResultScan,
+    ResultScanConfig, ResultScanLayer, ScanBody, SecretKind, StreamRedactor,
 };
 pub use session_guard::{
     GuardBody, GuardFuture, SessionGuard, SessionGuardConfig, SessionGuardLayer, VersionPin,

@@ -18,7 +18,9 @@ use common::*;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use mcp_core::TlsInfo;
-use mcp_sanitize::{NamedPattern, ResultScanConfig, ResultScanLayer, SecurityHeadersLayer};
+use mcp_sanitize::{
+    NamedPattern, OverBudget, ResultScanConfig, ResultScanLayer, SecurityHeadersLayer,
+};
 use tokio::sync::mpsc;
 
 /// A body fed by the test through a channel.
@@ -77,7 +79,17 @@ fn sse_app(slot: Slot, scan: ResultScanConfig) -> Router {
                 }
             }),
         )
-        .route("/text", get(|| async { "AKIAIOSFODNN7EXAMPLE in plain text is not scanned" }))
+        .route("/text", get(|| async { "AKIAIOSFODNN7EXAMPLE in plain text is scanned too" }))
+        .route(
+            "/gzip",
+            get(|| async {
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .header("content-encoding", "gzip")
+                    .body(Body::from("{\"k\":\"AKIAIOSFODNN7EXAMPLE\"}"))
+                    .unwrap()
+            }),
+        )
         .layer(ResultScanLayer::new(&scan).unwrap())
 }
 
@@ -219,16 +231,20 @@ async fn json_results_are_redacted_and_stay_valid_json() {
         text,
         "token [REDACTED:jwt] and mail [REDACTED:email]\n[REDACTED:private_key]\n"
     );
-    // Collected and redacted before the head goes out: sent with its exact new length.
+    // Small and of a known length: collected and redacted before the head goes out, sent
+    // with its exact new length.
     let len = r
         .header("content-length")
-        .expect("a JSON result keeps a Content-Length");
+        .expect("a small JSON result keeps a Content-Length");
     assert_eq!(len.parse::<usize>().unwrap(), r.body.len());
-    // Other content types pass untouched.
+    // Other content types are scanned too.
     let mut req = bare("GET", &[]);
     *req.uri_mut() = "/text".parse().unwrap();
     let r = send(addr, req).await;
-    assert!(String::from_utf8_lossy(&r.body).contains("AKIAIOSFODNN7EXAMPLE"));
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "[REDACTED:aws_access_key] in plain text is scanned too"
+    );
 }
 
 #[tokio::test]
@@ -278,7 +294,7 @@ async fn security_headers_over_the_wire() {
 }
 
 #[tokio::test]
-async fn a_json_result_in_pieces_is_redacted_across_them_and_sent_with_its_length() {
+async fn a_json_result_in_pieces_is_redacted_across_them_and_streamed() {
     let (tx, rx) = mpsc::channel(16);
     let slot: Slot = Arc::new(Mutex::new(Some(rx)));
     let addr = spawn(sse_app(slot, scan_config())).await;
@@ -297,32 +313,91 @@ async fn a_json_result_in_pieces_is_redacted_across_them_and_sent_with_its_lengt
         body,
         "{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"text\":\"key [REDACTED:aws_access_key], mail [REDACTED:email]\"}}"
     );
-    let len = r.header("content-length").expect("Content-Length");
-    assert_eq!(len.parse::<usize>().unwrap(), body.len());
+    // Of unknown length: streamed, so no Content-Length.
+    assert_eq!(r.header("content-length"), None);
+}
+
+/// A JSON result far longer than any former collection bound streams through redacted:
+/// the first part reaches the client while the upstream is still sending.
+#[tokio::test]
+async fn a_long_json_result_streams_redacted_while_the_upstream_still_sends() {
+    let (tx, rx) = mpsc::channel(16);
+    let slot: Slot = Arc::new(Mutex::new(Some(rx)));
+    let addr = spawn(sse_app(slot, scan_config())).await;
+    let resp = send_streaming(addr, get_path("/json-chunks", &[])).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    tx.send(Bytes::from(
+        "{\"a\":\"AKIAIOSFODNN7EXAMPLE\",\"b\":\"AKIAIOSF",
+    ))
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    // The first string ends at the quote after it: sent before the rest exists.
+    read_until(&mut body, &mut got, b"[REDACTED:aws_access_key]").await;
+    tx.send(Bytes::from("ODNN7EXAMPLE\"}")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    got.extend_from_slice(&rest);
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        "{\"a\":\"[REDACTED:aws_access_key]\",\"b\":\"[REDACTED:aws_access_key]\"}"
+    );
 }
 
 #[tokio::test]
-async fn a_json_result_over_the_bound_becomes_a_502_and_is_never_passed_on() {
-    let (tx, rx) = mpsc::channel(16);
-    let slot: Slot = Arc::new(Mutex::new(Some(rx)));
-    let cfg = ResultScanConfig {
-        max_json_bytes: 64,
-        ..scan_config()
-    };
-    let addr = spawn(sse_app(slot, cfg)).await;
-    tx.send(Bytes::from("{\"result\":\"AKIAIOSFODNN7EXAMPLE "))
-        .await
-        .unwrap();
-    tx.send(Bytes::from("x".repeat(100))).await.unwrap();
-    tx.send(Bytes::from("\"}")).await.unwrap();
-    drop(tx);
-    let r = send(addr, get_path("/json-chunks", &[])).await;
+async fn a_compressed_result_is_refused_with_a_502_unless_over_budget_is_pass() {
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let addr = spawn(sse_app(slot, scan_config())).await;
+    let r = send(addr, get_path("/gzip", &[])).await;
     assert_eq!(r.status, 502);
     let v: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON-RPC error");
     assert_eq!(v["jsonrpc"], "2.0");
     assert!(v["error"]["code"].is_i64());
-    let text = String::from_utf8_lossy(&r.body);
-    assert!(!text.contains("AKIA") && !text.contains("xxxx"), "{text}");
+    assert!(!String::from_utf8_lossy(&r.body).contains("AKIA"));
+    // Explicitly weakened: passed on as it came.
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let cfg = ResultScanConfig {
+        over_budget: OverBudget::Pass,
+        ..scan_config()
+    };
+    let addr = spawn(sse_app(slot, cfg)).await;
+    let r = send(addr, get_path("/gzip", &[])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"{\"k\":\"AKIAIOSFODNN7EXAMPLE\"}");
+}
+
+/// `over_budget: pass`: an SSE event over `max_event_bytes` goes on unscanned to its end,
+/// and scanning resumes at the next event.
+#[tokio::test]
+async fn an_oversized_event_passes_unscanned_to_its_end_with_over_budget_pass() {
+    let (tx, rx) = mpsc::channel(16);
+    let slot: Slot = Arc::new(Mutex::new(Some(rx)));
+    let cfg = ResultScanConfig {
+        max_event_bytes: 64,
+        over_budget: OverBudget::Pass,
+        ..Default::default()
+    };
+    let addr = spawn(sse_app(slot, cfg)).await;
+    let resp = send_streaming(addr, get_path("/sse", &[])).await;
+    let body = resp.into_body();
+    let big = format!("data: AKIAIOSFODNN7EXAMPLE {}", "x".repeat(100));
+    for part in [
+        "data: AKIAIOSFODNN7EXAMPLE\n\n",
+        big.as_str(),
+        "yyy\n",
+        "\ndata: AKIAIOSFODNN7EXAMPLE\n\n",
+    ] {
+        tx.send(Bytes::from(part.to_owned())).await.unwrap();
+    }
+    drop(tx);
+    let all = body.collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&all),
+        format!(
+            "data: [REDACTED:aws_access_key]\n\n{big}yyy\n\ndata: [REDACTED:aws_access_key]\n\n"
+        )
+    );
 }
 
 /// A small clean JSON result in one frame (kept as it came, not copied or rewritten) goes
