@@ -66,6 +66,9 @@ pub struct Layers {
     pub ops: Option<crate::ops::Ops>,
     /// `sessions`: each `Mcp-Session-Id` bound to its principal (with authentication).
     pub sessions: Option<SessionBindingLayer>,
+    /// `upstreams[].maxConnections` / `maxConnectionsPerPrincipal`, in the order of
+    /// `upstreams`: shared by every worker's router.
+    pub upstream_caps: Vec<mcp_ratelimit::ConcurrencyCap>,
 }
 
 impl Layers {
@@ -84,6 +87,7 @@ impl Layers {
         let cfg = &loaded.config;
         let mut layers = Self::default();
         upstream_boundary(loaded, &mut layers)?;
+        layers.upstream_caps = crate::caps::upstream_caps(loaded)?;
         layers.ops = Some(crate::ops::Ops::build(loaded, &layers)?);
         if !cfg.layers.enabled {
             return Ok(layers);
@@ -237,6 +241,8 @@ impl Layers {
                 c.blacklist = rl.blacklist.clone();
                 c.cleanup_interval = rl.cleanup_interval;
                 c.max_keys = rl.max_keys;
+                // Streams are capped per principal by `ratelimit.streams`.
+                c.streams = mcp_ratelimit::StreamLimits::off();
                 c
             }),
             None => None,

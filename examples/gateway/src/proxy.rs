@@ -119,6 +119,9 @@ pub struct UpstreamSpec {
     pub response_timeout: Duration,
     /// TLS settings.
     pub tls: UpstreamTls,
+    /// Requests open towards the upstream at once, in total and per principal
+    /// (`crate::caps`); none: unbounded.
+    pub cap: Option<mcp_ratelimit::ConcurrencyCap>,
 }
 
 impl std::fmt::Debug for UpstreamSpec {
@@ -133,6 +136,7 @@ impl std::fmt::Debug for UpstreamSpec {
             .field("forward_query", &self.forward_query)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("cap", &self.cap.as_ref().map(|c| c.limits()))
             .finish()
     }
 }
@@ -238,7 +242,12 @@ impl Proxy {
             // taken from the pool; with one, idle connections are closed when it passes.
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            // Never more idle connections than requests may be open at once.
+            .pool_max_idle_per_host(
+                spec.cap
+                    .as_ref()
+                    .map_or(256, |c| c.limits().0.min(256) as usize),
+            )
             .build(https);
         Ok(Self {
             inner: Arc::new(ProxyInner {
@@ -295,6 +304,15 @@ impl Proxy {
                 .with_detail("rule=upstream_query")
                 .into_response();
         };
+        // Held until the response body ends (streams included): released on end, error,
+        // client disconnect, or here when the upstream fails.
+        let permit = match &spec.cap {
+            Some(cap) => match crate::caps::acquire(cap, &spec.name, &req, id.clone()) {
+                Ok(p) => Some(p),
+                Err(refused) => return *refused,
+            },
+            None => None,
+        };
         let (parts, body) = req.into_parts();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method.clone();
@@ -328,7 +346,13 @@ impl Proxy {
                     }
                     Err(frame) => frame,
                 });
-                Response::from_parts(parts, Body::new(body))
+                match permit {
+                    Some(p) => Response::from_parts(
+                        parts,
+                        Body::new(mcp_ratelimit::InFlightBody::with_permit(body, p)),
+                    ),
+                    None => Response::from_parts(parts, Body::new(body)),
+                }
             }
             Ok(Err(e)) => {
                 let timed_out = is_connect_timeout(&e);
@@ -793,6 +817,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             tls: UpstreamTls::default(),
+            cap: None,
         };
         let dbg = format!("{spec:?}");
         assert!(!dbg.contains("7f3a"), "{dbg}");
