@@ -45,6 +45,35 @@ pub fn limit_slot(limit: &Option<RateLimitLayer>) -> Option<LimitSlot> {
     })
 }
 
+/// A rate limit configuration error, named by its key under `section` when it has one
+/// (`ratelimit.streams.per_session`).
+pub fn ratelimit_error(
+    loaded: &Loaded,
+    section: &str,
+    e: mcp_ratelimit::ConfigError,
+) -> ConfigError {
+    use mcp_ratelimit::ConfigError as E;
+    let key = match &e {
+        E::InvalidRate { key, .. }
+        | E::InvalidBurst { key }
+        | E::InvalidCost { key }
+        | E::InvalidNetwork { key, .. }
+        | E::OutOfRange { key, .. }
+        | E::InvalidName { key, .. }
+        | E::InvalidPrincipal { key, .. } => Some(key.clone()),
+        _ => None,
+    };
+    match key {
+        Some(k) => {
+            let msg = e.to_string();
+            let prefix = format!("`{k}` ");
+            let msg = msg.strip_prefix(&prefix).unwrap_or(&msg).to_owned();
+            loaded.error(&format!("{section}.{k}"), msg)
+        }
+        None => loaded.error(section, e.to_string()),
+    }
+}
+
 /// The cap of each upstream, in the order of `upstreams` (shared by every worker's
 /// router). Logged at start when an operator raised a default.
 pub fn upstream_caps(loaded: &Loaded) -> Result<Vec<ConcurrencyCap>, ConfigError> {

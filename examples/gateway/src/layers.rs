@@ -261,7 +261,7 @@ impl Layers {
             };
             layers.ip_limit = Some(
                 RateLimitLayer::new(ip_cfg)
-                    .map_err(|e| loaded.error("ip_ratelimit", e.to_string()))?,
+                    .map_err(|e| crate::caps::ratelimit_error(loaded, "ip_ratelimit", e))?,
             );
         }
         if rl.enabled {
@@ -275,8 +275,10 @@ impl Layers {
             }
             p.ipv6_prefix = cfg.server.client_ipv6_prefix;
             resolve("ratelimit", &mut p)?;
-            layers.principal_limit =
-                Some(RateLimitLayer::new(p).map_err(|e| loaded.error("ratelimit", e.to_string()))?);
+            layers.principal_limit = Some(
+                RateLimitLayer::new(p)
+                    .map_err(|e| crate::caps::ratelimit_error(loaded, "ratelimit", e))?,
+            );
         }
         Ok(layers)
     }
