@@ -281,8 +281,15 @@ async fn open_streams_h2(
             .header("mcp-session-id", sid)
             .body(http_body_util::Empty::new())
             .unwrap();
-        s.ready().await.unwrap();
-        let r = s.send_request(req).await.unwrap();
+        // Without the caps every stream stays open, and the connection's stream limit
+        // (server.maxConcurrentStreams) is soon taken: a liveness deadline, not a timing.
+        let i = open.len() + refused.len();
+        let r = tokio::time::timeout(Duration::from_secs(20), async {
+            s.ready().await.unwrap();
+            s.send_request(req).await.unwrap()
+        })
+        .await
+        .unwrap_or_else(|_| panic!("stream {i}: no answer, {} streams held open", open.len()));
         if r.status() == StatusCode::OK {
             open.push(r);
         } else {
