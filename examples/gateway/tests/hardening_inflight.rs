@@ -606,21 +606,23 @@ fn everything() -> (String, String) {
 }
 
 /// Starts server-everything's Streamable HTTP transport on a free loopback port.
-fn start_everything() -> (std::process::Child, String) {
+fn start_everything() -> (Kill, String) {
     let (node, js) = everything();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = std::process::Command::new(node)
-        .arg(js)
-        .arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start node");
+    let child = Kill(
+        std::process::Command::new(node)
+            .arg(js)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start node"),
+    );
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return (child, format!("http://127.0.0.1:{port}/mcp"));
@@ -678,8 +680,7 @@ fn long_operation(c: &reqwest::Client, url: &str, key: &str, sid: &str) -> reqwe
 
 #[tokio::test]
 async fn server_everything_long_operations_and_streams_are_capped() {
-    let (child, upstream) = start_everything();
-    let _child = Kill(child);
+    let (_child, upstream) = start_everything();
     let dir = tempdir();
     let db = dir.path().join("a.db");
     let cfg = base_config(&upstream, &db, "").replace(
