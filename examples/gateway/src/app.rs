@@ -148,7 +148,11 @@ pub fn build_proxies(
                 cert_file: tls.cert_file,
                 key_file: tls.key_file,
             },
-            cap: layers.upstream_caps.get(i).cloned(),
+            admit: layers
+                .upstream_caps
+                .get(i)
+                .map(|cap| crate::caps::admit(cap.clone(), up.name.clone())),
+            max_connections: layers.upstream_caps.get(i).map(|c| c.limits().0),
         };
         proxies.push(Proxy::new(spec).map_err(|e| loaded.error(&key("tls"), e.to_string()))?);
     }

@@ -120,6 +120,11 @@ pub fn share_key<B>(req: &Request<B>) -> String {
     }
 }
 
+/// The proxy's admission towards `upstream` ([`acquire`] with its cap).
+pub fn admit(cap: ConcurrencyCap, upstream: String) -> crate::proxy::Admit {
+    std::sync::Arc::new(move |req, id| acquire(&cap, &upstream, req, id))
+}
+
 /// Takes an upstream permit for the request, or the refusal: 429 when the principal holds
 /// its share (`ConcurrencyLimited`), 503 when the upstream's cap is reached
 /// (`Unavailable`); both with `Retry-After: 1`, a JSON-RPC error echoing the id, and a

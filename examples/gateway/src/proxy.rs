@@ -119,10 +119,23 @@ pub struct UpstreamSpec {
     pub response_timeout: Duration,
     /// TLS settings.
     pub tls: UpstreamTls,
-    /// Requests open towards the upstream at once, in total and per principal
-    /// (`crate::caps`); none: unbounded.
-    pub cap: Option<mcp_ratelimit::ConcurrencyCap>,
+    /// Admission towards the upstream (`upstreams[].maxConnections` and
+    /// `maxConnectionsPerPrincipal`, see `caps.rs`); none: every request is sent.
+    pub admit: Option<Admit>,
+    /// Most requests open towards the upstream at once (sizes the idle pool).
+    pub max_connections: Option<u32>,
 }
+
+/// Admission of a request towards the upstream: a permit held until the response body
+/// ends (streams included), or the refusal to answer instead.
+pub type Admit = Arc<
+    dyn Fn(
+            &Request<Body>,
+            Option<mcp_core::JsonRpcId>,
+        ) -> Result<mcp_ratelimit::ConcurrencyPermit, Box<Response<Body>>>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for UpstreamSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,7 +149,7 @@ impl std::fmt::Debug for UpstreamSpec {
             .field("forward_query", &self.forward_query)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
-            .field("cap", &self.cap.as_ref().map(|c| c.limits()))
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -243,11 +256,7 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             // Never more idle connections than requests may be open at once.
-            .pool_max_idle_per_host(
-                spec.cap
-                    .as_ref()
-                    .map_or(256, |c| c.limits().0.min(256) as usize),
-            )
+            .pool_max_idle_per_host(spec.max_connections.map_or(256, |n| n.min(256) as usize))
             .build(https);
         Ok(Self {
             inner: Arc::new(ProxyInner {
@@ -306,8 +315,8 @@ impl Proxy {
         };
         // Held until the response body ends (streams included): released on end, error,
         // client disconnect, or here when the upstream fails.
-        let permit = match &spec.cap {
-            Some(cap) => match crate::caps::acquire(cap, &spec.name, &req, id.clone()) {
+        let permit = match &spec.admit {
+            Some(admit) => match admit(&req, id.clone()) {
                 Ok(p) => Some(p),
                 Err(refused) => return *refused,
             },
@@ -817,7 +826,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             tls: UpstreamTls::default(),
-            cap: None,
+            admit: None,
+            max_connections: None,
         };
         let dbg = format!("{spec:?}");
         assert!(!dbg.contains("7f3a"), "{dbg}");
