@@ -374,3 +374,40 @@ fn zero_stream_caps_are_refused_with_the_key() {
     assert_eq!(c.streams, StreamLimits::off());
     assert!(serde_yaml_ng::from_str::<RateLimitConfig>("streams: { per_stream: 1 }").is_err());
 }
+
+/// With the Redis backend the quotas are shared, and the in-flight slot (per replica) is
+/// still held by the body: the slot goes through the backend's asynchronous check to the
+/// response body.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn with_redis_the_slot_is_held_by_the_body_too() {
+    let redis = mcp_testkit::RedisServer::start();
+    let end = Arc::new(Semaphore::new(0));
+    let mut config = caps(Some(1), StreamLimits::default());
+    config.redis = Some(mcp_ratelimit::RedisConfig::new(redis.url()).timeout_ms(500));
+    let addr = gateway(config, end.clone()).await;
+    let c = client();
+    // The layer connects in the background: wait until a call passes.
+    let first = {
+        let mut got = None;
+        for _ in 0..100 {
+            let r = open(&c, addr, "POST", "alice", None).await;
+            if r.status() == StatusCode::OK {
+                got = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        got.expect("the Redis backend never let a call through")
+    };
+    let second = open(&c, addr, "POST", "alice", None).await;
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.headers()["retry-after"], "1");
+    end.add_permits(1);
+    let _ = first.into_body().collect().await.unwrap();
+    assert_eq!(
+        open(&c, addr, "POST", "alice", None).await.status(),
+        StatusCode::OK
+    );
+    end.add_permits(1);
+}
