@@ -55,8 +55,9 @@
 //!   sweep tell the operator. Once idle keys are swept, new keys get their own bucket
 //!   again. A key is at most 64 bytes per text part (longer values are replaced by their
 //!   SHA-256).
-//! - The in-flight cap holds an entry only while a key has requests in flight, and at most
-//!   `max_keys` entries (beyond, one shared overflow counter with the same limit).
+//! - The in-flight and stream caps hold an entry only while a key has requests or streams
+//!   open, and at most `max_keys` entries each (beyond, one shared overflow counter with
+//!   the same limit). [`ConcurrencyCap`] holds at most its total in entries.
 //!
 //! # Redis (cargo feature `redis`)
 //!
