@@ -854,7 +854,8 @@ where
         // `fast` implies `enabled`; until the sweeper runs, the general path below starts it.
         if shared.fast
             && shared.cleanup_started.load(Ordering::Relaxed)
-            && (req.method() != http::Method::GET || !shared.has_stream_caps())
+            // A stream takes the general path (its stream slots); any other GET does not.
+            && !(shared.has_stream_caps() && is_stream(&req))
             && let Backend::Memory(m) = &shared.backend
             && let (Some(ip), sole) = key::client_ip_sole(&req)
             // The address was the only extension: there is no McpRequest, so cost 1.
