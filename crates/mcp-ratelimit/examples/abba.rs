@@ -34,9 +34,9 @@ fn request(client_addr: bool) -> Request<Body> {
 /// Not inlined, so that callgrind can count this function alone
 /// (`--toggle-collect='abba::run*'`): the layer's construction stays out of the count.
 #[inline(never)]
-fn run<S>(rt: &tokio::runtime::Runtime, svc: S, n: u64, client_addr: bool)
+fn run<S, B>(rt: &tokio::runtime::Runtime, svc: S, n: u64, client_addr: bool)
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
 {
     rt.block_on(async {
         for _ in 0..n {

@@ -99,9 +99,16 @@ pub struct RateLimitConfig {
     /// New keys beyond it share one overflow bucket per quota (see the crate docs).
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
-    /// Cap on concurrent in-flight requests per client key (none by default).
+    /// Cap on concurrent in-flight requests per client key (none by default). A request
+    /// is in flight until its response body ends: a streamed (SSE) answer holds its slot
+    /// as long as it streams. A stream request (see [`StreamLimits`]) counts against
+    /// `streams` instead when a stream cap is set.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Caps on open streams (`GET` requests that accept `text/event-stream`: MCP's
+    /// standalone and resumed SSE streams) per client key and per session.
+    #[serde(default)]
+    pub streams: StreamLimits,
     /// Which rate limit headers are sent.
     #[serde(default)]
     pub headers: HeadersConfig,
@@ -147,6 +154,7 @@ impl Default for RateLimitConfig {
             per_tool: BTreeMap::new(),
             max_keys: default_max_keys(),
             concurrency: None,
+            streams: StreamLimits::default(),
             headers: HeadersConfig::default(),
             redis: None,
         }
@@ -173,6 +181,71 @@ impl RateLimitConfig {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+}
+
+/// Caps on open streams: `GET` requests whose `Accept` lists `text/event-stream` (MCP's
+/// standalone SSE stream, and the resumption of a request's stream with
+/// `Last-Event-ID`). A stream holds its slots until its response body ends (the client
+/// disconnects, the upstream ends it, a write timeout cuts the connection). Over a cap:
+/// 429 (`RejectionReason::ConcurrencyLimited`, detail `streams_per_session:<name>` or
+/// `streams_per_client:<name>`) with `Retry-After`.
+///
+/// The counts are per process (per replica), like the in-flight cap: an open stream is
+/// a local resource (a connection, a task, an upstream connection), as with nginx's
+/// `limit_conn` or Envoy's circuit breakers.
+///
+/// ```
+/// use mcp_ratelimit::StreamLimits;
+/// let s: StreamLimits = serde_yaml_ng::from_str("{ per_session: 2, per_principal: 10 }").unwrap();
+/// assert_eq!((s.per_session, s.per_client), (Some(2), Some(10)));
+/// assert_eq!(StreamLimits::default(), StreamLimits { per_session: Some(4), per_client: Some(32) });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamLimits {
+    /// Open streams per client key and `Mcp-Session-Id` (default 4; `null` for no cap).
+    #[serde(default = "default_streams_per_session", alias = "perSession")]
+    pub per_session: Option<u32>,
+    /// Open streams per client key, all sessions together (default 32; `null` for no
+    /// cap). Also written `per_principal`: the gateway keys its limiter by principal.
+    #[serde(
+        default = "default_streams_per_client",
+        alias = "per_principal",
+        alias = "perPrincipal",
+        alias = "perClient"
+    )]
+    pub per_client: Option<u32>,
+}
+
+fn default_streams_per_session() -> Option<u32> {
+    Some(4)
+}
+fn default_streams_per_client() -> Option<u32> {
+    Some(32)
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            per_session: default_streams_per_session(),
+            per_client: default_streams_per_client(),
+        }
+    }
+}
+
+impl StreamLimits {
+    /// No stream caps: streams count against `concurrency` like any request.
+    pub fn off() -> Self {
+        Self {
+            per_session: None,
+            per_client: None,
+        }
+    }
+
+    /// Whether any stream cap is set.
+    pub fn is_on(&self) -> bool {
+        self.per_session.is_some() || self.per_client.is_some()
     }
 }
 

@@ -15,10 +15,14 @@
 //!    2^64; IPv4 is keyed per address. A request without a key follows [`MissingKey`]: a
 //!    shared `unknown` bucket (default), its IP, or 403 - never a 500. The deny and allow
 //!    lists use the same IP.
-//! 4. **In-flight cap** (`concurrency`): at most N requests of a key in flight, else 429
-//!    (`RejectionReason::ConcurrencyLimited`). The slot is released when the response
-//!    future completes (the response head is ready) or is dropped; a streamed body
-//!    (SSE) does not hold it.
+//! 4. **In-flight caps** (`concurrency`, `streams`): at most N requests of a key in
+//!    flight, else 429 (`RejectionReason::ConcurrencyLimited`, `Retry-After: 1`). A
+//!    request is in flight until its response body ends: the layer's response body is an
+//!    [`InFlightBody`] that holds the slot until its last frame is read, it fails, or it
+//!    is dropped (client gone); a streamed answer (SSE) holds it as long as it streams.
+//!    A stream request (`GET` accepting `text/event-stream`) counts against the stream
+//!    caps instead ([`StreamLimits`]: open streams per key, default 32, and per key and
+//!    `Mcp-Session-Id`, default 4; `Retry-After: 5`). These counts are per replica.
 //! 5. **Quotas**: the client quota of the request's tier (`client_limits.default`,
 //!    `client_limits.authenticated` when an authenticated `Principal` is present, or a
 //!    per-principal override; an authenticated tier equal to the default one is the
@@ -51,8 +55,9 @@
 //!   sweep tell the operator. Once idle keys are swept, new keys get their own bucket
 //!   again. A key is at most 64 bytes per text part (longer values are replaced by their
 //!   SHA-256).
-//! - The in-flight cap holds an entry only while a key has requests in flight, and at most
-//!   `max_keys` entries (beyond, one shared overflow counter with the same limit).
+//! - The in-flight and stream caps hold an entry only while a key has requests or streams
+//!   open, and at most `max_keys` entries each (beyond, one shared overflow counter with
+//!   the same limit). [`ConcurrencyCap`] holds at most its total in entries.
 //!
 //! # Redis (cargo feature `redis`)
 //!
@@ -63,7 +68,9 @@
 //! timeout on every call, and a configured [`FailureMode`] while Redis is unreachable:
 //! open (let requests through) or closed (503, `RejectionReason::Unavailable`). An outage
 //! is logged once when it starts and once when it ends, and the gauge
-//! `mcp_ratelimit_backend_up` shows it. The in-flight cap stays per replica.
+//! `mcp_ratelimit_backend_up` shows it. The in-flight and stream caps stay per replica:
+//! they bound local resources (tasks, connections, upstream connections), as nginx's
+//! `limit_conn` and Envoy's circuit breakers do.
 //!
 //! # Lists
 //!
@@ -118,6 +125,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod body;
 pub mod config;
 mod inflight;
 mod key;
@@ -129,10 +137,12 @@ mod quota;
 mod redis_backend;
 mod service;
 
+pub use body::InFlightBody;
 pub use config::{
     ClientLimits, ConfigError, FailureMode, HeaderStyle, HeadersConfig, KeyPart, KeyPartError,
-    KeySpec, Limit, MissingKey, RateLimitConfig, RedisConfig, RuleLimit,
+    KeySpec, Limit, MissingKey, RateLimitConfig, RedisConfig, RuleLimit, StreamLimits,
 };
+pub use inflight::{CapExceeded, ConcurrencyCap, ConcurrencyPermit};
 pub use key::MAX_KEY_PART_LEN;
 pub use memory::MockClock;
 pub use metrics::names as metric_names;

@@ -9,6 +9,8 @@ pub(crate) struct Metrics {
     pub(crate) allowed: Counter,
     pub(crate) limited: Counter,
     pub(crate) concurrency_limited: Counter,
+    pub(crate) streams_limited_session: Counter,
+    pub(crate) streams_limited_client: Counter,
     pub(crate) no_key: Counter,
     pub(crate) denied_by_list: Counter,
     pub(crate) allow_listed: Counter,
@@ -29,6 +31,9 @@ pub mod names {
     pub const LIMITED: &str = "mcp_ratelimit_limited_total";
     /// Counter: requests refused with 429 by the in-flight cap.
     pub const CONCURRENCY_LIMITED: &str = "mcp_ratelimit_concurrency_limited_total";
+    /// Counter: stream requests refused with 429 by a stream cap (label `scope`:
+    /// `session` or `client`).
+    pub const STREAMS_LIMITED: &str = "mcp_ratelimit_streams_limited_total";
     /// Counter: requests refused because no key could be built (`missing_key: reject`).
     pub const NO_KEY: &str = "mcp_ratelimit_no_key_total";
     /// Counter: requests refused with 403 by the deny list.
@@ -55,6 +60,8 @@ impl Metrics {
             allowed: counter!(names::ALLOWED, "limiter" => l.clone()),
             limited: counter!(names::LIMITED, "limiter" => l.clone()),
             concurrency_limited: counter!(names::CONCURRENCY_LIMITED, "limiter" => l.clone()),
+            streams_limited_session: counter!(names::STREAMS_LIMITED, "limiter" => l.clone(), "scope" => "session"),
+            streams_limited_client: counter!(names::STREAMS_LIMITED, "limiter" => l.clone(), "scope" => "client"),
             no_key: counter!(names::NO_KEY, "limiter" => l.clone()),
             denied_by_list: counter!(names::DENIED_BY_LIST, "limiter" => l.clone()),
             allow_listed: counter!(names::ALLOW_LISTED, "limiter" => l.clone()),

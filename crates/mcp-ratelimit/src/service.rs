@@ -17,6 +17,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::body::InFlightBody;
 use crate::config::{ConfigError, KeyPart, Limit, MissingKey, RateLimitConfig, RuleLimit};
 use crate::inflight::{InFlight, InFlightGuard};
 use crate::key::{self, Key};
@@ -61,6 +62,9 @@ pub(crate) struct Shared {
     per_tool: HashMap<String, Rule>,
     headers: crate::config::HeadersConfig,
     inflight: Option<Arc<InFlight>>,
+    /// Open streams per client key, and per client key and session.
+    streams_client: Option<Arc<InFlight>>,
+    streams_session: Option<Arc<InFlight>>,
     pub(crate) backend: Backend,
     pub(crate) metrics: Metrics,
     cleanup_interval: Duration,
@@ -156,6 +160,17 @@ impl Shared {
                 key: "concurrency".into(),
                 rule: "must be at least 1 (leave it out for no cap)",
             });
+        }
+        for (key, v) in [
+            ("streams.per_session", c.streams.per_session),
+            ("streams.per_client", c.streams.per_client),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::OutOfRange {
+                    key: key.into(),
+                    rule: "must be at least 1 (null for no cap)",
+                });
+            }
         }
         let tier = |key: &str, l: Option<Limit>, fallback: (f64, Option<u32>)| {
             let (rps, burst) = match l {
@@ -329,6 +344,14 @@ impl Shared {
             inflight: c
                 .concurrency
                 .map(|n| Arc::new(InFlight::new(n, c.max_keys))),
+            streams_client: c
+                .streams
+                .per_client
+                .map(|n| Arc::new(InFlight::new(n, c.max_keys))),
+            streams_session: c
+                .streams
+                .per_session
+                .map(|n| Arc::new(InFlight::new(n, c.max_keys))),
             backend,
             metrics,
             cleanup_interval: Duration::from_secs(c.cleanup_interval),
@@ -465,9 +488,14 @@ impl Shared {
                 }
             },
         };
-        let guard = match &self.inflight {
-            Some(f) => match f.acquire(&key) {
-                Some(g) => Some(g),
+        let mut held = Vec::new();
+        if self.has_stream_caps() && is_stream(req) {
+            if let Err(r) = self.acquire_streams(req, &key, &mut held) {
+                return Pre::Reject(r);
+            }
+        } else if let Some(f) = &self.inflight {
+            match f.acquire(&key) {
+                Some(g) => held.push(g),
                 None => {
                     self.metrics.concurrency_limited.increment(1);
                     return Pre::Reject(Box::new(
@@ -477,9 +505,8 @@ impl Shared {
                             .with_header(RETRY_AFTER, "1"),
                     ));
                 }
-            },
-            None => None,
-        };
+            }
+        }
         let mcp = req.extensions().get::<McpRequest>();
         let tier = if self.auth_q == self.default_q
             && self.principal_q.is_empty()
@@ -499,11 +526,57 @@ impl Shared {
         {
             return Pre::Reject(self.exceeds_burst(qi, cost, request_id(req)));
         }
-        Pre::Check {
-            charges,
-            key,
-            guard,
+        Pre::Check { charges, key, held }
+    }
+
+    #[inline]
+    fn has_stream_caps(&self) -> bool {
+        self.streams_client.is_some() || self.streams_session.is_some()
+    }
+
+    /// Takes the stream slots of a stream request: per client key, then per client key
+    /// and `Mcp-Session-Id` (when the request names a session).
+    fn acquire_streams<B>(
+        &self,
+        req: &Request<B>,
+        key: &Key,
+        held: &mut Vec<InFlightGuard>,
+    ) -> Result<(), Box<Rejection>> {
+        let refuse = |scope: &'static str, message: &'static str| {
+            let counter = if scope == "session" {
+                &self.metrics.streams_limited_session
+            } else {
+                &self.metrics.streams_limited_client
+            };
+            counter.increment(1);
+            Box::new(
+                Rejection::new(RejectionReason::ConcurrencyLimited)
+                    .with_message(message)
+                    .with_detail(format!("streams_per_{scope}:{}", self.name))
+                    .with_header(RETRY_AFTER, STREAM_RETRY_AFTER),
+            )
+        };
+        if let Some(f) = &self.streams_client {
+            held.push(f.acquire(key).ok_or_else(|| {
+                refuse(
+                    "client",
+                    "Too many open streams for this client: close one first",
+                )
+            })?);
         }
+        if let Some(f) = &self.streams_session
+            && let Some(sid) = req.headers().get(SESSION_HEADER)
+        {
+            let mut text = key.redis_text();
+            key::encode_part(&mut text, 's', &String::from_utf8_lossy(sid.as_bytes()));
+            held.push(f.acquire(&Key::Text(text.into())).ok_or_else(|| {
+                refuse(
+                    "session",
+                    "Too many open streams for this session: close one first",
+                )
+            })?);
+        }
+        Ok(())
     }
 
     /// The refusal of a request whose cost exceeds a quota's burst: 413, no `Retry-After`
@@ -564,6 +637,28 @@ impl Shared {
     }
 }
 
+/// The `Retry-After` of a refused stream: a stream slot frees only when a stream ends.
+const STREAM_RETRY_AFTER: &str = "5";
+
+/// The MCP session header (Streamable HTTP).
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Whether a request opens a stream: a `GET` whose `Accept` lists `text/event-stream`.
+#[inline]
+fn is_stream<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::GET
+        && req
+            .headers()
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .any(|v| contains_ignore_case(v.as_bytes(), b"text/event-stream"))
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// The units a request costs when no rule applies: one per JSON-RPC message with a
 /// method (a batch costs its length), at least 1.
 #[inline]
@@ -601,7 +696,7 @@ enum Pre {
     Check {
         key: Key,
         charges: Charges,
-        guard: Option<InFlightGuard>,
+        held: Vec<InFlightGuard>,
     },
 }
 
@@ -746,7 +841,7 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     ResB: From<Bytes>,
 {
-    type Response = Response<ResB>;
+    type Response = Response<InFlightBody<ResB>>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqB>;
 
@@ -759,6 +854,8 @@ where
         // `fast` implies `enabled`; until the sweeper runs, the general path below starts it.
         if shared.fast
             && shared.cleanup_started.load(Ordering::Relaxed)
+            // A stream takes the general path (its stream slots); any other GET does not.
+            && !(shared.has_stream_caps() && is_stream(&req))
             && let Backend::Memory(m) = &shared.backend
             && let (Some(ip), sole) = key::client_ip_sole(&req)
             // The address was the only extension: there is no McpRequest, so cost 1.
@@ -788,14 +885,10 @@ impl<S> RateLimit<S> {
         if !shared.cleanup_started.load(Ordering::Relaxed) {
             shared.start_cleanup();
         }
-        let (key, charges, guard) = match shared.pre(&req) {
+        let (key, charges, held) = match shared.pre(&req) {
             Pre::Pass => return ResponseFuture::plain(self.inner.call(req)),
             Pre::Reject(r) => return ResponseFuture::ready(r.into_response()),
-            Pre::Check {
-                key,
-                charges,
-                guard,
-            } => (key, charges, guard),
+            Pre::Check { key, charges, held } => (key, charges, held),
         };
         match &shared.backend {
             Backend::Memory(m) => {
@@ -804,7 +897,7 @@ impl<S> RateLimit<S> {
                     && m.try_one(&key, *qi)
                 {
                     shared.metrics.allowed.increment(1);
-                    return ResponseFuture::inner(self.inner.call(req), guard, None);
+                    return ResponseFuture::inner(self.inner.call(req), held, None);
                 }
                 let v = m.check(
                     &shared.quotas,
@@ -814,14 +907,14 @@ impl<S> RateLimit<S> {
                 );
                 if v.allowed && !shared.headers.on_allowed {
                     shared.metrics.allowed.increment(1);
-                    return ResponseFuture::inner(self.inner.call(req), guard, None);
+                    return ResponseFuture::inner(self.inner.call(req), held, None);
                 }
                 match shared.finish(&v, if v.allowed { None } else { request_id(&req) }) {
                     Outcome::Proceed(extra) => {
-                        ResponseFuture::inner(self.inner.call(req), guard, extra)
+                        ResponseFuture::inner(self.inner.call(req), held, extra)
                     }
                     Outcome::Reject(r) => {
-                        drop(guard);
+                        drop(held);
                         ResponseFuture::ready(r.into_response())
                     }
                 }
@@ -844,7 +937,7 @@ impl<S> RateLimit<S> {
                             check: fut,
                             svc: Some(svc),
                             req: Some(req),
-                            guard,
+                            held,
                         }),
                     },
                 }
@@ -854,8 +947,10 @@ impl<S> RateLimit<S> {
 }
 
 pin_project! {
-    /// The response future of [`RateLimit`]. It holds the client's in-flight slot (when a
-    /// concurrency cap is configured) until the response is ready or the future is dropped.
+    /// The response future of [`RateLimit`]. It holds the client's in-flight and stream
+    /// slots (when caps are configured) until the response is ready, then hands them to
+    /// the response body ([`InFlightBody`]), which holds them until it ends; dropping the
+    /// future releases them.
     pub struct ResponseFuture<S, ReqB>
     where
         S: Service<Request<ReqB>>,
@@ -874,7 +969,7 @@ pin_project! {
     {
         // The common path: the inner call, nothing to do afterwards.
         Inner { #[pin] fut: S::Future },
-        // The inner call, then headers to add or an in-flight slot to free.
+        // The inner call, then headers to add or in-flight slots to hand to the body.
         InnerPost { #[pin] fut: S::Future, post: Option<Box<Post>> },
         // Boxed: a response is large, and the allowed path's future should stay small
         // (a rejection allocates anyway).
@@ -883,30 +978,32 @@ pin_project! {
     }
 }
 
-/// What happens when the response is ready: headers to add, an in-flight slot to free.
-/// Boxed, and only in the `InnerPost` state (not on the common path: no concurrency cap,
-/// no headers on allowed responses), so that the future stays small and its poll cheap.
+/// What happens when the response is ready: headers to add, in-flight slots to hand to
+/// the body. Boxed, and only in the `InnerPost` state (not on the common path: no
+/// concurrency cap, no headers on allowed responses), so that the future stays small and
+/// its poll cheap.
 struct Post {
-    guard: Option<InFlightGuard>,
+    held: Vec<InFlightGuard>,
     extra: Option<Box<HeaderMap>>,
 }
 
 impl Post {
     #[inline]
-    fn boxed(guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Option<Box<Self>> {
-        if guard.is_none() && extra.is_none() {
+    fn boxed(held: Vec<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Option<Box<Self>> {
+        if held.is_empty() && extra.is_none() {
             None
         } else {
-            Some(Box::new(Self { guard, extra }))
+            Some(Box::new(Self { held, extra }))
         }
     }
 
-    fn apply(self, headers: &mut HeaderMap) {
-        let Post { guard, extra } = self;
+    fn apply<B>(self, resp: Response<B>) -> Response<InFlightBody<B>> {
+        let Post { held, extra } = self;
+        let (mut parts, body) = resp.into_parts();
         if let Some(extra) = extra {
-            quota::merge_headers(headers, *extra);
+            quota::merge_headers(&mut parts.headers, *extra);
         }
-        drop(guard);
+        Response::from_parts(parts, InFlightBody::holding(body, held))
     }
 }
 
@@ -917,7 +1014,7 @@ struct Pending<S, ReqB> {
     check: CheckFuture,
     svc: Option<S>,
     req: Option<Request<ReqB>>,
-    guard: Option<InFlightGuard>,
+    held: Vec<InFlightGuard>,
 }
 
 impl<S, ReqB> State<S, ReqB>
@@ -925,8 +1022,8 @@ where
     S: Service<Request<ReqB>>,
 {
     #[inline]
-    fn call(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
-        match Post::boxed(guard, extra) {
+    fn call(fut: S::Future, held: Vec<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
+        match Post::boxed(held, extra) {
             None => Self::Inner { fut },
             post => Self::InnerPost { fut, post },
         }
@@ -947,9 +1044,9 @@ where
     }
 
     #[inline]
-    fn inner(fut: S::Future, guard: Option<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
+    fn inner(fut: S::Future, held: Vec<InFlightGuard>, extra: Option<Box<HeaderMap>>) -> Self {
         Self {
-            state: State::call(fut, guard, extra),
+            state: State::call(fut, held, extra),
         }
     }
 
@@ -976,11 +1073,13 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     ResB: From<Bytes>,
 {
-    type Output = Result<Response<ResB>, S::Error>;
+    type Output = Result<Response<InFlightBody<ResB>>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let StateProj::Inner { fut } = self.as_mut().project().state.project() {
-            return fut.poll(cx);
+            return fut
+                .poll(cx)
+                .map(|out| out.map(|resp| resp.map(InFlightBody::new)));
         }
         self.poll_general(cx)
     }
@@ -996,24 +1095,25 @@ where
     fn poll_general(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Response<ResB>, S::Error>> {
+    ) -> Poll<Result<Response<InFlightBody<ResB>>, S::Error>> {
         loop {
             let mut this = self.as_mut().project();
             let next = match this.state.as_mut().project() {
-                StateProj::Inner { fut } => return fut.poll(cx),
+                StateProj::Inner { fut } => {
+                    return fut
+                        .poll(cx)
+                        .map(|out| out.map(|resp| resp.map(InFlightBody::new)));
+                }
                 StateProj::InnerPost { fut, post } => {
                     let out = ready!(fut.poll(cx));
                     return Poll::Ready(match post.take() {
-                        None => out,
-                        Some(post) => out.map(|mut resp| {
-                            (*post).apply(resp.headers_mut());
-                            resp
-                        }),
+                        None => out.map(|resp| resp.map(InFlightBody::new)),
+                        Some(post) => out.map(|resp| (*post).apply(resp)),
                     });
                 }
                 StateProj::Ready { resp } => {
                     return match resp.take() {
-                        Some(r) => Poll::Ready(Ok(*r)),
+                        Some(r) => Poll::Ready(Ok((*r).map(InFlightBody::new))),
                         None => Poll::Pending,
                     };
                 }
@@ -1021,7 +1121,7 @@ where
                     let outcome = ready!(pending.check.as_mut().poll(cx));
                     match (outcome, pending.svc.take(), pending.req.take()) {
                         (Outcome::Proceed(extra), Some(mut svc), Some(req)) => {
-                            State::call(svc.call(req), pending.guard.take(), extra)
+                            State::call(svc.call(req), std::mem::take(&mut pending.held), extra)
                         }
                         // The in-flight slot is freed with `pending`, when the state is set.
                         (Outcome::Reject(r), _, _) => State::Ready {

@@ -152,6 +152,11 @@ pub fn build_proxies(
                 cert_file: tls.cert_file,
                 key_file: tls.key_file,
             },
+            admit: layers
+                .upstream_caps
+                .get(i)
+                .map(|cap| crate::caps::admit(cap.clone(), up.name.clone())),
+            max_connections: layers.upstream_caps.get(i).map(|c| c.limits().0),
         };
         proxies.push(Proxy::new(spec).map_err(|e| loaded.error(&key("tls"), e.to_string()))?);
     }
@@ -254,7 +259,7 @@ pub fn router(
             .layer(option_layer(layers.security_headers.clone()))
             .layer(option_layer(layers.transport.clone()))
             .layer(option_layer(layers.origin.clone()))
-            .layer(option_layer(layers.ip_limit.clone()))
+            .layer(option_layer(crate::caps::limit_slot(&layers.ip_limit)))
             .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
             .layer(option_layer(query_guard.clone()))
@@ -278,7 +283,9 @@ pub fn router(
             })))
             // After parsing: per-method and per-tool quotas and costs read the parsed
             // request (before it, every request cost 1 and no tool quota applied).
-            .layer(option_layer(layers.principal_limit.clone()))
+            .layer(option_layer(crate::caps::limit_slot(
+                &layers.principal_limit,
+            )))
             .layer(option_layer(layers.authorize.clone()))
             .service(svc);
         router = router.route_service(&up.path, stack);
@@ -296,7 +303,7 @@ pub fn router(
             .layer(MetricsLayer::new("audit-query"))
             .layer(layers.audit_slot(&trusted))
             .layer(option_layer(layers.security_headers.clone()))
-            .layer(option_layer(layers.ip_limit.clone()))
+            .layer(option_layer(crate::caps::limit_slot(&layers.ip_limit)))
             .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
             .service(query);

@@ -373,6 +373,12 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTlsConfig>,
     /// Client query parameters forwarded (names, or `"*"`); none by default.
     pub forward_query: Vec<String>,
+    /// Requests (streams included) open towards this upstream at once, hence its
+    /// connections (default 256; beyond: 503 with `Retry-After`).
+    pub max_connections: Option<u32>,
+    /// Of those, at most this many for one principal (default 64, at most
+    /// `maxConnections`; beyond: 429 with `Retry-After`).
+    pub max_connections_per_principal: Option<u32>,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -386,6 +392,11 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("response_timeout_ms", &self.response_timeout_ms)
             .field("tls", &self.tls)
             .field("forward_query", &self.forward_query)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_principal",
+                &self.max_connections_per_principal,
+            )
             .finish()
     }
 }

@@ -71,6 +71,9 @@ pub struct Layers {
     /// `sanitization.sessions`: per session, `MCP-Protocol-Version` pinned to the
     /// negotiated version and `resources/subscribe` entries capped (after the binding).
     pub session_guard: Option<mcp_sanitize::SessionGuardLayer>,
+    /// `upstreams[].maxConnections` / `maxConnectionsPerPrincipal`, in the order of
+    /// `upstreams`: shared by every worker's router.
+    pub upstream_caps: Vec<mcp_ratelimit::ConcurrencyCap>,
 }
 
 impl Layers {
@@ -89,6 +92,7 @@ impl Layers {
         let cfg = &loaded.config;
         let mut layers = Self::default();
         upstream_boundary(loaded, &mut layers)?;
+        layers.upstream_caps = crate::caps::upstream_caps(loaded)?;
         layers.ops = Some(crate::ops::Ops::build(loaded, &layers)?);
         if !cfg.layers.enabled {
             return Ok(layers);
@@ -287,6 +291,8 @@ impl Layers {
                 c.blacklist = rl.blacklist.clone();
                 c.cleanup_interval = rl.cleanup_interval;
                 c.max_keys = rl.max_keys;
+                // Streams are capped per principal by `ratelimit.streams`.
+                c.streams = mcp_ratelimit::StreamLimits::off();
                 c
             }),
             None => None,
@@ -305,7 +311,7 @@ impl Layers {
             };
             layers.ip_limit = Some(
                 RateLimitLayer::new(ip_cfg)
-                    .map_err(|e| loaded.error("ip_ratelimit", e.to_string()))?,
+                    .map_err(|e| crate::caps::ratelimit_error(loaded, "ip_ratelimit", e))?,
             );
         }
         if rl.enabled {
@@ -319,8 +325,10 @@ impl Layers {
             }
             p.ipv6_prefix = cfg.server.client_ipv6_prefix;
             resolve("ratelimit", &mut p)?;
-            layers.principal_limit =
-                Some(RateLimitLayer::new(p).map_err(|e| loaded.error("ratelimit", e.to_string()))?);
+            layers.principal_limit = Some(
+                RateLimitLayer::new(p)
+                    .map_err(|e| crate::caps::ratelimit_error(loaded, "ratelimit", e))?,
+            );
         }
         Ok(layers)
     }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod app;
+mod caps;
 mod config;
 mod demo;
 mod keys;

@@ -155,7 +155,7 @@ impl Ops {
                 // every outcome in the audit trail.
                 let stack = ServiceBuilder::new()
                     .layer(layers.audit_slot(trusted))
-                    .layer(option_layer(layers.ip_limit.clone()))
+                    .layer(option_layer(crate::caps::limit_slot(&layers.ip_limit)))
                     .layer(option_layer(layers.auth_monitor.clone()))
                     .layer(option_layer(layers.auth.clone()))
                     .service(svc);

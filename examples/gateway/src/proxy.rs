@@ -121,7 +121,23 @@ pub struct UpstreamSpec {
     pub response_timeout: Duration,
     /// TLS settings.
     pub tls: UpstreamTls,
+    /// Admission towards the upstream (`upstreams[].maxConnections` and
+    /// `maxConnectionsPerPrincipal`, see `caps.rs`); none: every request is sent.
+    pub admit: Option<Admit>,
+    /// Most requests open towards the upstream at once (sizes the idle pool).
+    pub max_connections: Option<u32>,
 }
+
+/// Admission of a request towards the upstream: a permit held until the response body
+/// ends (streams included), or the refusal to answer instead.
+pub type Admit = Arc<
+    dyn Fn(
+            &Request<Body>,
+            Option<mcp_core::JsonRpcId>,
+        ) -> Result<mcp_ratelimit::ConcurrencyPermit, Box<Response<Body>>>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for UpstreamSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,6 +151,7 @@ impl std::fmt::Debug for UpstreamSpec {
             .field("forward_query", &self.forward_query)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -240,7 +257,8 @@ impl Proxy {
             // taken from the pool; with one, idle connections are closed when it passes.
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            // Never more idle connections than requests may be open at once.
+            .pool_max_idle_per_host(spec.max_connections.map_or(256, |n| n.min(256) as usize))
             .build(https);
         Ok(Self {
             inner: Arc::new(ProxyInner {
@@ -297,6 +315,15 @@ impl Proxy {
                 .with_detail("rule=upstream_query")
                 .into_response();
         };
+        // Held until the response body ends (streams included): released on end, error,
+        // client disconnect, or here when the upstream fails.
+        let permit = match &spec.admit {
+            Some(admit) => match admit(&req, id.clone()) {
+                Ok(p) => Some(p),
+                Err(refused) => return *refused,
+            },
+            None => None,
+        };
         let (parts, body) = req.into_parts();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method.clone();
@@ -330,7 +357,13 @@ impl Proxy {
                     }
                     Err(frame) => frame,
                 });
-                Response::from_parts(parts, Body::new(body))
+                match permit {
+                    Some(p) => Response::from_parts(
+                        parts,
+                        Body::new(mcp_ratelimit::InFlightBody::with_permit(body, p)),
+                    ),
+                    None => Response::from_parts(parts, Body::new(body)),
+                }
             }
             Ok(Err(e)) => {
                 let timed_out = is_connect_timeout(&e);
@@ -905,6 +938,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             tls: UpstreamTls::default(),
+            admit: None,
+            max_connections: None,
         };
         let dbg = format!("{spec:?}");
         assert!(!dbg.contains("7f3a"), "{dbg}");
