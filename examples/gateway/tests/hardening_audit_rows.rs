@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
+/// The base configuration with one audit row per refused request (these tests count
+/// the rows of refusals; the default aggregates a refused client's refusals).
+fn base_config(upstream: &str, audit_db: &std::path::Path, extra: &str) -> String {
+    per_request_audit(&common::base_config(upstream, audit_db, extra))
+}
+
 /// The default caps (`audit.limits`).
 const HEADER_VALUE: usize = 4096;
 const HEADERS: usize = 16 * 1024;

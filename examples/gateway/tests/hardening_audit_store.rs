@@ -397,11 +397,19 @@ async fn the_sqlite_trail_stays_within_its_byte_budget() {
     let dir = tempdir();
     let db = dir.path().join("a.db");
     let (_up, upstream) = start_upstream(dir.path());
-    let yaml = base_config(&upstream, &db, "sanitization:\n  max_length: 100000\n").replacen(
-        "    sqlitePath:",
-        "    maxBytes: 4194304\n    sqlitePath:",
-        1,
-    );
+    // Records of about 40 KB: the params cap (`audit.limits.paramsBytes`, 16 KiB by
+    // default) raised above them.
+    let yaml = base_config(&upstream, &db, "sanitization:\n  max_length: 100000\n")
+        .replacen(
+            "    sqlitePath:",
+            "    maxBytes: 4194304\n    sqlitePath:",
+            1,
+        )
+        .replacen(
+            "audit:\n  enabled: true\n",
+            "audit:\n  enabled: true\n  limits: {paramsBytes: 65536}\n",
+            1,
+        );
     let (mut gw, base) = start_gateway(dir.path(), &yaml);
     let message = "m".repeat(40_000);
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -29,6 +29,12 @@ use common::*;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
+/// The base configuration with one audit row per refused request (these tests count
+/// the rows of refusals; the default aggregates a refused client's refusals).
+fn base_config(upstream: &str, audit_db: &std::path::Path, extra: &str) -> String {
+    per_request_audit(&common::base_config(upstream, audit_db, extra))
+}
+
 const LEGACY: &str = "2025-11-25";
 
 /// Established TCP connections to `port` (from /proc/net/tcp), counted on the client side.

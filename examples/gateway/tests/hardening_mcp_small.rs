@@ -11,6 +11,18 @@ use common::everything::start_everything;
 use common::*;
 use serde_json::{Value, json};
 
+/// The base configuration with one audit row per refused request (these tests count
+/// the rows of refusals; the default aggregates a refused client's refusals).
+fn base_config(upstream: &str, audit_db: &std::path::Path, extra: &str) -> String {
+    per_request_audit(&common::base_config(upstream, audit_db, extra))
+}
+
+fn start_default(dir: &std::path::Path) -> (Proc, Proc, String) {
+    let (up, upstream) = start_upstream(dir);
+    let (gw, base) = start_gateway(dir, &base_config(&upstream, &dir.join("a.db"), ""));
+    (up, gw, base)
+}
+
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 
 fn init_body(version: &str) -> String {
