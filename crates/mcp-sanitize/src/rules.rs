@@ -519,11 +519,12 @@ fn gate_at(b: &[u8], p: usize) -> bool {
         while end > 0 && is_regex_space(b[end - 1]) {
             end -= 1;
         }
-        let mut start = end;
-        while start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_') {
-            start -= 1;
-        }
-        return end < p && b[start..end].eq_ignore_ascii_case(b"rm");
+        // The word is `rm` when it ends with `rm` and nothing of a word comes before.
+        let word = |i: usize| b[i].is_ascii_alphanumeric() || b[i] == b'_';
+        return end < p
+            && end >= 2
+            && b[end - 2..end].eq_ignore_ascii_case(b"rm")
+            && (end == 2 || !word(end - 3));
     }
     if c != b':' && c != b'=' {
         return true;
@@ -1202,7 +1203,7 @@ impl RuleEngine {
         }
         let v = if facts.view || (!ascii && text::unicode_view_differs(s)) {
             text::normalize_for_rules(s)
-        } else if memchr::memmem::find(b, b":/").is_some() {
+        } else if memchr::memchr_iter(b':', b).any(|i| b.get(i + 1) == Some(&b'/')) {
             text::collapse_path(s).map_or(Cow::Borrowed(s), Cow::Owned)
         } else {
             Cow::Borrowed(s)
