@@ -26,7 +26,11 @@
 //! pass notes the bytes that may make the view differ (`%`, `&` before `#` or a letter, a
 //! doubled separator or a `.` segment, whitespace when blocked patterns are configured);
 //! the view is computed only for those values and for values that are not pure ASCII, so
-//! an ordinary ASCII value is never copied. The value forwarded is never the view.
+//! an ordinary ASCII value is never copied. A non-ASCII value without such a byte skips the
+//! decoding rounds, and the Unicode step too when every non-ASCII character is one NFKC
+//! keeps (checked a word at a time over ASCII); it is then copied only if it holds a `:/`
+//! (separators after a `:` are folded in the view but not flagged by the pass). The value
+//! forwarded is never the view.
 //!
 //! The built-in rule sets ([`Category`]) are deliberately anchored on syntax: each SQL
 //! injection pattern needs one of the characters the seeds strip (`;`, `'`, `"`, `--`,
