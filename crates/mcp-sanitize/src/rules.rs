@@ -1197,7 +1197,8 @@ impl RuleEngine {
     /// `.` segment but after a `:`), no decoding round changes anything; a value that is
     /// ASCII or whose non-ASCII characters NFKC keeps (and none invisible or a space) is
     /// left as it is by the Unicode step; what remains is the separators after a `:`.
-    /// Decides exactly as [`Self::view_match`] where [`Self::may_differ`] holds.
+    /// Decides exactly as [`Self::view_match`] wherever the view is looked at (a flagged
+    /// byte, a non-ASCII byte, or two spaces in a row with blocked patterns).
     #[inline]
     fn view_match_after(&self, s: &str, facts: ValueFacts) -> bool {
         let b = s.as_bytes();
