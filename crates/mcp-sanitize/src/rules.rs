@@ -26,7 +26,11 @@
 //! pass notes the bytes that may make the view differ (`%`, `&` before `#` or a letter, a
 //! doubled separator or a `.` segment, whitespace when blocked patterns are configured);
 //! the view is computed only for those values and for values that are not pure ASCII, so
-//! an ordinary ASCII value is never copied. The value forwarded is never the view.
+//! an ordinary ASCII value is never copied. A non-ASCII value without such a byte skips the
+//! decoding rounds, and the Unicode step too when every non-ASCII character is one NFKC
+//! keeps (checked a word at a time over ASCII); it is then copied only if it holds a `:/`
+//! (separators after a `:` are folded in the view but not flagged by the pass). The value
+//! forwarded is never the view.
 //!
 //! The built-in rule sets ([`Category`]) are deliberately anchored on syntax: each SQL
 //! injection pattern needs one of the characters the seeds strip (`;`, `'`, `"`, `--`,
@@ -519,11 +523,12 @@ fn gate_at(b: &[u8], p: usize) -> bool {
         while end > 0 && is_regex_space(b[end - 1]) {
             end -= 1;
         }
-        let mut start = end;
-        while start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_') {
-            start -= 1;
-        }
-        return end < p && b[start..end].eq_ignore_ascii_case(b"rm");
+        // The word is `rm` when it ends with `rm` and nothing of a word comes before.
+        let word = |i: usize| b[i].is_ascii_alphanumeric() || b[i] == b'_';
+        return end < p
+            && end >= 2
+            && b[end - 2..end].eq_ignore_ascii_case(b"rm")
+            && (end == 2 || !word(end - 3));
     }
     if c != b':' && c != b'=' {
         return true;
@@ -1156,7 +1161,7 @@ impl RuleEngine {
         if let Some(facts) = self.prescan(b)
             && !self.ac.as_ref().is_some_and(|ac| ac.is_match(b))
             && !self.set.as_ref().is_some_and(|set| set.is_match(b))
-            && !(self.may_differ(b, facts) && self.view_match(s))
+            && !self.view_match_after(s, facts)
         {
             return ValueScan {
                 facts,
@@ -1177,19 +1182,49 @@ impl RuleEngine {
     /// Whether the normalized views of a value may differ from it (facts from
     /// [`Self::prescan`]): a flagged byte, a non-ASCII byte, or two spaces in a row when
     /// blocked patterns see whitespace folded. Pure ASCII values without such a byte are
-    /// neither copied nor normalized.
-    #[inline(always)]
+    /// neither copied nor normalized. (The reference [`Self::view_match_after`] is tested
+    /// against.)
+    #[cfg(test)]
     fn may_differ(&self, b: &[u8], facts: ValueFacts) -> bool {
         facts.view
             || !b.is_ascii()
             || (self.fold_spaces && memchr::memmem::find(b, b"  ").is_some())
     }
 
+    /// [`Self::view_match`] for a value whose [`Self::prescan`] found `facts`, building
+    /// only the steps of [`text::normalize_for_rules`] that can change it: with no byte
+    /// flagged for the view (no `%`, no `&` before `#` or a letter, no separator run or
+    /// `.` segment but after a `:`), no decoding round changes anything; a value that is
+    /// ASCII or whose non-ASCII characters NFKC keeps (and none invisible or a space) is
+    /// left as it is by the Unicode step; what remains is the separators after a `:`.
+    /// Decides exactly as [`Self::view_match`] wherever the view is looked at (a flagged
+    /// byte, a non-ASCII byte, or two spaces in a row with blocked patterns).
+    #[inline]
+    fn view_match_after(&self, s: &str, facts: ValueFacts) -> bool {
+        let b = s.as_bytes();
+        let ascii = b.is_ascii();
+        if !facts.view && ascii && !(self.fold_spaces && memchr::memmem::find(b, b"  ").is_some()) {
+            return false;
+        }
+        let v = if facts.view || (!ascii && text::unicode_view_differs(s)) {
+            text::normalize_for_rules(s)
+        } else if memchr::memchr_iter(b':', b).any(|i| b.get(i + 1) == Some(&b'/')) {
+            text::collapse_path(s).map_or(Cow::Borrowed(s), Cow::Owned)
+        } else {
+            Cow::Borrowed(s)
+        };
+        self.view_match_of(v)
+    }
+
     /// Whether a rule matches the normalized views of `s` ([`text::normalize_for_rules`]
     /// for every rule; whitespace folded for the blocked patterns, case folded for their
     /// literals).
     pub(crate) fn view_match(&self, s: &str) -> bool {
-        let v = text::normalize_for_rules(s);
+        self.view_match_of(text::normalize_for_rules(s))
+    }
+
+    /// [`Self::view_match`] given the view `v` (`Cow::Borrowed` when it is the value).
+    fn view_match_of(&self, v: Cow<'_, str>) -> bool {
         if matches!(v, Cow::Owned(_)) && self.prescan(v.as_bytes()).is_none() {
             return true;
         }
@@ -1852,8 +1887,105 @@ mod tests {
     fn fast_path_sound_and_agrees(s: &str) -> Result<(), String> {
         filter_sound_on(s)?;
         let (e, full, eb, fullb) = &*FULL;
+        view_decides_as_full_normalization(e, s)?;
+        view_decides_as_full_normalization(eb, s)?;
         agree(e, full, s).and_then(|()| agree(eb, fullb, s))
     }
+
+    /// The view built from the prescan's facts ([`RuleEngine::view_match_after`]) decides
+    /// as the full [`text::normalize_for_rules`] does, wherever the view is looked at.
+    fn view_decides_as_full_normalization(e: &RuleEngine, s: &str) -> Result<(), String> {
+        let b = s.as_bytes();
+        let Some(facts) = e.prescan(b) else {
+            return Ok(());
+        };
+        let fast = e.view_match_after(s, facts);
+        let full = e.may_differ(b, facts) && e.view_match(s);
+        if fast != full {
+            return Err(format!("view decision differs on {s:?}: {fast} vs {full}"));
+        }
+        // Where no byte was flagged, decoding changes nothing, and a value whose
+        // characters NFKC keeps is changed only by the separators after a `:`.
+        if !facts.view && !text::unicode_view_differs(s) {
+            let v = text::normalize_for_rules(s);
+            let want = text::collapse_path(s).unwrap_or_else(|| s.to_owned());
+            if v != want {
+                return Err(format!("view differs on {s:?}: {v:?} vs {want:?}"));
+            }
+            if memchr::memmem::find(b, b":/").is_none() && v != s {
+                return Err(format!("view of {s:?} is not the value: {v:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pieces that make the normalized view differ, or look as if they might: NFKC
+    /// changes (fullwidth, compatibility, combining marks), letters NFKC keeps,
+    /// invisible and Unicode spaces, percent and entity encodings, separators.
+    const VIEW_WORDS: &[&str] = &[
+        "a",
+        "etc",
+        "passwd",
+        " ",
+        "  ",
+        "\t",
+        "\u{3000}",
+        "\u{a0}",
+        "\u{200b}",
+        "\u{feff}",
+        "\u{ad}",
+        "\u{2060}",
+        "\u{ff0f}",
+        "\u{ff0e}",
+        "\u{ff1c}",
+        "\u{ff53}\u{ff43}",
+        "\u{fb01}",
+        "\u{b2}",
+        "\u{212a}",
+        "\u{2024}",
+        "\u{fe52}",
+        "e\u{301}",
+        "\u{338}",
+        "\u{e9}",
+        "\u{fc}",
+        "\u{f1}",
+        "\u{416}",
+        "\u{3042}",
+        "\u{4e2d}",
+        "\u{d55c}",
+        "\u{1100}\u{1161}",
+        "%2e",
+        "%2F",
+        "%252e",
+        "%u002e",
+        "%c0%ae",
+        "%",
+        "&lt;",
+        "&#x2f;",
+        "&#47;",
+        "&amp;lt;",
+        "&",
+        "& ",
+        "&#",
+        "/",
+        "//",
+        "\\",
+        "/./",
+        "/.",
+        "../",
+        "://",
+        ":/./",
+        ":/",
+        "http:",
+        "<script>",
+        "' or 1=1",
+        ";rm -rf",
+        "javascript:",
+        "DROP",
+        "TABLE",
+        "top",
+        "secret",
+    ];
 
     /// The anchored search matches only where the search tries it: at the start when
     /// [`start_may_match`] holds, at trigger bytes [`may_start_at`] lets through.
@@ -2065,6 +2197,17 @@ mod tests {
         /// and the full scan agree, and so do the facts.
         #[test]
         fn fast_path_agrees_with_full_scan_on_any_string(s in proptest::prelude::any::<String>()) {
+            fast_path_sound_and_agrees(&s).map_err(proptest::test_runner::TestCaseError::fail)?;
+        }
+
+        /// Strings built from the pieces that change the normalized view (and some that
+        /// only look as if they might): the view built from the prescan's facts decides as
+        /// the full normalization, and the fast path as the full scan.
+        #[test]
+        fn view_fast_path_agrees_with_full_normalization(
+            words in proptest::collection::vec(proptest::sample::select(VIEW_WORDS.to_vec()), 0..14)
+        ) {
+            let s: String = words.concat();
             fast_path_sound_and_agrees(&s).map_err(proptest::test_runner::TestCaseError::fail)?;
         }
 

@@ -421,11 +421,11 @@ fn is_default_ignorable(c: char) -> bool {
 /// Whether [`unicode_view`] may change `s`: not already NFKC by the quick check, or a
 /// default-ignorable character or a non-ASCII space. Text in precomposed scripts (`café`,
 /// `naïve`, CJK) is usually NFKC already and is then not copied.
-fn unicode_view_differs(s: &str) -> bool {
+pub(crate) fn unicode_view_differs(s: &str) -> bool {
     use unicode_normalization::{IsNormalized, is_nfkc_quick};
     // Most non-ASCII text is ASCII plus precomposed letters that NFKC keeps, none of them
     // a combining mark, a space or invisible: decided without the normalization tables.
-    if s.chars().all(|c| c.is_ascii() || nfkc_stable_letter(c)) {
+    if ascii_or_stable_letters(s) {
         return false;
     }
     is_nfkc_quick(s.chars()) != IsNormalized::Yes
@@ -433,12 +433,49 @@ fn unicode_view_differs(s: &str) -> bool {
             .any(|c| is_default_ignorable(c) || (c.is_whitespace() && !c.is_ascii()))
 }
 
+/// Whether every character of `s` is ASCII or a [`nfkc_stable_letter`]: ASCII runs are
+/// skipped eight bytes at a time, only the other characters are decoded.
+fn ascii_or_stable_letters(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(w) = b.get(i..).and_then(|r| r.first_chunk::<8>()) {
+            let w = u64::from_le_bytes(*w);
+            if w & 0x8080_8080_8080_8080 == 0 {
+                i += 8;
+                continue;
+            }
+            // The first non-ASCII byte of the word (little endian: the lowest set bit).
+            i += (w & 0x8080_8080_8080_8080).trailing_zeros() as usize / 8;
+        } else if b[i].is_ascii() {
+            i += 1;
+            continue;
+        }
+        // `i` is at the lead byte of a non-ASCII character (ASCII bytes and whole
+        // characters were skipped), so a character boundary.
+        match s.get(i..).and_then(|r| r.chars().next()) {
+            Some(c) if nfkc_stable_letter(c) => i += c.len_utf8(),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Letters that are NFKC, start no composition and are neither spaces nor invisible:
 /// Latin-1 letters (U+00C0..U+00FF), Latin Extended-A but its compatibility characters,
-/// basic Cyrillic, Hiragana, Katakana, CJK unified ideographs and Hangul syllables.
+/// basic Cyrillic, Hiragana, Katakana, CJK unified ideographs and Hangul syllables; and
+/// the typographic dashes and quotes, the bullet and the euro sign of ordinary prose.
 fn nfkc_stable_letter(c: char) -> bool {
     matches!(c,
         '\u{c0}'..='\u{ff}'
+        | '\u{2013}'
+        | '\u{2014}'
+        | '\u{2018}'
+        | '\u{2019}'
+        | '\u{201c}'
+        | '\u{201d}'
+        | '\u{2022}'
+        | '\u{20ac}'
         | '\u{100}'..='\u{131}'
         | '\u{134}'..='\u{13e}'
         | '\u{141}'..='\u{148}'
@@ -539,7 +576,7 @@ fn is_sep(b: u8) -> bool {
 
 /// Folds runs of path separators to one and removes `.` segments after a separator.
 /// `None` when nothing changes.
-fn collapse_path(s: &str) -> Option<String> {
+pub(crate) fn collapse_path(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let needs = memchr::memchr2_iter(b'/', b'\\', b)
         .any(|i| b.get(i + 1).is_some_and(|&n| is_sep(n) || n == b'.'));
@@ -688,6 +725,22 @@ mod tests {
         #[test]
         fn control_check_equals_char_definition(s in "(\\PC|[\\x00-\\x1f\\x7f\\u{80}-\\u{a0}]){0,70}") {
             proptest::prop_assert_eq!(has_forbidden_control(&s), by_chars(&s));
+        }
+
+        /// The word-at-a-time check equals the check of every character, on ASCII with
+        /// letters NFKC keeps and characters it does not, at every alignment.
+        #[test]
+        fn stable_check_equals_char_check(
+            s in "[a-z /%&\u{e9}\u{fc}\u{416}\u{3042}\u{4e2d}\u{d55c}\u{301}\u{ff0f}\u{200b}\u{a0}\u{fb01}\u{1f600}]{0,40}"
+        ) {
+            let by_char = s.chars().all(|c| c.is_ascii() || nfkc_stable_letter(c));
+            proptest::prop_assert_eq!(ascii_or_stable_letters(&s), by_char, "{:?}", s);
+        }
+
+        #[test]
+        fn stable_check_equals_char_check_on_any_string(s in proptest::prelude::any::<String>()) {
+            let by_char = s.chars().all(|c| c.is_ascii() || nfkc_stable_letter(c));
+            proptest::prop_assert_eq!(ascii_or_stable_letters(&s), by_char, "{:?}", s);
         }
     }
 
