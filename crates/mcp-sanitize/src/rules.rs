@@ -157,11 +157,12 @@ macro_rules! shell_commands {
 }
 
 const COMMAND_PATTERNS: &[&str] = &[
-    // A separator (or a substitution) followed by a command.
+    // A separator (or a substitution) followed by a command. A comma right after the
+    // word makes it another word: the `;base64,` of a `data:` URI is no command.
     concat!(
         r"(?:[;&`]|\$\()\s*(?:(?:/usr)?/s?bin/)?(?:",
         shell_commands!(),
-        r")\b"
+        r")\b(?:[^,]|$)"
     ),
     // A pipe followed by a command that ends the value or a line, or takes an argument:
     // not a markdown cell (`| cat | 3 |`).
