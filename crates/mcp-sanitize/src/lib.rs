@@ -81,7 +81,9 @@ pub mod origin;
 pub mod rules;
 pub mod scan;
 pub mod session_guard;
+pub mod shell;
 pub mod ssrf;
+mod supplement;
 pub mod text;
 pub mod validate;
 
