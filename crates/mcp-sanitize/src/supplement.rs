@@ -29,8 +29,10 @@ pub(crate) fn patterns(c: Category) -> (&'static [&'static str], &'static [&'sta
     match c {
         Category::SqlInjection => (
             &[
-                // A numeric tautology without a quote: `1 OR 1=1`, `id=5 and 2 = 2`.
-                r"\b(?:or|and)\s+\d+\s*=\s*\d+\b",
+                // A numeric tautology without a quote after a number, a parenthesis or
+                // at the start: `1 OR 1=1`, `id=5) and 2 = 2`, `or 1=1`. (Not after a
+                // word: `people write OR 1=1 in examples`.)
+                r"(?:^|[0-9)])\s*(?:or|and)\s+\d+\s*=\s*\d+\b",
                 // UNION SELECT without a quote: `1 union all select null`.
                 r"\bunion(?:\s|/\*.*?\*/)+(?:all(?:\s|/\*.*?\*/)+)?select\b",
                 // Error-based probes.
