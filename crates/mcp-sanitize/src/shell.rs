@@ -53,15 +53,12 @@ fn is_separator_byte(c: u8) -> bool {
     matches!(c, b';' | b'&' | b'|' | b'`' | b'$' | b'<' | b'>' | b'\n')
 }
 
-/// What the bytes of a value say about its shell view: `(separator, quoting)`. A byte
-/// outside ASCII, `%` or `&` may decode (in the normalized view) to either, so it counts
-/// as both.
+/// What the bytes of a value say about its shell view: `(separator, quoting)`. Called on
+/// the normalized view (fullwidth and encoded quotes already decoded), or on a value
+/// whose normalized view is itself.
 pub(crate) fn gate_bytes(b: &[u8]) -> (bool, bool) {
     let (mut sep, mut quote) = (false, false);
     for &c in b {
-        if c >= 0x80 || c == b'%' || c == b'&' {
-            return (true, true);
-        }
         sep |= is_separator_byte(c);
         quote |= is_quote_byte(c);
         if sep && quote {
@@ -315,7 +312,7 @@ mod tests {
         assert_eq!(gate_bytes(b"plain"), (false, false));
         assert_eq!(gate_bytes(b"a;'id'"), (true, true));
         assert_eq!(gate_bytes(b"it's"), (false, true));
-        assert_eq!(gate_bytes("é".as_bytes()), (true, true));
+        assert_eq!(gate_bytes("café".as_bytes()), (false, false));
         assert!(has_rm_flags(b"x rm  -fr"));
         assert!(!has_rm_flags(b"form -x"));
         assert!(!has_rm_flags(b"rm x"));
