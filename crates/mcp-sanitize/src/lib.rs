@@ -82,6 +82,7 @@ pub mod rules;
 pub mod scan;
 pub mod session_guard;
 pub mod shell;
+mod splice;
 pub mod ssrf;
 mod supplement;
 pub mod text;

@@ -483,3 +483,42 @@ async fn shell_quoting_does_not_hide_a_command() {
     let got = String::from_utf8(g.seen.lock().unwrap()[before].clone()).unwrap();
     assert!(got.contains(&serde_json::to_string(text).unwrap()), "{got}");
 }
+
+/// F8: a `strip` replaces only the strings it changed; big integers, long decimals, the
+/// `id`, key order, whitespace and the untouched messages of a batch keep their bytes.
+#[tokio::test]
+async fn strip_keeps_every_other_byte() {
+    let dir = tempdir();
+    let (upstream, seen) = body_recording_upstream().await;
+    let extra = r#"sanitization:
+  enabled: true
+  allow_batch: true
+  rules:
+    xss: {enabled: true, action: strip}
+"#;
+    let yaml = base_config(&upstream, &dir.path().join("a.db"), extra);
+    let (_gw, base) = start_gateway(dir.path(), &yaml);
+    let url = format!("{base}/mcp");
+    let c = client();
+    let meta = modern_meta().to_string();
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":123456789012345678901234567890,"method":"tools/call","params":{{"name":"transfer","arguments":{{"memo":"<script>x","account":123456789012345678901234567890,  "amount":1.0000000000000000001,"z":-0.0}},"_meta":{meta}}}}}"#
+    );
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "transfer")
+        .header("x-api-key", KEY)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let got = String::from_utf8(seen.lock().unwrap().last().unwrap().clone()).unwrap();
+    assert_eq!(got, body.replace(r#""<script>x""#, r#""x""#));
+}
