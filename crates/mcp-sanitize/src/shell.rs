@@ -38,8 +38,7 @@ use std::borrow::Cow;
 
 /// Whether `b` holds a byte a shell treats as quoting or grouping (so that the view may
 /// differ): `'` `"` `\` `(` `)` `{` `}` `#` `!` `` ` `` `$` `<`.
-#[inline]
-fn is_quote_byte(c: u8) -> bool {
+const fn is_quote_byte(c: u8) -> bool {
     matches!(
         c,
         b'\'' | b'"' | b'\\' | b'(' | b')' | b'{' | b'}' | b'#' | b'!' | b'`' | b'$' | b'<'
@@ -48,24 +47,43 @@ fn is_quote_byte(c: u8) -> bool {
 
 /// Whether `b` holds a byte that separates or substitutes commands: `;` `&` `|` `` ` ``
 /// `$` `<` `>` or a line feed.
-#[inline]
-fn is_separator_byte(c: u8) -> bool {
+const fn is_separator_byte(c: u8) -> bool {
     matches!(c, b';' | b'&' | b'|' | b'`' | b'$' | b'<' | b'>' | b'\n')
 }
+
+/// Per byte: 1 for a separator ([`is_separator_byte`]), 2 for a quoting byte
+/// ([`is_quote_byte`]).
+static GATE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        // `i` is below 256.
+        let c = i as u8;
+        if is_separator_byte(c) {
+            t[i] |= 1;
+        }
+        if is_quote_byte(c) {
+            t[i] |= 2;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// What the bytes of a value say about its shell view: `(separator, quoting)`. Called on
 /// the normalized view (fullwidth and encoded quotes already decoded), or on a value
 /// whose normalized view is itself.
 pub(crate) fn gate_bytes(b: &[u8]) -> (bool, bool) {
-    let (mut sep, mut quote) = (false, false);
-    for &c in b {
-        sep |= is_separator_byte(c);
-        quote |= is_quote_byte(c);
-        if sep && quote {
+    let mut acc = 0u8;
+    for chunk in b.chunks(32) {
+        for &c in chunk {
+            acc |= GATE[c as usize];
+        }
+        if acc == 3 {
             break;
         }
     }
-    (sep, quote)
+    (acc & 1 != 0, acc & 2 != 0)
 }
 
 /// Whether `b` holds the word `rm` (any case) followed by whitespace and a `-`: a flag
