@@ -2,7 +2,8 @@
 //!
 //! The walk is iterative (an explicit stack), so no input depth can overflow the thread's
 //! stack; the depth limit is checked as the walk descends. Strings are checked once for
-//! length, control characters, and (in the argument scope) the rules and URLs.
+//! length, control characters, the rules and URLs (every member of every message but
+//! `jsonrpc`: see the zones below).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
