@@ -174,9 +174,12 @@ pub struct SanitizeConfig {
     pub blocked_patterns: Vec<BlockedPattern>,
     /// The action of blocked patterns that do not name one.
     pub blocked_patterns_action: RuleAction,
-    /// Per-tool exemptions, by tool name.
+    /// Per-tool exemptions, by tool name: they apply to `params.arguments` of a
+    /// `tools/call` of that tool only (not to its `_meta`, `inputResponses`, `task`, nor to
+    /// other methods).
     pub tool_overrides: BTreeMap<String, RuleOverride>,
-    /// Per-prompt exemptions, by prompt name.
+    /// Per-prompt exemptions, by prompt name: `params.arguments` of a `prompts/get` of
+    /// that prompt only.
     pub prompt_overrides: BTreeMap<String, RuleOverride>,
     /// Origin and Host rules.
     pub origin: OriginConfig,

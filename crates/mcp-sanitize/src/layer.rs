@@ -137,12 +137,8 @@ impl Shared {
         let Some(rewrite) = self.validator.validate(mcp)? else {
             return Ok(None);
         };
-        let bytes = match serde_json::to_vec(&rewrite.value) {
-            Ok(v) => Bytes::from(v),
-            Err(_) => {
-                return Err(Rejection::new(RejectionReason::Internal).with_detail("reserialize"));
-            }
-        };
+        // Only the strings the strip changed are replaced: every other byte is kept.
+        let bytes = crate::splice::rewritten_bytes(mcp.raw(), &rewrite.value)?;
         let new = McpRequest::from_parts(bytes.clone(), rewrite.value, mcp.headers().clone());
         mcp_core::RequestFacts::note_request(req.extensions(), &new);
         req.extensions_mut().insert(new);
@@ -210,10 +206,9 @@ impl SanitizeLayer {
         let Some(rewrite) = self.shared.validator.validate(req)? else {
             return Ok(None);
         };
-        let bytes = serde_json::to_vec(&rewrite.value)
-            .map_err(|_| Rejection::new(RejectionReason::Internal).with_detail("reserialize"))?;
+        let bytes = crate::splice::rewritten_bytes(req.raw(), &rewrite.value)?;
         Ok(Some(McpRequest::from_parts(
-            Bytes::from(bytes),
+            bytes,
             rewrite.value,
             req.headers().clone(),
         )))

@@ -81,7 +81,10 @@ pub mod origin;
 pub mod rules;
 pub mod scan;
 pub mod session_guard;
+pub mod shell;
+mod splice;
 pub mod ssrf;
+mod supplement;
 pub mod text;
 pub mod validate;
 

@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify;
 use crate::config::ConfigError;
-use crate::text;
+use crate::{shell, supplement, text};
 
 /// A built-in rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -161,11 +161,12 @@ macro_rules! shell_commands {
 }
 
 const COMMAND_PATTERNS: &[&str] = &[
-    // A separator (or a substitution) followed by a command.
+    // A separator (or a substitution) followed by a command. A comma right after the
+    // word makes it another word: the `;base64,` of a `data:` URI is no command.
     concat!(
         r"(?:[;&`]|\$\()\s*(?:(?:/usr)?/s?bin/)?(?:",
         shell_commands!(),
-        r")\b"
+        r")\b(?:[^,]|$)"
     ),
     // A pipe followed by a command that ends the value or a line, or takes an argument:
     // not a markdown cell (`| cat | 3 |`).
@@ -435,6 +436,13 @@ pub(crate) struct RuleEngine {
     regexes: Vec<Regex>,
     /// Whether blocked patterns are configured: they also see whitespace runs folded.
     fold_spaces: bool,
+    /// The command injection patterns and [`supplement::SHELL_PATTERNS`], searched on
+    /// the shell view ([`shell::shell_view`]).
+    shell: Option<TriggeredSet>,
+    /// The supplementary patterns of the other categories ([`supplement::patterns`]).
+    extra: Option<TriggeredSet>,
+    /// Their prefilter literals: without one, the supplementary patterns are not searched.
+    extra_pre: Option<AhoCorasick>,
 }
 
 const TRIGGER: u8 = 1;
@@ -892,6 +900,8 @@ impl RuleEngine {
             (Vec::new(), Vec::new(), [false; 256]);
         let (mut gated_src, mut gated_rule, mut gated_bytes) =
             (Vec::new(), Vec::new(), [false; 256]);
+        let (mut shell_src, mut shell_rule) = (Vec::new(), Vec::new());
+        let (mut extra_src, mut extra_rule, mut extra_lits) = (Vec::new(), Vec::new(), Vec::new());
 
         for c in Category::ALL {
             let setting = builtin.get(c);
@@ -924,7 +934,20 @@ impl RuleEngine {
             if c == Category::CommandInjection {
                 // The gated `rm` pattern: the `-` of its first flag.
                 byte_table(b"-", &mut gated_bytes);
+                for p in c.patterns().iter().chain(supplement::SHELL_PATTERNS) {
+                    shell_src.push(format!("(?i-u:{p})"));
+                    shell_rule.push(idx);
+                }
             }
+            let (extra_pats, lits) = supplement::patterns(c);
+            for p in extra_pats {
+                let src = format!("(?i-u:{p})");
+                own.push(regex_src.len());
+                extra_src.push(src.clone());
+                extra_rule.push(idx);
+                regex_src.push(src);
+            }
+            extra_lits.extend_from_slice(lits);
             rules.push(RuleMeta {
                 name: Cow::Borrowed(c.name()),
                 action: setting.action,
@@ -1069,7 +1092,20 @@ impl RuleEngine {
             }
         }
         let fold_spaces = !ac_rule.is_empty() || !set_rule.is_empty();
+        let extra_pre = if extra_lits.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .build(&extra_lits)
+                    .map_err(|_| ConfigError::invalid("rules", "built-in literals failed"))?,
+            )
+        };
         Ok(Self {
+            shell: TriggeredSet::build(&shell_src, shell_rule)?,
+            extra: TriggeredSet::build(&extra_src, extra_rule)?,
+            extra_pre,
             fold_spaces,
             rules,
             ac,
@@ -1094,6 +1130,82 @@ impl RuleEngine {
         self.ac.as_ref().is_some_and(|ac| ac.is_match(b))
             || self.prescan(b).is_none()
             || self.set.as_ref().is_some_and(|set| set.is_match(b))
+            || self.extra_match(b)
+    }
+
+    /// Whether a supplementary pattern matches `b` (searched only past its prefilter).
+    fn extra_match(&self, b: &[u8]) -> bool {
+        self.extra_pre.as_ref().is_some_and(|ac| ac.is_match(b))
+            && self.extra.as_ref().is_some_and(|e| e.matches_anywhere(b))
+    }
+
+    /// The supplementary patterns that match `b`, added to `out`.
+    fn extra_matches_into(&self, b: &[u8], out: &mut RuleSet) {
+        if self.extra_pre.as_ref().is_some_and(|ac| ac.is_match(b))
+            && let Some(e) = &self.extra
+        {
+            e.matches_into(b, out);
+        }
+    }
+
+    /// Whether the shell view of a value with these bytes may match what the value does
+    /// not: a separator and a quoting byte for the command rule; with blocked patterns,
+    /// any quoting byte or an `rm` with flags.
+    fn shell_needed(&self, b: &[u8]) -> bool {
+        if self.shell.is_none() && !self.fold_spaces {
+            return false;
+        }
+        let (sep, quote) = shell::gate_bytes(b);
+        (self.shell.is_some() && sep && quote)
+            || (self.fold_spaces && (quote || shell::has_rm_flags(b)))
+    }
+
+    /// Whether the command rule or a blocked pattern matches the shell view of `v`.
+    fn shell_match(&self, v: &str) -> bool {
+        let sv = shell::shell_view(v);
+        if self
+            .shell
+            .as_ref()
+            .is_some_and(|s| s.matches_anywhere(sv.as_bytes()))
+        {
+            return true;
+        }
+        if !matches!(sv, Cow::Owned(_)) || (self.ac.is_none() && self.set.is_none()) {
+            return false;
+        }
+        let w = text::fold_whitespace(&sv);
+        self.set
+            .as_ref()
+            .is_some_and(|set| set.is_match(w.as_bytes()))
+            || self
+                .ac
+                .as_ref()
+                .is_some_and(|ac| ac.is_match(lower(&w).as_bytes()))
+    }
+
+    /// The rules that match the shell view of `v`, added to `out`.
+    fn shell_matches_into(&self, v: &str, out: &mut RuleSet) {
+        if !self.shell_needed(v.as_bytes()) {
+            return;
+        }
+        let sv = shell::shell_view(v);
+        if let Some(s) = &self.shell {
+            s.matches_into(sv.as_bytes(), out);
+        }
+        if !matches!(sv, Cow::Owned(_)) {
+            return;
+        }
+        let w = text::fold_whitespace(&sv);
+        if let Some(set) = &self.set {
+            for i in set.matches(w.as_bytes()).iter() {
+                out.insert(self.set_rule[i]);
+            }
+        }
+        if let Some(ac) = &self.ac {
+            for m in ac.find_overlapping_iter(lower(&w).as_bytes()) {
+                out.insert(self.ac_rule[m.pattern().as_usize()]);
+            }
+        }
     }
 
     /// One pass over a value's bytes: the built-in rules (an anchored search at each
@@ -1161,7 +1273,12 @@ impl RuleEngine {
         if let Some(facts) = self.prescan(b)
             && !self.ac.as_ref().is_some_and(|ac| ac.is_match(b))
             && !self.set.as_ref().is_some_and(|set| set.is_match(b))
-            && !self.view_match_after(s, facts)
+            && !self.extra_match(b)
+            && !(if self.may_differ(b, facts) {
+                self.view_match_after(s, facts)
+            } else {
+                self.shell_needed(b) && self.shell_match(s)
+            })
         {
             return ValueScan {
                 facts,
@@ -1182,9 +1299,9 @@ impl RuleEngine {
     /// Whether the normalized views of a value may differ from it (facts from
     /// [`Self::prescan`]): a flagged byte, a non-ASCII byte, or two spaces in a row when
     /// blocked patterns see whitespace folded. Pure ASCII values without such a byte are
-    /// neither copied nor normalized. (The reference [`Self::view_match_after`] is tested
-    /// against.)
-    #[cfg(test)]
+    /// neither copied nor normalized. Where it holds, [`Self::view_match_after`] builds
+    /// the view; where it does not, only the shell view of the value itself is looked at.
+    #[inline]
     fn may_differ(&self, b: &[u8], facts: ValueFacts) -> bool {
         facts.view
             || !b.is_ascii()
@@ -1225,7 +1342,12 @@ impl RuleEngine {
 
     /// [`Self::view_match`] given the view `v` (`Cow::Borrowed` when it is the value).
     fn view_match_of(&self, v: Cow<'_, str>) -> bool {
-        if matches!(v, Cow::Owned(_)) && self.prescan(v.as_bytes()).is_none() {
+        if matches!(v, Cow::Owned(_))
+            && (self.prescan(v.as_bytes()).is_none() || self.extra_match(v.as_bytes()))
+        {
+            return true;
+        }
+        if self.shell_needed(v.as_bytes()) && self.shell_match(&v) {
             return true;
         }
         if self.ac.is_none() && self.set.is_none() {
@@ -1252,7 +1374,9 @@ impl RuleEngine {
             if let Some(g) = &self.gated {
                 g.matches_into(vb, out);
             }
+            self.extra_matches_into(vb, out);
         }
+        self.shell_matches_into(&v, out);
         if self.ac.is_none() && self.set.is_none() {
             return;
         }
@@ -1289,6 +1413,7 @@ impl RuleEngine {
         if let Some(g) = &self.gated {
             g.matches_into(b, &mut out);
         }
+        self.extra_matches_into(b, &mut out);
         out
     }
 
@@ -1719,11 +1844,33 @@ mod tests {
 
     /// The full scan: every built-in pattern and every blocked pattern in one plain
     /// regex set, searched everywhere.
-    fn full_scan_set(blocked: &[BlockedPattern]) -> RegexSet {
-        let mut src: Vec<String> = Category::ALL
+    /// Every built-in pattern: the categories' and their supplementary ones.
+    fn builtin_sources() -> Vec<String> {
+        Category::ALL
             .iter()
-            .flat_map(|c| c.patterns().iter().map(|p| format!("(?i-u:{p})")))
-            .collect();
+            .flat_map(|c| {
+                c.patterns()
+                    .iter()
+                    .chain(supplement::patterns(*c).0)
+                    .map(|p| format!("(?i-u:{p})"))
+            })
+            .collect()
+    }
+
+    /// The command rule's patterns on the shell view.
+    static SHELL_SET: LazyLock<RegexSet> = LazyLock::new(|| {
+        RegexSet::new(
+            Category::CommandInjection
+                .patterns()
+                .iter()
+                .chain(supplement::SHELL_PATTERNS)
+                .map(|p| format!("(?i-u:{p})")),
+        )
+        .unwrap()
+    });
+
+    fn full_scan_set(blocked: &[BlockedPattern]) -> RegexSet {
+        let mut src: Vec<String> = builtin_sources();
         for b in blocked {
             match b {
                 BlockedPattern::Literal(l)
@@ -1759,14 +1906,20 @@ mod tests {
     /// The full scan of a value and of its normalized views: every pattern on the value
     /// and on [`text::normalize_for_rules`]; the blocked patterns (the set's patterns
     /// after the built-in ones) also with whitespace folded, and case folded.
+    /// And the shell view of the normalized view (computed whatever the value holds):
+    /// the command rule's patterns, and the blocked patterns with whitespace folded.
     fn full_match(full: &RegexSet, s: &str) -> bool {
-        let builtin: usize = Category::ALL.iter().map(|c| c.patterns().len()).sum();
+        let builtin = builtin_sources().len();
         let v = text::normalize_for_rules(s);
         let w = text::fold_whitespace(&v);
         let lw = w.to_lowercase();
+        let sv = shell::shell_view(&v);
+        let sw = text::fold_whitespace(&sv);
+        let slw = sw.to_lowercase();
         full.is_match(s.as_bytes())
             || full.is_match(v.as_bytes())
-            || [w.as_bytes(), lw.as_bytes()]
+            || SHELL_SET.is_match(sv.as_bytes())
+            || [w.as_bytes(), lw.as_bytes(), sw.as_bytes(), slw.as_bytes()]
                 .iter()
                 .any(|x| full.matches(x).iter().any(|i| i >= builtin))
     }
@@ -2150,12 +2303,7 @@ mod tests {
     ];
 
     static PLAIN: LazyLock<(RuleEngine, RegexSet)> = LazyLock::new(|| {
-        let plain = RegexSet::new(
-            Category::ALL
-                .iter()
-                .flat_map(|c| c.patterns().iter().map(|p| format!("(?i-u:{p})"))),
-        )
-        .unwrap();
+        let plain = RegexSet::new(builtin_sources()).unwrap();
         (engine(), plain)
     });
 

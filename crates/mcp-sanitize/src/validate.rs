@@ -2,7 +2,8 @@
 //!
 //! The walk is iterative (an explicit stack), so no input depth can overflow the thread's
 //! stack; the depth limit is checked as the walk descends. Strings are checked once for
-//! length, control characters, and (in the argument scope) the rules and URLs.
+//! length, control characters, the rules and URLs (every member of every message but
+//! `jsonrpc`: see the zones below).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -48,35 +49,49 @@ impl Violation {
 }
 
 /// Where a value sits in a message, which decides which checks apply.
+///
+/// The content rules see every string a client controls, keys and values, in every
+/// message whatever its method (unknown, custom and case-variant methods and
+/// notifications included): every member of the message but `jsonrpc` (a fixed `"2.0"`),
+/// and all of `params`. Zones only decide which URL schemes are accepted and where a
+/// per-tool / per-prompt exemption applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Zone {
     /// The message object itself.
     Message,
+    /// `jsonrpc`: the structure check already requires `"2.0"`; no rules.
+    Other,
+    /// The other members of the message (`method`, `id`, unknown members): rules apply.
+    Head,
     /// `params`.
     Params,
-    /// A client string the rules apply to (keys and values): `params.arguments` of
-    /// `tools/call` / `prompts/get`, `params.argument` and `params.context` of
-    /// `completion/complete`, `params._meta` of any method.
+    /// `params.arguments` of `tools/call` / `prompts/get`: the only zone where the
+    /// tool's or prompt's `tool_overrides` / `prompt_overrides` exemptions apply.
     Args,
-    /// `result` / `error` of a response a client sends: as `Args`, but any URL scheme is
-    /// accepted (a `roots/list` answer holds `file:` URIs).
-    Reply,
-    /// `params.uri` of `resources/*`: rules apply, and the host check.
-    Uri,
-    /// Anywhere else under `params`.
+    /// Anywhere else under `params` (`name`, `_meta`, `cursor`, `task`, completion
+    /// `argument` / `context` / `ref.name`, `clientInfo`, unknown members): the rules and
+    /// URLs with the configured schemes.
     InParams,
-    /// Anywhere else.
-    Other,
+    /// Client answers: `result` / `error` of a JSON-RPC response a client sends, and
+    /// `params.inputResponses` / `params.requestState` of a retried request (2026-07-28),
+    /// and `params` of `initialize` (client icons may be `data:` URIs): as `InParams`,
+    /// but any URL scheme is accepted (a roots answer holds `file:` URIs).
+    Reply,
+    /// A resource URI (`params.uri` of `resources/*`, `params.ref.uri` of
+    /// `completion/complete`): rules apply, and the host check (any scheme).
+    Uri,
+    /// `params.ref` of `completion/complete`.
+    Ref,
 }
 
 impl Zone {
     fn in_params(self) -> bool {
-        matches!(self, Zone::Params | Zone::Args | Zone::Uri | Zone::InParams)
+        !matches!(self, Zone::Message | Zone::Other | Zone::Head)
     }
 
     /// Whether the content rules apply to the strings (and keys) of this zone.
     fn scanned(self) -> bool {
-        matches!(self, Zone::Args | Zone::Uri | Zone::Reply)
+        !matches!(self, Zone::Message | Zone::Other | Zone::Params)
     }
 }
 
@@ -86,6 +101,7 @@ enum Scope {
     Arguments,
     Completion,
     Uri,
+    Initialize,
     /// A JSON-RPC response (or error) the client sends to a server's request.
     Response,
     None,
@@ -99,6 +115,7 @@ fn scope_of(msg: Option<&McpMessage>) -> Scope {
         Some("tools/call" | "prompts/get") => Scope::Arguments,
         Some("completion/complete") => Scope::Completion,
         Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => Scope::Uri,
+        Some("initialize") => Scope::Initialize,
         Some(_) => Scope::None,
         None if msg.kind() == MessageKind::Response => Scope::Response,
         None => Scope::None,
@@ -107,17 +124,19 @@ fn scope_of(msg: Option<&McpMessage>) -> Scope {
 
 fn child_zone(parent: Zone, key: Option<&str>, scope: Scope) -> Zone {
     match (parent, key) {
+        (Zone::Message, Some("params")) if scope == Scope::Initialize => Zone::Reply,
         (Zone::Message, Some("params")) => Zone::Params,
         (Zone::Message, Some("result" | "error")) if scope == Scope::Response => Zone::Reply,
-        (Zone::Message, _) => Zone::Other,
+        (Zone::Message, Some("jsonrpc")) => Zone::Other,
+        (Zone::Message, _) => Zone::Head,
         (Zone::Params, Some("arguments")) if scope == Scope::Arguments => Zone::Args,
-        (Zone::Params, Some("argument" | "context")) if scope == Scope::Completion => Zone::Args,
-        (Zone::Params, Some("_meta")) => Zone::Args,
         (Zone::Params, Some("uri")) if scope == Scope::Uri => Zone::Uri,
-        (Zone::Args, _) => Zone::Args,
-        (Zone::Reply, _) => Zone::Reply,
-        (z, _) if z.in_params() => Zone::InParams,
-        _ => Zone::Other,
+        (Zone::Params, Some("ref")) if scope == Scope::Completion => Zone::Ref,
+        (Zone::Params, Some("inputResponses" | "requestState")) => Zone::Reply,
+        (Zone::Ref, Some("uri")) => Zone::Uri,
+        (Zone::Params | Zone::Ref, _) => Zone::InParams,
+        (Zone::Uri, _) => Zone::InParams,
+        (z, _) => z,
     }
 }
 
@@ -395,8 +414,13 @@ impl Validator {
         }
     }
 
-    fn exempt(ctx: &MessageCtx<'_>, rule: usize) -> bool {
-        ctx.exempt.is_some_and(|e| e.contains(rule))
+    /// The exemptions that apply in `zone`: a tool's or prompt's own arguments only.
+    fn exempt_in<'c>(ctx: &MessageCtx<'c>, zone: Zone) -> Option<&'c RuleSet> {
+        if zone == Zone::Args { ctx.exempt } else { None }
+    }
+
+    fn exempt(ctx: &MessageCtx<'_>, zone: Zone, rule: usize) -> bool {
+        Self::exempt_in(ctx, zone).is_some_and(|e| e.contains(rule))
     }
 
     /// URL rules on a string of the argument scope.
@@ -418,7 +442,7 @@ impl Validator {
                 UrlViolation::Invalid => rules::URL_INVALID,
                 UrlViolation::Ssrf(_) => rules::SSRF,
             };
-            Self::exempt(ctx, idx)
+            Self::exempt(ctx, zone, idx)
         };
         if zone == Zone::Uri {
             if let Err(v) = self.urls.check_host_only(s)
@@ -494,7 +518,7 @@ impl Validator {
         }
         // One pass for the rules, control characters and URL candidates; the
         // checks then apply in the same order as apart.
-        let scan = self.engine.scan_value(s, ctx.exempt);
+        let scan = self.engine.scan_value(s, Self::exempt_in(ctx, zone));
         if self.control != ControlCharPolicy::Allow && scan.facts.control {
             if self.control == ControlCharPolicy::Reject {
                 return Err((Self::limit_reason(zone), "control_chars".into()));
@@ -552,7 +576,7 @@ impl Validator {
         zone: Zone,
         ctx: &MessageCtx<'_>,
     ) -> Result<(), (RejectionReason, Cow<'static, str>)> {
-        let scan = self.engine.scan_value(k, ctx.exempt);
+        let scan = self.engine.scan_value(k, Self::exempt_in(ctx, zone));
         let rule = match scan.result {
             ScanResult::Clean => None,
             ScanResult::Reject(r) => Some(r),
@@ -567,7 +591,11 @@ impl Validator {
             return Err((RejectionReason::BlockedByRule, name));
         }
         // A key is never a resource URI: only the URL rules of arguments apply.
-        let zone = if zone == Zone::Uri { Zone::Args } else { zone };
+        let zone = if zone == Zone::Uri {
+            Zone::InParams
+        } else {
+            zone
+        };
         if scan.facts.url {
             self.check_urls(k, zone, ctx, scan.facts.single_url)
                 .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
@@ -714,7 +742,11 @@ impl Validator {
                         }
                         if self.enabled && zone.scanned() {
                             let mut applied = RuleSet::default();
-                            match self.engine.strip_tracking(s, ctx.exempt, &mut applied) {
+                            match self.engine.strip_tracking(
+                                s,
+                                Self::exempt_in(ctx, zone),
+                                &mut applied,
+                            ) {
                                 Ok(Some(clean)) => {
                                     for i in applied.iter() {
                                         stripped.insert(i);
@@ -1145,11 +1177,14 @@ mod tests {
             )),
             "rule=sql_injection path=$.params.arguments.deep.list[1]"
         );
-        // Outside the argument scope, no content rules.
+        // Every param of every method is in scope: a cursor too.
         let other = format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"cursor":"{bad}"}}}}"#
         );
-        assert!(v(&c, &other).unwrap().is_none());
+        assert_eq!(
+            detail(v(&c, &other)),
+            "rule=sql_injection path=$.params.cursor"
+        );
         // Prompt arguments and resource URIs are in scope.
         let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"x":"<script>x</script>"}}}"#;
         assert_eq!(detail(v(&c, prompt)), "rule=xss path=$.params.arguments.x");
@@ -1339,6 +1374,134 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"a | b","version":"1"}}}"#.into(),
         ] {
             assert!(v(&c, &ok).unwrap().is_none(), "{ok}");
+        }
+    }
+
+    /// Every string of `params` of every message is scanned, whatever the method: the
+    /// 2026-07-28 retried-request answers, completion references, unknown, custom and
+    /// case-variant methods, notifications, `initialize`, other `tools/call` members, and
+    /// the top-level `id` and `method`.
+    #[test]
+    fn all_params_of_every_method_are_scanned() {
+        let c = SanitizeConfig::default();
+        let payloads = [
+            ("http://169.254.169.254/latest/meta-data/", "ssrf"),
+            ("<script>alert(1)</script>", "xss"),
+            ("x; rm -rf / #", "command_injection"),
+            ("../../../../etc/passwd", "path_traversal"),
+            ("1' OR '1'='1", "sql_injection"),
+        ];
+        let shapes: &[(&str, &str)] = &[
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"m":"hi"},"inputResponses":{"confirm":{"action":"accept","content":{"v":"P"}}}}}"#,
+                "$.params.inputResponses.confirm.content.v",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","inputResponses":{"s":{"role":"assistant","content":{"type":"text","text":"P"}}}}}"#,
+                "$.params.inputResponses.s.content.text",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a","inputResponses":{"r":{"roots":[{"uri":"file:///x","name":"P"}]}}}}"#,
+                "$.params.inputResponses.r.roots[0].name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","requestState":"P"}}"#,
+                "$.params.requestState",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","task":{"ttl":1,"note":"P"}}}"#,
+                "$.params.task.note",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"P"},"argument":{"name":"q","value":"v"}}}"#,
+                "$.params.ref.name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"x/custom","params":{"deep":["P"]}}"#,
+                "$.params.deep[0]",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"TOOLS/CALL","params":{"name":"echo","arguments":{"m":"P"}}}"#,
+                "$.params.arguments.m",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call ","params":{"name":"echo","arguments":{"m":"P"}}}"#,
+                "$.params.arguments.m",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"reason":"P"}}"#,
+                "$.params.reason",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/x","params":{"P":1}}"#,
+                "$.params.#0",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"P","version":"1"}}}"#,
+                "$.params.clientInfo.name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"P"}}"#,
+                "$.params.level",
+            ),
+            (r#"{"jsonrpc":"2.0","id":"P","method":"ping"}"#, "$.id"),
+        ];
+        for (shape, path) in shapes {
+            for (p, rule) in payloads {
+                let body = shape.replace('P', &p.replace('"', "\\\""));
+                // A payload in a key is checked where the key is: the path names it by
+                // position. The SSRF payload holds no `P`.
+                assert_eq!(
+                    detail(v(&c, &body)),
+                    format!("rule={rule} path={path}"),
+                    "{body}"
+                );
+            }
+        }
+        // Completion references to resources get the resource URI check.
+        let r = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"http://169.254.169.254/latest/{x}"},"argument":{"name":"x","value":"a"}}}"#;
+        assert_eq!(detail(v(&c, r)), "rule=ssrf path=$.params.ref.uri");
+        // Benign shapes pass: roots with file: URIs in a retried request, resource
+        // templates of any scheme, client icons as data: URIs, opaque cursors.
+        for ok in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e","arguments":{},"inputResponses":{"r":{"roots":[{"uri":"file:///home/ann/project","name":"project"}]}},"requestState":"eyJ0IjoxfQ=="}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///{path}"},"argument":{"name":"path","value":"src/"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"roots":{"listChanged":true}},"clientInfo":{"name":"Claude Code","version":"2.1.0","websiteUrl":"https://example.com","icons":[{"src":"data:image/png;base64,iVBORw0KGgo=","mimeType":"image/png"}]}}}"#,
+            r#"{"jsonrpc":"2.0","id":"5f0c-4b1a","method":"tools/list","params":{"cursor":"eyJvZmZzZXQiOjUwfQ=="}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r-1","reason":"User requested cancellation"}}"#,
+        ] {
+            assert!(v(&c, ok).unwrap().is_none(), "{ok}");
+        }
+    }
+
+    /// A tool's exemptions cover its own arguments only, not the other members of its
+    /// call (`_meta`, answers to its elicitations, `task`).
+    #[test]
+    fn exemptions_stay_in_the_arguments() {
+        let mut c = SanitizeConfig::default();
+        c.tool_overrides.insert(
+            "t".into(),
+            crate::config::RuleOverride {
+                exempt: vec!["command_injection".into()],
+            },
+        );
+        assert!(v(&c, &call(r#"{"cmd":"a; rm -rf /"}"#)).unwrap().is_none());
+        for (extra, path) in [
+            (r#""_meta":{"x":"a; rm -rf /"}"#, "$.params._meta.x"),
+            (
+                r#""inputResponses":{"c":{"action":"accept","content":{"x":"a; rm -rf /"}}}"#,
+                "$.params.inputResponses.c.content.x",
+            ),
+            (r#""task":{"x":"a; rm -rf /"}"#, "$.params.task.x"),
+        ] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"t","arguments":{{}},{extra}}}}}"#
+            );
+            assert_eq!(
+                detail(v(&c, &body)),
+                format!("rule=command_injection path={path}"),
+                "{body}"
+            );
         }
     }
 }
