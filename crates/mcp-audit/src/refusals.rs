@@ -23,7 +23,9 @@
 //!   the principal's qualified id, whatever its address. Refusals that come after its
 //!   quota, the decisions on what it asked (`forbidden`, `insufficient_scope`,
 //!   `blocked_by_rule`), are recorded in full: their number is bounded by its quota, and
-//!   each names the tool or rule.
+//!   each names the tool or rule. So is a request in a session another principal holds
+//!   (`session_not_owned`, detail `other_principal`: the client holds that session's id),
+//!   so that no decoy refusal can hide it in a count.
 //!
 //! Each refusal counted instead of recorded increments
 //! `mcp_audit_refusals_counted_total` (the `metrics` facade).
@@ -229,6 +231,17 @@ impl RefusalAggregator {
     }
 }
 
+/// Whether a denial is a principal's request in a session another principal holds
+/// (`session_not_owned`, detail `other_principal`): recorded in full, each one, like a
+/// policy decision. A client produces one only with a live session id of someone else,
+/// so its number is bounded by the ids it holds, not by what it invents (an invented id
+/// is `unknown_session`, counted). Counted with the invented ones, a decoy refusal would
+/// hide the attempt on another principal's session behind its own full row.
+fn is_takeover_attempt(denial: &Denial) -> bool {
+    denial.reason == RejectionReason::SessionNotOwned
+        && denial.detail.as_deref() == Some("other_principal")
+}
+
 /// The slot's client, the principal to name in its row, and the denial, for a refusal
 /// that is aggregated.
 fn key_of(ev: &EventData, ipv6_prefix: u8) -> Option<(Client, Option<Principal>, &Denial)> {
@@ -237,12 +250,12 @@ fn key_of(ev: &EventData, ipv6_prefix: u8) -> Option<(Client, Option<Principal>,
     }
     let denial = ev.denial.as_ref()?;
     match ev.principal.as_ref().filter(|p| p.is_authenticated()) {
-        Some(p) => (!matches!(
+        Some(p) => (!(matches!(
             denial.reason,
             RejectionReason::Forbidden
                 | RejectionReason::InsufficientScope
                 | RejectionReason::BlockedByRule
-        ))
+        ) || is_takeover_attempt(denial)))
         .then(|| {
             (
                 Client::Principal(p.qualified_id().into()),
@@ -479,6 +492,46 @@ mod tests {
         assert_eq!(one["http_status"], 413);
         assert!(one["data"]["first"].is_string() && one["data"]["last"].is_string());
         assert_eq!(one["data"]["interval_secs"], 10);
+    }
+
+    /// A request in another principal's session is recorded in full, each one: a decoy
+    /// refusal of an invented session id does not hide it in a count.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn attempts_on_another_principals_session_are_never_counted_away() {
+        let auditor = Auditor::builder(AuditConfig {
+            storage: StorageList::One(Storage::Tracing),
+            ..AuditConfig::default()
+        })
+        .sink(Memory(Arc::new(Mutex::new(Vec::new()))))
+        .start()
+        .unwrap();
+        let agg = RefusalAggregator::new(
+            auditor.handle().clone(),
+            &AggregateRefusalsConfig {
+                enabled: true,
+                interval_secs: 10,
+                max_keys: 16,
+            },
+        );
+        let not_owned = |detail: &'static str| {
+            let mut ev = refused("192.0.2.1", RejectionReason::SessionNotOwned, Some("alice"));
+            ev.denial = Some(
+                Rejection::new(RejectionReason::SessionNotOwned)
+                    .with_detail(detail)
+                    .denial(),
+            );
+            ev
+        };
+        // The decoy: in full, then invented ids are counted.
+        assert!(agg.admit(&not_owned("unknown_session"), 64));
+        assert!(!agg.admit(&not_owned("unknown_session"), 64));
+        // Every attempt on a session someone else holds: in full.
+        for _ in 0..5 {
+            assert!(agg.admit(&not_owned("other_principal"), 64));
+        }
+        assert!(!agg.admit(&not_owned("unknown_session"), 64));
+        agg.flush().await;
+        auditor.shutdown().await;
     }
 
     /// At the end of each interval the counts are written by the aggregator's own task.
