@@ -1289,9 +1289,9 @@ fn unescape_json_u(s: &str) -> String {
         if let Some(ch) = hex {
             out.push(ch);
             rest = &tail[6..];
-        } else if tail.starts_with("\\/") {
+        } else if let Some(after) = tail.strip_prefix("\\/") {
             out.push('/');
-            rest = &tail[2..];
+            rest = after;
         } else {
             out.push('\\');
             rest = &tail[1..];
