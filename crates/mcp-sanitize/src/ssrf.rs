@@ -1572,7 +1572,11 @@ impl UrlPolicy {
                 q += 1;
             }
             next = q;
-            if slashes < 2 || q == b.len() {
+            // A host starts right after the slashes (`// comment` and `//` alone are none).
+            let host_start = b.get(q).is_some_and(|&c| {
+                !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, b'[' | b'%' | b'@' | b'{')
+            });
+            if slashes < 2 || !host_start {
                 continue;
             }
             judged += 1;
@@ -2467,6 +2471,10 @@ mod url_forms {
         ] {
             assert_eq!(p.check_value(ok), Ok(()), "{ok:?}");
         }
+        // Code with many `//` comments is no run of URL candidates.
+        let code = "let x = 1; // a comment\n".repeat(400);
+        assert_eq!(p.check_value(&code), Ok(()));
+        assert!(p.check_value(&format!("{code}//127.0.0.1/")).is_err());
     }
 
     #[test]
