@@ -899,14 +899,27 @@ pub(crate) fn colon_may_start_url(b: &[u8], p: usize) -> bool {
             .is_some_and(|&c| special_end || !blank_after(c))
 }
 
+/// The characters NFKC maps to `:` (fullwidth, small and vertical colons).
+const COLON_FORMS: [char; 3] = ['\u{ff1a}', '\u{fe55}', '\u{fe13}'];
+
+/// Whether a decoded view of `s` may hold a `:` that `s` does not show as one after a
+/// scheme: a `%`, `&` or `\` (escapes), or non-ASCII text with a `:` or a character NFKC
+/// maps to `:`. Without one, the views hold no `scheme:` candidate `s` lacks (and the
+/// normalized view folds the slashes of network-path references).
+fn view_may_add_colon(b: &[u8]) -> bool {
+    memchr::memchr3(b'%', b'&', b'\\', b).is_some()
+        || (!b.is_ascii()
+            && (memchr::memchr(b':', b).is_some()
+                || std::str::from_utf8(b).is_ok_and(|s| s.contains(COLON_FORMS))))
+}
+
 /// Whether a value without a `:` that may end a scheme may still hold a URL candidate
 /// for [`UrlPolicy::check_value`]: two slashes or backslashes in a row (a network-path
-/// reference; tabs and newlines between them count), or a byte a decoded view changes
-/// (`%`, `&`, `\`, non-ASCII).
+/// reference; tabs and newlines between them count), or a decoded view that may add a
+/// `:` (see `view_may_add_colon`).
 pub(crate) fn may_hold_url_form(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_ascii()
-        || memchr::memchr3(b'%', b'&', b'\\', b).is_some()
+    view_may_add_colon(b)
         || memchr::memchr_iter(b'/', b).any(|p| {
             b.get(p + 1..)
                 .unwrap_or_default()
@@ -1624,16 +1637,18 @@ impl UrlPolicy {
         emit: &dyn Fn(UrlViolation) -> Result<(), UrlViolation>,
     ) -> Result<(), UrlViolation> {
         let b = s.as_bytes();
-        if b.is_ascii() && memchr::memchr3(b'%', b'&', b'\\', b).is_none() {
+        if !view_may_add_colon(b) {
             return Ok(());
         }
         let normalized = crate::text::normalize_for_rules(s);
         if let std::borrow::Cow::Owned(v) = &normalized {
             self.scan_text(v, 0, emit)?;
         }
-        let kept = decode_keeping_slashes(s);
-        if kept != s && kept != *normalized {
-            self.scan_text(&kept, 0, emit)?;
+        if memchr::memchr3(b'%', b'&', b'\\', b).is_some() {
+            let kept = decode_keeping_slashes(s);
+            if kept != s && kept != *normalized {
+                self.scan_text(&kept, 0, emit)?;
+            }
         }
         Ok(())
     }
