@@ -899,18 +899,33 @@ pub(crate) fn colon_may_start_url(b: &[u8], p: usize) -> bool {
             .is_some_and(|&c| special_end || !blank_after(c))
 }
 
-/// The characters NFKC maps to `:` (fullwidth, small and vertical colons).
-const COLON_FORMS: [char; 3] = ['\u{ff1a}', '\u{fe55}', '\u{fe13}'];
+/// Whether `b` holds a character of the blocks whose NFKC form is ASCII (fullwidth and
+/// halfwidth forms, small and vertical forms, ligatures: lead byte `EF`; enclosed and
+/// letterlike forms, number forms, super- and subscripts, zero-width characters: `E2`;
+/// mathematical alphanumerics: `F0 9D`; phonetic modifiers: `E1 B4`..`E1 B6`; modifier
+/// letters: `CA`, `CB`; `ª`, soft hyphen, `²`, `³`, `¹`, `º`; `ſ`). Accented letters and
+/// most scripts are not: text in them holds no scheme or separator a view would add.
+fn has_compat_form(b: &[u8]) -> bool {
+    b.windows(2).any(|w| {
+        matches!(
+            (w[0], w[1]),
+            (0xEF | 0xE2 | 0xCA | 0xCB, _)
+                | (0xF0, 0x9D)
+                | (0xE1, 0xB4..=0xB6)
+                | (0xC2, 0xAA | 0xAD | 0xB2 | 0xB3 | 0xB9 | 0xBA)
+                | (0xC5, 0xBF)
+        )
+    })
+}
 
 /// Whether a decoded view of `s` may hold a `:` that `s` does not show as one after a
-/// scheme: a `%`, `&` or `\` (escapes), or non-ASCII text with a `:` or a character NFKC
-/// maps to `:`. Without one, the views hold no `scheme:` candidate `s` lacks (and the
-/// normalized view folds the slashes of network-path references).
+/// scheme: a `%`, `&` or `\` (escapes), or a `:` or a fullwidth, small or vertical colon
+/// (lead byte `EF`) with a character NFKC maps to ASCII (see `has_compat_form`). Without
+/// one, the views hold no `scheme:` candidate `s` lacks (and the normalized view folds
+/// the slashes of network-path references).
 fn view_may_add_colon(b: &[u8]) -> bool {
     memchr::memchr3(b'%', b'&', b'\\', b).is_some()
-        || (!b.is_ascii()
-            && (memchr::memchr(b':', b).is_some()
-                || std::str::from_utf8(b).is_ok_and(|s| s.contains(COLON_FORMS))))
+        || (!b.is_ascii() && memchr::memchr2(b':', 0xEF, b).is_some() && has_compat_form(b))
 }
 
 /// Whether a value without a `:` that may end a scheme may still hold a URL candidate
@@ -2547,6 +2562,9 @@ mod url_forms {
             "\u{ff48}\u{ff54}\u{ff54}\u{ff50}://127.0.0.1/",
             "http\u{ff1a}//127.0.0.1/",
             "http:\u{ff0f}\u{ff0f}127.0.0.1/",
+            "h\u{200b}tt\u{200b}p\u{ff1a}//127.0.0.1/",
+            "\u{24d7}\u{24e3}\u{24e3}\u{24df}://127.0.0.1/",
+            "caf\u{e9} \u{ff48}ttp://10.0.0.1/",
             "{\"url\":\"http:\\u002f\\u002f169.254.169.254\\u002flatest\"}",
             "http\\u003a\\u002f\\u002f127.0.0.1/",
             "?next=%2F%2F169.254.169.254%2F",
