@@ -1639,11 +1639,13 @@ impl UrlPolicy {
         Ok(())
     }
 
-    /// The decoded views of a value, scanned as the value is: [`text::normalize_for_rules`]
-    /// (percent-encoding and HTML character references decoded, NFKC, path separators
-    /// folded) and, keeping slashes as they are (for network-path references), `\uXXXX`
-    /// escapes of JSON held in a string decoded, then percent-encoding and HTML character
-    /// references decoded (a few rounds).
+    /// The decoded views of a value, scanned as the value is: `\uXXXX` escapes of JSON held
+    /// in a string, percent-encoding and HTML character references decoded (a few rounds,
+    /// slashes kept as they are, for network-path references), when the value has a `%`,
+    /// `&` or `\`; and, when that holds a character NFKC maps to ASCII and a `:` or colon
+    /// form, [`text::normalize_for_rules`] (the same decoding, NFKC, zero-width characters
+    /// removed, path separators folded). A value where neither changes anything costs one
+    /// pass.
     ///
     /// [`text::normalize_for_rules`]: crate::text::normalize_for_rules
     fn scan_views(
@@ -1655,14 +1657,21 @@ impl UrlPolicy {
         if !view_may_add_colon(b) {
             return Ok(());
         }
-        let normalized = crate::text::normalize_for_rules(s);
-        if let std::borrow::Cow::Owned(v) = &normalized {
-            self.scan_text(v, 0, emit)?;
+        let kept = if memchr::memchr3(b'%', b'&', b'\\', b).is_some() {
+            std::borrow::Cow::Owned(decode_keeping_slashes(s))
+        } else {
+            std::borrow::Cow::Borrowed(s)
+        };
+        if kept != s {
+            self.scan_text(&kept, 0, emit)?;
         }
-        if memchr::memchr3(b'%', b'&', b'\\', b).is_some() {
-            let kept = decode_keeping_slashes(s);
-            if kept != s && kept != *normalized {
-                self.scan_text(&kept, 0, emit)?;
+        let kb = kept.as_bytes();
+        if !kb.is_ascii() && memchr::memchr2(b':', 0xEF, kb).is_some() && has_compat_form(kb) {
+            let normalized = crate::text::normalize_for_rules(s);
+            if let std::borrow::Cow::Owned(v) = normalized
+                && v != *kept
+            {
+                self.scan_text(&v, 0, emit)?;
             }
         }
         Ok(())
