@@ -934,14 +934,17 @@ fn view_may_add_colon(b: &[u8]) -> bool {
 /// `:` (see `view_may_add_colon`).
 pub(crate) fn may_hold_url_form(s: &str) -> bool {
     let b = s.as_bytes();
-    view_may_add_colon(b)
-        || memchr::memchr_iter(b'/', b).any(|p| {
-            b.get(p + 1..)
-                .unwrap_or_default()
-                .iter()
-                .find(|&&c| !is_tab_or_newline(c))
-                .is_some_and(|&c| c == b'/' || c == b'\\')
-        })
+    view_may_add_colon(b) || may_hold_network_path(b)
+}
+
+/// Whether `b` may hold a network-path reference: `//`, a `\`, or a `/` followed by a
+/// tab or newline (WHATWG parsers remove them: `/<TAB>/host`).
+fn may_hold_network_path(b: &[u8]) -> bool {
+    memchr::memchr(b'\\', b).is_some()
+        || memchr::memmem::find(b, b"//").is_some()
+        || (memchr::memchr3(b'\t', b'\n', b'\r', b).is_some()
+            && b.windows(2)
+                .any(|w| w[0] == b'/' && is_tab_or_newline(w[1])))
 }
 
 /// A scheme, lowercase ASCII.
@@ -1578,6 +1581,9 @@ impl UrlPolicy {
             _ => Ok(()),
         };
         let b = s.as_bytes();
+        if !may_hold_network_path(b) {
+            return Ok(());
+        }
         let lead = b.iter().take_while(|&&c| c <= b' ').count();
         let mut next = 0;
         let mut judged = 0;
