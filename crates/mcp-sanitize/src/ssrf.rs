@@ -928,23 +928,25 @@ fn view_may_add_colon(b: &[u8]) -> bool {
         || (!b.is_ascii() && memchr::memchr2(b':', 0xEF, b).is_some() && has_compat_form(b))
 }
 
-/// Whether a value without a `:` that may end a scheme may still hold a URL candidate
-/// for [`UrlPolicy::check_value`]: two slashes or backslashes in a row (a network-path
-/// reference; tabs and newlines between them count), or a decoded view that may add a
-/// `:` (see `view_may_add_colon`).
+/// Whether a value without a `:` that may end a scheme, and without the bytes that make
+/// the argument rules' normalized view differ (`%`, `&#` or `&` and a letter, `//`, `/\\`,
+/// `\\\\`, `\\/` not after a `:`), may still hold a URL candidate for
+/// [`UrlPolicy::check_value`]: a `\\` (`\\u002f` escapes), a tab or newline (WHATWG
+/// parsers remove them: `/<TAB>/host`), or a `:` or colon form with a character NFKC maps
+/// to ASCII (see `has_compat_form`).
 pub(crate) fn may_hold_url_form(s: &str) -> bool {
     let b = s.as_bytes();
-    view_may_add_colon(b) || may_hold_network_path(b)
+    memchr::memchr3(b'\\', b'\t', b'\n', b).is_some()
+        || memchr::memchr(b'\r', b).is_some()
+        || (!b.is_ascii() && memchr::memchr2(b':', 0xEF, b).is_some() && has_compat_form(b))
 }
 
-/// Whether `b` may hold a network-path reference: `//`, a `\`, or a `/` followed by a
-/// tab or newline (WHATWG parsers remove them: `/<TAB>/host`).
+/// Whether `b` may hold a network-path reference: a `\\`, or a `/` followed by a `/`, a
+/// tab or a newline (WHATWG parsers remove them: `/<TAB>/host`).
 fn may_hold_network_path(b: &[u8]) -> bool {
     memchr::memchr(b'\\', b).is_some()
-        || memchr::memmem::find(b, b"//").is_some()
-        || (memchr::memchr3(b'\t', b'\n', b'\r', b).is_some()
-            && b.windows(2)
-                .any(|w| w[0] == b'/' && is_tab_or_newline(w[1])))
+        || memchr::memchr_iter(b'/', b)
+            .any(|p| matches!(b.get(p + 1), Some(b'/' | b'\t' | b'\n' | b'\r')))
 }
 
 /// A scheme, lowercase ASCII.

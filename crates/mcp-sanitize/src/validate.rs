@@ -515,7 +515,11 @@ impl Validator {
         }
         // Without a `:` that may end a scheme, an argument holds no URL candidate but in
         // a network-path reference or a decoded view.
-        if zone == Zone::Uri || scan.facts.url || crate::ssrf::may_hold_url_form(s) {
+        if zone == Zone::Uri
+            || scan.facts.url
+            || scan.facts.view
+            || crate::ssrf::may_hold_url_form(s)
+        {
             self.check_urls(s, zone, ctx, scan.facts.single_url)
                 .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
         }
@@ -569,7 +573,7 @@ impl Validator {
         }
         // A key is never a resource URI: only the URL rules of arguments apply.
         let zone = if zone == Zone::Uri { Zone::Args } else { zone };
-        if scan.facts.url || crate::ssrf::may_hold_url_form(k) {
+        if scan.facts.url || scan.facts.view || crate::ssrf::may_hold_url_form(k) {
             self.check_urls(k, zone, ctx, scan.facts.single_url)
                 .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
         }
