@@ -14,6 +14,14 @@
 //! newlines) and each is judged by every reading a mainstream client may take (WHATWG,
 //! and RFC 3986 as urllib3, Python's `urlsplit` and Go's net/url read it): any reading
 //! that reaches a forbidden host or a scheme outside the allow-list refuses the value.
+//! Also read: network-path references a client joins to its base URL (`//host/`,
+//! `/\host/`, `\\host/`, `\/host/`; refused only for a forbidden host), curl globs
+//! (`{a,b}`, `[1-9]`; each expansion, at most [`MAX_GLOB_EXPANSIONS`]), the decoded views
+//! of the value (`\u` escapes, percent-encoding, HTML references, NFKC through
+//! [`crate::text::normalize_for_rules`]), leading-zero IPv4 parts read both as octal and
+//! as decimal ([`parse_ipv4_decimal_zeros`]), and `scheme:` without slashes for the
+//! schemes a client dereferences (`data:`, `unix:`, `git:`, `ms-*:`...; not the naming
+//! schemes `mailto:`, `tel:`, `urn:`, `about:`).
 //!
 //! **Limitation (DNS):** no name is resolved on the request path. A name that resolves to
 //! a private address (`127.0.0.1.nip.io`, an attacker's domain, or one that changes
