@@ -14,6 +14,14 @@
 //! newlines) and each is judged by every reading a mainstream client may take (WHATWG,
 //! and RFC 3986 as urllib3, Python's `urlsplit` and Go's net/url read it): any reading
 //! that reaches a forbidden host or a scheme outside the allow-list refuses the value.
+//! Also read: network-path references a client joins to its base URL (`//host/`,
+//! `/\host/`, `\\host/`, `\/host/`; refused only for a forbidden host), curl globs
+//! (`{a,b}`, `[1-9]`; each expansion, at most [`MAX_GLOB_EXPANSIONS`]), the decoded views
+//! of the value (`\u` escapes, percent-encoding, HTML references, NFKC through
+//! [`crate::text::normalize_for_rules`]), leading-zero IPv4 parts read both as octal and
+//! as decimal ([`parse_ipv4_decimal_zeros`]), and `scheme:` without slashes for the
+//! schemes a client dereferences (`data:`, `unix:`, `git:`, `ms-*:`...; not the naming
+//! schemes `mailto:`, `tel:`, `urn:`, `about:`).
 //!
 //! **Limitation (DNS):** no name is resolved on the request path. A name that resolves to
 //! a private address (`127.0.0.1.nip.io`, an attacker's domain, or one that changes
@@ -243,7 +251,13 @@ pub fn parse_ipv4_lenient(s: &str) -> Option<Ipv4Addr> {
         nums[count] = parse_ipv4_part(p)?;
         count += 1;
     }
-    let (last, init) = nums[..count].split_last()?;
+    combine_ipv4(&nums[..count])
+}
+
+/// The address of one to four parsed parts in the `inet_aton` forms (the last part fills
+/// the remaining bytes), or `None` when a part is out of range.
+fn combine_ipv4(nums: &[u64]) -> Option<Ipv4Addr> {
+    let (last, init) = nums.split_last()?;
     if init.iter().any(|&n| n > 255) {
         return None;
     }
@@ -257,6 +271,51 @@ pub fn parse_ipv4_lenient(s: &str) -> Option<Ipv4Addr> {
     }
     addr |= last;
     Some(Ipv4Addr::from(u32::try_from(addr).ok()?))
+}
+
+/// The decimal reading of an IPv4 address whose parts have leading zeros, as Go before
+/// 1.17, older Java and some `inet_pton` read it (`010.0.0.1` is `10.0.0.1` there, while
+/// the URL standard, glibc and curl read `8.0.0.1`): one to four parts of decimal digits
+/// separated by dots (a trailing dot allowed). `None` unless some part has a leading zero
+/// (without one both readings agree).
+///
+/// ```
+/// use mcp_sanitize::ssrf::parse_ipv4_decimal_zeros;
+/// use std::net::Ipv4Addr;
+/// assert_eq!(parse_ipv4_decimal_zeros("0127.0.0.1"), Some(Ipv4Addr::new(127, 0, 0, 1)));
+/// assert_eq!(parse_ipv4_decimal_zeros("0172.016.0.1"), Some(Ipv4Addr::new(172, 16, 0, 1)));
+/// assert_eq!(parse_ipv4_decimal_zeros("010.1"), Some(Ipv4Addr::new(10, 0, 0, 1)));
+/// assert_eq!(parse_ipv4_decimal_zeros("127.0.0.1"), None);
+/// assert_eq!(parse_ipv4_decimal_zeros("0x7f.0.0.1"), None);
+/// ```
+pub fn parse_ipv4_decimal_zeros(s: &str) -> Option<Ipv4Addr> {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+        return None;
+    }
+    let mut nums = [0u64; 4];
+    let mut count = 0;
+    let mut zeros = false;
+    for p in s.split('.') {
+        if count == 4 || p.is_empty() {
+            return None;
+        }
+        zeros |= p.len() > 1 && p.starts_with('0');
+        let digits = p.trim_start_matches('0');
+        if digits.len() > 10 {
+            return None;
+        }
+        nums[count] = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().ok()?
+        };
+        count += 1;
+    }
+    if !zeros {
+        return None;
+    }
+    combine_ipv4(&nums[..count])
 }
 
 /// The name rules of [`classify_host_name`] (metadata and loopback names), for a name
@@ -681,6 +740,9 @@ impl UrlPolicy {
         if !self.ssrf || self.host_allowed(name) {
             return Ok(());
         }
+        if let Some(ip) = parse_ipv4_decimal_zeros(name) {
+            self.check_ip(IpAddr::V4(ip))?;
+        }
         if let Some(ip) = parse_ipv4_lenient(name) {
             return self.check_ip(IpAddr::V4(ip));
         }
@@ -733,10 +795,14 @@ impl UrlPolicy {
 const SPECIAL: [&str; 6] = ["https", "file", "http", "wss", "ftp", "ws"];
 
 /// Schemes a candidate may have without `//`, besides the special ones and the allowed
-/// ones: schemes that clients or libraries follow (`gopher:`, `dict:`, `ldap:`...) or
-/// that nest a URL (`jar:`, `view-source:`). Words common in prose (`data`, `news`,
-/// `zip`) are left out.
-const KNOWN_SCHEMES: [&str; 30] = [
+/// ones: schemes whose URL a client dereferences (fetches, connects to, opens locally or
+/// hands to a protocol handler that does), or that nest a URL (`jar:`, `view-source:`).
+/// A `scheme:` of this list, or any `ms-*` scheme (Windows protocol handlers such as
+/// `ms-msdt:`), followed by something other than a space, quote, `<`, `>` or backtick is
+/// a URL candidate, and refused when the scheme is not allowed. Naming schemes that
+/// dereference nothing (`mailto:`, `tel:`, `sms:`, `urn:`, `about:`, `geo:`) are not on
+/// it, nor are words that are not schemes (`note: hello`, `key:value`).
+const KNOWN_SCHEMES: [&str; 57] = [
     "gopher",
     "dict",
     "jar",
@@ -746,13 +812,17 @@ const KNOWN_SCHEMES: [&str; 30] = [
     "ldapi",
     "tftp",
     "sftp",
+    "ftps",
     "ssh",
     "scp",
     "smb",
+    "cifs",
+    "afp",
     "telnet",
     "netdoc",
     "javascript",
     "vbscript",
+    "data",
     "blob",
     "filesystem",
     "phar",
@@ -767,6 +837,29 @@ const KNOWN_SCHEMES: [&str; 30] = [
     "jdbc",
     "nfs",
     "rtsp",
+    "rtmp",
+    "mms",
+    "unix",
+    "npipe",
+    "git",
+    "svn",
+    "rsync",
+    "news",
+    "nntp",
+    "snews",
+    "irc",
+    "ircs",
+    "vnc",
+    "rdp",
+    "webdav",
+    "dav",
+    "davs",
+    "s3",
+    "hdfs",
+    "docker",
+    "search-ms",
+    "mhtml",
+    "hcp",
 ];
 
 /// Most scheme characters read before a `:`.
@@ -814,6 +907,56 @@ pub(crate) fn colon_may_start_url(b: &[u8], p: usize) -> bool {
             .is_some_and(|&c| special_end || !blank_after(c))
 }
 
+/// Whether `b` holds a character of the blocks whose NFKC form is ASCII (fullwidth and
+/// halfwidth forms, small and vertical forms, ligatures: lead byte `EF`; enclosed and
+/// letterlike forms, number forms, super- and subscripts, zero-width characters: `E2`;
+/// mathematical alphanumerics: `F0 9D`; phonetic modifiers: `E1 B4`..`E1 B6`; modifier
+/// letters: `CA`, `CB`; `ª`, soft hyphen, `²`, `³`, `¹`, `º`; `ſ`). Accented letters and
+/// most scripts are not: text in them holds no scheme or separator a view would add.
+fn has_compat_form(b: &[u8]) -> bool {
+    b.windows(2).any(|w| {
+        matches!(
+            (w[0], w[1]),
+            (0xEF | 0xE2 | 0xCA | 0xCB, _)
+                | (0xF0, 0x9D)
+                | (0xE1, 0xB4..=0xB6)
+                | (0xC2, 0xAA | 0xAD | 0xB2 | 0xB3 | 0xB9 | 0xBA)
+                | (0xC5, 0xBF)
+        )
+    })
+}
+
+/// Whether a decoded view of `s` may hold a `:` that `s` does not show as one after a
+/// scheme: a `%`, `&` or `\` (escapes), or a `:` or a fullwidth, small or vertical colon
+/// (lead byte `EF`) with a character NFKC maps to ASCII (see `has_compat_form`). Without
+/// one, the views hold no `scheme:` candidate `s` lacks (and the normalized view folds
+/// the slashes of network-path references).
+fn view_may_add_colon(b: &[u8]) -> bool {
+    memchr::memchr3(b'%', b'&', b'\\', b).is_some()
+        || (!b.is_ascii() && memchr::memchr2(b':', 0xEF, b).is_some() && has_compat_form(b))
+}
+
+/// Whether a value without a `:` that may end a scheme, and without the bytes that make
+/// the argument rules' normalized view differ (`%`, `&#` or `&` and a letter, `//`, `/\\`,
+/// `\\\\`, `\\/` not after a `:`), may still hold a URL candidate for
+/// [`UrlPolicy::check_value`]: a `\\` (`\\u002f` escapes), a tab or newline (WHATWG
+/// parsers remove them: `/<TAB>/host`), or a `:` or colon form with a character NFKC maps
+/// to ASCII (see `has_compat_form`).
+pub(crate) fn may_hold_url_form(s: &str) -> bool {
+    let b = s.as_bytes();
+    memchr::memchr3(b'\\', b'\t', b'\n', b).is_some()
+        || memchr::memchr(b'\r', b).is_some()
+        || (!b.is_ascii() && memchr::memchr2(b':', 0xEF, b).is_some() && has_compat_form(b))
+}
+
+/// Whether `b` may hold a network-path reference: a `\\`, or a `/` followed by a `/`, a
+/// tab or a newline (WHATWG parsers remove them: `/<TAB>/host`).
+fn may_hold_network_path(b: &[u8]) -> bool {
+    memchr::memchr(b'\\', b).is_some()
+        || memchr::memchr_iter(b'/', b)
+            .any(|p| matches!(b.get(p + 1), Some(b'/' | b'\t' | b'\n' | b'\r')))
+}
+
 /// A scheme, lowercase ASCII.
 #[derive(Debug, Clone, Copy)]
 struct Scheme {
@@ -842,7 +985,9 @@ impl Scheme {
 }
 
 fn is_known_scheme(s: &str) -> bool {
-    SPECIAL.contains(&s) || KNOWN_SCHEMES.contains(&s)
+    SPECIAL.contains(&s)
+        || KNOWN_SCHEMES.contains(&s)
+        || s.strip_prefix("ms-").is_some_and(|r| !r.is_empty())
 }
 
 /// A URL candidate: where its scheme starts, the scheme, and whether `//` follows the
@@ -1036,6 +1181,167 @@ pub(crate) fn url_at(s: &str, colon: usize) -> Option<&str> {
     s.get(start..text_end(b, colon))
 }
 
+/// Most URLs a curl glob (`{a,b}` sets, `[1-9]` / `[a-z]` ranges) may expand to; a
+/// candidate with more is refused as `url_invalid`.
+pub const MAX_GLOB_EXPANSIONS: usize = 64;
+
+/// The choices of one curl `[...]` range (`[1-9]`, `[001-120]`, `[a-z]`, with an optional
+/// `:step`), or `None` when `inner` is no range (an IPv6 literal stays literal, as curl
+/// keeps it).
+fn glob_range(inner: &str) -> Option<Vec<String>> {
+    let (range, step) = match inner.split_once(':') {
+        Some((r, st)) => (r, st.parse::<u64>().ok().filter(|&n| n > 0)?),
+        None => (inner, 1),
+    };
+    let (a, b) = range.split_once('-')?;
+    let limit = MAX_GLOB_EXPANSIONS as u64 + 1;
+    if !a.is_empty() && a.len() <= 10 && a.bytes().all(|c| c.is_ascii_digit()) {
+        let (x, y) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+        if !b.bytes().all(|c| c.is_ascii_digit()) || y < x {
+            return None;
+        }
+        let width = if a.len() > 1 && a.starts_with('0') {
+            a.len()
+        } else {
+            0
+        };
+        let n = ((y - x) / step + 1).min(limit);
+        return Some(
+            (0..n)
+                .map(|k| format!("{:0width$}", x + k * step))
+                .collect(),
+        );
+    }
+    let (&[x], &[y]) = (a.as_bytes(), b.as_bytes()) else {
+        return None;
+    };
+    if !(x.is_ascii_alphabetic() && y.is_ascii_alphabetic()) || y < x {
+        return None;
+    }
+    let n = (u64::from(y - x) / step + 1).min(limit);
+    Some(
+        (0..n)
+            .map(|k| char::from(x + (k * step) as u8).to_string())
+            .collect(),
+    )
+}
+
+/// The URLs curl's globbing makes of `rest` (what follows `scheme:`): `{a,b,...}` sets and
+/// `[N-M]` / `[a-z]` ranges, each expanded. `None` without a glob; `Some(Err(()))` when
+/// the expansions would exceed [`MAX_GLOB_EXPANSIONS`].
+fn glob_expand(rest: &str) -> Option<Result<Vec<String>, ()>> {
+    let mut pieces: Vec<Vec<String>> = Vec::new();
+    let mut literal = String::new();
+    let mut globbed = false;
+    let mut total: usize = 1;
+    let mut i = 0;
+    while i < rest.len() {
+        let tail = &rest[i..];
+        let choices = match tail.as_bytes()[0] {
+            b'{' => tail[1..].find(['}', '{']).and_then(|e| {
+                (tail.as_bytes()[1 + e] == b'}').then(|| {
+                    let set: Vec<String> = tail[1..1 + e].split(',').map(str::to_owned).collect();
+                    (set, e + 2)
+                })
+            }),
+            b'[' => tail[1..]
+                .find(']')
+                .and_then(|e| glob_range(&tail[1..1 + e]).map(|r| (r, e + 2))),
+            _ => None,
+        };
+        match choices {
+            Some((set, len)) => {
+                globbed = true;
+                total = total.saturating_mul(set.len().max(1));
+                if total > MAX_GLOB_EXPANSIONS {
+                    return Some(Err(()));
+                }
+                pieces.push(vec![std::mem::take(&mut literal)]);
+                pieces.push(set);
+                i += len;
+            }
+            None => {
+                let ch = tail.chars().next().unwrap_or_default();
+                literal.push(ch);
+                i += ch.len_utf8().max(1);
+            }
+        }
+    }
+    if !globbed {
+        return None;
+    }
+    pieces.push(vec![literal]);
+    let mut out = vec![String::new()];
+    for piece in pieces {
+        out = out
+            .iter()
+            .flat_map(|prefix| piece.iter().map(move |p| format!("{prefix}{p}")))
+            .collect();
+    }
+    Some(Ok(out))
+}
+
+/// A byte after which a network-path reference may start in text.
+fn net_path_boundary(c: u8) -> bool {
+    c.is_ascii_whitespace()
+        || matches!(
+            c,
+            b'"' | b'\'' | b'<' | b'>' | b'`' | b'(' | b'=' | b',' | b';' | b'|' | b'['
+        )
+}
+
+/// Rounds of decoding in [`decode_keeping_slashes`].
+const MAX_VIEW_ROUNDS: usize = 4;
+
+/// `s` with `\uXXXX` escapes (JSON inside a string) decoded, then percent-encoding and
+/// HTML character references decoded up to [`MAX_VIEW_ROUNDS`] times; nothing folded.
+fn decode_keeping_slashes(s: &str) -> String {
+    let mut cur = unescape_json_u(s);
+    for _ in 0..MAX_VIEW_ROUNDS {
+        let mut next = if cur.contains('%') {
+            percent_decode(&cur)
+        } else {
+            cur.clone()
+        };
+        if next.contains('&') {
+            next = htmlize::unescape(&*next).into_owned();
+        }
+        if next == cur {
+            break;
+        }
+        cur = next;
+    }
+    cur
+}
+
+/// `s` with each `\uXXXX` escape (four hex digits, not a surrogate) and `\/` decoded.
+fn unescape_json_u(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let hex = tail
+            .strip_prefix("\\u")
+            .and_then(|h| h.get(..4))
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .and_then(char::from_u32);
+        if let Some(ch) = hex {
+            out.push(ch);
+            rest = &tail[6..];
+        } else if let Some(after) = tail.strip_prefix("\\/") {
+            out.push('/');
+            rest = after;
+        } else {
+            out.push('\\');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `s` with `%XX` sequences decoded (invalid UTF-8 replaced).
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -1215,33 +1521,14 @@ impl UrlPolicy {
         from: usize,
         skip: impl Fn(UrlViolation) -> bool,
     ) -> Result<(), UrlViolation> {
-        let b = s.as_bytes();
         let emit = |v: UrlViolation| if skip(v) { Ok(()) } else { Err(v) };
-        let known = |sc: &str| is_known_scheme(sc) || self.scheme_allowed(sc);
-        let mut from = from;
-        let mut judged = 0;
         let collecting = self.resolve.is_some() && self.ssrf;
         if collecting {
             NAMES.with(|n| *n.borrow_mut() = Some(Vec::new()));
         }
-        let mut result = Ok(());
-        'scan: while let Some(rel) = memchr::memchr(b':', b.get(from..).unwrap_or_default()) {
-            let colon = from + rel;
-            from = colon + 1;
-            if !colon_may_start_url(b, colon) {
-                continue;
-            }
-            for c in candidates_at(b, colon, &known).into_iter().flatten() {
-                judged += 1;
-                if judged > MAX_URL_CANDIDATES {
-                    result = emit(UrlViolation::Invalid);
-                    break 'scan;
-                }
-                result = self.check_candidate(s, colon, &c, &emit);
-                if result.is_err() {
-                    break 'scan;
-                }
-            }
+        let mut result = self.scan_text(s, from, &emit);
+        if result.is_ok() {
+            result = self.scan_views(s, &emit);
         }
         let names = if collecting {
             NAMES.with(|n| n.borrow_mut().take()).unwrap_or_default()
@@ -1251,6 +1538,157 @@ impl UrlPolicy {
         result?;
         if let Some((timeout, max_names)) = self.resolve {
             self.check_resolved(names, timeout, max_names, &emit)?;
+        }
+        Ok(())
+    }
+
+    /// The URL candidates of one text (`scheme:` from byte `from`, network-path
+    /// references anywhere).
+    fn scan_text(
+        &self,
+        s: &str,
+        from: usize,
+        emit: &dyn Fn(UrlViolation) -> Result<(), UrlViolation>,
+    ) -> Result<(), UrlViolation> {
+        let b = s.as_bytes();
+        let known = |sc: &str| is_known_scheme(sc) || self.scheme_allowed(sc);
+        let mut from = from;
+        let mut judged = 0;
+        while let Some(rel) = memchr::memchr(b':', b.get(from..).unwrap_or_default()) {
+            let colon = from + rel;
+            from = colon + 1;
+            if !colon_may_start_url(b, colon) {
+                continue;
+            }
+            for c in candidates_at(b, colon, &known).into_iter().flatten() {
+                judged += 1;
+                if judged > MAX_URL_CANDIDATES {
+                    return emit(UrlViolation::Invalid);
+                }
+                self.check_candidate(s, colon, &c, emit)?;
+            }
+        }
+        self.scan_network_paths(s, emit)
+    }
+
+    /// Network-path references (`//host/`, `/\host/`, `\\host/`, `\/host/`, `///host/`,
+    /// tabs and newlines among the slashes) at the start of the value or after a space,
+    /// quote, `<`, `>`, backtick, `(`, `=`, `,`, `;`, `|` or `[`: read as a client joining
+    /// them to an `http:` or `https:` base reads them (WHATWG: every leading slash or
+    /// backslash skipped; urljoin and urllib3: the authority after `//`). Only a forbidden
+    /// host refuses: the scheme comes from the base and a reference that is no URL (a `//`
+    /// comment) is no violation.
+    fn scan_network_paths(
+        &self,
+        s: &str,
+        emit: &dyn Fn(UrlViolation) -> Result<(), UrlViolation>,
+    ) -> Result<(), UrlViolation> {
+        if !self.ssrf {
+            return Ok(());
+        }
+        let ssrf_only = |v: UrlViolation| match v {
+            UrlViolation::Ssrf(_) => emit(v),
+            _ => Ok(()),
+        };
+        let b = s.as_bytes();
+        if !may_hold_network_path(b) {
+            return Ok(());
+        }
+        let lead = b.iter().take_while(|&&c| c <= b' ').count();
+        let mut next = 0;
+        let mut judged = 0;
+        for p in memchr::memchr2_iter(b'/', b'\\', b) {
+            if p < next {
+                continue;
+            }
+            let at_start = p == lead;
+            if !at_start && !p.checked_sub(1).is_some_and(|k| net_path_boundary(b[k])) {
+                continue;
+            }
+            let mut q = p;
+            let mut slashes = 0;
+            while let Some(&c) = b.get(q) {
+                if c == b'/' || c == b'\\' {
+                    slashes += 1;
+                } else if !is_tab_or_newline(c) {
+                    break;
+                }
+                q += 1;
+            }
+            next = q;
+            // A host starts right after the slashes (`// comment` and `//` alone are none).
+            let host_start = b.get(q).is_some_and(|&c| {
+                !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, b'[' | b'%' | b'@' | b'{')
+            });
+            if slashes < 2 || !host_start {
+                continue;
+            }
+            judged += 1;
+            if judged > MAX_URL_CANDIDATES {
+                return emit(UrlViolation::Invalid);
+            }
+            let cut = b[q..]
+                .iter()
+                .position(|&c| url_end_byte(c) != 0 && !is_tab_or_newline(c))
+                .map_or(b.len(), |i| q + i);
+            let mut readings = vec![cut];
+            if at_start && cut < b.len() {
+                // A client taking the whole value reads past the space.
+                readings.push(b.len());
+            }
+            for end in readings {
+                let mut stop = end.min(q + self.max_len);
+                while !s.is_char_boundary(stop) {
+                    stop -= 1;
+                }
+                let mut url = String::from("http://");
+                url.extend(
+                    s.get(q..stop)
+                        .unwrap_or_default()
+                        .chars()
+                        .filter(|ch| !matches!(ch, '\t' | '\n' | '\r')),
+                );
+                let url = url.trim_end_matches(|ch: char| ch <= ' ');
+                self.check_reading(url, 4, false, &ssrf_only)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The decoded views of a value, scanned as the value is: `\uXXXX` escapes of JSON held
+    /// in a string, percent-encoding and HTML character references decoded (a few rounds,
+    /// slashes kept as they are, for network-path references), when the value has a `%`,
+    /// `&` or `\`; and, when that holds a character NFKC maps to ASCII and a `:` or colon
+    /// form, [`text::normalize_for_rules`] (the same decoding, NFKC, zero-width characters
+    /// removed, path separators folded). A value where neither changes anything costs one
+    /// pass.
+    ///
+    /// [`text::normalize_for_rules`]: crate::text::normalize_for_rules
+    fn scan_views(
+        &self,
+        s: &str,
+        emit: &dyn Fn(UrlViolation) -> Result<(), UrlViolation>,
+    ) -> Result<(), UrlViolation> {
+        let b = s.as_bytes();
+        if !view_may_add_colon(b) {
+            return Ok(());
+        }
+        let kept = if memchr::memchr3(b'%', b'&', b'\\', b).is_some() {
+            std::borrow::Cow::Owned(decode_keeping_slashes(s))
+        } else {
+            std::borrow::Cow::Borrowed(s)
+        };
+        if kept != s {
+            self.scan_text(&kept, 0, emit)?;
+        }
+        let kb = kept.as_bytes();
+        if !kb.is_ascii() && memchr::memchr2(b':', 0xEF, kb).is_some() && has_compat_form(kb) {
+            let normalized = crate::text::normalize_for_rules(s);
+            if let std::borrow::Cow::Owned(v) = normalized
+                && v != *kept
+            {
+                self.scan_text(&v, 0, emit)?;
+            }
         }
         Ok(())
     }
@@ -1350,8 +1788,34 @@ impl UrlPolicy {
     }
 
     /// One reading of a candidate `url` (`scheme:` and the rest, the `:` at `colon`) by
-    /// a WHATWG parser and by RFC 3986 readers.
+    /// a WHATWG parser and by RFC 3986 readers; with curl globs (`{a,b}`, `[1-9]`) after
+    /// the `:`, each URL curl expands them to is read too (above
+    /// [`MAX_GLOB_EXPANSIONS`]: `url_invalid`).
     fn check_reading(
+        &self,
+        url: &str,
+        colon: usize,
+        slashes: bool,
+        emit: &dyn Fn(UrlViolation) -> Result<(), UrlViolation>,
+    ) -> Result<(), UrlViolation> {
+        let rest = url.get(colon + 1..).unwrap_or_default();
+        if rest.bytes().any(|c| c == b'{' || c == b'[') {
+            match glob_expand(rest) {
+                Some(Ok(urls)) => {
+                    let scheme = url.get(..=colon).unwrap_or_default();
+                    for u in urls {
+                        self.check_one_reading(&format!("{scheme}{u}"), colon, false, emit)?;
+                    }
+                }
+                Some(Err(())) => emit(UrlViolation::Invalid)?,
+                None => {}
+            }
+        }
+        self.check_one_reading(url, colon, slashes, emit)
+    }
+
+    /// [`Self::check_reading`] without glob expansion.
+    fn check_one_reading(
         &self,
         url: &str,
         colon: usize,
@@ -1410,6 +1874,10 @@ impl UrlPolicy {
             .unwrap_or_default();
         if h.is_empty() {
             return Ok(());
+        }
+        // Leading zeros read as decimal by older runtimes, besides the octal reading below.
+        if let Some(ip) = parse_ipv4_decimal_zeros(h) {
+            self.check_ip(IpAddr::V4(ip))?;
         }
         match Host::parse(h) {
             Ok(Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)),
@@ -1998,5 +2466,199 @@ mod tests {
         assert_eq!(found, vec!["http://a.b/x", "https://c.d", "ftp://e"]);
         assert_eq!(find_urls("no urls here").count(), 0);
         assert_eq!(find_urls("é://x").count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod url_forms {
+    use super::*;
+
+    fn policy() -> UrlPolicy {
+        UrlPolicy::new(
+            &["http".into(), "https".into()],
+            DEFAULT_MAX_URL_LENGTH,
+            &SsrfConfig::default(),
+        )
+        .unwrap()
+    }
+
+    fn refused(p: &UrlPolicy, cases: &[&str]) -> Vec<String> {
+        cases
+            .iter()
+            .filter(|v| p.check_value(v).is_ok())
+            .map(|v| format!("{v:?}"))
+            .collect()
+    }
+
+    #[test]
+    fn network_path_references_to_forbidden_hosts_are_refused() {
+        let p = policy();
+        let cases = [
+            "//169.254.169.254/latest/meta-data/",
+            "/\\169.254.169.254/latest/",
+            "\\\\169.254.169.254/latest/",
+            "\\/169.254.169.254/",
+            "///169.254.169.254/",
+            "/\t/169.254.169.254/",
+            "//[::1]/",
+            "//0x7f000001/",
+            "//metadata.google.internal/computeMetadata/v1/",
+            "//localhost:9101/",
+            "  //127.0.0.1/x",
+            "see //10.0.0.1/admin for it",
+            "<a href=\"//192.168.0.1/\">x</a>",
+            "next=//127.0.0.1",
+            "\\\\localhost\\c$\\secrets",
+            "//user@127.0.0.1/",
+            "//example.com@169.254.169.254/",
+            "//127.0.0.1\\@example.com/",
+        ];
+        assert_eq!(refused(&p, &cases), Vec::<String>::new());
+        for ok in [
+            "//example.com/x",
+            "// a comment in code",
+            "// TODO: fix the parser",
+            "a//b/c",
+            "C:\\\\Users\\\\ann",
+            "\\\\fileserver\\share\\doc.txt",
+            "src//lib.rs",
+            "https://example.com//x",
+        ] {
+            assert_eq!(p.check_value(ok), Ok(()), "{ok:?}");
+        }
+        // Code with many `//` comments is no run of URL candidates.
+        let code = "let x = 1; // a comment\n".repeat(400);
+        assert_eq!(p.check_value(&code), Ok(()));
+        assert!(p.check_value(&format!("{code}//127.0.0.1/")).is_err());
+    }
+
+    #[test]
+    fn curl_globs_are_expanded() {
+        let p = policy();
+        let cases = [
+            "http://{169.254.169.254}/latest/meta-data/",
+            "http://{example.com,169.254.169.254}/latest/",
+            "http://{127.0.0.1}:9101/",
+            "http://127.0.0.{1,2}/",
+            "http://{localhost,x}/",
+            "http://{metadata.google.internal,x}/",
+            "http://169.254.169.[250-254]/",
+            "http://127.0.0.[1-2:1]/",
+            "http://[a-c].{x,localhost}/",
+            "curl 'http://{a,10.0.0.1}/' -o x",
+        ];
+        assert_eq!(refused(&p, &cases), Vec::<String>::new());
+        assert_eq!(
+            p.check_value("http://{a,b}{c,d}{e,f}{g,h}{i,j}{k,l}{m,n}/"),
+            Err(UrlViolation::Invalid)
+        );
+        assert_eq!(
+            p.check_value("http://h[0-999]/"),
+            Err(UrlViolation::Invalid)
+        );
+        for ok in [
+            "https://api.example.com/users/{id}",
+            "https://{a,b}.example.com/",
+            "http://[2606:4700::1111]/",
+        ] {
+            assert_eq!(p.check_value(ok), Ok(()), "{ok:?}");
+        }
+        assert_eq!(
+            glob_expand("//a[08-10]/").unwrap().unwrap(),
+            ["//a08/", "//a09/", "//a10/"]
+        );
+    }
+
+    #[test]
+    fn decoded_views_are_read() {
+        let p = policy();
+        let cases = [
+            "https://example.com/redirect?to=http%3A%2F%2F169.254.169.254%2Flatest%2F",
+            "https://example.com/?u=http:%2F%2F127.0.0.1",
+            "https://example.com/?u=http%3A//127.0.0.1/",
+            "https://example.com/?u=http%253A%252F%252F127.0.0.1",
+            "http%3A%2F%2F169.254.169.254%2F",
+            "http%3a//127.0.0.1/",
+            "http:%2F%2F127.0.0.1/",
+            "http&#58;//127.0.0.1/",
+            "http&colon;//127.0.0.1/",
+            "http:&#47;&#47;127.0.0.1/",
+            "http://127&#46;0.0.1/",
+            "\u{ff48}\u{ff54}\u{ff54}\u{ff50}://127.0.0.1/",
+            "http\u{ff1a}//127.0.0.1/",
+            "http:\u{ff0f}\u{ff0f}127.0.0.1/",
+            "h\u{200b}tt\u{200b}p\u{ff1a}//127.0.0.1/",
+            "\u{24d7}\u{24e3}\u{24e3}\u{24df}://127.0.0.1/",
+            "caf\u{e9} \u{ff48}ttp://10.0.0.1/",
+            "{\"url\":\"http:\\u002f\\u002f169.254.169.254\\u002flatest\"}",
+            "http\\u003a\\u002f\\u002f127.0.0.1/",
+            "?next=%2F%2F169.254.169.254%2F",
+            "&#47;&#47;127.0.0.1/",
+            "file%3A%2F%2F%2Fetc%2Fpasswd",
+        ];
+        assert_eq!(refused(&p, &cases), Vec::<String>::new());
+        for ok in [
+            "https://example.com/?q=%3Cb%3E",
+            "https://example.com/?to=https%3A%2F%2Fexample.org%2F",
+            "Tom &amp; Jerry: 100% fun",
+            "\u{ff48}\u{ff54}\u{ff54}\u{ff50}://example.com/",
+            "C:\\temp\\new",
+        ] {
+            assert_eq!(p.check_value(ok), Ok(()), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn leading_zero_octets_are_also_read_as_decimal() {
+        let p = policy();
+        let cases = [
+            "http://010.0.0.1/",
+            "http://0127.0.0.1/",
+            "http://0172.016.0.1/",
+            "http://010.1/",
+            "http://0192.0168.1.1/",
+            "//0127.0.0.1/",
+            "http://example.com@0127.0.0.1/",
+        ];
+        assert_eq!(refused(&p, &cases), Vec::<String>::new());
+        assert_eq!(p.check_value("http://01.1.1.1/"), Ok(()));
+        assert_eq!(parse_ipv4_decimal_zeros("0256.0.0.1"), None);
+        assert_eq!(
+            p.check_name("0127.0.0.1"),
+            Err(UrlViolation::Ssrf(AddressClass::Loopback))
+        );
+    }
+
+    #[test]
+    fn slashless_schemes_outside_the_allow_list_are_refused() {
+        let p = policy();
+        for v in [
+            "data:text/plain,hi",
+            "unix:/var/run/docker.sock",
+            "ftps:127.0.0.1",
+            "git:127.0.0.1",
+            "svn:127.0.0.1",
+            "news:127.0.0.1",
+            "ms-msdt:/id PCWDiagnostic",
+            "ms-settings:privacy",
+            "search-ms:query=x",
+            "npipe:////./pipe/docker_engine",
+            "see data:text/html,<script>",
+        ] {
+            assert_eq!(p.check_value(v), Err(UrlViolation::Scheme), "{v:?}");
+        }
+        for ok in [
+            "note: hello",
+            "data: 5 rows",
+            "key:value",
+            "mailto:ann@example.com",
+            "tel:+15550100199",
+            "urn:isbn:1",
+            "about:blank",
+            "ms-: x",
+            "git: the tool",
+        ] {
+            assert_eq!(p.check_value(ok), Ok(()), "{ok:?}");
+        }
     }
 }

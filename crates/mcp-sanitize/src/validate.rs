@@ -537,8 +537,13 @@ impl Validator {
             }
             ScanResult::Strip(_) => *needs_rewrite = true,
         }
-        // Without a `:` that may end a scheme, an argument holds no URL candidate.
-        if zone == Zone::Uri || scan.facts.url {
+        // Without a `:` that may end a scheme, an argument holds no URL candidate but in
+        // a network-path reference or a decoded view.
+        if zone == Zone::Uri
+            || scan.facts.url
+            || scan.facts.view
+            || crate::ssrf::may_hold_url_form(s)
+        {
             self.check_urls(s, zone, ctx, scan.facts.single_url)
                 .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
         }
@@ -596,7 +601,7 @@ impl Validator {
         } else {
             zone
         };
-        if scan.facts.url {
+        if scan.facts.url || scan.facts.view || crate::ssrf::may_hold_url_form(k) {
             self.check_urls(k, zone, ctx, scan.facts.single_url)
                 .map_err(|rule| (RejectionReason::BlockedByRule, Cow::Borrowed(rule)))?;
         }

@@ -373,3 +373,168 @@ proptest! {
         }
     }
 }
+
+const NODE_JOIN_SCRIPT: &str = r#"
+const rl = require('readline').createInterface({ input: process.stdin });
+rl.on('line', (line) => {
+  const s = JSON.parse(line);
+  let out;
+  try {
+    const u = new URL(s, 'https://api.example.com/v1/');
+    out = { ok: true, protocol: u.protocol, hostname: u.hostname };
+  } catch (e) {
+    out = { ok: false };
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+});
+"#;
+
+const PYTHON_JOIN_SCRIPT: &str = r#"
+import json, socket, sys, urllib.parse
+import urllib3.util
+
+def numeric(host):
+    if host is None:
+        return None
+    h = host
+    if h.startswith('[') and h.endswith(']'):
+        h = h[1:-1]
+    try:
+        infos = socket.getaddrinfo(h, None, flags=socket.AI_NUMERICHOST)
+        return [i[4][0] for i in infos][:1]
+    except Exception:
+        return None
+
+for line in sys.stdin:
+    s = json.loads(line)
+    out = {}
+    try:
+        u = urllib.parse.urlsplit(urllib.parse.urljoin('https://api.example.com/v1/', s))
+        out['urljoin'] = {'host': u.hostname, 'addr': numeric(u.hostname)}
+    except Exception:
+        out['urljoin'] = None
+    try:
+        # urllib3's pool manager connects to `//host/x` given alone.
+        u = urllib3.util.parse_url(s) if s.startswith('//') else None
+        out['urllib3'] = None if u is None else {'host': u.host, 'addr': numeric(u.host)}
+    except Exception:
+        out['urllib3'] = None
+    sys.stdout.write(json.dumps(out) + '\n')
+    sys.stdout.flush()
+"#;
+
+static JOIN_ORACLES: LazyLock<Mutex<Oracles>> = LazyLock::new(|| {
+    Mutex::new(Oracles {
+        node: Oracle::start(&node_path(), &["-e", NODE_JOIN_SCRIPT]),
+        python: Oracle::start(&python_path(), &["-u", "-c", PYTHON_JOIN_SCRIPT]),
+    })
+});
+
+/// The forbidden hosts clients reach with `s` joined to a base URL, as a tool joining a
+/// user-supplied path does (Node's `new URL(s,
+/// base)`, Python's `urljoin`) or, for `//host`, given to urllib3 alone.
+fn forbidden_joined(s: &str) -> Vec<String> {
+    let mut o = JOIN_ORACLES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    let n = o.node.ask(s);
+    if n["ok"] == true
+        && let Some(h) = n["hostname"].as_str()
+        && h != "api.example.com"
+        && forbidden_host(h)
+    {
+        out.push(format!("node new URL(s, base): {h}"));
+    }
+    let p = o.python.ask(s);
+    for client in ["urljoin", "urllib3"] {
+        let r = &p[client];
+        let hit = match (r["addr"].get(0).and_then(Value::as_str), r["host"].as_str()) {
+            (Some(a), _) => forbidden_host(a),
+            (None, Some(h)) => forbidden_host(h),
+            _ => false,
+        };
+        if hit {
+            out.push(format!("{client}: {r}"));
+        }
+    }
+    out
+}
+
+/// The network-path references of the review: each reaches a forbidden host once joined
+/// to a base URL, and each is refused.
+#[test]
+fn network_path_references_reach_a_forbidden_host_and_are_refused() {
+    let p = policy();
+    for s in [
+        "//169.254.169.254/latest/meta-data/",
+        "/\\169.254.169.254/latest/",
+        "\\\\169.254.169.254/latest/",
+        "\\/169.254.169.254/",
+        "///169.254.169.254/",
+        "/\t/169.254.169.254/",
+        "//[::1]/",
+        "//0x7f000001/",
+        "//metadata.google.internal/computeMetadata/v1/",
+        "//localhost:9101/",
+    ] {
+        assert!(
+            !forbidden_joined(s).is_empty(),
+            "no client reads {s:?} as a forbidden host: the oracle is wrong"
+        );
+        assert!(p.check_value(s).is_err(), "{s:?} allowed");
+    }
+    assert!(forbidden_joined("//example.com/x").is_empty());
+    assert!(p.check_value("//example.com/x").is_ok());
+}
+
+fn network_pathish() -> impl Strategy<Value = String> {
+    let prefix = prop::sample::select(vec!["", " ", "\t", "\u{1}"]);
+    let slashes = prop::sample::select(vec![
+        "//", "/\\", "\\\\", "\\/", "///", "/\t/", "\\\t\\", "////", "\\\\\\", "/\n/",
+    ]);
+    let userinfo = prop::sample::select(vec![
+        "",
+        "user@",
+        "u:p@",
+        "example.com@",
+        "a@b@",
+        "evil.com\\@",
+        "example.com#@",
+    ]);
+    let host = prop::sample::select(vec![
+        "127.0.0.1",
+        "127.1",
+        "0x7f000001",
+        "2130706433",
+        "0177.0.0.1",
+        "localhost",
+        "foo.localhost",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "169.254.169.254",
+        "10.0.0.1",
+        "%31%32%37.0.0.1",
+        "127。0。0。1",
+        "metadata.google.internal",
+        "example.com",
+        "8.8.8.8",
+    ]);
+    let port = prop::sample::select(vec!["", ":80", ":9101"]);
+    let tail = prop::sample::select(vec!["", "/", "/x", "\\x", "?q", "#f", "/a b"]);
+    (prefix, slashes, userinfo, host, port, tail)
+        .prop_map(|(pre, sl, ui, h, port, tail)| format!("{pre}{sl}{ui}{h}{port}{tail}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// No generated network-path reference lets a client that joins it to a base URL (or
+    /// urllib3 given it alone) reach a forbidden host while the rule allows it.
+    #[test]
+    fn no_joined_reference_reaches_a_forbidden_host_that_the_rule_allows(s in network_pathish()) {
+        let p = policy();
+        let reached = forbidden_joined(&s);
+        if !reached.is_empty() && p.check_value(&s).is_ok() {
+            return Err(TestCaseError::fail(format!("allowed {s:?}, but {}", reached.join("; "))));
+        }
+    }
+}
