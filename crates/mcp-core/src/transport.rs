@@ -15,6 +15,7 @@
 //! | `MCP-Protocol-Version` not in the supported list (absent is accepted) | 400, -32600 |
 //! | `GET` or `DELETE` with a body: `Content-Length` other than 0, any `Transfer-Encoding`, or a body not at its end (an HTTP/2 HEADERS frame without END_STREAM) | 400, -32600 |
 //! | `POST` without one `Content-Type: application/json` (a `charset` parameter only `utf-8`, once; parameters well-formed) | 415 |
+//! | `POST` with a `Content-Encoding` other than `identity` (the upstream would decode what the gateway never parsed) | 415 |
 //! | `POST` whose `Accept` allows neither `application/json` nor `text/event-stream` | 406 |
 //! | `GET` whose `Accept` does not allow `text/event-stream` | 406 |
 //! | more than one `Host`; or a `Host` that differs from the request target's authority (HTTP/2 `:authority`, an HTTP/1.1 absolute-form target) | 400, -32600 |
@@ -66,7 +67,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::header::{
+    ACCEPT, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
+};
 use http::{HeaderMap, HeaderName, Method, Request, Response, Uri};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -278,6 +281,17 @@ impl TransportChecks {
         } {
             return Err(Rejection::new(RejectionReason::UnsupportedMediaType)
                 .with_detail("rule=content_type"));
+        }
+        // The body is checked as it came: a content coding the upstream would undo
+        // (gzip, deflate, br, a list, anything but `identity`) would let it read bytes the
+        // gateway never parsed. RFC 9110 §15.5.16: 415 for an unsupported coding.
+        if headers.get_all(CONTENT_ENCODING).iter().any(|v| {
+            !v.to_str()
+                .is_ok_and(|s| s.trim().eq_ignore_ascii_case("identity"))
+        }) {
+            return Err(Rejection::new(RejectionReason::UnsupportedMediaType)
+                .with_message("Unsupported Media Type: the body must not be content-coded")
+                .with_detail("rule=content_encoding"));
         }
         if self.accept
             && !accepts(headers, &[("application", "json")])

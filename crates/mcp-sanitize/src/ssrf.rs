@@ -45,7 +45,11 @@ use crate::config::ConfigError;
 pub enum AddressClass {
     /// `127.0.0.0/8`, `::1`, `localhost` and `*.localhost`.
     Loopback,
-    /// `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, site-local `fec0::/10`.
+    /// `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, site-local `fec0::/10`, and names
+    /// that only resolve inside a private network: `*.internal`, `*.local`, `*.home.arpa`,
+    /// `*.svc` and `*.cluster.local` (Kubernetes services), `kubernetes`,
+    /// `kubernetes.default`, `host.docker.internal`, `gateway.docker.internal`,
+    /// `host.containers.internal`.
     Private,
     /// `169.254.0.0/16`, `fe80::/10`.
     LinkLocal,
@@ -54,9 +58,10 @@ pub enum AddressClass {
     /// Unique local IPv6, `fc00::/7`.
     UniqueLocal,
     /// Cloud metadata services: `169.254.169.254`, `169.254.169.123`, `169.254.170.2`,
-    /// `fd00:ec2::254`, `100.100.100.200`, `192.0.0.192`, and the names
-    /// `metadata.google.internal`, `metadata.goog`, `metadata`, `instance-data` (and
-    /// `.ec2.internal`), `metadata.azure.internal`, `metadata.packet.net`. Refused unless
+    /// `fd00:ec2::254`, `100.100.100.200`, `192.0.0.192`, `168.63.129.16` (Azure's
+    /// WireServer), and the names `metadata.google.internal`, `metadata.goog`,
+    /// `metadata`, `instance-data` (and `.ec2.internal`), `metadata.azure.internal`,
+    /// `metadata.azure.com`, `metadata.packet.net`. Refused unless
     /// this class itself is allowed or the address or name is listed in `allowed_hosts`:
     /// an allowed enclosing class (link-local) or an allowed network does not unlock it.
     Metadata,
@@ -89,22 +94,41 @@ impl AddressClass {
     }
 }
 
-const METADATA_V4: [Ipv4Addr; 5] = [
+const METADATA_V4: [Ipv4Addr; 6] = [
     Ipv4Addr::new(169, 254, 169, 254),
+    Ipv4Addr::new(168, 63, 129, 16),
     Ipv4Addr::new(169, 254, 170, 2),
     Ipv4Addr::new(100, 100, 100, 200),
     Ipv4Addr::new(192, 0, 0, 192),
     Ipv4Addr::new(169, 254, 169, 123),
 ];
 const METADATA_V6: [Ipv6Addr; 1] = [Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)];
-const METADATA_NAMES: [&str; 7] = [
+const METADATA_NAMES: [&str; 8] = [
     "metadata.google.internal",
+    "metadata.azure.com",
     "metadata.goog",
     "metadata",
     "instance-data",
     "instance-data.ec2.internal",
     "metadata.azure.internal",
     "metadata.packet.net",
+];
+/// Names of the private network a container or a Kubernetes pod sees.
+const PRIVATE_NAMES: [&str; 5] = [
+    "kubernetes",
+    "kubernetes.default",
+    "host.docker.internal",
+    "gateway.docker.internal",
+    "host.containers.internal",
+];
+/// Suffixes of names that resolve only inside a private network (RFC 6762 `.local`,
+/// RFC 8375 `.home.arpa`, ICANN's private-use `.internal`, Kubernetes' service domains).
+const PRIVATE_SUFFIXES: [&str; 5] = [
+    ".internal",
+    ".local",
+    ".home.arpa",
+    ".svc",
+    ".cluster.local",
 ];
 const LOOPBACK_NAMES: [&str; 5] = [
     "localhost",
@@ -331,6 +355,14 @@ fn classify_domain_name(h: &str) -> Option<AddressClass> {
         && h[h.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX);
     if is(&LOOPBACK_NAMES) || localhost_suffix {
         return Some(AddressClass::Loopback);
+    }
+    let has_suffix = |suffix: &str| {
+        h.len() > suffix.len()
+            && h.is_char_boundary(h.len() - suffix.len())
+            && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    if is(&PRIVATE_NAMES) || PRIVATE_SUFFIXES.iter().any(|s| has_suffix(s)) {
+        return Some(AddressClass::Private);
     }
     None
 }
@@ -1281,13 +1313,14 @@ fn glob_expand(rest: &str) -> Option<Result<Vec<String>, ()>> {
     Some(Ok(out))
 }
 
-/// A byte after which a network-path reference may start in text.
+/// A byte after which a network-path reference may start in text: any byte but those
+/// that continue a word, a host or a path (ASCII letters and digits, `:`, `.`, `-`, `_`,
+/// `~`, `%`, `/`, `\`). A non-ASCII byte is a boundary: Unicode spaces (NBSP, U+2028,
+/// U+3000), which Python's `split()` and `strip()` remove, and punctuation (`«`); so are
+/// `+` (a space in a form-encoded query, as `parse_qs` reads it), `{`, `&`, `*`, `!`, `@`.
 fn net_path_boundary(c: u8) -> bool {
-    c.is_ascii_whitespace()
-        || matches!(
-            c,
-            b'"' | b'\'' | b'<' | b'>' | b'`' | b'(' | b'=' | b',' | b';' | b'|' | b'['
-        )
+    !(c.is_ascii_alphanumeric()
+        || matches!(c, b':' | b'.' | b'-' | b'_' | b'~' | b'%' | b'/' | b'\\'))
 }
 
 /// Rounds of decoding in [`decode_keeping_slashes`].
@@ -1572,8 +1605,9 @@ impl UrlPolicy {
     }
 
     /// Network-path references (`//host/`, `/\host/`, `\\host/`, `\/host/`, `///host/`,
-    /// tabs and newlines among the slashes) at the start of the value or after a space,
-    /// quote, `<`, `>`, backtick, `(`, `=`, `,`, `;`, `|` or `[`: read as a client joining
+    /// tabs and newlines among the slashes) at the start of the value or after any byte
+    /// that does not continue a word, host or path ([`net_path_boundary`]: spaces,
+    /// Unicode spaces, quotes, `+`, `=`, brackets, ...): read as a client joining
     /// them to an `http:` or `https:` base reads them (WHATWG: every leading slash or
     /// backslash skipped; urljoin and urllib3: the authority after `//`). Only a forbidden
     /// host refuses: the scheme comes from the base and a reference that is no URL (a `//`
@@ -1899,6 +1933,47 @@ mod tests {
             &SsrfConfig::default(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn platform_internal_names_and_wireserver_are_refused() {
+        let p = policy();
+        for (u, class) in [
+            (
+                "http://168.63.129.16/machine?comp=goalstate",
+                AddressClass::Metadata,
+            ),
+            (
+                "http://metadata.azure.com/metadata/instance",
+                AddressClass::Metadata,
+            ),
+            ("https://kubernetes.default.svc/api", AddressClass::Private),
+            ("https://kubernetes.default/api", AddressClass::Private),
+            ("https://KUBERNETES/api", AddressClass::Private),
+            (
+                "http://redis.prod.svc.cluster.local:6379/",
+                AddressClass::Private,
+            ),
+            (
+                "http://host.docker.internal:2375/containers/json",
+                AddressClass::Private,
+            ),
+            ("http://gateway.docker.internal/", AddressClass::Private),
+            ("http://host.containers.internal/", AddressClass::Private),
+            ("http://db.corp.internal./", AddressClass::Private),
+            ("http://printer.local/", AddressClass::Private),
+            ("http://nas.home.arpa/", AddressClass::Private),
+        ] {
+            assert_eq!(p.check(u), Err(UrlViolation::Ssrf(class)), "{u}");
+        }
+        for u in [
+            "https://internal.example.com/",
+            "https://example.com/local",
+            "https://svc.example.org/",
+            "https://mylocal/",
+        ] {
+            assert_eq!(p.check(u), Ok(()), "{u}");
+        }
     }
 
     #[test]
@@ -2512,6 +2587,21 @@ mod url_forms {
             "//user@127.0.0.1/",
             "//example.com@169.254.169.254/",
             "//127.0.0.1\\@example.com/",
+            // After Unicode spaces and punctuation (Python's split() and strip() remove
+            // the spaces), and after a form-encoded space.
+            "\u{a0}//169.254.169.254/",
+            "\u{2028}//169.254.169.254/",
+            "\u{3000}//169.254.169.254/",
+            "\u{2009}//169.254.169.254/",
+            "\u{1680}//169.254.169.254/",
+            "«//169.254.169.254/»",
+            "https://example.com/?to=+//169.254.169.254/",
+            "{//169.254.169.254/}",
+            "a&//169.254.169.254/",
+            "*//169.254.169.254/",
+            "!//169.254.169.254/",
+            "@//169.254.169.254/",
+            "https://example.com/?to=%E2%80%A8%2F%2F169.254.169.254%2F",
         ];
         assert_eq!(refused(&p, &cases), Vec::<String>::new());
         for ok in [

@@ -495,13 +495,59 @@ async fn other_charsets(sanitize: bool) {
         .iter()
         .all(|s| !String::from_utf8_lossy(&s.body).contains("denied"));
     assert!(clean, "a request in another charset reached the upstream");
-    // UTF-8 named as such still passes.
+    // A content coding the upstream would undo: Express's body-parser (the TypeScript
+    // SDK's servers) inflates gzip, deflate and br bodies the gateway never parsed.
+    for enc in [
+        "gzip",
+        "deflate",
+        "br",
+        "x-gzip",
+        "zstd",
+        "compress",
+        "gzip, identity",
+        "identity, gzip",
+        "identity;q=1",
+        "",
+    ] {
+        let r = c
+            .post(&url)
+            .header("x-api-key", KEY)
+            .header("content-type", "application/json")
+            .header("content-encoding", enc)
+            .header("accept", "application/json, text/event-stream")
+            .body(denied_call())
+            .send()
+            .await
+            .unwrap();
+        let (status, _, v) = json_error(r).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{enc:?}: {v}");
+    }
+    let r = c
+        .post(&url)
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .header("content-encoding", "gzip")
+        .header("accept", "application/json, text/event-stream")
+        .body(denied_call())
+        .send()
+        .await
+        .unwrap();
+    let (status, _, v) = json_error(r).await;
+    assert_eq!(
+        status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "identity then gzip: {v}"
+    );
+    assert!(reached(&log).is_empty());
+    // UTF-8 named as such, with the identity coding, still passes.
     let ok = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                     "params": {"name": "echo", "arguments": {"message": "hi"}}});
     let r = c
         .post(&url)
         .header("x-api-key", KEY)
         .header("content-type", "application/json; charset=\"UTF-8\"")
+        .header("content-encoding", "Identity")
         .header("accept", "application/json, text/event-stream")
         .body(ok.to_string())
         .send()

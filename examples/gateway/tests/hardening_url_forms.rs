@@ -30,6 +30,17 @@ async fn status_and_body(r: reqwest::RequestBuilder) -> (u16, Value) {
 /// (given `//host/x` alone) connect to the host.
 const NETWORK_PATHS: &[&str] = &[
     "//169.254.169.254/latest/meta-data/",
+    // After a Unicode space, a form-encoded space or punctuation.
+    "\u{a0}//169.254.169.254/latest/",
+    "\u{2028}//169.254.169.254/latest/",
+    "\u{3000}//169.254.169.254/latest/",
+    "https://example.com/?to=+//169.254.169.254/",
+    "https://example.com/?to=%E2%80%A8%2F%2F169.254.169.254%2F",
+    "{//169.254.169.254/}",
+    // Platform-internal names and Azure's WireServer.
+    "http://168.63.129.16/machine?comp=goalstate",
+    "https://kubernetes.default.svc/api/v1/secrets",
+    "http://host.docker.internal:2375/containers/json",
     "/\\169.254.169.254/latest/",
     "/\\169.254.169.254/latest/meta-data/",
     "\\\\169.254.169.254/latest/",
