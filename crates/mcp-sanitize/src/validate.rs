@@ -156,6 +156,25 @@ enum OwnedSeg {
     Index(usize),
 }
 
+/// Whether `path` (from the message's root) is one of the message's identifiers: `id`,
+/// `method`, `params.name`, `params.uri`, `params.ref.name`, `params.ref.uri`.
+fn is_identifier_path(path: &[OwnedSeg]) -> bool {
+    let keys: Vec<&str> = path
+        .iter()
+        .filter_map(|seg| match seg {
+            OwnedSeg::Key(k, _) => Some(k.as_str()),
+            _ => None,
+        })
+        .collect();
+    if path.iter().any(|seg| matches!(seg, OwnedSeg::Index(_))) {
+        return false;
+    }
+    matches!(
+        keys.as_slice(),
+        ["id"] | ["method"] | ["params", "name" | "uri"] | ["params", "ref", "name" | "uri"]
+    )
+}
+
 fn is_plain_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 64
@@ -753,6 +772,23 @@ impl Validator {
                                 &mut applied,
                             ) {
                                 Ok(Some(clean)) => {
+                                    // An identifier is not rewritten: a stripped `id`
+                                    // would answer an id the client never sent, a
+                                    // stripped `method`, `params.name` or `params.uri`
+                                    // would name another target than the `Mcp-Method` /
+                                    // `Mcp-Name` headers forwarded with it.
+                                    if is_identifier_path(&path) {
+                                        let name = applied
+                                            .iter()
+                                            .next()
+                                            .and_then(|i| self.engine.rules.get(i))
+                                            .map_or(Cow::Borrowed("blocked"), |m| m.name.clone());
+                                        return Err(fail(
+                                            &path,
+                                            RejectionReason::BlockedByRule,
+                                            name,
+                                        ));
+                                    }
                                     for i in applied.iter() {
                                         stripped.insert(i);
                                     }
@@ -1321,6 +1357,26 @@ mod tests {
             detail(v(&c, &call(r#"{"q":"<script>"}"#))),
             "rule=xss path=$.params.arguments.q"
         );
+    }
+
+    /// A strip rule never rewrites an identifier: the message's `id` and `method`, the
+    /// target's `params.name` / `params.uri` (and a completion's `ref`); such a match is
+    /// refused, while the same match in an argument is stripped.
+    #[test]
+    fn identifiers_are_refused_not_stripped() {
+        let mut c = SanitizeConfig::default();
+        c.rules.xss.action = RuleAction::Strip;
+        for body in [
+            r#"{"jsonrpc":"2.0","id":"a<script>","method":"tools/call","params":{"name":"echo","arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run<script>_shell","arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a<script>b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p<script>"},"argument":{"name":"a","value":"v"}}}"#,
+        ] {
+            let r = v(&c, body);
+            assert!(r.is_err(), "{body}: {r:?}");
+        }
+        let rw = v(&c, &call(r#"{"q":"a<script>b"}"#)).unwrap().unwrap();
+        assert_eq!(rw.value["params"]["arguments"]["q"], "ab");
     }
 
     #[test]
