@@ -27,7 +27,14 @@
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
 //!   typed [`mcp_core::Denial`] for the audit and metrics layers.
 //! - Sessions the session binding evicts or expires are ended at their upstream with a
-//!   `DELETE` ([`spawn_session_ender`]).
+//!   `DELETE` ([`spawn_session_ender`]), outside the principals' upstream shares and
+//!   retried ([`Proxy::end_session`]).
+//! - A request that can create a session (a `POST` without `Mcp-Session-Id`) is sent in
+//!   a task of its own that runs until the upstream's response headers arrive (within
+//!   the response timeout), whether or not the client is still there: when the client
+//!   has gone and the answer issues a session, that session is ended at the upstream at
+//!   once (`reason="client_gone"`), so a client that drops its connection after sending
+//!   `initialize` leaves no session the gateway never bound.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,13 +285,15 @@ impl Proxy {
     /// Forwards a request and streams the response back; the response carries the
     /// upstream's name ([`AuditUpstream`]) in its extensions.
     pub async fn forward(&self, req: Request<Body>) -> Response<Body> {
-        let mut resp = self.forward_inner(req).await;
+        let mut resp = self.forward_inner(req, true).await;
         resp.extensions_mut()
             .insert(AuditUpstream(self.inner.audit_name.clone()));
         resp
     }
 
-    async fn forward_inner(&self, req: Request<Body>) -> Response<Body> {
+    /// `admit`: whether the request takes an upstream permit (the principals' shares);
+    /// the gateway's own session-ending `DELETE`s do not (they have their own bound).
+    async fn forward_inner(&self, req: Request<Body>, admit: bool) -> Response<Body> {
         let spec = &self.inner.spec;
         let id = req
             .extensions()
@@ -317,7 +326,7 @@ impl Proxy {
         };
         // Held until the response body ends (streams included): released on end, error,
         // client disconnect, or here when the upstream fails.
-        let permit = match &spec.admit {
+        let permit = match spec.admit.as_ref().filter(|_| admit) {
             Some(admit) => match admit(&req, id.clone()) {
                 Ok(p) => Some(p),
                 Err(refused) => return *refused,
@@ -344,8 +353,42 @@ impl Proxy {
         for (k, v) in &spec.inject {
             headers.insert(k.clone(), v.clone());
         }
-        let fut = self.inner.client.request(out);
-        match tokio::time::timeout(spec.response_timeout, fut).await {
+        // A request that can create a session runs until the upstream's answer arrives
+        // even when the client goes away (its future dropped), so that a session it
+        // issues is never left unbound: see [`Proxy::client_gone`].
+        let creates_session = out.method() == http::Method::POST
+            && !out
+                .headers()
+                .contains_key(mcp_core::request::header::MCP_SESSION_ID);
+        let exchange = tokio::time::timeout(spec.response_timeout, self.inner.client.request(out));
+        let (result, permit) = if creates_session {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let result = exchange.await;
+                if let Err((Ok(Ok(resp)), permit)) = tx.send((result, permit)) {
+                    let sid = resp
+                        .headers()
+                        .get(mcp_core::request::header::MCP_SESSION_ID)
+                        .cloned();
+                    drop(resp);
+                    proxy.client_gone_boxed(sid, permit).await;
+                }
+            });
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!(upstream = %spec.name, "upstream exchange task ended without an answer");
+                    return Rejection::new(RejectionReason::UpstreamError)
+                        .with_id(id)
+                        .with_detail(spec.name.clone())
+                        .into_response();
+                }
+            }
+        } else {
+            (exchange.await, permit)
+        };
+        match result {
             Ok(Ok(resp)) => {
                 let (mut parts, incoming) = resp.into_parts();
                 spec.response_headers.remove_from(&mut parts.headers);
@@ -389,9 +432,24 @@ impl Proxy {
     }
 
     /// Ends a session at the upstream: a `DELETE` with its `Mcp-Session-Id` (and the
-    /// upstream's injected headers), answered within [`SESSION_END_TIMEOUT`]. A 2xx, or a
-    /// 404 / 400 (the upstream no longer holds it), is success.
+    /// upstream's injected headers), each try answered within [`SESSION_END_TIMEOUT`],
+    /// tried up to [`SESSION_END_TRIES`] times with a growing pause between tries. A 2xx,
+    /// or a 404 / 400 (the upstream no longer holds it), is success. It takes no upstream
+    /// permit: the principals' shares (`maxConnections`, `maxConnectionsPerPrincipal`)
+    /// never refuse it; its callers bound how many run at once.
     pub async fn end_session(&self, id: &HeaderValue) -> bool {
+        for attempt in 0..SESSION_END_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(SESSION_END_BACKOFF * (1 << (attempt - 1))).await;
+            }
+            if self.end_session_once(id).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn end_session_once(&self, id: &HeaderValue) -> bool {
         let mut req = Request::new(Body::empty());
         *req.method_mut() = http::Method::DELETE;
         let mut id = id.clone();
@@ -399,7 +457,7 @@ impl Proxy {
         req.headers_mut()
             .insert(HeaderName::from_static("mcp-session-id"), id);
         let ended = async {
-            let resp = self.forward_inner(req).await;
+            let resp = self.forward_inner(req, false).await;
             let status = resp.status();
             // Read (and bound) the answer so that the connection goes back to the pool.
             let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
@@ -412,6 +470,42 @@ impl Proxy {
         tokio::time::timeout(SESSION_END_TIMEOUT, ended)
             .await
             .unwrap_or(false)
+    }
+
+    /// The upstream answered a request whose client has gone (`sid`: the answer's
+    /// `Mcp-Session-Id`, if any): when the answer issues a
+    /// session (`Mcp-Session-Id`), no one will bind or end it, so it is ended at once,
+    /// while the request's upstream permit (its principal's share) is still held: a
+    /// principal that keeps dropping `initialize`s waits on its own share. Counted in
+    /// `mcp_gateway_sessions_ended_total{reason="client_gone"}`.
+    /// [`Proxy::client_gone`], boxed: ending a session forwards a request, which may spawn
+    /// this (the future's type would otherwise contain itself).
+    fn client_gone_boxed(
+        self,
+        sid: Option<HeaderValue>,
+        permit: Option<mcp_ratelimit::ConcurrencyPermit>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.client_gone(sid, permit).await })
+    }
+
+    async fn client_gone(
+        &self,
+        sid: Option<HeaderValue>,
+        permit: Option<mcp_ratelimit::ConcurrencyPermit>,
+    ) {
+        let Some(sid) = sid else {
+            return;
+        };
+        let ok = self.end_session(&sid).await;
+        drop(permit);
+        let outcome = if ok { "ok" } else { "failed" };
+        tracing::debug!(
+            upstream = %self.name(),
+            outcome,
+            "the client went away before its session was issued: ended at the upstream"
+        );
+        metrics::counter!("mcp_gateway_sessions_ended_total", "reason" => "client_gone", "outcome" => outcome)
+            .increment(1);
     }
 
     /// Whether the upstream accepts TCP connections (for `/readyz`).
@@ -444,6 +538,12 @@ pub const SESSION_END_CONCURRENCY: usize = 8;
 
 /// Time allowed for one ending `DELETE`, answer included.
 pub const SESSION_END_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many times an ending `DELETE` is tried before it is counted failed.
+pub const SESSION_END_TRIES: u32 = 3;
+
+/// Pause before the second try of an ending `DELETE` (doubled before each further one).
+pub const SESSION_END_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Sends each session the session binding ends (evicted by a cap, expired when idle) a
 /// `DELETE` at its upstream (the [`mcp_auth::session::SessionRoute`] the gateway set
