@@ -99,6 +99,9 @@ struct Counted {
     /// DELETEs being answered now, and the most at once.
     deleting: usize,
     max_deleting: usize,
+    /// Answer the first `DELETE` of each session 503 (counting each attempt).
+    fail_first_delete: bool,
+    delete_attempts: Vec<String>,
 }
 
 /// An MCP upstream that issues a session on `initialize` after `init_delay`, ends it on
@@ -145,6 +148,15 @@ async fn slow_upstream(
                     );
                 }
                 let sid = sid.unwrap_or_default();
+                if method == Method::DELETE {
+                    let mut st = state.lock().unwrap();
+                    let first = !st.delete_attempts.contains(&sid);
+                    st.delete_attempts.push(sid.clone());
+                    if st.fail_first_delete && first {
+                        return reply(StatusCode::SERVICE_UNAVAILABLE, None, String::new());
+                    }
+                    drop(st);
+                }
                 if method == Method::DELETE {
                     let n = {
                         let mut st = state.lock().unwrap();
@@ -375,4 +387,56 @@ async fn ending_deletes_take_no_share_of_the_principals_upstream_caps() {
         "mcp_gateway_sessions_ended_total{reason=\"principal_cap\",outcome=\"ok\"}",
     );
     assert_eq!(ok, Some(evicted.len() as f64), "{m}");
+}
+
+#[tokio::test]
+async fn an_ending_delete_that_fails_is_tried_again() {
+    let dir = tempdir();
+    let db = dir.path().join("a.db");
+    let (upstream, up) = slow_upstream(Duration::ZERO, |_| Duration::ZERO).await;
+    up.lock().unwrap().fail_first_delete = true;
+    let (_gw, base) = start_gateway(
+        dir.path(),
+        &config(
+            &upstream,
+            &db,
+            "",
+            "sessions:\n  maxSessionsPerPrincipal: 2\n",
+        ),
+    );
+    let url = format!("{base}/mcp");
+    let c = client();
+    let mut bob = Vec::new();
+    for _ in 0..8 {
+        bob.push(initialize(&c, &url, KEY2).await);
+    }
+    let evicted = &bob[..6];
+    let all = within(60, || {
+        let st = up.lock().unwrap();
+        evicted.iter().all(|s| st.deleted.contains(s))
+    })
+    .await;
+    let (deleted, attempts) = {
+        let st = up.lock().unwrap();
+        (st.deleted.clone(), st.delete_attempts.clone())
+    };
+    assert!(all, "ended: {deleted:?}");
+    for s in evicted {
+        assert_eq!(
+            attempts.iter().filter(|a| *a == s).count(),
+            2,
+            "refused once, then ended"
+        );
+    }
+    let m = metrics_text(&base).await;
+    let ok = metric_value(
+        &m,
+        "mcp_gateway_sessions_ended_total{reason=\"principal_cap\",outcome=\"ok\"}",
+    );
+    assert_eq!(ok, Some(6.0), "{m}");
+    let failed = metric_value(
+        &m,
+        "mcp_gateway_sessions_ended_total{reason=\"principal_cap\",outcome=\"failed\"}",
+    );
+    assert_eq!(failed, None, "{m}");
 }
