@@ -35,6 +35,10 @@
 //!   has gone and the answer issues a session, that session is ended at the upstream at
 //!   once (`reason="client_gone"`), so a client that drops its connection after sending
 //!   `initialize` leaves no session the gateway never bound.
+//! - A request in a session whose client goes away before its response ended (the body
+//!   dropped early) is cancelled at the upstream: `notifications/cancelled` with its id
+//!   and reason `client disconnected`, in the same session, best effort
+//!   ([`CANCEL_CONCURRENCY`] at once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,6 +179,8 @@ struct ProxyInner {
     operator_params: Vec<String>,
     spec: UpstreamSpec,
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// Bounds the `notifications/cancelled` in flight ([`CANCEL_CONCURRENCY`]).
+    cancels: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why building a proxy failed.
@@ -273,6 +279,7 @@ impl Proxy {
                 operator_params: operator_params(&spec.url),
                 spec,
                 client,
+                cancels: Arc::new(tokio::sync::Semaphore::new(CANCEL_CONCURRENCY)),
             }),
         })
     }
@@ -333,6 +340,7 @@ impl Proxy {
             },
             None => None,
         };
+        let cancel = self.cancel_info(&req);
         let (parts, body) = req.into_parts();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method.clone();
@@ -400,13 +408,18 @@ impl Proxy {
                     }
                     Err(frame) => frame,
                 });
-                match permit {
-                    Some(p) => Response::from_parts(
-                        parts,
-                        Body::new(mcp_ratelimit::InFlightBody::with_permit(body, p)),
-                    ),
-                    None => Response::from_parts(parts, Body::new(body)),
-                }
+                let body = match permit {
+                    Some(p) => Body::new(mcp_ratelimit::InFlightBody::with_permit(body, p)),
+                    None => Body::new(body),
+                };
+                let body = match cancel {
+                    Some(c) => Body::new(CancelOnAbandon {
+                        inner: body,
+                        armed: Some(c),
+                    }),
+                    None => body,
+                };
+                Response::from_parts(parts, body)
             }
             Ok(Err(e)) => {
                 let timed_out = is_connect_timeout(&e);
@@ -508,6 +521,104 @@ impl Proxy {
             .increment(1);
     }
 
+    /// What [`CancelOnAbandon`] needs to cancel `req` at the upstream: a single JSON-RPC
+    /// request (not `initialize`) sent in a session.
+    fn cancel_info(&self, req: &Request<Body>) -> Option<Abandoned> {
+        use mcp_core::request::header::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+        if req.method() != http::Method::POST {
+            return None;
+        }
+        let m = req.extensions().get::<McpRequest>()?;
+        if m.is_batch()
+            || m.kind() != mcp_core::request::MessageKind::Request
+            || m.method() == Some("initialize")
+        {
+            return None;
+        }
+        Some(Abandoned {
+            proxy: self.clone(),
+            request_id: m.id()?.clone(),
+            session_id: req.headers().get(MCP_SESSION_ID)?.clone(),
+            protocol_version: req.headers().get(MCP_PROTOCOL_VERSION).cloned(),
+            principal: req.extensions().get::<Principal>().cloned(),
+            client_addr: req.extensions().get::<ClientAddr>().copied(),
+        })
+    }
+
+    /// Sends the upstream `notifications/cancelled` for a request whose client went away
+    /// before its response ended (best effort: one try within [`SESSION_END_TIMEOUT`],
+    /// no upstream permit, at most [`CANCEL_CONCURRENCY`] at once per upstream; beyond,
+    /// dropped). Counted in `mcp_gateway_upstream_cancelled_total{upstream, outcome}`
+    /// (`outcome`: `sent`, `failed`, `dropped`).
+    fn send_cancelled(a: Abandoned) {
+        let count = |name: &str, outcome: &'static str| {
+            metrics::counter!("mcp_gateway_upstream_cancelled_total", "upstream" => name.to_owned(), "outcome" => outcome)
+                .increment(1);
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(permit) = a.proxy.inner.cancels.clone().try_acquire_owned() else {
+            count(a.proxy.name(), "dropped");
+            return;
+        };
+        handle.spawn(async move {
+            use mcp_core::request::header::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+            let body = serde_json::json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": a.request_id, "reason": "client disconnected"},
+            })
+            .to_string();
+            let mut req = Request::new(Body::from(body));
+            *req.method_mut() = http::Method::POST;
+            let h = req.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            );
+            let mut sid = a.session_id;
+            sid.set_sensitive(true);
+            h.insert(MCP_SESSION_ID, sid);
+            if let Some(v) = a.protocol_version {
+                h.insert(MCP_PROTOCOL_VERSION, v);
+            }
+            if let Some(p) = a.principal {
+                req.extensions_mut().insert(p);
+            }
+            if let Some(c) = a.client_addr {
+                req.extensions_mut().insert(c);
+            }
+            let proxy = a.proxy;
+            let sent = async {
+                let resp = proxy.forward_inner_boxed(req).await;
+                let status = resp.status();
+                let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                    .collect()
+                    .await;
+                status.is_success()
+            };
+            let ok = tokio::time::timeout(SESSION_END_TIMEOUT, sent)
+                .await
+                .unwrap_or(false);
+            count(proxy.name(), if ok { "sent" } else { "failed" });
+            drop(permit);
+        });
+    }
+
+    /// [`Proxy::forward_inner`] without an upstream permit, boxed (it is called from a
+    /// body's drop, inside the future type of `forward_inner` itself).
+    fn forward_inner_boxed(
+        &self,
+        req: Request<Body>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>> {
+        Box::pin(self.forward_inner(req, false))
+    }
+
     /// Whether the upstream accepts TCP connections (for `/readyz`).
     pub async fn reachable(&self) -> bool {
         let url = &self.inner.spec.url;
@@ -530,6 +641,63 @@ impl Proxy {
             .await,
             Ok(Ok(_))
         )
+    }
+}
+
+/// Most `notifications/cancelled` sent to one upstream at once.
+pub const CANCEL_CONCURRENCY: usize = 16;
+
+/// A request in a session whose response the client may abandon.
+struct Abandoned {
+    proxy: Proxy,
+    request_id: mcp_core::JsonRpcId,
+    session_id: HeaderValue,
+    protocol_version: Option<HeaderValue>,
+    principal: Option<Principal>,
+    client_addr: Option<ClientAddr>,
+}
+
+/// A response body that, dropped before its end (the client went away), tells the
+/// upstream the request is cancelled ([`Proxy::send_cancelled`]): MCP does not read a
+/// disconnect as a cancellation, so a server would otherwise keep working for no one.
+struct CancelOnAbandon {
+    inner: Body,
+    armed: Option<Abandoned>,
+}
+
+impl http_body::Body for CancelOnAbandon {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        // The end, or an upstream failure: nothing left to cancel.
+        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled {
+            this.armed = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CancelOnAbandon {
+    fn drop(&mut self) {
+        if let Some(a) = self.armed.take()
+            && !http_body::Body::is_end_stream(&self.inner)
+        {
+            Proxy::send_cancelled(a);
+        }
     }
 }
 

@@ -4,7 +4,11 @@
 //!   the upstream answered, leaves no session at the upstream: the exchange runs to its
 //!   end and the session it issued is ended at once (`reason="client_gone"`).
 //! - The gateway's own session-ending DELETEs take no share of the principals' upstream
-//!   caps (`maxConnectionsPerPrincipal`), and a slow upstream still gets every one.
+//!   caps (`maxConnectionsPerPrincipal`), and a slow upstream still gets every one; one
+//!   that fails is tried again.
+//! - A request in a session whose client goes away before its response ended is
+//!   cancelled at the upstream (`notifications/cancelled` in that session); one that
+//!   ended is not.
 //!
 //! Against a counting upstream that answers `initialize` and `DELETE` slowly, over real
 //! sockets.
@@ -102,6 +106,8 @@ struct Counted {
     /// Answer the first `DELETE` of each session 503 (counting each attempt).
     fail_first_delete: bool,
     delete_attempts: Vec<String>,
+    /// `notifications/cancelled` received: (requestId, reason, session, protocol version).
+    cancelled: Vec<(Value, Value, String, String)>,
 }
 
 /// An MCP upstream that issues a session on `initialize` after `init_delay`, ends it on
@@ -148,6 +154,30 @@ async fn slow_upstream(
                     );
                 }
                 let sid = sid.unwrap_or_default();
+                if v["method"] == "notifications/cancelled" {
+                    let pv = headers
+                        .get("mcp-protocol-version")
+                        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    let p = &v["params"];
+                    state.lock().unwrap().cancelled.push((
+                        p["requestId"].clone(),
+                        p["reason"].clone(),
+                        sid,
+                        pv,
+                    ));
+                    return reply(StatusCode::ACCEPTED, None, String::new());
+                }
+                if v["method"] == "tools/call" && v["params"]["name"] == "silent" {
+                    // A long operation that writes nothing until it is done (never).
+                    return http::Response::builder()
+                        .status(StatusCode::OK)
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from_stream(
+                            futures_util::stream::pending::<Result<Bytes, std::io::Error>>(),
+                        ))
+                        .unwrap();
+                }
                 if method == Method::DELETE {
                     let mut st = state.lock().unwrap();
                     let first = !st.delete_attempts.contains(&sid);
@@ -439,4 +469,81 @@ async fn an_ending_delete_that_fails_is_tried_again() {
         "mcp_gateway_sessions_ended_total{reason=\"principal_cap\",outcome=\"failed\"}",
     );
     assert_eq!(failed, None, "{m}");
+}
+
+fn call_in(
+    c: &reqwest::Client,
+    url: &str,
+    sid: &str,
+    id: Value,
+    tool: &str,
+) -> reqwest::RequestBuilder {
+    c.post(url)
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", LEGACY)
+        .header("mcp-session-id", sid)
+        .body(
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": tool, "arguments": {}}})
+            .to_string(),
+        )
+}
+
+#[tokio::test]
+async fn abandoned_requests_are_cancelled_at_the_upstream() {
+    let dir = tempdir();
+    let db = dir.path().join("a.db");
+    let (upstream, up) = slow_upstream(Duration::ZERO, |_| Duration::ZERO).await;
+    let (_gw, base) = start_gateway(dir.path(), &config(&upstream, &db, "", ""));
+    let url = format!("{base}/mcp");
+    let c = client();
+    let sid = initialize(&c, &url, KEY).await;
+    // Silent long calls, abandoned once their response started: numeric and string ids,
+    // from one pooled client and from another.
+    let other = client();
+    let ids = [
+        json!(101),
+        json!(102),
+        json!("s-1"),
+        json!("s-2"),
+        json!(103.5),
+        json!(104),
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        let client = if i % 2 == 0 { &c } else { &other };
+        let r = call_in(client, &url, &sid, id.clone(), "silent")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        drop(r);
+    }
+    // A call that ends is not cancelled.
+    let r = call_in(&c, &url, &sid, json!(900), "quick")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.text().await.unwrap();
+    let all = within(30, || up.lock().unwrap().cancelled.len() >= ids.len()).await;
+    let got = up.lock().unwrap().cancelled.clone();
+    assert!(all, "cancelled received: {got:?}");
+    for id in &ids {
+        let n = got.iter().filter(|(r, ..)| r == id).count();
+        assert_eq!(n, 1, "{id}: {got:?}");
+    }
+    for (_, reason, s, pv) in &got {
+        assert_eq!(reason, "client disconnected");
+        assert_eq!(s, &sid, "in the request's session");
+        assert_eq!(pv, LEGACY);
+    }
+    assert!(!got.iter().any(|(r, ..)| r == &json!(900)), "{got:?}");
+    let m = metrics_text(&base).await;
+    let sent = metric_value(
+        &m,
+        "mcp_gateway_upstream_cancelled_total{upstream=\"up\",outcome=\"sent\"}",
+    );
+    assert_eq!(sent, Some(ids.len() as f64), "{m}");
 }
