@@ -715,7 +715,9 @@ pub const SESSION_END_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Sends each session the session binding ends (evicted by a cap, expired when idle) a
 /// `DELETE` at its upstream (the [`mcp_auth::session::SessionRoute`] the gateway set
-/// when it was created, the upstream's name), [`SESSION_END_CONCURRENCY`] at a time; a
+/// when it was created, the upstream's name), [`SESSION_END_CONCURRENCY`] at a time,
+/// outside the principals' upstream shares, each tried up to [`SESSION_END_TRIES`]
+/// times ([`Proxy::end_session`]); a
 /// session that waits longer than the queue allows is dropped and counted. Counted in
 /// `mcp_gateway_sessions_ended_total{reason, outcome}` (`outcome`: `ok`, `failed`,
 /// `dropped`, `no_upstream`). Runs for the life of the process (it holds the layer, to
