@@ -27,7 +27,18 @@
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
 //!   typed [`mcp_core::Denial`] for the audit and metrics layers.
 //! - Sessions the session binding evicts or expires are ended at their upstream with a
-//!   `DELETE` ([`spawn_session_ender`]).
+//!   `DELETE` ([`spawn_session_ender`]), outside the principals' upstream shares and
+//!   retried ([`Proxy::end_session`]).
+//! - A request that can create a session (a `POST` without `Mcp-Session-Id`) is sent in
+//!   a task of its own that runs until the upstream's response headers arrive (within
+//!   the response timeout), whether or not the client is still there: when the client
+//!   has gone and the answer issues a session, that session is ended at the upstream at
+//!   once (`reason="client_gone"`), so a client that drops its connection after sending
+//!   `initialize` leaves no session the gateway never bound.
+//! - A request in a session whose client goes away before its response ended (the body
+//!   dropped early) is cancelled at the upstream: `notifications/cancelled` with its id
+//!   and reason `client disconnected`, in the same session, best effort
+//!   ([`CANCEL_CONCURRENCY`] at once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +179,8 @@ struct ProxyInner {
     operator_params: Vec<String>,
     spec: UpstreamSpec,
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// Bounds the `notifications/cancelled` in flight ([`CANCEL_CONCURRENCY`]).
+    cancels: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why building a proxy failed.
@@ -266,6 +279,7 @@ impl Proxy {
                 operator_params: operator_params(&spec.url),
                 spec,
                 client,
+                cancels: Arc::new(tokio::sync::Semaphore::new(CANCEL_CONCURRENCY)),
             }),
         })
     }
@@ -278,13 +292,15 @@ impl Proxy {
     /// Forwards a request and streams the response back; the response carries the
     /// upstream's name ([`AuditUpstream`]) in its extensions.
     pub async fn forward(&self, req: Request<Body>) -> Response<Body> {
-        let mut resp = self.forward_inner(req).await;
+        let mut resp = self.forward_inner(req, true).await;
         resp.extensions_mut()
             .insert(AuditUpstream(self.inner.audit_name.clone()));
         resp
     }
 
-    async fn forward_inner(&self, req: Request<Body>) -> Response<Body> {
+    /// `admit`: whether the request takes an upstream permit (the principals' shares);
+    /// the gateway's own session-ending `DELETE`s do not (they have their own bound).
+    async fn forward_inner(&self, req: Request<Body>, admit: bool) -> Response<Body> {
         let spec = &self.inner.spec;
         let id = req
             .extensions()
@@ -317,13 +333,14 @@ impl Proxy {
         };
         // Held until the response body ends (streams included): released on end, error,
         // client disconnect, or here when the upstream fails.
-        let permit = match &spec.admit {
+        let permit = match spec.admit.as_ref().filter(|_| admit) {
             Some(admit) => match admit(&req, id.clone()) {
                 Ok(p) => Some(p),
                 Err(refused) => return *refused,
             },
             None => None,
         };
+        let cancel = self.cancel_info(&req);
         let (parts, body) = req.into_parts();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method.clone();
@@ -344,8 +361,42 @@ impl Proxy {
         for (k, v) in &spec.inject {
             headers.insert(k.clone(), v.clone());
         }
-        let fut = self.inner.client.request(out);
-        match tokio::time::timeout(spec.response_timeout, fut).await {
+        // A request that can create a session runs until the upstream's answer arrives
+        // even when the client goes away (its future dropped), so that a session it
+        // issues is never left unbound: see [`Proxy::client_gone`].
+        let creates_session = out.method() == http::Method::POST
+            && !out
+                .headers()
+                .contains_key(mcp_core::request::header::MCP_SESSION_ID);
+        let exchange = tokio::time::timeout(spec.response_timeout, self.inner.client.request(out));
+        let (result, permit) = if creates_session {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let result = exchange.await;
+                if let Err((Ok(Ok(resp)), permit)) = tx.send((result, permit)) {
+                    let sid = resp
+                        .headers()
+                        .get(mcp_core::request::header::MCP_SESSION_ID)
+                        .cloned();
+                    drop(resp);
+                    proxy.client_gone_boxed(sid, permit).await;
+                }
+            });
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!(upstream = %spec.name, "upstream exchange task ended without an answer");
+                    return Rejection::new(RejectionReason::UpstreamError)
+                        .with_id(id)
+                        .with_detail(spec.name.clone())
+                        .into_response();
+                }
+            }
+        } else {
+            (exchange.await, permit)
+        };
+        match result {
             Ok(Ok(resp)) => {
                 let (mut parts, incoming) = resp.into_parts();
                 spec.response_headers.remove_from(&mut parts.headers);
@@ -357,13 +408,18 @@ impl Proxy {
                     }
                     Err(frame) => frame,
                 });
-                match permit {
-                    Some(p) => Response::from_parts(
-                        parts,
-                        Body::new(mcp_ratelimit::InFlightBody::with_permit(body, p)),
-                    ),
-                    None => Response::from_parts(parts, Body::new(body)),
-                }
+                let body = match permit {
+                    Some(p) => Body::new(mcp_ratelimit::InFlightBody::with_permit(body, p)),
+                    None => Body::new(body),
+                };
+                let body = match cancel {
+                    Some(c) => Body::new(CancelOnAbandon {
+                        inner: body,
+                        armed: Some(c),
+                    }),
+                    None => body,
+                };
+                Response::from_parts(parts, body)
             }
             Ok(Err(e)) => {
                 let timed_out = is_connect_timeout(&e);
@@ -389,9 +445,24 @@ impl Proxy {
     }
 
     /// Ends a session at the upstream: a `DELETE` with its `Mcp-Session-Id` (and the
-    /// upstream's injected headers), answered within [`SESSION_END_TIMEOUT`]. A 2xx, or a
-    /// 404 / 400 (the upstream no longer holds it), is success.
+    /// upstream's injected headers), each try answered within [`SESSION_END_TIMEOUT`],
+    /// tried up to [`SESSION_END_TRIES`] times with a growing pause between tries. A 2xx,
+    /// or a 404 / 400 (the upstream no longer holds it), is success. It takes no upstream
+    /// permit: the principals' shares (`maxConnections`, `maxConnectionsPerPrincipal`)
+    /// never refuse it; its callers bound how many run at once.
     pub async fn end_session(&self, id: &HeaderValue) -> bool {
+        for attempt in 0..SESSION_END_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(SESSION_END_BACKOFF * (1 << (attempt - 1))).await;
+            }
+            if self.end_session_once(id).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn end_session_once(&self, id: &HeaderValue) -> bool {
         let mut req = Request::new(Body::empty());
         *req.method_mut() = http::Method::DELETE;
         let mut id = id.clone();
@@ -399,7 +470,7 @@ impl Proxy {
         req.headers_mut()
             .insert(HeaderName::from_static("mcp-session-id"), id);
         let ended = async {
-            let resp = self.forward_inner(req).await;
+            let resp = self.forward_inner(req, false).await;
             let status = resp.status();
             // Read (and bound) the answer so that the connection goes back to the pool.
             let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
@@ -412,6 +483,140 @@ impl Proxy {
         tokio::time::timeout(SESSION_END_TIMEOUT, ended)
             .await
             .unwrap_or(false)
+    }
+
+    /// The upstream answered a request whose client has gone (`sid`: the answer's
+    /// `Mcp-Session-Id`, if any): when the answer issues a
+    /// session (`Mcp-Session-Id`), no one will bind or end it, so it is ended at once,
+    /// while the request's upstream permit (its principal's share) is still held: a
+    /// principal that keeps dropping `initialize`s waits on its own share. Counted in
+    /// `mcp_gateway_sessions_ended_total{reason="client_gone"}`.
+    /// [`Proxy::client_gone`], boxed: ending a session forwards a request, which may spawn
+    /// this (the future's type would otherwise contain itself).
+    fn client_gone_boxed(
+        self,
+        sid: Option<HeaderValue>,
+        permit: Option<mcp_ratelimit::ConcurrencyPermit>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.client_gone(sid, permit).await })
+    }
+
+    async fn client_gone(
+        &self,
+        sid: Option<HeaderValue>,
+        permit: Option<mcp_ratelimit::ConcurrencyPermit>,
+    ) {
+        let Some(sid) = sid else {
+            return;
+        };
+        let ok = self.end_session(&sid).await;
+        drop(permit);
+        let outcome = if ok { "ok" } else { "failed" };
+        tracing::debug!(
+            upstream = %self.name(),
+            outcome,
+            "the client went away before its session was issued: ended at the upstream"
+        );
+        metrics::counter!("mcp_gateway_sessions_ended_total", "reason" => "client_gone", "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// What [`CancelOnAbandon`] needs to cancel `req` at the upstream: a single JSON-RPC
+    /// request (not `initialize`) sent in a session.
+    fn cancel_info(&self, req: &Request<Body>) -> Option<Abandoned> {
+        use mcp_core::request::header::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+        if req.method() != http::Method::POST {
+            return None;
+        }
+        let m = req.extensions().get::<McpRequest>()?;
+        if m.is_batch()
+            || m.kind() != mcp_core::request::MessageKind::Request
+            || m.method() == Some("initialize")
+        {
+            return None;
+        }
+        Some(Abandoned {
+            proxy: self.clone(),
+            request_id: m.id()?.clone(),
+            session_id: req.headers().get(MCP_SESSION_ID)?.clone(),
+            protocol_version: req.headers().get(MCP_PROTOCOL_VERSION).cloned(),
+            principal: req.extensions().get::<Principal>().cloned(),
+            client_addr: req.extensions().get::<ClientAddr>().copied(),
+        })
+    }
+
+    /// Sends the upstream `notifications/cancelled` for a request whose client went away
+    /// before its response ended (best effort: one try within [`SESSION_END_TIMEOUT`],
+    /// no upstream permit, at most [`CANCEL_CONCURRENCY`] at once per upstream; beyond,
+    /// dropped). Counted in `mcp_gateway_upstream_cancelled_total{upstream, outcome}`
+    /// (`outcome`: `sent`, `failed`, `dropped`).
+    fn send_cancelled(a: Abandoned) {
+        let count = |name: &str, outcome: &'static str| {
+            metrics::counter!("mcp_gateway_upstream_cancelled_total", "upstream" => name.to_owned(), "outcome" => outcome)
+                .increment(1);
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(permit) = a.proxy.inner.cancels.clone().try_acquire_owned() else {
+            count(a.proxy.name(), "dropped");
+            return;
+        };
+        handle.spawn(async move {
+            use mcp_core::request::header::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+            let body = serde_json::json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": a.request_id, "reason": "client disconnected"},
+            })
+            .to_string();
+            let mut req = Request::new(Body::from(body));
+            *req.method_mut() = http::Method::POST;
+            let h = req.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            );
+            let mut sid = a.session_id;
+            sid.set_sensitive(true);
+            h.insert(MCP_SESSION_ID, sid);
+            if let Some(v) = a.protocol_version {
+                h.insert(MCP_PROTOCOL_VERSION, v);
+            }
+            if let Some(p) = a.principal {
+                req.extensions_mut().insert(p);
+            }
+            if let Some(c) = a.client_addr {
+                req.extensions_mut().insert(c);
+            }
+            let proxy = a.proxy;
+            let sent = async {
+                let resp = proxy.forward_inner_boxed(req).await;
+                let status = resp.status();
+                let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                    .collect()
+                    .await;
+                status.is_success()
+            };
+            let ok = tokio::time::timeout(SESSION_END_TIMEOUT, sent)
+                .await
+                .unwrap_or(false);
+            count(proxy.name(), if ok { "sent" } else { "failed" });
+            drop(permit);
+        });
+    }
+
+    /// [`Proxy::forward_inner`] without an upstream permit, boxed (it is called from a
+    /// body's drop, inside the future type of `forward_inner` itself).
+    fn forward_inner_boxed(
+        &self,
+        req: Request<Body>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>> {
+        Box::pin(self.forward_inner(req, false))
     }
 
     /// Whether the upstream accepts TCP connections (for `/readyz`).
@@ -439,15 +644,80 @@ impl Proxy {
     }
 }
 
+/// Most `notifications/cancelled` sent to one upstream at once.
+pub const CANCEL_CONCURRENCY: usize = 16;
+
+/// A request in a session whose response the client may abandon.
+struct Abandoned {
+    proxy: Proxy,
+    request_id: mcp_core::JsonRpcId,
+    session_id: HeaderValue,
+    protocol_version: Option<HeaderValue>,
+    principal: Option<Principal>,
+    client_addr: Option<ClientAddr>,
+}
+
+/// A response body that, dropped before its end (the client went away), tells the
+/// upstream the request is cancelled ([`Proxy::send_cancelled`]): MCP does not read a
+/// disconnect as a cancellation, so a server would otherwise keep working for no one.
+struct CancelOnAbandon {
+    inner: Body,
+    armed: Option<Abandoned>,
+}
+
+impl http_body::Body for CancelOnAbandon {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        // The end, or an upstream failure: nothing left to cancel.
+        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled {
+            this.armed = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CancelOnAbandon {
+    fn drop(&mut self) {
+        if let Some(a) = self.armed.take()
+            && !http_body::Body::is_end_stream(&self.inner)
+        {
+            Proxy::send_cancelled(a);
+        }
+    }
+}
+
 /// How many sessions are ended at the upstreams at once.
 pub const SESSION_END_CONCURRENCY: usize = 8;
 
 /// Time allowed for one ending `DELETE`, answer included.
 pub const SESSION_END_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many times an ending `DELETE` is tried before it is counted failed.
+pub const SESSION_END_TRIES: u32 = 3;
+
+/// Pause before the second try of an ending `DELETE` (doubled before each further one).
+pub const SESSION_END_BACKOFF: Duration = Duration::from_millis(500);
+
 /// Sends each session the session binding ends (evicted by a cap, expired when idle) a
 /// `DELETE` at its upstream (the [`mcp_auth::session::SessionRoute`] the gateway set
-/// when it was created, the upstream's name), [`SESSION_END_CONCURRENCY`] at a time; a
+/// when it was created, the upstream's name), [`SESSION_END_CONCURRENCY`] at a time,
+/// outside the principals' upstream shares, each tried up to [`SESSION_END_TRIES`]
+/// times ([`Proxy::end_session`]); a
 /// session that waits longer than the queue allows is dropped and counted. Counted in
 /// `mcp_gateway_sessions_ended_total{reason, outcome}` (`outcome`: `ok`, `failed`,
 /// `dropped`, `no_upstream`). Runs for the life of the process (it holds the layer, to
