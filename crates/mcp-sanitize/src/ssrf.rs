@@ -349,18 +349,14 @@ fn classify_domain_name(h: &str) -> Option<AddressClass> {
     if is(&METADATA_NAMES) {
         return Some(AddressClass::Metadata);
     }
-    const SUFFIX: &str = ".localhost";
-    let localhost_suffix = h.len() > SUFFIX.len()
-        && h.is_char_boundary(h.len() - SUFFIX.len())
-        && h[h.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX);
-    if is(&LOOPBACK_NAMES) || localhost_suffix {
-        return Some(AddressClass::Loopback);
-    }
     let has_suffix = |suffix: &str| {
         h.len() > suffix.len()
             && h.is_char_boundary(h.len() - suffix.len())
             && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
     };
+    if is(&LOOPBACK_NAMES) || has_suffix(".localhost") {
+        return Some(AddressClass::Loopback);
+    }
     if is(&PRIVATE_NAMES) || PRIVATE_SUFFIXES.iter().any(|s| has_suffix(s)) {
         return Some(AddressClass::Private);
     }
