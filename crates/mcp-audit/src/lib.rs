@@ -117,7 +117,7 @@ pub use event::{AuditEvent, AuditRecord, EventKind, Outcome};
 pub use headers::{sensitive_headers_layer, sensitive_response_headers_layer};
 pub use layer::{Audit, AuditBody, AuditLayer, AuditUpstream, RequestId, X_REQUEST_ID};
 pub use mask::Masker;
-pub use pipeline::{AuditError, AuditHandle, AuditStats, Auditor, AuditorBuilder};
+pub use pipeline::{AuditError, AuditHandle, AuditStats, Auditor, AuditorBuilder, SinkStatus};
 pub use query::{AuditQuery, AuditQueryService, AuditStore, QueryPage, StoreError};
 pub use refusals::RefusalAggregator;
 pub use sink::file::verify_jsonl;

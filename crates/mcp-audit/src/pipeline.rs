@@ -26,9 +26,32 @@
 //!   sink still failing or hanging is given up on, and what it did not write is counted
 //!   as dropped and logged per sink (`audit events lost`).
 //!
-//! Metrics (the `metrics` facade): `mcp_audit_events_queued_total`,
-//! `mcp_audit_events_written_total{sink}`, `mcp_audit_events_dropped_total{reason}`,
-//! `mcp_audit_sink_errors_total{sink}`, `mcp_audit_queue_depth`, `mcp_audit_queue_bytes`.
+//! Metrics (the `metrics` facade; their handles are registered when the auditor starts,
+//! so install the recorder first). Each is updated where what it counts happens, never
+//! at a step that waits on a sink, so that they stay true while a sink is down:
+//!
+//! - `mcp_audit_events_queued_total`: events put into the queue, counted as they are
+//!   queued (not when the writer takes them).
+//! - `mcp_audit_queue_depth`: events queued and not yet through the pipeline: in the
+//!   queue, being rendered, or in the backlog of a sink that has not written them yet,
+//!   until every sink has written them or they are counted as dropped. It grows while a
+//!   sink is down and goes back to 0 once everything queued is written.
+//! - `mcp_audit_queue_bytes`: the queue's byte budget in use (`queue.maxBytes`): events
+//!   not yet taken by the writer.
+//! - `mcp_audit_events_written_total{sink}`: records written by that sink (one per
+//!   event, one per message of a JSON-RPC batch), counted when its write succeeds.
+//! - `mcp_audit_sink_backlog{sink}`, `mcp_audit_sink_backlog_bytes{sink}`: records
+//!   handed to that sink and not yet written or given up on, and their bytes (bounded by
+//!   `queue.maxBytes`).
+//! - `mcp_audit_sink_up{sink}`: 1 while the sink writes, 0 from its first failed write
+//!   (or a write in progress for 10 s) until a write succeeds again.
+//! - `mcp_audit_sink_errors_total{sink}`: failed writes of that sink (each retried).
+//! - `mcp_audit_sink_backlog_dropped_total{sink}`: records that sink lost because its
+//!   backlog was full while it failed.
+//! - `mcp_audit_events_dropped_total{reason}`: `queue_full` and `closed` events never
+//!   queued; `sink_failed` records not written by every sink.
+//!
+//! The same values are in [`AuditStats`] and [`Auditor::sinks`].
 //!
 //! So the memory the pipeline holds is bounded by about `queue.maxBytes` (queue) plus
 //! `queue.maxBytes` per sink (backlogs) plus one batch being rendered, whatever the
@@ -60,20 +83,43 @@ pub(crate) enum Msg {
 }
 
 /// Counters of the pipeline (also exported as metrics).
+///
+/// Each is updated where the thing it counts happens (an event put into the queue, a
+/// batch written or given up on by one sink), never at a step that waits on a sink: they
+/// stay true while a sink is down.
 #[derive(Debug, Default)]
 pub struct AuditStats {
     queued: AtomicU64,
+    depth: AtomicU64,
     written: AtomicU64,
     dropped: AtomicU64,
     sink_errors: AtomicU64,
+    meters: Meters,
 }
 
 impl AuditStats {
-    /// Events taken from the queue by the writer.
+    /// Statistics whose metrics are registered with the current recorder.
+    fn registered() -> Self {
+        Self {
+            meters: Meters::register(),
+            ..Self::default()
+        }
+    }
+
+    /// Events put into the queue (`mcp_audit_events_queued_total`): counted when queued,
+    /// whether or not the writer has taken them yet.
     pub fn queued(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
     }
-    /// Events written (to every sink).
+    /// Events queued and not yet through the pipeline (`mcp_audit_queue_depth`): in the
+    /// queue, being rendered, or in the backlog of a sink that has not written them yet
+    /// (a sink that is down, retrying), until every sink has written them or they are
+    /// counted as dropped. It goes back to 0 once everything queued is written.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+    /// Records written (to every sink): one per event, one per message of a JSON-RPC
+    /// batch.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
@@ -85,6 +131,63 @@ impl AuditStats {
     pub fn sink_errors(&self) -> u64 {
         self.sink_errors.load(Ordering::Relaxed)
     }
+
+    /// Counts one more event in the pipeline, before it is sent (so that the writer
+    /// never settles an event not yet counted).
+    fn enter(&self) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.meters.depth.increment(1.0);
+    }
+
+    /// The event counted by [`AuditStats::enter`] was not queued after all.
+    fn leave(&self) {
+        self.settle(1);
+    }
+
+    /// The event counted by [`AuditStats::enter`] is in the queue.
+    fn note_queued(&self) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.meters.queued.increment(1);
+    }
+
+    /// `events` queued events are through the pipeline (written or dropped).
+    fn settle(&self, events: u64) {
+        if events > 0 {
+            self.depth.fetch_sub(events, Ordering::Relaxed);
+            self.meters.depth.decrement(events as f64);
+        }
+    }
+}
+
+/// The pipeline-wide metric handles, registered when the auditor starts (no registry
+/// lookup on the request path).
+struct Meters {
+    queued: metrics::Counter,
+    depth: metrics::Gauge,
+}
+
+impl Meters {
+    fn register() -> Self {
+        Self {
+            queued: metrics::counter!("mcp_audit_events_queued_total"),
+            depth: metrics::gauge!("mcp_audit_queue_depth"),
+        }
+    }
+}
+
+impl Default for Meters {
+    fn default() -> Self {
+        Self {
+            queued: metrics::Counter::noop(),
+            depth: metrics::Gauge::noop(),
+        }
+    }
+}
+
+impl fmt::Debug for Meters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meters").finish_non_exhaustive()
+    }
 }
 
 /// The queue's byte budget: an estimate of the heap held by the events queued.
@@ -93,6 +196,8 @@ pub(crate) struct QueueBytes {
     max: u64,
     /// Woken when bytes are given back.
     freed: tokio::sync::Notify,
+    /// `mcp_audit_queue_bytes`, moved with `used`.
+    gauge: metrics::Gauge,
 }
 
 impl QueueBytes {
@@ -101,6 +206,7 @@ impl QueueBytes {
             used: AtomicU64::new(0),
             max,
             freed: tokio::sync::Notify::new(),
+            gauge: metrics::gauge!("mcp_audit_queue_bytes"),
         }
     }
 
@@ -118,7 +224,10 @@ impl QueueBytes {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    self.gauge.increment(n as f64);
+                    return true;
+                }
                 Err(u) => used = u,
             }
         }
@@ -127,6 +236,7 @@ impl QueueBytes {
     fn release(&self, n: u64) {
         if n > 0 {
             self.used.fetch_sub(n, Ordering::AcqRel);
+            self.gauge.decrement(n as f64);
             self.freed.notify_waiters();
         }
     }
@@ -160,13 +270,16 @@ impl Drop for Charge {
 pub(crate) struct Reserved {
     permit: mpsc::OwnedPermit<Msg>,
     charge: Charge,
+    stats: Arc<AuditStats>,
 }
 
 impl Reserved {
     /// Queues the event.
     pub(crate) fn send(self, e: Box<EventData>) {
         let n = self.charge.into_sent();
+        self.stats.enter();
         self.permit.send(Msg::Event(e, n));
+        self.stats.note_queued();
     }
 }
 
@@ -256,7 +369,11 @@ impl AuditHandle {
             .await
             .ok()?
             .ok()?;
-        Some(Reserved { permit, charge })
+        Some(Reserved {
+            permit,
+            charge,
+            stats: Arc::clone(&self.0.stats),
+        })
     }
 
     /// Waits (under the `wait` policy, up to `maxWaitMs`) for room and queues `e`, or
@@ -314,18 +431,26 @@ impl AuditHandle {
         if !self.0.bytes.try_charge(n) {
             return full(e);
         }
+        let stats = &self.0.stats;
+        stats.enter();
         match self.0.tx.try_send(Msg::Event(e, n)) {
-            Ok(()) => TrySend::Sent,
+            Ok(()) => {
+                stats.note_queued();
+                TrySend::Sent
+            }
             Err(mpsc::error::TrySendError::Full(Msg::Event(e, _))) => {
+                stats.leave();
                 self.0.bytes.release(n);
                 full(e)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                stats.leave();
                 self.0.bytes.release(n);
                 self.count_drop("closed");
                 TrySend::Skipped
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.leave();
                 self.0.bytes.release(n);
                 TrySend::Skipped
             }
@@ -433,7 +558,7 @@ impl AuditorBuilder {
         let sensitive: Arc<[HeaderName]> = cfg.sensitive_headers().into();
         let renderer = Renderer::new(masker, Arc::clone(&sensitive), cfg.effective_limits());
         let (tx, rx) = mpsc::channel(cfg.queue.capacity);
-        let stats = Arc::new(AuditStats::default());
+        let stats = Arc::new(AuditStats::registered());
         let bytes = Arc::new(QueueBytes::new(cfg.queue.max_bytes));
         let handle = AuditHandle(Arc::new(HandleInner {
             tx,
@@ -446,9 +571,21 @@ impl AuditorBuilder {
             epoch: Instant::now(),
         }));
         let shared = Arc::new(Shared::new());
+        // Each sink's state and metrics, registered now (with the current recorder).
+        let sinks: Vec<_> = self
+            .sinks
+            .into_iter()
+            .map(|sink| {
+                let state = Arc::new(SinkState::new(sink.name()));
+                if let Ok(mut s) = shared.sinks.lock() {
+                    s.push(Arc::clone(&state));
+                }
+                (sink, state)
+            })
+            .collect();
         let writer = Writer {
             rx,
-            sinks: self.sinks,
+            sinks,
             renderer,
             batch_size: cfg.queue.batch_size,
             linger: Duration::from_millis(cfg.queue.linger_ms),
@@ -733,6 +870,15 @@ impl Auditor {
         }
     }
 
+    /// Each sink's state now: up or failing, its backlog, what it lost.
+    pub fn sinks(&self) -> Vec<SinkStatus> {
+        self.shared
+            .sink_states()
+            .iter()
+            .map(|s| s.status())
+            .collect()
+    }
+
     /// Events not written to each sink so far (the sink's name and the count): a sink
     /// whose backlog was full while it failed, or that was given up on at shutdown.
     pub fn lost_by_sink(&self) -> Vec<(String, u64)> {
@@ -775,6 +921,89 @@ struct SinkState {
     /// Events this sink did not write (backlog full while failing, or shutdown deadline).
     lost: AtomicU64,
     last_backlog_log: AtomicU64,
+    meters: SinkMeters,
+}
+
+/// One sink's metric handles (label `sink`), registered when the auditor starts.
+struct SinkMeters {
+    backlog: metrics::Gauge,
+    backlog_bytes: metrics::Gauge,
+    up: metrics::Gauge,
+    written: metrics::Counter,
+    errors: metrics::Counter,
+    backlog_dropped: metrics::Counter,
+}
+
+impl SinkState {
+    fn new(name: &str) -> Self {
+        let label = || [("sink", name.to_owned())];
+        let meters = SinkMeters {
+            backlog: metrics::gauge!("mcp_audit_sink_backlog", &label()),
+            backlog_bytes: metrics::gauge!("mcp_audit_sink_backlog_bytes", &label()),
+            up: metrics::gauge!("mcp_audit_sink_up", &label()),
+            written: metrics::counter!("mcp_audit_events_written_total", &label()),
+            errors: metrics::counter!("mcp_audit_sink_errors_total", &label()),
+            backlog_dropped: metrics::counter!("mcp_audit_sink_backlog_dropped_total", &label()),
+        };
+        // A sink starts up: it was opened.
+        meters.up.set(1.0);
+        Self {
+            name: name.to_owned(),
+            pending: AtomicU64::new(0),
+            pending_bytes: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
+            writing_since: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            last_backlog_log: AtomicU64::new(0),
+            meters,
+        }
+    }
+
+    /// `n` records of `size` bytes join the sink's backlog.
+    fn hand(&self, n: u64, size: u64) {
+        self.pending.fetch_add(n, Ordering::Relaxed);
+        self.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        self.meters.backlog.increment(n as f64);
+        self.meters.backlog_bytes.increment(size as f64);
+    }
+
+    /// `n` records of `size` bytes leave it (written or given up on).
+    fn release(&self, n: u64, size: u64) {
+        self.pending.fetch_sub(n, Ordering::Relaxed);
+        self.pending_bytes.fetch_sub(size, Ordering::Relaxed);
+        self.meters.backlog.decrement(n as f64);
+        self.meters.backlog_bytes.decrement(size as f64);
+    }
+
+    fn status(&self) -> SinkStatus {
+        SinkStatus {
+            name: self.name.clone(),
+            up: !self.stalled(),
+            backlog: self.pending.load(Ordering::Relaxed),
+            backlog_bytes: self.pending_bytes.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One sink's state now, as [`Auditor::sinks`] reports it (the same values as the
+/// `mcp_audit_sink_*` metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SinkStatus {
+    /// The sink's name (the metrics' `sink` label).
+    pub name: String,
+    /// Whether the sink is writing: false while its last write failed (it is retrying)
+    /// or a write has been in progress for 10 s (`mcp_audit_sink_up`).
+    pub up: bool,
+    /// Records handed to this sink and not yet written or given up on
+    /// (`mcp_audit_sink_backlog`).
+    pub backlog: u64,
+    /// Their bytes, bounded by `queue.maxBytes` (`mcp_audit_sink_backlog_bytes`).
+    pub backlog_bytes: u64,
+    /// Records this sink did not write: its backlog was full while it failed, or
+    /// shutdown gave up on it.
+    pub lost: u64,
 }
 
 /// A batch completes when every sink's task has released it: then the flush and
@@ -801,7 +1030,10 @@ impl SinkState {
 }
 
 struct BatchDone {
+    /// Records in the batch.
     n: u64,
+    /// Queued events whose records the batch holds (see [`AuditStats::depth`]).
+    queued: u64,
     sinks: usize,
     ok: std::sync::atomic::AtomicUsize,
     waiters: Vec<oneshot::Sender<()>>,
@@ -819,6 +1051,7 @@ impl Drop for BatchDone {
                     .increment(self.n);
             }
         }
+        self.stats.settle(self.queued);
         for w in self.waiters.drain(..) {
             let _ = w.send(());
         }
@@ -837,7 +1070,7 @@ struct Delivery {
 /// batch to every sink's task.
 struct Writer {
     rx: mpsc::Receiver<Msg>,
-    sinks: Vec<Box<dyn AuditSink>>,
+    sinks: Vec<(Box<dyn AuditSink>, Arc<SinkState>)>,
     renderer: Renderer,
     batch_size: usize,
     linger: Duration,
@@ -885,16 +1118,7 @@ impl Writer {
         let deadline_rx = self.deadline.subscribe();
         let mut routes = Vec::with_capacity(self.sinks.len());
         let mut joins = Vec::with_capacity(self.sinks.len());
-        for sink in std::mem::take(&mut self.sinks) {
-            let state = Arc::new(SinkState {
-                name: sink.name().to_owned(),
-                pending: AtomicU64::new(0),
-                pending_bytes: AtomicU64::new(0),
-                failing: std::sync::atomic::AtomicBool::new(false),
-                writing_since: AtomicU64::new(0),
-                lost: AtomicU64::new(0),
-                last_backlog_log: AtomicU64::new(0),
-            });
+        for (sink, state) in std::mem::take(&mut self.sinks) {
             let (tx, rx) = mpsc::unbounded_channel();
             let task = SinkTask {
                 sink,
@@ -905,9 +1129,6 @@ impl Writer {
             let join = tokio::spawn(task.run(rx));
             if let Ok(mut t) = self.shared.tasks.lock() {
                 t.push(join.abort_handle());
-            }
-            if let Ok(mut s) = self.shared.sinks.lock() {
-                s.push(Arc::clone(&state));
             }
             joins.push(join);
             routes.push(Route { tx, state });
@@ -939,7 +1160,6 @@ impl Writer {
             // The events are dropped (their heap freed) once rendered: their bytes are
             // given back once per batch.
             self.bytes.release(freed);
-            self.note_queued(taken);
             if let Some(done) = shutdown {
                 // The deadline holds from now on for every batch, queued or not.
                 let deadline = Instant::now() + self.shutdown_timeout;
@@ -952,7 +1172,7 @@ impl Writer {
                 while let Some(m) = self.rx.recv().await {
                     match m {
                         Msg::Event(mut e, n) => {
-                            self.note_queued(1);
+                            taken += 1;
                             self.renderer.render_into(&mut e, &mut batch);
                             drop(e);
                             self.bytes.release(n);
@@ -965,12 +1185,13 @@ impl Writer {
                 let mut chunks: Vec<Vec<SinkEvent>> =
                     batch.chunks(self.batch_size).map(<[_]>::to_vec).collect();
                 let last = chunks.pop().unwrap_or_default();
+                // The queued events of the whole drain are settled with its last chunk.
                 for events in chunks {
                     dispatch(
                         Arc::clone(&self.stats),
                         (self.capacity, self.max_bytes),
                         &routes,
-                        events,
+                        (events, 0),
                         Vec::new(),
                         true,
                     )
@@ -980,7 +1201,7 @@ impl Writer {
                     Arc::clone(&self.stats),
                     (self.capacity, self.max_bytes),
                     &routes,
-                    last,
+                    (last, taken),
                     waiters,
                     true,
                 )
@@ -991,14 +1212,11 @@ impl Writer {
                 Arc::clone(&self.stats),
                 (self.capacity, self.max_bytes),
                 &routes,
-                batch,
+                (batch, taken),
                 waiters,
                 false,
             )
             .await;
-            metrics::gauge!("mcp_audit_queue_depth")
-                .set((self.capacity - self.rx.capacity().min(self.capacity)) as f64);
-            metrics::gauge!("mcp_audit_queue_bytes").set(self.bytes.used() as f64);
             if !full_batch && !self.linger.is_zero() {
                 // Let events accumulate instead of being woken for each one.
                 tokio::time::sleep(self.linger).await;
@@ -1009,24 +1227,20 @@ impl Writer {
             let _ = j.await;
         }
     }
-
-    fn note_queued(&self, n: usize) {
-        if n > 0 {
-            self.stats.queued.fetch_add(n as u64, Ordering::Relaxed);
-            metrics::counter!("mcp_audit_events_queued_total").increment(n as u64);
-        }
-    }
 }
 
 /// Hands a batch to every sink. A sink that is writing well but is behind by
 /// `capacity` events holds the writer up (backpressure, as the queue does); a sink
 /// whose writes fail, or whose write has hung for [`HUNG_AFTER`], loses the batch once
 /// its backlog is full, so that the others go on. At shutdown nothing waits.
+///
+/// `queued` is the number of queued events whose records `events` holds: they leave
+/// the depth when every sink has written or given up on the batch.
 async fn dispatch(
     stats: Arc<AuditStats>,
     (capacity, max_bytes): (usize, u64),
     routes: &[Route],
-    events: Vec<SinkEvent>,
+    (events, queued): (Vec<SinkEvent>, u64),
     waiters: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
 ) {
@@ -1034,6 +1248,7 @@ async fn dispatch(
     let size: u64 = events.iter().map(|e| rendered_size(e) as u64).sum();
     let done = Arc::new(BatchDone {
         n,
+        queued,
         sinks: routes.len(),
         ok: std::sync::atomic::AtomicUsize::new(0),
         waiters,
@@ -1061,9 +1276,7 @@ async fn dispatch(
         }
         if !room {
             r.state.lost.fetch_add(n, Ordering::Relaxed);
-            metrics::counter!("mcp_audit_sink_backlog_dropped_total",
-                "sink" => r.state.name.clone())
-            .increment(n);
+            r.state.meters.backlog_dropped.increment(n);
             let now = epoch_secs();
             let last = r.state.last_backlog_log.swap(now, Ordering::Relaxed);
             if now > last {
@@ -1076,8 +1289,7 @@ async fn dispatch(
             }
             continue;
         }
-        r.state.pending.fetch_add(n, Ordering::Relaxed);
-        r.state.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        r.state.hand(n, size);
         let d = Delivery {
             events: Arc::clone(&events),
             size,
@@ -1085,8 +1297,7 @@ async fn dispatch(
         };
         if r.tx.send(d).is_err() {
             // The sink's task is gone (aborted at the shutdown deadline).
-            r.state.pending.fetch_sub(n, Ordering::Relaxed);
-            r.state.pending_bytes.fetch_sub(size, Ordering::Relaxed);
+            r.state.release(n, size);
             r.state.lost.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -1134,10 +1345,7 @@ impl SinkTask {
                 .store(now_ms().max(1), Ordering::Relaxed);
             let written = n == 0 || self.deliver(&d.events).await;
             self.state.writing_since.store(0, Ordering::Relaxed);
-            self.state.pending.fetch_sub(n, Ordering::Relaxed);
-            self.state
-                .pending_bytes
-                .fetch_sub(d.size, Ordering::Relaxed);
+            self.state.release(n, d.size);
             if written {
                 d.done.ok.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -1154,7 +1362,7 @@ impl SinkTask {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return give_up(&self.state, n);
             }
-            let write = self.sink.write_batch(Arc::clone(batch));
+            let write = watch_hung(&self.state, self.sink.write_batch(Arc::clone(batch)));
             let res = match deadline {
                 Some(d) => match tokio::time::timeout_at(d.into(), write).await {
                     Ok(r) => r,
@@ -1183,17 +1391,15 @@ impl SinkTask {
                     if self.state.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!(sink = %self.state.name, "audit sink writing again");
                     }
-                    metrics::counter!("mcp_audit_events_written_total",
-                        "sink" => self.state.name.clone())
-                    .increment(n);
+                    self.state.meters.up.set(1.0);
+                    self.state.meters.written.increment(n);
                     return true;
                 }
                 Err(e) => {
                     self.state.failing.store(true, Ordering::Relaxed);
+                    self.state.meters.up.set(0.0);
                     self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("mcp_audit_sink_errors_total",
-                        "sink" => self.state.name.clone())
-                    .increment(1);
+                    self.state.meters.errors.increment(1);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                         "audit sink failed; retrying");
                     // Never past the shutdown deadline, if there is one.
@@ -1217,6 +1423,24 @@ impl SinkTask {
             }
         }
     }
+}
+
+/// Awaits a sink's write; one in progress for [`HUNG_AFTER`] is reported as failing (the
+/// `mcp_audit_sink_up` gauge, a warning) at that moment, not when it ends.
+async fn watch_hung<T>(state: &SinkState, write: impl Future<Output = T>) -> T {
+    tokio::pin!(write);
+    tokio::select! {
+        r = &mut write => return r,
+        () = tokio::time::sleep(HUNG_AFTER) => {}
+    }
+    state.failing.store(true, Ordering::Relaxed);
+    state.meters.up.set(0.0);
+    tracing::warn!(
+        sink = %state.name,
+        after_ms = HUNG_AFTER.as_millis() as u64,
+        "audit sink write still in progress; the sink counts as failing"
+    );
+    write.await
 }
 
 /// Gives up on a batch at the shutdown deadline (logged).
@@ -1303,6 +1527,90 @@ mod tests {
         assert_eq!(auditor.queued_bytes(), 0);
         assert_eq!(written.load(Ordering::Relaxed) + dropped, 200);
         assert_eq!(auditor.stats().written() + dropped, 200);
+    }
+
+    fn series(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// A sink whose write hangs: every event is counted as queued and in the depth when
+    /// it is queued, whatever the writer is waiting for; the sink is reported down while
+    /// its write hangs (not when it ends), with its backlog; all of it settles once the
+    /// sink writes again.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_metrics_follow_a_hung_sink_while_it_hangs() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let prom = recorder.handle();
+        let mut cfg = AuditConfig {
+            storage: StorageList::One(Storage::Tracing),
+            ..AuditConfig::default()
+        };
+        cfg.queue.batch_size = 4;
+        let open = Arc::new(tokio::sync::Semaphore::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        // The handles are registered when the auditor starts.
+        let auditor = metrics::with_local_recorder(&recorder, || {
+            Auditor::builder(cfg)
+                .sink(Gate {
+                    open: open.clone(),
+                    written: written.clone(),
+                })
+                .start()
+                .unwrap()
+        });
+        let h = auditor.handle().clone();
+        for i in 0..20 {
+            h.try_record(AuditEvent::config_reload().with_message(format!("m{i}")));
+        }
+        // Counted when queued, before the writer took any.
+        assert_eq!(auditor.stats().queued(), 20);
+        assert_eq!(auditor.stats().depth(), 20);
+        let text = prom.render();
+        assert_eq!(series(&text, "mcp_audit_events_queued_total"), Some(20.0));
+        assert_eq!(series(&text, "mcp_audit_queue_depth"), Some(20.0));
+        assert_eq!(series(&text, "mcp_audit_sink_up{sink=\"gate\"}"), Some(1.0));
+        assert!(series(&text, "mcp_audit_queue_bytes").unwrap() > 0.0);
+
+        // The writer hands the batches on; the first write hangs (time is paused and
+        // advances while every task waits).
+        tokio::time::sleep(HUNG_AFTER + Duration::from_secs(1)).await;
+        let s = &auditor.sinks()[0];
+        assert!(!s.up, "{s:?}");
+        assert_eq!(s.backlog, 20);
+        assert_eq!(auditor.stats().depth(), 20);
+        let text = prom.render();
+        assert_eq!(series(&text, "mcp_audit_sink_up{sink=\"gate\"}"), Some(0.0));
+        assert_eq!(
+            series(&text, "mcp_audit_sink_backlog{sink=\"gate\"}"),
+            Some(20.0)
+        );
+        assert!(series(&text, "mcp_audit_sink_backlog_bytes{sink=\"gate\"}").unwrap() > 0.0);
+        assert_eq!(series(&text, "mcp_audit_queue_depth"), Some(20.0));
+        assert_eq!(series(&text, "mcp_audit_queue_bytes"), Some(0.0));
+
+        open.add_permits(1_000);
+        auditor.flush().await;
+        assert_eq!(written.load(Ordering::Relaxed), 20);
+        let s = &auditor.sinks()[0];
+        assert!(s.up && s.backlog == 0 && s.backlog_bytes == 0, "{s:?}");
+        assert_eq!(auditor.stats().depth(), 0);
+        let text = prom.render();
+        assert_eq!(series(&text, "mcp_audit_sink_up{sink=\"gate\"}"), Some(1.0));
+        assert_eq!(
+            series(&text, "mcp_audit_sink_backlog{sink=\"gate\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            series(&text, "mcp_audit_sink_backlog_bytes{sink=\"gate\"}"),
+            Some(0.0)
+        );
+        assert_eq!(series(&text, "mcp_audit_queue_depth"), Some(0.0));
+        assert_eq!(
+            series(&text, "mcp_audit_events_written_total{sink=\"gate\"}"),
+            Some(20.0)
+        );
+        assert_eq!(series(&text, "mcp_audit_events_queued_total"), Some(20.0));
     }
 
     /// Under the `wait` policy, a sender waits for bytes to be given back instead of
