@@ -306,7 +306,57 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         metrics::Unit::Seconds,
         "Time until the response headers"
     );
+    describe_audit();
     Some(handle)
+}
+
+/// The help text of the audit trail's series (see mcp-audit's README for each one's
+/// exact meaning).
+fn describe_audit() {
+    metrics::describe_counter!(
+        "mcp_audit_events_queued_total",
+        "Audit events put into the queue, counted as they are queued"
+    );
+    metrics::describe_gauge!(
+        "mcp_audit_queue_depth",
+        "Audit events queued and not yet written by every storage nor dropped: in the \
+         queue, being rendered, or in a storage's backlog"
+    );
+    metrics::describe_gauge!(
+        "mcp_audit_queue_bytes",
+        "Bytes of the audit queue in use (audit.queue.maxBytes): events not yet taken by \
+         the writer"
+    );
+    metrics::describe_counter!(
+        "mcp_audit_events_written_total",
+        "Audit records written, by storage"
+    );
+    metrics::describe_gauge!(
+        "mcp_audit_sink_backlog",
+        "Audit records handed to a storage and not yet written or given up on"
+    );
+    metrics::describe_gauge!(
+        "mcp_audit_sink_backlog_bytes",
+        "Bytes of the audit records in a storage's backlog"
+    );
+    metrics::describe_gauge!(
+        "mcp_audit_sink_up",
+        "1 while an audit storage writes; 0 from a failed write (or one in progress for \
+         10 s) until a write succeeds"
+    );
+    metrics::describe_counter!(
+        "mcp_audit_sink_errors_total",
+        "Failed writes of an audit storage (each retried)"
+    );
+    metrics::describe_counter!(
+        "mcp_audit_sink_backlog_dropped_total",
+        "Audit records a storage lost: its backlog was full while it failed"
+    );
+    metrics::describe_counter!(
+        "mcp_audit_events_dropped_total",
+        "Audit events not queued (queue_full, closed) or records not written by every \
+         storage (sink_failed)"
+    );
 }
 
 /// Runs the recorder's upkeep (draining histogram samples) periodically, so that memory
