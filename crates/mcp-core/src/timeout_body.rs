@@ -7,7 +7,8 @@
 //!
 //! - the wait for the **first** frame (`first_frame_by`: an instant, so that it can
 //!   share a budget with the wait for the headers);
-//! - the **idle** gap between two frames (`idle`);
+//! - the **idle** gap between two frames (`idle`), counted while the body is polled and
+//!   waiting: time its reader spent elsewhere (a slow client) is not a stall;
 //! - the **deadline** by which the whole body has ended (`deadline`).
 //!
 //! When one passes, the body yields a [`BodyTimeout`] error (boxed, [`BoxError`]) saying
@@ -154,8 +155,10 @@ pin_project! {
         idle: Option<Duration>,
         deadline: Option<Instant>,
         seen_frame: bool,
-        // When the last frame arrived (or the body was made): the idle gap runs from it.
-        last: Instant,
+        // Since when the body has waited for its inner body with no frame: the idle gap
+        // counts only time spent waiting, not time the body was not polled (a client
+        // reading slowly pauses its reader).
+        waiting_since: Option<Instant>,
         done: bool,
         sleep: Option<Pin<Box<Sleep>>>,
         slot: Option<BodyStallSlot>,
@@ -171,7 +174,7 @@ impl<B> TimeoutBody<B> {
             idle: None,
             deadline: None,
             seen_frame: false,
-            last: Instant::now(),
+            waiting_since: None,
             done: false,
             sleep: None,
             slot: None,
@@ -220,11 +223,11 @@ impl<B> TimeoutBody<B> {
         idle: Option<Duration>,
         deadline: Option<Instant>,
         seen_frame: bool,
-        last: Instant,
+        waiting_since: Instant,
     ) -> Option<(Instant, BodyStall)> {
         let gap = match (seen_frame, first_frame_by) {
             (false, Some(at)) => Some((at, BodyStall::FirstFrame)),
-            _ => idle.map(|d| (last + d, BodyStall::Idle)),
+            _ => idle.map(|d| (waiting_since + d, BodyStall::Idle)),
         };
         match (gap, deadline) {
             (Some(g), Some(d)) if d <= g.0 => Some((d, BodyStall::Deadline)),
@@ -252,7 +255,7 @@ where
         }
         if let Poll::Ready(polled) = this.inner.poll_frame(cx) {
             // Any frame restarts the idle clock.
-            *this.last = Instant::now();
+            *this.waiting_since = None;
             *this.seen_frame = true;
             return Poll::Ready(match polled {
                 Some(Ok(frame)) => Some(Ok(frame)),
@@ -271,7 +274,7 @@ where
             *this.idle,
             *this.deadline,
             *this.seen_frame,
-            *this.last,
+            *this.waiting_since.get_or_insert_with(Instant::now),
         ) else {
             return Poll::Pending;
         };
@@ -372,7 +375,7 @@ mod tests {
             .first_frame_by(start + Duration::from_secs(5))
             .idle(Duration::from_secs(30))
             .report_to(slot.clone());
-        let e = body.collect().await.err().expect("stalled");
+        let e = body.collect().await.expect_err("stalled");
         assert_eq!(
             BodyTimeout::find(&*e),
             Some(BodyTimeout(BodyStall::FirstFrame))
@@ -392,11 +395,11 @@ mod tests {
         let mut body = std::pin::pin!(body);
         let first = body.frame().await.unwrap().unwrap();
         assert!(first.is_data());
+        // Not polled for 10 s (a slow reader): not counted.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let e = body.frame().await.unwrap().err().expect("stalled");
+        let e = body.frame().await.unwrap().expect_err("stalled");
         assert_eq!(BodyTimeout::find(&*e), Some(BodyTimeout(BodyStall::Idle)));
-        // From the last frame, not from the last poll.
-        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert_eq!(start.elapsed(), Duration::from_secs(40));
         // Ended: nothing more.
         assert!(body.is_end_stream());
         assert!(body.frame().await.is_none());
@@ -420,7 +423,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        let e = body.collect().await.err().expect("cut");
+        let e = body.collect().await.expect_err("cut");
         assert_eq!(
             BodyTimeout::find(&*e),
             Some(BodyTimeout(BodyStall::Deadline))

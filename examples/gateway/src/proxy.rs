@@ -22,10 +22,22 @@
 //! - Upstream response headers (and trailers) that speak for the upstream's origin are
 //!   removed (mcp-core's `UpstreamResponseHeaders`: CORS, challenges, redirects,
 //!   `Set-Cookie`, `Alt-Svc`, HSTS, ...); the gateway's layers outside add their own.
-//! - Connect and response-header timeouts; no total timeout, so SSE streams live as long
-//!   as the upstream keeps them open.
+//! - Connect and response-header timeouts. An answer that is not an SSE stream (JSON)
+//!   is bounded in its body too ([`mcp_core::TimeoutBody`]): its first data within the
+//!   response timeout of the request (or the body idle timeout after the headers),
+//!   pauses of at most the body idle timeout, and its end within the response deadline
+//!   of the request. Its first [`PREFETCH_BYTES`] are read before the head is passed
+//!   on, so a stall there is a JSON-RPC 504 (a body broken there, a 502); past it the
+//!   stream is ended and the response's [`mcp_core::BodyStallSlot`] tells the audit
+//!   trail why. An SSE stream answering a `POST` pauses at most the SSE idle timeout;
+//!   `GET` streams live as long as the upstream keeps them open. Stalls are counted in
+//!   `mcp_gateway_upstream_stalls_total{upstream, stall}`.
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
-//!   typed [`mcp_core::Denial`] for the audit and metrics layers.
+//!   typed [`mcp_core::Denial`] for the audit and metrics layers; so is a status outside
+//!   200-599 (`mcp_gateway_upstream_bad_status_total{upstream}`), never passed on.
+//! - A client request body that fails while it is forwarded (with every layer off the
+//!   body streams through) is the client's error: 400 when it ends before its declared
+//!   length, 408 when it has not arrived within the request body timeout; not a 502.
 //! - Sessions the session binding evicts or expires are ended at their upstream with a
 //!   `DELETE` ([`spawn_session_ender`]), outside the principals' upstream shares and
 //!   retried ([`Proxy::end_session`]).

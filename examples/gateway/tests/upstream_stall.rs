@@ -501,3 +501,54 @@ async fn a_client_body_cut_short_is_the_clients_error() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Bounds that cannot hold are refused by `check`, naming the key: a JSON deadline
+/// shorter than the wait for the headers, and bounds of 0 (none) where none is unsafe.
+#[test]
+fn check_refuses_impossible_upstream_bounds() {
+    let dir = tempdir();
+    let base = base_config("http://127.0.0.1:9/mcp", &dir.path().join("a.db"), "");
+    let with = |extra: &str| {
+        base.replace(
+            "    url: \"http://127.0.0.1:9/mcp\"\n",
+            &format!("    url: \"http://127.0.0.1:9/mcp\"\n{extra}"),
+        )
+    };
+    assert_check_refuses(
+        dir.path(),
+        &with("    responseTimeoutMs: 5000\n    responseDeadlineMs: 4000\n"),
+        "responseDeadlineMs: 4000",
+        "upstreams[0].responseDeadlineMs",
+    );
+    assert_check_refuses(
+        dir.path(),
+        &with("    responseTimeoutMs: 400000\n"),
+        "responseTimeoutMs: 400000",
+        "upstreams[0].responseTimeoutMs",
+    );
+    for key in [
+        "bodyIdleTimeoutMs",
+        "responseDeadlineMs",
+        "responseTimeoutMs",
+    ] {
+        assert_check_refuses(
+            dir.path(),
+            &with(&format!("    {key}: 0\n")),
+            &format!("{key}: 0"),
+            &format!("upstreams[0].{key}"),
+        );
+    }
+    // An SSE idle timeout of 0 is allowed (none), and said.
+    let path = dir.path().join("ok.yaml");
+    std::fs::write(&path, with("    sseIdleTimeoutMs: 0\n")).unwrap();
+    let (code, out, err) = run(
+        &["check", "--config", path.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("sseIdleTimeoutMs is 0"),
+        "{out}{err}"
+    );
+}
