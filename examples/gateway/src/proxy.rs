@@ -573,6 +573,9 @@ impl Proxy {
         if sse {
             return Exchange::Answer(Response::from_parts(parts, body));
         }
+        // Whether the upstream declared the length (`Content-Length`): only then is the
+        // length of what was read ahead exact (a chunked answer may end in trailers).
+        let declared = http_body::Body::size_hint(&body).exact().is_some();
         let mut frames = std::collections::VecDeque::new();
         let mut held = 0usize;
         let ended = loop {
@@ -604,6 +607,7 @@ impl Proxy {
         let body = Body::new(Replay {
             frames,
             rest: (!ended).then_some(body),
+            declared,
         });
         Exchange::Answer(Response::from_parts(parts, body))
     }
@@ -861,6 +865,8 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 struct Replay {
     frames: std::collections::VecDeque<http_body::Frame<bytes::Bytes>>,
     rest: Option<Body>,
+    /// The upstream declared the body's length: its size is passed on as exact.
+    declared: bool,
 }
 
 impl http_body::Body for Replay {
@@ -891,7 +897,12 @@ impl http_body::Body for Replay {
             .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
             .sum();
         match &self.rest {
-            None => http_body::SizeHint::with_exact(held),
+            None if self.declared => http_body::SizeHint::with_exact(held),
+            None => {
+                let mut h = http_body::SizeHint::new();
+                h.set_lower(held);
+                h
+            }
             Some(rest) => {
                 let r = rest.size_hint();
                 let mut h = http_body::SizeHint::new();
