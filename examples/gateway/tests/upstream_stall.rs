@@ -25,8 +25,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Reads a request head (and its `Content-Length` body, for at most 5 s); the path.
-async fn read_request(s: &mut TcpStream) -> Option<String> {
+/// Reads a request head (and its `Content-Length` body, for at most 5 s); the path and
+/// the head.
+async fn read_request(s: &mut TcpStream) -> Option<(String, String)> {
     let mut buf = Vec::new();
     let mut b = [0u8; 4096];
     let end = loop {
@@ -59,7 +60,7 @@ async fn read_request(s: &mut TcpStream) -> Option<String> {
     })
     .await;
     let path = head.split(' ').nth(1)?.to_owned();
-    Some(path)
+    Some((path, head))
 }
 
 const HOLD: Duration = Duration::from_secs(120);
@@ -73,17 +74,39 @@ fn big_prefix(n: usize) -> Vec<u8> {
 
 /// The hostile upstream: answers each connection by its request's path.
 async fn hostile_upstream() -> std::net::SocketAddr {
+    hostile_upstream_seen().await.0
+}
+
+/// [`hostile_upstream`], and the heads of the `DELETE`s it receives.
+async fn hostile_upstream_seen() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let (deletes, seen) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else {
                 return;
             };
+            let deletes = deletes.clone();
             tokio::spawn(async move {
-                while let Some(path) = read_request(&mut s).await {
+                while let Some((path, head)) = read_request(&mut s).await {
                     let json = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n";
+                    if head.starts_with("DELETE ") {
+                        let _ = deletes.send(head);
+                        let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                        continue;
+                    }
                     match path.as_str() {
+                        "/initstall" => {
+                            let head = format!(
+                                "{json}Mcp-Session-Id: s-stalled-7\r\nContent-Length: 100\r\n\r\n"
+                            );
+                            let _ = s.write_all(head.as_bytes()).await;
+                            tokio::time::sleep(HOLD).await;
+                        }
                         "/short" => {
                             let body = br#"{"jsonrpc":"2.0","id":1,"result":"#;
                             assert_eq!(body.len(), 33);
@@ -146,6 +169,15 @@ async fn hostile_upstream() -> std::net::SocketAddr {
                             let _ = s.write_all(head.as_bytes()).await;
                             tokio::time::sleep(HOLD).await;
                         }
+                        "/slowok" => {
+                            let body = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+                            let head = format!("{json}Content-Length: {}\r\n\r\n", body.len());
+                            let _ = s.write_all(head.as_bytes()).await;
+                            for part in body.chunks(16) {
+                                tokio::time::sleep(Duration::from_millis(600)).await;
+                                let _ = s.write_all(part).await;
+                            }
+                        }
                         "/closeshort" => {
                             let head = format!("{json}Content-Length: 34\r\n\r\n");
                             let _ = s.write_all(head.as_bytes()).await;
@@ -163,7 +195,7 @@ async fn hostile_upstream() -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, seen)
 }
 
 const PATHS: &[&str] = &[
@@ -178,6 +210,8 @@ const PATHS: &[&str] = &[
     "s99",
     "s1000",
     "closeshort",
+    "slowok",
+    "initstall",
 ];
 
 /// A gateway (authentication, audit in dir/a.db) with one upstream per hostile path:
@@ -396,6 +430,55 @@ async fn odd_statuses_and_cut_answers_are_a_502() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// An `initialize` whose answer issued a session and then stalled: the client gets a
+/// 504, and the session, which no one will bind, is ended at the upstream (`DELETE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_issued_by_a_stalled_answer_is_ended() {
+    let dir = tempdir();
+    let (upstream, mut deletes) = hostile_upstream_seen().await;
+    let (_gw, base) = start_hostile(dir.path(), upstream);
+    let c = client();
+    let r = c
+        .post(format!("{base}/initstall"))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let head = tokio::time::timeout(Duration::from_secs(20), deletes.recv())
+        .await
+        .expect("the stalled answer's session is ended at the upstream")
+        .unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("mcp-session-id: s-stalled-7"),
+        "{head}"
+    );
+}
+
+/// An answer whose pauses stay under the idle bound and that ends before the deadline
+/// passes whole (the bounds cut stalls, not slow answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_within_the_bounds_passes_whole() {
+    let dir = tempdir();
+    let upstream = hostile_upstream().await;
+    let (_gw, base) = start_hostile(dir.path(), upstream);
+    let (status, body) = call(&base, "slowok").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"]["content"], json!([]), "{v}");
+    let row = row_of(&dir.path().join("a.db"), "slowok").await;
+    assert_eq!(row.outcome.as_deref(), Some("success"));
 }
 
 /// Sends `head` and `body_part` (less than the head's `Content-Length`), then closes its
