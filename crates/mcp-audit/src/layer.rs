@@ -60,8 +60,8 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use mcp_core::{
-    ClientAddr, CloseReason, ConnectionEvents, Denial, McpRequest, Principal, RejectionReason,
-    RequestFacts, TrustedProxies,
+    BodyStallSlot, ClientAddr, CloseReason, ConnectionEvents, Denial, McpRequest, Principal,
+    RejectionReason, RequestFacts, TrustedProxies,
 };
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -330,6 +330,7 @@ where
                 wait: None,
                 done: false,
                 events,
+                stall: None,
             }),
             header: cfg.header.clone(),
             refusals: cfg.refusals.clone().map(|r| (r, cfg.ipv6_prefix)),
@@ -415,6 +416,7 @@ where
                 }
                 if let Some(st) = state.as_mut() {
                     st.length = resp.body().size_hint().exact();
+                    st.stall = resp.extensions().get::<BodyStallSlot>().cloned();
                 }
                 Poll::Ready(Ok(resp.map(|inner| AuditBody { inner, state })))
             }
@@ -458,6 +460,9 @@ struct BodyState {
     done: bool,
     /// The connection's events, under a server that reports them.
     events: Option<ConnectionEvents>,
+    /// Where the response body records that it stalled (a [`BodyStallSlot`] in the
+    /// response extensions: the upstream's body, cut by the proxy's timeouts).
+    stall: Option<BodyStallSlot>,
 }
 
 /// Records that the server cut the response (or, with no response yet, the request).
@@ -485,6 +490,18 @@ fn send_when_written(events: &ConnectionEvents, handle: &AuditHandle, ev: Box<Ev
 }
 
 impl BodyState {
+    /// Records a stall of the response body, if it was cut for one: the outcome `error`
+    /// with its reason (`body_idle_timeout`, ...), the HTTP status sent kept.
+    fn note_stall(&mut self) {
+        let Some(stall) = self.stall.as_ref().and_then(BodyStallSlot::get) else {
+            return;
+        };
+        if let Some(ev) = self.event.as_mut() {
+            ev.outcome = Some(Outcome::Error);
+            ev.note = Some((stall.as_str(), stall.detail()));
+        }
+    }
+
     fn take_finished(&mut self) -> Option<Box<EventData>> {
         let mut ev = self.event.take()?;
         if let Some(facts) = self.facts.take() {
@@ -541,6 +558,7 @@ impl Drop for BodyState {
         // Dropped because the server cut the connection: the response (or, with none yet,
         // the request) is recorded as cut. Dropped once taken whole on a connection still
         // open: recorded once the connection wrote it.
+        self.note_stall();
         let taken_whole = self.length == Some(self.bytes);
         let cut = self.events.as_ref().and_then(ConnectionEvents::closed);
         let responded = self.facts.is_none();
@@ -614,6 +632,7 @@ impl<B: HttpBody> HttpBody for AuditBody<B> {
                 if let Some(ev) = st.event.as_mut() {
                     ev.outcome = Some(Outcome::Error);
                 }
+                st.note_stall();
                 st.done = true;
                 if let Some(ev) = st.take_finished() {
                     st.handle.send_detached(ev);

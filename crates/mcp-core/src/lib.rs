@@ -20,6 +20,8 @@
 //!   (the audit trail) can read them even if the request is abandoned before a response.
 //! - [`ConnectionEvents`] and [`ConnectionObserver`]: what a server tells the layers of
 //!   responses it cut (write timeout) and connections it refused (per-client cap).
+//! - [`TimeoutBody`]: a body bounded in its first frame, its idle gaps and its whole
+//!   length, which says in a [`BodyStallSlot`] why it was cut ([`BodyStall`]).
 //!
 //! ```
 //! use axum::{Router, routing::post};
@@ -52,6 +54,7 @@ pub mod parse;
 pub mod principal;
 pub mod rejection;
 pub mod request;
+pub mod timeout_body;
 pub mod tls;
 pub mod transport;
 
@@ -74,6 +77,7 @@ pub use rejection::{Denial, Rejection, RejectionReason, codes};
 pub use request::{
     HeaderMismatch, JsonRpcId, McpHeaders, McpMessage, McpRequest, MessageKind, Target,
 };
+pub use timeout_body::{BodyStall, BodyStallSlot, BodyTimeout, TimeoutBody};
 pub use tls::{ClientCertIdentity, SpiffeIdError, TlsInfo};
 pub use transport::{TransportChecks, TransportLayer};
 

@@ -146,7 +146,26 @@ pub fn build_proxies(
             principal_header: layers.principal_header.clone(),
             client_cert_header: layers.client_cert_header.clone(),
             connect_timeout: Duration::from_millis(up.connect_timeout_ms.unwrap_or(5_000)),
-            response_timeout: Duration::from_millis(up.response_timeout_ms.unwrap_or(60_000)),
+            response_timeout: Duration::from_millis(
+                up.response_timeout_ms
+                    .unwrap_or(crate::config::DEFAULT_RESPONSE_TIMEOUT_MS),
+            ),
+            body_idle_timeout: Duration::from_millis(
+                up.body_idle_timeout_ms
+                    .unwrap_or(crate::config::DEFAULT_BODY_IDLE_TIMEOUT_MS),
+            ),
+            response_deadline: Duration::from_millis(
+                up.response_deadline_ms
+                    .unwrap_or(crate::config::DEFAULT_RESPONSE_DEADLINE_MS),
+            ),
+            sse_idle_timeout: match up
+                .sse_idle_timeout_ms
+                .unwrap_or(crate::config::DEFAULT_SSE_IDLE_TIMEOUT_MS)
+            {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+            request_body_timeout: Duration::from_secs(loaded.config.server.body_timeout_seconds),
             tls: UpstreamTls {
                 ca_file: tls.ca_file,
                 cert_file: tls.cert_file,

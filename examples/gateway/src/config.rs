@@ -357,6 +357,15 @@ pub enum Sensitivity {
     High,
 }
 
+/// Default of `upstreams[].responseTimeoutMs`.
+pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 60_000;
+/// Default of `upstreams[].bodyIdleTimeoutMs`.
+pub const DEFAULT_BODY_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Default of `upstreams[].responseDeadlineMs`.
+pub const DEFAULT_RESPONSE_DEADLINE_MS: u64 = 300_000;
+/// Default of `upstreams[].sseIdleTimeoutMs`.
+pub const DEFAULT_SSE_IDLE_TIMEOUT_MS: u64 = 300_000;
+
 /// One entry of `upstreams` (`Debug` shows the URL without user info or query values).
 #[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -369,7 +378,18 @@ pub struct UpstreamConfig {
     /// Headers injected into every forwarded request (values may use `${VAR}`).
     pub headers: BTreeMap<String, Secret>,
     pub connect_timeout_ms: Option<u64>,
+    /// Until the response headers, and for an answer that is not an SSE stream its first
+    /// body data too (default 60000).
     pub response_timeout_ms: Option<u64>,
+    /// Ours: the longest pause in the body of an answer that is not an SSE stream
+    /// (default 30000).
+    pub body_idle_timeout_ms: Option<u64>,
+    /// Ours: an answer that is not an SSE stream must have ended this long after the
+    /// request was sent (default 300000, at least `responseTimeoutMs`).
+    pub response_deadline_ms: Option<u64>,
+    /// Ours: the longest pause in an SSE stream answering a `POST` (default 300000; 0:
+    /// none, logged). `GET` streams are not bounded.
+    pub sse_idle_timeout_ms: Option<u64>,
     pub tls: Option<UpstreamTlsConfig>,
     /// Client query parameters forwarded (names, or `"*"`); none by default.
     pub forward_query: Vec<String>,
@@ -390,6 +410,9 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("headers", &self.headers)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("body_idle_timeout_ms", &self.body_idle_timeout_ms)
+            .field("response_deadline_ms", &self.response_deadline_ms)
+            .field("sse_idle_timeout_ms", &self.sse_idle_timeout_ms)
             .field("tls", &self.tls)
             .field("forward_query", &self.forward_query)
             .field("max_connections", &self.max_connections)

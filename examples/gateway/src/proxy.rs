@@ -22,10 +22,22 @@
 //! - Upstream response headers (and trailers) that speak for the upstream's origin are
 //!   removed (mcp-core's `UpstreamResponseHeaders`: CORS, challenges, redirects,
 //!   `Set-Cookie`, `Alt-Svc`, HSTS, ...); the gateway's layers outside add their own.
-//! - Connect and response-header timeouts; no total timeout, so SSE streams live as long
-//!   as the upstream keeps them open.
+//! - Connect and response-header timeouts. An answer that is not an SSE stream (JSON)
+//!   is bounded in its body too ([`mcp_core::TimeoutBody`]): its first data within the
+//!   response timeout of the request (or the body idle timeout after the headers),
+//!   pauses of at most the body idle timeout, and its end within the response deadline
+//!   of the request. Its first [`PREFETCH_BYTES`] are read before the head is passed
+//!   on, so a stall there is a JSON-RPC 504 (a body broken there, a 502); past it the
+//!   stream is ended and the response's [`mcp_core::BodyStallSlot`] tells the audit
+//!   trail why. An SSE stream answering a `POST` pauses at most the SSE idle timeout;
+//!   `GET` streams live as long as the upstream keeps them open. Stalls are counted in
+//!   `mcp_gateway_upstream_stalls_total{upstream, stall}`.
 //! - Upstream failures are a 502 (or 504 on timeout) with a JSON-RPC error body and a
-//!   typed [`mcp_core::Denial`] for the audit and metrics layers.
+//!   typed [`mcp_core::Denial`] for the audit and metrics layers; so is a status outside
+//!   200-599 (`mcp_gateway_upstream_bad_status_total{upstream}`), never passed on.
+//! - A client request body that fails while it is forwarded (with every layer off the
+//!   body streams through) is the client's error: 400 when it ends before its declared
+//!   length, 408 when it has not arrived within the request body timeout; not a 502.
 //! - Sessions the session binding evicts or expires are ended at their upstream with a
 //!   `DELETE` ([`spawn_session_ender`]), outside the principals' upstream shares and
 //!   retried ([`Proxy::end_session`]).
@@ -128,8 +140,21 @@ pub struct UpstreamSpec {
     pub client_cert_header: Option<HeaderName>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Time allowed until the upstream's response headers arrive.
+    /// Time allowed until the upstream's response headers arrive (and, for an answer
+    /// that is not an SSE stream, its first body data: at the latest this long after the
+    /// request was sent, or `body_idle_timeout` after the headers).
     pub response_timeout: Duration,
+    /// Longest pause in the body of an answer that is not an SSE stream (JSON).
+    pub body_idle_timeout: Duration,
+    /// Time allowed for an answer that is not an SSE stream to end, counted from the
+    /// request being sent.
+    pub response_deadline: Duration,
+    /// Longest pause in an SSE stream answering a `POST`; none: no bound (`GET` streams
+    /// are never bounded: a server with nothing to say says nothing).
+    pub sse_idle_timeout: Option<Duration>,
+    /// Time allowed for the client's request body (when it is streamed through, as with
+    /// every layer off) before the request is answered 408.
+    pub request_body_timeout: Duration,
     /// TLS settings.
     pub tls: UpstreamTls,
     /// Admission towards the upstream (`upstreams[].maxConnections` and
@@ -162,6 +187,10 @@ impl std::fmt::Debug for UpstreamSpec {
             .field("forward_query", &self.forward_query)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("response_deadline", &self.response_deadline)
+            .field("sse_idle_timeout", &self.sse_idle_timeout)
+            .field("request_body_timeout", &self.request_body_timeout)
             .field("max_connections", &self.max_connections)
             .finish()
     }
@@ -368,19 +397,24 @@ impl Proxy {
             && !out
                 .headers()
                 .contains_key(mcp_core::request::header::MCP_SESSION_ID);
-        let exchange = tokio::time::timeout(spec.response_timeout, self.inner.client.request(out));
+        let client_body = ClientBodyState::default();
+        let method = out.method().clone();
+        let out = out.map(|b| {
+            Body::new(ClientBody {
+                inner: mcp_core::TimeoutBody::new(b).deadline_after(spec.request_body_timeout),
+                state: client_body.clone(),
+            })
+        });
+        let exchange = self.clone().exchange(out, method);
         let (result, permit) = if creates_session {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let proxy = self.clone();
             tokio::spawn(async move {
                 let result = exchange.await;
-                if let Err((Ok(Ok(resp)), permit)) = tx.send((result, permit)) {
-                    let sid = resp
-                        .headers()
-                        .get(mcp_core::request::header::MCP_SESSION_ID)
-                        .cloned();
-                    drop(resp);
-                    proxy.client_gone_boxed(sid, permit).await;
+                if let Err((result, permit)) = tx.send((result, permit)) {
+                    proxy
+                        .client_gone_boxed(result.session_id(), permit, "client_gone")
+                        .await;
                 }
             });
             match rx.await {
@@ -397,20 +431,11 @@ impl Proxy {
             (exchange.await, permit)
         };
         match result {
-            Ok(Ok(resp)) => {
-                let (mut parts, incoming) = resp.into_parts();
-                spec.response_headers.remove_from(&mut parts.headers);
-                let filter = spec.response_headers.clone();
-                let body = incoming.map_frame(move |frame| match frame.into_trailers() {
-                    Ok(mut trailers) => {
-                        filter.remove_from(&mut trailers);
-                        http_body::Frame::trailers(trailers)
-                    }
-                    Err(frame) => frame,
-                });
+            Exchange::Answer(resp) => {
+                let (parts, body) = resp.into_parts();
                 let body = match permit {
                     Some(p) => Body::new(mcp_ratelimit::InFlightBody::with_permit(body, p)),
-                    None => Body::new(body),
+                    None => body,
                 };
                 let body = match cancel {
                     Some(c) => Body::new(CancelOnAbandon {
@@ -421,7 +446,34 @@ impl Proxy {
                 };
                 Response::from_parts(parts, body)
             }
-            Ok(Err(e)) => {
+            Exchange::Failed {
+                reason,
+                detail,
+                session,
+            } => {
+                // An answer that issued a session and then failed: no one will bind it.
+                if creates_session && session.is_some() {
+                    let proxy = self.clone();
+                    tokio::spawn(async move {
+                        proxy
+                            .client_gone_boxed(session, permit, "upstream_failed")
+                            .await;
+                    });
+                } else {
+                    drop(permit);
+                }
+                Rejection::new(reason)
+                    .with_id(id)
+                    .with_detail(detail)
+                    .into_response()
+            }
+            Exchange::Error(e) => {
+                drop(permit);
+                // The client's own body failed: the client's fault, not the upstream's.
+                if let Some(cut) = client_body.failure() {
+                    tracing::debug!(upstream = %spec.name, error = %error_chain(&e), "the client's request body failed while forwarded");
+                    return cut.rejection(id);
+                }
                 let timed_out = is_connect_timeout(&e);
                 tracing::warn!(upstream = %spec.name, error = %error_chain(&e), "upstream request failed");
                 let reason = if timed_out {
@@ -434,7 +486,11 @@ impl Proxy {
                     .with_detail(spec.name.clone())
                     .into_response()
             }
-            Err(_) => {
+            Exchange::TimedOut => {
+                drop(permit);
+                if let Some(cut) = client_body.failure() {
+                    return cut.rejection(id);
+                }
                 tracing::warn!(upstream = %spec.name, "upstream response timed out");
                 Rejection::new(RejectionReason::UpstreamTimeout)
                     .with_id(id)
@@ -442,6 +498,118 @@ impl Proxy {
                     .into_response()
             }
         }
+    }
+
+    /// Sends `out` and receives the answer: its headers within the response timeout, a
+    /// status the gateway can pass on, and for an answer that is not an SSE stream, its
+    /// first [`PREFETCH_BYTES`] (or all of it, when shorter) before the head is passed
+    /// on, so that a stall there is still a clean 504. What follows is streamed, bounded
+    /// by the idle timeout and the deadline (non-SSE) or the SSE idle timeout (`POST`);
+    /// a stall there ends the stream (the head is sent), recorded in the response's
+    /// [`mcp_core::BodyStallSlot`] for the audit trail.
+    async fn exchange(self, out: Request<Body>, method: http::Method) -> Exchange {
+        let spec = &self.inner.spec;
+        let sent_at = tokio::time::Instant::now();
+        let resp = match tokio::time::timeout(spec.response_timeout, self.inner.client.request(out))
+            .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Exchange::Error(e),
+            Err(_) => return Exchange::TimedOut,
+        };
+        let session = resp
+            .headers()
+            .get(mcp_core::request::header::MCP_SESSION_ID)
+            .cloned();
+        let status = resp.status().as_u16();
+        if !(200..=599).contains(&status) {
+            tracing::warn!(upstream = %spec.name, status, "upstream answered a status the gateway does not pass on");
+            metrics::counter!("mcp_gateway_upstream_bad_status_total", "upstream" => spec.name.clone())
+                .increment(1);
+            return Exchange::Failed {
+                reason: RejectionReason::UpstreamError,
+                detail: format!("{}: status {status}", spec.name),
+                session,
+            };
+        }
+        let (mut parts, incoming) = resp.into_parts();
+        spec.response_headers.remove_from(&mut parts.headers);
+        let filter = spec.response_headers.clone();
+        let body = incoming.map_frame(move |frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                filter.remove_from(&mut trailers);
+                http_body::Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        });
+        let sse = is_event_stream(&parts.headers);
+        let slot = mcp_core::BodyStallSlot::new();
+        let timed = mcp_core::TimeoutBody::new(body).report_to(slot.clone());
+        let timed = if sse {
+            match spec
+                .sse_idle_timeout
+                .filter(|_| method == http::Method::POST)
+            {
+                Some(idle) => timed.idle(idle),
+                None => timed,
+            }
+        } else {
+            let now = tokio::time::Instant::now();
+            timed
+                .first_frame_by((sent_at + spec.response_timeout).max(now + spec.body_idle_timeout))
+                .idle(spec.body_idle_timeout)
+                .deadline(sent_at + spec.response_deadline)
+        };
+        let name = spec.name.clone();
+        let mut body = Body::new(timed.map_err(move |e| {
+            if let Some(t) = mcp_core::BodyTimeout::find(&*e) {
+                tracing::warn!(upstream = %name, stall = %t.0, "upstream response body stalled");
+                metrics::counter!("mcp_gateway_upstream_stalls_total", "upstream" => name.clone(), "stall" => t.0.as_str())
+                    .increment(1);
+            }
+            e
+        }));
+        parts.extensions.insert(slot.clone());
+        if sse {
+            return Exchange::Answer(Response::from_parts(parts, body));
+        }
+        // Whether the upstream declared the length (`Content-Length`): only then is the
+        // length of what was read ahead exact (a chunked answer may end in trailers).
+        let declared = http_body::Body::size_hint(&body).exact().is_some();
+        let mut frames = std::collections::VecDeque::new();
+        let mut held = 0usize;
+        let ended = loop {
+            if held >= PREFETCH_BYTES {
+                break false;
+            }
+            match body.frame().await {
+                None => break true,
+                Some(Ok(f)) => {
+                    held += f.data_ref().map_or(0, |d| d.len());
+                    frames.push_back(f);
+                }
+                Some(Err(e)) => {
+                    let (reason, what) = match slot.get() {
+                        Some(stall) => (RejectionReason::UpstreamTimeout, stall.as_str()),
+                        None => {
+                            tracing::warn!(upstream = %spec.name, error = %error_chain(&e), "upstream response body failed");
+                            (RejectionReason::UpstreamError, "body_failed")
+                        }
+                    };
+                    return Exchange::Failed {
+                        reason,
+                        detail: format!("{}: {what}", spec.name),
+                        session,
+                    };
+                }
+            }
+        };
+        let body = Body::new(Replay {
+            frames,
+            rest: (!ended).then_some(body),
+            declared,
+        });
+        Exchange::Answer(Response::from_parts(parts, body))
     }
 
     /// Ends a session at the upstream: a `DELETE` with its `Mcp-Session-Id` (and the
@@ -490,21 +658,24 @@ impl Proxy {
     /// session (`Mcp-Session-Id`), no one will bind or end it, so it is ended at once,
     /// while the request's upstream permit (its principal's share) is still held: a
     /// principal that keeps dropping `initialize`s waits on its own share. Counted in
-    /// `mcp_gateway_sessions_ended_total{reason="client_gone"}`.
+    /// `mcp_gateway_sessions_ended_total{reason="client_gone"}` (`reason="upstream_failed"`
+    /// for an answer that issued a session and then failed: stalled, cut short).
     /// [`Proxy::client_gone`], boxed: ending a session forwards a request, which may spawn
     /// this (the future's type would otherwise contain itself).
     fn client_gone_boxed(
         self,
         sid: Option<HeaderValue>,
         permit: Option<mcp_ratelimit::ConcurrencyPermit>,
+        reason: &'static str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move { self.client_gone(sid, permit).await })
+        Box::pin(async move { self.client_gone(sid, permit, reason).await })
     }
 
     async fn client_gone(
         &self,
         sid: Option<HeaderValue>,
         permit: Option<mcp_ratelimit::ConcurrencyPermit>,
+        reason: &'static str,
     ) {
         let Some(sid) = sid else {
             return;
@@ -515,9 +686,10 @@ impl Proxy {
         tracing::debug!(
             upstream = %self.name(),
             outcome,
-            "the client went away before its session was issued: ended at the upstream"
+            reason,
+            "a session no client will use (the client went away, or its answer failed): ended at the upstream"
         );
-        metrics::counter!("mcp_gateway_sessions_ended_total", "reason" => "client_gone", "outcome" => outcome)
+        metrics::counter!("mcp_gateway_sessions_ended_total", "reason" => reason, "outcome" => outcome)
             .increment(1);
     }
 
@@ -641,6 +813,197 @@ impl Proxy {
             .await,
             Ok(Ok(_))
         )
+    }
+}
+
+/// How much of an answer that is not an SSE stream is read before its head is passed on
+/// (all of it when shorter): a stall within it is answered 504 rather than cut.
+pub const PREFETCH_BYTES: usize = 64 * 1024;
+
+/// What [`Proxy::exchange`] got from the upstream.
+enum Exchange {
+    /// The answer to pass on (headers filtered, body bounded).
+    Answer(Response<Body>),
+    /// The upstream answered and then failed (a status outside 200-599, a body that
+    /// stalled or broke before its head was passed on): `session`, the session its
+    /// headers issued, if any.
+    Failed {
+        reason: RejectionReason,
+        detail: String,
+        session: Option<HeaderValue>,
+    },
+    /// The request failed (connect, send, the upstream's head).
+    Error(hyper_util::client::legacy::Error),
+    /// No response headers within the response timeout.
+    TimedOut,
+}
+
+impl Exchange {
+    /// The `Mcp-Session-Id` the upstream issued, if it answered.
+    fn session_id(&self) -> Option<HeaderValue> {
+        match self {
+            Self::Answer(r) => r
+                .headers()
+                .get(mcp_core::request::header::MCP_SESSION_ID)
+                .cloned(),
+            Self::Failed { session, .. } => session.clone(),
+            Self::Error(_) | Self::TimedOut => None,
+        }
+    }
+}
+
+/// Whether a response is an SSE stream (`Content-Type: text/event-stream`).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// The frames read ahead ([`PREFETCH_BYTES`]), then the rest of the body, if any.
+struct Replay {
+    frames: std::collections::VecDeque<http_body::Frame<bytes::Bytes>>,
+    rest: Option<Body>,
+    /// The upstream declared the body's length: its size is passed on as exact.
+    declared: bool,
+}
+
+impl http_body::Body for Replay {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(f) = self.frames.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(f)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => std::pin::Pin::new(rest).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let held: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        match &self.rest {
+            None if self.declared => http_body::SizeHint::with_exact(held),
+            None => {
+                let mut h = http_body::SizeHint::new();
+                h.set_lower(held);
+                h
+            }
+            Some(rest) => {
+                let r = rest.size_hint();
+                let mut h = http_body::SizeHint::new();
+                h.set_lower(r.lower().saturating_add(held));
+                if let Some(u) = r.upper() {
+                    h.set_upper(u.saturating_add(held));
+                }
+                h
+            }
+        }
+    }
+}
+
+/// How the client's request body failed while it was forwarded, if it did.
+#[derive(Clone, Default)]
+struct ClientBodyState(Arc<std::sync::atomic::AtomicU8>);
+
+/// A failure of the client's request body ([`ClientBodyState`]).
+#[derive(Clone, Copy)]
+enum ClientBodyFailure {
+    /// It ended before its declared length (the connection closed, or was reset).
+    CutShort,
+    /// It did not arrive within the request body timeout.
+    TimedOut,
+}
+
+impl ClientBodyState {
+    fn record(&self, f: ClientBodyFailure) {
+        let code = match f {
+            ClientBodyFailure::CutShort => 1,
+            ClientBodyFailure::TimedOut => 2,
+        };
+        let _ = self.0.compare_exchange(
+            0,
+            code,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+
+    fn failure(&self) -> Option<ClientBodyFailure> {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            1 => Some(ClientBodyFailure::CutShort),
+            2 => Some(ClientBodyFailure::TimedOut),
+            _ => None,
+        }
+    }
+}
+
+impl ClientBodyFailure {
+    /// The client's error: 400 for a body cut short, 408 for one that did not arrive in
+    /// time (as `mcp_core::ParseLayer` answers a body it reads itself).
+    fn rejection(self, id: Option<mcp_core::JsonRpcId>) -> Response<Body> {
+        let r = match self {
+            Self::CutShort => Rejection::new(RejectionReason::InvalidRequest)
+                .with_message("Invalid Request: the request body ended before its declared length")
+                .with_detail("rule=body_incomplete"),
+            Self::TimedOut => Rejection::new(RejectionReason::BodyTimeout),
+        };
+        let mut resp = r.with_id(id).into_response();
+        // The rest of the body may still be on its way: the connection cannot be reused.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+}
+
+/// The client's request body as forwarded: bounded by the request body timeout, and any
+/// failure noted in its [`ClientBodyState`].
+struct ClientBody {
+    inner: mcp_core::TimeoutBody<Body>,
+    state: ClientBodyState,
+}
+
+impl http_body::Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = mcp_core::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            this.state
+                .record(if mcp_core::BodyTimeout::find(&**e).is_some() {
+                    ClientBodyFailure::TimedOut
+                } else {
+                    ClientBodyFailure::CutShort
+                });
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -1207,6 +1570,10 @@ mod tests {
             client_cert_header: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            body_idle_timeout: Duration::from_secs(1),
+            response_deadline: Duration::from_secs(1),
+            sse_idle_timeout: None,
+            request_body_timeout: Duration::from_secs(1),
             tls: UpstreamTls::default(),
             admit: None,
             max_connections: None,

@@ -20,6 +20,63 @@ pub fn listen_addr(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// `upstreams[i]`'s timeouts: the ones that cannot be off are at least 1 ms, and the
+/// deadline of a JSON answer leaves room for its headers. An SSE idle timeout of 0 (none)
+/// is logged.
+fn upstream_timeouts(loaded: &Loaded, i: usize) -> Result<(), ConfigError> {
+    use crate::config::{
+        DEFAULT_BODY_IDLE_TIMEOUT_MS, DEFAULT_RESPONSE_DEADLINE_MS, DEFAULT_RESPONSE_TIMEOUT_MS,
+    };
+    let up = &loaded.config.upstreams[i];
+    let key = |k: &str| format!("upstreams[{i}].{k}");
+    for (k, v) in [
+        ("connectTimeoutMs", up.connect_timeout_ms),
+        ("responseTimeoutMs", up.response_timeout_ms),
+        ("bodyIdleTimeoutMs", up.body_idle_timeout_ms),
+        ("responseDeadlineMs", up.response_deadline_ms),
+    ] {
+        if v == Some(0) {
+            return Err(loaded.error(&key(k), "must be at least 1 (milliseconds)"));
+        }
+    }
+    let response = up
+        .response_timeout_ms
+        .unwrap_or(DEFAULT_RESPONSE_TIMEOUT_MS);
+    let deadline = up
+        .response_deadline_ms
+        .unwrap_or(DEFAULT_RESPONSE_DEADLINE_MS);
+    if deadline < response {
+        let k = if up.response_deadline_ms.is_some() {
+            "responseDeadlineMs"
+        } else {
+            "responseTimeoutMs"
+        };
+        return Err(loaded.error(
+            &key(k),
+            format!(
+                "responseDeadlineMs ({deadline}) must be at least responseTimeoutMs ({response}): \
+                 a JSON answer's deadline counts from the request, headers included"
+            ),
+        ));
+    }
+    let idle = up
+        .body_idle_timeout_ms
+        .unwrap_or(DEFAULT_BODY_IDLE_TIMEOUT_MS);
+    if idle > deadline {
+        tracing::debug!(
+            upstream = %up.name,
+            "upstreams[{i}].bodyIdleTimeoutMs ({idle}) is above responseDeadlineMs ({deadline}): the deadline comes first"
+        );
+    }
+    if up.sse_idle_timeout_ms == Some(0) {
+        tracing::warn!(
+            upstream = %up.name,
+            "upstreams[{i}].sseIdleTimeoutMs is 0: an SSE answer whose upstream stalls is held open as long as the upstream keeps its connection"
+        );
+    }
+    Ok(())
+}
+
 /// Validates everything that does not need the layer crates.
 pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
     let cfg = &loaded.config;
@@ -68,6 +125,7 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
         if up.url.is_empty() {
             return Err(loaded.error(&key("url"), "is required"));
         }
+        upstream_timeouts(loaded, i)?;
     }
     // `server.tls.enabled: false` (the fetchfy seed's switch) serves plain HTTP: the rest
     // of the section is kept for later and not checked.
