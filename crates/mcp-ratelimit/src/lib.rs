@@ -139,8 +139,9 @@ mod service;
 
 pub use body::InFlightBody;
 pub use config::{
-    ClientLimits, ConfigError, FailureMode, HeaderStyle, HeadersConfig, KeyPart, KeyPartError,
-    KeySpec, Limit, MissingKey, RateLimitConfig, RedisConfig, RuleLimit, StreamLimits,
+    BreakerConfig, ClientLimits, ConfigError, FailureMode, HeaderStyle, HeadersConfig, KeyPart,
+    KeyPartError, KeySpec, Limit, MissingKey, RateLimitConfig, RedisConfig, RuleLimit,
+    StreamLimits,
 };
 pub use inflight::{CapExceeded, ConcurrencyCap, ConcurrencyPermit};
 pub use key::MAX_KEY_PART_LEN;
