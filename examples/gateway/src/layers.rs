@@ -564,15 +564,19 @@ fn ip_shield_checked<'a>(
     Ok(c)
 }
 
-/// `sessions`, sharing `ratelimit.redis` (its URL and timeout) unless `sessions.redis` is
-/// written, so that replicas agree on who owns a session.
+/// `sessions`, sharing `ratelimit.redis` (its URL, timeout and circuit breaker) unless
+/// `sessions.redis` is written, so that replicas agree on who owns a session.
 fn sessions_layer(loaded: &Loaded) -> Result<SessionBindingLayer, ConfigError> {
     let cfg = &loaded.config;
     let mut s = cfg.sessions.clone();
     if s.redis.is_none()
         && let Some(r) = &cfg.ratelimit.redis
     {
-        s.redis = Some(mcp_auth::SessionRedisConfig::new(r.url.clone()).timeout_ms(r.timeout_ms));
+        s.redis = Some(
+            mcp_auth::SessionRedisConfig::new(r.url.clone())
+                .timeout_ms(r.timeout_ms)
+                .breaker(r.breaker),
+        );
     }
     SessionBindingLayer::new(&s).map_err(|e| auth_error(loaded, &e))
 }
