@@ -270,6 +270,21 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether [`CircuitBreaker::acquire`] would skip now (open with no probe due, or a
+    /// probe in flight), without taking the probe: lets a caller take its fast path
+    /// without preparing a call.
+    pub fn is_skipping(&self) -> bool {
+        match self.state() {
+            BreakerState::Closed => false,
+            BreakerState::HalfOpen => true,
+            BreakerState::Open => self
+                .core
+                .inner
+                .lock()
+                .map_or(true, |i| Instant::now() < i.open_until),
+        }
+    }
+
     /// Whether to call the backend now.
     pub fn acquire(&self) -> Permit {
         if self.state() == BreakerState::Closed {
@@ -411,9 +426,14 @@ mod tests {
             call(&b).failure();
         }
         tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(b.is_skipping());
         assert!(skips(&b));
         tokio::time::advance(Duration::from_millis(1)).await;
+        // Due: the peek does not take the probe.
+        assert!(!b.is_skipping());
+        assert!(!b.is_skipping());
         let p = probe(&b);
+        assert!(b.is_skipping());
         assert!(p.is_probe());
         assert_eq!(b.state(), HalfOpen);
         // Every other call takes the fast path while the probe is out, however long.
@@ -424,6 +444,7 @@ mod tests {
         assert!(skips(&b));
         p.success();
         assert_eq!(b.state(), Closed);
+        assert!(!b.is_skipping());
         call(&b).success();
         assert_eq!(
             *seen.lock().unwrap(),

@@ -210,6 +210,34 @@ impl RedisBackend {
         });
     }
 
+    /// While the breaker skips Redis (open, no probe due, or a probe in flight): the
+    /// failure mode's outcome, decided without a call (and without a future to box).
+    pub(crate) fn skipped(
+        &self,
+        shared: &Shared,
+        id: impl FnOnce() -> Option<JsonRpcId>,
+    ) -> Option<Outcome> {
+        self.breaker
+            .is_skipping()
+            .then(|| self.failure_outcome(shared, id()))
+    }
+
+    /// What a request gets when Redis gave no verdict.
+    fn failure_outcome(&self, shared: &Shared, id: Option<JsonRpcId>) -> Outcome {
+        match self.failure_mode {
+            FailureMode::Open => {
+                shared.metrics.failed_open.increment(1);
+                Outcome::Proceed(None)
+            }
+            FailureMode::Closed => Outcome::Reject(Box::new(
+                Rejection::new(RejectionReason::Unavailable)
+                    .with_id(id)
+                    .with_detail("ratelimit_backend_unavailable")
+                    .with_header(RETRY_AFTER, "1"),
+            )),
+        }
+    }
+
     fn mark_down(&self, what: &str) {
         self.metrics.backend_errors.increment(1);
         if self.up.swap(false, Ordering::AcqRel) {
@@ -333,18 +361,7 @@ pub(crate) async fn check(
             if let NoVerdict::Failed(what) = why {
                 backend.mark_down(&what);
             }
-            match backend.failure_mode {
-                FailureMode::Open => {
-                    shared.metrics.failed_open.increment(1);
-                    Outcome::Proceed(None)
-                }
-                FailureMode::Closed => Outcome::Reject(Box::new(
-                    Rejection::new(RejectionReason::Unavailable)
-                        .with_id(id)
-                        .with_detail("ratelimit_backend_unavailable")
-                        .with_header(RETRY_AFTER, "1"),
-                )),
-            }
+            backend.failure_outcome(&shared, id)
         }
     }
 }
