@@ -207,6 +207,8 @@ impl RedisBackend {
                 Err(_) => this.mark_down("connect: timed out"),
             }
             this.connecting.store(false, Ordering::Release);
+            // Wake the waiters of a failed attempt: they fail now, not at their timeout.
+            this.connected.notify_waiters();
         });
     }
 

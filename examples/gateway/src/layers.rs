@@ -572,6 +572,10 @@ fn sessions_layer(loaded: &Loaded) -> Result<SessionBindingLayer, ConfigError> {
     if s.redis.is_none()
         && let Some(r) = &cfg.ratelimit.redis
     {
+        // Checked here too, so that an invalid breaker is reported where it is written.
+        if let Err((key, rule)) = r.breaker.validate() {
+            return Err(loaded.error(&format!("ratelimit.redis.breaker.{key}"), rule));
+        }
         s.redis = Some(
             mcp_auth::SessionRedisConfig::new(r.url.clone())
                 .timeout_ms(r.timeout_ms)
