@@ -197,6 +197,12 @@ pub struct SessionRedisConfig {
     /// Timeout of every Redis call, connection included, in milliseconds (default 250).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The circuit breaker in front of Redis (`failureThreshold`, default 3;
+    /// `backoffInitialMs`, default 100; `backoffMaxMs`, default 500): after that many
+    /// consecutive failed or timed-out calls, requests that need the store get 503 at
+    /// once, without calling Redis, until a probe finds it again.
+    #[serde(default)]
+    pub breaker: mcp_core::breaker::BreakerConfig,
 }
 
 fn default_prefix() -> String {
@@ -213,7 +219,14 @@ impl SessionRedisConfig {
             url: url.into(),
             prefix: default_prefix(),
             timeout_ms: default_timeout_ms(),
+            breaker: mcp_core::breaker::BreakerConfig::default(),
         }
+    }
+
+    /// Sets the circuit breaker's thresholds.
+    pub fn breaker(mut self, breaker: mcp_core::breaker::BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
     }
 
     /// Sets the key prefix.
@@ -241,6 +254,7 @@ impl fmt::Debug for SessionRedisConfig {
             .field("url", &url)
             .field("prefix", &self.prefix)
             .field("timeout_ms", &self.timeout_ms)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -1182,6 +1196,7 @@ mod redis_store {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use mcp_core::breaker::{CircuitBreaker, Permit};
     use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
     use super::{Digest32, EndReason, Ender, Ending, SessionRedisConfig, Unavailable};
@@ -1307,6 +1322,7 @@ return out
         idle_ms: u64,
         per_owner: usize,
         up: AtomicBool,
+        breaker: CircuitBreaker,
     }
 
     impl RedisStore {
@@ -1328,6 +1344,17 @@ return out
                     "must be 1 to 60000",
                 ));
             }
+            let breaker = CircuitBreaker::with_observer(cfg.breaker, |from, to| {
+                tracing::debug!(%from, %to, "session store (redis) circuit breaker");
+            })
+            .map_err(|(key, rule)| {
+                let key = match key {
+                    "failure_threshold" => "failureThreshold",
+                    "backoff_initial_ms" => "backoffInitialMs",
+                    _ => "backoffMaxMs",
+                };
+                ConfigError::invalid(format!("sessions.redis.breaker.{key}"), rule)
+            })?;
             let client = redis::Client::open(cfg.url.as_str()).map_err(|e| {
                 // The error kind only: the message may repeat the URL and its password.
                 ConfigError::invalid(
@@ -1350,6 +1377,7 @@ return out
                 idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
                 per_owner,
                 up: AtomicBool::new(true),
+                breaker,
             })
         }
 
@@ -1409,23 +1437,24 @@ return out
         }
 
         /// The connection; when there is none yet, starts connecting in the background
-        /// and waits for it at most the call timeout.
-        async fn connection(self: &Arc<Self>) -> Result<ConnectionManager, Unavailable> {
+        /// and waits for it (the caller bounds the wait).
+        async fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
             if let Some(c) = self.current() {
-                return Ok(c);
+                return Some(c);
             }
             let notified = self.connected.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             self.spawn_connect();
-            let _ = tokio::time::timeout(self.timeout, notified).await;
-            self.current().ok_or_else(|| {
-                self.mark_down("no connection");
-                Unavailable
-            })
+            if let Some(c) = self.current() {
+                return Some(c);
+            }
+            notified.await;
+            self.current()
         }
 
-        /// Connects in the background, one attempt at a time, at most every 250 ms.
+        /// Connects in the background, one attempt at a time (the circuit breaker paces
+        /// the requests that start them).
         fn spawn_connect(self: &Arc<Self>) {
             if self.connecting.swap(true, Ordering::AcqRel) {
                 return;
@@ -1439,8 +1468,9 @@ return out
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(this.timeout)
                     .set_response_timeout(this.timeout)
-                    .set_number_of_retries(2)
-                    .set_max_delay(1000);
+                    // One attempt per reconnection: the breaker's probe that finds the last
+                    // one failed starts the next at once (no back-off of up to a second).
+                    .set_number_of_retries(0);
                 let attempt = tokio::time::timeout(
                     this.timeout * 4,
                     ConnectionManager::new_with_config(this.client.clone(), config),
@@ -1453,16 +1483,12 @@ return out
                         }
                         this.connected.notify_waiters();
                     }
-                    Ok(Err(e)) => {
-                        this.mark_down(&format!("connect: {:?}", e.kind()));
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(_) => {
-                        this.mark_down("connect: timed out");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
+                    Ok(Err(e)) => this.mark_down(&format!("connect: {:?}", e.kind())),
+                    Err(_) => this.mark_down("connect: timed out"),
                 }
                 this.connecting.store(false, Ordering::Release);
+                // Wake the waiters of a failed attempt: they fail now, not at their timeout.
+                this.connected.notify_waiters();
             });
         }
 
@@ -1481,21 +1507,41 @@ return out
             }
         }
 
+        /// Runs a script unless the circuit breaker is open (then `Unavailable` at once),
+        /// within the call timeout, and tells the breaker how it went.
         async fn invoke<T: redis::FromRedisValue>(
             self: &Arc<Self>,
             inv: redis::ScriptInvocation<'_>,
         ) -> Result<T, Unavailable> {
-            let mut conn = self.connection().await?;
-            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+            let call = match self.breaker.acquire() {
+                Permit::Call(c) | Permit::Probe(c) => c,
+                Permit::Skip => return Err(Unavailable),
+            };
+            let attempt = async {
+                let Some(mut conn) = self.connection().await else {
+                    return Err("no connection".to_owned());
+                };
+                match inv.invoke_async(&mut conn).await {
+                    // Refused by the last failed reconnection: nothing was sent, and that
+                    // error started the next attempt; one more try waits for it.
+                    Err(e) if e.is_connection_refusal() => inv.invoke_async(&mut conn).await,
+                    other => other,
+                }
+                .map_err(|e| format!("{:?}", e.kind()))
+            };
+            match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(Ok(v)) => {
+                    call.success();
                     self.mark_up();
                     Ok(v)
                 }
-                Ok(Err(e)) => {
-                    self.mark_down(&format!("{:?}", e.kind()));
+                Ok(Err(what)) => {
+                    call.failure();
+                    self.mark_down(&what);
                     Err(Unavailable)
                 }
                 Err(_) => {
+                    call.failure();
                     self.mark_down("timed out");
                     Err(Unavailable)
                 }

@@ -350,6 +350,70 @@ mod redis {
     }
 }
 
+/// A Redis that hangs (SIGSTOP): requests carrying a session id are refused with 503 at
+/// once, not each after the call timeout; the store is found again when Redis answers.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_fails_closed_without_waiting_for_each_request() {
+    use mcp_auth::SessionRedisConfig;
+    use mcp_testkit::RedisServer;
+    use std::time::{Duration, Instant};
+
+    let mut redis = RedisServer::start();
+    let timeout_ms = 500;
+    let svc = stack(
+        SessionBindingLayer::new(
+            &SessionConfig::default()
+                .redis(SessionRedisConfig::new(redis.url()).timeout_ms(timeout_ms)),
+        )
+        .unwrap(),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let sid = initialize(&svc, alice()).await;
+    redis.pause();
+    let (clients, window) = (8u64, Duration::from_secs(2));
+    let end = Instant::now() + window;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (svc, sid) = (svc.clone(), sid.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let (status, denial, _, _) =
+                    send(&svc, request(Method::POST, alice(), Some(&sid), CALL)).await;
+                assert_eq!(status, 503);
+                assert_eq!(denial.unwrap().reason, RejectionReason::Unavailable);
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap();
+    }
+    // Were each request to wait for its call's timeout, a client could complete at most
+    // window / timeout of them (plus the one under way at the end).
+    let waiting_each = clients * (window.as_millis() as u64 / timeout_ms + 1);
+    eprintln!(
+        "hung redis: {refused} requests refused in {window:?} ({waiting_each} if each waited)"
+    );
+    assert!(
+        refused >= 4 * waiting_each,
+        "{refused} requests refused in {window:?}; waiting for each: at most {waiting_each}"
+    );
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, _, _) = send(&svc, request(Method::POST, alice(), Some(&sid), CALL)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One principal's sessions never evict another's: at its cap, a principal loses its own
 /// least recently used binding (in memory, and through Redis shared by two replicas).
 async fn the_per_principal_cap_evicts_only_the_owners_own(a: &Svc, b: &Svc) {

@@ -43,6 +43,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub mod breaker;
 pub mod client_addr;
 pub mod connection;
 #[cfg(feature = "axum")]

@@ -39,6 +39,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use http::HeaderName;
+pub use mcp_core::breaker::BreakerConfig;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The `ratelimit:` section.
@@ -579,6 +580,12 @@ pub struct RedisConfig {
     /// What to do while Redis is unreachable.
     #[serde(default)]
     pub failure_mode: FailureMode,
+    /// The circuit breaker in front of Redis: after `failure_threshold` consecutive
+    /// failures or timeouts (default 3), requests follow `failure_mode` without calling
+    /// Redis for a back-off (`backoff_initial_ms`, default 100, doubling after each failed
+    /// probe up to `backoff_max_ms`, default 500), then one request probes it.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 fn default_prefix() -> String {
@@ -596,7 +603,14 @@ impl RedisConfig {
             prefix: default_prefix(),
             timeout_ms: default_timeout_ms(),
             failure_mode: FailureMode::default(),
+            breaker: BreakerConfig::default(),
         }
+    }
+
+    /// Sets the circuit breaker's thresholds.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
     }
 
     /// Sets the failure mode.
@@ -638,6 +652,7 @@ impl fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix)
             .field("timeout_ms", &self.timeout_ms)
             .field("failure_mode", &self.failure_mode)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }

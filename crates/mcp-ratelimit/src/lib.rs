@@ -68,7 +68,12 @@
 //! timeout on every call, and a configured [`FailureMode`] while Redis is unreachable:
 //! open (let requests through) or closed (503, `RejectionReason::Unavailable`). An outage
 //! is logged once when it starts and once when it ends, and the gauge
-//! `mcp_ratelimit_backend_up` shows it. The in-flight and stream caps stay per replica:
+//! `mcp_ratelimit_backend_up` shows it. A circuit breaker ([`BreakerConfig`],
+//! `redis.breaker`) makes an outage cost a few timeouts rather than one per request:
+//! after 3 consecutive failed calls, requests follow the failure mode at once without
+//! calling Redis; one request probes it after 100 ms, then every 200, 400, 500 ms until it
+//! answers (gauge `mcp_ratelimit_breaker_state`, counter
+//! `mcp_ratelimit_breaker_transitions_total`). The in-flight and stream caps stay per replica:
 //! they bound local resources (tasks, connections, upstream connections), as nginx's
 //! `limit_conn` and Envoy's circuit breakers do.
 //!
@@ -139,8 +144,9 @@ mod service;
 
 pub use body::InFlightBody;
 pub use config::{
-    ClientLimits, ConfigError, FailureMode, HeaderStyle, HeadersConfig, KeyPart, KeyPartError,
-    KeySpec, Limit, MissingKey, RateLimitConfig, RedisConfig, RuleLimit, StreamLimits,
+    BreakerConfig, ClientLimits, ConfigError, FailureMode, HeaderStyle, HeadersConfig, KeyPart,
+    KeyPartError, KeySpec, Limit, MissingKey, RateLimitConfig, RedisConfig, RuleLimit,
+    StreamLimits,
 };
 pub use inflight::{CapExceeded, ConcurrencyCap, ConcurrencyPermit};
 pub use key::MAX_KEY_PART_LEN;

@@ -1,6 +1,7 @@
 //! Metrics through the `metrics` facade. Handles are registered when the layer is built,
 //! so install the recorder (e.g. the Prometheus exporter) before building layers.
 
+use mcp_core::breaker::BreakerState;
 use metrics::{Counter, Gauge, counter, gauge};
 
 /// The metric handles of one limiter (label `limiter` = the configured name).
@@ -21,6 +22,11 @@ pub(crate) struct Metrics {
     pub(crate) failed_open: Counter,
     pub(crate) backend_up: Gauge,
     pub(crate) keys: Gauge,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) breaker_state: Gauge,
+    /// Transitions into closed, open, half-open.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) breaker_transitions: [Counter; 3],
 }
 
 /// Metric names.
@@ -51,6 +57,12 @@ pub mod names {
     pub const BACKEND_UP: &str = "mcp_ratelimit_backend_up";
     /// Gauge: keys held in memory (updated at each sweep).
     pub const KEYS: &str = "mcp_ratelimit_keys";
+    /// Gauge: the Redis backend's circuit breaker: 0 closed (calls go to Redis), 1 open
+    /// (requests follow the failure mode without calling Redis), 2 half-open (one probe).
+    pub const BREAKER_STATE: &str = "mcp_ratelimit_breaker_state";
+    /// Counter: transitions of the circuit breaker, by the state entered (label `to`:
+    /// `closed`, `open`, `half_open`).
+    pub const BREAKER_TRANSITIONS: &str = "mcp_ratelimit_breaker_transitions_total";
 }
 
 impl Metrics {
@@ -69,10 +81,27 @@ impl Metrics {
             backend_errors: counter!(names::BACKEND_ERRORS, "limiter" => l.clone()),
             failed_open: counter!(names::FAILED_OPEN, "limiter" => l.clone()),
             backend_up: gauge!(names::BACKEND_UP, "limiter" => l.clone()),
-            keys: gauge!(names::KEYS, "limiter" => l),
+            keys: gauge!(names::KEYS, "limiter" => l.clone()),
+            breaker_state: gauge!(names::BREAKER_STATE, "limiter" => l.clone()),
+            breaker_transitions: [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+            ]
+            .map(|s| counter!(names::BREAKER_TRANSITIONS, "limiter" => l.clone(), "to" => s.as_str())),
         };
         m.backend_up.set(1.0);
+        m.breaker_state.set(0.0);
         m.keys.set(0.0);
         m
+    }
+}
+
+impl Metrics {
+    /// The breaker entered `to`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn breaker_transition(&self, to: BreakerState) {
+        self.breaker_state.set(f64::from(to as u8));
+        self.breaker_transitions[to as usize].increment(1);
     }
 }

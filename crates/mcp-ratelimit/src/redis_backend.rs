@@ -8,17 +8,23 @@
 //!   `{prefix:client}:t:tool` (per-tool quotas): the hash tag puts every key
 //!   of a client in one slot, so the script runs on Redis Cluster. Each key expires when
 //!   its state is indistinguishable from a fresh bucket.
-//! - One multiplexed `ConnectionManager` (it reconnects by itself); every call has a
-//!   timeout. While there is no connection, one background task connects, and requests do
-//!   not wait for it: they follow the failure mode.
+//! - One multiplexed `ConnectionManager` (it reconnects by itself, one attempt per
+//!   reconnection: the circuit breaker paces the attempts); every call has a timeout.
+//!   While there is no connection, one background task connects.
+//! - A circuit breaker ([`mcp_core::breaker`]) in front of the calls: after
+//!   `breaker.failure_threshold` consecutive failures or timeouts, requests skip Redis and
+//!   follow the failure mode at once (open: through; closed: 503) for a back-off, then one
+//!   request probes Redis while the others keep skipping it; an answer closes the breaker.
+//!   An outage costs a few timeouts, not one per request.
 //! - An outage is logged once when it starts and once when it ends, and shown by the
-//!   `mcp_ratelimit_backend_up` gauge.
+//!   `mcp_ratelimit_backend_up` and `mcp_ratelimit_breaker_state` gauges.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::RETRY_AFTER;
+use mcp_core::breaker::{BreakerState, CircuitBreaker, Permit};
 use mcp_core::{JsonRpcId, Rejection, RejectionReason};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -79,6 +85,15 @@ pub(crate) struct RedisBackend {
     up: AtomicBool,
     name: Arc<str>,
     metrics: Metrics,
+    breaker: CircuitBreaker,
+}
+
+/// Why a request got no verdict from Redis.
+enum NoVerdict {
+    /// The breaker is open: Redis was not called.
+    Skipped,
+    /// The call failed or timed out (a short description: no URL, no key).
+    Failed(String),
 }
 
 impl RedisBackend {
@@ -99,6 +114,21 @@ impl RedisBackend {
                 rule: "must be between 1 and 60000",
             });
         }
+        let observer = {
+            let metrics = metrics.clone();
+            let name = name.clone();
+            move |from: BreakerState, to: BreakerState| {
+                metrics.breaker_transition(to);
+                tracing::debug!(limiter = %name, %from, %to, "rate limit backend (redis) circuit breaker");
+            }
+        };
+        let breaker =
+            CircuitBreaker::with_observer(cfg.breaker, observer).map_err(|(key, rule)| {
+                ConfigError::OutOfRange {
+                    key: format!("redis.breaker.{key}"),
+                    rule,
+                }
+            })?;
         let client =
             redis::Client::open(cfg.url.as_str()).map_err(|e| ConfigError::InvalidRedisUrl {
                 // The error kind only: the message may repeat the URL and its password.
@@ -116,6 +146,7 @@ impl RedisBackend {
             up: AtomicBool::new(true),
             name,
             metrics,
+            breaker,
         })
     }
 
@@ -141,7 +172,8 @@ impl RedisBackend {
         self.current()
     }
 
-    /// Connects in the background, one attempt at a time, at most every 250 ms.
+    /// Connects in the background, one attempt at a time (the breaker paces the requests
+    /// that start them).
     pub(crate) fn spawn_connect(self: &Arc<Self>) {
         if self.connecting.swap(true, Ordering::AcqRel) {
             return;
@@ -155,8 +187,10 @@ impl RedisBackend {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(this.timeout)
                 .set_response_timeout(this.timeout)
-                .set_number_of_retries(2)
-                .set_max_delay(1000);
+                // One attempt per reconnection, no back-off inside the manager: a request
+                // (the breaker's probe) that finds the last attempt failed starts the next
+                // one at once, so Redis is found again as soon as it answers.
+                .set_number_of_retries(0);
             let attempt = tokio::time::timeout(
                 this.timeout * 4,
                 ConnectionManager::new_with_config(this.client.clone(), config),
@@ -169,17 +203,41 @@ impl RedisBackend {
                     }
                     this.connected.notify_waiters();
                 }
-                Ok(Err(e)) => {
-                    this.mark_down(&format!("connect: {:?}", e.kind()));
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(_) => {
-                    this.mark_down("connect: timed out");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
+                Ok(Err(e)) => this.mark_down(&format!("connect: {:?}", e.kind())),
+                Err(_) => this.mark_down("connect: timed out"),
             }
             this.connecting.store(false, Ordering::Release);
+            // Wake the waiters of a failed attempt: they fail now, not at their timeout.
+            this.connected.notify_waiters();
         });
+    }
+
+    /// While the breaker skips Redis (open, no probe due, or a probe in flight): the
+    /// failure mode's outcome, decided without a call (and without a future to box).
+    pub(crate) fn skipped(
+        &self,
+        shared: &Shared,
+        id: impl FnOnce() -> Option<JsonRpcId>,
+    ) -> Option<Outcome> {
+        self.breaker
+            .is_skipping()
+            .then(|| self.failure_outcome(shared, id()))
+    }
+
+    /// What a request gets when Redis gave no verdict.
+    fn failure_outcome(&self, shared: &Shared, id: Option<JsonRpcId>) -> Outcome {
+        match self.failure_mode {
+            FailureMode::Open => {
+                shared.metrics.failed_open.increment(1);
+                Outcome::Proceed(None)
+            }
+            FailureMode::Closed => Outcome::Reject(Box::new(
+                Rejection::new(RejectionReason::Unavailable)
+                    .with_id(id)
+                    .with_detail("ratelimit_backend_unavailable")
+                    .with_header(RETRY_AFTER, "1"),
+            )),
+        }
     }
 
     fn mark_down(&self, what: &str) {
@@ -206,8 +264,36 @@ impl RedisBackend {
         format!("{{{}:{client}}}{suffix}", self.prefix)
     }
 
-    /// Runs the script. `Err` carries a short description (no URL, no key).
+    /// Runs the script unless the breaker is open, and tells the breaker how it went.
     async fn run(
+        self: &Arc<Self>,
+        shared: &Shared,
+        key: &Key,
+        charges: &[(usize, u32)],
+    ) -> Result<Verdict, NoVerdict> {
+        let call = match self.breaker.acquire() {
+            Permit::Call(c) | Permit::Probe(c) => c,
+            Permit::Skip => return Err(NoVerdict::Skipped),
+        };
+        // One deadline for the connection and the call (a retry included).
+        match tokio::time::timeout(self.timeout, self.call(shared, key, charges)).await {
+            Ok(Ok(v)) => {
+                call.success();
+                Ok(v)
+            }
+            Ok(Err(what)) => {
+                call.failure();
+                Err(NoVerdict::Failed(what))
+            }
+            Err(_) => {
+                call.failure();
+                Err(NoVerdict::Failed("timed out".into()))
+            }
+        }
+    }
+
+    /// Runs the script. `Err` carries a short description (no URL, no key).
+    async fn call(
         self: &Arc<Self>,
         shared: &Shared,
         key: &Key,
@@ -230,12 +316,17 @@ impl RedisBackend {
                 used.push((qi, cost));
             }
         }
-        let reply: Vec<i64> =
-            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(format!("{:?}", e.kind())),
-                Err(_) => return Err("timed out".into()),
-            };
+        let reply: Vec<i64> = match inv.invoke_async(&mut conn).await {
+            Ok(v) => v,
+            // The connection's last reconnection attempt was refused: nothing was sent.
+            // That error started the next attempt; one more try waits for it (Redis may
+            // be back), within the same deadline.
+            Err(e) if e.is_connection_refusal() => inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| format!("{:?}", e.kind()))?,
+            Err(e) => return Err(format!("{:?}", e.kind())),
+        };
         let [allowed, idx, remaining, retry_us, reset_us] = reply[..] else {
             return Err("unexpected script reply".into());
         };
@@ -268,20 +359,11 @@ pub(crate) async fn check(
             backend.mark_up();
             shared.finish(&v, if v.allowed { None } else { id })
         }
-        Err(what) => {
-            backend.mark_down(&what);
-            match backend.failure_mode {
-                FailureMode::Open => {
-                    shared.metrics.failed_open.increment(1);
-                    Outcome::Proceed(None)
-                }
-                FailureMode::Closed => Outcome::Reject(Box::new(
-                    Rejection::new(RejectionReason::Unavailable)
-                        .with_id(id)
-                        .with_detail("ratelimit_backend_unavailable")
-                        .with_header(RETRY_AFTER, "1"),
-                )),
+        Err(why) => {
+            if let NoVerdict::Failed(what) = why {
+                backend.mark_down(&what);
             }
+            backend.failure_outcome(&shared, id)
         }
     }
 }

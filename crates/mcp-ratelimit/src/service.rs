@@ -921,6 +921,18 @@ impl<S> RateLimit<S> {
             }
             #[cfg(feature = "redis")]
             Backend::Redis(r) => {
+                // The breaker skips Redis: the failure mode applies now, in line.
+                if let Some(outcome) = r.skipped(shared, || request_id(&req)) {
+                    return match outcome {
+                        Outcome::Proceed(extra) => {
+                            ResponseFuture::inner(self.inner.call(req), held, extra)
+                        }
+                        Outcome::Reject(r) => {
+                            drop(held);
+                            ResponseFuture::ready(r.into_response())
+                        }
+                    };
+                }
                 let id = request_id(&req);
                 let fut: CheckFuture = Box::pin(crate::redis_backend::check(
                     shared.clone(),

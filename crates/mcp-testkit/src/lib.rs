@@ -207,6 +207,27 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server without ending it (SIGSTOP): connections and connection attempts
+    /// hang, as with a server that stopped answering or a network that drops packets.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {sig} failed");
+        }
+    }
+
     /// Starts the server again on the same port (after [`RedisServer::kill`]); its data
     /// is gone, as after a crash without persistence.
     pub fn restart(&mut self) {

@@ -564,15 +564,23 @@ fn ip_shield_checked<'a>(
     Ok(c)
 }
 
-/// `sessions`, sharing `ratelimit.redis` (its URL and timeout) unless `sessions.redis` is
-/// written, so that replicas agree on who owns a session.
+/// `sessions`, sharing `ratelimit.redis` (its URL, timeout and circuit breaker) unless
+/// `sessions.redis` is written, so that replicas agree on who owns a session.
 fn sessions_layer(loaded: &Loaded) -> Result<SessionBindingLayer, ConfigError> {
     let cfg = &loaded.config;
     let mut s = cfg.sessions.clone();
     if s.redis.is_none()
         && let Some(r) = &cfg.ratelimit.redis
     {
-        s.redis = Some(mcp_auth::SessionRedisConfig::new(r.url.clone()).timeout_ms(r.timeout_ms));
+        // Checked here too, so that an invalid breaker is reported where it is written.
+        if let Err((key, rule)) = r.breaker.validate() {
+            return Err(loaded.error(&format!("ratelimit.redis.breaker.{key}"), rule));
+        }
+        s.redis = Some(
+            mcp_auth::SessionRedisConfig::new(r.url.clone())
+                .timeout_ms(r.timeout_ms)
+                .breaker(r.breaker),
+        );
     }
     SessionBindingLayer::new(&s).map_err(|e| auth_error(loaded, &e))
 }

@@ -516,4 +516,23 @@ async fn sessions_configuration_is_checked() {
         "maxSesions: 10",
         "sessions",
     );
+    // The circuit breakers in front of Redis: the session store's (camelCase, as its
+    // section) and the rate limits' (snake_case, as the seed's `ratelimit`).
+    assert_check_refuses(
+        dir.path(),
+        &format!(
+            "{base}sessions:\n  redis:\n    url: \"redis://127.0.0.1:9/\"\n    breaker:\n      failureThreshold: 0\n"
+        ),
+        "failureThreshold: 0",
+        "sessions.redis.breaker.failureThreshold",
+    );
+    assert_check_refuses(
+        dir.path(),
+        &base.replace(
+            "  burst: 1000\n",
+            "  burst: 1000\n  redis:\n    url: \"redis://127.0.0.1:9/\"\n    breaker:\n      backoff_initial_ms: 800\n      backoff_max_ms: 400\n",
+        ),
+        "backoff_max_ms: 400",
+        "ratelimit.redis.breaker.backoff_max_ms",
+    );
 }
