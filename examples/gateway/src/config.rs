@@ -490,6 +490,9 @@ const SECRET_KEYS: &[&str] = &[
     "bearerToken",
     "password",
     "jwtSecret",
+    "jwtSecretBase64",
+    "secret",
+    "secretBase64",
     "key",
     "headers",
 ];
