@@ -39,7 +39,7 @@ pub const MIN_RANDOM_KEY_BITS: u32 = 128;
 
 /// The least strength, in bits, zxcvbn's pattern analysis may leave a random key of
 /// [`MIN_RANDOM_KEY_BITS`]: a quarter less, for the short words, dates and runs that
-/// random data holds by chance (about 1 in 150 keys of 16 random bytes in hex has less
+/// random data holds by chance (about 1 in 130 keys of 16 random bytes in hex has less
 /// than this; keys of 32 random bytes have more than 190 bits).
 pub const MIN_RANDOM_KEY_ESTIMATE_BITS: f64 = 96.0;
 
