@@ -469,18 +469,27 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
 
         #[test]
-        fn policy_never_panics_and_keeps_its_floor(s in "\\PC{0,120}") {
-            let r = check_api_key(&s);
-            let visible = s.bytes().all(|b| (0x21..=0x7e).contains(&b));
-            if r.is_ok() {
-                proptest::prop_assert!(visible && s.len() >= MIN_API_KEY_LEN);
-                // Accepted either by the class rule or as a random key.
-                proptest::prop_assert!(
-                    character_classes(&s) >= 3
-                        || random_key_strength(&s).is_some_and(|k| k.accepted())
-                );
+        fn policy_never_panics_and_keeps_its_floor(
+            any in "\\PC{0,120}",
+            ascii in "[!-~]{0,80}",
+            b64 in "[A-Za-z0-9+/=_-]{0,80}",
+        ) {
+            for s in [any, ascii, b64] {
+                let r = check_api_key(&s);
+                let visible = s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+                if r.is_ok() {
+                    proptest::prop_assert!(visible && s.len() >= MIN_API_KEY_LEN);
+                    // Accepted either by the class rule or as a random key.
+                    proptest::prop_assert!(
+                        character_classes(&s) >= 3
+                            || random_key_strength(&s).is_some_and(|k| k.accepted())
+                    );
+                }
+                if let Some(k) = random_key_strength(&s) {
+                    proptest::prop_assert!(k.estimated_bits >= 0.0);
+                    proptest::prop_assert!(s.len() >= 22);
+                }
             }
-            let _ = random_key_strength(&s);
         }
 
         #[test]
