@@ -7,8 +7,9 @@
 #    conformance suite and the reference MCP server @modelcontextprotocol/server-everything
 #    from the npm registry (.tools; Node for the differential test too; the gateway's
 #    tests run server-everything as a third-party upstream).
-# 2. Checks formatting, lints and docs (cargo fmt --check, clippy -D warnings, cargo doc
-#    -D warnings).
+# 2. Checks formatting, lints and docs (cargo fmt --check, clippy -D warnings, clippy of
+#    each feature of every library crate alone and with none (cargo hack --each-feature;
+#    cargo-hack is installed when missing), cargo doc -D warnings).
 # 3. Runs the Rust tests of every crate (unit, integration over real sockets, doc tests).
 #    Tests that need redis-server or PostgreSQL start their own on free loopback ports and
 #    stop them after (crates/mcp-testkit).
@@ -89,6 +90,13 @@ if [ "${SKIP_LINT:-0}" != "1" ]; then
   cargo fmt --all -- --check
   step "cargo clippy (all targets, all features, -D warnings)"
   cargo clippy --workspace --all-targets --all-features -- -D warnings
+  step "cargo hack clippy (each feature of every library crate alone, -D warnings)"
+  # A library user may take any one feature, or none (default-features = false): each
+  # must build without a warning. cargo-hack is installed from crates.io when missing.
+  command -v cargo-hack >/dev/null 2>&1 || cargo install cargo-hack --locked
+  cargo hack --each-feature --no-dev-deps clippy \
+    -p mcp-core -p mcp-auth -p mcp-ratelimit -p mcp-sanitize -p mcp-audit -p mcp-tls \
+    -- -D warnings
   step "cargo doc (every crate, all features, -D warnings: broken or private doc links)"
   RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 fi

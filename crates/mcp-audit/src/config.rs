@@ -122,9 +122,16 @@ pub enum StorageList {
     Many(Vec<Storage>),
 }
 
+/// The default storage: the SQLite database with the `sqlite` cargo feature (a default
+/// feature), JSON lines on standard output without it, so that the default configuration
+/// starts under every feature set.
 impl Default for StorageList {
     fn default() -> Self {
-        Self::One(Storage::Database)
+        if cfg!(feature = "sqlite") {
+            Self::One(Storage::Database)
+        } else {
+            Self::One(Storage::Stdout)
+        }
     }
 }
 
@@ -410,7 +417,8 @@ pub struct AuditConfig {
     pub enabled: bool,
     /// `debug`, `info` (default) or `warn`.
     pub level: AuditLevel,
-    /// `database` (default), `file`, `stdout`, `tracing`, or a list of them.
+    /// `database`, `file`, `stdout`, `tracing`, or a list of them (at least one). The
+    /// default is `database` (SQLite) with the `sqlite` cargo feature, `stdout` without it.
     pub storage: StorageList,
     /// Only `json` is supported (default).
     pub format: String,
@@ -640,7 +648,11 @@ impl AuditConfig {
         }
         let storages = self.storage.to_vec();
         if storages.is_empty() {
-            return Err(ConfigError::new("audit.storage", "must name a storage"));
+            return Err(ConfigError::new(
+                "audit.storage",
+                "must name at least one storage (database, file, stdout or tracing); \
+                 to record nothing, set enabled: false",
+            ));
         }
         if storages.contains(&Storage::Database) {
             match self.database.kind {

@@ -34,7 +34,7 @@ use crate::jwt::{
 use crate::layer::{AuthLayer, AuthLayerBuilder};
 use crate::metadata::ProtectedResourceMetadata;
 use crate::mtls::{ClientCertAuthenticator, IdentityField};
-use crate::secret::SecretString;
+use crate::secret::{SecretBytes, SecretString};
 use crate::store::SecretStore;
 
 /// An authentication mode.
@@ -211,8 +211,12 @@ pub struct JwtIssuerConfig {
     pub audiences: Vec<String>,
     /// Allowed algorithms.
     pub algorithms: Vec<String>,
-    /// A shared secret (HMAC).
+    /// A shared secret (HMAC), as text: its UTF-8 bytes are the key.
     pub secret: Option<SecretString>,
+    /// A shared secret (HMAC) as standard base64 of its bytes (`secretBase64`), for a
+    /// secret that is not text (from a KMS, `openssl rand -base64 64`). At most one of
+    /// `secret` and `secretBase64`.
+    pub secret_base64: Option<SecretString>,
     /// The HMAC algorithm of `secret` (default HS256).
     pub secret_algorithm: Option<String>,
     /// A PEM public key file.
@@ -272,12 +276,17 @@ impl JwtIssuerConfig {
             parse_algorithm(name)
                 .map_err(|_| ConfigError::invalid(format!("{key}.{field}"), ALGORITHMS_RULE))
         };
-        if let Some(s) = &self.secret {
+        if let Some(s) = shared_secret(
+            self.secret.as_ref(),
+            self.secret_base64.as_ref(),
+            &format!("{key}.secret"),
+            &format!("{key}.secretBase64"),
+        )? {
             let alg = algorithm(
                 self.secret_algorithm.as_deref().unwrap_or("HS256"),
                 "secretAlgorithm",
             )?;
-            i = i.hmac_secret(alg, s.clone());
+            i = i.hmac_secret(alg, s);
         }
         if let Some(p) = &self.public_key_file {
             let alg = self.public_key_algorithm.as_deref().ok_or_else(|| {
@@ -414,8 +423,12 @@ pub struct AuthConfig {
     pub users: Vec<UserConfig>,
     /// Basic settings: verification bound and verified-credential cache.
     pub basic: Option<BasicConfig>,
-    /// A JWT shared secret (the seeds' `jwtSecret`).
+    /// A JWT shared secret (the seeds' `jwtSecret`), as text: its UTF-8 bytes are the key.
     pub jwt_secret: Option<SecretString>,
+    /// A JWT shared secret as standard base64 of its bytes (`jwtSecretBase64`), for a
+    /// secret that is not text (from a KMS, `openssl rand -base64 64`). At most one of
+    /// `jwtSecret` and `jwtSecretBase64`.
+    pub jwt_secret_base64: Option<SecretString>,
     /// Its algorithm (the seeds' `jwtAlgorithm`, default HS256).
     pub jwt_algorithm: Option<String>,
     /// Full JWT settings.
@@ -494,7 +507,7 @@ impl AuthConfig {
                 .collect::<Vec<_>>()
         };
         let jwt = |mut s: PrincipalSources| {
-            if let Some(_secret) = &self.jwt_secret {
+            if self.jwt_secret.is_some() || self.jwt_secret_base64.is_some() {
                 s = s.with_jwt_issuer(None);
             }
             for i in self.jwt.iter().flat_map(|j| &j.issuers) {
@@ -698,21 +711,31 @@ impl AuthConfig {
 
     fn jwt_authenticator(&self) -> Result<Option<JwtAuthenticator>, ConfigError> {
         let mut issuers = Vec::new();
-        if let Some(secret) = &self.jwt_secret {
+        if let Some(secret) = shared_secret(
+            self.jwt_secret.as_ref(),
+            self.jwt_secret_base64.as_ref(),
+            "auth.jwtSecret",
+            "auth.jwtSecretBase64",
+        )? {
             let alg = parse_algorithm(self.jwt_algorithm.as_deref().unwrap_or("HS256"))?;
+            let secret_key = if self.jwt_secret.is_some() {
+                "auth.jwtSecret"
+            } else {
+                "auth.jwtSecretBase64"
+            };
             // Checked here so that the error names the seed's keys.
-            if let Some(problem) = shared_secret_problem(alg, secret.expose().len()) {
+            if let Some(problem) = shared_secret_problem(alg, secret.len()) {
                 let key = if problem.wrong_algorithm {
                     "auth.jwtAlgorithm"
                 } else {
-                    "auth.jwtSecret"
+                    secret_key
                 };
                 return Err(ConfigError::invalid(key, problem.message));
             }
             issuers.push(
                 JwtIssuer::any()
-                    .hmac_secret(alg, secret.clone())
-                    .config_key("auth.jwtSecret"),
+                    .hmac_secret(alg, secret)
+                    .config_key(secret_key),
             );
         }
         let cfg = self.jwt.clone().unwrap_or_default();
@@ -743,11 +766,94 @@ impl AuthConfig {
     }
 }
 
+/// The shared secret given as text (`text_key`) or as base64 of its bytes (`b64_key`),
+/// at most one of them. The error names the key, never the value.
+fn shared_secret(
+    text: Option<&SecretString>,
+    b64: Option<&SecretString>,
+    text_key: &str,
+    b64_key: &str,
+) -> Result<Option<SecretBytes>, ConfigError> {
+    use base64::Engine as _;
+    match (text, b64) {
+        (None, None) => Ok(None),
+        (Some(t), None) => Ok(Some(SecretBytes::from(t.clone()))),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b.expose().trim())
+            .map(|v| Some(SecretBytes::from(v)))
+            .map_err(|_| {
+                ConfigError::invalid(
+                    b64_key,
+                    "must be standard base64 (A-Z a-z 0-9 + / and = padding)",
+                )
+            }),
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            b64_key,
+            format!("give the secret once: {text_key} (text) or {b64_key} (bytes), not both"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const KEY: &str = "Abc123!@#Xyz789!@#Abc123!@#";
+
+    /// Shared secrets as base64 (bytes from a KMS): `jwtSecretBase64` and an issuer's
+    /// `secretBase64`, exactly one of each pair, decoded before the length rule.
+    #[test]
+    fn jwt_secrets_accept_base64_bytes() {
+        use base64::Engine as _;
+        let raw: Vec<u8> = (0u8..40).map(|i| i.wrapping_mul(53) ^ 0xc3).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+        for cfg in [
+            json!({"enabled": true, "mode": "jwt", "jwtSecretBase64": b64}),
+            json!({"enabled": true, "mode": "jwt",
+                   "jwt": {"issuers": [{"issuer": "https://i", "secretBase64": b64}]}}),
+        ] {
+            let c: AuthConfig = serde_json::from_value(cfg).unwrap();
+            let dbg = format!("{c:?}");
+            assert!(!dbg.contains(&b64), "{dbg}");
+            c.build().unwrap();
+        }
+        // 24 bytes are too short for HS256, whatever their text form's length.
+        let short = base64::engine::general_purpose::STANDARD.encode(&raw[..24]);
+        let c: AuthConfig = serde_json::from_value(
+            json!({"enabled": true, "mode": "jwt", "jwtSecretBase64": short}),
+        )
+        .unwrap();
+        let e = c.build().unwrap_err();
+        assert!(e.to_string().contains("auth.jwtSecretBase64"), "{e}");
+        // Not base64; both forms at once.
+        for (cfg, key) in [
+            (
+                json!({"enabled": true, "mode": "jwt", "jwtSecretBase64": "not base64!"}),
+                "auth.jwtSecretBase64",
+            ),
+            (
+                json!({"enabled": true, "mode": "jwt", "jwtSecretBase64": b64,
+                    "jwtSecret": "y".repeat(40)}),
+                "auth.jwtSecretBase64",
+            ),
+            (
+                json!({"enabled": true, "mode": "jwt", "jwt": {"issuers": [
+                {"issuer": "https://i", "secretBase64": "%%%"}]}}),
+                "auth.jwt.issuers[0].secretBase64",
+            ),
+            (
+                json!({"enabled": true, "mode": "jwt", "jwt": {"issuers": [
+                {"issuer": "https://i", "secretBase64": b64, "secret": "y".repeat(40)}]}}),
+                "auth.jwt.issuers[0].secretBase64",
+            ),
+        ] {
+            let c: AuthConfig = serde_json::from_value(cfg).unwrap();
+            let e = c.build().unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+            assert!(!e.to_string().contains(&b64), "{e}");
+        }
+    }
 
     #[test]
     fn seed_config_builds_and_hides_secrets() {

@@ -52,7 +52,7 @@ use crate::authenticator::{AuthFuture, Authenticator, Failure, Outcome, Scheme};
 use crate::cache::{VerifiedCache, now_unix};
 use crate::credentials;
 use crate::error::ConfigError;
-use crate::secret::{SecretString, sha256};
+use crate::secret::{SecretBytes, sha256};
 
 /// The default limit on a token's length (8 KiB).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -111,7 +111,7 @@ fn family(alg: Algorithm) -> AlgorithmFamily {
 enum KeySpec {
     Secret {
         alg: Algorithm,
-        secret: SecretString,
+        secret: SecretBytes,
         kid: Option<String>,
     },
     Pem {
@@ -251,8 +251,16 @@ impl JwtIssuer {
     }
 
     /// Adds a shared secret for an HMAC algorithm (at least as long as the hash output:
-    /// 32, 48 or 64 bytes, RFC 7518 §3.2).
-    pub fn hmac_secret(mut self, alg: Algorithm, secret: impl Into<SecretString>) -> Self {
+    /// 32, 48 or 64 bytes, RFC 7518 §3.2): raw bytes (`Vec<u8>`, `&[u8]`, `[u8; N]`, as a
+    /// KMS gives them) or text (`&str`, `String`, [`SecretString`](crate::SecretString): its UTF-8 bytes).
+    ///
+    /// ```
+    /// use mcp_auth::{JwtIssuer, jsonwebtoken::Algorithm};
+    /// let from_kms: Vec<u8> = vec![0x9c; 32]; // the bytes a KMS decrypted
+    /// let issuer = JwtIssuer::any().hmac_secret(Algorithm::HS256, from_kms);
+    /// # let _ = issuer;
+    /// ```
+    pub fn hmac_secret(mut self, alg: Algorithm, secret: impl Into<SecretBytes>) -> Self {
         self.keys.push(KeySpec::Secret {
             alg,
             secret: secret.into(),
@@ -1288,7 +1296,7 @@ fn build_issuer(
                     &allowed,
                     &rules,
                     alg,
-                    DecodingKey::from_secret(secret.expose().as_bytes()),
+                    DecodingKey::from_secret(secret.expose()),
                     kid,
                     &kkey,
                 )?;
@@ -1605,6 +1613,32 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    /// A shared secret from a KMS is bytes, not text: it is taken as given.
+    #[test]
+    fn hmac_secret_accepts_raw_bytes() {
+        let raw: Vec<u8> = (0u8..48).map(|i| i.wrapping_mul(37) ^ 0xff).collect();
+        assert!(std::str::from_utf8(&raw).is_err());
+        let a = JwtAuthenticator::builder()
+            .issuer(JwtIssuer::any().hmac_secret(Algorithm::HS256, raw.clone()))
+            .build()
+            .unwrap();
+        let exp = now_unix() + 600;
+        let t = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub":"kms","exp":exp}),
+            &EncodingKey::from_secret(&raw),
+        )
+        .unwrap();
+        assert!(matches!(block(a.verify(&t)), Outcome::Authenticated(_)));
+        // The length rule counts bytes.
+        let short = JwtAuthenticator::builder()
+            .issuer(JwtIssuer::any().hmac_secret(Algorithm::HS256, &raw[..31]))
+            .build();
+        assert!(short.is_err());
+        let debug = format!("{:?}", JwtIssuer::any().hmac_secret(Algorithm::HS256, raw));
+        assert!(!debug.contains("255"), "{debug}");
     }
 
     #[test]

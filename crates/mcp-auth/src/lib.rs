@@ -97,7 +97,7 @@ pub use layer::{Auth, AuthLayer, AuthLayerBuilder};
 pub use metadata::{MetadataService, ProtectedResourceMetadata};
 pub use mtls::{ClientCertAuthenticator, ClientCertAuthenticatorBuilder};
 pub use query::{QueryCredentials, QueryCredentialsLayer};
-pub use secret::SecretString;
+pub use secret::{SecretBytes, SecretString};
 pub use session::{
     EndReason, EndedSession, EndedSessions, SessionBinding, SessionBindingLayer, SessionConfig,
     SessionRedisConfig, SessionRoute, owner_key, session_id_hash,

@@ -80,6 +80,98 @@ impl<'de> Deserialize<'de> for SecretString {
     }
 }
 
+/// A secret of raw bytes (an HMAC key from a KMS, say), held in memory.
+///
+/// Like [`SecretString`], its `Debug` prints `***` and it has no `Serialize`. Made from
+/// bytes (`Vec<u8>`, `&[u8]`, `[u8; N]`) or from text (`&str`, `String`, `SecretString`:
+/// its UTF-8 bytes).
+///
+/// ```
+/// use mcp_auth::SecretBytes;
+/// let s = SecretBytes::from(vec![0xff, 0x00, 0x7f]);
+/// assert_eq!(format!("{s:?}"), "SecretBytes(***)");
+/// assert_eq!(s.expose(), &[0xff, 0x00, 0x7f]);
+/// assert_eq!(SecretBytes::from("abc").expose(), b"abc");
+/// ```
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    /// Wraps a value.
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Self(value.into())
+    }
+
+    /// The bytes. Never log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBytes(***)")
+    }
+}
+
+impl From<Vec<u8>> for SecretBytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self(v)
+    }
+}
+
+impl From<&[u8]> for SecretBytes {
+    fn from(v: &[u8]) -> Self {
+        Self(v.to_vec())
+    }
+}
+
+impl<const N: usize> From<[u8; N]> for SecretBytes {
+    fn from(v: [u8; N]) -> Self {
+        Self(v.to_vec())
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for SecretBytes {
+    fn from(v: &[u8; N]) -> Self {
+        Self(v.to_vec())
+    }
+}
+
+impl From<String> for SecretBytes {
+    fn from(s: String) -> Self {
+        Self(s.into_bytes())
+    }
+}
+
+impl From<&str> for SecretBytes {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl From<SecretString> for SecretBytes {
+    fn from(s: SecretString) -> Self {
+        Self(s.0.into_bytes())
+    }
+}
+
+impl From<&SecretString> for SecretBytes {
+    fn from(s: &SecretString) -> Self {
+        Self(s.0.as_bytes().to_vec())
+    }
+}
+
 /// SHA-256 of `data`.
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()

@@ -21,7 +21,7 @@ use tower::util::MapResponseLayer;
 
 const ADMIN: &str = "Adm1n!@#Adm1n!@#Key";
 const USER: &str = "Us3r!@#Us3r!@#Key";
-const READER: &str = "R3ader!@#R3ader!@#";
+const READER: &str = "R3ader!@#Kq7vLm2&Wz";
 
 async fn handler(p: Principal, req: McpRequest) -> String {
     format!("{} {}", p.id(), req.method().unwrap_or("batch"))

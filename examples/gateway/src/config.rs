@@ -513,6 +513,9 @@ const SECRET_KEYS: &[&str] = &[
     "bearerToken",
     "password",
     "jwtSecret",
+    "jwtSecretBase64",
+    "secret",
+    "secretBase64",
     "key",
     "headers",
 ];
@@ -1295,6 +1298,17 @@ security:
         let text = "auth:\n  apiKey: [1234567890123456789]\n";
         let e = parse(text, "f.yaml", &env_of(&[])).unwrap_err().to_string();
         assert!(!e.contains("1234567890123456789"), "{e}");
+        // Every form of a shared secret: serde would print a number it refuses.
+        for text in [
+            "auth:\n  jwtSecret: 98765.4321\n",
+            "auth:\n  jwtSecretBase64: 98765.4321\n",
+            "auth:\n  jwt:\n    issuers:\n      - secret: 98765.4321\n",
+            "auth:\n  jwt:\n    issuers:\n      - secretBase64: 98765.4321\n",
+        ] {
+            let e = parse(text, "f.yaml", &env_of(&[])).unwrap_err().to_string();
+            assert!(!e.contains("98765"), "{e}");
+            assert!(e.contains("not shown"), "{e}");
+        }
     }
 
     #[test]
