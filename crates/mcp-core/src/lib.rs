@@ -20,6 +20,9 @@
 //!   (the audit trail) can read them even if the request is abandoned before a response.
 //! - [`ConnectionEvents`] and [`ConnectionObserver`]: what a server tells the layers of
 //!   responses it cut (write timeout) and connections it refused (per-client cap).
+//! - [`DrainLayer`]: after a response that left the request body unread (a refusal),
+//!   reads and discards a bounded rest of it so the HTTP/1.x connection stays usable,
+//!   or says `Connection: close`.
 //!
 //! ```
 //! use axum::{Router, routing::post};
@@ -43,6 +46,7 @@ struct ReadmeDoctests;
 
 pub mod client_addr;
 pub mod connection;
+pub mod drain;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod facts;
@@ -62,6 +66,7 @@ pub use client_addr::{
 pub use connection::{
     CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, OnWritten, RefusalReason,
 };
+pub use drain::{DEFAULT_DRAIN_BYTES, DEFAULT_DRAIN_TIMEOUT, Drain, DrainBody, DrainLayer};
 pub use facts::RequestFacts;
 pub use headers::{InvalidHeaderPattern, UntrustedHeaders, UpstreamResponseHeaders};
 pub use json::{Ambiguity, JsonError};

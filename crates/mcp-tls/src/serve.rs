@@ -41,6 +41,15 @@
 //! receive windows (request bytes a peer can send before the service reads them), 16 KiB
 //! frames, 16 KiB of request headers.
 //!
+//! Refusals: a response that leaves its request body unread (a layer refused the request
+//! before reading it) does not cost an HTTP/1.x client its next request. The loop reads
+//! and discards the rest of the body, at most [`ServerOptions::refusal_drain_bytes`]
+//! (default 64 KiB) within [`ServerOptions::refusal_drain_timeout`] (default 1 s), before
+//! it writes the response, so the connection stays usable; a larger, slower or broken
+//! body, or an `Expect: 100-continue` body nobody asked for, gets `Connection: close` on
+//! the response instead (RFC 9112 section 9.6). See [`mcp_core::DrainLayer`], which
+//! does the same for any other server.
+//!
 //! The layers learn what the loop did: every request carries its connection's
 //! [`mcp_core::ConnectionEvents`], on which the loop notes each completed flush (what the
 //! connection was handed is written) and, before dropping a connection it closed for the
@@ -90,8 +99,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use mcp_core::{
-    CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, PeerAddr, RefusalReason,
-    TlsInfo, TrustedProxies,
+    CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, Drain, DrainBody,
+    DrainLayer, PeerAddr, RefusalReason, TlsInfo, TrustedProxies,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,7 +109,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::acceptor::{ClientCertCheck, TlsAcceptor};
-use crate::config::{MAX_CONNECTION_MEMORY_BYTES, MIN_CONNECTION_MEMORY_BYTES, ServerOptions};
+use crate::config::{
+    MAX_CONNECTION_MEMORY_BYTES, MAX_REFUSAL_DRAIN_BYTES, MAX_REFUSAL_DRAIN_TIMEOUT,
+    MIN_CONNECTION_MEMORY_BYTES, ServerOptions,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -596,6 +608,16 @@ impl Server {
         self
     }
 
+    /// How much of an unread request body is read and discarded after its response, and
+    /// for how long, so that an HTTP/1.x connection stays usable after a refusal (default
+    /// 64 KiB within 1 s); past either, the response says `Connection: close`. See
+    /// [`ServerOptions::refusal_drain_bytes`].
+    pub fn refusal_drain(mut self, max_bytes: u64, timeout: Duration) -> Self {
+        self.options.refusal_drain_bytes = max_bytes;
+        self.options.refusal_drain_timeout = timeout;
+        self
+    }
+
     /// How long graceful shutdown waits for open connections (default 30 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.options.drain_timeout = timeout;
@@ -655,6 +677,13 @@ impl Server {
             memory: options
                 .connection_memory_bytes
                 .clamp(MIN_CONNECTION_MEMORY_BYTES, MAX_CONNECTION_MEMORY_BYTES),
+            refusal_drain: DrainLayer::new()
+                .max_bytes(options.refusal_drain_bytes.min(MAX_REFUSAL_DRAIN_BYTES))
+                .timeout(
+                    options
+                        .refusal_drain_timeout
+                        .clamp(Duration::from_millis(1), MAX_REFUSAL_DRAIN_TIMEOUT),
+                ),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -873,6 +902,8 @@ struct ConnectionTimeouts {
     write: Duration,
     max_requests: u64,
     memory: u64,
+    /// What is drained of a request body left unread by its response.
+    refusal_drain: DrainLayer,
 }
 
 /// How [`serve_connection`]'s watch ended.
@@ -938,12 +969,17 @@ async fn serve_connection<IO, S, B>(
     B::Error: Into<BoxError>,
 {
     let activity = Arc::new(Activity::new(timeouts.memory, client.memory.clone()));
-    let service = Tracking {
-        inner: service,
-        activity: activity.clone(),
-        max_requests: timeouts.max_requests,
-        counters: counters.clone(),
-    };
+    // Outside the counting: the drain reads what the service left of a body (discarded,
+    // not counted in the memory budgets) while the request is still in progress.
+    let service = Drain::with(
+        Tracking {
+            inner: service,
+            activity: activity.clone(),
+            max_requests: timeouts.max_requests,
+            counters: counters.clone(),
+        },
+        timeouts.refusal_drain,
+    );
     let io = WriteWatch {
         inner: io,
         activity: activity.clone(),
@@ -1424,7 +1460,7 @@ struct Tracking<S> {
     counters: Arc<Counters>,
 }
 
-impl<S, ResB> Service<Request<Incoming>> for Tracking<S>
+impl<S, ResB> Service<Request<DrainBody<Incoming>>> for Tracking<S>
 where
     S: Service<Request<RequestBody>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
@@ -1438,7 +1474,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<DrainBody<Incoming>>) -> Self::Future {
         let a = &self.activity;
         if req.version() == http::Version::HTTP_2 && a.budget_used_up() {
             // Refused before the service sees it: hyper resets the stream with the
@@ -1622,14 +1658,14 @@ impl std::error::Error for MemoryBudgetExceeded {}
 /// data frame that would go over the budget is not handed on: the body yields
 /// [`MemoryBudgetExceeded`] instead (and ends).
 pub struct RequestBody {
-    inner: Incoming,
+    inner: DrainBody<Incoming>,
     charge: Option<Arc<Charge>>,
 }
 
 impl RequestBody {
     /// The body as hyper read it, no longer counted.
     pub fn into_inner(self) -> Incoming {
-        self.inner
+        self.inner.into_inner()
     }
 }
 
