@@ -657,3 +657,33 @@ async fn http2_refusals_leave_the_connection_usable() {
     }
     assert!(!conn.is_finished());
 }
+
+#[test]
+fn check_refuses_drain_settings_out_of_range() {
+    let dir = tempdir();
+    let cfg = base_config("http://127.0.0.1:9/mcp", &dir.path().join("a.db"), "");
+    for (bad_line, key) in [
+        ("refusalDrainBytes: 16777217", "server.refusalDrainBytes"),
+        ("refusalDrainTimeoutMs: 0", "server.refusalDrainTimeoutMs"),
+        (
+            "refusalDrainTimeoutMs: 60001",
+            "server.refusalDrainTimeoutMs",
+        ),
+    ] {
+        let bad = with_server_keys(&cfg, &format!("  {bad_line}\n"));
+        assert_check_refuses(dir.path(), &bad, bad_line, key);
+    }
+    // Zero bytes is allowed: nothing is drained, every unread body means close.
+    let ok = with_server_keys(&cfg, "  refusalDrainBytes: 0\n");
+    std::fs::write(dir.path().join("ok.yaml"), ok).unwrap();
+    let (code, _, err) = run(
+        &[
+            "check",
+            "--config",
+            dir.path().join("ok.yaml").to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+}
