@@ -48,7 +48,11 @@
 //! it writes the response, so the connection stays usable; a larger, slower or broken
 //! body, or an `Expect: 100-continue` body nobody asked for, gets `Connection: close` on
 //! the response instead (RFC 9112 section 9.6). See [`mcp_core::DrainLayer`], which
-//! does the same for any other server.
+//! does the same for any other server. A connection hyper closes (its write side shut)
+//! is then read from, what comes discarded, for up to the same timeout and 1 MiB before
+//! the socket closes (a lingering close): closing with unread bytes makes the kernel
+//! reset the connection, and a client still writing a refused body would meet the
+//! reset instead of reading the refusal. The connection keeps its places meanwhile.
 //!
 //! The layers learn what the loop did: every request carries its connection's
 //! [`mcp_core::ConnectionEvents`], on which the loop notes each completed flush (what the
@@ -667,6 +671,9 @@ impl Server {
         let defaults = ServerOptions::default();
         let or_default = |t: Duration, default: Duration| if t.is_zero() { default } else { t };
         let handshake_timeout = or_default(options.handshake_timeout, defaults.handshake_timeout);
+        let drain_time = options
+            .refusal_drain_timeout
+            .clamp(Duration::from_millis(1), MAX_REFUSAL_DRAIN_TIMEOUT);
         let timeouts = ConnectionTimeouts {
             idle: or_default(options.idle_timeout, defaults.idle_timeout),
             write: or_default(options.write_timeout, defaults.write_timeout),
@@ -679,11 +686,8 @@ impl Server {
                 .clamp(MIN_CONNECTION_MEMORY_BYTES, MAX_CONNECTION_MEMORY_BYTES),
             refusal_drain: DrainLayer::new()
                 .max_bytes(options.refusal_drain_bytes.min(MAX_REFUSAL_DRAIN_BYTES))
-                .timeout(
-                    options
-                        .refusal_drain_timeout
-                        .clamp(Duration::from_millis(1), MAX_REFUSAL_DRAIN_TIMEOUT),
-                ),
+                .timeout(drain_time),
+            linger: drain_time,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -904,6 +908,8 @@ struct ConnectionTimeouts {
     memory: u64,
     /// What is drained of a request body left unread by its response.
     refusal_drain: DrainLayer,
+    /// How long a connection hyper closed is read from before the socket closes.
+    linger: Duration,
 }
 
 /// How [`serve_connection`]'s watch ended.
@@ -980,13 +986,16 @@ async fn serve_connection<IO, S, B>(
         },
         timeouts.refusal_drain,
     );
+    let lingering = Arc::new(Mutex::new(None));
     let io = WriteWatch {
-        inner: io,
+        inner: Some(io),
         activity: activity.clone(),
+        shut: false,
+        linger: lingering.clone(),
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    let mut conn = std::pin::pin!(conn);
+    let mut conn = Box::pin(conn);
     let mut stop_signal = std::pin::pin!(stopped(&mut stop));
     let mut check = std::pin::pin!(tokio::time::sleep(timeouts.idle));
     let mut stopping = false;
@@ -1125,6 +1134,7 @@ async fn serve_connection<IO, S, B>(
         Ended::CertExpired => Some(CloseReason::CertificateExpired),
         Ended::ClientRefused => Some(CloseReason::CertificateRefused),
     });
+    let closed_by_hyper = matches!(ended, Ended::Done(Ok(())));
     match ended {
         Ended::Done(Ok(())) => {}
         Ended::Done(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
@@ -1144,6 +1154,18 @@ async fn serve_connection<IO, S, B>(
                 "closing a connection still open after the reloaded client trust refused its certificate"
             );
         }
+    }
+    // hyper ended the connection itself, its write side shut: what the client still
+    // sends is read and discarded for a short while before the socket is closed, so that
+    // the last response is not lost to a reset (the permit and client slot are held
+    // meanwhile).
+    drop(conn);
+    let io = lingering
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if closed_by_hyper && let Some(io) = io {
+        linger(io, timeouts.linger).await;
     }
 }
 
@@ -1349,8 +1371,52 @@ struct Waits {
 
 /// The connection's stream, noting whether writes make progress.
 struct WriteWatch<IO> {
-    inner: IO,
+    /// Always `Some` until dropped.
+    inner: Option<IO>,
     activity: Arc<Activity>,
+    /// Set once a shutdown of the write side completed (hyper closes the connection).
+    shut: bool,
+    /// Where the stream goes when hyper drops it after that shutdown: the loop lingers
+    /// on it (see [`linger`]).
+    linger: Arc<Mutex<Option<IO>>>,
+}
+
+impl<IO> Drop for WriteWatch<IO> {
+    fn drop(&mut self) {
+        if self.shut
+            && let Some(io) = self.inner.take()
+        {
+            *self.linger.lock().unwrap_or_else(PoisonError::into_inner) = Some(io);
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::from(io::ErrorKind::NotConnected)
+}
+
+/// Most bytes read and discarded while lingering on a closed connection.
+const LINGER_MAX_BYTES: u64 = 1024 * 1024;
+
+/// After hyper closed a connection (its write side shut, `FIN` sent): reads and
+/// discards what the client still sends, for at most `time` and [`LINGER_MAX_BYTES`],
+/// until it closes too. Closing a socket with unread bytes makes the kernel reset the
+/// connection, and a reset can destroy the last response (a refusal with
+/// `Connection: close` whose body was left unread) before the client reads it: a client
+/// still writing the refused body would see a reset instead of the refusal.
+async fn linger<IO: AsyncRead + Unpin>(mut io: IO, time: Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8 * 1024];
+    let mut seen: u64 = 0;
+    let _ = tokio::time::timeout(time, async {
+        while let Ok(n @ 1..) = io.read(&mut buf).await {
+            seen = seen.saturating_add(n as u64);
+            if seen > LINGER_MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 impl<IO> WriteWatch<IO> {
@@ -1385,7 +1451,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for WriteWatch<IO> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match self.inner.as_mut() {
+            Some(io) => Pin::new(io).poll_read(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
     }
 }
 
@@ -1395,7 +1464,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let r = Pin::new(io).poll_write(cx, buf);
         self.note(&r);
         r
     }
@@ -1405,24 +1477,36 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let r = Pin::new(io).poll_write_vectored(cx, bufs);
         self.note(&r);
         r
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(IO::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let r = Pin::new(io).poll_flush(cx);
         self.note(&r);
         self.note_flushed(&r);
         r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let r = Pin::new(io).poll_shutdown(cx);
+        if let Poll::Ready(Ok(())) = r {
+            self.shut = true;
+        }
         self.note(&r);
         self.note_flushed(&r);
         r

@@ -125,3 +125,33 @@ async fn a_refusal_before_the_body_leaves_the_connection_usable_or_says_close() 
     assert!(head.contains("connection: close"), "{head}");
     server.shutdown().await;
 }
+
+/// A refusal with `Connection: close` whose body stays unread: the client, still writing
+/// the body after the refusal was sent, then reads the refusal. The loop lingers on the
+/// closed connection (reads and discards), so the client's writes do not meet a reset
+/// (which a blocking client reports instead of reading the refusal).
+#[tokio::test]
+async fn a_client_still_writing_a_refused_body_reads_the_refusal() {
+    let server = start_with(None, |s| s, refusing_router()).await;
+    for _ in 0..5 {
+        let n = 512 * 1024;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!("POST /refuse HTTP/1.1\r\nHost: x\r\ncontent-length: {n}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        // The refusal is sent and the server closes (over the drain cap) meanwhile.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A blocking client (Python's http.client) writes the whole body before it reads:
+        // a write that fails (reset, broken pipe) loses it the refusal.
+        for i in 0..(n / 16384) {
+            if let Err(e) = s.write_all(&[b'x'; 16384]).await {
+                panic!("write {i} of the refused body failed ({e}): the refusal is lost");
+            }
+        }
+        let mut buf = Vec::new();
+        let head = response(&mut s, &mut buf).await;
+        let head = head.expect("the refusal was lost to a reset");
+        assert!(head.starts_with("http/1.1 401"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+    }
+    server.shutdown().await;
+}
