@@ -202,6 +202,8 @@ impl<B> Drop for DrainBody<B> {
         };
         let mut left = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(*left, Left::InUse) {
+            // (A body read to its declared length is at its end without a last poll;
+            // `settle` checks `is_end_stream` before reading.)
             *left = if self.ended {
                 Left::Ended
             } else {
