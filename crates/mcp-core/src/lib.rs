@@ -22,6 +22,9 @@
 //!   responses it cut (write timeout) and connections it refused (per-client cap).
 //! - [`TimeoutBody`]: a body bounded in its first frame, its idle gaps and its whole
 //!   length, which says in a [`BodyStallSlot`] why it was cut ([`BodyStall`]).
+//! - [`DrainLayer`]: after a response that left the request body unread (a refusal),
+//!   reads and discards a bounded rest of it so the HTTP/1.x connection stays usable,
+//!   or says `Connection: close`.
 //!
 //! ```
 //! use axum::{Router, routing::post};
@@ -46,6 +49,7 @@ struct ReadmeDoctests;
 pub mod breaker;
 pub mod client_addr;
 pub mod connection;
+pub mod drain;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod facts;
@@ -66,6 +70,7 @@ pub use client_addr::{
 pub use connection::{
     CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, OnWritten, RefusalReason,
 };
+pub use drain::{DEFAULT_DRAIN_BYTES, DEFAULT_DRAIN_TIMEOUT, Drain, DrainBody, DrainLayer};
 pub use facts::RequestFacts;
 pub use headers::{InvalidHeaderPattern, UntrustedHeaders, UpstreamResponseHeaders};
 pub use json::{Ambiguity, JsonError};

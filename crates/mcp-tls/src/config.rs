@@ -640,7 +640,40 @@ pub struct ServerOptions {
     /// ([`ConnectionLimit::per_client_memory`](crate::ConnectionLimit::per_client_memory)).
     #[serde(default = "default_client_memory_bytes")]
     pub client_memory_bytes: u64,
+    /// Most bytes of an unread request body read and discarded after its response
+    /// (default 64 KiB, at most 16 MiB; 0: none), so that an HTTP/1.x connection stays
+    /// usable after a refusal that came before the body was read (401, 403, 429, ...).
+    /// A body larger than this, or not whole within
+    /// [`refusal_drain_timeout`](Self::refusal_drain_timeout), is not read on: its
+    /// response says `Connection: close` and the connection closes after it
+    /// (`mcp_core::DrainLayer`). The drain holds one frame at a time and is not counted
+    /// in the memory budgets. HTTP/2 needs none (the stream alone is reset).
+    #[serde(default = "default_refusal_drain_bytes")]
+    pub refusal_drain_bytes: u64,
+    /// How long the drain of [`refusal_drain_bytes`](Self::refusal_drain_bytes) may hold
+    /// a response back (default `"1s"`, 1 ms to 60 s); past it, `Connection: close`. A
+    /// client trickling the rest of a refused body holds its connection no longer.
+    #[serde(
+        default = "default_refusal_drain_timeout",
+        deserialize_with = "de_secs_or_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub refusal_drain_timeout: Duration,
 }
+
+fn default_refusal_drain_bytes() -> u64 {
+    mcp_core::DEFAULT_DRAIN_BYTES
+}
+
+fn default_refusal_drain_timeout() -> Duration {
+    mcp_core::DEFAULT_DRAIN_TIMEOUT
+}
+
+/// The largest [`ServerOptions::refusal_drain_bytes`] accepted: 16 MiB.
+pub const MAX_REFUSAL_DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The longest [`ServerOptions::refusal_drain_timeout`] accepted: 60 s.
+pub const MAX_REFUSAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn default_client_memory_bytes() -> u64 {
     DEFAULT_CLIENT_MEMORY_BYTES
@@ -708,6 +741,8 @@ impl Default for ServerOptions {
             max_concurrent_streams: default_max_concurrent_streams(),
             connection_memory_bytes: default_connection_memory_bytes(),
             client_memory_bytes: default_client_memory_bytes(),
+            refusal_drain_bytes: default_refusal_drain_bytes(),
+            refusal_drain_timeout: default_refusal_drain_timeout(),
         }
     }
 }
@@ -779,6 +814,20 @@ impl ServerOptions {
             return Err(ConfigError::new(
                 "server.clientMemoryBytes",
                 "must be between 65536 (64 KiB) and 1099511627776 (1 TiB)",
+            ));
+        }
+        if self.refusal_drain_bytes > MAX_REFUSAL_DRAIN_BYTES {
+            return Err(ConfigError::new(
+                "server.refusalDrainBytes",
+                "must be between 0 and 16777216 (16 MiB)",
+            ));
+        }
+        if self.refusal_drain_timeout < Duration::from_millis(1)
+            || self.refusal_drain_timeout > MAX_REFUSAL_DRAIN_TIMEOUT
+        {
+            return Err(ConfigError::new(
+                "server.refusalDrainTimeout",
+                "must be between 1ms and 60s",
             ));
         }
         Ok(())

@@ -63,8 +63,8 @@ pub use acceptor::{
 pub use build::{ALPN_PROTOCOLS, ExpiryStatus, expiry_status, provider};
 pub use config::{
     AutoCertConfig, ClientAuth, DEFAULT_CLIENT_MEMORY_BYTES, DEFAULT_CONNECTION_MEMORY_BYTES,
-    MAX_CONNECTION_MEMORY_BYTES, MIN_CONNECTION_MEMORY_BYTES, ServerOptions, TlsConfig, TlsVersion,
-    UnverifiedClientAuth,
+    MAX_CONNECTION_MEMORY_BYTES, MAX_REFUSAL_DRAIN_BYTES, MAX_REFUSAL_DRAIN_TIMEOUT,
+    MIN_CONNECTION_MEMORY_BYTES, ServerOptions, TlsConfig, TlsVersion, UnverifiedClientAuth,
 };
 pub use error::{ConfigError, TlsError};
 pub use identity::{client_cert_expires_at, identity_from_der, tls_info};

@@ -41,6 +41,19 @@
 //! receive windows (request bytes a peer can send before the service reads them), 16 KiB
 //! frames, 16 KiB of request headers.
 //!
+//! Refusals: a response that leaves its request body unread (a layer refused the request
+//! before reading it) does not cost an HTTP/1.x client its next request. The loop reads
+//! and discards the rest of the body, at most [`ServerOptions::refusal_drain_bytes`]
+//! (default 64 KiB) within [`ServerOptions::refusal_drain_timeout`] (default 1 s), before
+//! it writes the response, so the connection stays usable; a larger, slower or broken
+//! body, or an `Expect: 100-continue` body nobody asked for, gets `Connection: close` on
+//! the response instead (RFC 9112 section 9.6). See [`mcp_core::DrainLayer`], which
+//! does the same for any other server. A connection hyper closes (its write side shut)
+//! is then read from, what comes discarded, for up to the same timeout and 1 MiB before
+//! the socket closes (a lingering close): closing with unread bytes makes the kernel
+//! reset the connection, and a client still writing a refused body would meet the
+//! reset instead of reading the refusal. The connection keeps its places meanwhile.
+//!
 //! The layers learn what the loop did: every request carries its connection's
 //! [`mcp_core::ConnectionEvents`], on which the loop notes each completed flush (what the
 //! connection was handed is written) and, before dropping a connection it closed for the
@@ -90,8 +103,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use mcp_core::{
-    CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, PeerAddr, RefusalReason,
-    TlsInfo, TrustedProxies,
+    CloseReason, ConnectionEvents, ConnectionObserver, ConnectionRefusal, Drain, DrainBody,
+    DrainLayer, PeerAddr, RefusalReason, TlsInfo, TrustedProxies,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,7 +113,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::acceptor::{ClientCertCheck, TlsAcceptor};
-use crate::config::{MAX_CONNECTION_MEMORY_BYTES, MIN_CONNECTION_MEMORY_BYTES, ServerOptions};
+use crate::config::{
+    MAX_CONNECTION_MEMORY_BYTES, MAX_REFUSAL_DRAIN_BYTES, MAX_REFUSAL_DRAIN_TIMEOUT,
+    MIN_CONNECTION_MEMORY_BYTES, ServerOptions,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -596,6 +612,16 @@ impl Server {
         self
     }
 
+    /// How much of an unread request body is read and discarded after its response, and
+    /// for how long, so that an HTTP/1.x connection stays usable after a refusal (default
+    /// 64 KiB within 1 s); past either, the response says `Connection: close`. See
+    /// [`ServerOptions::refusal_drain_bytes`].
+    pub fn refusal_drain(mut self, max_bytes: u64, timeout: Duration) -> Self {
+        self.options.refusal_drain_bytes = max_bytes;
+        self.options.refusal_drain_timeout = timeout;
+        self
+    }
+
     /// How long graceful shutdown waits for open connections (default 30 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.options.drain_timeout = timeout;
@@ -645,6 +671,9 @@ impl Server {
         let defaults = ServerOptions::default();
         let or_default = |t: Duration, default: Duration| if t.is_zero() { default } else { t };
         let handshake_timeout = or_default(options.handshake_timeout, defaults.handshake_timeout);
+        let drain_time = options
+            .refusal_drain_timeout
+            .clamp(Duration::from_millis(1), MAX_REFUSAL_DRAIN_TIMEOUT);
         let timeouts = ConnectionTimeouts {
             idle: or_default(options.idle_timeout, defaults.idle_timeout),
             write: or_default(options.write_timeout, defaults.write_timeout),
@@ -655,6 +684,10 @@ impl Server {
             memory: options
                 .connection_memory_bytes
                 .clamp(MIN_CONNECTION_MEMORY_BYTES, MAX_CONNECTION_MEMORY_BYTES),
+            refusal_drain: DrainLayer::new()
+                .max_bytes(options.refusal_drain_bytes.min(MAX_REFUSAL_DRAIN_BYTES))
+                .timeout(drain_time),
+            linger: drain_time,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -873,6 +906,10 @@ struct ConnectionTimeouts {
     write: Duration,
     max_requests: u64,
     memory: u64,
+    /// What is drained of a request body left unread by its response.
+    refusal_drain: DrainLayer,
+    /// How long a connection hyper closed is read from before the socket closes.
+    linger: Duration,
 }
 
 /// How [`serve_connection`]'s watch ended.
@@ -938,19 +975,27 @@ async fn serve_connection<IO, S, B>(
     B::Error: Into<BoxError>,
 {
     let activity = Arc::new(Activity::new(timeouts.memory, client.memory.clone()));
-    let service = Tracking {
-        inner: service,
-        activity: activity.clone(),
-        max_requests: timeouts.max_requests,
-        counters: counters.clone(),
-    };
+    // Outside the counting: the drain reads what the service left of a body (discarded,
+    // not counted in the memory budgets) while the request is still in progress.
+    let service = Drain::with(
+        Tracking {
+            inner: service,
+            activity: activity.clone(),
+            max_requests: timeouts.max_requests,
+            counters: counters.clone(),
+        },
+        timeouts.refusal_drain,
+    );
+    let lingering = Arc::new(Mutex::new(None));
     let io = WriteWatch {
-        inner: io,
+        inner: Some(io),
         activity: activity.clone(),
+        shut: false,
+        linger: lingering.clone(),
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    let mut conn = std::pin::pin!(conn);
+    let mut conn = Box::pin(conn);
     let mut stop_signal = std::pin::pin!(stopped(&mut stop));
     let mut check = std::pin::pin!(tokio::time::sleep(timeouts.idle));
     let mut stopping = false;
@@ -1089,6 +1134,7 @@ async fn serve_connection<IO, S, B>(
         Ended::CertExpired => Some(CloseReason::CertificateExpired),
         Ended::ClientRefused => Some(CloseReason::CertificateRefused),
     });
+    let closed_by_hyper = matches!(ended, Ended::Done(Ok(())));
     match ended {
         Ended::Done(Ok(())) => {}
         Ended::Done(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
@@ -1108,6 +1154,18 @@ async fn serve_connection<IO, S, B>(
                 "closing a connection still open after the reloaded client trust refused its certificate"
             );
         }
+    }
+    // hyper ended the connection itself, its write side shut: what the client still
+    // sends is read and discarded for a short while before the socket is closed, so that
+    // the last response is not lost to a reset (the permit and client slot are held
+    // meanwhile).
+    drop(conn);
+    let io = lingering
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if closed_by_hyper && let Some(io) = io {
+        linger(io, timeouts.linger).await;
     }
 }
 
@@ -1313,8 +1371,52 @@ struct Waits {
 
 /// The connection's stream, noting whether writes make progress.
 struct WriteWatch<IO> {
-    inner: IO,
+    /// Always `Some` until dropped.
+    inner: Option<IO>,
     activity: Arc<Activity>,
+    /// Set once a shutdown of the write side completed (hyper closes the connection).
+    shut: bool,
+    /// Where the stream goes when hyper drops it after that shutdown: the loop lingers
+    /// on it (see [`linger`]).
+    linger: Arc<Mutex<Option<IO>>>,
+}
+
+impl<IO> Drop for WriteWatch<IO> {
+    fn drop(&mut self) {
+        if self.shut
+            && let Some(io) = self.inner.take()
+        {
+            *self.linger.lock().unwrap_or_else(PoisonError::into_inner) = Some(io);
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::from(io::ErrorKind::NotConnected)
+}
+
+/// Most bytes read and discarded while lingering on a closed connection.
+const LINGER_MAX_BYTES: u64 = 1024 * 1024;
+
+/// After hyper closed a connection (its write side shut, `FIN` sent): reads and
+/// discards what the client still sends, for at most `time` and [`LINGER_MAX_BYTES`],
+/// until it closes too. Closing a socket with unread bytes makes the kernel reset the
+/// connection, and a reset can destroy the last response (a refusal with
+/// `Connection: close` whose body was left unread) before the client reads it: a client
+/// still writing the refused body would see a reset instead of the refusal.
+async fn linger<IO: AsyncRead + Unpin>(mut io: IO, time: Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8 * 1024];
+    let mut seen: u64 = 0;
+    let _ = tokio::time::timeout(time, async {
+        while let Ok(n @ 1..) = io.read(&mut buf).await {
+            seen = seen.saturating_add(n as u64);
+            if seen > LINGER_MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 impl<IO> WriteWatch<IO> {
@@ -1349,7 +1451,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for WriteWatch<IO> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match self.inner.as_mut() {
+            Some(io) => Pin::new(io).poll_read(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
     }
 }
 
@@ -1359,7 +1464,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let r = Pin::new(io).poll_write(cx, buf);
         self.note(&r);
         r
     }
@@ -1369,24 +1477,36 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteWatch<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let r = Pin::new(io).poll_write_vectored(cx, bufs);
         self.note(&r);
         r
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(IO::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let r = Pin::new(io).poll_flush(cx);
         self.note(&r);
         self.note_flushed(&r);
         r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let r = Pin::new(io).poll_shutdown(cx);
+        if let Poll::Ready(Ok(())) = r {
+            self.shut = true;
+        }
         self.note(&r);
         self.note_flushed(&r);
         r
@@ -1424,7 +1544,7 @@ struct Tracking<S> {
     counters: Arc<Counters>,
 }
 
-impl<S, ResB> Service<Request<Incoming>> for Tracking<S>
+impl<S, ResB> Service<Request<DrainBody<Incoming>>> for Tracking<S>
 where
     S: Service<Request<RequestBody>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
@@ -1438,7 +1558,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<DrainBody<Incoming>>) -> Self::Future {
         let a = &self.activity;
         if req.version() == http::Version::HTTP_2 && a.budget_used_up() {
             // Refused before the service sees it: hyper resets the stream with the
@@ -1622,14 +1742,14 @@ impl std::error::Error for MemoryBudgetExceeded {}
 /// data frame that would go over the budget is not handed on: the body yields
 /// [`MemoryBudgetExceeded`] instead (and ends).
 pub struct RequestBody {
-    inner: Incoming,
+    inner: DrainBody<Incoming>,
     charge: Option<Arc<Charge>>,
 }
 
 impl RequestBody {
     /// The body as hyper read it, no longer counted.
     pub fn into_inner(self) -> Incoming {
-        self.inner
+        self.inner.into_inner()
     }
 }
 

@@ -139,6 +139,15 @@ pub struct ServerConfig {
     /// 2^40, default 64 MiB; IPv6 per `clientIpv6Prefix`; `trustedProxies` exempt): the
     /// same bytes and refusals as `connectionMemoryBytes`.
     pub client_memory_bytes: u64,
+    /// Most bytes of a request body left unread by a refusal (401, 403, 429, 503, ...)
+    /// read and discarded before the refusal is sent, so that an HTTP/1.x client can send
+    /// its next request on the same connection (0 to 16 MiB, default 65536; 0: none). A
+    /// larger body, or one not whole within `refusalDrainTimeoutMs`, gets
+    /// `Connection: close` on the refusal instead.
+    pub refusal_drain_bytes: u64,
+    /// Milliseconds the drain of `refusalDrainBytes` may hold a refusal back (1 to 60000,
+    /// default 1000); past them, `Connection: close`.
+    pub refusal_drain_timeout_ms: u64,
     /// Threads that serve connections, each with a runtime of its own and a socket of its
     /// own on `addr` (one `SO_REUSEPORT` group; like nginx's worker processes). 0: one
     /// per CPU.
@@ -180,6 +189,8 @@ impl Default for ServerConfig {
             max_concurrent_streams: 32,
             connection_memory_bytes: mcp_tls::DEFAULT_CONNECTION_MEMORY_BYTES,
             client_memory_bytes: mcp_tls::DEFAULT_CLIENT_MEMORY_BYTES,
+            refusal_drain_bytes: mcp_core::DEFAULT_DRAIN_BYTES,
+            refusal_drain_timeout_ms: 1000,
             workers: 0,
             client_ipv6_prefix: mcp_core::DEFAULT_IPV6_PREFIX,
             admin_addr: None,

@@ -399,6 +399,20 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     let max_requests = cfg.server.max_requests_per_connection;
     let max_streams = cfg.server.max_concurrent_streams;
     let connection_memory = cfg.server.connection_memory_bytes;
+    let refusal_drain = (
+        cfg.server.refusal_drain_bytes,
+        Duration::from_millis(cfg.server.refusal_drain_timeout_ms),
+    );
+    if refusal_drain.0 > mcp_core::DEFAULT_DRAIN_BYTES
+        || refusal_drain.1 > mcp_core::DEFAULT_DRAIN_TIMEOUT
+    {
+        tracing::warn!(
+            bytes = refusal_drain.0,
+            timeout_ms = cfg.server.refusal_drain_timeout_ms,
+            "server.refusalDrainBytes / refusalDrainTimeoutMs above the defaults: refused \
+             requests may hold their connection longer to have their bodies read"
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::with_capacity(workers);
     for (i, (router, listener)) in routers.into_iter().zip(listeners).enumerate() {
@@ -413,6 +427,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
             max_requests,
             max_streams,
             connection_memory,
+            refusal_drain,
             stop: stop_rx.clone(),
         };
         let (ready, done) = server.start(i)?;
@@ -533,6 +548,8 @@ struct Worker {
     max_requests: u64,
     max_streams: u32,
     connection_memory: u64,
+    /// `server.refusalDrainBytes` and `server.refusalDrainTimeoutMs`.
+    refusal_drain: (u64, Duration),
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -563,6 +580,7 @@ impl Worker {
             max_requests,
             max_streams,
             connection_memory,
+            refusal_drain,
             mut stop,
         } = self;
         let started = tokio::runtime::Builder::new_current_thread()
@@ -590,6 +608,7 @@ impl Worker {
                 .max_requests_per_connection(max_requests)
                 .max_concurrent_streams(max_streams)
                 .connection_memory_bytes(connection_memory)
+                .refusal_drain(refusal_drain.0, refusal_drain.1)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

@@ -190,6 +190,15 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
             "must be greater than zero",
         ));
     }
+    if cfg.server.refusal_drain_bytes > mcp_tls::MAX_REFUSAL_DRAIN_BYTES {
+        return Err(loaded.error("server.refusalDrainBytes", "must be 0 to 16777216 (16 MiB)"));
+    }
+    if !(1..=60_000).contains(&cfg.server.refusal_drain_timeout_ms) {
+        return Err(loaded.error(
+            "server.refusalDrainTimeoutMs",
+            "must be 1 to 60000 milliseconds",
+        ));
+    }
     if !(1..=10_000).contains(&cfg.server.max_concurrent_streams) {
         return Err(loaded.error("server.maxConcurrentStreams", "must be 1 to 10000"));
     }
