@@ -108,7 +108,6 @@ EOF
   NGINX_SERVERS+="
   server {
     listen 127.0.0.1:${PORT[nginx_$kind]} ssl;
-    http2 on;
     ssl_certificate $WORK/$kind.crt;
     ssl_certificate_key $WORK/$kind.key;
     ssl_protocols TLSv1.2 TLSv1.3;
