@@ -42,6 +42,7 @@ install_prereqs() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v cc >/dev/null 2>&1 || missing+=(gcc) # aws-lc-sys (rustls's crypto provider) compiles C; no cmake needed
   command -v c++ >/dev/null 2>&1 || missing+=(g++) # libFuzzer, for the fuzz targets
   command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || missing+=(pebble)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)

@@ -601,7 +601,7 @@ type HttpClient = hyper_util::client::legacy::Client<
 fn http_client(roots_pem: Option<&[u8]>, key: &str) -> Result<HttpClient, ConfigError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls_error = |e: rustls::Error| ConfigError::invalid(key, format!("TLS setup: {e}"));
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let builder = match roots_pem {

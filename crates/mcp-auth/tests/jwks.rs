@@ -262,7 +262,7 @@ async fn https_jwks_server(state: Jwks) -> (SocketAddr, String) {
     let srv_cert = srv_params.signed_by(&srv_key, &issuer).unwrap();
 
     let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -3,7 +3,9 @@
 //! `tokio_rustls::TlsAcceptor` holding the very same `Arc<ServerConfig>`, in the same
 //! run. Full handshakes (no resumption), resumed handshakes (TLS 1.3 tickets), and full
 //! handshakes under required mutual TLS (where our acceptor also parses the client
-//! certificate into a `ClientCertIdentity`).
+//! certificate into a `ClientCertIdentity`). Full handshakes with an ECDSA P-256 and an
+//! RSA-2048 server key side by side (`full_handshake_by_key`); for nginx beside them,
+//! see `scripts/load.sh tls-handshake`.
 //!
 //! One iteration = TCP connect + TLS handshake + one byte written by the server after its
 //! side of the handshake completed and read by the client.
@@ -79,7 +81,13 @@ struct Pki {
     client: (Vec<CertificateDer<'static>>, String),
 }
 
+/// A PKI whose server key is ECDSA P-256 (rcgen's default).
 fn pki() -> Pki {
+    pki_with(&rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+/// A PKI whose server certificate has a key of this algorithm (ECDSA P-256 or RSA-2048).
+fn pki_with(server_alg: &'static rcgen::SignatureAlgorithm) -> Pki {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, "bench CA");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -88,7 +96,7 @@ fn pki() -> Pki {
         KeyUsagePurpose::DigitalSignature,
     ];
     let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
+    let key = KeyPair::generate_for(server_alg).unwrap();
     let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     p.distinguished_name.push(DnType::CommonName, "localhost");
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -184,6 +192,26 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("mcp-tls", |b| {
         b.to_async(&rt).iter(|| handshake(ours_addr, full.clone()))
+    });
+    g.finish();
+
+    // The server's key type: its signature is most of a full handshake's server CPU.
+    let rsa_pki = pki_with(&rcgen::PKCS_RSA_SHA256);
+    let rsa = TlsAcceptor::from_config(&TlsConfig::new(
+        rsa_pki.dir.path().join("server.pem"),
+        rsa_pki.dir.path().join("server.key"),
+    ))
+    .unwrap();
+    let rsa_addr = rt.block_on(spawn_server(Acceptor::Ours(rsa)));
+    let rsa_full = client(&rsa_pki, false, false);
+    let mut g = c.benchmark_group("full_handshake_by_key");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ecdsa-p256", |b| {
+        b.to_async(&rt).iter(|| handshake(ours_addr, full.clone()))
+    });
+    g.bench_function("rsa-2048", |b| {
+        b.to_async(&rt)
+            .iter(|| handshake(rsa_addr, rsa_full.clone()))
     });
     g.finish();
 

@@ -1,11 +1,13 @@
 //! [`TlsAcceptor`]: the current rustls configuration behind an atomic swap, the TLS
 //! handshake with its [`TlsInfo`], and hot reload of the files.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use mcp_core::TlsInfo;
@@ -16,7 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::build::{Built, Resumption, Snapshot, build_server_config, check_expiry};
+use crate::build::{
+    Built, ExpiresSoon, Resumption, Snapshot, build_server_config, check_expiry, warn_expires_soon,
+};
 use crate::config::TlsConfig;
 use crate::error::TlsError;
 use crate::identity::{client_cert_expires_at, tls_info};
@@ -45,6 +49,60 @@ struct SourceState {
     resumption: Resumption,
     /// Digest of the last set of files that failed to load, to log a failure once.
     last_failed: Option<[u8; 32]>,
+    /// The certificate (digest of the certificate and key files) whose near-expiry
+    /// warning was logged last, and when: logged once per certificate, then daily.
+    expiry_warned: Option<([u8; 32], Instant)>,
+}
+
+/// How often the near-expiry warning of one certificate is repeated.
+const EXPIRY_WARNING_REPEAT: Duration = Duration::from_secs(24 * 3600);
+
+impl SourceState {
+    /// Whether the expiry of the certificate `identity` is to be logged now: not when it
+    /// was logged for the same certificate less than a day ago. Notes it as logged.
+    fn expiry_log_due(&mut self, identity: [u8; 32]) -> bool {
+        let due = match self.expiry_warned {
+            Some((seen, at)) => seen != identity || at.elapsed() >= EXPIRY_WARNING_REPEAT,
+            None => true,
+        };
+        if due {
+            self.expiry_warned = Some((identity, Instant::now()));
+        }
+        due
+    }
+
+    /// Logs the near-expiry warning for the certificate `identity` when due.
+    fn warn_expiry(&mut self, identity: [u8; 32], path: &Path, soon: &ExpiresSoon) {
+        if self.expiry_log_due(identity) {
+            warn_expires_soon(path, soon);
+        }
+    }
+}
+
+/// What the reloader and the handshakes of a [`TlsAcceptor`] did, for metrics.
+#[derive(Default)]
+struct Counts {
+    reload_checks: AtomicU64,
+    reloaded: AtomicU64,
+    reload_failed: AtomicU64,
+    watch_events_ignored: AtomicU64,
+}
+
+/// What a [`TlsAcceptor`]'s reloads have done since it was made ([`TlsAcceptor::stats`]).
+/// Counters only grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TlsStats {
+    /// Times the files were read to look for a change (a file change seen by the
+    /// watcher, the periodic check, or a call of [`TlsAcceptor::reload`]).
+    pub reload_checks: u64,
+    /// Reloads that swapped in a new configuration (the files' bytes had changed).
+    pub reloaded: u64,
+    /// Reloads refused (unreadable or invalid files; the configuration in use stays).
+    pub reload_failed: u64,
+    /// Changes in the watched directories to files other than the configured ones (and
+    /// the symlinks leading to them), which caused no reload.
+    pub watch_events_ignored: u64,
 }
 
 struct Inner {
@@ -52,6 +110,7 @@ struct Inner {
     source: Option<Source>,
     /// The trust generation of the current configuration, sent on every change of it.
     trust_changes: watch::Sender<u64>,
+    counts: Counts,
 }
 
 /// A rustls configuration and the client certificate verifier inside it.
@@ -124,7 +183,11 @@ impl TlsAcceptor {
         }
         let snap = Snapshot::read(cfg)?;
         let resumption = Resumption::new()?;
-        let Built { config, verifier } = build_server_config(cfg, &snap, &resumption)?;
+        let Built {
+            config,
+            verifier,
+            expires_soon,
+        } = build_server_config(cfg, &snap, &resumption)?;
         tracing::info!(
             cert = %snap.cert.0.display(),
             client_auth = cfg.client_auth.as_str(),
@@ -132,6 +195,16 @@ impl TlsAcceptor {
             max = %cfg.max_version,
             "TLS configuration loaded"
         );
+        let mut state = SourceState {
+            identity: snap.identity_digest(),
+            trust: snap.trust_digest(),
+            resumption,
+            last_failed: None,
+            expiry_warned: None,
+        };
+        if let Some(soon) = &expires_soon {
+            state.warn_expiry(state.identity, &snap.cert.0, soon);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(Current {
@@ -140,14 +213,10 @@ impl TlsAcceptor {
                     generation: 0,
                 }),
                 trust_changes: watch::Sender::new(0),
+                counts: Counts::default(),
                 source: Some(Source {
                     cfg: cfg.clone(),
-                    state: Mutex::new(SourceState {
-                        identity: snap.identity_digest(),
-                        trust: snap.trust_digest(),
-                        resumption,
-                        last_failed: None,
-                    }),
+                    state: Mutex::new(state),
                 }),
             }),
         })
@@ -189,7 +258,27 @@ impl TlsAcceptor {
                 current: ArcSwap::from_pointee(current),
                 source: None,
                 trust_changes: watch::Sender::new(0),
+                counts: Counts::default(),
             }),
+        }
+    }
+
+    /// Counts of reload checks, reloads and ignored file changes since this acceptor (or
+    /// the one it was cloned from) was made.
+    ///
+    /// ```
+    /// # fn f(acceptor: &mcp_tls::TlsAcceptor) {
+    /// let stats = acceptor.stats();
+    /// assert!(stats.reloaded <= stats.reload_checks);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> TlsStats {
+        let c = &self.inner.counts;
+        TlsStats {
+            reload_checks: c.reload_checks.load(Ordering::Relaxed),
+            reloaded: c.reloaded.load(Ordering::Relaxed),
+            reload_failed: c.reload_failed.load(Ordering::Relaxed),
+            watch_events_ignored: c.watch_events_ignored.load(Ordering::Relaxed),
         }
     }
 
@@ -291,10 +380,15 @@ impl TlsAcceptor {
     }
 
     /// [`reload`](Self::reload) without the blocking pool (blocking file I/O).
+    ///
+    /// Files whose bytes are those in use change nothing: no rebuild, no log line. The
+    /// near-expiry warning is logged once per certificate, then at most daily.
     pub fn reload_blocking(&self) -> Result<ReloadOutcome, TlsError> {
         let Some(source) = &self.inner.source else {
             return Ok(ReloadOutcome::Unchanged);
         };
+        let counts = &self.inner.counts;
+        counts.reload_checks.fetch_add(1, Ordering::Relaxed);
         let mut state = match source.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
@@ -302,6 +396,7 @@ impl TlsAcceptor {
         let snap = match Snapshot::read(&source.cfg) {
             Ok(s) => s,
             Err(e) => {
+                counts.reload_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "TLS reload refused; the current certificate stays");
                 return Err(e);
             }
@@ -309,13 +404,24 @@ impl TlsAcceptor {
         let identity = snap.identity_digest();
         let trust = snap.trust_digest();
         if identity == state.identity && trust == state.trust {
-            // Unchanged files: still warn when the certificate nears expiry.
+            // Unchanged files: nothing is rebuilt. The certificate in use still draws its
+            // daily near-expiry warning, and an error once it has expired.
             if let Ok(chain) =
                 crate::build::parse_cert_chain("server.tls.certFile", &snap.cert.0, &snap.cert.1)
                 && let Some(leaf) = chain.first()
-                && let Err(e) = check_expiry(&snap.cert.0, leaf, source.cfg.expiry_warning)
             {
-                tracing::error!(error = %e, "the TLS certificate in use has expired");
+                match check_expiry(&snap.cert.0, leaf, source.cfg.expiry_warning) {
+                    Ok(Some(soon)) => state.warn_expiry(identity, &snap.cert.0, &soon),
+                    Ok(None) => {}
+                    Err(e) => {
+                        if state.expiry_log_due(identity) {
+                            tracing::error!(
+                                error = %e,
+                                "the TLS certificate in use has expired (logged daily)"
+                            );
+                        }
+                    }
+                }
             }
             return Ok(ReloadOutcome::Unchanged);
         }
@@ -333,7 +439,11 @@ impl TlsAcceptor {
             state.resumption.clone()
         };
         match build_server_config(&source.cfg, &snap, &resumption) {
-            Ok(Built { config, verifier }) => {
+            Ok(Built {
+                config,
+                verifier,
+                expires_soon,
+            }) => {
                 // Only a change of the client trust sends the open connections to verify
                 // their chains again.
                 let generation = self
@@ -352,10 +462,15 @@ impl TlsAcceptor {
                 state.trust = trust;
                 state.resumption = resumption;
                 state.last_failed = None;
+                counts.reloaded.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(cert = %snap.cert.0.display(), "TLS configuration reloaded");
+                if let Some(soon) = &expires_soon {
+                    state.warn_expiry(identity, &snap.cert.0, soon);
+                }
                 Ok(ReloadOutcome::Reloaded)
             }
             Err(e) => {
+                counts.reload_failed.fetch_add(1, Ordering::Relaxed);
                 if state.last_failed != Some(combined) {
                     tracing::error!(
                         error = %e,
@@ -368,16 +483,22 @@ impl TlsAcceptor {
         }
     }
 
-    /// Starts reloading on file changes (the directories of the files are watched, so
-    /// replacement by rename - editors, cert-manager, Kubernetes secret volumes - is
-    /// seen) and on a periodic check every `rotationInterval`. Must be called within a
-    /// tokio runtime. Reloading stops when the returned handle is dropped.
+    /// Starts reloading on file changes and on a periodic check every
+    /// `rotationInterval`. Must be called within a tokio runtime. Reloading stops when
+    /// the returned handle is dropped.
+    ///
+    /// The directories of the files are watched, so that replacement by rename (editors,
+    /// cert-manager) is seen, but only changes to the configured files themselves, and
+    /// to the symlinks that lead to them, start a reload: a log file, an audit trail or
+    /// an ACME cache in the same directory does not. For a Kubernetes Secret volume
+    /// (`tls.crt -> ..data/tls.crt`, `..data -> ..2026_12_07_...`), the swap of `..data`
+    /// is seen. A reload whose files hold the bytes in use changes nothing.
     pub fn spawn_reloader(&self) -> Result<ReloadHandle, TlsError> {
         self.spawn_reloader_with(Duration::from_millis(200))
     }
 
     /// [`spawn_reloader`](Self::spawn_reloader) with a chosen debounce: after a change,
-    /// wait until the directory has been quiet this long before reloading.
+    /// wait until the files have been quiet this long before reloading.
     pub fn spawn_reloader_with(&self, debounce: Duration) -> Result<ReloadHandle, TlsError> {
         let Some(source) = &self.inner.source else {
             return Ok(ReloadHandle { task: None });
@@ -385,30 +506,30 @@ impl TlsAcceptor {
         let cfg = &source.cfg;
         let period = cfg.effective_rotation_interval();
         let (tx, mut rx) = mpsc::channel::<()>(1);
-        let watcher = if cfg.watch {
-            let mut dirs: Vec<PathBuf> = Vec::new();
-            let files = cfg
-                .cert_file
-                .iter()
-                .chain(cfg.key_file.iter())
-                .chain(cfg.ca_file.iter())
-                .chain(cfg.crl_files.iter());
-            for f in files {
-                let dir = match f.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
-                if !dirs.contains(&dir) {
-                    dirs.push(dir);
-                }
-            }
-            Some(start_watcher(&dirs, tx)?)
+        let files: Vec<PathBuf> = cfg
+            .cert_file
+            .iter()
+            .chain(cfg.key_file.iter())
+            .chain(cfg.ca_file.iter())
+            .chain(cfg.crl_files.iter())
+            .cloned()
+            .collect();
+        let watched = if cfg.watch {
+            let interest = Interest::of(&files);
+            let paths = Arc::new(Mutex::new(interest.paths.clone()));
+            let watcher = start_watcher(
+                &interest.dirs,
+                paths.clone(),
+                Arc::downgrade(&self.inner),
+                tx,
+            )?;
+            Some((watcher, paths, interest.dirs))
         } else {
             None
         };
         let weak = Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
-            let _watcher = watcher;
+            let mut watched = watched;
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
@@ -420,7 +541,7 @@ impl TlsAcceptor {
                             // The watcher is gone; keep the periodic check.
                             tick.tick().await;
                         } else {
-                            // Debounce: wait for a quiet directory.
+                            // Debounce: wait for quiet files.
                             loop {
                                 tokio::time::sleep(debounce).await;
                                 if rx.try_recv().is_err() {
@@ -433,9 +554,108 @@ impl TlsAcceptor {
                 let Some(inner) = weak.upgrade() else { break };
                 let acceptor = TlsAcceptor { inner };
                 let _ = acceptor.reload().await;
+                // The symlinks may lead elsewhere now: follow them again.
+                if let Some((watcher, paths, dirs)) = &mut watched {
+                    let files = files.clone();
+                    if let Ok(interest) =
+                        tokio::task::spawn_blocking(move || Interest::of(&files)).await
+                    {
+                        watch_new_dirs(watcher, dirs, &interest.dirs);
+                        *paths
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = interest.paths;
+                    }
+                }
             }
         });
         Ok(ReloadHandle { task: Some(task) })
+    }
+}
+
+/// Most symlinks followed from a configured file to its contents.
+const MAX_SYMLINK_HOPS: usize = 8;
+
+/// What the watcher reacts to: the configured files, and the symlinks on the way from
+/// each to its contents, as paths in the watched directories.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Interest {
+    /// Paths whose change starts a reload.
+    paths: HashSet<PathBuf>,
+    /// Directories to watch (each holds some of `paths`).
+    dirs: Vec<PathBuf>,
+}
+
+impl Interest {
+    /// Follows each file's symlinks (blocking file I/O): `tls.crt -> ..data/tls.crt`
+    /// with `..data -> ..2026_12_07_...` makes `tls.crt` and `..data` (whose swap is how
+    /// Kubernetes updates a Secret volume) of interest, in the file's directory. A link
+    /// to another directory makes that directory watched too.
+    fn of(files: &[PathBuf]) -> Self {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let mut out = Self::default();
+        for f in files {
+            let mut cur = cwd.join(f);
+            let mut watch_dir = true;
+            for _ in 0..MAX_SYMLINK_HOPS {
+                let Some(dir) = parent_dir(&cur) else { break };
+                out.paths.insert(cur.clone());
+                if watch_dir && !out.dirs.contains(&dir) {
+                    out.dirs.push(dir.clone());
+                }
+                let is_link =
+                    std::fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink());
+                if !is_link {
+                    break;
+                }
+                let Ok(target) = std::fs::read_link(&cur) else {
+                    break;
+                };
+                let next = dir.join(target);
+                // Symlinked directories on the way, inside this directory (`..data`):
+                // their swap is seen here, and what is behind them is not watched (a
+                // watch on it would stay on the directory swapped out).
+                watch_dir = true;
+                for a in next.ancestors().skip(1) {
+                    if a == dir || !a.starts_with(&dir) {
+                        break;
+                    }
+                    if std::fs::symlink_metadata(a).is_ok_and(|m| m.file_type().is_symlink()) {
+                        out.paths.insert(a.to_path_buf());
+                        watch_dir = false;
+                    }
+                }
+                cur = next;
+            }
+        }
+        out
+    }
+}
+
+/// The directory holding `path` (`.` for a bare name), or `None` for a root.
+fn parent_dir(path: &Path) -> Option<PathBuf> {
+    path.file_name()?;
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => Some(p.to_path_buf()),
+        _ => Some(PathBuf::from(".")),
+    }
+}
+
+/// Adds watches for the directories of `wanted` not watched yet.
+fn watch_new_dirs(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut Vec<PathBuf>,
+    wanted: &[PathBuf],
+) {
+    use notify::{RecursiveMode, Watcher};
+    for d in wanted {
+        if !watched.contains(d) {
+            match watcher.watch(d, RecursiveMode::NonRecursive) {
+                Ok(()) => watched.push(d.clone()),
+                Err(e) => {
+                    tracing::debug!(dir = %d.display(), error = %e, "cannot watch a TLS file's directory; the periodic check remains")
+                }
+            }
+        }
     }
 }
 
@@ -573,15 +793,35 @@ fn recheck_resumed(
 
 fn start_watcher(
     dirs: &[PathBuf],
+    paths: Arc<Mutex<HashSet<PathBuf>>>,
+    inner: std::sync::Weak<Inner>,
     tx: mpsc::Sender<()>,
 ) -> Result<notify::RecommendedWatcher, TlsError> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && !matches!(ev.kind, EventKind::Access(_))
-        {
+        let ev = match res {
+            Ok(ev) if !matches!(ev.kind, EventKind::Access(_)) => ev,
+            Ok(_) => return,
+            // An overflowed queue may have lost a change of ours: check.
+            Err(_) => {
+                let _ = tx.try_send(());
+                return;
+            }
+        };
+        let ours = ev.need_rescan() || {
+            let paths = paths
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            ev.paths.iter().any(|p| paths.contains(p))
+        };
+        if ours {
             // A full channel already holds a pending signal.
             let _ = tx.try_send(());
+        } else if let Some(inner) = inner.upgrade() {
+            inner
+                .counts
+                .watch_events_ignored
+                .fetch_add(1, Ordering::Relaxed);
         }
     })
     .map_err(|e| TlsError::Watch {

@@ -192,7 +192,7 @@ impl AcmeManager {
         config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         config.ignore_client_order = true;
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         let acceptor = match verifier {
             Some(v) => TlsAcceptor::from_server_config_with_verifier(Arc::new(config), v),
             None => TlsAcceptor::from_server_config(Arc::new(config)),
@@ -394,7 +394,7 @@ async fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
 async fn account(state: &State) -> Result<Account, TlsError> {
     // instant-acme's HTTP client takes rustls's process-wide provider: make it ring
     // unless the application chose one already (then this is a no-op).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let auto = &state.auto;
     let builder = || match &auto.directory_ca_file {
         Some(ca) => Account::builder_with_root(ca).map_err(|e| acme_err("directory CA", e)),

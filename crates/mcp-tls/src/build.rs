@@ -1,12 +1,13 @@
 //! From PEM files to a rustls [`ServerConfig`].
 //!
 //! Protocol versions: TLS 1.2 and 1.3 only. Cipher suites: rustls's defaults with the
-//! `ring` provider, all AEAD with forward secrecy:
+//! `aws-lc-rs` provider, all AEAD with forward secrecy:
 //! TLS 1.3 `TLS13_AES_256_GCM_SHA384`, `TLS13_AES_128_GCM_SHA256`,
 //! `TLS13_CHACHA20_POLY1305_SHA256`; TLS 1.2 `TLS_ECDHE_{ECDSA,RSA}_WITH_AES_256_GCM_SHA384`,
 //! `..._AES_128_GCM_SHA256`, `..._CHACHA20_POLY1305_SHA256`. Key exchange X25519, P-256,
-//! P-384. No RSA key exchange, no CBC, no RC4/3DES, no renegotiation, no compression.
-//! The server's cipher order is preferred. ALPN `h2` then `http/1.1`.
+//! P-384, and the hybrid post-quantum X25519MLKEM768 for clients that offer it. No RSA
+//! key exchange, no CBC, no RC4/3DES, no renegotiation, no compression. The server's
+//! cipher order is preferred. ALPN `h2` then `http/1.1`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,10 +30,17 @@ use crate::error::TlsError;
 /// The ALPN protocols offered, in preference order.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// The crypto provider used everywhere in this crate: rustls's `ring` provider with its
-/// default (safe) cipher suites and key exchange groups.
+/// The crypto provider used everywhere in this crate: rustls's `aws-lc-rs` provider (the
+/// default of rustls) with its default (safe) cipher suites and key exchange groups.
+///
+/// Every configuration this crate builds names it (`builder_with_provider`), so the
+/// crate never depends on a process-level default. A program whose other libraries
+/// build rustls configurations with `ClientConfig::builder()` (which reads the process
+/// default, and panics when several providers are compiled in and none was installed)
+/// can install this one at startup: `rustls::crypto::CryptoProvider::install_default(
+/// std::sync::Arc::unwrap_or_clone(mcp_tls::provider()))`.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The protocol versions between `min` and `max` (both validated to be 1.2 or 1.3).
@@ -278,12 +286,20 @@ pub(crate) fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Refuses an expired certificate; warns (tracing) when it expires within `window`.
+/// A certificate valid for less than the warning window: what the warning says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExpiresSoon {
+    pub not_after: String,
+    pub remaining: Duration,
+}
+
+/// Refuses an expired certificate; tells (without logging it) when it expires within
+/// `window`, for [`warn_expires_soon`] to log when the caller's schedule says so.
 pub(crate) fn check_expiry(
     path: &Path,
     leaf: &CertificateDer<'_>,
     window: Duration,
-) -> Result<(), TlsError> {
+) -> Result<Option<ExpiresSoon>, TlsError> {
     match expiry_status(leaf.as_ref(), window, now_unix()) {
         Some(ExpiryStatus::Expired { not_after }) => Err(TlsError::Expired {
             path: path.to_owned(),
@@ -292,17 +308,22 @@ pub(crate) fn check_expiry(
         Some(ExpiryStatus::ExpiresSoon {
             not_after,
             remaining,
-        }) => {
-            tracing::warn!(
-                path = %path.display(),
-                %not_after,
-                days_left = remaining.as_secs() / 86_400,
-                "TLS certificate expires soon"
-            );
-            Ok(())
-        }
-        _ => Ok(()),
+        }) => Ok(Some(ExpiresSoon {
+            not_after,
+            remaining,
+        })),
+        _ => Ok(None),
     }
+}
+
+/// Logs the near-expiry warning of the certificate in `path`.
+pub(crate) fn warn_expires_soon(path: &Path, soon: &ExpiresSoon) {
+    tracing::warn!(
+        path = %path.display(),
+        not_after = %soon.not_after,
+        days_left = soon.remaining.as_secs() / 86_400,
+        "TLS certificate expires soon (logged once per certificate, then daily)"
+    );
 }
 
 /// The resumption state shared by successive configurations, so that a reload that only
@@ -318,7 +339,7 @@ impl Resumption {
     pub fn new() -> Result<Self, TlsError> {
         Ok(Self {
             storage: rustls::server::ServerSessionMemoryCache::new(1024),
-            ticketer: rustls::crypto::ring::Ticketer::new()?,
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
         })
     }
 }
@@ -329,6 +350,8 @@ pub(crate) struct Built {
     /// The client certificate verifier inside `config` (rustls does not hand it back),
     /// to verify the client chain of a resumed session again.
     pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// Set when the certificate expires within the warning window (not logged here).
+    pub expires_soon: Option<ExpiresSoon>,
 }
 
 /// A rustls configuration builder with the versions and client verification of `cfg`
@@ -408,9 +431,10 @@ pub(crate) fn build_server_config(
         &snap.key.1,
         &provider,
     )?;
-    if let Some(leaf) = ck.cert.first() {
-        check_expiry(&snap.cert.0, leaf, cfg.expiry_warning)?;
-    }
+    let expires_soon = match ck.cert.first() {
+        Some(leaf) => check_expiry(&snap.cert.0, leaf, cfg.expiry_warning)?,
+        None => None,
+    };
 
     let (builder, verifier) = server_builder(cfg, snap.ca.as_ref(), &snap.crls)?;
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(ck)));
@@ -421,6 +445,7 @@ pub(crate) fn build_server_config(
     Ok(Built {
         config: Arc::new(config),
         verifier,
+        expires_soon,
     })
 }
 

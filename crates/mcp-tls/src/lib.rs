@@ -54,11 +54,13 @@ pub mod acme;
 pub mod build;
 pub mod config;
 pub mod error;
+mod hello;
 pub mod identity;
 pub mod serve;
 
 pub use acceptor::{
-    ACME_TLS_ALPN, Background, ClientCertCheck, ReloadHandle, ReloadOutcome, TlsAcceptor, start,
+    ACME_TLS_ALPN, Background, ClientCertCheck, ReloadHandle, ReloadOutcome, TlsAcceptor, TlsStats,
+    start,
 };
 pub use build::{ALPN_PROTOCOLS, ExpiryStatus, expiry_status, provider};
 pub use config::{

@@ -117,6 +117,7 @@ use crate::config::{
     MAX_CONNECTION_MEMORY_BYTES, MAX_REFUSAL_DRAIN_BYTES, MAX_REFUSAL_DRAIN_TIMEOUT,
     MIN_CONNECTION_MEMORY_BYTES, ServerOptions,
 };
+use crate::hello::{Recorded, SniKind, sni_kind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -260,8 +261,12 @@ struct Counters {
     per_client_refused: AtomicU64,
     streams_refused_over_budget: AtomicU64,
     request_bodies_over_budget: AtomicU64,
+    sni_ip_address: AtomicU64,
+    sni_invalid: AtomicU64,
     /// Milliseconds since the Unix epoch of the last refusal logged at `warn`.
     refusal_warned_ms: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last ignored SNI logged.
+    sni_logged_ms: AtomicU64,
 }
 
 impl Counters {
@@ -304,6 +309,12 @@ pub struct ConnectionStats {
     /// Request body reads failed because they would have gone over their connection's
     /// memory budget or their client address's.
     pub request_bodies_over_budget: u64,
+    /// TLS handshakes whose client sent an IP address as its server name (SNI), which
+    /// TLS forbids: the name was ignored, as if the client had sent none. Logged at
+    /// most once a minute (`info`), with these counts.
+    pub tls_sni_ip_address: u64,
+    /// TLS handshakes whose client sent a server name that is not a DNS name: ignored.
+    pub tls_sni_invalid: u64,
 }
 
 impl ConnectionLimit {
@@ -401,6 +412,8 @@ impl ConnectionLimit {
             per_client_refused: c.per_client_refused.load(Ordering::Relaxed),
             streams_refused_over_budget: c.streams_refused_over_budget.load(Ordering::Relaxed),
             request_bodies_over_budget: c.request_bodies_over_budget.load(Ordering::Relaxed),
+            tls_sni_ip_address: c.sni_ip_address.load(Ordering::Relaxed),
+            tls_sni_invalid: c.sni_invalid.load(Ordering::Relaxed),
         }
     }
 
@@ -854,6 +867,38 @@ fn refused_per_client(counters: &Counters, peer: IpAddr, cap: usize) {
     }
 }
 
+/// How often a client-sent server name that was ignored is logged.
+const SNI_LOG_INTERVAL_MS: u64 = 60_000;
+
+/// Counts a handshake whose SNI rustls ignored (an IP address, or not a DNS name), and
+/// logs it at most once a minute: any client can send one on every connection. It is a
+/// client's quirk, not a problem of this server's configuration: `info`, not `warn`.
+fn sni_ignored(counters: &Counters, kind: SniKind, peer: IpAddr) {
+    match kind {
+        SniKind::IpAddress => Counters::add(&counters.sni_ip_address),
+        SniKind::Invalid => Counters::add(&counters.sni_invalid),
+        _ => return,
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let last = counters.sni_logged_ms.load(Ordering::Relaxed);
+    let log = now_ms.saturating_sub(last) >= SNI_LOG_INTERVAL_MS
+        && counters
+            .sni_logged_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+    if log {
+        tracing::info!(
+            %peer,
+            ip_address_total = counters.sni_ip_address.load(Ordering::Relaxed),
+            invalid_total = counters.sni_invalid.load(Ordering::Relaxed),
+            "TLS client sent an IP address or a malformed name as its server name (SNI); \
+             ignored, served as without one (logged at most once a minute)"
+        );
+    }
+}
+
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
         // The loop is gone without signalling: never resolve.
@@ -868,13 +913,24 @@ async fn handshake(
     mut stop: watch::Receiver<bool>,
     counters: &Counters,
 ) -> Option<(
-    tokio_rustls::server::TlsStream<TcpStream>,
+    tokio_rustls::server::TlsStream<Recorded<TcpStream>>,
     TlsInfo,
     Option<ClientCertCheck>,
 )> {
     tokio::select! {
-        r = tokio::time::timeout(timeout, acceptor.accept_checked(tcp)) => match r {
-            Ok(Ok(ok)) => Some(ok),
+        r = tokio::time::timeout(timeout, acceptor.accept_checked(Recorded::new(tcp))) => match r {
+            Ok(Ok((mut stream, info, check))) => {
+                // The ClientHello is read only when rustls saw no name: to tell no SNI
+                // from one it ignored.
+                let hello = stream.get_mut().0.take_recorded();
+                if info.server_name.is_none() {
+                    let peer = stream.get_ref().0.get_ref().peer_addr().ok();
+                    if let Some(peer) = peer {
+                        sni_ignored(counters, sni_kind(&hello), peer.ip());
+                    }
+                }
+                Some((stream, info, check))
+            }
             Ok(Err(e)) => {
                 Counters::add(&counters.handshake_failed);
                 tracing::debug!(error = %e, "TLS handshake failed");

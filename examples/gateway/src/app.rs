@@ -40,6 +40,8 @@ pub struct Exported {
     pub handle: PrometheusHandle,
     /// The connection limit every worker's accept loop shares.
     pub connections: mcp_tls::ConnectionLimit,
+    /// The TLS acceptor, once started (its reload counts).
+    pub tls: std::sync::Arc<std::sync::OnceLock<mcp_tls::TlsAcceptor>>,
 }
 
 impl Exported {
@@ -63,6 +65,22 @@ impl Exported {
             .absolute(s.tls_handshake_failed);
         metrics::counter!("mcp_gateway_tls_handshake_failures_total", "reason" => "timed_out")
             .absolute(s.tls_handshake_timed_out);
+        metrics::counter!("mcp_gateway_tls_sni_ignored_total", "reason" => "ip_address")
+            .absolute(s.tls_sni_ip_address);
+        metrics::counter!("mcp_gateway_tls_sni_ignored_total", "reason" => "invalid")
+            .absolute(s.tls_sni_invalid);
+        if let Some(tls) = self.tls.get() {
+            let t = tls.stats();
+            metrics::counter!("mcp_gateway_tls_reloads_total", "outcome" => "reloaded")
+                .absolute(t.reloaded);
+            metrics::counter!("mcp_gateway_tls_reloads_total", "outcome" => "failed")
+                .absolute(t.reload_failed);
+            metrics::counter!("mcp_gateway_tls_reloads_total", "outcome" => "unchanged").absolute(
+                t.reload_checks
+                    .saturating_sub(t.reloaded)
+                    .saturating_sub(t.reload_failed),
+            );
+        }
         self.handle.render()
     }
 }

@@ -106,6 +106,13 @@ enum AuditCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // One process-wide rustls provider, named: the gateway's own TLS configurations name
+    // theirs, but a library that asks rustls for the process default (a `reqwest` or
+    // `hyper-rustls` client without a provider) would panic when several are compiled in
+    // and none was chosen.
+    let _ = rustls::crypto::CryptoProvider::install_default(std::sync::Arc::unwrap_or_clone(
+        mcp_tls::provider(),
+    ));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -325,9 +332,11 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
              (only to server.maxConnections): limit connections per client at the proxy"
         );
     }
+    let started_tls = std::sync::Arc::new(std::sync::OnceLock::new());
     let exported = metrics.map(|handle| app::Exported {
         handle,
         connections: limit.clone(),
+        tls: started_tls.clone(),
     });
     let routers = (0..workers)
         .map(|_| app::router(&loaded, &layers, exported.clone()))
@@ -353,6 +362,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
         Some(t) if t.enabled => {
             let (acceptor, background) =
                 mcp_tls::start(t).map_err(|e| tls_error(&loaded.file, &e))?;
+            let _ = started_tls.set(acceptor.clone());
             (Some(acceptor), Some(background))
         }
         _ => (None, None),

@@ -301,6 +301,16 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         "mcp_gateway_tls_handshake_failures_total",
         "TLS handshakes that failed or timed out, by reason"
     );
+    metrics::describe_counter!(
+        "mcp_gateway_tls_sni_ignored_total",
+        "TLS handshakes whose client sent an IP address (reason=ip_address) or a malformed \
+         name (reason=invalid) as SNI, served as without one"
+    );
+    metrics::describe_counter!(
+        "mcp_gateway_tls_reloads_total",
+        "Reads of server.tls's files after a change to them or the periodic check, by \
+         outcome: reloaded (new bytes), unchanged, failed (the certificate in use stays)"
+    );
     metrics::describe_histogram!(
         "mcp_gateway_request_duration_seconds",
         metrics::Unit::Seconds,

@@ -246,7 +246,7 @@ fn tls_config(spec: &UpstreamSpec) -> Result<rustls::ClientConfig, ProxyBuildErr
         }
         None => roots.extend(webpki_roots_iter()),
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| err(e.to_string()))?

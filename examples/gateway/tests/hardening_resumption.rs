@@ -82,7 +82,7 @@ impl Ca {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.0.der().clone()).unwrap();
         let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_protocol_versions(versions)
         .unwrap()

@@ -61,7 +61,7 @@ fn rustls_client(ca_pem: &str, cert: Option<(&str, &str)>) -> rustls::ClientConf
         roots.add(c.unwrap()).unwrap();
     }
     let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -381,3 +381,43 @@ pub fn s_client(addr: SocketAddr, args: &[&str]) -> SClient {
         output,
     }
 }
+
+/// Every log line of this test binary, from a global `tracing` subscriber at `debug`
+/// (installed on the first call; it also takes `log` records). Global, because servers
+/// and reloaders log from runtime and blocking-pool threads: tests tell their lines apart
+/// by something of their own (a temp dir).
+pub fn logs() -> &'static Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogSink(writer.clone()))
+            .try_init()
+            .unwrap();
+        buf
+    })
+}
+
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Lines of [`logs`] that contain both `a` and `b`.
+pub fn lines_with(a: &str, b: &str) -> usize {
+    let buf = logs().lock().unwrap();
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .filter(|l| l.contains(a) && l.contains(b))
+        .count()
+}

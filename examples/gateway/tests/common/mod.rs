@@ -265,7 +265,7 @@ pub fn per_request_audit(yaml: &str) -> String {
 }
 
 pub fn ring() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 pub fn client() -> reqwest::Client {
