@@ -45,11 +45,12 @@
 //! frames, 16 KiB of request headers.
 //!
 //! The layers learn what the loop did: every request carries its connection's
-//! [`mcp_core::ConnectionEvents`], on which the loop notes each completed flush (what the
+//! [`mcp_core::ConnectionEvents`] (an HTTP/2 request, events of its own, to which the
+//! connection's are passed on), on which the loop notes each completed flush (what the
 //! connection was handed is written) and, before dropping a connection it closed for the
-//! write timeout, [`mcp_core::CloseReason::WriteTimeout`]; an audit layer thus records a
-//! response cut by the write timeout as cut, even when its body had ended in the write
-//! buffers. A [`ConnectionLimit::observer`] is told of each connection refused over the
+//! write timeout, or an HTTP/2 stream it reset for it,
+//! [`mcp_core::CloseReason::WriteTimeout`]; an audit layer thus records a response cut
+//! by the write timeout as cut, even when its body had ended in the write buffers. A [`ConnectionLimit::observer`] is told of each connection refused over the
 //! per-client cap.
 //!
 //! ```no_run
@@ -1109,13 +1110,15 @@ async fn serve_connection<IO, S, B>(
     .await;
     // Before the connection (and the response bodies it holds) is dropped: a body
     // dropped with it, or one that ended unwritten, finds why.
-    activity.events.close(match ended {
+    let reason = match ended {
         // Closed for its certificate: not a write timeout (the peer may read well).
         Ended::Done(_) => None,
         Ended::Stalled | Ended::NotFinishing => Some(CloseReason::WriteTimeout),
         Ended::CertExpired => Some(CloseReason::CertificateExpired),
         Ended::ClientRefused => Some(CloseReason::CertificateRefused),
-    });
+    };
+    activity.events.close(reason);
+    activity.streams_close(reason);
     match ended {
         Ended::Done(Ok(())) => {}
         Ended::Done(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
@@ -1178,12 +1181,16 @@ struct Activity {
     refusing: AtomicBool,
     /// The client address's budget, over its connections.
     client: Option<ClientMemory>,
+    /// The events of its HTTP/2 requests, with their stream's clock: flushes and the
+    /// close are passed on to them; dropped after a flush once their stream is gone.
+    streams: Mutex<Vec<(ConnectionEvents, std::sync::Weak<StreamClock>)>>,
 }
 
 impl Activity {
     fn new(budget: u64, client: Option<ClientMemory>) -> Self {
         Self {
             client,
+            streams: Mutex::new(Vec::new()),
             used: AtomicU64::new(0),
             budget,
             refusing: AtomicBool::new(false),
@@ -1197,6 +1204,50 @@ impl Activity {
             close_asked: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             events: ConnectionEvents::new(),
+        }
+    }
+
+    /// Ties an HTTP/2 request's events to the stream whose task runs now.
+    fn add_stream(&self, events: ConnectionEvents) {
+        let clock = CURRENT_STREAM.with(|c| c.borrow().clone());
+        let weak = match &clock {
+            Some(c) => {
+                *c.events.lock().unwrap_or_else(PoisonError::into_inner) = Some(events.clone());
+                Arc::downgrade(c)
+            }
+            None => std::sync::Weak::new(),
+        };
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((events, weak));
+    }
+
+    /// The connection wrote what it was handed: so did its streams. Streams gone since
+    /// are forgotten (what they were handed is written now).
+    fn streams_flushed(&self) {
+        let streams: Vec<ConnectionEvents> = {
+            let list = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+            if list.is_empty() {
+                return;
+            }
+            list.iter().map(|(e, _)| e.clone()).collect()
+        };
+        for e in &streams {
+            e.flushed();
+        }
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(e, clock)| clock.strong_count() > 0 && !e.is_ended());
+    }
+
+    /// The connection closes, for `reason`: so do its streams.
+    fn streams_close(&self, reason: Option<CloseReason>) {
+        let streams =
+            std::mem::take(&mut *self.streams.lock().unwrap_or_else(PoisonError::into_inner));
+        for (e, _) in streams {
+            e.close(reason);
         }
     }
 
@@ -1367,6 +1418,7 @@ impl<IO> WriteWatch<IO> {
     fn note_flushed(&self, r: &Poll<io::Result<()>>) {
         if let Poll::Ready(Ok(())) = r {
             self.activity.events.flushed();
+            self.activity.streams_flushed();
         }
     }
 }
@@ -1481,6 +1533,7 @@ where
                 guard: None,
                 charge: None,
                 close: false,
+                stream_events: None,
             };
         }
         let charge = Arc::new(Charge {
@@ -1492,7 +1545,11 @@ where
             inner,
             charge: Some(charge.clone()),
         });
-        req.extensions_mut().insert(a.events.clone());
+        // An HTTP/2 request gets events of its own: the connection's flushes and close are
+        // passed on to them, and its stream's reset closes them alone (see StreamTask).
+        let stream_events = (req.version() == http::Version::HTTP_2).then(ConnectionEvents::new);
+        req.extensions_mut()
+            .insert(stream_events.clone().unwrap_or_else(|| a.events.clone()));
         let served = a.requests.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         let last = served >= self.max_requests;
         if last && !a.close_asked.swap(true, Ordering::AcqRel) {
@@ -1505,6 +1562,7 @@ where
             guard: Some(InFlight::new(self.activity.clone())),
             charge: Some(charge),
             close,
+            stream_events,
             inner: Some(self.inner.call(req)),
         }
     }
@@ -1519,6 +1577,8 @@ pin_project_lite::pin_project! {
         guard: Option<InFlight>,
         charge: Option<Arc<Charge>>,
         close: bool,
+        // An HTTP/2 request's own events, tied to its stream's clock at the first poll.
+        stream_events: Option<ConnectionEvents>,
     }
 }
 
@@ -1535,6 +1595,9 @@ where
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(Err(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM))));
         };
+        if let (Some(events), Some(g)) = (this.stream_events.take(), this.guard.as_ref()) {
+            g.0.add_stream(events);
+        }
         let res = ready!(inner.poll(cx)).map_err(Into::into);
         let guard = this.guard.take();
         let charge = this.charge.take();
@@ -1879,6 +1942,9 @@ struct StreamClock {
     start: Instant,
     /// Milliseconds from `start` to the beginning of the wait, plus one; 0: no wait.
     since: AtomicU64,
+    /// The events of the stream's request (in its extensions), closed with
+    /// [`CloseReason::WriteTimeout`] when the stream is reset for it.
+    events: Mutex<Option<ConnectionEvents>>,
 }
 
 impl StreamClock {
@@ -1886,6 +1952,7 @@ impl StreamClock {
         Self {
             start: Instant::now(),
             since: AtomicU64::new(0),
+            events: Mutex::new(None),
         }
     }
 
@@ -2005,6 +2072,17 @@ impl<F: Future> Future for StreamTask<F> {
                 tracing::debug!(
                     "resetting an HTTP/2 stream: its response waited with no write progress"
                 );
+                // Before the response body is dropped: it finds why (an audit layer
+                // records the response as cut).
+                let events = this
+                    .clock
+                    .events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                if let Some(events) = events {
+                    events.close(Some(CloseReason::WriteTimeout));
+                }
                 this.inner.set(None);
                 return Poll::Ready(());
             }
