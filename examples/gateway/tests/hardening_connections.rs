@@ -62,11 +62,14 @@ async fn slow_readers_from_several_addresses_do_not_starve_a_fresh_client() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
     let db = dir.path().join("a.db");
-    // Strings up to 600 000 characters, for large echo responses.
+    // Strings up to 600 000 characters, for large echo responses. Every attacker here
+    // is alice, with 20 requests at once: the cap on her bodies in progress is lifted,
+    // so that the connection limits are what this tests.
     let cfg = with_server_keys(
         &base_config(&upstream, &db, "sanitization:\n  max_length: 600000\n"),
         "  workers: 2\n  maxConnections: 20\n  writeTimeoutSeconds: 1\n  \
-         maxConnectionsPerClient: 6\n  idleTimeoutSeconds: 2\n",
+         maxConnectionsPerClient: 6\n  idleTimeoutSeconds: 2\n  \
+         bodiesInProgressPerPrincipal: 1000\n",
     );
     let (_gw, base) = start_gateway(dir.path(), &cfg);
     let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
