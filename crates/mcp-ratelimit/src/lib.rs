@@ -23,6 +23,8 @@
 //!    A stream request (`GET` accepting `text/event-stream`) counts against the stream
 //!    caps instead ([`StreamLimits`]: open streams per key, default 32, and per key and
 //!    `Mcp-Session-Id`, default 4; `Retry-After: 5`). These counts are per replica.
+//!    [`HeldBodiesLayer`], a layer of its own, caps the request bodies one principal has
+//!    in progress (not yet read whole) over all its connections and addresses.
 //! 5. **Quotas**: the client quota of the request's tier (`client_limits.default`,
 //!    `client_limits.authenticated` when an authenticated `Principal` is present, or a
 //!    per-principal override; an authenticated tier equal to the default one is the
@@ -132,6 +134,7 @@ struct ReadmeDoctests;
 
 mod body;
 pub mod config;
+mod held_bodies;
 mod inflight;
 mod key;
 mod lists;
@@ -147,6 +150,9 @@ pub use config::{
     BreakerConfig, ClientLimits, ConfigError, FailureMode, HeaderStyle, HeadersConfig, KeyPart,
     KeyPartError, KeySpec, Limit, MissingKey, RateLimitConfig, RedisConfig, RuleLimit,
     StreamLimits,
+};
+pub use held_bodies::{
+    DEFAULT_HELD_BODIES_PER_PRINCIPAL, HeldBodies, HeldBodiesFuture, HeldBodiesLayer, HeldBody,
 };
 pub use inflight::{CapExceeded, ConcurrencyCap, ConcurrencyPermit};
 pub use key::MAX_KEY_PART_LEN;

@@ -583,6 +583,23 @@ pub struct ServerOptions {
         serialize_with = "ser_duration"
     )]
     pub write_timeout: Duration,
+    /// How long an HTTP/2 stream's response may wait to be written with no write
+    /// progress before that stream alone is reset (`RST_STREAM` `CANCEL`; default: the
+    /// [`write_timeout`](Self::write_timeout)). The peer keeps its stream window (or its
+    /// connection window) shut: the stream is cut, what it holds (the response, its
+    /// share of [`connection_memory_bytes`](Self::connection_memory_bytes), its place
+    /// among [`max_concurrent_streams`](Self::max_concurrent_streams)) is freed, and the
+    /// connection with its other streams goes on. Progress is the peer taking a piece
+    /// of the body (at most 16 KiB): a stream read slowly but steadily is not cut.
+    /// HTTP/1.1 responses and a socket the peer stops reading altogether still close the
+    /// connection after the write timeout.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_secs_or_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stream_write_timeout: Option<Duration>,
     /// Most connections open at once from one client address (default 64), counted on
     /// the peer address: IPv4 per address, IPv6 per [`client_ipv6_prefix`] network. A
     /// connection over it is closed at accept. Peers exempted on the
@@ -601,14 +618,19 @@ pub struct ServerOptions {
     /// a GOAWAY (HTTP/2), and the client opens a new connection.
     #[serde(default = "default_max_requests_per_connection")]
     pub max_requests_per_connection: u64,
-    /// Most requests in progress at once on one HTTP/2 connection (default 32, 1 to
+    /// Most requests in progress at once on one HTTP/2 connection (default 16, 1 to
     /// 10000), advertised as `SETTINGS_MAX_CONCURRENT_STREAMS`; streams beyond it are
     /// refused (`REFUSED_STREAM`, which clients retry). Each request in progress may hold
-    /// an upstream connection and its buffers, so this bounds what one connection holds,
-    /// and with [`max_connections_per_client`](Self::max_connections_per_client) what
-    /// one client address holds. hyper's default is 200 and RFC 9113 suggests at least
-    /// 100 for web pages fetching many resources at once; an MCP client runs a few tool
-    /// calls and one event stream per session, and 32 leaves it room to fan out.
+    /// an upstream connection and its buffers, and each stream whose window a peer keeps
+    /// shut holds its response for up to the
+    /// [`stream_write_timeout`](Self::stream_write_timeout), so this bounds what one
+    /// connection holds, and with
+    /// [`max_connections_per_client`](Self::max_connections_per_client) what one client
+    /// address holds. hyper's default is 200, nginx's 128, Envoy's 100, and RFC 9113
+    /// suggests at least 100 for web pages fetching many resources at once; an MCP client
+    /// runs a few tool calls and one event stream per session (the MCP SDKs and the
+    /// conformance suite use one to a handful at once): 16 leaves it room to fan out
+    /// while keeping what a client that opens streams only to hold them can take small.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
     /// Memory budget of one connection, in bytes (default 8 MiB, 64 KiB to 1 TiB): the
@@ -708,7 +730,7 @@ fn default_max_requests_per_connection() -> u64 {
     1000
 }
 fn default_max_concurrent_streams() -> u32 {
-    32
+    16
 }
 
 /// The largest [`ServerOptions::max_concurrent_streams`] accepted.
@@ -735,6 +757,7 @@ impl Default for ServerOptions {
             drain_timeout: default_drain_timeout(),
             idle_timeout: default_idle_timeout(),
             write_timeout: default_write_timeout(),
+            stream_write_timeout: None,
             max_connections_per_client: default_max_connections_per_client(),
             client_ipv6_prefix: default_client_ipv6_prefix(),
             max_requests_per_connection: default_max_requests_per_connection(),
@@ -771,6 +794,12 @@ impl ServerOptions {
         if self.write_timeout.is_zero() {
             return Err(ConfigError::new(
                 "server.writeTimeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.stream_write_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                "server.streamWriteTimeout",
                 "must be greater than zero",
             ));
         }
@@ -906,6 +935,10 @@ fn de_days_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 
 fn de_secs_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_with_unit(d, Duration::from_secs(1))
+}
+
+fn de_opt_secs_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_secs_or_duration(d).map(Some)
 }
 
 fn fmt_duration(d: Duration) -> String {
@@ -1139,7 +1172,7 @@ mod tests {
             (d.max_connections_per_client, d.client_ipv6_prefix),
             (64, 64)
         );
-        assert_eq!(d.max_concurrent_streams, 32);
+        assert_eq!(d.max_concurrent_streams, 16);
         assert_eq!(d.connection_memory_bytes, 8 * 1024 * 1024);
         let o: ServerOptions = serde_yaml_ng::from_str("connectionMemoryBytes: 65536\n").unwrap();
         assert_eq!(o.connection_memory_bytes, 65_536);

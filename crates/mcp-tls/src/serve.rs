@@ -12,21 +12,24 @@
 //! timeout.
 //!
 //! Slow readers: a response that waits to be written with no progress for the write
-//! timeout closes its connection, whatever its requests in progress. Progress is counted
-//! per response, on its body: each piece of body (a frame of at most 16 KiB) handed to
-//! hyper starts a clock that only the peer taking that piece stops (HTTP/1.1: hyper's
-//! write buffer has room for the next; HTTP/2: the piece fits in the peer's stream and
-//! connection windows). Nothing else the connection writes counts: not the PING,
-//! SETTINGS or WINDOW_UPDATE frames a peer can have answered at will, not another HTTP/2
-//! stream that flows while this one is held (the whole connection is closed: hyper offers
-//! no way to reset one stream from outside). A write the peer does not take at all (it
-//! stopped reading: the socket's buffers are full) is a wait of its own. So a peer must
-//! take at least one piece of each response within every write timeout (16 KiB per 30 s,
-//! about 550 bytes a second, with the defaults; a window opened one byte at a time never
-//! gets there). A response with nothing to send (a quiet SSE stream) does not wait. This
+//! timeout closes its connection, whatever its requests in progress; over HTTP/2, a
+//! stream's response that waits for the stream write timeout
+//! ([`ServerOptions::stream_write_timeout`], by default the write timeout) has that
+//! stream alone reset (`RST_STREAM` `CANCEL`), its memory freed, while the connection
+//! and its other streams go on. Progress is counted per response, on its body: each
+//! piece of body (a frame of at most 16 KiB) handed to hyper starts a clock that only the
+//! peer taking that piece stops (HTTP/1.1: hyper's write buffer has room for the next;
+//! HTTP/2: the piece fits in the peer's stream and connection windows). Nothing else the
+//! connection writes counts: not the PING, SETTINGS or WINDOW_UPDATE frames a peer can
+//! have answered at will, not another HTTP/2 stream that flows while this one is held. A
+//! write the peer does not take at all (it stopped reading: the socket's buffers are
+//! full) is a wait of its own, which closes the connection. So a peer must take at least
+//! one piece of each response within every write timeout (16 KiB per 30 s, about 550
+//! bytes a second, with the defaults; a window opened one byte at a time never gets
+//! there). A response with nothing to send (a quiet SSE stream) does not wait. This
 //! holds for HTTP/1.1, HTTP/2, plain and TLS alike. A connection serves at most
 //! [`ServerOptions::max_requests_per_connection`] requests, and an HTTP/2 connection at
-//! most [`ServerOptions::max_concurrent_streams`] at once.
+//! most [`ServerOptions::max_concurrent_streams`] (default 16) at once.
 //!
 //! Memory: each connection has a budget ([`ServerOptions::connection_memory_bytes`],
 //! default 8 MiB) of the request body bytes its requests in progress have read (the
@@ -55,11 +58,12 @@
 //! reset instead of reading the refusal. The connection keeps its places meanwhile.
 //!
 //! The layers learn what the loop did: every request carries its connection's
-//! [`mcp_core::ConnectionEvents`], on which the loop notes each completed flush (what the
+//! [`mcp_core::ConnectionEvents`] (an HTTP/2 request, events of its own, to which the
+//! connection's are passed on), on which the loop notes each completed flush (what the
 //! connection was handed is written) and, before dropping a connection it closed for the
-//! write timeout, [`mcp_core::CloseReason::WriteTimeout`]; an audit layer thus records a
-//! response cut by the write timeout as cut, even when its body had ended in the write
-//! buffers. A [`ConnectionLimit::observer`] is told of each connection refused over the
+//! write timeout, or an HTTP/2 stream it reset for it,
+//! [`mcp_core::CloseReason::WriteTimeout`]; an audit layer thus records a response cut
+//! by the write timeout as cut, even when its body had ended in the write buffers. A [`ConnectionLimit::observer`] is told of each connection refused over the
 //! per-client cap.
 //!
 //! ```no_run
@@ -84,6 +88,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -99,7 +104,7 @@ use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use mcp_core::{
@@ -258,6 +263,7 @@ struct Counters {
     handshake_timed_out: AtomicU64,
     idle_closed: AtomicU64,
     write_timed_out: AtomicU64,
+    streams_write_timed_out: AtomicU64,
     per_client_refused: AtomicU64,
     streams_refused_over_budget: AtomicU64,
     request_bodies_over_budget: AtomicU64,
@@ -299,6 +305,10 @@ pub struct ConnectionStats {
     /// Connections closed because a response waited longer than the write timeout with
     /// no write progress (the peer stopped reading).
     pub write_timed_out: u64,
+    /// HTTP/2 streams reset (`RST_STREAM` `CANCEL`) because their response waited longer
+    /// than the stream write timeout with no write progress
+    /// ([`ServerOptions::stream_write_timeout`]); their connection went on.
+    pub streams_write_timed_out: u64,
     /// Connections closed at accept because their client address had
     /// [`max_per_client`](Self::max_per_client) open already.
     pub per_client_refused: u64,
@@ -409,6 +419,7 @@ impl ConnectionLimit {
             tls_handshake_timed_out: c.handshake_timed_out.load(Ordering::Relaxed),
             idle_closed: c.idle_closed.load(Ordering::Relaxed),
             write_timed_out: c.write_timed_out.load(Ordering::Relaxed),
+            streams_write_timed_out: c.streams_write_timed_out.load(Ordering::Relaxed),
             per_client_refused: c.per_client_refused.load(Ordering::Relaxed),
             streams_refused_over_budget: c.streams_refused_over_budget.load(Ordering::Relaxed),
             request_bodies_over_budget: c.request_bodies_over_budget.load(Ordering::Relaxed),
@@ -586,7 +597,15 @@ impl Server {
         self
     }
 
-    /// Most requests in progress at once on one HTTP/2 connection (default 32), sent to
+    /// How long an HTTP/2 stream's response may wait with no write progress before that
+    /// stream alone is reset (default: the [`write_timeout`](Self::write_timeout)). See
+    /// [`ServerOptions::stream_write_timeout`].
+    pub fn stream_write_timeout(mut self, timeout: Duration) -> Self {
+        self.options.stream_write_timeout = Some(timeout);
+        self
+    }
+
+    /// Most requests in progress at once on one HTTP/2 connection (default 16), sent to
     /// the peer as `SETTINGS_MAX_CONCURRENT_STREAMS`. See
     /// [`ServerOptions::max_concurrent_streams`].
     pub fn max_concurrent_streams(mut self, max: u32) -> Self {
@@ -702,8 +721,17 @@ impl Server {
                 .timeout(drain_time),
             linger: drain_time,
         };
+        let stream_write = match options.stream_write_timeout {
+            Some(t) if !t.is_zero() => t,
+            _ => timeouts.write,
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper runs each HTTP/2 stream as a task of its own, spawned on this executor:
+        // it times the stream's response and resets the stream alone when it stalls.
+        let mut builder = auto::Builder::new(StreamExecutor {
+            timeout: stream_write,
+            counters: counters.clone(),
+        });
         // HTTP/1.1 reads one request at a time; what a client pipelines beyond it waits
         // in hyper's read buffer (at most `max_buf_size`, hyper's default of about
         // 400 KiB) and then in the kernel's socket buffer, unread.
@@ -1014,7 +1042,7 @@ async fn trust_changed(check: Option<&ClientCertCheck>) {
 /// the chain is verified again at each such reload, once.
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<IO, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<StreamExecutor>,
     io: IO,
     service: S,
     timeouts: ConnectionTimeouts,
@@ -1183,13 +1211,15 @@ async fn serve_connection<IO, S, B>(
     .await;
     // Before the connection (and the response bodies it holds) is dropped: a body
     // dropped with it, or one that ended unwritten, finds why.
-    activity.events.close(match ended {
+    let reason = match ended {
         // Closed for its certificate: not a write timeout (the peer may read well).
         Ended::Done(_) => None,
         Ended::Stalled | Ended::NotFinishing => Some(CloseReason::WriteTimeout),
         Ended::CertExpired => Some(CloseReason::CertificateExpired),
         Ended::ClientRefused => Some(CloseReason::CertificateRefused),
-    });
+    };
+    activity.events.close(reason);
+    activity.streams_close(reason);
     let closed_by_hyper = matches!(ended, Ended::Done(Ok(())));
     match ended {
         Ended::Done(Ok(())) => {}
@@ -1233,7 +1263,8 @@ async fn serve_connection<IO, S, B>(
 /// has room; HTTP/2: the frame fits in the peer's stream and connection windows and the
 /// stream's send buffer), and only that ends its wait. Nothing else the connection writes
 /// (HTTP/2 PING, SETTINGS and WINDOW_UPDATE frames, other streams' headers and data)
-/// restarts the clock of a response that waits.
+/// restarts the clock of a response that waits. HTTP/2 responses wait on their stream's
+/// own clock ([`StreamClock`], which resets the stream), not in `waits`.
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
@@ -1264,12 +1295,16 @@ struct Activity {
     refusing: AtomicBool,
     /// The client address's budget, over its connections.
     client: Option<ClientMemory>,
+    /// The events of its HTTP/2 requests, with their stream's clock: flushes and the
+    /// close are passed on to them; dropped after a flush once their stream is gone.
+    streams: Mutex<Vec<(ConnectionEvents, std::sync::Weak<StreamClock>)>>,
 }
 
 impl Activity {
     fn new(budget: u64, client: Option<ClientMemory>) -> Self {
         Self {
             client,
+            streams: Mutex::new(Vec::new()),
             used: AtomicU64::new(0),
             budget,
             refusing: AtomicBool::new(false),
@@ -1283,6 +1318,50 @@ impl Activity {
             close_asked: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             events: ConnectionEvents::new(),
+        }
+    }
+
+    /// Ties an HTTP/2 request's events to the stream whose task runs now.
+    fn add_stream(&self, events: ConnectionEvents) {
+        let clock = CURRENT_STREAM.with(|c| c.borrow().clone());
+        let weak = match &clock {
+            Some(c) => {
+                *c.events.lock().unwrap_or_else(PoisonError::into_inner) = Some(events.clone());
+                Arc::downgrade(c)
+            }
+            None => std::sync::Weak::new(),
+        };
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((events, weak));
+    }
+
+    /// The connection wrote what it was handed: so did its streams. Streams gone since
+    /// are forgotten (what they were handed is written now).
+    fn streams_flushed(&self) {
+        let streams: Vec<ConnectionEvents> = {
+            let list = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+            if list.is_empty() {
+                return;
+            }
+            list.iter().map(|(e, _)| e.clone()).collect()
+        };
+        for e in &streams {
+            e.flushed();
+        }
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(e, clock)| clock.strong_count() > 0 && !e.is_ended());
+    }
+
+    /// The connection closes, for `reason`: so do its streams.
+    fn streams_close(&self, reason: Option<CloseReason>) {
+        let streams =
+            std::mem::take(&mut *self.streams.lock().unwrap_or_else(PoisonError::into_inner));
+        for (e, _) in streams {
+            e.close(reason);
         }
     }
 
@@ -1497,6 +1576,7 @@ impl<IO> WriteWatch<IO> {
     fn note_flushed(&self, r: &Poll<io::Result<()>>) {
         if let Poll::Ready(Ok(())) = r {
             self.activity.events.flushed();
+            self.activity.streams_flushed();
         }
     }
 }
@@ -1629,6 +1709,7 @@ where
                 guard: None,
                 charge: None,
                 close: false,
+                stream_events: None,
             };
         }
         let charge = Arc::new(Charge {
@@ -1640,7 +1721,11 @@ where
             inner,
             charge: Some(charge.clone()),
         });
-        req.extensions_mut().insert(a.events.clone());
+        // An HTTP/2 request gets events of its own: the connection's flushes and close are
+        // passed on to them, and its stream's reset closes them alone (see StreamTask).
+        let stream_events = (req.version() == http::Version::HTTP_2).then(ConnectionEvents::new);
+        req.extensions_mut()
+            .insert(stream_events.clone().unwrap_or_else(|| a.events.clone()));
         let served = a.requests.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         let last = served >= self.max_requests;
         if last && !a.close_asked.swap(true, Ordering::AcqRel) {
@@ -1653,6 +1738,7 @@ where
             guard: Some(InFlight::new(self.activity.clone())),
             charge: Some(charge),
             close,
+            stream_events,
             inner: Some(self.inner.call(req)),
         }
     }
@@ -1667,6 +1753,8 @@ pin_project_lite::pin_project! {
         guard: Option<InFlight>,
         charge: Option<Arc<Charge>>,
         close: bool,
+        // An HTTP/2 request's own events, tied to its stream's clock at the first poll.
+        stream_events: Option<ConnectionEvents>,
     }
 }
 
@@ -1683,6 +1771,9 @@ where
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(Err(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM))));
         };
+        if let (Some(events), Some(g)) = (this.stream_events.take(), this.guard.as_ref()) {
+            g.0.add_stream(events);
+        }
         let res = ready!(inner.poll(cx)).map_err(Into::into);
         let guard = this.guard.take();
         let charge = this.charge.take();
@@ -1697,6 +1788,8 @@ where
             r.map(|body| {
                 let mut taken = Taken {
                     activity: guard.as_ref().map(|g| g.0.clone()),
+                    // Set when this runs as an HTTP/2 stream's task (see StreamTask).
+                    clock: CURRENT_STREAM.with(|c| c.borrow().clone()),
                     wait: None,
                 };
                 // A body to send waits from now until hyper first asks for a frame:
@@ -1867,19 +1960,31 @@ const PIECE: usize = 16 * 1024;
 
 /// The wait of the frame a response body last handed on, until it is taken (the body is
 /// asked for the next) or the body is dropped.
+///
+/// An HTTP/2 stream's response waits on its stream's own clock ([`StreamClock`]: past
+/// the stream write timeout, the stream alone is reset); any other response waits on its
+/// connection's ([`Activity`]: past the write timeout, the connection is closed).
 struct Taken {
     activity: Option<Arc<Activity>>,
+    clock: Option<Arc<StreamClock>>,
     wait: Option<u64>,
 }
 
 impl Taken {
     fn take(&mut self) {
+        if let Some(c) = &self.clock {
+            c.stop();
+        }
         if let (Some(id), Some(a)) = (self.wait.take(), &self.activity) {
             a.wait_ends(id);
         }
     }
 
     fn hand(&mut self) {
+        if let Some(c) = &self.clock {
+            c.start();
+            return;
+        }
         if let Some(a) = &self.activity
             && self.wait.is_none()
         {
@@ -2004,6 +2109,169 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
             hint.set_upper(upper.saturating_add(rest));
         }
         hint
+    }
+}
+
+/// The write clock of one HTTP/2 stream: since when its response has waited for the
+/// peer to take the piece of body it handed on (see [`Taken`]).
+struct StreamClock {
+    start: Instant,
+    /// Milliseconds from `start` to the beginning of the wait, plus one; 0: no wait.
+    since: AtomicU64,
+    /// The events of the stream's request (in its extensions), closed with
+    /// [`CloseReason::WriteTimeout`] when the stream is reset for it.
+    events: Mutex<Option<ConnectionEvents>>,
+}
+
+impl StreamClock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            since: AtomicU64::new(0),
+            events: Mutex::new(None),
+        }
+    }
+
+    /// A piece is handed on: the wait begins, unless one is running.
+    fn start(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        let _ = self
+            .since
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The piece was taken (or the response ended): no wait.
+    fn stop(&self) {
+        self.since.store(0, Ordering::Release);
+    }
+
+    /// When the running wait, if any, will have lasted `timeout`.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self.since.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.start + Duration::from_millis(ms - 1) + timeout),
+        }
+    }
+}
+
+thread_local! {
+    /// The clock of the HTTP/2 stream whose task is being polled on this thread, if any.
+    static CURRENT_STREAM: RefCell<Option<Arc<StreamClock>>> = const { RefCell::new(None) };
+}
+
+/// Sets [`CURRENT_STREAM`] for the time of a poll, and restores it after (a panic
+/// included).
+struct CurrentStream(Option<Arc<StreamClock>>);
+
+impl CurrentStream {
+    fn enter(clock: &Arc<StreamClock>) -> Self {
+        Self(CURRENT_STREAM.with(|c| c.replace(Some(clock.clone()))))
+    }
+}
+
+impl Drop for CurrentStream {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        CURRENT_STREAM.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// The executor hyper spawns each HTTP/2 stream's task on (the service's future, then
+/// the piping of its response body into the stream). Each task gets a [`StreamClock`],
+/// which the stream's response body ([`TrackedBody`]) runs while a piece it handed on
+/// waits to be taken: hyper asks for the next piece only once the peer's stream and
+/// connection windows have room for the last, so only the peer's reading stops the
+/// clock. A wait of the stream write timeout ends the task: hyper's stream handles are
+/// dropped with it, and h2 resets the stream (`RST_STREAM` `CANCEL`), which frees the
+/// data queued for it; the response body, and what it holds of the connection's memory
+/// budget, are dropped. The connection and its other streams go on. (hyper offers no
+/// other way to reset one stream from outside: its body is not even polled while the
+/// window is shut, so an error from the body would never be seen.)
+#[derive(Clone)]
+struct StreamExecutor {
+    timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(StreamTask {
+            inner: Some(fut),
+            clock: Arc::new(StreamClock::new()),
+            timeout: self.timeout,
+            counters: self.counters.clone(),
+            timer: None,
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 stream's task, ended when its response waits the stream write timeout.
+    struct StreamTask<F> {
+        #[pin]
+        inner: Option<F>,
+        clock: Arc<StreamClock>,
+        timeout: Duration,
+        counters: Arc<Counters>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F: Future> Future for StreamTask<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+                return Poll::Ready(());
+            };
+            let polled = {
+                let _current = CurrentStream::enter(this.clock);
+                inner.poll(cx)
+            };
+            if polled.is_ready() {
+                return Poll::Ready(());
+            }
+            let Some(deadline) = this.clock.deadline(*this.timeout) else {
+                // Nothing waits: the next wait starts during a poll of the task.
+                return Poll::Pending;
+            };
+            if deadline <= Instant::now() {
+                Counters::add(&this.counters.streams_write_timed_out);
+                tracing::debug!(
+                    "resetting an HTTP/2 stream: its response waited with no write progress"
+                );
+                // Before the response body is dropped: it finds why (an audit layer
+                // records the response as cut).
+                let events = this
+                    .clock
+                    .events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                if let Some(events) = events {
+                    events.close(Some(CloseReason::WriteTimeout));
+                }
+                this.inner.set(None);
+                return Poll::Ready(());
+            }
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //!   it: the read that would go over it fails, new streams are refused (REFUSED_STREAM)
 //!   while it is used up, and the budget comes back once those streams end;
 //! - response bytes the loop holds for streams whose window stays (nearly) shut count
-//!   against it too, and the write timeout still cuts those streams;
+//!   against it too, and the write timeout resets those streams, which gives their
+//!   bytes back: the same connection admits new streams again;
 //! - another connection is served meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -248,12 +249,23 @@ async fn response_bytes_held_for_shut_windows_refuse_new_streams_until_cut() {
         }
         assert!(refused > 0, "no stream refused (drip: {drip})");
         another_connection_is_served(addr).await;
-        // The stalled response is cut by the write timeout (the connection closes).
+        // The stalled stream is reset after the write timeout; the connection stays.
         stats_reach(&limit, "the stalled stream cut", |s| {
-            s.write_timed_out > before.write_timed_out
+            s.streams_write_timed_out > before.streams_write_timed_out
                 && s.streams_refused_over_budget > before.streams_refused_over_budget
         })
         .await;
+        assert_eq!(limit.stats().write_timed_out, before.write_timed_out);
+        // What it held is free again: the same connection admits a new stream.
+        send = send.ready().await.unwrap();
+        let (r, _) = send
+            .send_request(request(addr, "GET", "/echo"), true)
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(20), r)
+            .await
+            .expect("a new stream answered")
+            .unwrap();
+        assert_eq!(r.status(), 200, "drip: {drip}");
         if let Some(r) = reader {
             r.abort();
         }

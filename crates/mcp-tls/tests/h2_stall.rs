@@ -1,8 +1,10 @@
 //! HTTP/2 clients that fake write progress: a response whose body the client does not
-//! take (its stream or connection window kept shut) is closed after the write timeout,
-//! whatever cheap frames the client sends meanwhile (PING, SETTINGS, WINDOW_UPDATE of one
-//! byte, new requests) and however well its other streams flow; a slow client that does
-//! take its response is not cut. The cap on concurrent streams per connection.
+//! take (its stream or connection window kept shut) has its stream reset (`RST_STREAM`
+//! `CANCEL`) after the stream write timeout, whatever cheap frames the client sends
+//! meanwhile (PING, SETTINGS, WINDOW_UPDATE of one byte, new requests); the connection
+//! and its other streams go on, and the memory the stalled response held is given back.
+//! A slow client that does take its response is not cut. The cap on concurrent streams
+//! per connection.
 //!
 //! The client here writes raw frames, so that nothing (no library's flow control or
 //! keep-alive) sends a frame the test did not ask for. It reads everything the server
@@ -341,13 +343,43 @@ enum Fake {
     NewRequest,
 }
 
-/// Runs `fake` every 100 ms on `c` (whose stalled stream is 1) until the server closes
-/// the connection or 20 s pass; true if closed.
-async fn fake_progress_until_closed(c: &Raw, fake: Fake) -> bool {
+const CANCEL: u32 = 0x8;
+const REFUSED_STREAM: u32 = 0x7;
+
+impl Raw {
+    /// The error code of the server's RST_STREAM on `stream`, if any.
+    fn reset_code(&self, stream: u32) -> Option<u32> {
+        let seen = self.seen.lock().unwrap();
+        seen.resets
+            .iter()
+            .find(|(s, _)| *s == stream)
+            .map(|(_, c)| *c)
+    }
+
+    /// Waits up to 20 s for `stream` to end or be reset; its reset code, if reset.
+    async fn outcome(&self, stream: u32) -> Option<u32> {
+        for _ in 0..800 {
+            if let Some(code) = self.reset_code(stream) {
+                return Some(code);
+            }
+            if self.seen.lock().unwrap().ended.contains(&stream) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("stream {stream} neither ended nor reset in 20 s");
+    }
+}
+
+/// Runs `fake` every 100 ms on `c` (whose stalled stream is 1) until the server resets
+/// stream 1 or 20 s pass; its reset code, if reset. Panics if the server closes the
+/// connection instead.
+async fn fake_progress_until_reset(c: &Raw, fake: Fake) -> Option<u32> {
     let mut next_stream = 3;
     for _ in 0..200 {
-        if c.closed() {
-            return true;
+        assert!(!c.closed(), "{fake:?}: the whole connection was closed");
+        if let Some(code) = c.reset_code(1) {
+            return Some(code);
         }
         match fake {
             Fake::Ping => c.send(&frame(PING, 0, 0, b"12345678")).await,
@@ -363,11 +395,12 @@ async fn fake_progress_until_closed(c: &Raw, fake: Fake) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    c.closed()
+    c.reset_code(1)
 }
 
 /// Asks for 8 MiB with a 16 KiB stream window never given back, then sends `fake` every
-/// 100 ms; the server must close the connection after the write timeout (plain and TLS).
+/// 100 ms; the server must reset that stream (CANCEL) after the write timeout and keep
+/// the connection (plain and TLS).
 async fn stalled_while_faking(fake: Fake) {
     for tls in [false, true] {
         let limit = ConnectionLimit::new(100);
@@ -375,17 +408,27 @@ async fn stalled_while_faking(fake: Fake) {
         let c = raw(server.addr, ca.as_ref(), 16 * 1024).await;
         c.get(1, "/huge", false).await;
         c.data_reaches(1, 16 * 1024).await;
-        assert!(
-            fake_progress_until_closed(&c, fake).await,
-            "{fake:?} (tls: {tls}): a stalled HTTP/2 response was kept open 20 s past a \
+        assert_eq!(
+            fake_progress_until_reset(&c, fake).await,
+            Some(CANCEL),
+            "{fake:?} (tls: {tls}): a stalled HTTP/2 response was not reset 20 s past a \
              500 ms write timeout; {:?}",
             limit.stats()
         );
-        stats_reach(&limit, "the close was not counted", |s| {
-            s.write_timed_out == 1 && s.open == 0
+        stats_reach(&limit, "the reset was not counted", |s| {
+            s.streams_write_timed_out == 1 && s.write_timed_out == 0 && s.open == 1
         })
         .await;
         assert!(c.data(1) < 8 * MIB);
+        // The connection serves on.
+        c.get(101, "/echo", true).await;
+        assert_eq!(
+            c.outcome(101).await,
+            None,
+            "tls: {tls}: {:?}",
+            limit.stats()
+        );
+        assert!(!c.closed());
         server.shutdown().await;
     }
 }
@@ -417,9 +460,10 @@ async fn a_shut_connection_window_or_a_zero_stream_window_is_a_stall() {
     // A stream window of 0 from the start: not one byte of the body can be sent.
     let zero = Raw::connect(TcpStream::connect(server.addr).await.unwrap(), 0, false).await;
     zero.get(1, "/huge", false).await;
-    assert!(
-        fake_progress_until_closed(&zero, Fake::Ping).await,
-        "a response with a zero window was kept open: {:?}",
+    assert_eq!(
+        fake_progress_until_reset(&zero, Fake::Ping).await,
+        Some(CANCEL),
+        "a response with a zero window was not reset: {:?}",
         limit.stats()
     );
     // A large stream window but the connection's (65,535 bytes) never given back.
@@ -431,23 +475,27 @@ async fn a_shut_connection_window_or_a_zero_stream_window_is_a_stall() {
     .await;
     conn.get(1, "/huge", false).await;
     conn.data_reaches(1, 65_535).await;
-    assert!(
-        fake_progress_until_closed(&conn, Fake::Ping).await,
-        "a response held by the connection window was kept open: {:?}",
+    assert_eq!(
+        fake_progress_until_reset(&conn, Fake::Ping).await,
+        Some(CANCEL),
+        "a response held by the connection window was not reset: {:?}",
         limit.stats()
     );
-    stats_reach(&limit, "the closes were not counted", |s| {
-        s.write_timed_out == 2 && s.open == 0
+    stats_reach(&limit, "the resets were not counted", |s| {
+        s.streams_write_timed_out == 2 && s.write_timed_out == 0
     })
     .await;
+    assert!(!zero.closed() && !conn.closed());
     server.shutdown().await;
 }
 
 #[tokio::test]
-async fn a_flowing_stream_does_not_keep_a_stalled_one_open() {
+async fn a_stalled_stream_is_reset_alone_while_another_flows() {
     for tls in [false, true] {
         let limit = ConnectionLimit::new(100);
-        let (ca, server) = start_server(tls, &limit, |s| s).await;
+        // Stream 3 never ends: the shutdown at the end drains it for 1 s.
+        let (ca, server) =
+            start_server(tls, &limit, |s| s.drain_timeout(Duration::from_secs(1))).await;
         // Attack: stream 1 (8 MiB) is never given window; stream 3, an endless event
         // stream, is read and its window given back as fast as it comes.
         let c = raw(server.addr, ca.as_ref(), 16 * 1024).await;
@@ -455,27 +503,75 @@ async fn a_flowing_stream_does_not_keep_a_stalled_one_open() {
         c.data_reaches(1, 16 * 1024).await;
         c.get(3, "/events", true).await;
         c.data_reaches(3, 64 * 1024).await;
-        let mut closed = false;
+        let mut reset = None;
         for _ in 0..200 {
-            if c.closed() {
-                closed = true;
+            assert!(
+                !c.closed(),
+                "tls: {tls}: the whole connection was closed: {:?}",
+                limit.stats()
+            );
+            reset = c.reset_code(1);
+            if reset.is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            closed,
+        assert_eq!(
+            reset,
+            Some(CANCEL),
             "tls: {tls}: stream 1 stalled for 20 s while stream 3 flowed ({} bytes), past a \
              500 ms write timeout: {:?}",
             c.data(3),
             limit.stats()
         );
-        stats_reach(&limit, "the close was not counted", |s| {
-            s.write_timed_out == 1 && s.open == 0
-        })
-        .await;
+        // Stream 3 flows on after the reset, on the same connection.
+        let before = c.data(3);
+        c.data_reaches(3, before + 256 * 1024).await;
+        assert_eq!(c.reset_code(3), None);
+        assert!(!c.closed());
+        let s = limit.stats();
+        assert_eq!(
+            (s.streams_write_timed_out, s.write_timed_out),
+            (1, 0),
+            "{s:?}"
+        );
         server.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_reset_stream_gives_its_memory_back() {
+    let limit = ConnectionLimit::new(100);
+    // A budget of 1 MiB, which the 8 MiB response held counts over.
+    let (_, server) = start_server(false, &limit, |s| s.connection_memory_bytes(MIB as u64)).await;
+    let c = Raw::connect(
+        TcpStream::connect(server.addr).await.unwrap(),
+        16 * 1024,
+        true,
+    )
+    .await;
+    c.get(1, "/huge", false).await;
+    c.data_reaches(1, 16 * 1024).await;
+    // While stream 1 holds the budget, a new stream is refused.
+    c.get(3, "/echo", true).await;
+    assert_eq!(
+        c.outcome(3).await,
+        Some(REFUSED_STREAM),
+        "{:?}",
+        limit.stats()
+    );
+    // Stream 1 is reset after the write timeout, and what it held is free again.
+    assert_eq!(c.outcome(1).await, Some(CANCEL), "{:?}", limit.stats());
+    c.get(5, "/echo", true).await;
+    assert_eq!(c.outcome(5).await, None, "{:?}", limit.stats());
+    assert!(!c.closed());
+    let s = limit.stats();
+    assert_eq!(
+        (s.streams_write_timed_out, s.write_timed_out),
+        (1, 0),
+        "{s:?}"
+    );
+    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -508,7 +604,12 @@ async fn a_slow_http2_client_that_takes_its_response_is_not_cut() {
     assert_eq!(c.data(1), MIB, "{:?}", limit.stats());
     assert!(c.seen.lock().unwrap().ended.contains(&1));
     assert!(!c.closed());
-    assert_eq!(limit.stats().write_timed_out, 0, "{:?}", limit.stats());
+    let s = limit.stats();
+    assert_eq!(
+        (s.write_timed_out, s.streams_write_timed_out),
+        (0, 0),
+        "{s:?}"
+    );
     server.shutdown().await;
 }
 
@@ -554,10 +655,10 @@ async fn the_default_stream_cap_is_advertised_and_enforced() {
     let limit = ConnectionLimit::new(100);
     let (_, server) = start_server(false, &limit, |s| s).await;
     let c = Raw::connect(TcpStream::connect(server.addr).await.unwrap(), 65_535, true).await;
-    assert_eq!(advertised_streams(&c).await, Some(32));
-    // Attack: 40 concurrent requests on one connection, the setting ignored.
-    let (ended, refused) = open_at_once(&c, 40).await;
-    assert_eq!((ended, refused), (32, 8));
+    assert_eq!(advertised_streams(&c).await, Some(16));
+    // Attack: 24 concurrent requests on one connection, the setting ignored.
+    let (ended, refused) = open_at_once(&c, 24).await;
+    assert_eq!((ended, refused), (16, 8));
     assert!(!c.seen.lock().unwrap().goaway);
     server.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! Slow readers: clients that ask for responses and never take them are closed after the
-//! write timeout (HTTP/1.1 plain and TLS, HTTP/2, SSE streams), while slow but reading
+//! write timeout (HTTP/1.1 plain and TLS, SSE streams; an HTTP/2 stream is reset alone,
+//! and its connection then closed as idle), while slow but reading
 //! clients and quiet streams are not; the per-client-address connection cap; the cap on
 //! requests per connection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -212,10 +213,12 @@ fn get_req(path: &str) -> http::Request<http_body_util::Empty<Bytes>> {
 }
 
 #[tokio::test]
-async fn http2_clients_that_keep_their_window_shut_are_closed_after_the_write_timeout() {
+async fn http2_streams_whose_window_stays_shut_are_reset_after_the_write_timeout() {
     for tls in [false, true] {
         let limit = ConnectionLimit::new(100);
-        let (ca, server) = start_server(tls, &limit, |s| s).await;
+        // A short idle timeout: once its stream is reset, a connection is idle.
+        let (ca, server) =
+            start_server(tls, &limit, |s| s.idle_timeout(Duration::from_millis(500))).await;
         // Attack: responses larger than the client's flow-control window, whose bodies
         // the client never reads (so it never opens its window again): a streamed body
         // and one in a single piece, each on a connection of its own.
@@ -230,13 +233,22 @@ async fn http2_clients_that_keep_their_window_shut_are_closed_after_the_write_ti
             assert_eq!(resp.status(), 200);
             held.push((send, resp, conn));
         }
-        stats_reach(
-            &limit,
-            "the stalled HTTP/2 connections were kept open",
-            |s| s.write_timed_out == 3 && s.open == 0,
-        )
+        // Each stalled stream is reset (its connection is not closed for it), then its
+        // connection, with nothing in progress, is closed as idle.
+        stats_reach(&limit, "the stalled HTTP/2 streams were kept open", |s| {
+            s.streams_write_timed_out == 3 && s.idle_closed == 3 && s.open == 0
+        })
         .await;
-        for (_send, _resp, conn) in held {
+        assert_eq!(limit.stats().write_timed_out, 0, "{:?}", limit.stats());
+        for (_send, resp, conn) in held {
+            // The body ends with the reset.
+            let body = tokio::time::timeout(
+                Duration::from_secs(20),
+                http_body_util::BodyExt::collect(resp.into_body()),
+            )
+            .await
+            .expect("the reset body still open");
+            assert!(body.is_err());
             // The client's connection task ends (the server closed it).
             let _ = tokio::time::timeout(Duration::from_secs(20), conn)
                 .await

@@ -54,6 +54,8 @@ impl Exported {
         metrics::counter!("mcp_gateway_connections_idle_closed_total").absolute(s.idle_closed);
         metrics::counter!("mcp_gateway_connections_write_timed_out_total")
             .absolute(s.write_timed_out);
+        metrics::counter!("mcp_gateway_http2_streams_write_timed_out_total")
+            .absolute(s.streams_write_timed_out);
         metrics::counter!("mcp_gateway_connections_per_client_refused_total")
             .absolute(s.per_client_refused);
         metrics::counter!("mcp_gateway_http2_streams_refused_over_budget_total")
@@ -300,6 +302,7 @@ pub fn router(
             .layer(option_layer(layers.auth_monitor.clone()))
             .layer(option_layer(layers.auth.clone()))
             .layer(option_layer(query_guard.clone()))
+            .layer(option_layer(layers.held_bodies.clone()))
             .layer(option_layer(layers.parse.clone()))
             // The session binding keeps the upstream with each session, to end it there.
             .layer(tower::util::MapRequestLayer::new({

@@ -121,13 +121,23 @@ pub struct ServerConfig {
     /// Seconds a response may wait with no write progress (the client takes none of
     /// its bytes) before its connection is closed; SSE streams included.
     pub write_timeout_seconds: u64,
+    /// Seconds an HTTP/2 stream's response may wait with no write progress (the client
+    /// keeps its stream or connection window shut) before that stream alone is reset
+    /// (`RST_STREAM` `CANCEL`), its memory freed; the connection's other streams go on.
+    /// 1 to 86400; default: `writeTimeoutSeconds`.
+    pub stream_write_timeout_seconds: Option<u64>,
+    /// Most request bodies one authenticated principal may have in progress (not yet
+    /// read whole) at once, over all its connections and client addresses (1 to
+    /// 1000000, default 16): beyond it, 429 with `Retry-After: 1`. So a principal holds
+    /// at most this many times `maxBodyBytes` of bodies being read.
+    pub bodies_in_progress_per_principal: u32,
     /// Most connections open at once from one client address (IPv6: per /64); peers
     /// in `trustedProxies` are not counted. Default: 64.
     pub max_connections_per_client: usize,
     /// Most requests served on one connection, then `Connection: close` / GOAWAY.
     pub max_requests_per_connection: u64,
     /// Most requests in progress at once on one HTTP/2 connection (1 to 10000, default
-    /// 32), each of which may hold an upstream connection; more are refused
+    /// 16), each of which may hold an upstream connection; more are refused
     /// (`REFUSED_STREAM`, retried by clients).
     pub max_concurrent_streams: u32,
     /// Memory budget of one connection in bytes (65536 to 2^40, default 8 MiB, at least
@@ -184,9 +194,11 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             idle_timeout_seconds: 30,
             write_timeout_seconds: 30,
+            stream_write_timeout_seconds: None,
+            bodies_in_progress_per_principal: mcp_ratelimit::DEFAULT_HELD_BODIES_PER_PRINCIPAL,
             max_connections_per_client: 64,
             max_requests_per_connection: 1000,
-            max_concurrent_streams: 32,
+            max_concurrent_streams: 16,
             connection_memory_bytes: mcp_tls::DEFAULT_CONNECTION_MEMORY_BYTES,
             client_memory_bytes: mcp_tls::DEFAULT_CLIENT_MEMORY_BYTES,
             refusal_drain_bytes: mcp_core::DEFAULT_DRAIN_BYTES,

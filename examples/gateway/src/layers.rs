@@ -38,6 +38,9 @@ pub struct Layers {
     /// `monitoring.auth_failure_*`: just outside authentication.
     pub auth_monitor: Option<AuthFailureMonitorLayer>,
     pub principal_limit: Option<RateLimitLayer>,
+    /// `server.bodiesInProgressPerPrincipal`: request bodies not yet read whole, per
+    /// principal (with authentication).
+    pub held_bodies: Option<mcp_ratelimit::HeldBodiesLayer>,
     /// Transport checks + body limit + parse once, and sanitize unless
     /// `sanitization.enabled` is false.
     pub parse: Option<Either<ParseSanitizeLayer, ParseLayer>>,
@@ -198,6 +201,17 @@ impl Layers {
                 }
             }
             layers.auth = Some(layer);
+            // After authentication, before the body is read: the bodies each principal
+            // has in progress, over all its connections and addresses.
+            layers.held_bodies = Some(
+                mcp_ratelimit::HeldBodiesLayer::new(cfg.server.bodies_in_progress_per_principal)
+                    .map_err(|_| {
+                        loaded.error(
+                            "server.bodiesInProgressPerPrincipal",
+                            "must be 1 to 1000000",
+                        )
+                    })?,
+            );
         }
         if cfg.audit.enabled {
             // Every credential header is masked, the configured API key header included.

@@ -406,6 +406,10 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
     let drain = Duration::from_secs(cfg.server.shutdown_grace_seconds);
     let idle = Duration::from_secs(cfg.server.idle_timeout_seconds);
     let write = Duration::from_secs(cfg.server.write_timeout_seconds);
+    let stream_write = cfg
+        .server
+        .stream_write_timeout_seconds
+        .map_or(write, Duration::from_secs);
     let max_requests = cfg.server.max_requests_per_connection;
     let max_streams = cfg.server.max_concurrent_streams;
     let connection_memory = cfg.server.connection_memory_bytes;
@@ -434,6 +438,7 @@ async fn serve(loaded: config::Loaded, banner: impl FnOnce(SocketAddr)) -> Resul
             drain,
             idle,
             write,
+            stream_write,
             max_requests,
             max_streams,
             connection_memory,
@@ -555,6 +560,7 @@ struct Worker {
     drain: Duration,
     idle: Duration,
     write: Duration,
+    stream_write: Duration,
     max_requests: u64,
     max_streams: u32,
     connection_memory: u64,
@@ -587,6 +593,7 @@ impl Worker {
             drain,
             idle,
             write,
+            stream_write,
             max_requests,
             max_streams,
             connection_memory,
@@ -615,6 +622,7 @@ impl Worker {
                 .drain_timeout(drain)
                 .idle_timeout(idle)
                 .write_timeout(write)
+                .stream_write_timeout(stream_write)
                 .max_requests_per_connection(max_requests)
                 .max_concurrent_streams(max_streams)
                 .connection_memory_bytes(connection_memory)

@@ -279,6 +279,12 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
          progress (the client stopped reading)"
     );
     metrics::describe_counter!(
+        "mcp_gateway_http2_streams_write_timed_out_total",
+        "HTTP/2 streams reset (RST_STREAM CANCEL) after their response waited \
+         server.streamWriteTimeoutSeconds with no write progress (the client kept its \
+         window shut); their connection went on"
+    );
+    metrics::describe_counter!(
         "mcp_gateway_connections_per_client_refused_total",
         "Connections closed at accept: their client address had \
          server.maxConnectionsPerClient open"

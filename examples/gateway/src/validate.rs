@@ -181,6 +181,22 @@ pub fn validate(loaded: &Loaded) -> Result<SocketAddr, ConfigError> {
     if !(1..=86_400).contains(&cfg.server.write_timeout_seconds) {
         return Err(loaded.error("server.writeTimeoutSeconds", "must be 1 to 86400 seconds"));
     }
+    if cfg
+        .server
+        .stream_write_timeout_seconds
+        .is_some_and(|s| !(1..=86_400).contains(&s))
+    {
+        return Err(loaded.error(
+            "server.streamWriteTimeoutSeconds",
+            "must be 1 to 86400 seconds",
+        ));
+    }
+    if !(1..=1_000_000).contains(&cfg.server.bodies_in_progress_per_principal) {
+        return Err(loaded.error(
+            "server.bodiesInProgressPerPrincipal",
+            "must be 1 to 1000000",
+        ));
+    }
     if !(1..=1_000_000).contains(&cfg.server.max_connections_per_client) {
         return Err(loaded.error("server.maxConnectionsPerClient", "must be 1 to 1000000"));
     }

@@ -62,11 +62,14 @@ async fn slow_readers_from_several_addresses_do_not_starve_a_fresh_client() {
     let dir = tempdir();
     let (_up, upstream) = start_upstream(dir.path());
     let db = dir.path().join("a.db");
-    // Strings up to 600 000 characters, for large echo responses.
+    // Strings up to 600 000 characters, for large echo responses. Every attacker here
+    // is alice, with 20 requests at once: the cap on her bodies in progress is lifted,
+    // so that the connection limits are what this tests.
     let cfg = with_server_keys(
         &base_config(&upstream, &db, "sanitization:\n  max_length: 600000\n"),
         "  workers: 2\n  maxConnections: 20\n  writeTimeoutSeconds: 1\n  \
-         maxConnectionsPerClient: 6\n  idleTimeoutSeconds: 300\n",
+         maxConnectionsPerClient: 6\n  idleTimeoutSeconds: 2\n  \
+         bodiesInProgressPerPrincipal: 1000\n",
     );
     let (_gw, base) = start_gateway(dir.path(), &cfg);
     let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
@@ -87,8 +90,9 @@ async fn slow_readers_from_several_addresses_do_not_starve_a_fresh_client() {
     // Attack 2: the whole cap of 20 connections, from four addresses, asking for
     // 128 KiB responses and never reading them: 4 pipeline 48 requests each over
     // HTTP/1.1 (6 MiB, more than the socket buffers take), 16 ask over HTTP/2 with a
-    // 16 KiB flow-control window they never open again. The idle timeout is far away:
-    // only the write timeout frees these connections.
+    // 16 KiB flow-control window they never open again. The write timeout closes the
+    // HTTP/1.1 connections; over HTTP/2 it resets the stalled stream, and the idle
+    // timeout (2 s here) then closes its connection, which has nothing else in progress.
     let message = "x".repeat(128 * 1024);
     let request = echo_request(addr, &message);
     let mut pipeliners = Vec::new();
@@ -140,7 +144,8 @@ async fn slow_readers_from_several_addresses_do_not_starve_a_fresh_client() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A fresh client from another address is still served (the stalled connections
-    // are closed after server.writeTimeoutSeconds).
+    // are closed after server.writeTimeoutSeconds, or their streams reset then and the
+    // connections closed as idle).
     ring();
     let fresh = reqwest::Client::builder()
         .local_address("127.0.0.9".parse::<std::net::IpAddr>().unwrap())
@@ -166,16 +171,19 @@ async fn slow_readers_from_several_addresses_do_not_starve_a_fresh_client() {
     for _ in 0..100 {
         m = metrics_text_with(&fresh, &base).await;
         if metric_value(&m, "mcp_gateway_connections_write_timed_out_total")
-            .is_some_and(|n| n >= 20.0)
+            .is_some_and(|n| n >= 4.0)
+            && metric_value(&m, "mcp_gateway_http2_streams_write_timed_out_total")
+                .is_some_and(|n| n >= 16.0)
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        metric_value(&m, "mcp_gateway_connections_write_timed_out_total")
-            .is_some_and(|n| n >= 20.0),
-        "every slow reader is closed: {m}"
+        metric_value(&m, "mcp_gateway_connections_write_timed_out_total").is_some_and(|n| n >= 4.0)
+            && metric_value(&m, "mcp_gateway_http2_streams_write_timed_out_total")
+                .is_some_and(|n| n >= 16.0),
+        "every slow reader is closed or reset: {m}"
     );
     assert_eq!(
         metric_value(&m, "mcp_gateway_connections_per_client_refused_total"),

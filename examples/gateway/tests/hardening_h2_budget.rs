@@ -5,9 +5,14 @@
 //!   `server.connectionMemoryBytes` per connection;
 //! - streams opened once a connection holds its budget of unread results are refused
 //!   (REFUSED_STREAM);
-//! - streams whose window stays shut (or opens a byte at a time) are cut after
-//!   `server.writeTimeoutSeconds`, and a normal client is answered meanwhile;
-//! - `check` refuses a bad `server.connectionMemoryBytes` or `server.clientMemoryBytes`.
+//! - streams whose window stays shut (or opens a byte at a time) are reset after the
+//!   stream write timeout (by default `server.writeTimeoutSeconds`), and their
+//!   connections, idle then, closed; a normal client is answered meanwhile;
+//! - request bodies held open by one principal across connections and client addresses
+//!   are bounded by `server.bodiesInProgressPerPrincipal` (429 beyond it), while another
+//!   principal is served;
+//! - `check` refuses a bad `server.connectionMemoryBytes`, `server.clientMemoryBytes`,
+//!   `server.streamWriteTimeoutSeconds` or `server.bodiesInProgressPerPrincipal`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -144,7 +149,12 @@ async fn request_bodies_held_open_on_many_streams_stay_within_the_connection_bud
     let (gw, addr) = gateway(
         dir.path(),
         &upstream,
-        &format!("  bodyTimeoutSeconds: 120\n  connectionMemoryBytes: {BUDGET}\n"),
+        // 32 streams per connection (the default is 16) and no cap per principal that
+        // matters here: the budget, not the stream or principal caps, is what this bounds.
+        &format!(
+            "  bodyTimeoutSeconds: 120\n  connectionMemoryBytes: {BUDGET}\n  \
+             maxConcurrentStreams: 32\n  bodiesInProgressPerPrincipal: 1000\n"
+        ),
     );
     normal_client_is_answered(addr).await;
     let base = rss(gw.pid()).1;
@@ -214,7 +224,13 @@ async fn results_held_unread_stay_within_the_budget_and_are_cut_after_the_write_
     let dir = tempdir();
     let upstream = big_upstream(RESULT).await;
     // The default budget (8 MiB): about four unread results of 2 MiB.
-    let (gw, addr) = gateway(dir.path(), &upstream, "  writeTimeoutSeconds: 10\n");
+    // 32 streams per connection (the default is 16): the budget, not the stream cap, is
+    // what this bounds.
+    let (gw, addr) = gateway(
+        dir.path(),
+        &upstream,
+        "  writeTimeoutSeconds: 10\n  idleTimeoutSeconds: 5\n  maxConcurrentStreams: 32\n",
+    );
     normal_client_is_answered(addr).await;
 
     // Waves: a window of zero; each call waits for its response head (its result is then
@@ -329,6 +345,124 @@ async fn results_held_unread_stay_within_the_budget_and_are_cut_after_the_write_
     );
 }
 
+/// An HTTP/2 connection from the loopback address `from`.
+async fn h2_conn_from(from: &str, addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send.ready().await.unwrap()
+}
+
+/// Opens a tools/call stream as the holder of `key` and sends the start of its body,
+/// never the end.
+async fn open_held_call(
+    send: &mut h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    key: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    *send = send.clone().ready().await.unwrap();
+    let mut head = call_head(addr);
+    head.headers_mut()
+        .insert("x-api-key", http::HeaderValue::from_str(key).unwrap());
+    let (resp, mut body) = send.send_request(head, false).unwrap();
+    body.send_data(Bytes::from_static(b"{\"jsonrpc\": \"2.0\", "), false)
+        .unwrap();
+    (resp, body)
+}
+
+/// A tools/call of the holder of `key` over HTTP/1.1 from 127.0.0.1: its status.
+async fn call_status(addr: SocketAddr, key: &str) -> u16 {
+    let c = client();
+    let r = call_tool(&c, &format!("http://{addr}/mcp"), "big", json!({}))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let _ = r.bytes().await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_open_are_bounded_per_principal_across_connections_and_addresses() {
+    const CAP: usize = 4;
+    let dir = tempdir();
+    let upstream = big_upstream(16).await;
+    let (_gw, addr) = gateway(
+        dir.path(),
+        &upstream,
+        &format!("  bodyTimeoutSeconds: 120\n  bodiesInProgressPerPrincipal: {CAP}\n"),
+    );
+    // Attack: alice opens 3 connections from 3 addresses (so that neither the budget of
+    // a connection nor that of an address is what stops her), 3 streams on each, each
+    // stream sending the start of its body and never the end.
+    let mut conns = Vec::new();
+    let mut held = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let mut send = h2_conn_from(from, addr).await;
+        for _ in 0..3 {
+            held.push(open_held_call(&mut send, addr, KEY).await);
+        }
+        conns.push(send);
+    }
+    // All but CAP of them are answered at once: 429, with Retry-After.
+    let mut answered = vec![false; held.len()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while answered.iter().filter(|a| **a).count() < held.len() - CAP {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} streams answered: alice's held bodies are not bounded",
+            answered.iter().filter(|a| **a).count(),
+            held.len() - CAP
+        );
+        for (i, (resp, _)) in held.iter_mut().enumerate() {
+            if answered[i] {
+                continue;
+            }
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(10), &mut *resp).await {
+                let r = r.unwrap();
+                assert_eq!(r.status(), 429);
+                assert_eq!(r.headers()["retry-after"], "1");
+                answered[i] = true;
+            }
+        }
+    }
+    // Another principal is served meanwhile; alice, from yet another address, is not.
+    assert_eq!(call_status(addr, KEY2).await, 200);
+    assert_eq!(call_status(addr, KEY).await, 429);
+    // The CAP streams admitted still wait for their bodies: nothing answered them.
+    for (i, (resp, _)) in held.iter_mut().enumerate() {
+        if !answered[i] {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(10), &mut *resp)
+                    .await
+                    .is_err(),
+                "a held stream was answered"
+            );
+        }
+    }
+    // Alice gives up her streams (RST_STREAM CANCEL): her places are free again.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = call_status(addr, KEY).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's places were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(conns);
+}
+
 #[test]
 fn check_refuses_a_bad_connection_or_client_memory_budget() {
     let dir = tempdir();
@@ -355,6 +489,30 @@ fn check_refuses_a_bad_connection_or_client_memory_budget() {
         let bad = with_server_keys(&cfg, &format!("  {bad_line}\n"));
         assert_check_refuses(dir.path(), &bad, bad_line, "server.clientMemoryBytes");
     }
+    for bad_line in [
+        "streamWriteTimeoutSeconds: 0",
+        "streamWriteTimeoutSeconds: 86401",
+    ] {
+        let bad = with_server_keys(&cfg, &format!("  {bad_line}\n"));
+        assert_check_refuses(
+            dir.path(),
+            &bad,
+            bad_line,
+            "server.streamWriteTimeoutSeconds",
+        );
+    }
+    for bad_line in [
+        "bodiesInProgressPerPrincipal: 0",
+        "bodiesInProgressPerPrincipal: 1000001",
+    ] {
+        let bad = with_server_keys(&cfg, &format!("  {bad_line}\n"));
+        assert_check_refuses(
+            dir.path(),
+            &bad,
+            bad_line,
+            "server.bodiesInProgressPerPrincipal",
+        );
+    }
     let bad = with_server_keys(
         &cfg,
         "  maxBodyBytes: 4194304\n  connectionMemoryBytes: 8388608\n  clientMemoryBytes: 2097152\n",
@@ -367,7 +525,8 @@ fn check_refuses_a_bad_connection_or_client_memory_budget() {
     );
     let good = with_server_keys(
         &cfg,
-        "  connectionMemoryBytes: 16777216\n  clientMemoryBytes: 134217728\n",
+        "  connectionMemoryBytes: 16777216\n  clientMemoryBytes: 134217728\n  \
+         streamWriteTimeoutSeconds: 20\n  bodiesInProgressPerPrincipal: 32\n",
     );
     let path = dir.path().join("good.yaml");
     std::fs::write(&path, good).unwrap();

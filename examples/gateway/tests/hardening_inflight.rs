@@ -454,7 +454,10 @@ async fn one_http2_connection_cannot_fan_out_to_the_upstream() {
             "    url: \"{upstream}\"\n    maxConnections: 5\n    maxConnectionsPerPrincipal: 4\n"
         ),
     );
-    let cfg = with_server_keys(&cfg, "  workers: 2\n");
+    // The 30 streams below are sent at once, before the server's SETTINGS arrive: with
+    // the default stream cap (16) the excess would be refused (REFUSED_STREAM) before
+    // the caps this tests see them.
+    let cfg = with_server_keys(&cfg, "  workers: 2\n  maxConcurrentStreams: 32\n");
     let (_gw, base) = start_gateway(dir.path(), &cfg);
     let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
