@@ -170,6 +170,8 @@ pub fn now() -> u64 {
 
 /// Signs `claims` with `key` under `alg`, with an optional kid.
 pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    // With both JWT backends compiled in (--all-features), jsonwebtoken has no default.
+    mcp_auth::jwt::install_crypto_provider();
     let mut h = Header::new(alg);
     h.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&h, claims, key).unwrap()
