@@ -193,6 +193,7 @@ pub fn rcgen_pair(alg: &'static rcgen::SignatureAlgorithm) -> (String, String) {
 
 /// A JWK (JSON) for an RSA private key PEM, with a kid.
 pub fn rsa_jwk(private_pem: &str, kid: &str, alg: Algorithm) -> Value {
+    mcp_auth::jwt::install_crypto_provider();
     let key = EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap();
     let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap();
     jwk.common.key_id = Some(kid.to_owned());
