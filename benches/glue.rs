@@ -35,7 +35,14 @@
 //! The stdout rows write one line per request on both sides: run them with stdout sent
 //! elsewhere (`cargo bench --bench glue -- stack_stdout > /dev/null`) and read the figures
 //! from `target/criterion`.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+// `result_large_err`: tower-http's `ValidateRequestHeaderLayer::custom` takes a closure
+// returning `Result<(), Response>`; the glue is written as its users write it.
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::result_large_err
+)]
 
 use std::hint::black_box;
 use std::net::SocketAddr;
