@@ -26,11 +26,18 @@
 //!   Several issuers at once, chosen by the token's `iss`.
 //! - **Cache:** a bounded cache of verified tokens, keyed by the SHA-256 of the token
 //!   (never the token), whose entries are never used past the token's `exp` nor after the
-//!   key set changed, so a repeated token skips the signature check.
-//! - Tokens longer than the limit (8 KiB by default) are refused before any work.
+//!   key set changed, so a repeated token skips the signature check. With the cache off
+//!   (capacity 0) the token is not hashed at all.
+//! - Tokens longer than the limit (8 KiB by default) are refused before any work. The
+//!   header is decoded once per request and the token hashed at most once, also when the
+//!   signature check moves to the blocking pool.
 //! - First-sight RSA, ECDSA and EdDSA signature checks (about 0.3 ms for RS256 with the
 //!   pure-Rust backend) run on Tokio's blocking pool, a bounded number at once, so they
 //!   never stall the executor; HMAC checks and cache hits run inline.
+//! - **Backend:** jsonwebtoken's pure-Rust (RustCrypto) backend by default; the
+//!   `aws-lc-rs` cargo feature selects its aws-lc-rs backend, whose RSA and ECDSA checks
+//!   cost a fraction of the pure-Rust ones (figures in the crate's BENCHMARKS.md). See
+//!   [`install_crypto_provider`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -798,6 +805,17 @@ struct JwtInner {
     cache: Option<VerifiedCache>,
     max_token_bytes: usize,
     epoch: Arc<AtomicU64>,
+    /// How often the per-token work ran (unit tests count it).
+    #[cfg(test)]
+    work: WorkCounts,
+}
+
+/// Counts of the per-token work: token digests and header decodes.
+#[cfg(test)]
+#[derive(Default)]
+struct WorkCounts {
+    digests: std::sync::atomic::AtomicUsize,
+    headers: std::sync::atomic::AtomicUsize,
 }
 
 /// Authenticates JWT bearer tokens (see the [module documentation](self)). Cheap to
@@ -857,14 +875,37 @@ impl Default for JwtAuthenticatorBuilder {
 
 enum Step {
     Done(Outcome),
-    /// The signature check is costly (asymmetric): run it on the blocking pool.
-    Offload,
+    /// The signature check is costly (asymmetric): run it on the blocking pool, with what
+    /// was learnt of the token so far.
+    Offload(Box<Checked>),
     /// The keys of issuer `i` must be fetched first.
     Fetch(Arc<RemoteJwks>),
 }
 
+/// What the checks before the signature learnt of a token: handed to the signature check
+/// (on the blocking pool, for asymmetric keys) so that the header is decoded and the
+/// token hashed once per request.
+struct Checked {
+    /// The SHA-256 of the token, computed only when the verified-token cache is on.
+    digest: Option<[u8; 32]>,
+    epoch: u64,
+    now: u64,
+    /// Index of the issuer in [`JwtInner::issuers`].
+    issuer: usize,
+    alg: Algorithm,
+    kid: Option<String>,
+    /// The keys to try: the issuer's (fetched or static) and, for a JWKS URL, its local
+    /// keys.
+    set: Arc<KeySet>,
+    local: Option<Arc<KeySet>>,
+}
+
+fn refused(detail: impl Into<std::borrow::Cow<'static, str>>) -> Outcome {
+    Outcome::Failed(Failure::invalid(Scheme::Bearer, detail))
+}
+
 fn fail(detail: impl Into<std::borrow::Cow<'static, str>>) -> Step {
-    Step::Done(Outcome::Failed(Failure::invalid(Scheme::Bearer, detail)))
+    Step::Done(refused(detail))
 }
 
 fn describe(kind: &ErrorKind) -> String {
@@ -943,15 +984,29 @@ fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
 }
 
 impl JwtInner {
-    fn route(&self, token: &str) -> Option<&IssuerState> {
-        if let [only] = self.issuers.as_slice() {
-            return Some(only);
+    /// The index of the issuer whose keys verify `token`.
+    fn route(&self, token: &str) -> Option<usize> {
+        if self.issuers.len() == 1 {
+            return Some(0);
         }
         let iss = peek_iss(token);
         self.issuers
             .iter()
-            .find(|i| i.name.is_some() && i.name == iss)
-            .or_else(|| self.issuers.iter().find(|i| i.name.is_none()))
+            .position(|i| i.name.is_some() && i.name == iss)
+            .or_else(|| self.issuers.iter().position(|i| i.name.is_none()))
+    }
+
+    /// The SHA-256 of `token`, the key of the verified-token cache.
+    fn digest(&self, token: &str) -> [u8; 32] {
+        #[cfg(test)]
+        self.work.digests.fetch_add(1, Ordering::Relaxed);
+        sha256(token.as_bytes())
+    }
+
+    fn header(&self, token: &str) -> jsonwebtoken::errors::Result<jsonwebtoken::Header> {
+        #[cfg(test)]
+        self.work.headers.fetch_add(1, Ordering::Relaxed);
+        jsonwebtoken::decode_header(token)
     }
 
     fn try_verify(&self, token: &str, may_fetch: bool, may_offload: bool) -> Step {
@@ -961,21 +1016,27 @@ impl JwtInner {
         if token.bytes().filter(|b| *b == b'.').count() != 2 {
             return fail("not a jwt");
         }
-        let digest = sha256(token.as_bytes());
         let epoch = self.epoch.load(Ordering::Acquire);
         let now = now_unix();
-        if let Some(cache) = &self.cache
-            && let Some(p) = cache.get(&digest, epoch, now)
-        {
-            return Step::Done(Outcome::Authenticated(p));
-        }
-        let header = match jsonwebtoken::decode_header(token) {
+        // The digest only serves the cache: without one, the token is not hashed.
+        let digest = match &self.cache {
+            Some(cache) => {
+                let digest = self.digest(token);
+                if let Some(p) = cache.get(&digest, epoch, now) {
+                    return Step::Done(Outcome::Authenticated(p));
+                }
+                Some(digest)
+            }
+            None => None,
+        };
+        let header = match self.header(token) {
             Ok(h) => h,
             Err(e) => return fail(format!("jwt header: {}", describe(e.kind()))),
         };
-        let Some(issuer) = self.route(token) else {
+        let Some(index) = self.route(token) else {
             return fail("jwt issuer not accepted");
         };
+        let issuer = &self.issuers[index];
         match header.typ.as_deref() {
             None if issuer.allow_untyped => {}
             None => return fail("jwt typ missing (this issuer requires one)"),
@@ -986,7 +1047,8 @@ impl JwtInner {
                 }
             }
         }
-        let kid = header.kid.as_deref();
+        let kid = header.kid;
+        let alg = header.alg;
         let (set, remote) = match &issuer.keys {
             Keys::Static(k) => (Arc::clone(k), None),
             Keys::Remote(r, local) => {
@@ -1009,35 +1071,58 @@ impl JwtInner {
                 }
             }
         };
-        let local = remote.map(|(_, l)| l.as_ref());
-        let mut candidates: Vec<&VerifyKey> = set.candidates(kid, header.alg).collect();
-        if let Some(local) = local {
-            candidates.extend(local.candidates(kid, header.alg));
-        }
-        if candidates.is_empty() {
-            if let (Some(kid), Some((r, _))) = (kid, remote)
+        let local = remote.map(|(_, l)| l);
+        let candidates = set.candidates(kid.as_deref(), alg).count()
+            + local.map_or(0, |l| l.candidates(kid.as_deref(), alg).count());
+        if candidates == 0 {
+            if let (Some(kid), Some((r, _))) = (kid.as_deref(), remote)
                 && !set.has_kid(kid)
                 && may_fetch
                 && r.may_fetch()
             {
                 return Step::Fetch(Arc::clone(r));
             }
-            return fail(if kid.is_some_and(|k| !set.has_kid(k)) {
+            return fail(if kid.as_deref().is_some_and(|k| !set.has_kid(k)) {
                 "jwt kid unknown"
             } else {
                 "jwt algorithm not allowed"
             });
         }
-        if kid.is_none() && remote.is_some() && candidates.len() > 1 {
+        if kid.is_none() && remote.is_some() && candidates > 1 {
             return fail("jwt without kid, several keys");
         }
-        if may_offload && self.offload.is_some() && family(header.alg) != AlgorithmFamily::Hmac {
-            return Step::Offload;
+        let checked = Checked {
+            digest,
+            epoch,
+            now,
+            issuer: index,
+            alg,
+            kid,
+            set,
+            local: local.map(Arc::clone),
+        };
+        if may_offload && self.offload.is_some() && family(alg) != AlgorithmFamily::Hmac {
+            return Step::Offload(Box::new(checked));
         }
+        Step::Done(self.verify_signature(token, &checked))
+    }
+
+    /// Checks the signature and the claims of `token` with the keys `checked` selected.
+    fn verify_signature(&self, token: &str, checked: &Checked) -> Outcome {
+        let Some(issuer) = self.issuers.get(checked.issuer) else {
+            return refused("jwt issuer not accepted");
+        };
+        let kid = checked.kid.as_deref();
+        let candidates = checked.set.candidates(kid, checked.alg).chain(
+            checked
+                .local
+                .iter()
+                .flat_map(move |l| l.candidates(kid, checked.alg)),
+        );
         let mut last = String::from("jwt signature invalid");
         for key in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation) {
-                Ok(data) => return self.accept(issuer, key, data.claims, digest, epoch, now),
+                Ok(data) => return self.accept(issuer, key, data.claims, checked),
                 Err(e) => {
                     let signature = matches!(e.kind(), ErrorKind::InvalidSignature);
                     last = describe(e.kind());
@@ -1047,7 +1132,7 @@ impl JwtInner {
                 }
             }
         }
-        fail(last)
+        refused(last)
     }
 
     fn accept(
@@ -1055,20 +1140,18 @@ impl JwtInner {
         issuer: &IssuerState,
         key: &VerifyKey,
         claims: Map<String, Value>,
-        digest: [u8; 32],
-        epoch: u64,
-        now: u64,
-    ) -> Step {
+        checked: &Checked,
+    ) -> Outcome {
         for c in &issuer.required_claims {
             if claims.get(c).is_none_or(Value::is_null) {
-                return fail(format!("jwt lacks required claim {c:?}"));
+                return refused(format!("jwt lacks required claim {c:?}"));
             }
         }
         let id = match claims.get(&issuer.principal_claim) {
             // An empty or blank id names nobody: refused as an invalid credential.
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
             _ => {
-                return fail(format!(
+                return refused(format!(
                     "jwt lacks the principal claim {:?} (or it is blank)",
                     issuer.principal_claim
                 ));
@@ -1081,7 +1164,7 @@ impl JwtInner {
                 Some(t) if name == "exp" => exp = Some(t),
                 Some(_) => {}
                 None => {
-                    return fail(if issuer.allow_fractional_dates {
+                    return refused(if issuer.allow_fractional_dates {
                         format!("jwt claim {name:?} is not a NumericDate")
                     } else {
                         format!("jwt claim {name:?} is not an integer NumericDate")
@@ -1099,10 +1182,10 @@ impl JwtInner {
             principal = principal.with_credential_id(kid.clone());
         }
         let principal = principal.with_claims(claims);
-        if let Some(cache) = &self.cache {
-            cache.insert(digest, principal.clone(), exp, epoch, now);
+        if let (Some(cache), Some(digest)) = (&self.cache, checked.digest) {
+            cache.insert(digest, principal.clone(), exp, checked.epoch, checked.now);
         }
-        Step::Done(Outcome::Authenticated(principal))
+        Outcome::Authenticated(principal)
     }
 }
 
@@ -1150,8 +1233,7 @@ impl JwtAuthenticatorBuilder {
 
     /// Validates and builds: reads key files, checks secrets and algorithms.
     pub fn build(self) -> Result<JwtAuthenticator, ConfigError> {
-        // Make sure a provider is selected even if another crate enabled a second one.
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        install_crypto_provider();
         if self.issuers.is_empty() {
             return Err(ConfigError::invalid(
                 "auth.jwt.issuers",
@@ -1186,9 +1268,28 @@ impl JwtAuthenticatorBuilder {
                     .then(|| VerifiedCache::new(self.cache_capacity, self.cache_max_ttl)),
                 max_token_bytes: self.max_token_bytes,
                 epoch,
+                #[cfg(test)]
+                work: WorkCounts::default(),
             }),
         })
     }
+}
+
+/// Makes the JWT backend this crate was built with jsonwebtoken's process-wide default,
+/// unless the process chose one already: aws-lc-rs with the `aws-lc-rs` feature, the
+/// pure-Rust RustCrypto backend otherwise. [`JwtAuthenticatorBuilder::build`] calls it.
+///
+/// When both backends are compiled in (the `aws-lc-rs` feature, or another crate enabling
+/// jsonwebtoken's second backend), jsonwebtoken has no default of its own and panics on
+/// first use: call this before using `jsonwebtoken` directly (to sign a token, say)
+/// ahead of building an authenticator.
+pub fn install_crypto_provider() {
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
+    #[cfg(not(feature = "aws-lc-rs"))]
+    let provider = &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
+    // Err: a provider was installed before (by the application, or an earlier call).
+    let _ = provider.install_default();
 }
 
 /// Why a shared secret cannot verify tokens of an algorithm.
@@ -1489,13 +1590,22 @@ impl JwtAuthenticator {
     /// Verifies a token (the work [`Authenticator::authenticate`] does after reading the
     /// `Authorization` header), fetching JWKS keys when needed.
     pub async fn verify(&self, token: &str) -> Outcome {
-        let mut may_fetch = true;
+        self.finish(token, self.inner.try_verify(token, true, true))
+            .await
+    }
+
+    /// Carries a verification on from the step [`JwtInner::try_verify`] stopped at: a
+    /// JWKS fetch (then the checks run again, once, with the fetched keys) or a signature
+    /// check on the blocking pool.
+    async fn finish(&self, token: &str, mut step: Step) -> Outcome {
+        let mut fetched = false;
         loop {
-            match self.inner.try_verify(token, may_fetch, true) {
+            match step {
                 Step::Done(o) => return o,
-                Step::Fetch(remote) if may_fetch => {
+                Step::Fetch(remote) if !fetched => {
                     remote.refresh().await;
-                    may_fetch = false;
+                    fetched = true;
+                    step = self.inner.try_verify(token, false, true);
                 }
                 Step::Fetch(_) => {
                     return Outcome::Failed(Failure::unavailable(
@@ -1503,36 +1613,30 @@ impl JwtAuthenticator {
                         "jwks unavailable",
                     ));
                 }
-                Step::Offload => return self.verify_offloaded(token).await,
+                Step::Offload(checked) => return self.verify_offloaded(token, *checked).await,
             }
         }
     }
 
     /// Verifies the signature on the blocking pool, at most `n` at once (the permits),
-    /// so that a flood of first-sight RSA/EC tokens cannot starve the executor.
-    async fn verify_offloaded(&self, token: &str) -> Outcome {
-        let run_here = |inner: &JwtInner| match inner.try_verify(token, false, false) {
-            Step::Done(o) => o,
-            _ => Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable")),
-        };
+    /// so that a flood of first-sight RSA/EC tokens cannot starve the executor. The
+    /// header decoded and the digest computed before are handed over, not redone.
+    async fn verify_offloaded(&self, token: &str, checked: Checked) -> Outcome {
         let Some(permits) = &self.inner.offload else {
-            return run_here(&self.inner);
+            return self.inner.verify_signature(token, &checked);
         };
         let Ok(permit) = Arc::clone(permits).acquire_owned().await else {
-            return run_here(&self.inner);
+            return self.inner.verify_signature(token, &checked);
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return run_here(&self.inner);
+            return self.inner.verify_signature(token, &checked);
         };
         let inner = Arc::clone(&self.inner);
         let owned = token.to_owned();
         let result = handle
             .spawn_blocking(move || {
                 let _permit = permit;
-                match inner.try_verify(&owned, false, false) {
-                    Step::Done(o) => o,
-                    _ => Outcome::Failed(Failure::unavailable(Scheme::Bearer, "jwks unavailable")),
-                }
+                inner.verify_signature(&owned, &checked)
             })
             .await;
         result.unwrap_or_else(|_| {
@@ -1574,7 +1678,7 @@ impl Authenticator for JwtAuthenticator {
         };
         match self.inner.try_verify(token, true, true) {
             Step::Done(o) => AuthFuture::Ready(o),
-            Step::Fetch(_) | Step::Offload => AuthFuture::Pending(Box::pin(self.verify(token))),
+            step => AuthFuture::Pending(Box::pin(self.finish(token, step))),
         }
     }
 }
@@ -1588,6 +1692,7 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn hs(claims: Value) -> String {
+        install_crypto_provider();
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -1755,6 +1860,73 @@ mod tests {
         let mut m = Map::new();
         m.insert("scp".into(), json!("a b"));
         assert_eq!(scopes_of(&m), vec!["a", "b"]);
+    }
+
+    /// Verifies `token` the way `AuthLayer` does (through `Authenticator::authenticate`)
+    /// and returns the outcome with the digests and header decodes it took.
+    fn work_of(a: &JwtAuthenticator, token: &str) -> (Outcome, usize, usize) {
+        let req = http::Request::builder()
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let before = (
+            a.inner.work.digests.load(Ordering::Relaxed),
+            a.inner.work.headers.load(Ordering::Relaxed),
+        );
+        let o = block(async { a.authenticate(&parts).await });
+        (
+            o,
+            a.inner.work.digests.load(Ordering::Relaxed) - before.0,
+            a.inner.work.headers.load(Ordering::Relaxed) - before.1,
+        )
+    }
+
+    #[test]
+    fn each_token_is_hashed_and_its_header_decoded_at_most_once() {
+        const RSA_KEY: &str = include_str!("../tests/fixtures/rsa1.key");
+        const RSA_PUB: &str = include_str!("../tests/fixtures/rsa1.pub");
+        let exp = now_unix() + 600;
+        let claims = json!({"sub":"u1","iss":"iss-a","aud":"a1","exp":exp});
+        install_crypto_provider();
+        let rs = encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let build = |cache: usize, blocking: usize| {
+            JwtAuthenticator::builder()
+                .issuer(
+                    JwtIssuer::new("iss-a")
+                        .audience("a1")
+                        .hmac_secret(Algorithm::HS256, SECRET)
+                        .public_key_pem(Algorithm::RS256, RSA_PUB),
+                )
+                .cache_capacity(cache)
+                .blocking_verifications(blocking)
+                .build()
+                .unwrap()
+        };
+        for (cache, blocking) in [(0, 8), (0, 0), (16, 8), (16, 0)] {
+            for token in [rs.clone(), hs(claims.clone())] {
+                let a = build(cache, blocking);
+                let (o, digests, headers) = work_of(&a, &token);
+                assert!(matches!(o, Outcome::Authenticated(_)), "{o:?}");
+                let case = format!("cache {cache}, blocking {blocking}, {}", &token[..20]);
+                // Without a cache, the digest has no use.
+                assert_eq!(digests, usize::from(cache > 0), "digests: {case}");
+                assert_eq!(headers, 1, "header decodes: {case}");
+                // A cache hit: one digest, no header.
+                let (o, digests, headers) = work_of(&a, &token);
+                assert!(matches!(o, Outcome::Authenticated(_)), "{o:?}");
+                assert_eq!(
+                    (digests, headers),
+                    if cache > 0 { (1, 0) } else { (0, 1) },
+                    "second sight: {case}"
+                );
+            }
+        }
     }
 
     proptest::proptest! {

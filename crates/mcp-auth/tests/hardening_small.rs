@@ -49,6 +49,8 @@ fn hs_issuer() -> JwtIssuer {
 
 /// An HS256 token with this `typ` (none when `None`) and these claims.
 fn typed(typ: Option<&str>, claims: &Value) -> String {
+    // With both JWT backends compiled in (--all-features), jsonwebtoken has no default.
+    mcp_auth::jwt::install_crypto_provider();
     let mut h = Header::new(Algorithm::HS256);
     h.typ = typ.map(str::to_owned);
     jsonwebtoken::encode(&h, claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()

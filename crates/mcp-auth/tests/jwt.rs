@@ -332,6 +332,7 @@ async fn attacks_are_refused() {
     );
 
     // a key embedded in the header (jwk) or pointed at by it (jku, x5u) is never used
+    mcp_auth::jwt::install_crypto_provider();
     let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
     h.kid = Some("rsa1".into());
     h.jwk = Some(jsonwebtoken::jwk::Jwk::from_encoding_key(&rsa2(), Algorithm::RS256).unwrap());

@@ -38,6 +38,8 @@ upstreams:
 }
 
 fn jwt_for(sub: &str) -> String {
+    // With both JWT backends compiled in (--all-features), jsonwebtoken has no default.
+    mcp_auth::jwt::install_crypto_provider();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -530,6 +530,8 @@ upstreams:
 }
 
 fn hs256(secret: &str, claims: serde_json::Value) -> String {
+    // With both JWT backends compiled in (--all-features), jsonwebtoken has no default.
+    mcp_auth::jwt::install_crypto_provider();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,

@@ -321,6 +321,8 @@ upstreams:
 }
 
 fn jwt(typ: Option<&str>, claims: Value) -> String {
+    // With both JWT backends compiled in (--all-features), jsonwebtoken has no default.
+    mcp_auth::jwt::install_crypto_provider();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     h.typ = typ.map(str::to_owned);
     jsonwebtoken::encode(

@@ -170,6 +170,8 @@ pub fn now() -> u64 {
 
 /// Signs `claims` with `key` under `alg`, with an optional kid.
 pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    // With both JWT backends compiled in (--all-features), jsonwebtoken has no default.
+    mcp_auth::jwt::install_crypto_provider();
     let mut h = Header::new(alg);
     h.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&h, claims, key).unwrap()
@@ -191,6 +193,7 @@ pub fn rcgen_pair(alg: &'static rcgen::SignatureAlgorithm) -> (String, String) {
 
 /// A JWK (JSON) for an RSA private key PEM, with a kid.
 pub fn rsa_jwk(private_pem: &str, kid: &str, alg: Algorithm) -> Value {
+    mcp_auth::jwt::install_crypto_provider();
     let key = EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap();
     let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap();
     jwk.common.key_id = Some(kid.to_owned());
