@@ -44,7 +44,8 @@ const DEFAULT_MAX_KEYS: usize = 100_000;
 /// request is refused before its body is read: 429 (`RejectionReason::ConcurrencyLimited`,
 /// detail `held_bodies`) with `Retry-After: 1` and a JSON-RPC error (no id: the body is
 /// not parsed yet). Memory is bounded: a principal holds an entry only while it has
-/// bodies in progress, at most [`max_keys`](Self::max_keys) entries (beyond, one shared
+/// bodies in progress, at most 100,000 entries (set with
+/// [`with_max_keys`](Self::with_max_keys); beyond, the rest share one
 /// counter with the same cap). Cheap to clone; the counts are shared by the clones.
 ///
 /// ```
