@@ -22,8 +22,8 @@ use crate::key::Key;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The default [`HeldBodiesLayer`] cap: 16 request bodies in progress per principal.
-pub const DEFAULT_HELD_BODIES_PER_PRINCIPAL: u32 = 16;
+/// The default [`HeldBodiesLayer`] cap: 64 request bodies in progress per principal.
+pub const DEFAULT_HELD_BODIES_PER_PRINCIPAL: u32 = 64;
 
 /// The default number of principals tracked at once (beyond it, the rest share one
 /// counter with the same cap).

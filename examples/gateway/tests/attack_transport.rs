@@ -5,8 +5,11 @@
 //! `Content-Length: 0` with bytes after it, paths, HTTP/2 frames) is what the gateway
 //! sees. Each test asserts that the denied call never reaches the upstream, and the
 //! re-tests of two earlier fixes: header names with `_` never reach the upstream, and an
-//! HTTP/2 client that sends PINGs / 1-byte WINDOW_UPDATEs while never reading is closed
-//! after `server.writeTimeoutSeconds`.
+//! HTTP/2 client that sends PINGs / 1-byte WINDOW_UPDATEs while never reading has its
+//! stalled stream reset after the write timeout (`server.streamWriteTimeoutSeconds`,
+//! which follows `server.writeTimeoutSeconds`) and its connection, then without a request
+//! in progress, closed after `server.idleTimeoutSeconds` (PINGs and window updates do not
+//! keep it open).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -123,7 +126,7 @@ sanitization:
     let mut yaml = base_config(&upstream, &dir.join("a.db"), &extra);
     yaml = yaml.replace(
         "server:\n  addr: \"127.0.0.1:0\"\n",
-        "server:\n  addr: \"127.0.0.1:0\"\n  writeTimeoutSeconds: 2\n",
+        "server:\n  addr: \"127.0.0.1:0\"\n  writeTimeoutSeconds: 2\n  idleTimeoutSeconds: 3\n",
     );
     let (gw, base) = start_gateway(dir, &yaml);
     let hostport = base.trim_start_matches("http://").to_owned();
@@ -447,7 +450,7 @@ fn h2_stall(hp: &str, keepalive: &dyn Fn() -> Vec<u8>) -> Duration {
             Err(_) => break,
         }
     }
-    panic!("connection still open after 10 s (write timeout 2 s), {total} bytes drained");
+    panic!("connection still open after 10 s (write timeout 2 s, idle 3 s), {total} bytes drained");
 }
 
 fn h2_never_reading(sanitize: bool) {
