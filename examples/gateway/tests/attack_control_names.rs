@@ -225,13 +225,13 @@ fn audit_columns_hold_no_raw_controls(extra: &str) {
     let mut seen_inj = 0;
     let mut q = stmt.query([]).unwrap();
     while let Some(r) = q.next().unwrap() {
-        for i in 0..ncols {
+        for (i, col) in names_of.iter().enumerate().take(ncols) {
             if let Ok(Some(s)) = r.get::<_, Option<String>>(i) {
-                if s.contains("INJ") && names_of[i] != "event" {
+                if s.contains("INJ") && col != "event" {
                     seen_inj += 1;
                 }
                 if s.chars().any(unsafe_char) {
-                    bad.push(format!("{}: {s:?}", names_of[i]));
+                    bad.push(format!("{col}: {s:?}"));
                 }
             }
         }
