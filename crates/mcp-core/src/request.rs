@@ -743,6 +743,34 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_in_names() {
+        for body in [
+            r#"{"id":1,"method":"tools/call","params":{"name":"ec\nho"}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"echo\r"}}"#,
+            r#"{"id":1,"method":"prompts/get","params":{"name":"p\t"}}"#,
+            r#"{"id":1,"method":"resources/read","params":{"uri":"file:///x\u007f"}}"#,
+            r#"{"id":1,"method":"tools/list\n"}"#,
+            r#"{"method":"notifications/x\u0085"}"#,
+            r#"{"id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p\u001b"}}}"#,
+            r#"{"id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"u\u0000"}}}"#,
+        ] {
+            assert_eq!(parse(body).control_char_in_name(), Some(0), "{body}");
+        }
+        let batch = parse(
+            r#"[{"id":1,"method":"tools/list"},{"id":2,"method":"tools/call","params":{"name":"a\tb"}}]"#,
+        );
+        assert_eq!(batch.control_char_in_name(), Some(1));
+        for body in [
+            r#"{"id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":"x\ny"}}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"\u00e9cho\u202e"}}"#,
+            r#"{"id":1,"method":"initialize","params":{"clientInfo":{"name":"a\nb"}}}"#,
+            r#"{"id":1,"result":{"name":"a\nb"}}"#,
+        ] {
+            assert_eq!(parse(body).control_char_in_name(), None, "{body}");
+        }
+    }
+
+    #[test]
     fn targets() {
         let r =
             parse(r#"{"id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1}}}"#);
