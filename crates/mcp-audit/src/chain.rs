@@ -23,6 +23,7 @@
 //! some point on. Ship the `hash` of recent records elsewhere (the stdout / tracing sinks
 //! write them, so a log shipper keeps an independent copy of the chain heads) and compare.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
@@ -275,14 +276,23 @@ impl Verifier {
                 .map(|r| {
                     let derived = IndexColumns::of(&r);
                     // Trails written before display controls were escaped in the
-                    // columns hold them raw: the same text, spelled otherwise.
+                    // columns hold them raw, and trails written before C0 controls,
+                    // DEL and the invisible format characters were hold those raw:
+                    // the same text, spelled otherwise.
+                    let ts_us = derived.ts_us;
+                    let reason = r.reason.clone();
                     derived == *cols
                         || IndexColumns {
-                            request_id: r.request_id.clone(),
-                            user: r.user.clone(),
-                            tool: r.tool.clone().or(r.resource.clone()).or(r.prompt.clone()),
-                            mcp_method: r.mcp_method.clone(),
-                            ..derived
+                            reason: reason.clone(),
+                            ..IndexColumns::spelled(
+                                &r,
+                                ts_us,
+                                crate::mask::escape_display_controls_v1,
+                            )
+                        } == *cols
+                        || IndexColumns {
+                            reason,
+                            ..IndexColumns::spelled(&r, ts_us, |s| Cow::Borrowed(s))
                         } == *cols
                 })
                 .unwrap_or(false);

@@ -396,11 +396,13 @@ impl IndexColumns {
     }
 
     fn with_ts(r: &AuditRecord, ts_us: i64) -> Self {
-        // As the renderer writes them: display controls spelled as JSON escapes.
-        let col = |s: &Option<String>| {
-            s.as_deref()
-                .map(|s| crate::mask::escape_display_controls(s).into_owned())
-        };
+        // As the renderer writes them: controls spelled as JSON escapes.
+        Self::spelled(r, ts_us, crate::mask::escape_display_controls)
+    }
+
+    /// The columns of `r` with client text spelled by `escape`.
+    pub(crate) fn spelled(r: &AuditRecord, ts_us: i64, escape: fn(&str) -> Cow<'_, str>) -> Self {
+        let col = |s: &Option<String>| s.as_deref().map(|s| escape(s).into_owned());
         Self {
             ts_us,
             kind: r.kind.unwrap_or(EventKind::Request).as_str().to_owned(),
@@ -413,7 +415,7 @@ impl IndexColumns {
             mcp_method: col(&r.mcp_method),
             outcome: r.status.map(|o| o.as_str().to_owned()),
             http_status: r.http_status.map(i32::from),
-            reason: r.reason.clone(),
+            reason: col(&r.reason),
             jsonrpc_id: r.jsonrpc_id.as_ref().or(r.related_id.as_ref()).map(id_text),
         }
     }
@@ -867,7 +869,7 @@ impl Renderer {
         }
         w.end();
 
-        // Client text in the indexed columns: display controls spelled as JSON escapes.
+        // Client text in the indexed columns: controls spelled as JSON escapes.
         let col = |s: Cow<'_, str>| crate::mask::escape_display_controls(&s).into_owned();
         let columns = IndexColumns {
             ts_us,
@@ -879,7 +881,7 @@ impl Renderer {
             mcp_method: mcp_method.map(col),
             outcome: e.outcome.map(|o| o.as_str().to_owned()),
             http_status: e.status.map(i32::from),
-            reason: reason.map(str::to_owned),
+            reason: reason.map(|r| col(Cow::Borrowed(r))),
             jsonrpc_id: id_col,
         };
         let json: Arc<str> = match std::str::from_utf8(&self.buf) {

@@ -610,19 +610,62 @@ fn needs_escape(s: &[u8]) -> bool {
 }
 
 /// Whether `c` is written as a `\uXXXX` escape in every audit output (events, indexed
-/// columns, query answers), on top of what JSON itself escapes: C1 controls
-/// (U+0080-U+009F: NEL, CSI, ... act on terminals and log viewers), the bidirectional
+/// columns, query answers), on top of what JSON itself escapes: DEL and the C1 controls
+/// (U+007F-U+009F: NEL, CSI, ... act on terminals and log viewers), the bidirectional
 /// controls (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C: they reorder what a
-/// reader sees) and the line and paragraph separators (U+2028, U+2029: line breaks for
-/// some readers). JSON escapes keep the value: a JSON reader decodes exactly what the
-/// client sent.
+/// reader sees), the line and paragraph separators (U+2028, U+2029: line breaks for
+/// some readers) and the invisible format characters (U+200B-U+200D, U+2060-U+2064,
+/// U+FEFF: text that reads as something else). JSON escapes keep the value: a JSON
+/// reader decodes exactly what the client sent.
 ///
 /// ```
 /// assert!(mcp_audit::mask::is_display_control('\u{202e}'));
 /// assert!(mcp_audit::mask::is_display_control('\u{85}'));
+/// assert!(mcp_audit::mask::is_display_control('\u{feff}'));
 /// assert!(!mcp_audit::mask::is_display_control('é'));
 /// ```
 pub fn is_display_control(c: char) -> bool {
+    matches!(c,
+        '\u{7f}'..='\u{9f}'
+        | '\u{61c}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{2028}'
+        | '\u{2029}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{feff}')
+}
+
+fn has_display_control(s: &str) -> bool {
+    s.bytes().any(|b| b == 0x7f || !b.is_ascii()) && s.chars().any(is_display_control)
+}
+
+/// Whether `c` is escaped in the indexed columns of the SQL trails: the C0 controls
+/// (NUL, TAB, CR, LF, ESC, ...), which JSON escapes in the events, and every
+/// [`is_display_control`] character.
+fn is_column_control(c: char) -> bool {
+    c < ' ' || is_display_control(c)
+}
+
+/// `s` with every C0 control character (NUL, TAB, CR, LF, ESC, ...) and every
+/// [`is_display_control`] character replaced by its JSON escape spelled out (`\u202e`,
+/// `\u000a`): how the indexed columns of the SQL trails hold client text, and how the
+/// query API's `user` and `tool` filters are matched against them. No terminal shows
+/// such a column with escapes acting or with a broken line.
+///
+/// ```
+/// assert_eq!(mcp_audit::mask::escape_display_controls("a\u{202e}b"), "a\\u202eb");
+/// assert_eq!(mcp_audit::mask::escape_display_controls("a\r\n\u{1b}b"), "a\\u000d\\u000a\\u001bb");
+/// assert_eq!(mcp_audit::mask::escape_display_controls("plain"), "plain");
+/// ```
+pub fn escape_display_controls(s: &str) -> Cow<'_, str> {
+    escape_chars(s, is_column_control)
+}
+
+/// The characters the indexed columns escaped before C0 controls, DEL and the invisible
+/// format characters were: trails written then hold those raw.
+fn is_display_control_v1(c: char) -> bool {
     matches!(c,
         '\u{80}'..='\u{9f}'
         | '\u{61c}'
@@ -634,25 +677,19 @@ pub fn is_display_control(c: char) -> bool {
         | '\u{2066}'..='\u{2069}')
 }
 
-fn has_display_control(s: &str) -> bool {
-    !s.is_ascii() && s.chars().any(is_display_control)
+/// A column as trails written before [`escape_display_controls`] escaped C0 controls,
+/// DEL and the invisible format characters spelled it (for verifying those trails).
+pub(crate) fn escape_display_controls_v1(s: &str) -> Cow<'_, str> {
+    escape_chars(s, is_display_control_v1)
 }
 
-/// `s` with every [`is_display_control`] character replaced by its JSON escape spelled
-/// out (`\u202e`): how the indexed columns of the SQL trails hold client text, and how
-/// the query API's `user` and `tool` filters are matched against them.
-///
-/// ```
-/// assert_eq!(mcp_audit::mask::escape_display_controls("a\u{202e}b"), "a\\u202eb");
-/// assert_eq!(mcp_audit::mask::escape_display_controls("plain"), "plain");
-/// ```
-pub fn escape_display_controls(s: &str) -> Cow<'_, str> {
-    if !has_display_control(s) {
+fn escape_chars(s: &str, escaped: fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(escaped) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if is_display_control(c) {
+        if escaped(c) {
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);

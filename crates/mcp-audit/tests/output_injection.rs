@@ -1,6 +1,7 @@
 //! Audit output injection and the query API's read scope, over real sockets:
 //! - C1 controls (U+0080-U+009F), bidi controls (U+202A-U+202E, U+2066-U+2069, U+200E,
-//!   U+200F, U+061C) and the line and paragraph separators (U+2028, U+2029) sent by a
+//!   U+200F, U+061C), the line and paragraph separators (U+2028, U+2029), C0 controls,
+//!   DEL and the invisible format characters (U+200B-U+200D, U+2060-U+2064, U+FEFF) sent by a
 //!   client in a tool name, arguments, argument keys, headers and the path never reach
 //!   the SQLite trail, the JSON lines file, stdout or the query API raw: they are written
 //!   as JSON `\uXXXX` escapes (the JSON stays valid and decodes to what was sent), and the
@@ -30,8 +31,36 @@ use rusqlite::Connection;
 const HOSTILE: &[char] = &[
     '\u{80}', '\u{85}', '\u{9b}', '\u{9f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}',
     '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{061c}',
-    '\u{2028}', '\u{2029}',
+    '\u{2028}', '\u{2029}', '\u{1b}', '\u{7}', '\u{7f}', '\u{feff}', '\u{200b}', '\u{200c}',
+    '\u{200d}', '\u{2060}', '\u{2064}',
 ];
+
+/// [`hostile_text`] without control characters (C0, DEL, C1): a name the gateway's
+/// parse layer lets through.
+fn hostile_name(prefix: &str) -> String {
+    hostile_text(prefix)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+/// A column as trails written before C0 controls, DEL and the invisible format
+/// characters were escaped spelled it: only C1, bidi and U+2028/2029 escaped.
+fn v1_spelling(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\u{80}'..='\u{9f}'
+            | '\u{61c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}' => format!("\\u{:04x}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
 
 fn hostile_text(prefix: &str) -> String {
     let mut s = String::from(prefix);
@@ -74,7 +103,7 @@ async fn wait_written(a: &Auditor, n: u64) {
 fn hostile_call(addr: std::net::SocketAddr, user: &str) -> http::Request<BodyOf> {
     let body = serde_json::json!({
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": hostile_text("tool"), "arguments": {
+        "params": {"name": hostile_name("tool"), "arguments": {
             "q": hostile_text("arg"),
             hostile_text("key"): [hostile_text("deep")],
         }}
@@ -140,7 +169,7 @@ async fn hostile_characters_are_escaped_in_every_output() {
         let v: serde_json::Value = serde_json::from_str(event).unwrap();
         if v["tool"].is_string() {
             saw_tool = true;
-            assert_eq!(v["tool"], hostile_text("tool"));
+            assert_eq!(v["tool"], hostile_name("tool"));
             assert_eq!(v["params"]["arguments"]["q"], hostile_text("arg"));
             assert_eq!(
                 v["params"]["arguments"][hostile_text("key")][0],
@@ -168,7 +197,7 @@ async fn hostile_characters_are_escaped_in_every_output() {
     // The query API answers the escaped text, and the tool filter finds the row by the
     // name the client sent.
     let tool_q: String =
-        url::form_urlencoded::byte_serialize(hostile_text("tool").as_bytes()).collect();
+        url::form_urlencoded::byte_serialize(hostile_name("tool").as_bytes()).collect();
     let r = send(
         &c,
         http::Request::get(format!("http://{addr}/api/audit/query?tool={tool_q}"))
@@ -181,7 +210,7 @@ async fn hostile_characters_are_escaped_in_every_output() {
     assert_clean("query answer", &r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["count"], 1, "{v}");
-    assert_eq!(v["events"][0]["event"]["tool"], hostile_text("tool"));
+    assert_eq!(v["events"][0]["event"]["tool"], hostile_name("tool"));
     auditor.shutdown().await;
 
     // The escaped columns verify; so do the raw ones of a trail written before they
@@ -196,7 +225,10 @@ async fn hostile_characters_are_escaped_in_every_output() {
         )
         .unwrap()
     };
-    assert_eq!(set(&hostile_text("tool")), 1);
+    assert_eq!(set(&hostile_name("tool")), 1);
+    assert!(mcp_audit::verify_sqlite(&db).unwrap().is_intact());
+    // And those of a trail written when only C1, bidi and U+2028/2029 were escaped.
+    assert_eq!(set(&v1_spelling(&hostile_name("tool"))), 1);
     assert!(mcp_audit::verify_sqlite(&db).unwrap().is_intact());
     set("another-tool");
     assert!(!mcp_audit::verify_sqlite(&db).unwrap().is_intact());

@@ -76,7 +76,7 @@ pub use headers::{InvalidHeaderPattern, UntrustedHeaders, UpstreamResponseHeader
 pub use json::{Ambiguity, JsonError};
 pub use parse::{
     BoxError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, Parse, ParseLayer, ReadBodyError,
-    header_mismatch_rejection, read_body,
+    control_char_rejection, header_mismatch_rejection, read_body,
 };
 pub use principal::{AuthMethod, Principal, PrincipalEntry, PrincipalSources};
 pub use rejection::{Denial, Rejection, RejectionReason, codes};

@@ -46,6 +46,24 @@ use crate::rejection::{Rejection, RejectionReason};
 use crate::request::{HeaderMismatch, McpHeaders, McpRequest};
 use crate::transport::TransportChecks;
 
+/// The rejection of a request whose method, tool / prompt name, resource URI or
+/// completion reference holds a control character ([`McpRequest::control_char_in_name`]):
+/// 400, -32600, the id echoed (not for a batch), detail `rule=control_chars_in_name`.
+/// [`ParseLayer`] sends it whatever else is configured.
+pub fn control_char_rejection(req: &McpRequest) -> Rejection {
+    Rejection::new(RejectionReason::InvalidRequest)
+        .with_message(
+            "Invalid Request: the method, params.name, params.uri and params.ref must be \
+             strings without control characters",
+        )
+        .with_detail("rule=control_chars_in_name")
+        .with_id(if req.is_batch() {
+            None
+        } else {
+            req.id().cloned()
+        })
+}
+
 /// The rejection of a request whose `Mcp-Method` / `Mcp-Name` disagree with its body: 400,
 /// -32600, the id echoed (not for a batch), detail `header=Mcp-Name` (or `Mcp-Method`).
 pub fn header_mismatch_rejection(req: &McpRequest, m: HeaderMismatch) -> Rejection {
@@ -365,6 +383,15 @@ where
                 && let Some(m) = p.header_mismatch()
             {
                 return Ok(header_mismatch_rejection(p, m).into_response());
+            }
+            if let Some(p) = &parsed
+                && p.control_char_in_name().is_some()
+            {
+                // The audit trail still records what was refused.
+                crate::RequestFacts::note_request(&parts.extensions, p);
+                let mut response = control_char_rejection(p).into_response();
+                response.extensions_mut().insert(p.clone());
+                return Ok(response);
             }
             if let Some(p) = &parsed {
                 crate::RequestFacts::note_request(&parts.extensions, p);

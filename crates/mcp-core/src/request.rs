@@ -307,6 +307,11 @@ impl McpHeaders {
     }
 }
 
+/// Whether `s` holds a control character (Unicode `Cc`: C0, DEL, C1).
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
 /// The name an `Mcp-Name` value carries: the value itself, or, for the 2026-07-28
 /// revision's `=?base64?{Base64}?=` form (how a client sends a name outside printable
 /// ASCII), the UTF-8 text of the standard Base64 (padded) between the markers. `None` when
@@ -566,6 +571,43 @@ impl McpRequest {
         msg.get("params")
     }
 
+    /// The index of the first message whose method, target name (`params.name` of a
+    /// `tools/call` / `prompts/get`, `params.uri` of a resource request) or completion
+    /// reference (`params.ref.name` / `params.ref.uri` of `completion/complete`) holds a
+    /// control character (C0 including TAB, CR and LF, DEL, C1): names that no rule can
+    /// match as written and that read differently in logs. [`crate::ParseLayer`] refuses
+    /// such a request whatever else is configured.
+    ///
+    /// ```
+    /// use mcp_core::{McpHeaders, McpRequest};
+    /// let body = bytes::Bytes::from_static(br#"{"id":1,"method":"tools/call","params":{"name":"ec\nho"}}"#);
+    /// let req = McpRequest::parse(body, McpHeaders::default()).unwrap();
+    /// assert_eq!(req.control_char_in_name(), Some(0));
+    /// ```
+    pub fn control_char_in_name(&self) -> Option<usize> {
+        let bad = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(has_control);
+        (0..self.messages().len()).find(|&i| {
+            let msg = if self.0.batch {
+                self.0.value.as_array().and_then(|a| a.get(i))
+            } else {
+                Some(&self.0.value)
+            };
+            let Some(msg) = msg else { return false };
+            let completion_ref = (msg.get("method").and_then(Value::as_str)
+                == Some("completion/complete"))
+            .then(|| msg.get("params").and_then(|p| p.get("ref")))
+            .flatten();
+            bad(msg.get("method"))
+                || bad(completion_ref.and_then(|r| r.get("name")))
+                || bad(completion_ref.and_then(|r| r.get("uri")))
+                || self
+                    .messages()
+                    .get(i)
+                    .and_then(McpMessage::target)
+                    .is_some_and(|t| has_control(t.name()))
+        })
+    }
+
     /// The `params` of the single message (the first for a batch).
     pub fn params(&self) -> Option<&Value> {
         self.params_at(0)
@@ -698,6 +740,34 @@ mod tests {
         assert_eq!(parse(r#"{"id":null,"method":"x"}"#).id(), None);
         let big = parse(r#"{"id":1.5,"method":"x"}"#);
         assert_eq!(serde_json::to_string(big.id().unwrap()).unwrap(), "1.5");
+    }
+
+    #[test]
+    fn control_characters_in_names() {
+        for body in [
+            r#"{"id":1,"method":"tools/call","params":{"name":"ec\nho"}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"echo\r"}}"#,
+            r#"{"id":1,"method":"prompts/get","params":{"name":"p\t"}}"#,
+            r#"{"id":1,"method":"resources/read","params":{"uri":"file:///x\u007f"}}"#,
+            r#"{"id":1,"method":"tools/list\n"}"#,
+            r#"{"method":"notifications/x\u0085"}"#,
+            r#"{"id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p\u001b"}}}"#,
+            r#"{"id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"u\u0000"}}}"#,
+        ] {
+            assert_eq!(parse(body).control_char_in_name(), Some(0), "{body}");
+        }
+        let batch = parse(
+            r#"[{"id":1,"method":"tools/list"},{"id":2,"method":"tools/call","params":{"name":"a\tb"}}]"#,
+        );
+        assert_eq!(batch.control_char_in_name(), Some(1));
+        for body in [
+            r#"{"id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":"x\ny"}}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"\u00e9cho\u202e"}}"#,
+            r#"{"id":1,"method":"initialize","params":{"clientInfo":{"name":"a\nb"}}}"#,
+            r#"{"id":1,"result":{"name":"a\nb"}}"#,
+        ] {
+            assert_eq!(parse(body).control_char_in_name(), None, "{body}");
+        }
     }
 
     #[test]
