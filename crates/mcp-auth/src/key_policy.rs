@@ -732,7 +732,14 @@ mod tests {
 
     #[test]
     fn seed_examples() {
-        for ok in ["hR7!mZq2@Wx9#vLc4%", "Vt8#qLm2!xRw9@Kp"] {
+        // The last three are the example gateway's test keys.
+        for ok in [
+            "hR7!mZq2@Wx9#vLc4%",
+            "Vt8#qLm2!xRw9@Kp",
+            "hR7!mZq2@Wx9#vLc4%Test",
+            "hR7!mZq2@Wx9#vLc4%Props",
+            "hR7!mZq2@Wx9#vLc4%PyTest",
+        ] {
             assert_eq!(check_api_key(ok), Ok(()), "{ok}");
         }
         // Accepted at zxcvbn's score 4 (10^10 guesses), refused at 10^14: a common
