@@ -12,7 +12,7 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-API_KEY = "hR7!mZq2@Wx9#vLc4%PyTest"
+API_KEY = "Abc123!@#Xyz789!@#PyTest"
 JWT_SECRET = "python-sdk-test-secret-0123456789-abcdefgh"
 
 

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
-const KEY: &str = "hR7!mZq2@Wx9#vLc4%Q7w";
+const KEY: &str = "Abc123!@#Xyz789!@#Q7w";
 const TOKEN: &str = "q8Jx2mV7pL0sN4tR9wY3zB6cF1hK5dG8aE2uI7oP0";
 const HS_SECRET: &str = "0123456789abcdef0123456789abcdef";
 const RSA_KEY: &str = include_str!("../tests/fixtures/rsa1.key");
@@ -123,7 +123,7 @@ fn static_credentials(c: &mut Criterion) {
         req("x-api-key", KEY)
     );
     let many: Vec<CredentialEntry> = (0..1000)
-        .map(|i| CredentialEntry::new(format!("k{i}"), format!("hR7!mZq2@Wx9#vLc4%{i:04}")))
+        .map(|i| CredentialEntry::new(format!("k{i}"), format!("Abc123!@#Xyz789!@#{i:04}")))
         .chain([CredentialEntry::new("k", KEY)])
         .collect();
     bench_service!(

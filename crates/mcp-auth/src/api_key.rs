@@ -48,8 +48,8 @@ enum Material {
 ///
 /// ```
 /// use mcp_auth::CredentialEntry;
-/// let e = CredentialEntry::new("ci", "hR7!mZq2@Wx9#vLc4%").principal("ci-bot").scopes(["tools:call"]);
-/// assert!(!format!("{e:?}").contains("hR7!mZq2"));
+/// let e = CredentialEntry::new("ci", "Abc123!@#Xyz789!@#").principal("ci-bot").scopes(["tools:call"]);
+/// assert!(!format!("{e:?}").contains("Abc123"));
 /// ```
 #[derive(Clone)]
 pub struct CredentialEntry {
@@ -302,7 +302,7 @@ pub(crate) fn malformed(scheme: Scheme, e: MalformedCredential) -> Outcome {
 /// use mcp_auth::{ApiKeyAuthenticator, CredentialEntry};
 /// let auth = ApiKeyAuthenticator::builder()
 ///     .header("X-API-Key")
-///     .key(CredentialEntry::new("ci", "hR7!mZq2@Wx9#vLc4%").scopes(["tools:call"]))
+///     .key(CredentialEntry::new("ci", "Abc123!@#Xyz789!@#").scopes(["tools:call"]))
 ///     .build()
 ///     .unwrap();
 /// # let _ = auth;
@@ -435,7 +435,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    const K1: &str = "hR7!mZq2@Wx9#vLc4%";
+    const K1: &str = "Abc123!@#Xyz789!@#";
     const K2: &str = "Zyx987!@#Cba321!@#";
 
     fn headers(k: &str) -> http::HeaderMap {
@@ -469,7 +469,7 @@ mod tests {
         }
         assert!(matches!(a.check(&headers(K2)), Outcome::Authenticated(p) if p.id() == "k2"));
         assert!(matches!(
-            a.check(&headers("hR7!mZq2@Wx9#vLc4?")),
+            a.check(&headers("Abc123!@#Xyz789!@?")),
             Outcome::Failed(_)
         ));
         assert_eq!(a.check(&http::HeaderMap::new()), Outcome::NoCredential);

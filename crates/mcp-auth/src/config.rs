@@ -6,11 +6,11 @@
 //! let yaml_as_json = r#"{
 //!   "enabled": true,
 //!   "mode": "apikey",
-//!   "apiKey": "hR7!mZq2@Wx9#vLc4%Tn6^"
+//!   "apiKey": "Abc123!@#Xyz789!@#Abc123!@#"
 //! }"#;
 //! let cfg: AuthConfig = serde_json::from_str(yaml_as_json).unwrap();
 //! let layer = cfg.build().unwrap();
-//! assert!(!format!("{cfg:?} {layer:?}").contains("hR7!mZq2"));
+//! assert!(!format!("{cfg:?} {layer:?}").contains("Abc123"));
 //! ```
 //!
 //! Modes: `apikey`, `bearer` (static `bearerToken`s, and JWTs when `jwtSecret` or `jwt`
@@ -485,7 +485,7 @@ impl AuthConfig {
     /// use mcp_core::PrincipalEntry;
     /// let cfg: AuthConfig = serde_json::from_value(serde_json::json!({
     ///     "enabled": true, "mode": ["apikey", "mtls"],
-    ///     "apiKeys": [{"id": "ops", "key": "hR7!mZq2@Wx9#vLc4%Tn6^"}]
+    ///     "apiKeys": [{"id": "ops", "key": "Abc123!@#Xyz789!@#Abc123!@#"}]
     /// })).unwrap();
     /// let sources = cfg.principal_sources(false);
     /// assert!(sources.resolve("ops").is_err(), "a certificate CN could be ops too");
@@ -799,7 +799,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const KEY: &str = "hR7!mZq2@Wx9#vLc4%Tn6^";
+    const KEY: &str = "Abc123!@#Xyz789!@#Abc123!@#";
 
     /// Shared secrets as base64 (bytes from a KMS): `jwtSecretBase64` and an issuer's
     /// `secretBase64`, exactly one of each pair, decoded before the length rule.

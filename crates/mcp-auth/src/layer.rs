@@ -83,7 +83,7 @@ impl fmt::Debug for State {
 ///
 /// let app: Router = Router::new()
 ///     .route("/mcp", post(whoami))
-///     .layer(AuthLayer::api_keys([CredentialEntry::new("ci", "hR7!mZq2@Wx9#vLc4%")]).unwrap());
+///     .layer(AuthLayer::api_keys([CredentialEntry::new("ci", "Abc123!@#Xyz789!@#")]).unwrap());
 /// ```
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -365,7 +365,7 @@ impl AuthLayer {
     /// let layer = AuthLayer::new(
     ///     ApiKeyAuthenticator::builder()
     ///         .header("X-MCP-Key")
-    ///         .key(CredentialEntry::new("ci", "hR7!mZq2@Wx9#vLc4%"))
+    ///         .key(CredentialEntry::new("ci", "Abc123!@#Xyz789!@#"))
     ///         .build()
     ///         .unwrap(),
     /// );

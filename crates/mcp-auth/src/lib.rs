@@ -32,7 +32,7 @@
 //! let auth = AuthLayer::builder()
 //!     .authenticator(
 //!         ApiKeyAuthenticator::builder()
-//!             .key(CredentialEntry::new("ci", "hR7!mZq2@Wx9#vLc4%").scopes(["mcp:tools"]))
+//!             .key(CredentialEntry::new("ci", "Abc123!@#Xyz789!@#").scopes(["mcp:tools"]))
 //!             .build()
 //!             .unwrap(),
 //!     )

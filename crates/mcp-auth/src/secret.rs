@@ -15,9 +15,9 @@ use subtle::ConstantTimeEq;
 ///
 /// ```
 /// use mcp_auth::SecretString;
-/// let s = SecretString::new("hR7!mZq2@Wx9#vLc4%");
+/// let s = SecretString::new("Abc123!@#Xyz789!@#");
 /// assert_eq!(format!("{s:?}"), "SecretString(***)");
-/// assert_eq!(s.expose(), "hR7!mZq2@Wx9#vLc4%");
+/// assert_eq!(s.expose(), "Abc123!@#Xyz789!@#");
 /// ```
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct SecretString(String);

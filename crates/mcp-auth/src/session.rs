@@ -67,7 +67,7 @@
 //! let auth = AuthLayer::builder()
 //!     .authenticator(
 //!         ApiKeyAuthenticator::builder()
-//!             .key(CredentialEntry::new("ci", "hR7!mZq2@Wx9#vLc4%"))
+//!             .key(CredentialEntry::new("ci", "Abc123!@#Xyz789!@#"))
 //!             .build()
 //!             .unwrap(),
 //!     )

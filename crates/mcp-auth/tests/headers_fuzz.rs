@@ -24,7 +24,7 @@ fn layer() -> AuthLayer {
     AuthLayer::builder()
         .authenticator(
             ApiKeyAuthenticator::builder()
-                .key(CredentialEntry::new("k", "hR7!mZq2@Wx9#vLc4%"))
+                .key(CredentialEntry::new("k", "Abc123!@#Xyz789!@#"))
                 .build()
                 .unwrap(),
         )
@@ -117,7 +117,7 @@ proptest! {
     fn arbitrary_query(q in "[a-zA-Z0-9_%=&.+-]{0,100}") {
         let rt = runtime();
         let l = layer();
-        if let Some(s) = status(&rt, &l, &format!("/mcp?{q}"), &[("x-api-key", b"hR7!mZq2@Wx9#vLc4%")]) {
+        if let Some(s) = status(&rt, &l, &format!("/mcp?{q}"), &[("x-api-key", b"Abc123!@#Xyz789!@#")]) {
             prop_assert!(s == 200 || s == 400, "status {}", s);
         }
     }

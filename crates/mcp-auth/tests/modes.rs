@@ -20,7 +20,7 @@ use mcp_auth::{
 use mcp_core::{ClientCertIdentity, TlsInfo};
 use tower::util::MapResponseLayer;
 
-const KEY: &str = "hR7!mZq2@Wx9#vLc4%";
+const KEY: &str = "Abc123!@#Xyz789!@#";
 const KEY2: &str = "Zyx987$%^Cba321&*(";
 const TOKEN: &str = "q8Jx2mV7pL0sN4tR9wY3zB6cF1hK5dG8aE2uI7oP0";
 
@@ -90,14 +90,14 @@ async fn api_key_missing_wrong_expired_repeated() {
     assert_eq!(none.header(SEEN_DENIAL), Some("auth_failed"));
     assert_eq!(none.header(SEEN_DETAIL), Some("no credentials"));
 
-    let wrong = post(addr, "/mcp", &[("x-api-key", "hR7!mZq2@Wx9#vLc4?")], "{}").await;
+    let wrong = post(addr, "/mcp", &[("x-api-key", "Abc123!@#Xyz789!@?")], "{}").await;
     assert_eq!(wrong.status, 401);
     assert_eq!(
         wrong.challenges(),
         vec![r#"ApiKey realm="tests", header="X-Api-Key", error="invalid_key""#]
     );
     assert_eq!(wrong.header(SEEN_DETAIL), Some("unknown api key"));
-    assert!(!wrong.text().contains("hR7!mZq2"));
+    assert!(!wrong.text().contains("Abc123"));
 
     let expired = post(addr, "/mcp", &[("x-api-key", KEY2)], "{}").await;
     assert_eq!(expired.status, 401);

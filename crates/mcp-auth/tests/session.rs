@@ -18,7 +18,7 @@ use mcp_core::{Body, Denial, ParseLayer, RejectionReason};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
-const ALICE: &str = "hR7!mZq2@Wx9#vLc4%Alice";
+const ALICE: &str = "Abc123!@#Xyz789!@#Alice";
 const BOB: &str = "Zyx987!@#Cba321!@#Bob";
 const BASIC_BOB: &str = "Ym9iOmNvcnJlY3QtaG9yc2UtYmF0dGVyeS0x"; // bob:correct-horse-battery-1
 

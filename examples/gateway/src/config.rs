@@ -1270,12 +1270,12 @@ security:
         let l = parse(
             text,
             "seed.yaml",
-            &env_of(&[("MCP_AUTH_API_KEY", "hR7!mZq2@Wx9#vLc4%")]),
+            &env_of(&[("MCP_AUTH_API_KEY", "Abc123!@#Xyz789!@#")]),
         )
         .unwrap();
         assert_eq!(
             l.config.auth.api_key.as_ref().unwrap().expose(),
-            "hR7!mZq2@Wx9#vLc4%"
+            "Abc123!@#Xyz789!@#"
         );
         assert_eq!(l.config.ratelimit.burst, Some(200));
         assert_eq!(
@@ -1342,7 +1342,7 @@ security:
             &env_of(&[
                 ("MCP_AUTH_ENABLED", "false"),
                 ("MCP_AUTH_MODE", "apikey"),
-                ("MCP_AUTH_API_KEY", "hR7!mZq2@Wx9#vLc4%"),
+                ("MCP_AUTH_API_KEY", "Abc123!@#Xyz789!@#"),
             ]),
         )
         .unwrap();
@@ -1350,7 +1350,7 @@ security:
         assert_eq!(l.config.auth.mode.0, vec![mcp_auth::Mode::ApiKey]);
         assert_eq!(
             l.config.auth.api_key.as_ref().unwrap().expose(),
-            "hR7!mZq2@Wx9#vLc4%"
+            "Abc123!@#Xyz789!@#"
         );
     }
 

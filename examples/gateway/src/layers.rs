@@ -693,7 +693,7 @@ mod tests {
   mode: apikey
   apiKeyHeader: X-MCP-Key
   credentialHeaders: [X-Upstream-Token]
-  apiKeys: [{{id: a, key: "hR7!mZq2@Wx9#vLc4%Test"}}]
+  apiKeys: [{{id: a, key: "Abc123!@#Xyz789!@#Test"}}]
 audit:
   enabled: true
   database: {{sqlitePath: "{}"}}

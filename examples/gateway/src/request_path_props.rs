@@ -20,7 +20,7 @@ use tower::ServiceExt;
 
 use crate::{app, config, demo, layers};
 
-const KEY: &str = "hR7!mZq2@Wx9#vLc4%Props";
+const KEY: &str = "Abc123!@#Xyz789!@#Props";
 const TOKEN: &str = "tok_0123456789abcdefghijklmnopqrstuvwxyzAB";
 
 struct Harness {

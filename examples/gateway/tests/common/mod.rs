@@ -16,7 +16,7 @@ pub mod everything;
 pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-gateway");
 
 /// A good API key (meets the policy).
-pub const KEY: &str = "hR7!mZq2@Wx9#vLc4%Test";
+pub const KEY: &str = "Abc123!@#Xyz789!@#Test";
 /// Another good key with fewer scopes.
 pub const KEY2: &str = "Zyx987!@#Cba321!@#Other";
 
