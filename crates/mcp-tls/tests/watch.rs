@@ -91,8 +91,10 @@ async fn same_bytes_rewritten_cause_no_rebuild() {
         let checks = acceptor.stats().reload_checks;
         wait_for(&acceptor, "a reload check", |s| s.reload_checks > checks).await;
     }
+    // An in-place write is not atomic: a check may read the file half written and fail
+    // (the certificate in use is kept). What must not happen is a rebuild.
     let s = acceptor.stats();
-    assert_eq!((s.reloaded, s.reload_failed), (0, 0), "{s:?}");
+    assert_eq!(s.reloaded, 0, "{s:?}");
     assert!(Arc::ptr_eq(&before, &acceptor.server_config()));
     assert_eq!(acceptor.reload().await.unwrap(), ReloadOutcome::Unchanged);
     assert!(Arc::ptr_eq(&before, &acceptor.server_config()));
